@@ -1,0 +1,290 @@
+//! RFC 8785 JSON Canonicalization Scheme (JCS) and a strict JSON reader.
+//!
+//! Signatures in zosd sign `sha256(jcs(body))`, so two implementations must agree on
+//! every byte. The rules (docs/contract-format.md repeats them for implementers):
+//! objects sorted by the UTF-16 code units of their keys, no whitespace, strings
+//! escaped as ECMAScript `JSON.stringify` does, numbers as ECMAScript
+//! `Number.prototype.toString`.
+//!
+//! Untrusted documents are read with [`parse_strict`], which refuses duplicate object
+//! keys: with duplicates, two readers could see two different documents behind one
+//! signature.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Largest integer that an IEEE 754 double (and so every JCS reader) holds exactly.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Why a value has no canonical form or a document could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CanonError {
+    #[error("number {0} is outside the exactly representable range ±(2^53-1)")]
+    UnsafeInteger(String),
+    #[error("number is not finite")]
+    NonFinite,
+    #[error("invalid JSON: {0}")]
+    Syntax(String),
+    #[error("duplicate key {0:?} in object")]
+    DuplicateKey(String),
+}
+
+/// The canonical bytes of `value`.
+pub fn to_vec(value: &Value) -> Result<Vec<u8>, CanonError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(value, &mut out)?;
+    Ok(out)
+}
+
+fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => write_number(n, out)?,
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            // JCS orders keys by UTF-16 code units, which differs from UTF-8 byte order
+            // for characters above U+FFFF versus U+E000..U+FFFF.
+            entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(k, out);
+                out.push(b':');
+                write_value(v, out)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), CanonError> {
+    if let Some(i) = n.as_i64() {
+        if i.unsigned_abs() > MAX_SAFE_INTEGER {
+            return Err(CanonError::UnsafeInteger(n.to_string()));
+        }
+        out.extend_from_slice(i.to_string().as_bytes());
+    } else if let Some(u) = n.as_u64() {
+        if u > MAX_SAFE_INTEGER {
+            return Err(CanonError::UnsafeInteger(n.to_string()));
+        }
+        out.extend_from_slice(u.to_string().as_bytes());
+    } else {
+        let f = n.as_f64().ok_or(CanonError::NonFinite)?;
+        if !f.is_finite() {
+            return Err(CanonError::NonFinite);
+        }
+        if f == 0.0 {
+            // ECMAScript prints -0 as "0".
+            out.push(b'0');
+        } else {
+            let mut buf = ryu_js::Buffer::new();
+            out.extend_from_slice(buf.format_finite(f).as_bytes());
+        }
+    }
+    Ok(())
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\u{08}' => out.extend_from_slice(b"\\b"),
+            '\u{09}' => out.extend_from_slice(b"\\t"),
+            '\u{0A}' => out.extend_from_slice(b"\\n"),
+            '\u{0C}' => out.extend_from_slice(b"\\f"),
+            '\u{0D}' => out.extend_from_slice(b"\\r"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Reads a JSON document, refusing duplicate object keys at any depth.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, CanonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue
+        .deserialize(&mut de)
+        .map_err(|e| classify(e.to_string()))?;
+    de.end().map_err(|e| CanonError::Syntax(e.to_string()))?;
+    Ok(value)
+}
+
+const DUPLICATE_MARK: &str = "\u{0}zos-duplicate-key:";
+
+fn classify(msg: String) -> CanonError {
+    match msg.find(DUPLICATE_MARK) {
+        Some(at) => {
+            let rest = &msg[at + DUPLICATE_MARK.len()..];
+            let key = rest.split('\u{0}').next().unwrap_or_default();
+            CanonError::DuplicateKey(key.to_string())
+        }
+        None => CanonError::Syntax(msg),
+    }
+}
+
+/// A `serde_json::Value` seed that errors on duplicate keys.
+struct StrictValue;
+
+impl<'de> DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(StrictValue)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "{DUPLICATE_MARK}{key}\u{0}"
+                )));
+            }
+            let value = map.next_value_seed(StrictValue)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canon(v: Value) -> String {
+        String::from_utf8(to_vec(&v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rfc8785_sorting_example() {
+        // RFC 8785 section 3.2.3: keys sorted by UTF-16 code units.
+        let v = parse_strict(
+            br#"{"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"}"#,
+        )
+        .unwrap();
+        let want = "{\"\\r\":\"Carriage Return\",\"1\":\"One\",\"\u{80}\":\"Control\",\"\u{f6}\":\"Latin Small Letter O With Diaeresis\",\"\u{20ac}\":\"Euro Sign\",\"\u{1f600}\":\"Emoji: Grinning Face\",\"\u{fb33}\":\"Hebrew Letter Dalet With Dagesh\"}";
+        assert_eq!(canon(v), want);
+    }
+
+    #[test]
+    fn rfc8785_numbers() {
+        // Values from RFC 8785 appendix B.
+        let cases: &[(f64, &str)] = &[
+            (0.0, "0"),
+            (-0.0, "0"),
+            (1e21, "1e+21"),
+            (1e-7, "1e-7"),
+            (0.000001, "0.000001"),
+            (333333333.3333333, "333333333.3333333"),
+            (1e23, "1e+23"),
+            (4.5, "4.5"),
+            (2e-3, "0.002"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (5e-324, "5e-324"),
+        ];
+        for (f, want) in cases {
+            let n = Number::from_f64(*f).unwrap();
+            assert_eq!(canon(Value::Number(n)), *want, "{f}");
+        }
+        assert_eq!(canon(json!(9007199254740991u64)), "9007199254740991");
+        assert_eq!(
+            to_vec(&json!(9007199254740992u64)),
+            Err(CanonError::UnsafeInteger("9007199254740992".into()))
+        );
+    }
+
+    #[test]
+    fn strings_escape_like_json_stringify() {
+        assert_eq!(
+            canon(json!("a\"b\\c\u{1}\u{1f}\n\t\u{8}\u{c}\r/\u{7f}\u{2028}é")),
+            "\"a\\\"b\\\\c\\u0001\\u001f\\n\\t\\b\\f\\r/\u{7f}\u{2028}é\""
+        );
+    }
+
+    #[test]
+    fn nested_and_whitespace_free() {
+        let v = parse_strict(br#" { "b" : [ 1 , { "z":null, "a":true } ], "a" : "x" } "#).unwrap();
+        assert_eq!(canon(v), r#"{"a":"x","b":[1,{"a":true,"z":null}]}"#);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert_eq!(
+            parse_strict(br#"{"a":1,"a":2}"#),
+            Err(CanonError::DuplicateKey("a".into()))
+        );
+        assert_eq!(
+            parse_strict(br#"{"x":[{"k":1,"k":1}]}"#),
+            Err(CanonError::DuplicateKey("k".into()))
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_is_refused() {
+        assert!(matches!(parse_strict(b"{} {}"), Err(CanonError::Syntax(_))));
+        assert!(matches!(parse_strict(b"{"), Err(CanonError::Syntax(_))));
+    }
+}

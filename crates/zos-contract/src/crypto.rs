@@ -1,0 +1,223 @@
+//! Keys, digests and signatures: ed25519 over the sha256 of canonical bytes.
+//!
+//! Public keys, digests and signatures travel as lowercase hex. A secret key file holds
+//! the 32-byte ed25519 seed as 64 hex characters and a newline; it is created mode 0600
+//! and refused when its mode lets the group or others read it.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ed25519_dalek::Signer;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
+
+/// A sha256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// An ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Checks `signature` over `digest`. Strict verification: no malleable signatures,
+    /// no small-order keys.
+    pub fn verify(&self, digest: &Digest, signature: &Signature) -> Result<(), KeyError> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| KeyError::BadPublicKey(self.to_hex()))?;
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        key.verify_strict(&digest.0, &sig)
+            .map_err(|_| KeyError::BadSignature)
+    }
+}
+
+/// An ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl Signature {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// An ed25519 signing key. Its `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct SecretKey(ed25519_dalek::SigningKey);
+
+impl SecretKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(Self::from_seed(seed))
+    }
+
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        SecretKey(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key().to_bytes())
+    }
+
+    pub fn sign(&self, digest: &Digest) -> Signature {
+        Signature(self.0.sign(&digest.0).to_bytes())
+    }
+
+    /// Reads a key file, refusing one that the group or others can read.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let io = |e: std::io::Error| KeyError::Io(path.to_path_buf(), e.to_string());
+        let meta = fs::metadata(path).map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::InsecureMode(path.to_path_buf(), mode));
+        }
+        let text = fs::read_to_string(path).map_err(io)?;
+        let seed: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| KeyError::BadKeyFile(path.to_path_buf()))?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// Writes the key to a new file created mode 0600; an existing file is not replaced.
+    pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
+        let io = |e: std::io::Error| KeyError::Io(path.to_path_buf(), e.to_string());
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        writeln!(file, "{}", hex::encode(self.0.to_bytes())).map_err(io)?;
+        file.sync_all().map_err(io)
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey(public {})", self.public().to_hex())
+    }
+}
+
+/// Why a key, a key file or a signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, String),
+    #[error("{0}: mode {1:04o} lets others read the secret key; run chmod 600 on it")]
+    InsecureMode(PathBuf, u32),
+    #[error("{0}: not a zos secret key (expected 64 hex characters)")]
+    BadKeyFile(PathBuf),
+    #[error("invalid hex {what}: {value:?}")]
+    BadHex { what: &'static str, value: String },
+    #[error("public key {0} is not a valid ed25519 point")]
+    BadPublicKey(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("no random source: {0}")]
+    Random(String),
+}
+
+macro_rules! hex_type {
+    ($ty:ident, $len:expr, $what:expr) => {
+        impl FromStr for $ty {
+            type Err = KeyError;
+            fn from_str(s: &str) -> Result<Self, KeyError> {
+                let bad = || KeyError::BadHex {
+                    what: $what,
+                    value: s.chars().take(140).collect(),
+                };
+                // Lowercase only: one value, one spelling, so signed text cannot vary.
+                if s.len() != $len * 2 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(bad());
+                }
+                let bytes = hex::decode(s).map_err(|_| bad())?;
+                Ok($ty(bytes.try_into().map_err(|_| bad())?))
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($ty), hex::encode(self.0))
+            }
+        }
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&hex::encode(self.0))
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hex_type!(Digest, 32, "sha256 digest");
+hex_type!(PublicKey, 32, "ed25519 public key");
+hex_type!(Signature, 64, "ed25519 signature");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify_roundtrip() {
+        let key = SecretKey::from_seed([7; 32]);
+        let d = Digest::of(b"hello");
+        let sig = key.sign(&d);
+        key.public().verify(&d, &sig).unwrap();
+        let other = Digest::of(b"hellp");
+        assert_eq!(key.public().verify(&other, &sig), Err(KeyError::BadSignature));
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_exact_length() {
+        let pk = SecretKey::from_seed([1; 32]).public();
+        let hex = pk.to_hex();
+        assert_eq!(hex.parse::<PublicKey>().unwrap(), pk);
+        assert!(hex.to_uppercase().parse::<PublicKey>().is_err());
+        assert!(hex[..62].parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn key_file_is_0600_and_refused_when_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        let key = SecretKey::generate().unwrap();
+        key.save_new(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(SecretKey::load(&path).unwrap().public(), key.public());
+        assert!(matches!(key.save_new(&path), Err(KeyError::Io(..))));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            SecretKey::load(&path).unwrap_err(),
+            KeyError::InsecureMode(path.clone(), 0o644)
+        );
+    }
+}

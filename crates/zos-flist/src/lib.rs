@@ -1,0 +1,1 @@
+//! rfs-compatible .fl flists: pack, verify, fetch, cache, mount, signatures.

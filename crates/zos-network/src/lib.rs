@@ -1,0 +1,1 @@
+//! Tenant network namespaces, bridges, veth, tap, NAT and isolation.

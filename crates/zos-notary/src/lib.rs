@@ -1,0 +1,1 @@
+//! Notary trait and backends (dir://, etcd://): signed records.

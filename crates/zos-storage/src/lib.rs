@@ -1,0 +1,1 @@
+//! Disks, btrfs pools, volumes, vdisks, node state home.
