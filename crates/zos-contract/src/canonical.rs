@@ -15,13 +15,10 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// Largest integer that an IEEE 754 double (and so every JCS reader) holds exactly.
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-
 /// Why a value has no canonical form or a document could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CanonError {
-    #[error("number {0} is outside the exactly representable range ±(2^53-1)")]
+    #[error("integer {0} is not exactly an IEEE 754 double; it would be read as another number")]
     UnsafeInteger(String),
     #[error("number is not finite")]
     NonFinite,
@@ -76,29 +73,24 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
 }
 
 fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), CanonError> {
-    if let Some(i) = n.as_i64() {
-        if i.unsigned_abs() > MAX_SAFE_INTEGER {
-            return Err(CanonError::UnsafeInteger(n.to_string()));
-        }
-        out.extend_from_slice(i.to_string().as_bytes());
-    } else if let Some(u) = n.as_u64() {
-        if u > MAX_SAFE_INTEGER {
-            return Err(CanonError::UnsafeInteger(n.to_string()));
-        }
-        out.extend_from_slice(u.to_string().as_bytes());
-    } else {
-        let f = n.as_f64().ok_or(CanonError::NonFinite)?;
-        if !f.is_finite() {
-            return Err(CanonError::NonFinite);
-        }
-        if f == 0.0 {
-            // ECMAScript prints -0 as "0".
-            out.push(b'0');
-        } else {
-            let mut buf = ryu_js::Buffer::new();
-            out.extend_from_slice(buf.format_finite(f).as_bytes());
-        }
+    // Every JCS number is an IEEE 754 double, printed as ECMAScript prints it. An
+    // integer whose text that would change (2^53 + 1 becomes 9007199254740992) is
+    // refused: another reader would silently see a different number.
+    let is_integer = n.is_i64() || n.is_u64();
+    let f = n.as_f64().ok_or(CanonError::NonFinite)?;
+    if !f.is_finite() {
+        return Err(CanonError::NonFinite);
     }
+    let text = if f == 0.0 {
+        // ECMAScript prints -0 as "0".
+        "0".to_string()
+    } else {
+        ryu_js::Buffer::new().format_finite(f).to_string()
+    };
+    if is_integer && text != n.to_string() {
+        return Err(CanonError::UnsafeInteger(n.to_string()));
+    }
+    out.extend_from_slice(text.as_bytes());
     Ok(())
 }
 
@@ -198,9 +190,7 @@ impl<'de> Visitor<'de> for StrictValue {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
-                return Err(de::Error::custom(format!(
-                    "{DUPLICATE_MARK}{key}\u{0}"
-                )));
+                return Err(de::Error::custom(format!("{DUPLICATE_MARK}{key}\u{0}")));
             }
             let value = map.next_value_seed(StrictValue)?;
             out.insert(key, value);
@@ -250,9 +240,16 @@ mod tests {
             assert_eq!(canon(Value::Number(n)), *want, "{f}");
         }
         assert_eq!(canon(json!(9007199254740991u64)), "9007199254740991");
+        // 2^53 + 1 has no double: refused rather than rounded.
         assert_eq!(
-            to_vec(&json!(9007199254740992u64)),
-            Err(CanonError::UnsafeInteger("9007199254740992".into()))
+            to_vec(&json!(9007199254740993u64)),
+            Err(CanonError::UnsafeInteger("9007199254740993".into()))
+        );
+        // 2^53 and 1e20 are doubles: printed as ECMAScript prints them.
+        assert_eq!(canon(json!(9007199254740992u64)), "9007199254740992");
+        assert_eq!(
+            canon(json!(10000000000000000000u64)),
+            "10000000000000000000"
         );
     }
 

@@ -193,7 +193,10 @@ mod tests {
         let sig = key.sign(&d);
         key.public().verify(&d, &sig).unwrap();
         let other = Digest::of(b"hellp");
-        assert_eq!(key.public().verify(&other, &sig), Err(KeyError::BadSignature));
+        assert_eq!(
+            key.public().verify(&other, &sig),
+            Err(KeyError::BadSignature)
+        );
     }
 
     #[test]
@@ -211,7 +214,10 @@ mod tests {
         let path = dir.path().join("k.key");
         let key = SecretKey::generate().unwrap();
         key.save_new(&path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(SecretKey::load(&path).unwrap().public(), key.public());
         assert!(matches!(key.save_new(&path), Err(KeyError::Io(..))));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();

@@ -1,11 +1,30 @@
 //! Signed IT contracts for zosd.
 //!
-//! An IT expert signs a [`blueprint`]; a consumer instantiates it with parameters into a
-//! [`contract`] for one or more nodes and signs it as owner; stakeholders co-sign. A node
-//! accepts the contract only when [`verify`] finds nothing wrong. Everything that is
-//! signed is signed as `ed25519(sha256(jcs(unsigned body)))` ([`canonical`], [`crypto`]).
+//! An IT expert signs a [`Blueprint`]: typed parameters with bounds and a deployment
+//! template. A consumer instantiates it with parameter values into a [`Contract`] for
+//! one or more nodes and signs it as owner; stakeholders co-sign. A node deploys the
+//! contract only when [`verify()`] finds no [`Reason`] to refuse it, and what it deploys
+//! is the blueprint's expansion ([`Deployment`]), never free-form input.
+//!
+//! Everything signed is signed as `ed25519(sha256(jcs(unsigned body)))`: see
+//! [`canonical`] and [`crypto`], and docs/contract-format.md for the byte-level spec.
 
+pub mod blueprint;
 pub mod canonical;
+pub mod contract;
 pub mod crypto;
+pub mod deployment;
+pub mod document;
+pub mod limits;
+pub mod params;
+pub mod verify;
 
+pub use blueprint::{Blueprint, BlueprintError, SignedBlueprint};
+pub use contract::{
+    BlueprintRef, Cancellation, Contract, ContractError, SignatureEntry, SignedCancellation,
+    SignedContract, Stakeholder,
+};
 pub use crypto::{Digest, KeyError, PublicKey, SecretKey, Signature};
+pub use deployment::Deployment;
+pub use limits::Limits;
+pub use verify::{verify, verify_bytes, Accepted, Reason, Refusal, Verification, VerifyContext};

@@ -1,0 +1,144 @@
+//! Blueprints: an IT expert's parameterised, signed description of an architecture.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::crypto::{Digest, PublicKey, SecretKey, Signature};
+use crate::deployment::Deployment;
+use crate::document::{self, DocError};
+use crate::limits::Limits;
+use crate::params::{self, ParamError, ParamSpec};
+
+/// The unsigned blueprint, as its author wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blueprint {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// The deployment template: a [`Deployment`] whose strings may hold `{{ expr }}`.
+    pub body: Value,
+}
+
+/// Why a blueprint was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlueprintError {
+    #[error(transparent)]
+    Document(#[from] DocError),
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    #[error("blueprint signature by {0} does not verify")]
+    BadSignature(PublicKey),
+    #[error("the body does not expand to a valid deployment with parameters {params}: {problems}")]
+    InvalidBody { params: String, problems: String },
+}
+
+impl Blueprint {
+    /// Checks the declarations and that the body expands to a valid deployment with
+    /// example values, then signs. A blueprint that cannot deploy is never signed.
+    pub fn sign(self, key: &SecretKey, limits: &Limits) -> Result<SignedBlueprint, BlueprintError> {
+        let raw = serde_json::to_value(&self).expect("a blueprint serializes");
+        document::check_limits(&raw, limits)?;
+        for (name, spec) in &self.params {
+            spec.check(name)?;
+        }
+        let examples: BTreeMap<String, Value> = self
+            .params
+            .iter()
+            .filter_map(|(n, s)| s.example().map(|v| (n.clone(), v)))
+            .collect();
+        if examples.len() == self.params.len() {
+            self.deployment(&examples, limits)
+                .map_err(|problems| BlueprintError::InvalidBody {
+                    params: Value::from(serde_json::Map::from_iter(examples.clone())).to_string(),
+                    problems,
+                })?;
+        }
+        let digest = document::digest(&raw)?;
+        Ok(SignedBlueprint {
+            signature: key.sign(&digest),
+            author: key.public(),
+            digest,
+            raw,
+            blueprint: self,
+        })
+    }
+
+    /// Substitutes complete, validated parameters into the body and checks the result.
+    /// Errors are `(json path, problem)` pairs rendered as one line.
+    pub fn deployment(
+        &self,
+        params: &BTreeMap<String, Value>,
+        limits: &Limits,
+    ) -> Result<Deployment, String> {
+        let expanded = params::expand(&self.body, params).map_err(|e| e.to_string())?;
+        document::check_limits(&expanded, limits).map_err(|e| e.to_string())?;
+        let deployment: Deployment =
+            document::typed(&expanded, "$.body").map_err(|e| e.to_string())?;
+        let problems = deployment.check(limits);
+        if problems.is_empty() {
+            Ok(deployment)
+        } else {
+            Err(problems
+                .into_iter()
+                .map(|(p, what)| format!("{}: {what}", p.replacen('$', "$.body", 1)))
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
+    }
+}
+
+/// A blueprint with its author's signature over `sha256(jcs(blueprint))`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedBlueprint {
+    pub blueprint: Blueprint,
+    pub author: PublicKey,
+    pub signature: Signature,
+    /// The digest of the blueprint as received: its identity in the notary.
+    pub digest: Digest,
+    raw: Value,
+}
+
+impl SignedBlueprint {
+    /// Reads a signed blueprint document and checks its signature.
+    pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, BlueprintError> {
+        document::check_limits(value, limits)?;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Envelope {
+            blueprint: Value,
+            author: PublicKey,
+            signature: Signature,
+        }
+        let env: Envelope = document::typed(value, "$")?;
+        let blueprint: Blueprint = document::typed(&env.blueprint, "$.blueprint")?;
+        let digest = document::digest(&env.blueprint)?;
+        env.author
+            .verify(&digest, &env.signature)
+            .map_err(|_| BlueprintError::BadSignature(env.author))?;
+        Ok(SignedBlueprint {
+            blueprint,
+            author: env.author,
+            signature: env.signature,
+            digest,
+            raw: env.blueprint,
+        })
+    }
+
+    pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, BlueprintError> {
+        Self::from_value(&document::parse_value(bytes, limits)?, limits)
+    }
+
+    pub fn to_value(&self) -> Value {
+        json!({"blueprint": self.raw, "author": self.author, "signature": self.signature})
+    }
+
+    pub fn to_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).expect("json serializes")
+    }
+}

@@ -1,0 +1,199 @@
+//! Contracts: a consumer's instantiation of a blueprint for one or more nodes, signed
+//! by its owner and co-signed by stakeholders.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::blueprint::SignedBlueprint;
+use crate::crypto::{Digest, PublicKey, SecretKey, Signature};
+use crate::document::{self, DocError};
+use crate::limits::Limits;
+
+/// The unsigned contract body: what every signature signs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    /// `[a-z0-9-]`, 1-64 characters, chosen by the owner.
+    pub id: String,
+    /// Monotonic: a node accepts only a version above the one it runs.
+    pub version: u64,
+    pub owner: PublicKey,
+    /// The nodes that run it.
+    pub nodes: Vec<PublicKey>,
+    pub blueprint: BlueprintRef,
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub stakeholders: Vec<Stakeholder>,
+    /// The stakeholder weight that must sign; 0 when there are no stakeholders.
+    #[serde(default)]
+    pub threshold: u64,
+    /// Unix seconds before which the contract is not valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    /// Unix seconds from which the contract is no longer valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
+/// The blueprint a contract instantiates: carried whole, or named by its digest and
+/// resolved in the notary (`blueprints/<sha256>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum BlueprintRef {
+    Embedded(Value),
+    Sha256(Digest),
+}
+
+/// A co-signer, weighed towards the threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stakeholder {
+    pub key: PublicKey,
+    pub weight: u64,
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// One signature over the contract's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureEntry {
+    pub signer: PublicKey,
+    pub signature: Signature,
+}
+
+/// Why a contract document could not be built or signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error(transparent)]
+    Document(#[from] DocError),
+    #[error("{0} is neither the owner nor a stakeholder of this contract")]
+    NotASigner(PublicKey),
+}
+
+/// A contract document: the body as received plus the signatures collected so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedContract {
+    pub contract: Contract,
+    pub signatures: Vec<SignatureEntry>,
+    /// `sha256(jcs(contract))`, over the body exactly as received.
+    pub digest: Digest,
+    raw: Value,
+}
+
+impl SignedContract {
+    /// A new, unsigned contract document.
+    pub fn new(contract: Contract) -> Result<Self, ContractError> {
+        let raw = serde_json::to_value(&contract).expect("a contract serializes");
+        let digest = document::digest(&raw)?;
+        Ok(SignedContract {
+            contract,
+            signatures: Vec::new(),
+            digest,
+            raw,
+        })
+    }
+
+    /// Reads a contract document. Signatures are not checked here: see [`crate::verify`].
+    pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, DocError> {
+        document::check_limits(value, limits)?;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Envelope {
+            contract: Value,
+            #[serde(default)]
+            signatures: Vec<SignatureEntry>,
+        }
+        let env: Envelope = document::typed(value, "$")?;
+        let contract: Contract = document::typed(&env.contract, "$.contract")?;
+        Ok(SignedContract {
+            digest: document::digest(&env.contract)?,
+            contract,
+            signatures: env.signatures,
+            raw: env.contract,
+        })
+    }
+
+    pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, DocError> {
+        Self::from_value(&document::parse_value(bytes, limits)?, limits)
+    }
+
+    /// Adds (or replaces) `key`'s signature. Only the owner and stakeholders may sign.
+    pub fn sign(&mut self, key: &SecretKey) -> Result<(), ContractError> {
+        let signer = key.public();
+        let c = &self.contract;
+        if signer != c.owner && !c.stakeholders.iter().any(|s| s.key == signer) {
+            return Err(ContractError::NotASigner(signer));
+        }
+        self.signatures.retain(|s| s.signer != signer);
+        self.signatures.push(SignatureEntry {
+            signer,
+            signature: key.sign(&self.digest),
+        });
+        Ok(())
+    }
+
+    /// The embedded blueprint, if the contract carries one.
+    pub fn embedded_blueprint(
+        &self,
+        limits: &Limits,
+    ) -> Option<Result<SignedBlueprint, crate::blueprint::BlueprintError>> {
+        match &self.contract.blueprint {
+            BlueprintRef::Embedded(v) => Some(SignedBlueprint::from_value(v, limits)),
+            BlueprintRef::Sha256(_) => None,
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        json!({"contract": self.raw, "signatures": self.signatures})
+    }
+
+    pub fn to_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).expect("json serializes")
+    }
+}
+
+/// The owner's order to stop a contract on its nodes.
+///
+/// `version` must be above the version a node runs, so an old cancellation cannot be
+/// replayed against a contract that was published again later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cancellation {
+    pub id: String,
+    pub version: u64,
+    pub owner: PublicKey,
+}
+
+/// A cancellation with the owner's signature over `sha256(jcs(cancellation))`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCancellation {
+    pub cancellation: Cancellation,
+    pub signature: Signature,
+}
+
+impl SignedCancellation {
+    pub fn sign(cancellation: Cancellation, key: &SecretKey) -> Result<Self, DocError> {
+        let digest = document::digest(&serde_json::to_value(&cancellation).expect("serializes"))?;
+        Ok(SignedCancellation {
+            signature: key.sign(&digest),
+            cancellation,
+        })
+    }
+
+    /// Checks the owner's signature. Whether the owner and version fit the running
+    /// contract is the caller's check ([`crate::verify::verify_cancellation`]).
+    pub fn check_signature(&self) -> Result<(), crate::crypto::KeyError> {
+        let digest = Digest::of(
+            &crate::canonical::to_vec(
+                &serde_json::to_value(&self.cancellation).expect("serializes"),
+            )
+            .map_err(|_| crate::crypto::KeyError::BadSignature)?,
+        );
+        self.cancellation.owner.verify(&digest, &self.signature)
+    }
+}

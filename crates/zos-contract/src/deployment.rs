@@ -1,0 +1,339 @@
+//! What a node deploys: the blueprint's body after parameter substitution.
+//!
+//! This is the only description of workloads a node acts on. A contract cannot add to
+//! it: the consumer chooses parameter values, the expert's signed blueprint decides
+//! what they turn into.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Digest, PublicKey};
+use crate::limits::Limits;
+
+/// Networks, volumes and workloads for one contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    pub workloads: Vec<Workload>,
+}
+
+/// A private IPv4 network for the contract's workloads, with NAT egress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub name: String,
+    /// CIDR, e.g. `10.20.0.0/24`; private ranges only, prefix 16..=29.
+    pub subnet: String,
+}
+
+/// Persistent storage on the node's pools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    pub name: String,
+    pub size_mib: u64,
+    #[serde(default)]
+    pub disk: DiskKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskKind {
+    #[default]
+    Ssd,
+    Hdd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Container,
+    Vm,
+}
+
+/// Where a workload's root filesystem comes from, and how it is trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlistRef {
+    /// Where the `.fl` file is fetched from (`dir:///…`, `http(s)://…`).
+    pub url: String,
+    /// The sha256 of the `.fl` bytes: the flist is pinned, whoever serves it.
+    pub sha256: Digest,
+    /// Block stores, tried in turn.
+    pub stores: Vec<String>,
+    /// Publishers whose detached signature on the flist is accepted. Empty: the pin
+    /// alone is trusted (hub flists are unsigned).
+    #[serde(default)]
+    pub publishers: Vec<PublicKey>,
+}
+
+/// A volume mounted into a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    pub volume: String,
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A port opened from the node's public side to the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub port: u16,
+    pub public: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A container or a micro-VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    pub kind: WorkloadKind,
+    pub flist: FlistRef,
+    #[serde(default, deserialize_with = "scalars::vec")]
+    pub entrypoint: Vec<String>,
+    #[serde(default, deserialize_with = "scalars::map")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Logical CPUs (a container's quota; a VM's vCPUs).
+    pub cpu: u32,
+    pub memory_mib: u64,
+    /// Writable layer (container) or root disk (VM) size.
+    #[serde(default)]
+    pub disk_mib: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+}
+
+impl Deployment {
+    /// Semantic checks serde cannot express. Returns `(json path, problem)` pairs.
+    pub fn check(&self, limits: &Limits) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut bad = |path: String, what: String| problems.push((path, what));
+        if self.workloads.is_empty() {
+            bad(
+                "$.workloads".into(),
+                "at least one workload is required".into(),
+            );
+        }
+        if self.workloads.len() > limits.workloads {
+            bad(
+                "$.workloads".into(),
+                format!(
+                    "{} workloads, at most {}",
+                    self.workloads.len(),
+                    limits.workloads
+                ),
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, n) in self.networks.iter().enumerate() {
+            let p = format!("$.networks[{i}]");
+            check_name(&n.name, &format!("{p}.name"), &mut names, &mut bad);
+            if let Err(e) = parse_private_subnet(&n.subnet) {
+                bad(format!("{p}.subnet"), e);
+            }
+        }
+        let networks: BTreeSet<&str> = self.networks.iter().map(|n| n.name.as_str()).collect();
+        let mut names = BTreeSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let p = format!("$.volumes[{i}]");
+            check_name(&v.name, &format!("{p}.name"), &mut names, &mut bad);
+            if v.size_mib == 0 {
+                bad(format!("{p}.size_mib"), "must be at least 1".into());
+            }
+        }
+        let volumes: BTreeSet<&str> = self.volumes.iter().map(|v| v.name.as_str()).collect();
+        let mut names = BTreeSet::new();
+        let mut public_ports = BTreeSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let p = format!("$.workloads[{i}]");
+            check_name(&w.name, &format!("{p}.name"), &mut names, &mut bad);
+            if w.cpu == 0 {
+                bad(format!("{p}.cpu"), "must be at least 1".into());
+            }
+            if w.memory_mib < 16 {
+                bad(format!("{p}.memory_mib"), "must be at least 16".into());
+            }
+            if w.flist.stores.is_empty() {
+                bad(
+                    format!("{p}.flist.stores"),
+                    "at least one store is required".into(),
+                );
+            }
+            if let Some(cwd) = &w.cwd {
+                if let Err(e) = check_abs_path(cwd) {
+                    bad(format!("{p}.cwd"), e);
+                }
+            }
+            for key in w.env.keys() {
+                let valid = !key.is_empty()
+                    && !key.starts_with(|c: char| c.is_ascii_digit())
+                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    bad(format!("{p}.env.{key}"), "not a valid variable name".into());
+                }
+            }
+            for (k, value) in w
+                .entrypoint
+                .iter()
+                .enumerate()
+                .map(|(k, s)| (k, s.as_str()))
+                .chain(w.env.values().enumerate().map(|(k, s)| (k, s.as_str())))
+            {
+                if value.contains('\0') {
+                    bad(format!("{p}.entrypoint[{k}]"), "contains NUL".into());
+                }
+            }
+            match &w.network {
+                Some(n) if !networks.contains(n.as_str()) => {
+                    bad(format!("{p}.network"), format!("no network named {n:?}"))
+                }
+                None if !w.ports.is_empty() => {
+                    bad(format!("{p}.ports"), "ports need a network".into())
+                }
+                _ => {}
+            }
+            for (j, m) in w.mounts.iter().enumerate() {
+                if !volumes.contains(m.volume.as_str()) {
+                    bad(
+                        format!("{p}.mounts[{j}].volume"),
+                        format!("no volume named {:?}", m.volume),
+                    );
+                }
+                if let Err(e) = check_abs_path(&m.path) {
+                    bad(format!("{p}.mounts[{j}].path"), e);
+                }
+            }
+            for (j, port) in w.ports.iter().enumerate() {
+                if port.port == 0 || port.public == 0 {
+                    bad(format!("{p}.ports[{j}]"), "port 0 is not a port".into());
+                }
+                if !public_ports.insert((port.public, port.protocol)) {
+                    bad(
+                        format!("{p}.ports[{j}].public"),
+                        format!("public port {} used twice", port.public),
+                    );
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn check_name(
+    name: &str,
+    path: &str,
+    seen: &mut BTreeSet<String>,
+    bad: &mut impl FnMut(String, String),
+) {
+    let valid = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bad(
+            path.into(),
+            format!("{name:?} is not a name: 1-32 of [a-z0-9-], starting with a letter"),
+        );
+    } else if !seen.insert(name.to_string()) {
+        bad(path.into(), format!("{name:?} is used twice"));
+    }
+}
+
+fn check_abs_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not absolute"));
+    }
+    if path.split('/').any(|c| c == ".." || c == ".") || path.contains('\0') {
+        return Err(format!("{path:?} has '.', '..' or NUL components"));
+    }
+    Ok(())
+}
+
+/// Parses `a.b.c.d/len` into its network address and prefix length, refusing public
+/// ranges and host bits.
+pub fn parse_private_subnet(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not a.b.c.d/len"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{cidr:?}: bad address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("{cidr:?}: bad prefix length"))?;
+    if !(16..=29).contains(&len) {
+        return Err(format!("{cidr:?}: prefix length must be 16..=29"));
+    }
+    if !addr.is_private() {
+        return Err(format!("{cidr:?} is not a private (RFC 1918) range"));
+    }
+    let mask = u32::MAX << (32 - len);
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!("{cidr:?} has host bits set"));
+    }
+    Ok((addr, len))
+}
+
+/// Argument and environment strings also accept integers and booleans, as their text:
+/// a template's `"{{ users }}"` expands to the number 100, and as an argument it is "100".
+mod scalars {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Bool(bool),
+    }
+
+    impl From<Scalar> for String {
+        fn from(s: Scalar) -> String {
+            match s {
+                Scalar::Text(t) => t,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            }
+        }
+    }
+
+    pub fn vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(Vec::<Scalar>::deserialize(d)?
+            .into_iter()
+            .map(String::from)
+            .collect())
+    }
+
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+        Ok(BTreeMap::<String, Scalar>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| (k, String::from(v)))
+            .collect())
+    }
+}

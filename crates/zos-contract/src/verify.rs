@@ -1,0 +1,556 @@
+//! Contract verification: everything a node checks before it deploys anything.
+//!
+//! [`verify`] never stops at the first problem: a refusal names every reason it found,
+//! so the owner fixes the contract once. Each [`Reason`] has a stable `code()` for
+//! status records and scripts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::blueprint::{BlueprintError, SignedBlueprint};
+use crate::contract::{BlueprintRef, SignedCancellation, SignedContract};
+use crate::crypto::{Digest, PublicKey};
+use crate::deployment::Deployment;
+use crate::document::DocError;
+use crate::limits::Limits;
+use crate::params::{self, ParamError};
+
+/// One reason to refuse a contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Reason {
+    #[error("malformed at {path}: {message}")]
+    Malformed { path: String, message: String },
+    #[error("oversized: {what} is {actual}, the limit is {limit} (at {path})")]
+    Oversized {
+        what: String,
+        limit: usize,
+        actual: usize,
+        path: String,
+    },
+    #[error("signature by {signer} does not verify")]
+    BadSignature { signer: PublicKey },
+    #[error("signature by {signer}, who is neither the owner nor a stakeholder")]
+    UnknownSigner { signer: PublicKey },
+    #[error("{signer} signed more than once")]
+    DuplicateSignature { signer: PublicKey },
+    #[error("the owner {owner} has not signed")]
+    OwnerSignatureMissing { owner: PublicKey },
+    #[error("required stakeholder {signer} has not signed")]
+    RequiredSignerMissing { signer: PublicKey },
+    #[error("threshold not met: signed weight {have} of {need}")]
+    ThresholdNotMet { have: u64, need: u64 },
+    #[error("parameter: {detail}")]
+    ParamOutOfBounds { detail: String },
+    #[error("blueprint signature invalid: {detail}")]
+    BlueprintSignatureInvalid { detail: String },
+    #[error("blueprint {digest} is not in the notary")]
+    BlueprintUnresolved { digest: Digest },
+    #[error("blueprint author {author} is not trusted by this node")]
+    BlueprintAuthorUntrusted { author: PublicKey },
+    #[error("the blueprint does not expand to a valid deployment: {detail}")]
+    InvalidDeployment { detail: String },
+    #[error("replay: version {version} is not above the accepted version {accepted}")]
+    Replay { version: u64, accepted: u64 },
+    #[error("not yet valid: not before {not_before}, now {now}")]
+    NotYetValid { not_before: u64, now: u64 },
+    #[error("expired at {expires}, now {now}")]
+    Expired { expires: u64, now: u64 },
+    #[error("addressed to other nodes, not to {node}")]
+    WrongNode { node: PublicKey },
+}
+
+impl Reason {
+    /// A stable snake_case code (the `code` field of the JSON form).
+    pub fn code(&self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m["code"].as_str().unwrap_or("unknown").to_string(),
+            _ => "unknown".to_string(),
+        }
+    }
+}
+
+impl From<DocError> for Reason {
+    fn from(e: DocError) -> Self {
+        match e {
+            DocError::Oversized {
+                what,
+                limit,
+                actual,
+                path,
+            } => Reason::Oversized {
+                what: what.to_string(),
+                limit,
+                actual,
+                path,
+            },
+            DocError::Malformed { path, message } => Reason::Malformed { path, message },
+        }
+    }
+}
+
+/// What the node knows when it verifies: the time, who it is, what it runs already.
+pub struct VerifyContext<'a> {
+    /// Unix seconds.
+    pub now: u64,
+    /// The verifying node; `None` checks the contract for no node in particular.
+    pub node: Option<PublicKey>,
+    /// The version and digest this node has accepted already for this contract id.
+    pub accepted: Option<(u64, Digest)>,
+    /// Resolves a blueprint named by digest (from the notary).
+    pub resolve_blueprint: &'a dyn Fn(&Digest) -> Option<SignedBlueprint>,
+    /// Blueprint authors this node accepts; `None` accepts any validly signed blueprint.
+    pub trusted_authors: Option<&'a BTreeSet<PublicKey>>,
+    pub limits: Limits,
+}
+
+impl VerifyContext<'_> {
+    /// A context with no accepted version, no notary and no author policy.
+    pub fn offline(now: u64) -> VerifyContext<'static> {
+        VerifyContext {
+            now,
+            node: None,
+            accepted: None,
+            resolve_blueprint: &|_| None,
+            trusted_authors: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A signer's part in a contract, as found by verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignerStatus {
+    pub key: PublicKey,
+    pub role: Role,
+    pub weight: u64,
+    pub required: bool,
+    pub signed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Stakeholder,
+}
+
+/// Everything verification found: the facts, the deployment if it could be built, and
+/// the reasons to refuse (empty when the contract is accepted).
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub id: Option<String>,
+    pub version: Option<u64>,
+    pub digest: Option<Digest>,
+    pub blueprint: Option<Digest>,
+    pub signers: Vec<SignerStatus>,
+    pub weight: u64,
+    pub threshold: u64,
+    #[serde(skip)]
+    pub deployment: Option<Deployment>,
+    pub reasons: Vec<Reason>,
+}
+
+impl Verification {
+    fn refused(reason: Reason) -> Self {
+        Verification {
+            id: None,
+            version: None,
+            digest: None,
+            blueprint: None,
+            signers: Vec::new(),
+            weight: 0,
+            threshold: 0,
+            deployment: None,
+            reasons: vec![reason],
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.reasons.is_empty() && self.deployment.is_some()
+    }
+
+    /// The accepted contract, or the refusal.
+    pub fn into_result(self) -> Result<Accepted, Refusal> {
+        match (self.reasons.is_empty(), self.deployment) {
+            (true, Some(deployment)) => Ok(Accepted {
+                id: self.id.unwrap_or_default(),
+                version: self.version.unwrap_or_default(),
+                digest: self.digest.expect("an accepted contract has a digest"),
+                blueprint: self
+                    .blueprint
+                    .expect("an accepted contract has a blueprint"),
+                deployment,
+            }),
+            (_, _) => Err(Refusal {
+                id: self.id,
+                reasons: self.reasons,
+            }),
+        }
+    }
+}
+
+/// A contract the node may deploy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub id: String,
+    pub version: u64,
+    pub digest: Digest,
+    pub blueprint: Digest,
+    pub deployment: Deployment,
+}
+
+/// A refused contract and every reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+pub struct Refusal {
+    pub id: Option<String>,
+    pub reasons: Vec<Reason>,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "contract {} refused: ",
+            self.id.as_deref().unwrap_or("?")
+        )?;
+        for (i, r) in self.reasons.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Verifies a contract document read from untrusted bytes.
+pub fn verify_bytes(bytes: &[u8], ctx: &VerifyContext) -> Verification {
+    match SignedContract::from_bytes(bytes, &ctx.limits) {
+        Ok(doc) => verify(&doc, ctx),
+        Err(e) => Verification::refused(e.into()),
+    }
+}
+
+/// Verifies a parsed contract document.
+pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
+    let c = &doc.contract;
+    let mut reasons = Vec::new();
+
+    check_shape(doc, ctx, &mut reasons);
+
+    // Signatures: each signer once, known, valid; weights only from valid signatures.
+    let mut signers: Vec<SignerStatus> = std::iter::once(SignerStatus {
+        key: c.owner,
+        role: Role::Owner,
+        weight: 0,
+        required: true,
+        signed: false,
+    })
+    .chain(c.stakeholders.iter().map(|s| SignerStatus {
+        key: s.key,
+        role: Role::Stakeholder,
+        weight: s.weight,
+        required: s.required,
+        signed: false,
+    }))
+    .collect();
+    let mut seen = BTreeSet::new();
+    for entry in &doc.signatures {
+        if !seen.insert(entry.signer) {
+            reasons.push(Reason::DuplicateSignature {
+                signer: entry.signer,
+            });
+            continue;
+        }
+        let mut known = false;
+        for s in signers.iter_mut().filter(|s| s.key == entry.signer) {
+            known = true;
+            s.signed = entry.signer.verify(&doc.digest, &entry.signature).is_ok();
+        }
+        if !known {
+            reasons.push(Reason::UnknownSigner {
+                signer: entry.signer,
+            });
+        } else if entry.signer.verify(&doc.digest, &entry.signature).is_err() {
+            reasons.push(Reason::BadSignature {
+                signer: entry.signer,
+            });
+        }
+    }
+    if !signers[0].signed {
+        reasons.push(Reason::OwnerSignatureMissing { owner: c.owner });
+    }
+    for s in signers.iter().skip(1).filter(|s| s.required && !s.signed) {
+        reasons.push(Reason::RequiredSignerMissing { signer: s.key });
+    }
+    let weight: u64 = signers
+        .iter()
+        .skip(1)
+        .filter(|s| s.signed)
+        .fold(0u64, |acc, s| acc.saturating_add(s.weight));
+    if weight < c.threshold {
+        reasons.push(Reason::ThresholdNotMet {
+            have: weight,
+            need: c.threshold,
+        });
+    }
+
+    // Time, addressing, replay.
+    if let Some(nb) = c.not_before.filter(|nb| ctx.now < *nb) {
+        reasons.push(Reason::NotYetValid {
+            not_before: nb,
+            now: ctx.now,
+        });
+    }
+    if let Some(exp) = c.expires.filter(|exp| ctx.now >= *exp) {
+        reasons.push(Reason::Expired {
+            expires: exp,
+            now: ctx.now,
+        });
+    }
+    if let Some(node) = ctx.node.filter(|n| !c.nodes.contains(n)) {
+        reasons.push(Reason::WrongNode { node });
+    }
+    if let Some((accepted, accepted_digest)) = ctx.accepted {
+        let same_document = c.version == accepted && doc.digest == accepted_digest;
+        if c.version <= accepted && !same_document {
+            reasons.push(Reason::Replay {
+                version: c.version,
+                accepted,
+            });
+        }
+    }
+
+    // The blueprint and what it expands to.
+    let (blueprint_digest, deployment) = expand(doc, ctx, &mut reasons);
+
+    Verification {
+        id: Some(c.id.clone()),
+        version: Some(c.version),
+        digest: Some(doc.digest),
+        blueprint: blueprint_digest,
+        signers,
+        weight,
+        threshold: c.threshold,
+        deployment,
+        reasons,
+    }
+}
+
+/// Structural rules serde cannot express.
+fn check_shape(doc: &SignedContract, ctx: &VerifyContext, reasons: &mut Vec<Reason>) {
+    let c = &doc.contract;
+    let mut malformed = |path: &str, message: String| {
+        reasons.push(Reason::Malformed {
+            path: path.to_string(),
+            message,
+        })
+    };
+    let id_ok = (1..=64).contains(&c.id.len())
+        && c.id
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+    if !id_ok {
+        malformed(
+            "$.contract.id",
+            format!("{:?} is not 1-64 of [a-z0-9-]", c.id),
+        );
+    }
+    if c.version == 0 {
+        malformed("$.contract.version", "versions start at 1".into());
+    }
+    if c.nodes.is_empty() {
+        malformed("$.contract.nodes", "names no node".into());
+    }
+    if c.nodes.iter().collect::<BTreeSet<_>>().len() != c.nodes.len() {
+        malformed("$.contract.nodes", "a node is listed twice".into());
+    }
+    let mut keys = BTreeSet::from([c.owner]);
+    for (i, s) in c.stakeholders.iter().enumerate() {
+        if !keys.insert(s.key) {
+            malformed(
+                &format!("$.contract.stakeholders[{i}].key"),
+                "is the owner or listed twice".into(),
+            );
+        }
+        if s.weight == 0 && !s.required {
+            malformed(
+                &format!("$.contract.stakeholders[{i}].weight"),
+                "an optional stakeholder needs a weight above 0".into(),
+            );
+        }
+    }
+    let total: u64 = c
+        .stakeholders
+        .iter()
+        .fold(0u64, |a, s| a.saturating_add(s.weight));
+    if c.threshold > total {
+        malformed(
+            "$.contract.threshold",
+            format!(
+                "{} is above the total stakeholder weight {total}: it can never be met",
+                c.threshold
+            ),
+        );
+    }
+    if let (Some(nb), Some(exp)) = (c.not_before, c.expires) {
+        if exp <= nb {
+            malformed("$.contract.expires", "is not after not_before".into());
+        }
+    }
+    if doc.signatures.len() > ctx.limits.collection_items {
+        reasons.push(Reason::Oversized {
+            what: "signature count".into(),
+            limit: ctx.limits.collection_items,
+            actual: doc.signatures.len(),
+            path: "$.signatures".into(),
+        });
+    }
+}
+
+fn expand(
+    doc: &SignedContract,
+    ctx: &VerifyContext,
+    reasons: &mut Vec<Reason>,
+) -> (Option<Digest>, Option<Deployment>) {
+    let blueprint = match &doc.contract.blueprint {
+        BlueprintRef::Embedded(_) => match doc.embedded_blueprint(&ctx.limits) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                reasons.push(blueprint_reason(e));
+                return (None, None);
+            }
+            None => unreachable!("an embedded blueprint is present"),
+        },
+        BlueprintRef::Sha256(digest) => match (ctx.resolve_blueprint)(digest) {
+            // The resolver's copy must be the one the contract names.
+            Some(b) if b.digest == *digest => b,
+            _ => {
+                reasons.push(Reason::BlueprintUnresolved { digest: *digest });
+                return (Some(*digest), None);
+            }
+        },
+    };
+    if let Some(trusted) = ctx.trusted_authors {
+        if !trusted.contains(&blueprint.author) {
+            reasons.push(Reason::BlueprintAuthorUntrusted {
+                author: blueprint.author,
+            });
+        }
+    }
+    let params = match params::resolve(&blueprint.blueprint.params, &doc.contract.params) {
+        Ok(p) => p,
+        Err(errors) => {
+            reasons.extend(errors.into_iter().map(|e| Reason::ParamOutOfBounds {
+                detail: e.to_string(),
+            }));
+            return (Some(blueprint.digest), None);
+        }
+    };
+    match blueprint.blueprint.deployment(&params, &ctx.limits) {
+        Ok(d) => (Some(blueprint.digest), Some(d)),
+        Err(detail) => {
+            reasons.push(Reason::InvalidDeployment { detail });
+            (Some(blueprint.digest), None)
+        }
+    }
+}
+
+fn blueprint_reason(e: BlueprintError) -> Reason {
+    match e {
+        BlueprintError::BadSignature(author) => Reason::BlueprintSignatureInvalid {
+            detail: format!("signature by {author} does not verify"),
+        },
+        BlueprintError::Document(d) => match Reason::from(d) {
+            Reason::Malformed { path, message } => Reason::Malformed {
+                path: path.replacen('$', "$.contract.blueprint.embedded", 1),
+                message,
+            },
+            Reason::Oversized {
+                what,
+                limit,
+                actual,
+                path,
+            } => Reason::Oversized {
+                what,
+                limit,
+                actual,
+                path: path.replacen('$', "$.contract.blueprint.embedded", 1),
+            },
+            other => other,
+        },
+        other => Reason::InvalidDeployment {
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Why a cancellation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelRefusal {
+    #[error("cancellation signature does not verify")]
+    BadSignature,
+    #[error("cancellation is for contract {got:?}, not {want:?}")]
+    WrongContract { got: String, want: String },
+    #[error("cancellation signed by {got}, but the contract's owner is {want}")]
+    NotOwner { got: PublicKey, want: PublicKey },
+    #[error("replay: cancellation version {version} is not above the running version {running}")]
+    Replay { version: u64, running: u64 },
+}
+
+/// Checks that a cancellation may stop the contract a node runs.
+pub fn verify_cancellation(
+    cancel: &SignedCancellation,
+    running_id: &str,
+    running_owner: &PublicKey,
+    running_version: u64,
+) -> Result<(), CancelRefusal> {
+    let c = &cancel.cancellation;
+    cancel
+        .check_signature()
+        .map_err(|_| CancelRefusal::BadSignature)?;
+    if c.id != running_id {
+        return Err(CancelRefusal::WrongContract {
+            got: c.id.clone(),
+            want: running_id.to_string(),
+        });
+    }
+    if c.owner != *running_owner {
+        return Err(CancelRefusal::NotOwner {
+            got: c.owner,
+            want: *running_owner,
+        });
+    }
+    if c.version <= running_version {
+        return Err(CancelRefusal::Replay {
+            version: c.version,
+            running: running_version,
+        });
+    }
+    Ok(())
+}
+
+/// Parameter values from `name=value` strings: integers, booleans, else strings.
+pub fn parse_param_args(
+    args: &[String],
+) -> Result<BTreeMap<String, serde_json::Value>, ParamError> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        let (name, value) = arg.split_once('=').ok_or_else(|| ParamError::OutOfBounds {
+            name: arg.clone(),
+            reason: "expected name=value".into(),
+        })?;
+        let v = if let Ok(i) = value.parse::<i64>() {
+            serde_json::Value::from(i)
+        } else if let Ok(b) = value.parse::<bool>() {
+            serde_json::Value::from(b)
+        } else {
+            serde_json::Value::from(value)
+        };
+        out.insert(name.to_string(), v);
+    }
+    Ok(out)
+}
