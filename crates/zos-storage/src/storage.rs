@@ -1,0 +1,714 @@
+//! Pools, volumes, vdisks and placement.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, FsUsage, Kernel};
+use crate::disk::{self, DiscoveryConfig, Verdict};
+use crate::error::{Error, Result};
+use crate::state::{StateHome, STATE_DIR};
+use crate::{check_name, PoolKind};
+
+/// Directory of volume subvolumes inside a pool.
+pub const VOLUMES_DIR: &str = "volumes";
+/// Directory of vdisk files inside a pool.
+pub const VDISKS_DIR: &str = "vdisks";
+/// State key of the pool registry (the pools this node has ever had).
+pub const POOLS_KEY: &str = "pools";
+
+/// How storage is set up.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub discovery: DiscoveryConfig,
+    /// Pools are mounted at `<pools_root>/<label>`.
+    pub pools_root: PathBuf,
+    /// Kind per disk kernel name, overriding the rotational flag.
+    pub kind_override: BTreeMap<String, PoolKind>,
+}
+
+impl StorageConfig {
+    pub fn new(pools_root: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            discovery: DiscoveryConfig::default(),
+            pools_root: pools_root.into(),
+            kind_override: BTreeMap::new(),
+        }
+    }
+}
+
+/// Health of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PoolStatus {
+    Online,
+    /// Known from the registry, but no disk carries its label any more.
+    Missing,
+    /// Its disk is there but it could not be mounted or used.
+    Broken {
+        reason: String,
+    },
+}
+
+/// One btrfs filesystem on one disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub label: String,
+    pub kind: PoolKind,
+    /// Kernel name of the disk it was last seen on.
+    pub disk: Option<String>,
+    pub device: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub status: PoolStatus,
+}
+
+/// A pool with its numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub pool: Pool,
+    /// statvfs total / used / available, when online.
+    pub total: u64,
+    pub used: u64,
+    pub free: u64,
+    /// What placement may hand out: total minus the space btrfs keeps for itself.
+    pub capacity: u64,
+    /// Sum of volume limits and vdisk sizes on this pool.
+    pub allocated: u64,
+}
+
+/// A subvolume with a qgroup limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    pub pool: String,
+    pub path: PathBuf,
+    /// The qgroup limit (referenced bytes); 0 when none is set.
+    pub size: u64,
+    /// Referenced bytes (as of the last committed transaction).
+    pub used: u64,
+}
+
+/// A sparse NOCOW file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vdisk {
+    pub name: String,
+    pub pool: String,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Bytes actually allocated on disk.
+    pub allocated: u64,
+}
+
+/// A pool's numbers as placement sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolCapacity {
+    pub label: String,
+    pub kind: PoolKind,
+    pub capacity: u64,
+    pub allocated: u64,
+}
+
+impl PoolCapacity {
+    pub fn free(&self) -> u64 {
+        self.capacity.saturating_sub(self.allocated)
+    }
+}
+
+/// Placement: the pool of `kind` with the most unallocated space, if `size` fits there.
+pub fn place(pools: &[PoolCapacity], kind: PoolKind, size: u64) -> Result<usize> {
+    let best = pools
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.kind == kind)
+        .max_by(|(_, a), (_, b)| a.free().cmp(&b.free()).then(b.label.cmp(&a.label)));
+    match best {
+        Some((i, p)) if p.free() >= size => Ok(i),
+        best => Err(Error::NoCapacity {
+            requested: size,
+            largest_free: best.map(|(_, p)| p.free()).unwrap_or(0),
+            largest_pool: best
+                .map(|(_, p)| p.label.clone())
+                .unwrap_or_else(|| "-".into()),
+            kind,
+            pools: pools.iter().filter(|p| p.kind == kind).count(),
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KnownPool {
+    label: String,
+    kind: PoolKind,
+    disk: Option<String>,
+}
+
+/// The node's storage: its pools and what lives on them.
+pub struct Storage<B: Backend = Kernel> {
+    backend: B,
+    pools_root: PathBuf,
+    inner: Mutex<Vec<Pool>>,
+    state: StateHome,
+}
+
+impl<B: Backend> std::fmt::Debug for Storage<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("pools_root", &self.pools_root)
+            .field("pools", &*self.lock())
+            .finish()
+    }
+}
+
+fn random_uuid() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b)
+        .map_err(|e| Error::io("getrandom", "uuid", std::io::Error::other(e.to_string())))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+fn ensure_layout(mnt: &Path) -> Result<()> {
+    for d in [VOLUMES_DIR, VDISKS_DIR, STATE_DIR] {
+        let p = mnt.join(d);
+        fs::create_dir_all(&p).map_err(|e| Error::io("create dir", &p, e))?;
+    }
+    Ok(())
+}
+
+fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut v: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+impl Storage<Kernel> {
+    /// Discover disks, create pools on blank ones, mount existing pools by label, and mark
+    /// pools known from the registry but absent as missing.
+    pub fn open(cfg: StorageConfig) -> Result<Self> {
+        Self::open_with(Kernel, cfg)
+    }
+}
+
+impl<B: Backend> Storage<B> {
+    /// [`Storage::open`] with another backend.
+    pub fn open_with(backend: B, cfg: StorageConfig) -> Result<Self> {
+        let plan = disk::plan(&cfg.discovery)?;
+        fs::create_dir_all(&cfg.pools_root)
+            .map_err(|e| Error::io("create dir", &cfg.pools_root, e))?;
+        let prefix = &cfg.discovery.label_prefix;
+        let mut pools = Vec::new();
+        for (d, v) in &plan.disks {
+            let kind = cfg
+                .kind_override
+                .get(&d.name)
+                .copied()
+                .unwrap_or(if d.rotational {
+                    PoolKind::Hdd
+                } else {
+                    PoolKind::Ssd
+                });
+            let (label, new, wipe) = match v {
+                Verdict::Refused { .. } => continue,
+                Verdict::ExistingPool { label } => (label.clone(), false, false),
+                Verdict::NewPool { wipe } => (format!("{prefix}{}", random_uuid()?), true, *wipe),
+            };
+            let mountpoint = cfg.pools_root.join(&label);
+            let status = match Self::bring_up(&backend, &d.path, &label, &mountpoint, new, wipe) {
+                Ok(()) => PoolStatus::Online,
+                Err(e) if new => return Err(e),
+                Err(e) => {
+                    tracing::error!(pool = %label, disk = %d.name, error = %e, "pool is broken");
+                    PoolStatus::Broken {
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            tracing::info!(pool = %label, disk = %d.name, ?kind, new, ?status, "pool");
+            pools.push(Pool {
+                label,
+                kind,
+                disk: Some(d.name.clone()),
+                device: Some(d.path.clone()),
+                mountpoint,
+                status,
+            });
+        }
+        let storage = Self::with_pools(backend, cfg.pools_root.clone(), pools);
+        storage.reconcile_registry(prefix)?;
+        Ok(storage)
+    }
+
+    fn bring_up(
+        backend: &B,
+        dev: &Path,
+        label: &str,
+        mnt: &Path,
+        new: bool,
+        wipe: bool,
+    ) -> Result<()> {
+        if new {
+            tracing::info!(device = %dev.display(), label, wipe, "creating pool");
+            backend.mkfs(dev, label, wipe)?;
+        }
+        fs::create_dir_all(mnt).map_err(|e| Error::io("create dir", mnt, e))?;
+        if !backend.is_mounted(mnt)? {
+            backend.mount(dev, mnt)?;
+        }
+        backend.enable_quota(mnt)?;
+        ensure_layout(mnt)
+    }
+
+    /// Storage over pools that are already mounted (used by tests with a fake backend).
+    pub fn with_pools(backend: B, pools_root: PathBuf, pools: Vec<Pool>) -> Self {
+        let state = StateHome::new(
+            pools
+                .iter()
+                .filter(|p| p.status == PoolStatus::Online)
+                .map(|p| p.mountpoint.join(STATE_DIR))
+                .collect(),
+        );
+        Storage {
+            backend,
+            pools_root,
+            inner: Mutex::new(pools),
+            state,
+        }
+    }
+
+    /// Merge the registry of known pools with what was found; absent ones become Missing.
+    fn reconcile_registry(&self, prefix: &str) -> Result<()> {
+        if self.state.dirs().is_empty() {
+            return Ok(());
+        }
+        let mut known: Vec<KnownPool> = match self.state.read(POOLS_KEY) {
+            Ok(Some(r)) => serde_json::from_slice(&r.data).map_err(|e| Error::Corrupt {
+                what: "pool registry".into(),
+                why: e.to_string(),
+            })?,
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::error!(error = %e, "pool registry unreadable; rebuilding it");
+                Vec::new()
+            }
+        };
+        let mut pools = self.lock();
+        // Pool mountpoint directories left from earlier boots count as known too.
+        for n in list_names(&self.pools_root)? {
+            if n.starts_with(prefix) && !known.iter().any(|k| k.label == n) {
+                known.push(KnownPool {
+                    label: n,
+                    kind: PoolKind::Ssd,
+                    disk: None,
+                });
+            }
+        }
+        for k in &known {
+            if !pools.iter().any(|p| p.label == k.label) {
+                tracing::error!(pool = %k.label, disk = ?k.disk, "pool is missing");
+                pools.push(Pool {
+                    label: k.label.clone(),
+                    kind: k.kind,
+                    disk: k.disk.clone(),
+                    device: None,
+                    mountpoint: self.pools_root.join(&k.label),
+                    status: PoolStatus::Missing,
+                });
+            }
+        }
+        let registry: Vec<KnownPool> = pools
+            .iter()
+            .map(|p| KnownPool {
+                label: p.label.clone(),
+                kind: p.kind,
+                disk: p.disk.clone(),
+            })
+            .collect();
+        drop(pools);
+        let bytes = serde_json::to_vec(&registry).expect("registry serialises");
+        self.state.write(POOLS_KEY, &bytes)?;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Pool>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node state home over every online pool.
+    pub fn state(&self) -> &StateHome {
+        &self.state
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// All pools (online, missing, broken).
+    pub fn pools(&self) -> Vec<Pool> {
+        self.lock().clone()
+    }
+
+    fn pool_capacity(&self, p: &Pool) -> Result<(FsUsage, u64, u64)> {
+        let u = self.backend.fs_usage(&p.mountpoint)?;
+        let mut allocated = 0;
+        for v in list_names(&p.mountpoint.join(VOLUMES_DIR))? {
+            let path = p.mountpoint.join(VOLUMES_DIR).join(&v);
+            allocated += self.backend.qgroup_usage(&path, false)?.limit.unwrap_or(0);
+        }
+        for v in list_names(&p.mountpoint.join(VDISKS_DIR))? {
+            let path = p.mountpoint.join(VDISKS_DIR).join(&v);
+            allocated += fs::metadata(&path)
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+        }
+        // btrfs keeps (free - available) for metadata and its global reserve.
+        let reserved = u.total.saturating_sub(u.used).saturating_sub(u.free);
+        Ok((u, u.total.saturating_sub(reserved), allocated))
+    }
+
+    /// Every pool with its numbers (zeros for pools that are not online).
+    pub fn pool_infos(&self) -> Result<Vec<PoolInfo>> {
+        let pools = self.lock().clone();
+        pools
+            .into_iter()
+            .map(|p| {
+                if p.status != PoolStatus::Online {
+                    return Ok(PoolInfo {
+                        pool: p,
+                        total: 0,
+                        used: 0,
+                        free: 0,
+                        capacity: 0,
+                        allocated: 0,
+                    });
+                }
+                let (u, capacity, allocated) = self.pool_capacity(&p)?;
+                Ok(PoolInfo {
+                    pool: p,
+                    total: u.total,
+                    used: u.used,
+                    free: u.free,
+                    capacity,
+                    allocated,
+                })
+            })
+            .collect()
+    }
+
+    fn capacities(&self, pools: &[Pool]) -> Result<Vec<(Pool, PoolCapacity)>> {
+        let mut out = Vec::new();
+        for p in pools.iter().filter(|p| p.status == PoolStatus::Online) {
+            let (_, capacity, allocated) = self.pool_capacity(p)?;
+            out.push((
+                p.clone(),
+                PoolCapacity {
+                    label: p.label.clone(),
+                    kind: p.kind,
+                    capacity,
+                    allocated,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn choose(&self, pools: &[Pool], kind: PoolKind, size: u64) -> Result<Pool> {
+        let caps = self.capacities(pools)?;
+        let cs: Vec<PoolCapacity> = caps.iter().map(|(_, c)| c.clone()).collect();
+        let i = place(&cs, kind, size)?;
+        Ok(caps[i].0.clone())
+    }
+
+    fn find_in(&self, pools: &[Pool], sub: &str, name: &str) -> Option<(Pool, PathBuf)> {
+        pools
+            .iter()
+            .filter(|p| p.status == PoolStatus::Online)
+            .find_map(|p| {
+                let path = p.mountpoint.join(sub).join(name);
+                fs::symlink_metadata(&path)
+                    .is_ok()
+                    .then(|| (p.clone(), path))
+            })
+    }
+
+    // ----- volumes -----
+
+    fn volume_at(&self, pool: &Pool, name: &str, path: PathBuf, sync: bool) -> Result<Volume> {
+        let q = self.backend.qgroup_usage(&path, sync)?;
+        Ok(Volume {
+            name: name.to_string(),
+            pool: pool.label.clone(),
+            path,
+            size: q.limit.unwrap_or(0),
+            used: q.referenced,
+        })
+    }
+
+    /// Create a volume of `size` bytes on the best pool of `kind`; refuses if it exists.
+    pub fn volume_create(&self, name: &str, size: u64, kind: PoolKind) -> Result<Volume> {
+        check_name(name)?;
+        check_size("volume", size)?;
+        let pools = self.lock();
+        if let Some((p, _)) = self.find_in(&pools, VOLUMES_DIR, name) {
+            return Err(Error::Exists {
+                kind: "volume",
+                name: name.into(),
+                pool: p.label,
+            });
+        }
+        let pool = self.choose(&pools, kind, size)?;
+        let path = pool.mountpoint.join(VOLUMES_DIR).join(name);
+        self.backend.subvol_create(&path)?;
+        if let Err(e) = self.backend.set_limit(&path, size) {
+            let _ = self.backend.subvol_delete(&path);
+            return Err(e);
+        }
+        tracing::info!(volume = name, pool = %pool.label, size, "volume created");
+        Ok(Volume {
+            name: name.to_string(),
+            pool: pool.label.clone(),
+            path,
+            size,
+            used: 0,
+        })
+    }
+
+    /// Idempotent: create the volume, or resize it if it exists with another size.
+    pub fn volume_ensure(&self, name: &str, size: u64, kind: PoolKind) -> Result<Volume> {
+        match self.volume(name)? {
+            None => self.volume_create(name, size, kind),
+            Some(v) if v.size == size => Ok(v),
+            Some(_) => self.volume_resize(name, size),
+        }
+    }
+
+    /// Change a volume's limit. Growing is refused if the pool would be overcommitted.
+    pub fn volume_resize(&self, name: &str, size: u64) -> Result<Volume> {
+        check_name(name)?;
+        check_size("volume", size)?;
+        let pools = self.lock();
+        let (pool, path) = self
+            .find_in(&pools, VOLUMES_DIR, name)
+            .ok_or_else(|| not_found("volume", name))?;
+        let current = self.backend.qgroup_usage(&path, false)?.limit.unwrap_or(0);
+        if size > current {
+            let (_, capacity, allocated) = self.pool_capacity(&pool)?;
+            let available = capacity.saturating_sub(allocated);
+            if size - current > available {
+                return Err(Error::ResizeNoCapacity {
+                    name: name.into(),
+                    pool: pool.label,
+                    requested: size,
+                    available,
+                });
+            }
+        }
+        self.backend.set_limit(&path, size)?;
+        tracing::info!(volume = name, pool = %pool.label, from = current, to = size, "volume resized");
+        self.volume_at(&pool, name, path, false)
+    }
+
+    /// Delete a volume and its data. Returns false if it did not exist.
+    pub fn volume_remove(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        let pools = self.lock();
+        let Some((pool, path)) = self.find_in(&pools, VOLUMES_DIR, name) else {
+            return Ok(false);
+        };
+        self.backend.subvol_delete(&path)?;
+        tracing::info!(volume = name, pool = %pool.label, "volume removed");
+        Ok(true)
+    }
+
+    /// One volume with fresh usage numbers (commits the transaction first).
+    pub fn volume(&self, name: &str) -> Result<Option<Volume>> {
+        check_name(name)?;
+        let pools = self.lock();
+        match self.find_in(&pools, VOLUMES_DIR, name) {
+            Some((p, path)) => Ok(Some(self.volume_at(&p, name, path, true)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every volume on every online pool (usage as of the last commit).
+    pub fn volumes(&self) -> Result<Vec<Volume>> {
+        let pools = self.lock().clone();
+        let mut out = Vec::new();
+        for p in pools.iter().filter(|p| p.status == PoolStatus::Online) {
+            for n in list_names(&p.mountpoint.join(VOLUMES_DIR))? {
+                let path = p.mountpoint.join(VOLUMES_DIR).join(&n);
+                out.push(self.volume_at(p, &n, path, false)?);
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- vdisks -----
+
+    fn vdisk_at(pool: &Pool, name: &str, path: PathBuf) -> Result<Vdisk> {
+        let m = fs::metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+        Ok(Vdisk {
+            name: name.to_string(),
+            pool: pool.label.clone(),
+            path,
+            size: m.len(),
+            allocated: m.blocks() * 512,
+        })
+    }
+
+    /// Create a sparse NOCOW file of `size` bytes on the best pool of `kind`.
+    pub fn vdisk_create(&self, name: &str, size: u64, kind: PoolKind) -> Result<Vdisk> {
+        check_name(name)?;
+        check_size("vdisk", size)?;
+        let pools = self.lock();
+        if let Some((p, _)) = self.find_in(&pools, VDISKS_DIR, name) {
+            return Err(Error::Exists {
+                kind: "vdisk",
+                name: name.into(),
+                pool: p.label,
+            });
+        }
+        let pool = self.choose(&pools, kind, size)?;
+        let path = pool.mountpoint.join(VDISKS_DIR).join(name);
+        let res = (|| {
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| Error::io("create", &path, e))?;
+            // NOCOW only takes effect on an empty file: set it before any data.
+            self.backend.set_nocow(&f, &path)?;
+            f.set_len(size)
+                .map_err(|e| Error::io("truncate", &path, e))?;
+            f.sync_all().map_err(|e| Error::io("fsync", &path, e))
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        tracing::info!(vdisk = name, pool = %pool.label, size, "vdisk created");
+        Self::vdisk_at(&pool, name, path)
+    }
+
+    /// Idempotent: create, or grow to `size` if it exists smaller.
+    pub fn vdisk_ensure(&self, name: &str, size: u64, kind: PoolKind) -> Result<Vdisk> {
+        match self.vdisks()?.into_iter().find(|v| v.name == name) {
+            None => self.vdisk_create(name, size, kind),
+            Some(v) if v.size == size => Ok(v),
+            Some(_) => self.vdisk_resize(name, size),
+        }
+    }
+
+    /// Grow a vdisk (shrinking would cut a guest's filesystem and is refused).
+    pub fn vdisk_resize(&self, name: &str, size: u64) -> Result<Vdisk> {
+        check_name(name)?;
+        check_size("vdisk", size)?;
+        let pools = self.lock();
+        let (pool, path) = self
+            .find_in(&pools, VDISKS_DIR, name)
+            .ok_or_else(|| not_found("vdisk", name))?;
+        let current = Self::vdisk_at(&pool, name, path.clone())?.size;
+        if size < current {
+            return Err(Error::InvalidSize {
+                what: format!("vdisk {name}"),
+                size,
+                why: "shrinking a vdisk would destroy guest data",
+            });
+        }
+        let (_, capacity, allocated) = self.pool_capacity(&pool)?;
+        let available = capacity.saturating_sub(allocated);
+        if size - current > available {
+            return Err(Error::ResizeNoCapacity {
+                name: name.into(),
+                pool: pool.label,
+                requested: size,
+                available,
+            });
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        f.set_len(size)
+            .map_err(|e| Error::io("truncate", &path, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
+        tracing::info!(vdisk = name, pool = %pool.label, from = current, to = size, "vdisk resized");
+        Self::vdisk_at(&pool, name, path)
+    }
+
+    /// Delete a vdisk. Returns false if it did not exist.
+    pub fn vdisk_remove(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        let pools = self.lock();
+        let Some((pool, path)) = self.find_in(&pools, VDISKS_DIR, name) else {
+            return Ok(false);
+        };
+        fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        tracing::info!(vdisk = name, pool = %pool.label, "vdisk removed");
+        Ok(true)
+    }
+
+    pub fn vdisks(&self) -> Result<Vec<Vdisk>> {
+        let pools = self.lock().clone();
+        let mut out = Vec::new();
+        for p in pools.iter().filter(|p| p.status == PoolStatus::Online) {
+            for n in list_names(&p.mountpoint.join(VDISKS_DIR))? {
+                let path = p.mountpoint.join(VDISKS_DIR).join(&n);
+                out.push(Self::vdisk_at(p, &n, path)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unmount every online pool (shutdown, or a simulated reboot in tests).
+    pub fn close(self) -> Result<()> {
+        let pools = self.lock().clone();
+        let mut first = None;
+        for p in pools.iter().filter(|p| p.status == PoolStatus::Online) {
+            if let Err(e) = self.backend.unmount(&p.mountpoint) {
+                tracing::error!(pool = %p.label, error = %e, "unmount failed");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+fn not_found(kind: &'static str, name: &str) -> Error {
+    Error::NotFound {
+        kind,
+        name: name.to_string(),
+    }
+}
+
+fn check_size(what: &str, size: u64) -> Result<()> {
+    if size < 4096 || size % 4096 != 0 {
+        return Err(Error::InvalidSize {
+            what: what.to_string(),
+            size,
+            why: "must be a positive multiple of 4096",
+        });
+    }
+    Ok(())
+}
