@@ -17,6 +17,7 @@ pub mod deployment;
 pub mod document;
 pub mod limits;
 pub mod params;
+pub mod spec_example;
 pub mod verify;
 
 pub use blueprint::{Blueprint, BlueprintError, SignedBlueprint};
