@@ -712,3 +712,234 @@ fn check_size(what: &str, size: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::QgroupUsage;
+    use std::collections::HashMap;
+    use std::fs::File;
+
+    /// A kernel stand-in: pools are plain directories with a configured size.
+    #[derive(Default)]
+    struct Fake {
+        sizes: HashMap<PathBuf, u64>,
+        limits: Mutex<HashMap<PathBuf, u64>>,
+    }
+
+    impl Backend for Fake {
+        fn mkfs(&self, _: &Path, _: &str, _: bool) -> Result<()> {
+            unreachable!("fake pools are pre-made")
+        }
+        fn mount(&self, _: &Path, _: &Path) -> Result<()> {
+            unreachable!()
+        }
+        fn unmount(&self, _: &Path) -> Result<()> {
+            Ok(())
+        }
+        fn is_mounted(&self, _: &Path) -> Result<bool> {
+            Ok(true)
+        }
+        fn enable_quota(&self, _: &Path) -> Result<()> {
+            Ok(())
+        }
+        fn fs_usage(&self, mnt: &Path) -> Result<FsUsage> {
+            let total = self.sizes[mnt];
+            Ok(FsUsage {
+                total,
+                used: 0,
+                free: total,
+            })
+        }
+        fn subvol_create(&self, path: &Path) -> Result<()> {
+            fs::create_dir(path).map_err(|e| Error::io("mkdir", path, e))
+        }
+        fn subvol_delete(&self, path: &Path) -> Result<()> {
+            self.limits.lock().unwrap().remove(path);
+            fs::remove_dir_all(path).map_err(|e| Error::io("rm", path, e))
+        }
+        fn set_limit(&self, subvol: &Path, bytes: u64) -> Result<()> {
+            self.limits
+                .lock()
+                .unwrap()
+                .insert(subvol.to_path_buf(), bytes);
+            Ok(())
+        }
+        fn qgroup_usage(&self, subvol: &Path, _: bool) -> Result<QgroupUsage> {
+            Ok(QgroupUsage {
+                limit: self.limits.lock().unwrap().get(subvol).copied(),
+                ..Default::default()
+            })
+        }
+        fn set_nocow(&self, _: &File, _: &Path) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    fn storage(pools: &[(&str, PoolKind, u64)]) -> (tempfile::TempDir, Storage<Fake>) {
+        let t = tempfile::tempdir().unwrap();
+        let mut fake = Fake::default();
+        let mut ps = Vec::new();
+        for (label, kind, size) in pools {
+            let mnt = t.path().join(label);
+            ensure_layout(&mnt).unwrap();
+            fake.sizes.insert(mnt.clone(), *size);
+            ps.push(Pool {
+                label: label.to_string(),
+                kind: *kind,
+                disk: None,
+                device: None,
+                mountpoint: mnt,
+                status: PoolStatus::Online,
+            });
+        }
+        ps.push(Pool {
+            label: "gone".into(),
+            kind: PoolKind::Ssd,
+            disk: None,
+            device: None,
+            mountpoint: t.path().join("gone"),
+            status: PoolStatus::Missing,
+        });
+        let root = t.path().to_path_buf();
+        (t, Storage::with_pools(fake, root, ps))
+    }
+
+    #[test]
+    fn placement_prefers_ssd_with_most_free() {
+        let (_t, s) = storage(&[
+            ("ssd1", PoolKind::Ssd, 100 * MIB),
+            ("ssd2", PoolKind::Ssd, 200 * MIB),
+            ("hdd1", PoolKind::Hdd, 1000 * MIB),
+        ]);
+        assert_eq!(
+            s.volume_create("a", 50 * MIB, PoolKind::Ssd).unwrap().pool,
+            "ssd2"
+        );
+        assert_eq!(
+            s.volume_create("b", 100 * MIB, PoolKind::Ssd).unwrap().pool,
+            "ssd2"
+        );
+        // ssd2 now has 50 MiB left, ssd1 100 MiB.
+        assert_eq!(
+            s.vdisk_create("c", 60 * MIB, PoolKind::Ssd).unwrap().pool,
+            "ssd1"
+        );
+        assert_eq!(
+            s.volume_create("d", 500 * MIB, PoolKind::Hdd).unwrap().pool,
+            "hdd1"
+        );
+        // No overcommit: 50 + 40 free on SSDs, 41 MiB fits nowhere.
+        match s.volume_create("e", 51 * MIB, PoolKind::Ssd) {
+            Err(Error::NoCapacity {
+                requested,
+                largest_free,
+                largest_pool,
+                pools,
+                ..
+            }) => {
+                assert_eq!(
+                    (requested, largest_free, largest_pool.as_str(), pools),
+                    (51 * MIB, 50 * MIB, "ssd2", 2)
+                );
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(s.volume("e").unwrap().is_none());
+        let msg = s
+            .vdisk_create("e", 51 * MIB, PoolKind::Ssd)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("53477376") && msg.contains("52428800"),
+            "{msg}"
+        );
+        assert!(s.vdisks().unwrap().len() == 1);
+        // Exactly the remaining space fits.
+        assert_eq!(
+            s.volume_create("f", 50 * MIB, PoolKind::Ssd).unwrap().pool,
+            "ssd2"
+        );
+        let infos = s.pool_infos().unwrap();
+        let ssd2 = infos.iter().find(|i| i.pool.label == "ssd2").unwrap();
+        assert_eq!((ssd2.allocated, ssd2.capacity), (200 * MIB, 200 * MIB));
+        let gone = infos.iter().find(|i| i.pool.label == "gone").unwrap();
+        assert_eq!(gone.pool.status, PoolStatus::Missing);
+    }
+
+    #[test]
+    fn resize_respects_capacity_and_remove_frees() {
+        let (_t, s) = storage(&[("ssd1", PoolKind::Ssd, 100 * MIB)]);
+        s.volume_create("a", 40 * MIB, PoolKind::Ssd).unwrap();
+        s.volume_create("b", 40 * MIB, PoolKind::Ssd).unwrap();
+        assert!(matches!(
+            s.volume_resize("a", 61 * MIB),
+            Err(Error::ResizeNoCapacity { available, .. }) if available == 20 * MIB
+        ));
+        assert_eq!(s.volume_resize("a", 60 * MIB).unwrap().size, 60 * MIB);
+        assert_eq!(s.volume_resize("a", 10 * MIB).unwrap().size, 10 * MIB);
+        assert!(matches!(
+            s.volume_create("a", 4096, PoolKind::Ssd),
+            Err(Error::Exists { .. })
+        ));
+        // ensure is idempotent and resizes.
+        assert_eq!(
+            s.volume_ensure("a", 10 * MIB, PoolKind::Ssd).unwrap().size,
+            10 * MIB
+        );
+        assert_eq!(
+            s.volume_ensure("a", 20 * MIB, PoolKind::Ssd).unwrap().size,
+            20 * MIB
+        );
+        assert!(s.volume_remove("b").unwrap());
+        assert!(!s.volume_remove("b").unwrap());
+        assert_eq!(s.volumes().unwrap().len(), 1);
+        s.vdisk_create("v", 80 * MIB, PoolKind::Ssd).unwrap();
+        assert!(matches!(
+            s.vdisk_resize("v", 40 * MIB),
+            Err(Error::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            s.vdisk_resize("v", 81 * MIB),
+            Err(Error::ResizeNoCapacity { .. })
+        ));
+        assert!(s.vdisk_remove("v").unwrap());
+        assert!(matches!(
+            s.volume_create("../x", 4096, PoolKind::Ssd),
+            Err(Error::InvalidName(_))
+        ));
+        assert!(matches!(
+            s.volume_create("x", 1000, PoolKind::Ssd),
+            Err(Error::InvalidSize { .. })
+        ));
+        // No HDD pool at all: refused with zero pools.
+        assert!(matches!(
+            s.volume_create("h", 4096, PoolKind::Hdd),
+            Err(Error::NoCapacity {
+                pools: 0,
+                largest_free: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn place_is_pure() {
+        let p = |l: &str, k, c, a| PoolCapacity {
+            label: l.into(),
+            kind: k,
+            capacity: c,
+            allocated: a,
+        };
+        let pools = [
+            p("a", PoolKind::Ssd, 100, 90),
+            p("b", PoolKind::Ssd, 50, 0),
+            p("c", PoolKind::Hdd, 1000, 0),
+        ];
+        assert_eq!(place(&pools, PoolKind::Ssd, 50).unwrap(), 1);
+        assert_eq!(place(&pools, PoolKind::Hdd, 1000).unwrap(), 2);
+        assert!(place(&pools, PoolKind::Ssd, 51).is_err());
+    }
+}
