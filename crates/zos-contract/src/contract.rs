@@ -197,3 +197,46 @@ impl SignedCancellation {
         self.cancellation.owner.verify(&digest, &self.signature)
     }
 }
+
+/// What the notary holds under `nodes/<node>/contracts/<id>`: the contract with the
+/// signatures collected so far, or the owner's cancellation that replaced it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContractRecord {
+    Contract(Box<SignedContract>),
+    Cancellation(SignedCancellation),
+}
+
+impl ContractRecord {
+    /// Reads a record body; `{"contract": …}` or `{"cancellation": …}`.
+    pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, DocError> {
+        if value.get("cancellation").is_some() {
+            document::check_limits(value, limits)?;
+            document::typed(value, "$").map(ContractRecord::Cancellation)
+        } else {
+            SignedContract::from_value(value, limits).map(|c| ContractRecord::Contract(Box::new(c)))
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        match self {
+            ContractRecord::Contract(c) => c.to_value(),
+            ContractRecord::Cancellation(c) => serde_json::to_value(c).expect("serializes"),
+        }
+    }
+
+    /// The contract id the record is about.
+    pub fn id(&self) -> &str {
+        match self {
+            ContractRecord::Contract(c) => &c.contract.id,
+            ContractRecord::Cancellation(c) => &c.cancellation.id,
+        }
+    }
+
+    /// The version: a contract's, or the one a cancellation supersedes with.
+    pub fn version(&self) -> u64 {
+        match self {
+            ContractRecord::Contract(c) => c.contract.version,
+            ContractRecord::Cancellation(c) => c.cancellation.version,
+        }
+    }
+}

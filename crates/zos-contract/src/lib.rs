@@ -22,8 +22,8 @@ pub mod verify;
 
 pub use blueprint::{Blueprint, BlueprintError, SignedBlueprint};
 pub use contract::{
-    BlueprintRef, Cancellation, Contract, ContractError, SignatureEntry, SignedCancellation,
-    SignedContract, Stakeholder,
+    BlueprintRef, Cancellation, Contract, ContractError, ContractRecord, SignatureEntry,
+    SignedCancellation, SignedContract, Stakeholder,
 };
 pub use crypto::{Digest, KeyError, PublicKey, SecretKey, Signature};
 pub use deployment::Deployment;

@@ -265,16 +265,15 @@ pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
             });
             continue;
         }
-        let mut known = false;
-        for s in signers.iter_mut().filter(|s| s.key == entry.signer) {
-            known = true;
-            s.signed = entry.signer.verify(&doc.digest, &entry.signature).is_ok();
-        }
-        if !known {
+        // A key is the owner or one stakeholder (check_shape refuses it twice).
+        let Some(status) = signers.iter_mut().find(|s| s.key == entry.signer) else {
             reasons.push(Reason::UnknownSigner {
                 signer: entry.signer,
             });
-        } else if entry.signer.verify(&doc.digest, &entry.signature).is_err() {
+            continue;
+        };
+        status.signed = entry.signer.verify(&doc.digest, &entry.signature).is_ok();
+        if !status.signed {
             reasons.push(Reason::BadSignature {
                 signer: entry.signer,
             });
