@@ -1,1 +1,211 @@
 //! Notary trait and backends (dir://, etcd://): signed records.
+//!
+//! The notary is zosd's "blockchain database": an untrusted store of [`Record`]s, each
+//! signed by its author and verified by every reader. Keys follow one layout in every
+//! backend ([`NotaryKey`]). Backends:
+//!
+//! - `dir:///srv/notary`: one file per record, `<root>/<key>.json` ([`DirNotary`]);
+//! - `etcd://127.0.0.1:2379[/prefix]`: etcd v3 through its JSON gateway ([`EtcdNotary`]).
+//!
+//! [`open`] picks the backend from a URL and returns an [`AnyNotary`], an enum that
+//! implements [`Notary`] by delegation: no boxing, and the trait keeps its `async fn`s.
+//!
+//! Reads never return an unverified record: [`Notary::get`] fails on a forged or
+//! misplaced record, [`Notary::list`] and [`Watch`] skip it with a `tracing` warning.
+//! Watching: [`Notary::watch`] returns once the watch is established and then delivers
+//! every record put after that; to get "everything, then every change" without a gap,
+//! use [`Notary::subscribe`]. See docs/notary.md.
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+mod dir;
+mod etcd;
+pub mod key;
+pub mod record;
+
+pub use dir::DirNotary;
+pub use etcd::EtcdNotary;
+pub use key::{KeyError, KeyKind, KeyPrefix, NotaryKey};
+pub use record::{Record, RecordError, MAX_RECORD_BYTES};
+
+/// Capacity of a watch channel; a slow consumer applies back-pressure to the backend.
+pub const WATCH_CHANNEL: usize = 1024;
+
+/// Why a notary operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotaryError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("notary url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("inotify: {0}")]
+    Inotify(nix::Error),
+    #[error("etcd {endpoint}: {source}")]
+    Http {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("etcd {endpoint}: {reason}")]
+    Etcd { endpoint: String, reason: String },
+}
+
+/// A notary store. Every method verifies what it reads; see the crate docs.
+///
+/// The futures are `Send`, so callers can spawn them. Implementations only need `async
+/// fn`s in their `impl` blocks.
+pub trait Notary: Send + Sync {
+    /// Stores `record` under `record.key`, replacing what was there. The record is
+    /// verified first: a notary never stores what its readers would refuse.
+    fn put(&self, record: &Record) -> impl Future<Output = Result<(), NotaryError>> + Send;
+
+    /// The verified record under `key`, `None` when there is none. A record that is
+    /// corrupt, forged or signed for another key is an error, not `None`.
+    fn get(
+        &self,
+        key: &NotaryKey,
+    ) -> impl Future<Output = Result<Option<Record>, NotaryError>> + Send;
+
+    /// Every verified record under `prefix`, sorted by key. Records that fail
+    /// verification are skipped and logged (`tracing::warn!` with the key).
+    fn list(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> impl Future<Output = Result<Vec<Record>, NotaryError>> + Send;
+
+    /// A stream of verified records put under `prefix` after this call returns (the
+    /// watch is established before it returns). Existing records are not replayed. The
+    /// same record may be delivered more than once (e.g. after a reconnect); consumers
+    /// treat deliveries as "this is now the latest value of `record.key`".
+    fn watch(&self, prefix: &KeyPrefix)
+        -> impl Future<Output = Result<Watch, NotaryError>> + Send;
+
+    /// The current records under `prefix` and a watch that delivers everything put
+    /// after that snapshot: no record put concurrently is missed (it may appear in both).
+    fn subscribe(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> impl Future<Output = Result<(Vec<Record>, Watch), NotaryError>> + Send {
+        async move {
+            // Watch first, then list: a put racing with us lands in one or both.
+            let watch = self.watch(prefix).await?;
+            let existing = self.list(prefix).await?;
+            Ok((existing, watch))
+        }
+    }
+}
+
+/// A live watch: verified records in the order the backend saw them. Dropping it stops
+/// the backend task.
+#[derive(Debug)]
+pub struct Watch {
+    rx: mpsc::Receiver<Record>,
+    /// The backend's tokio task, aborted on drop. Thread-based backends (dir) stop on
+    /// their own once they see the receiver closed.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    pub(crate) fn new(rx: mpsc::Receiver<Record>, task: Option<JoinHandle<()>>) -> Self {
+        Watch { rx, task }
+    }
+
+    /// The next record; `None` when the watch ended (the backend gave up for good, which
+    /// is logged).
+    pub async fn recv(&mut self) -> Option<Record> {
+        self.rx.recv().await
+    }
+
+    /// A record if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<Record> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A notary chosen at runtime from a URL (see [`open`]).
+#[derive(Debug, Clone)]
+pub enum AnyNotary {
+    Dir(DirNotary),
+    Etcd(EtcdNotary),
+}
+
+/// Opens a notary from its URL:
+///
+/// - `dir:///absolute/path`: a directory tree (created when missing);
+/// - `etcd://host:port` (keys under `zos/`) or `etcd://host:port/prefix` (keys under
+///   `prefix/`): etcd v3 over its HTTP JSON gateway.
+pub fn open(url: &str) -> Result<AnyNotary, NotaryError> {
+    if let Some(path) = url.strip_prefix("dir://") {
+        Ok(AnyNotary::Dir(DirNotary::open(path).map_err(|e| match e {
+            NotaryError::BadUrl { reason, .. } => NotaryError::BadUrl {
+                url: url.to_owned(),
+                reason,
+            },
+            other => other,
+        })?))
+    } else if url.starts_with("etcd://") {
+        Ok(AnyNotary::Etcd(EtcdNotary::open(url)?))
+    } else {
+        Err(NotaryError::BadUrl {
+            url: url.to_owned(),
+            reason: "expected dir:///path or etcd://host:port[/prefix]".into(),
+        })
+    }
+}
+
+impl Notary for AnyNotary {
+    async fn put(&self, record: &Record) -> Result<(), NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.put(record).await,
+            AnyNotary::Etcd(n) => n.put(record).await,
+        }
+    }
+    async fn get(&self, key: &NotaryKey) -> Result<Option<Record>, NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.get(key).await,
+            AnyNotary::Etcd(n) => n.get(key).await,
+        }
+    }
+    async fn list(&self, prefix: &KeyPrefix) -> Result<Vec<Record>, NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.list(prefix).await,
+            AnyNotary::Etcd(n) => n.list(prefix).await,
+        }
+    }
+    async fn watch(&self, prefix: &KeyPrefix) -> Result<Watch, NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.watch(prefix).await,
+            AnyNotary::Etcd(n) => n.watch(prefix).await,
+        }
+    }
+    async fn subscribe(&self, prefix: &KeyPrefix) -> Result<(Vec<Record>, Watch), NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.subscribe(prefix).await,
+            AnyNotary::Etcd(n) => n.subscribe(prefix).await,
+        }
+    }
+}
+
+/// Logs a record that failed verification and is being skipped.
+pub(crate) fn warn_skipped(backend: &'static str, key: &str, error: &dyn std::fmt::Display) {
+    tracing::warn!(backend, key, %error, "notary record failed verification; skipped");
+}

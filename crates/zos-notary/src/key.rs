@@ -1,0 +1,480 @@
+//! Validated notary keys and key prefixes.
+//!
+//! The layout is fixed (design.md section 3); only these six kinds are keys:
+//!
+//! ```text
+//! farms/<farm_id>
+//! nodes/<node_key>/registration
+//! nodes/<node_key>/contracts/<contract_id>
+//! nodes/<node_key>/status/<contract_id>
+//! nodes/<node_key>/heartbeat
+//! blueprints/<sha256>
+//! ```
+//!
+//! `<node_key>` is an ed25519 public key and `<sha256>` a digest, both as 64 lowercase hex
+//! characters. `<farm_id>` and `<contract_id>` are free segments: 1 to
+//! [`MAX_SEGMENT_LEN`] characters of `[A-Za-z0-9._-]`, not starting with `.` (so never `.`
+//! or `..`, and never a hidden or temporary file of the dir backend). Backends map keys
+//! to file paths, so everything else is refused, path traversal attempts with their own
+//! error ([`KeyError::PathTraversal`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zos_contract::{Digest, PublicKey};
+
+/// Longest accepted segment (farm id, contract id).
+pub const MAX_SEGMENT_LEN: usize = 128;
+/// Longest accepted key or prefix, in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Why a string is not a notary key or prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key {0:?} tries to leave the notary tree (absolute path, `.` or `..` segment)")]
+    PathTraversal(String),
+    #[error("key {key:?} is {len} bytes long; the limit is {max}")]
+    TooLong { key: String, len: usize, max: usize },
+    #[error("key {0:?} has an empty segment")]
+    EmptySegment(String),
+    #[error("key {key:?}: segment {segment:?} is longer than {max} characters")]
+    SegmentTooLong {
+        key: String,
+        segment: String,
+        max: usize,
+    },
+    #[error("key {key:?}: character {ch:?} is not allowed (only A-Z a-z 0-9 . _ -)")]
+    BadChar { key: String, ch: char },
+    #[error("key {0:?}: a segment may not start with `.`")]
+    HiddenSegment(String),
+    #[error("key {key:?}: {what} must be 64 lowercase hex characters")]
+    BadHex { key: String, what: &'static str },
+    #[error("key {0:?} is not in the notary layout (farms/, nodes/<key>/..., blueprints/)")]
+    UnknownLayout(String),
+}
+
+/// What a key names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Farm { farm_id: String },
+    Registration { node: PublicKey },
+    Contract { node: PublicKey, contract_id: String },
+    Status { node: PublicKey, contract_id: String },
+    Heartbeat { node: PublicKey },
+    Blueprint { digest: Digest },
+}
+
+/// A validated key of the notary layout. Displays (and serializes) as its path form,
+/// e.g. `nodes/<hex>/contracts/web-1`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NotaryKey(String);
+
+impl NotaryKey {
+    pub fn farm(farm_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("farms/{farm_id}"))
+    }
+    pub fn registration(node: &PublicKey) -> Self {
+        NotaryKey(format!("nodes/{node}/registration"))
+    }
+    pub fn contract(node: &PublicKey, contract_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("nodes/{node}/contracts/{contract_id}"))
+    }
+    pub fn status(node: &PublicKey, contract_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("nodes/{node}/status/{contract_id}"))
+    }
+    pub fn heartbeat(node: &PublicKey) -> Self {
+        NotaryKey(format!("nodes/{node}/heartbeat"))
+    }
+    pub fn blueprint(digest: &Digest) -> Self {
+        NotaryKey(format!("blueprints/{digest}"))
+    }
+
+    /// Parses and validates the path form of a key.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        let segs = segments(s)?;
+        classify(s, &segs)?;
+        Ok(NotaryKey(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What the key names.
+    pub fn kind(&self) -> KeyKind {
+        let segs: Vec<&str> = self.0.split('/').collect();
+        classify(&self.0, &segs).expect("a NotaryKey is validated at construction")
+    }
+
+    /// The node whose own reports live under this key (registration, status, heartbeat):
+    /// only that node may author them. `None` for farms, contracts and blueprints.
+    pub fn node_owner(&self) -> Option<PublicKey> {
+        match self.kind() {
+            KeyKind::Registration { node }
+            | KeyKind::Status { node, .. }
+            | KeyKind::Heartbeat { node } => Some(node),
+            _ => None,
+        }
+    }
+
+    /// True when this key lies under `prefix` (see [`KeyPrefix`]).
+    pub fn has_prefix(&self, prefix: &KeyPrefix) -> bool {
+        prefix.matches(&self.0)
+    }
+}
+
+/// Splits and checks the generic segment rules shared by keys and prefixes.
+fn segments(s: &str) -> Result<Vec<&str>, KeyError> {
+    if s.len() > MAX_KEY_LEN {
+        return Err(KeyError::TooLong {
+            key: s.chars().take(MAX_KEY_LEN).collect(),
+            len: s.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    let segs: Vec<&str> = s.split('/').collect();
+    // Traversal first: it is the attack worth naming, whatever else is wrong.
+    if s.starts_with('/') || segs.iter().any(|g| *g == "." || *g == "..") {
+        return Err(KeyError::PathTraversal(s.to_owned()));
+    }
+    for seg in &segs {
+        if seg.is_empty() {
+            return Err(KeyError::EmptySegment(s.to_owned()));
+        }
+        if let Some(ch) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(KeyError::BadChar {
+                key: s.to_owned(),
+                ch,
+            });
+        }
+        if seg.starts_with('.') {
+            return Err(KeyError::HiddenSegment(s.to_owned()));
+        }
+        if seg.len() > MAX_SEGMENT_LEN {
+            return Err(KeyError::SegmentTooLong {
+                key: s.to_owned(),
+                segment: seg.to_string(),
+                max: MAX_SEGMENT_LEN,
+            });
+        }
+    }
+    Ok(segs)
+}
+
+fn hex32<T: FromStr>(key: &str, seg: &str, what: &'static str) -> Result<T, KeyError> {
+    seg.parse().map_err(|_| KeyError::BadHex {
+        key: key.to_owned(),
+        what,
+    })
+}
+
+fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
+    let node = |seg: &str| hex32::<PublicKey>(s, seg, "node key");
+    Ok(match segs {
+        ["farms", id] => KeyKind::Farm {
+            farm_id: id.to_string(),
+        },
+        ["blueprints", d] => KeyKind::Blueprint {
+            digest: hex32(s, d, "blueprint sha256")?,
+        },
+        ["nodes", n, "registration"] => KeyKind::Registration { node: node(n)? },
+        ["nodes", n, "heartbeat"] => KeyKind::Heartbeat { node: node(n)? },
+        ["nodes", n, "contracts", id] => KeyKind::Contract {
+            node: node(n)?,
+            contract_id: id.to_string(),
+        },
+        ["nodes", n, "status", id] => KeyKind::Status {
+            node: node(n)?,
+            contract_id: id.to_string(),
+        },
+        _ => return Err(KeyError::UnknownLayout(s.to_owned())),
+    })
+}
+
+impl FromStr for NotaryKey {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for NotaryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NotaryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NotaryKey({})", self.0)
+    }
+}
+
+impl AsRef<str> for NotaryKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for NotaryKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NotaryKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A validated key prefix: zero or more whole segments. A key is under a prefix when it
+/// equals it or continues it with `/`: `nodes/<k>/contracts` covers
+/// `nodes/<k>/contracts/a` but `farms/1` does not cover `farms/10`. The empty prefix
+/// covers every key.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    /// Every key.
+    pub fn all() -> Self {
+        KeyPrefix(String::new())
+    }
+
+    /// Parses a prefix; one trailing `/` is accepted and dropped.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        let s = s.strip_suffix('/').unwrap_or(s);
+        if s.is_empty() {
+            return Ok(Self::all());
+        }
+        segments(s)?;
+        Ok(KeyPrefix(s.to_owned()))
+    }
+
+    pub fn farms() -> Self {
+        KeyPrefix("farms".into())
+    }
+    pub fn blueprints() -> Self {
+        KeyPrefix("blueprints".into())
+    }
+    /// Everything a node has: registration, contracts, status, heartbeat.
+    pub fn node(node: &PublicKey) -> Self {
+        KeyPrefix(format!("nodes/{node}"))
+    }
+    /// The contracts addressed to `node`.
+    pub fn node_contracts(node: &PublicKey) -> Self {
+        KeyPrefix(format!("nodes/{node}/contracts"))
+    }
+    /// The status reports of `node`.
+    pub fn node_status(node: &PublicKey) -> Self {
+        KeyPrefix(format!("nodes/{node}/status"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when `key` (a key's path form) lies under this prefix.
+    pub fn matches(&self, key: &str) -> bool {
+        self.0.is_empty()
+            || (key.starts_with(&self.0)
+                && (key.len() == self.0.len() || key.as_bytes()[self.0.len()] == b'/'))
+    }
+}
+
+impl From<&NotaryKey> for KeyPrefix {
+    fn from(key: &NotaryKey) -> Self {
+        KeyPrefix(key.0.clone())
+    }
+}
+
+impl FromStr for KeyPrefix {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPrefix({:?})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zos_contract::SecretKey;
+
+    fn node() -> PublicKey {
+        SecretKey::from_seed([3; 32]).public()
+    }
+
+    #[test]
+    fn constructors_produce_the_layout() {
+        let n = node();
+        let h = n.to_hex();
+        assert_eq!(NotaryKey::farm("7").unwrap().as_str(), "farms/7");
+        assert_eq!(
+            NotaryKey::registration(&n).as_str(),
+            format!("nodes/{h}/registration")
+        );
+        assert_eq!(
+            NotaryKey::contract(&n, "web-1").unwrap().as_str(),
+            format!("nodes/{h}/contracts/web-1")
+        );
+        assert_eq!(
+            NotaryKey::status(&n, "web_1.v2").unwrap().as_str(),
+            format!("nodes/{h}/status/web_1.v2")
+        );
+        assert_eq!(
+            NotaryKey::heartbeat(&n).as_str(),
+            format!("nodes/{h}/heartbeat")
+        );
+        let d = Digest::of(b"x");
+        assert_eq!(
+            NotaryKey::blueprint(&d).as_str(),
+            format!("blueprints/{d}")
+        );
+        for k in [
+            NotaryKey::farm("7").unwrap(),
+            NotaryKey::registration(&n),
+            NotaryKey::contract(&n, "c").unwrap(),
+            NotaryKey::heartbeat(&n),
+            NotaryKey::blueprint(&d),
+        ] {
+            assert_eq!(NotaryKey::parse(k.as_str()).unwrap(), k);
+        }
+        assert_eq!(
+            NotaryKey::contract(&n, "c").unwrap().kind(),
+            KeyKind::Contract {
+                node: n,
+                contract_id: "c".into()
+            }
+        );
+        assert_eq!(NotaryKey::heartbeat(&n).node_owner(), Some(n));
+        assert_eq!(NotaryKey::contract(&n, "c").unwrap().node_owner(), None);
+    }
+
+    #[test]
+    fn path_traversal_is_refused_with_its_own_error() {
+        let h = node().to_hex();
+        for bad in [
+            "../etc/passwd".to_string(),
+            "/etc/passwd".to_string(),
+            "farms/..".to_string(),
+            "farms/.".to_string(),
+            format!("nodes/{h}/contracts/.."),
+            format!("nodes/{h}/../../../../etc/shadow"),
+            "./farms/1".to_string(),
+        ] {
+            assert!(
+                matches!(NotaryKey::parse(&bad), Err(KeyError::PathTraversal(_))),
+                "{bad}: {:?}",
+                NotaryKey::parse(&bad)
+            );
+            assert!(matches!(
+                KeyPrefix::parse(&bad),
+                Err(KeyError::PathTraversal(_))
+            ));
+        }
+        assert!(matches!(
+            NotaryKey::contract(&node(), ".."),
+            Err(KeyError::PathTraversal(_))
+        ));
+    }
+
+    #[test]
+    fn other_bad_keys_have_specific_errors() {
+        let h = node().to_hex();
+        assert!(matches!(
+            NotaryKey::parse("farms/a b"),
+            Err(KeyError::BadChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse("farms/a\\b"),
+            Err(KeyError::BadChar { ch: '\\', .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse("farms/é"),
+            Err(KeyError::BadChar { .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse("farms//1"),
+            Err(KeyError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            NotaryKey::parse("farms/"),
+            Err(KeyError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            NotaryKey::parse("farms/.hidden"),
+            Err(KeyError::HiddenSegment(_))
+        ));
+        assert!(matches!(
+            NotaryKey::parse(&format!("farms/{}", "a".repeat(129))),
+            Err(KeyError::SegmentTooLong { .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse(&"a/".repeat(200)),
+            Err(KeyError::TooLong { .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse("nodes/abc/heartbeat"),
+            Err(KeyError::BadHex { .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse(&format!("nodes/{}/heartbeat", h.to_uppercase())),
+            Err(KeyError::BadHex { .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse(&format!("nodes/{h}/other")),
+            Err(KeyError::UnknownLayout(_))
+        ));
+        assert!(matches!(
+            NotaryKey::parse("farms"),
+            Err(KeyError::UnknownLayout(_))
+        ));
+        assert!(matches!(
+            NotaryKey::parse("farms/1/x"),
+            Err(KeyError::UnknownLayout(_))
+        ));
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let p = KeyPrefix::parse("farms/1").unwrap();
+        assert!(p.matches("farms/1"));
+        assert!(!p.matches("farms/10"));
+        assert!(KeyPrefix::parse("farms/").unwrap().matches("farms/10"));
+        assert!(KeyPrefix::all().matches("blueprints/x"));
+        assert_eq!(KeyPrefix::parse("").unwrap(), KeyPrefix::all());
+        let n = node();
+        let k = NotaryKey::contract(&n, "c").unwrap();
+        assert!(k.has_prefix(&KeyPrefix::node_contracts(&n)));
+        assert!(k.has_prefix(&KeyPrefix::node(&n)));
+        assert!(!k.has_prefix(&KeyPrefix::node_status(&n)));
+        assert!(k.has_prefix(&KeyPrefix::from(&k)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_accepts_a_path_that_escapes(s in "[a-z./]{0,40}") {
+            if let Ok(k) = NotaryKey::parse(&s) {
+                proptest::prop_assert!(!k.as_str().starts_with('/'));
+                proptest::prop_assert!(k.as_str().split('/').all(|g| !g.is_empty() && !g.starts_with('.')));
+            }
+        }
+    }
+}
