@@ -183,10 +183,7 @@ fn fsync_dir(dir: &Path) -> Result<(), NotaryError> {
 fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), NotaryError> {
     let dir = path.parent().unwrap_or(root);
     create_dirs(root, dir)?;
-    let name = path
-        .file_name()
-        .and_then(OsStr::to_str)
-        .unwrap_or("record");
+    let name = path.file_name().and_then(OsStr::to_str).unwrap_or("record");
     let tmp = dir.join(format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),
@@ -226,9 +223,9 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, ReadError> {
         .open(path)
         .map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ReadError::Missing,
-            _ if e.raw_os_error() == Some(nix::libc::ELOOP) => ReadError::Record(
-                RecordError::Malformed("record file is a symlink".into()),
-            ),
+            _ if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+                ReadError::Record(RecordError::Malformed("record file is a symlink".into()))
+            }
             _ => ReadError::Io(e),
         })?;
     let meta = file.metadata().map_err(ReadError::Io)?;
@@ -375,11 +372,10 @@ fn dir_relevant(prefix: &str, rel: &str) -> bool {
     if rel.is_empty() || prefix.is_empty() {
         return true;
     }
-    let ancestor = prefix.len() > rel.len()
-        && prefix.starts_with(rel)
-        && prefix.as_bytes()[rel.len()] == b'/';
-    let inside =
-        rel.starts_with(prefix) && (rel.len() == prefix.len() || rel.as_bytes()[prefix.len()] == b'/');
+    let ancestor =
+        prefix.len() > rel.len() && prefix.starts_with(rel) && prefix.as_bytes()[rel.len()] == b'/';
+    let inside = rel.starts_with(prefix)
+        && (rel.len() == prefix.len() || rel.as_bytes()[prefix.len()] == b'/');
     ancestor || inside
 }
 

@@ -151,7 +151,9 @@ impl EtcdNotary {
             || authority.contains(['@', '?', '#', ','])
             || !authority.contains(':')
         {
-            return Err(bad("expected etcd://host:port[/prefix] with one host and a port"));
+            return Err(bad(
+                "expected etcd://host:port[/prefix] with one host and a port",
+            ));
         }
         let prefix = if path.is_empty() {
             DEFAULT_PREFIX.to_owned()
@@ -414,7 +416,8 @@ impl WatchStream {
             self.buf.extend_from_slice(&chunk);
             // Parse every complete JSON value; keep a partial one for the next chunk.
             let mut consumed = 0;
-            let mut iter = serde_json::Deserializer::from_slice(&self.buf).into_iter::<WatchMessage>();
+            let mut iter =
+                serde_json::Deserializer::from_slice(&self.buf).into_iter::<WatchMessage>();
             loop {
                 match iter.next() {
                     Some(Ok(msg)) => {

@@ -57,12 +57,26 @@ pub enum KeyError {
 /// What a key names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyKind {
-    Farm { farm_id: String },
-    Registration { node: PublicKey },
-    Contract { node: PublicKey, contract_id: String },
-    Status { node: PublicKey, contract_id: String },
-    Heartbeat { node: PublicKey },
-    Blueprint { digest: Digest },
+    Farm {
+        farm_id: String,
+    },
+    Registration {
+        node: PublicKey,
+    },
+    Contract {
+        node: PublicKey,
+        contract_id: String,
+    },
+    Status {
+        node: PublicKey,
+        contract_id: String,
+    },
+    Heartbeat {
+        node: PublicKey,
+    },
+    Blueprint {
+        digest: Digest,
+    },
 }
 
 /// A validated key of the notary layout. Displays (and serializes) as its path form,
@@ -343,10 +357,7 @@ mod tests {
             format!("nodes/{h}/heartbeat")
         );
         let d = Digest::of(b"x");
-        assert_eq!(
-            NotaryKey::blueprint(&d).as_str(),
-            format!("blueprints/{d}")
-        );
+        assert_eq!(NotaryKey::blueprint(&d).as_str(), format!("blueprints/{d}"));
         for k in [
             NotaryKey::farm("7").unwrap(),
             NotaryKey::registration(&n),

@@ -88,8 +88,7 @@ pub trait Notary: Send + Sync {
     /// watch is established before it returns). Existing records are not replayed. The
     /// same record may be delivered more than once (e.g. after a reconnect); consumers
     /// treat deliveries as "this is now the latest value of `record.key`".
-    fn watch(&self, prefix: &KeyPrefix)
-        -> impl Future<Output = Result<Watch, NotaryError>> + Send;
+    fn watch(&self, prefix: &KeyPrefix) -> impl Future<Output = Result<Watch, NotaryError>> + Send;
 
     /// The current records under `prefix` and a watch that delivers everything put
     /// after that snapshot: no record put concurrently is missed (it may appear in both).
@@ -155,13 +154,15 @@ pub enum AnyNotary {
 ///   `prefix/`): etcd v3 over its HTTP JSON gateway.
 pub fn open(url: &str) -> Result<AnyNotary, NotaryError> {
     if let Some(path) = url.strip_prefix("dir://") {
-        Ok(AnyNotary::Dir(DirNotary::open(path).map_err(|e| match e {
-            NotaryError::BadUrl { reason, .. } => NotaryError::BadUrl {
-                url: url.to_owned(),
-                reason,
+        Ok(AnyNotary::Dir(DirNotary::open(path).map_err(
+            |e| match e {
+                NotaryError::BadUrl { reason, .. } => NotaryError::BadUrl {
+                    url: url.to_owned(),
+                    reason,
+                },
+                other => other,
             },
-            other => other,
-        })?))
+        )?))
     } else if url.starts_with("etcd://") {
         Ok(AnyNotary::Etcd(EtcdNotary::open(url)?))
     } else {

@@ -198,8 +198,13 @@ mod tests {
         let owner = sk(1);
         let node = sk(2).public();
         let key = NotaryKey::contract(&node, "c1").unwrap();
-        let r = Record::sign_at(&key, json!({"v": 1, "a": [true, null]}), &owner, 1_700_000_000)
-            .unwrap();
+        let r = Record::sign_at(
+            &key,
+            json!({"v": 1, "a": [true, null]}),
+            &owner,
+            1_700_000_000,
+        )
+        .unwrap();
         r.verify().unwrap();
         r.verify_at(key.as_str()).unwrap();
         let bytes = r.to_bytes().unwrap();
@@ -249,13 +254,8 @@ mod tests {
     fn record_found_under_another_key_is_refused() {
         let a = sk(10).public();
         let b = sk(11).public();
-        let r = Record::sign_at(
-            &NotaryKey::contract(&a, "c").unwrap(),
-            json!({}),
-            &sk(1),
-            1,
-        )
-        .unwrap();
+        let r =
+            Record::sign_at(&NotaryKey::contract(&a, "c").unwrap(), json!({}), &sk(1), 1).unwrap();
         let other = NotaryKey::contract(&b, "c").unwrap();
         assert!(matches!(
             r.verify_at(other.as_str()),

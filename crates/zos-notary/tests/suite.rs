@@ -169,7 +169,9 @@ mod cases {
     pub async fn watch_delivers_new_records_only(b: &impl Backend) {
         let n = b.notary();
         let me = node(1);
-        n.put(&contract_record(&me, "old", 1, &sk(10))).await.unwrap();
+        n.put(&contract_record(&me, "old", 1, &sk(10)))
+            .await
+            .unwrap();
         let mut watch = n.watch(&KeyPrefix::node_contracts(&me)).await.unwrap();
         // Elsewhere: not delivered.
         n.put(&contract_record(&node(2), "other", 1, &sk(10)))
@@ -264,7 +266,12 @@ mod cases {
 
     pub async fn keys_outside_the_layout_are_refused(b: &impl Backend) {
         let n = b.notary();
-        for bad in ["../etc/passwd", "/abs", "farms/..", "nodes/xyz/registration"] {
+        for bad in [
+            "../etc/passwd",
+            "/abs",
+            "farms/..",
+            "nodes/xyz/registration",
+        ] {
             assert!(NotaryKey::parse(bad).is_err(), "{bad}");
         }
         assert!(matches!(

@@ -132,7 +132,10 @@ impl EtcdServer {
             let _ = child.wait();
             logs.push(std::fs::read_to_string(&log_path).unwrap_or_default());
         }
-        panic!("etcd did not start in 3 attempts; its logs:\n{}", logs.join("\n---\n"));
+        panic!(
+            "etcd did not start in 3 attempts; its logs:\n{}",
+            logs.join("\n---\n")
+        );
     }
 
     /// `etcd://127.0.0.1:port/<prefix>`.
@@ -198,7 +201,9 @@ pub struct EtcdBackend {
 
 impl EtcdBackend {
     pub async fn new() -> EtcdBackend {
-        let server = tokio::task::spawn_blocking(EtcdServer::start).await.unwrap();
+        let server = tokio::task::spawn_blocking(EtcdServer::start)
+            .await
+            .unwrap();
         let url = server.url("zt-suite");
         let notary = zos_notary::open(&url).unwrap();
         EtcdBackend {
