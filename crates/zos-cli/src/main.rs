@@ -1,10 +1,19 @@
 //! `zos`: the command-line tool for IT experts, consumers, stakeholders and farmers.
 
+mod blueprint;
+mod contract;
 mod flist;
+mod key;
+mod notary;
+mod output;
 
 use clap::{Parser, Subcommand};
 
 /// zos: sign blueprints and contracts, publish them to a notary, and work with flists.
+///
+/// The flow: an IT expert signs a blueprint; a consumer instantiates it into a contract
+/// for a node and signs it as owner; stakeholders co-sign; the contract is published to
+/// a notary (dir:///path or etcd://host:port), where the node picks it up.
 #[derive(Debug, Parser)]
 #[command(name = "zos", version)]
 struct Cli {
@@ -14,6 +23,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Make and inspect ed25519 keys.
+    #[command(subcommand)]
+    Key(key::KeyCmd),
+    /// Sign, inspect and publish blueprints (IT experts).
+    #[command(subcommand)]
+    Blueprint(blueprint::BlueprintCmd),
+    /// Instantiate, sign, verify, publish, list and cancel contracts.
+    #[command(subcommand)]
+    Contract(contract::ContractCmd),
     /// Work with rfs-compatible flists: pack, verify, ls, unpack, mount.
     #[command(subcommand)]
     Flist(flist::FlistCmd),
@@ -21,6 +39,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Key(cmd) => key::run(cmd),
+        Command::Blueprint(cmd) => blueprint::run(cmd),
+        Command::Contract(cmd) => contract::run(cmd),
         Command::Flist(cmd) => flist::run(cmd),
     }
 }

@@ -1,0 +1,410 @@
+//! `zos contract`: instantiate, sign, verify, publish, list and cancel contracts.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use zos_contract::verify::{parse_param_args, Role};
+use zos_contract::{
+    BlueprintRef, Contract, Limits, PublicKey, SecretKey, SignedContract, Stakeholder,
+    Verification, VerifyContext,
+};
+
+use crate::output::{write_atomic, write_new_or_stdout, Format};
+
+#[derive(Debug, Subcommand)]
+pub enum ContractCmd {
+    /// Instantiate a signed blueprint into an unsigned contract.
+    ///
+    /// Parameters are checked against the blueprint's bounds here already, so a
+    /// contract that could never deploy is not written.
+    ///
+    /// Example: zos contract new --blueprint crm.blueprint.json --param users=100
+    ///   --owner <owner_pub> --node <node_pub> --stakeholder <legal_pub>:2:required
+    ///   --stakeholder <budget_pub>:1 --threshold 3 -o c.json
+    New {
+        /// The signed blueprint (from `zos blueprint sign`).
+        #[arg(long)]
+        blueprint: PathBuf,
+        /// A parameter value, name=value (repeatable). Integers and true/false are typed.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// The owner's public key (hex). The owner must sign.
+        #[arg(long)]
+        owner: PublicKey,
+        /// A node that runs the contract (repeatable).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<PublicKey>,
+        /// A co-signer: PUBKEY:WEIGHT or PUBKEY:WEIGHT:required (repeatable).
+        #[arg(long = "stakeholder", value_name = "PUB:WEIGHT[:required]")]
+        stakeholders: Vec<String>,
+        /// Stakeholder weight that must sign (default: 0, or the total weight).
+        #[arg(long)]
+        threshold: Option<u64>,
+        /// Contract id, 1-64 of [a-z0-9-] (default: blueprint name and a random suffix).
+        #[arg(long)]
+        id: Option<String>,
+        /// Version; a node only accepts a version above the one it runs.
+        #[arg(long, default_value_t = 1)]
+        version: u64,
+        /// Not valid before: unix seconds, or a delay from now like 10m, 2h, 1d.
+        #[arg(long, value_parser = parse_time)]
+        not_before: Option<u64>,
+        /// Expiry: unix seconds, or a duration from now like 30d, 12h, 90m.
+        #[arg(long, value_parser = parse_time)]
+        expires: Option<u64>,
+        /// Refer to the blueprint by digest (resolved in the notary) instead of embedding it.
+        #[arg(long)]
+        by_digest: bool,
+        /// Where to write the contract; stdout if absent.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Sign a contract as its owner or as a stakeholder: a file in place, or, with
+    /// --notary, the published contract with that id (co-signing after publication).
+    ///
+    /// Examples: zos contract sign c.json --key owner.key
+    ///           zos contract sign crm-acme --key legal.key --notary dir:///srv/notary
+    Sign {
+        /// A contract file, or a contract id with --notary.
+        target: String,
+        /// The signer's secret key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Sign the contract published in this notary instead of a file.
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: Option<String>,
+        /// With --notary: only on this node.
+        #[arg(long)]
+        node: Option<PublicKey>,
+    },
+    /// Verify a contract: signatures, weights, parameters, blueprint, validity.
+    ///
+    /// Prints the digest, each signer, the signed weight, and OK or every reason for
+    /// refusal. Exits with status 1 when the contract would be refused.
+    ///
+    /// Example: zos contract verify c.json --node <node_pub>
+    Verify {
+        file: PathBuf,
+        /// Verify as this node would (checks the contract is addressed to it).
+        #[arg(long)]
+        node: Option<PublicKey>,
+        /// Notary to resolve a blueprint given by digest.
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: Option<String>,
+        /// Accept only blueprints signed by this expert (repeatable), as a node with
+        /// an author policy would.
+        #[arg(long = "trusted-author", value_name = "PUB")]
+        trusted_authors: Vec<PublicKey>,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Publish a contract (and its embedded blueprint) to a notary, for each of its nodes.
+    ///
+    /// The record is signed with --key (the owner or a stakeholder). A contract that its
+    /// nodes would refuse for any reason other than missing stakeholder signatures is
+    /// not published, nor is a version that does not supersede the notary's (replay).
+    ///
+    /// Example: zos contract publish c.json --key owner.key --notary dir:///srv/notary
+    Publish {
+        file: PathBuf,
+        /// The publisher's secret key (owner or stakeholder).
+        #[arg(long)]
+        key: PathBuf,
+        /// dir:///path or etcd://host:port[/prefix].
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+    },
+    /// List the contracts a notary holds for a node, each checked as the node would.
+    ///
+    /// Example: zos contract list --notary etcd://127.0.0.1:2379 --node <node_pub> --json
+    List {
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        #[arg(long)]
+        node: PublicKey,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Cancel a contract: the owner's signed cancellation replaces it on its nodes.
+    ///
+    /// Example: zos contract cancel crm-acme --key owner.key --notary dir:///srv/notary
+    Cancel {
+        id: String,
+        /// The owner's secret key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        /// Only on this node (default: every node that holds it).
+        #[arg(long)]
+        node: Option<PublicKey>,
+    },
+}
+
+pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
+    match cmd {
+        ContractCmd::New {
+            blueprint,
+            params,
+            owner,
+            nodes,
+            stakeholders,
+            threshold,
+            id,
+            version,
+            not_before,
+            expires,
+            by_digest,
+            out,
+        } => {
+            let signed_bp = crate::blueprint::read_signed(&blueprint)?;
+            let params = parse_param_args(&params)?;
+            if let Err(errors) = zos_contract::params::resolve(&signed_bp.blueprint.params, &params)
+            {
+                let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+                bail!("parameters refused by the blueprint:\n{}", list.join("\n"));
+            }
+            let stakeholders = stakeholders
+                .iter()
+                .map(|s| parse_stakeholder(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let total: u64 = stakeholders.iter().map(|s| s.weight).sum();
+            let contract = Contract {
+                id: id.unwrap_or_else(|| default_id(&signed_bp.blueprint.name)),
+                version,
+                owner,
+                nodes,
+                blueprint: if by_digest {
+                    BlueprintRef::Sha256(signed_bp.digest)
+                } else {
+                    BlueprintRef::Embedded(signed_bp.to_value())
+                },
+                params,
+                stakeholders,
+                threshold: threshold.unwrap_or(total),
+                not_before,
+                expires,
+            };
+            let doc = SignedContract::new(contract)?;
+            write_new_or_stdout(out.as_deref(), &doc.to_pretty())?;
+            eprintln!(
+                "contract {} version {}\ndigest {}\nnext: each signer runs `zos contract sign FILE --key KEY`",
+                doc.contract.id, doc.contract.version, doc.digest
+            );
+        }
+        ContractCmd::Sign {
+            target,
+            key,
+            notary,
+            node,
+        } => {
+            let key = SecretKey::load(&key)?;
+            if let Some(url) = notary {
+                let client = crate::notary::Client::open(&url)?;
+                return crate::notary::cosign(&client, &target, node.as_ref(), &key);
+            }
+            let file = PathBuf::from(target);
+            let mut doc = read(&file)?;
+            doc.sign(&key)?;
+            write_atomic(&file, &doc.to_pretty())?;
+            let role = if key.public() == doc.contract.owner {
+                "owner"
+            } else {
+                "stakeholder"
+            };
+            eprintln!("signed {} as {role} {}", doc.contract.id, key.public());
+        }
+        ContractCmd::Verify {
+            file,
+            node,
+            notary,
+            trusted_authors,
+            format,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let resolver = crate::notary::blueprint_resolver(notary.as_deref())?;
+            let trusted: std::collections::BTreeSet<PublicKey> =
+                trusted_authors.into_iter().collect();
+            let mut ctx = VerifyContext::offline(now());
+            ctx.node = node;
+            ctx.resolve_blueprint = &resolver;
+            if !trusted.is_empty() {
+                ctx.trusted_authors = Some(&trusted);
+            }
+            // Unreadable documents are refusals like any other: same report, same codes.
+            let v = zos_contract::verify_bytes(&bytes, &ctx);
+            if format.json {
+                let mut json = serde_json::to_value(&v)?;
+                json["ok"] = v.is_ok().into();
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                print_verification(&v);
+            }
+            if !v.is_ok() {
+                std::process::exit(1);
+            }
+        }
+        ContractCmd::Publish { file, key, notary } => {
+            let doc = read(&file)?;
+            let key = SecretKey::load(&key)?;
+            let client = crate::notary::Client::open(&notary)?;
+            crate::notary::publish(&client, &doc, &key)?;
+        }
+        ContractCmd::List {
+            notary,
+            node,
+            format,
+        } => {
+            let client = crate::notary::Client::open(&notary)?;
+            let rows = crate::notary::list(&client, &node)?;
+            if format.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no contracts for node {node} in {notary}");
+            } else {
+                println!(
+                    "{:<24} {:>7} {:>8}  {:<24} node status",
+                    "ID", "VERSION", "WEIGHT", "STATE"
+                );
+                for r in rows {
+                    let weight = r
+                        .weight
+                        .map(|(h, n)| format!("{h}/{n}"))
+                        .unwrap_or_default();
+                    let status = r
+                        .node_status
+                        .as_ref()
+                        .and_then(|s| s.get("state"))
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("-");
+                    println!(
+                        "{:<24} {:>7} {:>8}  {:<24} {status}",
+                        r.id, r.version, weight, r.state
+                    );
+                    for reason in &r.reasons {
+                        println!("{:<24}   - [{}] {reason}", "", reason.code());
+                    }
+                }
+            }
+        }
+        ContractCmd::Cancel {
+            id,
+            key,
+            notary,
+            node,
+        } => {
+            let key = SecretKey::load(&key)?;
+            let client = crate::notary::Client::open(&notary)?;
+            crate::notary::cancel(&client, &id, node.as_ref(), &key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a contract document from a file.
+pub fn read(path: &Path) -> anyhow::Result<SignedContract> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    SignedContract::from_bytes(&bytes, &Limits::default())
+        .with_context(|| format!("{} is not a contract document", path.display()))
+}
+
+pub fn print_verification(v: &Verification) {
+    let short = |k: &PublicKey| k.to_hex();
+    println!(
+        "contract  {} version {}",
+        v.id.as_deref().unwrap_or("?"),
+        v.version
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "?".into())
+    );
+    if let Some(d) = v.digest {
+        println!("digest    {d}");
+    }
+    if let Some(b) = v.blueprint {
+        println!("blueprint {b}");
+    }
+    for s in &v.signers {
+        let role = match s.role {
+            Role::Owner => "owner      ".to_string(),
+            Role::Stakeholder => format!("weight {:<4}", s.weight),
+        };
+        println!(
+            "signer    {} {role} {:<8} {}",
+            short(&s.key),
+            if s.required { "required" } else { "optional" },
+            if s.signed { "signed" } else { "not signed" }
+        );
+    }
+    println!("weight    {}/{}", v.weight, v.threshold);
+    if v.is_ok() {
+        println!("OK");
+    } else {
+        println!("REFUSED");
+        for r in &v.reasons {
+            println!("  - [{}] {r}", r.code());
+        }
+    }
+}
+
+fn parse_stakeholder(s: &str) -> anyhow::Result<Stakeholder> {
+    let mut parts = s.split(':');
+    let (Some(key), Some(weight)) = (parts.next(), parts.next()) else {
+        bail!("stakeholder {s:?}: expected PUBKEY:WEIGHT[:required]");
+    };
+    let required = match parts.next() {
+        None => false,
+        Some("required") => true,
+        Some(other) => bail!("stakeholder {s:?}: {other:?} is not 'required'"),
+    };
+    if parts.next().is_some() {
+        bail!("stakeholder {s:?}: expected PUBKEY:WEIGHT[:required]");
+    }
+    Ok(Stakeholder {
+        key: key.parse()?,
+        weight: weight
+            .parse()
+            .with_context(|| format!("stakeholder {s:?}: weight {weight:?} is not a number"))?,
+        required,
+    })
+}
+
+fn default_id(name: &str) -> String {
+    let mut suffix = [0u8; 3];
+    getrandom::fill(&mut suffix).expect("the OS has a random source");
+    let base: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(56)
+        .collect();
+    format!("{base}-{}", hex::encode(suffix))
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix seconds, or a duration from now: `90s`, `10m`, `12h`, `30d`.
+fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected unix seconds or a duration like 30d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(now() + secs)
+}

@@ -1,0 +1,38 @@
+//! `zos key`: make and inspect ed25519 keys.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use zos_contract::SecretKey;
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Make a new ed25519 key; print its public key.
+    ///
+    /// The file is created mode 0600 and is never overwritten.
+    ///
+    /// Example: zos key new --out expert.key
+    New {
+        /// Where to write the secret key.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Print the public key of a secret key file.
+    ///
+    /// Example: zos key show expert.key
+    Show { key: PathBuf },
+}
+
+pub fn run(cmd: KeyCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeyCmd::New { out } => {
+            let key = SecretKey::generate()?;
+            key.save_new(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", key.public());
+        }
+        KeyCmd::Show { key } => println!("{}", SecretKey::load(&key)?.public()),
+    }
+    Ok(())
+}
