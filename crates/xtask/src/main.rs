@@ -1,1 +1,72 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's tasks, in Rust so they run the same everywhere.
+//!
+//! - `demo`: the main job, end to end, on a fresh directory notary.
+//! - `test`: everything CI runs (installs the Debian packages it needs first).
+//! - `bench [contracts|flist|storage|network|container|all]`: benchmarks.
+
+mod bench;
+mod demo;
+mod packages;
+mod test;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  demo          run the flow end to end on a fresh directory notary: keys, blueprint,
+                contract, signatures, verification, publish, list, cancel, and one
+                refused contract for every refusal reason
+  test          install missing Debian packages, then fmt, clippy and every test tier
+                (unit, integration, privileged against the real kernel and real etcd)
+  bench [NAME]  benchmarks: contracts, flist, storage, network, container, or all
+";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("demo") => demo::run(&args[1..]),
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("xtask lives at crates/xtask")
+        .to_path_buf()
+}
+
+/// Runs `cargo` with `args` in the workspace root, failing on a non-zero exit.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("+ cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Where cargo puts binaries of the dev profile.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}

@@ -1,0 +1,40 @@
+//! `cargo xtask bench NAME`: runs the named benchmark harnesses (each a
+//! `harness = false` bench that measures against a reference in the same run).
+
+use anyhow::bail;
+
+use crate::{cargo, packages};
+
+/// name -> (package, bench target) pairs.
+const BENCHES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "contracts",
+        &[("zos-contract", "verify"), ("zos-notary", "watch")],
+    ),
+    ("flist", &[("zos-flist", "flist")]),
+    ("storage", &[("zos-storage", "storage")]),
+    ("network", &[("zos-network", "network")]),
+    ("container", &[("zos-container", "container")]),
+];
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let name = args.first().map(String::as_str).unwrap_or("all");
+    let selected: Vec<_> = BENCHES
+        .iter()
+        .filter(|(n, _)| name == "all" || *n == name)
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<_> = BENCHES.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "unknown benchmark {name:?}; choose one of {} or all",
+            names.join(", ")
+        );
+    }
+    packages::ensure(packages::TEST_PACKAGES)?;
+    for (_, targets) in selected {
+        for (package, bench) in *targets {
+            cargo(&["bench", "-p", package, "--bench", bench])?;
+        }
+    }
+    Ok(())
+}

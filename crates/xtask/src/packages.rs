@@ -1,0 +1,77 @@
+//! Installs the Debian packages the project needs, only when they are missing.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+/// Packages every test tier needs on a fresh Debian 12 machine.
+pub const TEST_PACKAGES: &[&str] = &[
+    "etcd-server",    // the etcd:// notary backend, tested against a real server
+    "btrfs-progs",    // storage pools
+    "e2fsprogs",      // a foreign filesystem the storage tests must refuse
+    "util-linux",     // losetup for loop devices
+    "nftables",       // tenant NAT and isolation
+    "iproute2",       // namespaces in network tests
+    "iputils-ping",   // reachability checks in network tests
+    "libseccomp-dev", // youki's libcontainer links libseccomp
+    "busybox-static", // a test workload inside container tests (never in the image)
+    "pkg-config",
+];
+
+/// Packages the demo needs.
+pub const DEMO_PACKAGES: &[&str] = &[];
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// `apt-get install` whatever of `pkgs` is missing (running `apt-get update` first).
+pub fn ensure(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing Debian packages: {}", missing.join(" "));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get (is this Debian, and are we root?)")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}
+
+/// Makes sure python3 can import `module`, installing `pip_pkg` with pip if not.
+pub fn ensure_python_module(module: &str, pip_pkg: &str) -> anyhow::Result<()> {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    eprintln!("installing python package {pip_pkg}");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "-q", pip_pkg])
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {pip_pkg} failed ({status})");
+    }
+    Ok(())
+}

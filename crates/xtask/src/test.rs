@@ -1,0 +1,31 @@
+//! `cargo xtask test`: everything CI runs.
+
+use anyhow::bail;
+
+use crate::{cargo, packages};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if !args.is_empty() {
+        bail!("cargo xtask test takes no arguments");
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask test runs privileged tests (loop devices, namespaces, FUSE, containers): run it as root");
+    }
+    packages::ensure(packages::TEST_PACKAGES)?;
+    packages::ensure_python_module("cryptography", "cryptography")?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // One run over the workspace: unit tests, integration tests and the privileged
+    // tests that drive the real kernel, etcd and libcontainer.
+    cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    eprintln!("cargo xtask test: all tiers passed");
+    Ok(())
+}
