@@ -10,7 +10,8 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::{cargo, root, target_dir};
+use crate::etcd::Etcd;
+use crate::{cargo, packages, root, target_dir};
 
 struct Demo {
     zos: PathBuf,
@@ -72,13 +73,35 @@ fn section(title: &str) {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let keep = args.iter().any(|a| a == "--keep");
+    let mut keep = false;
+    let mut on_etcd = false;
+    for arg in args {
+        match arg.as_str() {
+            "--keep" => keep = true,
+            "--etcd" => on_etcd = true,
+            other => bail!("cargo xtask demo: unknown option {other:?} (options: --etcd, --keep)"),
+        }
+    }
+    if on_etcd {
+        packages::ensure(&["etcd-server"])?;
+    }
+    packages::ensure(packages::DEMO_PACKAGES)?;
     cargo(&["build", "--quiet", "-p", "zos-cli"])?;
     let tmp = tempfile::Builder::new().prefix("zos-demo-").tempdir()?;
     let dir = tmp.path().to_path_buf();
+    // Declared before the result is computed, so etcd outlives the flow.
+    let etcd = if on_etcd {
+        Some(Etcd::start(&dir)?)
+    } else {
+        None
+    };
+    let notary = match &etcd {
+        Some(etcd) => format!("etcd://{}/demo", etcd.client),
+        None => format!("dir://{}", dir.join("notary").display()),
+    };
     let demo = Demo {
         zos: target_dir().join("debug/zos"),
-        notary: format!("dir://{}", dir.join("notary").display()),
+        notary,
         dir,
     };
     println!(
@@ -87,6 +110,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         demo.notary
     );
     let result = flow(&demo);
+    drop(etcd);
     if keep {
         let kept = tmp.keep();
         println!("\nkept {}", kept.display());

@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod etcd;
 mod packages;
 mod test;
 
@@ -18,9 +19,11 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  demo          run the flow end to end on a fresh directory notary: keys, blueprint,
-                contract, signatures, verification, publish, list, cancel, and one
-                refused contract for every refusal reason
+  demo [--etcd] [--keep]
+                run the flow end to end on a fresh directory notary (or, with --etcd,
+                on a private etcd server): keys, blueprint, contract, signatures,
+                verification, publish, list, cancel, and one refused contract for
+                every refusal reason; --keep keeps the demo directory
   test          install missing Debian packages, then fmt, clippy and every test tier
                 (unit, integration, privileged against the real kernel and real etcd)
   bench [NAME]  benchmarks: contracts, flist, storage, network, container, or all

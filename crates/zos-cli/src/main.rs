@@ -37,11 +37,20 @@ enum Command {
     Flist(flist::FlistCmd),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Key(cmd) => key::run(cmd),
         Command::Blueprint(cmd) => blueprint::run(cmd),
         Command::Contract(cmd) => contract::run(cmd),
         Command::Flist(cmd) => flist::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain of causes on one line, and no backtrace: this is a
+            // message for a person, not a crash report.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
