@@ -420,18 +420,13 @@ impl Watcher {
             } else {
                 format!("{rel}/{name}")
             };
-            match entry.file_type() {
-                Ok(ft) if ft.is_dir() => {
-                    if !self.add_tree(&child, emit)? {
-                        return Ok(false);
-                    }
-                }
-                Ok(ft) if ft.is_file() && emit => {
-                    if !self.deliver_file(rel, &name) {
-                        return Ok(false);
-                    }
-                }
-                _ => {}
+            let open = match entry.file_type() {
+                Ok(ft) if ft.is_dir() => self.add_tree(&child, emit)?,
+                Ok(ft) if ft.is_file() && emit => self.deliver_file(rel, &name),
+                _ => true,
+            };
+            if !open {
+                return Ok(false);
             }
         }
         Ok(true)
