@@ -1,0 +1,307 @@
+//! Verified extraction that never writes outside the destination.
+//!
+//! The destination must be empty (or absent). Every entry is created relative to a
+//! directory file descriptor that we created ourselves, with `O_NOFOLLOW`/`O_EXCL`, so a
+//! symlink in the flist (absolute or `../..`) is created as a link and never followed.
+//! Names were already validated by [`crate::Flist::open`] (no `/`, `..`, NUL, empty).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, symlinkat, Gid, Uid};
+
+use crate::error::Error;
+use crate::fetch::Fetcher;
+use crate::meta::{EntryKind, Flist};
+
+/// How to unpack.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// Parallel file fetchers (0: four per core; fetching is mostly waiting).
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UnpackReport {
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+fn errno(path: &Path, e: nix::Error) -> Error {
+    Error::io(path, std::io::Error::from(e))
+}
+
+fn refuse(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Unpack {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// A file waiting to be filled: its fd (created empty, mode 0600) and entry index.
+struct Job {
+    fd: OwnedFd,
+    idx: usize,
+    path: PathBuf,
+}
+
+/// Extracts `flist` into `dest`, fetching and verifying every block.
+pub fn unpack(
+    flist: &Flist,
+    fetcher: &Fetcher,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, Error> {
+    prepare_dest(dest)?;
+    let root = open_dir(None, dest, dest)?;
+    let threads = if opts.threads == 0 {
+        4 * std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let as_root = nix::unistd::geteuid().is_root();
+    let failed = AtomicBool::new(false);
+    let first_err: Mutex<Option<Error>> = Mutex::new(None);
+    let bytes = AtomicU64::new(0);
+    let files = AtomicU64::new(0);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::Relaxed);
+        first_err.lock().expect("not poisoned").get_or_insert(e);
+    };
+
+    // Bounded: the tree walk waits for the fetchers instead of opening every file.
+    let (tx, rx) = mpsc::sync_channel::<Job>(threads * 2);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|s| {
+        let rx = &rx;
+        let (failed, fail, bytes, files) = (&failed, &fail, &bytes, &files);
+        for _ in 0..threads {
+            s.spawn(move || loop {
+                let job = match rx.lock().expect("not poisoned").recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
+                if failed.load(Ordering::Relaxed) {
+                    continue; // drain: drop the fd
+                }
+                match fill(flist, fetcher, &job, as_root) {
+                    Ok(n) => {
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                        files.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => fail(e),
+                }
+            });
+        }
+        if let Err(e) = create_tree(flist, &root, dest, 0, &tx, failed, as_root, 0) {
+            fail(e);
+        }
+        drop(tx);
+    });
+    if let Some(e) = first_err.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    Ok(UnpackReport {
+        entries: flist.entries.len() as u64,
+        files: files.into_inner(),
+        bytes: bytes.into_inner(),
+    })
+}
+
+/// The destination: created if absent; if present, an empty real directory.
+fn prepare_dest(dest: &Path) -> Result<(), Error> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {
+            let mut it = std::fs::read_dir(dest).map_err(|e| Error::io(dest, e))?;
+            if it.next().is_some() {
+                return Err(refuse(dest, "the destination is not empty"));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(refuse(
+            dest,
+            "the destination exists and is not a directory",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(dest).map_err(|e| Error::io(dest, e))
+        }
+        Err(e) => Err(Error::io(dest, e)),
+    }
+}
+
+fn open_dir(at: Option<RawFd>, name: &Path, shown: &Path) -> Result<OwnedFd, Error> {
+    let fd = openat(
+        at,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno(shown, e))?;
+    // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ts(secs: i64) -> TimeSpec {
+    TimeSpec::new(secs, 0)
+}
+
+/// Depth-first: directories and special entries here, regular files to the fetchers;
+/// a directory's own mode, owner and mtime are set after its children exist.
+#[allow(clippy::too_many_arguments)]
+fn create_tree(
+    flist: &Flist,
+    dirfd: &OwnedFd,
+    dir_path: &Path,
+    idx: usize,
+    tx: &mpsc::SyncSender<Job>,
+    failed: &AtomicBool,
+    as_root: bool,
+    depth: usize,
+) -> Result<(), Error> {
+    // Validation bounds the tree, but not its depth; keep the stack bounded too.
+    if depth > 4096 {
+        return Err(refuse(dir_path, "directory tree deeper than 4096 levels"));
+    }
+    let fd = dirfd.as_raw_fd();
+    for &c in &flist.entries[idx].children {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let e = &flist.entries[c];
+        let name = Path::new(&e.name);
+        let path = dir_path.join(name);
+        let perm = Mode::from_bits_truncate(e.perm() as libc::mode_t);
+        match e.kind {
+            EntryKind::Dir => {
+                mkdirat(Some(fd), name, Mode::S_IRWXU).map_err(|er| errno(&path, er))?;
+                let sub = open_dir(Some(fd), name, &path)?;
+                create_tree(flist, &sub, &path, c, tx, failed, as_root, depth + 1)?;
+                finish_fd(&sub, e, as_root, &path)?;
+            }
+            EntryKind::File => {
+                let f = openat(
+                    Some(fd),
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::S_IRUSR | Mode::S_IWUSR,
+                )
+                .map_err(|er| errno(&path, er))?;
+                // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+                let fd = unsafe { OwnedFd::from_raw_fd(f) };
+                if tx.send(Job { fd, idx: c, path }).is_err() {
+                    return Ok(());
+                }
+            }
+            EntryKind::Symlink => {
+                let target = OsStr::from_bytes(e.target.as_deref().unwrap_or(b""));
+                symlinkat(target, Some(fd), name).map_err(|er| errno(&path, er))?;
+                if as_root {
+                    fchownat(
+                        Some(fd),
+                        name,
+                        Some(Uid::from_raw(e.uid)),
+                        Some(Gid::from_raw(e.gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|er| errno(&path, er))?;
+                }
+                utimensat(
+                    Some(fd),
+                    name,
+                    &ts(e.mtime),
+                    &ts(e.mtime),
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|er| errno(&path, er))?;
+            }
+            EntryKind::Fifo
+            | EntryKind::CharDevice
+            | EntryKind::BlockDevice
+            | EntryKind::Socket => {
+                let kind = match e.kind {
+                    EntryKind::Fifo => SFlag::S_IFIFO,
+                    EntryKind::CharDevice => SFlag::S_IFCHR,
+                    EntryKind::BlockDevice => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFSOCK,
+                };
+                mknodat(Some(fd), name, kind, Mode::S_IRUSR | Mode::S_IWUSR, e.rdev)
+                    .map_err(|er| errno(&path, er))?;
+                if as_root {
+                    fchownat(
+                        Some(fd),
+                        name,
+                        Some(Uid::from_raw(e.uid)),
+                        Some(Gid::from_raw(e.gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|er| errno(&path, er))?;
+                }
+                // The node was just created by us in a directory we created (and nobody
+                // else writes), so following is not a concern; Linux has no lchmod.
+                fchmodat(Some(fd), name, perm, FchmodatFlags::FollowSymlink)
+                    .map_err(|er| errno(&path, er))?;
+                utimensat(
+                    Some(fd),
+                    name,
+                    &ts(e.mtime),
+                    &ts(e.mtime),
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|er| errno(&path, er))?;
+            }
+        }
+    }
+    if idx == 0 {
+        finish_fd(dirfd, &flist.entries[0], as_root, dir_path)?;
+    }
+    Ok(())
+}
+
+/// Owner first (chown clears setuid bits), then mode, then mtime.
+fn finish_fd(
+    fd: &OwnedFd,
+    e: &crate::meta::Entry,
+    as_root: bool,
+    path: &Path,
+) -> Result<(), Error> {
+    let raw = fd.as_raw_fd();
+    if as_root {
+        fchown(raw, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)))
+            .map_err(|er| errno(path, er))?;
+    }
+    fchmod(raw, Mode::from_bits_truncate(e.perm() as libc::mode_t))
+        .map_err(|er| errno(path, er))?;
+    futimens(raw, &ts(e.mtime), &ts(e.mtime)).map_err(|er| errno(path, er))
+}
+
+fn fill(flist: &Flist, fetcher: &Fetcher, job: &Job, as_root: bool) -> Result<u64, Error> {
+    let e = &flist.entries[job.idx];
+    let file = File::from(job.fd.try_clone().map_err(|er| Error::io(&job.path, er))?);
+    let shown = flist.path_of(job.idx);
+    let mut off = 0u64;
+    for (i, b) in e.blocks.iter().enumerate() {
+        let plain = fetcher.block(&shown, i, b, e.block_len(i))?;
+        file.write_all_at(&plain, off)
+            .map_err(|er| Error::io(&job.path, er))?;
+        off += plain.len() as u64;
+    }
+    finish_fd(&job.fd, e, as_root, &job.path)?;
+    Ok(off)
+}
