@@ -1,1 +1,235 @@
-fn main() {}
+//! `cargo xtask bench flist`: pack and unpack throughput against `tar -c | sha256sum` of
+//! the same tree measured in the same run, and first-byte latency of a lazy mount against
+//! a full unpack of a 256 MiB file.
+//!
+//! ZOS_BENCH_MIB sets the tree size (default 1024). Everything lives in a `zt-flist-bench-`
+//! temp dir removed at the end. The mount part needs root and /dev/fuse; without them it
+//! prints SKIP.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zos_flist::{mount, pack, unpack, Fetcher, Flist, MountOptions, Router, UnpackOptions};
+
+const MIB: u64 = 1 << 20;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// A tree of about `total` bytes: many small files, some medium, a few large; half the
+/// files random (incompressible), half text-like (compressible).
+fn make_tree(root: &Path, total: u64) -> (u64, u64) {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    let mut i = 0u64;
+    while bytes < total {
+        let class = rng.next() % 100;
+        let size = match class {
+            0..=69 => 1024 + rng.next() % (64 * 1024), // small
+            70..=94 => MIB + rng.next() % (4 * MIB),   // medium
+            _ => 16 * MIB + rng.next() % (32 * MIB),   // large
+        }
+        .min(total - bytes)
+        .max(1);
+        buf.resize(size as usize, 0);
+        if i % 2 == 0 {
+            rng.fill(&mut buf);
+        } else {
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = b"the quick brown fox jumps over the lazy dog 0123456789\n"[k % 55];
+            }
+            let mut r = vec![0u8; 64];
+            rng.fill(&mut r);
+            let at = (rng.next() % size) as usize;
+            let n = r.len().min(buf.len() - at);
+            buf[at..at + n].copy_from_slice(&r[..n]);
+        }
+        let dir = root.join(format!("d{:02}/s{:02}", i % 16, (i / 16) % 8));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i:06}")), &buf).unwrap();
+        bytes += size;
+        files += 1;
+        i += 1;
+    }
+    (bytes, files)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn mibs(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / secs(d)
+}
+
+fn sync() {
+    // Flush dirty pages so one phase's writeback does not land in the next's timing.
+    let _ = Command::new("sync").status();
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let mib: u64 = std::env::var("ZOS_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let tmp = tempfile::Builder::new()
+        .prefix("zt-flist-bench-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    let (bytes, files) = make_tree(&src, mib * MIB);
+    sync();
+    println!(
+        "flist benchmark: tree of {} MiB in {files} files, {} cores",
+        bytes / MIB,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // Reference: tar -c | sha256sum (reads every byte once and hashes it).
+    let t = Instant::now();
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -cf - -C '{}' . | sha256sum >/dev/null",
+            src.display()
+        ))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar | sha256sum failed");
+    let tar = t.elapsed();
+
+    let store = dir.join("store");
+    let router = Router::parse(&[format!("dir://{}", store.display())]).unwrap();
+    let fl_path = dir.join("bench.fl");
+    let t = Instant::now();
+    let report = pack(&src, &fl_path, &router, &Default::default()).unwrap();
+    sync();
+    let packt = t.elapsed();
+
+    let fl = Flist::open(&fl_path).unwrap();
+    let fetcher = Fetcher::new(router.clone(), None);
+    let out = dir.join("out");
+    let t = Instant::now();
+    unpack(&fl, &fetcher, &out, &UnpackOptions::default()).unwrap();
+    sync();
+    let unpackt = t.elapsed();
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let tar_tp = mibs(bytes, tar);
+    println!();
+    println!("| operation                  | time (s) | MiB/s   | ratio to tar|sha256sum |");
+    println!("|----------------------------|----------|---------|------------------------|");
+    println!(
+        "| tar -c | sha256sum         | {:8.2} | {:7.1} | 1.00                   |",
+        secs(tar),
+        tar_tp
+    );
+    println!(
+        "| pack (dir store)           | {:8.2} | {:7.1} | {:<22.2} |",
+        secs(packt),
+        mibs(bytes, packt),
+        mibs(bytes, packt) / tar_tp
+    );
+    println!(
+        "| unpack (dir store, verify) | {:8.2} | {:7.1} | {:<22.2} |",
+        secs(unpackt),
+        mibs(bytes, unpackt),
+        mibs(bytes, unpackt) / tar_tp
+    );
+    println!(
+        "({} blocks; target: unpack >= 0.5x tar|sha256sum)",
+        report.blocks
+    );
+    std::fs::remove_dir_all(&src).unwrap();
+    std::fs::remove_dir_all(&store).unwrap();
+
+    first_byte(dir);
+}
+
+/// A 256 MiB file: time to its first byte through a lazy mount vs after a full unpack.
+fn first_byte(dir: &Path) {
+    println!();
+    if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
+        println!("SKIP: first-byte latency needs root and /dev/fuse");
+        return;
+    }
+    let src = dir.join("big-src");
+    std::fs::create_dir(&src).unwrap();
+    let mut buf = vec![0u8; 256 * MIB as usize];
+    Rng(12345).fill(&mut buf);
+    std::fs::write(src.join("big"), &buf).unwrap();
+    drop(buf);
+    let store = dir.join("big-store");
+    let router = Router::parse(&[format!("dir://{}", store.display())]).unwrap();
+    let fl_path = dir.join("big.fl");
+    pack(&src, &fl_path, &router, &Default::default()).unwrap();
+    sync();
+
+    // Lazy mount: open the flist, mount, read one byte.
+    let mp = dir.join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let t = Instant::now();
+    let fl = Arc::new(Flist::open(&fl_path).unwrap());
+    let m = mount(
+        fl,
+        Arc::new(Fetcher::new(router.clone(), None)),
+        &mp,
+        &MountOptions::default(),
+    )
+    .unwrap();
+    let mut one = [0u8; 1];
+    std::fs::File::open(mp.join("big"))
+        .unwrap()
+        .read_exact(&mut one)
+        .unwrap();
+    let lazy = t.elapsed();
+    m.unmount().unwrap();
+
+    // Full unpack, then read one byte.
+    let out = dir.join("big-out");
+    let t = Instant::now();
+    let fl = Flist::open(&fl_path).unwrap();
+    unpack(&fl, &Fetcher::new(router, None), &out, &Default::default()).unwrap();
+    std::fs::File::open(out.join("big"))
+        .unwrap()
+        .read_exact(&mut one)
+        .unwrap();
+    let full = t.elapsed();
+
+    println!("| first byte of a 256 MiB file | time (ms) |");
+    println!("|------------------------------|-----------|");
+    println!(
+        "| lazy FUSE mount              | {:9.1} |",
+        lazy.as_secs_f64() * 1e3
+    );
+    println!(
+        "| full unpack                  | {:9.1} |",
+        full.as_secs_f64() * 1e3
+    );
+    println!(
+        "(lazy mount is {:.0}x faster to the first byte)",
+        full.as_secs_f64() / lazy.as_secs_f64()
+    );
+}

@@ -1,0 +1,118 @@
+//! Pack, then unpack from dir and http stores: every byte, mode, owner, target and mtime
+//! comes back; routes spread and fall back.
+
+mod common;
+
+use common::*;
+use zos_flist::{unpack, BlockCache, EntryKind, Fetcher, Router, UnpackOptions, BLOCK_SIZE};
+
+#[test]
+fn pack_then_unpack_from_dir_store_matches_source() {
+    let p = Packed::new("rt-dir", build_tree);
+    let fl = p.flist();
+    // Structure as packed: root conventions of rfs, block counts by size.
+    assert_eq!(fl.root().ino, 1);
+    assert_eq!(fl.root().name, "/");
+    let e = &fl.entries[fl.lookup("/exact-512k").unwrap()];
+    assert_eq!(e.blocks.len(), 1);
+    let e = &fl.entries[fl.lookup("/512k-plus-1").unwrap()];
+    assert_eq!(e.blocks.len(), 2);
+    assert_eq!(e.block_len(1), 1);
+    let e = &fl.entries[fl.lookup("/empty").unwrap()];
+    assert!(e.blocks.is_empty());
+    assert_eq!(
+        fl.entries[fl.lookup("/fifo").unwrap()].kind,
+        EntryKind::Fifo
+    );
+    assert_eq!(
+        fl.entries[fl.lookup("/abs-link").unwrap()]
+            .target
+            .as_deref(),
+        Some(&b"/etc/passwd"[..])
+    );
+    assert_eq!(fl.routes.len(), 1);
+    assert_eq!(fl.routes[0].url, p.store_url());
+
+    let out = p.dir.path().join("out");
+    let report = unpack(&fl, &p.fetcher(), &out, &UnpackOptions::default()).unwrap();
+    assert_eq!(report.bytes, fl.totals().0);
+    assert_same_tree(&p.src, &out);
+}
+
+#[test]
+fn unpack_from_http_store_with_legacy_flat_layout_fallback() {
+    let p = Packed::new("rt-http", build_tree);
+    // Move one blob to the flat legacy layout (base/<hex>): the client must fall back.
+    let blob = p.blob_of("/multi-mib", 2);
+    std::fs::rename(&blob, p.store.join(blob.file_name().unwrap())).unwrap();
+    let server = HttpServer::serve(&p.store);
+    let fetcher = Fetcher::new(Router::parse(std::slice::from_ref(&server.url)).unwrap(), None);
+    let out = p.dir.path().join("out");
+    unpack(&p.flist(), &fetcher, &out, &UnpackOptions { threads: 3 }).unwrap();
+    assert_same_tree(&p.src, &out);
+}
+
+#[test]
+fn writes_go_to_every_matching_route_and_reads_fall_back() {
+    let dir = tempdir("rt-routes");
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), random(6 * BLOCK_SIZE)).unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let specs = vec![
+        format!("00-7f=dir://{}", a.display()),
+        format!("80-ff=dir://{}", b.display()),
+        format!("dir://{}", c.display()),
+    ];
+    let fl_path = dir.path().join("x.fl");
+    zos_flist::pack(
+        &src,
+        &fl_path,
+        &Router::parse(&specs).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let fl = zos_flist::Flist::open(&fl_path).unwrap();
+    assert_eq!(fl.routes.len(), 3);
+    assert_eq!((fl.routes[0].start, fl.routes[0].end), (0x00, 0x7f));
+    assert_eq!((fl.routes[1].start, fl.routes[1].end), (0x80, 0xff));
+    let e = &fl.entries[fl.lookup("/f").unwrap()];
+    for blk in &e.blocks {
+        let hex = blk.id_hex();
+        let rel = std::path::Path::new(&hex[..2]).join(&hex);
+        let (yes, no) = if blk.id[0] < 0x80 { (&a, &b) } else { (&b, &a) };
+        assert!(yes.join(&rel).exists(), "block in its range store");
+        assert!(!no.join(&rel).exists(), "block not in the other range");
+        assert!(c.join(&rel).exists(), "block in the catch-all store");
+    }
+
+    // Break the range stores: one loses its blobs, the other serves garbage. Reads fall
+    // back to the catch-all route (the flist's own routes, in order).
+    std::fs::remove_dir_all(&a).unwrap();
+    for d in std::fs::read_dir(&b).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            std::fs::write(f.unwrap().path(), b"garbage").unwrap();
+        }
+    }
+    let cache_dir = dir.path().join("cache");
+    let fetcher = Fetcher::new(
+        Router::new(&fl.routes).unwrap(),
+        Some(BlockCache::new(&cache_dir)),
+    );
+    let out = dir.path().join("out");
+    unpack(&fl, &fetcher, &out, &Default::default()).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("f")).unwrap(),
+        std::fs::read(src.join("f")).unwrap()
+    );
+    // The cache holds exactly the verified plaintext blocks.
+    let cache = BlockCache::new(&cache_dir);
+    assert_eq!(cache.entries().len(), 6);
+    for blk in &e.blocks {
+        assert!(cache.get(blk).is_some());
+    }
+}
