@@ -1,1 +1,25 @@
 //! Tenant network namespaces, bridges, veth, tap, NAT and isolation.
+//!
+//! A tenant network is a namespace `<prefix><id>` with a bridge `br0` carrying the
+//! gateway address, a veth pair `pub0` <-> `<prefix><id>` to the node namespace on
+//! a private transit /30, and nftables rules for NAT and isolation in both. Workloads
+//! join with a veth pair (their own namespace) or a tap (VMs). See docs/network.md.
+//!
+//! The API is synchronous (the engine calls it from `spawn_blocking`); every kernel
+//! operation runs on a short-lived thread inside the namespace it concerns.
+
+mod error;
+mod model;
+mod names;
+pub mod netns;
+mod network;
+pub mod nft;
+mod nl;
+mod subnet;
+mod tap;
+
+pub use error::{Error, Result};
+pub use model::{NetworkConfig, PortForward, Proto, TenantNetwork, Workload, WorkloadAttachment};
+pub use names::IFNAME_MAX;
+pub use network::{Inventory, Network};
+pub use subnet::Ipv4Subnet;

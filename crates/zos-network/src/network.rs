@@ -1,0 +1,540 @@
+//! `Network`: ensure / remove / attach / detach / list, converging the kernel to
+//! what a contract says. Every step first looks at what exists, so running an
+//! operation twice is a no-op and a half-done operation (a crash) is completed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::model::{NetworkConfig, TenantNetwork, Workload, WorkloadAttachment};
+use crate::names::{self, BRIDGE, TENANT_TABLE, TRANSIT, TRANSIT_TMP, WORKLOAD_IF};
+use crate::netns::{self, run_in};
+use crate::nft;
+use crate::nl::{Link, Nl};
+use crate::subnet::Ipv4Subnet;
+use crate::tap;
+
+/// What exists in the kernel under our prefix, for garbage collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Network ids that have a tenant namespace.
+    pub tenant_namespaces: BTreeSet<String>,
+    /// Workload namespace names (`<prefix><net>-<workload>` and the like).
+    pub workload_namespaces: BTreeSet<String>,
+    /// Network ids with a transit link in the node namespace.
+    pub node_links: BTreeSet<String>,
+    /// Network ids with an nft table in the node namespace.
+    pub node_tables: BTreeSet<String>,
+    /// Whether our host firewall table is installed.
+    pub host_table: bool,
+    /// Bridge ports (`w-<workload>` veths and taps) per tenant namespace.
+    pub ports: BTreeMap<String, Vec<String>>,
+}
+
+impl Inventory {
+    /// Every network id that has at least one kernel object.
+    pub fn networks(&self) -> BTreeSet<String> {
+        let mut s = self.tenant_namespaces.clone();
+        s.extend(self.node_links.iter().cloned());
+        s.extend(self.node_tables.iter().cloned());
+        s
+    }
+
+    /// Network ids present in the kernel but not in `wanted`: what to `remove`.
+    pub fn orphans<'a>(&self, wanted: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let wanted: BTreeSet<&str> = wanted.into_iter().collect();
+        self.networks()
+            .into_iter()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .collect()
+    }
+
+    /// True when nothing of ours exists.
+    pub fn is_empty(&self) -> bool {
+        self.networks().is_empty() && self.workload_namespaces.is_empty() && !self.host_table
+    }
+}
+
+pub struct Network {
+    cfg: NetworkConfig,
+    /// Serialises changes: the transit slot allocation reads then writes the kernel.
+    lock: Mutex<()>,
+}
+
+/// The two ends of a tenant's transit /30: (node side, tenant side).
+fn transit_pair(range: Ipv4Subnet, slot: u32) -> (Ipv4Addr, Ipv4Addr) {
+    let base = u32::from(range.addr()) + slot * 4;
+    (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
+}
+
+fn slot_of(range: Ipv4Subnet, ip: Ipv4Addr) -> u32 {
+    (u32::from(ip) - u32::from(range.addr())) / 4
+}
+
+impl Network {
+    pub fn new(cfg: NetworkConfig) -> Result<Network> {
+        let p = &cfg.prefix;
+        if p.len() > 12 || !p.ends_with('-') {
+            return Err(Error::InvalidName {
+                name: p.clone(),
+                reason: "the prefix ends with '-' and is at most 12 bytes",
+            });
+        }
+        names::ifname(p)?;
+        names::ifname(&cfg.uplink)?;
+        if cfg.transit.prefix() > 28 {
+            return Err(Error::InvalidSubnet {
+                subnet: cfg.transit.to_string(),
+                reason: "the transit range must hold several /30s",
+            });
+        }
+        Ok(Network {
+            cfg,
+            lock: Mutex::new(()),
+        })
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.cfg
+    }
+
+    /// The tenant namespace name of network `id`.
+    pub fn tenant_netns(&self, id: &str) -> String {
+        format!("{}{id}", self.cfg.prefix)
+    }
+
+    /// The conventional workload namespace name (removed with its network).
+    pub fn workload_netns(&self, net: &str, workload: &str) -> String {
+        format!("{}{net}-{workload}", self.cfg.prefix)
+    }
+
+    /// Path of a namespace file under the run dir.
+    pub fn netns_path(&self, name: &str) -> PathBuf {
+        netns::path(&self.cfg.run_dir, name)
+    }
+
+    fn node_link(&self, id: &str) -> String {
+        format!("{}{id}", self.cfg.prefix)
+    }
+
+    fn host_table(&self) -> String {
+        names::nft_table(&self.cfg.prefix, "host")
+    }
+
+    fn node_table(&self, id: &str) -> String {
+        names::nft_table(&self.cfg.prefix, id)
+    }
+
+    fn node_ns(&self) -> Result<File> {
+        match &self.cfg.node_netns {
+            Some(p) => netns::open(p),
+            None => netns::current(),
+        }
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock leaves the kernel, not this unit, in some
+        // state; the next call re-reads the kernel anyway.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node side: forwarding on, and our host firewall (input dropped except
+    /// established/related, forwarding only tenant -> uplink and opened ports,
+    /// masquerade of the transit range on the uplink). Idempotent.
+    pub fn ensure_node(&self) -> Result<()> {
+        let _g = self.guard();
+        let node = self.node_ns()?;
+        let table = self.host_table();
+        let body = nft::host_table(
+            &table,
+            &format!("{}*", self.cfg.prefix),
+            &self.cfg.uplink,
+            self.cfg.transit,
+        );
+        run_in(&node, || {
+            let nl = Nl::new()?;
+            if nl.link(&self.cfg.uplink)?.is_none() {
+                return Err(Error::NoUplink(self.cfg.uplink.clone()));
+            }
+            netns::sysctl("net.ipv4.ip_forward", "1")?;
+            nft::apply("host table", &nft::replace_script("inet", &table, &body))
+        })?;
+        tracing::info!(uplink = %self.cfg.uplink, table, "node firewall ensured");
+        Ok(())
+    }
+
+    /// Remove our host firewall table (forwarding stays as it is).
+    pub fn remove_node(&self) -> Result<()> {
+        let _g = self.guard();
+        let table = self.host_table();
+        run_in(&self.node_ns()?, || {
+            nft::apply("delete host table", &nft::delete_script("inet", &table))
+        })
+    }
+
+    /// Pick (or find again) the transit slot of network `id` in the node namespace.
+    /// Returns the slot and whether the node end of the transit veth exists.
+    fn transit_slot(&self, node: &File, id: &str) -> Result<(u32, bool)> {
+        let range = self.cfg.transit;
+        let link_name = self.node_link(id);
+        run_in(node, || {
+            let nl = Nl::new()?;
+            let link = nl.link(&link_name)?;
+            let addrs = nl.addrs(None)?;
+            if let Some(l) = &link {
+                if let Some((_, ip, _)) = addrs
+                    .iter()
+                    .find(|(i, ip, p)| *i == l.index && *p == 30 && range.contains(*ip))
+                {
+                    return Ok((slot_of(range, *ip), true));
+                }
+            }
+            let used: BTreeSet<u32> = addrs
+                .iter()
+                .filter(|(_, ip, _)| range.contains(*ip))
+                .map(|(_, ip, _)| slot_of(range, *ip))
+                .collect();
+            let slots = 1u32 << (32 - range.prefix() - 2);
+            let free = (0..slots)
+                .find(|s| !used.contains(s))
+                .ok_or(Error::ExhaustedTransit { range })?;
+            Ok((free, link.is_some()))
+        })
+    }
+
+    /// Create or converge tenant network `net`. Running it twice is a no-op.
+    pub fn ensure(&self, net: &TenantNetwork) -> Result<()> {
+        net.validate(&self.cfg.prefix)?;
+        let _g = self.guard();
+        let node = self.node_ns()?;
+        let ns_name = self.tenant_netns(&net.id);
+        let created = netns::create(&self.cfg.run_dir, &ns_name)?;
+        let tenant = netns::open(&self.netns_path(&ns_name))?;
+        let link_name = self.node_link(&net.id);
+        let (slot, node_link_exists) = self.transit_slot(&node, &net.id)?;
+        let (node_ip, tenant_ip) = transit_pair(self.cfg.transit, slot);
+
+        // Tenant side: loopback, forwarding, bridge with the gateway, transit veth
+        // (its node end moved to the node namespace under our prefixed name).
+        run_in(&tenant, || {
+            let nl = Nl::new()?;
+            if let Some(lo) = nl.link("lo")? {
+                if !lo.up {
+                    nl.set_up(lo.index)?;
+                }
+            }
+            netns::sysctl("net.ipv4.ip_forward", "1")?;
+            let br = ensure_link(&nl, BRIDGE, || nl.add_bridge(BRIDGE))?;
+            nl.ensure_only_addr(br.index, net.gateway, net.subnet.prefix())?;
+            if !br.up {
+                nl.set_up(br.index)?;
+            }
+            let pub0 = nl.link(TRANSIT)?;
+            let tmp = nl.link(TRANSIT_TMP)?;
+            if pub0.is_none() || tmp.is_some() || !node_link_exists {
+                // Missing, or half made before a crash: start the pair again.
+                for l in [pub0, tmp].into_iter().flatten() {
+                    nl.del_link(l.index)?;
+                }
+                nl.add_veth(TRANSIT, TRANSIT_TMP)?;
+                let tmp = nl.link(TRANSIT_TMP)?.ok_or_else(|| gone(TRANSIT_TMP))?;
+                nl.move_to(tmp.index, node.as_fd(), &link_name)?;
+            }
+            Ok(())
+        })?;
+
+        // Node side: the transit address, up, the tenant's port forwards.
+        let node_table = self.node_table(&net.id);
+        let node_rules =
+            nft::node_tenant_table(&node_table, &self.cfg.uplink, tenant_ip, &net.ports);
+        run_in(&node, || {
+            let nl = Nl::new()?;
+            let l = nl.link(&link_name)?.ok_or_else(|| gone(&link_name))?;
+            nl.ensure_only_addr(l.index, node_ip, 30)?;
+            if !l.up {
+                nl.set_up(l.index)?;
+            }
+            nft::apply(
+                "node tenant table",
+                &nft::replace_script("ip", &node_table, &node_rules),
+            )
+        })?;
+
+        // Tenant side again: transit address, default route to the node, rules.
+        let rules = nft::tenant_table(TENANT_TABLE, net.subnet, &net.ports);
+        run_in(&tenant, || {
+            let nl = Nl::new()?;
+            let p = nl.link(TRANSIT)?.ok_or_else(|| gone(TRANSIT))?;
+            nl.ensure_only_addr(p.index, tenant_ip, 30)?;
+            if !p.up {
+                nl.set_up(p.index)?;
+            }
+            nl.default_route(node_ip, p.index)?;
+            nft::apply(
+                "tenant table",
+                &nft::replace_script("inet", TENANT_TABLE, &rules),
+            )
+        })?;
+        tracing::info!(
+            net = %net.id, subnet = %net.subnet, gateway = %net.gateway,
+            transit = %tenant_ip, ports = net.ports.len(), created,
+            "tenant network ensured"
+        );
+        Ok(())
+    }
+
+    /// Remove network `id`: its node link, node nft table, its workload namespaces
+    /// (`<prefix><id>-*`) and its namespace (which takes the bridge, ports, taps and
+    /// tenant rules with it). Returns false if nothing existed.
+    pub fn remove(&self, id: &str) -> Result<bool> {
+        names::check_net_id(id)?;
+        let _g = self.guard();
+        let link_name = self.node_link(id);
+        let table = self.node_table(id);
+        let mut existed = run_in(&self.node_ns()?, || {
+            let nl = Nl::new()?;
+            let mut existed = false;
+            if let Some(l) = nl.link(&link_name)? {
+                // Deleted here, synchronously: namespace teardown is asynchronous.
+                nl.del_link(l.index)?;
+                existed = true;
+            }
+            if nft::tables()?.iter().any(|(f, n)| f == "ip" && *n == table) {
+                nft::apply(
+                    "delete node tenant table",
+                    &nft::delete_script("ip", &table),
+                )?;
+                existed = true;
+            }
+            Ok(existed)
+        })?;
+        let workload_prefix = format!("{}{id}-", self.cfg.prefix);
+        for ns in netns::list(&self.cfg.run_dir, &workload_prefix)? {
+            existed |= netns::remove(&self.cfg.run_dir, &ns)?;
+        }
+        existed |= netns::remove(&self.cfg.run_dir, &self.tenant_netns(id))?;
+        tracing::info!(net = id, existed, "tenant network removed");
+        Ok(existed)
+    }
+
+    /// Attach a workload to network `net` (which must have been ensured).
+    pub fn attach(&self, net: &TenantNetwork, wl: &Workload) -> Result<()> {
+        net.validate(&self.cfg.prefix)?;
+        names::check_workload_id(&wl.id)?;
+        let _g = self.guard();
+        let tenant_path = self.netns_path(&self.tenant_netns(&net.id));
+        if !netns::is_mounted(&tenant_path) {
+            return Err(Error::NoSuchNetwork(net.id.clone()));
+        }
+        let tenant = netns::open(&tenant_path)?;
+        match &wl.attachment {
+            WorkloadAttachment::Veth { netns: wns, ip } => {
+                names::check_workload_netns(&self.cfg.prefix, wns)?;
+                net.check_workload_ip(*ip)?;
+                netns::create(&self.cfg.run_dir, wns)?;
+                let wfd = netns::open(&self.netns_path(wns))?;
+                let port = names::port(&wl.id);
+                let tmp = names::port_peer_tmp(&wl.id);
+                run_in(&tenant, || {
+                    let nl = Nl::new()?;
+                    let br = nl
+                        .link(BRIDGE)?
+                        .ok_or_else(|| Error::NoSuchNetwork(net.id.clone()))?;
+                    let existing = nl.link(&port)?;
+                    let half = nl.link(&tmp)?;
+                    if existing.is_none() || half.is_some() {
+                        for l in [existing, half].into_iter().flatten() {
+                            nl.del_link(l.index)?;
+                        }
+                        nl.add_veth(&port, &tmp)?;
+                        let t = nl.link(&tmp)?.ok_or_else(|| gone(&tmp))?;
+                        nl.move_to(t.index, wfd.as_fd(), WORKLOAD_IF)?;
+                    }
+                    let p = nl.link(&port)?.ok_or_else(|| gone(&port))?;
+                    enslave(&nl, &p, br.index)
+                })?;
+                run_in(&wfd, || {
+                    let nl = Nl::new()?;
+                    if let Some(lo) = nl.link("lo")? {
+                        if !lo.up {
+                            nl.set_up(lo.index)?;
+                        }
+                    }
+                    let e = nl.link(WORKLOAD_IF)?.ok_or_else(|| gone(WORKLOAD_IF))?;
+                    nl.ensure_only_addr(e.index, *ip, net.subnet.prefix())?;
+                    if !e.up {
+                        nl.set_up(e.index)?;
+                    }
+                    nl.default_route(net.gateway, e.index)
+                })?;
+                tracing::info!(net = %net.id, workload = %wl.id, netns = %wns, %ip, "veth attached");
+            }
+            WorkloadAttachment::Tap { name } => {
+                names::check_tap(name)?;
+                run_in(&tenant, || {
+                    let nl = Nl::new()?;
+                    let br = nl
+                        .link(BRIDGE)?
+                        .ok_or_else(|| Error::NoSuchNetwork(net.id.clone()))?;
+                    let t = ensure_link(&nl, name, || tap::create(name))?;
+                    enslave(&nl, &t, br.index)
+                })?;
+                tracing::info!(net = %net.id, workload = %wl.id, tap = %name, "tap attached");
+            }
+        }
+        Ok(())
+    }
+
+    /// Detach a workload: its bridge port or tap, and (veth) its namespace.
+    /// Returns false if nothing existed.
+    pub fn detach(&self, net_id: &str, wl: &Workload) -> Result<bool> {
+        names::check_net_id(net_id)?;
+        names::check_workload_id(&wl.id)?;
+        let _g = self.guard();
+        let tenant_path = self.netns_path(&self.tenant_netns(net_id));
+        let name = match &wl.attachment {
+            WorkloadAttachment::Veth { netns: wns, .. } => {
+                names::check_workload_netns(&self.cfg.prefix, wns)?;
+                names::port(&wl.id)
+            }
+            WorkloadAttachment::Tap { name } => {
+                names::check_tap(name)?;
+                name.clone()
+            }
+        };
+        let mut existed = false;
+        if netns::is_mounted(&tenant_path) {
+            existed = run_in(&netns::open(&tenant_path)?, || {
+                let nl = Nl::new()?;
+                match nl.link(&name)? {
+                    Some(l) => nl.del_link(l.index).map(|_| true),
+                    None => Ok(false),
+                }
+            })?;
+        }
+        if let WorkloadAttachment::Veth { netns: wns, .. } = &wl.attachment {
+            existed |= netns::remove(&self.cfg.run_dir, wns)?;
+        }
+        tracing::info!(net = net_id, workload = %wl.id, existed, "workload detached");
+        Ok(existed)
+    }
+
+    /// What exists in the kernel under our prefix.
+    pub fn list(&self) -> Result<Inventory> {
+        let p = &self.cfg.prefix;
+        let mut inv = Inventory::default();
+        for ns in netns::list(&self.cfg.run_dir, p)? {
+            let rest = &ns[p.len()..];
+            if rest.contains('-') {
+                inv.workload_namespaces.insert(ns);
+            } else {
+                inv.tenant_namespaces.insert(rest.to_string());
+            }
+        }
+        let table_prefix = names::nft_table(p, "");
+        let host = self.host_table();
+        run_in(&self.node_ns()?, || {
+            let nl = Nl::new()?;
+            for l in nl.links()? {
+                if let Some(id) = l.name.strip_prefix(p.as_str()) {
+                    if l.kind.as_deref() == Some("veth") {
+                        inv.node_links.insert(id.to_string());
+                    }
+                }
+            }
+            for (f, n) in nft::tables()? {
+                if f == "inet" && n == host {
+                    inv.host_table = true;
+                } else if f == "ip" {
+                    if let Some(id) = n.strip_prefix(&table_prefix) {
+                        inv.node_tables.insert(id.to_string());
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for id in inv.tenant_namespaces.clone() {
+            let path = self.netns_path(&self.tenant_netns(&id));
+            let ports = run_in(&netns::open(&path)?, || {
+                let nl = Nl::new()?;
+                let links = nl.links()?;
+                let Some(br) = links.iter().find(|l| l.name == BRIDGE) else {
+                    return Ok(Vec::new());
+                };
+                let mut ports: Vec<String> = links
+                    .iter()
+                    .filter(|l| l.controller == Some(br.index) && l.name != TRANSIT)
+                    .map(|l| l.name.clone())
+                    .collect();
+                ports.sort();
+                Ok(ports)
+            })?;
+            inv.ports.insert(id, ports);
+        }
+        Ok(inv)
+    }
+}
+
+fn gone(name: &str) -> Error {
+    Error::io(
+        format!("link {name} vanished while being configured"),
+        std::io::Error::from(std::io::ErrorKind::NotFound),
+    )
+}
+
+/// The link `name`, created by `make` if it does not exist yet.
+fn ensure_link(nl: &Nl, name: &str, make: impl FnOnce() -> Result<()>) -> Result<Link> {
+    if let Some(l) = nl.link(name)? {
+        return Ok(l);
+    }
+    make()?;
+    nl.link(name)?.ok_or_else(|| gone(name))
+}
+
+/// Make `l` an up port of bridge `br`.
+fn enslave(nl: &Nl, l: &Link, br: u32) -> Result<()> {
+    if l.controller != Some(br) {
+        nl.set_controller(l.index, br)?;
+    }
+    if !l.up {
+        nl.set_up(l.index)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transit_slots() {
+        let r: Ipv4Subnet = "100.127.0.0/16".parse().unwrap();
+        assert_eq!(
+            transit_pair(r, 0),
+            (
+                "100.127.0.1".parse().unwrap(),
+                "100.127.0.2".parse().unwrap()
+            )
+        );
+        let (a, b) = transit_pair(r, 70);
+        assert_eq!(slot_of(r, a), 70);
+        assert_eq!(slot_of(r, b), 70);
+    }
+
+    #[test]
+    fn config_refusals() {
+        let mut c = NetworkConfig::new("eth0");
+        c.prefix = "n".into();
+        assert!(matches!(
+            Network::new(c.clone()),
+            Err(Error::InvalidName { .. })
+        ));
+        c.prefix = "n-".into();
+        c.uplink = "a-very-long-uplink".into();
+        assert!(matches!(Network::new(c), Err(Error::NameTooLong { .. })));
+    }
+}

@@ -1,0 +1,196 @@
+//! nftables: the rulesets we install (rendered as text, unit-tested) and the `nft`
+//! binary that applies them. `nft` runs in the namespace of the calling thread
+//! (a child inherits it), is fed the script on stdin (`nft -f -`) and is never run
+//! through a shell. Each script replaces a whole table in one transaction: `table X
+//! {}` creates it if missing, `delete table X` empties it, and the new body follows,
+//! so applying twice is a no-op and a crash never leaves half a table.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::model::PortForward;
+use crate::names::{BRIDGE, TRANSIT};
+use crate::subnet::Ipv4Subnet;
+
+/// The node's own firewall (`inet <prefix>host` in the node namespace).
+pub fn host_table(table: &str, tenant_glob: &str, uplink: &str, transit: Ipv4Subnet) -> String {
+    format!(
+        r#"table inet {table} {{
+	chain input {{
+		type filter hook input priority filter; policy drop;
+		iif "lo" accept
+		ct state established,related accept
+		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} accept
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		iifname "{tenant_glob}" oifname "{uplink}" accept
+		iifname "{uplink}" oifname "{tenant_glob}" ct status dnat accept
+	}}
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "{uplink}" ip saddr {transit} masquerade
+	}}
+}}
+"#
+    )
+}
+
+/// Per tenant, in the node namespace (`ip <prefix><net>`): opened ports go from the
+/// uplink to the tenant end of the transit veth.
+pub fn node_tenant_table(
+    table: &str,
+    uplink: &str,
+    tenant_transit: Ipv4Addr,
+    ports: &[PortForward],
+) -> String {
+    let mut rules = String::new();
+    for p in ports {
+        rules.push_str(&format!(
+            "\t\tiifname \"{uplink}\" {} dport {} dnat to {tenant_transit}\n",
+            p.proto.as_str(),
+            p.public_port
+        ));
+    }
+    format!(
+        "table ip {table} {{\n\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{rules}\t}}\n}}\n"
+    )
+}
+
+/// Inside the tenant namespace (`inet zos`).
+pub fn tenant_table(table: &str, subnet: Ipv4Subnet, ports: &[PortForward]) -> String {
+    let mut dnat = String::new();
+    for p in ports {
+        dnat.push_str(&format!(
+            "\t\tiifname \"{TRANSIT}\" {} dport {} dnat ip to {}:{}\n",
+            p.proto.as_str(),
+            p.public_port,
+            p.workload_ip,
+            p.port
+        ));
+    }
+    format!(
+        r#"table inet {table} {{
+	chain prerouting {{
+		type nat hook prerouting priority dstnat; policy accept;
+{dnat}	}}
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "{TRANSIT}" ip saddr {subnet} masquerade
+	}}
+	chain input {{
+		type filter hook input priority filter; policy drop;
+		iif "lo" accept
+		ct state established,related accept
+		iifname "{BRIDGE}" icmp type echo-request accept
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		iifname "{BRIDGE}" oifname "{BRIDGE}" accept
+		iifname "{BRIDGE}" oifname "{TRANSIT}" accept
+		iifname "{TRANSIT}" oifname "{BRIDGE}" ct status dnat accept
+	}}
+}}
+"#
+    )
+}
+
+/// Wrap a table body so that applying it replaces the table atomically.
+pub fn replace_script(family: &str, table: &str, body: &str) -> String {
+    format!("table {family} {table} {{}}\ndelete table {family} {table}\n{body}")
+}
+
+/// Delete a table whether or not it exists (one transaction).
+pub fn delete_script(family: &str, table: &str) -> String {
+    format!("table {family} {table} {{}}\ndelete table {family} {table}\n")
+}
+
+/// `nft -f -` with `script` on stdin, in the calling thread's namespace.
+pub fn apply(op: &str, script: &str) -> Result<()> {
+    let fail = |detail: String| Error::Nft {
+        op: op.into(),
+        detail,
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("spawn nft: {e} (apt-get install nftables)")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| fail(format!("write script: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("wait: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    tracing::trace!(op, "nft applied");
+    Ok(())
+}
+
+/// `(family, name)` of every table in the calling thread's namespace (`nft -j`).
+pub fn tables() -> Result<Vec<(String, String)>> {
+    let fail = |detail: String| Error::Nft {
+        op: "list tables".into(),
+        detail,
+    };
+    let out = Command::new("nft")
+        .args(["-j", "list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("spawn nft: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().into()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("bad JSON: {e}")))?;
+    let mut t = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(tab) = item.get("table") {
+            if let (Some(f), Some(n)) = (tab["family"].as_str(), tab["name"].as_str()) {
+                t.push((f.to_string(), n.to_string()));
+            }
+        }
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Proto;
+
+    #[test]
+    fn rendering() {
+        let ports = [PortForward {
+            proto: Proto::Tcp,
+            public_port: 8080,
+            workload_ip: "10.1.0.2".parse().unwrap(),
+            port: 80,
+        }];
+        let t = tenant_table("zos", "10.1.0.0/24".parse().unwrap(), &ports);
+        assert!(t.contains("iifname \"pub0\" tcp dport 8080 dnat ip to 10.1.0.2:80"));
+        assert!(t.contains("oifname \"pub0\" ip saddr 10.1.0.0/24 masquerade"));
+        let n = node_tenant_table("n_t1", "eth0", "100.127.0.2".parse().unwrap(), &ports);
+        assert!(n.contains("iifname \"eth0\" tcp dport 8080 dnat to 100.127.0.2"));
+        let h = host_table("n_host", "n-*", "eth0", "100.127.0.0/16".parse().unwrap());
+        assert!(h.contains("policy drop"));
+        assert!(h.contains("iifname \"n-*\" oifname \"eth0\" accept"));
+        let s = replace_script("ip", "n_t1", &n);
+        assert!(s.starts_with("table ip n_t1 {}\ndelete table ip n_t1\ntable ip n_t1 {"));
+    }
+}

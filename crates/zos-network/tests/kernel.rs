@@ -1,0 +1,502 @@
+//! Real-kernel tests (root, iproute2, nftables, iputils-ping): whole worlds of
+//! `zt-<random>` namespaces; the host's root namespace is never touched.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use common::{accept_peer, privileged, World, INET_IP, NODE_IP, UPLINK};
+use zos_network::{
+    Error, Network, PortForward, Proto, TenantNetwork, Workload, WorkloadAttachment,
+};
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn tenant(id: &str, subnet: &str, gw: &str, ports: Vec<PortForward>) -> TenantNetwork {
+    TenantNetwork {
+        id: id.into(),
+        subnet: subnet.parse().unwrap(),
+        gateway: ip(gw),
+        ports,
+    }
+}
+
+fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> Workload {
+    Workload {
+        id: id.into(),
+        attachment: WorkloadAttachment::Veth {
+            netns: net.workload_netns(netid, id),
+            ip: ip(addr),
+        },
+    }
+}
+
+fn wns(w: &Workload) -> String {
+    match &w.attachment {
+        WorkloadAttachment::Veth { netns, .. } => netns.clone(),
+        WorkloadAttachment::Tap { .. } => panic!("not a veth"),
+    }
+}
+
+/// What the node namespace holds of ours: links and nft tables with the prefix.
+fn node_leftovers(w: &World) -> Vec<String> {
+    let links = w.output(&w.node, &["ip", "-o", "link", "show"]);
+    let tables = w.output(&w.node, &["nft", "list", "tables"]);
+    let table_prefix = w.prefix.replace('-', "_");
+    links
+        .lines()
+        .filter(|l| l.contains(&w.prefix))
+        .map(String::from)
+        .chain(
+            tables
+                .lines()
+                .filter(|l| l.contains(&table_prefix) && !l.ends_with("_host"))
+                .map(String::from),
+        )
+        .collect()
+}
+
+#[test]
+fn two_tenants_isolation_nat_ports_remove() {
+    if !privileged("two_tenants_isolation_nat_ports_remove") {
+        return;
+    }
+    let w = World::new();
+    let net = w.network();
+    net.ensure_node().unwrap();
+
+    let a = tenant(
+        "a",
+        "10.1.0.0/24",
+        "10.1.0.1",
+        vec![PortForward {
+            proto: Proto::Tcp,
+            public_port: 8080,
+            workload_ip: ip("10.1.0.2"),
+            port: 80,
+        }],
+    );
+    let b = tenant("b", "10.2.0.0/24", "10.2.0.1", vec![]);
+    net.ensure(&a).unwrap();
+    net.ensure(&b).unwrap();
+    let (a1, a2) = (
+        veth(&net, "a", "a1", "10.1.0.2"),
+        veth(&net, "a", "a2", "10.1.0.3"),
+    );
+    let (b1, b2) = (
+        veth(&net, "b", "b1", "10.2.0.2"),
+        veth(&net, "b", "b2", "10.2.0.3"),
+    );
+    for wl in [&a1, &a2] {
+        net.attach(&a, wl).unwrap();
+    }
+    for wl in [&b1, &b2] {
+        net.attach(&b, wl).unwrap();
+    }
+    let (na1, na2, nb1, nb2) = (wns(&a1), wns(&a2), wns(&b1), wns(&b2));
+
+    // Within a tenant.
+    assert!(w.ping(&na1, ip("10.1.0.3")), "a1 -> a2");
+    assert!(w.ping(&nb2, ip("10.2.0.2")), "b2 -> b1");
+    assert!(w.ping(&na1, ip("10.1.0.1")), "a1 -> its gateway");
+
+    // Across tenants, to the node, to transit addresses: nothing.
+    assert!(!w.ping(&na1, ip("10.2.0.2")), "a1 -> b1 must fail");
+    assert!(!w.ping(&nb1, ip("10.1.0.3")), "b1 -> a2 must fail");
+    assert!(
+        !w.ping(&na1, NODE_IP),
+        "a1 -> node uplink address must fail"
+    );
+    assert!(
+        !w.ping(&na1, ip("100.127.0.1")),
+        "a1 -> node end of its transit"
+    );
+    assert!(
+        !w.ping(&na1, ip("100.127.0.6")),
+        "a1 -> b's transit address"
+    );
+    assert!(
+        !w.ping(&na1, ip("100.127.0.5")),
+        "a1 -> node end of b's transit"
+    );
+    let node_listener = w.listen(&w.node, 2222);
+    assert!(w.connect(&na2, SocketAddr::from((NODE_IP, 2222))).is_err());
+    assert!(w
+        .connect(&na2, SocketAddr::from((ip("100.127.0.1"), 2222)))
+        .is_err());
+    let b1_listener = w.listen(&nb1, 7000);
+    assert!(w
+        .connect(&na1, SocketAddr::from((ip("10.2.0.2"), 7000)))
+        .is_err());
+
+    // Egress NAT: the internet sees the node's address.
+    assert!(w.ping(&na1, INET_IP), "a1 -> internet");
+    assert!(w.ping(&nb2, INET_IP), "b2 -> internet");
+    let inet_listener = w.listen(&w.inet, 9000);
+    w.connect(&na2, SocketAddr::from((INET_IP, 9000)))
+        .expect("a2 -> internet:9000");
+    assert_eq!(accept_peer(&inet_listener).ip(), NODE_IP);
+    w.connect(&nb1, SocketAddr::from((INET_IP, 9000)))
+        .expect("b1 -> internet:9000");
+    assert_eq!(accept_peer(&inet_listener).ip(), NODE_IP);
+
+    // The opened port reaches a1 (the source address is preserved); others do not.
+    let a1_80 = w.listen(&na1, 80);
+    let a1_81 = w.listen(&na1, 81);
+    let _b1_80 = w.listen(&nb1, 80);
+    w.connect(&w.inet, SocketAddr::from((NODE_IP, 8080)))
+        .expect("internet -> node:8080 -> a1:80");
+    assert_eq!(accept_peer(&a1_80).ip(), INET_IP);
+    assert!(
+        w.connect(&w.inet, SocketAddr::from((NODE_IP, 8081)))
+            .is_err(),
+        "closed port"
+    );
+    assert!(
+        w.connect(&w.inet, SocketAddr::from((NODE_IP, 80))).is_err(),
+        "closed port"
+    );
+    assert!(
+        w.connect(&w.inet, SocketAddr::from((NODE_IP, 2222)))
+            .is_err(),
+        "node input"
+    );
+    assert!(!w.ping(&w.inet, NODE_IP), "the node answers nothing");
+    // Someone on the uplink routing straight at tenant addresses gets nowhere.
+    common::run(&[
+        "ip",
+        "-n",
+        &w.inet,
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "via",
+        "198.51.100.2",
+    ]);
+    common::run(&[
+        "ip",
+        "-n",
+        &w.inet,
+        "route",
+        "add",
+        "100.64.0.0/10",
+        "via",
+        "198.51.100.2",
+    ]);
+    assert!(w
+        .connect(&w.inet, SocketAddr::from((ip("10.1.0.2"), 81)))
+        .is_err());
+    assert!(w
+        .connect(&w.inet, SocketAddr::from((ip("100.127.0.2"), 8080)))
+        .is_err());
+    assert!(w
+        .connect(&w.inet, SocketAddr::from((ip("100.127.0.6"), 7000)))
+        .is_err());
+    drop((node_listener, b1_listener, a1_81));
+
+    // ensure / attach again: nothing changes in any namespace.
+    let watched = [w.node.clone(), net.tenant_netns("a"), na1.clone()];
+    let before: Vec<String> = watched.iter().map(|n| w.snapshot(n)).collect();
+    net.ensure_node().unwrap();
+    net.ensure(&a).unwrap();
+    net.ensure(&b).unwrap();
+    net.attach(&a, &a1).unwrap();
+    let after: Vec<String> = watched.iter().map(|n| w.snapshot(n)).collect();
+    for (i, n) in watched.iter().enumerate() {
+        assert_eq!(before[i], after[i], "ensure twice changed namespace {n}");
+    }
+
+    let inv = net.list().unwrap();
+    assert_eq!(inv.networks().into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(inv.ports["a"], ["w-a1", "w-a2"]);
+    assert!(inv.host_table);
+
+    // Remove: no link, namespace or nft table of the tenants is left.
+    assert!(net.remove("a").unwrap());
+    assert!(net.remove("b").unwrap());
+    assert!(!net.remove("a").unwrap(), "remove twice is a no-op");
+    assert_eq!(node_leftovers(&w), Vec::<String>::new());
+    assert_eq!(
+        w.namespaces(),
+        [w.inet.clone(), w.node.clone()],
+        "only the world's namespaces remain"
+    );
+    let inv = net.list().unwrap();
+    assert!(
+        inv.networks().is_empty() && inv.workload_namespaces.is_empty(),
+        "{inv:?}"
+    );
+    net.remove_node().unwrap();
+    assert!(net.list().unwrap().is_empty());
+    let tables = w.output(&w.node, &["nft", "list", "tables"]);
+    assert!(
+        tables.trim().is_empty(),
+        "nft tables left in the node: {tables}"
+    );
+    // Egress is gone with the network.
+    assert!(w
+        .connect(&w.inet, SocketAddr::from((NODE_IP, 8080)))
+        .is_err());
+}
+
+#[test]
+fn list_finds_orphans_and_taps() {
+    if !privileged("list_finds_orphans_and_taps") {
+        return;
+    }
+    let w = World::new();
+    let net = w.network();
+    net.ensure_node().unwrap();
+    let c = tenant("c", "10.3.0.0/24", "10.3.0.1", vec![]);
+    let d = tenant("d", "10.4.0.0/16", "10.4.255.254", vec![]);
+    net.ensure(&c).unwrap();
+    net.ensure(&d).unwrap();
+    let c1 = veth(&net, "c", "c1", "10.3.0.2");
+    net.attach(&c, &c1).unwrap();
+    let tap = Workload {
+        id: "c2".into(),
+        attachment: WorkloadAttachment::Tap {
+            name: "tap-c2".into(),
+        },
+    };
+    net.attach(&c, &tap).unwrap();
+    net.attach(&c, &tap).unwrap();
+    let tap_link = w.output(
+        &net.tenant_netns("c"),
+        &["ip", "-d", "-o", "link", "show", "tap-c2"],
+    );
+    assert!(
+        tap_link.contains("tun type tap") && tap_link.contains("master br0"),
+        "{tap_link}"
+    );
+
+    // "After a restart": a fresh handle finds everything from the kernel alone.
+    let restarted = w.network();
+    let inv = restarted.list().unwrap();
+    assert_eq!(inv.tenant_namespaces.iter().collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(inv.node_links.iter().collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(inv.node_tables.iter().collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(inv.ports["c"], ["tap-c2", "w-c1"]);
+    assert!(inv.ports["d"].is_empty());
+    assert_eq!(
+        inv.workload_namespaces.iter().collect::<Vec<_>>(),
+        [&net.workload_netns("c", "c1")]
+    );
+    // The engine wants only d: c is the orphan.
+    assert_eq!(inv.orphans(["d"]), ["c"]);
+
+    // A tenant namespace whose node side vanished is still listed (and removable).
+    assert!(restarted.detach("c", &tap).unwrap());
+    assert!(!restarted.detach("c", &tap).unwrap());
+    assert!(restarted.detach("c", &c1).unwrap());
+    assert!(restarted.list().unwrap().ports["c"].is_empty());
+    for id in inv.orphans(["d"]) {
+        assert!(restarted.remove(&id).unwrap());
+    }
+    let inv = restarted.list().unwrap();
+    assert_eq!(inv.networks().into_iter().collect::<Vec<_>>(), ["d"]);
+    // A partial leftover (only the node nft table) is found and removed too.
+    restarted.remove("d").unwrap();
+    w.output(
+        &w.node,
+        &[
+            "nft",
+            "add",
+            "table",
+            "ip",
+            &format!("{}e", w.prefix.replace('-', "_")),
+        ],
+    );
+    assert_eq!(restarted.list().unwrap().orphans([]), ["e"]);
+    assert!(restarted.remove("e").unwrap());
+    restarted.remove_node().unwrap();
+    assert!(restarted.list().unwrap().is_empty());
+    assert_eq!(node_leftovers(&w), Vec::<String>::new());
+}
+
+#[test]
+fn converges_after_partial_state() {
+    if !privileged("converges_after_partial_state") {
+        return;
+    }
+    let w = World::new();
+    let net = w.network();
+    net.ensure_node().unwrap();
+    let f = tenant("f", "10.6.0.0/24", "10.6.0.1", vec![]);
+    // A stale namespace file (crash between creating the file and mounting it).
+    std::fs::write(w.path(&net.tenant_netns("f")), b"").unwrap();
+    net.ensure(&f).unwrap();
+    let f1 = veth(&net, "f", "f1", "10.6.0.2");
+    net.attach(&f, &f1).unwrap();
+    let nf1 = wns(&f1);
+    assert!(w.ping(&nf1, INET_IP));
+
+    // Break it: the node end of the transit veth and the gateway address disappear,
+    // a half-made workload veth is left behind.
+    let tns = net.tenant_netns("f");
+    common::run(&[
+        "ip",
+        "-n",
+        &w.node,
+        "link",
+        "del",
+        &format!("{}f", w.prefix),
+    ]);
+    common::run(&["ip", "-n", &tns, "addr", "flush", "dev", "br0"]);
+    common::run(&[
+        "ip", "-n", &tns, "link", "add", "x-f1", "type", "veth", "peer", "name", "y-f1",
+    ]);
+    assert!(!w.ping(&nf1, INET_IP));
+    net.ensure(&f).unwrap();
+    net.attach(&f, &f1).unwrap();
+    assert!(w.ping(&nf1, INET_IP), "ensure repaired the network");
+    assert!(w.ping(&nf1, ip("10.6.0.1")));
+
+    // A changed contract (new subnet) converges, the old address is gone.
+    let f_new = tenant("f", "10.7.0.0/24", "10.7.0.1", vec![]);
+    net.ensure(&f_new).unwrap();
+    let f1_new = veth(&net, "f", "f1", "10.7.0.9");
+    net.attach(&f_new, &f1_new).unwrap();
+    let addrs = w.output(&nf1, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(
+        addrs.contains("10.7.0.9/24") && !addrs.contains("10.6.0.2"),
+        "{addrs}"
+    );
+    assert!(w.ping(&nf1, INET_IP));
+    assert!(w.ping(&nf1, ip("10.7.0.1")));
+
+    assert!(net.remove("f").unwrap());
+    net.remove_node().unwrap();
+    assert!(net.list().unwrap().is_empty());
+}
+
+#[test]
+fn refusals_create_nothing() {
+    if !privileged("refusals_create_nothing") {
+        return;
+    }
+    let w = World::new();
+    let net = w.network();
+    let g = tenant("g", "10.8.0.0/24", "10.8.0.1", vec![]);
+
+    let err = net
+        .attach(&g, &veth(&net, "g", "g1", "10.8.0.2"))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NoSuchNetwork(ref n) if n == "g"),
+        "{err}"
+    );
+
+    let long = tenant("abcdefgh", "10.8.0.0/24", "10.8.0.1", vec![]);
+    let err = net.ensure(&long).unwrap_err();
+    assert!(matches!(err, Error::NameTooLong { len: 16, .. }), "{err}");
+
+    let bad_gw = tenant("g", "10.8.0.0/24", "10.9.0.1", vec![]);
+    assert!(matches!(
+        net.ensure(&bad_gw),
+        Err(Error::AddressOutOfSubnet { .. })
+    ));
+
+    let port = |public_port, wip: &str| PortForward {
+        proto: Proto::Udp,
+        public_port,
+        workload_ip: ip(wip),
+        port: 53,
+    };
+    let dup = tenant(
+        "g",
+        "10.8.0.0/24",
+        "10.8.0.1",
+        vec![port(53, "10.8.0.2"), port(53, "10.8.0.3")],
+    );
+    assert!(matches!(
+        net.ensure(&dup),
+        Err(Error::DuplicatePort { port: 53, .. })
+    ));
+    let outside = tenant("g", "10.8.0.0/24", "10.8.0.1", vec![port(53, "10.9.0.2")]);
+    assert!(matches!(
+        net.ensure(&outside),
+        Err(Error::AddressOutOfSubnet { .. })
+    ));
+
+    let mut cfg = w.config();
+    cfg.uplink = "nope0".into();
+    let err = Network::new(cfg).unwrap().ensure_node().unwrap_err();
+    assert!(
+        matches!(err, Error::NoUplink(ref u) if u == "nope0"),
+        "{err}"
+    );
+    assert!(net.list().unwrap().is_empty(), "refusals created something");
+
+    net.ensure(&g).unwrap();
+    let err = net
+        .attach(&g, &veth(&net, "g", "g1", "10.8.0.1"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AddressReserved {
+                what: "gateway",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = net
+        .attach(&g, &veth(&net, "g", "g1", "10.8.0.255"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::AddressReserved {
+                what: "broadcast address",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = net
+        .attach(&g, &veth(&net, "g", "g1", "10.9.0.5"))
+        .unwrap_err();
+    assert!(matches!(err, Error::AddressOutOfSubnet { .. }), "{err}");
+    let foreign = Workload {
+        id: "g1".into(),
+        attachment: WorkloadAttachment::Veth {
+            netns: "someone-elses".into(),
+            ip: ip("10.8.0.2"),
+        },
+    };
+    assert!(matches!(
+        net.attach(&g, &foreign),
+        Err(Error::ForeignName { .. })
+    ));
+    let long_wl = veth(&net, "g", "abcdefghijklmn", "10.8.0.2");
+    assert!(matches!(
+        net.attach(&g, &long_wl),
+        Err(Error::NameTooLong { .. })
+    ));
+    let bad_tap = Workload {
+        id: "g2".into(),
+        attachment: WorkloadAttachment::Tap { name: "br0".into() },
+    };
+    assert!(matches!(
+        net.attach(&g, &bad_tap),
+        Err(Error::InvalidName { .. })
+    ));
+    let taken: Vec<Ipv4Addr> = (2..=254).map(|i| Ipv4Addr::new(10, 8, 0, i)).collect();
+    assert!(matches!(
+        g.allocate(&taken),
+        Err(Error::ExhaustedSubnet { .. })
+    ));
+    assert_eq!(g.allocate(&taken[1..]).unwrap(), ip("10.8.0.2"));
+    let inv = net.list().unwrap();
+    assert!(
+        inv.workload_namespaces.is_empty() && inv.ports["g"].is_empty(),
+        "{inv:?}"
+    );
+    assert!(net.remove("g").unwrap());
+    assert!(net.list().unwrap().is_empty());
+    let _ = UPLINK;
+}
