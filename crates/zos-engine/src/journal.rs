@@ -1,0 +1,214 @@
+//! The journal: what this node owns and has accepted, written through on every change.
+//!
+//! It is the engine's memory across a crash or a power cut: which contract versions
+//! were accepted (so an older one is a replay, even after a reboot), what each one's
+//! deployment is (so it can be torn down without asking the notary, which may be
+//! gone), and how each contract stands. Kernel objects are found again by name
+//! ([`crate::names`]); the journal says which of them are still wanted.
+//!
+//! Storage is behind [`JournalStore`]: zosd keeps it in the node state home (replicated
+//! on every pool); [`FileJournal`] is one file, written temp + fsync + rename.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zos_contract::{Deployment, Digest, PublicKey};
+
+/// Where the journal's bytes live. Writes must be atomic: after a crash, `load`
+/// returns either the previous or the new bytes.
+pub trait JournalStore: Send + Sync {
+    fn load(&self) -> io::Result<Option<Vec<u8>>>;
+    fn save(&self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// How a contract the node accepted stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum Phase {
+    /// Being created; a crash here means "finish creating it".
+    Provisioning,
+    Running,
+    /// Provisioning failed for good (e.g. a tampered flist); retried on a new version.
+    Failed {
+        message: String,
+    },
+}
+
+/// A contract this node accepted and owns resources for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owned {
+    pub id: String,
+    pub version: u64,
+    pub digest: Digest,
+    pub owner: PublicKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    pub deployment: Deployment,
+    #[serde(flatten)]
+    pub phase: Phase,
+    /// Restarts per workload (resource name), for the status record.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u32>,
+}
+
+/// The journal's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalData {
+    /// Contracts the node owns resources for, by id.
+    #[serde(default)]
+    pub owned: BTreeMap<String, Owned>,
+    /// The highest version accepted or cancelled per contract id, with the digest of
+    /// that version: verification refuses anything older (replay), also after the
+    /// contract is gone.
+    #[serde(default)]
+    pub accepted: BTreeMap<String, (u64, Digest)>,
+}
+
+/// Why the journal could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage: {0}")]
+    Io(#[from] io::Error),
+    #[error("journal is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// The journal and its store: every mutation is written before it returns.
+pub struct Journal<S: JournalStore> {
+    data: JournalData,
+    store: S,
+}
+
+impl<S: JournalStore> Journal<S> {
+    /// Loads the journal, or starts an empty one when the store has none. A corrupt
+    /// journal is an error, not an empty journal: forgetting what the node owns would
+    /// orphan running workloads and re-open replays.
+    pub fn open(store: S) -> Result<Self, JournalError> {
+        let data = match store.load()? {
+            Some(bytes) => serde_json::from_slice(&bytes)?,
+            None => JournalData::default(),
+        };
+        Ok(Journal { data, store })
+    }
+
+    pub fn data(&self) -> &JournalData {
+        &self.data
+    }
+
+    pub fn owned(&self, id: &str) -> Option<&Owned> {
+        self.data.owned.get(id)
+    }
+
+    /// Applies `change` and writes the result through. On a write error the change is
+    /// undone in memory too, so memory never claims what the disk does not hold.
+    pub fn update<T>(
+        &mut self,
+        change: impl FnOnce(&mut JournalData) -> T,
+    ) -> Result<T, JournalError> {
+        let before = self.data.clone();
+        let out = change(&mut self.data);
+        if self.data == before {
+            return Ok(out);
+        }
+        let bytes = serde_json::to_vec(&self.data)?;
+        if let Err(e) = self.store.save(&bytes) {
+            self.data = before;
+            return Err(e.into());
+        }
+        Ok(out)
+    }
+}
+
+/// A journal in one file, replaced atomically.
+#[derive(Debug, Clone)]
+pub struct FileJournal {
+    path: PathBuf,
+}
+
+impl FileJournal {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileJournal { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl JournalStore for FileJournal {
+    fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn save(&self, bytes: &[u8]) -> io::Result<()> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "journal".into())
+        ));
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &self.path)?;
+        File::open(dir)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_is_undone_in_memory() {
+        struct Failing;
+        impl JournalStore for Failing {
+            fn load(&self) -> io::Result<Option<Vec<u8>>> {
+                Ok(None)
+            }
+            fn save(&self, _: &[u8]) -> io::Result<()> {
+                Err(io::Error::other("disk gone"))
+            }
+        }
+        let mut j = Journal::open(Failing).unwrap();
+        let err = j.update(|d| {
+            d.accepted.insert("c".into(), (1, Digest::of(b"x")));
+        });
+        assert!(matches!(err, Err(JournalError::Io(_))));
+        assert!(j.data().accepted.is_empty());
+    }
+
+    #[test]
+    fn file_journal_round_trips_and_refuses_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        let mut j = Journal::open(FileJournal::new(&path)).unwrap();
+        j.update(|d| {
+            d.accepted.insert("c".into(), (3, Digest::of(b"x")));
+        })
+        .unwrap();
+        let again = Journal::open(FileJournal::new(&path)).unwrap();
+        assert_eq!(again.data().accepted["c"].0, 3);
+        fs::write(&path, b"{not json").unwrap();
+        assert!(matches!(
+            Journal::open(FileJournal::new(&path)),
+            Err(JournalError::Corrupt(_))
+        ));
+    }
+}

@@ -1,0 +1,29 @@
+//! The reconcile engine: desired state (the verified contracts the notary holds for
+//! this node) against actual state (the journal and what exists on the machine).
+//!
+//! - [`engine::Engine`]: the loop. It verifies every contract record (zos-contract),
+//!   admits it against the node's capacity ([`capacity`]), provisions it through the
+//!   [`provision::Provisioner`] port in dependency order, supervises and restarts
+//!   workloads with backoff ([`restart`]), tears down cancelled and expired contracts,
+//!   removes orphans, and publishes a signed status record ([`status`]) on every change.
+//! - [`journal`]: what the node owns and has accepted, written through atomically, so
+//!   a restart re-adopts instead of starting twice and a reboot cannot re-open replays.
+//!
+//! The engine does not touch the kernel itself: zosd gives it a provisioner built on
+//! zos-storage, zos-network, zos-flist and zos-container.
+
+pub mod capacity;
+pub mod engine;
+pub mod journal;
+pub mod names;
+pub mod provision;
+pub mod restart;
+pub mod status;
+
+pub use capacity::{Capacity, OverCapacity};
+pub use engine::{Engine, EngineConfig, EngineError};
+pub use journal::{FileJournal, Journal, JournalStore, Owned, Phase};
+pub use provision::{
+    Inventory, ProvisionError, Provisioner, WorkloadPlan, WorkloadState, WorkloadStatus,
+};
+pub use status::{State, StatusReport};

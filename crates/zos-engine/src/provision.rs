@@ -1,0 +1,143 @@
+//! The engine's one port to the machine: a [`Provisioner`] creates, inspects and removes
+//! the kernel objects a deployment turns into. zosd implements it over zos-storage,
+//! zos-network, zos-flist and zos-container; the engine's unit tests use a fake.
+//!
+//! Every operation is idempotent: `ensure_*` on something that exists with the same
+//! spec is a no-op, `remove_*` on something absent is a no-op. Names are chosen by the
+//! engine ([`crate::names`]) and are deterministic, so after a crash the engine finds
+//! what it made by name alone.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use zos_contract::deployment::{Network, Port, Volume, Workload};
+
+/// Why a provisioning step failed. The message is reported in the contract's status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{step} {name}: {message}")]
+pub struct ProvisionError {
+    /// "volume", "network", "flist", "workload".
+    pub step: &'static str,
+    pub name: String,
+    pub message: String,
+    /// True when retrying cannot help (a tampered flist, a refused disk): the contract
+    /// goes to `error` and is not retried until a new version arrives.
+    pub permanent: bool,
+}
+
+impl ProvisionError {
+    pub fn new(step: &'static str, name: &str, message: impl Into<String>) -> Self {
+        ProvisionError {
+            step,
+            name: name.to_string(),
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    pub fn permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+}
+
+/// A workload as the provisioner runs it: the contract's workload, plus what the
+/// engine resolved for it (resource names, the volume paths, the network).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadPlan {
+    /// The node-wide name of the workload (see [`crate::names`]).
+    pub name: String,
+    pub workload: Workload,
+    /// Node-wide name of its tenant network, if it has one.
+    pub network: Option<String>,
+    /// `(volume path on the node, mount point in the workload, read only)`.
+    pub mounts: Vec<(PathBuf, String, bool)>,
+}
+
+/// What the provisioner reports about a running (or dead) workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub state: WorkloadState,
+    /// The workload's address on its tenant network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// The last lines it wrote (stdout and stderr, or the serial console of a VM).
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum WorkloadState {
+    Running,
+    /// It ended: by itself with `code`, or killed by `signal`.
+    Exited {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+}
+
+/// Everything of ours that exists on the node, by node-wide name; the engine removes
+/// what no contract owns (orphans of a crash, of a cancelled contract, of a bug).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub volumes: BTreeSet<String>,
+    pub networks: BTreeSet<String>,
+    pub workloads: BTreeSet<String>,
+}
+
+/// The machine, as the engine sees it. See the module docs.
+pub trait Provisioner: Send + Sync {
+    /// Creates the volume (or checks it exists with at least this size) and returns the
+    /// directory a workload mounts.
+    fn ensure_volume(
+        &self,
+        name: &str,
+        spec: &Volume,
+    ) -> impl Future<Output = Result<PathBuf, ProvisionError>> + Send;
+
+    fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), ProvisionError>> + Send;
+
+    /// Creates the tenant network with its ports opened towards the workloads.
+    fn ensure_network(
+        &self,
+        name: &str,
+        spec: &Network,
+        ports: &[(String, Port)],
+    ) -> impl Future<Output = Result<(), ProvisionError>> + Send;
+
+    fn remove_network(&self, name: &str)
+        -> impl Future<Output = Result<(), ProvisionError>> + Send;
+
+    /// Fetches and verifies the workload's flist, prepares its root filesystem and
+    /// starts it. A workload that is running already is left alone (re-adoption).
+    fn ensure_workload(
+        &self,
+        plan: &WorkloadPlan,
+    ) -> impl Future<Output = Result<WorkloadStatus, ProvisionError>> + Send;
+
+    /// Starts a workload that exited, without re-preparing its root filesystem.
+    fn restart_workload(
+        &self,
+        plan: &WorkloadPlan,
+    ) -> impl Future<Output = Result<WorkloadStatus, ProvisionError>> + Send;
+
+    /// Stops the workload and removes its root filesystem, logs and runtime state.
+    fn remove_workload(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), ProvisionError>> + Send;
+
+    /// `None` when no such workload exists.
+    fn workload_status(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<WorkloadStatus>, ProvisionError>> + Send;
+
+    fn inventory(&self) -> impl Future<Output = Result<Inventory, ProvisionError>> + Send;
+}

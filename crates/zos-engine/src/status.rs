@@ -1,0 +1,87 @@
+//! The body of the status record a node publishes under
+//! `nodes/<node>/status/<contract id>`, signed by the node key, on every change.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a contract stands on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Accepted; its volumes, networks, flists and workloads are being created.
+    Provisioning,
+    /// Every workload runs.
+    Ok,
+    /// Accepted but failing: a provisioning step failed, or a workload keeps dying.
+    Error,
+    /// Refused: nothing was created. `reasons` says why.
+    Refused,
+    /// Cancelled by its owner; everything it had is gone.
+    Cancelled,
+    /// Past its expiry; everything it had is gone.
+    Expired,
+}
+
+/// One refusal reason: its stable code and its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonReport {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&zos_contract::Reason> for ReasonReport {
+    fn from(r: &zos_contract::Reason) -> Self {
+        ReasonReport {
+            code: r.code(),
+            message: r.to_string(),
+        }
+    }
+}
+
+/// One workload's part of the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadReport {
+    /// "running", "restarting", "exited", "failed".
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+/// The status record body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    pub contract: String,
+    /// The version this report is about (absent when a refused document had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub state: State,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<ReasonReport>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workloads: BTreeMap<String, WorkloadReport>,
+}
+
+impl StatusReport {
+    pub fn new(
+        contract: &str,
+        version: Option<u64>,
+        state: State,
+        message: impl Into<String>,
+    ) -> Self {
+        StatusReport {
+            contract: contract.to_string(),
+            version,
+            state,
+            message: message.into(),
+            reasons: Vec::new(),
+            workloads: BTreeMap::new(),
+        }
+    }
+}
