@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use zos_contract::deployment::{Port, Workload};
+use std::net::Ipv4Addr;
+
+use zos_contract::deployment::{parse_private_subnet, Workload};
 use zos_contract::verify::verify_cancellation;
 use zos_contract::{
     BlueprintRef, ContractRecord, Deployment, Digest, Limits, PublicKey, SecretKey,
@@ -24,7 +26,7 @@ use zos_notary::{KeyKind, KeyPrefix, Notary, NotaryKey, Record};
 use crate::capacity::{self, Capacity, OverCapacity};
 use crate::journal::{Journal, JournalStore, Owned, Phase};
 use crate::names;
-use crate::provision::{ProvisionError, Provisioner, WorkloadPlan, WorkloadState};
+use crate::provision::{NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState};
 use crate::restart::Backoff;
 use crate::status::{ReasonReport, State, StatusReport, WorkloadReport};
 
@@ -445,12 +447,11 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             paths.insert(v.name.clone(), path);
         }
         for n in &d.networks {
-            let name = names::of(&owned.id, &n.name);
-            let ports = ports_on(&owned.id, d, &n.name);
-            self.provisioner.ensure_network(&name, n, &ports).await?;
+            let plan = network_plan(&owned.id, d, &n.name)?;
+            self.provisioner.ensure_network(&plan).await?;
         }
         for w in &d.workloads {
-            let plan = plan_for(&owned.id, w, &paths);
+            let plan = plan_for(&owned.id, d, w, &paths)?;
             self.provisioner.ensure_workload(&plan).await?;
         }
         Ok(())
@@ -578,10 +579,12 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                         backoff.failed(now);
                         tracing::warn!(workload = %name, state = ?exited, "workload not running; restarting");
                         let paths = self.volume_paths(&o).await;
-                        let plan = plan_for(&o.id, w, &paths);
-                        let result = match exited {
-                            Some(_) => self.provisioner.restart_workload(&plan).await,
-                            None => self.provisioner.ensure_workload(&plan).await,
+                        let result = match plan_for(&o.id, &o.deployment, w, &paths) {
+                            Ok(plan) if exited.is_some() => {
+                                self.provisioner.restart_workload(&plan).await
+                            }
+                            Ok(plan) => self.provisioner.ensure_workload(&plan).await,
+                            Err(e) => Err(e),
                         };
                         if let Err(e) = result {
                             tracing::warn!(workload = %name, error = %e, "restart failed");
@@ -716,28 +719,78 @@ fn resource_names(id: &str, d: &Deployment, kind: Kind) -> BTreeSet<String> {
     names.into_iter().map(|n| names::of(id, n)).collect()
 }
 
-/// The ports opened on network `net`: (node-wide workload name, port).
-fn ports_on(id: &str, d: &Deployment, net: &str) -> Vec<(String, Port)> {
-    d.workloads
+/// The addresses on network `net`: the gateway is the subnet's first host, then the
+/// workloads on it in deployment order (`.2`, `.3`, ...).
+fn addresses(
+    d: &Deployment,
+    net: &str,
+) -> Result<(NetworkPlan, BTreeMap<String, Ipv4Addr>), String> {
+    let spec = d
+        .networks
+        .iter()
+        .find(|n| n.name == net)
+        .ok_or_else(|| format!("no network {net:?}"))?;
+    let (base, len) = parse_private_subnet(&spec.subnet)?;
+    let base = u32::from(base);
+    // Hosts are base+1 ..= broadcast-1.
+    let hosts = (1u64 << (32 - u32::from(len))) - 2;
+    let on_net: Vec<&Workload> = d
+        .workloads
         .iter()
         .filter(|w| w.network.as_deref() == Some(net))
-        .flat_map(|w| {
-            w.ports
-                .iter()
-                .map(move |p| (names::of(id, &w.name), p.clone()))
-        })
-        .collect()
+        .collect();
+    if on_net.len() as u64 + 1 > hosts {
+        return Err(format!(
+            "{} workloads and a gateway do not fit in {} ({hosts} hosts)",
+            on_net.len(),
+            spec.subnet
+        ));
+    }
+    let mut by_workload = BTreeMap::new();
+    let mut forwards = Vec::new();
+    for (i, w) in on_net.iter().enumerate() {
+        let ip = Ipv4Addr::from(base + 2 + i as u32);
+        by_workload.insert(w.name.clone(), ip);
+        forwards.extend(w.ports.iter().map(|p| (ip, p.clone())));
+    }
+    let plan = NetworkPlan {
+        name: String::new(),
+        subnet: Ipv4Addr::from(base),
+        prefix_len: len,
+        gateway: Ipv4Addr::from(base + 1),
+        forwards,
+    };
+    Ok((plan, by_workload))
+}
+
+fn network_plan(id: &str, d: &Deployment, net: &str) -> Result<NetworkPlan, ProvisionError> {
+    let name = names::of(id, net);
+    let (mut plan, _) =
+        addresses(d, net).map_err(|e| ProvisionError::new("network", &name, e).permanent())?;
+    plan.name = name;
+    Ok(plan)
 }
 
 fn plan_for(
     id: &str,
+    d: &Deployment,
     w: &Workload,
     volume_paths: &BTreeMap<String, std::path::PathBuf>,
-) -> WorkloadPlan {
-    WorkloadPlan {
-        name: names::of(id, &w.name),
+) -> Result<WorkloadPlan, ProvisionError> {
+    let name = names::of(id, &w.name);
+    let network = match w.network.as_deref() {
+        Some(net) => {
+            let (_, ips) = addresses(d, net)
+                .map_err(|e| ProvisionError::new("network", &names::of(id, net), e).permanent())?;
+            let ip = ips[&w.name];
+            Some((names::of(id, net), ip))
+        }
+        None => None,
+    };
+    Ok(WorkloadPlan {
+        name,
         workload: w.clone(),
-        network: w.network.as_deref().map(|n| names::of(id, n)),
+        network,
         mounts: w
             .mounts
             .iter()
@@ -747,7 +800,7 @@ fn plan_for(
                     .map(|p| (p.clone(), m.path.clone(), m.read_only))
             })
             .collect(),
-    }
+    })
 }
 
 fn refused_report(id: &str, version: Option<u64>, reasons: Vec<ReasonReport>) -> StatusReport {

@@ -24,6 +24,7 @@ pub use capacity::{Capacity, OverCapacity};
 pub use engine::{Engine, EngineConfig, EngineError};
 pub use journal::{FileJournal, Journal, JournalStore, Owned, Phase};
 pub use provision::{
-    Inventory, ProvisionError, Provisioner, WorkloadPlan, WorkloadState, WorkloadStatus,
+    Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
+    WorkloadStatus,
 };
 pub use status::{State, StatusReport};

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use zos_contract::deployment::{Network, Port, Volume, Workload};
+use zos_contract::deployment::{Port, Volume, Workload};
 
 /// Why a provisioning step failed. The message is reported in the contract's status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +44,20 @@ impl ProvisionError {
     }
 }
 
+/// A tenant network as the provisioner creates it. Addresses are decided by the engine
+/// (see [`crate::engine`]): the gateway is the subnet's first host, and the workloads on
+/// the network take the next ones in the order the deployment lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkPlan {
+    /// The node-wide name (see [`crate::names`]).
+    pub name: String,
+    pub subnet: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// Ports opened from the node's public side: (workload address, port).
+    pub forwards: Vec<(Ipv4Addr, Port)>,
+}
+
 /// A workload as the provisioner runs it: the contract's workload, plus what the
 /// engine resolved for it (resource names, the volume paths, the network).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +65,8 @@ pub struct WorkloadPlan {
     /// The node-wide name of the workload (see [`crate::names`]).
     pub name: String,
     pub workload: Workload,
-    /// Node-wide name of its tenant network, if it has one.
-    pub network: Option<String>,
+    /// Its tenant network (node-wide name) and its address there, if it has one.
+    pub network: Option<(String, Ipv4Addr)>,
     /// `(volume path on the node, mount point in the workload, read only)`.
     pub mounts: Vec<(PathBuf, String, bool)>,
 }
@@ -106,9 +120,7 @@ pub trait Provisioner: Send + Sync {
     /// Creates the tenant network with its ports opened towards the workloads.
     fn ensure_network(
         &self,
-        name: &str,
-        spec: &Network,
-        ports: &[(String, Port)],
+        plan: &NetworkPlan,
     ) -> impl Future<Output = Result<(), ProvisionError>> + Send;
 
     fn remove_network(&self, name: &str)

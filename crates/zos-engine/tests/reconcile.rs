@@ -102,6 +102,31 @@ async fn a_verified_contract_is_provisioned_in_dependency_order() {
         ]
     );
     assert_eq!(w.fake.state().volumes["web.data"], 100);
+    // Addresses: the gateway is the first host, the workload the next one, and its
+    // port is forwarded there.
+    let net = w.fake.state().network_plans["web.net"].clone();
+    assert_eq!(
+        net.gateway,
+        "10.20.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    assert_eq!(net.forwards.len(), 1);
+    assert_eq!(
+        net.forwards[0].0,
+        "10.20.0.2".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    assert_eq!(
+        (net.forwards[0].1.port, net.forwards[0].1.public),
+        (8080, 18080)
+    );
+    let plan = w.fake.state().workload_plans["web.app"].clone();
+    assert_eq!(
+        plan.network,
+        Some(("web.net".to_string(), "10.20.0.2".parse().unwrap()))
+    );
+    assert_eq!(
+        plan.mounts,
+        vec![("/pools/web.data".into(), "/data".to_string(), false)]
+    );
     let status = w.status("web").await;
     assert_eq!(status.state, State::Ok, "{status:?}");
     assert_eq!(status.version, Some(1));

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use zos_contract::deployment::{Network, Port, Volume};
+use zos_contract::deployment::Volume;
 use zos_contract::{
     Blueprint, BlueprintRef, Cancellation, Contract, Limits, SecretKey, SignedCancellation,
     SignedContract, Stakeholder,
 };
 use zos_engine::{
-    Inventory, ProvisionError, Provisioner, WorkloadPlan, WorkloadState, WorkloadStatus,
+    Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
+    WorkloadStatus,
 };
 use zos_notary::{NotaryKey, Record};
 
@@ -25,6 +26,9 @@ pub struct FakeState {
     pub workloads: BTreeMap<String, (WorkloadState, u32)>,
     /// Every call, in order: "ensure_volume c.data", ...
     pub calls: Vec<String>,
+    /// The last plans the engine handed over, by node-wide name.
+    pub network_plans: BTreeMap<String, NetworkPlan>,
+    pub workload_plans: BTreeMap<String, WorkloadPlan>,
     /// The next ensure_workload fails with this error.
     pub fail_workload: Option<ProvisionError>,
 }
@@ -70,16 +74,15 @@ impl Provisioner for Fake {
         Ok(())
     }
 
-    async fn ensure_network(
-        &self,
-        name: &str,
-        spec: &Network,
-        _ports: &[(String, Port)],
-    ) -> Result<(), ProvisionError> {
-        self.log(format!("ensure_network {name}"));
+    async fn ensure_network(&self, plan: &NetworkPlan) -> Result<(), ProvisionError> {
+        self.log(format!("ensure_network {}", plan.name));
         self.state()
-            .networks
-            .insert(name.to_string(), spec.subnet.clone());
+            .network_plans
+            .insert(plan.name.clone(), plan.clone());
+        self.state().networks.insert(
+            plan.name.clone(),
+            format!("{}/{}", plan.subnet, plan.prefix_len),
+        );
         Ok(())
     }
 
@@ -92,6 +95,7 @@ impl Provisioner for Fake {
     async fn ensure_workload(&self, plan: &WorkloadPlan) -> Result<WorkloadStatus, ProvisionError> {
         self.log(format!("ensure_workload {}", plan.name));
         let mut s = self.state();
+        s.workload_plans.insert(plan.name.clone(), plan.clone());
         if let Some(e) = s.fail_workload.take() {
             return Err(e);
         }
@@ -104,7 +108,10 @@ impl Provisioner for Fake {
             entry.0 = WorkloadState::Running;
             entry.1 += 1;
         }
-        Ok(running())
+        Ok(WorkloadStatus {
+            address: plan.network.as_ref().map(|(_, ip)| *ip),
+            ..running()
+        })
     }
 
     async fn restart_workload(
