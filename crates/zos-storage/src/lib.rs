@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod disk;
 pub mod error;
+pub mod loopdev;
 pub mod state;
 mod storage;
 

@@ -332,3 +332,28 @@ fn host_discovery_is_read_only_and_spares_the_system_disk() {
         println!("SKIP: root filesystem is not on a whole disk listed in /sys/block ({root_dev})");
     }
 }
+
+#[test]
+fn loop_attach_is_idempotent_per_backing_file() {
+    if !common::privileged("loop_attach_is_idempotent_per_backing_file") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("zt-loop-")
+        .tempdir()
+        .unwrap();
+    let img = dir.path().join("zt-disk.img");
+    let dev = zos_storage::loopdev::ensure(&img, 64 * common::MIB).unwrap();
+    // Detached by the guard whatever happens below.
+    let _guard = common::Loop {
+        dev: dev.clone(),
+        name: dev.file_name().unwrap().to_string_lossy().into_owned(),
+    };
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 * common::MIB);
+    assert_eq!(zos_storage::loopdev::find(&img).unwrap(), Some(dev.clone()));
+    // A second ensure (a restarted zosd) returns the same device.
+    assert_eq!(
+        zos_storage::loopdev::ensure(&img, 64 * common::MIB).unwrap(),
+        dev
+    );
+}
