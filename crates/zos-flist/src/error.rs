@@ -100,6 +100,8 @@ pub enum FormatError {
     ParentNotDir { ino: u64, parent: u64 },
     #[error("inode {ino} is not reachable from the root (parent cycle)")]
     Cycle { ino: u64 },
+    #[error("inode {ino} is nested deeper than {limit} directories")]
+    TooDeep { ino: u64, limit: usize },
     #[error("inode {ino}: duplicate inode number")]
     DuplicateIno { ino: u64 },
     #[error("inode {ino}: column {column} has an out-of-range value {value}")]

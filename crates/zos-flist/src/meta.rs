@@ -28,6 +28,8 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 pub const MAX_LINK_TARGET: usize = 4095;
 /// Linux NAME_MAX.
 pub const MAX_NAME: usize = 255;
+/// Refuse trees nested deeper than this (extraction recurses per level).
+pub const MAX_DEPTH: usize = 1024;
 
 /// The DDL, column for column what rfs creates (types matter: rfs decodes by them).
 pub(crate) const SCHEMA: &str = "
@@ -475,12 +477,18 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
     // Pass 3: everything must hang from the root; what does not is in a parent cycle.
     let mut reached = vec![false; entries.len()];
     reached[0] = true;
-    let mut queue = VecDeque::from([0usize]);
-    while let Some(d) = queue.pop_front() {
+    let mut queue = VecDeque::from([(0usize, 0usize)]);
+    while let Some((d, depth)) = queue.pop_front() {
+        if depth > MAX_DEPTH {
+            return Err(FormatError::TooDeep {
+                ino: entries[d].ino,
+                limit: MAX_DEPTH,
+            });
+        }
         for &c in &entries[d].children {
             if !reached[c] {
                 reached[c] = true;
-                queue.push_back(c);
+                queue.push_back((c, depth + 1));
             }
         }
     }

@@ -171,9 +171,10 @@ fn create_tree(
     as_root: bool,
     depth: usize,
 ) -> Result<(), Error> {
-    // Validation bounds the tree, but not its depth; keep the stack bounded too.
-    if depth > 4096 {
-        return Err(refuse(dir_path, "directory tree deeper than 4096 levels"));
+    // Validation already refuses deeper trees (FormatError::TooDeep); this keeps the
+    // recursion bounded even for a Flist built by hand.
+    if depth > crate::meta::MAX_DEPTH {
+        return Err(refuse(dir_path, "directory tree too deep"));
     }
     let fd = dirfd.as_raw_fd();
     for &c in &flist.entries[idx].children {

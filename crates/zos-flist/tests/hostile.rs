@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use zos_flist::block::BlockRef;
 use zos_flist::meta::{NewInode, Writer};
+use zos_flist::sign::{open_trusted, Trust};
 use zos_flist::{unpack, Error, Flist, FormatError, UnpackOptions, BLOCK_SIZE};
 
 const DIR: u32 = libc::S_IFDIR | 0o755;
@@ -54,8 +55,22 @@ fn base() -> Vec<(u64, NewInode)> {
     ]
 }
 
+/// The whole `unpack` path (read, check, parse, extract) into `sandbox/dest`: returns the
+/// format refusal and proves nothing was written, inside or outside the destination.
 fn refusal(path: &Path) -> FormatError {
-    match Flist::open(path) {
+    let sandbox = tempdir("sandbox");
+    std::fs::write(sandbox.path().join("canary"), b"untouched").unwrap();
+    let res = open_trusted(path, &Trust::InsecureUnsigned).and_then(|(fl, _)| {
+        let fetcher = zos_flist::Fetcher::new(zos_flist::Router::default(), None);
+        unpack(
+            &fl,
+            &fetcher,
+            &sandbox.path().join("dest"),
+            &Default::default(),
+        )
+    });
+    assert_eq!(snapshot(sandbox.path()), vec![PathBuf::from("canary")]);
+    match res {
         Err(Error::Format { reason, .. }) => reason,
         Err(other) => panic!("expected a format refusal, got {other}"),
         Ok(_) => panic!("hostile flist was accepted"),
@@ -124,6 +139,19 @@ fn parent_cycles_are_refused() {
         sql_refusal("UPDATE inode SET parent = 2 WHERE ino = 2"),
         FormatError::Cycle { ino: 2 }
     );
+}
+
+#[test]
+fn absurdly_deep_trees_are_refused() {
+    let d = tempdir("hostile");
+    let mut rows = vec![(1, node(0, "/", DIR))];
+    for i in 2..=1100u64 {
+        rows.push((i, node(i - 1, "d", DIR)));
+    }
+    assert!(matches!(
+        refusal(&write_fl(d.path(), &rows, "")),
+        FormatError::TooDeep { limit: 1024, .. }
+    ));
 }
 
 #[test]

@@ -46,7 +46,10 @@ fn unpack_from_http_store_with_legacy_flat_layout_fallback() {
     let blob = p.blob_of("/multi-mib", 2);
     std::fs::rename(&blob, p.store.join(blob.file_name().unwrap())).unwrap();
     let server = HttpServer::serve(&p.store);
-    let fetcher = Fetcher::new(Router::parse(std::slice::from_ref(&server.url)).unwrap(), None);
+    let fetcher = Fetcher::new(
+        Router::parse(std::slice::from_ref(&server.url)).unwrap(),
+        None,
+    );
     let out = p.dir.path().join("out");
     unpack(&p.flist(), &fetcher, &out, &UnpackOptions { threads: 3 }).unwrap();
     assert_same_tree(&p.src, &out);
