@@ -780,10 +780,10 @@ fn plan_for(
     let name = names::of(id, &w.name);
     let network = match w.network.as_deref() {
         Some(net) => {
-            let (_, ips) = addresses(d, net)
+            let (mut plan, ips) = addresses(d, net)
                 .map_err(|e| ProvisionError::new("network", &names::of(id, net), e).permanent())?;
-            let ip = ips[&w.name];
-            Some((names::of(id, net), ip))
+            plan.name = names::of(id, net);
+            Some((plan, ips[&w.name]))
         }
         None => None,
     };

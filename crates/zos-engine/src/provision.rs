@@ -65,8 +65,8 @@ pub struct WorkloadPlan {
     /// The node-wide name of the workload (see [`crate::names`]).
     pub name: String,
     pub workload: Workload,
-    /// Its tenant network (node-wide name) and its address there, if it has one.
-    pub network: Option<(String, Ipv4Addr)>,
+    /// Its tenant network and its address there, if it has one.
+    pub network: Option<(NetworkPlan, Ipv4Addr)>,
     /// `(volume path on the node, mount point in the workload, read only)`.
     pub mounts: Vec<(PathBuf, String, bool)>,
 }

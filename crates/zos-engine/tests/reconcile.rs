@@ -119,10 +119,9 @@ async fn a_verified_contract_is_provisioned_in_dependency_order() {
         (8080, 18080)
     );
     let plan = w.fake.state().workload_plans["web.app"].clone();
-    assert_eq!(
-        plan.network,
-        Some(("web.net".to_string(), "10.20.0.2".parse().unwrap()))
-    );
+    let (net_plan, ip) = plan.network.clone().unwrap();
+    assert_eq!(net_plan, net);
+    assert_eq!(ip, "10.20.0.2".parse::<std::net::Ipv4Addr>().unwrap());
     assert_eq!(
         plan.mounts,
         vec![("/pools/web.data".into(), "/data".to_string(), false)]
