@@ -225,7 +225,7 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
         } => {
             let (fl, fetcher) = src.open(&flist)?;
             eprintln!(
-                "mounted at {}; unmount or press Ctrl-C to stop",
+                "mounting at {}; unmount it or press Ctrl-C to stop",
                 mountpoint.display()
             );
             zos_flist::mount_foreground(

@@ -9,18 +9,18 @@ use crate::block::{check_plain, BlockRef};
 use crate::BLOCK_SIZE;
 
 /// A directory of verified plaintext blocks: `<root>/<hex[0:2]>/<hex of id>`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BlockCache {
     root: PathBuf,
-    seq: AtomicU64,
 }
+
+/// Temp-name counter shared by every cache in the process (with the pid in the name, two
+/// writers never share a temp file, even through two `BlockCache`s on one directory).
+static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl BlockCache {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        BlockCache {
-            root: root.into(),
-            seq: AtomicU64::new(0),
-        }
+        BlockCache { root: root.into() }
     }
 
     pub fn root(&self) -> &Path {
@@ -67,7 +67,7 @@ impl BlockCache {
         let tmp = dir.join(format!(
             ".tmp-{}-{}",
             std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
+            SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let res = (|| {
             let mut f = std::fs::File::create(&tmp)?;

@@ -19,6 +19,9 @@ pub struct Fetcher {
     /// A few recent plaintexts kept in memory: FUSE reads 128 KiB at a time, a block is
     /// 512 KiB, so without this a sequential read fetches each block four times.
     recent: Mutex<HashMap<[u8; 32], std::sync::Arc<Vec<u8>>>>,
+    /// One lock per block being fetched: concurrent reads of one block (kernel readahead
+    /// splits it in several requests) fetch it once.
+    inflight: Mutex<HashMap<[u8; 32], std::sync::Arc<Mutex<()>>>>,
 }
 
 const RECENT: usize = 16;
@@ -30,6 +33,7 @@ impl Fetcher {
             cache,
             fetched: Default::default(),
             recent: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -60,18 +64,42 @@ impl Fetcher {
         b: &BlockRef,
         len: usize,
     ) -> Result<std::sync::Arc<Vec<u8>>, Error> {
-        if let Some(p) = self.recent.lock().expect("not poisoned").get(&b.id) {
-            if p.len() == len {
-                return Ok(p.clone());
+        let cached = || {
+            self.recent
+                .lock()
+                .expect("not poisoned")
+                .get(&b.id)
+                .filter(|p| p.len() == len)
+                .cloned()
+        };
+        if let Some(p) = cached() {
+            return Ok(p);
+        }
+        let gate = self
+            .inflight
+            .lock()
+            .expect("not poisoned")
+            .entry(b.id)
+            .or_default()
+            .clone();
+        let result = {
+            let _held = gate.lock().expect("not poisoned");
+            // Whoever held the gate before us may have fetched it already.
+            match cached() {
+                Some(p) => Ok(p),
+                None => self.block(file, index, b, len).map(|plain| {
+                    let p = std::sync::Arc::new(plain);
+                    let mut recent = self.recent.lock().expect("not poisoned");
+                    if recent.len() >= RECENT {
+                        recent.clear();
+                    }
+                    recent.insert(b.id, p.clone());
+                    p
+                }),
             }
-        }
-        let p = std::sync::Arc::new(self.block(file, index, b, len)?);
-        let mut recent = self.recent.lock().expect("not poisoned");
-        if recent.len() >= RECENT {
-            recent.clear();
-        }
-        recent.insert(b.id, p.clone());
-        Ok(p)
+        };
+        self.inflight.lock().expect("not poisoned").remove(&b.id);
+        result
     }
 
     fn block_inner(&self, b: &BlockRef, len: usize) -> Result<Vec<u8>, BlockError> {

@@ -6,7 +6,7 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -40,10 +40,22 @@ impl Default for MountOptions {
     }
 }
 
+/// Reads that need a fetch run on this many threads, so one slow block (an HTTP store)
+/// does not stall lookups and reads of cached data, and readahead overlaps.
+const READ_THREADS: usize = 4;
+
+struct ReadJob {
+    idx: usize,
+    offset: u64,
+    size: u32,
+    reply: ReplyData,
+}
+
 struct FlistFs {
     flist: Arc<Flist>,
-    fetcher: Arc<Fetcher>,
     nlinks: Vec<u32>,
+    /// Dropped with the filesystem when the session ends; the readers then exit.
+    reads: mpsc::Sender<ReadJob>,
 }
 
 fn time(secs: i64) -> SystemTime {
@@ -68,6 +80,25 @@ fn file_type(k: EntryKind) -> FileType {
 
 impl FlistFs {
     fn new(flist: Arc<Flist>, fetcher: Arc<Fetcher>) -> Self {
+        let (tx, rx) = mpsc::channel::<ReadJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..READ_THREADS {
+            let (rx, flist, fetcher) = (rx.clone(), flist.clone(), fetcher.clone());
+            std::thread::spawn(move || loop {
+                let job = match rx.lock().expect("not poisoned").recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
+                match read_range(&flist, &fetcher, job.idx, job.offset, job.size) {
+                    Ok(data) => job.reply.data(&data),
+                    Err(err) => {
+                        // The error names the file and the block; the reader sees EIO.
+                        tracing::error!(%err, "read refused");
+                        job.reply.error(libc::EIO)
+                    }
+                }
+            });
+        }
         // A directory's link count: itself, its "." and each subdirectory's "..".
         let nlinks = flist
             .entries
@@ -85,8 +116,8 @@ impl FlistFs {
             .collect();
         FlistFs {
             flist,
-            fetcher,
             nlinks,
+            reads: tx,
         }
     }
 
@@ -119,28 +150,33 @@ impl FlistFs {
             flags: 0,
         }
     }
+}
 
-    fn read_range(&self, idx: usize, offset: u64, size: u32) -> Result<Vec<u8>, Error> {
-        let e = &self.flist.entries[idx];
-        if offset >= e.size {
-            return Ok(Vec::new());
-        }
-        let end = e.size.min(offset + size as u64);
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        let bs = BLOCK_SIZE as u64;
-        let path = self.flist.path_of(idx);
-        for i in (offset / bs)..=((end - 1) / bs) {
-            let i = i as usize;
-            let plain = self
-                .fetcher
-                .block_shared(&path, i, &e.blocks[i], e.block_len(i))?;
-            let start = i as u64 * bs;
-            let from = offset.max(start) - start;
-            let to = end.min(start + plain.len() as u64) - start;
-            out.extend_from_slice(&plain[from as usize..to as usize]);
-        }
-        Ok(out)
+/// Bytes `offset..offset + size` of file `idx`, fetching and verifying the blocks spanned.
+fn read_range(
+    flist: &Flist,
+    fetcher: &Fetcher,
+    idx: usize,
+    offset: u64,
+    size: u32,
+) -> Result<Vec<u8>, Error> {
+    let e = &flist.entries[idx];
+    if offset >= e.size {
+        return Ok(Vec::new());
     }
+    let end = e.size.min(offset + size as u64);
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    let bs = BLOCK_SIZE as u64;
+    let path = flist.path_of(idx);
+    for i in (offset / bs)..=((end - 1) / bs) {
+        let i = i as usize;
+        let plain = fetcher.block_shared(&path, i, &e.blocks[i], e.block_len(i))?;
+        let start = i as u64 * bs;
+        let from = offset.max(start) - start;
+        let to = end.min(start + plain.len() as u64) - start;
+        out.extend_from_slice(&plain[from as usize..to as usize]);
+    }
+    Ok(out)
 }
 
 impl Filesystem for FlistFs {
@@ -197,13 +233,14 @@ impl Filesystem for FlistFs {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(libc::EINVAL);
         };
-        match self.read_range(idx, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(err) => {
-                // The error names the file and the block; the reader sees EIO.
-                tracing::error!(%err, "read refused");
-                reply.error(libc::EIO)
-            }
+        let job = ReadJob {
+            idx,
+            offset,
+            size,
+            reply,
+        };
+        if let Err(mpsc::SendError(job)) = self.reads.send(job) {
+            job.reply.error(libc::EIO);
         }
     }
 
