@@ -10,8 +10,6 @@ pub const IFNAME_MAX: usize = 15;
 /// Inside a tenant namespace: the bridge and the tenant end of the transit veth.
 pub const BRIDGE: &str = "br0";
 pub const TRANSIT: &str = "pub0";
-/// The node end of the transit veth before it is moved (and renamed) to the node.
-pub const TRANSIT_TMP: &str = "up-tmp";
 /// The workload's interface inside its own namespace.
 pub const WORKLOAD_IF: &str = "eth0";
 /// nft table inside a tenant namespace.
@@ -72,21 +70,13 @@ pub fn port(wl: &str) -> String {
     format!("w-{wl}")
 }
 
-/// The workload end of the veth before it moves to the workload namespace as `eth0`.
-pub fn port_peer_tmp(wl: &str) -> String {
-    format!("x-{wl}")
-}
-
 /// Names a tap may not take in the tenant namespace.
 pub fn check_tap(name: &str) -> Result<()> {
     ifname(name)?;
-    if [BRIDGE, TRANSIT, TRANSIT_TMP, "lo"].contains(&name)
-        || name.starts_with("w-")
-        || name.starts_with("x-")
-    {
+    if [BRIDGE, TRANSIT, "lo"].contains(&name) || name.starts_with("w-") {
         return Err(Error::InvalidName {
             name: name.into(),
-            reason: "reserved in the tenant namespace (br0, pub0, up-tmp, lo, w-*, x-*)",
+            reason: "reserved in the tenant namespace (br0, pub0, lo, w-*)",
         });
     }
     Ok(())

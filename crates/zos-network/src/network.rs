@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::model::{NetworkConfig, TenantNetwork, Workload, WorkloadAttachment};
-use crate::names::{self, BRIDGE, TENANT_TABLE, TRANSIT, TRANSIT_TMP, WORKLOAD_IF};
+use crate::names::{self, BRIDGE, TENANT_TABLE, TRANSIT, WORKLOAD_IF};
 use crate::netns::{self, run_in};
 use crate::nft;
 use crate::nl::{Link, Nl};
@@ -218,9 +218,8 @@ impl Network {
         let (slot, node_link_exists) = self.transit_slot(&node, &net.id)?;
         let (node_ip, tenant_ip) = transit_pair(self.cfg.transit, slot);
 
-        // Tenant side: loopback, forwarding, bridge with the gateway, transit veth
-        // (its node end moved to the node namespace under our prefixed name).
-        run_in(&tenant, || {
+        // Tenant side: loopback, forwarding, bridge with the gateway.
+        let pub0_exists = run_in(&tenant, || {
             let nl = Nl::new()?;
             if let Some(lo) = nl.link("lo")? {
                 if !lo.up {
@@ -233,19 +232,28 @@ impl Network {
             if !br.up {
                 nl.set_up(br.index)?;
             }
-            let pub0 = nl.link(TRANSIT)?;
-            let tmp = nl.link(TRANSIT_TMP)?;
-            if pub0.is_none() || tmp.is_some() || !node_link_exists {
-                // Missing, or half made before a crash: start the pair again.
-                for l in [pub0, tmp].into_iter().flatten() {
+            Ok(nl.link(TRANSIT)?.is_some())
+        })?;
+        if !(pub0_exists && node_link_exists) {
+            // Missing, or one end lost: make the pair again, its node end created
+            // directly in the node namespace under our prefixed name.
+            if node_link_exists {
+                run_in(&node, || {
+                    let nl = Nl::new()?;
+                    match nl.link(&link_name)? {
+                        Some(l) => nl.del_link(l.index),
+                        None => Ok(()),
+                    }
+                })?;
+            }
+            run_in(&tenant, || {
+                let nl = Nl::new()?;
+                if let Some(l) = nl.link(TRANSIT)? {
                     nl.del_link(l.index)?;
                 }
-                nl.add_veth(TRANSIT, TRANSIT_TMP)?;
-                let tmp = nl.link(TRANSIT_TMP)?.ok_or_else(|| gone(TRANSIT_TMP))?;
-                nl.move_to(tmp.index, node.as_fd(), &link_name)?;
-            }
-            Ok(())
-        })?;
+                nl.add_veth_into(TRANSIT, &link_name, node.as_fd())
+            })?;
+        }
 
         // Node side: the transit address, up, the tenant's port forwards.
         let node_table = self.node_table(&net.id);
@@ -338,21 +346,15 @@ impl Network {
                 netns::create(&self.cfg.run_dir, wns)?;
                 let wfd = netns::open(&self.netns_path(wns))?;
                 let port = names::port(&wl.id);
-                let tmp = names::port_peer_tmp(&wl.id);
                 run_in(&tenant, || {
                     let nl = Nl::new()?;
                     let br = nl
                         .link(BRIDGE)?
                         .ok_or_else(|| Error::NoSuchNetwork(net.id.clone()))?;
-                    let existing = nl.link(&port)?;
-                    let half = nl.link(&tmp)?;
-                    if existing.is_none() || half.is_some() {
-                        for l in [existing, half].into_iter().flatten() {
-                            nl.del_link(l.index)?;
-                        }
-                        nl.add_veth(&port, &tmp)?;
-                        let t = nl.link(&tmp)?.ok_or_else(|| gone(&tmp))?;
-                        nl.move_to(t.index, wfd.as_fd(), WORKLOAD_IF)?;
+                    if nl.link(&port)?.is_none() {
+                        // The workload end is born as eth0 inside the workload
+                        // namespace: one request, nothing half made to clean up.
+                        nl.add_veth_into(&port, WORKLOAD_IF, wfd.as_fd())?;
                     }
                     let p = nl.link(&port)?.ok_or_else(|| gone(&port))?;
                     enslave(&nl, &p, br.index)

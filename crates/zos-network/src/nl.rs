@@ -10,7 +10,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::{errno, Error, Result};
@@ -115,8 +117,16 @@ impl Nl {
             .map_err(|e| Error::netlink(format!("add bridge {name}"), e))
     }
 
-    pub fn add_veth(&self, name: &str, peer: &str) -> Result<()> {
-        let msg = LinkVeth::new(name, peer).build();
+    /// A veth pair whose `peer` end is created directly inside the namespace `ns`:
+    /// one atomic request, no temporary name, and no move (moving a link between
+    /// namespaces waits for an RCU grace period, the slowest step by far).
+    pub fn add_veth_into(&self, name: &str, peer: &str, ns: BorrowedFd<'_>) -> Result<()> {
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(name, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
         self.rt
             .block_on(self.handle.link().add(msg).execute())
             .map_err(|e| Error::netlink(format!("add veth {name}/{peer}"), e))
@@ -134,18 +144,6 @@ impl Nl {
         self.rt
             .block_on(self.handle.link().set(msg).execute())
             .map_err(|e| Error::netlink(format!("set link {index} master {bridge}"), e))
-    }
-
-    /// Move a link into the namespace `ns` and rename it there in the same request,
-    /// so it never appears there under its temporary name.
-    pub fn move_to(&self, index: u32, ns: BorrowedFd<'_>, new_name: &str) -> Result<()> {
-        let msg = LinkUnspec::new_with_index(index)
-            .setns_by_fd(ns.as_raw_fd())
-            .name(new_name.into())
-            .build();
-        self.rt
-            .block_on(self.handle.link().set(msg).execute())
-            .map_err(|e| Error::netlink(format!("move link {index} as {new_name}"), e))
     }
 
     /// Delete a link; deleting one that is already gone is not an error.

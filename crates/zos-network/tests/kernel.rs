@@ -333,8 +333,8 @@ fn converges_after_partial_state() {
     let nf1 = wns(&f1);
     assert!(w.ping(&nf1, INET_IP));
 
-    // Break it: the node end of the transit veth and the gateway address disappear,
-    // a half-made workload veth is left behind.
+    // Break it: the node end of the transit veth, the gateway address and the
+    // workload's interface disappear.
     let tns = net.tenant_netns("f");
     common::run(&[
         "ip",
@@ -345,9 +345,7 @@ fn converges_after_partial_state() {
         &format!("{}f", w.prefix),
     ]);
     common::run(&["ip", "-n", &tns, "addr", "flush", "dev", "br0"]);
-    common::run(&[
-        "ip", "-n", &tns, "link", "add", "x-f1", "type", "veth", "peer", "name", "y-f1",
-    ]);
+    common::run(&["ip", "-n", &nf1, "link", "del", "eth0"]);
     assert!(!w.ping(&nf1, INET_IP));
     net.ensure(&f).unwrap();
     net.attach(&f, &f1).unwrap();
