@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod etcd;
+mod flists;
 mod packages;
 mod test;
 
@@ -26,6 +27,8 @@ tasks:
                 every refusal reason; --keep keeps the demo directory
   test          install missing Debian packages, then fmt, clippy and every test tier
                 (unit, integration, privileged against the real kernel and real etcd)
+  flist [DIR]   build the sample workload (flists/hello, static) and pack and sign it
+                into a flist with a local store (default DIR: target/flists/hello)
   bench [NAME]  benchmarks: contracts, flist, storage, network, container, or all
 ";
 
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("flist") => flists::run_task(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -54,10 +58,16 @@ pub fn root() -> PathBuf {
 
 /// Runs `cargo` with `args` in the workspace root, failing on a non-zero exit.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
     let status = Command::new(cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root())
         .status()
         .context("running cargo")?;
