@@ -7,12 +7,12 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{
@@ -25,6 +25,7 @@ use nix::unistd::{fchown, fchownat, symlinkat, Gid, Uid};
 use crate::error::Error;
 use crate::fetch::Fetcher;
 use crate::meta::{EntryKind, Flist};
+use crate::BLOCK_SIZE;
 
 /// How to unpack.
 #[derive(Debug, Clone, Default)]
@@ -52,10 +53,18 @@ fn refuse(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// A file waiting to be filled: its fd (created empty, mode 0600) and entry index.
-struct Job {
-    fd: OwnedFd,
+struct OpenFile {
+    file: File,
     idx: usize,
     path: PathBuf,
+    /// Blocks not yet written; whoever writes the last one finishes the file.
+    remaining: AtomicUsize,
+}
+
+/// One block of one file: big files are fetched by several workers at once.
+struct Job {
+    file: Arc<OpenFile>,
+    block: usize,
 }
 
 /// Extracts `flist` into `dest`, fetching and verifying every block.
@@ -76,7 +85,6 @@ pub fn unpack(
     let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = AtomicU64::new(0);
-    let files = AtomicU64::new(0);
     let fail = |e: Error| {
         failed.store(true, Ordering::Relaxed);
         first_err.lock().expect("not poisoned").get_or_insert(e);
@@ -87,7 +95,7 @@ pub fn unpack(
     let rx = Mutex::new(rx);
     std::thread::scope(|s| {
         let rx = &rx;
-        let (failed, fail, bytes, files) = (&failed, &fail, &bytes, &files);
+        let (failed, fail, bytes) = (&failed, &fail, &bytes);
         for _ in 0..threads {
             s.spawn(move || loop {
                 let job = match rx.lock().expect("not poisoned").recv() {
@@ -100,7 +108,6 @@ pub fn unpack(
                 match fill(flist, fetcher, &job, as_root) {
                     Ok(n) => {
                         bytes.fetch_add(n, Ordering::Relaxed);
-                        files.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => fail(e),
                 }
@@ -116,7 +123,11 @@ pub fn unpack(
     }
     Ok(UnpackReport {
         entries: flist.entries.len() as u64,
-        files: files.into_inner(),
+        files: flist
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .count() as u64,
         bytes: bytes.into_inner(),
     })
 }
@@ -190,7 +201,7 @@ fn create_tree(
                 mkdirat(Some(fd), name, Mode::S_IRWXU).map_err(|er| errno(&path, er))?;
                 let sub = open_dir(Some(fd), name, &path)?;
                 create_tree(flist, &sub, &path, c, tx, failed, as_root, depth + 1)?;
-                finish_fd(&sub, e, as_root, &path)?;
+                finish_fd(sub.as_fd(), e, as_root, &path)?;
             }
             EntryKind::File => {
                 let f = openat(
@@ -205,9 +216,25 @@ fn create_tree(
                 )
                 .map_err(|er| errno(&path, er))?;
                 // SAFETY: `openat` just returned this descriptor and nothing else owns it.
-                let fd = unsafe { OwnedFd::from_raw_fd(f) };
-                if tx.send(Job { fd, idx: c, path }).is_err() {
-                    return Ok(());
+                let file = File::from(unsafe { OwnedFd::from_raw_fd(f) });
+                if e.blocks.is_empty() {
+                    finish_fd(file.as_fd(), e, as_root, &path)?;
+                    continue;
+                }
+                let file = Arc::new(OpenFile {
+                    file,
+                    idx: c,
+                    path,
+                    remaining: AtomicUsize::new(e.blocks.len()),
+                });
+                for block in 0..e.blocks.len() {
+                    let job = Job {
+                        file: file.clone(),
+                        block,
+                    };
+                    if tx.send(job).is_err() {
+                        return Ok(());
+                    }
                 }
             }
             EntryKind::Symlink => {
@@ -270,14 +297,14 @@ fn create_tree(
         }
     }
     if idx == 0 {
-        finish_fd(dirfd, &flist.entries[0], as_root, dir_path)?;
+        finish_fd(dirfd.as_fd(), &flist.entries[0], as_root, dir_path)?;
     }
     Ok(())
 }
 
 /// Owner first (chown clears setuid bits), then mode, then mtime.
 fn finish_fd(
-    fd: &OwnedFd,
+    fd: BorrowedFd<'_>,
     e: &crate::meta::Entry,
     as_root: bool,
     path: &Path,
@@ -292,17 +319,18 @@ fn finish_fd(
     futimens(raw, &ts(e.mtime), &ts(e.mtime)).map_err(|er| errno(path, er))
 }
 
+/// Fetches, verifies and writes one block, returning its length; the worker that writes
+/// a file's last outstanding block finishes the file (owner, mode, mtime).
 fn fill(flist: &Flist, fetcher: &Fetcher, job: &Job, as_root: bool) -> Result<u64, Error> {
-    let e = &flist.entries[job.idx];
-    let file = File::from(job.fd.try_clone().map_err(|er| Error::io(&job.path, er))?);
-    let shown = flist.path_of(job.idx);
-    let mut off = 0u64;
-    for (i, b) in e.blocks.iter().enumerate() {
-        let plain = fetcher.block(&shown, i, b, e.block_len(i))?;
-        file.write_all_at(&plain, off)
-            .map_err(|er| Error::io(&job.path, er))?;
-        off += plain.len() as u64;
+    let f = &job.file;
+    let e = &flist.entries[f.idx];
+    let i = job.block;
+    let plain = fetcher.block(&flist.path_of(f.idx), i, &e.blocks[i], e.block_len(i))?;
+    f.file
+        .write_all_at(&plain, i as u64 * BLOCK_SIZE as u64)
+        .map_err(|er| Error::io(&f.path, er))?;
+    if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        finish_fd(f.file.as_fd(), e, as_root, &f.path)?;
     }
-    finish_fd(&job.fd, e, as_root, &job.path)?;
-    Ok(off)
+    Ok(plain.len() as u64)
 }
