@@ -119,3 +119,56 @@ fn writes_go_to_every_matching_route_and_reads_fall_back() {
         assert!(cache.get(blk).is_some());
     }
 }
+
+#[test]
+fn http_route_serving_bad_blocks_or_down_falls_back_to_the_next() {
+    let p = Packed::new("rt-http-fallback", build_tree);
+    // A copy of the store where every blob is corrupted, served over HTTP.
+    let bad = p.dir.path().join("bad-store");
+    for blob in p.blobs() {
+        let rel = blob.strip_prefix(&p.store).unwrap();
+        std::fs::create_dir_all(bad.join(rel.parent().unwrap())).unwrap();
+        let mut data = std::fs::read(&blob).unwrap();
+        data[0] ^= 0xff;
+        std::fs::write(bad.join(rel), data).unwrap();
+    }
+    let server = HttpServer::serve(&bad);
+    // A port nobody listens on: bind, note the port, close.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let cache_dir = p.dir.path().join("cache");
+    let fetcher = Fetcher::new(
+        Router::parse(&[down, server.url.clone(), p.store_url()]).unwrap(),
+        Some(BlockCache::new(&cache_dir)),
+    );
+    let out = p.dir.path().join("out");
+    unpack(&p.flist(), &fetcher, &out, &UnpackOptions::default()).unwrap();
+    assert_same_tree(&p.src, &out);
+    // Every cached block is one that verified.
+    let fl = p.flist();
+    let cache = BlockCache::new(&cache_dir);
+    for e in &fl.entries {
+        for b in &e.blocks {
+            let plain = std::fs::read(cache.path(b)).unwrap();
+            zos_flist::block::check_plain(b, &plain).unwrap();
+        }
+    }
+    // With only the bad and the down route, the bad block is what is reported.
+    let fetcher = Fetcher::new(Router::parse(&[server.url.clone()]).unwrap(), None);
+    let err = unpack(
+        &fl,
+        &fetcher,
+        &p.dir.path().join("out2"),
+        &UnpackOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err.block_error(),
+            Some(zos_flist::BlockError::IdMismatch { .. })
+        ),
+        "{err}"
+    );
+}
