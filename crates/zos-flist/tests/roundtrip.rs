@@ -156,7 +156,10 @@ fn http_route_serving_bad_blocks_or_down_falls_back_to_the_next() {
         }
     }
     // With only the bad and the down route, the bad block is what is reported.
-    let fetcher = Fetcher::new(Router::parse(&[server.url.clone()]).unwrap(), None);
+    let fetcher = Fetcher::new(
+        Router::parse(std::slice::from_ref(&server.url)).unwrap(),
+        None,
+    );
     let err = unpack(
         &fl,
         &fetcher,
