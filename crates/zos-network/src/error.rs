@@ -50,6 +50,13 @@ pub enum Error {
         port: u16,
     },
 
+    #[error("public port {proto}/{port} is already forwarded by network {other}")]
+    PortInUse {
+        proto: &'static str,
+        port: u16,
+        other: String,
+    },
+
     #[error("network {0:?} does not exist (ensure it first)")]
     NoSuchNetwork(String),
 

@@ -206,11 +206,39 @@ impl Network {
         })
     }
 
+    /// Refuse a public port that another of our networks already forwards (the
+    /// first matching DNAT would win silently: one tenant could take another's port).
+    fn check_ports_free(&self, node: &File, net: &TenantNetwork) -> Result<()> {
+        if net.ports.is_empty() {
+            return Ok(());
+        }
+        let mine = self.node_table(&net.id);
+        let prefix = names::nft_table(&self.cfg.prefix, "");
+        let taken = run_in(node, nft::forwarded_ports)?;
+        for p in &net.ports {
+            let clash = taken.iter().find(|(t, proto, port)| {
+                *t != mine
+                    && t.starts_with(&prefix)
+                    && proto == p.proto.as_str()
+                    && *port == p.public_port
+            });
+            if let Some((t, _, _)) = clash {
+                return Err(Error::PortInUse {
+                    proto: p.proto.as_str(),
+                    port: p.public_port,
+                    other: t[prefix.len()..].to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Create or converge tenant network `net`. Running it twice is a no-op.
     pub fn ensure(&self, net: &TenantNetwork) -> Result<()> {
         net.validate(&self.cfg.prefix)?;
         let _g = self.guard();
         let node = self.node_ns()?;
+        self.check_ports_free(&node, net)?;
         let ns_name = self.tenant_netns(&net.id);
         let created = netns::create(&self.cfg.run_dir, &ns_name)?;
         let tenant = netns::open(&self.netns_path(&ns_name))?;

@@ -169,6 +169,54 @@ pub fn tables() -> Result<Vec<(String, String)>> {
     Ok(t)
 }
 
+/// Ports forwarded by the `ip` tables of the calling thread's namespace:
+/// `(table, proto, public port)`, read back with `nft -j list ruleset ip`.
+pub fn forwarded_ports() -> Result<Vec<(String, String, u16)>> {
+    let fail = |detail: String| Error::Nft {
+        op: "list ruleset".into(),
+        detail,
+    };
+    let out = Command::new("nft")
+        .args(["-j", "list", "ruleset", "ip"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("spawn nft: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().into()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("bad JSON: {e}")))?;
+    Ok(parse_forwarded_ports(&v))
+}
+
+/// The `dport` matches of rules that `dnat`, from `nft -j` output.
+pub fn parse_forwarded_ports(v: &serde_json::Value) -> Vec<(String, String, u16)> {
+    let mut found = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(rule) = item.get("rule") else {
+            continue;
+        };
+        let exprs = rule["expr"].as_array().cloned().unwrap_or_default();
+        if !exprs.iter().any(|e| e.get("dnat").is_some()) {
+            continue;
+        }
+        for e in &exprs {
+            let m = &e["match"];
+            let payload = &m["left"]["payload"];
+            if payload["field"] == "dport" {
+                if let (Some(proto), Some(port)) =
+                    (payload["protocol"].as_str(), m["right"].as_u64())
+                {
+                    if let (Some(table), Ok(port)) = (rule["table"].as_str(), u16::try_from(port)) {
+                        found.push((table.to_string(), proto.to_string(), port));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +240,25 @@ mod tests {
         assert!(h.contains("iifname \"n-*\" oifname \"eth0\" accept"));
         let s = replace_script("ip", "n_t1", &n);
         assert!(s.starts_with("table ip n_t1 {}\ndelete table ip n_t1\ntable ip n_t1 {"));
+    }
+
+    #[test]
+    fn forwarded_ports_from_json() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "n_a", "handle": 1}},
+            {"rule": {"family": "ip", "table": "n_a", "chain": "prerouting", "handle": 2, "expr": [
+              {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "up0"}},
+              {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}},
+              {"dnat": {"addr": "100.127.0.2"}}]}},
+            {"rule": {"family": "ip", "table": "n_a", "chain": "x", "handle": 3, "expr": [
+              {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}},
+              {"accept": null}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_forwarded_ports(&v),
+            [("n_a".to_string(), "tcp".to_string(), 8080)]
+        );
     }
 }

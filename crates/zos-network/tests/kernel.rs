@@ -98,9 +98,14 @@ fn two_tenants_isolation_nat_ports_remove() {
     let (na1, na2, nb1, nb2) = (wns(&a1), wns(&a2), wns(&b1), wns(&b2));
 
     // Within a tenant.
-    assert!(w.ping(&na1, ip("10.1.0.3")), "a1 -> a2");
-    assert!(w.ping(&nb2, ip("10.2.0.2")), "b2 -> b1");
-    assert!(w.ping(&na1, ip("10.1.0.1")), "a1 -> its gateway");
+    assert!(w.ping_ok(&na1, ip("10.1.0.3")), "a1 -> a2");
+    assert!(w.ping_ok(&nb2, ip("10.2.0.2")), "b2 -> b1");
+    assert!(w.ping_ok(&na1, ip("10.1.0.1")), "a1 -> its gateway");
+    // Egress works (which also proves every link on the way is up before the
+    // negative checks below).
+    for ns in [&na1, &na2, &nb1, &nb2] {
+        assert!(w.ping_ok(ns, INET_IP), "{ns} -> internet");
+    }
 
     // Across tenants, to the node, to transit addresses: nothing.
     assert!(!w.ping(&na1, ip("10.2.0.2")), "a1 -> b1 must fail");
@@ -132,13 +137,11 @@ fn two_tenants_isolation_nat_ports_remove() {
         .is_err());
 
     // Egress NAT: the internet sees the node's address.
-    assert!(w.ping(&na1, INET_IP), "a1 -> internet");
-    assert!(w.ping(&nb2, INET_IP), "b2 -> internet");
     let inet_listener = w.listen(&w.inet, 9000);
-    w.connect(&na2, SocketAddr::from((INET_IP, 9000)))
+    w.connect_ok(&na2, SocketAddr::from((INET_IP, 9000)))
         .expect("a2 -> internet:9000");
     assert_eq!(accept_peer(&inet_listener).ip(), NODE_IP);
-    w.connect(&nb1, SocketAddr::from((INET_IP, 9000)))
+    w.connect_ok(&nb1, SocketAddr::from((INET_IP, 9000)))
         .expect("b1 -> internet:9000");
     assert_eq!(accept_peer(&inet_listener).ip(), NODE_IP);
 
@@ -146,7 +149,7 @@ fn two_tenants_isolation_nat_ports_remove() {
     let a1_80 = w.listen(&na1, 80);
     let a1_81 = w.listen(&na1, 81);
     let _b1_80 = w.listen(&nb1, 80);
-    w.connect(&w.inet, SocketAddr::from((NODE_IP, 8080)))
+    w.connect_ok(&w.inet, SocketAddr::from((NODE_IP, 8080)))
         .expect("internet -> node:8080 -> a1:80");
     assert_eq!(accept_peer(&a1_80).ip(), INET_IP);
     assert!(
@@ -207,6 +210,25 @@ fn two_tenants_isolation_nat_ports_remove() {
     for (i, n) in watched.iter().enumerate() {
         assert_eq!(before[i], after[i], "ensure twice changed namespace {n}");
     }
+
+    // b may not take a's public port.
+    let mut b_steals = b.clone();
+    b_steals.ports.push(PortForward {
+        proto: Proto::Tcp,
+        public_port: 8080,
+        workload_ip: ip("10.2.0.2"),
+        port: 80,
+    });
+    let err = net.ensure(&b_steals).unwrap_err();
+    assert!(
+        matches!(err, Error::PortInUse { port: 8080, ref other, .. } if other == "a"),
+        "{err}"
+    );
+    assert_eq!(
+        before[0],
+        w.snapshot(&w.node),
+        "a refused ensure changed the node"
+    );
 
     let inv = net.list().unwrap();
     assert_eq!(inv.networks().into_iter().collect::<Vec<_>>(), ["a", "b"]);
@@ -331,7 +353,7 @@ fn converges_after_partial_state() {
     let f1 = veth(&net, "f", "f1", "10.6.0.2");
     net.attach(&f, &f1).unwrap();
     let nf1 = wns(&f1);
-    assert!(w.ping(&nf1, INET_IP));
+    assert!(w.ping_ok(&nf1, INET_IP));
 
     // Break it: the node end of the transit veth, the gateway address and the
     // workload's interface disappear.
@@ -349,8 +371,8 @@ fn converges_after_partial_state() {
     assert!(!w.ping(&nf1, INET_IP));
     net.ensure(&f).unwrap();
     net.attach(&f, &f1).unwrap();
-    assert!(w.ping(&nf1, INET_IP), "ensure repaired the network");
-    assert!(w.ping(&nf1, ip("10.6.0.1")));
+    assert!(w.ping_ok(&nf1, INET_IP), "ensure repaired the network");
+    assert!(w.ping_ok(&nf1, ip("10.6.0.1")));
 
     // A changed contract (new subnet) converges, the old address is gone.
     let f_new = tenant("f", "10.7.0.0/24", "10.7.0.1", vec![]);
@@ -362,8 +384,8 @@ fn converges_after_partial_state() {
         addrs.contains("10.7.0.9/24") && !addrs.contains("10.6.0.2"),
         "{addrs}"
     );
-    assert!(w.ping(&nf1, INET_IP));
-    assert!(w.ping(&nf1, ip("10.7.0.1")));
+    assert!(w.ping_ok(&nf1, INET_IP));
+    assert!(w.ping_ok(&nf1, ip("10.7.0.1")));
 
     assert!(net.remove("f").unwrap());
     net.remove_node().unwrap();

@@ -176,6 +176,26 @@ impl World {
         .unwrap()
     }
 
+    /// For positive checks: up to 3 bounded pings. A link that was just set up may
+    /// drop packets until the kernel's linkwatch (which runs at most once a second)
+    /// activates its queue and bridge port; a negative check must come after a
+    /// positive one over the same links.
+    pub fn ping_ok(&self, ns: &str, ip: Ipv4Addr) -> bool {
+        (0..3).any(|_| self.ping(ns, ip))
+    }
+
+    /// For positive checks: up to 3 connects of at most 1 s each.
+    pub fn connect_ok(&self, ns: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let mut last = self.connect(ns, to);
+        for _ in 0..2 {
+            if last.is_ok() {
+                break;
+            }
+            last = self.connect(ns, to);
+        }
+        last
+    }
+
     /// A listener bound inside `ns` (the socket keeps that namespace).
     pub fn listen(&self, ns: &str, port: u16) -> TcpListener {
         let l = netns::run_at(&self.path(ns), || {
