@@ -344,6 +344,15 @@ pub fn bad_name(name: &str) -> Option<&'static str> {
 }
 
 fn load(conn: &Connection) -> Result<Loaded, FormatError> {
+    // The schema is untrusted too: no functions with side effects from it, and the tables
+    // we read must be tables (a hostile file could make `inode` an expensive view).
+    conn.execute_batch("PRAGMA trusted_schema = OFF")
+        .map_err(sql)?;
+    for t in ["inode", "extra", "block"] {
+        if !table_exists(conn, t)? {
+            return Err(FormatError::Schema(format!("no table {t}")));
+        }
+    }
     let count: i64 = conn
         .query_row("SELECT count(*) FROM inode", [], |r| r.get(0))
         .map_err(sql)?;

@@ -212,6 +212,14 @@ fn structural_refusals() {
         sql_refusal("DROP TABLE block"),
         FormatError::Schema(_)
     ));
+    // `inode` as a view (could be an arbitrarily expensive query): refused as schema.
+    assert!(matches!(
+        sql_refusal(
+            "ALTER TABLE inode RENAME TO real_inode; \
+             CREATE VIEW inode AS SELECT * FROM real_inode"
+        ),
+        FormatError::Schema(_)
+    ));
 }
 
 #[test]
