@@ -239,12 +239,13 @@ impl Network {
         let _g = self.guard();
         let node = self.node_ns()?;
         self.check_ports_free(&node, net)?;
+        // The slot first: a refusal (ExhaustedTransit) must create nothing.
+        let (slot, node_link_exists) = self.transit_slot(&node, &net.id)?;
+        let (node_ip, tenant_ip) = transit_pair(self.cfg.transit, slot);
         let ns_name = self.tenant_netns(&net.id);
         let created = netns::create(&self.cfg.run_dir, &ns_name)?;
         let tenant = netns::open(&self.netns_path(&ns_name))?;
         let link_name = self.node_link(&net.id);
-        let (slot, node_link_exists) = self.transit_slot(&node, &net.id)?;
-        let (node_ip, tenant_ip) = transit_pair(self.cfg.transit, slot);
 
         // Tenant side: loopback, forwarding, bridge with the gateway.
         let pub0_exists = run_in(&tenant, || {

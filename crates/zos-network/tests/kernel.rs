@@ -518,5 +518,33 @@ fn refusals_create_nothing() {
     );
     assert!(net.remove("g").unwrap());
     assert!(net.list().unwrap().is_empty());
+
+    // A transit range with room for 4 tenant networks refuses the fifth.
+    let mut cfg = w.config();
+    cfg.transit = "100.126.0.0/28".parse().unwrap();
+    let small = Network::new(cfg).unwrap();
+    for (i, id) in ["h", "i", "j", "k"].iter().enumerate() {
+        let t = tenant(
+            id,
+            &format!("10.8.{i}.0/24"),
+            &format!("10.8.{i}.1"),
+            vec![],
+        );
+        small.ensure(&t).unwrap();
+    }
+    let before = small.list().unwrap();
+    let err = small
+        .ensure(&tenant("l", "10.8.9.0/24", "10.8.9.1", vec![]))
+        .unwrap_err();
+    assert!(matches!(err, Error::ExhaustedTransit { .. }), "{err}");
+    assert_eq!(
+        small.list().unwrap(),
+        before,
+        "the refusal created something"
+    );
+    for id in ["h", "i", "j", "k"] {
+        assert!(small.remove(id).unwrap());
+    }
+    assert!(small.list().unwrap().is_empty());
     let _ = UPLINK;
 }
