@@ -169,6 +169,17 @@ pub enum BlockError {
     AllRoutesFailed(Vec<String>),
 }
 
+impl BlockError {
+    /// True when a store served data that failed verification (it will fail again from
+    /// that store); false when the block was merely unreachable (may succeed later).
+    pub fn is_bad_data(&self) -> bool {
+        !matches!(
+            self,
+            BlockError::NoRoute { .. } | BlockError::AllRoutesFailed(_)
+        )
+    }
+}
+
 /// A store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

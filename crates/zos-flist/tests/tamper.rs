@@ -72,6 +72,7 @@ fn flipped_byte_in_a_stored_block_is_an_id_mismatch() {
     let (file, index, reason) = block_reason(&err);
     assert_eq!((file, index), ("/a", 2));
     assert!(matches!(reason, BlockError::IdMismatch { .. }), "{reason}");
+    assert!(reason.is_bad_data());
     assert!(err.to_string().contains("/a: block 2"), "{err}");
 }
 
