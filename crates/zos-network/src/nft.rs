@@ -24,10 +24,14 @@ pub fn host_table(table: &str, tenant_glob: &str, uplink: &str, transit: Ipv4Sub
 		ct state established,related accept
 		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} accept
 	}}
+	chain prerouting {{
+		type filter hook prerouting priority raw; policy accept;
+		iifname "{tenant_glob}" fib saddr . iif oif missing drop
+	}}
 	chain forward {{
 		type filter hook forward priority filter; policy drop;
 		ct state established,related accept
-		iifname "{tenant_glob}" oifname "{uplink}" accept
+		iifname "{tenant_glob}" oifname "{uplink}" ip saddr {transit} accept
 		iifname "{uplink}" oifname "{tenant_glob}" ct status dnat accept
 	}}
 	chain postrouting {{
@@ -91,7 +95,7 @@ pub fn tenant_table(table: &str, subnet: Ipv4Subnet, ports: &[PortForward]) -> S
 		type filter hook forward priority filter; policy drop;
 		ct state established,related accept
 		iifname "{BRIDGE}" oifname "{BRIDGE}" accept
-		iifname "{BRIDGE}" oifname "{TRANSIT}" accept
+		iifname "{BRIDGE}" oifname "{TRANSIT}" ip saddr {subnet} accept
 		iifname "{TRANSIT}" oifname "{BRIDGE}" ct status dnat accept
 	}}
 }}
@@ -237,7 +241,8 @@ mod tests {
         assert!(n.contains("iifname \"eth0\" tcp dport 8080 dnat to 100.127.0.2"));
         let h = host_table("n_host", "n-*", "eth0", "100.127.0.0/16".parse().unwrap());
         assert!(h.contains("policy drop"));
-        assert!(h.contains("iifname \"n-*\" oifname \"eth0\" accept"));
+        assert!(h.contains("iifname \"n-*\" oifname \"eth0\" ip saddr 100.127.0.0/16 accept"));
+        assert!(h.contains("iifname \"n-*\" fib saddr . iif oif missing drop"));
         let s = replace_script("ip", "n_t1", &n);
         assert!(s.starts_with("table ip n_t1 {}\ndelete table ip n_t1\ntable ip n_t1 {"));
     }

@@ -199,6 +199,67 @@ fn two_tenants_isolation_nat_ports_remove() {
         .is_err());
     drop((node_listener, b1_listener, a1_81));
 
+    // Forged sources never leave: a workload's foreign source is dropped in its
+    // tenant, a tenant forging another tenant's transit address is dropped at the
+    // node (reverse path check). Controls: the legitimate sources get through.
+    let tns_a = net.tenant_netns("a");
+    w.count_echo_requests(&w.inet);
+    assert!(w.ping_ok(&na1, INET_IP));
+    let seen = w.echo_requests(&w.inet);
+    assert!(seen >= 1, "the counter works");
+    assert!(
+        w.ping_ok(&tns_a, INET_IP),
+        "the tenant namespace itself reaches out"
+    );
+    let seen = w.echo_requests(&w.inet);
+    common::run(&[
+        "ip",
+        "-n",
+        &na1,
+        "addr",
+        "add",
+        "10.99.0.5/32",
+        "dev",
+        "eth0",
+    ]);
+    common::run(&[
+        "ip",
+        "-n",
+        &tns_a,
+        "addr",
+        "add",
+        "100.127.0.6/32",
+        "dev",
+        "lo",
+    ]);
+    assert!(!w.ping_from(&na1, ip("10.99.0.5"), INET_IP));
+    assert!(!w.ping_from(&tns_a, ip("100.127.0.6"), INET_IP));
+    assert_eq!(
+        w.echo_requests(&w.inet),
+        seen,
+        "a forged source reached the internet"
+    );
+    common::run(&[
+        "ip",
+        "-n",
+        &na1,
+        "addr",
+        "del",
+        "10.99.0.5/32",
+        "dev",
+        "eth0",
+    ]);
+    common::run(&[
+        "ip",
+        "-n",
+        &tns_a,
+        "addr",
+        "del",
+        "100.127.0.6/32",
+        "dev",
+        "lo",
+    ]);
+
     // ensure / attach again: nothing changes in any namespace.
     let watched = [w.node.clone(), net.tenant_netns("a"), na1.clone()];
     let before: Vec<String> = watched.iter().map(|n| w.snapshot(n)).collect();

@@ -176,6 +176,60 @@ impl World {
         .unwrap()
     }
 
+    /// `ping -c1 -W1 -I src` from namespace `ns` (a chosen, possibly forged, source).
+    pub fn ping_from(&self, ns: &str, src: Ipv4Addr, ip: Ipv4Addr) -> bool {
+        netns::run_at(&self.path(ns), || {
+            Ok(Command::new("ping")
+                .args(["-c1", "-W1", "-q", "-I", &src.to_string(), &ip.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false))
+        })
+        .unwrap()
+    }
+
+    /// Count echo requests arriving in `ns` (a counter rule in a table of ours there).
+    pub fn count_echo_requests(&self, ns: &str) {
+        self.output(ns, &["nft", "add", "table", "ip", "spy"]);
+        self.output(
+            ns,
+            &[
+                "nft",
+                "add",
+                "chain",
+                "ip",
+                "spy",
+                "input",
+                "{ type filter hook input priority 0 ; }",
+            ],
+        );
+        self.output(
+            ns,
+            &[
+                "nft",
+                "add",
+                "rule",
+                "ip",
+                "spy",
+                "input",
+                "icmp",
+                "type",
+                "echo-request",
+                "counter",
+            ],
+        );
+    }
+
+    /// Echo requests counted so far by [`count_echo_requests`].
+    pub fn echo_requests(&self, ns: &str) -> u64 {
+        let text = self.output(ns, &["nft", "list", "table", "ip", "spy"]);
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let i = words.iter().position(|w| *w == "packets").expect("counter");
+        words[i + 1].parse().expect("packet count")
+    }
+
     /// For positive checks: up to 3 bounded pings. A link that was just set up may
     /// drop packets until the kernel's linkwatch (which runs at most once a second)
     /// activates its queue and bridge port; a negative check must come after a
