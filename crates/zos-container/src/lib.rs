@@ -1,0 +1,28 @@
+//! Containers for zosd: a typed [`ContainerSpec`] becomes an OCI runtime spec (built with
+//! `oci-spec`) in a bundle, run by youki's `libcontainer`.
+//!
+//! - [`spec`]: the workload and its mapping, with the security defaults.
+//! - [`seccomp`]: the default seccomp deny-list.
+//! - [`runtime`]: the [`Runtime`] trait (create/start/kill/delete/state/adopt) and its real
+//!   implementation, [`Libcontainer`].
+//! - [`logs`]: size-bounded stdout/stderr logs and [`log_tail`].
+//! - [`exit`]: exit and crash detection ([`ExitWatch`], async and blocking).
+//! - [`restart`]: exponential backoff with a cap, counting restarts.
+//!
+//! See docs/container.md for the design and the figures.
+
+pub mod error;
+pub mod exit;
+pub mod logs;
+pub mod restart;
+pub mod runtime;
+pub mod seccomp;
+pub mod spec;
+
+pub use error::Error;
+pub use exit::{exit_channel, Exit, ExitNotifier, ExitWatch};
+pub use logs::{log_tail, Stream, DEFAULT_LOG_CAP};
+pub use nix::sys::signal::Signal;
+pub use restart::{Clock, Decision, RestartMode, RestartPolicy, Restarts, SystemClock};
+pub use runtime::{Adopted, ContainerState, Created, Libcontainer, Runtime, RuntimeConfig, Status};
+pub use spec::{BindMount, ContainerSpec, Cpu};

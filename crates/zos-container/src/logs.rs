@@ -1,0 +1,291 @@
+//! Size-bounded stdout/stderr logs.
+//!
+//! The container writes into a FIFO (`<log_dir>/<stream>.fifo`) that it holds open
+//! read-write. Holding the read side itself means a write never fails with `EPIPE` while
+//! zosd is down (it blocks once the pipe buffer is full instead), so a re-adopted workload
+//! keeps running and zosd, restarted, just reopens the FIFO and resumes reading.
+//!
+//! A pump thread per stream copies the FIFO into `<stream>.log`. When the file would pass
+//! the cap it is renamed to `<stream>.log.1` (replacing the previous one) and a fresh file
+//! starts: at most `2 * cap` bytes per stream on disk.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::Error;
+
+/// Default cap of one log file (the rotated `.1` doubles the bound).
+pub const DEFAULT_LOG_CAP: u64 = 1 << 20;
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    pub fn log_path(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.log", self.name()))
+    }
+
+    pub fn rotated_path(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.log.1", self.name()))
+    }
+
+    pub(crate) fn fifo_path(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.fifo", self.name()))
+    }
+}
+
+/// An append-only file that rotates to `.1` at a size cap.
+#[derive(Debug)]
+pub struct RotatingLog {
+    path: PathBuf,
+    rotated: PathBuf,
+    cap: u64,
+    file: Option<File>,
+    size: u64,
+}
+
+impl RotatingLog {
+    pub fn open(path: PathBuf, rotated: PathBuf, cap: u64) -> std::io::Result<RotatingLog> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingLog {
+            path,
+            rotated,
+            cap: cap.max(1),
+            file: Some(file),
+            size,
+        })
+    }
+
+    pub fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            if self.size >= self.cap {
+                self.rotate()?;
+            }
+            let room = (self.cap - self.size) as usize;
+            let n = room.min(buf.len());
+            let file = match self.file.as_mut() {
+                Some(f) => f,
+                None => return Err(std::io::Error::other("log file closed")),
+            };
+            file.write_all(&buf[..n])?;
+            self.size += n as u64;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        std::fs::rename(&self.path, &self.rotated)?;
+        let fresh = RotatingLog::open(self.path.clone(), self.rotated.clone(), self.cap)?;
+        self.file = fresh.file;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Writers shared by every pump of one log file: a restarted container's new pump and the
+/// old one still draining must not rotate the same file twice.
+fn writer(path: PathBuf, rotated: PathBuf, cap: u64) -> std::io::Result<Arc<Mutex<RotatingLog>>> {
+    static WRITERS: OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<Mutex<RotatingLog>>>>> =
+        OnceLock::new();
+    let map = WRITERS.get_or_init(Default::default);
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(w) = map.get(&path).and_then(|w| w.upgrade()) {
+        return Ok(w);
+    }
+    let w = Arc::new(Mutex::new(RotatingLog::open(path.clone(), rotated, cap)?));
+    map.insert(path, Arc::downgrade(&w));
+    Ok(w)
+}
+
+/// Create a fresh FIFO for `stream` and return the container's end of it (read-write).
+///
+/// A fresh inode per container incarnation: a pump still draining the previous one keeps
+/// its own (now unlinked) FIFO.
+pub(crate) fn new_fifo(dir: &Path, stream: Stream) -> Result<File, Error> {
+    let path = stream.fifo_path(dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("removing old log fifo", &path)(e)),
+    }
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| {
+        Error::io("creating log fifo", &path)(std::io::Error::from_raw_os_error(e as i32))
+    })?;
+    // O_RDWR on a FIFO never blocks and makes the holder a reader too (see module doc).
+    // O_CLOEXEC is dropped by dup2 in the container's init, which is what we want.
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(Error::io("opening log fifo", &path))
+}
+
+/// Start copying `<dir>/<stream>.fifo` into the rotating log (until every writer is gone).
+pub(crate) fn start_pump(id: &str, dir: &Path, stream: Stream, cap: u64) -> Result<(), Error> {
+    let fifo = stream.fifo_path(dir);
+    // Non-blocking open never waits for a writer; the fd goes back to blocking right after.
+    let mut reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(&fifo)
+        .map_err(Error::io("opening log fifo", &fifo))?;
+    set_blocking(&reader).map_err(Error::io("configuring log fifo", &fifo))?;
+    let log = writer(stream.log_path(dir), stream.rotated_path(dir), cap)
+        .map_err(Error::io("opening log", stream.log_path(dir)))?;
+    let id = id.to_string();
+    std::thread::Builder::new()
+        .name(format!("zos-log-{}", stream.name()))
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut buf) {
+                    // Every writer closed: the container (and anything it forked) is gone.
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Err(e) = log.write_all(&buf[..n]) {
+                            tracing::warn!(container = %id, stream = stream.name(), error = %e, "writing container log failed; dropping output");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Cannot happen on a blocking fd; do not spin if it does.
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, stream = stream.name(), error = %e, "reading container output failed");
+                        break;
+                    }
+                }
+            }
+            tracing::debug!(container = %id, stream = stream.name(), "log pump finished");
+        })
+        .map_err(Error::io("spawning log pump for", &fifo))?;
+    Ok(())
+}
+
+fn set_blocking(f: &File) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(std::os::fd::AsRawFd::as_raw_fd(f), FcntlArg::F_GETFL)
+        .map_err(std::io::Error::from)?;
+    let mut flags = OFlag::from_bits_truncate(flags);
+    flags.remove(OFlag::O_NONBLOCK);
+    fcntl(std::os::fd::AsRawFd::as_raw_fd(f), FcntlArg::F_SETFL(flags))
+        .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// The last `n` lines of a stream's log (rotated file included when needed), lossily
+/// decoded. A missing log is an empty tail.
+pub fn log_tail(dir: &Path, stream: Stream, n: usize) -> std::io::Result<Vec<String>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let read = |p: PathBuf| -> std::io::Result<Vec<u8>> {
+        match std::fs::read(&p) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    };
+    let mut bytes = read(stream.log_path(dir))?;
+    let lines = |b: &[u8]| b.split(|&c| c == b'\n').count();
+    if lines(&bytes) <= n {
+        let mut older = read(stream.rotated_path(dir))?;
+        older.extend_from_slice(&bytes);
+        bytes = older;
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut all: Vec<&str> = text.split('\n').collect();
+    if all.last() == Some(&"") {
+        all.pop();
+    }
+    let start = all.len().saturating_sub(n);
+    Ok(all[start..].iter().map(|s| s.to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_at_cap_and_tails_across_files() {
+        let dir = tempfile::Builder::new()
+            .prefix("zt-logs-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let mut log = RotatingLog::open(
+            Stream::Stdout.log_path(d),
+            Stream::Stdout.rotated_path(d),
+            100,
+        )
+        .unwrap();
+        for i in 0..50 {
+            log.write_all(format!("line {i:02}\n").as_bytes()).unwrap();
+        }
+        let cur = std::fs::metadata(Stream::Stdout.log_path(d)).unwrap().len();
+        let old = std::fs::metadata(Stream::Stdout.rotated_path(d))
+            .unwrap()
+            .len();
+        assert!(cur <= 100 && old == 100, "cur {cur} old {old}");
+        let tail = log_tail(d, Stream::Stdout, 3).unwrap();
+        assert_eq!(tail, vec!["line 47", "line 48", "line 49"]);
+        // More lines than the current file holds: the rotated one fills in.
+        let tail = log_tail(d, Stream::Stdout, 12).unwrap();
+        assert_eq!(tail.last().unwrap(), "line 49");
+        assert_eq!(tail.len(), 12);
+        assert!(log_tail(d, Stream::Stderr, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fifo_pump_copies_until_writers_close() {
+        let dir = tempfile::Builder::new()
+            .prefix("zt-logs-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let mut w = new_fifo(d, Stream::Stderr).unwrap();
+        start_pump("zt-unit", d, Stream::Stderr, 1 << 20).unwrap();
+        w.write_all(b"hello\nworld\n").unwrap();
+        drop(w);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let t = log_tail(d, Stream::Stderr, 10).unwrap();
+            if t == vec!["hello", "world"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log not copied: {t:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! The typed workload the engine hands over, and its mapping to an OCI runtime spec.
+//!
+//! Everything security-relevant is decided here, not by the caller: no new privileges,
+//! a reduced capability set, the deny-list seccomp profile, masked and read-only /proc
+//! paths, new PID/IPC/UTS/mount/cgroup namespaces, and the network namespace given (or a
+//! new, empty one).
+
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+
+use crate::error::Error;
+use crate::seccomp;
+
+/// Annotation carrying the workload's log directory, so that re-adoption after a zosd
+/// restart can find the FIFOs the running container writes to.
+pub const LOG_DIR_ANNOTATION: &str = "zos.log-dir";
+
+/// The CFS period used to turn millicores into a quota (100 ms, the kernel default).
+pub const CFS_PERIOD_US: u64 = 100_000;
+
+/// Default PATH when the workload does not set one.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A volume (or any host directory) bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BindMount {
+    /// Host directory (absolute).
+    pub source: PathBuf,
+    /// Path inside the container (absolute, no `..`).
+    pub target: PathBuf,
+    pub readonly: bool,
+}
+
+/// CPU allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Cpu {
+    /// A hard cap in thousandths of a CPU (1000 = one core), enforced with a CFS quota;
+    /// shares are set proportionally so contention is fair too.
+    Millicores(u64),
+    /// Relative weight only (cgroup v1 `cpu.shares`, 2..=262144), no hard cap.
+    Shares(u64),
+}
+
+/// The expanded container workload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerSpec {
+    /// Container id: also the libcontainer state dir name and the cgroup leaf.
+    pub id: String,
+    /// The root filesystem (absolute; e.g. the overlay over the verified flist).
+    pub rootfs: PathBuf,
+    /// Make the root filesystem read-only (volumes stay as mounted).
+    pub readonly_rootfs: bool,
+    /// argv[0] (resolved inside the container through PATH if not absolute).
+    pub entrypoint: String,
+    pub args: Vec<String>,
+    /// Environment, in order; `PATH` is added when missing.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container (absolute).
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: Option<String>,
+    pub cpu: Option<Cpu>,
+    /// Hard memory limit in bytes.
+    pub memory_limit: Option<u64>,
+    /// Maximum number of tasks.
+    pub pids_limit: Option<u64>,
+    /// A network namespace to join (e.g. `/run/netns/n-x`); `None` means a new, empty one.
+    pub netns: Option<PathBuf>,
+    pub mounts: Vec<BindMount>,
+    /// Paths inside the container made read-only (in addition to the /proc defaults).
+    pub readonly_paths: Vec<PathBuf>,
+    /// Where stdout/stderr logs (and their FIFOs) live on the host.
+    pub log_dir: PathBuf,
+}
+
+impl ContainerSpec {
+    /// A spec with safe defaults: root in `/`, no limits, a new network namespace.
+    pub fn new(
+        id: impl Into<String>,
+        rootfs: impl Into<PathBuf>,
+        log_dir: impl Into<PathBuf>,
+        entrypoint: impl Into<String>,
+    ) -> ContainerSpec {
+        ContainerSpec {
+            id: id.into(),
+            rootfs: rootfs.into(),
+            readonly_rootfs: false,
+            entrypoint: entrypoint.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: PathBuf::from("/"),
+            uid: 0,
+            gid: 0,
+            hostname: None,
+            cpu: None,
+            memory_limit: None,
+            pids_limit: None,
+            netns: None,
+            mounts: Vec::new(),
+            readonly_paths: Vec::new(),
+            log_dir: log_dir.into(),
+        }
+    }
+
+    /// Refuse what libcontainer would misinterpret or what could escape the container.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidSpec(m));
+        validate_id(&self.id)?;
+        if !self.rootfs.is_absolute() {
+            return bad(format!("rootfs {} is not absolute", self.rootfs.display()));
+        }
+        if !self.log_dir.is_absolute() {
+            return bad(format!(
+                "log dir {} is not absolute",
+                self.log_dir.display()
+            ));
+        }
+        if self.entrypoint.is_empty() || self.entrypoint.contains('\0') {
+            return bad("entrypoint is empty or contains NUL".into());
+        }
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return bad("an argument contains NUL".into());
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return bad(format!("bad environment variable name {k:?}"));
+            }
+        }
+        container_path("cwd", &self.cwd)?;
+        if let Some(h) = &self.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !ok {
+                return bad(format!("bad hostname {h:?}"));
+            }
+        }
+        match self.cpu {
+            Some(Cpu::Millicores(0)) => return bad("cpu millicores must be > 0".into()),
+            Some(Cpu::Shares(s)) if !(2..=262_144).contains(&s) => {
+                return bad(format!("cpu shares {s} outside 2..=262144"))
+            }
+            _ => {}
+        }
+        if let Some(m) = self.memory_limit {
+            // Below a few MiB the kernel OOM-kills the init before it execs.
+            if m < 4 << 20 || m > i64::MAX as u64 {
+                return bad(format!(
+                    "memory limit {m} bytes is below 4 MiB or too large"
+                ));
+            }
+        }
+        if let Some(p) = self.pids_limit {
+            if p == 0 || p > i64::MAX as u64 {
+                return bad(format!("pids limit {p} out of range"));
+            }
+        }
+        if let Some(ns) = &self.netns {
+            if !ns.is_absolute() {
+                return bad(format!("netns path {} is not absolute", ns.display()));
+            }
+        }
+        for m in &self.mounts {
+            if !m.source.is_absolute() {
+                return bad(format!(
+                    "mount source {} is not absolute",
+                    m.source.display()
+                ));
+            }
+            container_path("mount target", &m.target)?;
+            if m.target == Path::new("/") {
+                return bad("a volume cannot be mounted on /".into());
+            }
+        }
+        for p in &self.readonly_paths {
+            container_path("read-only path", p)?;
+        }
+        Ok(())
+    }
+
+    /// The OCI runtime spec for this workload (`root.path` is the absolute rootfs).
+    pub fn to_oci(&self) -> Result<Spec, Error> {
+        self.validate()?;
+
+        let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !self.env.iter().any(|(k, _)| k == "PATH") {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        let mut args = vec![self.entrypoint.clone()];
+        args.extend(self.args.iter().cloned());
+
+        let caps: oci_spec::runtime::Capabilities = default_capabilities().into_iter().collect();
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(UserBuilder::default().uid(self.uid).gid(self.gid).build()?)
+            .args(args)
+            .env(env)
+            .cwd(self.cwd.clone())
+            .no_new_privileges(true)
+            // Inheritable and ambient stay empty: an exec'd non-root program gets nothing.
+            .capabilities(
+                LinuxCapabilitiesBuilder::default()
+                    .bounding(caps.clone())
+                    .effective(caps.clone())
+                    .permitted(caps)
+                    .inheritable(oci_spec::runtime::Capabilities::new())
+                    .ambient(oci_spec::runtime::Capabilities::new())
+                    .build()?,
+            )
+            .rlimits(vec![PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(1024u64)
+                .soft(1024u64)
+                .build()?])
+            .build()?;
+
+        let mut mounts = default_mounts()?;
+        for m in &self.mounts {
+            let mode = if m.readonly { "ro" } else { "rw" };
+            mounts.push(
+                MountBuilder::default()
+                    .destination(m.target.clone())
+                    .typ("bind")
+                    .source(m.source.clone())
+                    .options(vec![
+                        "rbind".to_string(),
+                        mode.to_string(),
+                        "nosuid".to_string(),
+                        "nodev".to_string(),
+                    ])
+                    .build()?,
+            );
+        }
+
+        let mut namespaces = Vec::new();
+        for typ in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Cgroup,
+        ] {
+            namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build()?);
+        }
+        let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(path) = &self.netns {
+            net = net.path(path.clone());
+        }
+        namespaces.push(net.build()?);
+
+        let mut resources = LinuxResourcesBuilder::default();
+        if let Some(limit) = self.memory_limit {
+            resources =
+                resources.memory(LinuxMemoryBuilder::default().limit(limit as i64).build()?);
+        }
+        match self.cpu {
+            Some(Cpu::Millicores(m)) => {
+                let quota = (m * CFS_PERIOD_US / 1000).max(1000);
+                let shares = (m * 1024 / 1000).clamp(2, 262_144);
+                resources = resources.cpu(
+                    LinuxCpuBuilder::default()
+                        .quota(quota as i64)
+                        .period(CFS_PERIOD_US)
+                        .shares(shares)
+                        .build()?,
+                );
+            }
+            Some(Cpu::Shares(s)) => {
+                resources = resources.cpu(LinuxCpuBuilder::default().shares(s).build()?);
+            }
+            None => {}
+        }
+        if let Some(p) = self.pids_limit {
+            resources = resources.pids(LinuxPidsBuilder::default().limit(p as i64).build()?);
+        }
+
+        let mut readonly: Vec<String> = DEFAULT_READONLY_PATHS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        readonly.extend(self.readonly_paths.iter().map(|p| p.display().to_string()));
+
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .resources(resources.build()?)
+            // An explicit path, so the cgroup is ours by name: /sys/fs/cgroup/<ctrl>/zos/<id>
+            // on v1, /sys/fs/cgroup/zos/<id> on v2.
+            .cgroups_path(cgroup_path(&self.id))
+            .masked_paths(
+                DEFAULT_MASKED_PATHS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .readonly_paths(readonly)
+            .seccomp(seccomp::default_profile()?)
+            .build()?;
+
+        let mut annotations = std::collections::HashMap::new();
+        annotations.insert(
+            LOG_DIR_ANNOTATION.to_string(),
+            self.log_dir.display().to_string(),
+        );
+
+        let mut spec = SpecBuilder::default()
+            .version("1.0.2")
+            .root(
+                RootBuilder::default()
+                    .path(self.rootfs.clone())
+                    .readonly(self.readonly_rootfs)
+                    .build()?,
+            )
+            .process(process)
+            .mounts(mounts)
+            .linux(linux)
+            .annotations(annotations)
+            .build()?;
+        if let Some(h) = &self.hostname {
+            spec.set_hostname(Some(h.clone()));
+        }
+        Ok(spec)
+    }
+}
+
+/// The cgroup path (relative to each hierarchy's root) of a container.
+pub fn cgroup_path(id: &str) -> PathBuf {
+    PathBuf::from(format!("/zos/{id}"))
+}
+
+/// Ids become directory names and cgroup leaves: keep them boring.
+pub fn validate_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSpec(format!(
+            "container id {id:?}: want 1-128 of [A-Za-z0-9_.-], starting alphanumeric"
+        )))
+    }
+}
+
+fn container_path(what: &str, p: &Path) -> Result<(), Error> {
+    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::InvalidSpec(format!(
+            "{what} {} must be absolute without '..'",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Docker's default capability set minus `CAP_NET_RAW` (no raw sockets: no ARP/ICMP
+/// spoofing on the tenant bridge).
+pub fn default_capabilities() -> Vec<Capability> {
+    vec![
+        Capability::Chown,
+        Capability::DacOverride,
+        Capability::Fsetid,
+        Capability::Fowner,
+        Capability::Mknod,
+        Capability::Setgid,
+        Capability::Setuid,
+        Capability::Setfcap,
+        Capability::Setpcap,
+        Capability::NetBindService,
+        Capability::SysChroot,
+        Capability::Kill,
+        Capability::AuditWrite,
+    ]
+}
+
+/// runc's default masked paths (bind-mounted over with /dev/null or an empty tmpfs).
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's default read-only paths.
+pub const DEFAULT_READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn opts(o: &[&str]) -> Vec<String> {
+    o.iter().map(|s| s.to_string()).collect()
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, Error> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(opts(options))
+        .build()?)
+}
+
+/// runc's default mounts: /proc, a private /dev, devpts, shm, mqueue, a read-only /sys and
+/// the read-only cgroup view.
+fn default_mounts() -> Result<Vec<Mount>, Error> {
+    Ok(vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        let mut s = ContainerSpec::new("zt-1", "/tmp/rootfs", "/tmp/logs", "/bin/sh");
+        s.args = vec!["-c".into(), "echo hi".into()];
+        s.env = vec![("A".into(), "1".into())];
+        s.hostname = Some("h1".into());
+        s.cpu = Some(Cpu::Millicores(500));
+        s.memory_limit = Some(64 << 20);
+        s.pids_limit = Some(32);
+        s.netns = Some("/run/netns/n-x".into());
+        s.mounts.push(BindMount {
+            source: "/srv/vol".into(),
+            target: "/data".into(),
+            readonly: false,
+        });
+        s.readonly_paths.push("/etc".into());
+        s
+    }
+
+    #[test]
+    fn maps_every_field() {
+        let oci = spec().to_oci().unwrap();
+        let json = serde_json::to_value(&oci).unwrap();
+        let p = &json["process"];
+        assert_eq!(p["args"], serde_json::json!(["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(p["env"][1], "A=1");
+        assert!(p["env"][0].as_str().unwrap().starts_with("PATH="));
+        assert_eq!(p["noNewPrivileges"], true);
+        let caps = p["capabilities"]["bounding"].as_array().unwrap();
+        assert!(!caps.iter().any(|c| c == "CAP_NET_RAW"));
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert_eq!(json["hostname"], "h1");
+        let l = &json["linux"];
+        assert_eq!(l["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(l["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(l["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(l["resources"]["pids"]["limit"], 32);
+        assert_eq!(l["cgroupsPath"], "/zos/zt-1");
+        let ns = l["namespaces"].as_array().unwrap();
+        assert!(ns
+            .iter()
+            .any(|n| n["type"] == "network" && n["path"] == "/run/netns/n-x"));
+        assert!(ns.iter().any(|n| n["type"] == "pid"));
+        assert!(l["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/etc"));
+        assert!(l["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/proc/kcore"));
+        assert_eq!(l["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        let m = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap();
+        assert_eq!(m["source"], "/srv/vol");
+        assert!(m["options"].as_array().unwrap().iter().any(|o| o == "rw"));
+        assert_eq!(json["annotations"][LOG_DIR_ANNOTATION], "/tmp/logs");
+    }
+
+    #[test]
+    fn new_netns_when_none_given() {
+        let mut s = spec();
+        s.netns = None;
+        let json = serde_json::to_value(s.to_oci().unwrap()).unwrap();
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        let net = ns.iter().find(|n| n["type"] == "network").unwrap();
+        assert!(net.get("path").is_none() || net["path"].is_null());
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        type Mutation = Box<dyn Fn(&mut ContainerSpec)>;
+        let cases: Vec<Mutation> = vec![
+            Box::new(|s| s.id = "../x".into()),
+            Box::new(|s| s.id = "".into()),
+            Box::new(|s| s.rootfs = "rel".into()),
+            Box::new(|s| s.cwd = "/a/../..".into()),
+            Box::new(|s| s.mounts[0].target = "/x/../../etc".into()),
+            Box::new(|s| s.mounts[0].target = "/".into()),
+            Box::new(|s| s.mounts[0].source = "vol".into()),
+            Box::new(|s| s.env.push(("A=B".into(), "x".into()))),
+            Box::new(|s| s.hostname = Some("a b".into())),
+            Box::new(|s| s.memory_limit = Some(1024)),
+            Box::new(|s| s.pids_limit = Some(0)),
+            Box::new(|s| s.cpu = Some(Cpu::Millicores(0))),
+            Box::new(|s| s.cpu = Some(Cpu::Shares(1))),
+            Box::new(|s| s.netns = Some("netns".into())),
+            Box::new(|s| s.entrypoint = String::new()),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let mut s = spec();
+            f(&mut s);
+            assert!(
+                matches!(s.to_oci(), Err(Error::InvalidSpec(_))),
+                "case {i} accepted"
+            );
+        }
+    }
+}

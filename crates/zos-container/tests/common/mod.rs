@@ -1,0 +1,173 @@
+//! Real-kernel fixtures: a busybox rootfs in a `zt-` temp dir, unique `zt-` container ids,
+//! and a guard that kills and deletes the container on drop (pass or fail).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use zos_container::{ContainerSpec, Libcontainer, Runtime, RuntimeConfig, Signal};
+
+/// Generous bound for anything that should take milliseconds (never a timing assertion).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "cat", "hostname", "pwd", "id", "touch", "env", "true", "false",
+    "mkdir", "ls", "grep", "mount", "rm",
+];
+
+/// Fail loudly unless the machine can run containers; with `ZOS_SKIP_PRIVILEGED=1` print a
+/// SKIP line instead and return false.
+pub fn privileged(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_string());
+    }
+    let static_busybox = std::fs::read(BUSYBOX)
+        .map(|b| is_static_elf64(&b))
+        .unwrap_or(false);
+    if !static_busybox {
+        missing.push(format!(
+            "a static {BUSYBOX} (apt-get install -y busybox-static)"
+        ));
+    }
+    if !Path::new("/sys/fs/cgroup/memory").is_dir()
+        && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+    {
+        missing.push("cgroups (v1 memory controller or cgroup2)".to_string());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("{test} needs {}", missing.join(", "));
+    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        println!("SKIP: {reason}");
+        false
+    } else {
+        panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
+    }
+}
+
+/// An ELF64 without a PT_INTERP program header needs no dynamic loader in the rootfs.
+fn is_static_elf64(b: &[u8]) -> bool {
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, n) = (u16_at(0x36), u16_at(0x38));
+    (0..n).all(|i| {
+        let o = phoff + i * size;
+        o + 4 <= b.len() && u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) != 3
+    })
+}
+
+pub fn random_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    format!("zt-{}", hex::encode(b))
+}
+
+/// Build a minimal rootfs: static busybox plus applet symlinks and the usual mount points.
+pub fn busybox_rootfs(root: &Path) {
+    for d in [
+        "bin", "proc", "sys", "dev", "tmp", "etc", "work", "data", "ro", "mnt",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+}
+
+/// One test's world: temp dir, rootfs, runtime dirs.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub rt: Libcontainer,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("zt-ctr-")
+            .tempdir()
+            .unwrap();
+        busybox_rootfs(&dir.path().join("rootfs"));
+        let rt = Libcontainer::new(RuntimeConfig::under(&dir.path().join("run"))).unwrap();
+        Fixture { dir, rt }
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    /// A spec for `sh -c <script>` with a fresh id and its own log dir.
+    pub fn sh(&self, script: &str) -> ContainerSpec {
+        let id = random_id();
+        let logs = self.dir.path().join("logs").join(&id);
+        eprintln!("container {id}: sh -c {script:?}");
+        let mut s = ContainerSpec::new(id, self.rootfs(), logs, "/bin/sh");
+        s.args = vec!["-c".into(), script.into()];
+        s
+    }
+
+    pub fn guard(&self, id: &str) -> Guard {
+        Guard {
+            rt: self.rt.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Mountpoints under our temp dir, deepest first (there should be none).
+    pub fn our_mounts(&self) -> Vec<String> {
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|mp| mp.starts_with(&root))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Kills and deletes one container we created, whatever happened in the test.
+pub struct Guard {
+    pub rt: Libcontainer,
+    pub id: String,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.rt.kill(&self.id, Signal::SIGKILL);
+        if let Err(e) = self.rt.delete(&self.id) {
+            eprintln!("cleanup: delete {}: {e}", self.id);
+        }
+    }
+}
+
+/// v1 cgroup dir of a container for one controller (v2: the unified dir).
+pub fn cgroup_dir(controller: &str, id: &str) -> PathBuf {
+    let v1 = PathBuf::from(format!("/sys/fs/cgroup/{controller}/zos/{id}"));
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        v1
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/zos/{id}"))
+    }
+}
+
+/// Poll `f` until it returns Some, at most `WAIT`.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
