@@ -609,3 +609,60 @@ fn refusals_create_nothing() {
     assert!(small.list().unwrap().is_empty());
     let _ = UPLINK;
 }
+
+#[test]
+fn overlapping_subnets_stay_apart() {
+    if !privileged("overlapping_subnets_stay_apart") {
+        return;
+    }
+    let w = World::new();
+    let net = w.network();
+    net.ensure_node().unwrap();
+    let fwd = |public_port| PortForward {
+        proto: Proto::Tcp,
+        public_port,
+        workload_ip: ip("10.5.0.2"),
+        port: 80,
+    };
+    // Same subnet, same workload address, each with its own opened port.
+    let o = tenant("o", "10.5.0.0/24", "10.5.0.1", vec![fwd(8081)]);
+    let p = tenant("p", "10.5.0.0/24", "10.5.0.1", vec![fwd(8082)]);
+    net.ensure(&o).unwrap();
+    net.ensure(&p).unwrap();
+    let (o1, o2) = (
+        veth(&net, "o", "o1", "10.5.0.2"),
+        veth(&net, "o", "o2", "10.5.0.3"),
+    );
+    let p1 = veth(&net, "p", "p1", "10.5.0.2");
+    for (t, wl) in [(&o, &o1), (&o, &o2), (&p, &p1)] {
+        net.attach(t, wl).unwrap();
+    }
+    let (no1, no2, np1) = (wns(&o1), wns(&o2), wns(&p1));
+    assert!(w.ping_ok(&no1, ip("10.5.0.3")), "o1 -> o2");
+    assert!(w.ping_ok(&np1, INET_IP), "p1 -> internet");
+    assert!(w.ping_ok(&no2, INET_IP), "o2 -> internet");
+    assert!(!w.ping(&np1, ip("10.5.0.3")), "p1 must not reach o2");
+
+    let inet_listener = w.listen(&w.inet, 9000);
+    w.connect_ok(&np1, SocketAddr::from((INET_IP, 9000)))
+        .expect("p1 -> internet:9000");
+    assert_eq!(accept_peer(&inet_listener).ip(), NODE_IP);
+
+    let (lo, lp) = (w.listen(&no1, 80), w.listen(&np1, 80));
+    w.connect_ok(&w.inet, SocketAddr::from((NODE_IP, 8081)))
+        .expect("internet -> node:8081 -> o1");
+    assert_eq!(accept_peer(&lo).ip(), INET_IP);
+    w.connect_ok(&w.inet, SocketAddr::from((NODE_IP, 8082)))
+        .expect("internet -> node:8082 -> p1");
+    assert_eq!(accept_peer(&lp).ip(), INET_IP);
+    assert!(
+        lo.accept().is_err() && lp.accept().is_err(),
+        "one connection each"
+    );
+
+    assert!(net.remove("o").unwrap());
+    assert!(net.remove("p").unwrap());
+    net.remove_node().unwrap();
+    assert!(net.list().unwrap().is_empty());
+    assert_eq!(node_leftovers(&w), Vec::<String>::new());
+}
