@@ -13,7 +13,7 @@
 //! that thread inherits the thread's namespace (so `nft` and `ping` run there).
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -44,8 +44,15 @@ pub fn current() -> Result<File> {
 pub fn run_in<R: Send>(ns: &File, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
     std::thread::scope(|s| {
         let h = s.spawn(|| {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| nserr(Path::new("<fd>"), "setns", e))?;
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                // Name the namespace as the kernel does (`net:[inode]`).
+                let fd = format!("/proc/self/fd/{}", ns.as_raw_fd());
+                nserr(
+                    &std::fs::read_link(&fd).unwrap_or_else(|_| fd.into()),
+                    "setns",
+                    e,
+                )
+            })?;
             f()
         });
         match h.join() {
