@@ -626,13 +626,19 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         for w in &owned.deployment.workloads {
             let name = names::of(&owned.id, &w.name);
             let restarts = owned.restarts.get(&w.name).copied().unwrap_or(0);
+            // The engine assigned the address; a provisioner may know better (a VM).
+            let assigned = w
+                .network
+                .as_deref()
+                .and_then(|net| addresses(&owned.deployment, net).ok())
+                .and_then(|(_, ips)| ips.get(&w.name).copied());
             let report = match self.provisioner.workload_status(&name).await {
                 Ok(Some(s)) => WorkloadReport {
                     state: match s.state {
                         WorkloadState::Running => "running".into(),
                         WorkloadState::Exited { .. } => "exited".into(),
                     },
-                    address: s.address,
+                    address: s.address.or(assigned),
                     restarts,
                     log_tail: s.log_tail,
                 },
