@@ -1,1 +1,85 @@
-fn main() {}
+//! zosd: the Zero-OS node daemon. Wiring only: the crates under crates/ implement.
+//!
+//! `zosd run --config node.toml` runs the node agent: it pulls the contracts addressed
+//! to this node from the notary, verifies them, and keeps their volumes, networks and
+//! workloads as the contracts say. It opens no listening socket.
+
+mod config;
+mod kernel_names;
+mod node;
+mod provisioner;
+mod rootfs;
+mod workloads;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// zosd: a Zero-OS node. It runs signed IT contracts from a notary and has no login.
+#[derive(Debug, Parser)]
+#[command(name = "zosd", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent (as root): pools, identity, networks, the reconcile loop.
+    ///
+    /// Prints the node's public key, then serves the contracts the notary holds for it
+    /// until SIGTERM or SIGINT. Workloads keep running when zosd stops; the next start
+    /// re-adopts them.
+    ///
+    /// Example: zosd run --config /etc/zos/node.toml
+    Run {
+        /// The node configuration (TOML; see docs/zosd.md).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log format, overriding the configuration: pretty or json.
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+}
+
+fn init_logs(format: config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // netlink-packet-route warns about every attribute a newer kernel adds: noise.
+    let filter = EnvFilter::try_from_env("ZOSD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Pretty => builder.compact().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, log_format } => (|| {
+            let mut cfg = config::NodeConfig::load(&config)?;
+            if let Some(f) = log_format {
+                cfg.log_format = match f.as_str() {
+                    "json" => config::LogFormat::Json,
+                    "pretty" => config::LogFormat::Pretty,
+                    other => anyhow::bail!("--log-format {other:?}: use pretty or json"),
+                };
+            }
+            init_logs(cfg.log_format);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(node::run(cfg))
+        })(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zosd: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `zosd run --config node.toml`: the node's configuration in agent mode.
+//!
+//! ```toml
+//! notary = "dir:///var/lib/zos/notary"   # or etcd://127.0.0.1:2379
+//! state_dir = "/var/lib/zos"             # flist and block caches, workload dirs
+//! log_format = "pretty"                  # or "json"
+//!
+//! [storage]
+//! pools_root = "/var/lib/zos/pools"
+//! # Disks for pools: device paths, or image files attached as loop devices.
+//! disks = ["/dev/vdb"]
+//! loop_files = [{ path = "/var/lib/zos/disk0.img", size_gib = 8 }]
+//! label_prefix = "zos-"
+//!
+//! [network]
+//! uplink = "eth0"
+//! prefix = "n-"
+//!
+//! [capacity]
+//! reserve_memory_mib = 512   # kept for zosd and the kernel
+//! reserve_cpu = 0
+//!
+//! [trust]
+//! blueprint_authors = []     # hex public keys; empty accepts any valid signature
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use zos_contract::PublicKey;
+use zos_storage::PoolKind;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub notary: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    pub storage: StorageSection,
+    pub network: NetworkSection,
+    #[serde(default)]
+    pub capacity: CapacitySection,
+    #[serde(default)]
+    pub trust: TrustSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub pools_root: PathBuf,
+    #[serde(default)]
+    pub disks: Vec<PathBuf>,
+    #[serde(default)]
+    pub loop_files: Vec<LoopFile>,
+    #[serde(default = "default_label_prefix")]
+    pub label_prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopFile {
+    pub path: PathBuf,
+    pub size_gib: u64,
+    /// Loop devices claim to be rotational whatever backs them: say what the file
+    /// really sits on (default ssd).
+    #[serde(default = "default_loop_kind")]
+    pub kind: PoolKind,
+}
+
+fn default_loop_kind() -> PoolKind {
+    PoolKind::Ssd
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    pub uplink: String,
+    #[serde(default = "default_net_prefix")]
+    pub prefix: String,
+    /// Where network namespaces are bind-mounted.
+    #[serde(default = "default_netns_dir")]
+    pub netns_dir: PathBuf,
+    /// The namespace that plays the node (tests and demos run a whole node inside
+    /// one); absent: zosd's own namespace.
+    #[serde(default)]
+    pub node_netns: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySection {
+    #[serde(default = "default_reserve_memory")]
+    pub reserve_memory_mib: u64,
+    #[serde(default)]
+    pub reserve_cpu: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSection {
+    #[serde(default)]
+    pub blueprint_authors: Vec<PublicKey>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/zos")
+}
+fn default_label_prefix() -> String {
+    "zos-".into()
+}
+fn default_net_prefix() -> String {
+    "n-".into()
+}
+fn default_netns_dir() -> PathBuf {
+    PathBuf::from("/run/netns")
+}
+fn default_reserve_memory() -> u64 {
+    512
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.storage.disks.is_empty() && self.storage.loop_files.is_empty() {
+            bail!("[storage] names no disks and no loop_files: a node needs at least one pool");
+        }
+        if !self.state_dir.is_absolute() || !self.storage.pools_root.is_absolute() {
+            bail!("state_dir and storage.pools_root must be absolute paths");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg: NodeConfig = toml::from_str(&example).unwrap();
+        cfg.check().unwrap();
+        assert_eq!(cfg.storage.loop_files[0].size_gib, 8);
+        assert_eq!(cfg.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<NodeConfig>(
+            "notary = \"dir:///x\"\nstorage = { pools_root = \"/p\" }\nnetwork = { uplink = \"e\" }\nssh = true\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ssh"), "{err}");
+    }
+}

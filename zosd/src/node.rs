@@ -1,0 +1,178 @@
+//! Bringing the node up in agent mode: pools, identity, journal, network, capacity,
+//! then the engine. Each step says what it did on the log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use zos_contract::SecretKey;
+use zos_engine::{Capacity, Engine, EngineConfig, Journal, JournalStore};
+use zos_network::{Network, NetworkConfig};
+use zos_storage::{DiscoveryConfig, DiskSelection, PoolKind, PoolStatus, Storage, StorageConfig};
+
+use crate::config::NodeConfig;
+use crate::kernel_names::KernelNames;
+use crate::provisioner::NodeProvisioner;
+use crate::rootfs::Rootfs;
+use crate::workloads::Workloads;
+
+/// State home key of the node's ed25519 seed.
+const IDENTITY_KEY: &str = "identity";
+/// State home key of the engine's journal.
+const JOURNAL_KEY: &str = "journal";
+
+/// The engine's journal in the node state home: replicated on every pool, so the
+/// node remembers what it owns when a disk dies.
+pub struct StateJournal(pub Arc<Storage>);
+
+impl JournalStore for StateJournal {
+    fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
+        self.0
+            .state()
+            .read(JOURNAL_KEY)
+            .map(|r| r.map(|r| r.data))
+            .map_err(std::io::Error::other)
+    }
+
+    fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0
+            .state()
+            .write(JOURNAL_KEY, bytes)
+            .map(|_| ())
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// Opens (creating on first boot) the pools named by the configuration.
+pub fn open_storage(cfg: &NodeConfig) -> anyhow::Result<Storage> {
+    let mut disks: Vec<PathBuf> = cfg.storage.disks.clone();
+    let mut sc = StorageConfig::new(&cfg.storage.pools_root);
+    for lf in &cfg.storage.loop_files {
+        let dev = zos_storage::loopdev::ensure(&lf.path, lf.size_gib << 30)
+            .with_context(|| format!("loop device for {}", lf.path.display()))?;
+        tracing::info!(file = %lf.path.display(), device = %dev.display(), kind = %lf.kind, "loop disk");
+        if let Some(name) = dev.file_name().and_then(|n| n.to_str()) {
+            sc.kind_override.insert(name.to_string(), lf.kind);
+        }
+        disks.push(dev);
+    }
+    sc.discovery = DiscoveryConfig {
+        selection: DiskSelection::Explicit(disks),
+        label_prefix: cfg.storage.label_prefix.clone(),
+        ..DiscoveryConfig::default()
+    };
+    let storage = Storage::open(sc).context("opening the pools")?;
+    for p in storage.pools() {
+        tracing::info!(pool = %p.label, status = ?p.status, "pool");
+    }
+    if !storage
+        .pools()
+        .iter()
+        .any(|p| p.status == PoolStatus::Online)
+    {
+        bail!("no pool is online");
+    }
+    Ok(storage)
+}
+
+/// The node key from the state home, generated on first boot.
+pub fn identity(storage: &Storage) -> anyhow::Result<SecretKey> {
+    if let Some(read) = storage
+        .state()
+        .read(IDENTITY_KEY)
+        .context("reading the node identity")?
+    {
+        let seed: [u8; 32] = read
+            .data
+            .as_slice()
+            .try_into()
+            .context("the stored node identity is not a 32-byte seed")?;
+        return Ok(SecretKey::from_seed(seed));
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for a node key: {e}"))?;
+    storage
+        .state()
+        .write(IDENTITY_KEY, &seed)
+        .context("storing the node identity")?;
+    let key = SecretKey::from_seed(seed);
+    tracing::info!(node = %key.public(), "first boot: node identity created");
+    Ok(key)
+}
+
+/// What contracts may reserve: the machine minus the configured reserve.
+fn capacity(cfg: &NodeConfig, storage: &Storage) -> anyhow::Result<Capacity> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    let (mut ssd, mut hdd) = (0u64, 0u64);
+    for info in storage.pool_infos().context("pool capacity")? {
+        match info.pool.kind {
+            PoolKind::Ssd => ssd += info.capacity >> 20,
+            PoolKind::Hdd => hdd += info.capacity >> 20,
+        }
+    }
+    Ok(Capacity {
+        cpu: cpus.saturating_sub(cfg.capacity.reserve_cpu),
+        memory_mib: (mem_kib >> 10).saturating_sub(cfg.capacity.reserve_memory_mib),
+        ssd_mib: ssd,
+        hdd_mib: hdd,
+    })
+}
+
+/// Runs the node agent until SIGTERM or SIGINT.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
+    let key = identity(&storage)?;
+    let node = key.public();
+    let journal = Journal::open(StateJournal(storage.clone())).context("opening the journal")?;
+
+    let mut net_cfg = NetworkConfig::new(&cfg.network.uplink);
+    net_cfg.prefix = cfg.network.prefix.clone();
+    net_cfg.run_dir = cfg.network.netns_dir.clone();
+    net_cfg.node_netns = cfg.network.node_netns.clone();
+    let network = Network::new(net_cfg).context("network")?;
+    network
+        .ensure_node()
+        .context("node firewall and forwarding")?;
+
+    let capacity = capacity(&cfg, &storage)?;
+    tracing::info!(?capacity, "capacity offered to contracts");
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let provisioner = NodeProvisioner::new(
+        storage.clone(),
+        network,
+        Rootfs::new(&cfg.state_dir),
+        Workloads::new(&cfg.state_dir).context("container runtime")?,
+        KernelNames::open(&cfg.state_dir, &cfg.network.prefix),
+    );
+    let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;
+    let engine_cfg = EngineConfig {
+        capacity,
+        trusted_authors: (!cfg.trust.blueprint_authors.is_empty())
+            .then(|| cfg.trust.blueprint_authors.iter().copied().collect()),
+        ..EngineConfig::default()
+    };
+    tracing::info!(%node, notary = %cfg.notary, "node agent ready");
+    // The one line a person (or the demo) looks for.
+    println!("zosd: node {node} serving contracts from {}", cfg.notary);
+    let engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
+    engine.run(shutdown_signal()).await?;
+    tracing::info!("stopped; workloads keep running and are re-adopted at the next start");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

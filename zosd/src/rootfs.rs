@@ -1,0 +1,223 @@
+//! Root filesystems of workloads: the pinned flist, fetched and verified, unpacked once
+//! per flist into a read-only, content-addressed tree, and an overlayfs per workload
+//! whose upper layer is the workload's own.
+//!
+//! Why unpack rather than the lazy FUSE mount: a FUSE filesystem lives in the process
+//! that serves it, and zosd may be killed and restarted while workloads keep running;
+//! their root filesystems must not depend on zosd being alive. The unpack verifies every
+//! block exactly like the mount would, and identical flists share one tree.
+//!
+//! Layout under the state dir:
+//! - `flists/<sha256>.fl`: the verified flist bytes;
+//! - `blocks/`: the verified block cache;
+//! - `rootfs/<sha256>/`: the unpacked tree (renamed into place when complete);
+//! - `workloads/<name>/{upper,work,rootfs}`: the overlay of one workload.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use zos_contract::deployment::FlistRef;
+use zos_contract::Digest;
+use zos_engine::ProvisionError;
+use zos_flist::{BlockCache, Fetcher, Flist, FlistSignature, Router, UnpackOptions};
+
+/// Largest `.fl` accepted (the metadata of a whole OS image is a few MiB).
+const MAX_FLIST_BYTES: usize = 256 << 20;
+
+pub struct Rootfs {
+    state: PathBuf,
+}
+
+fn err(name: &str, message: impl Into<String>) -> ProvisionError {
+    ProvisionError::new("flist", name, message)
+}
+
+impl Rootfs {
+    pub fn new(state: &Path) -> Rootfs {
+        Rootfs {
+            state: state.to_path_buf(),
+        }
+    }
+
+    fn workload_dir(&self, name: &str) -> PathBuf {
+        self.state.join("workloads").join(name)
+    }
+
+    /// The merged root of workload `name`, creating what is missing: fetch and verify
+    /// the flist, unpack it, mount the overlay. Idempotent.
+    pub fn ensure(&self, name: &str, flist: &FlistRef) -> Result<PathBuf, ProvisionError> {
+        let lower = self.unpacked(name, flist)?;
+        let dir = self.workload_dir(name);
+        let merged = dir.join("rootfs");
+        if is_mountpoint(&merged) {
+            return Ok(merged);
+        }
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir_all(d).map_err(|e| err(name, format!("{}: {e}", d.display())))?;
+        }
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .map_err(|e| err(name, format!("overlay on {}: {e}", merged.display())))?;
+        Ok(merged)
+    }
+
+    /// Unmounts and deletes the workload's overlay (its upper layer too).
+    pub fn remove(&self, name: &str) -> Result<(), ProvisionError> {
+        let dir = self.workload_dir(name);
+        let merged = dir.join("rootfs");
+        if is_mountpoint(&merged) {
+            umount2(&merged, MntFlags::MNT_DETACH)
+                .map_err(|e| err(name, format!("umount {}: {e}", merged.display())))?;
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(name, format!("removing {}: {e}", dir.display()))),
+        }
+    }
+
+    /// Names of the workloads that have a directory here.
+    pub fn workloads(&self) -> Vec<String> {
+        fs::read_dir(self.state.join("workloads"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The unpacked tree of `flist`, fetching, verifying and unpacking it if needed.
+    fn unpacked(&self, name: &str, flist: &FlistRef) -> Result<PathBuf, ProvisionError> {
+        let sha = flist.sha256.to_hex();
+        let tree = self.state.join("rootfs").join(&sha);
+        if tree.is_dir() {
+            return Ok(tree);
+        }
+        let bytes = fetch_verified(name, flist)?;
+        let fl_path = self.state.join("flists").join(format!("{sha}.fl"));
+        write_atomic(&fl_path, &bytes)
+            .map_err(|e| err(name, format!("{}: {e}", fl_path.display())))?;
+        let parsed = Flist::from_bytes(&fl_path, &bytes)
+            .map_err(|e| err(name, e.to_string()).permanent())?;
+        let router =
+            Router::parse(&flist.stores).map_err(|e| err(name, e.to_string()).permanent())?;
+        let fetcher = Fetcher::new(router, Some(BlockCache::new(self.state.join("blocks"))));
+        // Unpack beside the final place, then rename: a crash never leaves a half tree
+        // that looks complete.
+        let partial = self.state.join("rootfs").join(format!(".{sha}.partial"));
+        let _ = fs::remove_dir_all(&partial);
+        fs::create_dir_all(&partial)
+            .map_err(|e| err(name, format!("{}: {e}", partial.display())))?;
+        if let Err(e) = zos_flist::unpack(&parsed, &fetcher, &partial, &UnpackOptions::default()) {
+            let _ = fs::remove_dir_all(&partial);
+            // A block that fails verification will fail again: that is for good. An
+            // unreachable store may come back: that is retried.
+            let permanent =
+                matches!(&e, zos_flist::Error::Block { reason, .. } if reason.is_bad_data());
+            let e = err(name, e.to_string());
+            return Err(if permanent { e.permanent() } else { e });
+        }
+        fs::rename(&partial, &tree).map_err(|e| err(name, format!("{}: {e}", tree.display())))?;
+        Ok(tree)
+    }
+}
+
+/// The `.fl` bytes, checked against the contract's pin and, when it names publishers,
+/// against a detached signature by one of them.
+fn fetch_verified(name: &str, flist: &FlistRef) -> Result<Vec<u8>, ProvisionError> {
+    let bytes = fetch(&flist.url).map_err(|e| err(name, format!("fetching {}: {e}", flist.url)))?;
+    let actual = Digest::of(&bytes);
+    if actual != flist.sha256 {
+        return Err(err(
+            name,
+            format!(
+                "{} has sha256 {actual}, the contract pins {}",
+                flist.url, flist.sha256
+            ),
+        )
+        .permanent());
+    }
+    if !flist.publishers.is_empty() {
+        let sig_url = format!("{}.sig", flist.url);
+        let text = fetch(&sig_url).map_err(|e| err(name, format!("fetching {sig_url}: {e}")))?;
+        let sig = FlistSignature::parse(Path::new(&sig_url), &text)
+            .map_err(|e| err(name, e.to_string()).permanent())?;
+        sig.check(&actual.0, &flist.publishers)
+            .map_err(|e| err(name, e.to_string()).permanent())?;
+    }
+    Ok(bytes)
+}
+
+/// Reads `dir:///path` or `http://host/path`, at most [`MAX_FLIST_BYTES`].
+fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let reader: Box<dyn Read> = if let Some(path) = url.strip_prefix("dir://") {
+        Box::new(fs::File::open(path).map_err(|e| e.to_string())?)
+    } else if url.starts_with("http://") {
+        let resp = reqwest::blocking::get(url).map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        Box::new(resp)
+    } else {
+        return Err("only dir:// and http:// flist URLs are supported".into());
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_FLIST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_FLIST_BYTES {
+        return Err(format!("larger than {MAX_FLIST_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("a file under the state dir");
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)
+}
+
+/// True when `path` is a mount point (per /proc/self/mountinfo).
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
