@@ -127,6 +127,20 @@ pub enum ContractCmd {
         #[command(flatten)]
         format: Format,
     },
+    /// Show the status a node reports for a contract: its signed status record (state,
+    /// message, refusal reasons, each workload's state, address, restarts and last log
+    /// lines). The record is verified: only the node itself can have written it.
+    ///
+    /// Example: zos contract status crm-acme --node <node_pub> --notary dir:///srv/notary
+    Status {
+        id: String,
+        #[arg(long)]
+        node: PublicKey,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        #[command(flatten)]
+        format: Format,
+    },
     /// Cancel a contract: the owner's signed cancellation replaces it on its nodes.
     ///
     /// Example: zos contract cancel crm-acme --key owner.key --notary dir:///srv/notary
@@ -290,6 +304,26 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        ContractCmd::Status {
+            id,
+            node,
+            notary,
+            format,
+        } => {
+            let client = crate::notary::Client::open(&notary)?;
+            let key = zos_notary::NotaryKey::status(&node, &id)
+                .map_err(|e| anyhow::anyhow!("contract id {id:?}: {e}"))?;
+            let Some(record) = client.get(&key)? else {
+                bail!("node {node} has published no status for {id} in {notary} (yet)");
+            };
+            if format.json {
+                let mut body = record.body.clone();
+                body["signed_at"] = record.signed_at.into();
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_status(&record.body, record.signed_at);
+            }
+        }
         ContractCmd::Cancel {
             id,
             key,
@@ -407,4 +441,30 @@ fn parse_time(s: &str) -> Result<u64, String> {
         _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
     };
     Ok(now() + secs)
+}
+
+/// A status record body for a person: state and message, reasons, then each workload.
+fn print_status(body: &serde_json::Value, signed_at: u64) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!("contract  {}", text(&body["contract"]));
+    if let Some(v) = body["version"].as_u64() {
+        println!("version   {v}");
+    }
+    println!("state     {}", text(&body["state"]));
+    println!("message   {}", text(&body["message"]));
+    println!("reported  {signed_at} (unix seconds, signed by the node)");
+    for r in body["reasons"].as_array().into_iter().flatten() {
+        println!("  - [{}] {}", text(&r["code"]), text(&r["message"]));
+    }
+    for (name, w) in body["workloads"].as_object().into_iter().flatten() {
+        println!(
+            "workload  {name}: {}, address {}, restarts {}",
+            text(&w["state"]),
+            text(&w["address"]),
+            w["restarts"].as_u64().unwrap_or(0)
+        );
+        for line in w["log_tail"].as_array().into_iter().flatten() {
+            println!("  | {}", text(line));
+        }
+    }
 }

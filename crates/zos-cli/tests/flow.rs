@@ -236,6 +236,7 @@ fn every_command_explains_itself_with_an_example() {
         &["contract", "publish"],
         &["contract", "list"],
         &["contract", "cancel"],
+        &["contract", "status"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
