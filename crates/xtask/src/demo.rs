@@ -4,6 +4,8 @@
 //! would, prints every command and what it said, then shows one refused contract for
 //! every refusal reason, each with the node's exact message.
 
+mod node;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -109,7 +111,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         demo.dir.display(),
         demo.notary
     );
-    let result = flow(&demo);
+    let result = flow(&demo).and_then(|()| node::run(&demo));
     drop(etcd);
     if keep {
         let kept = tmp.keep();

@@ -32,9 +32,9 @@ tasks:
   bench [NAME]  benchmarks: contracts, flist, storage, network, container, or all
 ";
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
@@ -43,7 +43,14 @@ fn main() -> anyhow::Result<()> {
             print!("{USAGE}");
             Ok(())
         }
-        Some(other) => bail!("unknown task {other:?}\n\n{USAGE}"),
+        Some(other) => Err(anyhow::anyhow!("unknown task {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cargo xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

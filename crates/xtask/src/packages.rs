@@ -18,8 +18,15 @@ pub const TEST_PACKAGES: &[&str] = &[
     "pkg-config",
 ];
 
-/// Packages the demo needs.
-pub const DEMO_PACKAGES: &[&str] = &[];
+/// Packages the demo needs: a node on a loop-file pool, in namespaces of its own.
+pub const DEMO_PACKAGES: &[&str] = &[
+    "btrfs-progs",    // pools
+    "nftables",       // tenant NAT and isolation, the node firewall
+    "iproute2",       // the demo's node and internet namespaces
+    "util-linux",     // losetup and umount for the demo's cleanup
+    "libseccomp-dev", // zosd links youki's libcontainer, which links libseccomp
+    "pkg-config",
+];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

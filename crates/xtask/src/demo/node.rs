@@ -1,0 +1,460 @@
+//! The demo's second half: a real node. `zosd run` on a loop-file pool, inside a pair of
+//! network namespaces of its own (one plays the node with its uplink, one the
+//! internet), so the machine's own network and firewall are never touched. The sample
+//! flist is built and signed, the blueprint points at it, the contract is published,
+//! and the demo shows the workload's output, reaches its opened port from "the
+//! internet", kills its process and shows the restart, cancels and shows the cleanup.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::{section, Demo};
+use crate::{cargo, flists, root, target_dir};
+
+const WAIT: Duration = Duration::from_secs(60);
+const NODE_IP: &str = "198.51.100.2";
+const INET_IP: &str = "198.51.100.1";
+/// The public port the sample blueprint opens.
+const PUBLIC_PORT: u16 = 18080;
+
+/// Everything the node part made; Drop stops zosd and removes it all.
+struct Node {
+    dir: PathBuf,
+    tag: String,
+    zosd: Option<Child>,
+}
+
+impl Node {
+    /// The demo's own namespaces: `<tag>x-node`, never under zosd's prefix `<tag>-`
+    /// (zosd removes whatever carries its prefix and is not its own).
+    fn ns(&self, what: &str) -> String {
+        format!("{}x-{what}", self.tag)
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut z) = self.zosd.take() {
+            // SIGTERM: zosd stops its loop; workloads would survive it, but by now the
+            // contract is cancelled and nothing runs.
+            let _ = Command::new("kill").arg(z.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = z.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = z.kill();
+            let _ = z.wait();
+        }
+        let root = self.dir.to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        let img = self.dir.join("disk0.img");
+        if let Ok(out) = Command::new("losetup").args(["-j"]).arg(&img).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(dev) = line.split(':').next() {
+                    let _ = Command::new("losetup").args(["-d", dev]).status();
+                }
+            }
+        }
+        // Our namespaces: the two we made and whatever zosd made with our prefix.
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let name = line.split_whitespace().next().unwrap_or_default();
+                if name.starts_with(&self.tag) {
+                    let _ = Command::new("ip").args(["netns", "delete", name]).status();
+                }
+            }
+        }
+    }
+}
+
+pub fn run(d: &Demo) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the node part of the demo creates pools, namespaces and containers: run it as root");
+    }
+    section("8. a node: zosd run on a loop-file pool, in namespaces of its own");
+    cargo(&["build", "--quiet", "-p", "zosd"])?;
+    let mut rnd = [0u8; 2];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut rnd)?;
+    let tag = format!("zd{:02x}{:02x}", rnd[0], rnd[1]);
+    let mut node = Node {
+        dir: d.dir.join("node"),
+        tag,
+        zosd: None,
+    };
+    std::fs::create_dir_all(&node.dir)?;
+    let (n, i) = (node.ns("node"), node.ns("inet"));
+    for ns in [&n, &i] {
+        ip(&["netns", "add", ns])?;
+    }
+    ip(&[
+        "-n", &n, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &i,
+    ])?;
+    ip(&[
+        "-n",
+        &n,
+        "addr",
+        "add",
+        &format!("{NODE_IP}/24"),
+        "dev",
+        "up0",
+    ])?;
+    ip(&[
+        "-n",
+        &i,
+        "addr",
+        "add",
+        &format!("{INET_IP}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    for (ns, dev) in [(&n, "up0"), (&n, "lo"), (&i, "eth0"), (&i, "lo")] {
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+    ip(&["-n", &n, "route", "add", "default", "via", INET_IP])?;
+    println!("  namespaces {n} (the node, uplink up0 {NODE_IP}) and {i} (the internet, {INET_IP})");
+
+    let config = node.dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"notary = "{notary}"
+state_dir = "{state}"
+
+[storage]
+pools_root = "{dir}/pools"
+loop_files = [{{ path = "{dir}/disk0.img", size_gib = 4 }}]
+label_prefix = "{tag}-"
+
+[network]
+uplink = "up0"
+prefix = "{tag}-"
+node_netns = "/run/netns/{n}"
+"#,
+            notary = d.notary,
+            state = node.state().display(),
+            dir = node.dir.display(),
+            tag = node.tag,
+        ),
+    )?;
+    println!("  $ zosd run --config {}", config.display());
+    let mut child = Command::new(target_dir().join("debug/zosd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(node.dir.join("zosd.log"))?)
+        .spawn()
+        .context("starting zosd")?;
+    let stdout = child.stdout.take().expect("piped");
+    node.zosd = Some(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(WAIT).with_context(|| {
+        format!(
+            "zosd did not start; see {}",
+            node.dir.join("zosd.log").display()
+        )
+    })?;
+    println!("  {line}");
+    let node_key = line
+        .strip_prefix("zosd: node ")
+        .and_then(|r| r.split(' ').next())
+        .context("unexpected first line from zosd")?
+        .to_string();
+
+    section("9. the sample flist: built, packed, signed; the blueprint pins it");
+    let flist = flists::build(&d.dir.join("flist"), &d.zos)?;
+    println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
+    println!("  publisher {}", flist.publisher);
+    let source = std::fs::read_to_string(root().join("docs/examples/crm.blueprint.toml"))?;
+    let blueprint = source
+        .replace(
+            "url = \"dir:///var/lib/zos/flists/hello.fl\"",
+            &format!("url = \"dir://{}\"", flist.fl.display()),
+        )
+        .replace(
+            "sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
+            &format!("sha256 = \"{}\"", flist.sha256),
+        )
+        .replace(
+            "stores = [\"dir:///var/lib/zos/store\"]",
+            &format!("stores = [\"{}\"]", flist.store),
+        )
+        .replace(
+            "publishers = []",
+            &format!("publishers = [\"{}\"]", flist.publisher),
+        );
+    if blueprint == source {
+        bail!("docs/examples/crm.blueprint.toml changed: update the demo's flist substitution");
+    }
+    std::fs::write(d.path("hello.blueprint.toml"), blueprint)?;
+    d.step(&[
+        "blueprint",
+        "sign",
+        "hello.blueprint.toml",
+        "--key",
+        "expert.key",
+        "-o",
+        "hello.blueprint.json",
+    ])?;
+
+    section("10. a contract for this node: signed, published, running");
+    let owner = d.step(&["key", "show", "owner.key"])?;
+    let legal = d.step(&["key", "show", "legal.key"])?;
+    let id = "hello-acme";
+    d.step(&[
+        "contract",
+        "new",
+        "--blueprint",
+        "hello.blueprint.json",
+        "--param",
+        "users=100",
+        "--owner",
+        &owner,
+        "--node",
+        &node_key,
+        "--stakeholder",
+        &format!("{legal}:1:required"),
+        "--threshold",
+        "1",
+        "--expires",
+        "1d",
+        "--id",
+        id,
+        "-o",
+        "hello.json",
+    ])?;
+    for who in ["owner", "legal"] {
+        d.step(&[
+            "contract",
+            "sign",
+            "hello.json",
+            "--key",
+            &format!("{who}.key"),
+        ])?;
+    }
+    let t = Instant::now();
+    d.step(&[
+        "contract",
+        "publish",
+        "hello.json",
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+    ])?;
+    let status = wait_status(d, &node_key, id, |s| s["state"] == "ok")?;
+    println!(
+        "  running {} ms after publishing (flist fetched, verified and unpacked the first time)",
+        t.elapsed().as_millis()
+    );
+    // Its first lines, as the node reports them.
+    let deadline = Instant::now() + WAIT;
+    while !log_tail(&status_now(d, &node_key, id)?)
+        .iter()
+        .any(|l| l.contains("hello from"))
+    {
+        if Instant::now() > deadline {
+            bail!("the workload printed nothing");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = status;
+    d.step(&[
+        "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
+    ])?;
+
+    section("11. from the internet, the opened port answers (node address, public port)");
+    let reply = connect_from(
+        &format!("/run/netns/{i}"),
+        &format!("{NODE_IP}:{PUBLIC_PORT}"),
+    )?;
+    println!("  {INET_IP} -> {NODE_IP}:{PUBLIC_PORT}: {}", reply.trim());
+
+    section("12. kill -9 the workload: the node restarts it");
+    let name = format!("{id}.app");
+    let pid = container_pid(&node, &name).context("no container pid")?;
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    println!("  $ kill -9 {pid}");
+    let t = Instant::now();
+    wait_status(d, &node_key, id, |s| {
+        s["state"] == "ok" && s["workloads"]["app"]["restarts"].as_u64() >= Some(1)
+    })?;
+    println!(
+        "  restarted in {} ms as pid {}",
+        t.elapsed().as_millis(),
+        container_pid(&node, &name).unwrap_or(0)
+    );
+    d.step(&[
+        "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
+    ])?;
+
+    section("13. the owner cancels: everything the contract had is removed");
+    d.step(&[
+        "contract",
+        "cancel",
+        id,
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+    ])?;
+    wait_status(d, &node_key, id, |s| s["state"] == "cancelled")?;
+    d.step(&[
+        "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
+    ])?;
+    let containers = std::fs::read_dir(node.state().join("containers/state"))
+        .map(|e| e.count())
+        .unwrap_or(0);
+    let volumes: usize = std::fs::read_dir(node.dir.join("pools"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|p| {
+            std::fs::read_dir(p.path().join("volumes"))
+                .map(|e| e.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    let netns =
+        String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&node.tag))
+            .count();
+    println!("  left on the node: {containers} containers, {volumes} volumes, {netns} namespaces (the demo's own two)");
+    if containers != 0 || volumes != 0 || netns != 2 {
+        bail!("the cancelled contract left something behind");
+    }
+    drop(node);
+    println!("  zosd stopped; pool unmounted, loop device detached, namespaces removed");
+    Ok(())
+}
+
+fn status_now(d: &Demo, node: &str, id: &str) -> anyhow::Result<Value> {
+    let out = Command::new(&d.zos)
+        .args([
+            "contract", "status", id, "--node", node, "--notary", &d.notary, "--json",
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+}
+
+fn log_tail(status: &Value) -> Vec<String> {
+    status["workloads"]["app"]["log_tail"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Polls the node's status record until `pred` holds (bounded).
+fn wait_status(
+    d: &Demo,
+    node: &str,
+    id: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status_now(d, node, id)?;
+        if pred(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("{id}: the node did not get there; last status: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn container_pid(node: &Node, name: &str) -> Option<i32> {
+    let path = node
+        .state()
+        .join("containers/state")
+        .join(name)
+        .join("state.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    v["pid"].as_i64().map(|p| p as i32)
+}
+
+/// Connects to `addr` from the network namespace at `netns` and reads one line; the
+/// connect runs on a thread that entered the namespace, so the demo's own stays put.
+fn connect_from(netns: &str, addr: &str) -> anyhow::Result<String> {
+    let ns = std::fs::File::open(netns).with_context(|| format!("opening {netns}"))?;
+    let addr: std::net::SocketAddr = addr.parse()?;
+    std::thread::spawn(move || -> anyhow::Result<String> {
+        // SAFETY: setns on a valid namespace fd affects only this thread, which exits
+        // when the closure returns.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}", std::io::Error::last_os_error());
+        }
+        // The first packets over a fresh link can be lost: retry, bounded.
+        let mut last = None;
+        for _ in 0..20 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(mut s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    let mut line = String::new();
+                    BufReader::new(&mut s).read_line(&mut line)?;
+                    return Ok(line);
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!(
+            "connect {addr}: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("connect thread panicked"))?
+}
