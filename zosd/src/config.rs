@@ -19,6 +19,7 @@
 //! [capacity]
 //! reserve_memory_mib = 512   # kept for zosd and the kernel
 //! reserve_cpu = 0
+//! cpu_overcommit = 4         # workload CPUs admitted per logical CPU (memory: never)
 //!
 //! [trust]
 //! blueprint_authors = []     # hex public keys; empty accepts any valid signature
@@ -97,13 +98,32 @@ pub struct NetworkSection {
     pub node_netns: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CapacitySection {
     #[serde(default = "default_reserve_memory")]
     pub reserve_memory_mib: u64,
     #[serde(default)]
     pub reserve_cpu: u64,
+    /// Workload CPUs admitted per logical CPU. CPU is compressible: each workload's
+    /// CPUs are a hard cap (a CFS quota), so oversubscribed CPUs are shared fairly;
+    /// memory and disk, which are not, are never overcommitted.
+    #[serde(default = "default_cpu_overcommit")]
+    pub cpu_overcommit: u64,
+}
+
+impl Default for CapacitySection {
+    fn default() -> Self {
+        CapacitySection {
+            reserve_memory_mib: default_reserve_memory(),
+            reserve_cpu: 0,
+            cpu_overcommit: default_cpu_overcommit(),
+        }
+    }
+}
+
+fn default_cpu_overcommit() -> u64 {
+    4
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -117,7 +117,9 @@ fn capacity(cfg: &NodeConfig, storage: &Storage) -> anyhow::Result<Capacity> {
         }
     }
     Ok(Capacity {
-        cpu: cpus.saturating_sub(cfg.capacity.reserve_cpu),
+        cpu: cpus
+            .saturating_sub(cfg.capacity.reserve_cpu)
+            .saturating_mul(cfg.capacity.cpu_overcommit),
         memory_mib: (mem_kib >> 10).saturating_sub(cfg.capacity.reserve_memory_mib),
         ssd_mib: ssd,
         hdd_mib: hdd,

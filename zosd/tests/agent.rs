@@ -325,29 +325,68 @@ fn contract(
     flist: &(String, String, String),
     memory_mib: u64,
 ) -> SignedContract {
+    let app = json!({
+        "name": "app",
+        "kind": "container",
+        "flist": {
+            "url": flist.0,
+            "sha256": flist.1,
+            "stores": [flist.2],
+            "publishers": [p.publisher.public()]
+        },
+        "entrypoint": ["/bin/sh", "-c",
+            "echo hello from the container; echo written > /data/out; exec sleep 3600"],
+        "cpu": 1,
+        "memory_mib": memory_mib,
+        "network": "net",
+        "mounts": [{"volume": "data", "path": "/data"}]
+    });
+    signed_contract(p, node, id, version, "10.70.0.0/24", vec![app])
+}
+
+/// Two web servers (busybox httpd on port 80) on one tenant network.
+fn web_contract(
+    p: &People,
+    node: PublicKey,
+    id: &str,
+    subnet: &str,
+    flist: &(String, String, String),
+) -> SignedContract {
+    let web = |name: &str| {
+        json!({
+            "name": name,
+            "kind": "container",
+            "flist": {
+                "url": flist.0,
+                "sha256": flist.1,
+                "stores": [flist.2],
+                "publishers": [p.publisher.public()]
+            },
+            "entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/etc"],
+            "cpu": 1,
+            "memory_mib": 32,
+            "network": "net"
+        })
+    };
+    signed_contract(p, node, id, 1, subnet, vec![web("web"), web("peer")])
+}
+
+fn signed_contract(
+    p: &People,
+    node: PublicKey,
+    id: &str,
+    version: u64,
+    subnet: &str,
+    workloads: Vec<Value>,
+) -> SignedContract {
     let bp: Blueprint = serde_json::from_value(json!({
         "name": "busy",
         "version": "1.0.0",
         "params": {},
         "body": {
-            "networks": [{"name": "net", "subnet": "10.70.0.0/24"}],
+            "networks": [{"name": "net", "subnet": subnet}],
             "volumes": [{"name": "data", "size_mib": 64}],
-            "workloads": [{
-                "name": "app",
-                "kind": "container",
-                "flist": {
-                    "url": flist.0,
-                    "sha256": flist.1,
-                    "stores": [flist.2],
-                    "publishers": [p.publisher.public()]
-                },
-                "entrypoint": ["/bin/sh", "-c",
-                    "echo hello from the container; echo written > /data/out; exec sleep 3600"],
-                "cpu": 1,
-                "memory_mib": memory_mib,
-                "network": "net",
-                "mounts": [{"volume": "data", "path": "/data"}]
-            }]
+            "workloads": workloads
         }
     }))
     .unwrap();
@@ -534,4 +573,64 @@ fn a_tampered_flist_and_an_oversized_contract_create_nothing() {
         assert!(vols.is_empty(), "{vols:?}");
     }
     assert_eq!(node.world.namespaces().len(), 2);
+}
+
+/// Connects from the network namespace of process `pid` (a container) to `addr`.
+fn connect_from(pid: i32, addr: &str) -> std::io::Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    std::thread::spawn(move || {
+        // Only this short-lived thread enters the container's namespace.
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(|_| ())
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn two_tenants_containers_cannot_reach_each_other() {
+    if !privileged("two_tenants_containers_cannot_reach_each_other") {
+        return;
+    }
+    let p = people();
+    let mut node = Node::new(512);
+    let key = node.start();
+    let flist = busybox_flist(node.dir.path(), &p.publisher);
+    let (a, b) = (node.id("a"), node.id("b"));
+    node.publish(&record(
+        &p,
+        key,
+        &web_contract(&p, key, &a, "10.80.0.0/24", &flist),
+    ));
+    node.publish(&record(
+        &p,
+        key,
+        &web_contract(&p, key, &b, "10.81.0.0/24", &flist),
+    ));
+    for id in [&a, &b] {
+        node.wait_status(id, "ok", |s| s["state"] == "ok");
+    }
+    let a_web = node.container_pid(&format!("{a}.web")).unwrap();
+    // Within tenant A: web reaches its peer (10.80.0.3). A fresh link can drop the
+    // first packets: retry, bounded.
+    let deadline = Instant::now() + WAIT;
+    while let Err(e) = connect_from(a_web, "10.80.0.3:80") {
+        assert!(
+            Instant::now() < deadline,
+            "A's web cannot reach A's peer: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Across tenants: A's web cannot reach B's containers, nor B's gateway.
+    for target in ["10.81.0.2:80", "10.81.0.3:80", "10.81.0.1:80"] {
+        assert!(
+            connect_from(a_web, target).is_err(),
+            "tenant A reached tenant B at {target}"
+        );
+    }
+    let b_web = node.container_pid(&format!("{b}.web")).unwrap();
+    assert!(connect_from(b_web, "10.80.0.2:80").is_err());
+    assert!(connect_from(b_web, "10.81.0.3:80").is_ok());
 }
