@@ -18,6 +18,7 @@ pub mod restart;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;
+mod watchdog;
 
 pub use error::Error;
 pub use exit::{exit_channel, Exit, ExitNotifier, ExitWatch};

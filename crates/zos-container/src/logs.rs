@@ -137,13 +137,24 @@ pub(crate) fn new_fifo(dir: &Path, stream: Stream) -> Result<File, Error> {
     })?;
     // O_RDWR on a FIFO never blocks and makes the holder a reader too (see module doc).
     // O_CLOEXEC is dropped by dup2 in the container's init, which is what we want.
-    OpenOptions::new()
+    let end = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&path)
-        .map_err(Error::io("opening log fifo", &path))
+        .map_err(Error::io("opening log fifo", &path))?;
+    // More slack while zosd is away (restarting): the workload blocks only once this fills.
+    if let Err(e) = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&end),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(FIFO_SIZE),
+    ) {
+        tracing::debug!(path = %path.display(), error = %e, "cannot enlarge log fifo");
+    }
+    Ok(end)
 }
+
+/// Pipe buffer of a log FIFO (the kernel default is 64 KiB).
+const FIFO_SIZE: libc::c_int = 1 << 20;
 
 /// Start copying `<dir>/<stream>.fifo` into the rotating log (until every writer is gone).
 pub(crate) fn start_pump(id: &str, dir: &Path, stream: Stream, cap: u64) -> Result<(), Error> {
@@ -279,6 +290,34 @@ mod tests {
         loop {
             let t = log_tail(d, Stream::Stderr, 10).unwrap();
             if t == vec!["hello", "world"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log not copied: {t:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn writes_survive_an_absent_reader_and_a_later_pump_resumes() {
+        // What a re-adopted container goes through: zosd (the reader) is gone for a while.
+        let dir = tempfile::Builder::new()
+            .prefix("zt-logs-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let mut w = new_fifo(d, Stream::Stdout).unwrap();
+        // No reader at all: a plain pipe would fail with EPIPE here.
+        w.write_all(b"while away\n").unwrap();
+        start_pump("zt-unit", d, Stream::Stdout, 1 << 20).unwrap();
+        w.write_all(b"back\n").unwrap();
+        drop(w);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let t = log_tail(d, Stream::Stdout, 10).unwrap();
+            if t == vec!["while away", "back"] {
                 break;
             }
             assert!(

@@ -15,6 +15,9 @@ use crate::exit::{self, Exit, ExitWatch};
 use crate::logs::{self, Stream};
 use crate::spec::{self, ContainerSpec, LOG_DIR_ANNOTATION};
 
+/// Create attempts when the clone watchdog had to kill a deadlocked helper.
+const CREATE_ATTEMPTS: u32 = 4;
+
 /// How many times `delete` retries libcontainer's delete (pauses grow to ~5 s in total).
 const DELETE_ATTEMPTS: u32 = 12;
 
@@ -159,14 +162,46 @@ impl Libcontainer {
             .map_err(|e| lc(id, "load", e))
     }
 
-    /// Best-effort removal of whatever a failed create left behind.
-    fn cleanup_failed(&self, id: &str) {
+    /// One libcontainer build: fresh FIFOs and pumps, then namespaces, cgroup and init.
+    fn build_once(&self, spec: &ContainerSpec, bundle: &Path) -> Result<Container, Error> {
+        let id = spec.id.as_str();
+        let out = logs::new_fifo(&spec.log_dir, Stream::Stdout)?;
+        let err = logs::new_fifo(&spec.log_dir, Stream::Stderr)?;
+        for s in [Stream::Stdout, Stream::Stderr] {
+            logs::start_pump(id, &spec.log_dir, s, self.cfg.log_cap)?;
+        }
+        let stdin = dev_null()?;
+        let _lock = chdir_lock();
+        let _watch = crate::watchdog::Watch::begin();
+        // When this returns the builder is gone, so our copies of the FIFO ends are closed:
+        // the container holds the only writers and the pumps see EOF when it is gone.
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.cfg.state_dir)
+            .map_err(|e| lc(id, "create", e))?
+            .with_stdin(stdin)
+            .with_stdout(out)
+            .with_stderr(err)
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| lc(id, "create", e))
+    }
+
+    /// Best-effort removal of whatever a failed create left behind (the bundle too unless
+    /// another attempt follows).
+    fn cleanup_failed(&self, id: &str, keep_bundle: bool) {
         if let Ok(Some(mut c)) = self.load(id) {
             if let Err(e) = c.delete(true) {
                 tracing::warn!(container = id, error = %e, "cleanup after failed create");
             }
         }
-        for d in [self.state_path(id), self.bundle_path(id)] {
+        remove_cgroups(id);
+        let mut dirs = vec![self.state_path(id)];
+        if !keep_bundle {
+            dirs.push(self.bundle_path(id));
+        }
+        for d in dirs {
             if let Err(e) = std::fs::remove_dir_all(&d) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(container = id, path = %d.display(), error = %e, "cleanup after failed create");
@@ -191,6 +226,35 @@ fn status_of(s: ContainerStatus) -> Status {
         ContainerStatus::Running => Status::Running,
         ContainerStatus::Paused => Status::Paused,
         ContainerStatus::Stopped => Status::Stopped,
+    }
+}
+
+/// Remove the container's cgroups by path, killing what is left in them. For the case
+/// libcontainer cannot: a create that died before it saved its state. Covers v1 (one
+/// hierarchy per controller mount) and v2 (`/sys/fs/cgroup/zos/<id>`).
+fn remove_cgroups(id: &str) {
+    let rel = spec::cgroup_path(id);
+    let rel = rel.strip_prefix("/").unwrap_or(&rel);
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(rel)];
+    if let Ok(rd) = std::fs::read_dir(root) {
+        dirs.extend(rd.flatten().map(|e| e.path().join(rel)));
+    }
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
+        for attempt in 0..40u64 {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if attempt == 39 => {
+                    tracing::warn!(container = id, path = %dir.display(), error = %e, "cannot remove cgroup");
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5 * (attempt + 1))),
+            }
+        }
     }
 }
 
@@ -225,39 +289,28 @@ impl Runtime for Libcontainer {
         let bundle = self.write_bundle(spec)?;
         std::fs::create_dir_all(&spec.log_dir)
             .map_err(Error::io("creating log dir", &spec.log_dir))?;
-        let out = logs::new_fifo(&spec.log_dir, Stream::Stdout)?;
-        let err = logs::new_fifo(&spec.log_dir, Stream::Stderr)?;
-        for s in [Stream::Stdout, Stream::Stderr] {
-            logs::start_pump(id, &spec.log_dir, s, self.cfg.log_cap)?;
-        }
-
-        let lock = chdir_lock();
-        let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(&self.cfg.state_dir)
-            .map_err(|e| lc(id, "create", e))?
-            .with_stdin(dev_null()?)
-            .with_stdout(out)
-            .with_stderr(err)
-            .as_init(&bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build();
-        drop(lock);
-        // The builder is gone here, so our copies of the FIFO ends are closed: the
-        // container holds the only writers and the pumps see EOF when it is gone.
-        let container = match built {
-            Ok(c) => c,
-            Err(e) => {
-                let e = lc(id, "create", e);
-                tracing::warn!(container = id, error = %e, "create failed");
-                self.cleanup_failed(id);
-                return Err(e);
+        // A create whose cloned helper deadlocked (see `watchdog`) was killed and failed:
+        // that says nothing about the spec, so try again from a clean slate.
+        let mut attempt = 0;
+        let container = loop {
+            attempt += 1;
+            let kills = crate::watchdog::kills();
+            match self.build_once(spec, &bundle) {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(container = id, attempt, error = %e, "create failed");
+                    let retry = crate::watchdog::kills() > kills && attempt < CREATE_ATTEMPTS;
+                    self.cleanup_failed(id, retry);
+                    if !retry {
+                        return Err(e);
+                    }
+                }
             }
         };
         let pid = match container.pid() {
             Some(p) => p,
             None => {
-                self.cleanup_failed(id);
+                self.cleanup_failed(id, false);
                 return Err(Error::Sys {
                     id: id.to_string(),
                     op: "create (no init pid)",
@@ -268,7 +321,7 @@ impl Runtime for Libcontainer {
         let exit = match exit::watch_child(id, pid) {
             Ok(w) => w,
             Err(e) => {
-                self.cleanup_failed(id);
+                self.cleanup_failed(id, false);
                 return Err(Error::io("spawning exit watcher for", self.state_path(id))(
                     e,
                 ));
@@ -287,6 +340,7 @@ impl Runtime for Libcontainer {
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         {
             let _lock = chdir_lock();
+            let _watch = crate::watchdog::Watch::begin();
             c.start().map_err(|e| lc(id, "start", e))?;
         }
         tracing::info!(container = id, "container started");
@@ -323,7 +377,9 @@ impl Runtime for Libcontainer {
                 Err(e) => return Err(lc(id, "delete", e)),
             }
         }
-        // libcontainer removes its state dir; a crash mid-create may leave it without state.
+        // libcontainer removes its state dir and cgroups; a crash mid-create may leave
+        // them without a state to delete from.
+        remove_cgroups(id);
         for d in [self.state_path(id), self.bundle_path(id)] {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}

@@ -8,6 +8,20 @@ use std::path::Path;
 use common::*;
 use zos_container::{log_tail, BindMount, Cpu, Exit, Runtime, Signal, Status, Stream};
 
+/// Wait for the exit and compare, showing the container's output when it differs.
+fn expect_exit(c: &zos_container::Created, spec: &zos_container::ContainerSpec, want: Exit) {
+    let got = c.exit.wait_blocking(WAIT);
+    if got != Some(want) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        panic!(
+            "{}: exit {got:?}, want {want:?}; stdout {:?} stderr {:?}",
+            spec.id,
+            tail(&spec.log_dir, Stream::Stdout),
+            tail(&spec.log_dir, Stream::Stderr)
+        );
+    }
+}
+
 fn tail(dir: &Path, s: Stream) -> Vec<String> {
     log_tail(dir, s, 100).unwrap()
 }
@@ -58,7 +72,7 @@ fn exit_code_is_reported() {
     let _g = fx.guard(&spec.id);
     let c = fx.rt.create(&spec).unwrap();
     fx.rt.start(&spec.id).unwrap();
-    assert_eq!(c.exit.wait_blocking(WAIT), Some(Exit::Code(7)));
+    expect_exit(&c, &spec, Exit::Code(7));
 }
 
 #[test]
@@ -76,7 +90,7 @@ fn env_cwd_hostname_and_user_are_applied() {
     let _g = fx.guard(&spec.id);
     let c = fx.rt.create(&spec).unwrap();
     fx.rt.start(&spec.id).unwrap();
-    assert_eq!(c.exit.wait_blocking(WAIT), Some(Exit::Code(0)));
+    expect_exit(&c, &spec, Exit::Code(0));
     let want = ["foo=bar baz", "/work", "zt-host", "1234", "4321"];
     eventually("stdout log", || {
         (tail(&spec.log_dir, Stream::Stdout) == want).then_some(())
@@ -105,14 +119,19 @@ fn limits_and_security_defaults_reach_the_kernel_and_delete_cleans_up() {
             .trim()
             .to_string()
     };
-    assert_eq!(
-        read("memory", "memory.limit_in_bytes"),
-        (64u64 << 20).to_string()
-    );
+    if cgroup_v1() {
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu", "cpu.shares"), "512");
+    } else {
+        assert_eq!(read("memory", "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read("cpu", "cpu.max"), "50000 100000");
+    }
     assert_eq!(read("pids", "pids.max"), "32");
-    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
-    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
-    assert_eq!(read("cpu", "cpu.shares"), "512");
     let procs = read("memory", "cgroup.procs");
     assert!(
         procs.lines().any(|p| p == c.pid.to_string()),
@@ -188,7 +207,7 @@ fn volumes_are_bind_mounted_rw_and_ro() {
     let _g = fx.guard(&spec.id);
     let c = fx.rt.create(&spec).unwrap();
     fx.rt.start(&spec.id).unwrap();
-    assert_eq!(c.exit.wait_blocking(WAIT), Some(Exit::Code(0)));
+    expect_exit(&c, &spec, Exit::Code(0));
     assert_eq!(std::fs::read_to_string(vol.join("f")).unwrap(), "written\n");
     assert!(!ro.join("x").exists());
     eventually("stdout log", || {
@@ -208,7 +227,7 @@ fn readonly_paths_and_rootfs_are_read_only() {
     let g1 = fx.guard(&spec.id);
     let c = fx.rt.create(&spec).unwrap();
     fx.rt.start(&spec.id).unwrap();
-    assert_eq!(c.exit.wait_blocking(WAIT), Some(Exit::Code(0)));
+    expect_exit(&c, &spec, Exit::Code(0));
     assert!(!fx.rootfs().join("etc/x").exists());
     drop(g1);
 
@@ -225,24 +244,28 @@ fn readonly_paths_and_rootfs_are_read_only() {
     let _g = fx.guard(&spec.id);
     let c = fx.rt.create(&spec).unwrap();
     fx.rt.start(&spec.id).unwrap();
-    assert_eq!(c.exit.wait_blocking(WAIT), Some(Exit::Code(0)));
+    expect_exit(&c, &spec, Exit::Code(0));
     assert!(!fx.rootfs().join("x").exists());
     assert!(vol.join("ok").exists());
 }
 
 #[test]
-fn seccomp_denies_listed_syscalls_even_with_the_capability() {
-    if !privileged("seccomp_denies_listed_syscalls_even_with_the_capability") {
+fn mount_is_denied_and_proc_is_masked() {
+    if !privileged("mount_is_denied_and_proc_is_masked") {
         return;
     }
     let fx = Fixture::new();
     // `mount` fails without CAP_SYS_ADMIN anyway; this checks the container still runs
     // with the filter loaded and reports the denial instead of being killed.
-    let spec = fx.sh("if mount -t tmpfs none /mnt 2>/dev/null; then exit 3; fi; echo denied");
+    // runc's masked (/proc/kcore: empty) and read-only (/proc/sys) paths hold too.
+    let spec = fx.sh("if mount -t tmpfs none /mnt 2>/dev/null; then exit 3; fi; \
+         if [ -s /proc/kcore ]; then exit 4; fi; \
+         if echo zt > /proc/sys/kernel/hostname 2>/dev/null; then exit 5; fi; \
+         echo denied");
     let _g = fx.guard(&spec.id);
     let c = fx.rt.create(&spec).unwrap();
     fx.rt.start(&spec.id).unwrap();
-    assert_eq!(c.exit.wait_blocking(WAIT), Some(Exit::Code(0)));
+    expect_exit(&c, &spec, Exit::Code(0));
     eventually("stdout log", || {
         (tail(&spec.log_dir, Stream::Stdout) == ["denied"]).then_some(())
     });
@@ -364,4 +387,22 @@ fn unknown_ids_and_duplicates() {
         // Some runtimes report the exec failure as an exit instead.
         assert!(c.exit.wait_blocking(WAIT).unwrap().crashed());
     }
+}
+
+#[test]
+fn joins_the_given_network_namespace() {
+    if !privileged("joins_the_given_network_namespace") {
+        return;
+    }
+    let fx = Fixture::new();
+    let ns = NetNs::add();
+    let mut spec = fx.sh("sleep 600");
+    spec.netns = Some(ns.path());
+    let _g = fx.guard(&spec.id);
+    let c = fx.rt.create(&spec).unwrap();
+    fx.rt.start(&spec.id).unwrap();
+    let theirs = std::fs::metadata(format!("/proc/{}/ns/net", c.pid)).unwrap();
+    let want = std::fs::metadata(ns.path()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((theirs.dev(), theirs.ino()), (want.dev(), want.ino()));
 }

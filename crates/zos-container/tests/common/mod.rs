@@ -75,7 +75,15 @@ pub fn busybox_rootfs(root: &Path) {
     ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    // Copied by `cp`, not by us: while our write fd is open, a container cloned by another
+    // test thread inherits it until its exec, and exec'ing this busybox then fails with
+    // ETXTBSY. `cp`'s fds never live in our process.
+    let st = std::process::Command::new("cp")
+        .arg(BUSYBOX)
+        .arg(root.join("bin/busybox"))
+        .status()
+        .expect("run cp");
+    assert!(st.success(), "cp {BUSYBOX}");
     for a in APPLETS {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
     }
@@ -147,10 +155,41 @@ impl Drop for Guard {
     }
 }
 
+pub fn cgroup_v1() -> bool {
+    Path::new("/sys/fs/cgroup/memory").is_dir()
+}
+
+/// A named network namespace of ours (`ip netns add zt-...`), deleted on drop.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    pub fn add() -> NetNs {
+        let name = random_id();
+        let st = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip (apt-get install -y iproute2)");
+        assert!(st.success(), "ip netns add {name}");
+        NetNs(name)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
 /// v1 cgroup dir of a container for one controller (v2: the unified dir).
 pub fn cgroup_dir(controller: &str, id: &str) -> PathBuf {
     let v1 = PathBuf::from(format!("/sys/fs/cgroup/{controller}/zos/{id}"));
-    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+    if cgroup_v1() {
         v1
     } else {
         PathBuf::from(format!("/sys/fs/cgroup/zos/{id}"))
