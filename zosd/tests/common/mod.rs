@@ -1,0 +1,466 @@
+//! A whole node for tests and benchmarks: `zosd run` on a loop file, inside a pair of
+//! `zt-` namespaces (the node and the internet), with a `dir://` notary; contract and
+//! flist builders; everything removed in `Drop`.
+#![allow(dead_code)]
+
+#[path = "../../../crates/zos-network/tests/common/mod.rs"]
+pub mod netfix;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use zos_contract::{
+    Blueprint, BlueprintRef, Cancellation, Contract, Limits, PublicKey, SecretKey,
+    SignedCancellation, SignedContract,
+};
+use zos_flist::{PackOptions, Router};
+use zos_notary::{AnyNotary, Notary, NotaryKey, Record};
+
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn privileged(test: &str) -> bool {
+    if !netfix::privileged(test) {
+        return false;
+    }
+    if !Path::new(BUSYBOX).exists() {
+        let reason = format!("{test} needs {BUSYBOX} (apt-get install -y busybox-static)");
+        if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+            println!("SKIP: {reason}");
+            return false;
+        }
+        panic!("{reason}");
+    }
+    true
+}
+
+/// A node: its config, its zosd process, its notary; everything under one `zt-` dir.
+/// Drop kills zosd and removes what the node made: containers, mounts, pools, loops.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub world: netfix::World,
+    pub config: PathBuf,
+    pub zosd: Option<Child>,
+    pub key: Option<PublicKey>,
+    pub notary: AnyNotary,
+}
+
+impl Node {
+    pub fn new(memory_reserve_mib: u64) -> Node {
+        Node::new_with(memory_reserve_mib, 4)
+    }
+
+    /// A node reserving `memory_reserve_mib` and admitting `cpu_overcommit` workload
+    /// CPUs per logical CPU.
+    pub fn new_with(memory_reserve_mib: u64, cpu_overcommit: u64) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("zt-zosd-")
+            .tempdir()
+            .unwrap();
+        let world = netfix::World::new();
+        let label_prefix = format!("{}-", world.tag);
+        let root = dir.path();
+        let config = root.join("node.toml");
+        let notary_url = format!("dir://{}", root.join("notary").display());
+        std::fs::write(
+            &config,
+            format!(
+                r#"notary = "{notary_url}"
+state_dir = "{state}"
+log_format = "json"
+
+[storage]
+pools_root = "{pools}"
+loop_files = [{{ path = "{root}/zt-disk0.img", size_gib = 2 }}]
+label_prefix = "{label_prefix}"
+
+[network]
+uplink = "{uplink}"
+prefix = "{prefix}"
+node_netns = "{node_ns}"
+
+[capacity]
+reserve_memory_mib = {memory_reserve_mib}
+cpu_overcommit = {cpu_overcommit}
+"#,
+                state = root.join("state").display(),
+                pools = root.join("pools").display(),
+                root = root.display(),
+                uplink = netfix::UPLINK,
+                prefix = world.prefix,
+                node_ns = world.path(&world.node).display(),
+            ),
+        )
+        .unwrap();
+        Node {
+            notary: zos_notary::open(&notary_url).unwrap(),
+            dir,
+            world,
+            config,
+            zosd: None,
+            key: None,
+        }
+    }
+
+    /// A contract id unique to this test run.
+    pub fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.world.tag)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Starts zosd and waits for its "serving" line; returns the node key.
+    pub fn start(&mut self) -> PublicKey {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zosd"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("zosd.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        self.zosd = Some(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("zosd: node ") {
+                    let _ = tx.send(rest.split(' ').next().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let key: String = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("zosd did not come up; its log:\n{}", self.log()));
+        let key: PublicKey = serde_json::from_value(json!(key)).unwrap();
+        if let Some(before) = self.key {
+            assert_eq!(before, key, "the node keeps its identity across restarts");
+        }
+        self.key = Some(key);
+        key
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.zosd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("zosd.log")).unwrap_or_default()
+    }
+
+    pub fn publish(&self, record: &Record) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.notary.put(record)).unwrap();
+    }
+
+    pub fn status(&self, id: &str) -> Option<Value> {
+        let key = NotaryKey::status(&self.key.unwrap(), id).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.notary.get(&key)).unwrap().map(|r| {
+            assert_eq!(Some(r.author), self.key, "status signed by the node");
+            r.body
+        })
+    }
+
+    /// Waits until the status of `id` satisfies `pred`; panics with the log if not.
+    pub fn wait_status(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.status(id) {
+                if pred(&s) {
+                    return s;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "{id}: not {what}; last status {s:#}\nzosd log:\n{}",
+                        self.log()
+                    );
+                }
+            } else if Instant::now() > deadline {
+                panic!("{id}: no status; zosd log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pid of container `name` from libcontainer's state file.
+    pub fn container_pid(&self, name: &str) -> Option<i32> {
+        let path = self
+            .state()
+            .join("containers/state")
+            .join(name)
+            .join("state.json");
+        let state: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        state["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// Mount points under this node's dir.
+    pub fn mounts(&self) -> Vec<String> {
+        let root = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        // Containers: kill and delete whatever zosd left (by their state dirs).
+        let states = self.state().join("containers/state");
+        for entry in std::fs::read_dir(&states).into_iter().flatten().flatten() {
+            if let Ok(text) = std::fs::read(entry.path().join("state.json")) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&text) {
+                    if let Some(pid) = v["pid"].as_i64() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        // Cgroups of our containers (`/zos/<id>` in each v1 hierarchy on this host);
+        // our contract ids start with the world's tag.
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for entry in std::fs::read_dir(ctrl.path().join("zos"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&self.world.tag)
+                {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+        // Mounts under our dir, deepest first.
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        // Loop devices backed by our image files.
+        for img in ["zt-disk0.img"] {
+            if let Ok(Some(dev)) = zos_storage::loopdev::find(&self.dir.path().join(img)) {
+                let _ = Command::new("losetup").arg("-d").arg(dev).status();
+            }
+        }
+        // The world's namespaces go with `world`.
+    }
+}
+
+/// Keys of the scenario.
+pub struct People {
+    pub owner: SecretKey,
+    pub expert: SecretKey,
+    pub publisher: SecretKey,
+}
+
+pub fn people() -> People {
+    People {
+        owner: SecretKey::from_seed([2; 32]),
+        expert: SecretKey::from_seed([1; 32]),
+        publisher: SecretKey::from_seed([7; 32]),
+    }
+}
+
+/// A busybox root filesystem packed into a signed flist; returns (url, sha256, store).
+pub fn busybox_flist(dir: &Path, publisher: &SecretKey) -> (String, String, String) {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "data", "tmp", "proc", "sys", "dev", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "sleep", "cat", "nc", "ip"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let store = dir.join("store");
+    let store_url = format!("dir://{}", store.display());
+    let fl = dir.join("busybox.fl");
+    let router = Router::parse(std::slice::from_ref(&store_url)).unwrap();
+    zos_flist::pack(&rootfs, &fl, &router, &PackOptions::default()).unwrap();
+    zos_flist::sign_file(&fl, publisher).unwrap();
+    let bytes = std::fs::read(&fl).unwrap();
+    let sha = zos_contract::Digest::of(&bytes).to_hex();
+    (format!("dir://{}", fl.display()), sha, store_url)
+}
+
+pub fn contract(
+    p: &People,
+    node: PublicKey,
+    id: &str,
+    version: u64,
+    flist: &(String, String, String),
+    memory_mib: u64,
+) -> SignedContract {
+    let app = json!({
+        "name": "app",
+        "kind": "container",
+        "flist": {
+            "url": flist.0,
+            "sha256": flist.1,
+            "stores": [flist.2],
+            "publishers": [p.publisher.public()]
+        },
+        "entrypoint": ["/bin/sh", "-c",
+            "echo hello from the container; echo written > /data/out; exec sleep 3600"],
+        "cpu": 1,
+        "memory_mib": memory_mib,
+        "network": "net",
+        "mounts": [{"volume": "data", "path": "/data"}]
+    });
+    signed_contract(p, node, id, version, "10.70.0.0/24", vec![app])
+}
+
+/// Two web servers (busybox httpd on port 80) on one tenant network.
+pub fn web_contract(
+    p: &People,
+    node: PublicKey,
+    id: &str,
+    subnet: &str,
+    flist: &(String, String, String),
+) -> SignedContract {
+    let web = |name: &str| {
+        json!({
+            "name": name,
+            "kind": "container",
+            "flist": {
+                "url": flist.0,
+                "sha256": flist.1,
+                "stores": [flist.2],
+                "publishers": [p.publisher.public()]
+            },
+            "entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/etc"],
+            "cpu": 1,
+            "memory_mib": 32,
+            "network": "net"
+        })
+    };
+    signed_contract(p, node, id, 1, subnet, vec![web("web"), web("peer")])
+}
+
+pub fn signed_contract(
+    p: &People,
+    node: PublicKey,
+    id: &str,
+    version: u64,
+    subnet: &str,
+    workloads: Vec<Value>,
+) -> SignedContract {
+    let bp: Blueprint = serde_json::from_value(json!({
+        "name": "busy",
+        "version": "1.0.0",
+        "params": {},
+        "body": {
+            "networks": [{"name": "net", "subnet": subnet}],
+            "volumes": [{"name": "data", "size_mib": 64}],
+            "workloads": workloads
+        }
+    }))
+    .unwrap();
+    let bp = bp.sign(&p.expert, &Limits::default()).unwrap();
+    let c = Contract {
+        id: id.into(),
+        version,
+        owner: p.owner.public(),
+        nodes: vec![node],
+        blueprint: BlueprintRef::Embedded(bp.to_value()),
+        params: BTreeMap::new(),
+        stakeholders: vec![],
+        threshold: 0,
+        not_before: None,
+        expires: Some(4_000_000_000),
+    };
+    let mut doc = SignedContract::new(c).unwrap();
+    doc.sign(&p.owner).unwrap();
+    doc
+}
+
+pub fn record(p: &People, node: PublicKey, doc: &SignedContract) -> Record {
+    let key = NotaryKey::contract(&node, &doc.contract.id).unwrap();
+    Record::sign(&key, doc.to_value(), &p.owner).unwrap()
+}
+
+pub fn cancel_record(p: &People, node: PublicKey, id: &str, version: u64) -> Record {
+    let c = SignedCancellation::sign(
+        Cancellation {
+            id: id.into(),
+            version,
+            owner: p.owner.public(),
+        },
+        &p.owner,
+    )
+    .unwrap();
+    let key = NotaryKey::contract(&node, id).unwrap();
+    Record::sign(&key, serde_json::to_value(&c).unwrap(), &p.owner).unwrap()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The file a volume holds, wherever placement put it.
+pub fn volume_file(node: &Node, volume: &str, file: &str) -> Option<String> {
+    let pools = node.dir.path().join("pools");
+    for pool in std::fs::read_dir(pools).ok()?.flatten() {
+        let p = pool.path().join("volumes").join(volume).join(file);
+        if let Ok(s) = std::fs::read_to_string(p) {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Connects from the network namespace of process `pid` (a container) to `addr`.
+pub fn connect_from(pid: i32, addr: &str) -> std::io::Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    std::thread::spawn(move || {
+        // Only this short-lived thread enters the container's namespace.
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map(|_| ())
+    })
+    .join()
+    .unwrap()
+}
