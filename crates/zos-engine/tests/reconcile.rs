@@ -513,3 +513,148 @@ async fn the_loop_runs_a_contract_published_while_it_watches() {
     let engine = task.await.unwrap().unwrap();
     assert_eq!(engine.journal().owned("web").unwrap().version, 1);
 }
+
+/// A variant of a valid contract: `edit` applied to its JSON with the signatures
+/// cleared, then signed by `signers` (when it still parses).
+fn variant(
+    keys: &Keys,
+    edit: impl Fn(&mut serde_json::Value),
+    signers: &[&zos_contract::SecretKey],
+) -> zos_notary::Record {
+    let mut v = contract(keys, "web", 1, 10, "/app", true).to_value();
+    v["signatures"] = serde_json::json!([]);
+    edit(&mut v);
+    if let Ok(mut doc) =
+        zos_contract::SignedContract::from_value(&v, &zos_contract::Limits::default())
+    {
+        for k in signers {
+            doc.sign(k).unwrap();
+        }
+        v = doc.to_value();
+    }
+    let key = NotaryKey::contract(&keys.node.public(), "web").unwrap();
+    zos_notary::Record::sign(&key, v, &keys.owner).unwrap()
+}
+
+#[tokio::test]
+async fn every_verification_refusal_is_reported_and_creates_nothing() {
+    let keys = Keys::new();
+    let stranger = zos_contract::SecretKey::from_seed([9; 32]);
+    let both = [&keys.owner, &keys.legal];
+    let cases: Vec<(&str, zos_notary::Record)> = vec![
+        ("bad_signature", {
+            let mut v = contract(&keys, "web", 1, 10, "/app", true).to_value();
+            let sig = v["signatures"][0]["signature"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let flipped = format!(
+                "{}{}",
+                if sig.starts_with('0') { "1" } else { "0" },
+                &sig[1..]
+            );
+            v["signatures"][0]["signature"] = serde_json::json!(flipped);
+            let key = NotaryKey::contract(&keys.node.public(), "web").unwrap();
+            zos_notary::Record::sign(&key, v, &keys.owner).unwrap()
+        }),
+        ("unknown_signer", {
+            // The library refuses to sign for a stranger: forge the entry by hand.
+            let doc = contract(&keys, "web", 1, 10, "/app", true);
+            let mut v = doc.to_value();
+            v["signatures"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "signer": stranger.public(),
+                    "signature": stranger.sign(&doc.digest),
+                }));
+            let key = NotaryKey::contract(&keys.node.public(), "web").unwrap();
+            zos_notary::Record::sign(&key, v, &keys.owner).unwrap()
+        }),
+        (
+            "owner_signature_missing",
+            variant(&keys, |_| {}, &[&keys.legal]),
+        ),
+        (
+            "required_signer_missing",
+            variant(&keys, |_| {}, &[&keys.owner]),
+        ),
+        (
+            "param_out_of_bounds",
+            variant(
+                &keys,
+                |v| v["contract"]["params"]["users"] = serde_json::json!(999_999),
+                &both,
+            ),
+        ),
+        (
+            "blueprint_signature_invalid",
+            variant(
+                &keys,
+                |v| {
+                    v["contract"]["blueprint"]["embedded"]["blueprint"]["body"]["workloads"][0]
+                        ["cpu"] = serde_json::json!(64)
+                },
+                &both,
+            ),
+        ),
+        (
+            "not_yet_valid",
+            variant(
+                &keys,
+                |v| v["contract"]["not_before"] = serde_json::json!(3_900_000_000u64),
+                &both,
+            ),
+        ),
+        (
+            "expired",
+            variant(
+                &keys,
+                |v| v["contract"]["expires"] = serde_json::json!(1_000_000_000u64),
+                &both,
+            ),
+        ),
+        (
+            "wrong_node",
+            variant(
+                &keys,
+                |v| v["contract"]["nodes"] = serde_json::json!([stranger.public()]),
+                &both,
+            ),
+        ),
+        (
+            "malformed",
+            variant(
+                &keys,
+                |v| v["contract"]["workloads"] = serde_json::json!([{"name": "miner"}]),
+                &both,
+            ),
+        ),
+        (
+            "oversized",
+            variant(
+                &keys,
+                |v| v["contract"]["params"]["pad"] = serde_json::json!("x".repeat(300_000)),
+                &both,
+            ),
+        ),
+    ];
+    for (code, record) in cases {
+        let w = World::new();
+        let mut engine = w.engine();
+        engine.start(vec![]).await.unwrap();
+        engine.on_record(&record).await.unwrap();
+        assert!(
+            w.fake.state().calls.is_empty(),
+            "{code}: the provisioner was called"
+        );
+        let status = w.status("web").await;
+        assert_eq!(status.state, State::Refused, "{code}: {status:?}");
+        let codes: Vec<&str> = status.reasons.iter().map(|r| r.code.as_str()).collect();
+        assert!(codes.contains(&code), "{code}: got {codes:?}");
+        assert!(
+            engine.journal().data().accepted.is_empty(),
+            "{code}: journalled"
+        );
+    }
+}
