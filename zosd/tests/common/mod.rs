@@ -75,7 +75,7 @@ log_format = "json"
 
 [storage]
 pools_root = "{pools}"
-loop_files = [{{ path = "{root}/zt-disk0.img", size_gib = 2 }}]
+loop_files = [{{ path = "{root}/zt-disk0.img", size_gib = 8 }}]
 label_prefix = "{label_prefix}"
 
 [network]
