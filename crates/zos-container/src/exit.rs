@@ -120,11 +120,29 @@ impl ExitWatch {
     }
 }
 
+/// Container inits a waiter thread owns: nobody else may reap them.
+fn watched() -> &'static Mutex<std::collections::HashSet<i32>> {
+    static W: std::sync::OnceLock<Mutex<std::collections::HashSet<i32>>> =
+        std::sync::OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+pub(crate) fn is_watched(pid: i32) -> bool {
+    watched()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&pid)
+}
+
 /// Reap our child `pid` on a thread and report how it ended.
 pub(crate) fn watch_child(id: &str, pid: Pid) -> std::io::Result<ExitWatch> {
     let (notifier, watch) = exit_channel();
+    watched()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid.as_raw());
     let id = id.to_string();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name(format!("zos-wait-{pid}"))
         // It only sits in waitpid: a small stack is plenty.
         .stack_size(64 * 1024)
@@ -143,9 +161,20 @@ pub(crate) fn watch_child(id: &str, pid: Pid) -> std::io::Result<ExitWatch> {
                     }
                 }
             };
+            watched()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&pid.as_raw());
             tracing::info!(container = %id, %pid, ?exit, "container init ended");
             notifier.notify(exit);
-        })?;
+        });
+    if let Err(e) = spawned {
+        watched()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid.as_raw());
+        return Err(e);
+    }
     Ok(watch)
 }
 

@@ -197,6 +197,10 @@ impl Libcontainer {
             }
         }
         remove_cgroups(id);
+        // Killed helpers take a moment to become zombies: two passes.
+        crate::watchdog::reap_helper_zombies();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        crate::watchdog::reap_helper_zombies();
         let mut dirs = vec![self.state_path(id)];
         if !keep_bundle {
             dirs.push(self.bundle_path(id));

@@ -103,8 +103,8 @@ fn run() {
     }
 }
 
-/// Our children named `youki:[...]` that sit in the futex syscall.
-fn stuck_children() -> Vec<i32> {
+/// Our children still named `youki:[...]` (libcontainer helpers before their exec).
+fn helper_children() -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
@@ -118,20 +118,45 @@ fn stuck_children() -> Vec<i32> {
             .filter_map(|p| p.parse::<i32>().ok())
         {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if !comm.starts_with("youki:[") {
-                continue;
-            }
-            // First field of /proc/<pid>/syscall: the number of the syscall it blocks in.
-            let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
-            let in_futex = sc
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<libc::c_long>().ok())
-                == Some(libc::SYS_futex);
-            if in_futex {
+            if comm.starts_with("youki:[") {
                 out.push(pid);
             }
         }
     }
     out
+}
+
+/// Reap helper zombies a failed libcontainer create left (it returns before its
+/// `waitpid`). Inits owned by an exit watcher are left to it.
+pub(crate) fn reap_helper_zombies() {
+    for pid in helper_children() {
+        if crate::exit::is_watched(pid) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state is the first field after the parenthesised comm.
+        let zombie = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("Z");
+        if zombie {
+            let flags = nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::__WALL;
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(flags));
+        }
+    }
+}
+
+/// Our helper children that sit in the futex syscall.
+fn stuck_children() -> Vec<i32> {
+    helper_children()
+        .into_iter()
+        .filter(|pid| {
+            // First field of /proc/<pid>/syscall: the number of the syscall it blocks in.
+            let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+            sc.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<libc::c_long>().ok())
+                == Some(libc::SYS_futex)
+        })
+        .collect()
 }
