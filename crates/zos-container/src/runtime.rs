@@ -157,9 +157,21 @@ impl Libcontainer {
         if !root.join("state.json").exists() {
             return Ok(None);
         }
-        Container::load(root)
-            .map(Some)
-            .map_err(|e| lc(id, "load", e))
+        // `load` reads /proc/<pid>/stat of the init; when the init is reaped between
+        // libcontainer's existence check and that read it fails with "not found". The
+        // next read sees no process at all (Stopped): retry that race away.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Container::load(root.clone()) {
+                Ok(c) => return Ok(Some(c)),
+                Err(e) if attempt < 5 && root.join("state.json").exists() => {
+                    tracing::debug!(container = id, attempt, error = %e, "load raced, retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(lc(id, "load", e)),
+            }
+        }
     }
 
     /// One libcontainer build: fresh FIFOs and pumps, then namespaces, cgroup and init.

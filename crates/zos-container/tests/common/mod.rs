@@ -152,6 +152,17 @@ impl Drop for Guard {
         if let Err(e) = self.rt.delete(&self.id) {
             eprintln!("cleanup: delete {}: {e}", self.id);
         }
+        // delete must have removed every cgroup of ours; say so loudly if not, and tidy up
+        // so a bug here never leaves the machine dirty.
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for d in rd.flatten() {
+                let cg = d.path().join("zos").join(&self.id);
+                if cg.is_dir() {
+                    eprintln!("LEAK: {} still exists after delete", cg.display());
+                    let _ = std::fs::remove_dir(&cg);
+                }
+            }
+        }
     }
 }
 
