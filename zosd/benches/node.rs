@@ -125,6 +125,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let busy_rss = rss_kib(zosd_pid);
 
+    if let Ok(path) = std::env::var("ZOS_BENCH_LOG") {
+        // zosd's own log, for a look at where the time goes.
+        let _ = std::fs::write(&path, node.log());
+    }
     let (o50, o95) = (pct(&mut ours, 0.5), pct(&mut ours, 0.95));
     let (b50, b95) = (pct(&mut bare, 0.5), pct(&mut bare, 0.95));
     println!("zosd node benchmark ({rounds} rounds; times in ms)");

@@ -200,7 +200,7 @@ cpu_overcommit = {cpu_overcommit}
             } else if Instant::now() > deadline {
                 panic!("{id}: no status; zosd log:\n{}", self.log());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
