@@ -40,6 +40,13 @@ enum Command {
         #[arg(long)]
         log_format: Option<String>,
     },
+    /// (internal) Create and start one container from the spec on stdin, in a process
+    /// of its own; zosd runs this itself.
+    #[command(hide = true)]
+    RuntimeCreate {
+        #[arg(long)]
+        root: PathBuf,
+    },
 }
 
 fn init_logs(format: config::LogFormat) {
@@ -54,6 +61,16 @@ fn init_logs(format: config::LogFormat) {
         config::LogFormat::Json => builder.json().init(),
         config::LogFormat::Pretty => builder.compact().init(),
     }
+}
+
+/// Logs of the runtime child: warnings and errors on stderr, no colours.
+fn init_runtime_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,libcgroups=error"))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .compact()
+        .init();
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,6 +91,11 @@ fn main() -> std::process::ExitCode {
                 .build()?;
             rt.block_on(node::run(cfg))
         })(),
+        Command::RuntimeCreate { root } => {
+            // Errors only, on stderr: zosd reads the last line into the status.
+            init_runtime_logs();
+            workloads::runtime_create(&root)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

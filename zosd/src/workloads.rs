@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use zos_container::{
@@ -26,6 +27,8 @@ pub struct ContainerPlan<'a> {
 
 pub struct Workloads {
     runtime: Libcontainer,
+    /// The runtime's root, handed to `zosd runtime-create`.
+    root: PathBuf,
     logs: PathBuf,
     /// Exit watches of the containers this process started or adopted.
     exits: Mutex<HashMap<String, ExitWatch>>,
@@ -40,6 +43,7 @@ impl Workloads {
         let root = state_dir.join("containers");
         Ok(Workloads {
             runtime: Libcontainer::new(RuntimeConfig::under(&root))?,
+            root: root.clone(),
             logs: root.join("logs"),
             exits: Mutex::new(HashMap::new()),
         })
@@ -92,26 +96,68 @@ impl Workloads {
     }
 
     /// Creates and starts the container, replacing a stopped one of the same name.
+    ///
+    /// The create runs in a child process of its own (`zosd runtime-create`, the same
+    /// binary): libcontainer forks its helpers with a raw clone3, and in a process with
+    /// many threads a helper can inherit a lock another thread held and hang. In a
+    /// fresh, single-threaded process it cannot, and a crash there is not zosd's. zosd
+    /// then adopts the container like one it finds after a restart (exit watch, logs).
     pub fn start(&self, c: &ContainerPlan<'_>) -> Result<WorkloadStatus, ProvisionError> {
         let name = &c.plan.name;
         // A stopped container of this name (a crash, a restart): its cgroup and state
         // go first, its logs stay.
         self.runtime.delete(name).map_err(|e| err(name, e))?;
         let spec = self.spec(c)?;
-        let created = self.runtime.create(&spec).map_err(|e| err(name, e))?;
-        if let Err(e) = self.runtime.start(name) {
-            let _ = self.runtime.delete(name);
-            return Err(err(name, e));
+        let pid = self.create_in_child(&spec)?;
+        match self.runtime.adopt(name) {
+            Ok(Some(adopted)) => {
+                self.exits
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(name.clone(), adopted.exit);
+            }
+            Ok(None) => return Err(err(name, "created, then not found")),
+            Err(e) => return Err(err(name, e)),
         }
-        self.exits
-            .lock()
-            .expect("not poisoned")
-            .insert(name.clone(), created.exit);
-        tracing::info!(workload = %name, pid = created.pid, "container started");
+        tracing::info!(workload = %name, pid, "container started");
         Ok(WorkloadStatus {
             address: c.plan.network.as_ref().map(|(_, ip)| *ip),
             ..self.status_of(name, WorkloadState::Running)
         })
+    }
+
+    /// Runs `zosd runtime-create` with `spec` on its stdin; returns the init's pid.
+    fn create_in_child(&self, spec: &ContainerSpec) -> Result<i32, ProvisionError> {
+        use std::io::Write;
+        let name = &spec.id;
+        let exe = std::env::current_exe().map_err(|e| err(name, e))?;
+        let mut child = Command::new(exe)
+            .arg("runtime-create")
+            .arg("--root")
+            .arg(&self.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(name, format!("spawning the runtime: {e}")))?;
+        let json = serde_json::to_vec(spec).map_err(|e| err(name, e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&json).map_err(|e| err(name, e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| err(name, format!("waiting for the runtime: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let reason = stderr.lines().last().unwrap_or("no message");
+            return Err(err(name, format!("runtime ({}): {reason}", out.status)));
+        }
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| err(name, format!("runtime reply: {e}")))?;
+        reply["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+            .ok_or_else(|| err(name, "runtime reply without a pid"))
     }
 
     fn spec(&self, c: &ContainerPlan<'_>) -> Result<ContainerSpec, ProvisionError> {
@@ -203,4 +249,24 @@ impl Workloads {
             })
             .unwrap_or_default()
     }
+}
+
+/// `zosd runtime-create --root DIR`: creates and starts the container whose spec is on
+/// stdin and prints `{"pid": N}`. Runs in a process of its own (see
+/// [`Workloads::start`]); the container outlives it and zosd adopts it.
+pub fn runtime_create(root: &Path) -> anyhow::Result<()> {
+    let spec: ContainerSpec = serde_json::from_reader(std::io::stdin().lock())?;
+    // zosd pumps the logs once it adopts the container; until then they wait in the
+    // FIFO the container holds.
+    let runtime = Libcontainer::new(RuntimeConfig {
+        pump_logs: false,
+        ..RuntimeConfig::under(root)
+    })?;
+    let created = runtime.create(&spec)?;
+    if let Err(e) = runtime.start(&spec.id) {
+        let _ = runtime.delete(&spec.id);
+        return Err(e.into());
+    }
+    println!("{}", serde_json::json!({ "pid": created.pid }));
+    Ok(())
 }

@@ -42,6 +42,13 @@ fn a_contract_runs_restarts_survives_zosd_and_is_cancelled_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(volume_file(&node, &data, "out").unwrap(), "written\n");
+    // Its output reaches the status record (no line lost between the runtime process
+    // that created it and zosd, which pumps its logs).
+    node.wait_status(&id, "showing the output", |s| {
+        s["workloads"]["app"]["log_tail"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x == "hello from the container"))
+    });
 
     // kill -9 of the workload: restarted, counted.
     let pid = node.container_pid(&app).expect("a container pid");

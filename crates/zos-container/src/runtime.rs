@@ -96,6 +96,11 @@ pub struct RuntimeConfig {
     pub bundle_dir: PathBuf,
     /// Cap of one log file (see [`crate::logs`]).
     pub log_cap: u64,
+    /// Copy the container's output into its log files from this process. Off in a
+    /// process that only creates containers and exits (zosd's `runtime-create`): the
+    /// output waits in the FIFO until the process that adopts the container pumps it,
+    /// so no line is lost with a pump that dies with its process.
+    pub pump_logs: bool,
 }
 
 impl RuntimeConfig {
@@ -105,6 +110,7 @@ impl RuntimeConfig {
             state_dir: root.join("state"),
             bundle_dir: root.join("bundles"),
             log_cap: logs::DEFAULT_LOG_CAP,
+            pump_logs: true,
         }
     }
 }
@@ -179,8 +185,10 @@ impl Libcontainer {
         let id = spec.id.as_str();
         let out = logs::new_fifo(&spec.log_dir, Stream::Stdout)?;
         let err = logs::new_fifo(&spec.log_dir, Stream::Stderr)?;
-        for s in [Stream::Stdout, Stream::Stderr] {
-            logs::start_pump(id, &spec.log_dir, s, self.cfg.log_cap)?;
+        if self.cfg.pump_logs {
+            for s in [Stream::Stdout, Stream::Stderr] {
+                logs::start_pump(id, &spec.log_dir, s, self.cfg.log_cap)?;
+            }
         }
         let stdin = dev_null()?;
         let _lock = chdir_lock();
