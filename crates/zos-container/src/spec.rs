@@ -475,8 +475,8 @@ mod tests {
     use super::*;
 
     fn spec() -> ContainerSpec {
-        let mut s = ContainerSpec::new("zt-1", "/tmp/rootfs", "/tmp/logs", "/bin/sh");
-        s.args = vec!["-c".into(), "echo hi".into()];
+        let mut s = ContainerSpec::new("zt-1", "/tmp/rootfs", "/tmp/logs", "/hello");
+        s.args = vec!["--users".into(), "7".into()];
         s.env = vec![("A".into(), "1".into())];
         s.hostname = Some("h1".into());
         s.cpu = Some(Cpu::Millicores(500));
@@ -497,7 +497,7 @@ mod tests {
         let oci = spec().to_oci().unwrap();
         let json = serde_json::to_value(&oci).unwrap();
         let p = &json["process"];
-        assert_eq!(p["args"], serde_json::json!(["/bin/sh", "-c", "echo hi"]));
+        assert_eq!(p["args"], serde_json::json!(["/hello", "--users", "7"]));
         assert_eq!(p["env"][1], "A=1");
         assert!(p["env"][0].as_str().unwrap().starts_with("PATH="));
         assert_eq!(p["noNewPrivileges"], true);
