@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use zos_contract::deployment::{DiskKind, Protocol, Volume, WorkloadKind};
 use zos_engine::{
-    Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadStatus,
+    Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
+    WorkloadStatus,
 };
 use zos_network::{
     Ipv4Subnet, Network, PortForward, Proto, TenantNetwork, Workload as NetWorkload,
@@ -288,6 +289,15 @@ impl Provisioner for NodeProvisioner {
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
             Ok(inner.workloads.status(&name))
+        })
+        .await
+    }
+
+    async fn workload_state(&self, name: &str) -> Result<Option<WorkloadState>, ProvisionError> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        blocking("workload", &name.clone(), move || {
+            Ok(inner.workloads.state(&name))
         })
         .await
     }

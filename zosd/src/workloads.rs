@@ -65,26 +65,31 @@ impl Workloads {
     /// The status of `name` if it is running, adopting it (exit watch, logs) when this
     /// process did not start it.
     pub fn running(&self, name: &str) -> Option<WorkloadStatus> {
-        let state = self.runtime.state(name).ok()??;
-        if state.status != Status::Running {
-            return None;
+        match self.state(name)? {
+            WorkloadState::Running => Some(self.status_of(name, WorkloadState::Running)),
+            WorkloadState::Exited { .. } => None,
         }
+    }
+
+    /// Takes over a running container this process does not watch yet. `None` when it
+    /// cannot be adopted.
+    fn adopt_if_unwatched(&self, name: &str, pid: Option<i32>) -> Option<()> {
         let mut exits = self.exits.lock().expect("not poisoned");
-        if !exits.contains_key(name) {
-            match self.runtime.adopt(name) {
-                Ok(Some(adopted)) => {
-                    tracing::info!(workload = name, pid = ?state.pid, "re-adopted a running container");
-                    exits.insert(name.to_string(), adopted.exit);
-                }
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!(workload = name, error = %e, "cannot adopt");
-                    return None;
-                }
+        if exits.contains_key(name) {
+            return Some(());
+        }
+        match self.runtime.adopt(name) {
+            Ok(Some(adopted)) => {
+                tracing::info!(workload = name, ?pid, "re-adopted a running container");
+                exits.insert(name.to_string(), adopted.exit);
+                Some(())
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(workload = name, error = %e, "cannot adopt");
+                None
             }
         }
-        drop(exits);
-        Some(self.status_of(name, WorkloadState::Running))
     }
 
     fn status_of(&self, name: &str, state: WorkloadState) -> WorkloadStatus {
@@ -203,38 +208,40 @@ impl Workloads {
         }
     }
 
-    /// `None` when no container of that name exists.
-    pub fn status(&self, name: &str) -> Option<WorkloadStatus> {
+    /// The state of `name`, without reading its logs: what supervision polls several
+    /// times a second. A running container is adopted on first sight, so its exit is
+    /// watched. `None` when no container of that name exists.
+    pub fn state(&self, name: &str) -> Option<WorkloadState> {
         let state = self.runtime.state(name).ok()??;
-        let st = match state.status {
-            Status::Running => {
-                // Adopt on first sight, so its exit is watched.
-                return self.running(name);
-            }
-            _ => {
-                let exit = self
-                    .exits
-                    .lock()
-                    .expect("not poisoned")
-                    .get(name)
-                    .and_then(ExitWatch::get);
-                match exit {
-                    Some(Exit::Code(c)) => WorkloadState::Exited {
-                        code: Some(c),
-                        signal: None,
-                    },
-                    Some(Exit::Signal(s)) => WorkloadState::Exited {
-                        code: None,
-                        signal: Some(s),
-                    },
-                    _ => WorkloadState::Exited {
-                        code: None,
-                        signal: None,
-                    },
-                }
-            }
-        };
-        Some(self.status_of(name, st))
+        if state.status == Status::Running {
+            self.adopt_if_unwatched(name, state.pid)?;
+            return Some(WorkloadState::Running);
+        }
+        let exit = self
+            .exits
+            .lock()
+            .expect("not poisoned")
+            .get(name)
+            .and_then(ExitWatch::get);
+        Some(match exit {
+            Some(Exit::Code(c)) => WorkloadState::Exited {
+                code: Some(c),
+                signal: None,
+            },
+            Some(Exit::Signal(s)) => WorkloadState::Exited {
+                code: None,
+                signal: Some(s),
+            },
+            _ => WorkloadState::Exited {
+                code: None,
+                signal: None,
+            },
+        })
+    }
+
+    /// [`Workloads::state`] with the last lines of its logs, for status records.
+    pub fn status(&self, name: &str) -> Option<WorkloadStatus> {
+        self.state(name).map(|st| self.status_of(name, st))
     }
 
     /// Every container in the runtime's state dir.

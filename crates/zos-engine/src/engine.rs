@@ -557,7 +557,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             let mut changed = false;
             for w in &o.deployment.workloads {
                 let name = names::of(&o.id, &w.name);
-                let status = match self.provisioner.workload_status(&name).await {
+                let state = match self.provisioner.workload_state(&name).await {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(workload = %name, error = %e, "status unavailable");
@@ -568,7 +568,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                     .backoff
                     .entry(name.clone())
                     .or_insert_with(|| Backoff::new(self.cfg.restart_min, self.cfg.restart_max));
-                match status.map(|s| s.state) {
+                match state {
                     Some(WorkloadState::Running) => {
                         backoff.running(now, self.cfg.restart_reset);
                     }

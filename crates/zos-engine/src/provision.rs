@@ -151,5 +151,15 @@ pub trait Provisioner: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<WorkloadStatus>, ProvisionError>> + Send;
 
+    /// Only the state of a workload, which supervision polls several times a second; a
+    /// provisioner overrides it when [`Provisioner::workload_status`] costs more (it
+    /// reads the logs).
+    fn workload_state(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<WorkloadState>, ProvisionError>> + Send {
+        async move { Ok(self.workload_status(name).await?.map(|s| s.state)) }
+    }
+
     fn inventory(&self) -> impl Future<Output = Result<Inventory, ProvisionError>> + Send;
 }
