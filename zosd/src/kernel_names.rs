@@ -67,7 +67,7 @@ impl KernelNames {
         if map.get(&format!("{kind}/{k}")).map(String::as_str) != Some(name) {
             map.insert(format!("{kind}/{k}"), name.to_string());
             let bytes = serde_json::to_vec(&*map).expect("strings serialize");
-            write_atomic(&self.path, &bytes)?;
+            crate::rootfs::write_atomic(&self.path, &bytes)?;
         }
         Ok(k)
     }
@@ -89,18 +89,6 @@ impl KernelNames {
             None => self.kernel(kind, name),
         }
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().expect("under the state dir");
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(".names.json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

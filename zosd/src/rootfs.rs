@@ -189,7 +189,9 @@ fn fetch(url: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Replaces `path` with `bytes`: temp file, fsync, rename, so a crash leaves the old
+/// content or the new, never a mix.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("a file under the state dir");
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
