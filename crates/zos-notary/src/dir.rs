@@ -92,16 +92,7 @@ impl DirNotary {
 
 impl Notary for DirNotary {
     async fn put(&self, record: &Record) -> Result<(), NotaryError> {
-        record.verify()?;
-        let key = record.notary_key()?;
-        let bytes = record.to_bytes()?;
-        if bytes.len() > MAX_RECORD_BYTES {
-            return Err(RecordError::Oversized {
-                size: bytes.len(),
-                max: MAX_RECORD_BYTES,
-            }
-            .into());
-        }
+        let (key, bytes) = record.to_storable()?;
         let path = self.path_of(&key);
         self.blocking(move |root| write_atomic(root, &path, &bytes))
             .await?;

@@ -560,16 +560,7 @@ async fn catch_up(
 
 impl Notary for EtcdNotary {
     async fn put(&self, record: &Record) -> Result<(), NotaryError> {
-        record.verify()?;
-        let key = record.notary_key()?;
-        let bytes = record.to_bytes()?;
-        if bytes.len() > MAX_RECORD_BYTES {
-            return Err(RecordError::Oversized {
-                size: bytes.len(),
-                max: MAX_RECORD_BYTES,
-            }
-            .into());
-        }
+        let (key, bytes) = record.to_storable()?;
         let req = json!({
             "key": B64.encode(self.etcd_key(&key)),
             "value": B64.encode(&bytes),

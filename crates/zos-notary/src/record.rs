@@ -156,6 +156,21 @@ impl Record {
         Ok(())
     }
 
+    /// What a backend stores for `put`: the record verified, its key, and its stored
+    /// form within [`MAX_RECORD_BYTES`]. A notary never stores what its readers refuse.
+    pub fn to_storable(&self) -> Result<(NotaryKey, Vec<u8>), RecordError> {
+        self.verify()?;
+        let key = self.notary_key()?;
+        let bytes = self.to_bytes()?;
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::Oversized {
+                size: bytes.len(),
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        Ok((key, bytes))
+    }
+
     /// The stored form: the canonical JSON of the whole envelope.
     pub fn to_bytes(&self) -> Result<Vec<u8>, RecordError> {
         let value =
