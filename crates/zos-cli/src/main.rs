@@ -2,6 +2,7 @@
 
 mod blueprint;
 mod contract;
+mod farm;
 mod flist;
 mod key;
 mod notary;
@@ -9,7 +10,8 @@ mod output;
 
 use clap::{Parser, Subcommand};
 
-/// zos: sign blueprints and contracts, publish them to a notary, and work with flists.
+/// zos: sign blueprints and contracts, publish them to a notary, work with flists, and
+/// create farms and list their nodes.
 ///
 /// The flow: an IT expert signs a blueprint; a consumer instantiates it into a contract
 /// for a node and signs it as owner; stakeholders co-sign; the contract is published to
@@ -35,6 +37,12 @@ enum Command {
     /// Work with rfs-compatible flists: pack, verify, ls, unpack, mount.
     #[command(subcommand)]
     Flist(flist::FlistCmd),
+    /// Create and show farms (farmers).
+    #[command(subcommand)]
+    Farm(farm::FarmCmd),
+    /// List the nodes registered in a notary.
+    #[command(subcommand)]
+    Node(farm::NodeCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +51,8 @@ fn main() -> std::process::ExitCode {
         Command::Blueprint(cmd) => blueprint::run(cmd),
         Command::Contract(cmd) => contract::run(cmd),
         Command::Flist(cmd) => flist::run(cmd),
+        Command::Farm(cmd) => farm::run_farm(cmd),
+        Command::Node(cmd) => farm::run_node(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -237,6 +237,9 @@ fn every_command_explains_itself_with_an_example() {
         &["contract", "list"],
         &["contract", "cancel"],
         &["contract", "status"],
+        &["farm", "create"],
+        &["farm", "show"],
+        &["node", "list"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");

@@ -1,0 +1,327 @@
+//! `zos farm` and `zos node`: farms (farmers) and the nodes registered in them.
+//!
+//! A farm record (`farms/<id>`) is signed by its farmer; nodes booted with that farm id
+//! register under it (`nodes/<node>/registration`) and beat (`nodes/<node>/heartbeat`).
+//! Every record shown here is verified, farm rules included (zos-registry); see
+//! docs/registration.md.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde::Serialize;
+use zos_contract::{PublicKey, SecretKey};
+use zos_notary::{KeyKind, KeyPrefix, NotaryKey};
+use zos_registry::{Capacity, Farm, Heartbeat, Registration};
+
+use crate::notary::Client;
+use crate::output::Format;
+
+#[derive(Debug, Subcommand)]
+pub enum FarmCmd {
+    /// Create a farm in a notary (or rename it), signed by the farmer's key.
+    ///
+    /// Nodes booted with this farm id register under it; until it exists they wait and
+    /// take no contracts. Running it again renames the farm; only the same farmer key
+    /// may (a farm never changes hands).
+    ///
+    /// Example: zos farm create farm-1 --name "Ghent rack 3" --key farmer.key
+    ///   --notary dir:///srv/notary
+    Create {
+        /// The farm id: 1-128 of [A-Za-z0-9._-], not starting with `.`.
+        farm_id: String,
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// The farmer's secret key (`zos key new --out farmer.key`).
+        #[arg(long)]
+        key: PathBuf,
+        /// dir:///path or etcd://host:port[/prefix].
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+    },
+    /// Show a farm: its verified record and the nodes registered in it.
+    ///
+    /// Example: zos farm show farm-1 --notary etcd://127.0.0.1:2379 --json
+    Show {
+        farm_id: String,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        #[command(flatten)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List the registered nodes: farm, version, capacity, last heartbeat and how many
+    /// sockets the node reports listening (a node should report none).
+    ///
+    /// Example: zos node list --farm farm-1 --notary dir:///srv/notary --json
+    List {
+        /// Only the nodes of this farm.
+        #[arg(long)]
+        farm: Option<String>,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        #[command(flatten)]
+        format: Format,
+    },
+}
+
+/// One node of `zos node list`.
+#[derive(Debug, Serialize)]
+pub struct NodeRow {
+    pub node: PublicKey,
+    pub farm: String,
+    /// The farm exists in the notary and is valid.
+    pub farm_known: bool,
+    pub registration: Registration,
+    /// The latest verified heartbeat, if any.
+    pub heartbeat: Option<Heartbeat>,
+    /// Seconds since that heartbeat was taken.
+    pub heartbeat_age_secs: Option<u64>,
+}
+
+pub fn run_farm(cmd: FarmCmd) -> anyhow::Result<()> {
+    match cmd {
+        FarmCmd::Create {
+            farm_id,
+            name,
+            key,
+            notary,
+        } => {
+            let key = SecretKey::load(&key)?;
+            let client = Client::open(&notary)?;
+            create(&client, &farm_id, &name, &key)
+        }
+        FarmCmd::Show {
+            farm_id,
+            notary,
+            format,
+        } => {
+            let client = Client::open(&notary)?;
+            let nkey = NotaryKey::farm(&farm_id)
+                .map_err(|e| anyhow::anyhow!("farm id {farm_id:?}: {e}"))?;
+            let Some(record) = client.get(&nkey)? else {
+                bail!("no farm {farm_id:?} in {notary}");
+            };
+            let farm = Farm::from_record(&record)
+                .with_context(|| format!("{nkey} in {notary} is not a valid farm"))?;
+            let nodes: Vec<NodeRow> = nodes(&client, Some(&farm_id))?;
+            if format.json {
+                let out = serde_json::json!({
+                    "farm": farm,
+                    "signed_at": record.signed_at,
+                    "nodes": nodes,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("farm      {}", farm.id);
+                println!("name      {}", farm.name);
+                println!("farmer    {}", farm.farmer);
+                println!("created   {}", farm.created);
+                println!("nodes     {}", nodes.len());
+                for row in &nodes {
+                    println!("  {} {}", row.node, heartbeat_text(row));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn run_node(cmd: NodeCmd) -> anyhow::Result<()> {
+    match cmd {
+        NodeCmd::List {
+            farm,
+            notary,
+            format,
+        } => {
+            let client = Client::open(&notary)?;
+            let rows = nodes(&client, farm.as_deref())?;
+            if format.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else if rows.is_empty() {
+                println!("no registered nodes in {notary}");
+            } else {
+                print_nodes(&rows);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Publishes farm `id` signed by `key`: a new farm, or a rename by the same farmer.
+pub fn create(client: &Client, id: &str, name: &str, key: &SecretKey) -> anyhow::Result<()> {
+    let nkey = NotaryKey::farm(id).map_err(|e| anyhow::anyhow!("farm id {id:?}: {e}"))?;
+    let existing = match client.get(&nkey)? {
+        None => None,
+        Some(record) => match Farm::from_record(&record) {
+            Ok(farm) => Some(farm),
+            // Someone with write access put a record no reader accepts; the farmer
+            // replacing it is what should happen.
+            Err(e) => {
+                eprintln!("warning: {nkey} held an invalid farm record ({e}); replacing it");
+                None
+            }
+        },
+    };
+    let farm = Farm::create_or_update(
+        existing.as_ref(),
+        id,
+        name,
+        key.public(),
+        crate::contract::now(),
+    )?;
+    let record = farm.sign(key, crate::contract::now())?;
+    client.put(&record)?;
+    let what = if existing.is_some() {
+        "updated"
+    } else {
+        "created"
+    };
+    println!(
+        "{what} farm {} ({}) for farmer {} in {}",
+        farm.id, farm.name, farm.farmer, client.url
+    );
+    Ok(())
+}
+
+/// The verified registrations in the notary (of `farm` only, if given), with their
+/// latest heartbeats, sorted by farm then node.
+pub fn nodes(client: &Client, farm: Option<&str>) -> anyhow::Result<Vec<NodeRow>> {
+    let farms: BTreeMap<String, Farm> = client
+        .list(&KeyPrefix::farms())?
+        .iter()
+        .filter_map(|r| Farm::from_record(r).ok())
+        .map(|f| (f.id.clone(), f))
+        .collect();
+    // The layout has no prefix for registrations alone: list the nodes' records and
+    // keep registrations and heartbeats.
+    let prefix = KeyPrefix::parse("nodes").expect("a valid prefix");
+    let mut registrations = BTreeMap::new();
+    let mut heartbeats = BTreeMap::new();
+    for record in client.list(&prefix)? {
+        match record.notary_key().map(|k| k.kind()) {
+            Ok(KeyKind::Registration { .. }) => match Registration::from_record(&record) {
+                Ok((node, reg)) => {
+                    registrations.insert(node, reg);
+                }
+                Err(e) => eprintln!("warning: {} skipped: {e}", record.key),
+            },
+            Ok(KeyKind::Heartbeat { .. }) => match Heartbeat::from_record(&record) {
+                Ok((node, hb)) => {
+                    heartbeats.insert(node, hb);
+                }
+                Err(e) => eprintln!("warning: {} skipped: {e}", record.key),
+            },
+            _ => {}
+        }
+    }
+    let now = crate::contract::now();
+    let mut rows: Vec<NodeRow> = registrations
+        .into_iter()
+        .filter(|(_, reg)| farm.is_none_or(|f| reg.farm == f))
+        .map(|(node, registration)| {
+            let heartbeat = heartbeats.remove(&node);
+            NodeRow {
+                node,
+                farm: registration.farm.clone(),
+                farm_known: farms.contains_key(&registration.farm),
+                heartbeat_age_secs: heartbeat.as_ref().map(|h| h.age(now)),
+                heartbeat,
+                registration,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.farm, a.node).cmp(&(&b.farm, b.node)));
+    Ok(rows)
+}
+
+/// Bytes for people: 1.5 GiB.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn heartbeat_text(row: &NodeRow) -> String {
+    match (&row.heartbeat, row.heartbeat_age_secs) {
+        (Some(hb), Some(age)) => format!(
+            "heartbeat {age}s ago, up {}s, {} contract(s) running, {} listening socket(s)",
+            hb.uptime_secs, hb.contracts.running, hb.listening_total
+        ),
+        _ => "no heartbeat yet".into(),
+    }
+}
+
+fn capacity_text(c: &Capacity) -> String {
+    format!(
+        "{} cpu, {} mem, {} ssd, {} hdd",
+        c.cpus,
+        human_bytes(c.memory_bytes),
+        human_bytes(c.ssd_bytes),
+        human_bytes(c.hdd_bytes)
+    )
+}
+
+fn print_nodes(rows: &[NodeRow]) {
+    for row in rows {
+        let farm = if row.farm_known {
+            row.farm.clone()
+        } else {
+            format!("{} (not in the notary)", row.farm)
+        };
+        println!("node      {}", row.node);
+        println!("  farm      {farm}");
+        println!("  version   {}", row.registration.version);
+        println!("  capacity  {}", capacity_text(&row.registration.capacity));
+        let nics: Vec<String> = row
+            .registration
+            .nics
+            .iter()
+            .map(|n| format!("{} {}", n.name, n.mac))
+            .collect();
+        println!(
+            "  nics      {}",
+            if nics.is_empty() {
+                "-".into()
+            } else {
+                nics.join(", ")
+            }
+        );
+        println!("  status    {}", heartbeat_text(row));
+        if let Some(hb) = &row.heartbeat {
+            for s in &hb.listening {
+                println!(
+                    "  LISTENING {} {}:{} uid {}",
+                    s.proto, s.address, s.port, s.uid
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn bytes_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(8 << 30), "8.0 GiB");
+    }
+}

@@ -1,0 +1,123 @@
+//! Farms, node registrations and heartbeats: the record bodies, their checks, and the
+//! detection of what a node reports.
+//!
+//! Three kinds of notary records (docs/registration.md has the formats):
+//!
+//! - `farms/<farm_id>`: a [`Farm`], signed by the farmer key it names. The notary's
+//!   node-owned rule does not apply to farms, so this crate adds the farm's own rule: the
+//!   author is the `farmer` of the body, and an update keeps the farmer
+//!   ([`Farm::check_update`]).
+//! - `nodes/<node>/registration`: a [`Registration`] (farm, zosd version, capacity,
+//!   NICs, DMI), signed by the node key (the notary's node-owned rule).
+//! - `nodes/<node>/heartbeat`: a [`Heartbeat`] (uptime, reserved and used capacity,
+//!   contract and workload counts, the node's listening sockets), signed by the node.
+//!
+//! Every `from_record` verifies the envelope again (whatever handed it over), then reads
+//! the body strictly (no unknown fields) and checks its bounds. [`detect`] reads what a
+//! node reports from /proc and /sys; its parsers take text, so they are tested on
+//! fixtures, and its readers are thin.
+
+pub mod detect;
+pub mod farm;
+pub mod heartbeat;
+pub mod registration;
+
+pub use farm::Farm;
+pub use heartbeat::{ContractCounts, Heartbeat, Proto, Socket, Usage, MAX_SOCKETS};
+pub use registration::{Capacity, Dmi, Nic, Registration};
+
+use zos_contract::PublicKey;
+use zos_notary::{KeyError, RecordError};
+
+/// Largest integer a record may carry: canonical JSON numbers are IEEE doubles.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Why a farm, registration or heartbeat record is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("record {key} is not a {expected} record")]
+    WrongKind { key: String, expected: &'static str },
+    #[error("record {key}: malformed body: {reason}")]
+    Body { key: String, reason: String },
+    #[error("record {key}: {field} {reason}")]
+    Invalid {
+        key: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("record {key} names farm {body_id:?}")]
+    FarmIdMismatch { key: String, body_id: String },
+    #[error("farm {farm} names farmer {farmer} but is signed by {author}: a farm record must be signed by its farmer")]
+    FarmerNotAuthor {
+        farm: String,
+        farmer: PublicKey,
+        author: PublicKey,
+    },
+    #[error("farm {farm} belongs to farmer {owner}; {new} cannot take it over")]
+    FarmerChanged {
+        farm: String,
+        owner: PublicKey,
+        new: PublicKey,
+    },
+}
+
+/// Checks a free text field: 1 to `max` characters, no control characters (they could
+/// rewrite a terminal that prints them).
+pub(crate) fn check_text(
+    key: &str,
+    field: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<(), RegistryError> {
+    let invalid = |reason: String| RegistryError::Invalid {
+        key: key.to_owned(),
+        field,
+        reason,
+    };
+    let len = value.chars().count();
+    if len == 0 {
+        return Err(invalid("is empty".into()));
+    }
+    if len > max {
+        return Err(invalid(format!("is {len} characters; the limit is {max}")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid("contains a control character".into()));
+    }
+    Ok(())
+}
+
+/// Checks an integer fits canonical JSON (signing would fail later, less clearly).
+pub(crate) fn check_int(key: &str, field: &'static str, value: u64) -> Result<(), RegistryError> {
+    if value > MAX_SAFE_INTEGER {
+        return Err(RegistryError::Invalid {
+            key: key.to_owned(),
+            field,
+            reason: format!("{value} is beyond 2^53-1"),
+        });
+    }
+    Ok(())
+}
+
+/// Reads a body strictly: unknown or missing fields are refused.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    key: &str,
+    body: &serde_json::Value,
+) -> Result<T, RegistryError> {
+    serde_json::from_value(body.clone()).map_err(|e| RegistryError::Body {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
