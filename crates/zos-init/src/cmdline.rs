@@ -1,0 +1,314 @@
+//! Boot parameters from the kernel command line (`/proc/cmdline`).
+//!
+//! | parameter          | meaning                                            |
+//! |--------------------|----------------------------------------------------|
+//! | `zos.farm=<id>`    | the farm this node registers under                 |
+//! | `zos.notary=<url>` | where contracts come from (`dir://`, `etcd://`...) |
+//! | `zos.runmode=<m>`  | `dev`, `test` or `prod` (default `prod`)           |
+//! | `zos.debug`        | more logs on the console (never a shell)           |
+//!
+//! Parsing never fails: PID 1 must boot whatever the boot loader says. Every problem is
+//! a typed [`CmdlineWarning`] that PID 1 logs, and the parameter falls back to its safe
+//! value (`prod`, no farm, no notary, no debug). The last occurrence of a parameter wins,
+//! as for the kernel's own parameters; a repeated one is also warned about.
+//!
+//! Quoting follows the kernel (`next_arg` in lib/cmdline.c): words split on whitespace;
+//! double quotes group, and are removed around a whole word (`"zos.notary=a b"`) or around
+//! a value (`zos.notary="a b"`). Words after `--` are handed to init as arguments, not
+//! kernel parameters; they are read too, so `-- zos.farm=7` works as well.
+
+use std::fmt;
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunMode {
+    Dev,
+    Test,
+    #[default]
+    Prod,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Dev => "dev",
+            RunMode::Test => "test",
+            RunMode::Prod => "prod",
+        }
+    }
+}
+
+impl fmt::Display for RunMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BootParams {
+    pub farm: Option<String>,
+    pub notary: Option<String>,
+    pub runmode: RunMode,
+    pub debug: bool,
+}
+
+/// A boot parameter that was ignored or fell back to its default.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CmdlineWarning {
+    #[error("unknown boot parameter {0:?} (known: zos.farm, zos.notary, zos.runmode, zos.debug)")]
+    UnknownKey(String),
+    #[error("zos.runmode={0:?} is not dev, test or prod: running as prod")]
+    InvalidRunMode(String),
+    #[error("{key} needs a value ({key}=...): ignored")]
+    MissingValue { key: &'static str },
+    #[error("zos.farm={0:?} is not a farm id (letters, digits, '-', '_', '.'): ignored")]
+    InvalidFarm(String),
+    #[error("zos.debug={0:?}: use zos.debug, or zos.debug=0/1: ignored")]
+    InvalidDebug(String),
+    #[error("{0} given more than once: the last one wins")]
+    Repeated(&'static str),
+    #[error("unbalanced double quote on the kernel command line")]
+    UnbalancedQuote,
+}
+
+/// Splits a command line into `(param, value)` pairs the way the kernel does.
+pub fn split_kernel_args(line: &str) -> (Vec<(String, Option<String>)>, bool) {
+    let mut out = Vec::new();
+    let mut unbalanced = false;
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        // Find the end of the word: whitespace outside quotes.
+        let mut in_quote = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            if c == '"' {
+                in_quote = !in_quote;
+            } else if c.is_whitespace() && !in_quote {
+                end = i;
+                break;
+            }
+        }
+        unbalanced |= in_quote;
+        let mut word = &rest[..end];
+        rest = rest[end..].trim_start();
+
+        // A quote opening the word opens the whole word; its closing quote is dropped.
+        let whole_quoted = word.starts_with('"');
+        if whole_quoted {
+            word = &word[1..];
+            word = word.strip_suffix('"').unwrap_or(word);
+        }
+        let pair = match word.split_once('=') {
+            None => (word.to_string(), None),
+            Some((k, v)) => {
+                // A quote opening the value is dropped with its closing one.
+                let v = match v.strip_prefix('"') {
+                    Some(inner) => inner.strip_suffix('"').unwrap_or(inner),
+                    None => v,
+                };
+                (k.to_string(), Some(v.to_string()))
+            }
+        };
+        out.push(pair);
+    }
+    (out, unbalanced)
+}
+
+impl BootParams {
+    /// Reads the zos parameters out of `/proc/cmdline` text; other parameters (the
+    /// kernel's own, `console=`, `root=`...) are not ours and are passed over silently.
+    pub fn parse(line: &str) -> (BootParams, Vec<CmdlineWarning>) {
+        let (args, unbalanced) = split_kernel_args(line);
+        let mut p = BootParams::default();
+        let mut warnings = Vec::new();
+        if unbalanced {
+            warnings.push(CmdlineWarning::UnbalancedQuote);
+        }
+        let mut seen: Vec<&'static str> = Vec::new();
+        let mut note = |key: &'static str, warnings: &mut Vec<CmdlineWarning>| {
+            if seen.contains(&key) {
+                warnings.push(CmdlineWarning::Repeated(key));
+            }
+            seen.push(key);
+        };
+        for (key, value) in args {
+            if key == "--" || !key.starts_with("zos.") {
+                continue;
+            }
+            match (key.as_str(), value) {
+                ("zos.farm", Some(v)) if is_farm_id(&v) => {
+                    note("zos.farm", &mut warnings);
+                    p.farm = Some(v);
+                }
+                ("zos.farm", Some(v)) => warnings.push(CmdlineWarning::InvalidFarm(v)),
+                ("zos.notary", Some(v)) if !v.trim().is_empty() => {
+                    note("zos.notary", &mut warnings);
+                    p.notary = Some(v);
+                }
+                ("zos.runmode", Some(v)) => {
+                    note("zos.runmode", &mut warnings);
+                    p.runmode = match v.as_str() {
+                        "dev" => RunMode::Dev,
+                        "test" => RunMode::Test,
+                        "prod" => RunMode::Prod,
+                        _ => {
+                            warnings.push(CmdlineWarning::InvalidRunMode(v));
+                            RunMode::Prod
+                        }
+                    };
+                }
+                ("zos.debug", None) => {
+                    note("zos.debug", &mut warnings);
+                    p.debug = true;
+                }
+                ("zos.debug", Some(v)) => match v.as_str() {
+                    "1" | "true" | "yes" | "on" => {
+                        note("zos.debug", &mut warnings);
+                        p.debug = true;
+                    }
+                    "0" | "false" | "no" | "off" => {
+                        note("zos.debug", &mut warnings);
+                        p.debug = false;
+                    }
+                    _ => warnings.push(CmdlineWarning::InvalidDebug(v)),
+                },
+                ("zos.farm", None) => {
+                    warnings.push(CmdlineWarning::MissingValue { key: "zos.farm" })
+                }
+                ("zos.notary", _) => {
+                    warnings.push(CmdlineWarning::MissingValue { key: "zos.notary" })
+                }
+                ("zos.runmode", None) => {
+                    warnings.push(CmdlineWarning::MissingValue { key: "zos.runmode" })
+                }
+                _ => warnings.push(CmdlineWarning::UnknownKey(key)),
+            }
+        }
+        (p, warnings)
+    }
+}
+
+/// A farm id names a notary key (`farms/<id>`): no '/', no spaces, nothing exotic.
+fn is_farm_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s != "."
+        && s != ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typical_line() {
+        let line = "BOOT_IMAGE=/vmlinuz console=ttyS0 zos.farm=42 zos.notary=etcd://10.0.2.2:2379 zos.runmode=test zos.debug quiet\n";
+        let (p, w) = BootParams::parse(line);
+        assert_eq!(w, vec![]);
+        assert_eq!(
+            p,
+            BootParams {
+                farm: Some("42".into()),
+                notary: Some("etcd://10.0.2.2:2379".into()),
+                runmode: RunMode::Test,
+                debug: true,
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_safe_ones() {
+        let (p, w) = BootParams::parse("console=ttyS0");
+        assert!(w.is_empty());
+        assert_eq!(p, BootParams::default());
+        assert_eq!(p.runmode, RunMode::Prod);
+        assert!(!p.debug);
+    }
+
+    #[test]
+    fn quoting_as_the_kernel_does() {
+        let (args, unbalanced) = split_kernel_args(r#"a="b c" "d=e f" g=h"i j" "k" l= m"#);
+        assert!(!unbalanced);
+        let args: Vec<(&str, Option<&str>)> = args
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        assert_eq!(
+            args,
+            vec![
+                ("a", Some("b c")),
+                ("d", Some("e f")),
+                // A quote in the middle of a value groups but stays, as in the kernel.
+                ("g", Some(r#"h"i j""#)),
+                ("k", None),
+                ("l", Some("")),
+                ("m", None),
+            ]
+        );
+        let (p, _) = BootParams::parse(r#"zos.notary="dir:///mnt/my notary""#);
+        assert_eq!(p.notary.as_deref(), Some("dir:///mnt/my notary"));
+        let (p, _) = BootParams::parse(r#""zos.notary=dir:///a b""#);
+        assert_eq!(p.notary.as_deref(), Some("dir:///a b"));
+    }
+
+    #[test]
+    fn problems_are_typed_warnings_with_safe_fallbacks() {
+        let (p, w) = BootParams::parse(
+            "zos.runmode=staging zos.farm=../x zos.notary= zos.debug=maybe zos.color=red zos.farm",
+        );
+        assert_eq!(p, BootParams::default());
+        assert_eq!(
+            w,
+            vec![
+                CmdlineWarning::InvalidRunMode("staging".into()),
+                CmdlineWarning::InvalidFarm("../x".into()),
+                CmdlineWarning::MissingValue { key: "zos.notary" },
+                CmdlineWarning::InvalidDebug("maybe".into()),
+                CmdlineWarning::UnknownKey("zos.color".into()),
+                CmdlineWarning::MissingValue { key: "zos.farm" },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_one_wins_and_is_warned_about() {
+        let (p, w) = BootParams::parse("zos.farm=1 zos.debug zos.farm=2 zos.debug=0");
+        assert_eq!(p.farm.as_deref(), Some("2"));
+        assert!(!p.debug);
+        assert_eq!(
+            w,
+            vec![
+                CmdlineWarning::Repeated("zos.farm"),
+                CmdlineWarning::Repeated("zos.debug")
+            ]
+        );
+    }
+
+    #[test]
+    fn after_double_dash_and_unbalanced_quotes() {
+        let (p, w) = BootParams::parse("quiet -- zos.farm=7 zos.notary=\"dir:///x");
+        assert_eq!(p.farm.as_deref(), Some("7"));
+        assert_eq!(p.notary.as_deref(), Some("dir:///x"));
+        assert_eq!(w, vec![CmdlineWarning::UnbalancedQuote]);
+    }
+
+    #[test]
+    fn splitting_never_panics_on_odd_input() {
+        for line in [
+            "",
+            " ",
+            "\"",
+            "\"\"",
+            "=",
+            "\"=\"",
+            "a=\"",
+            "é=\"ü ß\" ",
+            "\t\n",
+        ] {
+            let _ = BootParams::parse(line);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! zos-init: what zosd does as PID 1, small enough to read in one sitting.
+//!
+//! - [`cmdline`]: `zos.*` boot parameters from `/proc/cmdline`;
+//! - [`mounts`]: proc, sys, dev, devpts, shm, run, cgroup2 (idempotent);
+//! - [`modules`]: kernel modules in `modules.dep` order, with `finit_module`;
+//! - [`reaper`]: waiting for every orphan;
+//! - [`supervisor`]: the agent as a child, restarted with backoff, forever;
+//! - [`shutdown`]: signals to an orderly power-off or reboot.
+//!
+//! [`Init`] ties the last three together into the loop PID 1 runs. Every system call
+//! that changes the machine goes through [`sys::Sys`], so tests use a fake that records
+//! the unmounts and the power-off instead of doing them.
+//!
+//! PID 1 takes its signals synchronously: [`block_init_signals`] blocks them before any
+//! thread exists, and the loop sleeps in `sigtimedwait`. No signal handlers.
+
+pub mod cmdline;
+pub mod modules;
+pub mod mounts;
+pub mod reaper;
+pub mod shutdown;
+pub mod supervisor;
+pub mod sys;
+#[cfg(test)]
+mod testing;
+
+pub use cmdline::{BootParams, CmdlineWarning, RunMode};
+pub use shutdown::{ShutdownPlan, ShutdownReport};
+pub use supervisor::{Backoff, MakeCommand, Supervisor};
+pub use sys::{block_init_signals, set_child_subreaper, Linux, PowerAction, Sys};
+
+use nix::sys::signal::Signal;
+
+/// PID 1's loop: supervise the agent, reap everything, wait for a shutdown signal.
+pub struct Init<S: Sys> {
+    pub sys: S,
+    pub supervisor: Supervisor,
+    pub plan: ShutdownPlan,
+}
+
+impl<S: Sys> Init<S> {
+    pub fn new(sys: S, agent: MakeCommand, backoff: Backoff, plan: ShutdownPlan) -> Init<S> {
+        let supervisor = Supervisor::new(&sys, agent, backoff);
+        Init {
+            sys,
+            supervisor,
+            plan,
+        }
+    }
+
+    /// Runs until a shutdown signal, then shuts down. Returns only when the final reboot
+    /// call returned (a test's fake, or a failed call: the caller then halts). Can be
+    /// called again after a panic: the agent's state lives in `self`.
+    pub fn run(&mut self) -> ShutdownReport {
+        let action = loop {
+            let sleep = self.supervisor.tick(&self.sys);
+            let signal = self.sys.wait_signal(sleep);
+            // Reap on every wakeup: SIGCHLDs coalesce, and a timeout may hide one.
+            for r in reaper::reap_all(&self.sys).reaped {
+                if !self.supervisor.on_reaped(&self.sys, &r) {
+                    tracing::debug!(pid = r.pid.as_raw(), exit = %r.exit, "reaped orphan");
+                }
+            }
+            match signal {
+                None | Some(Signal::SIGCHLD) => {}
+                Some(sig) => match shutdown::action_for(sig) {
+                    Some(action) => break action,
+                    None => tracing::info!(signal = %sig, "signal ignored"),
+                },
+            }
+        };
+        shutdown::shutdown(&self.sys, self.supervisor.agent_pid(), action, &self.plan)
+    }
+
+    /// After a failed reboot call: keep reaping, forever. PID 1 never exits.
+    pub fn halt(&self) -> ! {
+        tracing::error!("halted: reaping only");
+        loop {
+            let _ = self.sys.wait_signal(None);
+            reaper::reap_all(&self.sys);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::reaper::Exit;
+    use crate::testing::{Event, FakeSys};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn agent() -> MakeCommand {
+        Box::new(|| Command::new("agent"))
+    }
+
+    #[test]
+    fn crashes_are_restarted_with_backoff_then_sigterm_shuts_down_in_order() {
+        let sys = FakeSys::default();
+        sys.set_file(
+            "/proc/self/mountinfo",
+            "1 0 0:1 / / rw - rootfs rootfs rw\n2 1 0:2 / /proc rw - proc proc rw\n3 1 0:3 / /run rw - tmpfs run rw\n",
+        );
+        sys.script([
+            Event::AgentExit {
+                after: ms(100),
+                code: 1,
+            },
+            Event::AgentExit {
+                after: ms(200),
+                code: 101,
+            },
+            Event::Signal(Signal::SIGHUP),
+            Event::AgentExit {
+                after: Duration::from_secs(100),
+                code: 0,
+            },
+            Event::Idle(Duration::from_secs(5)),
+            Event::Signal(Signal::SIGTERM),
+        ]);
+        let mut init = Init::new(
+            sys.clone(),
+            agent(),
+            Backoff::default(),
+            ShutdownPlan::default(),
+        );
+        let report = init.run();
+
+        // Starts at 0, after a 100 ms run + 1 s, after a 200 ms run + 2 s, and after a
+        // stable 100 s run + 1 s again.
+        assert_eq!(
+            sys.calls_with("spawn"),
+            vec![
+                "spawn agent at 0ms",
+                "spawn agent at 1100ms",
+                "spawn agent at 3300ms",
+                "spawn agent at 104300ms"
+            ]
+        );
+        assert_eq!(init.supervisor.starts, 4);
+        assert_eq!(
+            report.agent_exit,
+            Some(Exit::Signal {
+                signal: Signal::SIGTERM,
+                core_dumped: false
+            })
+        );
+        assert!(!report.survivors);
+        let tail: Vec<String> = sys
+            .calls()
+            .into_iter()
+            .skip_while(|c| !c.starts_with("kill "))
+            .collect();
+        assert_eq!(
+            tail,
+            vec![
+                "kill 103 SIGTERM",
+                "kill_all SIGTERM",
+                "sync",
+                "unmount /run",
+                "unmount /proc",
+                "sync",
+                "reboot PowerOff"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stubborn_agent_is_killed_after_the_grace_periods() {
+        let sys = FakeSys::default();
+        sys.ignore_sigterm();
+        sys.script([Event::Signal(Signal::SIGINT)]);
+        let mut init = Init::new(
+            sys.clone(),
+            agent(),
+            Backoff::default(),
+            ShutdownPlan::default(),
+        );
+        let report = init.run();
+        assert_eq!(report.agent_exit, None);
+        assert_eq!(
+            sys.calls_with("kill"),
+            vec!["kill 100 SIGTERM", "kill_all SIGTERM", "kill_all SIGKILL"]
+        );
+        // 30 s for the agent, 10 s for the rest, then SIGKILL.
+        assert_eq!(sys.calls().last().unwrap(), "reboot Reboot");
+        assert_eq!(sys.elapsed(), Duration::from_secs(40));
+    }
+
+    #[test]
+    fn a_failed_spawn_is_retried_with_backoff() {
+        let sys = FakeSys::default();
+        sys.fail_spawns(2);
+        sys.script([
+            Event::AgentExit {
+                after: Duration::from_secs(5),
+                code: 0,
+            },
+            Event::Idle(Duration::from_secs(10)),
+            Event::Signal(Signal::SIGTERM),
+        ]);
+        let mut init = Init::new(
+            sys.clone(),
+            agent(),
+            Backoff::default(),
+            ShutdownPlan::default(),
+        );
+        init.run();
+        assert_eq!(
+            sys.calls_with("spawn"),
+            vec![
+                "spawn failed at 0ms",
+                "spawn failed at 1000ms",
+                "spawn agent at 3000ms",
+                "spawn agent at 12000ms"
+            ]
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Supervising the agent: PID 1 runs it as a child and starts it again whenever it
+//! exits, crashes or panics, waiting longer after each quick failure so a crash loop
+//! does not hog the machine, and never giving up.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use crate::reaper::Reaped;
+use crate::sys::Sys;
+
+/// The delay before a restart: `initial`, doubled after each failure up to `max`, and
+/// back to `initial` once the agent had run for `stable_after`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub stable_after: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration, stable_after: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            stable_after,
+            next: initial,
+        }
+    }
+
+    /// The delay before restarting an agent that had run for `ran_for`.
+    pub fn after_exit(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= self.stable_after {
+            self.next = self.initial;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+impl Default for Backoff {
+    /// 1 s doubling to 30 s; a minute of running counts as stable.
+    fn default() -> Backoff {
+        Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not running; start it at this time.
+    StartAt(Instant),
+    Running {
+        pid: Pid,
+        since: Instant,
+    },
+}
+
+/// Builds the agent's command afresh for each start.
+pub type MakeCommand = Box<dyn FnMut() -> Command + Send>;
+
+pub struct Supervisor {
+    make_command: MakeCommand,
+    backoff: Backoff,
+    state: State,
+    /// Starts so far, the first one included.
+    pub starts: u32,
+}
+
+impl Supervisor {
+    pub fn new(sys: &dyn Sys, make_command: MakeCommand, backoff: Backoff) -> Supervisor {
+        Supervisor {
+            make_command,
+            backoff,
+            state: State::StartAt(sys.now()),
+            starts: 0,
+        }
+    }
+
+    pub fn agent_pid(&self) -> Option<Pid> {
+        match self.state {
+            State::Running { pid, .. } => Some(pid),
+            State::StartAt(_) => None,
+        }
+    }
+
+    /// Starts the agent if it is due. Returns how long PID 1 may sleep before calling
+    /// again (`None`: until something happens).
+    pub fn tick(&mut self, sys: &dyn Sys) -> Option<Duration> {
+        let State::StartAt(at) = self.state else {
+            return None;
+        };
+        let now = sys.now();
+        if now < at {
+            return Some(at - now);
+        }
+        self.starts += 1;
+        let mut cmd = (self.make_command)();
+        match sys.spawn(&mut cmd) {
+            Ok(pid) => {
+                tracing::info!(pid = pid.as_raw(), start = self.starts, program = ?cmd.get_program(), "agent started");
+                self.state = State::Running { pid, since: now };
+                None
+            }
+            Err(error) => {
+                // Counts as a run of zero seconds: back off as for a crash.
+                let delay = self.backoff.after_exit(Duration::ZERO);
+                tracing::error!(%error, retry_in = ?delay, "agent did not start");
+                self.state = State::StartAt(now + delay);
+                Some(delay)
+            }
+        }
+    }
+
+    /// Looks at one reaped child; if it was the agent, schedules its restart and returns
+    /// true.
+    pub fn on_reaped(&mut self, sys: &dyn Sys, reaped: &Reaped) -> bool {
+        let State::Running { pid, since } = self.state else {
+            return false;
+        };
+        if reaped.pid != pid {
+            return false;
+        }
+        let now = sys.now();
+        let ran_for = now.saturating_duration_since(since);
+        let delay = self.backoff.after_exit(ran_for);
+        tracing::warn!(
+            pid = pid.as_raw(),
+            exit = %reaped.exit,
+            ran_for = ?ran_for,
+            restart_in = ?delay,
+            "agent exited; restarting"
+        );
+        self.state = State::StartAt(now + delay);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets_after_a_stable_run() {
+        let s = Duration::from_secs;
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(200);
+        let delays: Vec<u64> = (0..7).map(|_| b.after_exit(quick).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
+        // Ran for a minute: a fresh start.
+        assert_eq!(b.after_exit(s(60)), s(1));
+        assert_eq!(b.after_exit(quick), s(2));
+        // Just short of stable does not reset.
+        assert_eq!(b.after_exit(s(59)), s(4));
+    }
+}
