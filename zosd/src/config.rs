@@ -4,6 +4,8 @@
 //! notary = "dir:///var/lib/zos/notary"   # or etcd://127.0.0.1:2379
 //! state_dir = "/var/lib/zos"             # flist and block caches, workload dirs
 //! log_format = "pretty"                  # or "json"
+//! farm = "farm-1"        # register in this farm (must be in the notary); absent: no registration
+//! heartbeat_secs = 60    # heartbeat period once registered
 //!
 //! [storage]
 //! pools_root = "/var/lib/zos/pools"
@@ -40,6 +42,13 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The farm to register in (docs/registration.md). Absent: the node neither
+    /// registers nor beats, and takes contracts at once (development nodes).
+    #[serde(default)]
+    pub farm: Option<String>,
+    /// Seconds between heartbeats once registered.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
     pub storage: StorageSection,
     pub network: NetworkSection,
     #[serde(default)]
@@ -133,6 +142,10 @@ pub struct TrustSection {
     pub blueprint_authors: Vec<PublicKey>,
 }
 
+fn default_heartbeat_secs() -> u64 {
+    60
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/zos")
 }
@@ -166,6 +179,12 @@ impl NodeConfig {
         if !self.state_dir.is_absolute() || !self.storage.pools_root.is_absolute() {
             bail!("state_dir and storage.pools_root must be absolute paths");
         }
+        if let Some(farm) = &self.farm {
+            zos_notary::NotaryKey::farm(farm).with_context(|| format!("farm {farm:?}"))?;
+        }
+        if self.heartbeat_secs == 0 {
+            bail!("heartbeat_secs must be at least 1");
+        }
         Ok(())
     }
 }
@@ -189,6 +208,20 @@ mod tests {
         cfg.check().unwrap();
         assert_eq!(cfg.storage.loop_files[0].size_gib, 8);
         assert_eq!(cfg.log_format, LogFormat::Pretty);
+        assert_eq!(cfg.farm.as_deref(), Some("farm-1"));
+        assert_eq!(cfg.heartbeat_secs, 60);
+    }
+
+    #[test]
+    fn farm_and_heartbeat_are_optional_and_checked() {
+        let base = "notary = \"dir:///x\"\nstorage = { pools_root = \"/p\", disks = [\"/dev/vdb\"] }\nnetwork = { uplink = \"e\" }\n";
+        let cfg: NodeConfig = toml::from_str(base).unwrap();
+        cfg.check().unwrap();
+        assert_eq!((cfg.farm, cfg.heartbeat_secs), (None, 60));
+        let bad: NodeConfig = toml::from_str(&format!("farm = \"../x\"\n{base}")).unwrap();
+        assert!(bad.check().is_err());
+        let zero: NodeConfig = toml::from_str(&format!("heartbeat_secs = 0\n{base}")).unwrap();
+        assert!(zero.check().is_err());
     }
 
     #[test]

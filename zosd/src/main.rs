@@ -8,6 +8,7 @@ mod config;
 mod kernel_names;
 mod node;
 mod provisioner;
+mod registration;
 mod rootfs;
 mod workloads;
 

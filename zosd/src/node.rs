@@ -154,6 +154,13 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         KernelNames::open(&cfg.state_dir, &cfg.network.prefix),
     );
     let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;
+    // No contracts before the farm is in the notary; then registration and heartbeats
+    // (docs/registration.md). `None`: stopped while waiting for the farm.
+    let Some(_heartbeats) =
+        crate::registration::register(&cfg, &key, &notary, &storage, shutdown_signal()).await?
+    else {
+        return Ok(());
+    };
     let engine_cfg = EngineConfig {
         capacity,
         trusted_authors: (!cfg.trust.blueprint_authors.is_empty())

@@ -57,6 +57,20 @@ impl Node {
     /// A node reserving `memory_reserve_mib` and admitting `cpu_overcommit` workload
     /// CPUs per logical CPU.
     pub fn new_with(memory_reserve_mib: u64, cpu_overcommit: u64) -> Node {
+        Node::build(memory_reserve_mib, cpu_overcommit, "")
+    }
+
+    /// A node that registers in `farm` and beats every `heartbeat_secs`.
+    pub fn in_farm(memory_reserve_mib: u64, farm: &str, heartbeat_secs: u64) -> Node {
+        Node::build(
+            memory_reserve_mib,
+            4,
+            &format!("farm = \"{farm}\"\nheartbeat_secs = {heartbeat_secs}\n"),
+        )
+    }
+
+    /// `top_level`: more top-level configuration lines.
+    fn build(memory_reserve_mib: u64, cpu_overcommit: u64, top_level: &str) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("zt-zosd-")
             .tempdir()
@@ -72,7 +86,7 @@ impl Node {
                 r#"notary = "{notary_url}"
 state_dir = "{state}"
 log_format = "json"
-
+{top_level}
 [storage]
 pools_root = "{pools}"
 loop_files = [{{ path = "{root}/zt-disk0.img", size_gib = 8 }}]
