@@ -1,0 +1,17 @@
+//! The node's uplink, brought up without any external program: a DHCPv4 client
+//! ([`dhcp`]), an SNTP client to set the clock ([`sntp`]) and a DNS stub resolver
+//! for A records ([`dns`]).
+//!
+//! The boot image has no dhclient, ntpd or shell, and zosd is linked statically
+//! against glibc, whose resolver (NSS) does not work in a static binary: each of
+//! these is a few hundred lines of Rust over blocking std sockets instead. All of
+//! them are clients only: nothing here listens on a port a peer could connect to.
+//! See docs/uplink.md.
+
+pub mod dhcp;
+pub mod dns;
+mod link;
+pub mod sntp;
+mod sock;
+
+pub use link::LinkError;
