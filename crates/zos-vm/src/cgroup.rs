@@ -1,0 +1,83 @@
+//! The QEMU process's cgroup, through youki's libcgroups (the v1 manager on hosts like
+//! this one, v2 in our boot image): guest memory plus QEMU's own overhead, the vCPUs
+//! plus half a CPU for QEMU's I/O thread, and a task limit.
+
+use std::path::PathBuf;
+
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+};
+use nix::unistd::Pid;
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+};
+
+use crate::error::{Error, Result};
+
+/// CFS period: quotas are in microseconds of CPU time per period.
+const PERIOD_US: u64 = 100_000;
+/// QEMU threads: vCPUs, the main loop, the I/O workers (up to 64), RCU, TCG helpers.
+const PIDS_LIMIT: i64 = 256;
+
+/// The limits of one VM's QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    pub vcpus: u32,
+}
+
+fn err(name: &str) -> impl FnOnce(String) -> Error + '_ {
+    move |message| Error::Cgroup {
+        name: name.to_string(),
+        message,
+    }
+}
+
+fn manager(parent: &str, name: &str) -> Result<AnyCgroupManager> {
+    create_cgroup_manager(CgroupConfig {
+        cgroup_path: PathBuf::from(format!("/{parent}/{name}")),
+        systemd_cgroup: false,
+        container_name: name.to_string(),
+    })
+    .map_err(|e| err(name)(e.to_string()))
+}
+
+pub fn resources(limits: Limits) -> Result<LinuxResources, oci_spec::OciSpecError> {
+    let quota = (u64::from(limits.vcpus) * 2 + 1) * PERIOD_US / 2;
+    LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(limits.memory_bytes)
+                .build()?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota as i64)
+                .period(PERIOD_US)
+                .build()?,
+        )
+        .pids(LinuxPidsBuilder::default().limit(PIDS_LIMIT).build()?)
+        .build()
+}
+
+/// Moves `pid` (all its threads) into `/<parent>/<name>` and applies `limits`.
+pub fn place(parent: &str, name: &str, pid: i32, limits: Limits) -> Result<()> {
+    let mgr = manager(parent, name)?;
+    mgr.add_task(Pid::from_raw(pid))
+        .map_err(|e| err(name)(e.to_string()))?;
+    let resources = resources(limits).map_err(|e| err(name)(e.to_string()))?;
+    mgr.apply(&ControllerOpt {
+        resources: &resources,
+        disable_oom_killer: false,
+        oom_score_adj: None,
+        freezer_state: None,
+    })
+    .map_err(|e| err(name)(e.to_string()))
+}
+
+/// Removes the cgroup (empty once QEMU is gone); absent is fine.
+pub fn remove(parent: &str, name: &str) -> Result<()> {
+    manager(parent, name)?
+        .remove()
+        .map_err(|e| err(name)(e.to_string()))
+}

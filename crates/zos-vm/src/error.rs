@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+/// Why a VM operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec cannot describe a VM (a retry cannot help).
+    #[error("invalid VM spec: {0}")]
+    InvalidSpec(String),
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU refused to start; `message` is the last line it printed.
+    #[error("qemu did not start ({status}): {message}")]
+    Start { status: String, message: String },
+    #[error("QMP {command}: {message}")]
+    Qmp { command: String, message: String },
+    #[error("cgroup for {name}: {message}")]
+    Cgroup { name: String, message: String },
+}
+
+impl Error {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { what, path, source }
+    }
+
+    /// True when starting again cannot help: the contract's VM is wrong, not the node.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::InvalidSpec(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

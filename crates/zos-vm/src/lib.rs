@@ -1,0 +1,58 @@
+//! Micro-VMs for zosd: a [`Hypervisor`] runs a [`VmSpec`] (a kernel or a disk image,
+//! vCPUs, memory, virtio disks, a tap NIC) and finds it again after zosd restarts.
+//!
+//! [`Qemu`] is the implementation: `qemu-system-x86_64`, `-M microvm` for kernel boots
+//! and `-M q35` with firmware for disk images, KVM when a probe VM boots under it and
+//! TCG otherwise ([`accel`]), controlled over QMP on a private unix socket ([`qmp`]),
+//! never through a shell, its serial console in a size-bounded file ([`console`]) and
+//! the QEMU process in a cgroup of its own ([`cgroup`]).
+
+pub mod accel;
+pub mod cgroup;
+pub mod console;
+mod error;
+pub mod qemu;
+pub mod qmp;
+mod spec;
+
+pub use accel::{Accel, AccelChoice};
+pub use error::{Error, Result};
+pub use qemu::{Qemu, QemuConfig};
+pub use spec::{valid_name, Boot, Disk, Nic, VmSpec, CMDLINE_MAX};
+
+/// A VM that was started (or found running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub pid: i32,
+    pub accel: Accel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    Running {
+        pid: i32,
+    },
+    /// Its hypervisor process is gone (the guest powered off, rebooted, panicked, or
+    /// the process was killed); its files remain until [`Hypervisor::remove`].
+    Stopped,
+}
+
+/// What zosd needs of a hypervisor. Every call is synchronous and idempotent.
+pub trait Hypervisor: Send + Sync {
+    /// Starts the VM, or returns the running one of that name (never two).
+    fn start(&self, spec: &VmSpec) -> Result<Started>;
+    /// `None` when no VM of that name exists (running or stopped).
+    fn state(&self, name: &str) -> Result<Option<VmState>>;
+    /// Stops it: power button, then quit, then kill. A stopped VM is fine.
+    fn stop(&self, name: &str) -> Result<()>;
+    /// Stops it and removes everything of it but its disks (the caller owns those).
+    fn remove(&self, name: &str) -> Result<()>;
+    /// Every VM this hypervisor has files for.
+    fn names(&self) -> Vec<String>;
+    /// The last lines of its serial console.
+    fn console_tail(&self, name: &str, lines: usize) -> Vec<String>;
+    /// The accelerator it was started with.
+    fn accel_of(&self, name: &str) -> Option<Accel>;
+    /// The run state as the hypervisor reports it ("running", "paused", ...).
+    fn qmp_status(&self, name: &str) -> Result<String>;
+}

@@ -1,0 +1,552 @@
+//! The QEMU implementation of [`Hypervisor`].
+//!
+//! Each VM has a run directory `<root>/<name>/` holding its QMP socket, pidfile,
+//! console log, the spec it was started with and the accelerator it got. QEMU runs
+//! daemonized (`-daemonize`): it outlives zosd, and a zosd that starts again finds it by
+//! its pidfile, checks that the process is that VM's QEMU (its command line names the
+//! pidfile), and never starts it twice. QEMU starts paused (`-S`), is moved into its
+//! cgroup, then resumed over QMP, so the guest never runs outside its limits.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::accel::{self, Accel, AccelChoice};
+use crate::cgroup::{self, Limits};
+use crate::console;
+use crate::error::{Error, Result};
+use crate::qmp::Qmp;
+use crate::spec::{valid_name, Boot, VmSpec};
+use crate::{Hypervisor, Started, VmState};
+
+/// How long QMP may take to answer one command.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Run directories live under it.
+    pub root: PathBuf,
+    /// `qemu-system-x86_64`.
+    pub binary: PathBuf,
+    pub accel: AccelChoice,
+    /// How long a KVM probe may take to show a kernel banner.
+    pub probe_timeout: Duration,
+    /// The console log is cut back to half when it grows past this.
+    pub console_limit: u64,
+    /// Memory QEMU itself may use beyond the guest's, in the cgroup limit.
+    pub overhead_mib: u64,
+    /// The cgroup parent of every VM's cgroup.
+    pub cgroup_parent: String,
+    /// How long a guest has to power off after an ACPI power-button press.
+    pub stop_grace: Duration,
+}
+
+impl QemuConfig {
+    pub fn under(root: impl Into<PathBuf>) -> QemuConfig {
+        QemuConfig {
+            root: root.into(),
+            binary: PathBuf::from("qemu-system-x86_64"),
+            accel: AccelChoice::Auto,
+            probe_timeout: Duration::from_secs(10),
+            console_limit: 1 << 20,
+            overhead_mib: 256,
+            cgroup_parent: "zos-vm".into(),
+            stop_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+pub struct Qemu {
+    cfg: QemuConfig,
+    /// The accelerator once decided (probing boots a VM: once per host boot).
+    accel: Mutex<Option<Accel>>,
+}
+
+/// The files of one VM.
+struct RunDir {
+    dir: PathBuf,
+}
+
+impl RunDir {
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("qemu.pid")
+    }
+    fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    fn spec(&self) -> PathBuf {
+        self.dir.join("spec.json")
+    }
+    fn accel(&self) -> PathBuf {
+        self.dir.join("accel")
+    }
+}
+
+impl Qemu {
+    pub fn new(cfg: QemuConfig) -> Result<Qemu> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.root)
+            .map_err(Error::io("creating", &cfg.root))?;
+        let accel = match cfg.accel {
+            AccelChoice::Kvm => Some(Accel::Kvm),
+            AccelChoice::Tcg => Some(Accel::Tcg),
+            AccelChoice::Auto => accel::remembered(&cfg.root.join("accel")),
+        };
+        Ok(Qemu {
+            cfg,
+            accel: Mutex::new(accel),
+        })
+    }
+
+    pub fn config(&self) -> &QemuConfig {
+        &self.cfg
+    }
+
+    fn run_dir(&self, name: &str) -> RunDir {
+        RunDir {
+            dir: self.cfg.root.join(name),
+        }
+    }
+
+    /// The accelerator for `spec`, probing with its kernel on first use.
+    fn accel_for(&self, spec: &VmSpec) -> Accel {
+        let mut decided = self.accel.lock().expect("not poisoned");
+        if let Some(a) = *decided {
+            return a;
+        }
+        let kernel = match &spec.boot {
+            Boot::Kernel { kernel, .. } => kernel,
+            // Nothing to probe with: no decision yet, this VM runs under TCG.
+            Boot::Disk { .. } => return Accel::Tcg,
+        };
+        let probe = accel::probe(&self.cfg.binary, kernel, self.cfg.probe_timeout);
+        tracing::info!(accel = %probe.accel, reason = %probe.reason, "VM accelerator decided");
+        accel::remember(&self.cfg.root.join("accel"), probe.accel);
+        *decided = Some(probe.accel);
+        probe.accel
+    }
+
+    /// The pid of `name`'s QEMU if it is alive; reaps it if it is our zombie.
+    fn live_pid(&self, run: &RunDir) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(run.pidfile())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let pidfile = run.pidfile();
+        let ours = cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == pidfile.as_os_str().as_encoded_bytes());
+        if !ours {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The state is the first field after the parenthesised command name.
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        if state == "Z" || state == "X" {
+            // A subreaper (zosd as PID 1's agent) inherits daemonized QEMUs: reap it.
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            return None;
+        }
+        Some(pid)
+    }
+
+    fn wait_gone(&self, run: &RunDir, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.live_pid(run).is_none() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn limits(&self, spec: &VmSpec) -> Limits {
+        Limits {
+            memory_bytes: ((spec.memory_mib + self.cfg.overhead_mib) << 20) as i64,
+            vcpus: spec.vcpus,
+        }
+    }
+}
+
+/// QEMU's command line for `spec` (no shell: each element is one argument).
+fn args(spec: &VmSpec, accel: Accel, run: &RunDir) -> Vec<String> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &spec.name]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // Daemonized, paused until it is in its cgroup; a guest reboot or panic ends
+    // QEMU, and the engine restarts the workload with backoff.
+    push(&["-daemonize", "-S", "-no-reboot"]);
+    push(&["-pidfile", &path(&run.pidfile())]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", path(&run.qmp())),
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={},append=on", path(&run.console())),
+    ]);
+    push(&["-serial", "chardev:console"]);
+    push(&["-m", &spec.memory_mib.to_string()]);
+    push(&["-smp", &spec.vcpus.to_string()]);
+    match accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        // A bounded translation cache: it counts against the cgroup's memory.
+        Accel::Tcg => push(&["-accel", "tcg,tb-size=64"]),
+    }
+    let bus = match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            push(&["-M", "microvm,acpi=on"]);
+            push(&["-kernel", &path(kernel)]);
+            if let Some(initrd) = initrd {
+                push(&["-initrd", &path(initrd)]);
+            }
+            let mut cmdline = cmdline.clone();
+            if accel == Accel::Tcg {
+                // Skips TSC calibration, which is slow and unreliable under emulation.
+                cmdline.push_str(" tsc_early_khz=2000000");
+            }
+            push(&["-append", &cmdline]);
+            "device"
+        }
+        Boot::Disk { config } => {
+            push(&["-M", "q35"]);
+            push(&["-smbios", &format!("type=11,value={config}")]);
+            "pci"
+        }
+    };
+    for (i, d) in spec.disks.iter().enumerate() {
+        let ro = if d.read_only { ",readonly=on" } else { "" };
+        push(&[
+            "-drive",
+            &format!(
+                "id=disk{i},file={},format=raw,if=none,discard=unmap{ro}",
+                path(&d.path)
+            ),
+        ]);
+        let boot = if i == 0 && bus == "pci" {
+            ",bootindex=0"
+        } else {
+            ""
+        };
+        push(&["-device", &format!("virtio-blk-{bus},drive=disk{i}{boot}")]);
+    }
+    if let Some(nic) = &spec.nic {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap),
+        ]);
+        push(&[
+            "-device",
+            &format!("virtio-net-{bus},netdev=net0,mac={}", nic.mac_string()),
+        ]);
+    }
+    a
+}
+
+impl Hypervisor for Qemu {
+    fn start(&self, spec: &VmSpec) -> Result<Started> {
+        spec.validate()?;
+        let run = self.run_dir(&spec.name);
+        if let Some(pid) = self.live_pid(&run) {
+            // Running already (re-adoption): never start a VM twice.
+            return Ok(Started {
+                pid,
+                accel: self.accel_of(&spec.name).unwrap_or(Accel::Tcg),
+            });
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&run.dir)
+            .map_err(Error::io("creating", &run.dir))?;
+        for stale in [run.pidfile(), run.qmp()] {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("removing", &stale)(e))
+                }
+                _ => {}
+            }
+        }
+        let json = serde_json::to_vec_pretty(spec).expect("a spec serializes");
+        std::fs::write(run.spec(), json).map_err(Error::io("writing", run.spec()))?;
+        let accel = self.accel_for(spec);
+        std::fs::write(run.accel(), accel.to_string())
+            .map_err(Error::io("writing", run.accel()))?;
+
+        let mut cmd = Command::new(&self.cfg.binary);
+        cmd.args(args(spec, accel, &run))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let netns = match &spec.netns {
+            Some(p) => Some(std::fs::File::open(p).map_err(Error::io("opening netns", p))?),
+            None => None,
+        };
+        if let Some(ns) = &netns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and only makes
+            // the setns syscall (async-signal-safe) on an fd the parent keeps open
+            // until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        // With -daemonize, the process we spawn exits once QEMU is initialised (or
+        // failed to be): its status and stderr are the verdict.
+        let out = cmd.output().map_err(|e| Error::Start {
+            status: "not run".into(),
+            message: format!("{}: {e}", self.cfg.binary.display()),
+        })?;
+        drop(netns);
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let message = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message")
+                .to_string();
+            return Err(Error::Start {
+                status: out.status.to_string(),
+                message,
+            });
+        }
+        let pid = self.live_pid(&run).ok_or_else(|| Error::Start {
+            status: "exited".into(),
+            message: "QEMU daemonized, then was gone".into(),
+        })?;
+        let resume = cgroup::place(&self.cfg.cgroup_parent, &spec.name, pid, self.limits(spec))
+            .and_then(|()| Qmp::connect(&run.qmp(), QMP_TIMEOUT))
+            .and_then(|mut qmp| qmp.execute("cont", None).map(|_| ()));
+        if let Err(e) = resume {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            self.wait_gone(&run, Duration::from_secs(5));
+            return Err(e);
+        }
+        tracing::info!(vm = %spec.name, pid, %accel, "VM started");
+        Ok(Started { pid, accel })
+    }
+
+    fn state(&self, name: &str) -> Result<Option<VmState>> {
+        let run = self.run_dir(name);
+        if !run.dir.is_dir() {
+            return Ok(None);
+        }
+        let _ = console::enforce_limit(&run.console(), self.cfg.console_limit);
+        Ok(Some(match self.live_pid(&run) {
+            Some(pid) => VmState::Running { pid },
+            None => VmState::Stopped,
+        }))
+    }
+
+    fn stop(&self, name: &str) -> Result<()> {
+        let run = self.run_dir(name);
+        let Some(pid) = self.live_pid(&run) else {
+            return Ok(());
+        };
+        // Politely: the ACPI power button; then QEMU's own quit; then SIGKILL.
+        if let Ok(mut qmp) = Qmp::connect(&run.qmp(), QMP_TIMEOUT) {
+            if qmp.execute("system_powerdown", None).is_ok()
+                && self.wait_gone(&run, self.cfg.stop_grace)
+            {
+                return Ok(());
+            }
+            let _ = qmp.execute("quit", None);
+            if self.wait_gone(&run, Duration::from_secs(2)) {
+                return Ok(());
+            }
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        if self.wait_gone(&run, Duration::from_secs(5)) {
+            Ok(())
+        } else {
+            Err(Error::Start {
+                status: "stuck".into(),
+                message: format!("QEMU {pid} survived SIGKILL for 5 s"),
+            })
+        }
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        if !valid_name(name) {
+            return Err(Error::InvalidSpec(format!("name {name:?}")));
+        }
+        self.stop(name)?;
+        cgroup::remove(&self.cfg.cgroup_parent, name)?;
+        let run = self.run_dir(name);
+        match std::fs::remove_dir_all(&run.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io("removing", &run.dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        std::fs::read_dir(&self.cfg.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_name(n))
+            .collect()
+    }
+
+    fn console_tail(&self, name: &str, lines: usize) -> Vec<String> {
+        console::tail(&self.run_dir(name).console(), lines)
+    }
+
+    fn accel_of(&self, name: &str) -> Option<Accel> {
+        match std::fs::read_to_string(self.run_dir(name).accel())
+            .ok()?
+            .trim()
+        {
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
+        }
+    }
+
+    fn qmp_status(&self, name: &str) -> Result<String> {
+        Qmp::connect(&self.run_dir(name).qmp(), QMP_TIMEOUT)?.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Disk, Nic};
+
+    fn run() -> RunDir {
+        RunDir {
+            dir: PathBuf::from("/run/vm/c1.vm"),
+        }
+    }
+
+    fn pairs(args: &[String]) -> Vec<(String, String)> {
+        args.windows(2)
+            .filter(|w| w[0].starts_with('-'))
+            .map(|w| (w[0].clone(), w[1].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn kernel_boot_on_microvm_under_tcg() {
+        let spec = VmSpec {
+            name: "c1.vm".into(),
+            boot: Boot::Kernel {
+                kernel: "/f/boot/vmlinux".into(),
+                initrd: Some("/f/boot/initrd.img".into()),
+                cmdline: "console=ttyS0 zos.ip=10.1.0.2/24".into(),
+            },
+            vcpus: 2,
+            memory_mib: 256,
+            disks: vec![Disk {
+                path: "/pool/vdisks/c1".into(),
+                read_only: false,
+            }],
+            nic: Some(Nic {
+                tap: "t-abc".into(),
+                mac: [2, 1, 2, 3, 4, 5],
+            }),
+            netns: None,
+        };
+        let a = args(&spec, Accel::Tcg, &run());
+        let p = pairs(&a);
+        let has = |k: &str, v: &str| p.iter().any(|(a, b)| a == k && b == v);
+        assert!(has("-M", "microvm,acpi=on"));
+        assert!(has("-accel", "tcg,tb-size=64"));
+        assert!(has("-kernel", "/f/boot/vmlinux"));
+        assert!(has("-initrd", "/f/boot/initrd.img"));
+        assert!(has(
+            "-append",
+            "console=ttyS0 zos.ip=10.1.0.2/24 tsc_early_khz=2000000"
+        ));
+        assert!(has("-m", "256") && has("-smp", "2"));
+        assert!(has("-pidfile", "/run/vm/c1.vm/qemu.pid"));
+        assert!(has(
+            "-qmp",
+            "unix:/run/vm/c1.vm/qmp.sock,server=on,wait=off"
+        ));
+        assert!(has(
+            "-drive",
+            "id=disk0,file=/pool/vdisks/c1,format=raw,if=none,discard=unmap"
+        ));
+        assert!(has("-device", "virtio-blk-device,drive=disk0"));
+        assert!(has(
+            "-netdev",
+            "tap,id=net0,ifname=t-abc,script=no,downscript=no"
+        ));
+        assert!(has(
+            "-device",
+            "virtio-net-device,netdev=net0,mac=02:01:02:03:04:05"
+        ));
+        for flag in ["-daemonize", "-S", "-no-reboot", "-nodefaults"] {
+            assert!(a.iter().any(|x| x == flag), "{flag}");
+        }
+    }
+
+    #[test]
+    fn disk_boot_on_q35_gets_its_config_from_smbios() {
+        let spec = VmSpec {
+            name: "c1.vm".into(),
+            boot: Boot::Disk {
+                config: "zos.ip=10.1.0.2/24 zos.gw=10.1.0.1".into(),
+            },
+            vcpus: 1,
+            memory_mib: 512,
+            disks: vec![Disk {
+                path: "/pool/vdisks/root".into(),
+                read_only: false,
+            }],
+            nic: None,
+            netns: None,
+        };
+        let a = args(&spec, Accel::Kvm, &run());
+        let p = pairs(&a);
+        let has = |k: &str, v: &str| p.iter().any(|(a, b)| a == k && b == v);
+        assert!(has("-M", "q35"));
+        assert!(has("-accel", "kvm") && has("-cpu", "host"));
+        assert!(has(
+            "-smbios",
+            "type=11,value=zos.ip=10.1.0.2/24 zos.gw=10.1.0.1"
+        ));
+        assert!(has("-device", "virtio-blk-pci,drive=disk0,bootindex=0"));
+        assert!(!a.iter().any(|x| x == "-kernel"));
+    }
+}

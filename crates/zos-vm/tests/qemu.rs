@@ -1,0 +1,317 @@
+//! The QEMU hypervisor against real QEMU (TCG here), booting the sample VM flist's
+//! kernel and initrd (`cargo xtask flist vm` builds them; `cargo xtask test` does so
+//! before the tests). Each test works in a `zt-` network namespace and cgroup of its
+//! own, removed by a guard on success and failure.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zos_vm::{Accel, AccelChoice, Boot, Disk, Hypervisor, Nic, Qemu, QemuConfig, VmSpec, VmState};
+
+const BOOT_WAIT: Duration = Duration::from_secs(90);
+
+fn sample_boot() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/flists/vm/rootfs/boot")
+}
+
+/// Fail loudly unless this can run; with `ZOS_SKIP_PRIVILEGED=1` print a SKIP line.
+fn runnable(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_string());
+    }
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !qemu {
+        missing.push("qemu-system-x86_64 (apt-get install -y qemu-system-x86)".into());
+    }
+    if !sample_boot().join("vmlinux").exists() {
+        missing.push("the sample VM (cargo xtask flist vm)".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("{test} needs {}", missing.join(", "));
+    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        println!("SKIP: {reason}");
+        return false;
+    }
+    panic!("{reason}");
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace with a tap (host side 10.77.0.1/24), a run dir and a cgroup parent, all
+/// named `zt-vm<pid><tag>`; Drop removes VMs, cgroup parent and namespace.
+struct Fixture {
+    name: String,
+    dir: tempfile::TempDir,
+    qemu: Qemu,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let name = format!("zt-vm{}{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["-n", &name, "tuntap", "add", "dev", "t0", "mode", "tap"]);
+        ip(&["-n", &name, "addr", "add", "10.77.0.1/24", "dev", "t0"]);
+        ip(&["-n", &name, "link", "set", "t0", "up"]);
+        let dir = tempfile::Builder::new().prefix("zt-vm").tempdir().unwrap();
+        let mut cfg = QemuConfig::under(dir.path().join("vms"));
+        cfg.accel = AccelChoice::Tcg;
+        cfg.cgroup_parent = name.clone();
+        cfg.stop_grace = Duration::from_millis(200);
+        Fixture {
+            qemu: Qemu::new(cfg).unwrap(),
+            name,
+            dir,
+        }
+    }
+
+    fn spec(&self, vm: &str) -> VmSpec {
+        let boot = sample_boot();
+        let disk = self.dir.path().join(format!("{vm}.raw"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        VmSpec {
+            name: vm.into(),
+            boot: Boot::Kernel {
+                kernel: boot.join("vmlinux"),
+                initrd: Some(boot.join("initrd.img")),
+                cmdline: format!(
+                    "console=ttyS0 quiet panic=-1 zos.name={vm} zos.ip=10.77.0.2/24 zos.gw=10.77.0.1 ECHO_PORT=7"
+                ),
+            },
+            vcpus: 1,
+            memory_mib: 128,
+            disks: vec![Disk {
+                path: disk,
+                read_only: false,
+            }],
+            nic: Some(Nic {
+                tap: "t0".into(),
+                mac: Nic::mac_for(vm),
+            }),
+            netns: Some(PathBuf::from(format!("/run/netns/{}", self.name))),
+        }
+    }
+
+    fn wait_console(&self, vm: &str, needle: &str) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let lines = self.qemu.console_tail(vm, 50);
+            if lines.iter().any(|l| l.contains(needle)) {
+                return lines;
+            }
+            assert!(
+                start.elapsed() < BOOT_WAIT,
+                "no {needle:?} on the console: {lines:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// TCP echo through the tap, from inside the namespace.
+    fn echo(&self, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name))?;
+        let payload = payload.to_vec();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            let addr: SocketAddr = "10.77.0.2:7".parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(&payload)?;
+            let mut back = vec![0u8; payload.len()];
+            s.read_exact(&mut back)?;
+            Ok(back)
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for vm in self.qemu.names() {
+            let _ = self.qemu.remove(&vm);
+        }
+        for ctrl in ["memory", "cpu,cpuacct", "pids", "cpu", "cpuacct"] {
+            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(&self.name));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.name));
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// True if `pid` runs (a zombie waiting for whoever inherited it does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+fn memory_limit(parent: &str, vm: &str) -> Option<u64> {
+    for file in [
+        format!("/sys/fs/cgroup/memory/{parent}/{vm}/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup/{parent}/{vm}/memory.max"),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(file) {
+            return v.trim().parse().ok();
+        }
+    }
+    None
+}
+
+#[test]
+fn boots_answers_echo_survives_adoption_and_is_removed() {
+    if !runnable("boots_answers_echo_survives_adoption_and_is_removed") {
+        return;
+    }
+    let f = Fixture::new("a");
+    let spec = f.spec("c1.vm");
+    let started = f.qemu.start(&spec).unwrap();
+    assert_eq!(started.accel, Accel::Tcg);
+    f.wait_console("c1.vm", "vm-echo: c1.vm eth0 10.77.0.2/24 up");
+    f.wait_console("c1.vm", "vm-echo: disk vda 16 MiB");
+    assert_eq!(f.qemu.qmp_status("c1.vm").unwrap(), "running");
+    assert_eq!(
+        f.echo(b"ping through the tap").unwrap(),
+        b"ping through the tap"
+    );
+    // Its cgroup holds guest memory plus QEMU's overhead.
+    assert_eq!(memory_limit(&f.name, "c1.vm"), Some((128 + 256) << 20));
+
+    // A second start (a zosd that restarted) finds it: same process, not two.
+    let again = Qemu::new(f.qemu.config().clone()).unwrap();
+    assert_eq!(again.start(&spec).unwrap().pid, started.pid);
+    assert_eq!(
+        again.state("c1.vm").unwrap(),
+        Some(VmState::Running { pid: started.pid })
+    );
+
+    f.qemu.remove("c1.vm").unwrap();
+    assert_eq!(f.qemu.state("c1.vm").unwrap(), None);
+    assert!(!alive(started.pid), "QEMU {} still runs", started.pid);
+    assert_eq!(memory_limit(&f.name, "c1.vm"), None, "cgroup removed");
+}
+
+#[test]
+fn a_killed_qemu_is_stopped_and_starts_again() {
+    if !runnable("a_killed_qemu_is_stopped_and_starts_again") {
+        return;
+    }
+    let f = Fixture::new("k");
+    let spec = f.spec("k1.vm");
+    let first = f.qemu.start(&spec).unwrap();
+    f.wait_console("k1.vm", "echo on port 7");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let start = Instant::now();
+    while f.qemu.state("k1.vm").unwrap() != Some(VmState::Stopped) {
+        assert!(start.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = f.qemu.start(&spec).unwrap();
+    assert_ne!(second.pid, first.pid);
+    // The console keeps the first boot's lines and gets the second's.
+    let start = Instant::now();
+    loop {
+        let lines = f.qemu.console_tail("k1.vm", 100);
+        let boots = lines
+            .iter()
+            .filter(|l| l.contains("echo on port 7"))
+            .count();
+        if boots == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < BOOT_WAIT,
+            "second boot not seen: {lines:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(f.echo(b"again").unwrap(), b"again");
+}
+
+#[test]
+fn refusals_start_nothing() {
+    if !runnable("refusals_start_nothing") {
+        return;
+    }
+    let f = Fixture::new("r");
+    let mut spec = f.spec("r1.vm");
+    spec.memory_mib = 4;
+    let e = f.qemu.start(&spec).unwrap_err();
+    assert!(e.is_permanent() && e.to_string().contains("memory"), "{e}");
+    assert!(
+        f.qemu.names().is_empty(),
+        "nothing written for a refused spec"
+    );
+
+    // A kernel QEMU cannot load: its own message, and no process left.
+    let mut spec = f.spec("r2.vm");
+    let bogus = f.dir.path().join("not-a-kernel");
+    std::fs::write(&bogus, b"garbage").unwrap();
+    spec.boot = Boot::Kernel {
+        kernel: bogus,
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+    };
+    let e = f.qemu.start(&spec).unwrap_err();
+    assert!(matches!(e, zos_vm::Error::Start { .. }), "{e}");
+    assert_eq!(f.qemu.state("r2.vm").unwrap(), Some(VmState::Stopped));
+}
+
+/// The accelerator probe boots a real kernel under KVM: on this project's development
+/// machines /dev/kvm is a PVM flavour and the answer is TCG, with the reason; on a
+/// host with working KVM, a VM started under the probe's answer boots.
+#[test]
+fn the_kvm_probe_answers_with_a_reason() {
+    if !runnable("the_kvm_probe_answers_with_a_reason") {
+        return;
+    }
+    let probe = zos_vm::accel::probe(
+        Path::new("qemu-system-x86_64"),
+        &sample_boot().join("vmlinux"),
+        Duration::from_secs(10),
+    );
+    println!("probe: {} ({})", probe.accel, probe.reason);
+    assert!(!probe.reason.is_empty());
+    if probe.accel == Accel::Kvm {
+        assert!(probe.reason.contains("booted under KVM"));
+    } else {
+        assert!(
+            probe.reason.contains("/dev/kvm") || probe.reason.contains("no kernel banner"),
+            "{}",
+            probe.reason
+        );
+    }
+}
