@@ -1,11 +1,16 @@
-//! `cargo xtask flist`: builds the sample workload (flists/hello, a static binary),
-//! lays out its root filesystem, and packs and signs it into a local flist store.
+//! `cargo xtask flist`: builds the sample workloads, lays out their root filesystems,
+//! and packs and signs them into local flist stores.
+//!
+//! - `hello` (flists/hello): a container, one static binary.
+//! - `vm` (flists/vm-echo): a micro-VM: the Debian kernel as a PVH `vmlinux` and an
+//!   initrd holding the static guest init and the virtio modules it loads.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
+use crate::cpio::Cpio;
 use crate::{cargo_env, target_dir};
 
 /// What `build` produced.
@@ -21,11 +26,13 @@ pub struct SampleFlist {
     pub sha256: String,
 }
 
-/// Builds the hello flist under `out` (created if missing), using the `zos` binary.
-pub fn build(out: &Path, zos: &Path) -> anyhow::Result<SampleFlist> {
-    std::fs::create_dir_all(out)?;
-    // Static, so the flist needs nothing but the binary. A target dir of its own: the
-    // flags differ from the workspace's.
+/// The guest modules the VM's init loads: the virtio-mmio transport of `-M microvm`,
+/// the NIC and the disks (dependencies are added from modules.dep).
+const VM_MODULES: &[&str] = &["virtio_mmio", "virtio_net", "virtio_blk"];
+
+/// Builds `package` as a static binary (a target dir of its own: the flags differ from
+/// the workspace's) and returns its path.
+pub fn static_binary(package: &str) -> anyhow::Result<PathBuf> {
     let static_target = target_dir().join("static");
     cargo_env(
         &[
@@ -33,7 +40,7 @@ pub fn build(out: &Path, zos: &Path) -> anyhow::Result<SampleFlist> {
             "--quiet",
             "--release",
             "-p",
-            "hello",
+            package,
             "--target",
             "x86_64-unknown-linux-gnu",
             "--target-dir",
@@ -41,8 +48,13 @@ pub fn build(out: &Path, zos: &Path) -> anyhow::Result<SampleFlist> {
         ],
         &[("RUSTFLAGS", "-C target-feature=+crt-static")],
     )?;
-    let binary = static_target.join("x86_64-unknown-linux-gnu/release/hello");
+    Ok(static_target.join(format!("x86_64-unknown-linux-gnu/release/{package}")))
+}
 
+/// Builds the hello flist under `out` (created if missing), using the `zos` binary.
+pub fn build(out: &Path, zos: &Path) -> anyhow::Result<SampleFlist> {
+    std::fs::create_dir_all(out)?;
+    let binary = static_binary("hello")?;
     let rootfs = out.join("rootfs");
     let _ = std::fs::remove_dir_all(&rootfs);
     for dir in ["data", "tmp", "etc", "proc", "sys", "dev"] {
@@ -50,7 +62,43 @@ pub fn build(out: &Path, zos: &Path) -> anyhow::Result<SampleFlist> {
     }
     std::fs::copy(&binary, rootfs.join("hello")).context("copying the hello binary")?;
     std::fs::write(rootfs.join("etc/motd"), "a zosd sample workload\n")?;
+    pack(out, zos, &rootfs, "hello")
+}
 
+/// Builds the micro-VM flist under `out`: `/boot/vmlinux` and `/boot/initrd.img`.
+pub fn build_vm(out: &Path, zos: &Path) -> anyhow::Result<SampleFlist> {
+    std::fs::create_dir_all(out)?;
+    let kernel = crate::kernel::debian()?;
+    let init = static_binary("vm-echo")?;
+    let rootfs = out.join("rootfs");
+    let _ = std::fs::remove_dir_all(&rootfs);
+    std::fs::create_dir_all(rootfs.join("boot"))?;
+    std::fs::copy(&kernel.vmlinux, rootfs.join("boot/vmlinux")).context("copying vmlinux")?;
+
+    let initrd = std::fs::File::create(rootfs.join("boot/initrd.img"))?;
+    let mut cpio = Cpio::new(std::io::BufWriter::new(initrd));
+    for dir in ["proc", "sys", "dev", "lib", "lib/modules"] {
+        cpio.dir(dir)?;
+    }
+    cpio.copy("init", &init)?;
+    let mut order = String::new();
+    for module in kernel.modules_for(VM_MODULES)? {
+        let file = module
+            .file_name()
+            .and_then(|f| f.to_str())
+            .context("module name")?;
+        let name = format!("lib/modules/{file}");
+        cpio.copy(&name, &module)?;
+        order.push_str(&format!("/{name}\n"));
+    }
+    cpio.file("lib/modules/load-order", 0o644, order.as_bytes())?;
+    cpio.finish()?;
+    pack(out, zos, &rootfs, "vm")
+}
+
+/// Packs `rootfs` into `<out>/<name>.fl` with a store under `out`, signed by the
+/// publisher key kept in `out` (created on first use).
+fn pack(out: &Path, zos: &Path, rootfs: &Path, name: &str) -> anyhow::Result<SampleFlist> {
     let publisher_key = out.join("publisher.key");
     let publisher = if publisher_key.exists() {
         run(zos, &["key", "show", path(&publisher_key)?])?
@@ -59,13 +107,13 @@ pub fn build(out: &Path, zos: &Path) -> anyhow::Result<SampleFlist> {
     };
     let store_dir = out.join("store");
     let store = format!("dir://{}", store_dir.display());
-    let fl = out.join("hello.fl");
+    let fl = out.join(format!("{name}.fl"));
     run(
         zos,
         &[
             "flist",
             "pack",
-            path(&rootfs)?,
+            path(rootfs)?,
             "--store",
             &store,
             "-o",
@@ -113,15 +161,22 @@ fn sha256_hex(file: &Path) -> anyhow::Result<String> {
         .to_string())
 }
 
-/// `cargo xtask flist [DIR]`.
+/// `cargo xtask flist [hello|vm] [DIR]`.
 pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    let out = args
+    let (which, rest) = match args.first().map(String::as_str) {
+        Some(w @ ("hello" | "vm")) => (w, &args[1..]),
+        _ => ("hello", args),
+    };
+    let out = rest
         .first()
         .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("flists/hello"));
+        .unwrap_or_else(|| target_dir().join("flists").join(which));
     crate::cargo(&["build", "--quiet", "-p", "zos-cli"])?;
     let zos = target_dir().join("debug/zos");
-    let f = build(&out, &zos)?;
+    let f = match which {
+        "vm" => build_vm(&out, &zos)?,
+        _ => build(&out, &zos)?,
+    };
     println!("flist     {}", f.fl.display());
     println!("signature {}.sig", f.fl.display());
     println!("store     {}", f.store);

@@ -5,9 +5,11 @@
 //! - `bench [contracts|flist|storage|network|container|all]`: benchmarks.
 
 mod bench;
+mod cpio;
 mod demo;
 mod etcd;
 mod flists;
+mod kernel;
 mod packages;
 mod test;
 
@@ -27,8 +29,11 @@ tasks:
                 every refusal reason; --keep keeps the demo directory
   test          install missing Debian packages, then fmt, clippy and every test tier
                 (unit, integration, privileged against the real kernel and real etcd)
-  flist [DIR]   build the sample workload (flists/hello, static) and pack and sign it
-                into a flist with a local store (default DIR: target/flists/hello)
+  flist [hello|vm] [DIR]
+                build a sample workload and pack and sign it into a flist with a local
+                store (default DIR: target/flists/<name>): hello is the container app
+                (flists/hello), vm the micro-VM (the Debian kernel as a PVH vmlinux and
+                an initrd with flists/vm-echo as its init)
   bench [NAME]  benchmarks: contracts, flist, storage, network, container, or all
 ";
 
