@@ -118,20 +118,19 @@ pub async fn register(
             // Wake up as soon as the farm record is put (if the notary answers).
             watch = notary.watch(&KeyPrefix::from(&farm_key)).await.ok();
         }
-        let changed = async {
-            match watch.as_mut() {
-                Some(w) => {
-                    if w.recv().await.is_none() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
+        let watch_ended = tokio::select! {
             _ = &mut shutdown => return Ok(None),
-            _ = tokio::time::sleep(backoff) => {}
-            _ = changed => {}
+            _ = tokio::time::sleep(backoff) => false,
+            delivered = async {
+                match watch.as_mut() {
+                    Some(w) => w.recv().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            } => !delivered,
+        };
+        if watch_ended {
+            // Set up again at the next attempt.
+            watch = None;
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     };
