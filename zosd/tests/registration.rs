@@ -3,7 +3,8 @@
 //! creates the farm it registers (signed by the node key, with its capacity), runs the
 //! contract published meanwhile, and beats: the heartbeat verifies, counts the contract
 //! and lists no listening socket. Restarted after someone else signed the farm over,
-//! it refuses that farm until the farmer it registered under signs it again.
+//! it refuses that farm until the farmer it registered under signs it again. SIGTERM
+//! stops a node that waits for its farm.
 //!
 //! The farm record is made as `zos farm create` makes it (zos-registry's `Farm`): the
 //! `zos` binary belongs to another package, which `cargo test -p zosd` does not build.
@@ -139,4 +140,32 @@ fn a_node_waits_for_its_farm_then_registers_beats_and_serves() {
     node.publish(&farm_record(&farmer));
     node.wait_status(&second, "ok", |s| s["state"] == "ok");
     node.wait_status(&id, "ok", |s| s["state"] == "ok");
+}
+
+#[test]
+fn a_node_waiting_for_its_farm_stops_on_sigterm() {
+    if !privileged("a_node_waiting_for_its_farm_stops_on_sigterm") {
+        return;
+    }
+    let mut node = Node::in_farm(512, FARM, 60);
+    node.start();
+    let pid = node.zosd.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = node.zosd.as_mut().unwrap().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zosd did not stop; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", node.log());
 }

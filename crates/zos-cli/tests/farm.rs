@@ -166,6 +166,38 @@ fn flow(url: &str) {
     );
     assert!(bad_id.contains("farm id"), "{bad_id}");
 
+    // A farm record in the farmer's name signed by another key: the notary stores it
+    // (it checks envelopes only), readers refuse it, the farmer replaces it.
+    let other = SecretKey::from_seed([33; 32]);
+    let forged_farm = Record::sign(
+        &NotaryKey::farm("farm-2").unwrap(),
+        serde_json::json!({"id": "farm-2", "name": "forged", "farmer": farmer, "created": 1}),
+        &other,
+    )
+    .unwrap();
+    put(url, &forged_farm);
+    let refused_show = refused(dir, &["farm", "show", "farm-2", "--notary", url]);
+    assert!(
+        refused_show.contains("must be signed by its farmer"),
+        "{refused_show}"
+    );
+    let replaced = ok(
+        dir,
+        &[
+            "farm",
+            "create",
+            "farm-2",
+            "--name",
+            "real",
+            "--key",
+            "farmer.key",
+            "--notary",
+            url,
+        ],
+    );
+    assert!(replaced.contains("replacing it"), "{replaced}");
+    assert!(ok(dir, &["farm", "show", "farm-2", "--notary", url]).contains("name      real"));
+
     // Two nodes register (one in a farm the notary does not hold); one beats.
     let (a, b) = (
         SecretKey::from_seed([31; 32]),
