@@ -15,6 +15,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iputils-ping",   // reachability checks in network tests
     "libseccomp-dev", // youki's libcontainer links libseccomp
     "busybox-static", // a test workload inside container tests (never in the image)
+    "dnsmasq-base",   // a real DHCP and DNS server for zos-uplink's client tests
+    "chrony",         // a real NTP server (chronyd) for zos-uplink's SNTP test
     "pkg-config",
 ];
 
