@@ -94,6 +94,21 @@ fn dhcp_lease_from_dnsmasq_is_applied_renewed_and_resolves() {
     assert_eq!(renewed.server, SERVER_IP);
     assert_eq!(renewed.lease_secs, 3600);
 
+    // Renewing an address dnsmasq never granted (outside its range): a NAK,
+    // reported as such.
+    let foreign = dhcp::Lease {
+        address: Ipv4Addr::new(10, 77, 0, 200),
+        ..lease.clone()
+    };
+    let err = p
+        .in_client(|| dhcp::renew(UPLINK, &foreign, &fast()))
+        .unwrap_err();
+    assert!(
+        matches!(err, DhcpError::Nak { server: Some(s), .. } if s == SERVER_IP),
+        "{err}\n{}",
+        p.log("dnsmasq")
+    );
+
     // Acquiring again on a settled link: the protocol's own time, same address
     // (dnsmasq keys the lease on our client identifier).
     let started = Instant::now();
