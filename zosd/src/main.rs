@@ -7,6 +7,7 @@
 mod config;
 mod kernel_names;
 mod node;
+mod pid1;
 mod provisioner;
 mod registration;
 mod rootfs;
@@ -41,6 +42,15 @@ enum Command {
         #[arg(long)]
         log_format: Option<String>,
     },
+    /// Be the node's init: what the boot image's `/init` does (docs/pid1.md).
+    ///
+    /// Mounts proc, sys, dev, run and cgroup2, loads the image's kernel modules, reads
+    /// zos.farm=, zos.notary=, zos.runmode= and zos.debug from /proc/cmdline, writes
+    /// /run/zos/node.toml, then runs `zosd run` as a supervised child, restarting it if
+    /// it dies, reaping every orphan, and powering off in order on SIGTERM (reboot on
+    /// SIGINT, i.e. ctrl-alt-del). Refused unless this is the machine's PID 1; started
+    /// as PID 1 without a subcommand, zosd does this by itself.
+    Init,
     /// (internal) Create and start one container from the spec on stdin, in a process
     /// of its own; zosd runs this itself.
     #[command(hide = true)]
@@ -75,7 +85,13 @@ fn init_runtime_logs() {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // The kernel starts /init without a subcommand (perhaps with arguments meant for
+        // init): as PID 1 that means init mode.
+        Err(_) if pid1::is_pid1() => pid1::boot(),
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Run { config, log_format } => (|| {
             let mut cfg = config::NodeConfig::load(&config)?;
@@ -92,6 +108,7 @@ fn main() -> std::process::ExitCode {
                 .build()?;
             rt.block_on(node::run(cfg))
         })(),
+        Command::Init => pid1::run().map(|never| match never {}),
         Command::RuntimeCreate { root } => {
             // Errors only, on stderr: zosd reads the last line into the status.
             init_runtime_logs();

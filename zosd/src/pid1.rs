@@ -1,0 +1,310 @@
+//! zosd as the node's PID 1 (`/init` in the boot image; docs/pid1.md).
+//!
+//! Mounts, kernel modules, boot parameters, the agent's configuration, then the
+//! zos-init loop: it supervises `zosd run --config /run/zos/node.toml` as a child,
+//! restarting it whenever it exits, reaps every orphan, and turns SIGTERM, SIGINT
+//! (ctrl-alt-del) and friends into an orderly power-off or reboot. It never exits.
+//!
+//! Everything here is wiring; the duties themselves live in crates/zos-init.
+
+use std::os::unix::process::CommandExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use zos_init::modules::{self, Wanted};
+use zos_init::{mounts, Backoff, BootParams, Init, Linux, ShutdownPlan, Sys};
+
+/// The agent's configuration, generated at every boot from the kernel command line.
+pub const NODE_CONFIG: &str = "/run/zos/node.toml";
+const STATE_DIR: &str = "/var/lib/zos";
+/// The kernel starts init with `HOME=/` and `TERM=linux` only: the agent needs a PATH
+/// for the few helpers the image carries (mkfs.btrfs, btrfs, nft).
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// `/proc/self/ns/pid` of the machine's own PID namespace (PROC_PID_INIT_INO).
+const INITIAL_PID_NS: &str = "pid:[4026531836]";
+
+pub fn is_pid1() -> bool {
+    nix::unistd::getpid().as_raw() == 1
+}
+
+/// Entered when the kernel started us as /init: runs [`run`]; exits only if it refused
+/// before touching anything (not the machine's PID 1).
+pub fn boot() -> ! {
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("zosd: error: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// `zosd init`. Errors only before it starts, when this process is not the machine's
+/// PID 1: everything after would unmount the host's filesystems and power it off.
+pub fn run() -> anyhow::Result<std::convert::Infallible> {
+    if !is_pid1() {
+        bail!("zosd init must run as PID 1 (/init in the boot image); use `zosd run` here");
+    }
+    // /proc is not mounted yet at a real boot; if it is, we can check where we are.
+    if let Ok(ns) = std::fs::read_link("/proc/self/ns/pid") {
+        if ns != Path::new(INITIAL_PID_NS) {
+            bail!(
+                "PID 1 of a PID namespace ({}), not of the machine: refusing to act as its init",
+                ns.display()
+            );
+        }
+    }
+    // First, before any thread exists: every thread inherits the blocked mask.
+    let blocked = zos_init::block_init_signals();
+
+    let sys = Linux;
+    let prepared = catch_unwind(AssertUnwindSafe(|| prepare(&sys)));
+    let params = match prepared {
+        Ok(p) => p,
+        Err(_) => {
+            // The panic message is on the console already; supervise anyway.
+            tracing::error!("boot preparation panicked: supervising the agent with defaults");
+            BootParams::default()
+        }
+    };
+    if let Err(errno) = blocked {
+        tracing::error!(%errno, "blocking signals: shutdown signals may be missed");
+    }
+
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    let debug = params.debug;
+    let agent = Box::new(move || agent_command(&exe, debug));
+    let mut init = Init::new(sys, agent, Backoff::default(), ShutdownPlan::default());
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| init.run())) {
+            Ok(_report) => init.halt(),
+            Err(_) => {
+                // The agent's state is in `init`: resume, without spinning.
+                tracing::error!("PID 1 loop panicked; resuming");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Mounts, logs, ctrl-alt-del, cgroups, modules, uplink, the agent's configuration.
+/// Every step is best effort: a node with a missing piece still boots and says why.
+fn prepare(sys: &Linux) -> BootParams {
+    // Before the logs: the log level comes from /proc/cmdline, which needs /proc.
+    let mounted = mounts::mount_all(sys);
+    let cmdline = sys
+        .read_file(Path::new("/proc/cmdline"))
+        .unwrap_or_default();
+    let (params, warnings) = BootParams::parse(&cmdline);
+    init_console_logs(params.debug);
+
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "zosd: PID 1");
+    match mounted {
+        Ok(outcomes) => tracing::debug!(?outcomes, "filesystems"),
+        Err(error) => tracing::error!(%error, "mounting the boot filesystems"),
+    }
+    for w in &warnings {
+        tracing::warn!(warning = %w, "kernel command line");
+    }
+    tracing::info!(
+        farm = ?params.farm,
+        notary = ?params.notary,
+        runmode = %params.runmode,
+        debug = params.debug,
+        "boot parameters"
+    );
+    if let Err(errno) = sys.disable_ctrl_alt_del() {
+        tracing::warn!(%errno, "ctrl-alt-del stays a hard reboot");
+    }
+    let (_, refused) = mounts::enable_cgroup_controllers(sys);
+    for (controller, error) in refused {
+        tracing::warn!(%controller, %error, "cgroup2 controller not enabled");
+    }
+
+    // The image carries only the modules its nodes need: load them all.
+    let dir = modules::kernel_modules_dir();
+    match modules::load(sys, &dir, Wanted::All) {
+        Ok(r) => tracing::info!(
+            loaded = r.loaded.len(),
+            present = r.present.len(),
+            failed = r.failed.len(),
+            "kernel modules"
+        ),
+        Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
+    }
+
+    let uplink = uplink_iface();
+    // PENDING: uplink::bring_up(&uplink, &params): DHCPv4 lease (zos_uplink::dhcp::
+    // acquire/apply) and the clock (zos_uplink::sntp) before the agent verifies any
+    // expiry. Until then the node's uplink must be configured by the kernel (ip=) or
+    // not at all, and the clock is the RTC's.
+
+    if let Err(error) = write_node_config(Path::new(NODE_CONFIG), &params, &uplink) {
+        tracing::error!(%error, path = NODE_CONFIG, "writing the agent's configuration");
+    }
+    params
+}
+
+/// Logs on the console: no colours (serial consoles end up in files), `zos.debug` for
+/// more.
+fn init_console_logs(debug: bool) {
+    let filter = if debug {
+        "debug,netlink_packet_route=error"
+    } else {
+        "info,netlink_packet_route=error"
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .compact()
+        .try_init();
+}
+
+/// `zosd run --config /run/zos/node.toml`, a child subreaper from its first instruction.
+fn agent_command(exe: &Path, debug: bool) -> Command {
+    let mut c = Command::new(exe);
+    c.args(["run", "--config", NODE_CONFIG]);
+    if std::env::var_os("PATH").is_none() {
+        c.env("PATH", PATH);
+    }
+    if debug {
+        c.env("ZOSD_LOG", "debug,netlink_packet_route=error");
+    }
+    // Container init processes the agent starts must stay its children when their
+    // parents exit, so it can wait for them: PR_SET_CHILD_SUBREAPER survives execve,
+    // so set it here rather than trusting every agent start-up path to.
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed:
+    // set_child_subreaper is one prctl system call; it neither allocates nor locks.
+    unsafe {
+        c.pre_exec(|| zos_init::set_child_subreaper().map_err(std::io::Error::from));
+    }
+    c
+}
+
+/// The uplink: the first network interface backed by a device (not lo, not virtual),
+/// by name; `eth0` if there is none yet (no udev: kernel names).
+fn uplink_iface() -> String {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("device").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.into_iter().next().unwrap_or_else(|| "eth0".into())
+}
+
+/// The agent's node.toml (docs/zosd.md) from the boot parameters. Disks are left
+/// empty: the configuration cannot say "every disk" yet (docs/pid1.md), and the agent
+/// refuses a configuration without any, so it is restarted with backoff until that
+/// lands. No notary on the command line leaves `notary` out: the agent says so.
+pub fn node_config(params: &BootParams, uplink: &str) -> String {
+    use toml::{Table, Value};
+    let mut t = Table::new();
+    if let Some(n) = &params.notary {
+        t.insert("notary".into(), Value::String(n.clone()));
+    }
+    if let Some(f) = &params.farm {
+        t.insert("farm".into(), Value::String(f.clone()));
+    }
+    t.insert("state_dir".into(), Value::String(STATE_DIR.into()));
+    t.insert("log_format".into(), Value::String("pretty".into()));
+    let mut storage = Table::new();
+    storage.insert(
+        "pools_root".into(),
+        Value::String(format!("{STATE_DIR}/pools")),
+    );
+    storage.insert("disks".into(), Value::Array(vec![]));
+    t.insert("storage".into(), Value::Table(storage));
+    let mut network = Table::new();
+    network.insert("uplink".into(), Value::String(uplink.into()));
+    t.insert("network".into(), Value::Table(network));
+    format!(
+        "# Written by zosd (PID 1) from the kernel command line at boot (runmode {}); \
+         edits are lost at the next boot.\n{}",
+        params.runmode,
+        toml::to_string(&t).expect("a TOML table serialises")
+    )
+}
+
+fn write_node_config(path: &Path, params: &BootParams, uplink: &str) -> anyhow::Result<()> {
+    if params.notary.is_none() {
+        tracing::error!("no zos.notary= on the kernel command line: the agent cannot start");
+    }
+    let dir = path.parent().context("config path has a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // /run is a fresh tmpfs: no one to race with, but never leave half a file.
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, node_config(params, uplink))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    tracing::info!(path = %path.display(), %uplink, "agent configuration written");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use zos_init::RunMode;
+
+    #[test]
+    fn the_generated_config_is_what_the_agent_reads() {
+        let (params, w) = BootParams::parse(
+            r#"console=ttyS0 zos.farm=farm-1 zos.notary="etcd://10.0.2.2:2379" zos.runmode=dev"#,
+        );
+        assert!(w.is_empty());
+        assert_eq!(params.runmode, RunMode::Dev);
+        let text = node_config(&params, "eth0");
+        let cfg: NodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(cfg.notary, "etcd://10.0.2.2:2379");
+        assert_eq!(cfg.farm.as_deref(), Some("farm-1"));
+        assert_eq!(cfg.network.uplink, "eth0");
+        assert!(cfg.storage.disks.is_empty());
+        assert_eq!(cfg.storage.pools_root, Path::new("/var/lib/zos/pools"));
+    }
+
+    #[test]
+    fn a_notary_with_quotes_stays_one_string() {
+        let params = BootParams {
+            notary: Some(r#"dir:///a "b"\c"#.into()),
+            ..BootParams::default()
+        };
+        let cfg: NodeConfig = toml::from_str(&node_config(&params, "eth0")).unwrap();
+        assert_eq!(cfg.notary, r#"dir:///a "b"\c"#);
+    }
+
+    #[test]
+    fn no_notary_means_no_notary_key() {
+        let text = node_config(&BootParams::default(), "eth0");
+        assert!(!text.contains("notary ="), "{text}");
+        let err = toml::from_str::<NodeConfig>(&text).unwrap_err();
+        assert!(err.to_string().contains("notary"), "{err}");
+    }
+
+    #[test]
+    fn the_agent_command_runs_the_generated_config() {
+        let c = agent_command(Path::new("/init"), true);
+        let args: Vec<_> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args, vec!["run", "--config", NODE_CONFIG]);
+        assert!(c
+            .get_envs()
+            .any(|(k, v)| k == "ZOSD_LOG"
+                && v.is_some_and(|v| v.to_string_lossy().starts_with("debug"))));
+    }
+
+    #[test]
+    fn zosd_init_refuses_outside_pid_1() {
+        assert!(!is_pid1());
+        let err = run().unwrap_err();
+        assert!(err.to_string().contains("PID 1"), "{err}");
+    }
+}
