@@ -23,12 +23,14 @@ fn fast() -> DhcpConfig {
 }
 
 #[test]
-fn dhcp_lease_from_dnsmasq_is_applied_renewed_and_resolves() {
-    if !common::can_run("dhcp_lease_from_dnsmasq", &[DNSMASQ]) {
+fn dhcp_lease_from_dnsmasq_is_applied_renewed_and_serves_time_and_names() {
+    if !common::can_run("dhcp_lease_from_dnsmasq", &[DNSMASQ, CHRONYD]) {
         return;
     }
     let mut p = Pair::new();
     p.dnsmasq(true);
+    // The NTP server the lease names, for the boot sequence's clock step.
+    p.chronyd();
     // The client link starts down and without an address: acquire brings it up.
     assert!(!p.client_ip(&["-o", "link", "show", UPLINK]).contains(",UP"));
 
@@ -118,9 +120,16 @@ fn dhcp_lease_from_dnsmasq_is_applied_renewed_and_resolves() {
     println!("DHCP again on a settled link in {:?}", started.elapsed());
     assert_eq!(again.address, lease.address);
 
+    // The lease's NTP server answers (what zosd does next, before verifying
+    // any expiry).
+    let t = p
+        .in_client(|| sntp::query_first(&lease.ntp_servers(), Duration::from_secs(2)))
+        .unwrap_or_else(|e| panic!("SNTP through the lease: {e}\n{}", p.log("chronyd")));
+    assert!(t.offset().abs() < 0.05, "offset {} s", t.offset());
+
     // The lease's DNS server answers for the name dnsmasq serves.
     let addrs = p
-        .in_client(|| Resolver::new(lease.dns.clone()).lookup_ipv4("node.zt.test"))
+        .in_client(|| lease.resolver().lookup_ipv4("node.zt.test"))
         .expect("lookup through the lease's DNS");
     assert_eq!(addrs, vec![Ipv4Addr::new(10, 77, 0, 99)]);
 }

@@ -9,7 +9,7 @@
 
 mod packet;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 pub use packet::prefix_len;
@@ -33,6 +33,21 @@ pub struct Lease {
     pub rebind_secs: u32,
     /// The granting server (option 54), where renewals are sent.
     pub server: Ipv4Addr,
+}
+
+impl Lease {
+    /// The lease's NTP servers on port 123, for [`crate::sntp::query_first`].
+    pub fn ntp_servers(&self) -> Vec<SocketAddr> {
+        self.ntp
+            .iter()
+            .map(|a| SocketAddr::from((*a, 123)))
+            .collect()
+    }
+
+    /// A resolver over the lease's DNS servers.
+    pub fn resolver(&self) -> crate::dns::Resolver {
+        crate::dns::Resolver::new(self.dns.iter().copied())
+    }
 }
 
 /// Retransmission and identity.
@@ -345,6 +360,24 @@ pub fn apply(iface: &str, lease: &Lease) -> Result<(), DhcpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_helpers() {
+        let l = Lease {
+            address: Ipv4Addr::new(10, 0, 0, 5),
+            prefix_len: 24,
+            router: None,
+            dns: vec![Ipv4Addr::new(10, 0, 0, 2)],
+            ntp: vec![Ipv4Addr::new(10, 0, 0, 3)],
+            domain: None,
+            lease_secs: 60,
+            renew_secs: 30,
+            rebind_secs: 52,
+            server: Ipv4Addr::new(10, 0, 0, 1),
+        };
+        assert_eq!(l.ntp_servers(), vec!["10.0.0.3:123".parse().unwrap()]);
+        assert_eq!(l.resolver().servers(), &["10.0.0.2:53".parse().unwrap()]);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
