@@ -93,6 +93,13 @@ pub async fn register(
         return Ok(Some(Heartbeats(None)));
     };
     tokio::pin!(shutdown);
+    // Poll it once: a signal future installs its handlers when first polled, and a
+    // SIGTERM after the console line below must stop zosd cleanly, not kill it.
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Ok(None),
+        _ = std::future::ready(()) => {}
+    }
     let pinned = pinned_farmer(storage)?;
     let farm_key = NotaryKey::farm(&farm_id).context("the configured farm id")?;
 
@@ -142,7 +149,15 @@ pub async fn register(
 
     // The registration: retried until the notary takes it.
     let registration = tokio::task::block_in_place(|| registration(&farm.id, storage))?;
-    tracing::info!(capacity = ?registration.capacity, nics = registration.nics.len(), "registration");
+    let c = &registration.capacity;
+    tracing::info!(
+        cpus = c.cpus,
+        memory_bytes = c.memory_bytes,
+        ssd_bytes = c.ssd_bytes,
+        hdd_bytes = c.hdd_bytes,
+        nics = registration.nics.len(),
+        "registration"
+    );
     let mut backoff = BACKOFF_MIN;
     loop {
         let record = registration.sign(key, zos_registry::now())?;
