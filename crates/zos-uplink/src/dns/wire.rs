@@ -15,6 +15,8 @@ pub const TYPE_CNAME: u16 = 5;
 pub const CLASS_IN: u16 = 1;
 /// Longest name in presentation form without the trailing dot.
 const MAX_NAME_LEN: usize = 253;
+/// Compression pointers followed within one name.
+const MAX_JUMPS: usize = 32;
 /// More CNAME hops than any sane zone has.
 const MAX_CNAME_HOPS: usize = 8;
 
@@ -95,6 +97,7 @@ impl<'a> Reader<'a> {
         let mut total = 0usize;
         let mut at = self.pos;
         let mut resume = None;
+        let mut jumps = 0;
         loop {
             let len = *self.buf.get(at).ok_or(WireError::Truncated)? as usize;
             match len & 0xc0 {
@@ -121,6 +124,13 @@ impl<'a> Reader<'a> {
                     // jump moves towards the start, so the walk ends.
                     if target >= at {
                         return Err(WireError::BadCompression("forward pointer"));
+                    }
+                    // Backward jumps alone do not end a walk (labels read
+                    // after a jump can lead to the same pointer again); the name
+                    // length bound does, and this cap says so sooner.
+                    jumps += 1;
+                    if jumps > MAX_JUMPS {
+                        return Err(WireError::BadCompression("too many pointers"));
                     }
                     if resume.is_none() {
                         resume = Some(at + 2);
@@ -397,6 +407,22 @@ mod tests {
         );
         assert!(matches!(
             parse_reply(&fwd, 1, &q),
+            Err(WireError::BadCompression(_))
+        ));
+    }
+
+    #[test]
+    fn pointer_loops_through_labels_end() {
+        // The answer's owner: label "a" then a pointer back to that label, so
+        // every jump reads "a" again and returns to the same pointer.
+        let mut r = reply(4, "a.zt.test", 0, &[]);
+        r[6..8].copy_from_slice(&1u16.to_be_bytes());
+        let at = r.len() as u16;
+        r.extend_from_slice(b"\x01a");
+        r.extend_from_slice(&(0xc000 | at).to_be_bytes());
+        r.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4]);
+        assert!(matches!(
+            parse_reply(&r, 4, &l("a.zt.test")),
             Err(WireError::BadCompression(_))
         ));
     }
