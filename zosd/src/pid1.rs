@@ -95,6 +95,7 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
 fn prepare(sys: &Linux) -> BootParams {
     // Before the logs: the log level comes from /proc/cmdline, which needs /proc.
     let mounted = mounts::mount_all(sys);
+    ensure_console();
     let cmdline = sys
         .read_file(Path::new("/proc/cmdline"))
         .unwrap_or_default();
@@ -136,16 +137,33 @@ fn prepare(sys: &Linux) -> BootParams {
         Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
     }
 
+    // The address and the clock before the agent verifies any signature's expiry.
     let uplink = uplink_iface();
-    // PENDING: uplink::bring_up(&uplink, &params): DHCPv4 lease (zos_uplink::dhcp::
-    // acquire/apply) and the clock (zos_uplink::sntp) before the agent verifies any
-    // expiry. Until then the node's uplink must be configured by the kernel (ip=) or
-    // not at all, and the clock is the RTC's.
+    uplink::bring_up(&uplink);
 
     if let Err(error) = write_node_config(Path::new(NODE_CONFIG), &params, &uplink) {
         tracing::error!(%error, path = NODE_CONFIG, "writing the agent's configuration");
     }
     params
+}
+
+/// The kernel opens `/dev/console` as init's stdin, stdout and stderr only if the image
+/// has that node; once devtmpfs is mounted it exists: open it then, so the console shows
+/// the logs.
+fn ensure_console() {
+    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+    if fcntl(2, FcntlArg::F_GETFD).is_ok() {
+        return;
+    }
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY;
+    if let Ok(fd) = open("/dev/console", flags, nix::sys::stat::Mode::empty()) {
+        for target in 0..3 {
+            let _ = nix::unistd::dup2(fd, target);
+        }
+        if fd > 2 {
+            let _ = nix::unistd::close(fd);
+        }
+    }
 }
 
 /// Logs on the console: no colours (serial consoles end up in files), `zos.debug` for
@@ -183,6 +201,47 @@ fn agent_command(exe: &Path, debug: bool) -> Command {
         c.pre_exec(|| zos_init::set_child_subreaper().map_err(std::io::Error::from));
     }
     c
+}
+
+/// The uplink at boot, with zos-uplink (docs/uplink.md): a DHCPv4 lease applied to the
+/// interface, then the clock from the lease's NTP servers. Best effort: without either
+/// the agent still starts, and says what fails (an unreachable notary, expired
+/// signatures).
+mod uplink {
+    use std::time::Duration;
+
+    use zos_uplink::{dhcp, sntp};
+
+    pub fn bring_up(iface: &str) -> Option<dhcp::Lease> {
+        // Three tries per stage (4 + 8 + 16 s): a node without DHCP starts its agent
+        // within half a minute anyway.
+        let cfg = dhcp::DhcpConfig {
+            attempts: 3,
+            ..dhcp::DhcpConfig::default()
+        };
+        let lease =
+            match dhcp::acquire(iface, &cfg).and_then(|l| dhcp::apply(iface, &l).map(|()| l)) {
+                Ok(lease) => lease,
+                Err(error) => {
+                    tracing::error!(%iface, %error, "no DHCP lease: the uplink stays unconfigured");
+                    return None;
+                }
+            };
+        let servers = lease.ntp_servers();
+        if servers.is_empty() {
+            tracing::warn!(%iface, "the DHCP lease names no NTP server: the clock stays the RTC's");
+            return Some(lease);
+        }
+        match sntp::query_first(&servers, Duration::from_secs(2))
+            .and_then(|t| sntp::set_clock(t.corrected_now()))
+        {
+            Ok(()) => {}
+            Err(error) => tracing::warn!(%error, "clock not set: it stays the RTC's"),
+        }
+        // PENDING: renewing the lease at lease.renew_secs (dhcp::renew + apply) belongs
+        // in a periodic task; nothing renews it yet (docs/pid1.md).
+        Some(lease)
+    }
 }
 
 /// The uplink: the first network interface backed by a device (not lo, not virtual),
