@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -88,8 +89,9 @@ pub fn init_sigset() -> SigSet {
 
 /// Blocks [`INIT_SIGNALS`] in the calling thread. Call it first thing in `main`, before
 /// any thread exists: threads inherit the mask, and a thread that does not block a
-/// process signal may take it instead of the init loop. Children start with an empty
-/// mask again (std's `Command` resets it between fork and exec).
+/// process signal may take it instead of the init loop. Children inherit it through
+/// fork and exec too (std's `Command` does not reset it): [`Linux::spawn`] empties it
+/// between fork and exec, or the agent would never see its SIGTERM.
 pub fn block_init_signals() -> Result<(), Errno> {
     init_sigset().thread_block()
 }
@@ -141,6 +143,18 @@ impl Sys for Linux {
     }
 
     fn spawn(&self, cmd: &mut Command) -> io::Result<Pid> {
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed:
+        // sigemptyset fills a stack value and sigprocmask is a plain system call.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(empty.as_mut_ptr());
+                if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         // The Child handle is dropped: PID 1 reaps with waitpid(-1), not Child::wait.
         let child = cmd.spawn()?;
         Ok(Pid::from_raw(child.id() as i32))

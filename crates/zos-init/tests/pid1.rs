@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         Ok("orphans") => role_orphans(),
         Ok("exit") => ExitCode::SUCCESS,
         Ok("sleeper") => role_sleeper(),
+        Ok("plain") => role_plain(),
         _ => driver(),
     }
 }
@@ -306,6 +307,13 @@ fn scenario(mode: &str) -> Result<(), String> {
             let term_all = pos("kill_all SIGTERM");
             // The sleeper ignores SIGTERM: only SIGKILL gets rid of it.
             let kill_all = pos("kill_all SIGKILL");
+            // The plain orphan ends with the first, polite round.
+            let plain = fs::read_to_string(dir.join("plain.pid")).unwrap();
+            let plain_reaped = pos(&format!("reaped {} SIGTERM", plain.trim()));
+            assert!(
+                term_all < plain_reaped && plain_reaped < kill_all,
+                "{calls:#?}"
+            );
             let first_sync = pos("sync");
             let first_unmount = pos("unmount ");
             let reboot = pos("reboot PowerOff");
@@ -382,7 +390,17 @@ impl Sys for TestSys {
         self.real.wait_signal(timeout)
     }
     fn reap_one(&self) -> Result<Option<WaitStatus>, Errno> {
-        self.real.reap_one()
+        let r = self.real.reap_one();
+        match r {
+            Ok(Some(WaitStatus::Exited(pid, code))) => {
+                append(&self.log, &format!("reaped {pid} exit {code}"))
+            }
+            Ok(Some(WaitStatus::Signaled(pid, sig, _))) => {
+                append(&self.log, &format!("reaped {pid} {sig}"))
+            }
+            _ => {}
+        }
+        r
     }
     fn spawn(&self, cmd: &mut Command) -> std::io::Result<Pid> {
         let pid = self.real.spawn(cmd)?;
@@ -492,6 +510,15 @@ fn role_init() -> ExitCode {
 /// Crashes on its first two runs; then leaves orphans and waits for SIGTERM.
 fn role_agent() -> ExitCode {
     let dir = dir();
+    // The init blocks its signals; its children must not inherit that mask (std's
+    // Command empties it), or an agent would never see its own SIGTERM.
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let blocked = status.lines().find(|l| l.starts_with("SigBlk:")).unwrap();
+    assert_eq!(
+        u64::from_str_radix(blocked[7..].trim(), 16).unwrap(),
+        0,
+        "{blocked}"
+    );
     append(&dir.join("agent.starts"), &millis().to_string());
     let runs = fs::read_to_string(dir.join("agent.starts"))
         .unwrap()
@@ -502,13 +529,14 @@ fn role_agent() -> ExitCode {
         2 => std::process::abort(),
         _ => {}
     }
-    // Block SIGTERM first so it cannot be missed, then leave the orphans behind.
-    let mut term = SigSet::empty();
-    term.add(Signal::SIGTERM);
-    term.thread_block().unwrap();
+    // Leave the orphans behind first: they must not inherit a blocked SIGTERM. Then
+    // block it, before saying ready, so the driver's shutdown cannot be missed.
     fs::write(dir.join("agent.pid"), nix::unistd::getpid().to_string()).unwrap();
     let status = me("orphans").status().unwrap();
     assert!(status.success());
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.thread_block().unwrap();
     fs::write(dir.join("ready"), "").unwrap();
     let sig = term.wait().unwrap();
     append(&dir.join("agent.log"), &format!("agent got {sig}"));
@@ -527,10 +555,11 @@ fn role_orphans() -> ExitCode {
     }
     fs::write(dir.join("zombies.hostpids"), hostpids).unwrap();
     let s = me("sleeper").spawn().unwrap();
-    wait_for("the sleeper", Duration::from_secs(5), || {
-        dir.join("sleeper.hostpid").exists()
+    let p = me("plain").spawn().unwrap();
+    wait_for("the sleepers", Duration::from_secs(5), || {
+        dir.join("sleeper.hostpid").exists() && dir.join("plain.pid").exists()
     });
-    drop(s);
+    drop((s, p));
     // Let the quick ones become zombies under us before we go.
     std::thread::sleep(Duration::from_millis(100));
     ExitCode::SUCCESS
@@ -559,17 +588,28 @@ fn host_pid(pid_here: u32) -> i32 {
     panic!("no host pid for {pid_here}")
 }
 
+/// Sleeps with every signal as the kernel's default: SIGTERM ends it, if it gets there
+/// (it would not if the init's blocked mask had leaked into its children).
+fn role_plain() -> ExitCode {
+    // Its pid as the init sees it (both are in the same namespace).
+    let tmp = dir().join("plain.pid.tmp");
+    fs::write(&tmp, nix::unistd::getpid().to_string()).unwrap();
+    fs::rename(tmp, dir().join("plain.pid")).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 /// Ignores SIGTERM and sleeps: only the shutdown's SIGKILL ends it.
 fn role_sleeper() -> ExitCode {
     // SAFETY: SIG_IGN installs no handler code; nothing else runs in this process yet.
     unsafe { nix::sys::signal::signal(Signal::SIGTERM, nix::sys::signal::SigHandler::SigIgn) }
         .unwrap();
     let me_host = fs::read_link("/proc/self").unwrap();
-    fs::write(
-        dir().join("sleeper.hostpid"),
-        me_host.to_string_lossy().as_bytes(),
-    )
-    .unwrap();
+    // Whole or not at all: the driver polls for this file.
+    let tmp = dir().join("sleeper.hostpid.tmp");
+    fs::write(&tmp, me_host.to_string_lossy().as_bytes()).unwrap();
+    fs::rename(tmp, dir().join("sleeper.hostpid")).unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
