@@ -13,6 +13,14 @@
 //!
 //! A broken entry (a cycle, a dependency missing from the image) fails the modules that
 //! need it, with a typed error, and nothing else: the rest still load.
+//!
+//! Soft dependencies (`modules.softdep`, `softdep btrfs pre: crypto-crc32c`) are what
+//! modprobe loads first without the module linking against them: mostly the crypto
+//! algorithms a module asks the kernel for at init, which the kernel would otherwise
+//! request through modprobe, which the image does not have. Their names are resolved
+//! through `modules.alias` (exact aliases only). They are best effort: one that fails
+//! does not fail the module, and one that does not apply to this machine (`ENODEV`,
+//! e.g. `crc32c_intel` on a CPU without SSE 4.2) is listed as such, not as a failure.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -60,6 +68,8 @@ pub struct Module {
     pub path: PathBuf,
     /// Names of the modules it needs.
     pub deps: Vec<String>,
+    /// Names of the modules to load before it if possible (`softdep ... pre:`).
+    pub soft_pre: Vec<String>,
 }
 
 impl Module {
@@ -112,6 +122,7 @@ impl ModulesDep {
                 name: module_name(path),
                 path: PathBuf::from(path),
                 deps: deps.split_whitespace().map(module_name).collect(),
+                soft_pre: Vec::new(),
             };
             modules.insert(m.name.clone(), m);
         }
@@ -121,6 +132,58 @@ impl ModulesDep {
             .map(module_name)
             .collect();
         Ok(ModulesDep { modules, builtin })
+    }
+
+    /// Adds the `pre:` soft dependencies of `modules.softdep`, resolving names through
+    /// `modules.alias`; names that resolve to no module in modules.dep (built in, or
+    /// not in the image) are dropped: they are soft.
+    pub fn add_softdeps(&mut self, modules_softdep: &str, modules_alias: &str) {
+        let mut aliases: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for line in modules_alias.lines() {
+            let mut f = line.split_whitespace();
+            if let (Some("alias"), Some(pattern), Some(module)) = (f.next(), f.next(), f.next()) {
+                if !pattern.contains(['*', '?', '[']) {
+                    aliases
+                        .entry(pattern)
+                        .or_default()
+                        .push(module_name(module));
+                }
+            }
+        }
+        for line in modules_softdep.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("softdep") {
+                continue;
+            }
+            let Some(module) = words.next().map(module_name) else {
+                continue;
+            };
+            let mut pre = Vec::new();
+            let mut in_pre = false;
+            for w in words {
+                match w {
+                    "pre:" => in_pre = true,
+                    "post:" => in_pre = false,
+                    name if in_pre => pre.push(name),
+                    _ => {}
+                }
+            }
+            let resolved: Vec<String> = pre
+                .into_iter()
+                .flat_map(|n| match aliases.get(n) {
+                    Some(ms) => ms.clone(),
+                    None => vec![module_name(n)],
+                })
+                .filter(|n| *n != module && self.modules.contains_key(n))
+                .collect();
+            if let Some(m) = self.modules.get_mut(&module) {
+                for r in resolved {
+                    if !m.soft_pre.contains(&r) {
+                        m.soft_pre.push(r);
+                    }
+                }
+            }
+        }
     }
 
     /// The modules to load for `wanted`, dependencies first, each once; and a typed
@@ -167,6 +230,11 @@ impl ModulesDep {
         }
         let m = &self.modules[name];
         stack.push(name.to_string());
+        for soft in &m.soft_pre {
+            // Best effort: a soft dependency that cannot be ordered is left out.
+            let mut soft_stack = stack.clone();
+            let _ = self.visit(soft, &mut soft_stack, done, order);
+        }
         for dep in &m.deps {
             if !self.modules.contains_key(dep) {
                 return Err(ModulesError::MissingDependency {
@@ -188,6 +256,8 @@ pub struct LoadReport {
     pub loaded: Vec<String>,
     /// Already loaded (EEXIST) before we came.
     pub present: Vec<String>,
+    /// Modules whose init said this machine has nothing for them (ENODEV).
+    pub not_applicable: Vec<String>,
     pub failed: Vec<ModulesError>,
 }
 
@@ -207,11 +277,10 @@ pub fn load(sys: &dyn Sys, dir: &Path, wanted: Wanted<'_>) -> Result<LoadReport,
         path: dep_path.clone(),
         message: e.to_string(),
     })?;
-    // modules.builtin is optional: older or hand-made trees lack it.
-    let builtin = sys
-        .read_file(&dir.join("modules.builtin"))
-        .unwrap_or_default();
-    let dep = ModulesDep::parse(&text, &builtin)?;
+    // The others are optional: older or hand-made trees lack them.
+    let optional = |name: &str| sys.read_file(&dir.join(name)).unwrap_or_default();
+    let mut dep = ModulesDep::parse(&text, &optional("modules.builtin"))?;
+    dep.add_softdeps(&optional("modules.softdep"), &optional("modules.alias"));
     let (order, mut failed) = dep.load_order(wanted);
 
     let mut report = LoadReport::default();
@@ -232,6 +301,12 @@ pub fn load(sys: &dyn Sys, dir: &Path, wanted: Wanted<'_>) -> Result<LoadReport,
                 report.loaded.push(m.name.clone());
             }
             Err(Errno::EEXIST) => report.present.push(m.name.clone()),
+            Err(Errno::ENODEV) => {
+                // Not an error for the node, but what needs it cannot load.
+                tracing::info!(module = %m.name, "module does not apply to this machine");
+                bad.insert(&m.name);
+                report.not_applicable.push(m.name.clone());
+            }
             // EINVAL: a kernel before 6.4 (unknown flag); EOPNOTSUPP: built without
             // CONFIG_MODULE_DECOMPRESS or without this algorithm.
             Err(errno @ (Errno::EINVAL | Errno::EOPNOTSUPP)) if m.is_compressed() => {
@@ -398,6 +473,41 @@ mod tests {
         assert!(sys
             .calls()
             .contains(&"finit_module /lib/modules/6.1.0-test/kernel/fs/fuse/fuse.ko".to_string()));
+    }
+
+    const SOFTDEP: &str =
+        "softdep btrfs pre: crypto-crc32c sha256 post: nothing\nsoftdep ghost pre: fuse\n";
+    const ALIAS: &str = "alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias pci:v00001AF4d* virtio_pci\n";
+
+    #[test]
+    fn soft_dependencies_come_first_through_aliases() {
+        let mut dep = ModulesDep::parse(DEP, BUILTIN).unwrap();
+        dep.add_softdeps(SOFTDEP, ALIAS);
+        // sha256 is not in the image (built in): dropped; post: is not ours.
+        assert_eq!(
+            dep.modules["btrfs"].soft_pre,
+            vec!["crc32c_intel", "crc32c_generic"]
+        );
+        let (order, errors) = dep.load_order(Wanted::Names(&["btrfs"]));
+        assert_eq!(errors, vec![]);
+        let order = names(&order);
+        assert!(before(&order, "crc32c_intel", "btrfs"), "{order:?}");
+        assert!(before(&order, "crc32c_generic", "btrfs"), "{order:?}");
+    }
+
+    #[test]
+    fn a_soft_dependency_that_does_not_apply_fails_nothing() {
+        let sys = FakeSys::default();
+        let dir = Path::new("/m");
+        sys.set_file("/m/modules.dep", DEP);
+        sys.set_file("/m/modules.softdep", SOFTDEP);
+        sys.set_file("/m/modules.alias", ALIAS);
+        sys.fail_module("crc32c_intel", Errno::ENODEV);
+        let report = load(&sys, dir, Wanted::Names(&["btrfs"])).unwrap();
+        assert_eq!(report.not_applicable, vec!["crc32c_intel"]);
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert!(report.loaded.contains(&"crc32c_generic".to_string()));
+        assert_eq!(report.loaded.last().map(String::as_str), Some("btrfs"));
     }
 
     #[test]
