@@ -44,6 +44,9 @@ pub struct EngineConfig {
     pub restart_min: Duration,
     pub restart_max: Duration,
     pub restart_reset: Duration,
+    /// How often a running contract's status is published again when only its
+    /// workloads' log tails changed (a VM's console comes seconds after "running").
+    pub log_refresh: Duration,
     pub limits: Limits,
 }
 
@@ -56,6 +59,7 @@ impl Default for EngineConfig {
             restart_min: Duration::from_millis(200),
             restart_max: Duration::from_secs(30),
             restart_reset: Duration::from_secs(60),
+            log_refresh: Duration::from_secs(5),
             limits: Limits::default(),
         }
     }
@@ -81,8 +85,10 @@ pub struct Engine<P, N, S: JournalStore> {
     journal: Journal<S>,
     /// Per workload (node-wide name): restart backoff.
     backoff: HashMap<String, Backoff>,
-    /// The last report published per contract, without log tails: publish on change.
+    /// The last report published per contract: publish on change.
     published: HashMap<String, StatusReport>,
+    /// When log tails were last looked at for a refresh.
+    logs_refreshed: Option<Instant>,
     /// Unix seconds; a function so tests can move time.
     clock: fn() -> u64,
 }
@@ -110,6 +116,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             journal,
             backoff: HashMap::new(),
             published: HashMap::new(),
+            logs_refreshed: None,
             clock: unix_now,
         }
     }
@@ -603,6 +610,23 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                 self.report(&o.id).await?;
             }
         }
+        if self
+            .logs_refreshed
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.log_refresh)
+        {
+            self.logs_refreshed = Some(now);
+            let running: Vec<String> = self
+                .journal
+                .data()
+                .owned
+                .values()
+                .filter(|o| matches!(o.phase, Phase::Running))
+                .map(|o| o.id.clone())
+                .collect();
+            for id in running {
+                self.report_as(&id, Compare::WithLogs).await?;
+            }
+        }
         Ok(())
     }
 
@@ -640,6 +664,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                     },
                     address: s.address.or(assigned),
                     restarts,
+                    runtime: s.runtime,
                     log_tail: s.log_tail,
                 },
                 Ok(None) => WorkloadReport {
@@ -658,8 +683,12 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         out
     }
 
-    /// Publishes the current status of an owned contract.
+    /// Publishes the current status of an owned contract if it changed.
     async fn report(&mut self, id: &str) -> Result<(), EngineError> {
+        self.report_as(id, Compare::WithoutLogs).await
+    }
+
+    async fn report_as(&mut self, id: &str, compare: Compare) -> Result<(), EngineError> {
         let Some(owned) = self.journal.owned(id).cloned() else {
             return Ok(());
         };
@@ -676,17 +705,34 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         };
         let mut report = StatusReport::new(id, Some(owned.version), state, message);
         report.workloads = workloads;
-        self.publish(report).await
+        self.publish_as(report, compare).await
     }
 
-    /// Signs and publishes `report` unless it says what the last one said (log tails
-    /// aside: they change all the time and ride along with real changes).
     async fn publish(&mut self, report: StatusReport) -> Result<(), EngineError> {
-        let mut comparable = report.clone();
-        for w in comparable.workloads.values_mut() {
-            w.log_tail.clear();
-        }
-        if self.published.get(&report.contract) == Some(&comparable) {
+        self.publish_as(report, Compare::WithoutLogs).await
+    }
+
+    /// Signs and publishes `report` unless it says what the last one said. Log tails
+    /// change all the time: they ride along with real changes, and count only on the
+    /// periodic refresh ([`EngineConfig::log_refresh`]).
+    async fn publish_as(
+        &mut self,
+        report: StatusReport,
+        compare: Compare,
+    ) -> Result<(), EngineError> {
+        let without_logs = |r: &StatusReport| {
+            let mut r = r.clone();
+            r.workloads.values_mut().for_each(|w| w.log_tail.clear());
+            r
+        };
+        let same = self
+            .published
+            .get(&report.contract)
+            .is_some_and(|last| match compare {
+                Compare::WithLogs => *last == report,
+                Compare::WithoutLogs => without_logs(last) == without_logs(&report),
+            });
+        if same {
             return Ok(());
         }
         let key = match NotaryKey::status(&self.node(), &report.contract) {
@@ -704,9 +750,16 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             return Ok(());
         }
         tracing::info!(contract = %report.contract, state = ?report.state, message = %report.message, "status");
-        self.published.insert(report.contract.clone(), comparable);
+        self.published.insert(report.contract.clone(), report);
         Ok(())
     }
+}
+
+/// Whether a report whose log tails alone changed is a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    WithLogs,
+    WithoutLogs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -81,6 +81,9 @@ pub struct WorkloadStatus {
     /// The last lines it wrote (stdout and stderr, or the serial console of a VM).
     #[serde(default)]
     pub log_tail: Vec<String>,
+    /// What runs it, if worth saying (a VM: the hypervisor and its accelerator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

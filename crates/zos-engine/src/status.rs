@@ -48,6 +48,9 @@ pub struct WorkloadReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
     pub restarts: u32,
+    /// What runs it, when the provisioner says (a VM: `qemu/kvm` or `qemu/tcg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
 }

@@ -144,6 +144,7 @@ impl Provisioner for Fake {
                 state: state.clone(),
                 address: Some("10.20.0.2".parse().unwrap()),
                 log_tail: vec!["hello".into()],
+                runtime: None,
             }))
     }
 
@@ -162,6 +163,7 @@ fn running() -> WorkloadStatus {
         state: WorkloadState::Running,
         address: Some("10.20.0.2".parse().unwrap()),
         log_tail: vec![],
+        runtime: None,
     }
 }
 
