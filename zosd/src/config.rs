@@ -23,6 +23,12 @@
 //! reserve_cpu = 0
 //! cpu_overcommit = 4         # workload CPUs admitted per logical CPU (memory: never)
 //!
+//! [vm]
+//! qemu = "qemu-system-x86_64"
+//! accel = "auto"             # kvm only if a probe VM boots under it; or "kvm", "tcg"
+//! console_limit_kib = 1024   # each VM's serial console log is kept under this
+//! stop_grace_secs = 3        # after the ACPI power button, before QEMU quits
+//!
 //! [trust]
 //! blueprint_authors = []     # hex public keys; empty accepts any valid signature
 //! ```
@@ -55,6 +61,45 @@ pub struct NodeConfig {
     pub capacity: CapacitySection,
     #[serde(default)]
     pub trust: TrustSection,
+    #[serde(default)]
+    pub vm: VmSection,
+}
+
+/// Micro-VMs (docs/vm.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSection {
+    #[serde(default = "default_qemu")]
+    pub qemu: PathBuf,
+    #[serde(default)]
+    pub accel: zos_vm::AccelChoice,
+    #[serde(default = "default_console_limit_kib")]
+    pub console_limit_kib: u64,
+    #[serde(default = "default_stop_grace_secs")]
+    pub stop_grace_secs: u64,
+}
+
+impl Default for VmSection {
+    fn default() -> Self {
+        VmSection {
+            qemu: default_qemu(),
+            accel: zos_vm::AccelChoice::default(),
+            console_limit_kib: default_console_limit_kib(),
+            stop_grace_secs: default_stop_grace_secs(),
+        }
+    }
+}
+
+fn default_qemu() -> PathBuf {
+    PathBuf::from("qemu-system-x86_64")
+}
+
+fn default_console_limit_kib() -> u64 {
+    1024
+}
+
+fn default_stop_grace_secs() -> u64 {
+    3
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

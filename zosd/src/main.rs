@@ -11,6 +11,7 @@ mod pid1;
 mod provisioner;
 mod registration;
 mod rootfs;
+mod vms;
 mod workloads;
 
 use std::path::PathBuf;

@@ -14,6 +14,7 @@ use crate::config::NodeConfig;
 use crate::kernel_names::KernelNames;
 use crate::provisioner::NodeProvisioner;
 use crate::rootfs::Rootfs;
+use crate::vms::Vms;
 use crate::workloads::Workloads;
 
 /// State home key of the node's ed25519 seed.
@@ -126,6 +127,17 @@ fn capacity(cfg: &NodeConfig, storage: &Storage) -> anyhow::Result<Capacity> {
     })
 }
 
+/// QEMU for micro-VMs, its run directories under the state dir. The accelerator is
+/// decided when the first VM starts (a probe boots that VM's kernel under KVM).
+fn hypervisor(cfg: &NodeConfig) -> anyhow::Result<zos_vm::Qemu> {
+    let mut q = zos_vm::QemuConfig::under(cfg.state_dir.join("vms"));
+    q.binary = cfg.vm.qemu.clone();
+    q.accel = cfg.vm.accel;
+    q.console_limit = cfg.vm.console_limit_kib << 10;
+    q.stop_grace = std::time::Duration::from_secs(cfg.vm.stop_grace_secs);
+    zos_vm::Qemu::new(q).context("micro-VM hypervisor")
+}
+
 /// Runs the node agent until SIGTERM or SIGINT.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
@@ -151,6 +163,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         network,
         Rootfs::new(&cfg.state_dir),
         Workloads::new(&cfg.state_dir).context("container runtime")?,
+        Vms::new(Arc::new(hypervisor(&cfg)?), storage.clone()),
         KernelNames::open(&cfg.state_dir, &cfg.network.prefix),
     );
     let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;

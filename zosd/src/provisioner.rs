@@ -1,6 +1,7 @@
 //! The engine's [`Provisioner`] on a real node: volumes from zos-storage, tenant
-//! networks from zos-network, root filesystems from zos-flist ([`crate::rootfs`]) and
-//! containers from zos-container ([`crate::workloads`]). Wiring only: each call maps
+//! networks from zos-network, root filesystems from zos-flist ([`crate::rootfs`]),
+//! containers from zos-container ([`crate::workloads`]) and micro-VMs from zos-vm
+//! ([`crate::vms`]). Wiring only: each call maps
 //! names ([`crate::kernel_names`]) and hands over to the crate that owns the concern,
 //! on a blocking thread (those APIs are synchronous).
 
@@ -20,6 +21,7 @@ use zos_storage::{PoolKind, Storage};
 
 use crate::kernel_names::KernelNames;
 use crate::rootfs::Rootfs;
+use crate::vms::{VmPlan, Vms};
 use crate::workloads::{ContainerPlan, Workloads};
 
 pub struct NodeProvisioner {
@@ -31,6 +33,7 @@ struct Inner {
     network: Network,
     rootfs: Rootfs,
     workloads: Workloads,
+    vms: Vms,
     names: KernelNames,
 }
 
@@ -58,6 +61,7 @@ impl NodeProvisioner {
         network: Network,
         rootfs: Rootfs,
         workloads: Workloads,
+        vms: Vms,
         names: KernelNames,
     ) -> Self {
         NodeProvisioner {
@@ -66,13 +70,57 @@ impl NodeProvisioner {
                 network,
                 rootfs,
                 workloads,
+                vms,
                 names,
             }),
         }
     }
 }
 
+/// The tap of a VM workload (its kernel name, prefixed).
+fn tap_name(wl_id: &str) -> String {
+    format!("t-{wl_id}")
+}
+
 impl Inner {
+    /// The VM with this node-wide name, by its kernel name, if one exists.
+    fn vm_id(&self, name: &str) -> Option<String> {
+        let id = self.names.resolve("wl", name).ok()?;
+        self.vms.ids().contains(&id).then_some(id)
+    }
+
+    /// Starts a VM workload: its verified flist, its network tap, its disks.
+    fn start_vm(&self, plan: &WorkloadPlan) -> Result<WorkloadStatus, ProvisionError> {
+        let id = self
+            .names
+            .kernel("wl", &plan.name)
+            .map_err(io_err("workload", &plan.name))?;
+        // A tampered kernel block fails here, before QEMU ever starts.
+        let tree = self.rootfs.unpacked(&plan.name, &plan.workload.flist)?;
+        let nic = match self.attachment(plan)? {
+            Some((net_plan, wl)) => {
+                let net = self.tenant(&net_plan)?;
+                self.network
+                    .attach(&net, &wl)
+                    .map_err(|e| ProvisionError::new("network", &plan.name, e.to_string()))?;
+                let WorkloadAttachment::Tap { name } = wl.attachment else {
+                    unreachable!("a VM is attached by a tap");
+                };
+                Some((
+                    name,
+                    self.network.netns_path(&self.network.tenant_netns(&net.id)),
+                ))
+            }
+            None => None,
+        };
+        self.vms.start(&VmPlan {
+            plan,
+            tree,
+            id,
+            nic,
+        })
+    }
+
     fn tenant(&self, plan: &NetworkPlan) -> Result<TenantNetwork, ProvisionError> {
         let id = self
             .names
@@ -124,7 +172,7 @@ impl Inner {
                 ip: *ip,
             },
             WorkloadKind::Vm => WorkloadAttachment::Tap {
-                name: format!("t-{wl_id}"),
+                name: tap_name(&wl_id),
             },
         };
         Ok(Some((
@@ -210,17 +258,13 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let plan = plan.clone();
         blocking("workload", &plan.name.clone(), move || {
+            if plan.workload.kind == WorkloadKind::Vm {
+                // zos-vm finds a running VM by its pidfile and never starts it twice.
+                return inner.start_vm(&plan);
+            }
             if let Some(status) = inner.workloads.running(&plan.name) {
                 // Re-adoption: it runs already; never start it twice.
                 return Ok(status);
-            }
-            if plan.workload.kind != WorkloadKind::Container {
-                return Err(ProvisionError::new(
-                    "workload",
-                    &plan.name,
-                    "micro-VM workloads are not supported by this node yet",
-                )
-                .permanent());
             }
             let rootfs = inner.rootfs.ensure(&plan.name, &plan.workload.flist)?;
             let netns = match inner.attachment(&plan)? {
@@ -263,17 +307,25 @@ impl Provisioner for NodeProvisioner {
         blocking("workload", &name.clone(), move || {
             inner.workloads.remove(&name)?;
             inner.rootfs.remove(&name)?;
-            // Its network attachment: the namespace and bridge port named after it.
-            if let Ok(wl_id) = inner.names.resolve("wl", &name) {
-                if let Ok(inventory) = inner.network.list() {
-                    for net_id in inventory.networks() {
-                        let netns = inner.network.workload_netns(&net_id, &wl_id);
+            let Ok(wl_id) = inner.names.resolve("wl", &name) else {
+                return Ok(());
+            };
+            inner.vms.remove(&name, &wl_id)?;
+            // Its network attachment: the namespace and bridge port (a container) or
+            // the tap (a VM) named after it.
+            if let Ok(inventory) = inner.network.list() {
+                for net_id in inventory.networks() {
+                    let veth = WorkloadAttachment::Veth {
+                        netns: inner.network.workload_netns(&net_id, &wl_id),
+                        ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    };
+                    let tap = WorkloadAttachment::Tap {
+                        name: tap_name(&wl_id),
+                    };
+                    for attachment in [veth, tap] {
                         let wl = NetWorkload {
                             id: wl_id.clone(),
-                            attachment: WorkloadAttachment::Veth {
-                                netns,
-                                ip: std::net::Ipv4Addr::UNSPECIFIED,
-                            },
+                            attachment,
                         };
                         let _ = inner.network.detach(&net_id, &wl);
                     }
@@ -288,7 +340,10 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
-            Ok(inner.workloads.status(&name))
+            Ok(match inner.vm_id(&name) {
+                Some(id) => inner.vms.status(&id),
+                None => inner.workloads.status(&name),
+            })
         })
         .await
     }
@@ -297,7 +352,10 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
-            Ok(inner.workloads.state(&name))
+            Ok(match inner.vm_id(&name) {
+                Some(id) => inner.vms.state(&id),
+                None => inner.workloads.state(&name),
+            })
         })
         .await
     }
@@ -328,6 +386,13 @@ impl Provisioner for NodeProvisioner {
                 .names()
                 .into_iter()
                 .chain(inner.rootfs.workloads())
+                .chain(
+                    inner
+                        .vms
+                        .ids()
+                        .iter()
+                        .map(|id| inner.names.node_wide("wl", id)),
+                )
                 .collect();
             Ok(inv)
         })

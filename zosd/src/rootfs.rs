@@ -103,7 +103,9 @@ impl Rootfs {
     }
 
     /// The unpacked tree of `flist`, fetching, verifying and unpacking it if needed.
-    fn unpacked(&self, name: &str, flist: &FlistRef) -> Result<PathBuf, ProvisionError> {
+    /// Shared by every workload of that flist: read it, never write it (a VM's kernel
+    /// is read from here; containers write to their overlay's upper layer).
+    pub fn unpacked(&self, name: &str, flist: &FlistRef) -> Result<PathBuf, ProvisionError> {
         let sha = flist.sha256.to_hex();
         let tree = self.state.join("rootfs").join(&sha);
         if tree.is_dir() {

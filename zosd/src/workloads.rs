@@ -97,6 +97,7 @@ impl Workloads {
             state,
             address: None,
             log_tail: self.tail(name),
+            runtime: None,
         }
     }
 

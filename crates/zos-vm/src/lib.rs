@@ -10,12 +10,14 @@
 pub mod accel;
 pub mod cgroup;
 pub mod console;
+mod disk;
 mod error;
 pub mod qemu;
 pub mod qmp;
 mod spec;
 
 pub use accel::{Accel, AccelChoice};
+pub use disk::copy_image;
 pub use error::{Error, Result};
 pub use qemu::{Qemu, QemuConfig};
 pub use spec::{valid_name, Boot, Disk, Nic, VmSpec, CMDLINE_MAX};

@@ -270,6 +270,13 @@ impl Hypervisor for Qemu {
     fn start(&self, spec: &VmSpec) -> Result<Started> {
         spec.validate()?;
         let run = self.run_dir(&spec.name);
+        // sun_path holds 107 bytes and a NUL: a longer QMP path could not be bound.
+        if run.qmp().as_os_str().len() > 107 {
+            return Err(Error::InvalidSpec(format!(
+                "{}: too long for a unix socket (use a shorter run root or VM name)",
+                run.qmp().display()
+            )));
+        }
         if let Some(pid) = self.live_pid(&run) {
             // Running already (re-adoption): never start a VM twice.
             return Ok(Started {
