@@ -131,6 +131,7 @@ fn prepare(sys: &Linux) -> BootParams {
         Ok(r) => tracing::info!(
             loaded = r.loaded.len(),
             present = r.present.len(),
+            not_applicable = ?r.not_applicable,
             failed = r.failed.len(),
             "kernel modules"
         ),
