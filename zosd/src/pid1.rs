@@ -142,7 +142,8 @@ fn prepare(sys: &Linux) -> BootParams {
     let uplink = uplink_iface();
     uplink::bring_up(&uplink);
 
-    if let Err(error) = write_node_config(Path::new(NODE_CONFIG), &params, &uplink) {
+    let disks = boot_disks();
+    if let Err(error) = write_node_config(Path::new(NODE_CONFIG), &params, &uplink, &disks) {
         tracing::error!(%error, path = NODE_CONFIG, "writing the agent's configuration");
     }
     params
@@ -259,11 +260,36 @@ fn uplink_iface() -> String {
     names.into_iter().next().unwrap_or_else(|| "eth0".into())
 }
 
-/// The agent's node.toml (docs/zosd.md) from the boot parameters. Disks are left
-/// empty: the configuration cannot say "every disk" yet (docs/pid1.md), and the agent
-/// refuses a configuration without any, so it is restarted with backoff until that
-/// lands. No notary on the command line leaves `notary` out: the agent says so.
-pub fn node_config(params: &BootParams, uplink: &str) -> String {
+/// The disks that may hold pools: every disk of the machine that zos-storage's policy
+/// accepts (blank, or carrying one of our pools; not removable, virtual, read-only,
+/// in use or foreign). Refused ones are logged with the reason.
+fn boot_disks() -> Vec<PathBuf> {
+    let cfg = zos_storage::DiscoveryConfig::default();
+    let plan = match zos_storage::disk::plan(&cfg) {
+        Ok(plan) => plan,
+        Err(error) => {
+            tracing::error!(%error, "listing the disks");
+            return Vec::new();
+        }
+    };
+    let mut disks = Vec::new();
+    for (disk, verdict) in plan.disks {
+        match verdict {
+            zos_storage::Verdict::Refused { reason } => {
+                tracing::debug!(disk = %disk.name, %reason, "disk not used")
+            }
+            _ => disks.push(disk.path),
+        }
+    }
+    tracing::info!(?disks, "disks for the pools");
+    disks
+}
+
+/// The agent's node.toml (docs/zosd.md) from the boot parameters and the disks found
+/// at boot ([`boot_disks`]); the agent refuses a configuration without any disk, and
+/// is restarted with backoff. No notary on the command line leaves `notary` out: the
+/// agent says so.
+pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> String {
     use toml::{Table, Value};
     let mut t = Table::new();
     if let Some(n) = &params.notary {
@@ -279,7 +305,11 @@ pub fn node_config(params: &BootParams, uplink: &str) -> String {
         "pools_root".into(),
         Value::String(format!("{STATE_DIR}/pools")),
     );
-    storage.insert("disks".into(), Value::Array(vec![]));
+    let disks = disks
+        .iter()
+        .map(|d| Value::String(d.to_string_lossy().into_owned()))
+        .collect();
+    storage.insert("disks".into(), Value::Array(disks));
     t.insert("storage".into(), Value::Table(storage));
     let mut network = Table::new();
     network.insert("uplink".into(), Value::String(uplink.into()));
@@ -292,7 +322,12 @@ pub fn node_config(params: &BootParams, uplink: &str) -> String {
     )
 }
 
-fn write_node_config(path: &Path, params: &BootParams, uplink: &str) -> anyhow::Result<()> {
+fn write_node_config(
+    path: &Path,
+    params: &BootParams,
+    uplink: &str,
+    disks: &[PathBuf],
+) -> anyhow::Result<()> {
     if params.notary.is_none() {
         tracing::error!("no zos.notary= on the kernel command line: the agent cannot start");
     }
@@ -300,7 +335,7 @@ fn write_node_config(path: &Path, params: &BootParams, uplink: &str) -> anyhow::
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // /run is a fresh tmpfs: no one to race with, but never leave half a file.
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, node_config(params, uplink))
+    std::fs::write(&tmp, node_config(params, uplink, disks))
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     tracing::info!(path = %path.display(), %uplink, "agent configuration written");
@@ -320,12 +355,12 @@ mod tests {
         );
         assert!(w.is_empty());
         assert_eq!(params.runmode, RunMode::Dev);
-        let text = node_config(&params, "eth0");
+        let text = node_config(&params, "eth0", &[PathBuf::from("/dev/vda")]);
         let cfg: NodeConfig = toml::from_str(&text).unwrap();
         assert_eq!(cfg.notary, "etcd://10.0.2.2:2379");
         assert_eq!(cfg.farm.as_deref(), Some("farm-1"));
         assert_eq!(cfg.network.uplink, "eth0");
-        assert!(cfg.storage.disks.is_empty());
+        assert_eq!(cfg.storage.disks, vec![PathBuf::from("/dev/vda")]);
         assert_eq!(cfg.storage.pools_root, Path::new("/var/lib/zos/pools"));
     }
 
@@ -335,13 +370,13 @@ mod tests {
             notary: Some(r#"dir:///a "b"\c"#.into()),
             ..BootParams::default()
         };
-        let cfg: NodeConfig = toml::from_str(&node_config(&params, "eth0")).unwrap();
+        let cfg: NodeConfig = toml::from_str(&node_config(&params, "eth0", &[])).unwrap();
         assert_eq!(cfg.notary, r#"dir:///a "b"\c"#);
     }
 
     #[test]
     fn no_notary_means_no_notary_key() {
-        let text = node_config(&BootParams::default(), "eth0");
+        let text = node_config(&BootParams::default(), "eth0", &[]);
         assert!(!text.contains("notary ="), "{text}");
         let err = toml::from_str::<NodeConfig>(&text).unwrap_err();
         assert!(err.to_string().contains("notary"), "{err}");
