@@ -10,11 +10,17 @@ use std::path::Path;
 pub struct Cpio<W: Write> {
     out: W,
     ino: u32,
+    /// Device numbers of the entry being written (char devices only).
+    rdev: (u32, u32),
 }
 
 impl<W: Write> Cpio<W> {
     pub fn new(out: W) -> Self {
-        Cpio { out, ino: 1 }
+        Cpio {
+            out,
+            ino: 1,
+            rdev: (0, 0),
+        }
     }
 
     pub fn dir(&mut self, name: &str) -> io::Result<()> {
@@ -34,6 +40,15 @@ impl<W: Write> Cpio<W> {
         self.file(name, mode, &data)
     }
 
+    /// A character device node (e.g. `dev/console`, 5:1): the kernel opens
+    /// `/dev/console` for init before any devtmpfs is mounted.
+    pub fn char_device(&mut self, name: &str, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+        self.rdev = (major, minor);
+        let r = self.entry(name, libc::S_IFCHR | (mode & 0o7777), &[]);
+        self.rdev = (0, 0);
+        r
+    }
+
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) -> io::Result<()> {
         let name = name.trim_start_matches('/');
         let size = u32::try_from(data.len()).map_err(|_| io::Error::other("file over 4 GiB"))?;
@@ -45,6 +60,7 @@ impl<W: Write> Cpio<W> {
     }
 
     fn header(&mut self, ino: u32, mode: u32, size: u32, name: &str) -> io::Result<()> {
+        let (rmajor, rminor) = self.rdev;
         let nlink = if mode & libc::S_IFMT == libc::S_IFDIR {
             2
         } else {
@@ -55,8 +71,8 @@ impl<W: Write> Cpio<W> {
         // devmajor devminor rdevmajor rdevminor namesize check.
         write!(
             self.out,
-            "070701{ino:08X}{mode:08X}{:08X}{:08X}{nlink:08X}{:08X}{size:08X}{:08X}{:08X}{:08X}{:08X}{namesize:08X}{:08X}",
-            0, 0, 0, 0, 0, 0, 0, 0
+            "070701{ino:08X}{mode:08X}{:08X}{:08X}{nlink:08X}{:08X}{size:08X}{:08X}{:08X}{rmajor:08X}{rminor:08X}{namesize:08X}{:08X}",
+            0, 0, 0, 0, 0, 0
         )?;
         self.out.write_all(name.as_bytes())?;
         self.out.write_all(&[0])?;

@@ -57,6 +57,24 @@ pub fn debian() -> anyhow::Result<Kernel> {
 }
 
 impl Kernel {
+    /// The unpacked package (`tree/`, with `boot/` and `lib/modules/`).
+    fn tree(&self) -> &Path {
+        self.modules
+            .ancestors()
+            .nth(3)
+            .expect("modules is <tree>/lib/modules/<release>")
+    }
+
+    /// The bzImage (`boot/vmlinuz-<release>`): what boot loaders (GRUB, iPXE) load.
+    pub fn vmlinuz(&self) -> PathBuf {
+        self.tree().join(format!("boot/vmlinuz-{}", self.release))
+    }
+
+    /// The kernel's build configuration (`boot/config-<release>`).
+    pub fn config(&self) -> PathBuf {
+        self.tree().join(format!("boot/config-{}", self.release))
+    }
+
     /// The module files for `names` and everything they depend on, dependencies
     /// first: the order to load them in.
     pub fn modules_for(&self, names: &[&str]) -> anyhow::Result<Vec<PathBuf>> {

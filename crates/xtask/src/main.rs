@@ -9,7 +9,10 @@ mod cpio;
 mod demo;
 mod etcd;
 mod flists;
+mod image;
+mod initramfs;
 mod kernel;
+mod node;
 mod packages;
 mod test;
 
@@ -35,6 +38,22 @@ tasks:
                 (flists/hello), vm the micro-VM (the Debian kernel as a PVH vmlinux and
                 an initrd with flists/vm-echo as its init)
   bench [NAME]  benchmarks: contracts, flist, storage, network, container, or all
+  initramfs     the node's boot image: a static zosd as /init, the kernel modules a
+                node needs, mkfs.btrfs, btrfs and nft with their libraries (no shell);
+                target/image/initramfs.cpio.zst, sizes printed (initramfs/README.md)
+  image [--farm ID] [--notary URL] [--runmode M] [--debug]
+                boot media: target/image/zos.iso (USB/CD, BIOS and UEFI) and a PXE set
+                (target/image/pxe: kernel, initramfs, iPXE script)
+  node [--notary URL] [--farm ID] [--disks N] [--name NAME] [--check] [--fresh] ...
+                boot one node under QEMU (TCG here, KVM where a probe boots) from the
+                built image, with N virtio disks (default 2) and a NIC; without
+                --notary a private etcd on the host loopback (the node reaches it at
+                10.0.2.2) with the farm created; waits until it serves contracts;
+                console in target/nodes/<name>/console.log. More: --machine
+                microvm|q35, --memory MIB, --cpus N, --disk-gib N, --timeout SECS,
+                --no-build (reuse the image), --debug (zos.debug) (qemu/README.md)
+  farm N [node options]
+                boot N nodes on one notary
 ";
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +63,10 @@ fn main() -> std::process::ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("flist") => flists::run_task(&args[1..]),
+        Some("initramfs") => initramfs::run(&args[1..]),
+        Some("image") => image::run(&args[1..]),
+        Some("node") => node::run_node(&args[1..]),
+        Some("farm") => node::run_farm(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

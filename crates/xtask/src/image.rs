@@ -1,0 +1,178 @@
+//! `cargo xtask image`: boot media for a farmer (initramfs/README.md).
+//!
+//! - `target/image/zos.iso`: a hybrid ISO for a USB stick or a CD, booting with BIOS
+//!   (GRUB i386-pc) and UEFI (GRUB x86_64-efi), made by `grub-mkrescue` (xorriso and
+//!   mtools underneath); the kernel is the Debian bzImage, the initrd the archive of
+//!   `cargo xtask initramfs`.
+//! - `target/image/pxe/`: the same kernel and initramfs with an iPXE script.
+//!
+//! The kernel command line carries the farm and the notary: `--farm ID --notary URL`
+//! (and `--runmode`, `--debug`).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::initramfs::{self, human};
+use crate::{packages, target_dir};
+
+/// What `grub-mkrescue` needs for BIOS and UEFI media.
+pub const ISO_PACKAGES: &[&str] = &[
+    "grub-common",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "xorriso",
+    "mtools",
+];
+
+/// The `zos.*` kernel parameters of a medium.
+#[derive(Default, Clone)]
+pub struct BootArgs {
+    pub farm: Option<String>,
+    pub notary: Option<String>,
+    pub runmode: Option<String>,
+    pub debug: bool,
+}
+
+impl BootArgs {
+    /// Parses `--farm`, `--notary`, `--runmode`, `--debug`; returns the other words.
+    pub fn parse(args: &[String]) -> anyhow::Result<(BootArgs, Vec<String>)> {
+        let mut b = BootArgs::default();
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .cloned()
+                    .with_context(|| format!("{name} needs a value"))
+            };
+            match a.as_str() {
+                "--farm" => b.farm = Some(value("--farm")?),
+                "--notary" => b.notary = Some(value("--notary")?),
+                "--runmode" => b.runmode = Some(value("--runmode")?),
+                "--debug" => b.debug = true,
+                _ => rest.push(a.clone()),
+            }
+        }
+        for v in [&b.farm, &b.notary, &b.runmode].into_iter().flatten() {
+            // The words go into grub.cfg and an iPXE script unquoted.
+            if v.is_empty()
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._:/@%+=,~".contains(c))
+            {
+                bail!("{v:?}: boot parameters are limited to [A-Za-z0-9-._:/@%+=,~]");
+            }
+        }
+        Ok((b, rest))
+    }
+
+    /// `zos.farm=... zos.notary=...`.
+    pub fn kernel_words(&self) -> String {
+        let mut w = Vec::new();
+        if let Some(f) = &self.farm {
+            w.push(format!("zos.farm={f}"));
+        }
+        if let Some(n) = &self.notary {
+            w.push(format!("zos.notary={n}"));
+        }
+        if let Some(r) = &self.runmode {
+            w.push(format!("zos.runmode={r}"));
+        }
+        if self.debug {
+            w.push("zos.debug".into());
+        }
+        w.join(" ")
+    }
+}
+
+/// `cargo xtask image [--farm ID] [--notary URL] [--runmode M] [--debug]`.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let (boot, rest) = BootArgs::parse(args)?;
+    if let Some(a) = rest.first() {
+        bail!("cargo xtask image: unknown option {a:?} (options: --farm ID --notary URL --runmode M --debug)");
+    }
+    packages::ensure(ISO_PACKAGES)?;
+    let built = initramfs::build()?;
+    initramfs::report(&built);
+    let out = target_dir().join("image");
+    let words = boot.kernel_words();
+    let initrd_name = built
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("initramfs name")?
+        .to_string();
+    let vmlinuz = built.kernel.vmlinuz();
+
+    // PXE: kernel, initramfs, iPXE script (relative URLs: served from one directory).
+    let pxe = out.join("pxe");
+    let _ = std::fs::remove_dir_all(&pxe);
+    std::fs::create_dir_all(&pxe)?;
+    std::fs::copy(&vmlinuz, pxe.join("vmlinuz"))?;
+    std::fs::copy(&built.path, pxe.join(&initrd_name))?;
+    // `initrd=` on the command line: the kernel's EFI stub needs it under UEFI iPXE.
+    let ipxe = format!(
+        "#!ipxe\n# Zero-OS node (zosd), kernel {}\nkernel vmlinuz initrd={initrd_name} console=tty0 console=ttyS0,115200 {words}\ninitrd {initrd_name}\nboot\n",
+        built.kernel.release
+    );
+    std::fs::write(pxe.join("zos.ipxe"), ipxe)?;
+
+    // ISO: BIOS and UEFI GRUB, serial and screen consoles.
+    let stage = out.join("iso-root");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("boot/grub"))?;
+    std::fs::copy(&vmlinuz, stage.join("boot/vmlinuz"))?;
+    std::fs::copy(&built.path, stage.join("boot").join(&initrd_name))?;
+    let grub = format!(
+        "# Zero-OS node (zosd), kernel {rel}\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n\
+         set timeout=3\n\
+         menuentry \"Zero-OS node (zosd)\" {{\n\
+         \tlinux /boot/vmlinuz console=tty0 console=ttyS0,115200 {words}\n\
+         \tinitrd /boot/{initrd_name}\n\
+         }}\n",
+        rel = built.kernel.release
+    );
+    std::fs::write(stage.join("boot/grub/grub.cfg"), grub)?;
+    let iso = out.join("zos.iso");
+    let _ = std::fs::remove_file(&iso);
+    let output = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&iso)
+        .arg(&stage)
+        .output()
+        .context("running grub-mkrescue")?;
+    if !output.status.success() {
+        bail!(
+            "grub-mkrescue failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for platform in ["i386-pc", "x86_64-efi"] {
+        if !Path::new("/usr/lib/grub").join(platform).exists() {
+            bail!("GRUB {platform} is missing: the ISO would not boot there");
+        }
+    }
+    println!("kernel command line: {words}");
+    println!(
+        "ISO (BIOS + UEFI) {}: {}",
+        iso.display(),
+        human(size(&iso)?)
+    );
+    println!("PXE set {}:", pxe.display());
+    for f in ["vmlinuz", initrd_name.as_str(), "zos.ipxe"] {
+        println!("  {f:<22} {}", human(size(&pxe.join(f))?));
+    }
+    Ok(())
+}
+
+fn size(p: &Path) -> anyhow::Result<u64> {
+    Ok(std::fs::metadata(p)
+        .with_context(|| format!("{}", p.display()))?
+        .len())
+}

@@ -1,0 +1,486 @@
+//! `cargo xtask initramfs`: the node's boot image (initramfs/README.md).
+//!
+//! A compressed `newc` cpio with a static zosd as `/init`, the kernel modules a node
+//! needs (with their dependencies from the Debian kernel's modules.dep, and a
+//! `modules.dep`/`.alias`/`.softdep` made by `depmod` for exactly that set: zos-init
+//! loads every module its modules.dep lists), and the helper programs the agent runs
+//! (mkfs.btrfs, btrfs, nft) with their shared libraries and the dynamic loader.
+//! Nothing else: no shell, getty, sshd or busybox. The archive's bytes depend only on
+//! its inputs (fixed order, owners and times).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+use crate::cpio::Cpio;
+use crate::kernel::Kernel;
+use crate::{cargo_env, packages, target_dir};
+
+/// Debian packages the image is built from (and with).
+pub const IMAGE_PACKAGES: &[&str] = &[
+    "btrfs-progs",    // mkfs.btrfs and btrfs, copied into the image
+    "nftables",       // nft, copied into the image
+    "libseccomp-dev", // libseccomp.a: zosd links it statically
+    "pkg-config",     // libseccomp-sys' build script
+    "kmod",           // depmod for the image's own modules.dep
+    "xz-utils",       // the kernel's payload (kernel.rs)
+    "zstd",           // the archive's compression (the kernel has RD_ZSTD)
+    "binutils",       // strip, for a smaller /init
+];
+
+/// The modules a node loads at boot; their dependencies come from modules.dep.
+/// Virtio for QEMU (mmio for `-M microvm`, pci for q35 and clouds), common NICs and
+/// disk controllers for real machines, the filesystems and network pieces the agent
+/// uses, and the crypto algorithms btrfs and libcrc32c ask the kernel for (soft
+/// dependencies: there is no modprobe to fetch them later).
+pub const NODE_MODULES: &[&str] = &[
+    // QEMU / clouds
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_rng",
+    // real machines: disks and a few common NICs
+    "nvme",
+    "ahci",
+    "sd_mod",
+    "e1000",
+    "e1000e",
+    "igb",
+    "r8169",
+    "realtek", // r8169's PHY (a soft dependency)
+    // storage and workloads
+    "btrfs",
+    "crc32c_generic",
+    "crc32c_intel",
+    "xxhash_generic",
+    "blake2b_generic",
+    "overlay",
+    "fuse",
+    "9p",
+    "9pnet_virtio",
+    // network: tenant links, bridges, taps, the node firewall and NAT
+    "tun",
+    "veth",
+    "bridge",
+    "nf_tables",
+    "nf_conntrack",
+    "nf_nat",
+    "nft_ct",
+    "nft_nat",
+    "nft_masq",
+    "nft_chain_nat",
+    "nft_fib_inet",
+    "nft_fib_ipv4",
+    "nft_fib_ipv6",
+    "nft_reject_inet",
+];
+
+/// The programs the agent runs (zos-storage: mkfs.btrfs; zos-network: nft), and
+/// btrfs-progs' `btrfs` for the filesystem's own maintenance. Destination in the image.
+pub const HELPERS: &[&str] = &["usr/sbin/mkfs.btrfs", "usr/bin/btrfs", "usr/sbin/nft"];
+
+/// The dynamic loader the helpers name as their interpreter.
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+
+/// Names no file in the image may have (the no-login-surface rule).
+pub const FORBIDDEN: &[&str] = &[
+    "sh", "bash", "dash", "ash", "zsh", "busybox", "getty", "agetty", "login", "sshd", "dropbear",
+    "telnetd",
+];
+
+/// What [`build`] made.
+pub struct Built {
+    pub kernel: Kernel,
+    /// The compressed archive.
+    pub path: PathBuf,
+    /// Compressed bytes of the archive without the modules, and with them.
+    pub size_without_modules: u64,
+    pub size: u64,
+    /// Uncompressed bytes, in the same order.
+    pub raw_without_modules: u64,
+    pub raw: u64,
+    pub modules: usize,
+    pub zosd_bytes: u64,
+    /// Every path in the archive.
+    pub files: Vec<String>,
+}
+
+/// One entry of the archive, by its path in the image.
+enum Entry {
+    Dir,
+    File { data: Vec<u8>, mode: u32 },
+    CharDevice { major: u32, minor: u32 },
+}
+
+/// `cargo xtask initramfs`.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if let Some(a) = args.first() {
+        bail!("cargo xtask initramfs takes no arguments (got {a:?})");
+    }
+    let b = build()?;
+    report(&b);
+    Ok(())
+}
+
+pub fn report(b: &Built) {
+    println!("initramfs {}", b.path.display());
+    println!("  kernel        {}", b.kernel.release);
+    println!("  zosd (/init)  {} (static, stripped)", human(b.zosd_bytes));
+    println!(
+        "  without modules: {} compressed ({} uncompressed)",
+        human(b.size_without_modules),
+        human(b.raw_without_modules)
+    );
+    println!(
+        "  with {} modules: {} compressed ({} uncompressed)",
+        b.modules,
+        human(b.size),
+        human(b.raw)
+    );
+    println!("  {} entries", b.files.len());
+}
+
+pub fn human(bytes: u64) -> String {
+    format!("{:.1} MiB ({bytes} bytes)", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Builds the static zosd and the archive; returns where it is and its sizes.
+pub fn build() -> anyhow::Result<Built> {
+    packages::ensure(IMAGE_PACKAGES)?;
+    let kernel = crate::kernel::debian()?;
+    let out_dir = target_dir().join("image");
+    std::fs::create_dir_all(&out_dir)?;
+
+    let zosd = static_zosd()?;
+    let init = out_dir.join("init");
+    std::fs::copy(&zosd, &init).context("copying zosd")?;
+    exec(Command::new("strip").arg("--strip-all").arg(&init))?;
+    if has_interpreter(&std::fs::read(&init)?)? {
+        bail!(
+            "{} is not static (it names a dynamic loader)",
+            zosd.display()
+        );
+    }
+    let zosd_bytes = std::fs::metadata(&init)?.len();
+
+    let mut base: BTreeMap<String, Entry> = BTreeMap::new();
+    for d in [
+        "dev", "proc", "sys", "run", "tmp", "etc", "var", "var/lib", "mnt", "root",
+    ] {
+        base.insert(d.into(), Entry::Dir);
+    }
+    base.insert(
+        "dev/console".into(),
+        Entry::CharDevice { major: 5, minor: 1 },
+    );
+    base.insert("dev/null".into(), Entry::CharDevice { major: 1, minor: 3 });
+    base.insert(
+        "init".into(),
+        Entry::File {
+            data: std::fs::read(&init)?,
+            mode: 0o755,
+        },
+    );
+    // The helpers, their libraries and the loader.
+    for dest in HELPERS {
+        let name = dest.rsplit('/').next().unwrap_or(dest);
+        let src = which(name)?;
+        add_file(&mut base, dest, &src, 0o755)?;
+        for lib in libraries(&src)? {
+            let dest = lib.to_str().context("utf-8 library path")?.to_string();
+            add_file(&mut base, &dest, &lib, 0o755)?;
+        }
+    }
+    add_file(&mut base, LOADER, Path::new(LOADER), 0o755)?;
+    // Name lookups of the helpers' glibc (nft's `getprotobyname`) read these.
+    for (path, text) in [
+        ("etc/protocols", PROTOCOLS),
+        (
+            "etc/nsswitch.conf",
+            "hosts: files dns\nprotocols: files\nservices: files\n",
+        ),
+    ] {
+        insert_data(&mut base, path, text.as_bytes().to_vec(), 0o644);
+    }
+
+    let mut full = std::mem::take(&mut base);
+    let without: Vec<u8> = archive_bytes(&full)?;
+    let modules = stage_modules(&kernel, &out_dir.join("modules"))?;
+    let module_count = modules.iter().filter(|(p, _)| p.ends_with(".ko")).count();
+    for (dest, src) in modules {
+        add_file(&mut full, &dest, &src, 0o644)?;
+    }
+    let raw = archive_bytes(&full)?;
+    let files: Vec<String> = full.keys().cloned().collect();
+    forbid_login_surface(&files)?;
+
+    let zstd = kernel_has(&kernel, "CONFIG_RD_ZSTD=y")?;
+    let (ext, compress): (&str, Compressor) = if zstd {
+        ("zst", zstd_bytes)
+    } else {
+        ("gz", gzip_bytes)
+    };
+    let path = out_dir.join(format!("initramfs.cpio.{ext}"));
+    let compressed = compress(&raw)?;
+    let compressed_without = compress(&without)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &compressed)?;
+    std::fs::rename(&tmp, &path)?;
+    // The other compression's leftover from an earlier build would be confusing.
+    let other = out_dir.join(format!(
+        "initramfs.cpio.{}",
+        if zstd { "gz" } else { "zst" }
+    ));
+    let _ = std::fs::remove_file(other);
+    std::fs::write(out_dir.join("initramfs.files"), files.join("\n") + "\n")?;
+    Ok(Built {
+        kernel,
+        path,
+        size_without_modules: compressed_without.len() as u64,
+        size: compressed.len() as u64,
+        raw_without_modules: without.len() as u64,
+        raw: raw.len() as u64,
+        modules: module_count,
+        zosd_bytes,
+        files,
+    })
+}
+
+/// zosd for `/init`: crt-static, with libseccomp linked statically (a target dir of its
+/// own: the flags differ from the workspace's).
+pub fn static_zosd() -> anyhow::Result<PathBuf> {
+    let lib = "/usr/lib/x86_64-linux-gnu";
+    if !Path::new(lib).join("libseccomp.a").exists() {
+        bail!("{lib}/libseccomp.a is missing (apt-get install libseccomp-dev)");
+    }
+    let static_target = target_dir().join("static");
+    eprintln!("building a static zosd (release; minutes on a cold cache)");
+    cargo_env(
+        &[
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "zosd",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+            static_target.to_str().context("utf-8 target dir")?,
+        ],
+        &[
+            ("RUSTFLAGS", "-C target-feature=+crt-static"),
+            ("LIBSECCOMP_LINK_TYPE", "static"),
+            ("LIBSECCOMP_LIB_PATH", lib),
+        ],
+    )?;
+    Ok(static_target.join("x86_64-unknown-linux-gnu/release/zosd"))
+}
+
+/// Whether an ELF file has a PT_INTERP program header (a dynamic loader).
+fn has_interpreter(elf: &[u8]) -> anyhow::Result<bool> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        bail!("not a little-endian 64-bit ELF");
+    }
+    let phoff = u64_at(0x20).context("short ELF")? as usize;
+    let phentsize = u16_at(0x36).context("short ELF")? as usize;
+    let phnum = u16_at(0x38).context("short ELF")? as usize;
+    const PT_INTERP: u32 = 3;
+    Ok((0..phnum).any(|i| u32_at(phoff + i * phentsize) == Some(PT_INTERP)))
+}
+
+fn which(name: &str) -> anyhow::Result<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} is not installed"))
+}
+
+/// The shared libraries `bin` loads, as the loader resolves them (`ld.so --list`:
+/// ldd without its shell script).
+fn libraries(bin: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new(LOADER)
+        .arg("--list")
+        .arg(bin)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the dynamic loader")?;
+    if !out.status.success() {
+        bail!("{LOADER} --list {} failed", bin.display());
+    }
+    let mut libs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)"; the loader itself
+        // and the vDSO are not files to copy from here.
+        let Some((_, rest)) = line.split_once("=>") else {
+            continue;
+        };
+        let path = rest.split_whitespace().next().unwrap_or_default();
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        } else {
+            bail!("{}: library not found: {line}", bin.display());
+        }
+    }
+    Ok(libs)
+}
+
+/// Every parent of `path` as a directory entry, then the file (read through symlinks).
+fn add_file(
+    m: &mut BTreeMap<String, Entry>,
+    dest: &str,
+    src: &Path,
+    mode: u32,
+) -> anyhow::Result<()> {
+    let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    insert_data(m, dest, data, mode);
+    Ok(())
+}
+
+fn insert_data(m: &mut BTreeMap<String, Entry>, dest: &str, data: Vec<u8>, mode: u32) {
+    let dest = dest.trim_start_matches('/');
+    let mut parent = String::new();
+    let parts: Vec<&str> = dest.split('/').collect();
+    for part in &parts[..parts.len() - 1] {
+        if !parent.is_empty() {
+            parent.push('/');
+        }
+        parent.push_str(part);
+        m.entry(parent.clone()).or_insert(Entry::Dir);
+    }
+    m.insert(dest.to_string(), Entry::File { data, mode });
+}
+
+/// The archive: entries in path order (a parent sorts before its children).
+fn archive_bytes(m: &BTreeMap<String, Entry>) -> anyhow::Result<Vec<u8>> {
+    let mut c = Cpio::new(Vec::new());
+    for (path, e) in m {
+        match e {
+            Entry::Dir => c.dir(path)?,
+            Entry::File { data, mode } => c.file(path, *mode, data)?,
+            Entry::CharDevice { major, minor } => c.char_device(path, 0o600, *major, *minor)?,
+        }
+    }
+    Ok(c.finish()?)
+}
+
+/// Copies the node's modules (and their dependencies) into `stage/lib/modules/<rel>`,
+/// runs `depmod` there, and returns (path in the image, file) for the modules and the
+/// index files zos-init reads.
+fn stage_modules(kernel: &Kernel, stage: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let _ = std::fs::remove_dir_all(stage);
+    let rel = format!("lib/modules/{}", kernel.release);
+    let dir = stage.join(&rel);
+    std::fs::create_dir_all(&dir)?;
+    let mut out = Vec::new();
+    for module in kernel.modules_for(NODE_MODULES)? {
+        let inner = module
+            .strip_prefix(&kernel.modules)
+            .context("module outside the kernel tree")?;
+        let to = dir.join(inner);
+        std::fs::create_dir_all(to.parent().context("module dir")?)?;
+        std::fs::copy(&module, &to).with_context(|| format!("copying {}", module.display()))?;
+        out.push((format!("{rel}/{}", inner.display()), to));
+    }
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        std::fs::copy(kernel.modules.join(f), dir.join(f))?;
+    }
+    exec(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(stage)
+            .arg(&kernel.release),
+    )?;
+    for f in [
+        "modules.dep",
+        "modules.alias",
+        "modules.softdep",
+        "modules.builtin",
+    ] {
+        out.push((format!("{rel}/{f}"), dir.join(f)));
+    }
+    Ok(out)
+}
+
+fn forbid_login_surface(files: &[String]) -> anyhow::Result<()> {
+    for f in files {
+        let name = f.rsplit('/').next().unwrap_or(f);
+        if FORBIDDEN.contains(&name) {
+            bail!("the image would carry {f}: no shell, getty, sshd or busybox");
+        }
+    }
+    Ok(())
+}
+
+fn kernel_has(kernel: &Kernel, line: &str) -> anyhow::Result<bool> {
+    let config = kernel.config();
+    let text = std::fs::read_to_string(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    Ok(text.lines().any(|l| l == line))
+}
+
+type Compressor = fn(&[u8]) -> anyhow::Result<Vec<u8>>;
+
+fn zstd_bytes(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    filter(Command::new("zstd").args(["-q", "-19", "-T0", "-c"]), data)
+}
+
+fn gzip_bytes(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    filter(Command::new("gzip").args(["-9", "-n", "-c"]), data)
+}
+
+/// Runs a compressor over `data`.
+fn filter(cmd: &mut Command, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    if !out.status.success() {
+        bail!("{:?} failed ({})", cmd.get_program(), out.status);
+    }
+    Ok(out.stdout)
+}
+
+fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The protocol numbers nft may look up by name.
+const PROTOCOLS: &str = "\
+ip\t0\tIP
+icmp\t1\tICMP
+tcp\t6\tTCP
+udp\t17\tUDP
+ipv6-icmp\t58\tIPv6-ICMP
+";

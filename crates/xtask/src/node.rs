@@ -1,0 +1,583 @@
+//! `cargo xtask node` and `cargo xtask farm N`: nodes booted under QEMU from the image
+//! of `cargo xtask initramfs` (qemu/README.md).
+//!
+//! Each node is a QEMU process (`-M microvm` with the PVH vmlinux by default: no
+//! firmware, no PCI scan, the kernel's own entry point; `--machine q35` boots the
+//! bzImage with virtio-pci instead), with its disks as sparse raw files and its serial
+//! console in `target/nodes/<name>/`, and user networking: the guest gets its address
+//! from QEMU's DHCP server and reaches the host's loopback at 10.0.2.2. Without
+//! `--notary`, a private etcd on the host loopback is the notary and the farm is
+//! created in it, signed by a farmer key kept in `target/nodes/`. TCG here; KVM only
+//! when a probe kernel really boots under it (as zos-vm decides).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::etcd::Etcd;
+use crate::{cargo, initramfs, target_dir};
+
+/// What one node is booted with.
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub disks: usize,
+    pub disk_gib: u64,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub machine: Machine,
+    /// Extra kernel command-line words (`zos.farm=... zos.notary=...`).
+    pub cmdline: String,
+    /// Wipe the node's disks first (a first boot).
+    pub fresh: bool,
+    /// The last byte of the NIC's MAC address.
+    pub index: u8,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    Microvm,
+    Q35,
+}
+
+/// A running node; QEMU is killed when it is dropped.
+pub struct Booted {
+    pub name: String,
+    pub console: PathBuf,
+    pub started: Instant,
+    pub accel: &'static str,
+    child: Child,
+}
+
+/// Console lines that mark the boot's milestones.
+pub const PID1_LINE: &str = "zosd: PID 1";
+pub const SERVING_LINE: &str = "serving contracts";
+pub const WAITING_LINE: &str = "zosd: node ";
+
+impl Booted {
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console has a line containing `needle`; returns the line and the
+    /// time since QEMU started when it was first seen (polled every 50 ms).
+    pub fn wait_for(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Duration)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console_text();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return Ok((line.trim().to_string(), self.started.elapsed()));
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{}: QEMU exited ({status}) before {needle:?}; console: {}",
+                    self.name,
+                    self.console.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: no {needle:?} on the console within {timeout:?}; see {}",
+                    self.name,
+                    self.console.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether QEMU is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+
+    /// Hard power-off (no shutdown inside): kills QEMU.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The boot files: the kernel (PVH vmlinux for microvm, bzImage for q35) and the
+/// initramfs.
+pub struct BootFiles {
+    pub vmlinux: PathBuf,
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Builds the image (the static zosd, the archive) and returns the boot files.
+pub fn boot_files(rebuild: bool) -> anyhow::Result<BootFiles> {
+    let kernel = crate::kernel::debian()?;
+    let dir = target_dir().join("image");
+    let existing = ["zst", "gz"]
+        .iter()
+        .map(|e| dir.join(format!("initramfs.cpio.{e}")))
+        .find(|p| p.exists());
+    let initrd = match existing {
+        Some(p) if !rebuild => p,
+        _ => {
+            let b = initramfs::build()?;
+            initramfs::report(&b);
+            b.path
+        }
+    };
+    Ok(BootFiles {
+        vmlinuz: kernel.vmlinuz(),
+        vmlinux: kernel.vmlinux,
+        initrd,
+    })
+}
+
+/// KVM if a probe kernel boots under it, else TCG (remembered for the host's boot).
+pub fn accel(kernel: &Path) -> &'static str {
+    let memo = target_dir().join("nodes/accel");
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        match text.trim().split_once(' ') {
+            Some((id, "kvm")) if id == boot_id => return "kvm",
+            Some((id, "tcg")) if id == boot_id => return "tcg",
+            _ => {}
+        }
+    }
+    let answer = if probe_kvm(kernel) { "kvm" } else { "tcg" };
+    if let Some(parent) = memo.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = std::fs::write(&memo, format!("{boot_id} {answer}\n"));
+    answer
+}
+
+/// Boots `kernel` under KVM on `-M microvm` and waits up to 10 s for its banner
+/// (zos-vm's probe: `/dev/kvm` may be a flavour that standard kernels do not boot on).
+fn probe_kvm(kernel: &Path) -> bool {
+    use std::io::Read;
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return false;
+    }
+    let Ok(mut child) = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-cpu", "host", "-M", "microvm"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-m", "128", "-smp", "1", "-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let mut out = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(13).any(|w| w == b"Linux version") {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    let booted = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    booted
+}
+
+/// Starts QEMU for `spec` (its files under `target/nodes/<name>/`).
+pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::Result<Booted> {
+    let dir = target_dir().join("nodes").join(&spec.name);
+    if spec.fresh {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let console = dir.join("console.log");
+    let _ = std::fs::remove_file(&console);
+
+    let (kernel, blk, net, rng) = match spec.machine {
+        Machine::Microvm => (
+            &files.vmlinux,
+            "virtio-blk-device",
+            "virtio-net-device",
+            "virtio-rng-device",
+        ),
+        Machine::Q35 => (
+            &files.vmlinuz,
+            "virtio-blk-pci",
+            "virtio-net-pci",
+            "virtio-rng-pci",
+        ),
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-nodefaults", "-no-user-config", "-display", "none"]);
+    cmd.args(["-name", &spec.name]);
+    match spec.machine {
+        // ACPI: the node's power-off ends QEMU; the RTC gives the clock without NTP.
+        Machine::Microvm => cmd.args(["-M", "microvm,acpi=on,rtc=on"]),
+        Machine::Q35 => cmd.args(["-M", "q35"]),
+    };
+    if accel == "kvm" {
+        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        cmd.args(["-accel", "tcg,tb-size=256", "-cpu", "max"]);
+    }
+    cmd.args(["-m", &spec.memory_mib.to_string()]);
+    cmd.args(["-smp", &spec.cpus.to_string()]);
+    cmd.arg("-kernel").arg(kernel);
+    cmd.arg("-initrd").arg(&files.initrd);
+    let mut append = String::from("console=ttyS0 panic=-1");
+    if spec.machine == Machine::Microvm {
+        // No calibration against a PIT that microvm does not have.
+        append.push_str(" tsc_early_khz=2000000");
+    }
+    if !spec.cmdline.is_empty() {
+        append.push(' ');
+        append.push_str(&spec.cmdline);
+    }
+    cmd.args(["-append", &append]);
+    cmd.args([
+        "-chardev",
+        &format!("file,id=console,path={}", console.display()),
+        "-serial",
+        "chardev:console",
+    ]);
+    for i in 0..spec.disks {
+        let disk = dir.join(format!("disk{i}.raw"));
+        if !disk.exists() {
+            // Sparse: a fresh, empty disk costs no host space until written.
+            let f = std::fs::File::create(&disk)?;
+            f.set_len(spec.disk_gib << 30)?;
+        }
+        cmd.args([
+            "-drive",
+            &format!(
+                "id=d{i},file={},format=raw,if=none,cache=writeback,discard=unmap",
+                disk.display()
+            ),
+            "-device",
+            &format!("{blk},drive=d{i},serial=zos-{}-{i}", spec.name),
+        ]);
+    }
+    cmd.args([
+        "-netdev",
+        "user,id=n0",
+        "-device",
+        &format!("{net},netdev=n0,mac=52:54:00:5a:05:{:02x}", spec.index),
+    ]);
+    cmd.args(["-device", rng]);
+    cmd.arg("-no-reboot");
+    let log = std::fs::File::create(dir.join("qemu.log"))?;
+    let started = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    std::fs::write(dir.join("qemu.args"), format!("{cmd:?}\n"))?;
+    Ok(Booted {
+        name: spec.name.clone(),
+        console,
+        started,
+        accel,
+        child,
+    })
+}
+
+/// The notary the nodes use: a private etcd on the host loopback (the farm created in
+/// it), or one the user names.
+pub struct Notary {
+    _etcd: Option<Etcd>,
+    /// How the host reaches it.
+    pub host_url: Option<String>,
+    /// How a node reaches it (QEMU user networking: the host is 10.0.2.2).
+    pub guest_url: String,
+}
+
+/// Starts a private etcd under `target/nodes/notary/` and creates `farm` in it.
+pub fn private_notary(farm: &str) -> anyhow::Result<Notary> {
+    cargo(&["build", "--quiet", "-p", "zos-cli"])?;
+    let zos = target_dir().join("debug/zos");
+    let dir = target_dir().join("nodes/notary");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let etcd = Etcd::start(&dir)?;
+    let port = etcd.client.port();
+    let host_url = format!("etcd://127.0.0.1:{port}/zos");
+    let guest_url = format!("etcd://10.0.2.2:{port}/zos");
+    let key = target_dir().join("nodes/farmer.key");
+    if !key.exists() {
+        zos_cli(&zos, &["key", "new", "--out", path(&key)?])?;
+    }
+    zos_cli(
+        &zos,
+        &[
+            "farm",
+            "create",
+            farm,
+            "--name",
+            "xtask QEMU farm",
+            "--key",
+            path(&key)?,
+            "--notary",
+            &host_url,
+        ],
+    )?;
+    println!("notary    {host_url} (nodes: {guest_url}); farm {farm} created");
+    Ok(Notary {
+        _etcd: Some(etcd),
+        host_url: Some(host_url),
+        guest_url,
+    })
+}
+
+fn path(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("paths are utf-8 here")
+}
+
+fn zos_cli(zos: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(zos).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "zos {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Options of `node` and `farm`.
+struct Options {
+    notary: Option<String>,
+    farm: String,
+    disks: usize,
+    disk_gib: u64,
+    memory_mib: u64,
+    cpus: u32,
+    machine: Machine,
+    name: Option<String>,
+    timeout: Duration,
+    /// Stop the nodes once they serve (for scripts and tests).
+    check: bool,
+    rebuild: bool,
+    fresh: bool,
+    debug: bool,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
+    let mut o = Options {
+        notary: None,
+        farm: "farm-1".into(),
+        disks: 2,
+        disk_gib: 8,
+        memory_mib: 2048,
+        cpus: 1,
+        machine: Machine::Microvm,
+        name: None,
+        timeout: Duration::from_secs(600),
+        check: false,
+        rebuild: true,
+        fresh: false,
+        debug: false,
+    };
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--notary" => o.notary = Some(value()?),
+            "--farm" => o.farm = value()?,
+            "--disks" => o.disks = value()?.parse().context("--disks N")?,
+            "--disk-gib" => o.disk_gib = value()?.parse().context("--disk-gib N")?,
+            "--memory" => o.memory_mib = value()?.parse().context("--memory MIB")?,
+            "--cpus" => o.cpus = value()?.parse().context("--cpus N")?,
+            "--machine" => {
+                o.machine = match value()?.as_str() {
+                    "microvm" => Machine::Microvm,
+                    "q35" => Machine::Q35,
+                    m => bail!("--machine {m:?}: microvm or q35"),
+                }
+            }
+            "--name" => o.name = Some(value()?),
+            "--timeout" => {
+                o.timeout = Duration::from_secs(value()?.parse().context("--timeout SECS")?)
+            }
+            "--check" => o.check = true,
+            "--no-build" => o.rebuild = false,
+            "--fresh" => o.fresh = true,
+            "--debug" => o.debug = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    for v in [&o.farm].into_iter().chain(o.notary.as_ref()) {
+        if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '"') {
+            bail!("{v:?}: no spaces or quotes on the kernel command line");
+        }
+    }
+    Ok((o, rest))
+}
+
+/// `cargo xtask node [options]`.
+pub fn run_node(args: &[String]) -> anyhow::Result<()> {
+    let (o, rest) = parse(args)?;
+    if let Some(a) = rest.first() {
+        bail!("cargo xtask node: unknown option {a:?} (see cargo xtask help)");
+    }
+    run_nodes(&o, 1)
+}
+
+/// `cargo xtask farm N [options]`.
+pub fn run_farm(args: &[String]) -> anyhow::Result<()> {
+    let (o, rest) = parse(args)?;
+    let n: usize = match rest.as_slice() {
+        [n] => n.parse().context("cargo xtask farm N: N is a number")?,
+        _ => bail!("usage: cargo xtask farm N [--notary URL] [--farm ID] [--disks N] ..."),
+    };
+    if n == 0 || n > 32 {
+        bail!("cargo xtask farm N: 1 to 32 nodes");
+    }
+    run_nodes(&o, n)
+}
+
+fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
+    let files = boot_files(o.rebuild)?;
+    let notary = match &o.notary {
+        Some(url) => Notary {
+            _etcd: None,
+            host_url: None,
+            guest_url: url.clone(),
+        },
+        None => private_notary(&o.farm)?,
+    };
+    let accel = accel(&files.vmlinux);
+    let mut cmdline = format!("zos.farm={} zos.notary={}", o.farm, notary.guest_url);
+    if o.debug {
+        cmdline.push_str(" zos.debug");
+    }
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let name = match (&o.name, n) {
+            (Some(name), 1) => name.clone(),
+            (Some(name), _) => format!("{name}-{i}"),
+            (None, _) => format!("node{i}"),
+        };
+        let spec = NodeSpec {
+            name,
+            disks: o.disks,
+            disk_gib: o.disk_gib,
+            memory_mib: o.memory_mib,
+            cpus: o.cpus,
+            machine: o.machine,
+            cmdline: cmdline.clone(),
+            fresh: o.fresh,
+            index: i as u8,
+        };
+        let node = boot(&files, &spec, accel)?;
+        println!(
+            "{}: booting under QEMU ({}, {}), console {}",
+            spec.name,
+            if o.machine == Machine::Microvm {
+                "microvm"
+            } else {
+                "q35"
+            },
+            node.accel,
+            node.console.display()
+        );
+        nodes.push(node);
+    }
+    for node in &mut nodes {
+        let (_, pid1) = node.wait_for(PID1_LINE, o.timeout)?;
+        println!(
+            "{}: zosd's first console line {:.1} s after QEMU started",
+            node.name,
+            pid1.as_secs_f64()
+        );
+    }
+    for node in &mut nodes {
+        // "serving contracts", and the lines that say why it waits (farm unknown).
+        let deadline = Instant::now() + o.timeout;
+        let mut shown = 0;
+        loop {
+            let text = node.console_text();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(WAITING_LINE) || l.contains(SERVING_LINE))
+                .collect();
+            for line in &lines[shown.min(lines.len())..] {
+                println!(
+                    "{}: {:.1} s: {}",
+                    node.name,
+                    node.started.elapsed().as_secs_f64(),
+                    line.trim()
+                );
+            }
+            shown = lines.len();
+            if lines.iter().any(|l| l.contains(SERVING_LINE)) {
+                break;
+            }
+            let running = node.running();
+            if !running || Instant::now() > deadline {
+                bail!(
+                    "{}: not serving (QEMU {}); see {}",
+                    node.name,
+                    if running { "running" } else { "exited" },
+                    node.console.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if let Some(url) = &notary.host_url {
+        println!("registered nodes: zos node list --notary {url}");
+    }
+    if o.check {
+        for node in &mut nodes {
+            node.kill();
+        }
+        println!("all {} node(s) served; stopped (--check)", nodes.len());
+        return Ok(());
+    }
+    println!("running; Ctrl-C stops the node(s) and the notary");
+    for node in &mut nodes {
+        let status = node.wait()?;
+        println!("{}: QEMU exited ({status})", node.name);
+    }
+    Ok(())
+}
