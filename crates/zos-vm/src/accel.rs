@@ -71,7 +71,7 @@ pub fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
         .args(["-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn();
     let mut child = match child {
         Ok(c) => c,
@@ -94,18 +94,33 @@ pub fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
         }
     });
     let start = Instant::now();
-    let booted = rx.recv_timeout(timeout).is_ok();
+    let outcome = rx.recv_timeout(timeout);
     let _ = child.kill();
-    let _ = child.wait();
-    if booted {
-        Probe {
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.wait();
+    match outcome {
+        Ok(()) => Probe {
             accel: Accel::Kvm,
             reason: format!("a probe VM booted under KVM in {:?}", start.elapsed()),
-        }
-    } else {
-        tcg(format!(
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tcg(format!(
             "a probe VM printed no kernel banner under KVM within {timeout:?}"
-        ))
+        )),
+        // The console closed: QEMU ended without a banner.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            let said = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message");
+            let status = status.map(|s| s.to_string()).unwrap_or_default();
+            tcg(format!(
+                "a probe VM under KVM ended without a kernel banner ({status}): {said}"
+            ))
+        }
     }
 }
 
