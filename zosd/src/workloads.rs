@@ -136,8 +136,9 @@ impl Workloads {
     fn create_in_child(&self, spec: &ContainerSpec) -> Result<i32, ProvisionError> {
         use std::io::Write;
         let name = &spec.id;
-        let exe = std::env::current_exe().map_err(|e| err(name, e))?;
-        let mut child = Command::new(exe)
+        // /proc/self/exe, not the path it was started from: it still runs this very
+        // binary after the file was replaced (an upgrade, a rebuild) or deleted.
+        let mut child = Command::new("/proc/self/exe")
             .arg("runtime-create")
             .arg("--root")
             .arg(&self.root)
