@@ -15,6 +15,7 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
     ("storage", &[("zos-storage", "storage")]),
     ("network", &[("zos-network", "network")]),
     ("container", &[("zos-container", "container")]),
+    ("vm", &[("zosd", "vm")]),
 ];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -31,6 +32,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     packages::ensure(packages::TEST_PACKAGES)?;
+    if selected.iter().any(|(n, _)| *n == "vm") {
+        // The sample VM the benchmark boots.
+        cargo(&["build", "--quiet", "-p", "zos-cli"])?;
+        crate::flists::build_vm(
+            &crate::target_dir().join("flists/vm"),
+            &crate::target_dir().join("debug/zos"),
+        )?;
+    }
     for (_, targets) in selected {
         for (package, bench) in *targets {
             cargo(&["bench", "-p", package, "--bench", bench])?;
