@@ -6,27 +6,34 @@ use anyhow::{bail, Context};
 
 /// Packages every test tier needs on a fresh Debian 12 machine.
 pub const TEST_PACKAGES: &[&str] = &[
-    "etcd-server",    // the etcd:// notary backend, tested against a real server
-    "btrfs-progs",    // storage pools
-    "e2fsprogs",      // a foreign filesystem the storage tests must refuse
-    "util-linux",     // losetup for loop devices
-    "nftables",       // tenant NAT and isolation
-    "iproute2",       // namespaces in network tests
-    "iputils-ping",   // reachability checks in network tests
-    "libseccomp-dev", // youki's libcontainer links libseccomp
-    "busybox-static", // a test workload inside container tests (never in the image)
-    "dnsmasq-base",   // a real DHCP and DNS server for zos-uplink's client tests
-    "chrony",         // a real NTP server (chronyd) for zos-uplink's SNTP test
+    "etcd-server",     // the etcd:// notary backend, tested against a real server
+    "btrfs-progs",     // storage pools
+    "e2fsprogs",       // a foreign filesystem the storage tests must refuse
+    "util-linux",      // losetup for loop devices
+    "nftables",        // tenant NAT and isolation
+    "iproute2",        // namespaces in network tests
+    "iputils-ping",    // reachability checks in network tests
+    "libseccomp-dev",  // youki's libcontainer links libseccomp
+    "busybox-static",  // a test workload inside container tests (never in the image)
+    "qemu-system-x86", // micro-VMs (zos-vm, zosd) and the boot tests, under TCG here
+    "kmod",            // depmod for the Debian kernel's modules.dep
+    "xz-utils",        // the kernel's xz payload, extracted as a PVH vmlinux
+    "cpio",            // reads back the initrds xtask writes (a unit test)
+    "dnsmasq-base",    // a real DHCP and DNS server for zos-uplink's client tests
+    "chrony",          // a real NTP server (chronyd) for zos-uplink's SNTP test
     "pkg-config",
 ];
 
 /// Packages the demo needs: a node on a loop-file pool, in namespaces of its own.
 pub const DEMO_PACKAGES: &[&str] = &[
-    "btrfs-progs",    // pools
-    "nftables",       // tenant NAT and isolation, the node firewall
-    "iproute2",       // the demo's node and internet namespaces
-    "util-linux",     // losetup and umount for the demo's cleanup
-    "libseccomp-dev", // zosd links youki's libcontainer, which links libseccomp
+    "btrfs-progs",     // pools
+    "nftables",        // tenant NAT and isolation, the node firewall
+    "iproute2",        // the demo's node and internet namespaces
+    "util-linux",      // losetup and umount for the demo's cleanup
+    "libseccomp-dev",  // zosd links youki's libcontainer, which links libseccomp
+    "qemu-system-x86", // the micro-VM step
+    "kmod",            // depmod for the sample VM's kernel modules
+    "xz-utils",        // the sample VM's kernel, extracted as a PVH vmlinux
     "pkg-config",
 ];
 

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 
-use crate::{cargo, packages};
+use crate::{cargo, flists, packages, target_dir};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !args.is_empty() {
@@ -15,6 +15,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     packages::ensure(packages::TEST_PACKAGES)?;
     packages::ensure_python_module("cryptography", "cryptography")?;
     cargo(&["fmt", "--all", "--check"])?;
+    // The sample micro-VM (the Debian kernel and the vm-echo init): zos-vm's and
+    // zosd's VM tests boot it, zos-init's boot test boots its kernel.
+    cargo(&["build", "--quiet", "-p", "zos-cli"])?;
+    let vm = flists::build_vm(
+        &target_dir().join("flists/vm"),
+        &target_dir().join("debug/zos"),
+    )?;
+    eprintln!("sample VM flist: {}", vm.fl.display());
     cargo(&[
         "clippy",
         "--workspace",

@@ -310,6 +310,7 @@ node_netns = "/run/netns/{n}"
     let reply = connect_from(
         &format!("/run/netns/{i}"),
         &format!("{NODE_IP}:{PUBLIC_PORT}"),
+        b"",
     )?;
     println!("  {INET_IP} -> {NODE_IP}:{PUBLIC_PORT}: {}", reply.trim());
 
@@ -333,7 +334,9 @@ node_netns = "/run/netns/{n}"
         "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
     ])?;
 
-    section("13. the owner cancels: everything the contract had is removed");
+    vm_step(d, &node, &node_key, &i)?;
+
+    section("14. the owner cancels: everything the contract had is removed");
     d.step(&[
         "contract",
         "cancel",
@@ -371,6 +374,142 @@ node_netns = "/run/netns/{n}"
     }
     drop(node);
     println!("  zosd stopped; pool unmounted, loop device detached, namespaces removed");
+    Ok(())
+}
+
+/// Step 13: a micro-VM contract from the sample VM flist, its console line in the
+/// status record, its echo port answering from the internet, then cancelled.
+fn vm_step(d: &Demo, node: &Node, node_key: &str, inet: &str) -> anyhow::Result<()> {
+    section("13. a micro-VM: the Debian kernel and a tiny init, under QEMU, on its tenant network");
+    let flist = flists::build_vm(&d.dir.join("vmflist"), &d.zos)?;
+    println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
+    let source = std::fs::read_to_string(root().join("docs/examples/echo-vm.blueprint.toml"))?;
+    let blueprint = source
+        .replace(
+            "url = \"dir:///var/lib/zos/flists/vm.fl\"",
+            &format!("url = \"dir://{}\"", flist.fl.display()),
+        )
+        .replace(
+            "sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
+            &format!("sha256 = \"{}\"", flist.sha256),
+        )
+        .replace(
+            "stores = [\"dir:///var/lib/zos/store\"]",
+            &format!("stores = [\"{}\"]", flist.store),
+        )
+        .replace(
+            "publishers = []",
+            &format!("publishers = [\"{}\"]", flist.publisher),
+        );
+    if blueprint == source {
+        bail!("docs/examples/echo-vm.blueprint.toml changed: update the demo's substitution");
+    }
+    std::fs::write(d.path("echo-vm.blueprint.toml"), blueprint)?;
+    d.step(&[
+        "blueprint",
+        "sign",
+        "echo-vm.blueprint.toml",
+        "--key",
+        "expert.key",
+        "-o",
+        "echo-vm.blueprint.json",
+    ])?;
+    let owner = d.step(&["key", "show", "owner.key"])?;
+    let id = "echo-vm";
+    d.step(&[
+        "contract",
+        "new",
+        "--blueprint",
+        "echo-vm.blueprint.json",
+        "--param",
+        "memory=128",
+        "--owner",
+        &owner,
+        "--node",
+        node_key,
+        "--expires",
+        "1d",
+        "--id",
+        id,
+        "-o",
+        "echo-vm.json",
+    ])?;
+    d.step(&["contract", "sign", "echo-vm.json", "--key", "owner.key"])?;
+    let t = Instant::now();
+    d.step(&[
+        "contract",
+        "publish",
+        "echo-vm.json",
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+    ])?;
+    wait_status(d, node_key, id, |s| s["state"] == "ok")?;
+    println!(
+        "  QEMU running {} ms after publishing",
+        t.elapsed().as_millis()
+    );
+    // The guest's line, from the console the node keeps (the status record carries
+    // it too, refreshed every few seconds).
+    let console = std::fs::read_dir(node.state().join("vms"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .context("no VM run directory")?
+        .join("console.log");
+    let deadline = Instant::now() + WAIT;
+    let line = loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.starts_with("vm-echo:")) {
+            break l.to_string();
+        }
+        if Instant::now() > deadline {
+            bail!("the guest printed nothing; see {}", console.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "  guest console, {} ms after publishing: {line}",
+        t.elapsed().as_millis()
+    );
+    let reply = connect_from(
+        &format!("/run/netns/{inet}"),
+        &format!("{NODE_IP}:17007"),
+        b"hello, VM\n",
+    )?;
+    println!(
+        "  {INET_IP} -> {NODE_IP}:17007 (the guest's echo): {}",
+        reply.trim()
+    );
+    wait_status(d, node_key, id, |s| {
+        s["workloads"]["vm"]["log_tail"]
+            .as_array()
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|l| l.as_str().unwrap_or("").starts_with("vm-echo:"))
+            })
+    })?;
+    d.step(&[
+        "contract", "status", id, "--node", node_key, "--notary", &d.notary,
+    ])?;
+    d.step(&[
+        "contract",
+        "cancel",
+        id,
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+    ])?;
+    wait_status(d, node_key, id, |s| s["state"] == "cancelled")?;
+    let vms = std::fs::read_dir(node.state().join("vms"))
+        .map(|e| e.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    println!("  cancelled: {vms} VMs left, QEMU stopped, tap and root vdisk removed");
+    if vms != 0 {
+        bail!("the cancelled VM left something behind");
+    }
     Ok(())
 }
 
@@ -427,7 +566,10 @@ fn container_pid(node: &Node, name: &str) -> Option<i32> {
 
 /// Connects to `addr` from the network namespace at `netns` and reads one line; the
 /// connect runs on a thread that entered the namespace, so the demo's own stays put.
-fn connect_from(netns: &str, addr: &str) -> anyhow::Result<String> {
+/// Connects from inside `netns` to `addr`, sends `send` and reads one line back.
+fn connect_from(netns: &str, addr: &str, send: &[u8]) -> anyhow::Result<String> {
+    use std::io::Write;
+    let send = send.to_vec();
     let ns = std::fs::File::open(netns).with_context(|| format!("opening {netns}"))?;
     let addr: std::net::SocketAddr = addr.parse()?;
     std::thread::spawn(move || -> anyhow::Result<String> {
@@ -442,6 +584,7 @@ fn connect_from(netns: &str, addr: &str) -> anyhow::Result<String> {
             match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 Ok(mut s) => {
                     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(&send)?;
                     let mut line = String::new();
                     BufReader::new(&mut s).read_line(&mut line)?;
                     return Ok(line);
