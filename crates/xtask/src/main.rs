@@ -37,7 +37,7 @@ tasks:
                 store (default DIR: target/flists/<name>): hello is the container app
                 (flists/hello), vm the micro-VM (the Debian kernel as a PVH vmlinux and
                 an initrd with flists/vm-echo as its init)
-  bench [NAME]  benchmarks: contracts, flist, storage, network, container, or all
+  bench [NAME]  benchmarks: contracts, flist, storage, network, container, vm, or all
   initramfs     the node's boot image: a static zosd as /init, the kernel modules a
                 node needs, mkfs.btrfs, btrfs and nft with their libraries (no shell);
                 target/image/initramfs.cpio.zst, sizes printed (initramfs/README.md)
