@@ -61,37 +61,6 @@ impl Booted {
         String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
     }
 
-    /// Waits until the console has a line containing `needle`; returns the line and the
-    /// time since QEMU started when it was first seen (polled every 50 ms).
-    pub fn wait_for(
-        &mut self,
-        needle: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<(String, Duration)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.console_text();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                return Ok((line.trim().to_string(), self.started.elapsed()));
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{}: QEMU exited ({status}) before {needle:?}; console: {}",
-                    self.name,
-                    self.console.display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{}: no {needle:?} on the console within {timeout:?}; see {}",
-                    self.name,
-                    self.console.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Whether QEMU is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -378,6 +347,64 @@ fn zos_cli(zos: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// When each node reached a milestone (time since its QEMU started).
+#[derive(Default, Clone, Debug)]
+pub struct Milestones {
+    pub pid1: Option<Duration>,
+    pub registered: Option<Duration>,
+    pub serving: Option<Duration>,
+}
+
+/// Polls every node's console (every 100 ms) until all serve contracts, printing
+/// zosd's first line, the registration and waiting lines, and "serving" as they come.
+pub fn wait_serving(nodes: &mut [Booted], timeout: Duration) -> anyhow::Result<Vec<Milestones>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = vec![Milestones::default(); nodes.len()];
+    let mut shown = vec![0usize; nodes.len()];
+    loop {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if seen[i].serving.is_some() {
+                continue;
+            }
+            let t = node.started.elapsed();
+            let text = node.console_text();
+            if seen[i].pid1.is_none() && text.contains(PID1_LINE) {
+                seen[i].pid1 = Some(t);
+                println!(
+                    "{}: {:5.1} s: zosd's first console line (PID 1)",
+                    node.name,
+                    t.as_secs_f64()
+                );
+            }
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(WAITING_LINE)).collect();
+            for line in &lines[shown[i].min(lines.len())..] {
+                println!("{}: {:5.1} s: {}", node.name, t.as_secs_f64(), line.trim());
+                if line.contains(" registered in farm ") {
+                    seen[i].registered.get_or_insert(t);
+                }
+                if line.contains(SERVING_LINE) {
+                    seen[i].serving = Some(t);
+                }
+            }
+            shown[i] = lines.len();
+            let running = node.running();
+            if seen[i].serving.is_none() && (!running || Instant::now() > deadline) {
+                bail!(
+                    "{}: not serving after {:.0} s (QEMU {}); see {}",
+                    node.name,
+                    t.as_secs_f64(),
+                    if running { "running" } else { "exited" },
+                    node.console.display()
+                );
+            }
+        }
+        if seen.iter().all(|m| m.serving.is_some()) {
+            return Ok(seen);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Options of `node` and `farm`.
 struct Options {
     notary: Option<String>,
@@ -522,50 +549,14 @@ fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
         );
         nodes.push(node);
     }
-    for node in &mut nodes {
-        let (_, pid1) = node.wait_for(PID1_LINE, o.timeout)?;
-        println!(
-            "{}: zosd's first console line {:.1} s after QEMU started",
-            node.name,
-            pid1.as_secs_f64()
-        );
-    }
-    for node in &mut nodes {
-        // "serving contracts", and the lines that say why it waits (farm unknown).
-        let deadline = Instant::now() + o.timeout;
-        let mut shown = 0;
-        loop {
-            let text = node.console_text();
-            let lines: Vec<&str> = text
-                .lines()
-                .filter(|l| l.contains(WAITING_LINE) || l.contains(SERVING_LINE))
-                .collect();
-            for line in &lines[shown.min(lines.len())..] {
-                println!(
-                    "{}: {:.1} s: {}",
-                    node.name,
-                    node.started.elapsed().as_secs_f64(),
-                    line.trim()
-                );
-            }
-            shown = lines.len();
-            if lines.iter().any(|l| l.contains(SERVING_LINE)) {
-                break;
-            }
-            let running = node.running();
-            if !running || Instant::now() > deadline {
-                bail!(
-                    "{}: not serving (QEMU {}); see {}",
-                    node.name,
-                    if running { "running" } else { "exited" },
-                    node.console.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    wait_serving(&mut nodes, o.timeout)?;
     if let Some(url) = &notary.host_url {
-        println!("registered nodes: zos node list --notary {url}");
+        let zos = target_dir().join("debug/zos");
+        let list = zos_cli(&zos, &["node", "list", "--farm", &o.farm, "--notary", url])?;
+        println!(
+            "\n$ zos node list --farm {} --notary {url}\n{list}\n",
+            o.farm
+        );
     }
     if o.check {
         for node in &mut nodes {
