@@ -457,8 +457,12 @@ fn print_status(body: &serde_json::Value, signed_at: u64) {
         println!("  - [{}] {}", text(&r["code"]), text(&r["message"]));
     }
     for (name, w) in body["workloads"].as_object().into_iter().flatten() {
+        let runtime = w["runtime"]
+            .as_str()
+            .map(|r| format!(", on {r}"))
+            .unwrap_or_default();
         println!(
-            "workload  {name}: {}, address {}, restarts {}",
+            "workload  {name}: {}, address {}, restarts {}{runtime}",
             text(&w["state"]),
             text(&w["address"]),
             w["restarts"].as_u64().unwrap_or(0)

@@ -208,27 +208,7 @@ node_netns = "/run/netns/{n}"
     let flist = flists::build(&d.dir.join("flist"), &d.zos)?;
     println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
     println!("  publisher {}", flist.publisher);
-    let source = std::fs::read_to_string(root().join("docs/examples/crm.blueprint.toml"))?;
-    let blueprint = source
-        .replace(
-            "url = \"dir:///var/lib/zos/flists/hello.fl\"",
-            &format!("url = \"dir://{}\"", flist.fl.display()),
-        )
-        .replace(
-            "sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
-            &format!("sha256 = \"{}\"", flist.sha256),
-        )
-        .replace(
-            "stores = [\"dir:///var/lib/zos/store\"]",
-            &format!("stores = [\"{}\"]", flist.store),
-        )
-        .replace(
-            "publishers = []",
-            &format!("publishers = [\"{}\"]", flist.publisher),
-        );
-    if blueprint == source {
-        bail!("docs/examples/crm.blueprint.toml changed: update the demo's flist substitution");
-    }
+    let blueprint = pinned_blueprint("crm.blueprint.toml", "hello.fl", &flist)?;
     std::fs::write(d.path("hello.blueprint.toml"), blueprint)?;
     d.step(&[
         "blueprint",
@@ -377,16 +357,13 @@ node_netns = "/run/netns/{n}"
     Ok(())
 }
 
-/// Step 13: a micro-VM contract from the sample VM flist, its console line in the
-/// status record, its echo port answering from the internet, then cancelled.
-fn vm_step(d: &Demo, node: &Node, node_key: &str, inet: &str) -> anyhow::Result<()> {
-    section("13. a micro-VM: the Debian kernel and a tiny init, under QEMU, on its tenant network");
-    let flist = flists::build_vm(&d.dir.join("vmflist"), &d.zos)?;
-    println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
-    let source = std::fs::read_to_string(root().join("docs/examples/echo-vm.blueprint.toml"))?;
+/// The example blueprint `docs/examples/<file>` with its placeholder flist (`<fl>`)
+/// replaced by `flist`: its url, pin, store and publisher.
+fn pinned_blueprint(file: &str, fl: &str, flist: &flists::SampleFlist) -> anyhow::Result<String> {
+    let source = std::fs::read_to_string(root().join("docs/examples").join(file))?;
     let blueprint = source
         .replace(
-            "url = \"dir:///var/lib/zos/flists/vm.fl\"",
+            &format!("url = \"dir:///var/lib/zos/flists/{fl}\""),
             &format!("url = \"dir://{}\"", flist.fl.display()),
         )
         .replace(
@@ -401,9 +378,19 @@ fn vm_step(d: &Demo, node: &Node, node_key: &str, inet: &str) -> anyhow::Result<
             "publishers = []",
             &format!("publishers = [\"{}\"]", flist.publisher),
         );
-    if blueprint == source {
-        bail!("docs/examples/echo-vm.blueprint.toml changed: update the demo's substitution");
+    if !blueprint.contains(&flist.sha256) || blueprint.contains("/var/lib/zos/") {
+        bail!("docs/examples/{file} changed: update the demo's flist substitution");
     }
+    Ok(blueprint)
+}
+
+/// Step 13: a micro-VM contract from the sample VM flist, its console line in the
+/// status record, its echo port answering from the internet, then cancelled.
+fn vm_step(d: &Demo, node: &Node, node_key: &str, inet: &str) -> anyhow::Result<()> {
+    section("13. a micro-VM: the Debian kernel and a tiny init, under QEMU, on its tenant network");
+    let flist = flists::build_vm(&d.dir.join("vmflist"), &d.zos)?;
+    println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
+    let blueprint = pinned_blueprint("echo-vm.blueprint.toml", "vm.fl", &flist)?;
     std::fs::write(d.path("echo-vm.blueprint.toml"), blueprint)?;
     d.step(&[
         "blueprint",
