@@ -218,17 +218,35 @@ pub fn log_tail(dir: &Path, stream: Stream, n: usize) -> std::io::Result<Vec<Str
     if n == 0 {
         return Ok(Vec::new());
     }
-    let read = |p: PathBuf| -> std::io::Result<Vec<u8>> {
-        match std::fs::read(&p) {
-            Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
+    // Only the end of a file is read: status records ask for a few lines, several
+    // times a minute per workload, of files up to the rotation size.
+    const WINDOW: u64 = 64 << 10;
+    let read_end = |p: PathBuf| -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        let start = len.saturating_sub(WINDOW);
+        f.seek(SeekFrom::Start(start))?;
+        let mut b = Vec::new();
+        f.take(WINDOW).read_to_end(&mut b)?;
+        if start > 0 {
+            // The window began mid-line: drop that partial line.
+            let cut = b
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |i| i + 1);
+            b.drain(..cut);
         }
+        Ok(b)
     };
-    let mut bytes = read(stream.log_path(dir))?;
+    let mut bytes = read_end(stream.log_path(dir))?;
     let lines = |b: &[u8]| b.split(|&c| c == b'\n').count();
     if lines(&bytes) <= n {
-        let mut older = read(stream.rotated_path(dir))?;
+        let mut older = read_end(stream.rotated_path(dir))?;
         older.extend_from_slice(&bytes);
         bytes = older;
     }
@@ -273,6 +291,30 @@ mod tests {
         assert_eq!(tail.last().unwrap(), "line 49");
         assert_eq!(tail.len(), 12);
         assert!(log_tail(d, Stream::Stderr, 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tail_of_a_large_log_reads_only_its_end_and_whole_lines() {
+        let dir = tempfile::Builder::new()
+            .prefix("zt-logs-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let mut text = String::new();
+        for i in 0..20_000 {
+            text.push_str(&format!("a longer line number {i:05}\n"));
+        }
+        std::fs::write(Stream::Stdout.log_path(d), &text).unwrap();
+        let tail = log_tail(d, Stream::Stdout, 2).unwrap();
+        assert_eq!(
+            tail,
+            vec!["a longer line number 19998", "a longer line number 19999"]
+        );
+        // More lines than the window holds: whole lines only, the newest last.
+        let tail = log_tail(d, Stream::Stdout, 100_000).unwrap();
+        assert!(tail.len() > 1000 && tail.len() < 20_000, "{}", tail.len());
+        assert!(tail[0].starts_with("a longer line number "));
+        assert_eq!(tail[0].len(), "a longer line number 00000".len());
     }
 
     #[test]
