@@ -16,6 +16,9 @@ pub enum Error {
     /// QEMU refused to start; `message` is the last line it printed.
     #[error("qemu did not start ({status}): {message}")]
     Start { status: String, message: String },
+    /// The process would not go away.
+    #[error("QEMU {pid} survived SIGKILL for {seconds} s")]
+    Stuck { pid: i32, seconds: u64 },
     #[error("QMP {command}: {message}")]
     Qmp { command: String, message: String },
     #[error("cgroup for {name}: {message}")]

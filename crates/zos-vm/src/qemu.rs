@@ -401,10 +401,7 @@ impl Hypervisor for Qemu {
         if self.wait_gone(&run, Duration::from_secs(5)) {
             Ok(())
         } else {
-            Err(Error::Start {
-                status: "stuck".into(),
-                message: format!("QEMU {pid} survived SIGKILL for 5 s"),
-            })
+            Err(Error::Stuck { pid, seconds: 5 })
         }
     }
 
