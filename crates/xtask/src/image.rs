@@ -119,45 +119,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
     std::fs::write(pxe.join("zos.ipxe"), ipxe)?;
 
-    // ISO: BIOS and UEFI GRUB, serial and screen consoles.
-    let stage = out.join("iso-root");
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(stage.join("boot/grub"))?;
-    std::fs::copy(&vmlinuz, stage.join("boot/vmlinuz"))?;
-    std::fs::copy(&built.path, stage.join("boot").join(&initrd_name))?;
-    let grub = format!(
-        "# Zero-OS node (zosd), kernel {rel}\n\
-         serial --unit=0 --speed=115200\n\
-         terminal_input console serial\n\
-         terminal_output console serial\n\
-         set timeout=3\n\
-         menuentry \"Zero-OS node (zosd)\" {{\n\
-         \tlinux /boot/vmlinuz console=tty0 console=ttyS0,115200 {words}\n\
-         \tinitrd /boot/{initrd_name}\n\
-         }}\n",
-        rel = built.kernel.release
-    );
-    std::fs::write(stage.join("boot/grub/grub.cfg"), grub)?;
     let iso = out.join("zos.iso");
-    let _ = std::fs::remove_file(&iso);
-    let output = Command::new("grub-mkrescue")
-        .arg("-o")
-        .arg(&iso)
-        .arg(&stage)
-        .output()
-        .context("running grub-mkrescue")?;
-    if !output.status.success() {
-        bail!(
-            "grub-mkrescue failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    for platform in ["i386-pc", "x86_64-efi"] {
-        if !Path::new("/usr/lib/grub").join(platform).exists() {
-            bail!("GRUB {platform} is missing: the ISO would not boot there");
-        }
-    }
+    make_iso(&vmlinuz, &built.path, &words, &iso)?;
     println!("kernel command line: {words}");
     println!(
         "ISO (BIOS + UEFI) {}: {}",
@@ -168,6 +131,54 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for f in ["vmlinuz", initrd_name.as_str(), "zos.ipxe"] {
         println!("  {f:<22} {}", human(size(&pxe.join(f))?));
     }
+    Ok(())
+}
+
+/// A hybrid ISO (USB stick or CD; BIOS and UEFI) at `iso` booting `vmlinuz` with
+/// `initrd` and the kernel command-line words `words` (serial and screen consoles).
+pub fn make_iso(vmlinuz: &Path, initrd: &Path, words: &str, iso: &Path) -> anyhow::Result<()> {
+    packages::ensure(ISO_PACKAGES)?;
+    for platform in ["i386-pc", "x86_64-efi"] {
+        if !Path::new("/usr/lib/grub").join(platform).exists() {
+            bail!("GRUB {platform} is missing: the ISO would not boot there");
+        }
+    }
+    let initrd_name = initrd
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("initramfs name")?;
+    let stage = iso.with_extension("root");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("boot/grub"))?;
+    std::fs::copy(vmlinuz, stage.join("boot/vmlinuz"))?;
+    std::fs::copy(initrd, stage.join("boot").join(initrd_name))?;
+    let grub = format!(
+        "# Zero-OS node (zosd)\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n\
+         set timeout=3\n\
+         menuentry \"Zero-OS node (zosd)\" {{\n\
+         \tlinux /boot/vmlinuz console=tty0 console=ttyS0,115200 {words}\n\
+         \tinitrd /boot/{initrd_name}\n\
+         }}\n"
+    );
+    std::fs::write(stage.join("boot/grub/grub.cfg"), grub)?;
+    let _ = std::fs::remove_file(iso);
+    let output = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(iso)
+        .arg(&stage)
+        .output()
+        .context("running grub-mkrescue")?;
+    if !output.status.success() {
+        bail!(
+            "grub-mkrescue failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&stage);
     Ok(())
 }
 

@@ -34,7 +34,22 @@ pub struct NodeSpec {
     pub fresh: bool,
     /// The last byte of the NIC's MAC address.
     pub index: u8,
+    /// Boot from the ISO of `cargo xtask image` as a USB stick, with this firmware,
+    /// rather than QEMU loading the kernel directly (q35 only).
+    pub usb: Option<Firmware>,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Firmware {
+    /// SeaBIOS (QEMU's default).
+    Bios,
+    /// OVMF (Debian package ovmf), without secure boot.
+    Uefi,
+}
+
+/// OVMF's code and the template of its variable store.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Machine {
@@ -223,18 +238,51 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     }
     cmd.args(["-m", &spec.memory_mib.to_string()]);
     cmd.args(["-smp", &spec.cpus.to_string()]);
-    cmd.arg("-kernel").arg(kernel);
-    cmd.arg("-initrd").arg(&files.initrd);
-    let mut append = String::from("console=ttyS0 panic=-1");
-    if spec.machine == Machine::Microvm {
-        // No calibration against a PIT that microvm does not have.
-        append.push_str(" tsc_early_khz=2000000");
+    if let Some(firmware) = spec.usb {
+        if spec.machine != Machine::Q35 {
+            bail!("booting from a USB stick needs --machine q35");
+        }
+        // The medium a farmer writes to a stick, with this node's command line.
+        let iso = dir.join("zos.iso");
+        crate::image::make_iso(&files.vmlinuz, &files.initrd, &spec.cmdline, &iso)?;
+        if firmware == Firmware::Uefi {
+            crate::packages::ensure(&["ovmf"])?;
+            let vars = dir.join("OVMF_VARS.fd");
+            if !vars.exists() {
+                std::fs::copy(OVMF_VARS, &vars).context("copying OVMF's variable store")?;
+            }
+            cmd.args([
+                "-drive",
+                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            ]);
+        }
+        cmd.args([
+            "-device",
+            "qemu-xhci,id=xhci",
+            "-drive",
+            &format!(
+                "if=none,id=stick,format=raw,readonly=on,file={}",
+                iso.display()
+            ),
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0",
+        ]);
+    } else {
+        cmd.arg("-kernel").arg(kernel);
+        cmd.arg("-initrd").arg(&files.initrd);
+        let mut append = String::from("console=ttyS0 panic=-1");
+        if spec.machine == Machine::Microvm {
+            // No calibration against a PIT that microvm does not have.
+            append.push_str(" tsc_early_khz=2000000");
+        }
+        if !spec.cmdline.is_empty() {
+            append.push(' ');
+            append.push_str(&spec.cmdline);
+        }
+        cmd.args(["-append", &append]);
     }
-    if !spec.cmdline.is_empty() {
-        append.push(' ');
-        append.push_str(&spec.cmdline);
-    }
-    cmd.args(["-append", &append]);
     cmd.args([
         "-chardev",
         &format!("file,id=console,path={}", console.display()),
@@ -421,6 +469,7 @@ struct Options {
     rebuild: bool,
     fresh: bool,
     debug: bool,
+    usb: Option<Firmware>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
@@ -438,6 +487,7 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
         rebuild: true,
         fresh: false,
         debug: false,
+        usb: None,
     };
     let mut rest = Vec::new();
     let mut it = args.iter();
@@ -469,6 +519,14 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
             "--no-build" => o.rebuild = false,
             "--fresh" => o.fresh = true,
             "--debug" => o.debug = true,
+            "--usb" => {
+                o.usb = Some(match value()?.as_str() {
+                    "bios" => Firmware::Bios,
+                    "uefi" => Firmware::Uefi,
+                    f => bail!("--usb {f:?}: bios or uefi"),
+                });
+                o.machine = Machine::Q35;
+            }
             _ => rest.push(a.clone()),
         }
     }
@@ -534,15 +592,21 @@ fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
             cmdline: cmdline.clone(),
             fresh: o.fresh,
             index: i as u8,
+            usb: o.usb,
         };
         let node = boot(&files, &spec, accel)?;
         println!(
-            "{}: booting under QEMU ({}, {}), console {}",
+            "{}: booting under QEMU ({}{}, {}), console {}",
             spec.name,
             if o.machine == Machine::Microvm {
                 "microvm"
             } else {
                 "q35"
+            },
+            match o.usb {
+                Some(Firmware::Bios) => ", USB stick, BIOS",
+                Some(Firmware::Uefi) => ", USB stick, UEFI",
+                None => "",
             },
             node.accel,
             node.console.display()

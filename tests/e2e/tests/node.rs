@@ -5,6 +5,9 @@
 //!   boots a node (TCG here) and waits until its console says it is registered and
 //!   serving; the notary lists it under the farm. A second boot on the same disks (the
 //!   first one ended with a hard power-off) comes back with the same node key.
+//! - `iso_boots_from_a_usb_stick_under_uefi`: the ISO of `cargo xtask image` (with this
+//!   node's command line) as a USB stick on q35 with OVMF: GRUB boots the kernel and the
+//!   node serves (the path of a farmer's USB stick).
 //! - `image_has_no_login_surface`: the archive's file list (read from the archive
 //!   itself) has no shell, getty, sshd or busybox, and `/init` is a static binary.
 //!
@@ -12,6 +15,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// One boot at a time: the boots share the image build and 2 cores.
+static BOOTS: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -82,6 +89,7 @@ fn node_boots_registers_and_keeps_its_key() {
             return;
         }
     }
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let farm = "e2e-farm";
     let first = xtask(&[
         "node",
@@ -127,6 +135,40 @@ fn node_boots_registers_and_keeps_its_key() {
         "600",
     ]);
     assert_eq!(serving_key(&second), key, "{second}");
+}
+
+#[test]
+fn iso_boots_from_a_usb_stick_under_uefi() {
+    const NAME: &str = "iso_boots_from_a_usb_stick_under_uefi";
+    for program in ["qemu-system-x86_64", "etcd", "grub-mkrescue"] {
+        if !on_path(program) {
+            skip(NAME, &format!("{program} is not installed"));
+            return;
+        }
+    }
+    if !Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists() {
+        skip(NAME, "no OVMF firmware (apt-get install ovmf)");
+        return;
+    }
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let out = xtask(&[
+        "node",
+        "--check",
+        "--fresh",
+        "--usb",
+        "uefi",
+        "--name",
+        "e2e-usb",
+        "--timeout",
+        "900",
+    ]);
+    assert!(out.contains("USB stick, UEFI"), "{out}");
+    let key = serving_key(&out);
+    let console = std::fs::read_to_string(target_dir().join("nodes/e2e-usb/console.log")).unwrap();
+    // OVMF's boot manager, then the kernel started by GRUB from the stick.
+    assert!(console.contains("BdsDxe"), "{console}");
+    assert!(console.contains("efi: EFI v"), "{console}");
+    assert!(console.contains(&key));
 }
 
 #[test]
