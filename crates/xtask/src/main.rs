@@ -51,7 +51,8 @@ tasks:
                 10.0.2.2) with the farm created; waits until it serves contracts;
                 console in target/nodes/<name>/console.log. More: --machine
                 microvm|q35, --memory MIB, --cpus N, --disk-gib N, --timeout SECS,
-                --no-build (reuse the image), --debug (zos.debug) (qemu/README.md)
+                --no-build (reuse the image), --debug (zos.debug), --usb bios|uefi
+                (boot the ISO as a USB stick on q35 instead) (qemu/README.md)
   farm N [node options]
                 boot N nodes on one notary
 ";
