@@ -34,6 +34,12 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// A node's serial console (firmware output is not always UTF-8).
+fn console(name: &str) -> String {
+    let path = target_dir().join("nodes").join(name).join("console.log");
+    String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned()
+}
+
 fn skip(test: &str, why: &str) {
     println!("SKIP: {test}: {why}");
 }
@@ -115,7 +121,7 @@ fn node_boots_registers_and_keeps_its_key() {
     assert!(listed.contains(&format!("node      {key}")), "{listed}");
     assert!(listed.contains(&format!("farm      {farm}")), "{listed}");
 
-    let console = std::fs::read_to_string(target_dir().join("nodes/e2e/console.log")).unwrap();
+    let console = console("e2e");
     assert!(
         console.contains("failed=0"),
         "a kernel module failed:\n{console}"
@@ -164,7 +170,7 @@ fn iso_boots_from_a_usb_stick_under_uefi() {
     ]);
     assert!(out.contains("USB stick, UEFI"), "{out}");
     let key = serving_key(&out);
-    let console = std::fs::read_to_string(target_dir().join("nodes/e2e-usb/console.log")).unwrap();
+    let console = console("e2e-usb");
     // OVMF's boot manager, then the kernel started by GRUB from the stick.
     assert!(console.contains("BdsDxe"), "{console}");
     assert!(console.contains("efi: EFI v"), "{console}");
