@@ -28,7 +28,9 @@ use crate::journal::{Journal, JournalStore, Owned, Phase};
 use crate::names;
 use crate::provision::{NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState};
 use crate::restart::Backoff;
-use crate::status::{ReasonReport, State, StatusReport, WorkloadReport};
+use crate::status::{
+    ContractSummary, ReasonReport, State, StatusReport, WorkloadReport, WorkloadSummary,
+};
 
 /// Tunables of the engine; the defaults are production values.
 #[derive(Debug, Clone)]
@@ -91,6 +93,10 @@ pub struct Engine<P, N, S: JournalStore> {
     logs_refreshed: Option<Instant>,
     /// Unix seconds; a function so tests can move time.
     clock: fn() -> u64,
+    /// The last report of every contract the node runs or refused, for the node's
+    /// local status; updated on every report, published or not (the notary may be
+    /// away, the console must still tell).
+    summaries: tokio::sync::watch::Sender<Vec<ContractSummary>>,
 }
 
 fn unix_now() -> u64 {
@@ -118,7 +124,14 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             published: HashMap::new(),
             logs_refreshed: None,
             clock: unix_now,
+            summaries: tokio::sync::watch::channel(Vec::new()).0,
         }
+    }
+
+    /// What the engine last reported per contract, sorted by id, updated on every
+    /// report; cancelled and expired contracts leave it. Read-only: a receiver.
+    pub fn summaries(&self) -> tokio::sync::watch::Receiver<Vec<ContractSummary>> {
+        self.summaries.subscribe()
     }
 
     /// Replaces the wall clock (tests).
@@ -720,6 +733,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         report: StatusReport,
         compare: Compare,
     ) -> Result<(), EngineError> {
+        self.summarize(&report);
         let without_logs = |r: &StatusReport| {
             let mut r = r.clone();
             r.workloads.values_mut().for_each(|w| w.log_tail.clear());
@@ -752,6 +766,59 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         tracing::info!(contract = %report.contract, state = ?report.state, message = %report.message, "status");
         self.published.insert(report.contract.clone(), report);
         Ok(())
+    }
+}
+
+impl<P, N, S: JournalStore> Engine<P, N, S> {
+    /// Folds `report` into the summaries (see [`Engine::summaries`]).
+    fn summarize(&self, report: &StatusReport) {
+        let owned = self.journal.owned(&report.contract);
+        let summary = ContractSummary {
+            contract: report.contract.clone(),
+            version: report.version,
+            state: report.state,
+            message: report.message.clone(),
+            reserved: owned
+                .map(|o| Capacity::of(&o.deployment))
+                .unwrap_or_default(),
+            workloads: report
+                .workloads
+                .iter()
+                .map(|(name, w)| WorkloadSummary {
+                    name: name.clone(),
+                    kind: owned.and_then(|o| {
+                        o.deployment
+                            .workloads
+                            .iter()
+                            .find(|d| d.name == *name)
+                            .map(|d| d.kind)
+                    }),
+                    state: w.state.clone(),
+                    restarts: w.restarts,
+                    address: w.address,
+                    runtime: w.runtime.clone(),
+                })
+                .collect(),
+        };
+        let gone = matches!(summary.state, State::Cancelled | State::Expired);
+        self.summaries.send_if_modified(|list| {
+            match list.binary_search_by(|s| s.contract.cmp(&summary.contract)) {
+                Ok(i) if gone => {
+                    list.remove(i);
+                    true
+                }
+                Ok(i) if list[i] == summary => false,
+                Ok(i) => {
+                    list[i] = summary;
+                    true
+                }
+                Err(_) if gone => false,
+                Err(i) => {
+                    list.insert(i, summary);
+                    true
+                }
+            }
+        });
     }
 }
 

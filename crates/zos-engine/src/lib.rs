@@ -27,4 +27,4 @@ pub use provision::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
     WorkloadStatus,
 };
-pub use status::{State, StatusReport};
+pub use status::{ContractSummary, State, StatusReport, WorkloadSummary};

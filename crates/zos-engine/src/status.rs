@@ -88,3 +88,29 @@ impl StatusReport {
         }
     }
 }
+
+/// What the engine last said about one contract, for the node's local status (the
+/// console screen, `zos status`): the report without log tails, with what the node
+/// knows besides (workload kinds, the capacity the contract reserves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractSummary {
+    pub contract: String,
+    pub version: Option<u64>,
+    pub state: State,
+    pub message: String,
+    /// What it reserves; zero when the node does not own it (refused).
+    pub reserved: crate::Capacity,
+    pub workloads: Vec<WorkloadSummary>,
+}
+
+/// One workload of a [`ContractSummary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSummary {
+    pub name: String,
+    /// Absent when the deployment does not name it (a report of a refused contract).
+    pub kind: Option<zos_contract::deployment::WorkloadKind>,
+    pub state: String,
+    pub restarts: u32,
+    pub address: Option<Ipv4Addr>,
+    pub runtime: Option<String>,
+}

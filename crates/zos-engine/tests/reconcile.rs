@@ -658,3 +658,58 @@ async fn every_verification_refusal_is_reported_and_creates_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_summaries_follow_every_report_for_the_local_status() {
+    let w = World::new();
+    let mut engine = w.engine();
+    let summaries = engine.summaries();
+    engine.start(vec![]).await.unwrap();
+    assert!(summaries.borrow().is_empty());
+
+    let doc = contract(&w.keys, "web", 1, 10, "/app", true);
+    engine
+        .on_record(&contract_record(&w.keys, &doc))
+        .await
+        .unwrap();
+    // Refused (a required signer is missing): listed, reserving nothing.
+    let bad = contract(&w.keys, "bad", 1, 10, "/app", false);
+    engine
+        .on_record(&contract_record(&w.keys, &bad))
+        .await
+        .unwrap();
+    {
+        let list = summaries.borrow();
+        let ids: Vec<&str> = list.iter().map(|s| s.contract.as_str()).collect();
+        assert_eq!(ids, ["bad", "web"], "sorted by id");
+        let (bad, web) = (&list[0], &list[1]);
+        assert_eq!(bad.state, State::Refused);
+        assert_eq!(bad.reserved, Capacity::default());
+        assert_eq!(web.state, State::Ok, "{web:?}");
+        assert_eq!(web.version, Some(1));
+        assert!(
+            web.reserved.cpu > 0 && web.reserved.memory_mib > 0,
+            "{web:?}"
+        );
+        let app = &web.workloads[0];
+        assert_eq!(app.name, "app");
+        assert_eq!(
+            app.kind,
+            Some(zos_contract::deployment::WorkloadKind::Container)
+        );
+        assert_eq!(app.state, "running");
+        assert_eq!(app.address, Some("10.20.0.2".parse().unwrap()));
+    }
+
+    // Cancelled: it leaves the list.
+    engine
+        .on_record(&cancellation_record(&w.keys, "web", 2))
+        .await
+        .unwrap();
+    let ids: Vec<String> = summaries
+        .borrow()
+        .iter()
+        .map(|s| s.contract.clone())
+        .collect();
+    assert_eq!(ids, ["bad"]);
+}
