@@ -7,6 +7,7 @@ mod flist;
 mod key;
 mod notary;
 mod output;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,7 @@ enum Command {
     /// List the nodes registered in a notary.
     #[command(subcommand)]
     Node(farm::NodeCmd),
+    Status(status::StatusCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Flist(cmd) => flist::run(cmd),
         Command::Farm(cmd) => farm::run_farm(cmd),
         Command::Node(cmd) => farm::run_node(cmd),
+        Command::Status(cmd) => status::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -240,6 +240,7 @@ fn every_command_explains_itself_with_an_example() {
         &["farm", "create"],
         &["farm", "show"],
         &["node", "list"],
+        &["status"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
