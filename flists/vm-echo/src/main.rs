@@ -26,7 +26,10 @@ fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(7);
-    match network(&cmdline) {
+    let net = network(&cmdline);
+    // Listen before saying so: the console line is the guest's readiness signal.
+    let listener = listen(port);
+    match net {
         Ok(Some((ip, prefix))) => say(&format!(
             "vm-echo: {name} eth0 {ip}/{prefix} up, echo on port {port}"
         )),
@@ -36,7 +39,7 @@ fn main() {
     for (disk, mib) in disks() {
         say(&format!("vm-echo: disk {disk} {mib} MiB"));
     }
-    serve(port);
+    serve(listener);
 }
 
 /// A line on the console (our stdout is /dev/console).
@@ -144,17 +147,21 @@ fn disks() -> Vec<(String, u64)> {
     out
 }
 
-fn serve(port: u16) -> ! {
+fn listen(port: u16) -> TcpListener {
     loop {
         match TcpListener::bind(("0.0.0.0", port)) {
-            Ok(listener) => {
-                for conn in listener.incoming().flatten() {
-                    std::thread::spawn(move || echo(conn));
-                }
-            }
+            Ok(listener) => return listener,
             Err(e) => say(&format!("vm-echo: listen on {port}: {e}")),
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn serve(listener: TcpListener) -> ! {
+    loop {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || echo(conn));
+        }
     }
 }
 
