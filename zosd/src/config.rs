@@ -6,6 +6,9 @@
 //! log_format = "pretty"                  # or "json"
 //! farm = "farm-1"        # register in this farm (must be in the notary); absent: no registration
 //! heartbeat_secs = 60    # heartbeat period once registered
+//! status_socket = "/run/zos/status.sock"  # read-only D-Bus status (root-only unix socket)
+//! console = "/dev/console"   # paint the status screen there; absent: no screen
+//! console_every_secs = 5     # repaint period (and on every change)
 //!
 //! [storage]
 //! pools_root = "/var/lib/zos/pools"
@@ -63,6 +66,23 @@ pub struct NodeConfig {
     pub trust: TrustSection,
     #[serde(default)]
     pub vm: VmSection,
+    /// The read-only status interface: D-Bus peer-to-peer on this unix socket, mode
+    /// 0600 (docs/status.md).
+    #[serde(default = "default_status_socket")]
+    pub status_socket: PathBuf,
+    /// Where the status screen is painted (`/dev/console`); absent: nowhere.
+    #[serde(default)]
+    pub console: Option<PathBuf>,
+    #[serde(default = "default_console_every_secs")]
+    pub console_every_secs: u64,
+}
+
+fn default_status_socket() -> PathBuf {
+    PathBuf::from(zos_status::DEFAULT_SOCKET)
+}
+
+fn default_console_every_secs() -> u64 {
+    5
 }
 
 /// Micro-VMs (docs/vm.md).
@@ -230,6 +250,9 @@ impl NodeConfig {
         if self.heartbeat_secs == 0 {
             bail!("heartbeat_secs must be at least 1");
         }
+        if self.console_every_secs == 0 {
+            bail!("console_every_secs must be at least 1");
+        }
         Ok(())
     }
 }
@@ -255,6 +278,15 @@ mod tests {
         assert_eq!(cfg.log_format, LogFormat::Pretty);
         assert_eq!(cfg.farm.as_deref(), Some("farm-1"));
         assert_eq!(cfg.heartbeat_secs, 60);
+        assert_eq!(cfg.console.as_deref(), Some(Path::new("/dev/console")));
+    }
+
+    #[test]
+    fn the_status_socket_is_on_and_the_console_off_by_default() {
+        let base = "notary = \"dir:///x\"\nstorage = { pools_root = \"/p\", disks = [\"/dev/vdb\"] }\nnetwork = { uplink = \"e\" }\n";
+        let cfg: NodeConfig = toml::from_str(base).unwrap();
+        assert_eq!(cfg.status_socket, Path::new("/run/zos/status.sock"));
+        assert_eq!((cfg.console, cfg.console_every_secs), (None, 5));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod pid1;
 mod provisioner;
 mod registration;
 mod rootfs;
+mod status;
 mod vms;
 mod workloads;
 

@@ -14,6 +14,7 @@ use crate::config::NodeConfig;
 use crate::kernel_names::KernelNames;
 use crate::provisioner::NodeProvisioner;
 use crate::rootfs::Rootfs;
+use crate::status::LocalStatus;
 use crate::vms::Vms;
 use crate::workloads::Workloads;
 
@@ -138,11 +139,20 @@ fn hypervisor(cfg: &NodeConfig) -> anyhow::Result<zos_vm::Qemu> {
     zos_vm::Qemu::new(q).context("micro-VM hypervisor")
 }
 
-/// Runs the node agent until SIGTERM or SIGINT.
+/// Runs the node agent until SIGTERM or SIGINT, with its local status (console
+/// screen, read-only D-Bus socket) up the whole time: a failure is on the screen too.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let mut status = LocalStatus::start(&cfg);
+    let result = serve(cfg, &mut status).await;
+    status.finish(&result);
+    result
+}
+
+async fn serve(cfg: NodeConfig, status: &mut LocalStatus) -> anyhow::Result<()> {
     let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
     let key = identity(&storage)?;
     let node = key.public();
+    status.set(|s| s.node = node.to_string());
     let journal = Journal::open(StateJournal(storage.clone())).context("opening the journal")?;
 
     let mut net_cfg = NetworkConfig::new(&cfg.network.uplink);
@@ -156,6 +166,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     let capacity = capacity(&cfg, &storage)?;
     tracing::info!(?capacity, "capacity offered to contracts");
+    status.refresh(storage.clone(), cfg.network.node_netns.clone(), capacity);
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let provisioner = NodeProvisioner::new(
@@ -167,6 +178,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         KernelNames::open(&cfg.state_dir, &cfg.network.prefix),
     );
     let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;
+    if let Some(farm) = &cfg.farm {
+        status.state(&format!(
+            "registering in farm {farm} (waiting for it in the notary)"
+        ));
+    }
     // No contracts before the farm is in the notary; then registration and heartbeats
     // (docs/registration.md). `None`: stopped while waiting for the farm.
     let Some(_heartbeats) =
@@ -184,6 +200,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // The one line a person (or the demo) looks for.
     println!("zosd: node {node} serving contracts from {}", cfg.notary);
     let engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
+    status.follow(engine.summaries());
+    status.state("serving");
     engine.run(shutdown_signal()).await?;
     tracing::info!("stopped; workloads keep running and are re-adopted at the next start");
     Ok(())

@@ -300,6 +300,7 @@ pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> Stri
     }
     t.insert("state_dir".into(), Value::String(STATE_DIR.into()));
     t.insert("log_format".into(), Value::String("pretty".into()));
+    t.insert("console".into(), Value::String("/dev/console".into())); // the status screen (docs/status.md)
     let mut storage = Table::new();
     storage.insert(
         "pools_root".into(),

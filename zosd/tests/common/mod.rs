@@ -69,6 +69,11 @@ impl Node {
         )
     }
 
+    /// A node with more top-level configuration lines (`console = ...`).
+    pub fn with_lines(memory_reserve_mib: u64, top_level: &str) -> Node {
+        Node::build(memory_reserve_mib, 4, top_level)
+    }
+
     /// `top_level`: more top-level configuration lines.
     fn build(memory_reserve_mib: u64, cpu_overcommit: u64, top_level: &str) -> Node {
         let dir = tempfile::Builder::new()
@@ -86,6 +91,7 @@ impl Node {
                 r#"notary = "{notary_url}"
 state_dir = "{state}"
 log_format = "json"
+status_socket = "{root}/status.sock"
 {top_level}
 [storage]
 pools_root = "{pools}"
@@ -123,6 +129,11 @@ cpu_overcommit = {cpu_overcommit}
     /// A contract id unique to this test run.
     pub fn id(&self, name: &str) -> String {
         format!("{}-{name}", self.world.tag)
+    }
+
+    /// The node's read-only status socket (docs/status.md).
+    pub fn status_socket(&self) -> PathBuf {
+        self.dir.path().join("status.sock")
     }
 
     pub fn state(&self) -> PathBuf {
