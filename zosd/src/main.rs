@@ -2,7 +2,8 @@
 //!
 //! `zosd run --config node.toml` runs the node agent: it pulls the contracts addressed
 //! to this node from the notary, verifies them, and keeps their volumes, networks and
-//! workloads as the contracts say. It opens no listening socket.
+//! workloads as the contracts say. It opens no TCP or UDP listening socket; its only
+//! listener is a root-only unix socket serving read-only status (docs/status.md).
 
 mod config;
 mod kernel_names;
