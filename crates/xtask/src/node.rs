@@ -130,73 +130,28 @@ pub fn boot_files(rebuild: bool) -> anyhow::Result<BootFiles> {
     })
 }
 
-/// KVM if a probe kernel boots under it, else TCG (remembered for the host's boot).
+/// KVM if a probe kernel boots under it, else TCG: zos-vm's probe, whose answer is
+/// remembered for the host's boot.
 pub fn accel(kernel: &Path) -> &'static str {
+    use zos_vm::accel::{probe, remember, remembered, Accel};
     let memo = target_dir().join("nodes/accel");
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    if let Ok(text) = std::fs::read_to_string(&memo) {
-        match text.trim().split_once(' ') {
-            Some((id, "kvm")) if id == boot_id => return "kvm",
-            Some((id, "tcg")) if id == boot_id => return "tcg",
-            _ => {}
+    let accel = remembered(&memo).unwrap_or_else(|| {
+        let p = probe(
+            Path::new("qemu-system-x86_64"),
+            kernel,
+            Duration::from_secs(10),
+        );
+        eprintln!("accelerator: {} ({})", p.accel, p.reason);
+        if let Some(parent) = memo.parent() {
+            let _ = std::fs::create_dir_all(parent);
         }
-    }
-    let answer = if probe_kvm(kernel) { "kvm" } else { "tcg" };
-    if let Some(parent) = memo.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    let _ = std::fs::write(&memo, format!("{boot_id} {answer}\n"));
-    answer
-}
-
-/// Boots `kernel` under KVM on `-M microvm` and waits up to 10 s for its banner
-/// (zos-vm's probe: `/dev/kvm` may be a flavour that standard kernels do not boot on).
-fn probe_kvm(kernel: &Path) -> bool {
-    use std::io::Read;
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return false;
-    }
-    let Ok(mut child) = Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-cpu", "host", "-M", "microvm"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-m", "128", "-smp", "1", "-no-reboot", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(kernel)
-        .args(["-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let mut out = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if seen.windows(13).any(|w| w == b"Linux version") {
-                let _ = tx.send(());
-                return;
-            }
-        }
+        remember(&memo, p.accel);
+        p.accel
     });
-    let booted = rx.recv_timeout(Duration::from_secs(10)).is_ok();
-    let _ = child.kill();
-    let _ = child.wait();
-    booted
+    match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    }
 }
 
 /// Starts QEMU for `spec` (its files under `target/nodes/<name>/`).
