@@ -269,7 +269,40 @@ impl Drop for Node {
                 }
             }
         }
+        // VMs: QEMU runs daemonized and outlives zosd; kill the ones whose command line
+        // names a pidfile of this node's, then remove their cgroups.
+        let vms = self.state().join("vms");
+        let mut vm_ids = Vec::new();
+        for entry in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+            let pidfile = entry.path().join("qemu.pid");
+            let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|&b| b == 0)
+                    .any(|a| a == pidfile.as_os_str().as_encoded_bytes())
+            });
+            if ours {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            vm_ids.push(entry.file_name());
+        }
         std::thread::sleep(Duration::from_millis(100));
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for id in &vm_ids {
+                let _ = std::fs::remove_dir(ctrl.path().join("zos-vm").join(id));
+            }
+        }
         // Cgroups of our containers (`/zos/<id>` in each v1 hierarchy on this host);
         // our contract ids start with the world's tag.
         for ctrl in std::fs::read_dir("/sys/fs/cgroup")
