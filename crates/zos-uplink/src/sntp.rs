@@ -12,7 +12,7 @@
 //! 64 unguessable bits) and leaks nothing about the node's clock. The timestamps
 //! used for the offset are taken locally when sending and receiving.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The NTP header without extension fields or authenticator.
@@ -195,14 +195,7 @@ fn nonce() -> u64 {
 /// Ask `server` for the time; wait at most `timeout` for the reply.
 pub fn query(server: SocketAddr, timeout: Duration) -> Result<SntpTime, SntpError> {
     let ioerr = |op| move |source| SntpError::Io { op, server, source };
-    let local: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let sock = UdpSocket::bind(local).map_err(ioerr("bind"))?;
-    // Connected: the kernel drops datagrams from any other address or port.
-    sock.connect(server).map_err(ioerr("connect"))?;
+    let sock = crate::sock::connected_udp(server).map_err(ioerr("connect"))?;
     let nonce = nonce();
     let t1_wall = SystemTime::now();
     let t1 = Instant::now();

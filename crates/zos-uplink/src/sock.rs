@@ -8,7 +8,7 @@
 //! taken on that device only.
 
 use std::ffi::OsString;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
@@ -30,4 +30,17 @@ pub fn udp_on_device(iface: &str, local: SocketAddrV4) -> nix::Result<UdpSocket>
     setsockopt(&fd, sockopt::Broadcast, &true)?;
     bind(fd.as_raw_fd(), &SockaddrIn::from(local))?;
     Ok(UdpSocket::from(fd))
+}
+
+/// A client socket for one exchange with `server`: an ephemeral port, connected at
+/// once, so the kernel delivers only the server's datagrams and the socket is never a
+/// listener (it shows as connected in /proc/net/udp, which the heartbeat reports).
+pub fn connected_udp(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = UdpSocket::bind(local)?;
+    sock.connect(server)?;
+    Ok(sock)
 }

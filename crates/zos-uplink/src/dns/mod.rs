@@ -10,7 +10,7 @@
 
 mod wire;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use wire::Answer;
@@ -177,12 +177,7 @@ impl Resolver {
     /// One query to one server.
     fn ask(&self, server: SocketAddr, qname: &[String]) -> Result<Answer, DnsError> {
         let ioerr = |op| move |source| DnsError::Io { op, server, source };
-        let local: SocketAddr = match server.ip() {
-            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let sock = UdpSocket::bind(local).map_err(ioerr("bind"))?;
-        sock.connect(server).map_err(ioerr("connect"))?;
+        let sock = crate::sock::connected_udp(server).map_err(ioerr("connect"))?;
         let id = random_id();
         sock.send(&wire::query(id, qname)).map_err(ioerr("send"))?;
         let deadline = Instant::now() + self.timeout;
