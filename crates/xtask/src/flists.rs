@@ -132,11 +132,13 @@ fn pack(out: &Path, zos: &Path, rootfs: &Path, name: &str) -> anyhow::Result<Sam
     })
 }
 
-fn path(p: &Path) -> anyhow::Result<&str> {
+/// A path as the `&str` a command line takes.
+pub fn path(p: &Path) -> anyhow::Result<&str> {
     p.to_str().context("paths are utf-8 here")
 }
 
-fn run(zos: &Path, args: &[&str]) -> anyhow::Result<String> {
+/// Runs the `zos` tool; its trimmed stdout, or its stderr as the error.
+pub fn run(zos: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(zos).args(args).output()?;
     if !out.status.success() {
         bail!(

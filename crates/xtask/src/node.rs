@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::etcd::Etcd;
+use crate::flists::{path, run as zos_cli};
 use crate::{cargo, initramfs, target_dir};
 
 /// What one node is booted with.
@@ -332,22 +333,6 @@ pub fn private_notary(farm: &str) -> anyhow::Result<Notary> {
         host_url: Some(host_url),
         guest_url,
     })
-}
-
-fn path(p: &Path) -> anyhow::Result<&str> {
-    p.to_str().context("paths are utf-8 here")
-}
-
-fn zos_cli(zos: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(zos).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "zos {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// When each node reached a milestone (time since its QEMU started).
