@@ -15,6 +15,11 @@
 //! as directories appear. A directory that appears after the watch started is scanned
 //! once, so a record renamed into it before its watch was added is still delivered.
 //! On inotify queue overflow the whole prefix is rescanned and re-delivered.
+//!
+//! inotify sees only what this kernel writes. When the tree lives on a filesystem other
+//! machines write to (virtio-9p from a hypervisor's host, NFS, FUSE, SMB: a QEMU node
+//! reading its host's notary directory), the watch also walks the tree every
+//! [`REMOTE_POLL`] and delivers the files whose inode, size or modification time changed.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -349,6 +354,8 @@ fn scan_tree(root: &Path, rel: &str, emit: &mut dyn FnMut(Record)) -> Result<(),
 
 /// How often the watch thread checks whether its receiver was dropped.
 const POLL_MS: u16 = 100;
+/// How often a tree on a remote filesystem is walked for changes inotify cannot see.
+pub const REMOTE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Watcher {
     ino: Inotify,
@@ -356,6 +363,65 @@ struct Watcher {
     prefix: KeyPrefix,
     dirs: HashMap<WatchDescriptor, String>,
     tx: mpsc::Sender<Record>,
+    /// Set when `root` is on a filesystem written from elsewhere.
+    remote: Option<RemoteTree>,
+}
+
+/// What a walk of a remote tree saw: (directory, file) -> (inode, size, mtime in ns).
+struct RemoteTree {
+    seen: HashMap<(String, String), (u64, u64, i128)>,
+    walked: std::time::Instant,
+}
+
+/// Whether `path` is on a filesystem that other machines write to, whose changes no
+/// local inotify event announces (statfs magic numbers from linux/magic.h).
+fn is_remote_fs(path: &Path) -> bool {
+    const V9FS: i64 = 0x0102_1997;
+    const NFS: i64 = 0x6969;
+    const FUSE: i64 = 0x6573_5546;
+    const SMB2: i64 = 0xfe53_4d42;
+    const CIFS: i64 = 0xff53_4d42;
+    const CEPH: i64 = 0x00c3_6400;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path that outlives the call; `buf` is a properly
+    // sized, writable statfs the kernel fills; nothing is kept past the call.
+    let mut buf: nix::libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { nix::libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return false;
+    }
+    [V9FS, NFS, FUSE, SMB2, CIFS, CEPH].contains(&(buf.f_type as i64))
+}
+
+/// Every (directory, file) of the tree at `root/rel` that matters for `prefix`.
+fn list_files(root: &Path, rel: &str, prefix: &str, out: &mut Vec<(String, String)>) {
+    if !dir_relevant(prefix, rel) {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(ft) if ft.is_dir() => {
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                list_files(root, &child, prefix, out);
+            }
+            Ok(ft) if ft.is_file() => out.push((rel.to_owned(), name)),
+            _ => {}
+        }
+    }
 }
 
 /// True when directory `rel` leads to or lies under `prefix`.
@@ -438,6 +504,47 @@ impl Watcher {
         }
     }
 
+    /// Walks a remote tree (at most every [`REMOTE_POLL`]): delivers the files that are
+    /// new or changed since the last walk. The first walk only records what is there,
+    /// as a watch delivers changes after it starts. Returns false when the receiver is
+    /// gone.
+    fn walk_remote(&mut self, first: bool) -> bool {
+        let Some(remote) = self.remote.as_mut() else {
+            return true;
+        };
+        if !first && remote.walked.elapsed() < REMOTE_POLL {
+            return true;
+        }
+        remote.walked = std::time::Instant::now();
+        let mut files = Vec::new();
+        list_files(&self.root, "", self.prefix.as_str(), &mut files);
+        let mut changed = Vec::new();
+        let mut seen = HashMap::with_capacity(files.len());
+        for (rel, name) in files {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(m) = fs::symlink_metadata(self.root.join(&rel).join(&name)) else {
+                continue;
+            };
+            let stamp = (
+                m.ino(),
+                m.size(),
+                i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            );
+            let key = (rel, name);
+            if remote.seen.get(&key) != Some(&stamp) {
+                changed.push(key.clone());
+            }
+            seen.insert(key, stamp);
+        }
+        remote.seen = seen;
+        if first {
+            return true;
+        }
+        changed
+            .iter()
+            .all(|(rel, name)| self.deliver_file(rel, name))
+    }
+
     /// After a queue overflow: watch everything again and re-deliver every record.
     fn rescan(&mut self) -> Result<bool, NotaryError> {
         tracing::warn!(backend = BACKEND, prefix = %self.prefix, "inotify queue overflow; rescanning");
@@ -460,7 +567,7 @@ impl Watcher {
     /// Handles events until the receiver is dropped. Returns Ok on a clean stop.
     fn run(&mut self) -> Result<(), NotaryError> {
         loop {
-            if self.tx.is_closed() {
+            if self.tx.is_closed() || !self.walk_remote(false) {
                 return Ok(());
             }
             let mut fds = [PollFd::new(self.ino.as_fd(), PollFlags::POLLIN)];
@@ -533,14 +640,20 @@ fn watch_thread(
     let setup = (|| {
         let ino = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(NotaryError::Inotify)?;
+        let remote = is_remote_fs(&root).then(|| RemoteTree {
+            seen: HashMap::new(),
+            walked: std::time::Instant::now(),
+        });
         let mut w = Watcher {
             ino,
             root,
             prefix,
             dirs: HashMap::new(),
             tx,
+            remote,
         };
         w.add_tree("", false)?;
+        w.walk_remote(true);
         Ok(w)
     })();
     let mut w = match setup {
@@ -553,7 +666,7 @@ fn watch_thread(
             return;
         }
     };
-    tracing::debug!(backend = BACKEND, prefix = %w.prefix, dirs = w.dirs.len(), "watch started");
+    tracing::debug!(backend = BACKEND, prefix = %w.prefix, dirs = w.dirs.len(), remote = w.remote.is_some(), "watch started");
     if let Err(e) = w.run() {
         // Dropping the sender ends the consumer's stream: it sees `None`.
         tracing::error!(backend = BACKEND, prefix = %w.prefix, error = %e, "watch failed");
@@ -575,6 +688,67 @@ mod tests {
         assert!(!dir_relevant("nodes/a/contracts", "farms"));
         assert!(dir_relevant("", "farms"));
         assert!(dir_relevant("nodes", "nodes/x/status"));
+    }
+
+    /// A notary tree on 9p or NFS changes without inotify events: the walk finds what
+    /// changed (a new record, a replaced one), delivers only that, and nothing twice.
+    /// (The real 9p case runs in `cargo xtask demo`, a QEMU node on the host's tree.)
+    #[test]
+    fn a_remote_tree_is_walked_for_what_changed() {
+        use crate::Notary;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let notary = DirNotary::open(tmp.path()).unwrap();
+        let author = zos_contract::SecretKey::from_seed([7; 32]);
+        let node = zos_contract::SecretKey::from_seed([8; 32]).public();
+        let record = |id: &str, v: u64| {
+            let key = NotaryKey::contract(&node, id).unwrap();
+            Record::sign_at(&key, serde_json::json!({ "version": v }), &author, 1).unwrap()
+        };
+        rt.block_on(notary.put(&record("old", 1))).unwrap();
+
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = Watcher {
+            ino: Inotify::init(InitFlags::IN_CLOEXEC).unwrap(),
+            root: tmp.path().to_path_buf(),
+            prefix: KeyPrefix::node_contracts(&node),
+            dirs: HashMap::new(),
+            tx,
+            remote: Some(RemoteTree {
+                seen: HashMap::new(),
+                walked: std::time::Instant::now(),
+            }),
+        };
+        assert!(w.walk_remote(true));
+        assert!(rx.try_recv().is_err(), "what was there before the watch");
+
+        rt.block_on(notary.put(&record("new", 1))).unwrap();
+        rt.block_on(notary.put(&record("old", 2))).unwrap();
+        assert!(w.walk_remote(false));
+        assert!(rx.try_recv().is_err(), "walked again before REMOTE_POLL");
+
+        w.remote.as_mut().unwrap().walked -= REMOTE_POLL;
+        assert!(w.walk_remote(false));
+        let mut got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| format!("{} v{}", r.key, r.body["version"]))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                format!("nodes/{node}/contracts/new v1"),
+                format!("nodes/{node}/contracts/old v2"),
+            ]
+        );
+        w.remote.as_mut().unwrap().walked -= REMOTE_POLL;
+        assert!(w.walk_remote(false));
+        assert!(
+            rx.try_recv().is_err(),
+            "unchanged files are not delivered again"
+        );
+        assert!(!is_remote_fs(tmp.path()), "a local temp dir is not remote");
     }
 
     #[test]
