@@ -68,8 +68,13 @@ fn init_logs(format: config::LogFormat) {
     // netlink-packet-route warns about every attribute a newer kernel adds: noise.
     let filter = EnvFilter::try_from_env("ZOSD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
+    // Colours only for a person at a terminal: NO_COLOR (https://no-color.org) turns
+    // them off, as PID 1 does for the agent (a serial console ends up in files).
+    use std::io::IsTerminal;
+    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         config::LogFormat::Json => builder.json().init(),

@@ -138,6 +138,10 @@ fn prepare(sys: &Linux) -> BootParams {
         Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
     }
 
+    mount_shares(&params.shares);
+    let buttons = zos_init::power_button::watch(zos_init::power_button::signal_power_off);
+    tracing::info!(?buttons, "power button: a press powers the node off");
+
     // The address and the clock before the agent verifies any signature's expiry.
     let uplink = uplink_iface();
     uplink::bring_up(&uplink);
@@ -147,6 +151,34 @@ fn prepare(sys: &Linux) -> BootParams {
         tracing::error!(%error, path = NODE_CONFIG, "writing the agent's configuration");
     }
     params
+}
+
+/// `zos.share=<tag>:<path>`: the hypervisor's virtio-9p shares (9pnet_virtio is loaded
+/// by now), each at its path. A share that fails is logged; the agent then says what it
+/// cannot reach.
+fn mount_shares(shares: &[zos_init::Share]) {
+    use nix::mount::{mount, MsFlags};
+    for share in shares {
+        let mounted = std::fs::create_dir_all(&share.path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                mount(
+                    Some(share.tag.as_str()),
+                    share.path.as_str(),
+                    Some("9p"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    // No page cache: the host writes the same files (a notary's records).
+                    Some("trans=virtio,version=9p2000.L,msize=262144,cache=none"),
+                )
+                .map_err(|e| e.to_string())
+            });
+        match mounted {
+            Ok(()) => tracing::info!(tag = %share.tag, path = %share.path, "share mounted"),
+            Err(error) => {
+                tracing::error!(tag = %share.tag, path = %share.path, %error, "mounting a share")
+            }
+        }
+    }
 }
 
 /// The kernel opens `/dev/console` as init's stdin, stdout and stderr only if the image
@@ -191,6 +223,8 @@ fn agent_command(exe: &Path, debug: bool) -> Command {
     if std::env::var_os("PATH").is_none() {
         c.env("PATH", PATH);
     }
+    // The console is a terminal, but serial consoles end up in files: no colours.
+    c.env("NO_COLOR", "1");
     if debug {
         c.env("ZOSD_LOG", "debug,netlink_packet_route=error");
     }

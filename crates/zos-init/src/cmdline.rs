@@ -6,6 +6,11 @@
 //! | `zos.notary=<url>` | where contracts come from (`dir://`, `etcd://`...) |
 //! | `zos.runmode=<m>`  | `dev`, `test` or `prod` (default `prod`)           |
 //! | `zos.debug`        | more logs on the console (never a shell)           |
+//! | `zos.share=<t>:<p>`| mount the hypervisor's virtio-9p share `t` at `p`  |
+//!
+//! `zos.share` is for nodes under a hypervisor: a QEMU node reads a directory notary or
+//! a local flist store from the host at the same path (`cargo xtask demo`). It may be
+//! repeated; the path must be absolute, clean, and outside the boot filesystems.
 //!
 //! Parsing never fails: PID 1 must boot whatever the boot loader says. Every problem is
 //! a typed [`CmdlineWarning`] that PID 1 logs, and the parameter falls back to its safe
@@ -51,12 +56,47 @@ pub struct BootParams {
     pub notary: Option<String>,
     pub runmode: RunMode,
     pub debug: bool,
+    pub shares: Vec<Share>,
+}
+
+/// `zos.share=<tag>:<path>`: a virtio-9p share to mount before the agent starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub path: String,
+}
+
+impl Share {
+    /// `<tag>:<path>`, or why not. The tag is what QEMU's `mount_tag` allows (at most
+    /// 31 bytes here, plain characters); the path is absolute, without `.`/`..` parts,
+    /// and not one of the boot filesystems PID 1 owns.
+    pub fn parse(value: &str) -> Option<Share> {
+        let (tag, path) = value.split_once(':')?;
+        let tag_ok = !tag.is_empty()
+            && tag.len() <= 31
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        let path_ok = path.starts_with('/')
+            && !parts.is_empty()
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && *p != "." && *p != "..")
+            && !["proc", "sys", "dev", "run"].contains(&parts[0])
+            && path != "/var/lib/zos"
+            && !path.starts_with("/var/lib/zos/");
+        (tag_ok && path_ok).then(|| Share {
+            tag: tag.into(),
+            path: path.into(),
+        })
+    }
 }
 
 /// A boot parameter that was ignored or fell back to its default.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CmdlineWarning {
-    #[error("unknown boot parameter {0:?} (known: zos.farm, zos.notary, zos.runmode, zos.debug)")]
+    #[error("unknown boot parameter {0:?} (known: zos.farm, zos.notary, zos.runmode, zos.debug, zos.share)")]
     UnknownKey(String),
     #[error("zos.runmode={0:?} is not dev, test or prod: running as prod")]
     InvalidRunMode(String),
@@ -68,6 +108,8 @@ pub enum CmdlineWarning {
     InvalidDebug(String),
     #[error("{0} given more than once: the last one wins")]
     Repeated(&'static str),
+    #[error("zos.share={0:?} is not <tag>:<absolute path> outside /proc, /sys, /dev, /run and the node state: ignored")]
+    InvalidShare(String),
     #[error("unbalanced double quote on the kernel command line")]
     UnbalancedQuote,
 }
@@ -173,6 +215,13 @@ impl BootParams {
                     }
                     _ => warnings.push(CmdlineWarning::InvalidDebug(v)),
                 },
+                ("zos.share", Some(v)) => match Share::parse(&v) {
+                    Some(share) => p.shares.push(share),
+                    None => warnings.push(CmdlineWarning::InvalidShare(v)),
+                },
+                ("zos.share", None) => {
+                    warnings.push(CmdlineWarning::MissingValue { key: "zos.share" })
+                }
                 ("zos.farm", None) => {
                     warnings.push(CmdlineWarning::MissingValue { key: "zos.farm" })
                 }
@@ -215,8 +264,49 @@ mod tests {
                 notary: Some("etcd://10.0.2.2:2379".into()),
                 runmode: RunMode::Test,
                 debug: true,
+                shares: vec![],
             }
         );
+    }
+
+    #[test]
+    fn shares_are_tag_and_clean_absolute_path() {
+        let (p, w) = BootParams::parse("zos.share=zos:/srv/demo zos.share=store-1:/tmp/x/store");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            p.shares,
+            vec![
+                Share {
+                    tag: "zos".into(),
+                    path: "/srv/demo".into()
+                },
+                Share {
+                    tag: "store-1".into(),
+                    path: "/tmp/x/store".into()
+                },
+            ]
+        );
+        for bad in [
+            "zos",
+            ":/srv",
+            "zos:srv",
+            "zos:/",
+            "zos:/srv/../etc",
+            "zos:/srv//x",
+            "zos:/proc/x",
+            "zos:/dev",
+            "zos:/run/zos",
+            "zos:/var/lib/zos",
+            "zos:/var/lib/zos/pools",
+            "a tag:/srv",
+            "abcdefghijklmnopqrstuvwxyz0123456:/srv",
+        ] {
+            let (p, w) = BootParams::parse(&format!("\"zos.share={bad}\""));
+            assert!(p.shares.is_empty(), "{bad}");
+            assert_eq!(w, vec![CmdlineWarning::InvalidShare(bad.into())], "{bad}");
+        }
+        let (_, w) = BootParams::parse("zos.share");
+        assert_eq!(w, vec![CmdlineWarning::MissingValue { key: "zos.share" }]);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - [`modules`]: kernel modules in `modules.dep` order, with `finit_module`;
 //! - [`reaper`]: waiting for every orphan;
 //! - [`supervisor`]: the agent as a child, restarted with backoff, forever;
-//! - [`shutdown`]: signals to an orderly power-off or reboot.
+//! - [`shutdown`]: signals to an orderly power-off or reboot;
+//! - [`power_button`]: the power button's press, as SIGPWR.
 //!
 //! [`Init`] ties the last three together into the loop PID 1 runs. Every system call
 //! that changes the machine goes through [`sys::Sys`], so tests use a fake that records
@@ -17,6 +18,7 @@
 pub mod cmdline;
 pub mod modules;
 pub mod mounts;
+pub mod power_button;
 pub mod reaper;
 pub mod shutdown;
 pub mod supervisor;
@@ -24,7 +26,7 @@ pub mod sys;
 #[cfg(test)]
 mod testing;
 
-pub use cmdline::{BootParams, CmdlineWarning, RunMode};
+pub use cmdline::{BootParams, CmdlineWarning, RunMode, Share};
 pub use shutdown::{ShutdownPlan, ShutdownReport};
 pub use supervisor::{Backoff, MakeCommand, Supervisor};
 pub use sys::{block_init_signals, set_child_subreaper, Linux, PowerAction, Sys};
