@@ -334,6 +334,7 @@ fn heartbeat(storage: &Arc<Storage>, netns: Option<&std::path::Path>) -> anyhow:
             PoolKind::Hdd => hdd_used += info.used,
         }
     }
+    let rss = detect::zosd_rss()?;
     let mut hb = Heartbeat {
         uptime_secs: detect::uptime()?,
         reserved: Capacity {
@@ -346,6 +347,8 @@ fn heartbeat(storage: &Arc<Storage>, netns: Option<&std::path::Path>) -> anyhow:
             memory_bytes: detect::memory()?.used_bytes(),
             ssd_bytes: ssd_used,
             hdd_bytes: hdd_used,
+            agent_rss_bytes: rss.0,
+            init_rss_bytes: rss.1,
         },
         contracts,
         workloads,

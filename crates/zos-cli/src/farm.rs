@@ -258,10 +258,22 @@ pub fn human_bytes(n: u64) -> String {
 
 fn heartbeat_text(row: &NodeRow) -> String {
     match (&row.heartbeat, row.heartbeat_age_secs) {
-        (Some(hb), Some(age)) => format!(
-            "heartbeat {age}s ago, up {}s, {} contract(s) running, {} listening socket(s)",
-            hb.uptime_secs, hb.contracts.running, hb.listening_total
-        ),
+        (Some(hb), Some(age)) => {
+            let mut text = format!(
+                "heartbeat {age}s ago, up {}s, {} contract(s) running, {} listening socket(s), zosd RSS {}",
+                hb.uptime_secs,
+                hb.contracts.running,
+                hb.listening_total,
+                human_bytes(hb.used.agent_rss_bytes)
+            );
+            if hb.used.init_rss_bytes > 0 {
+                text.push_str(&format!(
+                    " + {} (PID 1)",
+                    human_bytes(hb.used.init_rss_bytes)
+                ));
+            }
+            text
+        }
         _ => "no heartbeat yet".into(),
     }
 }

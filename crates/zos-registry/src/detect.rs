@@ -148,6 +148,35 @@ pub fn uptime() -> Result<u64, DetectError> {
     parse_uptime(&read(path)?).map_err(|r| parse_err(path, r))
 }
 
+/// `VmRSS` from a `/proc/<pid>/status` text, in bytes.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut words = line["VmRSS:".len()..].split_whitespace();
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib * 1024)
+}
+
+/// Resident memory of this process, and of PID 1 when PID 1 runs the same executable
+/// (zosd as the node's init; 0 otherwise).
+pub fn zosd_rss() -> Result<(u64, u64), DetectError> {
+    let own = Path::new("/proc/self/status");
+    let agent = parse_vm_rss(&read(own)?).ok_or_else(|| parse_err(own, "no VmRSS"))?;
+    let same_exe = match (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_link("/proc/1/exe"),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let init = if same_exe {
+        let path = Path::new("/proc/1/status");
+        parse_vm_rss(&read(path)?).unwrap_or(0)
+    } else {
+        0
+    };
+    Ok((agent, init))
+}
+
 // ---------------------------------------------------------------------------------
 // NICs and DMI
 
@@ -340,6 +369,21 @@ pub fn listening_sockets(netns: Option<&Path>) -> Result<Vec<Socket>, DetectErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_rss_in_bytes() {
+        let status = "Name:\tzosd\nVmHWM:\t   20000 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(
+            parse_vm_rss("Name:\tkthreadd\n"),
+            None,
+            "kernel threads have none"
+        );
+        assert_eq!(parse_vm_rss("VmRSS:\t12 MB\n"), None);
+        let (agent, init) = zosd_rss().unwrap();
+        assert!(agent > 0);
+        assert_eq!(init, 0, "PID 1 here is not this test binary");
+    }
 
     #[test]
     fn cpuinfo_counts_processors() {

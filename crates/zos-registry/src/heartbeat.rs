@@ -80,6 +80,12 @@ pub struct Usage {
     /// Bytes used on the SSD and HDD pools (statvfs).
     pub ssd_bytes: u64,
     pub hdd_bytes: u64,
+    /// zosd's own resident memory: the agent, and PID 1 when zosd is the node's init
+    /// (0 otherwise). Absent in heartbeats of older nodes.
+    #[serde(default)]
+    pub agent_rss_bytes: u64,
+    #[serde(default)]
+    pub init_rss_bytes: u64,
 }
 
 /// The contracts the node owns, by phase.
@@ -135,6 +141,8 @@ impl Heartbeat {
             ("used.memory_bytes", self.used.memory_bytes),
             ("used.ssd_bytes", self.used.ssd_bytes),
             ("used.hdd_bytes", self.used.hdd_bytes),
+            ("used.agent_rss_bytes", self.used.agent_rss_bytes),
+            ("used.init_rss_bytes", self.used.init_rss_bytes),
         ] {
             check_int(key, field, v)?;
         }
