@@ -198,6 +198,7 @@ fn apply(s: &mut NodeStatus, list: &[ContractSummary], now: u64) {
                 restarts: w.restarts,
                 address: w.address.map(|a| a.to_string()),
                 runtime: w.runtime.clone(),
+                output: w.output.clone(),
             }
         }));
     }
@@ -292,6 +293,7 @@ mod tests {
                 restarts: 2,
                 address: Some("10.0.0.2".parse().unwrap()),
                 runtime: Some("qemu/tcg".into()),
+                output: Some("vm-echo: up".into()),
             }],
         }
     }
@@ -312,6 +314,7 @@ mod tests {
         assert_eq!(s.contracts.len(), 2);
         assert_eq!(s.workloads[0].kind, "vm");
         assert_eq!(s.workloads[0].address.as_deref(), Some("10.0.0.2"));
+        assert_eq!(s.workloads[0].output.as_deref(), Some("vm-echo: up"));
         assert_eq!(s.errors.len(), 1);
         assert_eq!(s.errors[0].source, "contract b");
         // The same error again is not a new one.

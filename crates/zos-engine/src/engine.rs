@@ -797,6 +797,7 @@ impl<P, N, S: JournalStore> Engine<P, N, S> {
                     restarts: w.restarts,
                     address: w.address,
                     runtime: w.runtime.clone(),
+                    output: w.log_tail.last().cloned(),
                 })
                 .collect(),
         };

@@ -113,4 +113,6 @@ pub struct WorkloadSummary {
     pub restarts: u32,
     pub address: Option<Ipv4Addr>,
     pub runtime: Option<String>,
+    /// The newest line of its log tail (what the console shows under it).
+    pub output: Option<String>,
 }

@@ -51,6 +51,9 @@ pub struct WorkloadStatus {
     pub address: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Its newest output line (container stdout/stderr, a VM's console).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// A recent error, for the farmer looking at the screen.

@@ -70,6 +70,9 @@ pub fn render(s: &NodeStatus) -> String {
             let _ = write!(text, "  {r}");
         }
         line(text);
+        if let Some(output) = &w.output {
+            line(format!("    > {output}"));
+        }
     }
     more(&mut line, s.workloads.len());
     line(format!("contracts ({})", s.contracts.len()));
@@ -228,6 +231,7 @@ mod tests {
                 restarts: 1,
                 address: Some("10.70.0.2".into()),
                 runtime: None,
+                output: Some("hello from crm-app\x1b[31m: serving 100 users".into()),
             }],
             errors: Vec::new(),
         };
@@ -262,6 +266,7 @@ capacity       cpu     memory        ssd        hdd
 
 workloads (1)
   crm/app  container  running  restarts 1  10.70.0.2
+    > hello from crm-app?[31m: serving 100 users
 contracts (2)
   crm v2  ok  every workload runs
   bad v1  refused  [signature] owner signature invalid?[2J

@@ -42,6 +42,7 @@ fn sample() -> NodeStatus {
             restarts: 0,
             address: Some("10.70.0.2".into()),
             runtime: None,
+            output: Some("hello".into()),
         }],
         errors: Vec::new(),
     };
