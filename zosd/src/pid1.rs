@@ -59,9 +59,12 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
     }
     // First, before any thread exists: every thread inherits the blocked mask.
     let blocked = zos_init::block_init_signals();
+    // Before anything is mounted: off the kernel's rootfs, which pivot_root (and so
+    // every container start) refuses to leave.
+    let switched = zos_init::rootfs::root_is_initramfs().then(zos_init::rootfs::switch_to_tmpfs);
 
     let sys = Linux;
-    let prepared = catch_unwind(AssertUnwindSafe(|| prepare(&sys)));
+    let prepared = catch_unwind(AssertUnwindSafe(|| prepare(&sys, switched)));
     let params = match prepared {
         Ok(p) => p,
         Err(_) => {
@@ -74,7 +77,12 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
         tracing::error!(%errno, "blocking signals: shutdown signals may be missed");
     }
 
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    // After the switch to tmpfs our executable's first copy is deleted ("/init
+    // (deleted)"): the agent runs the one on the new root.
+    let exe = std::env::current_exe()
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/init"));
     let debug = params.debug;
     let agent = Box::new(move || agent_command(&exe, debug));
     let mut init = Init::new(sys, agent, Backoff::default(), ShutdownPlan::default());
@@ -90,9 +98,13 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
     }
 }
 
-/// Mounts, logs, ctrl-alt-del, cgroups, modules, uplink, the agent's configuration.
+/// Mounts, logs, ctrl-alt-del, cgroups, modules, uplink, the agent's configuration
+/// (`switched`: how the move off the initramfs went, to log it).
 /// Every step is best effort: a node with a missing piece still boots and says why.
-fn prepare(sys: &Linux) -> BootParams {
+fn prepare(
+    sys: &Linux,
+    switched: Option<Result<u64, zos_init::rootfs::RootfsError>>,
+) -> BootParams {
     // Before the logs: the log level comes from /proc/cmdline, which needs /proc.
     let mounted = mounts::mount_all(sys);
     ensure_console();
@@ -103,6 +115,16 @@ fn prepare(sys: &Linux) -> BootParams {
     init_console_logs(params.debug);
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "zosd: PID 1");
+    match switched {
+        Some(Ok(bytes)) => tracing::info!(
+            mib = bytes >> 20,
+            "root moved from the initramfs to a tmpfs (containers need a root pivot_root can leave)"
+        ),
+        Some(Err(error)) => {
+            tracing::error!(%error, "moving the root to a tmpfs: containers cannot start")
+        }
+        None => {}
+    }
     match mounted {
         Ok(outcomes) => tracing::debug!(?outcomes, "filesystems"),
         Err(error) => tracing::error!(%error, "mounting the boot filesystems"),

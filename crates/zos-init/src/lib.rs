@@ -1,6 +1,7 @@
 //! zos-init: what zosd does as PID 1, small enough to read in one sitting.
 //!
 //! - [`cmdline`]: `zos.*` boot parameters from `/proc/cmdline`;
+//! - [`rootfs`]: off the kernel's initramfs onto a tmpfs root (pivot_root works there);
 //! - [`mounts`]: proc, sys, dev, devpts, shm, run, cgroup2 (idempotent);
 //! - [`modules`]: kernel modules in `modules.dep` order, with `finit_module`;
 //! - [`reaper`]: waiting for every orphan;
@@ -20,6 +21,7 @@ pub mod modules;
 pub mod mounts;
 pub mod power_button;
 pub mod reaper;
+pub mod rootfs;
 pub mod shutdown;
 pub mod supervisor;
 pub mod sys;
