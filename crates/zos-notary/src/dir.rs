@@ -374,24 +374,43 @@ struct RemoteTree {
 }
 
 /// Whether `path` is on a filesystem that other machines write to, whose changes no
-/// local inotify event announces (statfs magic numbers from linux/magic.h).
+/// local inotify event announces. Read from the type of its mount in
+/// /proc/self/mountinfo, not from statfs: 9P2000.L passes the host's statfs through,
+/// magic number included (QEMU's share of an ext4 directory says ext4).
 fn is_remote_fs(path: &Path) -> bool {
-    const V9FS: i64 = 0x0102_1997;
-    const NFS: i64 = 0x6969;
-    const FUSE: i64 = 0x6573_5546;
-    const SMB2: i64 = 0xfe53_4d42;
-    const CIFS: i64 = 0xff53_4d42;
-    const CEPH: i64 = 0x00c3_6400;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+    let (Ok(path), Ok(mountinfo)) = (
+        fs::canonicalize(path),
+        fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
         return false;
     };
-    // SAFETY: `c` is a NUL-terminated path that outlives the call; `buf` is a properly
-    // sized, writable statfs the kernel fills; nothing is kept past the call.
-    let mut buf: nix::libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { nix::libc::statfs(c.as_ptr(), &mut buf) } != 0 {
-        return false;
+    mount_fstype(&mountinfo, &path).is_some_and(|t| {
+        ["9p", "nfs", "nfs4", "cifs", "smb3", "ceph", "fuse"].contains(&t) || t.starts_with("fuse.")
+    })
+}
+
+/// The filesystem type of the mount holding `path` (the longest mount point that
+/// contains it; the last one mounted wins), from mountinfo text.
+fn mount_fstype<'a>(mountinfo: &'a str, path: &Path) -> Option<&'a str> {
+    let mut best: Option<(usize, &str)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let (Some(point), Some(fstype)) = (left.split(' ').nth(4), right.split(' ').next()) else {
+            continue;
+        };
+        // Spaces and friends are octal escapes (\040) in mountinfo.
+        let point = point
+            .replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\134", "\\");
+        let depth = Path::new(&point).components().count();
+        if path.starts_with(&point) && best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, fstype));
+        }
     }
-    [V9FS, NFS, FUSE, SMB2, CIFS, CEPH].contains(&(buf.f_type as i64))
+    best.map(|(_, t)| t)
 }
 
 /// Every (directory, file) of the tree at `root/rel` that matters for `prefix`.
@@ -749,6 +768,28 @@ mod tests {
             "unchanged files are not delivered again"
         );
         assert!(!is_remote_fs(tmp.path()), "a local temp dir is not remote");
+    }
+
+    #[test]
+    fn the_mount_type_of_a_path() {
+        let mountinfo = "\
+22 1 0:21 / / rw,relatime - tmpfs rootfs rw
+25 22 0:5 / /proc rw - proc proc rw
+40 22 0:35 / /tmp/zos-demo-1 rw - 9p demo rw,trans=virtio
+41 40 0:36 / /tmp/zos-demo-1/local rw - tmpfs tmpfs rw
+42 22 0:37 / /srv/my\\040notary rw - nfs4 srv:/n rw
+";
+        let t = |p: &str| mount_fstype(mountinfo, Path::new(p));
+        assert_eq!(t("/tmp/zos-demo-1/notary"), Some("9p"));
+        assert_eq!(t("/tmp/zos-demo-1"), Some("9p"));
+        assert_eq!(t("/tmp/zos-demo-1/local/x"), Some("tmpfs"));
+        assert_eq!(
+            t("/tmp/zos-demo-10"),
+            Some("tmpfs"),
+            "a prefix of the name is not a parent"
+        );
+        assert_eq!(t("/srv/my notary/nodes"), Some("nfs4"));
+        assert_eq!(t("/var/lib/zos"), Some("tmpfs"));
     }
 
     #[test]
