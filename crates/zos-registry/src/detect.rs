@@ -161,13 +161,15 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 pub fn zosd_rss() -> Result<(u64, u64), DetectError> {
     let own = Path::new("/proc/self/status");
     let agent = parse_vm_rss(&read(own)?).ok_or_else(|| parse_err(own, "no VmRSS"))?;
-    let same_exe = match (
-        std::fs::read_link("/proc/self/exe"),
-        std::fs::read_link("/proc/1/exe"),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
+    // PID 1 moved the image onto a tmpfs after it started: its own executable reads
+    // "/init (deleted)" while the agent's is "/init".
+    let exe = |pid: &str| {
+        std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| {
+            let p = p.to_string_lossy().into_owned();
+            p.strip_suffix(" (deleted)").map(str::to_owned).unwrap_or(p)
+        })
     };
+    let same_exe = matches!((exe("self"), exe("1")), (Ok(a), Ok(b)) if a == b);
     let init = if same_exe {
         let path = Path::new("/proc/1/status");
         parse_vm_rss(&read(path)?).unwrap_or(0)
