@@ -4,32 +4,20 @@
 //! - `test`: everything CI runs (installs the Debian packages it needs first).
 //! - `bench [contracts|flist|storage|network|container|all]`: benchmarks.
 
-mod bench;
-mod cpio;
-mod demo;
-mod etcd;
-mod flists;
-mod image;
-mod initramfs;
-mod kernel;
-mod node;
-mod packages;
-mod test;
-
-use std::path::PathBuf;
-use std::process::Command;
-
-use anyhow::{bail, Context};
+use xtask::{bench, demo, flists, image, initramfs, node, test};
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  demo [--etcd] [--keep]
+  demo [--etcd] [--keep] [--booted-only]
                 run the flow end to end on a fresh directory notary (or, with --etcd,
                 on a private etcd server): keys, blueprint, contract, signatures,
                 verification, publish, list, cancel, and one refused contract for
-                every refusal reason; --keep keeps the demo directory
+                every refusal reason, a node (zosd run) with the sample workload and a
+                micro-VM, then a node booted from the image under QEMU running the
+                sample contract; --keep keeps the demo directory, --booted-only
+                skips the zosd-run node and the VM
   test          install missing Debian packages, then fmt, clippy and every test tier
                 (unit, integration, privileged against the real kernel and real etcd)
   flist [hello|vm] [DIR]
@@ -81,41 +69,4 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("xtask lives at crates/xtask")
-        .to_path_buf()
-}
-
-/// Runs `cargo` with `args` in the workspace root, failing on a non-zero exit.
-pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    cargo_env(args, &[])
-}
-
-/// [`cargo`] with extra environment variables.
-pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("+ cargo {}", args.join(" "));
-    let status = Command::new(cargo)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(root())
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-/// Where cargo puts binaries of the dev profile.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
 }
