@@ -41,7 +41,10 @@ pub const NODE_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
     "virtio_blk",
+    "virtio_scsi", // QEMU nodes' SSD (a virtio-blk disk always reads as rotational)
     "virtio_rng",
+    "button", // the ACPI power button (a press powers the node off)
+    "evdev",  // how zosd reads that press
     // real machines: disks and a few common NICs
     "nvme",
     "ahci",

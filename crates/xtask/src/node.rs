@@ -38,6 +38,29 @@ pub struct NodeSpec {
     /// Boot from the ISO of `cargo xtask image` as a USB stick, with this firmware,
     /// rather than QEMU loading the kernel directly (q35 only).
     pub usb: Option<Firmware>,
+    /// Host directories the node mounts at the same path (virtio-9p, `zos.share=`):
+    /// a directory notary or a local flist store.
+    pub shares: Vec<Share>,
+    /// How the NIC reaches the world.
+    pub net: Net,
+}
+
+/// A host directory shared with a node: `mount_tag` and the path on both sides.
+#[derive(Clone, Debug)]
+pub struct Share {
+    pub tag: String,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Default)]
+pub enum Net {
+    /// QEMU user networking: DHCP from QEMU, the host's loopback at 10.0.2.2, nothing
+    /// reaches the node from outside.
+    #[default]
+    User,
+    /// A tap device QEMU creates in an existing network namespace (the caller's DHCP
+    /// server and notary live there; the node's address is reachable from it).
+    Tap { netns: String, ifname: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -64,6 +87,8 @@ pub struct Booted {
     pub console: PathBuf,
     pub started: Instant,
     pub accel: &'static str,
+    /// QEMU's monitor (QMP), for the power button.
+    pub qmp: PathBuf,
     child: Child,
 }
 
@@ -85,6 +110,30 @@ impl Booted {
     /// Waits for QEMU to exit by itself.
     pub fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         Ok(self.child.wait()?)
+    }
+
+    /// Presses the node's power button (ACPI, QMP `system_powerdown`): an orderly
+    /// power-off inside, after which QEMU exits.
+    pub fn power_button(&self) -> anyhow::Result<()> {
+        let mut qmp = zos_vm::qmp::Qmp::connect(&self.qmp, Duration::from_secs(5))
+            .with_context(|| format!("{}: QMP at {}", self.name, self.qmp.display()))?;
+        qmp.execute("system_powerdown", None)
+            .with_context(|| format!("{}: system_powerdown", self.name))?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for QEMU to exit by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Hard power-off (no shutdown inside): kills QEMU.
@@ -165,21 +214,31 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     let console = dir.join("console.log");
     let _ = std::fs::remove_file(&console);
 
-    let (kernel, blk, net, rng) = match spec.machine {
+    let (kernel, blk, scsi, net, rng) = match spec.machine {
         Machine::Microvm => (
             &files.vmlinux,
             "virtio-blk-device",
+            "virtio-scsi-device",
             "virtio-net-device",
             "virtio-rng-device",
         ),
         Machine::Q35 => (
             &files.vmlinuz,
             "virtio-blk-pci",
+            "virtio-scsi-pci",
             "virtio-net-pci",
             "virtio-rng-pci",
         ),
     };
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let mut cmd = match &spec.net {
+        Net::User => Command::new("qemu-system-x86_64"),
+        Net::Tap { netns, .. } => {
+            // `ip netns exec` execs QEMU in the namespace: the child is QEMU itself.
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns, "qemu-system-x86_64"]);
+            c
+        }
+    };
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none"]);
     cmd.args(["-name", &spec.name]);
     match spec.machine {
@@ -194,13 +253,23 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     }
     cmd.args(["-m", &spec.memory_mib.to_string()]);
     cmd.args(["-smp", &spec.cpus.to_string()]);
+    // The node's words: the caller's, and one zos.share= per shared directory.
+    let mut words = spec.cmdline.clone();
+    for share in &spec.shares {
+        let p = share.path.to_string_lossy();
+        if p.contains(|c: char| c.is_whitespace() || c == '"' || c == ',') {
+            bail!("{p:?}: a shared path goes on the kernel command line and in -fsdev: no spaces, quotes or commas");
+        }
+        words.push_str(&format!(" zos.share={}:{p}", share.tag));
+    }
+    let words = words.trim();
     if let Some(firmware) = spec.usb {
         if spec.machine != Machine::Q35 {
             bail!("booting from a USB stick needs --machine q35");
         }
         // The medium a farmer writes to a stick, with this node's command line.
         let iso = dir.join("zos.iso");
-        crate::image::make_iso(&files.vmlinuz, &files.initrd, &spec.cmdline, &iso)?;
+        crate::image::make_iso(&files.vmlinuz, &files.initrd, words, &iso)?;
         if firmware == Firmware::Uefi {
             crate::packages::ensure(&["ovmf"])?;
             let vars = dir.join("OVMF_VARS.fd");
@@ -229,13 +298,14 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
         cmd.arg("-kernel").arg(kernel);
         cmd.arg("-initrd").arg(&files.initrd);
         let mut append = String::from("console=ttyS0 panic=-1");
+
         if spec.machine == Machine::Microvm {
             // No calibration against a PIT that microvm does not have.
             append.push_str(" tsc_early_khz=2000000");
         }
-        if !spec.cmdline.is_empty() {
+        if !words.is_empty() {
             append.push(' ');
-            append.push_str(&spec.cmdline);
+            append.push_str(words);
         }
         cmd.args(["-append", &append]);
     }
@@ -245,6 +315,12 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
         "-serial",
         "chardev:console",
     ]);
+    // The first disk is an SSD, the others HDDs, as on a typical 3Node: virtio-blk
+    // always reads as rotational, so the SSD is a SCSI disk on virtio-scsi with
+    // rotation_rate=1 (what an SSD reports).
+    if spec.disks > 0 {
+        cmd.args(["-device", &format!("{scsi},id=scsi0")]);
+    }
     for i in 0..spec.disks {
         let disk = dir.join(format!("disk{i}.raw"));
         if !disk.exists() {
@@ -259,14 +335,47 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
                 disk.display()
             ),
             "-device",
-            &format!("{blk},drive=d{i},serial=zos-{}-{i}", spec.name),
+            &if i == 0 {
+                format!(
+                    "scsi-hd,bus=scsi0.0,drive=d{i},rotation_rate=1,serial=zos-{}-{i}",
+                    spec.name
+                )
+            } else {
+                format!("{blk},drive=d{i},serial=zos-{}-{i}", spec.name)
+            },
         ]);
     }
+    let virtio_9p = match spec.machine {
+        Machine::Microvm => "virtio-9p-device",
+        Machine::Q35 => "virtio-9p-pci",
+    };
+    for (i, share) in spec.shares.iter().enumerate() {
+        // security_model=none: files are the host's, written as QEMU's user (root).
+        cmd.args([
+            "-fsdev",
+            &format!(
+                "local,id=fs{i},path={},security_model=none",
+                share.path.display()
+            ),
+            "-device",
+            &format!("{virtio_9p},fsdev=fs{i},mount_tag={}", share.tag),
+        ]);
+    }
+    let netdev = match &spec.net {
+        Net::User => "user,id=n0".to_string(),
+        Net::Tap { ifname, .. } => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
+    };
     cmd.args([
         "-netdev",
-        "user,id=n0",
+        &netdev,
         "-device",
         &format!("{net},netdev=n0,mac=52:54:00:5a:05:{:02x}", spec.index),
+    ]);
+    let qmp = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&qmp);
+    cmd.args([
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp.display()),
     ]);
     cmd.args(["-device", rng]);
     cmd.arg("-no-reboot");
@@ -284,6 +393,7 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
         console,
         started,
         accel,
+        qmp,
         child,
     })
 }
@@ -410,6 +520,7 @@ struct Options {
     fresh: bool,
     debug: bool,
     usb: Option<Firmware>,
+    shares: Vec<Share>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
@@ -428,6 +539,7 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
         fresh: false,
         debug: false,
         usb: None,
+        shares: Vec::new(),
     };
     let mut rest = Vec::new();
     let mut it = args.iter();
@@ -459,6 +571,13 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
             "--no-build" => o.rebuild = false,
             "--fresh" => o.fresh = true,
             "--debug" => o.debug = true,
+            "--share" => {
+                let path = std::fs::canonicalize(value()?).context("--share DIR")?;
+                o.shares.push(Share {
+                    tag: format!("share{}", o.shares.len()),
+                    path,
+                });
+            }
             "--usb" => {
                 o.usb = Some(match value()?.as_str() {
                     "bios" => Firmware::Bios,
@@ -533,6 +652,8 @@ fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
             fresh: o.fresh,
             index: i as u8,
             usb: o.usb,
+            shares: o.shares.clone(),
+            net: Net::User,
         };
         let node = boot(&files, &spec, accel)?;
         println!(
