@@ -4,6 +4,7 @@
 //! would, prints every command and what it said, then shows one refused contract for
 //! every refusal reason, each with the node's exact message.
 
+mod booted;
 mod node;
 
 use std::path::PathBuf;
@@ -77,11 +78,15 @@ fn section(title: &str) {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut keep = false;
     let mut on_etcd = false;
+    let mut booted_only = false;
     for arg in args {
         match arg.as_str() {
             "--keep" => keep = true,
             "--etcd" => on_etcd = true,
-            other => bail!("cargo xtask demo: unknown option {other:?} (options: --etcd, --keep)"),
+            "--booted-only" => booted_only = true,
+            other => bail!(
+                "cargo xtask demo: unknown option {other:?} (options: --etcd, --keep, --booted-only)"
+            ),
         }
     }
     if on_etcd {
@@ -111,7 +116,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         demo.dir.display(),
         demo.notary
     );
-    let result = flow(&demo).and_then(|()| node::run(&demo));
+    let result = if booted_only {
+        // Steps 1-7, the sample blueprint, and the node booted from the image.
+        flow(&demo)
+            .and_then(|()| node::sample_blueprint(&demo))
+            .and_then(|()| booted::run(&demo))
+    } else {
+        flow(&demo)
+            .and_then(|()| node::run(&demo))
+            .and_then(|()| booted::run(&demo))
+    };
     drop(etcd);
     if keep {
         let kept = tmp.keep();

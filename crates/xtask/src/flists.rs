@@ -11,7 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 use crate::cpio::Cpio;
-use crate::{cargo_env, target_dir};
+use crate::{cargo_env, root, target_dir};
 
 /// What `build` produced.
 pub struct SampleFlist {
@@ -185,4 +185,31 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     println!("sha256    {}", f.sha256);
     println!("publisher {} ({})", f.publisher, f.publisher_key.display());
     Ok(())
+}
+
+/// The example blueprint `docs/examples/<file>` with its placeholder flist (`<fl>`)
+/// replaced by `flist`: its url, pin, store and publisher.
+pub fn pinned_blueprint(file: &str, fl: &str, flist: &SampleFlist) -> anyhow::Result<String> {
+    let source = std::fs::read_to_string(root().join("docs/examples").join(file))?;
+    let blueprint = source
+        .replace(
+            &format!("url = \"dir:///var/lib/zos/flists/{fl}\""),
+            &format!("url = \"dir://{}\"", flist.fl.display()),
+        )
+        .replace(
+            "sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
+            &format!("sha256 = \"{}\"", flist.sha256),
+        )
+        .replace(
+            "stores = [\"dir:///var/lib/zos/store\"]",
+            &format!("stores = [\"{}\"]", flist.store),
+        )
+        .replace(
+            "publishers = []",
+            &format!("publishers = [\"{}\"]", flist.publisher),
+        );
+    if !blueprint.contains(&flist.sha256) || blueprint.contains("/var/lib/zos/") {
+        bail!("docs/examples/{file} changed: update the demo's flist substitution");
+    }
+    Ok(blueprint)
 }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::{section, Demo};
-use crate::{cargo, flists, root, target_dir};
+use crate::{cargo, flists, target_dir};
 
 const WAIT: Duration = Duration::from_secs(60);
 const NODE_IP: &str = "198.51.100.2";
@@ -205,20 +205,7 @@ node_netns = "/run/netns/{n}"
         .to_string();
 
     section("9. the sample flist: built, packed, signed; the blueprint pins it");
-    let flist = flists::build(&d.dir.join("flist"), &d.zos)?;
-    println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
-    println!("  publisher {}", flist.publisher);
-    let blueprint = pinned_blueprint("crm.blueprint.toml", "hello.fl", &flist)?;
-    std::fs::write(d.path("hello.blueprint.toml"), blueprint)?;
-    d.step(&[
-        "blueprint",
-        "sign",
-        "hello.blueprint.toml",
-        "--key",
-        "expert.key",
-        "-o",
-        "hello.blueprint.json",
-    ])?;
+    sample_blueprint(d)?;
 
     section("10. a contract for this node: signed, published, running");
     let owner = d.step(&["key", "show", "owner.key"])?;
@@ -265,23 +252,15 @@ node_netns = "/run/netns/{n}"
         "--notary",
         &d.notary,
     ])?;
-    let status = wait_status(d, &node_key, id, |s| s["state"] == "ok")?;
+    wait_status(d, &node_key, id, |s| s["state"] == "ok")?;
     println!(
         "  running {} ms after publishing (flist fetched, verified and unpacked the first time)",
         t.elapsed().as_millis()
     );
     // Its first lines, as the node reports them.
-    let deadline = Instant::now() + WAIT;
-    while !log_tail(&status_now(d, &node_key, id)?)
-        .iter()
-        .any(|l| l.contains("hello from"))
-    {
-        if Instant::now() > deadline {
-            bail!("the workload printed nothing");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = status;
+    wait_status(d, &node_key, id, |s| {
+        log_tail(s).iter().any(|l| l.contains("hello from"))
+    })?;
     d.step(&[
         "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
     ])?;
@@ -357,31 +336,24 @@ node_netns = "/run/netns/{n}"
     Ok(())
 }
 
-/// The example blueprint `docs/examples/<file>` with its placeholder flist (`<fl>`)
-/// replaced by `flist`: its url, pin, store and publisher.
-fn pinned_blueprint(file: &str, fl: &str, flist: &flists::SampleFlist) -> anyhow::Result<String> {
-    let source = std::fs::read_to_string(root().join("docs/examples").join(file))?;
-    let blueprint = source
-        .replace(
-            &format!("url = \"dir:///var/lib/zos/flists/{fl}\""),
-            &format!("url = \"dir://{}\"", flist.fl.display()),
-        )
-        .replace(
-            "sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"",
-            &format!("sha256 = \"{}\"", flist.sha256),
-        )
-        .replace(
-            "stores = [\"dir:///var/lib/zos/store\"]",
-            &format!("stores = [\"{}\"]", flist.store),
-        )
-        .replace(
-            "publishers = []",
-            &format!("publishers = [\"{}\"]", flist.publisher),
-        );
-    if !blueprint.contains(&flist.sha256) || blueprint.contains("/var/lib/zos/") {
-        bail!("docs/examples/{file} changed: update the demo's flist substitution");
-    }
-    Ok(blueprint)
+/// The sample flist built, packed and signed under `flist/`, and `hello.blueprint.json`
+/// pinning it, signed by the expert.
+pub(super) fn sample_blueprint(d: &Demo) -> anyhow::Result<()> {
+    let flist = flists::build(&d.dir.join("flist"), &d.zos)?;
+    println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
+    println!("  publisher {}", flist.publisher);
+    let blueprint = flists::pinned_blueprint("crm.blueprint.toml", "hello.fl", &flist)?;
+    std::fs::write(d.path("hello.blueprint.toml"), blueprint)?;
+    d.step(&[
+        "blueprint",
+        "sign",
+        "hello.blueprint.toml",
+        "--key",
+        "expert.key",
+        "-o",
+        "hello.blueprint.json",
+    ])?;
+    Ok(())
 }
 
 /// Step 13: a micro-VM contract from the sample VM flist, its console line in the
@@ -390,7 +362,7 @@ fn vm_step(d: &Demo, node: &Node, node_key: &str, inet: &str) -> anyhow::Result<
     section("13. a micro-VM: the Debian kernel and a tiny init, under QEMU, on its tenant network");
     let flist = flists::build_vm(&d.dir.join("vmflist"), &d.zos)?;
     println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
-    let blueprint = pinned_blueprint("echo-vm.blueprint.toml", "vm.fl", &flist)?;
+    let blueprint = flists::pinned_blueprint("echo-vm.blueprint.toml", "vm.fl", &flist)?;
     std::fs::write(d.path("echo-vm.blueprint.toml"), blueprint)?;
     d.step(&[
         "blueprint",
@@ -512,7 +484,7 @@ fn status_now(d: &Demo, node: &str, id: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
 }
 
-fn log_tail(status: &Value) -> Vec<String> {
+pub(super) fn log_tail(status: &Value) -> Vec<String> {
     status["workloads"]["app"]["log_tail"]
         .as_array()
         .into_iter()
@@ -521,14 +493,25 @@ fn log_tail(status: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Polls the node's status record until `pred` holds (bounded).
+/// Polls the node's status record until `pred` holds (bounded by [`WAIT`]).
 fn wait_status(
     d: &Demo,
     node: &str,
     id: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + WAIT;
+    wait_status_for(d, node, id, WAIT, pred)
+}
+
+/// Polls the node's status record until `pred` holds, for at most `timeout`.
+pub(super) fn wait_status_for(
+    d: &Demo,
+    node: &str,
+    id: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
     loop {
         let s = status_now(d, node, id)?;
         if pred(&s) {
