@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::node::{log_tail, wait_status_for};
+use super::node::{hello_contract, log_tail, wait_status_for};
 use super::{section, Demo};
 use crate::node::{self as qemu, Machine, Net, NodeSpec, Share};
 
@@ -70,40 +70,8 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
 
     println!("\n  the sample contract, for this node");
-    let owner = d.step(&["key", "show", "owner.key"])?;
-    let legal = d.step(&["key", "show", "legal.key"])?;
     let id = "hello-booted";
-    d.step(&[
-        "contract",
-        "new",
-        "--blueprint",
-        "hello.blueprint.json",
-        "--param",
-        "users=7",
-        "--owner",
-        &owner,
-        "--node",
-        &node_key,
-        "--stakeholder",
-        &format!("{legal}:1:required"),
-        "--threshold",
-        "1",
-        "--expires",
-        "1d",
-        "--id",
-        id,
-        "-o",
-        "booted.json",
-    ])?;
-    for who in ["owner", "legal"] {
-        d.step(&[
-            "contract",
-            "sign",
-            "booted.json",
-            "--key",
-            &format!("{who}.key"),
-        ])?;
-    }
+    hello_contract(d, &node_key, id, 7, "booted.json")?;
     let published = Instant::now();
     let boot_to_publish = node.started.elapsed();
     d.step(&[

@@ -208,40 +208,8 @@ node_netns = "/run/netns/{n}"
     sample_blueprint(d)?;
 
     section("10. a contract for this node: signed, published, running");
-    let owner = d.step(&["key", "show", "owner.key"])?;
-    let legal = d.step(&["key", "show", "legal.key"])?;
     let id = "hello-acme";
-    d.step(&[
-        "contract",
-        "new",
-        "--blueprint",
-        "hello.blueprint.json",
-        "--param",
-        "users=100",
-        "--owner",
-        &owner,
-        "--node",
-        &node_key,
-        "--stakeholder",
-        &format!("{legal}:1:required"),
-        "--threshold",
-        "1",
-        "--expires",
-        "1d",
-        "--id",
-        id,
-        "-o",
-        "hello.json",
-    ])?;
-    for who in ["owner", "legal"] {
-        d.step(&[
-            "contract",
-            "sign",
-            "hello.json",
-            "--key",
-            &format!("{who}.key"),
-        ])?;
-    }
+    hello_contract(d, &node_key, id, 100, "hello.json")?;
     let t = Instant::now();
     d.step(&[
         "contract",
@@ -353,6 +321,45 @@ pub(super) fn sample_blueprint(d: &Demo) -> anyhow::Result<()> {
         "-o",
         "hello.blueprint.json",
     ])?;
+    Ok(())
+}
+
+/// A contract of the sample blueprint for `node` (`users` users), made by the owner
+/// with the legal stakeholder required, signed by both, written to `out`.
+pub(super) fn hello_contract(
+    d: &Demo,
+    node: &str,
+    id: &str,
+    users: u32,
+    out: &str,
+) -> anyhow::Result<()> {
+    let owner = d.step(&["key", "show", "owner.key"])?;
+    let legal = d.step(&["key", "show", "legal.key"])?;
+    d.step(&[
+        "contract",
+        "new",
+        "--blueprint",
+        "hello.blueprint.json",
+        "--param",
+        &format!("users={users}"),
+        "--owner",
+        &owner,
+        "--node",
+        node,
+        "--stakeholder",
+        &format!("{legal}:1:required"),
+        "--threshold",
+        "1",
+        "--expires",
+        "1d",
+        "--id",
+        id,
+        "-o",
+        out,
+    ])?;
+    for who in ["owner", "legal"] {
+        d.step(&["contract", "sign", out, "--key", &format!("{who}.key")])?;
+    }
     Ok(())
 }
 
