@@ -142,13 +142,15 @@ fn hypervisor(cfg: &NodeConfig) -> anyhow::Result<zos_vm::Qemu> {
 /// Runs the node agent until SIGTERM or SIGINT, with its local status (console
 /// screen, read-only D-Bus socket) up the whole time: a failure is on the screen too.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    // First: a SIGTERM from now on is kept, whatever the agent is doing when it comes.
+    let stop = Stop::listen()?;
     let mut status = LocalStatus::start(&cfg);
-    let result = serve(cfg, &mut status).await;
+    let result = serve(cfg, &mut status, &stop).await;
     status.finish(&result);
     result
 }
 
-async fn serve(cfg: NodeConfig, status: &mut LocalStatus) -> anyhow::Result<()> {
+async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow::Result<()> {
     let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
     let key = identity(&storage)?;
     let node = key.public();
@@ -186,7 +188,7 @@ async fn serve(cfg: NodeConfig, status: &mut LocalStatus) -> anyhow::Result<()> 
     // No contracts before the farm is in the notary; then registration and heartbeats
     // (docs/registration.md). `None`: stopped while waiting for the farm.
     let Some(_heartbeats) =
-        crate::registration::register(&cfg, &key, &notary, &storage, shutdown_signal()).await?
+        crate::registration::register(&cfg, &key, &notary, &storage, stop.requested()).await?
     else {
         return Ok(());
     };
@@ -202,17 +204,40 @@ async fn serve(cfg: NodeConfig, status: &mut LocalStatus) -> anyhow::Result<()> 
     let engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
     status.follow(engine.summaries());
     status.state("serving");
-    engine.run(shutdown_signal()).await?;
+    engine.run(stop.requested()).await?;
     tracing::info!("stopped; workloads keep running and are re-adopted at the next start");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM or SIGINT, caught from the agent's start. The listeners are made once, up
+/// front: a tokio signal listener only sees signals sent after it exists, and once
+/// tokio handles SIGTERM the default action (exit) is gone, so a listener made per
+/// phase (registration, then the engine) lost a SIGTERM that came in between, while
+/// the engine was starting a contract: PID 1 then waited its whole grace period.
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn listen() -> anyhow::Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        Ok(Stop(rx))
+    }
+
+    /// Resolves once a stop signal came (at once if one already has).
+    fn requested(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the sender is gone, which it never is before the signal.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
     }
 }
