@@ -51,7 +51,7 @@ pub fn root_is_initramfs() -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     match nix::sys::statfs::statfs("/") {
         Ok(s) => {
-            let t = s.filesystem_type().0 as i64;
+            let t = s.filesystem_type().0;
             t == RAMFS_MAGIC || t == TMPFS_MAGIC
         }
         Err(_) => false,

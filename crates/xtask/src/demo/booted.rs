@@ -122,7 +122,8 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         println!("  | {line}");
     }
 
-    // The heartbeat: one contract running, no listening socket, zosd's own memory.
+    // Its heartbeat (every minute): contracts running, listening sockets (none), and
+    // zosd's own memory.
     d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
 
     println!("\n  the power button (ACPI, QMP system_powerdown): an orderly power-off");
