@@ -270,21 +270,40 @@ mod uplink {
 
     use zos_uplink::{dhcp, sntp};
 
+    /// Renews, rebinds and re-acquires the lease for as long as the node runs (or keeps
+    /// asking for one when the boot got none), on a thread of PID 1's own: zos-uplink's
+    /// `dhcp::keep`, which sleeps until T1.
+    fn keep_lease(iface: &str, lease: Option<dhcp::Lease>, cfg: dhcp::DhcpConfig) {
+        let iface = iface.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("dhcp-lease".into())
+            .spawn(move || match lease {
+                Some(lease) => dhcp::keep(&iface, lease, &cfg, |_| {}),
+                None => dhcp::acquire_and_keep(&iface, &cfg, |_| {}),
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "no thread to keep the DHCP lease: it will expire");
+        }
+    }
+
     pub fn bring_up(iface: &str) -> Option<dhcp::Lease> {
         // Three tries per stage (4 + 8 + 16 s): a node without DHCP starts its agent
-        // within half a minute anyway.
+        // within half a minute anyway (and keeps asking in the background).
         let cfg = dhcp::DhcpConfig {
             attempts: 3,
             ..dhcp::DhcpConfig::default()
         };
-        let lease =
-            match dhcp::acquire(iface, &cfg).and_then(|l| dhcp::apply(iface, &l).map(|()| l)) {
-                Ok(lease) => lease,
-                Err(error) => {
-                    tracing::error!(%iface, %error, "no DHCP lease: the uplink stays unconfigured");
-                    return None;
-                }
-            };
+        let lease = match dhcp::acquire(iface, &cfg)
+            .and_then(|l| dhcp::apply(iface, &l).map(|()| l))
+        {
+            Ok(lease) => lease,
+            Err(error) => {
+                tracing::error!(%iface, %error, "no DHCP lease: the uplink stays unconfigured; asking again every 30 s");
+                keep_lease(iface, None, cfg);
+                return None;
+            }
+        };
+        keep_lease(iface, Some(lease.clone()), cfg);
         let servers = lease.ntp_servers();
         if servers.is_empty() {
             tracing::warn!(%iface, "the DHCP lease names no NTP server: the clock stays the RTC's");
@@ -296,8 +315,6 @@ mod uplink {
             Ok(()) => {}
             Err(error) => tracing::warn!(%error, "clock not set: it stays the RTC's"),
         }
-        // PENDING: renewing the lease at lease.renew_secs (dhcp::renew + apply) belongs
-        // in a periodic task; nothing renews it yet (docs/pid1.md).
         Some(lease)
     }
 }

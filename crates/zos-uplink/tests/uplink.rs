@@ -134,6 +134,48 @@ fn dhcp_lease_from_dnsmasq_is_applied_renewed_and_serves_time_and_names() {
     assert_eq!(addrs, vec![Ipv4Addr::new(10, 77, 0, 99)]);
 }
 
+/// `dhcp::keep` against dnsmasq: a lease whose T1 is one second (dnsmasq's shortest
+/// lease is two minutes, so the test shortens T1 on the lease it got) is renewed with
+/// the server and applied again, over and over, each renewal handed to the caller.
+#[test]
+fn the_lease_keeper_renews_with_dnsmasq() {
+    if !common::can_run("the_lease_keeper_renews_with_dnsmasq", &[DNSMASQ]) {
+        return;
+    }
+    let mut p = Pair::new();
+    p.dnsmasq(true);
+    let mut lease = p
+        .in_client(|| dhcp::acquire(UPLINK, &fast()))
+        .unwrap_or_else(|e| panic!("acquire: {e}\n{}", p.log("dnsmasq")));
+    p.in_client(|| dhcp::apply(UPLINK, &lease)).expect("apply");
+    lease.renew_secs = 1;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = std::fs::File::open(std::path::Path::new("/run/netns").join(&p.client)).unwrap();
+    // keep() never returns: its thread is left sleeping until the test process ends
+    // (it only holds the namespace, which Pair's cleanup unnames).
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        dhcp::keep(UPLINK, lease, &fast(), |l| {
+            let _ = tx.send(l.clone());
+        })
+    });
+    let renewed = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("no renewal: {e}\n{}", p.log("dnsmasq")));
+    assert_eq!(renewed.server, SERVER_IP);
+    assert_eq!(renewed.lease_secs, 3600);
+    // The server's own T1 again (dnsmasq counts it from the lease's first grant), not
+    // the shortened one: the keeper sleeps until then.
+    assert!(renewed.renew_secs > 60, "{renewed:?}");
+    assert!(renewed.renew_secs <= renewed.rebind_secs, "{renewed:?}");
+    assert!(p.log("dnsmasq").contains("DHCPACK"), "{}", p.log("dnsmasq"));
+    let addrs = p.client_ip(&["-4", "-o", "addr", "show", "dev", UPLINK]);
+    assert!(
+        addrs.contains(&format!("inet {}/24", renewed.address)),
+        "{addrs}"
+    );
+}
+
 #[test]
 fn dhcp_without_a_server_times_out() {
     if !common::can_run("dhcp_without_a_server_times_out", &[]) {

@@ -7,11 +7,13 @@
 //! connection are created on the calling thread, so they live in that thread's
 //! network namespace.
 
+mod keep;
 mod packet;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
+pub use keep::{acquire_and_keep, keep, phase, retry_after, Phase};
 pub use packet::prefix_len;
 use packet::{Client, Offer, Reply};
 
