@@ -8,11 +8,12 @@
 //! taken on that device only.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{
-    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    SockaddrStorage,
 };
 
 /// A blocking UDP socket on `iface`, bound to `local`, allowed to broadcast.
@@ -32,15 +33,17 @@ pub fn udp_on_device(iface: &str, local: SocketAddrV4) -> nix::Result<UdpSocket>
     Ok(UdpSocket::from(fd))
 }
 
-/// A client socket for one exchange with `server`: an ephemeral port, connected at
-/// once, so the kernel delivers only the server's datagrams and the socket is never a
-/// listener (it shows as connected in /proc/net/udp, which the heartbeat reports).
+/// A client socket for one exchange with `server`: `connect` on a fresh socket picks
+/// an ephemeral port and fixes the peer in one step, so the kernel delivers only the
+/// server's datagrams and the socket is never, even for an instant, a bound
+/// unconnected one (a listener; /proc/net/udp, which the heartbeat reports, shows it
+/// connected).
 pub fn connected_udp(server: SocketAddr) -> std::io::Result<UdpSocket> {
-    let local: SocketAddr = match server {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    let family = match server {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
     };
-    let sock = UdpSocket::bind(local)?;
-    sock.connect(server)?;
-    Ok(sock)
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(server))?;
+    Ok(UdpSocket::from(fd))
 }
