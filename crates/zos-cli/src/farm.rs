@@ -240,21 +240,8 @@ pub fn nodes(client: &Client, farm: Option<&str>) -> anyhow::Result<Vec<NodeRow>
     Ok(rows)
 }
 
-/// Bytes for people: 1.5 GiB.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+/// Bytes for people (`1.5 KiB`): the status screen's formatting, so both read alike.
+use zos_status::render::bytes as human_bytes;
 
 fn heartbeat_text(row: &NodeRow) -> String {
     match (&row.heartbeat, row.heartbeat_age_secs) {
