@@ -12,6 +12,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod node;
 pub mod packages;
+pub mod status;
 pub mod test;
 
 use std::path::PathBuf;

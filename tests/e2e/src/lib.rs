@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -208,46 +208,12 @@ impl Zos {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.status(id, node, url);
-            if pred(&s) {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!("{id}: the node's status did not get there in {timeout:?}; last: {s}");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-/// The `app` workload's last log lines in a status record.
-pub fn log_tail(status: &Value) -> Vec<String> {
-    status["workloads"]["app"]["log_tail"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l.as_str().map(str::to_owned))
-        .collect()
-}
-
-/// Waits (polling every 200 ms) until `pred` holds for the console text read by
-/// `read`, for at most `timeout`; the last text read either way.
-pub fn wait_console(
-    read: impl Fn() -> String,
-    timeout: Duration,
-    pred: impl Fn(&str) -> bool,
-) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = read();
-        if pred(&text) {
-            return Ok(text);
-        }
-        if Instant::now() > deadline {
-            return Err(text);
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        xtask::status::poll_until(
+            timeout,
+            Duration::from_millis(250),
+            || self.status(id, node, url),
+            pred,
+        )
+        .or_else(|s| bail!("{id}: the node's status did not get there in {timeout:?}; last: {s}"))
     }
 }

@@ -26,9 +26,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use e2e::{log_tail, missing, serving_key, skip, wait_console, workdir, Zos};
+use e2e::{missing, serving_key, skip, workdir, Zos};
 use xtask::etcd::{free_port, in_netns, Etcd};
 use xtask::node::{self as qemu, BootFiles, Booted, Machine, Net, NodeSpec, Share};
+use xtask::status::{log_tail, poll_until};
 
 /// One boot at a time: the boots share the image build and 2 cores.
 static BOOTS: Mutex<()> = Mutex::new(());
@@ -161,19 +162,24 @@ fn a_contract_runs_on_a_booted_node_and_survives_a_hard_reset() {
     let to_ok = published.elapsed();
     let before = zos
         .wait_status(id, &key, &url, RUN, |s| {
-            s["state"] == "ok" && log_tail(s).iter().any(|l| l.contains("hello from"))
+            s["state"] == "ok" && log_tail(s, "app").iter().any(|l| l.contains("hello from"))
         })
         .unwrap();
     let to_output = published.elapsed();
     println!("status when ok: {ok}");
     println!("status with output: {before}");
-    let greeting = log_tail(&before)
+    let greeting = log_tail(&before, "app")
         .into_iter()
         .find(|l| l.contains("hello from"))
         .unwrap();
     assert!(greeting.contains("serving 7 users"), "{greeting}");
-    wait_console(|| node.console_text(), RUN, |c| screen_shows_running(c, id))
-        .unwrap_or_else(|c| panic!("the status screen never showed {id} running:\n{c}"));
+    poll_until(
+        RUN,
+        Duration::from_millis(200),
+        || node.console_text(),
+        |c| screen_shows_running(c, id),
+    )
+    .unwrap_or_else(|c| panic!("the status screen never showed {id} running:\n{c}"));
     println!(
         "first boot's screen: {:?}",
         screen_lines(&node.console_text(), id)
@@ -190,8 +196,13 @@ fn a_contract_runs_on_a_booted_node_and_survives_a_hard_reset() {
     spec.fresh = false;
     let (mut node, again) = boot_serving(&files, &spec, accel);
     assert_eq!(again, key, "a new node key after the reset");
-    let console = wait_console(|| node.console_text(), RUN, |c| screen_shows_running(c, id))
-        .unwrap_or_else(|c| panic!("after the reset, the screen never showed {id} running:\n{c}"));
+    let console = poll_until(
+        RUN,
+        Duration::from_millis(200),
+        || node.console_text(),
+        |c| screen_shows_running(c, id),
+    )
+    .unwrap_or_else(|c| panic!("after the reset, the screen never showed {id} running:\n{c}"));
     let back = node.started.elapsed();
     assert!(
         !console.contains("first boot: node identity created"),
@@ -203,7 +214,7 @@ fn a_contract_runs_on_a_booted_node_and_survives_a_hard_reset() {
         .wait_status(id, &key, &url, RUN, |s| {
             s["state"] == "ok"
                 && s["signed_at"].as_u64() > Some(reset_unix)
-                && log_tail(s).iter().any(|l| l.contains("hello from"))
+                && log_tail(s, "app").iter().any(|l| l.contains("hello from"))
         })
         .unwrap();
     println!("status after the reset: {after}");
@@ -302,8 +313,13 @@ fn a_node_catches_up_when_its_notary_comes_back() {
     // zosd/src/registration.rs: "zosd: node <key> waiting: farm <id>: the notary cannot
     // be read (<error>): retrying" once, then a warning per attempt (backoff 1 s..60 s).
     let waiting = format!("waiting: farm {farm}: the notary cannot be read");
-    let console = wait_console(|| node.console_text(), BOOT, |c| c.contains(&waiting))
-        .unwrap_or_else(|c| panic!("no {waiting:?} on the console:\n{c}"));
+    let console = poll_until(
+        BOOT,
+        Duration::from_millis(200),
+        || node.console_text(),
+        |c| c.contains(&waiting),
+    )
+    .unwrap_or_else(|c| panic!("no {waiting:?} on the console:\n{c}"));
     let down_seen = node.started.elapsed();
     let line = console.lines().find(|l| l.contains(&waiting)).unwrap();
     println!("{}: {}: {}", spec.name, secs(down_seen), line.trim());
@@ -364,7 +380,7 @@ fn a_node_catches_up_when_its_notary_comes_back() {
     );
     let s = zos
         .wait_status(id, &key, &url, RUN, |s| {
-            s["state"] == "ok" && log_tail(s).iter().any(|l| l.contains("hello from"))
+            s["state"] == "ok" && log_tail(s, "app").iter().any(|l| l.contains("hello from"))
         })
         .unwrap_or_else(|e| panic!("{e:#}\n{}", node.console_text()));
     println!("status: {s}");

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::node::{hello_contract, log_tail, wait_status_for};
+use super::node::{hello_contract, wait_status_for};
 use super::{section, Demo};
 use crate::node::{self as qemu, Machine, Net, NodeSpec, Share};
+use crate::status::{log_tail, poll_until};
 
 /// TCG boots, mkfs's two disks and unpacks the flist: minutes at worst on 2 busy cores.
 const BOOT: Duration = Duration::from_secs(600);
@@ -96,7 +97,7 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     }
     let running = published.elapsed();
     wait_status_for(d, &node_key, id, RUN, |s| {
-        log_tail(s).iter().any(|l| l.contains("hello from"))
+        log_tail(s, "app").iter().any(|l| l.contains("hello from"))
     })?;
     let output = published.elapsed();
     d.step(&[
@@ -105,15 +106,17 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     // The status screen repaints on changes: the workload, running, with its newest
     // output line under it.
     let row = format!("{id}/app  container  running");
-    let deadline = Instant::now() + RUN;
-    while !shows_output(&last_screen(&node.console_text()), &row) {
-        if Instant::now() > deadline {
-            bail!(
-                "the node's console never showed {row:?} with its output; see {}",
-                node.console.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let shown = poll_until(
+        RUN,
+        Duration::from_millis(200),
+        || node.console_text(),
+        |text| shows_output(&last_screen(text), &row),
+    );
+    if shown.is_err() {
+        bail!(
+            "the node's console never showed {row:?} with its output; see {}",
+            node.console.display()
+        );
     }
     println!("\n  the node's console (its status screen; keyboard input is ignored):");
     let console = node.console_text();

@@ -227,7 +227,9 @@ node_netns = "/run/netns/{n}"
     );
     // Its first lines, as the node reports them.
     wait_status(d, &node_key, id, |s| {
-        log_tail(s).iter().any(|l| l.contains("hello from"))
+        crate::status::log_tail(s, "app")
+            .iter()
+            .any(|l| l.contains("hello from"))
     })?;
     d.step(&[
         "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
@@ -491,15 +493,6 @@ fn status_now(d: &Demo, node: &str, id: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
 }
 
-pub(super) fn log_tail(status: &Value) -> Vec<String> {
-    status["workloads"]["app"]["log_tail"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l.as_str().map(str::to_owned))
-        .collect()
-}
-
 /// Polls the node's status record until `pred` holds (bounded by [`WAIT`]).
 fn wait_status(
     d: &Demo,
@@ -518,17 +511,13 @@ pub(super) fn wait_status_for(
     timeout: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = status_now(d, node, id)?;
-        if pred(&s) {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            bail!("{id}: the node did not get there; last status: {s}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::status::poll_until(
+        timeout,
+        Duration::from_millis(20),
+        || status_now(d, node, id).unwrap_or(Value::Null),
+        pred,
+    )
+    .or_else(|s| bail!("{id}: the node did not get there; last status: {s}"))
 }
 
 fn container_pid(node: &Node, name: &str) -> Option<i32> {
