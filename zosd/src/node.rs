@@ -187,15 +187,27 @@ async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow
     }
     // No contracts before the farm is in the notary; then registration and heartbeats
     // (docs/registration.md). `None`: stopped while waiting for the farm.
-    let Some(_heartbeats) =
+    let Some(registered) =
         crate::registration::register(&cfg, &key, &notary, &storage, stop.requested()).await?
     else {
         return Ok(());
     };
+    // The blueprint authors named by node.toml and by the farm record: both are the
+    // farmer's word. None named: any author.
+    let trusted_authors: std::collections::BTreeSet<_> = cfg
+        .trust
+        .blueprint_authors
+        .iter()
+        .chain(registered.farm_blueprint_authors())
+        .copied()
+        .collect();
+    tracing::info!(
+        trusted_blueprint_authors = trusted_authors.len(),
+        "blueprint authors (0: any)"
+    );
     let engine_cfg = EngineConfig {
         capacity,
-        trusted_authors: (!cfg.trust.blueprint_authors.is_empty())
-            .then(|| cfg.trust.blueprint_authors.iter().copied().collect()),
+        trusted_authors: (!trusted_authors.is_empty()).then_some(trusted_authors),
         ..EngineConfig::default()
     };
     tracing::info!(%node, notary = %cfg.notary, "node agent ready");

@@ -36,6 +36,20 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// The heartbeat task; stopped when dropped (zosd stops).
 pub struct Heartbeats(Option<tokio::task::JoinHandle<()>>);
 
+/// A node that may take contracts: its heartbeats run, and the farm it registered in (none
+/// without a configured farm) says which blueprint authors it trusts.
+pub struct Registered {
+    pub heartbeats: Heartbeats,
+    pub farm: Option<Farm>,
+}
+
+impl Registered {
+    /// The farm's trusted blueprint authors (empty: the farm names none).
+    pub fn farm_blueprint_authors(&self) -> &[PublicKey] {
+        self.farm.as_ref().map_or(&[], |f| &f.blueprint_authors)
+    }
+}
+
 impl Drop for Heartbeats {
     fn drop(&mut self) {
         if let Some(task) = self.0.take() {
@@ -79,18 +93,22 @@ impl FarmProblem {
 
 /// Waits for the farm, publishes the registration and starts the heartbeat. `None`:
 /// `shutdown` completed first (nothing more to do). Without a configured farm, returns
-/// at once and publishes nothing.
+/// at once and publishes nothing. The farm is read once here: a change of its trusted
+/// blueprint authors reaches the node at its agent's next start.
 pub async fn register(
     cfg: &NodeConfig,
     key: &SecretKey,
     notary: &AnyNotary,
     storage: &Arc<Storage>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Option<Heartbeats>> {
+) -> anyhow::Result<Option<Registered>> {
     let node = key.public();
     let Some(farm_id) = cfg.farm.clone() else {
         tracing::info!(%node, "no farm configured: the node does not register and sends no heartbeat");
-        return Ok(Some(Heartbeats(None)));
+        return Ok(Some(Registered {
+            heartbeats: Heartbeats(None),
+            farm: None,
+        }));
     };
     tokio::pin!(shutdown);
     // Poll it once: a signal future installs its handlers when first polled, and a
@@ -183,7 +201,10 @@ pub async fn register(
         cfg.network.node_netns.clone(),
         Duration::from_secs(cfg.heartbeat_secs),
     ));
-    Ok(Some(Heartbeats(Some(task))))
+    Ok(Some(Registered {
+        heartbeats: Heartbeats(Some(task)),
+        farm: Some(farm),
+    }))
 }
 
 async fn check_farm(

@@ -37,6 +37,14 @@ pub enum FarmCmd {
         /// The farmer's secret key (`zos key new --out farmer.key`).
         #[arg(long)]
         key: PathBuf,
+        /// Trust only blueprints signed by this author (repeatable). The farm's nodes then
+        /// refuse contracts built from any other author's blueprint. Without it, a new
+        /// farm trusts any author and an existing farm keeps its list.
+        #[arg(long = "blueprint-author", value_name = "PUB")]
+        blueprint_authors: Vec<PublicKey>,
+        /// Drop the farm's list of trusted blueprint authors (any author again).
+        #[arg(long, conflicts_with = "blueprint_authors")]
+        any_blueprint_author: bool,
         /// dir:///path or etcd://host:port[/prefix].
         #[arg(long, env = "ZOS_NOTARY")]
         notary: String,
@@ -90,11 +98,18 @@ pub fn run_farm(cmd: FarmCmd) -> anyhow::Result<()> {
             farm_id,
             name,
             key,
+            blueprint_authors,
+            any_blueprint_author,
             notary,
         } => {
             let key = SecretKey::load(&key)?;
             let client = Client::open(&notary)?;
-            create(&client, &farm_id, &name, &key)
+            let authors = match (any_blueprint_author, blueprint_authors.is_empty()) {
+                (true, _) => Some(Vec::new()),
+                (false, true) => None,
+                (false, false) => Some(blueprint_authors),
+            };
+            create(&client, &farm_id, &name, &key, authors)
         }
         FarmCmd::Show {
             farm_id,
@@ -122,6 +137,12 @@ pub fn run_farm(cmd: FarmCmd) -> anyhow::Result<()> {
                 println!("name      {}", farm.name);
                 println!("farmer    {}", farm.farmer);
                 println!("created   {}", farm.created);
+                if farm.blueprint_authors.is_empty() {
+                    println!("blueprint authors  any");
+                }
+                for author in &farm.blueprint_authors {
+                    println!("blueprint author   {author}");
+                }
                 println!("nodes     {}", nodes.len());
                 for row in &nodes {
                     println!("  {} {}", row.node, heartbeat_text(row));
@@ -153,8 +174,16 @@ pub fn run_node(cmd: NodeCmd) -> anyhow::Result<()> {
     }
 }
 
-/// Publishes farm `id` signed by `key`: a new farm, or a rename by the same farmer.
-pub fn create(client: &Client, id: &str, name: &str, key: &SecretKey) -> anyhow::Result<()> {
+/// Publishes farm `id` signed by `key`: a new farm, or a rename by the same farmer. The
+/// trusted blueprint authors are set when `authors` is given (empty: any author); `None`
+/// keeps an existing farm's list.
+pub fn create(
+    client: &Client,
+    id: &str,
+    name: &str,
+    key: &SecretKey,
+    authors: Option<Vec<PublicKey>>,
+) -> anyhow::Result<()> {
     let nkey = NotaryKey::farm(id).map_err(|e| anyhow::anyhow!("farm id {id:?}: {e}"))?;
     let existing = match client.get(&nkey)? {
         None => None,
@@ -175,6 +204,10 @@ pub fn create(client: &Client, id: &str, name: &str, key: &SecretKey) -> anyhow:
         key.public(),
         crate::contract::now(),
     )?;
+    let farm = match authors {
+        Some(authors) => farm.with_blueprint_authors(authors)?,
+        None => farm,
+    };
     let record = farm.sign(key, crate::contract::now())?;
     client.put(&record)?;
     let what = if existing.is_some() {

@@ -1,8 +1,12 @@
 //! `farms/<farm_id>`: a farm, signed by its farmer.
 //!
 //! ```json
-//! {"created":1700000000,"farmer":"<hex>","id":"farm-1","name":"Ghent rack 3"}
+//! {"blueprint_authors":["<hex>"],"created":1700000000,"farmer":"<hex>","id":"farm-1","name":"Ghent rack 3"}
 //! ```
+//!
+//! `blueprint_authors` is optional: when the farmer lists keys there, the farm's nodes run
+//! only blueprints signed by one of them (M8 in docs/security.md); absent or empty, any
+//! well-signed blueprint is accepted, as before.
 //!
 //! The notary accepts any well-signed record under `farms/`, so the farm's rules are
 //! checked here: the record's author is the `farmer` of its body ([`Farm::from_record`]),
@@ -18,6 +22,8 @@ use crate::{check_int, check_text, parse_body, RegistryError};
 
 /// Longest farm name, in characters.
 pub const MAX_NAME: usize = 128;
+/// Most trusted blueprint authors a farm may name.
+pub const MAX_BLUEPRINT_AUTHORS: usize = 64;
 
 /// The body of a farm record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +37,10 @@ pub struct Farm {
     pub farmer: PublicKey,
     /// Unix seconds of the farm's creation; kept by updates.
     pub created: u64,
+    /// The blueprint authors the farm's nodes trust, sorted and without repeats; empty:
+    /// any author. Absent from the record when empty, so older farm records still read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blueprint_authors: Vec<PublicKey>,
 }
 
 impl Farm {
@@ -46,9 +56,21 @@ impl Farm {
             name: name.to_owned(),
             farmer,
             created,
+            blueprint_authors: Vec::new(),
         };
         farm.check(NotaryKey::farm(id)?.as_str())?;
         Ok(farm)
+    }
+
+    /// This farm trusting exactly `authors` (sorted, repeats dropped) for blueprints.
+    pub fn with_blueprint_authors(
+        mut self,
+        authors: impl IntoIterator<Item = PublicKey>,
+    ) -> Result<Farm, RegistryError> {
+        let set: std::collections::BTreeSet<PublicKey> = authors.into_iter().collect();
+        self.blueprint_authors = set.into_iter().collect();
+        self.check(self.key()?.as_str())?;
+        Ok(self)
     }
 
     /// The key this farm lives under.
@@ -58,7 +80,25 @@ impl Farm {
 
     fn check(&self, key: &str) -> Result<(), RegistryError> {
         check_text(key, "name", &self.name, MAX_NAME)?;
-        check_int(key, "created", self.created)
+        check_int(key, "created", self.created)?;
+        if self.blueprint_authors.len() > MAX_BLUEPRINT_AUTHORS {
+            return Err(RegistryError::Invalid {
+                key: key.to_owned(),
+                field: "blueprint_authors",
+                reason: format!(
+                    "{} keys, at most {MAX_BLUEPRINT_AUTHORS}",
+                    self.blueprint_authors.len()
+                ),
+            });
+        }
+        if !self.blueprint_authors.windows(2).all(|w| w[0] < w[1]) {
+            return Err(RegistryError::Invalid {
+                key: key.to_owned(),
+                field: "blueprint_authors",
+                reason: "not sorted, or a key repeats".to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Signs the farm record with the farmer's key at `signed_at`. Refused when `secret`
@@ -127,7 +167,8 @@ impl Farm {
     }
 
     /// The farm to publish for `zos farm create`: a new one, or, when the notary holds
-    /// `existing`, that farm renamed (same farmer, same `created`).
+    /// `existing`, that farm renamed (same farmer, same `created`, same trusted
+    /// blueprint authors: [`Farm::with_blueprint_authors`] changes those).
     pub fn create_or_update(
         existing: Option<&Farm>,
         id: &str,
@@ -136,7 +177,9 @@ impl Farm {
         now: u64,
     ) -> Result<Farm, RegistryError> {
         let created = existing.map_or(now, |f| f.created);
-        let new = Farm::new(id, name, farmer, created)?;
+        let authors = existing.map(|f| f.blueprint_authors.clone());
+        let new = Farm::new(id, name, farmer, created)?
+            .with_blueprint_authors(authors.unwrap_or_default())?;
         if let Some(old) = existing {
             old.check_update(&new)?;
         }
@@ -246,5 +289,53 @@ mod tests {
             Farm::new("../x", "n", a, 1),
             Err(RegistryError::Key(_))
         ));
+    }
+
+    #[test]
+    fn trusted_blueprint_authors_are_kept_sorted_and_bounded() {
+        let (a, b) = (sk(1).public(), sk(2).public());
+        let farm = Farm::new("f", "n", a, 1)
+            .unwrap()
+            .with_blueprint_authors([b, a, b])
+            .unwrap();
+        let mut sorted = vec![a, b];
+        sorted.sort();
+        assert_eq!(farm.blueprint_authors, sorted);
+        let record = farm.sign(&sk(1), 2).unwrap();
+        assert_eq!(Farm::from_record(&record).unwrap(), farm);
+        // A rename keeps them.
+        let renamed = Farm::create_or_update(Some(&farm), "f", "m", a, 9).unwrap();
+        assert_eq!(renamed.blueprint_authors, sorted);
+        // Written by hand unsorted, repeated or too many: refused.
+        let key = NotaryKey::farm("f").unwrap();
+        let sign = |authors: serde_json::Value| {
+            let body = json!({"id": "f", "name": "n", "farmer": a, "created": 1,
+                              "blueprint_authors": authors});
+            Farm::from_record(&Record::sign_at(&key, body, &sk(1), 1).unwrap())
+        };
+        for bad in [
+            json!([sorted[1], sorted[0]]),
+            json!([a, a]),
+            json!((0..65u8).map(|n| sk(n).public()).collect::<Vec<_>>()),
+        ] {
+            assert!(matches!(
+                sign(bad),
+                Err(RegistryError::Invalid {
+                    field: "blueprint_authors",
+                    ..
+                })
+            ));
+        }
+        // An older record without the field still reads, trusting any author.
+        let plain = Farm::new("f", "n", a, 1).unwrap().sign(&sk(1), 1).unwrap();
+        assert!(!plain
+            .body
+            .as_object()
+            .unwrap()
+            .contains_key("blueprint_authors"));
+        assert!(Farm::from_record(&plain)
+            .unwrap()
+            .blueprint_authors
+            .is_empty());
     }
 }
