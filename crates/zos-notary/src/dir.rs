@@ -7,8 +7,12 @@
 //! reader sees one whole record or another, never a mix. Newly created directories are
 //! fsynced into their parent.
 //!
-//! Files are opened with `O_NOFOLLOW | O_NONBLOCK` and must be regular files: a symlink
-//! or a FIFO planted in the tree is refused, not followed or blocked on.
+//! Every path below the root is opened relative to the root's descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, one directory at a time when
+//! writing: a symlink anywhere in the tree (a directory such as
+//! `nodes/<key>/contracts -> /etc`, or a record file) is never followed, so nothing
+//! outside the tree is read or written ([`NotaryError::Symlink`]). Record files are
+//! opened `O_NONBLOCK` and must be regular files (a FIFO is refused, not blocked on).
 //!
 //! Watching uses inotify on a dedicated thread: the directories leading to the prefix
 //! (to notice when the next one appears) and every directory under it, adding watches
@@ -22,17 +26,20 @@
 //! [`REMOTE_POLL`] and delivers the files whose inode, size or modification time changed.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use nix::errno::Errno;
+use nix::fcntl::{openat2, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -98,22 +105,24 @@ impl DirNotary {
 impl Notary for DirNotary {
     async fn put(&self, record: &Record) -> Result<(), NotaryError> {
         let (key, bytes) = record.to_storable()?;
-        let path = self.path_of(&key);
-        self.blocking(move |root| write_atomic(root, &path, &bytes))
+        let rel = format!("{key}{SUFFIX}");
+        self.blocking(move |root| write_atomic(root, &rel, &bytes))
             .await?;
         tracing::debug!(backend = BACKEND, key = %key, "record stored");
         Ok(())
     }
 
     async fn get(&self, key: &NotaryKey) -> Result<Option<Record>, NotaryError> {
-        let path = self.path_of(key);
         let key = key.clone();
-        self.blocking(move |_| match read_limited(&path) {
-            Ok(bytes) => Ok(Some(Record::from_bytes_verified(&bytes, key.as_str())?)),
-            Err(ReadError::Missing) => Ok(None),
-            Err(ReadError::Record(e)) => Err(e.into()),
-            Err(ReadError::Io(e)) => Err(NotaryError::Io { path, source: e }),
-        })
+        self.blocking(
+            move |root| match read_limited(root, &format!("{key}{SUFFIX}")) {
+                Ok(bytes) => Ok(Some(Record::from_bytes_verified(&bytes, key.as_str())?)),
+                Err(ReadError::Missing) => Ok(None),
+                Err(ReadError::Record(e)) => Err(e.into()),
+                Err(ReadError::Symlink(path)) => Err(NotaryError::Symlink { path }),
+                Err(ReadError::Io(path, source)) => Err(NotaryError::Io { path, source }),
+            },
+        )
         .await
     }
 
@@ -149,57 +158,243 @@ impl Notary for DirNotary {
 }
 
 // ---------------------------------------------------------------------------------
+// Paths beneath the root
+//
+// Every path inside the tree is opened relative to a descriptor of the root with
+// openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS): a symlink anywhere below the root (a
+// directory such as `nodes/<key>/contracts -> /etc`, or the record file itself) makes
+// the open fail with ELOOP instead of being followed, and nothing can resolve to a place
+// outside the root. The root itself is the operator's choice and may be a symlink.
+
+/// Why a path in the tree could not be opened.
+enum OpenError {
+    Missing,
+    /// A symlink (or a path escaping the root) at or above this path.
+    Symlink(PathBuf),
+    Io(PathBuf, io::Error),
+}
+
+impl OpenError {
+    fn into_notary(self) -> Option<NotaryError> {
+        match self {
+            OpenError::Missing => None,
+            OpenError::Symlink(path) => Some(NotaryError::Symlink { path }),
+            OpenError::Io(path, source) => Some(NotaryError::Io { path, source }),
+        }
+    }
+}
+
+/// Opens `rel` (relative, `/`-separated, no `..`: a [`NotaryKey`] path) below the
+/// directory `dir`, never following a symlink. `rel` may be "" (the directory again).
+fn openat_beneath(
+    dir: BorrowedFd<'_>,
+    dir_path: &Path,
+    rel: &str,
+    flags: OFlag,
+    mode: Mode,
+) -> Result<OwnedFd, OpenError> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(mode)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let path = if rel.is_empty() { "." } else { rel };
+    match openat2(dir.as_raw_fd(), path, how) {
+        // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(Errno::ENOENT) => Err(OpenError::Missing),
+        Err(Errno::ELOOP) | Err(Errno::EXDEV) => Err(OpenError::Symlink(dir_path.join(rel))),
+        Err(e) => Err(OpenError::Io(dir_path.join(rel), e.into())),
+    }
+}
+
+/// The root directory, opened (following a symlink there: the root is configuration).
+fn open_root(root: &Path) -> Result<OwnedFd, OpenError> {
+    File::open(root)
+        .map(OwnedFd::from)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => OpenError::Missing,
+            _ => OpenError::Io(root.to_path_buf(), e),
+        })
+}
+
+/// Opens `rel` below `root` without following any symlink under the root.
+fn open_beneath(root: &Path, rel: &str, flags: OFlag) -> Result<OwnedFd, OpenError> {
+    let root_fd = open_root(root)?;
+    openat_beneath(root_fd.as_fd(), root, rel, flags, Mode::empty())
+}
+
+/// The directory `rel` below `root`, opened without following symlinks.
+fn open_dir(root: &Path, rel: &str) -> Result<OwnedFd, OpenError> {
+    open_beneath(root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(|e| match e {
+        OpenError::Io(_, ref err) if err.raw_os_error() == Some(nix::libc::ENOTDIR) => {
+            OpenError::Missing
+        }
+        other => other,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Other,
+}
+
+/// The visible entries (not hidden, UTF-8 names) of directory `rel` below `root`, with
+/// their types as they are (symlinks not followed).
+fn list_dir(root: &Path, rel: &str) -> Result<Vec<(String, Kind)>, OpenError> {
+    let fd = open_dir(root, rel)?;
+    let dir_path = root.join(rel);
+    let io = |e: Errno| OpenError::Io(dir_path.clone(), e.into());
+    let raw = fd.as_raw_fd();
+    // Dir owns (and closes) its own duplicate; `fd` stays ours for fstatat below.
+    let dup = nix::unistd::dup(raw).map_err(io)?;
+    let mut dir = nix::dir::Dir::from_fd(dup).map_err(io)?;
+    let mut out = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(io)?;
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            Some(t) => kind_of(t),
+            // DT_UNKNOWN (some filesystems): ask without following.
+            None => match fstatat(Some(raw), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+                    SFlag::S_IFDIR => Kind::Dir,
+                    SFlag::S_IFREG => Kind::File,
+                    SFlag::S_IFLNK => Kind::Symlink,
+                    _ => Kind::Other,
+                },
+                Err(_) => continue,
+            },
+        };
+        out.push((name.to_owned(), kind));
+    }
+    Ok(out)
+}
+
+fn kind_of(t: nix::dir::Type) -> Kind {
+    match t {
+        nix::dir::Type::Directory => Kind::Dir,
+        nix::dir::Type::File => Kind::File,
+        nix::dir::Type::Symlink => Kind::Symlink,
+        _ => Kind::Other,
+    }
+}
+
+/// `rel` joined with `name` ("" is the root).
+fn join_rel(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+fn warn_symlink(path: &Path) {
+    tracing::warn!(backend = BACKEND, path = %path.display(), "symlink in the notary tree; not followed");
+}
+
+// ---------------------------------------------------------------------------------
 // Files
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Creates the directories between `root` and `dir`, fsyncing each new one into its
-/// parent. Concurrent creators are fine (EEXIST is success).
-fn create_dirs(root: &Path, dir: &Path) -> Result<(), NotaryError> {
-    let rel = dir.strip_prefix(root).unwrap_or(Path::new(""));
-    let mut cur = root.to_path_buf();
-    for comp in rel.components() {
-        let parent = cur.clone();
-        cur.push(comp);
-        match fs::create_dir(&cur) {
-            Ok(()) => fsync_dir(&parent)?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&cur)(e)),
+/// Opens (creating the missing ones, each fsynced into its parent) the directories of
+/// `rel` below `root`, one component at a time, never following a symlink. Concurrent
+/// creators are fine (EEXIST is success).
+fn create_dirs(root: &Path, rel: &str) -> Result<OwnedFd, NotaryError> {
+    let to_err = |e: OpenError| {
+        e.into_notary().unwrap_or_else(|| NotaryError::Io {
+            path: root.to_path_buf(),
+            source: io::ErrorKind::NotFound.into(),
+        })
+    };
+    let mut fd = open_root(root).map_err(to_err)?;
+    let mut path = root.to_path_buf();
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        match mkdirat(Some(fd.as_raw_fd()), comp, Mode::from_bits_truncate(0o755)) {
+            Ok(()) => nix::unistd::fsync(fd.as_raw_fd()).map_err(|e| NotaryError::Io {
+                path: path.clone(),
+                source: e.into(),
+            })?,
+            Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(NotaryError::Io {
+                    path: path.join(comp),
+                    source: e.into(),
+                })
+            }
         }
+        let next = openat_beneath(
+            fd.as_fd(),
+            &path,
+            comp,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(to_err)?;
+        path.push(comp);
+        fd = next;
     }
-    Ok(())
+    Ok(fd)
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), NotaryError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), NotaryError> {
-    let dir = path.parent().unwrap_or(root);
-    create_dirs(root, dir)?;
-    let name = path.file_name().and_then(OsStr::to_str).unwrap_or("record");
-    let tmp = dir.join(format!(
+/// Writes `bytes` to the file `rel` below `root` atomically and durably.
+fn write_atomic(root: &Path, rel: &str, bytes: &[u8]) -> Result<(), NotaryError> {
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir = create_dirs(root, dir_rel)?;
+    let dir_path = root.join(dir_rel);
+    let tmp = format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    );
+    let at = |name: &str| dir_path.join(name);
+    let nix_err = |path: PathBuf| {
+        move |e: Errno| NotaryError::Io {
+            path,
+            source: e.into(),
+        }
+    };
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
+        let fd = openat_beneath(
+            dir.as_fd(),
+            &dir_path,
+            &tmp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(|e| {
+            e.into_notary().unwrap_or_else(|| NotaryError::Io {
+                path: at(&tmp),
+                source: io::ErrorKind::NotFound.into(),
+            })
+        })?;
+        let mut f = File::from(fd);
+        f.write_all(bytes).map_err(io_err(&at(&tmp)))?;
+        f.sync_all().map_err(io_err(&at(&tmp)))?;
         drop(f);
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        fsync_dir(dir)
+        renameat(
+            Some(dir.as_raw_fd()),
+            tmp.as_str(),
+            Some(dir.as_raw_fd()),
+            name,
+        )
+        .map_err(nix_err(at(name)))?;
+        nix::unistd::fsync(dir.as_raw_fd()).map_err(nix_err(dir_path.clone()))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = unlinkat(
+            Some(dir.as_raw_fd()),
+            tmp.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        );
     }
     result
 }
@@ -207,24 +402,23 @@ fn write_atomic(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), NotaryErro
 enum ReadError {
     Missing,
     Record(RecordError),
-    Io(io::Error),
+    Symlink(PathBuf),
+    Io(PathBuf, io::Error),
 }
 
-/// Reads a regular file of at most [`MAX_RECORD_BYTES`], never following a symlink or
-/// blocking on a FIFO.
-fn read_limited(path: &Path) -> Result<Vec<u8>, ReadError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ReadError::Missing,
-            _ if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-                ReadError::Record(RecordError::Malformed("record file is a symlink".into()))
-            }
-            _ => ReadError::Io(e),
-        })?;
-    let meta = file.metadata().map_err(ReadError::Io)?;
+/// Reads the regular file `rel` below `root`, of at most [`MAX_RECORD_BYTES`], never
+/// following a symlink (anywhere below the root) or blocking on a FIFO.
+fn read_limited(root: &Path, rel: &str) -> Result<Vec<u8>, ReadError> {
+    let path = root.join(rel);
+    let fd = open_beneath(root, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(|e| match e {
+        OpenError::Missing => ReadError::Missing,
+        OpenError::Symlink(p) => ReadError::Symlink(p),
+        OpenError::Io(p, e) => ReadError::Io(p, e),
+    })?;
+    let file = File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| ReadError::Io(path.clone(), e))?;
     if !meta.is_file() {
         return Err(ReadError::Record(RecordError::Malformed(format!(
             "record file is not a regular file (mode {:o})",
@@ -240,7 +434,7 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, ReadError> {
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_RECORD_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
+        .map_err(|e| ReadError::Io(path, e))?;
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(ReadError::Record(RecordError::Oversized {
             size: bytes.len(),
@@ -257,20 +451,17 @@ fn key_of(rel: &str, name: &str) -> Option<String> {
         return None;
     }
     let stem = name.strip_suffix(SUFFIX)?;
-    Some(if rel.is_empty() {
-        stem.to_owned()
-    } else {
-        format!("{rel}/{stem}")
-    })
+    Some(join_rel(rel, stem))
 }
 
-/// Reads and verifies one record file; on failure logs and returns `None`.
-fn load_verified(path: &Path, key: &str) -> Option<Record> {
+/// Reads and verifies the record file `rel` (below `root`) of logical key `key`; on
+/// failure logs and returns `None`.
+fn load_verified(root: &Path, rel: &str, key: &str) -> Option<Record> {
     if let Err(e) = NotaryKey::parse(key) {
         warn_skipped(BACKEND, key, &e);
         return None;
     }
-    match read_limited(path) {
+    match read_limited(root, rel) {
         Ok(bytes) => match Record::from_bytes_verified(&bytes, key) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -284,65 +475,62 @@ fn load_verified(path: &Path, key: &str) -> Option<Record> {
             warn_skipped(BACKEND, key, &e);
             None
         }
-        Err(ReadError::Io(e)) => {
-            warn_skipped(BACKEND, key, &e);
+        Err(ReadError::Symlink(path)) => {
+            warn_skipped(BACKEND, key, &NotaryError::Symlink { path });
+            None
+        }
+        Err(ReadError::Io(path, source)) => {
+            warn_skipped(BACKEND, key, &NotaryError::Io { path, source });
             None
         }
     }
 }
 
 /// Emits every verified record under `prefix`: the file `<prefix>.json` (when the
-/// prefix is itself a key) and everything below the directory `<prefix>/`.
+/// prefix is itself a key) and everything below the directory `<prefix>/`. A symlink
+/// on the way to the prefix's directory is an error; one below it is skipped (logged).
 fn scan_prefix(
     root: &Path,
     prefix: &KeyPrefix,
     emit: &mut dyn FnMut(Record),
 ) -> Result<(), NotaryError> {
     let p = prefix.as_str();
-    if let Some((parent, name)) = p.rsplit_once('/').or(Some(("", p))) {
-        if !name.is_empty() {
-            let file = root.join(format!("{p}{SUFFIX}"));
-            if let Some(key) = key_of(parent, &format!("{name}{SUFFIX}")) {
-                if file.exists() {
-                    if let Some(r) = load_verified(&file, &key) {
-                        emit(r);
-                    }
-                }
-            }
+    if !p.is_empty() {
+        if let Some(r) = load_verified(root, &format!("{p}{SUFFIX}"), p) {
+            emit(r);
         }
     }
-    scan_tree(root, p, emit)
+    scan_tree(root, p, true, emit)
 }
 
 /// Emits every verified record in directory `rel` and below. A missing directory is
-/// empty.
-fn scan_tree(root: &Path, rel: &str, emit: &mut dyn FnMut(Record)) -> Result<(), NotaryError> {
-    let dir = root.join(rel);
-    let entries = match fs::read_dir(&dir) {
+/// empty. A symlink at `rel` (or above) is an error when `top`, else skipped (logged).
+fn scan_tree(
+    root: &Path,
+    rel: &str,
+    top: bool,
+    emit: &mut dyn FnMut(Record),
+) -> Result<(), NotaryError> {
+    let entries = match list_dir(root, rel) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => return Ok(()),
-        Err(e) => return Err(io_err(&dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_err(&dir))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
+        Err(OpenError::Missing) => return Ok(()),
+        Err(OpenError::Symlink(path)) if !top => {
+            warn_symlink(&path);
+            return Ok(());
         }
-        let ft = entry.file_type().map_err(io_err(&entry.path()))?;
-        let child = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
-        if ft.is_dir() {
-            scan_tree(root, &child, emit)?;
-        } else if let Some(key) = key_of(rel, &name) {
-            if let Some(r) = load_verified(&entry.path(), &key) {
-                emit(r);
+        Err(e) => return Err(e.into_notary().expect("not Missing")),
+    };
+    for (name, kind) in entries {
+        let child = join_rel(rel, &name);
+        match kind {
+            Kind::Dir => scan_tree(root, &child, false, emit)?,
+            Kind::Symlink => warn_symlink(&root.join(&child)),
+            _ => {
+                if let Some(key) = key_of(rel, &name) {
+                    if let Some(r) = load_verified(root, &child, &key) {
+                        emit(r);
+                    }
+                }
             }
         }
     }
@@ -418,26 +606,13 @@ fn list_files(root: &Path, rel: &str, prefix: &str, out: &mut Vec<(String, Strin
     if !dir_relevant(prefix, rel) {
         return;
     }
-    let Ok(entries) = fs::read_dir(root.join(rel)) else {
+    let Ok(entries) = list_dir(root, rel) else {
         return;
     };
-    for entry in entries.flatten() {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        match entry.file_type() {
-            Ok(ft) if ft.is_dir() => {
-                let child = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                list_files(root, &child, prefix, out);
-            }
-            Ok(ft) if ft.is_file() => out.push((rel.to_owned(), name)),
+    for (name, kind) in entries {
+        match kind {
+            Kind::Dir => list_files(root, &join_rel(rel, &name), prefix, out),
+            Kind::File => out.push((rel.to_owned(), name)),
             _ => {}
         }
     }
@@ -471,6 +646,17 @@ impl Watcher {
         if !dir_relevant(self.prefix.as_str(), rel) {
             return Ok(true);
         }
+        // Checked beneath the root first: a directory that is a symlink (or lies
+        // below one) is neither watched nor read.
+        let entries = match list_dir(&self.root, rel) {
+            Ok(e) => e,
+            Err(OpenError::Symlink(path)) => {
+                warn_symlink(&path);
+                return Ok(true);
+            }
+            // Vanished or unreadable: nothing to watch.
+            Err(_) => return Ok(true),
+        };
         let dir = self.root.join(rel);
         match self.ino.add_watch(&dir, Self::mask()) {
             Ok(wd) => {
@@ -480,25 +666,15 @@ impl Watcher {
             Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => return Ok(true),
             Err(e) => return Err(NotaryError::Inotify(e)),
         }
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(_) => return Ok(true),
-        };
-        for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if name.starts_with('.') {
-                continue;
-            }
-            let child = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let open = match entry.file_type() {
-                Ok(ft) if ft.is_dir() => self.add_tree(&child, emit)?,
-                Ok(ft) if ft.is_file() && emit => self.deliver_file(rel, &name),
+        for (name, kind) in entries {
+            let child = join_rel(rel, &name);
+            let open = match kind {
+                Kind::Dir => self.add_tree(&child, emit)?,
+                Kind::File if emit => self.deliver_file(rel, &name),
+                Kind::Symlink => {
+                    warn_symlink(&self.root.join(&child));
+                    true
+                }
                 _ => true,
             };
             if !open {
@@ -517,7 +693,7 @@ impl Watcher {
         if !self.prefix.matches(&key) {
             return true;
         }
-        match load_verified(&self.root.join(rel).join(name), &key) {
+        match load_verified(&self.root, &join_rel(rel, name), &key) {
             Some(r) => self.tx.blocking_send(r).is_ok(),
             None => true,
         }

@@ -49,6 +49,10 @@ pub enum NotaryError {
         #[source]
         source: std::io::Error,
     },
+    /// A `dir://` tree holds a symlink where the key's path runs (a directory or the
+    /// record file): never followed, so nothing outside the tree is read or written.
+    #[error("{path}: a symlink in the notary tree (not followed)")]
+    Symlink { path: std::path::PathBuf },
     #[error("inotify: {0}")]
     Inotify(nix::Error),
     #[error("etcd {endpoint}: {source}")]
