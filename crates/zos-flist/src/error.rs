@@ -31,6 +31,16 @@ pub enum Error {
     /// would land outside it).
     #[error("unpack {path}: {reason}")]
     Unpack { path: PathBuf, reason: String },
+    /// The flist expands to more bytes than the caller's bound (a repeated block costs
+    /// one stored block and a full block on disk each time it is listed).
+    #[error(
+        "unpack {path}: the flist expands to {declared} bytes, more than the bound of {limit}"
+    )]
+    TooLarge {
+        path: PathBuf,
+        declared: u64,
+        limit: u64,
+    },
     /// Mount or overlay failure.
     #[error("mount {path}: {reason}")]
     Mount { path: PathBuf, reason: String },
@@ -57,6 +67,25 @@ impl Error {
         match self {
             Error::Block { reason, .. } => Some(reason),
             _ => None,
+        }
+    }
+
+    /// True when trying again cannot help: the flist, its signature or its size is
+    /// refused, a store served bad data, or a store URL is not allowed. False for what
+    /// may pass later (an unreachable store, a full disk).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Format { .. } | Error::Sign(_) | Error::TooLarge { .. } => true,
+            Error::Block { reason, .. } => reason.is_bad_data(),
+            Error::Store(e) => matches!(
+                e,
+                StoreError::BadUrl(_)
+                    | StoreError::NotUnderRoot { .. }
+                    | StoreError::NotRegular { .. }
+                    | StoreError::Symlink { .. }
+                    | StoreError::TooLarge { .. }
+            ),
+            _ => false,
         }
     }
 
@@ -197,4 +226,19 @@ pub enum StoreError {
         path: PathBuf,
         error: io::Error,
     },
+    /// A `dir://` URL outside the directories the caller allows.
+    #[error("{url}: dir:// paths are allowed only under the store roots ({roots})")]
+    NotUnderRoot { url: String, roots: String },
+    /// A `dir://` path that is not the kind of file it must be (a device, a FIFO...).
+    #[error("{url}: {path} is {kind}, refused")]
+    NotRegular {
+        url: String,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    /// A symlink on the way to a `dir://` file: never followed.
+    #[error("{url}: {path}: a symlink on the way, refused (links are not followed)")]
+    Symlink { url: String, path: PathBuf },
+    #[error("{url}: larger than {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
 }

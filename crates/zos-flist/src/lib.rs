@@ -26,8 +26,8 @@ pub use mount::{mount, mount_foreground, MountOptions, MountedFlist};
 pub use overlay::Overlay;
 pub use pack::{pack, PackOptions, PackReport};
 pub use sign::{open_trusted, sign_file, FlistSignature, SignError, Trust};
-pub use store::{Route, Router, StoreUrl};
-pub use unpack::{unpack, UnpackOptions, UnpackReport};
+pub use store::{read_dir_url, DirAccess, Route, Router, StoreUrl};
+pub use unpack::{unpack, unpack_bounded, UnpackOptions, UnpackReport, DEFAULT_MAX_EXPANDED};
 
 /// Files are cut in blocks of this many bytes (the last one may be shorter).
 pub const BLOCK_SIZE: usize = 512 * 1024;

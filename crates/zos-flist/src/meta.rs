@@ -364,9 +364,10 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
         });
     }
 
-    // Pass 1: rows, each checked on its own.
-    let mut entries = Vec::with_capacity(count as usize);
-    let mut parents = Vec::with_capacity(count as usize);
+    // Pass 1: rows, each checked on its own. Memory grows with the rows actually read:
+    // `count(*)` adds up what the b-tree pages claim, which a hostile file inflates.
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut parents: Vec<u64> = Vec::new();
     let mut stmt = conn
         .prepare(
             "SELECT ino, parent, name, size, uid, gid, mode, rdev, ctime, mtime \
@@ -375,6 +376,13 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
         .map_err(sql)?;
     let mut rows = stmt.query([]).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
+        if entries.len() as u64 >= MAX_ENTRIES {
+            return Err(FormatError::TooMany {
+                what: "inodes",
+                count: entries.len() as u64 + 1,
+                limit: MAX_ENTRIES,
+            });
+        }
         let g = |i: usize| row.get_ref(i).map_err(sql);
         let ino_raw = int(g(0)?, 0, "ino")?;
         let ino: u64 = ranged(ino_raw, 0, "ino")?;

@@ -27,6 +27,10 @@ use crate::fetch::Fetcher;
 use crate::meta::{EntryKind, Flist};
 use crate::BLOCK_SIZE;
 
+/// The bound [`unpack`] uses: total bytes of regular files. Callers that know better
+/// (the contract's declared disk size) pass theirs to [`unpack_bounded`].
+pub const DEFAULT_MAX_EXPANDED: u64 = 8 << 30;
+
 /// How to unpack.
 #[derive(Debug, Clone, Default)]
 pub struct UnpackOptions {
@@ -67,13 +71,47 @@ struct Job {
     block: usize,
 }
 
-/// Extracts `flist` into `dest`, fetching and verifying every block.
+/// Extracts `flist` into `dest`, fetching and verifying every block, at most
+/// [`DEFAULT_MAX_EXPANDED`] bytes of files (see [`unpack_bounded`]).
 pub fn unpack(
     flist: &Flist,
     fetcher: &Fetcher,
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, Error> {
+    unpack_bounded(flist, fetcher, dest, opts, DEFAULT_MAX_EXPANDED)
+}
+
+/// Extracts `flist` into `dest`, fetching and verifying every block, refusing with
+/// [`Error::TooLarge`] a flist whose files add up to more than `max_bytes`: checked
+/// before anything is created, and again before each block is written (a block that
+/// would cross the bound is not written).
+pub fn unpack_bounded(
+    flist: &Flist,
+    fetcher: &Fetcher,
+    dest: &Path,
+    opts: &UnpackOptions,
+    max_bytes: u64,
+) -> Result<UnpackReport, Error> {
+    let declared = flist
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .fold(0u64, |sum, e| sum.saturating_add(e.size));
+    if declared > max_bytes {
+        tracing::warn!(flist = %flist.path.display(), declared, limit = max_bytes,
+            "flist refused: it expands beyond the bound");
+        return Err(Error::TooLarge {
+            path: dest.to_path_buf(),
+            declared,
+            limit: max_bytes,
+        });
+    }
+    let budget = Budget {
+        used: AtomicU64::new(0),
+        limit: max_bytes,
+        dest,
+    };
     prepare_dest(dest)?;
     let root = open_dir(None, dest, dest)?;
     let threads = if opts.threads == 0 {
@@ -95,7 +133,7 @@ pub fn unpack(
     let rx = Mutex::new(rx);
     std::thread::scope(|s| {
         let rx = &rx;
-        let (failed, fail, bytes) = (&failed, &fail, &bytes);
+        let (failed, fail, bytes, budget) = (&failed, &fail, &bytes, &budget);
         for _ in 0..threads {
             s.spawn(move || loop {
                 let job = match rx.lock().expect("not poisoned").recv() {
@@ -105,7 +143,7 @@ pub fn unpack(
                 if failed.load(Ordering::Relaxed) {
                     continue; // drain: drop the fd
                 }
-                match fill(flist, fetcher, &job, as_root) {
+                match fill(flist, fetcher, &job, as_root, budget) {
                     Ok(n) => {
                         bytes.fetch_add(n, Ordering::Relaxed);
                     }
@@ -319,12 +357,41 @@ fn finish_fd(
     futimens(raw, &ts(e.mtime), &ts(e.mtime)).map_err(|er| errno(path, er))
 }
 
+/// Bytes written so far against the bound.
+struct Budget<'a> {
+    used: AtomicU64,
+    limit: u64,
+    dest: &'a Path,
+}
+
+impl Budget<'_> {
+    /// Takes `n` bytes, or refuses if that would cross the bound.
+    fn take(&self, n: u64) -> Result<(), Error> {
+        let before = self.used.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > self.limit {
+            return Err(Error::TooLarge {
+                path: self.dest.to_path_buf(),
+                declared: before.saturating_add(n),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Fetches, verifies and writes one block, returning its length; the worker that writes
 /// a file's last outstanding block finishes the file (owner, mode, mtime).
-fn fill(flist: &Flist, fetcher: &Fetcher, job: &Job, as_root: bool) -> Result<u64, Error> {
+fn fill(
+    flist: &Flist,
+    fetcher: &Fetcher,
+    job: &Job,
+    as_root: bool,
+    budget: &Budget<'_>,
+) -> Result<u64, Error> {
     let f = &job.file;
     let e = &flist.entries[f.idx];
     let i = job.block;
+    budget.take(e.block_len(i) as u64)?;
     let plain = fetcher.block(&flist.path_of(f.idx), i, &e.blocks[i], e.block_len(i))?;
     f.file
         .write_all_at(&plain, i as u64 * BLOCK_SIZE as u64)
