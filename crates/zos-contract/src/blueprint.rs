@@ -44,6 +44,7 @@ impl Blueprint {
     pub fn sign(self, key: &SecretKey, limits: &Limits) -> Result<SignedBlueprint, BlueprintError> {
         let raw = serde_json::to_value(&self).expect("a blueprint serializes");
         document::check_limits(&raw, limits)?;
+        document::check_workloads(raw.pointer("/body/workloads"), "$.body.workloads", limits)?;
         for (name, spec) in &self.params {
             spec.check(name)?;
         }
@@ -108,7 +109,13 @@ impl SignedBlueprint {
     /// Reads a signed blueprint document and checks its signature.
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, BlueprintError> {
         document::check_limits(value, limits)?;
-        #[derive(Deserialize)]
+        document::check_workloads(
+            value.pointer("/blueprint/body/workloads"),
+            "$.blueprint.body.workloads",
+            limits,
+        )?;
+        document::object(value, "$")?;
+        #[derive(Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Envelope {
             blueprint: Value,

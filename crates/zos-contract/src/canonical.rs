@@ -7,8 +7,9 @@
 //! `Number.prototype.toString`.
 //!
 //! Untrusted documents are read with [`parse_strict`], which refuses duplicate object
-//! keys: with duplicates, two readers could see two different documents behind one
-//! signature.
+//! keys (with duplicates, two readers could see two different documents behind one
+//! signature), and, before parsing, nesting deeper than a limit and integers outside
+//! ±(2^53-1) (another reader would see another number).
 
 use std::fmt;
 
@@ -18,8 +19,10 @@ use serde_json::{Map, Number, Value};
 /// Why a value has no canonical form or a document could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CanonError {
-    #[error("integer {0} is not exactly an IEEE 754 double; it would be read as another number")]
+    #[error("integer {0} is outside ±(2^53-1); another reader could see another number")]
     UnsafeInteger(String),
+    #[error("nesting deeper than {0} levels")]
+    TooDeep(usize),
     #[error("number is not finite")]
     NonFinite,
     #[error("invalid JSON: {0}")]
@@ -27,6 +30,13 @@ pub enum CanonError {
     #[error("duplicate key {0:?} in object")]
     DuplicateKey(String),
 }
+
+/// The largest integer a document may hold: 2^53 - 1 (every integer up to it is exactly
+/// one IEEE 754 double, so every reader sees the integer written).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// The nesting [`parse_strict`] allows: arrays and objects inside one another.
+pub const MAX_DEPTH: usize = 128;
 
 /// The canonical bytes of `value`.
 pub fn to_vec(value: &Value) -> Result<Vec<u8>, CanonError> {
@@ -90,6 +100,10 @@ fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), CanonError> {
     if is_integer && text != n.to_string() {
         return Err(CanonError::UnsafeInteger(n.to_string()));
     }
+    // Written as an integer: it must be a safe one (1e20 as a double prints as 21 digits).
+    if !text.contains(['.', 'e']) && !is_safe_integer(text.as_bytes()) {
+        return Err(CanonError::UnsafeInteger(text));
+    }
     out.extend_from_slice(text.as_bytes());
     Ok(())
 }
@@ -117,8 +131,76 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-/// Reads a JSON document, refusing duplicate object keys at any depth.
+/// Whether an integer's text (`-`? digits) is within ±(2^53-1).
+fn is_safe_integer(text: &[u8]) -> bool {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    digits.len() <= 16
+        && std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok())
+            .is_some_and(|n| n <= MAX_SAFE_INTEGER)
+}
+
+/// One pass over the bytes before they are parsed: arrays and objects nested deeper
+/// than `max_depth`, and integer literals (no `.`, no exponent) outside ±(2^53-1).
+/// Anything else that is not JSON is left to the parser.
+pub fn scan(bytes: &[u8], max_depth: usize) -> Result<(), CanonError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(CanonError::TooDeep(max_depth));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let token = &bytes[start..i];
+                let digits = token.strip_prefix(b"-").unwrap_or(token);
+                let integer = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
+                if integer && !is_safe_integer(token) {
+                    return Err(CanonError::UnsafeInteger(
+                        String::from_utf8_lossy(token).into_owned(),
+                    ));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Reads a JSON document, refusing duplicate object keys at any depth, nesting over
+/// [`MAX_DEPTH`] and unsafe integers.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, CanonError> {
+    parse_strict_within(bytes, MAX_DEPTH)
+}
+
+/// [`parse_strict`] with another nesting limit, checked before parsing.
+pub fn parse_strict_within(bytes: &[u8], max_depth: usize) -> Result<Value, CanonError> {
+    scan(bytes, max_depth)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = StrictValue
         .deserialize(&mut de)
@@ -240,17 +322,26 @@ mod tests {
             assert_eq!(canon(Value::Number(n)), *want, "{f}");
         }
         assert_eq!(canon(json!(9007199254740991u64)), "9007199254740991");
+        assert_eq!(canon(json!(-9007199254740991i64)), "-9007199254740991");
         // 2^53 + 1 has no double: refused rather than rounded.
         assert_eq!(
             to_vec(&json!(9007199254740993u64)),
             Err(CanonError::UnsafeInteger("9007199254740993".into()))
         );
-        // 2^53 and 1e20 are doubles: printed as ECMAScript prints them.
-        assert_eq!(canon(json!(9007199254740992u64)), "9007199254740992");
-        assert_eq!(
-            canon(json!(10000000000000000000u64)),
-            "10000000000000000000"
-        );
+        // 2^53 and 1e19 are doubles, but outside ±(2^53-1): refused too, as integers and
+        // as doubles whose text is an integer.
+        for v in [
+            json!(9007199254740992u64),
+            json!(-9007199254740992i64),
+            json!(10000000000000000000u64),
+            json!(1e20),
+        ] {
+            assert!(
+                matches!(to_vec(&v), Err(CanonError::UnsafeInteger(_))),
+                "{v}"
+            );
+        }
+        assert_eq!(canon(json!(1e21)), "1e+21");
     }
 
     #[test]
@@ -277,6 +368,53 @@ mod tests {
             parse_strict(br#"{"x":[{"k":1,"k":1}]}"#),
             Err(CanonError::DuplicateKey("k".into()))
         );
+    }
+
+    #[test]
+    fn unsafe_integers_are_refused_before_parsing() {
+        for text in [
+            "9007199254740992",
+            "-9007199254740992",
+            "1152921504606847000",
+            "100000000000000000000000000000",
+            r#"{"a":[1,{"b":18446744073709551616}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_strict(text.as_bytes()),
+                    Err(CanonError::UnsafeInteger(_))
+                ),
+                "{text}"
+            );
+        }
+        // Fractions and exponents are doubles, not integers; digits in strings are text.
+        for text in [
+            "9007199254740991",
+            "-9007199254740991",
+            "1e300",
+            "1.5",
+            r#""100000000000000000000000""#,
+            r#"{"\"1e99999999999999999":0}"#,
+        ] {
+            assert!(parse_strict(text.as_bytes()).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_before_parsing() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_strict_within(deep(32).as_bytes(), 32).is_ok());
+        assert_eq!(
+            parse_strict_within(deep(33).as_bytes(), 32),
+            Err(CanonError::TooDeep(32))
+        );
+        // A million levels: refused by the scan, never by the stack.
+        assert_eq!(
+            parse_strict("{\"a\":".repeat(1_000_000).as_bytes()),
+            Err(CanonError::TooDeep(MAX_DEPTH))
+        );
+        // Brackets inside strings are text.
+        assert!(parse_strict_within(br#"["[[[[", "\"{{{"]"#, 1).is_ok());
     }
 
     #[test]

@@ -100,7 +100,13 @@ impl SignedContract {
     /// Reads a contract document. Signatures are not checked here: see [`crate::verify`].
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, DocError> {
         document::check_limits(value, limits)?;
-        #[derive(Deserialize)]
+        document::check_workloads(
+            value.pointer("/contract/blueprint/embedded/blueprint/body/workloads"),
+            "$.contract.blueprint.embedded.blueprint.body.workloads",
+            limits,
+        )?;
+        document::object(value, "$")?;
+        #[derive(Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Envelope {
             contract: Value,
@@ -211,6 +217,7 @@ impl ContractRecord {
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, DocError> {
         if value.get("cancellation").is_some() {
             document::check_limits(value, limits)?;
+            document::object(value, "$")?;
             document::typed(value, "$").map(ContractRecord::Cancellation)
         } else {
             SignedContract::from_value(value, limits).map(|c| ContractRecord::Contract(Box::new(c)))

@@ -1,7 +1,13 @@
 //! Reading untrusted signed documents: size limits first, then strict JSON, then the
 //! typed form with the JSON path of the first problem.
+//!
+//! One spelling, one meaning: [`typed`] accepts a value only if reading it into its
+//! type and writing that back gives the same shape. So an object the spec defines is
+//! never read from a positional array (serde's struct-from-sequence), and `null` is
+//! never a member's value, for every type read through it, present or future.
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::canonical;
@@ -32,9 +38,17 @@ pub fn parse_value(bytes: &[u8], limits: &Limits) -> Result<Value, DocError> {
             path: "$".into(),
         });
     }
-    let value = canonical::parse_strict(bytes).map_err(|e| DocError::Malformed {
-        path: "$".into(),
-        message: e.to_string(),
+    let value = canonical::parse_strict_within(bytes, limits.depth).map_err(|e| match e {
+        canonical::CanonError::TooDeep(limit) => DocError::Oversized {
+            what: "nesting depth",
+            limit,
+            actual: limit + 1,
+            path: "$".into(),
+        },
+        e => DocError::Malformed {
+            path: "$".into(),
+            message: e.to_string(),
+        },
     })?;
     check_limits(&value, limits)?;
     Ok(value)
@@ -49,9 +63,53 @@ pub(crate) fn check_limits(value: &Value, limits: &Limits) -> Result<(), DocErro
     })
 }
 
+/// Refuses a value that is not a JSON object where the spec defines one.
+pub fn object<'a>(
+    value: &'a Value,
+    path: &str,
+) -> Result<&'a serde_json::Map<String, Value>, DocError> {
+    value.as_object().ok_or_else(|| DocError::Malformed {
+        path: path.to_string(),
+        message: format!("expected an object, found {}", kind(value)),
+    })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Refuses more than `limits.workloads` items in a template's or a deployment's
+/// `workloads` (`None`: the document has none there), before it is read any further.
+pub fn check_workloads(
+    workloads: Option<&Value>,
+    path: &str,
+    limits: &Limits,
+) -> Result<(), DocError> {
+    match workloads {
+        Some(Value::Array(items)) if items.len() > limits.workloads => Err(DocError::Oversized {
+            what: "workload count",
+            limit: limits.workloads,
+            actual: items.len(),
+            path: path.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Converts a value into `T`, naming the JSON path (under `root`) of the first problem.
-pub fn typed<T: DeserializeOwned>(value: &Value, root: &str) -> Result<T, DocError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+///
+/// The value must have the shape `T` writes: an object where `T` writes an object, an
+/// array where it writes an array, and no member whose value is `null` (members `T`
+/// leaves out when absent are left out, never written as `null`).
+pub fn typed<T: DeserializeOwned + Serialize>(value: &Value, root: &str) -> Result<T, DocError> {
+    let read: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let path = if inner == "." || inner.is_empty() {
             root.to_string()
@@ -62,7 +120,64 @@ pub fn typed<T: DeserializeOwned>(value: &Value, root: &str) -> Result<T, DocErr
             path,
             message: e.into_inner().to_string(),
         }
-    })
+    })?;
+    let written = serde_json::to_value(&read).map_err(|e| DocError::Malformed {
+        path: root.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut path = root.to_string();
+    same_shape(value, &written, &mut path)?;
+    Ok(read)
+}
+
+/// Walks what was given against what its type writes back.
+fn same_shape(given: &Value, written: &Value, path: &mut String) -> Result<(), DocError> {
+    let malformed = |path: &str, message: String| DocError::Malformed {
+        path: path.to_string(),
+        message,
+    };
+    match (given, written) {
+        (Value::Object(g), Value::Object(w)) => {
+            for (k, gv) in g {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                match w.get(k) {
+                    Some(wv) => same_shape(gv, wv, path)?,
+                    None if gv.is_null() => {
+                        return Err(malformed(
+                            path,
+                            "null is not a value: leave the member out".into(),
+                        ))
+                    }
+                    None => {}
+                }
+                path.truncate(len);
+            }
+        }
+        (Value::Array(g), Value::Array(w)) => {
+            for (i, (gv, wv)) in g.iter().zip(w).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                same_shape(gv, wv, path)?;
+                path.truncate(len);
+            }
+        }
+        (g, Value::Object(_)) => {
+            return Err(malformed(
+                path,
+                format!("expected an object, found {}", kind(g)),
+            ))
+        }
+        (g, Value::Array(_)) => {
+            return Err(malformed(
+                path,
+                format!("expected an array, found {}", kind(g)),
+            ))
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The sha256 of a value's canonical bytes.

@@ -275,6 +275,10 @@ fn eval(expr: &str, params: &BTreeMap<String, Value>) -> Result<Value, String> {
     if parser.pos != tokens.len() {
         return Err(format!("unexpected token in {:?}", expr.trim()));
     }
+    // Documents hold integers within ±(2^53-1) only; so does an expansion.
+    if v.unsigned_abs() > crate::canonical::MAX_SAFE_INTEGER {
+        return Err(format!("{v} is outside ±(2^53-1)"));
+    }
     Ok(Value::from(v))
 }
 
@@ -452,6 +456,10 @@ mod tests {
                 "overflow",
             ),
             (json!({"a": ["{{ users ; }}"]}), "unexpected character"),
+            (
+                json!({"a": ["{{ 9007199254740991 + users }}"]}),
+                "outside ±(2^53-1)",
+            ),
         ] {
             match expand(&t, &params()) {
                 Err(ParamError::Template { path, reason: r }) => {

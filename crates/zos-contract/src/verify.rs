@@ -151,6 +151,10 @@ pub struct Verification {
     #[serde(skip)]
     pub deployment: Option<Deployment>,
     pub reasons: Vec<Reason>,
+    /// Signature entries that were not counted (`bad_signature`, `unknown_signer`,
+    /// `duplicate_signature`) while the counted ones met the rules: reported, not a
+    /// reason to refuse. When the rules are not met they are in `reasons` instead.
+    pub warnings: Vec<Reason>,
 }
 
 impl Verification {
@@ -165,6 +169,7 @@ impl Verification {
             threshold: 0,
             deployment: None,
             reasons: vec![reason],
+            warnings: Vec::new(),
         }
     }
 
@@ -257,33 +262,38 @@ pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
         signed: false,
     }))
     .collect();
+    // Every entry is looked at; only those by the owner or a stakeholder that verify
+    // count, a signer once however many entries it has. The others cannot veto: they
+    // are reported, and become reasons only when the counted ones fall short.
+    let mut ignored = Vec::new();
     let mut seen = BTreeSet::new();
     for entry in &doc.signatures {
-        if !seen.insert(entry.signer) {
-            reasons.push(Reason::DuplicateSignature {
-                signer: entry.signer,
-            });
-            continue;
-        }
         // A key is the owner or one stakeholder (check_shape refuses it twice).
         let Some(status) = signers.iter_mut().find(|s| s.key == entry.signer) else {
-            reasons.push(Reason::UnknownSigner {
+            ignored.push(Reason::UnknownSigner {
                 signer: entry.signer,
             });
             continue;
         };
-        status.signed = entry.signer.verify(&doc.digest, &entry.signature).is_ok();
-        if !status.signed {
-            reasons.push(Reason::BadSignature {
+        if !seen.insert(entry.signer) {
+            ignored.push(Reason::DuplicateSignature {
+                signer: entry.signer,
+            });
+        }
+        if entry.signer.verify(&doc.digest, &entry.signature).is_ok() {
+            status.signed = true;
+        } else {
+            ignored.push(Reason::BadSignature {
                 signer: entry.signer,
             });
         }
     }
+    let mut unmet = Vec::new();
     if !signers[0].signed {
-        reasons.push(Reason::OwnerSignatureMissing { owner: c.owner });
+        unmet.push(Reason::OwnerSignatureMissing { owner: c.owner });
     }
     for s in signers.iter().skip(1).filter(|s| s.required && !s.signed) {
-        reasons.push(Reason::RequiredSignerMissing { signer: s.key });
+        unmet.push(Reason::RequiredSignerMissing { signer: s.key });
     }
     let weight: u64 = signers
         .iter()
@@ -291,11 +301,18 @@ pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
         .filter(|s| s.signed)
         .fold(0u64, |acc, s| acc.saturating_add(s.weight));
     if weight < c.threshold {
-        reasons.push(Reason::ThresholdNotMet {
+        unmet.push(Reason::ThresholdNotMet {
             have: weight,
             need: c.threshold,
         });
     }
+    let warnings = if unmet.is_empty() {
+        ignored
+    } else {
+        reasons.append(&mut ignored);
+        reasons.append(&mut unmet);
+        Vec::new()
+    };
 
     // Time, addressing, replay.
     if let Some(nb) = c.not_before.filter(|nb| ctx.now < *nb) {
@@ -336,6 +353,7 @@ pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
         threshold: c.threshold,
         deployment,
         reasons,
+        warnings,
     }
 }
 

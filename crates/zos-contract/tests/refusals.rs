@@ -104,8 +104,11 @@ fn unknown_and_duplicate_signers() {
         signature: forged,
     });
     doc.signatures.push(doc.signatures[0].clone());
+    // The counted signatures meet the rules: the others are warnings, not a veto.
+    let v = verify(&doc, &ctx());
+    assert_eq!(v.reasons, vec![]);
     assert_eq!(
-        reasons(&doc, &ctx()),
+        v.warnings,
         vec![
             Reason::UnknownSigner {
                 signer: stranger().public()
@@ -113,6 +116,21 @@ fn unknown_and_duplicate_signers() {
             Reason::DuplicateSignature {
                 signer: owner().public()
             }
+        ]
+    );
+    // When the rules are not met, they are reasons with the unmet rule.
+    doc.signatures.remove(0);
+    doc.signatures.retain(|s| s.signer != legal().public());
+    assert_eq!(
+        reasons(&doc, &ctx()),
+        vec![
+            Reason::UnknownSigner {
+                signer: stranger().public()
+            },
+            Reason::RequiredSignerMissing {
+                signer: legal().public()
+            },
+            Reason::ThresholdNotMet { have: 1, need: 3 }
         ]
     );
     // Signing through the API is refused outright.
@@ -365,12 +383,16 @@ fn too_many_workloads_after_expansion() {
         .collect();
     bp["body"]["workloads"] = json!(many);
     let bp: Blueprint = serde_json::from_value(bp).unwrap();
-    match bp.sign(&expert(), &Limits::default()) {
-        Err(BlueprintError::InvalidBody { problems, .. }) => {
-            assert!(problems.contains("65 workloads, at most 64"), "{problems}")
-        }
-        other => panic!("{other:?}"),
-    }
+    // Counted in the template, before it is expanded (section 7: `oversized`).
+    assert_eq!(
+        bp.sign(&expert(), &Limits::default()),
+        Err(BlueprintError::Document(document::DocError::Oversized {
+            what: "workload count",
+            limit: 64,
+            actual: 65,
+            path: "$.body.workloads".into()
+        }))
+    );
 }
 
 #[test]
