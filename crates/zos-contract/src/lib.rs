@@ -18,6 +18,7 @@ pub mod document;
 pub mod limits;
 pub mod params;
 pub mod spec_example;
+pub mod update;
 pub mod verify;
 
 pub use blueprint::{Blueprint, BlueprintError, SignedBlueprint};
@@ -28,4 +29,5 @@ pub use contract::{
 pub use crypto::{Digest, KeyError, PublicKey, SecretKey, Signature};
 pub use deployment::Deployment;
 pub use limits::Limits;
+pub use update::{check_update, Signers, UpdateReason, UpdateRefusal};
 pub use verify::{verify, verify_bytes, Accepted, Reason, Refusal, Verification, VerifyContext};
