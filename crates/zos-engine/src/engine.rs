@@ -18,19 +18,28 @@ use std::net::Ipv4Addr;
 use zos_contract::deployment::{parse_private_subnet, Workload};
 use zos_contract::verify::verify_cancellation;
 use zos_contract::{
-    BlueprintRef, ContractRecord, Deployment, Digest, Limits, PublicKey, SecretKey,
-    SignedBlueprint, SignedCancellation, SignedContract, VerifyContext,
+    check_update, BlueprintRef, ContractRecord, Deployment, Digest, Limits, PublicKey, SecretKey,
+    SignedBlueprint, SignedCancellation, SignedContract, Signers, VerifyContext,
 };
 use zos_notary::{KeyKind, KeyPrefix, Notary, NotaryKey, Record};
 
 use crate::capacity::{self, Capacity, OverCapacity};
-use crate::journal::{Journal, JournalStore, Owned, Phase};
+use crate::journal::{Journal, JournalStore, Owned, Phase, Retired};
 use crate::names;
 use crate::provision::{NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState};
 use crate::restart::Backoff;
 use crate::status::{
-    ContractSummary, ReasonReport, State, StatusReport, WorkloadReport, WorkloadSummary,
+    ContractSummary, ReasonReport, RefusedUpdate, State, StatusReport, WorkloadReport,
+    WorkloadSummary,
 };
+
+/// How long an expired contract's volumes are kept for its owner (who may publish a
+/// new version that adopts them, or cancel to delete them at once): 7 days.
+pub const VOLUME_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How many owner-signed cancellations of a contract this node does not run are kept
+/// per contract id (the highest versions).
+pub const MAX_TOMBSTONES: usize = 8;
 
 /// Tunables of the engine; the defaults are production values.
 #[derive(Debug, Clone)]
@@ -49,6 +58,8 @@ pub struct EngineConfig {
     /// How often a running contract's status is published again when only its
     /// workloads' log tails changed (a VM's console comes seconds after "running").
     pub log_refresh: Duration,
+    /// How long an expired contract's volumes are kept ([`VOLUME_GRACE`]).
+    pub volume_grace: Duration,
     pub limits: Limits,
 }
 
@@ -62,6 +73,7 @@ impl Default for EngineConfig {
             restart_max: Duration::from_secs(30),
             restart_reset: Duration::from_secs(60),
             log_refresh: Duration::from_secs(5),
+            volume_grace: VOLUME_GRACE,
             limits: Limits::default(),
         }
     }
@@ -89,6 +101,9 @@ pub struct Engine<P, N, S: JournalStore> {
     backoff: HashMap<String, Backoff>,
     /// The last report published per contract: publish on change.
     published: HashMap<String, StatusReport>,
+    /// The last record refused at the key of a contract that runs, per contract: it
+    /// rides along with that contract's reports.
+    refused_updates: HashMap<String, RefusedUpdate>,
     /// When log tails were last looked at for a refresh.
     logs_refreshed: Option<Instant>,
     /// Unix seconds; a function so tests can move time.
@@ -122,6 +137,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             journal,
             backoff: HashMap::new(),
             published: HashMap::new(),
+            refused_updates: HashMap::new(),
             logs_refreshed: None,
             clock: unix_now,
             summaries: tokio::sync::watch::channel(Vec::new()).0,
@@ -181,7 +197,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
     /// Start-up: remove orphans, bring every owned contract back (re-adopting what
     /// runs), then handle the notary's snapshot.
     pub async fn start(&mut self, existing: Vec<Record>) -> Result<(), EngineError> {
-        self.collect_orphans().await;
+        self.collect_orphans().await?;
         let ids: Vec<String> = self.journal.data().owned.keys().cloned().collect();
         for id in ids {
             if let Some(owned) = self.journal.owned(&id).cloned() {
@@ -197,24 +213,33 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         Ok(())
     }
 
-    /// Removes what exists on the machine but belongs to no owned contract, or is not
-    /// part of its owner's deployment any more.
-    async fn collect_orphans(&mut self) {
+    /// Deals with what exists on the machine but belongs to no journalled contract (or
+    /// is not part of its owner's deployment any more). Workloads and networks hold no
+    /// data: they are removed. A volume is removed only when its deletion was
+    /// authorised before (see [`JournalData::doomed`]); any other is quarantined: kept,
+    /// reported (a warning and the journal's `quarantined`), never handed to a contract.
+    ///
+    /// [`JournalData::doomed`]: crate::journal::JournalData::doomed
+    async fn collect_orphans(&mut self) -> Result<(), EngineError> {
         let inventory = match self.provisioner.inventory().await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list what exists; orphans stay for now");
-                return;
+                return Ok(());
             }
         };
+        let data = self.journal.data();
         let wanted = |kind: Kind, name: &str| -> bool {
             let Some(id) = names::owner(name) else {
                 return false;
             };
-            let Some(owned) = self.journal.owned(id) else {
-                return false;
-            };
-            resource_names(&owned.id, &owned.deployment, kind).contains(name)
+            if let Some(owned) = data.owned.get(id) {
+                return resource_names(&owned.id, &owned.deployment, kind).contains(name);
+            }
+            kind == Kind::Volume
+                && data.retired.get(id).is_some_and(|r| {
+                    resource_names(&r.owned.id, &r.owned.deployment, kind).contains(name)
+                })
         };
         let orphans: Vec<(Kind, String)> = inventory
             .workloads
@@ -225,12 +250,35 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             .filter(|(k, n)| !wanted(*k, n))
             .map(|(k, n)| (k, n.clone()))
             .collect();
+        let doomed = data.doomed.clone();
+        let mut quarantine = BTreeSet::new();
+        let mut deleted = BTreeSet::new();
         for (kind, name) in orphans {
+            if kind == Kind::Volume && !doomed.contains(&name) {
+                tracing::warn!(
+                    volume = %name,
+                    contract = names::owner(&name).unwrap_or(""),
+                    "unknown volume quarantined: kept, never deleted on sight nor handed to a contract"
+                );
+                quarantine.insert(name);
+                continue;
+            }
             tracing::info!(resource = %name, kind = ?kind, "removing orphan");
-            if let Err(e) = self.remove(kind, &name).await {
-                tracing::warn!(resource = %name, error = %e, "orphan not removed");
+            match self.remove(kind, &name).await {
+                Ok(()) if kind == Kind::Volume => {
+                    deleted.insert(name);
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(resource = %name, error = %e, "orphan not removed"),
             }
         }
+        self.journal.update(|j| {
+            j.quarantined.extend(quarantine);
+            j.quarantined.retain(|q| inventory.volumes.contains(q));
+            j.doomed
+                .retain(|d| inventory.volumes.contains(d) && !deleted.contains(d));
+        })?;
+        Ok(())
     }
 
     async fn remove(&self, kind: Kind, name: &str) -> Result<(), ProvisionError> {
@@ -254,28 +302,52 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         match parsed {
             Ok(ContractRecord::Contract(doc)) => {
                 if doc.contract.id != contract_id {
-                    let report = refused_report(
-                        &contract_id,
-                        Some(doc.contract.version),
-                        vec![ReasonReport {
-                            code: "malformed".into(),
-                            message: format!(
-                                "record key names contract {contract_id}, the document {}",
-                                doc.contract.id
-                            ),
-                        }],
-                    );
-                    return self.publish(report).await;
+                    let reasons = vec![ReasonReport {
+                        code: "malformed".into(),
+                        message: format!(
+                            "record key names contract {contract_id}, the document {}",
+                            doc.contract.id
+                        ),
+                    }];
+                    return self
+                        .refuse(&contract_id, Some(doc.contract.version), reasons)
+                        .await;
                 }
                 self.on_contract(&doc).await
             }
             Ok(ContractRecord::Cancellation(c)) => self.on_cancellation(&contract_id, &c).await,
             Err(e) => {
                 let reason = zos_contract::Reason::from(e);
-                self.publish(refused_report(&contract_id, None, vec![(&reason).into()]))
+                self.refuse(&contract_id, None, vec![(&reason).into()])
                     .await
             }
         }
+    }
+
+    /// Reports a refused record at contract key `id`. When the node runs a contract
+    /// of that id, what runs keeps running and keeps its status: the refusal rides
+    /// along with it ([`RefusedUpdate`]) instead of replacing it.
+    async fn refuse(
+        &mut self,
+        id: &str,
+        version: Option<u64>,
+        reasons: Vec<ReasonReport>,
+    ) -> Result<(), EngineError> {
+        let report = refused_report(id, version, reasons);
+        let codes: Vec<&str> = report.reasons.iter().map(|r| r.code.as_str()).collect();
+        tracing::warn!(contract = %id, version, reasons = ?codes, message = %report.message, "record refused");
+        if self.journal.owned(id).is_some() {
+            self.refused_updates.insert(
+                id.to_string(),
+                RefusedUpdate {
+                    version,
+                    message: report.message,
+                    reasons: report.reasons,
+                },
+            );
+            return self.report(id).await;
+        }
+        self.publish(report).await
     }
 
     async fn on_contract(&mut self, doc: &SignedContract) -> Result<(), EngineError> {
@@ -287,6 +359,21 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                 return Ok(());
             }
         }
+        // Who governs this id now: the contract that runs, or an expired one whose
+        // volumes wait out their grace period. A new version must be its update.
+        let governing: Option<Owned> = self.journal.owned(&id).cloned().or_else(|| {
+            self.journal
+                .data()
+                .retired
+                .get(&id)
+                .map(|r| r.owned.clone())
+        });
+        // Signatures of governing stakeholders the new document drops count for the
+        // update rule only; verification judges the document on its own terms.
+        let checked = match governing.as_ref().and_then(|g| g.signers.as_ref()) {
+            Some(signers) => zos_contract::update::for_verification(signers, doc),
+            None => doc.clone(),
+        };
         let blueprint = match &c.blueprint {
             BlueprintRef::Sha256(d) => self.blueprint(d).await,
             BlueprintRef::Embedded(_) => None,
@@ -303,49 +390,99 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                 trusted_authors: self.cfg.trusted_authors.as_ref(),
                 limits: self.cfg.limits,
             };
-            zos_contract::verify(doc, &ctx).into_result()
+            zos_contract::verify(&checked, &ctx).into_result()
         };
+        let mut reasons: Vec<ReasonReport> = Vec::new();
         let accepted = match verdict {
-            Ok(a) => a,
+            Ok(a) => Some(a),
             Err(refusal) => {
                 let replay_of_running = self.journal.owned(&id).is_some()
                     && refusal
                         .reasons
                         .iter()
                         .any(|r| matches!(r, zos_contract::Reason::Replay { .. }));
-                tracing::warn!(contract = %id, version = c.version, %refusal, "contract refused");
                 if replay_of_running {
                     // The running version's status stays; the replay is only logged.
+                    tracing::warn!(contract = %id, version = c.version, %refusal, "replay refused");
                     return Ok(());
                 }
-                let reasons = refusal.reasons.iter().map(ReasonReport::from).collect();
-                return self
-                    .publish(refused_report(&id, Some(c.version), reasons))
-                    .await;
+                reasons.extend(refusal.reasons.iter().map(ReasonReport::from));
+                None
             }
         };
-        // Admission: what the other contracts reserve, plus this one.
+        if let Some(g) = &governing {
+            match &g.signers {
+                Some(signers) => {
+                    if let Err(refusal) = check_update(signers, doc) {
+                        reasons.extend(refusal.reasons.iter().map(ReasonReport::from));
+                    }
+                }
+                None => reasons.push(ReasonReport {
+                    code: "update_signers_unknown".into(),
+                    message: format!(
+                        "version {} was journalled without its stakeholders: it takes no update; its owner cancels it and publishes again",
+                        g.version
+                    ),
+                }),
+            }
+        }
+        let tombstone = self.journal.data().tombstones.get(&id).and_then(|ts| {
+            ts.iter()
+                .find(|t| t.cancellation.owner == c.owner && t.cancellation.version >= c.version)
+        });
+        if let Some(t) = tombstone {
+            reasons.push(ReasonReport {
+                code: "cancelled".into(),
+                message: format!(
+                    "its owner cancelled it at version {}; version {} is not above that",
+                    t.cancellation.version, c.version
+                ),
+            });
+        }
+        if let Some(a) = &accepted {
+            for v in &a.deployment.volumes {
+                let name = names::of(&id, &v.name);
+                if self.journal.data().quarantined.contains(&name) {
+                    reasons.push(ReasonReport {
+                        code: "volume_quarantined".into(),
+                        message: format!(
+                            "volume {name} exists and holds data of an unknown owner: it is quarantined, never handed to a contract"
+                        ),
+                    });
+                }
+            }
+        }
+        let accepted = match accepted {
+            Some(a) if reasons.is_empty() => a,
+            _ => return self.refuse(&id, Some(c.version), reasons).await,
+        };
+        // Admission: what the other contracts reserve (and the volumes of expired
+        // ones in their grace period), plus this one.
+        let data = self.journal.data();
+        let kept: Vec<Deployment> = data
+            .retired
+            .values()
+            .filter(|r| r.owned.id != id)
+            .map(|r| Deployment {
+                networks: Vec::new(),
+                volumes: r.owned.deployment.volumes.clone(),
+                workloads: Vec::new(),
+            })
+            .collect();
         let used = capacity::used(
-            self.journal
-                .data()
-                .owned
+            data.owned
                 .values()
                 .filter(|o| o.id != id)
-                .map(|o| &o.deployment),
+                .map(|o| &o.deployment)
+                .chain(kept.iter()),
         );
         if let Err(over) =
             capacity::admit(self.cfg.capacity, used, Capacity::of(&accepted.deployment))
         {
-            tracing::warn!(contract = %id, %over, "contract refused");
             return self
-                .publish(refused_report(
-                    &id,
-                    Some(c.version),
-                    vec![over_reason(&over)],
-                ))
+                .refuse(&id, Some(c.version), vec![over_reason(&over)])
                 .await;
         }
-        let previous = self.journal.owned(&id).cloned();
         let owned = Owned {
             id: id.clone(),
             version: accepted.version,
@@ -354,16 +491,25 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             expires: c.expires,
             deployment: accepted.deployment.clone(),
             phase: Phase::Provisioning,
-            restarts: previous
+            restarts: governing
                 .as_ref()
                 .map(|p| p.restarts.clone())
                 .unwrap_or_default(),
+            signers: Some(Signers::from(c)),
         };
         self.journal.update(|j| {
             j.accepted
                 .insert(id.clone(), (accepted.version, accepted.digest));
             j.owned.insert(id.clone(), owned.clone());
+            j.retired.remove(&id);
+            if let Some(ts) = j.tombstones.get_mut(&id) {
+                ts.retain(|t| t.cancellation.version > accepted.version);
+                if ts.is_empty() {
+                    j.tombstones.remove(&id);
+                }
+            }
         })?;
+        self.refused_updates.remove(&id);
         tracing::info!(contract = %id, version = owned.version, "contract accepted");
         self.publish(StatusReport::new(
             &id,
@@ -372,7 +518,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             "verified and admitted; provisioning",
         ))
         .await?;
-        self.provision(&owned, previous.as_ref()).await
+        self.provision(&owned, governing.as_ref()).await
     }
 
     async fn blueprint(&self, digest: &Digest) -> Option<SignedBlueprint> {
@@ -389,18 +535,23 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         contract_id: &str,
         cancel: &SignedCancellation,
     ) -> Result<(), EngineError> {
-        let Some(owned) = self.journal.owned(contract_id).cloned() else {
-            // Nothing runs here for it; a cancellation cannot be checked against a
-            // contract this node never accepted, so it is only logged.
-            tracing::info!(contract = %contract_id, "cancellation of a contract this node does not run");
-            return Ok(());
+        let version = cancel.cancellation.version;
+        // The running contract, or an expired one whose volumes wait: its owner's
+        // cancellation removes everything it still has, volumes included.
+        let (target, running) = match (
+            self.journal.owned(contract_id),
+            self.journal.data().retired.get(contract_id),
+        ) {
+            (Some(o), _) => (o.clone(), true),
+            (None, Some(r)) => (r.owned.clone(), false),
+            (None, None) => return self.keep_tombstone(contract_id, cancel),
         };
-        if let Err(e) = verify_cancellation(cancel, &owned.id, &owned.owner, owned.version) {
-            tracing::warn!(contract = %contract_id, error = %e, "cancellation refused");
+        if let Err(e) = verify_cancellation(cancel, &target.id, &target.owner, target.version) {
+            tracing::warn!(contract = %contract_id, version, error = %e, "cancellation refused");
             return Ok(());
         }
-        tracing::info!(contract = %contract_id, "cancelled by its owner; tearing down");
-        self.teardown(&owned).await;
+        tracing::info!(contract = %contract_id, version, running, "cancelled by its owner; tearing down");
+        self.teardown(&target, true).await?;
         let marker = Digest::of(
             serde_json::to_string(&cancel.cancellation)
                 .unwrap_or_default()
@@ -408,18 +559,57 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         );
         self.journal.update(|j| {
             j.owned.remove(contract_id);
-            j.accepted.insert(
-                contract_id.to_string(),
-                (cancel.cancellation.version, marker),
-            );
+            j.retired.remove(contract_id);
+            j.accepted
+                .insert(contract_id.to_string(), (version, marker));
         })?;
+        self.refused_updates.remove(contract_id);
         self.publish(StatusReport::new(
             contract_id,
-            Some(cancel.cancellation.version),
+            Some(version),
             State::Cancelled,
             "cancelled by its owner; everything it had is removed",
         ))
         .await
+    }
+
+    /// A cancellation of a contract this node does not run: if its owner's signature
+    /// verifies, it is journalled as a tombstone, so that this owner's contract at a
+    /// version not above it is refused when it comes (see [`Self::on_contract`]).
+    fn keep_tombstone(
+        &mut self,
+        contract_id: &str,
+        cancel: &SignedCancellation,
+    ) -> Result<(), EngineError> {
+        let c = &cancel.cancellation;
+        if c.id != contract_id || cancel.check_signature().is_err() {
+            tracing::warn!(contract = %contract_id, version = c.version, "cancellation refused: not for this id, or its signature does not verify");
+            return Ok(());
+        }
+        if self
+            .journal
+            .data()
+            .accepted
+            .get(contract_id)
+            .is_some_and(|(v, _)| *v >= c.version)
+        {
+            tracing::info!(contract = %contract_id, version = c.version, "cancellation not above what this node accepted; ignored");
+            return Ok(());
+        }
+        tracing::info!(contract = %contract_id, version = c.version, owner = %c.owner, "cancellation of a contract this node does not run: kept as a tombstone");
+        self.journal.update(|j| {
+            let ts = j.tombstones.entry(contract_id.to_string()).or_default();
+            match ts.iter_mut().find(|t| t.cancellation.owner == c.owner) {
+                Some(t) if t.cancellation.version >= c.version => {}
+                Some(t) => *t = cancel.clone(),
+                None => ts.push(cancel.clone()),
+            }
+            // Bounded: anyone may sign a cancellation of any id with a key of theirs.
+            // The lowest versions go first.
+            ts.sort_by(|a, b| b.cancellation.version.cmp(&a.cancellation.version));
+            ts.truncate(MAX_TOMBSTONES);
+        })?;
+        Ok(())
     }
 
     /// Brings `owned` to its deployment: removes what `previous` (the version it
@@ -431,7 +621,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         previous: Option<&Owned>,
     ) -> Result<(), EngineError> {
         if let Some(prev) = previous {
-            self.remove_replaced(prev, owned).await;
+            self.remove_replaced(prev, owned).await?;
         }
         match self.ensure_all(owned).await {
             Ok(()) => {
@@ -441,8 +631,10 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             Err(e) => {
                 tracing::warn!(contract = %owned.id, error = %e, permanent = e.permanent, "provisioning failed");
                 if e.permanent {
-                    // Nothing half-made stays behind a contract that cannot run.
-                    self.teardown(owned).await;
+                    // Nothing that runs stays behind a contract that cannot run; its
+                    // volumes stay (they may hold the tenant's data): they go only on
+                    // its owner's cancellation or after its expiry's grace period.
+                    self.teardown(owned, false).await?;
                     self.set_phase(
                         &owned.id,
                         Phase::Failed {
@@ -453,6 +645,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                 let mut report =
                     StatusReport::new(&owned.id, Some(owned.version), State::Error, e.to_string());
                 report.workloads = self.workload_reports(owned).await;
+                report.refused_update = self.refused_updates.get(&owned.id).cloned();
                 self.publish(report).await
             }
         }
@@ -479,8 +672,10 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
 
     /// Removes, in reverse order, what `prev` has and `next` does not, and workloads
     /// whose spec changed (they are recreated by the ensure that follows). Volumes of
-    /// the same name are kept: their data outlives a version change.
-    async fn remove_replaced(&mut self, prev: &Owned, next: &Owned) {
+    /// the same name are kept: their data outlives a version change. A volume the new
+    /// version drops goes: the update is signed by the owner and the running version's
+    /// stakeholders ([`check_update`]).
+    async fn remove_replaced(&mut self, prev: &Owned, next: &Owned) -> Result<(), EngineError> {
         let same_workload = |w: &Workload| next.deployment.workloads.iter().any(|n| n == w);
         let changed_network = |name: &str| {
             let old = prev.deployment.networks.iter().find(|n| n.name == name);
@@ -502,20 +697,28 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         }
         for v in &prev.deployment.volumes {
             if !next.deployment.volumes.iter().any(|n| n.name == v.name) {
-                self.remove_logged(Kind::Volume, &names::of(&prev.id, &v.name))
-                    .await;
+                self.remove_volume_authorised(&names::of(&prev.id, &v.name))
+                    .await?;
             }
         }
+        Ok(())
     }
 
-    /// Removes everything `owned` has, workloads first.
-    async fn teardown(&mut self, owned: &Owned) {
-        for kind in [Kind::Workload, Kind::Network, Kind::Volume] {
+    /// Removes what `owned` has, workloads first; its volumes only with `volumes`
+    /// (an owner's cancellation, the end of an expiry's grace period).
+    async fn teardown(&mut self, owned: &Owned, volumes: bool) -> Result<(), EngineError> {
+        for kind in [Kind::Workload, Kind::Network] {
             for name in resource_names(&owned.id, &owned.deployment, kind) {
                 self.remove_logged(kind, &name).await;
                 self.backoff.remove(&name);
             }
         }
+        if volumes {
+            for name in resource_names(&owned.id, &owned.deployment, Kind::Volume) {
+                self.remove_volume_authorised(&name).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn remove_logged(&self, kind: Kind, name: &str) {
@@ -523,6 +726,19 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             // Left for the orphan collector of the next start.
             tracing::warn!(resource = %name, kind = ?kind, error = %e, "not removed");
         }
+    }
+
+    /// Removes a volume whose deletion its owner authorised; when that fails, the
+    /// journal says so and the next start's orphan collection removes it (instead of
+    /// quarantining it as unknown).
+    async fn remove_volume_authorised(&mut self, name: &str) -> Result<(), EngineError> {
+        if let Err(e) = self.provisioner.remove_volume(name).await {
+            tracing::warn!(volume = %name, error = %e, "volume not removed; removed at the next start");
+            self.journal.update(|j| {
+                j.doomed.insert(name.to_string());
+            })?;
+        }
+        Ok(())
     }
 
     fn set_phase(&mut self, id: &str, phase: Phase) -> Result<(), EngineError> {
@@ -534,23 +750,51 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         Ok(())
     }
 
-    /// One supervision pass: expiries, retries of transient failures, and restarts of
-    /// workloads that died (with backoff).
+    /// One supervision pass: expiries, the end of their grace periods, retries of
+    /// transient failures, and restarts of workloads that died (with backoff).
     pub async fn supervise(&mut self, now: Instant) -> Result<(), EngineError> {
         let wall = (self.clock)();
+        let over: Vec<Retired> = self
+            .journal
+            .data()
+            .retired
+            .values()
+            .filter(|r| wall >= r.volumes_until)
+            .cloned()
+            .collect();
+        for r in over {
+            tracing::info!(contract = %r.owned.id, "grace period after expiry over; deleting its volumes");
+            self.teardown(&r.owned, true).await?;
+            self.journal.update(|j| {
+                j.retired.remove(&r.owned.id);
+            })?;
+        }
         let owned: Vec<Owned> = self.journal.data().owned.values().cloned().collect();
         for o in owned {
-            if o.expires.is_some_and(|e| wall >= e) {
-                tracing::info!(contract = %o.id, "expired; tearing down");
-                self.teardown(&o).await;
+            if let Some(expires) = o.expires.filter(|e| wall >= *e) {
+                let until = wall
+                    .max(expires)
+                    .saturating_add(self.cfg.volume_grace.as_secs());
+                tracing::info!(contract = %o.id, volumes_until = until, "expired; stopping its workloads, keeping its volumes");
+                self.teardown(&o, false).await?;
                 self.journal.update(|j| {
                     j.owned.remove(&o.id);
+                    j.retired.insert(
+                        o.id.clone(),
+                        Retired {
+                            owned: o.clone(),
+                            volumes_until: until,
+                        },
+                    );
                 })?;
+                self.refused_updates.remove(&o.id);
                 self.publish(StatusReport::new(
                     &o.id,
                     Some(o.version),
                     State::Expired,
-                    "expired; everything it had is removed",
+                    format!(
+                        "expired; its workloads are stopped; its volumes are kept until {until} (unix seconds) unless its owner cancels it"
+                    ),
                 ))
                 .await?;
                 continue;
@@ -637,7 +881,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                 .map(|o| o.id.clone())
                 .collect();
             for id in running {
-                self.report_as(&id, Compare::WithLogs).await?;
+                self.report(&id).await?;
             }
         }
         Ok(())
@@ -696,12 +940,9 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         out
     }
 
-    /// Publishes the current status of an owned contract if it changed.
+    /// Publishes the current status of an owned contract if it changed (the local
+    /// summaries follow every call, log lines included).
     async fn report(&mut self, id: &str) -> Result<(), EngineError> {
-        self.report_as(id, Compare::WithoutLogs).await
-    }
-
-    async fn report_as(&mut self, id: &str, compare: Compare) -> Result<(), EngineError> {
         let Some(owned) = self.journal.owned(id).cloned() else {
             return Ok(());
         };
@@ -718,34 +959,24 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
         };
         let mut report = StatusReport::new(id, Some(owned.version), state, message);
         report.workloads = workloads;
-        self.publish_as(report, compare).await
+        report.refused_update = self.refused_updates.get(id).cloned();
+        self.publish(report).await
     }
 
-    async fn publish(&mut self, report: StatusReport) -> Result<(), EngineError> {
-        self.publish_as(report, Compare::WithoutLogs).await
-    }
-
-    /// Signs and publishes `report` unless it says what the last one said. Log tails
-    /// change all the time: they ride along with real changes, and count only on the
-    /// periodic refresh ([`EngineConfig::log_refresh`]).
-    async fn publish_as(
-        &mut self,
-        report: StatusReport,
-        compare: Compare,
-    ) -> Result<(), EngineError> {
+    /// Signs and publishes `report` unless it says what the last one said. The local
+    /// summaries get it whole; the notary gets no log tail: a workload's output is
+    /// its tenant's, and the notary is shared (the contract format has no opt-in for
+    /// publishing it yet; docs/engine.md).
+    async fn publish(&mut self, mut report: StatusReport) -> Result<(), EngineError> {
         self.summarize(&report);
-        let without_logs = |r: &StatusReport| {
-            let mut r = r.clone();
-            r.workloads.values_mut().for_each(|w| w.log_tail.clear());
-            r
-        };
+        report
+            .workloads
+            .values_mut()
+            .for_each(|w| w.log_tail.clear());
         let same = self
             .published
             .get(&report.contract)
-            .is_some_and(|last| match compare {
-                Compare::WithLogs => *last == report,
-                Compare::WithoutLogs => without_logs(last) == without_logs(&report),
-            });
+            .is_some_and(|last| *last == report);
         if same {
             return Ok(());
         }
@@ -821,13 +1052,6 @@ impl<P, N, S: JournalStore> Engine<P, N, S> {
             }
         });
     }
-}
-
-/// Whether a report whose log tails alone changed is a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compare {
-    WithLogs,
-    WithoutLogs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,13 +9,13 @@
 //! Storage is behind [`JournalStore`]: zosd keeps it in the node state home (replicated
 //! on every pool); [`FileJournal`] is one file, written temp + fsync + rename.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use zos_contract::{Deployment, Digest, PublicKey};
+use zos_contract::{Deployment, Digest, PublicKey, SignedCancellation, Signers};
 
 /// Where the journal's bytes live. Writes must be atomic: after a crash, `load`
 /// returns either the previous or the new bytes.
@@ -52,6 +52,23 @@ pub struct Owned {
     /// Restarts per workload (resource name), for the status record.
     #[serde(default)]
     pub restarts: BTreeMap<String, u32>,
+    /// The owner, stakeholders and threshold of this version: what an update must
+    /// satisfy ([`zos_contract::check_update`]). Absent in a journal written before
+    /// they were kept: such a contract takes no update (its owner cancels and
+    /// publishes again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signers: Option<Signers>,
+}
+
+/// An expired contract whose workloads and networks are gone and whose volumes wait
+/// out the grace period ([`crate::EngineConfig::volume_grace`]) for their owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retired {
+    /// The contract as it ran (its volumes, its owner and signers).
+    pub owned: Owned,
+    /// Unix seconds from which its volumes are deleted.
+    pub volumes_until: u64,
 }
 
 /// The journal's content.
@@ -66,6 +83,24 @@ pub struct JournalData {
     /// contract is gone.
     #[serde(default)]
     pub accepted: BTreeMap<String, (u64, Digest)>,
+    /// Expired contracts whose volumes are kept for the grace period, by id. Their id
+    /// is still theirs: only their owner's next version (or cancellation) touches it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired: BTreeMap<String, Retired>,
+    /// Owner-signed cancellations of contracts this node did not run (yet), by id, at
+    /// most one per owner (the highest version): a version of that owner's contract
+    /// that is not above it is refused (`cancelled`), so a notary cannot serve the
+    /// cancelled version later and get it deployed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tombstones: BTreeMap<String, Vec<SignedCancellation>>,
+    /// Volumes found on the machine that no journalled contract names: never deleted
+    /// on sight (they hold someone's data), never handed to a contract.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub quarantined: BTreeSet<String>,
+    /// Volumes whose deletion was authorised (an owner's cancellation, the end of a
+    /// grace period) but failed: the orphan collection of the next start removes them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub doomed: BTreeSet<String>,
 }
 
 /// Why the journal could not be read or written.

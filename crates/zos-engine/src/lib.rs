@@ -21,10 +21,10 @@ pub mod restart;
 pub mod status;
 
 pub use capacity::{Capacity, OverCapacity};
-pub use engine::{Engine, EngineConfig, EngineError};
-pub use journal::{FileJournal, Journal, JournalStore, Owned, Phase};
+pub use engine::{Engine, EngineConfig, EngineError, MAX_TOMBSTONES, VOLUME_GRACE};
+pub use journal::{FileJournal, Journal, JournalStore, Owned, Phase, Retired};
 pub use provision::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
     WorkloadStatus,
 };
-pub use status::{ContractSummary, State, StatusReport, WorkloadSummary};
+pub use status::{ContractSummary, RefusedUpdate, State, StatusReport, WorkloadSummary};

@@ -31,6 +31,29 @@ pub struct ReasonReport {
     pub message: String,
 }
 
+impl From<&zos_contract::UpdateReason> for ReasonReport {
+    fn from(r: &zos_contract::UpdateReason) -> Self {
+        ReasonReport {
+            code: r.code().to_string(),
+            message: r.to_string(),
+        }
+    }
+}
+
+/// A record at a running contract's key that the node refused (another owner's
+/// version, an update without the running version's signers, junk). It rides along
+/// with the running version's report, which it does not replace: what runs keeps
+/// running and keeps its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusedUpdate {
+    /// The refused document's version (absent when it had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    pub message: String,
+    pub reasons: Vec<ReasonReport>,
+}
+
 impl From<&zos_contract::Reason> for ReasonReport {
     fn from(r: &zos_contract::Reason) -> Self {
         ReasonReport {
@@ -69,6 +92,10 @@ pub struct StatusReport {
     pub reasons: Vec<ReasonReport>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub workloads: BTreeMap<String, WorkloadReport>,
+    /// The last record at this contract's key that was refused while this version
+    /// runs (see [`RefusedUpdate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_update: Option<RefusedUpdate>,
 }
 
 impl StatusReport {
@@ -85,6 +112,7 @@ impl StatusReport {
             message: message.into(),
             reasons: Vec::new(),
             workloads: BTreeMap::new(),
+            refused_update: None,
         }
     }
 }

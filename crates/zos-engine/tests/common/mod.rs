@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
+use std::time::Duration;
 use zos_contract::deployment::Volume;
 use zos_contract::{
     Blueprint, BlueprintRef, Cancellation, Contract, Limits, SecretKey, SignedCancellation,
@@ -16,7 +17,9 @@ use zos_engine::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
     WorkloadStatus,
 };
-use zos_notary::{NotaryKey, Record};
+
+use zos_engine::{Capacity, Engine, EngineConfig, FileJournal, Journal, StatusReport};
+use zos_notary::{AnyNotary, Notary, NotaryKey, Record};
 
 #[derive(Debug, Default)]
 pub struct FakeState {
@@ -173,6 +176,10 @@ pub struct Keys {
     pub owner: SecretKey,
     pub legal: SecretKey,
     pub node: SecretKey,
+    /// Another tenant (an attacker in the trust tests).
+    pub thief: SecretKey,
+    /// A second, optional stakeholder.
+    pub budget: SecretKey,
 }
 
 impl Keys {
@@ -182,6 +189,8 @@ impl Keys {
             owner: SecretKey::from_seed([2; 32]),
             legal: SecretKey::from_seed([3; 32]),
             node: SecretKey::from_seed([5; 32]),
+            thief: SecretKey::from_seed([9; 32]),
+            budget: SecretKey::from_seed([4; 32]),
         }
     }
 }
@@ -253,6 +262,84 @@ pub fn contract(
     doc
 }
 
+/// A contract for the node owned by `owner` with these stakeholders and threshold,
+/// signed by `signers` (each must be the owner or a stakeholder of this document).
+#[allow(clippy::too_many_arguments)]
+pub fn contract_by(
+    keys: &Keys,
+    owner: &SecretKey,
+    id: &str,
+    version: u64,
+    image: &str,
+    stakeholders: Vec<Stakeholder>,
+    threshold: u64,
+    signers: &[&SecretKey],
+) -> SignedContract {
+    let c = Contract {
+        id: id.into(),
+        version,
+        owner: owner.public(),
+        nodes: vec![keys.node.public()],
+        blueprint: BlueprintRef::Embedded(blueprint(keys, image)),
+        params: BTreeMap::from([("users".into(), json!(10))]),
+        stakeholders,
+        threshold,
+        not_before: None,
+        expires: Some(4_000_000_000),
+    };
+    let mut doc = SignedContract::new(c).unwrap();
+    for k in signers {
+        doc.sign(k).unwrap();
+    }
+    doc
+}
+
+/// `doc`'s contract changed by `edit`, signed again by `signers`.
+pub fn resign(
+    doc: &SignedContract,
+    edit: impl FnOnce(&mut Contract),
+    signers: &[&SecretKey],
+) -> SignedContract {
+    let mut c = doc.contract.clone();
+    edit(&mut c);
+    let mut doc = SignedContract::new(c).unwrap();
+    for k in signers {
+        doc.sign(k).unwrap();
+    }
+    doc
+}
+
+/// Adds `key`'s signature over `doc`'s digest whether or not the document names `key`
+/// (a stakeholder of the running version consenting to a document that drops it).
+pub fn cosign_anyway(doc: &mut SignedContract, key: &SecretKey) {
+    doc.signatures.retain(|s| s.signer != key.public());
+    doc.signatures.push(zos_contract::SignatureEntry {
+        signer: key.public(),
+        signature: key.sign(&doc.digest),
+    });
+}
+
+/// The notary record of `body` at contract `id` of the node, put by `author` (anyone
+/// may write a contract key).
+pub fn raw_record(keys: &Keys, author: &SecretKey, id: &str, body: Value) -> Record {
+    let key = NotaryKey::contract(&keys.node.public(), id).unwrap();
+    Record::sign(&key, body, author).unwrap()
+}
+
+/// `owner`'s signed cancellation of `id` at `version`, put by `owner`.
+pub fn cancellation_by(keys: &Keys, owner: &SecretKey, id: &str, version: u64) -> Record {
+    let c = SignedCancellation::sign(
+        Cancellation {
+            id: id.into(),
+            version,
+            owner: owner.public(),
+        },
+        owner,
+    )
+    .unwrap();
+    raw_record(keys, owner, id, serde_json::to_value(&c).unwrap())
+}
+
 /// The notary record carrying `doc` for the node, put by the owner.
 pub fn contract_record(keys: &Keys, doc: &SignedContract) -> Record {
     let key = NotaryKey::contract(&keys.node.public(), &doc.contract.id).unwrap();
@@ -271,4 +358,101 @@ pub fn cancellation_record(keys: &Keys, id: &str, version: u64) -> Record {
     .unwrap();
     let key = NotaryKey::contract(&keys.node.public(), id).unwrap();
     Record::sign(&key, serde_json::to_value(&c).unwrap(), &keys.owner).unwrap()
+}
+
+/// A node's world: the fake machine, a real `dir://` notary and a real file journal.
+pub struct World {
+    pub keys: Keys,
+    pub fake: Fake,
+    pub notary: AnyNotary,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("zt-engine-")
+            .tempdir()
+            .unwrap();
+        let notary =
+            zos_notary::open(&format!("dir://{}", dir.path().join("notary").display())).unwrap();
+        World {
+            keys: Keys::new(),
+            fake: Fake::default(),
+            notary,
+            dir,
+        }
+    }
+
+    pub fn config() -> EngineConfig {
+        EngineConfig {
+            capacity: Capacity {
+                cpu: 8,
+                memory_mib: 4096,
+                ssd_mib: 100_000,
+                hdd_mib: 0,
+            },
+            restart_min: Duration::from_millis(200),
+            restart_max: Duration::from_secs(2),
+            ..EngineConfig::default()
+        }
+    }
+
+    /// An engine over this world's journal: a fresh one stands for zosd restarting.
+    pub fn engine(&self) -> Engine<Fake, AnyNotary, FileJournal> {
+        let journal =
+            Journal::open(FileJournal::new(self.dir.path().join("journal.json"))).unwrap();
+        Engine::new(
+            Keys::new().node,
+            Self::config(),
+            self.fake.clone(),
+            self.notary.clone(),
+            journal,
+        )
+    }
+
+    pub async fn status(&self, id: &str) -> StatusReport {
+        let key = NotaryKey::status(&self.keys.node.public(), id).unwrap();
+        let record = self
+            .notary
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("a status record");
+        assert_eq!(record.author, self.keys.node.public(), "signed by the node");
+        serde_json::from_value(record.body).unwrap()
+    }
+
+    /// The status record's body as JSON (fields a typed read would not know of).
+    pub async fn status_json(&self, id: &str) -> Value {
+        let key = NotaryKey::status(&self.keys.node.public(), id).unwrap();
+        let record = self
+            .notary
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("a status record");
+        assert_eq!(record.author, self.keys.node.public(), "signed by the node");
+        record.body
+    }
+
+    /// The journal file as JSON.
+    pub fn journal_json(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.dir.path().join("journal.json")).unwrap())
+            .unwrap()
+    }
+
+    /// The calls the fake saw from index `mark` on.
+    pub fn calls_since(&self, mark: usize) -> Vec<String> {
+        self.fake.state().calls[mark..].to_vec()
+    }
+
+    pub fn mark(&self) -> usize {
+        self.fake.state().calls.len()
+    }
+
+    pub async fn no_status(&self, id: &str) {
+        let key = NotaryKey::status(&self.keys.node.public(), id).unwrap();
+        assert!(self.notary.get(&key).await.unwrap().is_none());
+    }
 }
