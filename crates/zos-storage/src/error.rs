@@ -62,6 +62,29 @@ pub enum Error {
     NoStateCopy,
     #[error("state key {key:?}: no valid copy among {copies} (corrupt or missing)")]
     StateUnreadable { key: String, copies: usize },
+    /// Copies exist but none is authenticated by this node's key (a planted disk, a
+    /// forged record): none is used.
+    #[error("state key {key:?}: copies not authenticated by this node's key: {}", paths(.copies))]
+    StateForged { key: String, copies: Vec<PathBuf> },
+    /// Write-once state (the identity) holds different values on different pools: a
+    /// foreign state home. Nothing is chosen and nothing is rewritten.
+    #[error("state key {key:?}: copies disagree (a foreign state home?): {}", paths(.copies))]
+    StateConflict { key: String, copies: Vec<PathBuf> },
+    /// A state write reached only some of the online pools: it does not count as done.
+    #[error(
+        "state key {key:?} generation {generation}: written to {written} pool(s) but not to: {}",
+        failures(.failed)
+    )]
+    StateIncomplete {
+        key: String,
+        generation: u64,
+        written: usize,
+        failed: Vec<(PathBuf, String)>,
+    },
+    /// The node created this volume and it is gone: its data is lost. Never recreated
+    /// empty (a permanent error).
+    #[error("volume lost: {name:?} was created on pool {pool} and its subvolume is gone")]
+    VolumeLost { name: String, pool: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -111,6 +134,20 @@ fn summaries(v: &[DiskSummary]) -> String {
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+fn paths(v: &[PathBuf]) -> String {
+    v.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn failures(v: &[(PathBuf, String)]) -> String {
+    v.iter()
+        .map(|(p, e)| format!("{} ({e})", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 pub use backend::{Backend, FsUsage, Kernel, QgroupUsage};
 pub use disk::{DiscoveryConfig, Disk, DiskSelection, DiskSummary, Signature, Verdict};
 pub use error::{Error, Result};
-pub use state::{StateHome, StateRead, StateWrite};
+pub use state::{mac_key_of, StateHome, StateRead, StateWrite, IDENTITY_KEY};
 pub use storage::{
     place, Pool, PoolCapacity, PoolInfo, PoolStatus, Storage, StorageConfig, Vdisk, Volume,
-    POOLS_KEY, VDISKS_DIR, VOLUMES_DIR,
+    POOLS_KEY, VDISKS_DIR, VOLUMES_DIR, VOLUMES_KEY,
 };
 
 /// Solid-state or spinning: placement keeps them apart.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, FsUsage, Kernel};
 use crate::disk::{self, DiscoveryConfig, Verdict};
 use crate::error::{Error, Result};
-use crate::state::{StateHome, STATE_DIR};
+use crate::state::{self, mac_key_of, CopyState, StateHome, IDENTITY_KEY, STATE_DIR};
 use crate::{check_name, PoolKind};
 
 /// Directory of volume subvolumes inside a pool.
@@ -21,6 +21,9 @@ pub const VOLUMES_DIR: &str = "volumes";
 pub const VDISKS_DIR: &str = "vdisks";
 /// State key of the pool registry (the pools this node has ever had).
 pub const POOLS_KEY: &str = "pools";
+/// State key of the volume registry: every volume this node created, by pool. A volume
+/// in it whose subvolume is gone is lost ([`Error::VolumeLost`]), never recreated empty.
+pub const VOLUMES_KEY: &str = "volumes";
 
 /// How storage is set up.
 #[derive(Debug, Clone)]
@@ -30,6 +33,10 @@ pub struct StorageConfig {
     pub pools_root: PathBuf,
     /// Kind per disk kernel name, overriding the rotational flag.
     pub kind_override: BTreeMap<String, PoolKind>,
+    /// The state home belongs to a node identity: its 32-byte seed ([`IDENTITY_KEY`])
+    /// is created on first open, and every other state record is authenticated by a key
+    /// derived from it. A pool whose identity copy differs is foreign.
+    pub node_identity: bool,
 }
 
 impl StorageConfig {
@@ -38,6 +45,7 @@ impl StorageConfig {
             discovery: DiscoveryConfig::default(),
             pools_root: pools_root.into(),
             kind_override: BTreeMap::new(),
+            node_identity: false,
         }
     }
 }
@@ -255,9 +263,106 @@ impl<B: Backend> Storage<B> {
                 status,
             });
         }
+        let seed = if cfg.node_identity {
+            let seed = resolve_identity(&mut pools)?;
+            // A foreign pool is not kept mounted: nothing of ours goes near it.
+            for p in pools
+                .iter()
+                .filter(|p| matches!(p.status, PoolStatus::Broken { .. }))
+            {
+                if backend.is_mounted(&p.mountpoint).unwrap_or(false) {
+                    if let Err(e) = backend.unmount(&p.mountpoint) {
+                        tracing::warn!(pool = %p.label, error = %e, "unmounting a refused pool");
+                    }
+                }
+            }
+            Some(seed)
+        } else {
+            None
+        };
         let storage = Self::with_pools(backend, cfg.pools_root.clone(), pools);
+        if let Some(seed) = seed {
+            storage.adopt_identity(seed)?;
+        }
         storage.reconcile_registry(prefix)?;
+        storage.reconcile_volumes()?;
         Ok(storage)
+    }
+
+    /// Stores the seed where it is missing (first boot, a new pool), sets its copies to
+    /// 0600, and authenticates the state home by it from now on.
+    fn adopt_identity(&self, seed: Option<[u8; 32]>) -> Result<()> {
+        let seed = match seed {
+            Some(s) => {
+                self.state.read(IDENTITY_KEY)?;
+                s
+            }
+            None => {
+                let mut s = [0u8; 32];
+                getrandom::fill(&mut s).map_err(|e| {
+                    Error::io(
+                        "getrandom",
+                        "identity",
+                        std::io::Error::other(e.to_string()),
+                    )
+                })?;
+                self.state.write(IDENTITY_KEY, &s)?;
+                tracing::info!("first open: node identity seed created");
+                s
+            }
+        };
+        self.state.set_mac_key(mac_key_of(&seed))
+    }
+
+    /// The registry of created volumes: seeded from the subvolumes there are when it
+    /// does not exist yet (a node from before the registry). Unreadable or forged: an
+    /// error (treating it as empty would turn lost volumes into new empty ones).
+    fn reconcile_volumes(&self) -> Result<()> {
+        if self.state.dirs().is_empty() || self.state.read(VOLUMES_KEY)?.is_some() {
+            return Ok(());
+        }
+        let reg: BTreeMap<String, String> = self
+            .volumes()?
+            .into_iter()
+            .map(|v| (v.name, v.pool))
+            .collect();
+        self.save_volume_registry(&reg)
+    }
+
+    fn volume_registry(&self) -> Result<BTreeMap<String, String>> {
+        match self.state.read(VOLUMES_KEY)? {
+            Some(r) => serde_json::from_slice(&r.data).map_err(|e| Error::Corrupt {
+                what: "volume registry".into(),
+                why: e.to_string(),
+            }),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    fn save_volume_registry(&self, reg: &BTreeMap<String, String>) -> Result<()> {
+        let bytes = serde_json::to_vec(reg).expect("strings serialise");
+        self.state.write(VOLUMES_KEY, &bytes).map(|_| ())
+    }
+
+    /// The error for a registered volume whose subvolume is not there: lost when its
+    /// pool is online, unavailable while its pool is not.
+    fn absent_volume(pools: &[Pool], name: &str, label: &str) -> Error {
+        if pools
+            .iter()
+            .any(|p| p.label == label && p.status == PoolStatus::Online)
+        {
+            tracing::error!(
+                volume = name,
+                pool = label,
+                "volume lost: its subvolume is gone"
+            );
+            Error::VolumeLost {
+                name: name.into(),
+                pool: label.into(),
+            }
+        } else {
+            Error::PoolOffline(label.into())
+        }
     }
 
     fn bring_up(
@@ -477,10 +582,19 @@ impl<B: Backend> Storage<B> {
                 pool: p.label,
             });
         }
+        let mut registry = self.volume_registry()?;
+        if let Some(label) = registry.get(name) {
+            return Err(Self::absent_volume(&pools, name, label));
+        }
         let pool = self.choose(&pools, kind, size)?;
         let path = pool.mountpoint.join(VOLUMES_DIR).join(name);
         self.backend.subvol_create(&path)?;
         if let Err(e) = self.backend.set_limit(&path, size) {
+            let _ = self.backend.subvol_delete(&path);
+            return Err(e);
+        }
+        registry.insert(name.to_string(), pool.label.clone());
+        if let Err(e) = self.save_volume_registry(&registry) {
             let _ = self.backend.subvol_delete(&path);
             return Err(e);
         }
@@ -508,9 +622,12 @@ impl<B: Backend> Storage<B> {
         check_name(name)?;
         check_size("volume", size)?;
         let pools = self.lock();
-        let (pool, path) = self
-            .find_in(&pools, VOLUMES_DIR, name)
-            .ok_or_else(|| not_found("volume", name))?;
+        let Some((pool, path)) = self.find_in(&pools, VOLUMES_DIR, name) else {
+            return Err(match self.volume_registry()?.get(name) {
+                Some(label) => Self::absent_volume(&pools, name, label),
+                None => not_found("volume", name),
+            });
+        };
         let current = self.backend.qgroup_usage(&path, false)?.limit.unwrap_or(0);
         if size > current {
             let (_, capacity, allocated) = self.pool_capacity(&pool)?;
@@ -529,16 +646,23 @@ impl<B: Backend> Storage<B> {
         self.volume_at(&pool, name, path, false)
     }
 
-    /// Delete a volume and its data. Returns false if it did not exist.
+    /// Delete a volume and its data, and its entry in the volume registry. Returns
+    /// false if there was no subvolume to delete.
     pub fn volume_remove(&self, name: &str) -> Result<bool> {
         check_name(name)?;
         let pools = self.lock();
-        let Some((pool, path)) = self.find_in(&pools, VOLUMES_DIR, name) else {
-            return Ok(false);
-        };
-        self.backend.subvol_delete(&path)?;
-        tracing::info!(volume = name, pool = %pool.label, "volume removed");
-        Ok(true)
+        let found = self.find_in(&pools, VOLUMES_DIR, name);
+        if let Some((pool, path)) = &found {
+            self.backend.subvol_delete(path)?;
+            tracing::info!(volume = name, pool = %pool.label, "volume removed");
+        }
+        if !self.state.dirs().is_empty() {
+            let mut registry = self.volume_registry()?;
+            if registry.remove(name).is_some() {
+                self.save_volume_registry(&registry)?;
+            }
+        }
+        Ok(found.is_some())
     }
 
     /// One volume with fresh usage numbers (commits the transaction first).
@@ -693,6 +817,83 @@ impl<B: Backend> Storage<B> {
         }
         first.map_or(Ok(()), Err)
     }
+}
+
+/// The node's identity seed from the online pools' copies; `None` when no pool has one
+/// (first open). Pools holding another seed are foreign: when exactly one seed is
+/// rooted (a pool holding it carries a pool registry authenticated by that seed and
+/// listing that pool) the others' pools become `Broken` and are neither read nor
+/// written; otherwise the state home is refused ([`Error::StateConflict`]).
+fn resolve_identity(pools: &mut [Pool]) -> Result<Option<[u8; 32]>> {
+    let mut held: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut corrupt = 0;
+    for (i, p) in pools.iter().enumerate() {
+        if p.status != PoolStatus::Online {
+            continue;
+        }
+        match state::read_copy(&p.mountpoint.join(STATE_DIR), IDENTITY_KEY, None) {
+            (_, Some(v)) => held.push((i, v)),
+            (CopyState::Missing, _) => {}
+            _ => corrupt += 1,
+        }
+    }
+    let mut seeds: Vec<&Vec<u8>> = held.iter().map(|(_, v)| v).collect();
+    seeds.sort();
+    seeds.dedup();
+    let seed_of = |v: &[u8]| -> Result<[u8; 32]> {
+        v.try_into().map_err(|_| Error::Corrupt {
+            what: "node identity".into(),
+            why: format!("{} bytes, not a 32-byte seed", v.len()),
+        })
+    };
+    let chosen = match seeds.as_slice() {
+        [] if corrupt > 0 => {
+            return Err(Error::StateUnreadable {
+                key: IDENTITY_KEY.into(),
+                copies: corrupt,
+            })
+        }
+        [] => return Ok(None),
+        [one] => seed_of(one)?,
+        several => {
+            let rooted: Vec<&Vec<u8>> = several
+                .iter()
+                .copied()
+                .filter(|seed| {
+                    let mac = mac_key_of(seed);
+                    held.iter().filter(|(_, v)| v == *seed).any(|(i, _)| {
+                        let p = &pools[*i];
+                        let dir = p.mountpoint.join(STATE_DIR);
+                        match state::read_copy(&dir, POOLS_KEY, Some(&mac)) {
+                            (_, Some(reg)) => serde_json::from_slice::<Vec<KnownPool>>(&reg)
+                                .is_ok_and(|known| known.iter().any(|k| k.label == p.label)),
+                            _ => false,
+                        }
+                    })
+                })
+                .collect();
+            let [one] = rooted.as_slice() else {
+                return Err(Error::StateConflict {
+                    key: IDENTITY_KEY.into(),
+                    copies: held
+                        .iter()
+                        .map(|(i, _)| pools[*i].mountpoint.join(STATE_DIR).join(IDENTITY_KEY))
+                        .collect(),
+                });
+            };
+            seed_of(one)?
+        }
+    };
+    for (i, v) in &held {
+        if v[..] != chosen[..] {
+            let p = &mut pools[*i];
+            tracing::error!(pool = %p.label, disk = ?p.disk, "foreign state home: refused");
+            p.status = PoolStatus::Broken {
+                reason: "foreign state home: its node identity is not this node's".into(),
+            };
+        }
+    }
+    Ok(Some(chosen))
 }
 
 fn not_found(kind: &'static str, name: &str) -> Error {
