@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-/// Prints the counted `SKIP:` line of a test that cannot run here.
+/// Prints the counted `SKIP:` line of a test that cannot run here, to the real stderr:
+/// libtest captures `println!`/`eprintln!` of a passing test, not a direct write.
 pub fn skip(test: &str, why: &str) {
-    println!("SKIP: {test}: {why}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {why}");
 }
 
 /// Whether `program` is installed in one of the system's bin directories.
@@ -148,6 +150,18 @@ impl Zos {
     /// A hello contract `id` for `node`, signed by `owner.key` (made if missing) and
     /// published to `url`.
     pub fn publish_hello(&self, id: &str, node: &str, users: u32, url: &str) -> anyhow::Result<()> {
+        self.publish_hello_version(id, node, users, 1, url)
+    }
+
+    /// [`Zos::publish_hello`] at `version` (an update when the node runs a lower one).
+    pub fn publish_hello_version(
+        &self,
+        id: &str,
+        node: &str,
+        users: u32,
+        version: u64,
+        url: &str,
+    ) -> anyhow::Result<()> {
         if !self.dir.join("owner.key").exists() {
             self.key("owner")?;
         }
@@ -168,6 +182,8 @@ impl Zos {
             "1d",
             "--id",
             id,
+            "--version",
+            &version.to_string(),
             "-o",
             &file,
         ])?;
@@ -178,6 +194,22 @@ impl Zos {
             &file,
             "--key",
             "owner.key",
+            "--notary",
+            url,
+        ])?;
+        Ok(())
+    }
+
+    /// The owner's signed cancellation of contract `id` on `node`, published to `url`.
+    pub fn cancel(&self, id: &str, node: &str, url: &str) -> anyhow::Result<()> {
+        self.run(&[
+            "contract",
+            "cancel",
+            id,
+            "--key",
+            "owner.key",
+            "--node",
+            node,
             "--notary",
             url,
         ])?;
