@@ -438,6 +438,19 @@ pub fn signed_contract(
     subnet: &str,
     workloads: Vec<Value>,
 ) -> SignedContract {
+    signed_contract_by(p, &p.owner, node, id, version, subnet, workloads)
+}
+
+/// [`signed_contract`] owned and signed by `owner` (another tenant, an attacker).
+pub fn signed_contract_by(
+    p: &People,
+    owner: &SecretKey,
+    node: PublicKey,
+    id: &str,
+    version: u64,
+    subnet: &str,
+    workloads: Vec<Value>,
+) -> SignedContract {
     let bp: Blueprint = serde_json::from_value(json!({
         "name": "busy",
         "version": "1.0.0",
@@ -453,7 +466,7 @@ pub fn signed_contract(
     let c = Contract {
         id: id.into(),
         version,
-        owner: p.owner.public(),
+        owner: owner.public(),
         nodes: vec![node],
         blueprint: BlueprintRef::Embedded(bp.to_value()),
         params: BTreeMap::new(),
@@ -463,8 +476,39 @@ pub fn signed_contract(
         expires: Some(4_000_000_000),
     };
     let mut doc = SignedContract::new(c).unwrap();
-    doc.sign(&p.owner).unwrap();
+    doc.sign(owner).unwrap();
     doc
+}
+
+/// A busybox container workload named `name` on network `net` with volume `data` at
+/// `/data`, running `script` under `/bin/sh -c`.
+pub fn shell_workload(
+    name: &str,
+    flist: &(String, String, String),
+    p: &People,
+    script: &str,
+) -> Value {
+    json!({
+        "name": name,
+        "kind": "container",
+        "flist": {
+            "url": flist.0,
+            "sha256": flist.1,
+            "stores": [flist.2],
+            "publishers": [p.publisher.public()]
+        },
+        "entrypoint": ["/bin/sh", "-c", script],
+        "cpu": 1,
+        "memory_mib": 64,
+        "network": "net",
+        "mounts": [{"volume": "data", "path": "/data"}]
+    })
+}
+
+/// The notary record carrying `doc`, put by `author` (anyone may write a contract key).
+pub fn record_by(author: &SecretKey, node: PublicKey, doc: &SignedContract) -> Record {
+    let key = NotaryKey::contract(&node, &doc.contract.id).unwrap();
+    Record::sign(&key, doc.to_value(), author).unwrap()
 }
 
 pub fn record(p: &People, node: PublicKey, doc: &SignedContract) -> Record {
