@@ -2,7 +2,7 @@
 //! `oci-spec`) in a bundle, run by youki's `libcontainer`.
 //!
 //! - [`spec`]: the workload and its mapping, with the security defaults.
-//! - [`seccomp`]: the default seccomp deny-list.
+//! - [`seccomp`]: the default seccomp allow-list.
 //! - [`runtime`]: the [`Runtime`] trait (create/start/kill/delete/state/adopt) and its real
 //!   implementation, [`Libcontainer`].
 //! - [`logs`]: size-bounded stdout/stderr logs and [`log_tail`].

@@ -1,17 +1,18 @@
 //! The typed workload the engine hands over, and its mapping to an OCI runtime spec.
 //!
 //! Everything security-relevant is decided here, not by the caller: no new privileges,
-//! a reduced capability set, the deny-list seccomp profile, masked and read-only /proc
-//! paths, new PID/IPC/UTS/mount/cgroup namespaces, and the network namespace given (or a
-//! new, empty one).
+//! a reduced capability set (no `CAP_MKNOD`), a device allow-list, the allow-list seccomp
+//! profile, masked and read-only /proc paths, new PID/IPC/UTS/mount/cgroup namespaces, and
+//! the network namespace given (or a new, empty one).
 
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::error::Error;
@@ -256,7 +257,7 @@ impl ContainerSpec {
         }
         namespaces.push(net.build()?);
 
-        let mut resources = LinuxResourcesBuilder::default();
+        let mut resources = LinuxResourcesBuilder::default().devices(device_rules()?);
         if let Some(limit) = self.memory_limit {
             resources =
                 resources.memory(LinuxMemoryBuilder::default().limit(limit as i64).build()?);
@@ -363,14 +364,15 @@ fn container_path(what: &str, p: &Path) -> Result<(), Error> {
 }
 
 /// Docker's default capability set minus `CAP_NET_RAW` (no raw sockets: no ARP/ICMP
-/// spoofing on the tenant bridge).
+/// spoofing on the tenant bridge), `CAP_MKNOD` (no device nodes: the pool's block device
+/// was one `mknod` away) and `CAP_AUDIT_WRITE` (the audit log is the node's, not the
+/// tenant's; nothing in a workload logs in).
 pub fn default_capabilities() -> Vec<Capability> {
     vec![
         Capability::Chown,
         Capability::DacOverride,
         Capability::Fsetid,
         Capability::Fowner,
-        Capability::Mknod,
         Capability::Setgid,
         Capability::Setuid,
         Capability::Setfcap,
@@ -378,8 +380,51 @@ pub fn default_capabilities() -> Vec<Capability> {
         Capability::NetBindService,
         Capability::SysChroot,
         Capability::Kill,
-        Capability::AuditWrite,
     ]
+}
+
+/// The character devices a container may read and write (`major`, `minor` or `None` for
+/// any minor, name): runc's default set without `/dev/console` (containers have no
+/// terminal) and without `/dev/net/tun`. Everything else, every block device in
+/// particular, is refused by the device cgroup (v1 `devices.deny`, v2 an eBPF program),
+/// even when a node for it exists (an flist can carry one).
+pub const ALLOWED_CHAR_DEVICES: &[(i64, Option<i64>, &str)] = &[
+    (1, Some(3), "null"),
+    (1, Some(5), "zero"),
+    (1, Some(7), "full"),
+    (1, Some(8), "random"),
+    (1, Some(9), "urandom"),
+    (5, Some(0), "tty"),
+    (5, Some(2), "ptmx"),
+    (136, None, "pts/*"),
+];
+
+/// `linux.resources.devices`: deny everything, then read/write (no `mknod`) on
+/// [`ALLOWED_CHAR_DEVICES`].
+///
+/// libcgroups 0.7 appends its own defaults after these rules, which we cannot switch off:
+/// `rwm` on the same character devices, `rwm` on `/dev/console` (5:1) and `/dev/net/tun`
+/// (10:200), and `m` (mknod) on every device. None of them opens a block device; mknod
+/// needs `CAP_MKNOD`, which no workload has, and a tun device does nothing without
+/// `CAP_NET_ADMIN`, which no workload has either.
+pub fn device_rules() -> Result<Vec<LinuxDeviceCgroup>, Error> {
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .typ(LinuxDeviceType::A)
+        .access("rwm")
+        .build()?];
+    for &(major, minor, _) in ALLOWED_CHAR_DEVICES {
+        let mut rule = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(major)
+            .access("rw");
+        if let Some(minor) = minor {
+            rule = rule.minor(minor);
+        }
+        rules.push(rule.build()?);
+    }
+    Ok(rules)
 }
 
 /// runc's default masked paths (bind-mounted over with /dev/null or an empty tmpfs).
@@ -526,7 +571,20 @@ mod tests {
             .unwrap()
             .iter()
             .any(|p| p == "/proc/kcore"));
-        assert_eq!(l["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert!(!caps.iter().any(|c| c == "CAP_MKNOD"));
+        assert!(!caps.iter().any(|c| c == "CAP_AUDIT_WRITE"));
+        assert_eq!(l["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let devices = l["resources"]["devices"].as_array().unwrap();
+        assert_eq!(
+            devices[0],
+            serde_json::json!({"allow": false, "type": "a", "access": "rwm"})
+        );
+        assert!(devices[1..]
+            .iter()
+            .all(|d| d["allow"] == true && d["type"] == "c" && d["access"] == "rw"));
+        assert!(devices
+            .iter()
+            .any(|d| d["major"] == 1 && d["minor"] == 3 && d["allow"] == true));
         let m = json["mounts"]
             .as_array()
             .unwrap()
