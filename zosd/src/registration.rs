@@ -39,7 +39,8 @@ pub struct Heartbeats(Option<tokio::task::JoinHandle<()>>);
 /// A node that may take contracts: its heartbeats run, and the farm it registered in (none
 /// without a configured farm) says which blueprint authors it trusts.
 pub struct Registered {
-    pub heartbeats: Heartbeats,
+    /// Held for its `Drop`: the heartbeats stop with the agent.
+    _heartbeats: Heartbeats,
     pub farm: Option<Farm>,
 }
 
@@ -106,7 +107,7 @@ pub async fn register(
     let Some(farm_id) = cfg.farm.clone() else {
         tracing::info!(%node, "no farm configured: the node does not register and sends no heartbeat");
         return Ok(Some(Registered {
-            heartbeats: Heartbeats(None),
+            _heartbeats: Heartbeats(None),
             farm: None,
         }));
     };
@@ -202,7 +203,7 @@ pub async fn register(
         Duration::from_secs(cfg.heartbeat_secs),
     ));
     Ok(Some(Registered {
-        heartbeats: Heartbeats(Some(task)),
+        _heartbeats: Heartbeats(Some(task)),
         farm: Some(farm),
     }))
 }
