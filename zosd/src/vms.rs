@@ -14,13 +14,18 @@
 //!   SMBIOS OEM strings;
 //! - a root disk of `disk_mib` (a zos-storage vdisk, `vda`), then one disk per mounted
 //!   volume (a NOCOW file inside the volume, so it lives and dies with the volume).
+//!
+//! Every one of those files is opened beneath its tree without following a link
+//! (zos-vm's `beneath`): a flist whose `/boot/vmlinux` is a symlink to a host file, or
+//! a `vm-disk.raw` a container planted as a link in its volume, is refused (a
+//! permanent error naming the file) and QEMU never sees the host file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zos_engine::{ProvisionError, WorkloadPlan, WorkloadState, WorkloadStatus};
 use zos_storage::{Backend, PoolKind, Storage};
-use zos_vm::{Boot, Disk, Hypervisor, Nic, VmSpec, VmState};
+use zos_vm::{Access, Boot, Disk, Hypervisor, Nic, TreeFile, VmSpec, VmState};
 
 /// Lines of console shown in a status record.
 const LOG_TAIL_LINES: usize = 20;
@@ -100,12 +105,8 @@ impl Vms {
 
         let root_size = w.disk_mib << 20;
         let mut disks = Vec::new();
-        let boot = if let Some(kernel) = ["boot/vmlinux", "boot/vmlinuz"]
-            .iter()
-            .map(|k| p.tree.join(k))
-            .find(|k| k.is_file())
-        {
-            let initrd = Some(p.tree.join("boot/initrd.img")).filter(|i| i.is_file());
+        let boot = if let Some(kernel) = self.kernel(p)? {
+            let initrd = self.tree_file(p, "boot/initrd.img")?.map(|(f, _)| f);
             let mut cmdline = format!("console=ttyS0 quiet panic=-1 {}", words.join(" "));
             if !w.entrypoint.is_empty() {
                 if let Some(bad) = w.entrypoint.iter().find(|a| !cmdline_safe(a)) {
@@ -126,9 +127,8 @@ impl Vms {
                 initrd,
                 cmdline,
             }
-        } else if p.tree.join("image.raw").is_file() {
-            let image = p.tree.join("image.raw");
-            disks.push(self.root_disk(name, &p.id, root_size, Some(&image))?);
+        } else if let Some((_, image)) = self.tree_file(p, "image.raw")? {
+            disks.push(self.root_disk(name, &p.id, root_size, Some(image))?);
             Boot::Disk {
                 config: words.join(" "),
             }
@@ -141,7 +141,7 @@ impl Vms {
         };
         for (source, _, read_only) in &p.plan.mounts {
             disks.push(Disk {
-                path: self.volume_disk(name, source)?,
+                file: self.volume_disk(name, source)?,
                 read_only: *read_only,
             });
         }
@@ -159,6 +159,34 @@ impl Vms {
         })
     }
 
+    /// `file` of the flist's tree, opened beneath it (no links, a regular file):
+    /// `None` when the flist has no such file; a permanent error when it is a link, a
+    /// device, a FIFO or a directory.
+    fn tree_file(
+        &self,
+        p: &VmPlan<'_>,
+        file: &str,
+    ) -> Result<Option<(TreeFile, std::fs::File)>, ProvisionError> {
+        let f = TreeFile::new(&p.tree, file);
+        match zos_vm::beneath::open(&f, Access::Read) {
+            Ok(opened) => Ok(Some((f, opened))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) if e.is_permanent() => Err(err(&p.plan.name, e).permanent()),
+            Err(e) => Err(err(&p.plan.name, e)),
+        }
+    }
+
+    /// The kernel: `/boot/vmlinux` (PVH) if the flist has one, else `/boot/vmlinuz`.
+    /// A `/boot/vmlinux` that is not a regular file is refused, not skipped.
+    fn kernel(&self, p: &VmPlan<'_>) -> Result<Option<TreeFile>, ProvisionError> {
+        for k in ["boot/vmlinux", "boot/vmlinuz"] {
+            if let Some((f, _)) = self.tree_file(p, k)? {
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
     /// The root vdisk, created on first start; from `image` (copied, reflinked when
     /// the pool can) when the flist boots from a disk image.
     fn root_disk(
@@ -166,7 +194,7 @@ impl Vms {
         name: &str,
         vdisk: &str,
         size: u64,
-        image: Option<&Path>,
+        image: Option<std::fs::File>,
     ) -> Result<Disk, ProvisionError> {
         let fresh = self
             .storage
@@ -175,8 +203,8 @@ impl Vms {
             .iter()
             .all(|v| v.name != vdisk);
         let mut size = size;
-        if let Some(image) = image {
-            let len = std::fs::metadata(image).map_err(|e| err(name, e))?.len();
+        if let Some(image) = &image {
+            let len = image.metadata().map_err(|e| err(name, e))?.len();
             if size < len {
                 size = len;
             }
@@ -188,21 +216,29 @@ impl Vms {
             .storage
             .vdisk_ensure(vdisk, size, PoolKind::Ssd)
             .map_err(|e| err(name, e))?;
+        let file = TreeFile::of(&disk.path)
+            .ok_or_else(|| err(name, format!("vdisk path {}", disk.path.display())))?;
         if fresh {
             if let Some(image) = image {
-                zos_vm::copy_image(image, &disk.path)
+                let to =
+                    zos_vm::beneath::open(&file, Access::ReadWrite).map_err(|e| err(name, e))?;
+                zos_vm::copy_image(&image, &to)
                     .map_err(|e| err(name, format!("copying /image.raw: {e}")))?;
             }
         }
         Ok(Disk {
-            path: disk.path,
+            file,
             read_only: false,
         })
     }
 
     /// The disk file inside a volume (see the module docs), sized a little under the
     /// volume's quota so the guest can fill it without hitting the quota mid-write.
-    fn volume_disk(&self, name: &str, volume_dir: &Path) -> Result<PathBuf, ProvisionError> {
+    /// The file is opened beneath the volume, never through a link: a container of
+    /// the contract can write into its volume, so `vm-disk.raw` may be anything it
+    /// planted there (a symlink to `/dev/loop0` or to another tenant's file, a FIFO, a
+    /// hard link): only a regular file with one link is used, else a permanent error.
+    fn volume_disk(&self, name: &str, volume_dir: &Path) -> Result<TreeFile, ProvisionError> {
         let volume = self
             .storage
             .volumes()
@@ -210,12 +246,19 @@ impl Vms {
             .into_iter()
             .find(|v| v.path == volume_dir)
             .ok_or_else(|| err(name, format!("no volume at {}", volume_dir.display())))?;
-        let path = volume_dir.join(VOLUME_DISK);
-        if !path.exists() {
+        let tree = TreeFile::new(volume_dir, VOLUME_DISK);
+        let path = tree.display_path();
+        let (file, created) = zos_vm::beneath::open_or_create(&tree).map_err(|e| {
+            if e.is_permanent() {
+                err(name, e).permanent()
+            } else {
+                err(name, e)
+            }
+        })?;
+        if created {
             let size = (volume.size - volume.size / 32).saturating_sub(1 << 20) & !((1 << 20) - 1);
             // NOCOW before the first byte, as zos-storage makes its vdisks: a disk
             // image rewritten in place must not fragment into copy-on-write extents.
-            let file = std::fs::File::create_new(&path).map_err(|e| err(name, e))?;
             self.storage
                 .backend()
                 .set_nocow(&file, &path)
@@ -224,7 +267,7 @@ impl Vms {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| err(name, e))?;
         }
-        Ok(path)
+        Ok(tree)
     }
 
     fn tail(&self, id: &str) -> Vec<String> {

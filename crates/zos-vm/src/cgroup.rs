@@ -1,6 +1,11 @@
 //! The QEMU process's cgroup, through youki's libcgroups (the v1 manager on hosts like
 //! this one, v2 in our boot image): guest memory plus QEMU's own overhead, the vCPUs
-//! plus half a CPU for QEMU's I/O thread, and a task limit.
+//! plus half a CPU for QEMU's I/O thread, and a task limit; and its devices: every
+//! block device denied, only the character devices QEMU uses allowed (`/dev/kvm` when
+//! it runs under KVM; libcgroups adds null, zero, full, random, urandom, tty, tun).
+//! On cgroup v2 the device rules need libcgroups' `cgroupsv2_devices` (eBPF), which
+//! this build leaves out: there QEMU's private `/dev` and its lack of privilege to make
+//! device nodes are the device confinement.
 
 use std::path::PathBuf;
 
@@ -9,7 +14,8 @@ use libcgroups::common::{
 };
 use nix::unistd::Pid;
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 
 use crate::error::{Error, Result};
@@ -24,6 +30,8 @@ const PIDS_LIMIT: i64 = 256;
 pub struct Limits {
     pub memory_bytes: i64,
     pub vcpus: u32,
+    /// `/dev/kvm` is allowed.
+    pub kvm: bool,
 }
 
 fn err(name: &str) -> impl FnOnce(String) -> Error + '_ {
@@ -57,7 +65,28 @@ pub fn resources(limits: Limits) -> Result<LinuxResources, oci_spec::OciSpecErro
                 .build()?,
         )
         .pids(LinuxPidsBuilder::default().limit(PIDS_LIMIT).build()?)
+        .devices(devices(limits.kvm)?)
         .build()
+}
+
+/// Deny everything, then allow `/dev/kvm` if used (libcgroups appends its defaults).
+fn devices(kvm: bool) -> Result<Vec<oci_spec::runtime::LinuxDeviceCgroup>, oci_spec::OciSpecError> {
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?];
+    if kvm {
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::C)
+                .major(crate::confine::KVM.0 as i64)
+                .minor(crate::confine::KVM.1 as i64)
+                .access("rwm")
+                .build()?,
+        );
+    }
+    Ok(rules)
 }
 
 /// Moves `pid` (all its threads) into `/<parent>/<name>` and applies `limits`.

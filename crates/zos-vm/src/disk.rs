@@ -1,20 +1,29 @@
-//! Disk images onto vdisks.
+//! Disk images onto vdisks, and files copied from a verified descriptor.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 
-/// Copies `src` to the start of the existing file `dst`, which keeps its size (the
-/// vdisk is the disk; the image may be smaller): a reflink (FICLONE) when both are on
-/// the same btrfs and the kernel accepts the range, else a byte copy.
-pub fn copy_image(src: &Path, dst: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut from = std::fs::File::open(src)?;
-    let mut to = std::fs::OpenOptions::new().write(true).open(dst)?;
-    let size = to.metadata()?.len();
+/// Copies all of `from` to the start of `to`: a reflink (FICLONE) when both are on
+/// the same btrfs and the kernel accepts the range, else a byte copy. Both are open
+/// files (opened beneath their trees by the caller): no path is followed here.
+pub(crate) fn copy_fd(from: &File, to: &File) -> std::io::Result<()> {
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
     let cloned = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0;
     if !cloned {
+        let (mut from, mut to) = (from, to);
+        from.seek(SeekFrom::Start(0))?;
+        to.seek(SeekFrom::Start(0))?;
         std::io::copy(&mut from, &mut to)?;
     }
+    Ok(())
+}
+
+/// Copies the image `from` to the start of the vdisk `to`, which keeps its size (the
+/// vdisk is the disk; the image may be smaller). See [`copy_fd`].
+pub fn copy_image(from: &File, to: &File) -> std::io::Result<()> {
+    let size = to.metadata()?.len();
+    copy_fd(from, to)?;
     if to.metadata()?.len() < size {
         to.set_len(size)?;
     }
@@ -32,7 +41,9 @@ mod tests {
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
-        super::copy_image(&src, &dst).unwrap();
+        let from = std::fs::File::open(&src).unwrap();
+        let to = std::fs::OpenOptions::new().write(true).open(&dst).unwrap();
+        super::copy_image(&from, &to).unwrap();
         let got = std::fs::read(&dst).unwrap();
         assert!(got.starts_with(b"a boot sector and more"));
         assert_eq!(got.len(), 1 << 20, "the vdisk keeps its size");

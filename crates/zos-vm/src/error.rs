@@ -21,6 +21,13 @@ pub enum Error {
     Stuck { pid: i32, seconds: u64 },
     #[error("QMP {command}: {message}")]
     Qmp { command: String, message: String },
+    /// A file the VM would get is not a plain regular file inside its tree (a link, a
+    /// device, a FIFO, a path out of the tree): a retry cannot help.
+    #[error("refusing {} for a VM: {reason}", path.display())]
+    Refused { path: PathBuf, reason: String },
+    /// The VM's confinement (mount view, user, namespaces) could not be set up.
+    #[error("confining QEMU: {0}")]
+    Confine(String),
     #[error("cgroup for {name}: {message}")]
     Cgroup { name: String, message: String },
 }
@@ -36,7 +43,14 @@ impl Error {
 
     /// True when starting again cannot help: the contract's VM is wrong, not the node.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::InvalidSpec(_))
+        matches!(self, Error::InvalidSpec(_) | Error::Refused { .. })
+    }
+}
+
+impl Error {
+    /// True for an [`Error::Io`] whose cause is a missing file.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 }
 

@@ -8,7 +8,9 @@
 //! the QEMU process in a cgroup of its own ([`cgroup`]).
 
 pub mod accel;
+pub mod beneath;
 pub mod cgroup;
+mod confine;
 pub mod console;
 mod disk;
 mod error;
@@ -17,6 +19,7 @@ pub mod qmp;
 mod spec;
 
 pub use accel::{Accel, AccelChoice};
+pub use beneath::{Access, TreeFile};
 pub use disk::copy_image;
 pub use error::{Error, Result};
 pub use qemu::{Qemu, QemuConfig};

@@ -6,9 +6,18 @@
 //! its pidfile, checks that the process is that VM's QEMU (its command line names the
 //! pidfile), and never starts it twice. QEMU starts paused (`-S`), is moved into its
 //! cgroup, then resumed over QMP, so the guest never runs outside its limits.
+//!
+//! QEMU is confined ([`crate::confine`]): it runs as a uid and gid of its own (one per
+//! VM, from [`QemuConfig::uid_base`]), under its seccomp filter (`-sandbox`), in a
+//! mount view that holds only `/usr`, a few devices and its run directory, and in a
+//! device cgroup that denies every block device. It opens none of the VM's files by
+//! itself: zosd opens the disks beneath their trees (no links) and passes the
+//! descriptors (`-add-fd`, `/dev/fdset/N`), as it does the tap and the QMP listener;
+//! the kernel and initrd are copied from their verified descriptors into the run
+//! directory, which QEMU can read but not change.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,7 +25,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::accel::{self, Accel, AccelChoice};
+use crate::beneath::{self, Access};
 use crate::cgroup::{self, Limits};
+use crate::confine::{self, Confinement};
 use crate::console;
 use crate::error::{Error, Result};
 use crate::qmp::Qmp;
@@ -43,7 +54,17 @@ pub struct QemuConfig {
     pub cgroup_parent: String,
     /// How long a guest has to power off after an ACPI power-button press.
     pub stop_grace: Duration,
+    /// Each VM's QEMU runs as its own uid (and gid) `uid_base + n`, n below
+    /// `uid_count`, kept in its run directory for its life: two QEMUs never share a
+    /// uid, so one cannot signal or trace another.
+    pub uid_base: u32,
+    pub uid_count: u32,
 }
+
+/// The seccomp filter QEMU installs on itself. `spawn=deny` and
+/// `elevateprivileges=deny` would end QEMU 7.2 at `-daemonize` (its fork and setsid
+/// come after the filter); QEMU runs unprivileged from exec instead.
+pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
 
 impl QemuConfig {
     pub fn under(root: impl Into<PathBuf>) -> QemuConfig {
@@ -56,6 +77,8 @@ impl QemuConfig {
             overhead_mib: 256,
             cgroup_parent: "zos-vm".into(),
             stop_grace: Duration::from_secs(3),
+            uid_base: 400_000,
+            uid_count: 65_536,
         }
     }
 }
@@ -64,6 +87,8 @@ pub struct Qemu {
     cfg: QemuConfig,
     /// The accelerator once decided (probing boots a VM: once per host boot).
     accel: Mutex<Option<Accel>>,
+    /// Held while a VM's uid is chosen.
+    uids: Mutex<()>,
 }
 
 /// The files of one VM.
@@ -87,6 +112,28 @@ impl RunDir {
     fn accel(&self) -> PathBuf {
         self.dir.join("accel")
     }
+    /// The kernel and initrd, copied from the verified files.
+    fn kernel(&self) -> PathBuf {
+        self.dir.join("kernel")
+    }
+    fn initrd(&self) -> PathBuf {
+        self.dir.join("initrd")
+    }
+    /// The VM's uid (a number, written by zosd).
+    fn uid(&self) -> PathBuf {
+        self.dir.join("uid")
+    }
+    /// An empty directory: the mount point of QEMU's view, in its namespace only.
+    fn view(&self) -> PathBuf {
+        self.dir.join("view")
+    }
+}
+
+/// The descriptors QEMU gets.
+struct Fds {
+    qmp: RawFd,
+    tap: Option<RawFd>,
+    disks: Vec<RawFd>,
 }
 
 impl Qemu {
@@ -104,6 +151,7 @@ impl Qemu {
         Ok(Qemu {
             cfg,
             accel: Mutex::new(accel),
+            uids: Mutex::new(()),
         })
     }
 
@@ -117,18 +165,18 @@ impl Qemu {
         }
     }
 
-    /// The accelerator for `spec`, probing with its kernel on first use.
-    fn accel_for(&self, spec: &VmSpec) -> Accel {
+    /// The accelerator for `spec`, probing with its kernel (the verified copy in its
+    /// run directory) on first use.
+    fn accel_for(&self, spec: &VmSpec, run: &RunDir) -> Accel {
         let mut decided = self.accel.lock().expect("not poisoned");
         if let Some(a) = *decided {
             return a;
         }
-        let kernel = match &spec.boot {
-            Boot::Kernel { kernel, .. } => kernel,
+        if !matches!(spec.boot, Boot::Kernel { .. }) {
             // Nothing to probe with: no decision yet, this VM runs under TCG.
-            Boot::Disk { .. } => return Accel::Tcg,
-        };
-        let probe = accel::probe(&self.cfg.binary, kernel, self.cfg.probe_timeout);
+            return Accel::Tcg;
+        }
+        let probe = accel::probe(&self.cfg.binary, &run.kernel(), self.cfg.probe_timeout);
         tracing::info!(accel = %probe.accel, reason = %probe.reason, "VM accelerator decided");
         accel::remember(&self.cfg.root.join("accel"), probe.accel);
         *decided = Some(probe.accel);
@@ -177,29 +225,69 @@ impl Qemu {
         }
     }
 
-    fn limits(&self, spec: &VmSpec) -> Limits {
+    fn limits(&self, spec: &VmSpec, accel: Accel) -> Limits {
         Limits {
             memory_bytes: ((spec.memory_mib + self.cfg.overhead_mib) << 20) as i64,
             vcpus: spec.vcpus,
+            kvm: accel == Accel::Kvm,
         }
+    }
+
+    /// The VM's own uid: the one in its run directory, else the lowest free one.
+    fn vm_uid(&self, run: &RunDir) -> Result<u32> {
+        let _held = self.uids.lock().expect("not poisoned");
+        let range = self.cfg.uid_base..self.cfg.uid_base.saturating_add(self.cfg.uid_count);
+        let read = |p: &Path| -> Option<u32> {
+            std::fs::read_to_string(p)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+                .filter(|u| range.contains(u))
+        };
+        if let Some(uid) = read(&run.uid()) {
+            return Ok(uid);
+        }
+        let taken: std::collections::BTreeSet<u32> = std::fs::read_dir(&self.cfg.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| read(&e.path().join("uid")))
+            .collect();
+        let uid = range
+            .clone()
+            .find(|u| !taken.contains(u))
+            .ok_or_else(|| Error::Confine("every VM uid is taken".into()))?;
+        std::fs::write(run.uid(), format!("{uid}\n")).map_err(Error::io("writing", run.uid()))?;
+        Ok(uid)
     }
 }
 
+/// Copies a verified file (opened beneath its tree) to `to` in the run directory:
+/// root's, readable by QEMU, never written through a link.
+fn copy_verified(from: &std::fs::File, to: &Path) -> Result<()> {
+    let file = confine::owned_file(to, false, 0, 0, 0o644)?;
+    crate::disk::copy_fd(from, &file).map_err(Error::io("copying to", to))
+}
+
 /// QEMU's command line for `spec` (no shell: each element is one argument).
-fn args(spec: &VmSpec, accel: Accel, run: &RunDir) -> Vec<String> {
+fn args(spec: &VmSpec, accel: Accel, run: &RunDir, fds: &Fds) -> Vec<String> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &spec.name]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-sandbox", SANDBOX]);
     // Daemonized, paused until it is in its cgroup; a guest reboot or panic ends
     // QEMU, and the engine restarts the workload with backoff.
     push(&["-daemonize", "-S", "-no-reboot"]);
     push(&["-pidfile", &path(&run.pidfile())]);
+    // QMP on the listening socket zosd bound at `qmp.sock` (QEMU cannot write there).
     push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", path(&run.qmp())),
+        "-chardev",
+        &format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp),
     ]);
+    push(&["-mon", "chardev=qmp,mode=control"]);
     push(&[
         "-chardev",
         &format!("file,id=console,path={},append=on", path(&run.console())),
@@ -214,14 +302,12 @@ fn args(spec: &VmSpec, accel: Accel, run: &RunDir) -> Vec<String> {
     }
     let bus = match &spec.boot {
         Boot::Kernel {
-            kernel,
-            initrd,
-            cmdline,
+            initrd, cmdline, ..
         } => {
             push(&["-M", "microvm,acpi=on"]);
-            push(&["-kernel", &path(kernel)]);
-            if let Some(initrd) = initrd {
-                push(&["-initrd", &path(initrd)]);
+            push(&["-kernel", &path(&run.kernel())]);
+            if initrd.is_some() {
+                push(&["-initrd", &path(&run.initrd())]);
             }
             let mut cmdline = cmdline.clone();
             if accel == Accel::Tcg {
@@ -237,13 +323,16 @@ fn args(spec: &VmSpec, accel: Accel, run: &RunDir) -> Vec<String> {
             "pci"
         }
     };
-    for (i, d) in spec.disks.iter().enumerate() {
+    for (i, (d, fd)) in spec.disks.iter().zip(&fds.disks).enumerate() {
         let ro = if d.read_only { ",readonly=on" } else { "" };
+        // The opened file, in fd set i+1; auto-read-only=off: QEMU opens it once, with
+        // the access mode of the descriptor it has.
+        let set = i + 1;
+        push(&["-add-fd", &format!("fd={fd},set={set}")]);
         push(&[
             "-drive",
             &format!(
-                "id=disk{i},file={},format=raw,if=none,discard=unmap{ro}",
-                path(&d.path)
+                "id=disk{i},file=/dev/fdset/{set},format=raw,if=none,discard=unmap,auto-read-only=off{ro}"
             ),
         ]);
         let boot = if i == 0 && bus == "pci" {
@@ -253,11 +342,8 @@ fn args(spec: &VmSpec, accel: Accel, run: &RunDir) -> Vec<String> {
         };
         push(&["-device", &format!("virtio-blk-{bus},drive=disk{i}{boot}")]);
     }
-    if let Some(nic) = &spec.nic {
-        push(&[
-            "-netdev",
-            &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap),
-        ]);
+    if let (Some(nic), Some(tap)) = (&spec.nic, fds.tap) {
+        push(&["-netdev", &format!("tap,id=net0,fd={tap}")]);
         push(&[
             "-device",
             &format!("virtio-net-{bus},netdev=net0,mac={}", nic.mac_string()),
@@ -284,11 +370,40 @@ impl Hypervisor for Qemu {
                 accel: self.accel_of(&spec.name).unwrap_or(Accel::Tcg),
             });
         }
+        // Every file of the VM, opened beneath its tree before anything is written: a
+        // link, a device or a FIFO is refused here and nothing of the VM exists.
+        let (kernel, initrd) = match &spec.boot {
+            Boot::Kernel { kernel, initrd, .. } => (
+                Some(beneath::open(kernel, Access::Read)?),
+                initrd
+                    .as_ref()
+                    .map(|i| beneath::open(i, Access::Read))
+                    .transpose()?,
+            ),
+            Boot::Disk { .. } => (None, None),
+        };
+        let disks = spec
+            .disks
+            .iter()
+            .map(|d| {
+                let access = if d.read_only {
+                    Access::Read
+                } else {
+                    Access::ReadWrite
+                };
+                beneath::open(&d.file, access)
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        // The run directory is root's: QEMU may read it (x for its uid) but not change
+        // it; only its console and pidfile are its own.
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(&run.dir)
             .map_err(Error::io("creating", &run.dir))?;
+        std::fs::set_permissions(&run.dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(Error::io("chmod", &run.dir))?;
         for stale in [run.pidfile(), run.qmp()] {
             match std::fs::remove_file(&stale) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -299,40 +414,71 @@ impl Hypervisor for Qemu {
         }
         let json = serde_json::to_vec_pretty(spec).expect("a spec serializes");
         std::fs::write(run.spec(), json).map_err(Error::io("writing", run.spec()))?;
-        let accel = self.accel_for(spec);
+        if let Some(k) = &kernel {
+            copy_verified(k, &run.kernel())?;
+        }
+        if let Some(i) = &initrd {
+            copy_verified(i, &run.initrd())?;
+        }
+        let uid = self.vm_uid(&run)?;
+        confine::owned_file(&run.console(), true, uid, uid, 0o600)?;
+        confine::owned_file(&run.pidfile(), false, uid, uid, 0o644)?;
+        match std::fs::create_dir(run.view()) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::io("creating", run.view())(e))
+            }
+            _ => {}
+        }
+        let qmp = std::os::unix::net::UnixListener::bind(run.qmp())
+            .map_err(Error::io("binding", run.qmp()))?;
+        let tap = match &spec.nic {
+            Some(nic) => Some(confine::open_tap(spec.netns.as_deref(), &nic.tap)?),
+            None => None,
+        };
+        let accel = self.accel_for(spec, &run);
         std::fs::write(run.accel(), accel.to_string())
             .map_err(Error::io("writing", run.accel()))?;
 
-        let mut cmd = Command::new(&self.cfg.binary);
-        cmd.args(args(spec, accel, &run))
+        let fds = Fds {
+            qmp: qmp.as_raw_fd(),
+            tap: tap.as_ref().map(|t| t.as_raw_fd()),
+            disks: disks.iter().map(|d| d.as_raw_fd()).collect(),
+        };
+        let binary = confine::resolve_binary(&self.cfg.binary)?;
+        let mut view = Confinement::new(&run.view(), uid, uid, spec.netns.as_deref())?;
+        if !binary.starts_with("/usr/") {
+            if let Some(dir) = binary.parent() {
+                view.bind(dir, false, true)?;
+            }
+        }
+        view.bind(&run.dir, true, false)?;
+        if accel == Accel::Kvm {
+            view.kvm()?;
+        }
+        for fd in std::iter::once(fds.qmp)
+            .chain(fds.tap)
+            .chain(fds.disks.iter().copied())
+        {
+            view.keep(fd);
+        }
+        let mut cmd = Command::new(&binary);
+        cmd.args(args(spec, accel, &run, &fds))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let netns = match &spec.netns {
-            Some(p) => Some(std::fs::File::open(p).map_err(Error::io("opening netns", p))?),
-            None => None,
-        };
-        if let Some(ns) = &netns {
-            let fd = ns.as_raw_fd();
-            // SAFETY: the closure runs in the forked child before exec and only makes
-            // the setns syscall (async-signal-safe) on an fd the parent keeps open
-            // until spawn returns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+        // SAFETY: `enter` runs in the forked child before exec and makes only
+        // async-signal-safe syscalls on memory and descriptors `view` prepared, which
+        // the parent keeps alive until `output` returns.
+        unsafe {
+            cmd.pre_exec(move || view.enter());
         }
         // With -daemonize, the process we spawn exits once QEMU is initialised (or
         // failed to be): its status and stderr are the verdict.
         let out = cmd.output().map_err(|e| Error::Start {
             status: "not run".into(),
-            message: format!("{}: {e}", self.cfg.binary.display()),
+            message: format!("{}: {e}", binary.display()),
         })?;
-        drop(netns);
+        drop((qmp, tap, disks, kernel, initrd));
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let message = stderr
@@ -350,9 +496,14 @@ impl Hypervisor for Qemu {
             status: "exited".into(),
             message: "QEMU daemonized, then was gone".into(),
         })?;
-        let resume = cgroup::place(&self.cfg.cgroup_parent, &spec.name, pid, self.limits(spec))
-            .and_then(|()| Qmp::connect(&run.qmp(), QMP_TIMEOUT))
-            .and_then(|mut qmp| qmp.execute("cont", None).map(|_| ()));
+        let resume = cgroup::place(
+            &self.cfg.cgroup_parent,
+            &spec.name,
+            pid,
+            self.limits(spec, accel),
+        )
+        .and_then(|()| Qmp::connect(&run.qmp(), QMP_TIMEOUT))
+        .and_then(|mut qmp| qmp.execute("cont", None).map(|_| ()));
         if let Err(e) = resume {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -454,7 +605,16 @@ impl Hypervisor for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::beneath::TreeFile;
     use crate::spec::{Disk, Nic};
+
+    fn fds() -> Fds {
+        Fds {
+            qmp: 5,
+            tap: Some(6),
+            disks: vec![7],
+        }
+    }
 
     fn run() -> RunDir {
         RunDir {
@@ -474,14 +634,14 @@ mod tests {
         let spec = VmSpec {
             name: "c1.vm".into(),
             boot: Boot::Kernel {
-                kernel: "/f/boot/vmlinux".into(),
-                initrd: Some("/f/boot/initrd.img".into()),
+                kernel: TreeFile::new("/f", "boot/vmlinux"),
+                initrd: Some(TreeFile::new("/f", "boot/initrd.img")),
                 cmdline: "console=ttyS0 zos.ip=10.1.0.2/24".into(),
             },
             vcpus: 2,
             memory_mib: 256,
             disks: vec![Disk {
-                path: "/pool/vdisks/c1".into(),
+                file: TreeFile::new("/pool/vdisks", "c1"),
                 read_only: false,
             }],
             nic: Some(Nic {
@@ -490,32 +650,34 @@ mod tests {
             }),
             netns: None,
         };
-        let a = args(&spec, Accel::Tcg, &run());
+        let a = args(&spec, Accel::Tcg, &run(), &fds());
         let p = pairs(&a);
         let has = |k: &str, v: &str| p.iter().any(|(a, b)| a == k && b == v);
         assert!(has("-M", "microvm,acpi=on"));
         assert!(has("-accel", "tcg,tb-size=64"));
-        assert!(has("-kernel", "/f/boot/vmlinux"));
-        assert!(has("-initrd", "/f/boot/initrd.img"));
+        // The verified copies in the run directory, never the flist's paths.
+        assert!(has("-kernel", "/run/vm/c1.vm/kernel"));
+        assert!(has("-initrd", "/run/vm/c1.vm/initrd"));
+        assert!(has("-sandbox", SANDBOX));
         assert!(has(
             "-append",
             "console=ttyS0 zos.ip=10.1.0.2/24 tsc_early_khz=2000000"
         ));
         assert!(has("-m", "256") && has("-smp", "2"));
         assert!(has("-pidfile", "/run/vm/c1.vm/qemu.pid"));
-        assert!(has(
-            "-qmp",
-            "unix:/run/vm/c1.vm/qmp.sock,server=on,wait=off"
-        ));
+        assert!(has("-chardev", "socket,id=qmp,fd=5,server=on,wait=off"));
+        assert!(has("-mon", "chardev=qmp,mode=control"));
+        assert!(has("-add-fd", "fd=7,set=1"));
         assert!(has(
             "-drive",
-            "id=disk0,file=/pool/vdisks/c1,format=raw,if=none,discard=unmap"
+            "id=disk0,file=/dev/fdset/1,format=raw,if=none,discard=unmap,auto-read-only=off"
         ));
+        assert!(
+            !a.iter().any(|x| x.contains("/pool/")),
+            "no disk path: {a:?}"
+        );
         assert!(has("-device", "virtio-blk-device,drive=disk0"));
-        assert!(has(
-            "-netdev",
-            "tap,id=net0,ifname=t-abc,script=no,downscript=no"
-        ));
+        assert!(has("-netdev", "tap,id=net0,fd=6"));
         assert!(has(
             "-device",
             "virtio-net-device,netdev=net0,mac=02:01:02:03:04:05"
@@ -535,13 +697,13 @@ mod tests {
             vcpus: 1,
             memory_mib: 512,
             disks: vec![Disk {
-                path: "/pool/vdisks/root".into(),
+                file: TreeFile::new("/pool/vdisks", "root"),
                 read_only: false,
             }],
             nic: None,
             netns: None,
         };
-        let a = args(&spec, Accel::Kvm, &run());
+        let a = args(&spec, Accel::Kvm, &run(), &fds());
         let p = pairs(&a);
         let has = |k: &str, v: &str| p.iter().any(|(a, b)| a == k && b == v);
         assert!(has("-M", "q35"));

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::beneath::TreeFile;
 use crate::error::{Error, Result};
 
 /// The x86 kernel command line limit (COMMAND_LINE_SIZE), terminating NUL included.
@@ -30,11 +31,13 @@ pub struct VmSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "from")]
 pub enum Boot {
-    /// Direct kernel boot on `-M microvm`: a PVH `vmlinux` (ELF) or a bzImage.
+    /// Direct kernel boot on `-M microvm`: a PVH `vmlinux` (ELF) or a bzImage. Both
+    /// files are opened beneath their tree (no links) and copied into the VM's run
+    /// directory, where QEMU reads them.
     Kernel {
-        kernel: PathBuf,
+        kernel: TreeFile,
         #[serde(default)]
-        initrd: Option<PathBuf>,
+        initrd: Option<TreeFile>,
         cmdline: String,
     },
     /// Firmware boot (SeaBIOS on `-M q35`) from the first disk. The guest reads
@@ -45,7 +48,9 @@ pub enum Boot {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
-    pub path: PathBuf,
+    /// Opened beneath its directory (no links, a regular file with one link); QEMU
+    /// gets the descriptor, never the path.
+    pub file: TreeFile,
     #[serde(default)]
     pub read_only: bool,
 }
@@ -101,7 +106,14 @@ impl VmSpec {
             return bad(format!("{} MiB of memory: at least 32", self.memory_mib));
         }
         match &self.boot {
-            Boot::Kernel { cmdline, .. } => {
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                for f in std::iter::once(kernel).chain(initrd) {
+                    f.check().map_err(Error::InvalidSpec)?;
+                }
                 if cmdline.len() > CMDLINE_MAX {
                     return bad(format!(
                         "kernel command line of {} bytes: at most {CMDLINE_MAX}",
@@ -123,13 +135,7 @@ impl VmSpec {
             }
         }
         for d in &self.disks {
-            // Commas would be parsed as further QEMU -drive options.
-            if d.path.to_str().is_none_or(|p| p.contains(',')) {
-                return bad(format!(
-                    "disk path {}: utf-8 without commas",
-                    d.path.display()
-                ));
-            }
+            d.file.check().map_err(Error::InvalidSpec)?;
         }
         if let Some(nic) = &self.nic {
             if nic.tap.is_empty() || nic.tap.len() > 15 || nic.tap.contains([',', '/']) {
@@ -148,7 +154,7 @@ mod tests {
         VmSpec {
             name: "c1.vm".into(),
             boot: Boot::Kernel {
-                kernel: "/k".into(),
+                kernel: TreeFile::new("/f", "boot/vmlinux"),
                 initrd: None,
                 cmdline: "console=ttyS0".into(),
             },
@@ -170,7 +176,7 @@ mod tests {
             (
                 Box::new(|s| {
                     s.boot = Boot::Kernel {
-                        kernel: "/k".into(),
+                        kernel: TreeFile::new("/f", "boot/vmlinux"),
                         initrd: None,
                         cmdline: "x".repeat(CMDLINE_MAX + 1),
                     }
@@ -188,11 +194,11 @@ mod tests {
             (
                 Box::new(|s| {
                     s.disks.push(Disk {
-                        path: "/a,b".into(),
+                        file: TreeFile::new("/v", "../escape.raw"),
                         read_only: false,
                     })
                 }),
-                "without commas",
+                "plain relative path",
             ),
             (
                 Box::new(|s| {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use zos_vm::{Accel, AccelChoice, Boot, Disk, Hypervisor, Nic, Qemu, QemuConfig, VmSpec, VmState};
+use zos_vm::{
+    Accel, AccelChoice, Boot, Disk, Hypervisor, Nic, Qemu, QemuConfig, TreeFile, VmSpec, VmState,
+};
 
 const BOOT_WAIT: Duration = Duration::from_secs(90);
 
@@ -94,8 +96,8 @@ impl Fixture {
         VmSpec {
             name: vm.into(),
             boot: Boot::Kernel {
-                kernel: boot.join("vmlinux"),
-                initrd: Some(boot.join("initrd.img")),
+                kernel: TreeFile::new(&boot, "vmlinux"),
+                initrd: Some(TreeFile::new(&boot, "initrd.img")),
                 cmdline: format!(
                     "console=ttyS0 quiet panic=-1 zos.name={vm} zos.ip=10.77.0.2/24 zos.gw=10.77.0.1 ECHO_PORT=7"
                 ),
@@ -103,7 +105,7 @@ impl Fixture {
             vcpus: 1,
             memory_mib: 128,
             disks: vec![Disk {
-                path: disk,
+                file: TreeFile::of(&disk).unwrap(),
                 read_only: false,
             }],
             nic: Some(Nic {
@@ -154,7 +156,17 @@ impl Drop for Fixture {
         for vm in self.qemu.names() {
             let _ = self.qemu.remove(&vm);
         }
-        for ctrl in ["memory", "cpu,cpuacct", "pids", "cpu", "cpuacct"] {
+        for ctrl in [
+            "memory",
+            "cpu,cpuacct",
+            "pids",
+            "cpu",
+            "cpuacct",
+            "devices",
+            "blkio",
+            "cpuset",
+            "freezer",
+        ] {
             let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(&self.name));
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.name));
@@ -281,13 +293,40 @@ fn refusals_start_nothing() {
     let bogus = f.dir.path().join("not-a-kernel");
     std::fs::write(&bogus, b"garbage").unwrap();
     spec.boot = Boot::Kernel {
-        kernel: bogus,
+        kernel: TreeFile::of(&bogus).unwrap(),
         initrd: None,
         cmdline: "console=ttyS0".into(),
     };
     let e = f.qemu.start(&spec).unwrap_err();
     assert!(matches!(e, zos_vm::Error::Start { .. }), "{e}");
     assert_eq!(f.qemu.state("r2.vm").unwrap(), Some(VmState::Stopped));
+
+    // A kernel or a disk that is a link to a host file: refused, nothing written.
+    let secret = f.dir.path().join("zt-secret");
+    std::fs::write(&secret, b"host secret").unwrap();
+    let linked = f.dir.path().join("linked");
+    std::os::unix::fs::symlink(&secret, &linked).unwrap();
+    let mut spec = f.spec("r3.vm");
+    spec.boot = Boot::Kernel {
+        kernel: TreeFile::of(&linked).unwrap(),
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+    };
+    let e = f.qemu.start(&spec).unwrap_err();
+    assert!(
+        e.is_permanent() && e.to_string().contains("symbolic link"),
+        "{e}"
+    );
+    let mut spec = f.spec("r4.vm");
+    spec.disks[0].file = TreeFile::of(&linked).unwrap();
+    let e = f.qemu.start(&spec).unwrap_err();
+    assert!(
+        e.is_permanent() && e.to_string().contains("symbolic link"),
+        "{e}"
+    );
+    assert_eq!(f.qemu.state("r3.vm").unwrap(), None, "nothing of r3.vm");
+    assert_eq!(f.qemu.state("r4.vm").unwrap(), None, "nothing of r4.vm");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"host secret");
 }
 
 /// The accelerator probe boots a real kernel under KVM: on this project's development
