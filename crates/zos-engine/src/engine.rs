@@ -606,7 +606,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             }
             // Bounded: anyone may sign a cancellation of any id with a key of theirs.
             // The lowest versions go first.
-            ts.sort_by(|a, b| b.cancellation.version.cmp(&a.cancellation.version));
+            ts.sort_by_key(|t| std::cmp::Reverse(t.cancellation.version));
             ts.truncate(MAX_TOMBSTONES);
         })?;
         Ok(())
