@@ -7,6 +7,7 @@ pub mod cpio;
 pub mod demo;
 pub mod etcd;
 pub mod flists;
+pub mod fuzz;
 pub mod image;
 pub mod initramfs;
 pub mod kernel;

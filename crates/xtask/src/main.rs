@@ -3,8 +3,9 @@
 //! - `demo`: the main job, end to end, on a fresh directory notary.
 //! - `test`: everything CI runs (installs the Debian packages it needs first).
 //! - `bench [contracts|flist|storage|network|container|all]`: benchmarks.
+//! - `fuzz [TARGET] [--seconds N]`: coverage-guided fuzzing of the parsers (fuzz/).
 
-use xtask::{bench, demo, flists, image, initramfs, node, test};
+use xtask::{bench, demo, flists, fuzz, image, initramfs, node, test};
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -19,13 +20,20 @@ tasks:
                 sample contract; --keep keeps the demo directory, --booted-only
                 skips the zosd-run node and the VM
   test          install missing Debian packages, then fmt, clippy and every test tier
-                (unit, integration, privileged against the real kernel and real etcd)
+                (unit, integration, privileged against the real kernel and real etcd),
+                the fuzz corpora replayed; counts the tests' SKIP lines and lists them
   flist [hello|vm] [DIR]
                 build a sample workload and pack and sign it into a flist with a local
                 store (default DIR: target/flists/<name>): hello is the container app
                 (flists/hello), vm the micro-VM (the Debian kernel as a PVH vmlinux and
                 an initrd with flists/vm-echo as its init)
   bench [NAME]  benchmarks: contracts, flist, storage, network, container, vm, or all
+  fuzz [TARGET] [--seconds N]
+                coverage-guided fuzzing (cargo-fuzz, libFuzzer, stable Rust) of the
+                parsers of untrusted input: contract, notary_record, flist_meta, dhcp,
+                dns, sntp, cmdline; each target (or the one named) for N seconds
+                (default 60), one at a time; prints executions and findings per
+                target and fails on a finding (docs/fuzzing.md)
   initramfs     the node's boot image: a static zosd as /init, the kernel modules a
                 node needs, mkfs.btrfs, btrfs and nft with their libraries (no shell);
                 target/image/initramfs.cpio.zst, sizes printed (initramfs/README.md)
@@ -51,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("flist") => flists::run_task(&args[1..]),
         Some("initramfs") => initramfs::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
