@@ -224,6 +224,32 @@ impl ContractRecord {
         }
     }
 
+    /// Who may write a record with this body (the notary envelope's author): a
+    /// contract's owner and stakeholders, a cancellation's owner. Read from those members
+    /// alone, so a body that is wrong elsewhere still names its parties (and the node
+    /// reports what is wrong with it); empty when the body names no owner.
+    pub fn parties(body: &Value) -> Vec<PublicKey> {
+        let key = |v: &Value| v.as_str().and_then(|s| s.parse::<PublicKey>().ok());
+        if let Some(c) = body.get("cancellation") {
+            return c.get("owner").and_then(key).into_iter().collect();
+        }
+        let Some(c) = body.get("contract") else {
+            return Vec::new();
+        };
+        let Some(owner) = c.get("owner").and_then(key) else {
+            return Vec::new();
+        };
+        let stakeholders = c.get("stakeholders").and_then(Value::as_array);
+        std::iter::once(owner)
+            .chain(
+                stakeholders
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.get("key").and_then(key)),
+            )
+            .collect()
+    }
+
     pub fn to_value(&self) -> Value {
         match self {
             ContractRecord::Contract(c) => c.to_value(),

@@ -12,9 +12,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use zos_contract::canonical::{self, CanonError};
-use zos_contract::{Digest, PublicKey, SecretKey, Signature};
+use zos_contract::document::{self, DocError};
+use zos_contract::{ContractRecord, Digest, PublicKey, SecretKey, Signature};
 
-use crate::key::{KeyError, NotaryKey};
+use crate::key::{KeyError, KeyKind, NotaryKey};
 
 /// Largest encoded record accepted anywhere (read, write, sign): 1 MiB.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -45,6 +46,11 @@ pub enum RecordError {
     },
     #[error("signed_at {0} is beyond 2^53-1")]
     SignedAtOutOfRange(u64),
+    #[error(
+        "contract record {key} is authored by {author}, who is neither the owner nor a \
+         stakeholder of the contract its body names"
+    )]
+    NotAParty { key: String, author: PublicKey },
 }
 
 /// A signed notary record. Construct with [`Record::sign`] or [`Record::from_bytes`];
@@ -123,7 +129,9 @@ impl Record {
     }
 
     /// Checks the key is a valid layout key, the author may write it (node-owned keys:
-    /// registration, status and heartbeat must be signed by that node) and the signature.
+    /// registration, status and heartbeat must be signed by that node; a contract key by
+    /// the contract's owner or a stakeholder, a cancellation by its owner) and the
+    /// signature.
     pub fn verify(&self) -> Result<(), RecordError> {
         let key = self.notary_key()?;
         if let Some(owner) = key.node_owner() {
@@ -141,7 +149,17 @@ impl Record {
             .map_err(|_| RecordError::BadSignature {
                 key: self.key.clone(),
                 author: self.author,
-            })
+            })?;
+        // Authentic, then authorised: a contract key is written by a party the body names.
+        if matches!(key.kind(), KeyKind::Contract { .. })
+            && !ContractRecord::parties(&self.body).contains(&self.author)
+        {
+            return Err(RecordError::NotAParty {
+                key: self.key.clone(),
+                author: self.author,
+            });
+        }
+        Ok(())
     }
 
     /// [`verify`](Self::verify), and that the record was found where it was signed for.
@@ -179,7 +197,8 @@ impl Record {
     }
 
     /// Reads a stored record: size limit, strict JSON (no duplicate keys, no trailing
-    /// bytes), no unknown or missing fields. Does **not** verify; call
+    /// bytes, integers within ±(2^53-1)), an object with no unknown, missing or `null`
+    /// fields (never a positional array). Does **not** verify; call
     /// [`verify`](Self::verify) or [`verify_at`](Self::verify_at).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, RecordError> {
         if bytes.len() > MAX_RECORD_BYTES {
@@ -189,7 +208,9 @@ impl Record {
             });
         }
         let value = canonical::parse_strict(bytes)?;
-        serde_json::from_value(value).map_err(|e| RecordError::Malformed(e.to_string()))
+        let malformed = |e: DocError| RecordError::Malformed(e.to_string());
+        document::object(&value, "$").map_err(malformed)?;
+        document::typed(&value, "$").map_err(malformed)
     }
 
     /// [`from_bytes`](Self::from_bytes) then [`verify_at`](Self::verify_at)`(found)`.
@@ -215,7 +236,7 @@ mod tests {
         let key = NotaryKey::contract(&node, "c1").unwrap();
         let r = Record::sign_at(
             &key,
-            json!({"v": 1, "a": [true, null]}),
+            json!({"contract": {"owner": owner.public(), "v": 1, "a": [true, null]}}),
             &owner,
             1_700_000_000,
         )
@@ -229,7 +250,10 @@ mod tests {
         // Canonical: members sorted, no whitespace.
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.starts_with(r#"{"author":""#), "{text}");
-        assert!(text.contains(r#""body":{"a":[true,null],"v":1},"key":"nodes/"#));
+        assert!(text.contains(&format!(
+            r#""body":{{"contract":{{"a":[true,null],"owner":"{}","v":1}}}},"key":"nodes/"#,
+            owner.public()
+        )));
     }
 
     #[test]
@@ -269,8 +293,8 @@ mod tests {
     fn record_found_under_another_key_is_refused() {
         let a = sk(10).public();
         let b = sk(11).public();
-        let r =
-            Record::sign_at(&NotaryKey::contract(&a, "c").unwrap(), json!({}), &sk(1), 1).unwrap();
+        let body = json!({"contract": {"owner": sk(1).public()}});
+        let r = Record::sign_at(&NotaryKey::contract(&a, "c").unwrap(), body, &sk(1), 1).unwrap();
         let other = NotaryKey::contract(&b, "c").unwrap();
         assert!(matches!(
             r.verify_at(other.as_str()),
@@ -291,6 +315,39 @@ mod tests {
             forged.verify(),
             Err(RecordError::WrongAuthor { .. })
         ));
+    }
+
+    #[test]
+    fn contract_keys_need_a_party_as_author() {
+        let (owner, legal, stranger) = (sk(1), sk(2), sk(3));
+        let key = NotaryKey::contract(&sk(5).public(), "c").unwrap();
+        let contract = json!({"contract": {
+            "owner": owner.public(),
+            "stakeholders": [{"key": legal.public(), "weight": 1}, ["not", "an", "object"]]
+        }});
+        let cancellation = json!({"cancellation": {"owner": owner.public()}});
+        for (body, author, ok) in [
+            (&contract, &owner, true),
+            (&contract, &legal, true),
+            (&contract, &stranger, false),
+            (&cancellation, &owner, true),
+            (&cancellation, &legal, false),
+            (&json!({}), &owner, false),
+            (&json!({"contract": {"owner": "not a key"}}), &owner, false),
+        ] {
+            let r = Record::sign_at(&key, body.clone(), author, 1).unwrap();
+            match r.verify() {
+                Ok(()) => assert!(ok, "{body} by {}", author.public()),
+                Err(RecordError::NotAParty { .. }) => assert!(!ok, "{body}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        // Other keys are not about contracts: no such rule.
+        let farm = NotaryKey::farm("1").unwrap();
+        Record::sign_at(&farm, json!({}), &stranger, 1)
+            .unwrap()
+            .verify()
+            .unwrap();
     }
 
     #[test]

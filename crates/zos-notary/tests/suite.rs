@@ -30,7 +30,9 @@ fn node(n: u8) -> PublicKey {
 
 fn contract_record(node_key: &PublicKey, id: &str, version: u64, author: &SecretKey) -> Record {
     let key = NotaryKey::contract(node_key, id).unwrap();
-    Record::sign_at(&key, json!({ "version": version }), author, 1_700_000_000).unwrap()
+    // The envelope's author must be a party the body names (docs/notary.md).
+    let body = json!({ "contract": { "owner": author.public(), "version": version } });
+    Record::sign_at(&key, body, author, 1_700_000_000).unwrap()
 }
 
 async fn next(watch: &mut zos_notary::Watch) -> Record {
@@ -260,7 +262,7 @@ mod cases {
             .unwrap();
         assert_eq!(all.len(), 5, "shared + one per writer");
         for r in all.iter().filter(|r| r.key.ends_with("/w0")) {
-            assert_eq!(r.body, json!({"version": 9}));
+            assert_eq!(r.body["contract"]["version"], json!(9));
         }
     }
 
