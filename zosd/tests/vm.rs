@@ -5,6 +5,13 @@
 //! twice) by a zosd killed and started again, is restarted after kill -9 of its QEMU,
 //! and leaves nothing behind when cancelled; a VM flist whose kernel was
 //! tampered is refused before QEMU starts.
+//!
+//! Attacks (each refused with its error, nothing of the host reached):
+//! - a VM flist whose `/boot/vmlinux` is a symlink to a host file;
+//! - a `vm-disk.raw` that a container of the contract planted in its volume as a
+//!   symlink to a host file, before a VM mounting that volume is added;
+//! - and QEMU itself: not root, under its seccomp filter, in a device cgroup that
+//!   denies block devices, in a mount view without the host's `/root` or the state dir.
 
 mod common;
 
@@ -143,14 +150,44 @@ fn vdisks(node: &Node) -> usize {
         .sum()
 }
 
-fn console_shows(s: &Value, needle: &str) -> bool {
-    s["workloads"]["vm"]["log_tail"]
-        .as_array()
-        .is_some_and(|lines| {
-            lines
-                .iter()
-                .any(|l| l.as_str().unwrap_or("").contains(needle))
-        })
+/// The first line of zosd's log after byte `from` that satisfies `pred`.
+fn wait_log(node: &Node, from: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = node.log();
+        if let Some(line) = log
+            .get(from..)
+            .and_then(|new| new.lines().find(|l| pred(l)))
+        {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no {what} in zosd's log:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the console of the node's VM (its `console.log` in the run directory;
+/// status records in the notary carry no log tail) has a line with `needle`.
+fn wait_console(node: &Node, needle: &str) {
+    let vms = node.state().join("vms");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text: String = std::fs::read_dir(&vms)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("console.log")).ok())
+            .collect();
+        if text.lines().any(|l| l.contains(needle)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} on the VM's console:\n{text}\nzosd log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -185,14 +222,12 @@ fn a_vm_contract_runs_answers_its_tenant_only_restarts_and_is_cancelled_cleanly(
     node.publish(&record(&p, key, &other));
 
     // Published -> running; the guest's console line reaches the status record.
-    let s = node.wait_status(&a, "the guest's console line", |s| {
-        s["state"] == "ok" && console_shows(s, "vm-echo: vm eth0 10.84.0.2/24 up")
-    });
+    let s = node.wait_status(&a, "ok", |s| s["state"] == "ok");
+    wait_console(&node, "vm-echo: vm eth0 10.84.0.2/24 up");
     assert_eq!(s["workloads"]["vm"]["address"], "10.84.0.2", "{s:#}");
     assert_eq!(s["workloads"]["vm"]["runtime"], "qemu/tcg", "{s:#}");
-    node.wait_status(&a, "the guest's disks", |s| {
-        console_shows(s, "disk vda 32 MiB") && console_shows(s, "disk vdb")
-    });
+    wait_console(&node, "disk vda 32 MiB");
+    wait_console(&node, "disk vdb");
     node.wait_status(&b, "ok", |s| s["state"] == "ok");
 
     // Its tenant's container reaches the guest's echo port; the other tenant's cannot.
@@ -214,12 +249,20 @@ fn a_vm_contract_runs_answers_its_tenant_only_restarts_and_is_cancelled_cleanly(
         "another tenant reached the VM"
     );
 
-    // kill -9 of zosd, start again: the same QEMU is found, not started twice.
+    // kill -9 of zosd, start again: the same QEMU is found, not started twice. The
+    // new zosd says so itself: its re-adoption logs "VM running" with that pid.
     let first = qemu_pid(&node).expect("a QEMU pidfile");
     node.kill9();
+    let before = node.log().len();
     node.start();
     node.wait_status(&a, "ok after zosd restarted", |s| s["state"] == "ok");
-    std::thread::sleep(Duration::from_secs(1));
+    let adopted = wait_log(&node, before, "the restarted zosd's VM line", |l| {
+        l.contains("VM running")
+    });
+    assert!(
+        adopted.contains(&format!("\"pid\":{first}")),
+        "QEMU started twice: {adopted}"
+    );
     assert_eq!(qemu_pid(&node), Some(first), "QEMU started twice");
     assert!(alive(first));
 
@@ -309,4 +352,283 @@ fn a_tampered_vm_kernel_is_refused_before_qemu_starts() {
     assert!(message.contains("block"), "{s:#}");
     assert_eq!(vm_dirs(&node), 0, "QEMU was started for a tampered kernel");
     assert_eq!(qemu_pid(&node), None);
+}
+
+/// A host file's bytes and mtime, to show it was not touched.
+fn fingerprint(path: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    let bytes = std::fs::read(path).unwrap();
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    (bytes, mtime)
+}
+
+/// Attack: a VM flist whose `/boot/vmlinux` is a symlink to a file of the host (here a
+/// bootable kernel, so that a host file loaded as the guest's kernel would show as a
+/// running VM). Refused with an error naming the link; no QEMU, no run directory.
+#[test]
+fn attack_a_vm_flist_kernel_linked_to_a_host_file_is_refused() {
+    let test = "attack_a_vm_flist_kernel_linked_to_a_host_file_is_refused";
+    if !vm_ready(test) {
+        return;
+    }
+    let p = people();
+    let mut node = Node::new(512);
+    let key = node.start();
+    let secret = node.dir.path().join("zt-host-secret-vmlinux");
+    std::fs::copy(sample_vm().join("boot/vmlinux"), &secret).unwrap();
+    let before = fingerprint(&secret);
+    let root = node.dir.path().join("linkvm/root");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::os::unix::fs::symlink(&secret, root.join("boot/vmlinux")).unwrap();
+    std::fs::copy(
+        sample_vm().join("boot/initrd.img"),
+        root.join("boot/initrd.img"),
+    )
+    .unwrap();
+    let flist = pack(&node.dir.path().join("linkvm"), &root, &p.publisher);
+
+    let id = node.id("link");
+    let doc = signed_contract(
+        &p,
+        key,
+        &id,
+        1,
+        "10.87.0.0/24",
+        vec![vm_workload(&p, &flist)],
+    );
+    node.publish(&record(&p, key, &doc));
+    let s = node.wait_status(&id, "refused", |s| s["state"] != "provisioning");
+    let message = s["message"].as_str().unwrap_or_default();
+    eprintln!("{test}: {message}");
+    assert!(
+        s["state"] == "error"
+            && message.contains("boot/vmlinux")
+            && message.contains("symbolic link"),
+        "{s:#}"
+    );
+    assert_eq!(vm_dirs(&node), 0, "a VM run directory was made: {s:#}");
+    assert_eq!(qemu_pid(&node), None, "QEMU started on a host file");
+    assert_eq!(fingerprint(&secret), before, "the host file changed");
+}
+
+/// Attack: a container of the contract plants `vm-disk.raw -> <host file>` in its
+/// volume; then an update adds a VM mounting that volume. Refused with an error
+/// naming the file; no QEMU; the host file keeps its bytes and mtime.
+#[test]
+fn attack_a_volume_disk_planted_as_a_link_is_refused() {
+    let test = "attack_a_volume_disk_planted_as_a_link_is_refused";
+    if !vm_ready(test) {
+        return;
+    }
+    let p = people();
+    let mut node = Node::new(512);
+    let key = node.start();
+    let host = node.dir.path().join("zt-host-file.raw");
+    std::fs::write(&host, vec![0x5a; 4 << 20]).unwrap();
+    let before = fingerprint(&host);
+    let busybox = busybox_flist(node.dir.path(), &p.publisher);
+    let vm_flist = pack(&node.dir.path().join("vmfl"), &sample_vm(), &p.publisher);
+    let planter = json!({
+        "name": "planter",
+        "kind": "container",
+        "flist": {
+            "url": busybox.0,
+            "sha256": busybox.1,
+            "stores": [busybox.2],
+            "publishers": [p.publisher.public()]
+        },
+        "entrypoint": ["/bin/sh", "-c", format!(
+            "/bin/busybox ln -s {} /data/vm-disk.raw; echo planted; exec sleep 3600",
+            host.display()
+        )],
+        "cpu": 1,
+        "memory_mib": 32,
+        "network": "net",
+        "mounts": [{"volume": "data", "path": "/data"}]
+    });
+    let id = node.id("plant");
+    let v1 = signed_contract(&p, key, &id, 1, "10.88.0.0/24", vec![planter.clone()]);
+    node.publish(&record(&p, key, &v1));
+    node.wait_status(&id, "ok", |s| s["state"] == "ok");
+    let volume = format!("{id}.data");
+    let planted = || {
+        std::fs::read_dir(node.dir.path().join("pools"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|pool| {
+                pool.path()
+                    .join("volumes")
+                    .join(&volume)
+                    .join("vm-disk.raw")
+            })
+            .find(|p| {
+                p.symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+            })
+    };
+    let deadline = Instant::now() + WAIT;
+    let link = loop {
+        if let Some(link) = planted() {
+            break link;
+        }
+        assert!(Instant::now() < deadline, "the container planted no link");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let v2 = signed_contract(
+        &p,
+        key,
+        &id,
+        2,
+        "10.88.0.0/24",
+        vec![planter, vm_workload(&p, &vm_flist)],
+    );
+    node.publish(&record(&p, key, &v2));
+    let s = node.wait_status(&id, "refused", |s| {
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("vm-disk.raw"))
+            || s["workloads"]["vm"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("vm-disk.raw"))
+    });
+    let text = s.to_string();
+    eprintln!("{test}: {}", s["message"]);
+    assert!(text.contains("symbolic link"), "{s:#}");
+    assert_eq!(vm_dirs(&node), 0, "a VM run directory was made: {s:#}");
+    assert_eq!(qemu_pid(&node), None, "QEMU started on a host file");
+    assert_eq!(fingerprint(&host), before, "the host file changed");
+    assert!(
+        link.symlink_metadata().unwrap().file_type().is_symlink(),
+        "the planted link was replaced"
+    );
+}
+
+/// The devices cgroup (v1) of a process, as a directory.
+fn devices_cgroup(pid: i32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == "devices")
+            .then(|| path.to_string())
+    })?;
+    Some(Path::new("/sys/fs/cgroup/devices").join(rel.trim_start_matches('/')))
+}
+
+/// Opens `dev` from a thread moved into the devices cgroup `cgroup` (v1 moves single
+/// threads), then moves the thread back to where it came from.
+fn open_from_cgroup(cgroup: &Path, dev: &Path) -> std::io::Result<()> {
+    let (cgroup, dev) = (cgroup.to_path_buf(), dev.to_path_buf());
+    std::thread::spawn(move || {
+        let tid = nix::unistd::gettid().to_string();
+        let home = devices_cgroup(std::process::id() as i32).unwrap();
+        std::fs::write(cgroup.join("tasks"), &tid).unwrap();
+        let opened = std::fs::File::open(&dev).map(|_| ());
+        std::fs::write(home.join("tasks"), &tid).unwrap();
+        opened
+    })
+    .join()
+    .unwrap()
+}
+
+/// Attack surface of QEMU itself: it runs as a uid that is not 0, with seccomp mode 2
+/// and no_new_privs; a thread in its devices cgroup cannot open the node's pool (a
+/// block device); its mount view shows neither the host's /root nor the state dir.
+#[test]
+fn attack_qemu_is_confined() {
+    let test = "attack_qemu_is_confined";
+    if !vm_ready(test) {
+        return;
+    }
+    let p = people();
+    let mut node = Node::new(512);
+    let key = node.start();
+    let vm_flist = pack(&node.dir.path().join("vmfl"), &sample_vm(), &p.publisher);
+    let id = node.id("conf");
+    let doc = signed_contract(
+        &p,
+        key,
+        &id,
+        1,
+        "10.89.0.0/24",
+        vec![vm_workload(&p, &vm_flist)],
+    );
+    node.publish(&record(&p, key, &doc));
+    node.wait_status(&id, "ok", |s| s["state"] == "ok");
+    wait_console(&node, "vm-echo: vm eth0 10.89.0.2/24 up");
+    let pid = qemu_pid(&node).expect("a QEMU pidfile");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let mut failures = Vec::new();
+    if field("Uid:").iter().any(|u| *u == "0") || field("Gid:").iter().any(|g| *g == "0") {
+        failures.push(format!(
+            "QEMU runs as root: Uid {:?} Gid {:?}",
+            field("Uid:"),
+            field("Gid:")
+        ));
+    }
+    if field("Seccomp:") != ["2"] {
+        failures.push(format!("QEMU's seccomp mode is {:?}", field("Seccomp:")));
+    }
+    if field("NoNewPrivs:") != ["1"] {
+        failures.push(format!("QEMU's NoNewPrivs is {:?}", field("NoNewPrivs:")));
+    }
+    if field("CapEff:") != ["0000000000000000"] {
+        failures.push(format!(
+            "QEMU's effective capabilities {:?}",
+            field("CapEff:")
+        ));
+    }
+
+    // The pool's loop device, opened from QEMU's devices cgroup.
+    let pool = zos_storage::loopdev::find(&node.dir.path().join("zt-disk0.img"))
+        .unwrap()
+        .expect("the pool's loop device");
+    let cgroup = devices_cgroup(pid).expect("QEMU's devices cgroup");
+    match open_from_cgroup(&cgroup, &pool) {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EPERM as i32) => {}
+        other => failures.push(format!(
+            "{} from QEMU's devices cgroup {}: {other:?}",
+            pool.display(),
+            cgroup.display()
+        )),
+    }
+
+    // Its mount view.
+    let view = PathBuf::from(format!("/proc/{pid}/root"));
+    if view.join("root").exists() {
+        failures.push("the host's /root is in QEMU's mount view".into());
+    }
+    let state = view.join(node.state().strip_prefix("/").unwrap());
+    let seen: Vec<String> = std::fs::read_dir(&state)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if seen.iter().any(|n| n != "vms") {
+        failures.push(format!("QEMU sees the state dir: {seen:?}"));
+    }
+    if view
+        .join(node.dir.path().strip_prefix("/").unwrap())
+        .join("zosd.log")
+        .exists()
+    {
+        failures.push("QEMU sees zosd's log".into());
+    }
+    assert!(
+        failures.is_empty(),
+        "QEMU is not confined:\n{}",
+        failures.join("\n")
+    );
 }
