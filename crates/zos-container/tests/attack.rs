@@ -513,3 +513,113 @@ fn identity_seed_is_unreachable() {
     assert!(!out.has_out("mknod-made"), "{}", out.all());
     assert_not_leaked(&out, &secret);
 }
+
+/// A cgroup2 directory of ours (`zt-` name), removed on drop.
+struct Cgroup2(PathBuf);
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir(&self.0) {
+            eprintln!("cleanup: rmdir {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// libcgroups' v2 device controller on `cg` with `rules`. It first raises RLIMIT_MEMLOCK,
+/// which needs CAP_SYS_RESOURCE: zosd (PID 1 in the image) has it, this machine's root
+/// does not, and kernels since 5.11 do not charge BPF programs to memlock anyway. Without
+/// it the same program (libcgroups' emulator and assembler, same rules) is loaded and
+/// attached directly.
+fn attach_device_program(cg: &Path, rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>) {
+    use libcgroups::v2::devices::{bpf, controller, emulator, program};
+    use std::os::fd::AsRawFd;
+    match controller::Devices::apply_devices(cg, &Some(rules.clone())) {
+        Ok(()) => return,
+        Err(controller::DevicesControllerError::Bpf(bpf::BpfError::FailedToIncreaseRLimit)) => {
+            eprintln!("note: no CAP_SYS_RESOURCE here: loading the device program directly");
+        }
+        Err(e) => panic!("device program: {e}"),
+    }
+    let mut em = emulator::Emulator::with_default_allow(false);
+    em.add_rules(&rules);
+    let prog = program::Program::from_rules(&em.rules, em.default_allow).unwrap();
+    let fd = bpf::prog::load("Apache", prog.bytecodes()).expect("BPF_PROG_LOAD");
+    let dir = std::fs::File::open(cg).unwrap();
+    bpf::prog::attach(fd, dir.as_raw_fd()).expect("BPF_PROG_ATTACH");
+    // The attachment keeps the program; our fd is not needed any more.
+    // SAFETY: `fd` came from BPF_PROG_LOAD above and is closed exactly once, here.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+}
+
+/// The cgroup2 mount: `/sys/fs/cgroup` on a pure v2 system (the boot image),
+/// `/sys/fs/cgroup/unified` on a hybrid one (this host).
+fn cgroup2_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists())
+}
+
+/// C2 on cgroup v2: the eBPF device program libcgroups builds from our rules (the same
+/// `device_rules()` every container spec carries) refuses the pool's block device while
+/// /dev/null still works. Loaded on a `zt-` cgroup2 directly: this host runs containers
+/// with the v1 manager, the boot image with the v2 one.
+#[test]
+fn v2_device_program_refuses_the_pools_block_device() {
+    let test = "v2_device_program_refuses_the_pools_block_device";
+    if !privileged(test) {
+        return;
+    }
+    let Some(root) = cgroup2_root() else {
+        let reason = format!("{test} needs a cgroup2 mount");
+        if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+            eprintln!("SKIP: {reason}");
+            return;
+        }
+        panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
+    };
+    let fx = Fixture::new();
+    let pool = Pool::new(fx.dir.path());
+    let secret = secret();
+    pool.plant("data/file", &secret);
+    let cg = Cgroup2(root.join(random_id()));
+    std::fs::create_dir(&cg.0).unwrap();
+    let rules = zos_container::spec::device_rules().unwrap();
+    attach_device_program(&cg.0, rules);
+
+    // A shell moves itself into the cgroup, then tries the device (host busybox, so the
+    // messages are the same as inside the containers above).
+    let script = format!(
+        "echo $$ > {procs} && exec /bin/busybox sh -c \"\
+         /bin/busybox dd if={dev} bs=65536 count=1024 2>&1 | /bin/busybox grep -a -o 'ZTSECRET[0-9a-f]*'; \
+         /bin/busybox dd if={dev} of=/dev/null bs=512 count=1 && echo read-blk; \
+         echo x > /dev/null && echo null-ok; echo END\"",
+        procs = cg.0.join("cgroup.procs").display(),
+        dev = pool.dev,
+    );
+    let out = Command::new("/bin/busybox")
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    let out = Output {
+        stdout: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    };
+    eprintln!("{}", out.all());
+    assert!(out.has_out("END"), "{}", out.all());
+    let refused = format!("dd: can't open '{}': Operation not permitted", pool.dev);
+    assert!(
+        out.has_err(&refused),
+        "open of the pool's device not refused with EPERM: {}",
+        out.all()
+    );
+    assert!(!out.has_out("read-blk"), "{}", out.all());
+    assert!(out.has_out("null-ok"), "/dev/null refused: {}", out.all());
+    assert_not_leaked(&out, &secret);
+}
