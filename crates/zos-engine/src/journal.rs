@@ -230,6 +230,28 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_written_before_the_trust_fields_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        let owner = zos_contract::SecretKey::from_seed([2; 32]).public();
+        let old = serde_json::json!({
+            "owned": {"c": {
+                "id": "c", "version": 1, "digest": Digest::of(b"x"), "owner": owner,
+                "deployment": {"workloads": []}, "phase": "running"
+            }},
+            "accepted": {"c": [1, Digest::of(b"x")]}
+        });
+        fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let j = Journal::open(FileJournal::new(&path)).unwrap();
+        let c = j.owned("c").unwrap();
+        // No signers known: such a contract takes no update (docs/engine.md).
+        assert_eq!(c.signers, None);
+        let d = j.data();
+        assert!(d.retired.is_empty() && d.tombstones.is_empty());
+        assert!(d.quarantined.is_empty() && d.doomed.is_empty());
+    }
+
+    #[test]
     fn file_journal_round_trips_and_refuses_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.json");

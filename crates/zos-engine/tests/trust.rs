@@ -221,6 +221,12 @@ async fn m1_an_update_cannot_lower_the_threshold_alone() {
     );
     assert_eq!(engine.journal().owned("web").unwrap().version, 1);
     assert_eq!(w.fake.state().volumes["web.data"], 100);
+    engine
+        .on_record(&cancellation_record(&w.keys, "web", 3))
+        .await
+        .unwrap();
+    assert_eq!(w.status_json("web").await["state"], "cancelled");
+    assert!(w.fake.is_empty(), "{:?}", w.fake.state());
 }
 
 #[tokio::test]
