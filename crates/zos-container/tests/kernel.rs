@@ -153,6 +153,8 @@ fn limits_and_security_defaults_reach_the_kernel_and_delete_cleans_up() {
     let bnd = u64::from_str_radix(&field("CapBnd"), 16).unwrap();
     assert_eq!(bnd & (1 << 13), 0, "CAP_NET_RAW must be dropped");
     assert_eq!(bnd & (1 << 21), 0, "CAP_SYS_ADMIN must be dropped");
+    assert_eq!(bnd & (1 << 27), 0, "CAP_MKNOD must be dropped");
+    assert_eq!(bnd & (1 << 29), 0, "CAP_AUDIT_WRITE must be dropped");
     assert_ne!(bnd & (1 << 0), 0, "CAP_CHOWN is kept");
     // New namespaces: pid, ipc, uts, mnt, net differ from ours.
     for ns in ["pid", "ipc", "uts", "mnt", "net"] {
