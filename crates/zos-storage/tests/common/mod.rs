@@ -25,12 +25,15 @@ pub fn privileged(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let reason = format!("{test} needs {}", missing.join(", "));
+    let reason = format!("needs {}", missing.join(", "));
     if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        println!("SKIP: {reason}");
+        // On the real stderr, not through print!/eprint! (which libtest captures and
+        // hides for a passing test): `cargo xtask test` counts these lines.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
         false
     } else {
-        panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
+        panic!("{test} {reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
     }
 }
 

@@ -23,7 +23,7 @@ pub const CHRONYD: &str = "/usr/sbin/chronyd";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// Print a `SKIP:` line (visible even when output is captured) and return
+/// Print a `SKIP:` line on the real stderr (visible even when output is captured) and return
 /// false when the test cannot run here; true when it can.
 pub fn can_run(test: &str, daemons: &[&str]) -> bool {
     let mut missing = Vec::new();
@@ -53,11 +53,11 @@ pub fn can_run(test: &str, daemons: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    // Written to the real stdout, not through print!, which the test harness
-    // captures and hides for passing tests: every skip shows up, so
-    // `grep -c '^SKIP:'` counts them.
+    // Written to the real stderr, not through print!/eprint!, which the test harness
+    // captures and hides for passing tests: every skip shows up, and `cargo xtask
+    // test` counts them.
     let line = format!("SKIP: {test}: needs {}\n", missing.join(", "));
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), line.as_bytes());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     false
 }
 
