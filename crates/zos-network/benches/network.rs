@@ -108,9 +108,18 @@ fn reference_create(w: &World, t: &TenantNetwork, tag: &str) {
         "100.126.0.1",
     ]);
     let table = ns.replace('-', "_");
-    let body = nft::node_tenant_table(&table, common::UPLINK, "100.126.0.2".parse().unwrap(), &[]);
+    let deny = zos_network::DEFAULT_EGRESS_DENY;
+    let body = nft::node_tenant_table(
+        &table,
+        common::UPLINK,
+        &ns,
+        "100.126.0.2".parse().unwrap(),
+        &[],
+        &deny,
+        &[],
+    );
     nft_in(node, &nft::replace_script("ip", &table, &body));
-    let body = nft::tenant_table("zos", t.subnet, &[]);
+    let body = nft::tenant_table("zos", t.subnet, &[], &deny, &[]);
     nft_in(&ns, &nft::replace_script("inet", "zos", &body));
     for i in 0..WORKLOADS {
         let wns = format!("{ns}-w{i}");

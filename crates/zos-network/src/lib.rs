@@ -19,7 +19,9 @@ mod subnet;
 mod tap;
 
 pub use error::{Error, Result};
-pub use model::{NetworkConfig, PortForward, Proto, TenantNetwork, Workload, WorkloadAttachment};
+pub use model::{
+    EgressPolicy, NetworkConfig, PortForward, Proto, TenantNetwork, Workload, WorkloadAttachment,
+};
 pub use names::IFNAME_MAX;
 pub use network::{Inventory, Network};
-pub use subnet::Ipv4Subnet;
+pub use subnet::{IpNet, Ipv4Subnet, DEFAULT_EGRESS_DENY};

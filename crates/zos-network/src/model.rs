@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::names;
-use crate::subnet::Ipv4Subnet;
+use crate::subnet::{IpNet, Ipv4Subnet, DEFAULT_EGRESS_DENY};
 
 /// How the node is wired: where namespaces live, which names are ours, the uplink.
 #[derive(Clone, Debug)]
@@ -24,6 +24,12 @@ pub struct NetworkConfig {
     /// Node-private range cut in /30s, one per tenant network, for the veth pair
     /// between the node and the tenant namespace.
     pub transit: Ipv4Subnet,
+    /// Destinations no tenant reaches unless its contract opens them
+    /// ([`EgressPolicy::allow`]): the farm LAN, the notary, the DHCP server, the node.
+    /// Default [`DEFAULT_EGRESS_DENY`] (every private, shared, link-local, loopback,
+    /// multicast and reserved range). A node whose LAN is on public addresses adds
+    /// its LAN here; a test world whose "internet" is on a private range removes it.
+    pub egress_deny: Vec<IpNet>,
 }
 
 impl NetworkConfig {
@@ -35,6 +41,7 @@ impl NetworkConfig {
             node_netns: None,
             uplink: uplink.into(),
             transit: Ipv4Subnet::new(Ipv4Addr::new(100, 127, 0, 0), 16).expect("valid"),
+            egress_deny: DEFAULT_EGRESS_DENY.to_vec(),
         }
     }
 }
@@ -114,6 +121,16 @@ impl TenantNetwork {
         all.push(self.gateway);
         self.subnet.allocate(&all)
     }
+}
+
+/// What a contract opens for the new connections of one tenant network beyond the
+/// internet. Default: nothing (the internet only). Replies to connections that came
+/// in through an opened port are never affected.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EgressPolicy {
+    /// Destinations reachable although [`NetworkConfig::egress_deny`] lists them (a
+    /// LAN service the contract names). IPv4 only: tenant networks forward no IPv6.
+    pub allow: Vec<IpNet>,
 }
 
 /// How a workload joins a tenant network.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::model::{NetworkConfig, TenantNetwork, Workload, WorkloadAttachment};
+use crate::model::{EgressPolicy, NetworkConfig, TenantNetwork, Workload, WorkloadAttachment};
 use crate::names::{self, BRIDGE, TENANT_TABLE, TRANSIT, WORKLOAD_IF};
 use crate::netns::{self, run_in};
 use crate::nft;
@@ -233,8 +233,16 @@ impl Network {
         Ok(())
     }
 
-    /// Create or converge tenant network `net`. Running it twice is a no-op.
+    /// Create or converge tenant network `net`, its workloads reaching the internet
+    /// only (no egress opened). Running it twice is a no-op.
     pub fn ensure(&self, net: &TenantNetwork) -> Result<()> {
+        self.ensure_with(net, &EgressPolicy::default())
+    }
+
+    /// Create or converge tenant network `net` with what its contract opens beyond
+    /// the internet (`egress.allow`). Running it twice is a no-op; running it with
+    /// another policy replaces the rules.
+    pub fn ensure_with(&self, net: &TenantNetwork, egress: &EgressPolicy) -> Result<()> {
         net.validate(&self.cfg.prefix)?;
         let _g = self.guard();
         let node = self.node_ns()?;
@@ -286,8 +294,15 @@ impl Network {
 
         // Node side: the transit address, up, the tenant's port forwards.
         let node_table = self.node_table(&net.id);
-        let node_rules =
-            nft::node_tenant_table(&node_table, &self.cfg.uplink, tenant_ip, &net.ports);
+        let node_rules = nft::node_tenant_table(
+            &node_table,
+            &self.cfg.uplink,
+            &link_name,
+            tenant_ip,
+            &net.ports,
+            &self.cfg.egress_deny,
+            &egress.allow,
+        );
         run_in(&node, || {
             let nl = Nl::new()?;
             let l = nl.link(&link_name)?.ok_or_else(|| gone(&link_name))?;
@@ -302,7 +317,13 @@ impl Network {
         })?;
 
         // Tenant side again: transit address, default route to the node, rules.
-        let rules = nft::tenant_table(TENANT_TABLE, net.subnet, &net.ports);
+        let rules = nft::tenant_table(
+            TENANT_TABLE,
+            net.subnet,
+            &net.ports,
+            &self.cfg.egress_deny,
+            &egress.allow,
+        );
         run_in(&tenant, || {
             let nl = Nl::new()?;
             let p = nl.link(TRANSIT)?.ok_or_else(|| gone(TRANSIT))?;
@@ -319,7 +340,7 @@ impl Network {
         tracing::info!(
             net = %net.id, subnet = %net.subnet, gateway = %net.gateway,
             transit = %tenant_ip, ports = net.ports.len(), created,
-            "tenant network ensured"
+            egress_allow = ?egress.allow, "tenant network ensured"
         );
         Ok(())
     }

@@ -12,7 +12,41 @@ use std::process::{Command, Stdio};
 use crate::error::{Error, Result};
 use crate::model::PortForward;
 use crate::names::{BRIDGE, TRANSIT};
-use crate::subnet::Ipv4Subnet;
+use crate::subnet::{disjoint, IpNet, Ipv4Subnet};
+
+/// The comment on the rules that drop a tenant's new connections to denied
+/// destinations (tests and operators find their counters by it).
+pub const EGRESS_DENY_COMMENT: &str = "zos egress deny";
+
+/// An anonymous nft set of the IPv4 prefixes of `nets` (overlaps merged), if any.
+fn v4_set(nets: &[IpNet]) -> Option<String> {
+    let v4: Vec<IpNet> = nets.iter().filter(|n| n.is_ipv4()).copied().collect();
+    let v4 = disjoint(&v4);
+    if v4.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = v4.iter().map(IpNet::to_string).collect();
+    Some(format!("{{ {} }}", items.join(", ")))
+}
+
+/// Egress rules after `matcher` (which selects a tenant's new outgoing packets):
+/// allowed destinations accepted, then denied ones counted and dropped. `accept_extra`
+/// goes between the matcher and the allow set (a source check).
+fn egress_lines(matcher: &str, accept_extra: &str, deny: &[IpNet], allow: &[IpNet]) -> String {
+    let mut out = String::new();
+    let denied = v4_set(deny);
+    if let (Some(allow), Some(_)) = (v4_set(allow), &denied) {
+        out.push_str(&format!(
+            "\t\t{matcher} {accept_extra}ip daddr {allow} accept\n"
+        ));
+    }
+    if let Some(deny) = denied {
+        out.push_str(&format!(
+            "\t\t{matcher} ip daddr {deny} counter drop comment \"{EGRESS_DENY_COMMENT}\"\n"
+        ));
+    }
+    out
+}
 
 /// The node's own firewall (`inet <prefix>host` in the node namespace).
 pub fn host_table(table: &str, tenant_glob: &str, uplink: &str, transit: Ipv4Subnet) -> String {
@@ -44,12 +78,18 @@ pub fn host_table(table: &str, tenant_glob: &str, uplink: &str, transit: Ipv4Sub
 }
 
 /// Per tenant, in the node namespace (`ip <prefix><net>`): opened ports go from the
-/// uplink to the tenant end of the transit veth.
+/// uplink to the tenant end of the transit veth; new connections from the tenant (its
+/// transit link `link`) to a denied destination are dropped unless allowed (the same
+/// rule as in the tenant namespace: two walls).
+#[allow(clippy::too_many_arguments)]
 pub fn node_tenant_table(
     table: &str,
     uplink: &str,
+    link: &str,
     tenant_transit: Ipv4Addr,
     ports: &[PortForward],
+    deny: &[IpNet],
+    allow: &[IpNet],
 ) -> String {
     let mut rules = String::new();
     for p in ports {
@@ -59,13 +99,28 @@ pub fn node_tenant_table(
             p.public_port
         ));
     }
+    let egress = egress_lines(&format!("iifname \"{link}\""), "", deny, allow);
     format!(
-        "table ip {table} {{\n\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{rules}\t}}\n}}\n"
+        "table ip {table} {{\n\tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{rules}\t}}\n\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"{link}\" ct state established,related accept\n{egress}\t}}\n}}\n"
     )
 }
 
-/// Inside the tenant namespace (`inet zos`).
-pub fn tenant_table(table: &str, subnet: Ipv4Subnet, ports: &[PortForward]) -> String {
+/// Inside the tenant namespace (`inet zos`). New connections of workloads leave for
+/// the internet only: destinations in `deny` are dropped (and counted) unless in
+/// `allow`. IPv6 is not forwarded at all.
+pub fn tenant_table(
+    table: &str,
+    subnet: Ipv4Subnet,
+    ports: &[PortForward],
+    deny: &[IpNet],
+    allow: &[IpNet],
+) -> String {
+    let egress = egress_lines(
+        &format!("iifname \"{BRIDGE}\" oifname \"{TRANSIT}\""),
+        &format!("ip saddr {subnet} "),
+        deny,
+        allow,
+    );
     let mut dnat = String::new();
     for p in ports {
         dnat.push_str(&format!(
@@ -95,7 +150,7 @@ pub fn tenant_table(table: &str, subnet: Ipv4Subnet, ports: &[PortForward]) -> S
 		type filter hook forward priority filter; policy drop;
 		ct state established,related accept
 		iifname "{BRIDGE}" oifname "{BRIDGE}" accept
-		iifname "{BRIDGE}" oifname "{TRANSIT}" ip saddr {subnet} accept
+{egress}		iifname "{BRIDGE}" oifname "{TRANSIT}" ip saddr {subnet} accept
 		iifname "{TRANSIT}" oifname "{BRIDGE}" ct status dnat accept
 	}}
 }}
@@ -234,11 +289,42 @@ mod tests {
             workload_ip: "10.1.0.2".parse().unwrap(),
             port: 80,
         }];
-        let t = tenant_table("zos", "10.1.0.0/24".parse().unwrap(), &ports);
+        let deny = crate::subnet::DEFAULT_EGRESS_DENY;
+        let allow: Vec<IpNet> = vec!["192.168.77.0/24".parse().unwrap()];
+        let t = tenant_table("zos", "10.1.0.0/24".parse().unwrap(), &ports, &deny, &[]);
         assert!(t.contains("iifname \"pub0\" tcp dport 8080 dnat ip to 10.1.0.2:80"));
         assert!(t.contains("oifname \"pub0\" ip saddr 10.1.0.0/24 masquerade"));
-        let n = node_tenant_table("n_t1", "eth0", "100.127.0.2".parse().unwrap(), &ports);
+        assert!(t.contains(
+            "iifname \"br0\" oifname \"pub0\" ip daddr { 0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, \
+             127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, \
+             240.0.0.0/4 } counter drop comment \"zos egress deny\""
+        ));
+        assert!(!t.contains("fe80"), "no IPv6 in an ip daddr set");
+        let (d, a) = (
+            t.find("counter drop").unwrap(),
+            t.find("ip saddr 10.1.0.0/24 accept"),
+        );
+        assert!(d < a.unwrap(), "the deny comes before the general accept");
+        let t = tenant_table("zos", "10.1.0.0/24".parse().unwrap(), &[], &deny, &allow);
+        let a = t
+            .find("ip saddr 10.1.0.0/24 ip daddr { 192.168.77.0/24 } accept")
+            .unwrap();
+        assert!(a < t.find("counter drop").unwrap(), "the allow comes first");
+        // Nothing denied: no egress rules at all.
+        let t = tenant_table("zos", "10.1.0.0/24".parse().unwrap(), &[], &[], &allow);
+        assert!(!t.contains("daddr"));
+        let n = node_tenant_table(
+            "n_t1",
+            "eth0",
+            "n-t1",
+            "100.127.0.2".parse().unwrap(),
+            &ports,
+            &deny,
+            &allow,
+        );
         assert!(n.contains("iifname \"eth0\" tcp dport 8080 dnat to 100.127.0.2"));
+        assert!(n.contains("iifname \"n-t1\" ip daddr { 192.168.77.0/24 } accept"));
+        assert!(n.contains("iifname \"n-t1\" ip daddr { 0.0.0.0/8, 10.0.0.0/8,"));
         let h = host_table("n_host", "n-*", "eth0", "100.127.0.0/16".parse().unwrap());
         assert!(h.contains("policy drop"));
         assert!(h.contains("iifname \"n-*\" oifname \"eth0\" ip saddr 100.127.0.0/16 accept"));

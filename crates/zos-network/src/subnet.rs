@@ -1,7 +1,8 @@
-//! IPv4 subnets and host address allocation (pure: no kernel).
+//! IPv4 subnets and host address allocation, and IP prefixes for egress rules (pure:
+//! no kernel).
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
@@ -124,9 +125,210 @@ impl FromStr for Ipv4Subnet {
     }
 }
 
+/// An IPv4 or IPv6 prefix of any length (`10.0.0.0/8`, `192.0.2.7/32`, `fe80::/10`):
+/// a destination range in egress rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Refuses a prefix longer than the address or set host bits.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<IpNet> {
+        let text = format!("{addr}/{prefix}");
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > bits {
+            return Err(Error::InvalidSubnet {
+                subnet: text,
+                reason: "prefix length longer than the address",
+            });
+        }
+        let n = IpNet { addr, prefix };
+        if n.value(addr) & !n.mask() != 0 {
+            return Err(Error::InvalidSubnet {
+                subnet: text,
+                reason: "host bits are set (give the network address)",
+            });
+        }
+        Ok(n)
+    }
+
+    /// `const` form for the built-in ranges (valid by construction, checked in tests).
+    const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> IpNet {
+        IpNet {
+            addr: IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            prefix,
+        }
+    }
+
+    const fn v6(first: u16, prefix: u8) -> IpNet {
+        IpNet {
+            addr: IpAddr::V6(Ipv6Addr::new(first, 0, 0, 0, 0, 0, 0, 0)),
+            prefix,
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+
+    fn bits(&self, a: IpAddr) -> u8 {
+        if a.is_ipv4() {
+            32
+        } else {
+            128
+        }
+    }
+
+    fn value(&self, a: IpAddr) -> u128 {
+        match a {
+            IpAddr::V4(v) => u32::from(v) as u128,
+            IpAddr::V6(v) => u128::from(v),
+        }
+    }
+
+    fn mask(&self) -> u128 {
+        let bits = self.bits(self.addr) as u32;
+        let all = if bits == 32 {
+            u32::MAX as u128
+        } else {
+            u128::MAX
+        };
+        if self.prefix == 0 {
+            0
+        } else {
+            (all << (bits - self.prefix as u32)) & all
+        }
+    }
+
+    /// True when `ip` is in this prefix (an IPv4 prefix never holds an IPv6 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && self.value(ip) & self.mask() == self.value(self.addr)
+    }
+
+    /// True when every address of `other` is in this prefix.
+    pub fn covers(&self, other: &IpNet) -> bool {
+        other.prefix >= self.prefix && self.contains(other.addr)
+    }
+}
+
+/// What a tenant may not reach unless its contract opens it: private (RFC 1918),
+/// shared (RFC 6598, which holds the node's transit range), loopback, link-local,
+/// multicast, "this network", reserved and broadcast; IPv6 loopback, link-local,
+/// unique-local and multicast.
+pub const DEFAULT_EGRESS_DENY: [IpNet; 13] = [
+    IpNet::v4(0, 0, 0, 0, 8),
+    IpNet::v4(10, 0, 0, 0, 8),
+    IpNet::v4(100, 64, 0, 0, 10),
+    IpNet::v4(127, 0, 0, 0, 8),
+    IpNet::v4(169, 254, 0, 0, 16),
+    IpNet::v4(172, 16, 0, 0, 12),
+    IpNet::v4(192, 168, 0, 0, 16),
+    IpNet::v4(224, 0, 0, 0, 4),
+    IpNet::v4(240, 0, 0, 0, 4),
+    IpNet {
+        addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        prefix: 128,
+    },
+    IpNet::v6(0xfe80, 10),
+    IpNet::v6(0xfc00, 7),
+    IpNet::v6(0xff00, 8),
+];
+
+/// `nets` without the prefixes another one covers (nft refuses overlapping elements
+/// in a set), in order.
+pub fn disjoint(nets: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for n in nets {
+        if out.iter().any(|o| o.covers(n)) {
+            continue;
+        }
+        out.retain(|o| !n.covers(o));
+        out.push(*n);
+    }
+    out
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = Error;
+
+    /// `ADDR/PREFIX`, or a bare address (a /32 or /128).
+    fn from_str(s: &str) -> Result<IpNet> {
+        let bad = |reason| Error::InvalidSubnet {
+            subnet: s.to_string(),
+            reason,
+        };
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad("not an IP address"))?;
+        let prefix = match p {
+            Some(p) => p.parse().map_err(|_| bad("not a prefix length"))?,
+            None if addr.is_ipv4() => 32,
+            None => 128,
+        };
+        IpNet::new(addr, prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_nets() {
+        for n in DEFAULT_EGRESS_DENY {
+            assert_eq!(IpNet::new(n.addr(), n.prefix()).unwrap(), n, "{n}");
+            assert_eq!(n.to_string().parse::<IpNet>().unwrap(), n);
+        }
+        let lan: IpNet = "192.168.0.0/16".parse().unwrap();
+        assert!(lan.contains("192.168.77.1".parse().unwrap()));
+        assert!(!lan.contains("192.169.0.1".parse().unwrap()));
+        assert!(!lan.contains("::ffff:192.168.0.1".parse().unwrap()));
+        let ula: IpNet = "fc00::/7".parse().unwrap();
+        assert!(ula.contains("fd12::1".parse().unwrap()));
+        assert!(!ula.contains("fe80::1".parse().unwrap()));
+        assert_eq!("198.51.100.7".parse::<IpNet>().unwrap().prefix(), 32);
+        assert!("0.0.0.0/0"
+            .parse::<IpNet>()
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(matches!(
+            "10.0.0.1/8".parse::<IpNet>(),
+            Err(Error::InvalidSubnet { reason, .. }) if reason.contains("host bits")
+        ));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("fe80::/129".parse::<IpNet>().is_err());
+        let d = disjoint(&[
+            "10.1.0.0/16".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+            "10.2.0.0/16".parse().unwrap(),
+            "192.168.1.0/24".parse().unwrap(),
+        ]);
+        assert_eq!(
+            d,
+            [
+                "10.0.0.0/8".parse().unwrap(),
+                "192.168.1.0/24".parse().unwrap()
+            ]
+        );
+    }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()

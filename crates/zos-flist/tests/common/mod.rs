@@ -31,7 +31,7 @@ pub fn privileged(test: &str) -> bool {
     }
     let reason = format!("{test} needs {}", missing.join(", "));
     if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        println!("SKIP: {reason}");
+        eprintln!("SKIP: {reason}");
         false
     } else {
         panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");

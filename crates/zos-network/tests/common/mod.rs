@@ -48,7 +48,7 @@ pub fn privileged(test: &str) -> bool {
     }
     let reason = format!("{test} needs {}", missing.join(", "));
     if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        println!("SKIP: {reason}");
+        eprintln!("SKIP: {reason}");
         false
     } else {
         panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
@@ -282,16 +282,36 @@ impl World {
         .unwrap()
     }
 
-    /// Links, addresses, routes and the nft ruleset of a namespace.
+    /// Links, addresses, routes and the nft ruleset of a namespace (rule counters
+    /// left out: they count traffic, not configuration).
     pub fn snapshot(&self, ns: &str) -> String {
         [
             self.output(ns, &["ip", "-o", "link", "show"]),
             self.output(ns, &["ip", "-o", "addr", "show"]),
             self.output(ns, &["ip", "route", "show"]),
-            self.output(ns, &["nft", "list", "ruleset"]),
+            without_counts(&self.output(ns, &["nft", "list", "ruleset"])),
         ]
         .join("\n")
     }
+}
+
+/// `counter packets N bytes M` becomes `counter`.
+pub fn without_counts(ruleset: &str) -> String {
+    ruleset
+        .lines()
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words.iter().position(|w| *w == "packets") {
+                Some(i) if i > 0 && words[i - 1] == "counter" && words.len() >= i + 4 => {
+                    let mut kept = words[..i].to_vec();
+                    kept.extend(&words[i + 4..]);
+                    kept.join(" ")
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Accept one connection that a successful `connect` has queued (bounded wait) and
