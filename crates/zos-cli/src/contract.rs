@@ -81,15 +81,23 @@ pub enum ContractCmd {
     },
     /// Verify a contract: signatures, weights, parameters, blueprint, validity.
     ///
-    /// Prints the digest, each signer, the signed weight, and OK or every reason for
-    /// refusal. Exits with status 1 when the contract would be refused.
+    /// Prints the digest, each signer, the signed weight, signature entries that were
+    /// not counted (warnings), and OK or every reason for refusal. Exits with status 1
+    /// when the contract would be refused.
     ///
-    /// Example: zos contract verify c.json --node <node_pub>
+    /// Replay is checked against --running-version, or, with --notary and --node, the
+    /// version that node reports running (its signed status record for this id); with
+    /// neither, it is not checked.
+    ///
+    /// Example: zos contract verify c.json --node <node_pub> --running-version 3
     Verify {
         file: PathBuf,
         /// Verify as this node would (checks the contract is addressed to it).
         #[arg(long)]
         node: Option<PublicKey>,
+        /// The version the node runs for this id: a version at or below it is a replay.
+        #[arg(long, value_name = "N")]
+        running_version: Option<u64>,
         /// Notary to resolve a blueprint given by digest.
         #[arg(long, env = "ZOS_NOTARY")]
         notary: Option<String>,
@@ -233,6 +241,7 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
         ContractCmd::Verify {
             file,
             node,
+            running_version,
             notary,
             trusted_authors,
             format,
@@ -242,8 +251,16 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
             let resolver = crate::notary::blueprint_resolver(notary.as_deref())?;
             let trusted: std::collections::BTreeSet<PublicKey> =
                 trusted_authors.into_iter().collect();
+            let running = match (running_version, notary.as_deref(), node) {
+                (Some(n), _, _) => Some(n),
+                (None, Some(url), Some(node)) => reported_version(&bytes, url, &node)?,
+                _ => None,
+            };
             let mut ctx = VerifyContext::offline(now());
             ctx.node = node;
+            // Only the version is known, not the running document's digest: a document
+            // at the running version is a replay here even if it is the one running.
+            ctx.accepted = running.map(|v| (v, zos_contract::Digest([0; 32])));
             ctx.resolve_blueprint = &resolver;
             if !trusted.is_empty() {
                 ctx.trusted_authors = Some(&trusted);
@@ -253,8 +270,12 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
             if format.json {
                 let mut json = serde_json::to_value(&v)?;
                 json["ok"] = v.is_ok().into();
+                json["running_version"] = running.into();
                 println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
+                if let Some(n) = running {
+                    println!("running   version {n} (replay checked against it)");
+                }
                 print_verification(&v);
             }
             if !v.is_ok() {
@@ -338,6 +359,23 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The version `node` reports running for the contract in `bytes` (its signed status
+/// record in the notary; a refusal's version runs nothing). `None` when the document
+/// cannot be read (verification reports why) or the node reports none.
+fn reported_version(bytes: &[u8], url: &str, node: &PublicKey) -> anyhow::Result<Option<u64>> {
+    let Ok(doc) = SignedContract::from_bytes(bytes, &Limits::default()) else {
+        return Ok(None);
+    };
+    let Ok(key) = zos_notary::NotaryKey::status(node, &doc.contract.id) else {
+        return Ok(None);
+    };
+    let client = crate::notary::Client::open(url)?;
+    Ok(client
+        .get(&key)?
+        .filter(|r| r.body["state"] != "refused")
+        .and_then(|r| r.body["version"].as_u64()))
+}
+
 /// Reads a contract document from a file.
 pub fn read(path: &Path) -> anyhow::Result<SignedContract> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -373,6 +411,9 @@ pub fn print_verification(v: &Verification) {
         );
     }
     println!("weight    {}/{}", v.weight, v.threshold);
+    for w in &v.warnings {
+        println!("warning   [{}] {w} (not counted)", w.code());
+    }
     if v.is_ok() {
         println!("OK");
     } else {

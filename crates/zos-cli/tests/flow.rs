@@ -57,7 +57,7 @@ fn flow(notary: &str) {
         pub_of("budget"),
         pub_of("node"),
     );
-    pub_of("expert");
+    let expert = pub_of("expert");
     // Secret keys are private.
     let mode = std::fs::metadata(tmp.path().join("owner.key"))
         .unwrap()
@@ -170,6 +170,63 @@ fn flow(notary: &str) {
         "--notary",
         notary,
     ]);
+    // Verification checks replay against the version a node runs: given, or the one
+    // the node reports in its signed status record in the notary.
+    let replay = zos.refused(&[
+        "contract",
+        "verify",
+        "c.json",
+        "--node",
+        &node,
+        "--running-version",
+        "2",
+    ]);
+    assert!(replay.contains("[replay]"), "{replay}");
+    let newer = zos.ok(&[
+        "contract",
+        "verify",
+        "c2.json",
+        "--node",
+        &node,
+        "--running-version",
+        "1",
+    ]);
+    assert!(newer.contains("running   version 1"), "{newer}");
+    assert!(newer.ends_with("OK"), "{newer}");
+    let node_key = zos_contract::SecretKey::load(&tmp.path().join("node.key")).unwrap();
+    let status = zos_notary::NotaryKey::status(&node_key.public(), "crm-test").unwrap();
+    let report =
+        serde_json::json!({"contract": "crm-test", "version": 2, "state": "ok", "message": ""});
+    let record = zos_notary::Record::sign(&status, report, &node_key).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use zos_notary::Notary;
+            zos_notary::open(notary).unwrap().put(&record).await
+        })
+        .unwrap();
+    let replay: Value = serde_json::from_str(&zos.refused(&[
+        "contract", "verify", "c.json", "--node", &node, "--notary", notary, "--json",
+    ]))
+    .unwrap();
+    assert_eq!(replay["running_version"], 2, "{replay}");
+    assert_eq!(replay["reasons"][0]["code"], "replay", "{replay}");
+
+    // A signature entry that does not count is a warning, not a veto.
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("c2.json")).unwrap())
+            .unwrap();
+    doc["signatures"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"signer": expert, "signature": "00".repeat(64)}));
+    std::fs::write(tmp.path().join("c3.json"), doc.to_string()).unwrap();
+    let warned = zos.ok(&["contract", "verify", "c3.json", "--node", &node]);
+    assert!(warned.contains("warning   [unknown_signer]"), "{warned}");
+    assert!(warned.ends_with("OK"), "{warned}");
+
     let replay = zos.refused(&[
         "contract",
         "publish",
