@@ -8,6 +8,7 @@
 //! the host's boot (it is kept with the host's boot id).
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +52,17 @@ pub struct Probe {
 /// Boots `kernel` under KVM on `-M microvm` and waits up to `timeout` for
 /// "Linux version" on its console.
 pub fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
+    probe_in(qemu, kernel, timeout, None)
+}
+
+/// [`probe`], with QEMU confined as a VM's own would be (its uid, its mount view, an
+/// empty network namespace, its seccomp filter): the kernel it boots is a tenant's.
+pub(crate) fn probe_in(
+    qemu: &Path,
+    kernel: &Path,
+    timeout: Duration,
+    confined: Option<crate::confine::Confinement>,
+) -> Probe {
     let tcg = |reason: String| Probe {
         accel: Accel::Tcg,
         reason,
@@ -62,8 +74,8 @@ pub fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
     {
         return tcg(format!("/dev/kvm: {e}"));
     }
-    let child = Command::new(qemu)
-        .args(["-accel", "kvm", "-cpu", "host", "-M", "microvm"])
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-accel", "kvm", "-cpu", "host", "-M", "microvm"])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-m", "128", "-smp", "1", "-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
@@ -71,8 +83,17 @@ pub fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
         .args(["-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    if let Some(view) = confined {
+        cmd.args(["-sandbox", crate::qemu::SANDBOX]);
+        // SAFETY: `enter` runs in the forked child before exec and makes only
+        // async-signal-safe syscalls on memory `view` prepared (moved into the
+        // closure, alive until spawn returns).
+        unsafe {
+            cmd.pre_exec(move || view.enter());
+        }
+    }
+    let child = cmd.spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return tcg(format!("running {}: {e}", qemu.display())),

@@ -89,6 +89,8 @@ pub struct Qemu {
     accel: Mutex<Option<Accel>>,
     /// Held while a VM's uid is chosen.
     uids: Mutex<()>,
+    /// The probe this process ran, if it ran one.
+    probed: Mutex<Option<accel::Probe>>,
 }
 
 /// The files of one VM.
@@ -152,6 +154,7 @@ impl Qemu {
             cfg,
             accel: Mutex::new(accel),
             uids: Mutex::new(()),
+            probed: Mutex::new(None),
         })
     }
 
@@ -166,21 +169,49 @@ impl Qemu {
     }
 
     /// The accelerator for `spec`, probing with its kernel (the verified copy in its
-    /// run directory) on first use.
-    fn accel_for(&self, spec: &VmSpec, run: &RunDir) -> Accel {
+    /// run directory) on first use, in a QEMU confined like the VM's (`uid`).
+    fn accel_for(&self, spec: &VmSpec, run: &RunDir, uid: u32) -> Result<Accel> {
         let mut decided = self.accel.lock().expect("not poisoned");
         if let Some(a) = *decided {
-            return a;
+            return Ok(a);
         }
         if !matches!(spec.boot, Boot::Kernel { .. }) {
             // Nothing to probe with: no decision yet, this VM runs under TCG.
-            return Accel::Tcg;
+            return Ok(Accel::Tcg);
         }
-        let probe = accel::probe(&self.cfg.binary, &run.kernel(), self.cfg.probe_timeout);
+        let binary = confine::resolve_binary(&self.cfg.binary)?;
+        let mut view = self.view(run, uid, None, &binary)?;
+        view.bind(&run.dir, false, false)?;
+        view.kvm()?;
+        let probe = accel::probe_in(&binary, &run.kernel(), self.cfg.probe_timeout, Some(view));
         tracing::info!(accel = %probe.accel, reason = %probe.reason, "VM accelerator decided");
         accel::remember(&self.cfg.root.join("accel"), probe.accel);
         *decided = Some(probe.accel);
-        probe.accel
+        let accel = probe.accel;
+        *self.probed.lock().expect("not poisoned") = Some(probe);
+        Ok(accel)
+    }
+
+    /// The KVM probe this hypervisor ran (with its reason), if it ran one.
+    pub fn probe(&self) -> Option<accel::Probe> {
+        self.probed.lock().expect("not poisoned").clone()
+    }
+
+    /// QEMU's mount view and user (see [`crate::confine`]), with `binary` in it.
+    fn view(
+        &self,
+        run: &RunDir,
+        uid: u32,
+        netns: Option<&Path>,
+        binary: &Path,
+    ) -> Result<Confinement> {
+        let mut view = Confinement::new(&run.view(), uid, uid, netns)?;
+        if !binary.starts_with("/usr/") {
+            if let Some(dir) = binary.parent() {
+                view.bind(dir, false, true)?;
+            }
+        }
+        Ok(view)
     }
 
     /// The pid of `name`'s QEMU if it is alive; reaps it if it is our zombie.
@@ -435,7 +466,7 @@ impl Hypervisor for Qemu {
             Some(nic) => Some(confine::open_tap(spec.netns.as_deref(), &nic.tap)?),
             None => None,
         };
-        let accel = self.accel_for(spec, &run);
+        let accel = self.accel_for(spec, &run, uid)?;
         std::fs::write(run.accel(), accel.to_string())
             .map_err(Error::io("writing", run.accel()))?;
 
@@ -445,12 +476,7 @@ impl Hypervisor for Qemu {
             disks: disks.iter().map(|d| d.as_raw_fd()).collect(),
         };
         let binary = confine::resolve_binary(&self.cfg.binary)?;
-        let mut view = Confinement::new(&run.view(), uid, uid, spec.netns.as_deref())?;
-        if !binary.starts_with("/usr/") {
-            if let Some(dir) = binary.parent() {
-                view.bind(dir, false, true)?;
-            }
-        }
+        let mut view = self.view(&run, uid, spec.netns.as_deref(), &binary)?;
         view.bind(&run.dir, true, false)?;
         if accel == Accel::Kvm {
             view.kvm()?;

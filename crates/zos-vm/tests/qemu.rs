@@ -356,3 +356,32 @@ fn the_kvm_probe_answers_with_a_reason() {
         );
     }
 }
+
+/// With `accel = auto` the probe boots the VM's own kernel under KVM in a QEMU confined
+/// as the VM's (its uid, mount view, seccomp): it reaches KVM (here a PVM flavour that
+/// aborts, or a real KVM that boots), not a confinement error; the VM then runs.
+#[test]
+fn the_confined_probe_reaches_kvm_and_the_vm_runs() {
+    if !runnable("the_confined_probe_reaches_kvm_and_the_vm_runs") {
+        return;
+    }
+    let f = Fixture::new("p");
+    let mut cfg = f.qemu.config().clone();
+    cfg.accel = AccelChoice::Auto;
+    cfg.root = f.dir.path().join("auto");
+    let qemu = Qemu::new(cfg).unwrap();
+    let spec = f.spec("p1.vm");
+    let started = qemu.start(&spec);
+    let probe = qemu.probe().expect("a probe ran");
+    println!("probe: {} ({})", probe.accel, probe.reason);
+    let _ = qemu.remove("p1.vm");
+    let started = started.unwrap();
+    assert_eq!(started.accel, probe.accel);
+    assert!(
+        probe.reason.contains("booted under KVM")
+            || probe.reason.contains("kernel banner")
+            || probe.reason.starts_with("/dev/kvm"),
+        "{}",
+        probe.reason
+    );
+}
