@@ -29,6 +29,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
@@ -46,6 +47,12 @@ pub const STATE_DIR: &str = "zos-state";
 
 /// State key of the node's identity seed: write-once, never authenticated by itself.
 pub const IDENTITY_KEY: &str = "identity";
+
+/// State key of the marker that the state home is authenticated: once a valid copy of
+/// it exists, a checksummed copy of any other key is forged. Before it (a node whose
+/// state predates authentication), checksummed copies are read once and rewritten
+/// authenticated ([`StateHome::upgrade`]).
+pub const AUTHENTICATED_KEY: &str = "authenticated";
 
 /// HMAC-SHA256 (RFC 2104) of the concatenated `parts`; `key` at most one block.
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -115,6 +122,7 @@ enum Rejected {
 fn decode<'a>(
     key: &str,
     mac: Option<&[u8; 32]>,
+    legacy: bool,
     bytes: &'a [u8],
 ) -> std::result::Result<(u64, &'a [u8]), Rejected> {
     if bytes.len() < HEADER {
@@ -136,6 +144,7 @@ fn decode<'a>(
         )));
     }
     let payload = &bytes[HEADER..];
+    let mac = if legacy && magic == MAGIC { None } else { mac };
     match (mac, magic == MAGIC_MAC) {
         (Some(k), true) => {
             let tag = hmac_sha256(k, &[key.as_bytes(), &[0], &bytes[0..24], payload]);
@@ -238,6 +247,8 @@ pub struct StateHome {
     dirs: Vec<PathBuf>,
     lock: Mutex<()>,
     mac: OnceLock<[u8; 32]>,
+    /// Checksummed copies are still read (only during [`StateHome::upgrade`]).
+    legacy: AtomicBool,
 }
 
 fn check_key(key: &str) -> Result<()> {
@@ -257,6 +268,7 @@ impl StateHome {
             dirs,
             lock: Mutex::new(()),
             mac: OnceLock::new(),
+            legacy: AtomicBool::new(false),
         }
     }
 
@@ -291,7 +303,48 @@ impl StateHome {
     }
 
     fn read_copy(&self, dir: &Path, key: &str) -> (CopyState, Option<Vec<u8>>) {
-        read_copy(dir, key, self.mac_for(key))
+        let legacy = self.legacy.load(Ordering::SeqCst);
+        read_copy_with(dir, key, self.mac_for(key), legacy)
+    }
+
+    /// After [`StateHome::set_mac_key`]: if the state home was never authenticated
+    /// (no valid [`AUTHENTICATED_KEY`] copy), every key's checksummed copies are read
+    /// one last time and rewritten authenticated, then the marker is written. Returns
+    /// the keys upgraded. A marker whose copies are all forged is an error.
+    pub fn upgrade(&self) -> Result<Vec<String>> {
+        if self.mac.get().is_none() || self.read(AUTHENTICATED_KEY)?.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<String> = Vec::new();
+        for d in &self.dirs {
+            let Ok(rd) = fs::read_dir(d) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') && name != IDENTITY_KEY && !keys.contains(&name) {
+                    keys.push(name);
+                }
+            }
+        }
+        keys.sort();
+        self.legacy.store(true, Ordering::SeqCst);
+        let res = (|| {
+            let mut done = Vec::new();
+            for k in &keys {
+                if check_key(k).is_err() {
+                    continue;
+                }
+                if let Some(r) = self.read(k)? {
+                    self.write(k, &r.data)?;
+                    done.push(k.clone());
+                }
+            }
+            Ok(done)
+        })();
+        self.legacy.store(false, Ordering::SeqCst);
+        let done = res?;
+        self.write(AUTHENTICATED_KEY, b"1")?;
+        tracing::info!(keys = ?done, "state home now authenticated by the node key");
+        Ok(done)
     }
 
     /// The state of every copy of `key`, without repairing.
@@ -492,9 +545,19 @@ pub(crate) fn read_copy(
     key: &str,
     mac: Option<&[u8; 32]>,
 ) -> (CopyState, Option<Vec<u8>>) {
+    read_copy_with(dir, key, mac, false)
+}
+
+/// [`read_copy`]; `legacy`: a checksummed copy is valid even with a `mac`.
+fn read_copy_with(
+    dir: &Path,
+    key: &str,
+    mac: Option<&[u8; 32]>,
+    legacy: bool,
+) -> (CopyState, Option<Vec<u8>>) {
     let p = dir.join(key);
     match fs::read(&p) {
-        Ok(b) => match decode(key, mac, &b) {
+        Ok(b) => match decode(key, mac, legacy, &b) {
             Ok((generation, payload)) => (CopyState::Valid { generation }, Some(payload.to_vec())),
             Err(Rejected::Corrupt(why)) => (CopyState::Corrupt(why), None),
             Err(Rejected::Forged(why)) => (CopyState::Forged(why), None),
@@ -666,5 +729,25 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_checksummed_home_is_upgraded_once() {
+        let (_t, h) = home(2);
+        h.write(IDENTITY_KEY, &[1; 32]).unwrap();
+        h.write("journal", b"from before").unwrap();
+        let h = StateHome::new(h.dirs.clone());
+        h.set_mac_key(mac_key_of(&[1; 32])).unwrap();
+        assert!(matches!(h.read("journal"), Err(Error::StateForged { .. })));
+        assert_eq!(h.upgrade().unwrap(), vec!["journal".to_string()]);
+        let r = h.read("journal").unwrap().unwrap();
+        assert_eq!(r.data, b"from before");
+        assert!(fs::read(h.dirs[0].join("journal"))
+            .unwrap()
+            .starts_with(MAGIC_MAC));
+        // Once upgraded, a checksummed copy is forged again, and upgrade does nothing.
+        fs::write(h.dirs[1].join("journal"), encode("journal", None, 9, b"x")).unwrap();
+        assert!(h.upgrade().unwrap().is_empty());
+        assert_eq!(h.read("journal").unwrap().unwrap().data, b"from before");
     }
 }

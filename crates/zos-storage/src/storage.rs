@@ -311,7 +311,8 @@ impl<B: Backend> Storage<B> {
                 s
             }
         };
-        self.state.set_mac_key(mac_key_of(&seed))
+        self.state.set_mac_key(mac_key_of(&seed))?;
+        self.state.upgrade().map(|_| ())
     }
 
     /// The registry of created volumes: seeded from the subvolumes there are when it
