@@ -19,7 +19,7 @@ use crate::vms::Vms;
 use crate::workloads::Workloads;
 
 /// State home key of the node's ed25519 seed.
-const IDENTITY_KEY: &str = "identity";
+const IDENTITY_KEY: &str = zos_storage::IDENTITY_KEY;
 /// State home key of the engine's journal.
 const JOURNAL_KEY: &str = "journal";
 
@@ -58,6 +58,9 @@ pub fn open_storage(cfg: &NodeConfig) -> anyhow::Result<Storage> {
         }
         disks.push(dev);
     }
+    // The state home belongs to the node identity: created on first boot, and every
+    // record in it (journal, name map, registries) authenticated by a key from it.
+    sc.node_identity = true;
     sc.discovery = DiscoveryConfig {
         selection: DiskSelection::Explicit(disks),
         label_prefix: cfg.storage.label_prefix.clone(),
@@ -77,28 +80,21 @@ pub fn open_storage(cfg: &NodeConfig) -> anyhow::Result<Storage> {
     Ok(storage)
 }
 
-/// The node key from the state home, generated on first boot.
+/// The node key: the seed zos-storage keeps in the state home (created on first
+/// boot, 0600 on every pool, write-once; a pool holding another seed is refused).
 pub fn identity(storage: &Storage) -> anyhow::Result<SecretKey> {
-    if let Some(read) = storage
+    let read = storage
         .state()
         .read(IDENTITY_KEY)
         .context("reading the node identity")?
-    {
-        let seed: [u8; 32] = read
-            .data
-            .as_slice()
-            .try_into()
-            .context("the stored node identity is not a 32-byte seed")?;
-        return Ok(SecretKey::from_seed(seed));
-    }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for a node key: {e}"))?;
-    storage
-        .state()
-        .write(IDENTITY_KEY, &seed)
-        .context("storing the node identity")?;
+        .context("the state home holds no node identity")?;
+    let seed: [u8; 32] = read
+        .data
+        .as_slice()
+        .try_into()
+        .context("the stored node identity is not a 32-byte seed")?;
     let key = SecretKey::from_seed(seed);
-    tracing::info!(node = %key.public(), "first boot: node identity created");
+    tracing::info!(node = %key.public(), generation = read.generation, "node identity");
     Ok(key)
 }
 
@@ -177,7 +173,7 @@ async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow
         Rootfs::new(&cfg.state_dir),
         Workloads::new(&cfg.state_dir).context("container runtime")?,
         Vms::new(Arc::new(hypervisor(&cfg)?), storage.clone()),
-        KernelNames::open(&cfg.state_dir, &cfg.network.prefix),
+        KernelNames::open(storage.clone(), &cfg.state_dir, &cfg.network.prefix)?,
     );
     let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;
     if let Some(farm) = &cfg.farm {

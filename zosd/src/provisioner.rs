@@ -202,7 +202,16 @@ impl Provisioner for NodeProvisioner {
                 .storage
                 .volume_ensure(&k, spec.size_mib << 20, kind)
                 .map(|v| v.path)
-                .map_err(|e| ProvisionError::new("volume", &name, e.to_string()))
+                .map_err(|e| {
+                    // Its data is gone: retrying would only make an empty one.
+                    let lost = matches!(e, zos_storage::Error::VolumeLost { .. });
+                    let e = ProvisionError::new("volume", &name, e.to_string());
+                    if lost {
+                        e.permanent()
+                    } else {
+                        e
+                    }
+                })
         })
         .await
     }

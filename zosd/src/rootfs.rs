@@ -191,8 +191,9 @@ fn fetch(url: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Replaces `path` with `bytes`: temp file, fsync, rename, so a crash leaves the old
-/// content or the new, never a mix.
+/// Replaces `path` with `bytes`: temp file, fsync, rename, fsync of the directory, so
+/// a crash leaves the old content or the new, never a mix, and a completed call is on
+/// the disk (the rename included).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().expect("a file under the state dir");
     fs::create_dir_all(dir)?;
@@ -204,7 +205,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
-    fs::rename(&tmp, path)
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
 }
 
 /// True when `path` is a mount point (per /proc/self/mountinfo).
