@@ -631,4 +631,11 @@ fn attack_qemu_is_confined() {
         "QEMU is not confined:\n{}",
         failures.join("\n")
     );
+    eprintln!(
+        "{test}: QEMU {pid}: Uid {:?}, Seccomp {:?}, NoNewPrivs {:?}; {} from its devices cgroup: EPERM; its view of the state dir: {seen:?}",
+        field("Uid:"),
+        field("Seccomp:"),
+        field("NoNewPrivs:"),
+        pool.display()
+    );
 }
