@@ -569,7 +569,7 @@ fn attack_qemu_is_confined() {
             .unwrap_or_default()
     };
     let mut failures = Vec::new();
-    if field("Uid:").iter().any(|u| *u == "0") || field("Gid:").iter().any(|g| *g == "0") {
+    if field("Uid:").contains(&"0") || field("Gid:").contains(&"0") {
         failures.push(format!(
             "QEMU runs as root: Uid {:?} Gid {:?}",
             field("Uid:"),
