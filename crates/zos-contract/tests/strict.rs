@@ -365,3 +365,215 @@ fn a_bad_owner_or_required_signature_refuses_when_the_rules_are_unmet() {
     );
     assert!(v.deployment.is_none() || !v.is_ok());
 }
+
+/// Every attack above (and a few plain cases), as bytes.
+fn documents() -> Vec<(String, Vec<u8>)> {
+    let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |name: &str, bytes: Vec<u8>| docs.push((name.to_string(), bytes));
+    let full = fully_signed().to_value();
+    let raw = |body: &Value| {
+        json!({"contract": body, "signatures": sign_raw(body, &all_signers())})
+            .to_string()
+            .into_bytes()
+    };
+    add("accepted", fully_signed().to_pretty().into_bytes());
+    add(
+        "document-as-array",
+        json!([full["contract"], full["signatures"]])
+            .to_string()
+            .into_bytes(),
+    );
+    add(
+        "contract-as-array",
+        raw(&contract_as_array(&full["contract"])),
+    );
+    let mut body = full["contract"].clone();
+    body["stakeholders"][1] = json!([budget().public(), 1, false]);
+    add("stakeholder-as-array", raw(&body));
+    let mut v = full.clone();
+    let e = v["signatures"][2].clone();
+    v["signatures"][2] = json!([e["signer"], e["signature"]]);
+    add("signature-entry-as-array", v.to_string().into_bytes());
+    let bp = signed_blueprint().to_value();
+    add(
+        "blueprint-envelope-as-array",
+        contract_with_blueprint(json!([bp["blueprint"], bp["author"], bp["signature"]])),
+    );
+    add(
+        "declaration-as-array",
+        contract_with_blueprint(blueprint_doc(|b| {
+            b["params"]["users"] = json!(["int", 1, 1000, 10])
+        })),
+    );
+    add(
+        "flist-as-array",
+        contract_with_blueprint(blueprint_doc(|b| {
+            let f = b["body"]["workloads"][0]["flist"].clone();
+            b["body"]["workloads"][0]["flist"] = json!([f["url"], f["sha256"], f["stores"]]);
+        })),
+    );
+    add(
+        "mount-as-array",
+        contract_with_blueprint(blueprint_doc(|b| {
+            b["body"]["workloads"][0]["mounts"][0] = json!(["data", "/data"])
+        })),
+    );
+    let mut body = full["contract"].clone();
+    body["not_before"] = Value::Null;
+    add("null-member", raw(&body));
+    for depth in [33usize, 10_000] {
+        let mut doc = String::from(r#"{"contract":{"params":{"x":"#);
+        doc.push_str(&"[".repeat(depth));
+        doc.push_str(&"]".repeat(depth));
+        doc.push_str("}}}");
+        add(&format!("nesting-{depth}"), doc.into_bytes());
+    }
+    add("unclosed-200000", "[".repeat(200_000).into_bytes());
+    add(
+        "workloads-65",
+        contract_with_blueprint(blueprint_doc(|b| {
+            let w = b["body"]["workloads"][0].clone();
+            b["body"]["workloads"] = json!((0..65)
+                .map(|i| {
+                    let mut w = w.clone();
+                    w["name"] = json!(format!("w{i}"));
+                    w["ports"] = json!([]);
+                    w
+                })
+                .collect::<Vec<_>>());
+        })),
+    );
+    for n in [
+        "9007199254740991",
+        "9007199254740992",
+        "1152921504606846976",
+        "1152921504606847000",
+        "100000000000000000000000000000",
+    ] {
+        add(
+            &format!("expires-{n}"),
+            signed_text(|c| c.replace("\"expires\":1800003600", &format!("\"expires\":{n}"))),
+        );
+    }
+    add(
+        "fraction",
+        signed_text(|c| c.replace(",\"version\":1}", ",\"version\":1.0}")),
+    );
+    add(
+        "infinite",
+        signed_text(|c| c.replace(",\"version\":1}", ",\"version\":1e400}")),
+    );
+    let mut doc = threshold_two();
+    doc.signatures.push(SignatureEntry {
+        signer: budget().public(),
+        signature: stranger().sign(&doc.digest),
+    });
+    add("bad-optional-signature", doc.to_pretty().into_bytes());
+    let mut doc = threshold_two();
+    doc.signatures.push(SignatureEntry {
+        signer: stranger().public(),
+        signature: stranger().sign(&doc.digest),
+    });
+    let mut garbage = doc.signatures[0].clone();
+    garbage.signature.0[0] ^= 1;
+    doc.signatures.push(garbage);
+    add("unknown-and-duplicate", doc.to_pretty().into_bytes());
+    let mut doc = threshold_two();
+    doc.signatures[0].signature.0[0] ^= 1;
+    add("bad-owner-signature", doc.to_pretty().into_bytes());
+    let mut doc = fully_signed();
+    doc.signatures[1].signature.0[0] ^= 1;
+    add("bad-required-signature", doc.to_pretty().into_bytes());
+    add(
+        "owner-missing",
+        signed(contract(), &[legal(), budget()])
+            .to_pretty()
+            .into_bytes(),
+    );
+    let mut c = contract();
+    c.params.insert("users".into(), json!(5000));
+    c.params.insert("colour".into(), json!("red"));
+    add(
+        "params-out-of-bounds",
+        signed(c, &all_signers()).to_pretty().into_bytes(),
+    );
+    let text = full.to_string();
+    add(
+        "duplicate-key",
+        text.replacen("{\"contract\":{", "{\"contract\":{\"id\":\"x\",", 1)
+            .into_bytes(),
+    );
+    add("trailing-bytes", format!("{text} {{}}").into_bytes());
+    add(
+        "lone-surrogate",
+        text.replacen("\"crm-acme\"", "\"\\ud800\"", 1).into_bytes(),
+    );
+    let mut body = full["contract"].clone();
+    body["params"]["colour"] = json!("x".repeat(4097));
+    add("long-string", raw(&body));
+    let mut body = full["contract"].clone();
+    body["nodes"] = json!(vec![node().public(); 257]);
+    add("too-many-items", raw(&body));
+    docs
+}
+
+/// crosscheck.py, written from docs/contract-format.md alone, reads every document
+/// above with the same reason and warning codes as `verify_bytes`.
+#[test]
+fn the_python_reader_refuses_the_same_documents_for_the_same_reasons() {
+    let dir = tempfile::Builder::new()
+        .prefix("zt-crosscheck-")
+        .tempdir()
+        .unwrap();
+    let codes = |rs: &[Reason]| {
+        let set: std::collections::BTreeSet<String> = rs.iter().map(Reason::code).collect();
+        set.into_iter().collect::<Vec<_>>()
+    };
+    let mut want = serde_json::Map::new();
+    let mut paths = serde_json::Map::new();
+    for (name, bytes) in documents() {
+        let v = verify_bytes(&bytes, &ctx());
+        want.insert(
+            name.clone(),
+            json!({"reasons": codes(&v.reasons), "warnings": codes(&v.warnings)}),
+        );
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, &bytes).unwrap();
+        paths.insert(name, json!(path));
+    }
+    let manifest = dir.path().join("manifest.json");
+    std::fs::write(
+        &manifest,
+        json!({"now": NOW, "node": node().public(), "documents": paths}).to_string(),
+    )
+    .unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crosscheck.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--verify")
+        .arg(&manifest)
+        .output()
+        .expect("python3 runs (cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "crosscheck.py --verify failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut disagree = Vec::new();
+    for (name, w) in &want {
+        if got[name] != *w {
+            disagree.push(format!("{name}: rust {w}, python {}", got[name]));
+        }
+    }
+    assert!(disagree.is_empty(), "{}", disagree.join("\n"));
+    // The cases mean what they say (not just that both readers agree).
+    assert_eq!(want["accepted"], json!({"reasons": [], "warnings": []}));
+    assert_eq!(want["contract-as-array"]["reasons"], json!(["malformed"]));
+    assert_eq!(want["nesting-10000"]["reasons"], json!(["oversized"]));
+    assert_eq!(want["workloads-65"]["reasons"], json!(["oversized"]));
+    assert_eq!(
+        want["bad-optional-signature"],
+        json!({"reasons": [], "warnings": ["bad_signature"]})
+    );
+}
