@@ -900,7 +900,9 @@ mod tests {
         let node = zos_contract::SecretKey::from_seed([8; 32]).public();
         let record = |id: &str, v: u64| {
             let key = NotaryKey::contract(&node, id).unwrap();
-            Record::sign_at(&key, serde_json::json!({ "version": v }), &author, 1).unwrap()
+            let body =
+                serde_json::json!({ "contract": { "owner": author.public(), "version": v } });
+            Record::sign_at(&key, body, &author, 1).unwrap()
         };
         rt.block_on(notary.put(&record("old", 1))).unwrap();
 
@@ -927,7 +929,7 @@ mod tests {
         w.remote.as_mut().unwrap().walked -= REMOTE_POLL;
         assert!(w.walk_remote(false));
         let mut got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|r| format!("{} v{}", r.key, r.body["version"]))
+            .map(|r| format!("{} v{}", r.key, r.body["contract"]["version"]))
             .collect();
         got.sort();
         assert_eq!(

@@ -1,15 +1,26 @@
 //! `etcd://` backend: etcd v3 (3.4 or later) through its HTTP JSON gateway.
 //!
 //! URL: `etcd://host:port` (keys under `zos/`) or `etcd://host:port/prefix` (keys under
-//! `prefix/`). A record for logical key `K` is stored at etcd key `<prefix>/K`, its value
-//! the record's canonical bytes.
+//! `prefix/`): plain HTTP. `etcds://host:port[/prefix]?ca=/ca.pem[&cert=/c.pem&key=/c.key]`:
+//! HTTPS (rustls on ring, TLS 1.2+), the server's certificate checked against the pinned
+//! CA `ca` only (no built-in roots) and the host name, and the client certificate
+//! `cert`/`key` (PEM) presented when given. A record for logical key `K` is stored at
+//! etcd key `<prefix>/K`, its value the record's canonical bytes.
+//!
+//! Every response body is bounded while it streams in ([`MAX_RESPONSE`] per unary
+//! response, [`MAX_WATCH_MESSAGE`] per watch message, not per stream): a server that
+//! sends more is cut off with [`NotaryError::ResponseTooLarge`]. So that one oversized
+//! value cannot make a whole listing fail, a listing reads the keys first (a page of
+//! 128 keys, no values) and then each value on its own, at the listing's revision; a
+//! value too large is skipped and logged like any other bad record.
 //!
 //! Gateway calls (etcd 3.4 serves them at `/v3/...`; keys and values are base64, 64-bit
 //! integers are JSON strings):
 //!
 //! - `POST /v3/kv/put {"key","value"}`;
-//! - `POST /v3/kv/range {"key","range_end","limit","revision"}`, paginated at one
-//!   revision, so a listing is a consistent snapshot;
+//! - `POST /v3/kv/range {"key","range_end","limit","revision","keys_only"}`, paginated
+//!   at one revision, then one range per key at that revision, so a listing is a
+//!   consistent snapshot;
 //! - `POST /v3/watch {"create_request":{"key","range_end","start_revision"}}`: a
 //!   streaming response of newline-separated JSON messages.
 //!
@@ -17,6 +28,8 @@
 //! a capped exponential backoff. If that revision was compacted meanwhile, it re-reads
 //! the prefix and delivers every record modified since, then watches from there.
 
+use std::error::Error as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +51,15 @@ const PAGE: u64 = 128;
 const TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Largest unary response body accepted: one record of [`MAX_RECORD_BYTES`] in base64
+/// plus the gateway's JSON around it (a page of keys is far smaller).
+pub const MAX_RESPONSE: usize = MAX_RECORD_BYTES / 3 * 4 + 64 * 1024;
+/// Largest single watch message accepted (the stream itself is unbounded): two records'
+/// worth. A bigger one (a transaction of many values) is skipped by catching up from a
+/// listing, which reads values one by one.
+pub const MAX_WATCH_MESSAGE: usize = 2 * MAX_RECORD_BYTES + 64 * 1024;
+/// Largest CA/certificate/key file read for `etcds://`.
+const MAX_PEM: u64 = 1024 * 1024;
 
 /// A notary in etcd. Cheap to clone (one shared HTTP connection pool).
 #[derive(Debug, Clone)]
@@ -48,7 +70,7 @@ pub struct EtcdNotary {
 #[derive(Debug)]
 struct Inner {
     client: reqwest::Client,
-    /// `http://host:port`
+    /// `http://host:port` or `https://host:port`
     endpoint: String,
     /// etcd key prefix, ending in `/`.
     base: String,
@@ -136,24 +158,116 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The `etcds://` parameters: absolute paths of PEM files.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsFiles {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn parse(query: &str) -> Result<TlsFiles, String> {
+        let (mut ca, mut cert, mut key) = (None, None, None);
+        for pair in query.split('&') {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("parameter {pair:?} is not name=value"))?;
+            let slot = match name {
+                "ca" => &mut ca,
+                "cert" => &mut cert,
+                "key" => &mut key,
+                other => return Err(format!("unknown parameter {other:?} (ca, cert, key)")),
+            };
+            if slot.is_some() {
+                return Err(format!("parameter {name:?} given twice"));
+            }
+            let path = PathBuf::from(value);
+            if !path.is_absolute() {
+                return Err(format!("{name}={value:?}: an absolute path is needed"));
+            }
+            *slot = Some(path);
+        }
+        let ca = ca.ok_or("etcds:// needs ca=<path of the CA's PEM>")?;
+        if cert.is_some() != key.is_some() {
+            return Err("cert= and key= go together".into());
+        }
+        Ok(TlsFiles { ca, cert, key })
+    }
+
+    /// Pins the CA (and nothing else) and adds the client identity.
+    fn configure(
+        &self,
+        builder: reqwest::ClientBuilder,
+        url: &str,
+    ) -> Result<reqwest::ClientBuilder, NotaryError> {
+        let tls = |path: &Path, reason: String| NotaryError::TlsConfig {
+            url: url.to_owned(),
+            path: path.to_path_buf(),
+            reason,
+        };
+        let read = |path: &Path| -> Result<Vec<u8>, NotaryError> {
+            let f = std::fs::File::open(path).map_err(|e| tls(path, e.to_string()))?;
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_PEM + 1), &mut buf)
+                .map_err(|e| tls(path, e.to_string()))?;
+            if buf.len() as u64 > MAX_PEM {
+                return Err(tls(path, format!("larger than {MAX_PEM} bytes")));
+            }
+            Ok(buf)
+        };
+        let ca_pem = read(&self.ca)?;
+        let cas = reqwest::Certificate::from_pem_bundle(&ca_pem)
+            .map_err(|e| tls(&self.ca, format!("not a PEM certificate: {e}")))?;
+        if cas.is_empty() {
+            return Err(tls(&self.ca, "no certificate in the file".into()));
+        }
+        let mut builder = builder
+            .https_only(true)
+            .min_tls_version(reqwest::tls::Version::TLS_1_2);
+        for ca in cas {
+            builder = builder.add_root_certificate(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend_from_slice(&read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| tls(cert, format!("client certificate and key: {e}")))?;
+            builder = builder.identity(identity);
+        }
+        Ok(builder)
+    }
+}
+
 impl EtcdNotary {
-    /// Parses `etcd://host:port[/prefix]`. Does not connect: the first operation does.
+    /// Parses `etcd://host:port[/prefix]` or
+    /// `etcds://host:port[/prefix]?ca=<pem>[&cert=<pem>&key=<pem>]` (absolute paths) and
+    /// reads the TLS files. Does not connect: the first operation does.
     pub fn open(url: &str) -> Result<Self, NotaryError> {
         let bad = |reason: &str| NotaryError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| bad("expected etcd://host:port[/prefix]"))?;
+        const SHAPE: &str = "expected etcd://host:port[/prefix] or \
+             etcds://host:port[/prefix]?ca=/ca.pem[&cert=/client.pem&key=/client.key]";
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("etcds://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("etcd://") {
+            (false, rest)
+        } else {
+            return Err(bad(SHAPE));
+        };
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if authority.is_empty()
             || authority.contains(['@', '?', '#', ','])
             || !authority.contains(':')
         {
-            return Err(bad(
-                "expected etcd://host:port[/prefix] with one host and a port",
-            ));
+            return Err(bad(SHAPE));
         }
         let prefix = if path.is_empty() {
             DEFAULT_PREFIX.to_owned()
@@ -163,17 +277,31 @@ impl EtcdNotary {
                 .as_str()
                 .to_owned()
         };
-        let endpoint = format!("http://{authority}");
+        let endpoint = format!("{}://{authority}", if tls { "https" } else { "http" });
         reqwest::Url::parse(&endpoint).map_err(|e| bad(&e.to_string()))?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_nodelay(true)
-            .build()
-            .map_err(|source| NotaryError::Http {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false);
+        match (tls, query) {
+            (false, None) => {}
+            (false, Some(_)) => {
+                return Err(bad(
+                    "etcd:// takes no parameters; TLS files go with etcds://",
+                ))
+            }
+            (true, None) => return Err(bad("etcds:// needs ca=<path of the CA's PEM>")),
+            (true, Some(q)) => {
+                let files = TlsFiles::parse(q).map_err(|r| bad(&r))?;
+                builder = files.configure(builder, url)?;
+            }
+        }
+        let client = builder.build().map_err(|source| NotaryError::Http {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
         Ok(EtcdNotary {
             inner: Arc::new(Inner {
                 client,
@@ -183,7 +311,7 @@ impl EtcdNotary {
         })
     }
 
-    /// `http://host:port`.
+    /// `http://host:port` or `https://host:port`.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
     }
@@ -200,13 +328,7 @@ impl EtcdNotary {
 
     /// A snapshot of the records under `prefix` and the revision it was taken at.
     pub async fn list_at(&self, prefix: &KeyPrefix) -> Result<(Vec<Record>, i64), NotaryError> {
-        let (kvs, rev) = self.inner.range_prefix(prefix).await?;
-        let mut out: Vec<Record> = kvs
-            .iter()
-            .filter_map(|kv| self.inner.decode(kv, prefix))
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok((out, rev))
+        self.inner.list_verified(prefix, 0).await
     }
 
     /// A watch delivering records modified at `start_revision` or later.
@@ -233,10 +355,36 @@ impl EtcdNotary {
 
 impl Inner {
     fn http(&self, source: reqwest::Error) -> NotaryError {
-        NotaryError::Http {
+        classify(&self.endpoint, source)
+    }
+
+    fn too_large(&self, what: &str, max: usize) -> NotaryError {
+        NotaryError::ResponseTooLarge {
             endpoint: self.endpoint.clone(),
-            source,
+            what: what.to_owned(),
+            max,
         }
+    }
+
+    /// The body of `resp`, refused as soon as more than `max` bytes arrived (or were
+    /// announced), so a hostile server cannot make us buffer without end.
+    async fn read_bounded(
+        &self,
+        mut resp: reqwest::Response,
+        what: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, NotaryError> {
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(self.too_large(what, max));
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.http(e))? {
+            if buf.len() + chunk.len() > max {
+                return Err(self.too_large(what, max));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
     }
 
     fn etcd(&self, reason: impl Into<String>) -> NotaryError {
@@ -261,7 +409,7 @@ impl Inner {
             .await
             .map_err(|e| self.http(e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.http(e))?;
+        let bytes = self.read_bounded(resp, path, MAX_RESPONSE).await?;
         if !status.is_success() {
             return Err(self.etcd(format!(
                 "{path}: HTTP {status}: {}",
@@ -280,7 +428,9 @@ impl Inner {
         (start, end)
     }
 
-    async fn range_prefix(&self, prefix: &KeyPrefix) -> Result<(Vec<Kv>, i64), NotaryError> {
+    /// The keys (no values) under `prefix` with their revisions, and the revision the
+    /// listing was taken at: pages of [`PAGE`] keys at one revision.
+    async fn range_keys(&self, prefix: &KeyPrefix) -> Result<(Vec<Kv>, i64), NotaryError> {
         let (mut start, end) = self.range_of(prefix);
         let mut revision = 0i64;
         let mut out = Vec::new();
@@ -289,6 +439,7 @@ impl Inner {
                 "key": B64.encode(&start),
                 "range_end": B64.encode(&end),
                 "limit": PAGE.to_string(),
+                "keys_only": true,
             });
             if revision > 0 {
                 req["revision"] = json!(revision.to_string());
@@ -311,19 +462,61 @@ impl Inner {
         }
     }
 
-    /// Decodes, verifies and filters one key-value; logs and drops what fails.
-    fn decode(&self, kv: &Kv, prefix: &KeyPrefix) -> Option<Record> {
-        let raw_key = match B64.decode(&kv.key).map(String::from_utf8) {
+    /// The value of the etcd key `key` (base64, as the gateway gives it) at `revision`.
+    async fn fetch(&self, key: &str, revision: i64) -> Result<Option<Kv>, NotaryError> {
+        let req = json!({ "key": key, "revision": revision.to_string() });
+        let resp: RangeResponse = self.call("/v3/kv/range", &req).await?;
+        Ok(resp.kvs.into_iter().next())
+    }
+
+    /// The verified records under `prefix` modified at `from` or later, sorted by key,
+    /// and the revision of the snapshot. Values are read one by one at that revision: a
+    /// value too large (or otherwise bad) is skipped and logged, the rest is listed.
+    async fn list_verified(
+        &self,
+        prefix: &KeyPrefix,
+        from: i64,
+    ) -> Result<(Vec<Record>, i64), NotaryError> {
+        let (keys, rev) = self.range_keys(prefix).await?;
+        let mut out = Vec::new();
+        for k in keys.iter().filter(|k| k.mod_revision >= from) {
+            let Some(logical) = self.logical_key(&k.key, prefix) else {
+                continue;
+            };
+            match self.fetch(&k.key, rev).await {
+                Ok(Some(kv)) => {
+                    if let Some(r) = self.decode(&kv, prefix) {
+                        out.push(r);
+                    }
+                }
+                Ok(None) => {}
+                Err(e @ NotaryError::ResponseTooLarge { .. }) => {
+                    warn_skipped(BACKEND, &logical, &e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((out, rev))
+    }
+
+    /// The logical key of etcd key `raw` (base64) when it is under `prefix`.
+    fn logical_key(&self, raw: &str, prefix: &KeyPrefix) -> Option<String> {
+        let raw_key = match B64.decode(raw).map(String::from_utf8) {
             Ok(Ok(k)) => k,
             _ => {
-                warn_skipped(BACKEND, &kv.key, &"etcd key is not base64 UTF-8");
+                warn_skipped(BACKEND, raw, &"etcd key is not base64 UTF-8");
                 return None;
             }
         };
         let logical = raw_key.strip_prefix(&self.base)?;
-        if !prefix.matches(logical) {
-            return None;
-        }
+        prefix.matches(logical).then(|| logical.to_owned())
+    }
+
+    /// Decodes, verifies and filters one key-value; logs and drops what fails.
+    fn decode(&self, kv: &Kv, prefix: &KeyPrefix) -> Option<Record> {
+        let logical = self.logical_key(&kv.key, prefix)?;
+        let logical = logical.as_str();
         let checked = (|| {
             NotaryKey::parse(logical).map_err(RecordError::Key)?;
             let bytes = B64
@@ -364,7 +557,8 @@ impl Inner {
             .map_err(|e| self.http(e))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
+            let body = self.read_bounded(resp, "/v3/watch", MAX_RESPONSE).await?;
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
             return Err(self.etcd(format!("/v3/watch: HTTP {status}: {text}")));
         }
         let mut stream = WatchStream {
@@ -439,9 +633,9 @@ impl WatchStream {
             }
             self.buf.drain(..consumed);
             // A watch event carries one record (base64, at most 4/3 of the limit) plus
-            // metadata; anything much larger is not a gateway message we understand.
-            if self.buf.len() > 2 * MAX_RECORD_BYTES + 64 * 1024 {
-                return Err(inner.etcd("/v3/watch: message too large"));
+            // metadata: one message (not the stream) is bounded.
+            if self.buf.len() > MAX_WATCH_MESSAGE {
+                return Err(inner.too_large("/v3/watch message", MAX_WATCH_MESSAGE));
             }
         }
     }
@@ -516,6 +710,16 @@ async fn watch_loop(
                     tracing::warn!(backend = BACKEND, prefix = %prefix, revision = next, "watch stream ended; reconnecting");
                     break;
                 }
+                Err(e @ NotaryError::ResponseTooLarge { .. }) => {
+                    // Resuming at `next` would meet the same message again: read what
+                    // changed from a listing (values one by one) and go on after it.
+                    tracing::warn!(backend = BACKEND, prefix = %prefix, revision = next, error = %e, "watch message too large; catching up from a listing");
+                    match catch_up(&inner, &prefix, next, &tx).await {
+                        Some(rev) => next = rev + 1,
+                        None => return,
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(backend = BACKEND, prefix = %prefix, revision = next, error = %e, "watch stream failed; reconnecting");
                     tokio::time::sleep(backoff).await;
@@ -537,12 +741,10 @@ async fn catch_up(
 ) -> Option<i64> {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match inner.range_prefix(prefix).await {
-            Ok((kvs, rev)) => {
-                for kv in kvs.iter().filter(|kv| kv.mod_revision >= from) {
-                    if let Some(r) = inner.decode(kv, prefix) {
-                        tx.send(r).await.ok()?;
-                    }
+        match inner.list_verified(prefix, from).await {
+            Ok((records, rev)) => {
+                for r in records {
+                    tx.send(r).await.ok()?;
                 }
                 return Some(rev);
             }
@@ -556,6 +758,42 @@ async fn catch_up(
             }
         }
     }
+}
+
+/// A transport error, named when it is a TLS refusal: the server's certificate is not
+/// from the pinned CA (or not for this host), or the server refused ours.
+fn classify(endpoint: &str, source: reqwest::Error) -> NotaryError {
+    match source.source().and_then(find_rustls) {
+        Some(rustls::Error::InvalidCertificate(why)) => NotaryError::TlsUntrustedServer {
+            endpoint: endpoint.to_owned(),
+            reason: format!("{why:?}"),
+        },
+        Some(rustls::Error::AlertReceived(alert)) => NotaryError::TlsRejectedByServer {
+            endpoint: endpoint.to_owned(),
+            reason: format!("{alert:?}"),
+        },
+        _ => NotaryError::Http {
+            endpoint: endpoint.to_owned(),
+            source,
+        },
+    }
+}
+
+/// The rustls error in a chain of causes. `io::Error`s wrap one another (their
+/// `source()` skips the wrapped error itself), so each is opened with `get_ref`.
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(tls) = find_rustls(inner) {
+            return Some(tls);
+        }
+    }
+    e.source().and_then(find_rustls)
 }
 
 impl Notary for EtcdNotary {
@@ -613,6 +851,35 @@ mod tests {
         assert!(EtcdNotary::open("etcd://u@h:1").is_err());
         assert!(EtcdNotary::open("etcd://h:1/../x").is_err());
         assert!(EtcdNotary::open("http://h:1").is_err());
+        assert!(EtcdNotary::open("etcd://h:1?ca=/x").is_err());
+        assert!(EtcdNotary::open("etcds://h:1").is_err());
+    }
+
+    #[test]
+    fn tls_parameters() {
+        let p = TlsFiles::parse("ca=/a/ca.pem&cert=/c.pem&key=/c.key").unwrap();
+        assert_eq!(p.ca, Path::new("/a/ca.pem"));
+        assert_eq!(p.cert.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(p.key.as_deref(), Some(Path::new("/c.key")));
+        assert!(TlsFiles::parse("ca=/a").unwrap().cert.is_none());
+        for bad in [
+            "",
+            "cert=/c&key=/k",
+            "ca=relative.pem",
+            "ca=/a&ca=/b",
+            "ca=/a&cert=/c",
+            "ca=/a&key=/k",
+            "ca=/a&verify=no",
+            "ca",
+        ] {
+            assert!(TlsFiles::parse(bad).is_err(), "{bad}");
+        }
+        // A missing CA file is a TLS configuration error naming the file.
+        let err = EtcdNotary::open("etcds://127.0.0.1:1/p?ca=/nonexistent/zt-ca.pem").unwrap_err();
+        assert!(
+            matches!(&err, NotaryError::TlsConfig { path, .. } if path == Path::new("/nonexistent/zt-ca.pem")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod key;
 pub mod record;
 
 pub use dir::DirNotary;
-pub use etcd::EtcdNotary;
+pub use etcd::{EtcdNotary, MAX_RESPONSE, MAX_WATCH_MESSAGE};
 pub use key::{KeyError, KeyKind, KeyPrefix, NotaryKey};
 pub use record::{Record, RecordError, MAX_RECORD_BYTES};
 
@@ -63,6 +63,28 @@ pub enum NotaryError {
     },
     #[error("etcd {endpoint}: {reason}")]
     Etcd { endpoint: String, reason: String },
+    /// A response (or one watch message) larger than the bound: cut off while it
+    /// streamed in, never buffered whole.
+    #[error("etcd {endpoint}: {what}: response larger than {max} bytes; refused")]
+    ResponseTooLarge {
+        endpoint: String,
+        what: String,
+        max: usize,
+    },
+    /// An `etcds://` CA, certificate or key file that cannot be used.
+    #[error("notary url {url:?}: TLS file {path}: {reason}")]
+    TlsConfig {
+        url: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// The server's certificate is not from the pinned CA, or not for this host.
+    #[error("etcd {endpoint}: server certificate refused: {reason}")]
+    TlsUntrustedServer { endpoint: String, reason: String },
+    /// The server refused the TLS handshake (no client certificate, or one it does not
+    /// trust).
+    #[error("etcd {endpoint}: the server refused our TLS handshake: {reason}")]
+    TlsRejectedByServer { endpoint: String, reason: String },
 }
 
 /// A notary store. Every method verifies what it reads; see the crate docs.
@@ -155,7 +177,10 @@ pub enum AnyNotary {
 ///
 /// - `dir:///absolute/path`: a directory tree (created when missing);
 /// - `etcd://host:port` (keys under `zos/`) or `etcd://host:port/prefix` (keys under
-///   `prefix/`): etcd v3 over its HTTP JSON gateway.
+///   `prefix/`): etcd v3 over its HTTP JSON gateway;
+/// - `etcds://host:port[/prefix]?ca=/ca.pem[&cert=/client.pem&key=/client.key]`: the
+///   same over HTTPS, the server checked against the pinned CA only, with a client
+///   certificate when given.
 pub fn open(url: &str) -> Result<AnyNotary, NotaryError> {
     if let Some(path) = url.strip_prefix("dir://") {
         Ok(AnyNotary::Dir(DirNotary::open(path).map_err(
@@ -167,12 +192,14 @@ pub fn open(url: &str) -> Result<AnyNotary, NotaryError> {
                 other => other,
             },
         )?))
-    } else if url.starts_with("etcd://") {
+    } else if url.starts_with("etcd://") || url.starts_with("etcds://") {
         Ok(AnyNotary::Etcd(EtcdNotary::open(url)?))
     } else {
         Err(NotaryError::BadUrl {
             url: url.to_owned(),
-            reason: "expected dir:///path or etcd://host:port[/prefix]".into(),
+            reason: "expected dir:///path, etcd://host:port[/prefix] or \
+                     etcds://host:port[/prefix]?ca=<pem>[&cert=<pem>&key=<pem>]"
+                .into(),
         })
     }
 }

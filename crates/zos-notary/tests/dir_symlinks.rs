@@ -22,7 +22,10 @@ fn node() -> PublicKey {
 
 fn contract(id: &str) -> Record {
     let key = NotaryKey::contract(&node(), id).unwrap();
-    Record::sign_at(&key, json!({ "version": 1 }), &sk(10), 1_700_000_000).unwrap()
+    // The body names its owner, the record's author (a contract record's author must
+    // be a party of the contract).
+    let body = json!({ "contract": { "owner": sk(10).public().to_string(), "version": 1 } });
+    Record::sign_at(&key, body, &sk(10), 1_700_000_000).unwrap()
 }
 
 fn tmp(prefix: &str) -> tempfile::TempDir {
