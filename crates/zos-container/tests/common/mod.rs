@@ -39,12 +39,18 @@ pub fn privileged(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let reason = format!("{test} needs {}", missing.join(", "));
+    skip_or_fail(test, &format!("needs {}", missing.join(", ")));
+    false
+}
+
+/// With `ZOS_SKIP_PRIVILEGED=1`: one `SKIP: <test>: <reason>` line on the real stderr
+/// (eprintln! is captured and hidden for a passing test). Otherwise: panic.
+pub fn skip_or_fail(test: &str, reason: &str) {
     if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        println!("SKIP: {reason}");
-        false
+        let line = format!("SKIP: {test}: {reason}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     } else {
-        panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
+        panic!("{test}: {reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
     }
 }
 
