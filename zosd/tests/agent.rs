@@ -63,10 +63,27 @@ fn a_contract_runs_restarts_survives_zosd_and_is_cancelled_cleanly() {
     let pid2 = node.container_pid(&app).unwrap();
     assert_ne!(pid, pid2, "{s:#}");
 
-    // kill -9 of zosd, start again: re-adopted, not started twice.
+    // kill -9 of zosd, start again: re-adopted, not started twice. The positive event:
+    // the new zosd logs that it took over the running container (a line it writes
+    // only after it looked at the container, never for one it starts itself).
+    let adoptions = |node: &Node| {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("re-adopted a running container") && l.contains(&app))
+            .count()
+    };
+    let before = adoptions(&node);
     node.kill9();
     node.start();
-    std::thread::sleep(Duration::from_secs(2));
+    let deadline = Instant::now() + WAIT;
+    while adoptions(&node) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted zosd did not re-adopt {app}; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(node.container_pid(&app), Some(pid2), "not started twice");
     assert!(alive(pid2), "the adopted container still runs");
     let s = node.status(&id).unwrap();

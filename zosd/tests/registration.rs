@@ -44,6 +44,21 @@ fn wait_for<T>(node: &Node, what: &str, f: impl Fn() -> Option<T>) -> T {
     }
 }
 
+/// Lines of zosd's log (one `tracing` event per farm attempt) that contain `needle`.
+fn count_lines(node: &Node, needle: &str) -> usize {
+    node.log().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Waits until the log holds more than `seen` attempt lines containing `needle`: the
+/// node completed one more farm attempt after the caller counted `seen`.
+fn wait_for_another_attempt(node: &Node, needle: &str, seen: usize) {
+    wait_for(
+        node,
+        &format!("farm attempt after {seen} saying {needle:?}"),
+        || (count_lines(node, needle) > seen).then_some(()),
+    );
+}
+
 fn farm_record(farmer: &SecretKey) -> Record {
     let now = zos_registry::now();
     Farm::create_or_update(None, FARM, "test farm", farmer.public(), now)
@@ -66,12 +81,10 @@ fn a_node_waits_for_its_farm_then_registers_beats_and_serves() {
     node.publish(&record(&p, key, &contract(&p, key, &id, 1, &flist, 64)));
 
     // No farm: the console says so; no registration, no heartbeat, no contract taken.
-    std::thread::sleep(Duration::from_secs(3));
-    let log = node.log();
-    assert!(
-        log.contains(&format!("farm {FARM} is not in the notary: retrying")),
-        "{log}"
-    );
+    // The positive event: the node looks for its farm again after the contract was
+    // published (a new attempt in its log), and it still has done none of these.
+    let missing = format!("farm {FARM} is not in the notary: retrying");
+    wait_for_another_attempt(&node, &missing, count_lines(&node, &missing));
     assert!(get(&node, &NotaryKey::registration(&key)).is_none());
     assert!(get(&node, &NotaryKey::heartbeat(&key)).is_none());
     assert!(
@@ -130,10 +143,9 @@ fn a_node_waits_for_its_farm_then_registers_beats_and_serves() {
     node.start();
     let second = node.id("reg2");
     node.publish(&record(&p, key, &contract(&p, key, &second, 1, &flist, 64)));
-    wait_for(&node, "the takeover refused on the console", || {
-        node.log().contains("not by").then_some(())
-    });
-    std::thread::sleep(Duration::from_secs(2));
+    // The positive event: an attempt that started after the contract was published
+    // refused the farm again; the contract was not taken.
+    wait_for_another_attempt(&node, "not by", count_lines(&node, "not by"));
     assert!(node.status(&second).is_none(), "served a taken-over farm");
 
     // The farmer signs the farm again: the node comes back and serves.
