@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use e2e::{on_path, skip};
+
 /// One boot at a time: the boots share the image build and 2 cores.
 static BOOTS: Mutex<()> = Mutex::new(());
 
@@ -38,16 +40,6 @@ fn target_dir() -> PathBuf {
 fn console(name: &str) -> String {
     let path = target_dir().join("nodes").join(name).join("console.log");
     String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned()
-}
-
-fn skip(test: &str, why: &str) {
-    println!("SKIP: {test}: {why}");
-}
-
-fn on_path(program: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(program).is_file())
 }
 
 /// Runs `cargo xtask args…` (the xtask alias is `cargo run -p xtask --`) and returns
