@@ -262,13 +262,25 @@ fn agent_command(exe: &Path, debug: bool) -> Command {
 }
 
 /// The uplink at boot, with zos-uplink (docs/uplink.md): a DHCPv4 lease applied to the
-/// interface, then the clock from the lease's NTP servers. Best effort: without either
+/// interface, then the clock from the lease's NTP servers, under the clock policy
+/// (floor, forward bound). Best effort: without either
 /// the agent still starts, and says what fails (an unreachable notary, expired
 /// signatures).
 mod uplink {
+    use std::net::SocketAddr;
+    use std::path::Path;
     use std::time::Duration;
 
-    use zos_uplink::{dhcp, sntp};
+    use zos_uplink::{clock, dhcp, sntp};
+
+    use super::STATE_DIR;
+
+    /// The clock floor's file, in the state directory.
+    const CLOCK_FLOOR: &str = "clock-floor";
+    /// How often the clock is synchronised again.
+    const RESYNC: Duration = Duration::from_secs(3600);
+    /// How often the floor is carried forward to now and persisted.
+    const FLOOR_EVERY: Duration = Duration::from_secs(600);
 
     /// Renews, rebinds and re-acquires the lease for as long as the node runs (or keeps
     /// asking for one when the boot got none), on a thread of PID 1's own: zos-uplink's
@@ -300,22 +312,60 @@ mod uplink {
             Err(error) => {
                 tracing::error!(%iface, %error, "no DHCP lease: the uplink stays unconfigured; asking again every 30 s");
                 keep_lease(iface, None, cfg);
+                // No servers: the clock only comes up to its floor.
+                keep_clock(Vec::new());
                 return None;
             }
         };
         keep_lease(iface, Some(lease.clone()), cfg);
         let servers = lease.ntp_servers();
         if servers.is_empty() {
-            tracing::warn!(%iface, "the DHCP lease names no NTP server: the clock stays the RTC's");
-            return Some(lease);
+            tracing::warn!(%iface, "the DHCP lease names no NTP server: the clock stays the RTC's (never below its floor)");
         }
-        match sntp::query_first(&servers, Duration::from_secs(2))
-            .and_then(|t| sntp::set_clock(t.corrected_now()))
-        {
-            Ok(()) => {}
-            Err(error) => tracing::warn!(%error, "clock not set: it stays the RTC's"),
-        }
+        keep_clock(servers);
         Some(lease)
+    }
+
+    /// The clock under zos-uplink's policy (docs/uplink.md, "Clock"): synchronised now,
+    /// before the agent verifies any expiry, then every [`RESYNC`] on a thread of PID
+    /// 1's own, which also persists the floor every [`FLOOR_EVERY`]. Never below the
+    /// floor in `<state dir>/clock-floor`; never more than a day forward on one
+    /// server's word. Without servers the clock only comes up to the floor.
+    pub fn keep_clock(servers: Vec<SocketAddr>) {
+        let mut floor = clock::Floor::new(clock::FloorFile::new(
+            Path::new(STATE_DIR).join(CLOCK_FLOOR),
+        ));
+        sync_clock(&servers, &mut floor);
+        let spawned = std::thread::Builder::new()
+            .name("clock".into())
+            .spawn(move || {
+                let per_sync = (RESYNC.as_secs() / FLOOR_EVERY.as_secs()).max(1);
+                for round in 1u64.. {
+                    std::thread::sleep(FLOOR_EVERY);
+                    if round % per_sync == 0 {
+                        sync_clock(&servers, &mut floor);
+                    } else if let Err(error) = floor.advance() {
+                        tracing::warn!(%error, "clock floor not persisted");
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "no thread to keep the clock: it is not re-synchronised");
+        }
+    }
+
+    fn sync_clock(servers: &[SocketAddr], floor: &mut clock::Floor) {
+        if servers.is_empty() {
+            if let Some(t) = clock::floor_step(std::time::SystemTime::now(), floor.current()) {
+                match sntp::set_clock(t) {
+                    Ok(()) => tracing::warn!("clock was below its floor: stepped up to it"),
+                    Err(error) => tracing::error!(%error, "clock below its floor, not stepped"),
+                }
+            }
+            return;
+        }
+        // Logged by zos-uplink (the refusal names the server and the rule).
+        let _ = clock::sync(servers, floor, Duration::from_secs(2));
     }
 }
 

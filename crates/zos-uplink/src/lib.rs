@@ -1,5 +1,6 @@
 //! The node's uplink, brought up without any external program: a DHCPv4 client
-//! ([`dhcp`]), an SNTP client to set the clock ([`sntp`]) and a DNS stub resolver
+//! ([`dhcp`]), an SNTP client to set the clock ([`sntp`]) under a policy that bounds
+//! what unauthenticated time servers may do to it ([`clock`]), and a DNS stub resolver
 //! for A records ([`dns`]).
 //!
 //! The boot image has no dhclient, ntpd or shell, and zosd is linked statically
@@ -8,6 +9,7 @@
 //! them are clients only: nothing here listens on a port a peer could connect to.
 //! See docs/uplink.md.
 
+pub mod clock;
 pub mod dhcp;
 pub mod dns;
 mod link;
