@@ -7,7 +7,9 @@
 //! niced, from its committed seeds (fuzz/corpus/<target>/) plus a working corpus under
 //! fuzz/target/corpus/<target>/ that grows between runs. Prints executions and
 //! findings per target; a finding (a crash, a leak, a timeout, an out-of-memory) is
-//! left in fuzz/artifacts/<target>/ and makes the task fail.
+//! left in fuzz/artifacts/<target>/ and makes the task fail. libFuzzer stops at the
+//! first crash; `--keep-going` runs it in fork mode past crashes (a known, unfixed
+//! crash then does not keep the rest of the target unfuzzed).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -54,8 +56,20 @@ pub struct Outcome {
     pub findings: Vec<PathBuf>,
 }
 
+/// What the command line asked for.
+#[derive(Debug, PartialEq)]
+struct Args {
+    target: Option<String>,
+    seconds: u64,
+    keep_going: bool,
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let (target, seconds) = parse_args(args)?;
+    let Args {
+        target,
+        seconds,
+        keep_going,
+    } = parse_args(args)?;
     let all = targets()?;
     let chosen: Vec<String> = match target {
         Some(t) if all.contains(&t) => vec![t],
@@ -67,7 +81,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     build(&chosen)?;
     let mut results = Vec::new();
     for t in &chosen {
-        let outcome = run_target(t, seconds)?;
+        let outcome = run_target(t, seconds, keep_going)?;
         results.push((t.clone(), outcome));
     }
     eprintln!("\ncargo xtask fuzz: {seconds} s per target");
@@ -91,9 +105,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_args(args: &[String]) -> anyhow::Result<(Option<String>, u64)> {
+fn parse_args(args: &[String]) -> anyhow::Result<Args> {
     let mut target = None;
     let mut seconds = DEFAULT_SECONDS;
+    let mut keep_going = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -106,12 +121,17 @@ fn parse_args(args: &[String]) -> anyhow::Result<(Option<String>, u64)> {
                     bail!("--seconds must be at least 1");
                 }
             }
+            "--keep-going" => keep_going = true,
             s if s.starts_with('-') => bail!("cargo xtask fuzz: unknown option {s}"),
             s if target.is_none() => target = Some(s.to_string()),
             s => bail!("cargo xtask fuzz: one target at most (got {s:?} too)"),
         }
     }
-    Ok((target, seconds))
+    Ok(Args {
+        target,
+        seconds,
+        keep_going,
+    })
 }
 
 fn cargo_cmd() -> Command {
@@ -172,7 +192,7 @@ fn artifacts(dir: &Path) -> Vec<PathBuf> {
 
 /// Runs one target for `seconds` (niced: the machine is shared), streaming libFuzzer's
 /// output through.
-fn run_target(target: &str, seconds: u64) -> anyhow::Result<Outcome> {
+fn run_target(target: &str, seconds: u64, keep_going: bool) -> anyhow::Result<Outcome> {
     let dir = fuzz_dir();
     let work = dir.join("target/corpus").join(target);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -193,6 +213,10 @@ fn run_target(target: &str, seconds: u64) -> anyhow::Result<Outcome> {
         "-rss_limit_mb=2048".into(),
         "-print_final_stats=1".into(),
     ]);
+    if keep_going {
+        // One child process at a time (the machine is shared), restarted after a crash.
+        args.extend(["-fork=1".into(), "-ignore_crashes=1".into()]);
+    }
     eprintln!("+ (cd fuzz && nice {})", args.join(" "));
     let mut child = Command::new("nice")
         .args(&args)
@@ -226,19 +250,21 @@ fn run_target(target: &str, seconds: u64) -> anyhow::Result<Outcome> {
 }
 
 /// The execution count in a libFuzzer line: `stat::number_of_executed_units: N` (the
-/// final stats) or the `#N` of a progress line (`#524288 pulse ...`, `#12 DONE ...`).
+/// final stats), the `#N` of a progress line (`#524288 pulse ...`, `#12 DONE ...`) or
+/// of a fork-mode line (`#8192: cov: ...`).
 fn executions_in(line: &str) -> Option<u64> {
     if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
         return n.trim().parse().ok();
     }
     let rest = line.strip_prefix('#')?;
     let (n, what) = rest.split_once(|c: char| c.is_whitespace())?;
-    matches!(
+    let known = matches!(
         what.split_whitespace().next(),
-        Some("DONE" | "pulse" | "NEW" | "REDUCE" | "INITED")
-    )
-    .then(|| n.parse().ok())
-    .flatten()
+        Some("DONE" | "pulse" | "NEW" | "REDUCE" | "INITED" | "cov:")
+    );
+    known
+        .then(|| n.trim_end_matches(':').parse().ok())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -248,10 +274,21 @@ mod tests {
     #[test]
     fn arguments() {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse_args(&s(&[])).unwrap(), (None, 60));
         assert_eq!(
-            parse_args(&s(&["dns", "--seconds", "5"])).unwrap(),
-            (Some("dns".into()), 5)
+            parse_args(&s(&[])).unwrap(),
+            Args {
+                target: None,
+                seconds: 60,
+                keep_going: false
+            }
+        );
+        assert_eq!(
+            parse_args(&s(&["dns", "--seconds", "5", "--keep-going"])).unwrap(),
+            Args {
+                target: Some("dns".into()),
+                seconds: 5,
+                keep_going: true
+            }
         );
         assert!(parse_args(&s(&["--seconds", "0"])).is_err());
         assert!(parse_args(&s(&["--seconds"])).is_err());
@@ -272,6 +309,10 @@ mod tests {
         assert_eq!(
             executions_in("#1284078\tREDUCE cov: 3402 ft: 9279"),
             Some(1284078)
+        );
+        assert_eq!(
+            executions_in("#8192: cov: 677 ft: 1201 corp: 40 exec/s 4096 oom/timeout/crash: 0/0/2"),
+            Some(8192)
         );
         assert_eq!(executions_in("INFO: Seed: 1234"), None);
         assert_eq!(executions_in("#comment"), None);

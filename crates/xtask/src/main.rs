@@ -28,12 +28,13 @@ tasks:
                 (flists/hello), vm the micro-VM (the Debian kernel as a PVH vmlinux and
                 an initrd with flists/vm-echo as its init)
   bench [NAME]  benchmarks: contracts, flist, storage, network, container, vm, or all
-  fuzz [TARGET] [--seconds N]
+  fuzz [TARGET] [--seconds N] [--keep-going]
                 coverage-guided fuzzing (cargo-fuzz, libFuzzer, stable Rust) of the
                 parsers of untrusted input: contract, notary_record, flist_meta, dhcp,
                 dns, sntp, cmdline; each target (or the one named) for N seconds
                 (default 60), one at a time; prints executions and findings per
-                target and fails on a finding (docs/fuzzing.md)
+                target and fails on a finding; --keep-going fuzzes on past a crash
+                (libFuzzer's fork mode) (docs/fuzzing.md)
   initramfs     the node's boot image: a static zosd as /init, the kernel modules a
                 node needs, mkfs.btrfs, btrfs and nft with their libraries (no shell);
                 target/image/initramfs.cpio.zst, sizes printed (initramfs/README.md)
