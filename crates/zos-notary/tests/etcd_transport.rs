@@ -196,6 +196,8 @@ impl TlsEtcd {
                 "--trusted-ca-file={}",
                 pki.path(&format!("{client_ca}-ca.pem"))
             ))
+            // Values far above a record's limit can be stored: as a hostile operator could.
+            .arg("--max-request-bytes=8388608")
             .arg("--log-level=error")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -429,4 +431,78 @@ async fn an_endless_response_body_is_cut_off_at_the_bound() {
     // not the gigabyte on offer.
     let total = sent.load(Ordering::Relaxed);
     assert!(total < 64 << 20, "the client read {total} bytes");
+}
+
+/// Writes `bytes` under logical key `key` straight into etcd (as a hostile operator
+/// could, past every check), over the same TLS with our client certificate.
+async fn raw_put(pki: &Pki, port: u16, key: &str, bytes: &[u8]) {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(pki.path("ours-ca.pem")).unwrap()).unwrap();
+    let identity = reqwest::Identity::from_pem(
+        &[
+            std::fs::read(pki.path("ours-client.pem")).unwrap(),
+            std::fs::read(pki.path("ours-client.key")).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(identity)
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("https://127.0.0.1:{port}/v3/kv/put"))
+        .json(&json!({
+            "key": B64.encode(format!("zt-tls/{key}")),
+            "value": B64.encode(bytes),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+}
+
+/// A value of 3 MiB in a real etcd (over TLS): `get` refuses it with
+/// `ResponseTooLarge` (cut off while streaming), `list` skips it and lists the rest,
+/// and a watch that meets it in its stream catches up and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_value_in_a_real_etcd_is_refused_and_skipped() {
+    let dir = tmp();
+    let pki = Pki::new(dir.path(), &["ours"]);
+    let mut etcd = TlsEtcd::start(&pki, "ours", "ours");
+    let n = etcd.wait_ready(&etcd.url(&pki, "ours", Some("ours"))).await;
+    let mut watch = n.watch(&KeyPrefix::node_contracts(&node())).await.unwrap();
+
+    let good = contract("good");
+    n.put(&good).await.unwrap();
+    let huge = NotaryKey::contract(&node(), "huge").unwrap();
+    raw_put(&pki, etcd.port, huge.as_str(), &vec![b' '; 3 << 20]).await;
+    let after = contract("after");
+    n.put(&after).await.unwrap();
+
+    let err = n.get(&huge).await.unwrap_err();
+    assert!(
+        matches!(err, NotaryError::ResponseTooLarge { max, .. } if max == zos_notary::MAX_RESPONSE),
+        "{err}"
+    );
+    let listed = n.list(&KeyPrefix::node_contracts(&node())).await.unwrap();
+    assert_eq!(listed, vec![after.clone(), good.clone()]);
+
+    // The watch delivers `good`, then meets the huge message, catches up from a
+    // listing (which skips it) and delivers `after`.
+    let mut got = Vec::new();
+    while !got.contains(&after) {
+        let r = tokio::time::timeout(Duration::from_secs(20), watch.recv())
+            .await
+            .expect("the watch goes on past the huge value")
+            .unwrap();
+        got.push(r);
+    }
+    assert_eq!(got.first(), Some(&good));
+    assert!(got.iter().all(|r| r.key != huge.as_str()));
 }
