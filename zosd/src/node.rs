@@ -170,7 +170,7 @@ async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow
     let provisioner = NodeProvisioner::new(
         storage.clone(),
         network,
-        Rootfs::new(&cfg.state_dir),
+        Rootfs::new(&cfg.state_dir, storage.clone()),
         Workloads::new(&cfg.state_dir).context("container runtime")?,
         Vms::new(Arc::new(hypervisor(&cfg)?), storage.clone()),
         KernelNames::open(storage.clone(), &cfg.state_dir, &cfg.network.prefix)?,

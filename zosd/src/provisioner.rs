@@ -275,7 +275,16 @@ impl Provisioner for NodeProvisioner {
                 // Re-adoption: it runs already; never start it twice.
                 return Ok(status);
             }
-            let rootfs = inner.rootfs.ensure(&plan.name, &plan.workload.flist)?;
+            let wl_id = inner
+                .names
+                .kernel("wl", &plan.name)
+                .map_err(io_err("workload", &plan.name))?;
+            let rootfs = inner.rootfs.ensure(
+                &plan.name,
+                &wl_id,
+                &plan.workload.flist,
+                plan.workload.disk_mib,
+            )?;
             let netns = match inner.attachment(&plan)? {
                 Some((net_plan, wl)) => {
                     let net = inner.tenant(&net_plan)?;
@@ -315,8 +324,9 @@ impl Provisioner for NodeProvisioner {
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
             inner.workloads.remove(&name)?;
-            inner.rootfs.remove(&name)?;
-            let Ok(wl_id) = inner.names.resolve("wl", &name) else {
+            let wl_id = inner.names.resolve("wl", &name).ok();
+            inner.rootfs.remove(&name, wl_id.as_deref())?;
+            let Some(wl_id) = wl_id else {
                 return Ok(());
             };
             inner.vms.remove(&name, &wl_id)?;
@@ -377,9 +387,21 @@ impl Provisioner for NodeProvisioner {
                 .storage
                 .volumes()
                 .map_err(|e| ProvisionError::new("volume", "*", e.to_string()))?;
+            // A container's root filesystem is a volume of the workload, not of its
+            // contract: reported as that workload.
+            let (roots, volumes): (Vec<_>, Vec<_>) = volumes
+                .iter()
+                .partition(|v| v.name.starts_with(crate::rootfs::VOLUME_PREFIX));
             inv.volumes = volumes
                 .iter()
                 .map(|v| inner.names.node_wide("vol", &v.name))
+                .collect();
+            let roots: Vec<String> = roots
+                .iter()
+                .map(|v| {
+                    let id = &v.name[crate::rootfs::VOLUME_PREFIX.len()..];
+                    inner.names.node_wide("wl", id)
+                })
                 .collect();
             let nets = inner
                 .network
@@ -395,6 +417,7 @@ impl Provisioner for NodeProvisioner {
                 .names()
                 .into_iter()
                 .chain(inner.rootfs.workloads())
+                .chain(roots)
                 .chain(
                     inner
                         .vms

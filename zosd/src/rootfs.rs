@@ -1,33 +1,59 @@
-//! Root filesystems of workloads: the pinned flist, fetched and verified, unpacked once
-//! per flist into a read-only, content-addressed tree, and an overlayfs per workload
-//! whose upper layer is the workload's own.
+//! Root filesystems of workloads: the pinned flist, fetched and verified, unpacked into
+//! a read-only tree, and an overlayfs per workload whose upper layer is the workload's
+//! own.
+//!
+//! A container's tree, its flist and its upper layer live on a pool, in a subvolume of
+//! its own (`rootfs-<workload id>`, a zos-storage volume) whose quota is the workload's
+//! `disk_mib` ([`DEFAULT_ROOTFS_MIB`] when it declares none): they count against its
+//! contract, a write past them fails with EDQUOT, and they survive a reboot, so the
+//! workload comes back without its flist store. Blocks are not cached beside the tree
+//! (they would count twice); only the merged mount point is under the state dir.
 //!
 //! Why unpack rather than the lazy FUSE mount: a FUSE filesystem lives in the process
 //! that serves it, and zosd may be killed and restarted while workloads keep running;
 //! their root filesystems must not depend on zosd being alive. The unpack verifies every
 //! block exactly like the mount would, and identical flists share one tree.
 //!
-//! Layout under the state dir:
+//! Layout of a container's subvolume:
 //! - `flists/<sha256>.fl`: the verified flist bytes;
-//! - `blocks/`: the verified block cache;
-//! - `rootfs/<sha256>/`: the unpacked tree (renamed into place when complete);
-//! - `workloads/<name>/{upper,work,rootfs}`: the overlay of one workload.
+//! - `trees/<sha256>/`: the unpacked tree (renamed into place when complete);
+//! - `upper/`, `work/`: the overlay's upper layer and work dir;
+//!
+//! and `<state>/workloads/<name>/rootfs`: the merged mount point.
+//!
+//! A VM's kernel tree (its root disk is a vdisk) is still unpacked under the state dir,
+//! shared per flist: `flists/<sha256>.fl`, `blocks/`, `rootfs/<sha256>/`.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use zos_contract::deployment::FlistRef;
 use zos_contract::Digest;
 use zos_engine::ProvisionError;
 use zos_flist::{BlockCache, Fetcher, Flist, FlistSignature, Router, UnpackOptions};
+use zos_storage::{PoolKind, Storage};
 
 /// Largest `.fl` accepted (the metadata of a whole OS image is a few MiB).
 const MAX_FLIST_BYTES: usize = 256 << 20;
 
+/// The quota of a container root that declares no `disk_mib`.
+pub const DEFAULT_ROOTFS_MIB: u64 = 256;
+
+/// Prefix of the subvolume (zos-storage volume) of a container's root filesystem. The
+/// contracts' volumes are `<contract>.<name>` or `h-<hash>`: never this.
+pub const VOLUME_PREFIX: &str = "rootfs-";
+
+/// The volume name of the root filesystem of the workload with kernel id `id`.
+pub fn volume_name(id: &str) -> String {
+    format!("{VOLUME_PREFIX}{id}")
+}
+
 pub struct Rootfs {
     state: PathBuf,
+    storage: Arc<Storage>,
 }
 
 fn err(name: &str, message: impl Into<String>) -> ProvisionError {
@@ -35,26 +61,68 @@ fn err(name: &str, message: impl Into<String>) -> ProvisionError {
 }
 
 impl Rootfs {
-    pub fn new(state: &Path) -> Rootfs {
+    pub fn new(state: &Path, storage: Arc<Storage>) -> Rootfs {
         Rootfs {
             state: state.to_path_buf(),
+            storage,
         }
+    }
+
+    /// The workload's subvolume on a pool, created (or resized) to `disk_mib`.
+    fn home(&self, name: &str, id: &str, disk_mib: u64) -> Result<PathBuf, ProvisionError> {
+        let mib = if disk_mib == 0 {
+            DEFAULT_ROOTFS_MIB
+        } else {
+            disk_mib
+        };
+        self.storage
+            .volume_ensure(&volume_name(id), mib << 20, PoolKind::Ssd)
+            .map(|v| v.path)
+            .map_err(|e| {
+                let permanent = matches!(e, zos_storage::Error::VolumeLost { .. });
+                let e = err(name, format!("root filesystem: {e}"));
+                if permanent {
+                    e.permanent()
+                } else {
+                    e
+                }
+            })
     }
 
     fn workload_dir(&self, name: &str) -> PathBuf {
         self.state.join("workloads").join(name)
     }
 
-    /// The merged root of workload `name`, creating what is missing: fetch and verify
-    /// the flist, unpack it, mount the overlay. Idempotent.
-    pub fn ensure(&self, name: &str, flist: &FlistRef) -> Result<PathBuf, ProvisionError> {
-        let lower = self.unpacked(name, flist)?;
+    /// The merged root of container `name` (kernel id `id`), creating what is missing:
+    /// its subvolume of `disk_mib`, the verified flist unpacked there (unless it already
+    /// is: no store needed after a reboot), the overlay. Idempotent.
+    pub fn ensure(
+        &self,
+        name: &str,
+        id: &str,
+        flist: &FlistRef,
+        disk_mib: u64,
+    ) -> Result<PathBuf, ProvisionError> {
         let dir = self.workload_dir(name);
         let merged = dir.join("rootfs");
         if is_mountpoint(&merged) {
             return Ok(merged);
         }
-        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        let home = self.home(name, id, disk_mib)?;
+        let lower =
+            self.unpack_into(name, flist, &home.join("flists"), &home.join("trees"), None)?;
+        // Trees of earlier versions of the flist: not mounted (this one is not yet).
+        let keep = lower.file_name().map(|n| n.to_owned());
+        for old in fs::read_dir(home.join("trees"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if Some(old.file_name()) != keep {
+                let _ = fs::remove_dir_all(old.path());
+            }
+        }
+        let (upper, work) = (home.join("upper"), home.join("work"));
         for d in [&upper, &work, &merged] {
             fs::create_dir_all(d).map_err(|e| err(name, format!("{}: {e}", d.display())))?;
         }
@@ -75,8 +143,9 @@ impl Rootfs {
         Ok(merged)
     }
 
-    /// Unmounts and deletes the workload's overlay (its upper layer too).
-    pub fn remove(&self, name: &str) -> Result<(), ProvisionError> {
+    /// Unmounts and deletes the workload's overlay, and its subvolume (tree and upper
+    /// layer) when its kernel id `id` is known.
+    pub fn remove(&self, name: &str, id: Option<&str>) -> Result<(), ProvisionError> {
         let dir = self.workload_dir(name);
         let merged = dir.join("rootfs");
         if is_mountpoint(&merged) {
@@ -84,10 +153,16 @@ impl Rootfs {
                 .map_err(|e| err(name, format!("umount {}: {e}", merged.display())))?;
         }
         match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err(name, format!("removing {}: {e}", dir.display()))),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(name, format!("removing {}: {e}", dir.display()))),
         }
+        if let Some(id) = id {
+            self.storage
+                .volume_remove(&volume_name(id))
+                .map_err(|e| err(name, format!("root filesystem: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Names of the workloads that have a directory here.
@@ -102,27 +177,46 @@ impl Rootfs {
             .unwrap_or_default()
     }
 
-    /// The unpacked tree of `flist`, fetching, verifying and unpacking it if needed.
-    /// Shared by every workload of that flist: read it, never write it (a VM's kernel
-    /// is read from here; containers write to their overlay's upper layer).
+    /// The unpacked tree of `flist` under the state dir, fetching, verifying and
+    /// unpacking it if needed: a VM's kernel is read from here. Shared by every VM of
+    /// that flist: read it, never write it.
     pub fn unpacked(&self, name: &str, flist: &FlistRef) -> Result<PathBuf, ProvisionError> {
+        self.unpack_into(
+            name,
+            flist,
+            &self.state.join("flists"),
+            &self.state.join("rootfs"),
+            Some(BlockCache::new(self.state.join("blocks"))),
+        )
+    }
+
+    /// `trees/<sha256>` of `flist`, made if missing: the `.fl` fetched and verified
+    /// into `flists/`, every block verified.
+    fn unpack_into(
+        &self,
+        name: &str,
+        flist: &FlistRef,
+        flists: &Path,
+        trees: &Path,
+        cache: Option<BlockCache>,
+    ) -> Result<PathBuf, ProvisionError> {
         let sha = flist.sha256.to_hex();
-        let tree = self.state.join("rootfs").join(&sha);
+        let tree = trees.join(&sha);
         if tree.is_dir() {
             return Ok(tree);
         }
         let bytes = fetch_verified(name, flist)?;
-        let fl_path = self.state.join("flists").join(format!("{sha}.fl"));
+        let fl_path = flists.join(format!("{sha}.fl"));
         write_atomic(&fl_path, &bytes)
             .map_err(|e| err(name, format!("{}: {e}", fl_path.display())))?;
         let parsed = Flist::from_bytes(&fl_path, &bytes)
             .map_err(|e| err(name, e.to_string()).permanent())?;
         let router =
             Router::parse(&flist.stores).map_err(|e| err(name, e.to_string()).permanent())?;
-        let fetcher = Fetcher::new(router, Some(BlockCache::new(self.state.join("blocks"))));
+        let fetcher = Fetcher::new(router, cache);
         // Unpack beside the final place, then rename: a crash never leaves a half tree
         // that looks complete.
-        let partial = self.state.join("rootfs").join(format!(".{sha}.partial"));
+        let partial = trees.join(format!(".{sha}.partial"));
         let _ = fs::remove_dir_all(&partial);
         fs::create_dir_all(&partial)
             .map_err(|e| err(name, format!("{}: {e}", partial.display())))?;
@@ -136,6 +230,9 @@ impl Rootfs {
             return Err(if permanent { e.permanent() } else { e });
         }
         fs::rename(&partial, &tree).map_err(|e| err(name, format!("{}: {e}", tree.display())))?;
+        fs::File::open(trees)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| err(name, format!("{}: {e}", trees.display())))?;
         Ok(tree)
     }
 }
