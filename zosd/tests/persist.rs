@@ -8,6 +8,8 @@
 //!   quota of its `disk_mib`: writing past it fails with EDQUOT, nothing else fills.
 //! - H3: after a (simulated) reboot with the flist store gone, the workload comes back
 //!   from its pool copy.
+//! - Issue #13: a volume whose subvolume was deleted while the node was down is
+//!   "volume lost", a permanent error; no empty volume is made in its place.
 
 mod common;
 
@@ -309,4 +311,53 @@ fn workload_comes_back_from_its_pool_without_the_store() {
         .filter(|v| v.file_name().to_string_lossy().starts_with("rootfs-"))
         .collect();
     assert_eq!(roots.len(), 1, "one root subvolume");
+}
+
+/// A volume deleted behind the node's back is lost, not recreated empty.
+#[test]
+fn a_deleted_volume_is_lost_not_recreated_empty() {
+    if !privileged("a_deleted_volume_is_lost_not_recreated_empty") {
+        return;
+    }
+    use zos_storage::Backend as _;
+    let p = people();
+    let mut node = Node::new(512);
+    let key = node.start();
+    let flist = busybox_flist(node.dir.path(), &p.publisher);
+    let id = node.id("lost");
+    let (app, data) = (format!("{id}.app"), format!("{id}.data"));
+    node.publish(&record(&p, key, &contract(&p, key, &id, 1, &flist, 64)));
+    node.wait_status(&id, "ok", |s| s["state"] == "ok");
+    assert!(
+        wait_for(|| volume_file(&node, &data, "out").is_some()),
+        "the workload did not write its volume"
+    );
+    let pid = node.container_pid(&app).expect("a container pid");
+    // The node goes down with its workload; its volume is deleted meanwhile.
+    node.kill9();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_for(|| !alive(pid)), "the container did not die");
+    let vol = volume_dir(&node, &data).expect("the volume");
+    zos_storage::Kernel.subvol_delete(&vol).unwrap();
+
+    node.start();
+    let s = node.wait_status(&id, "volume lost", |s| {
+        s["state"] == "error"
+            && s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("volume lost"))
+    });
+    assert!(
+        volume_dir(&node, &data).is_none(),
+        "an empty volume was made: {s:#}"
+    );
+    let started = node.container_pid(&app).filter(|p| *p != pid && alive(*p));
+    assert!(
+        started.is_none(),
+        "the workload started without its data: {s:#}"
+    );
 }
