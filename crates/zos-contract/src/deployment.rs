@@ -21,6 +21,11 @@ pub struct Deployment {
     #[serde(default)]
     pub volumes: Vec<Volume>,
     pub workloads: Vec<Workload>,
+    /// Publish the workloads' newest output lines (their log tails) in the node's status
+    /// records. Off unless the signed deployment says so: the notary is shared, and a
+    /// workload's output belongs to its tenant. Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish_logs: bool,
 }
 
 /// A private IPv4 network for the contract's workloads, with NAT egress.

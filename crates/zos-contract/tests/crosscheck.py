@@ -359,7 +359,8 @@ workload = obj(
 deployment = obj(
     {"workloads": list_of(workload)},
     {"networks": list_of(obj({"name": anything, "subnet": anything})),
-     "volumes": list_of(obj({"name": anything, "size_mib": anything}, {"disk": anything}))},
+     "volumes": list_of(obj({"name": anything, "size_mib": anything}, {"disk": anything})),
+     "publish_logs": anything},
 )
 
 

@@ -467,6 +467,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                 networks: Vec::new(),
                 volumes: r.owned.deployment.volumes.clone(),
                 workloads: Vec::new(),
+                publish_logs: false,
             })
             .collect();
         let used = capacity::used(
@@ -964,15 +965,23 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
     }
 
     /// Signs and publishes `report` unless it says what the last one said. The local
-    /// summaries get it whole; the notary gets no log tail: a workload's output is
-    /// its tenant's, and the notary is shared (the contract format has no opt-in for
-    /// publishing it yet; docs/engine.md).
+    /// summaries get it whole; the notary gets log tails only for a contract whose
+    /// signed deployment sets `publish_logs`: a workload's output is its tenant's, and
+    /// the notary is shared (docs/engine.md).
     async fn publish(&mut self, mut report: StatusReport) -> Result<(), EngineError> {
         self.summarize(&report);
-        report
-            .workloads
-            .values_mut()
-            .for_each(|w| w.log_tail.clear());
+        let publish_logs = self
+            .journal
+            .data()
+            .owned
+            .get(&report.contract)
+            .is_some_and(|o| o.version == report.version.unwrap_or(0) && o.deployment.publish_logs);
+        if !publish_logs {
+            report
+                .workloads
+                .values_mut()
+                .for_each(|w| w.log_tail.clear());
+        }
         let same = self
             .published
             .get(&report.contract)

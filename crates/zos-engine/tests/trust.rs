@@ -542,3 +542,21 @@ async fn log_tails_are_not_published_by_default() {
         Some("hello")
     );
 }
+
+#[tokio::test]
+async fn log_tails_are_published_when_the_signed_deployment_opts_in() {
+    let w = World::new();
+    let mut engine = w.engine();
+    engine.start(vec![]).await.unwrap();
+    let mut doc = contract(&w.keys, "web", 1, 10, "/app", true);
+    doc.contract.blueprint =
+        zos_contract::BlueprintRef::Embedded(common::blueprint_with(&w.keys, "/app", true));
+    let doc = resign(&doc, |_| {}, &[&w.keys.owner, &w.keys.legal]);
+    engine
+        .on_record(&contract_record(&w.keys, &doc))
+        .await
+        .unwrap();
+    engine.supervise(Instant::now()).await.unwrap();
+    let s = w.status_json("web").await;
+    assert_eq!(s["workloads"]["app"]["log_tail"], json!(["hello"]), "{s:#}");
+}

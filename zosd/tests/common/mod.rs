@@ -458,7 +458,9 @@ pub fn signed_contract_by(
         "body": {
             "networks": [{"name": "net", "subnet": subnet}],
             "volumes": [{"name": "data", "size_mib": 64}],
-            "workloads": workloads
+            "workloads": workloads,
+            // The tests read the workloads' output from the node's status records.
+            "publish_logs": true
         }
     }))
     .unwrap();

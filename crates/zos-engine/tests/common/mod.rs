@@ -198,7 +198,12 @@ impl Keys {
 /// A blueprint with a volume, a network and one container sized by `users`; `image`
 /// changes the workload's entrypoint (a new version of the app).
 pub fn blueprint(keys: &Keys, image: &str) -> Value {
-    let bp: Blueprint = serde_json::from_value(json!({
+    blueprint_with(keys, image, false)
+}
+
+/// [`blueprint`], whose deployment publishes its log tails when `publish_logs`.
+pub fn blueprint_with(keys: &Keys, image: &str, publish_logs: bool) -> Value {
+    let mut body: Value = serde_json::from_value(json!({
         "name": "app",
         "version": "1.0.0",
         "params": {"users": {"type": "int", "min": 1, "max": 100000}},
@@ -223,6 +228,10 @@ pub fn blueprint(keys: &Keys, image: &str) -> Value {
         }
     }))
     .unwrap();
+    if publish_logs {
+        body["body"]["publish_logs"] = json!(true);
+    }
+    let bp: Blueprint = serde_json::from_value(body).unwrap();
     bp.sign(&keys.expert, &Limits::default())
         .unwrap()
         .to_value()
