@@ -49,7 +49,9 @@ async fn measure(name: &str, b: &impl Backend, n: usize) {
     let (mut delivery, mut put) = (Vec::new(), Vec::new());
     for i in 0..n + 10 {
         let key = NotaryKey::contract(&node, &format!("c{i}")).unwrap();
-        let record = Record::sign(&key, json!({ "version": i }), &owner).unwrap();
+        // A contract record is written by a party its body names (the owner here).
+        let body = json!({ "contract": { "owner": owner.public(), "version": i } });
+        let record = Record::sign(&key, body, &owner).unwrap();
         let t = Instant::now();
         writer.put(&record).await.unwrap();
         let put_done = t.elapsed();
