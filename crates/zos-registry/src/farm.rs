@@ -257,6 +257,17 @@ mod tests {
                 Err(RegistryError::Invalid { field: "name", .. })
             ));
         }
+        // One spelling: the body as a positional array, or a null member, is refused.
+        let s2 = s.public();
+        for odd in [
+            json!(["f", "n", s2, 1]),
+            json!({"id": "f", "name": "n", "farmer": s2, "created": 1, "blueprint_authors": null}),
+        ] {
+            assert!(matches!(
+                Farm::from_record(&sign(odd)),
+                Err(RegistryError::Body { .. })
+            ));
+        }
         // Not a farm key.
         let hb = NotaryKey::heartbeat(&s.public());
         let r = Record::sign_at(&hb, good, &s, 1).unwrap();

@@ -103,12 +103,14 @@ pub(crate) fn check_int(key: &str, field: &'static str, value: u64) -> Result<()
     Ok(())
 }
 
-/// Reads a body strictly: unknown or missing fields are refused.
-pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+/// Reads a body strictly, with the signed documents' rules (docs/contract-format.md
+/// section 2.1): unknown or missing fields, an object spelled as an array, and `null`
+/// members are refused.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned + serde::Serialize>(
     key: &str,
     body: &serde_json::Value,
 ) -> Result<T, RegistryError> {
-    serde_json::from_value(body.clone()).map_err(|e| RegistryError::Body {
+    zos_contract::document::typed(body, "$.body").map_err(|e| RegistryError::Body {
         key: key.to_owned(),
         reason: e.to_string(),
     })
