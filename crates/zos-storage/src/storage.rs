@@ -264,7 +264,18 @@ impl<B: Backend> Storage<B> {
             });
         }
         let seed = if cfg.node_identity {
-            let seed = resolve_identity(&mut pools)?;
+            let seed = match resolve_identity(&mut pools) {
+                Ok(seed) => seed,
+                Err(e) => {
+                    // Refused: nothing stays mounted.
+                    for p in &pools {
+                        if backend.is_mounted(&p.mountpoint).unwrap_or(false) {
+                            let _ = backend.unmount(&p.mountpoint);
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             // A foreign pool is not kept mounted: nothing of ours goes near it.
             for p in pools
                 .iter()

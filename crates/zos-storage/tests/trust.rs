@@ -131,6 +131,12 @@ fn planted_disk_with_higher_generation_is_refused() {
     assert_ne!(v.pool, evil_pool.label);
     s.volume_remove("v").unwrap();
     let ours_before: Vec<_> = our_dirs.iter().map(|d| tree_digest(d)).collect();
+    let our_devices: Vec<(PathBuf, PathBuf)> = s
+        .pools()
+        .into_iter()
+        .filter(|p| p.status == PoolStatus::Online)
+        .map(|p| (p.mountpoint, p.device.unwrap()))
+        .collect();
     s.close().unwrap();
 
     // 2. The attacker's disk with a complete, self-consistent state home of another
@@ -154,11 +160,24 @@ fn planted_disk_with_higher_generation_is_refused() {
         }
         r => panic!("expected StateConflict, got {r:?}"),
     }
-    let after: Vec<_> = our_dirs.iter().map(|d| tree_digest(d)).collect();
-    assert_eq!(after, ours_before, "our state copies were rewritten");
-    for m in fx.our_mounts().into_iter().chain(fx2.our_mounts()) {
-        nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
+    // Refused: nothing of it stays mounted.
+    assert!(fx.our_mounts().is_empty() && fx2.our_mounts().is_empty());
+    // Our disks, looked at read-only: not one state byte changed.
+    for (mnt, dev) in &our_devices {
+        nix::mount::mount(
+            Some(dev.as_path()),
+            mnt.as_path(),
+            Some("btrfs"),
+            nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .unwrap();
     }
+    let after: Vec<_> = our_dirs.iter().map(|d| tree_digest(d)).collect();
+    for (mnt, _) in &our_devices {
+        nix::mount::umount2(mnt.as_path(), nix::mount::MntFlags::empty()).unwrap();
+    }
+    assert_eq!(after, ours_before, "our state copies were rewritten");
     // Without the planted disk the node is itself again.
     let s = Storage::open(node_config(&fx, &[0, 1])).unwrap();
     assert_eq!(s.state().read(IDENTITY_KEY).unwrap().unwrap().data, ours);
