@@ -390,7 +390,13 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                 trusted_authors: self.cfg.trusted_authors.as_ref(),
                 limits: self.cfg.limits,
             };
-            zos_contract::verify(&checked, &ctx).into_result()
+            let verification = zos_contract::verify(&checked, &ctx);
+            for warning in &verification.warnings {
+                // Signature entries that did not count (docs/contract-format.md §4):
+                // anyone can add one, so they refuse nothing while the rules are met.
+                tracing::warn!(contract = %id, version = c.version, %warning, "signature entry not counted");
+            }
+            verification.into_result()
         };
         let mut reasons: Vec<ReasonReport> = Vec::new();
         let accepted = match verdict {
