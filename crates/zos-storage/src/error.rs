@@ -85,6 +85,10 @@ pub enum Error {
     /// empty (a permanent error).
     #[error("volume lost: {name:?} was created on pool {pool} and its subvolume is gone")]
     VolumeLost { name: String, pool: String },
+    /// The node created this vdisk (a VM's disk) and its file is gone. Never recreated
+    /// empty.
+    #[error("vdisk lost: {name:?} was created on pool {pool} and its file is gone")]
+    VdiskLost { name: String, pool: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -20,7 +20,7 @@ pub use error::{Error, Result};
 pub use state::{mac_key_of, StateHome, StateRead, StateWrite, IDENTITY_KEY};
 pub use storage::{
     place, Pool, PoolCapacity, PoolInfo, PoolStatus, Storage, StorageConfig, Vdisk, Volume,
-    POOLS_KEY, VDISKS_DIR, VOLUMES_DIR, VOLUMES_KEY,
+    POOLS_KEY, VDISKS_DIR, VDISKS_KEY, VOLUMES_DIR, VOLUMES_KEY,
 };
 
 /// Solid-state or spinning: placement keeps them apart.

@@ -24,6 +24,9 @@ pub const POOLS_KEY: &str = "pools";
 /// State key of the volume registry: every volume this node created, by pool. A volume
 /// in it whose subvolume is gone is lost ([`Error::VolumeLost`]), never recreated empty.
 pub const VOLUMES_KEY: &str = "volumes";
+/// State key of the vdisk registry: every vdisk this node created, by pool
+/// ([`Error::VdiskLost`] when its file is gone).
+pub const VDISKS_KEY: &str = "vdisks";
 
 /// How storage is set up.
 #[derive(Debug, Clone)]
@@ -330,30 +333,68 @@ impl<B: Backend> Storage<B> {
     /// does not exist yet (a node from before the registry). Unreadable or forged: an
     /// error (treating it as empty would turn lost volumes into new empty ones).
     fn reconcile_volumes(&self) -> Result<()> {
-        if self.state.dirs().is_empty() || self.state.read(VOLUMES_KEY)?.is_some() {
+        if self.state.dirs().is_empty() {
             return Ok(());
         }
-        let reg: BTreeMap<String, String> = self
-            .volumes()?
-            .into_iter()
-            .map(|v| (v.name, v.pool))
-            .collect();
-        self.save_volume_registry(&reg)
+        if self.state.read(VOLUMES_KEY)?.is_none() {
+            let reg: BTreeMap<String, String> = self
+                .volumes()?
+                .into_iter()
+                .map(|v| (v.name, v.pool))
+                .collect();
+            self.save_registry(VOLUMES_KEY, &reg)?;
+        }
+        if self.state.read(VDISKS_KEY)?.is_none() {
+            let reg: BTreeMap<String, String> = self
+                .vdisks()?
+                .into_iter()
+                .map(|v| (v.name, v.pool))
+                .collect();
+            self.save_registry(VDISKS_KEY, &reg)?;
+        }
+        Ok(())
     }
 
-    fn volume_registry(&self) -> Result<BTreeMap<String, String>> {
-        match self.state.read(VOLUMES_KEY)? {
+    fn registry(&self, key: &str) -> Result<BTreeMap<String, String>> {
+        if self.state.dirs().is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        match self.state.read(key)? {
             Some(r) => serde_json::from_slice(&r.data).map_err(|e| Error::Corrupt {
-                what: "volume registry".into(),
+                what: format!("{key} registry"),
                 why: e.to_string(),
             }),
             None => Ok(BTreeMap::new()),
         }
     }
 
-    fn save_volume_registry(&self, reg: &BTreeMap<String, String>) -> Result<()> {
+    fn volume_registry(&self) -> Result<BTreeMap<String, String>> {
+        self.registry(VOLUMES_KEY)
+    }
+
+    fn save_registry(&self, key: &str, reg: &BTreeMap<String, String>) -> Result<()> {
         let bytes = serde_json::to_vec(reg).expect("strings serialise");
-        self.state.write(VOLUMES_KEY, &bytes).map(|_| ())
+        self.state.write(key, &bytes).map(|_| ())
+    }
+
+    fn save_volume_registry(&self, reg: &BTreeMap<String, String>) -> Result<()> {
+        self.save_registry(VOLUMES_KEY, reg)
+    }
+
+    /// [`Storage::absent_volume`] for a vdisk.
+    fn absent_vdisk(pools: &[Pool], name: &str, label: &str) -> Error {
+        if pools
+            .iter()
+            .any(|p| p.label == label && p.status == PoolStatus::Online)
+        {
+            tracing::error!(vdisk = name, pool = label, "vdisk lost: its file is gone");
+            Error::VdiskLost {
+                name: name.into(),
+                pool: label.into(),
+            }
+        } else {
+            Error::PoolOffline(label.into())
+        }
     }
 
     /// The error for a registered volume whose subvolume is not there: lost when its
@@ -668,11 +709,9 @@ impl<B: Backend> Storage<B> {
             self.backend.subvol_delete(path)?;
             tracing::info!(volume = name, pool = %pool.label, "volume removed");
         }
-        if !self.state.dirs().is_empty() {
-            let mut registry = self.volume_registry()?;
-            if registry.remove(name).is_some() {
-                self.save_volume_registry(&registry)?;
-            }
+        let mut registry = self.volume_registry()?;
+        if registry.remove(name).is_some() {
+            self.save_volume_registry(&registry)?;
         }
         Ok(found.is_some())
     }
@@ -725,6 +764,10 @@ impl<B: Backend> Storage<B> {
                 pool: p.label,
             });
         }
+        let mut registry = self.registry(VDISKS_KEY)?;
+        if let Some(label) = registry.get(name) {
+            return Err(Self::absent_vdisk(&pools, name, label));
+        }
         let pool = self.choose(&pools, kind, size)?;
         let path = pool.mountpoint.join(VDISKS_DIR).join(name);
         let res = (|| {
@@ -739,6 +782,10 @@ impl<B: Backend> Storage<B> {
                 .map_err(|e| Error::io("truncate", &path, e))?;
             f.sync_all().map_err(|e| Error::io("fsync", &path, e))
         })();
+        let res = res.and_then(|()| {
+            registry.insert(name.to_string(), pool.label.clone());
+            self.save_registry(VDISKS_KEY, &registry)
+        });
         if let Err(e) = res {
             let _ = fs::remove_file(&path);
             return Err(e);
@@ -761,9 +808,12 @@ impl<B: Backend> Storage<B> {
         check_name(name)?;
         check_size("vdisk", size)?;
         let pools = self.lock();
-        let (pool, path) = self
-            .find_in(&pools, VDISKS_DIR, name)
-            .ok_or_else(|| not_found("vdisk", name))?;
+        let Some((pool, path)) = self.find_in(&pools, VDISKS_DIR, name) else {
+            return Err(match self.registry(VDISKS_KEY)?.get(name) {
+                Some(label) => Self::absent_vdisk(&pools, name, label),
+                None => not_found("vdisk", name),
+            });
+        };
         let current = Self::vdisk_at(&pool, name, path.clone())?.size;
         if size < current {
             return Err(Error::InvalidSize {
@@ -793,16 +843,20 @@ impl<B: Backend> Storage<B> {
         Self::vdisk_at(&pool, name, path)
     }
 
-    /// Delete a vdisk. Returns false if it did not exist.
+    /// Delete a vdisk and its registry entry. Returns false if there was no file.
     pub fn vdisk_remove(&self, name: &str) -> Result<bool> {
         check_name(name)?;
         let pools = self.lock();
-        let Some((pool, path)) = self.find_in(&pools, VDISKS_DIR, name) else {
-            return Ok(false);
-        };
-        fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
-        tracing::info!(vdisk = name, pool = %pool.label, "vdisk removed");
-        Ok(true)
+        let found = self.find_in(&pools, VDISKS_DIR, name);
+        if let Some((pool, path)) = &found {
+            fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
+            tracing::info!(vdisk = name, pool = %pool.label, "vdisk removed");
+        }
+        let mut registry = self.registry(VDISKS_KEY)?;
+        if registry.remove(name).is_some() {
+            self.save_registry(VDISKS_KEY, &registry)?;
+        }
+        Ok(found.is_some())
     }
 
     pub fn vdisks(&self) -> Result<Vec<Vdisk>> {

@@ -325,3 +325,38 @@ impl Drop for Immutable {
             .status();
     }
 }
+
+/// Issue #13, for VM disks: a vdisk the node created, whose file is gone, is not
+/// recreated empty (a VM would boot a blank disk, or a fresh copy of its image).
+#[test]
+fn deleted_vdisk_is_lost_not_recreated() {
+    if !privileged("deleted_vdisk_is_lost_not_recreated") {
+        return;
+    }
+    let fx = Fixture::new(1, 256 * MIB);
+    let s = Storage::open(node_config(&fx, &[0])).unwrap();
+    let v = s.vdisk_ensure("vm1-root", 16 * MIB, PoolKind::Ssd).unwrap();
+    s.close().unwrap();
+    let s = Storage::open(node_config(&fx, &[0])).unwrap();
+    std::fs::remove_file(&v.path).unwrap();
+    for r in [
+        s.vdisk_ensure("vm1-root", 16 * MIB, PoolKind::Ssd),
+        s.vdisk_create("vm1-root", 16 * MIB, PoolKind::Ssd),
+        s.vdisk_resize("vm1-root", 32 * MIB),
+    ] {
+        match r {
+            Err(e @ Error::VdiskLost { .. }) => {
+                assert!(e.to_string().starts_with("vdisk lost"), "{e}")
+            }
+            r => panic!(
+                "a lost vdisk came back: {r:?}, exists now: {}",
+                v.path.exists()
+            ),
+        }
+    }
+    assert!(!v.path.exists());
+    assert!(!s.vdisk_remove("vm1-root").unwrap());
+    let v = s.vdisk_ensure("vm1-root", 16 * MIB, PoolKind::Ssd).unwrap();
+    assert_eq!(v.size, 16 * MIB);
+    s.close().unwrap();
+}
