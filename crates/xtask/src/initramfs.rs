@@ -23,6 +23,8 @@ pub const IMAGE_PACKAGES: &[&str] = &[
     "btrfs-progs",    // mkfs.btrfs and btrfs, copied into the image
     "nftables",       // nft, copied into the image
     "libseccomp-dev", // libseccomp.a: zosd links it statically
+    "libelf-dev",     // libelf.a for libbpf (the cgroup v2 device program), statically
+    "zlib1g-dev",     // libz.a, likewise
     "pkg-config",     // libseccomp-sys' build script
     "kmod",           // depmod for the image's own modules.dep
     "xz-utils",       // the kernel's payload (kernel.rs)

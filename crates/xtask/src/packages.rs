@@ -14,6 +14,10 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",        // namespaces in network tests
     "iputils-ping",    // reachability checks in network tests
     "libseccomp-dev",  // youki's libcontainer links libseccomp
+    "libelf-dev",      // libbpf-sys (the cgroup v2 device program) builds libbpf from source
+    "zlib1g-dev",      // and links zlib
+    "gcc",             // C code of build scripts; the container attack tests' probe tool
+    "libc6-dev",       // its headers and libc
     "busybox-static",  // a test workload inside container tests (never in the image)
     "qemu-system-x86", // micro-VMs (zos-vm, zosd) and the boot tests, under TCG here
     "kmod",            // depmod for the Debian kernel's modules.dep
@@ -31,6 +35,8 @@ pub const DEMO_PACKAGES: &[&str] = &[
     "iproute2",        // the demo's node and internet namespaces
     "util-linux",      // losetup and umount for the demo's cleanup
     "libseccomp-dev",  // zosd links youki's libcontainer, which links libseccomp
+    "libelf-dev",      // libbpf-sys (the cgroup v2 device program) builds libbpf from source
+    "zlib1g-dev",      // and links zlib
     "qemu-system-x86", // the micro-VM step
     "kmod",            // depmod for the sample VM's kernel modules
     "xz-utils",        // the sample VM's kernel, extracted as a PVH vmlinux
