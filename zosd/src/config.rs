@@ -9,6 +9,7 @@
 //! status_socket = "/run/zos/status.sock"  # read-only D-Bus status (root-only unix socket)
 //! console = "/dev/console"   # paint the status screen there; absent: no screen
 //! console_every_secs = 5     # repaint period (and on every change)
+//! store_roots = ["/srv/zos"]  # dir:// flists and stores only under these; absent: none
 //!
 //! [storage]
 //! pools_root = "/var/lib/zos/pools"
@@ -75,6 +76,11 @@ pub struct NodeConfig {
     pub console: Option<PathBuf>,
     #[serde(default = "default_console_every_secs")]
     pub console_every_secs: u64,
+    /// The only directories a contract's `dir://` flist URLs and stores may name
+    /// (reached from a root without `..` or a symlink, opened as regular files). Empty
+    /// (the default): no `dir://` at all, only `http(s)://` stores.
+    #[serde(default)]
+    pub store_roots: Vec<PathBuf>,
 }
 
 fn default_status_socket() -> PathBuf {
@@ -252,6 +258,9 @@ impl NodeConfig {
         }
         if self.console_every_secs == 0 {
             bail!("console_every_secs must be at least 1");
+        }
+        if let Some(root) = self.store_roots.iter().find(|r| !r.is_absolute()) {
+            bail!("store_roots: {} is not an absolute path", root.display());
         }
         Ok(())
     }

@@ -170,7 +170,11 @@ async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow
     let provisioner = NodeProvisioner::new(
         storage.clone(),
         network,
-        Rootfs::new(&cfg.state_dir, storage.clone()),
+        Rootfs::new(
+            &cfg.state_dir,
+            storage.clone(),
+            store_access(&cfg.store_roots),
+        ),
         Workloads::new(&cfg.state_dir).context("container runtime")?,
         Vms::new(Arc::new(hypervisor(&cfg)?), storage.clone()),
         KernelNames::open(storage.clone(), &cfg.state_dir, &cfg.network.prefix)?,
@@ -247,5 +251,14 @@ impl Stop {
             // An error means the sender is gone, which it never is before the signal.
             let _ = rx.wait_for(|stop| *stop).await;
         }
+    }
+}
+
+/// What a contract's `dir://` URLs may reach: only the configured store roots.
+fn store_access(roots: &[std::path::PathBuf]) -> zos_flist::DirAccess {
+    if roots.is_empty() {
+        zos_flist::DirAccess::None
+    } else {
+        zos_flist::DirAccess::Under(roots.to_vec())
     }
 }

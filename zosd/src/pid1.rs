@@ -424,6 +424,14 @@ pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> Stri
     t.insert("state_dir".into(), Value::String(STATE_DIR.into()));
     t.insert("log_format".into(), Value::String("pretty".into()));
     t.insert("console".into(), Value::String("/dev/console".into())); // the status screen (docs/status.md)
+                                                                      // dir:// flists and stores only from the hypervisor's shares (zos.share=): nothing
+                                                                      // else of the node is a store.
+    let roots = params
+        .shares
+        .iter()
+        .map(|s| Value::String(s.path.clone()))
+        .collect();
+    t.insert("store_roots".into(), Value::Array(roots));
     let mut storage = Table::new();
     storage.insert(
         "pools_root".into(),

@@ -33,7 +33,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use zos_contract::deployment::FlistRef;
 use zos_contract::Digest;
 use zos_engine::ProvisionError;
-use zos_flist::{BlockCache, Fetcher, Flist, FlistSignature, Router, UnpackOptions};
+use zos_flist::{BlockCache, DirAccess, Fetcher, Flist, FlistSignature, Router, UnpackOptions};
 use zos_storage::{PoolKind, Storage};
 
 /// Largest `.fl` accepted (the metadata of a whole OS image is a few MiB).
@@ -46,6 +46,15 @@ pub const DEFAULT_ROOTFS_MIB: u64 = 256;
 /// contracts' volumes are `<contract>.<name>` or `h-<hash>`: never this.
 pub const VOLUME_PREFIX: &str = "rootfs-";
 
+/// The quota of a container root declaring `disk_mib` (0: the default).
+fn rootfs_mib(disk_mib: u64) -> u64 {
+    if disk_mib == 0 {
+        DEFAULT_ROOTFS_MIB
+    } else {
+        disk_mib
+    }
+}
+
 /// The volume name of the root filesystem of the workload with kernel id `id`.
 pub fn volume_name(id: &str) -> String {
     format!("{VOLUME_PREFIX}{id}")
@@ -54,6 +63,8 @@ pub fn volume_name(id: &str) -> String {
 pub struct Rootfs {
     state: PathBuf,
     storage: Arc<Storage>,
+    /// Where `dir://` flist URLs and stores may point (the node's store roots).
+    access: DirAccess,
 }
 
 fn err(name: &str, message: impl Into<String>) -> ProvisionError {
@@ -61,22 +72,18 @@ fn err(name: &str, message: impl Into<String>) -> ProvisionError {
 }
 
 impl Rootfs {
-    pub fn new(state: &Path, storage: Arc<Storage>) -> Rootfs {
+    pub fn new(state: &Path, storage: Arc<Storage>, access: DirAccess) -> Rootfs {
         Rootfs {
             state: state.to_path_buf(),
             storage,
+            access,
         }
     }
 
     /// The workload's subvolume on a pool, created (or resized) to `disk_mib`.
     fn home(&self, name: &str, id: &str, disk_mib: u64) -> Result<PathBuf, ProvisionError> {
-        let mib = if disk_mib == 0 {
-            DEFAULT_ROOTFS_MIB
-        } else {
-            disk_mib
-        };
         self.storage
-            .volume_ensure(&volume_name(id), mib << 20, PoolKind::Ssd)
+            .volume_ensure(&volume_name(id), rootfs_mib(disk_mib) << 20, PoolKind::Ssd)
             .map(|v| v.path)
             .map_err(|e| {
                 let permanent = matches!(e, zos_storage::Error::VolumeLost { .. });
@@ -109,8 +116,17 @@ impl Rootfs {
             return Ok(merged);
         }
         let home = self.home(name, id, disk_mib)?;
-        let lower =
-            self.unpack_into(name, flist, &home.join("flists"), &home.join("trees"), None)?;
+        // The tree lives in the workload's subvolume: its quota bounds it anyway, and the
+        // unpack refuses a flist that declares more before writing anything.
+        let bound = rootfs_mib(disk_mib) << 20;
+        let lower = self.unpack_into(
+            name,
+            flist,
+            &home.join("flists"),
+            &home.join("trees"),
+            None,
+            bound,
+        )?;
         // Trees of earlier versions of the flist: not mounted (this one is not yet).
         let keep = lower.file_name().map(|n| n.to_owned());
         for old in fs::read_dir(home.join("trees"))
@@ -187,11 +203,12 @@ impl Rootfs {
             &self.state.join("flists"),
             &self.state.join("rootfs"),
             Some(BlockCache::new(self.state.join("blocks"))),
+            zos_flist::DEFAULT_MAX_EXPANDED,
         )
     }
 
     /// `trees/<sha256>` of `flist`, made if missing: the `.fl` fetched and verified
-    /// into `flists/`, every block verified.
+    /// into `flists/`, every block verified, at most `max_bytes` of files.
     fn unpack_into(
         &self,
         name: &str,
@@ -199,20 +216,21 @@ impl Rootfs {
         flists: &Path,
         trees: &Path,
         cache: Option<BlockCache>,
+        max_bytes: u64,
     ) -> Result<PathBuf, ProvisionError> {
         let sha = flist.sha256.to_hex();
         let tree = trees.join(&sha);
         if tree.is_dir() {
             return Ok(tree);
         }
-        let bytes = fetch_verified(name, flist)?;
+        let bytes = fetch_verified(name, flist, &self.access)?;
         let fl_path = flists.join(format!("{sha}.fl"));
         write_atomic(&fl_path, &bytes)
             .map_err(|e| err(name, format!("{}: {e}", fl_path.display())))?;
         let parsed = Flist::from_bytes(&fl_path, &bytes)
             .map_err(|e| err(name, e.to_string()).permanent())?;
-        let router =
-            Router::parse(&flist.stores).map_err(|e| err(name, e.to_string()).permanent())?;
+        let router = Router::parse_in(&flist.stores, &self.access)
+            .map_err(|e| err(name, e.to_string()).permanent())?;
         let fetcher = Fetcher::new(router, cache);
         // Unpack beside the final place, then rename: a crash never leaves a half tree
         // that looks complete.
@@ -220,12 +238,12 @@ impl Rootfs {
         let _ = fs::remove_dir_all(&partial);
         fs::create_dir_all(&partial)
             .map_err(|e| err(name, format!("{}: {e}", partial.display())))?;
-        if let Err(e) = zos_flist::unpack(&parsed, &fetcher, &partial, &UnpackOptions::default()) {
+        let opts = UnpackOptions::default();
+        if let Err(e) = zos_flist::unpack_bounded(&parsed, &fetcher, &partial, &opts, max_bytes) {
             let _ = fs::remove_dir_all(&partial);
-            // A block that fails verification will fail again: that is for good. An
+            // A bad block or an oversized tree will fail again: that is for good. An
             // unreachable store may come back: that is retried.
-            let permanent =
-                matches!(&e, zos_flist::Error::Block { reason, .. } if reason.is_bad_data());
+            let permanent = e.is_permanent();
             let e = err(name, e.to_string());
             return Err(if permanent { e.permanent() } else { e });
         }
@@ -239,8 +257,13 @@ impl Rootfs {
 
 /// The `.fl` bytes, checked against the contract's pin and, when it names publishers,
 /// against a detached signature by one of them.
-fn fetch_verified(name: &str, flist: &FlistRef) -> Result<Vec<u8>, ProvisionError> {
-    let bytes = fetch(&flist.url).map_err(|e| err(name, format!("fetching {}: {e}", flist.url)))?;
+fn fetch_verified(
+    name: &str,
+    flist: &FlistRef,
+    access: &DirAccess,
+) -> Result<Vec<u8>, ProvisionError> {
+    let bytes =
+        fetch(&flist.url, access).map_err(|e| err(name, format!("fetching {}: {e}", flist.url)))?;
     let actual = Digest::of(&bytes);
     if actual != flist.sha256 {
         return Err(err(
@@ -254,7 +277,8 @@ fn fetch_verified(name: &str, flist: &FlistRef) -> Result<Vec<u8>, ProvisionErro
     }
     if !flist.publishers.is_empty() {
         let sig_url = format!("{}.sig", flist.url);
-        let text = fetch(&sig_url).map_err(|e| err(name, format!("fetching {sig_url}: {e}")))?;
+        let text =
+            fetch(&sig_url, access).map_err(|e| err(name, format!("fetching {sig_url}: {e}")))?;
         let sig = FlistSignature::parse(Path::new(&sig_url), &text)
             .map_err(|e| err(name, e.to_string()).permanent())?;
         sig.check(&actual.0, &flist.publishers)
@@ -263,12 +287,15 @@ fn fetch_verified(name: &str, flist: &FlistRef) -> Result<Vec<u8>, ProvisionErro
     Ok(bytes)
 }
 
-/// Reads `dir:///path` or `http://host/path`, at most [`MAX_FLIST_BYTES`].
-fn fetch(url: &str) -> Result<Vec<u8>, String> {
+/// Reads `dir:///path` (only under the store roots, a regular file reached without a
+/// link, never blocking) or `http://host/path`, at most [`MAX_FLIST_BYTES`].
+fn fetch(url: &str, access: &DirAccess) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let reader: Box<dyn Read> = if let Some(path) = url.strip_prefix("dir://") {
-        Box::new(fs::File::open(path).map_err(|e| e.to_string())?)
-    } else if url.starts_with("http://") {
+    if url.starts_with("dir://") {
+        return zos_flist::read_dir_url(url, access, MAX_FLIST_BYTES as u64)
+            .map_err(|e| e.to_string());
+    }
+    let reader: Box<dyn Read> = if url.starts_with("http://") {
         let resp = reqwest::blocking::get(url).map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));

@@ -92,6 +92,7 @@ impl Node {
 state_dir = "{state}"
 log_format = "json"
 status_socket = "{root}/status.sock"
+store_roots = ["{root}"]
 {top_level}
 [storage]
 pools_root = "{pools}"

@@ -157,6 +157,7 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         format!(
             r#"notary = "{notary}"
 state_dir = "{state}"
+store_roots = ["{demo}"]
 
 [storage]
 pools_root = "{dir}/pools"
@@ -169,6 +170,7 @@ prefix = "{tag}-"
 node_netns = "/run/netns/{n}"
 "#,
             notary = d.notary,
+            demo = d.dir.display(),
             state = node.state().display(),
             dir = node.dir.display(),
             tag = node.tag,
