@@ -93,7 +93,19 @@ fn main() {
 
     // Reference: create + start of the same root filesystem through libcontainer
     // directly, interleaved count, same machine state.
-    let rootfs = node.state().join("rootfs").join(&flist.1);
+    // The same flist unpacked here (the node keeps its trees in each workload's own
+    // subvolume, gone with the workload).
+    let rootfs = node.dir.path().join("bare-tree");
+    let fl =
+        zos_flist::Flist::open(std::path::Path::new(flist.0.trim_start_matches("dir://"))).unwrap();
+    let router = zos_flist::Router::parse(std::slice::from_ref(&flist.2)).unwrap();
+    zos_flist::unpack(
+        &fl,
+        &zos_flist::Fetcher::new(router, None),
+        &rootfs,
+        &zos_flist::UnpackOptions::default(),
+    )
+    .unwrap();
     let rt_root = node.dir.path().join("bare");
     let rt = Libcontainer::new(RuntimeConfig::under(&rt_root)).unwrap();
     let mut bare = Vec::new();

@@ -4,8 +4,8 @@
 //!
 //! A container's tree, its flist and its upper layer live on a pool, in a subvolume of
 //! its own (`rootfs-<workload id>`, a zos-storage volume) whose quota is the workload's
-//! `disk_mib` ([`DEFAULT_ROOTFS_MIB`] when it declares none): they count against its
-//! contract, a write past them fails with EDQUOT, and they survive a reboot, so the
+//! `disk_mib` (`zos_contract::deployment::DEFAULT_CONTAINER_DISK_MIB` when it declares
+//! none, which admission reserves too): they count against its contract, a write past them fails with EDQUOT, and they survive a reboot, so the
 //! workload comes back without its flist store. Blocks are not cached beside the tree
 //! (they would count twice); only the merged mount point is under the state dir.
 //!
@@ -39,17 +39,15 @@ use zos_storage::{PoolKind, Storage};
 /// Largest `.fl` accepted (the metadata of a whole OS image is a few MiB).
 const MAX_FLIST_BYTES: usize = 256 << 20;
 
-/// The quota of a container root that declares no `disk_mib`.
-pub const DEFAULT_ROOTFS_MIB: u64 = 256;
-
 /// Prefix of the subvolume (zos-storage volume) of a container's root filesystem. The
 /// contracts' volumes are `<contract>.<name>` or `h-<hash>`: never this.
 pub const VOLUME_PREFIX: &str = "rootfs-";
 
-/// The quota of a container root declaring `disk_mib` (0: the default).
+/// The quota of a container root declaring `disk_mib` (0: the default, which admission
+/// reserves too).
 fn rootfs_mib(disk_mib: u64) -> u64 {
     if disk_mib == 0 {
-        DEFAULT_ROOTFS_MIB
+        zos_contract::deployment::DEFAULT_CONTAINER_DISK_MIB
     } else {
         disk_mib
     }

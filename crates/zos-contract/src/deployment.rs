@@ -133,6 +133,21 @@ pub struct Workload {
     pub ports: Vec<Port>,
 }
 
+/// The root filesystem quota of a container that declares no `disk_mib`: its unpacked
+/// flist and writable layer live in a subvolume of this size on an SSD pool.
+pub const DEFAULT_CONTAINER_DISK_MIB: u64 = 256;
+
+impl Workload {
+    /// The disk it takes on an SSD pool: its `disk_mib`, or for a container that
+    /// declares none, [`DEFAULT_CONTAINER_DISK_MIB`] (its root still takes room).
+    pub fn disk_reserved_mib(&self) -> u64 {
+        match (self.kind, self.disk_mib) {
+            (WorkloadKind::Container, 0) => DEFAULT_CONTAINER_DISK_MIB,
+            (_, mib) => mib,
+        }
+    }
+}
+
 impl Deployment {
     /// Semantic checks serde cannot express. Returns `(json path, problem)` pairs.
     pub fn check(&self, limits: &Limits) -> Vec<(String, String)> {

@@ -17,13 +17,14 @@ pub struct Capacity {
 
 impl Capacity {
     /// What `deployment` reserves: workload CPUs and memory; volumes on their disk
-    /// kind; workload disks (writable layers, VM root disks) on SSD.
+    /// kind; workload disks (container roots, at least their default, and VM root
+    /// disks) on SSD.
     pub fn of(deployment: &Deployment) -> Capacity {
         let mut c = Capacity::default();
         for w in &deployment.workloads {
             c.cpu = c.cpu.saturating_add(w.cpu.into());
             c.memory_mib = c.memory_mib.saturating_add(w.memory_mib);
-            c.ssd_mib = c.ssd_mib.saturating_add(w.disk_mib);
+            c.ssd_mib = c.ssd_mib.saturating_add(w.disk_reserved_mib());
         }
         for v in &deployment.volumes {
             match v.disk {
@@ -95,6 +96,23 @@ pub fn used<'a>(deployments: impl IntoIterator<Item = &'a Deployment>) -> Capaci
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_root_without_disk_mib_reserves_its_default_quota() {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "volumes": [{"name": "data", "size_mib": 10}],
+            "workloads": [
+                {"name": "a", "kind": "container", "cpu": 1, "memory_mib": 8,
+                 "flist": {"url": "dir:///f.fl", "sha256": "00".repeat(32), "stores": []}},
+                {"name": "b", "kind": "container", "cpu": 1, "memory_mib": 8, "disk_mib": 40,
+                 "flist": {"url": "dir:///f.fl", "sha256": "00".repeat(32), "stores": []}},
+            ]
+        }))
+        .unwrap();
+        let c = Capacity::of(&d);
+        let default = zos_contract::deployment::DEFAULT_CONTAINER_DISK_MIB;
+        assert_eq!(c.ssd_mib, 10 + default + 40);
+    }
 
     #[test]
     fn the_first_resource_that_does_not_fit_is_named() {
