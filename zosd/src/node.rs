@@ -149,6 +149,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow::Result<()> {
     let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
     let key = identity(&storage)?;
+    // The time never goes back below what this node has seen (before expiry decides
+    // anything): docs/security.md, H3.
+    tokio::task::block_in_place(|| crate::clock_floor::restore(&storage, &cfg.state_dir));
+    let _clock_floor = crate::clock_floor::keep(storage.clone());
     let node = key.public();
     status.set(|s| s.node = node.to_string());
     let journal = Journal::open(StateJournal(storage.clone())).context("opening the journal")?;
