@@ -495,7 +495,9 @@ fn scan_prefix(
     emit: &mut dyn FnMut(Record),
 ) -> Result<(), NotaryError> {
     let p = prefix.as_str();
-    if !p.is_empty() {
+    // The prefix is a record itself only when it is a key (`nodes/<key>/heartbeat`);
+    // a directory of keys (`nodes/<key>/contracts`) is not, and is no warning.
+    if !p.is_empty() && NotaryKey::parse(p).is_ok() {
         if let Some(r) = load_verified(root, &format!("{p}{SUFFIX}"), p) {
             emit(r);
         }
