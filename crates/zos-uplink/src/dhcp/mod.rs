@@ -91,6 +91,8 @@ pub enum PacketError {
     OptionsOverrun(&'static str),
     #[error("malformed DHCP option {0}")]
     BadOption(u8),
+    #[error("hardware address length {0}: at most 16 bytes fit in chaddr")]
+    BadHardwareLength(u8),
     #[error("a BOOTREQUEST, not a reply")]
     NotAReply,
     #[error("reply to another transaction ({xid:#010x})")]

@@ -130,6 +130,11 @@ pub fn parse_reply(buf: &[u8], xid: u32, mac: &[u8]) -> Result<Reply, PacketErro
     if buf[236..240] != MAGIC {
         return Err(PacketError::BadMagic);
     }
+    // dhcproto slices chaddr by hlen: more than its 16 bytes panics (found by
+    // `cargo xtask fuzz dhcp`; anyone on the LAN who read our xid could send it).
+    if buf[2] > 16 {
+        return Err(PacketError::BadHardwareLength(buf[2]));
+    }
     let codes = option_codes(&buf[MIN_LEN..])?;
     let m = Message::decode(&mut Decoder::new(buf)).map_err(PacketError::Decode)?;
     // dhcproto stops decoding options at the first one it cannot parse and keeps
@@ -183,6 +188,9 @@ fn option_codes(mut area: &[u8]) -> Result<Vec<u8>, PacketError> {
             [255, ..] => return Ok(codes),
             [0, rest @ ..] => area = rest,
             [code, len, rest @ ..] if rest.len() >= usize::from(*len) => {
+                if !length_fits(*code, *len) {
+                    return Err(PacketError::BadOption(*code));
+                }
                 if !codes.contains(code) {
                     codes.push(*code);
                 }
@@ -190,6 +198,18 @@ fn option_codes(mut area: &[u8]) -> Result<Vec<u8>, PacketError> {
             }
             _ => return Err(PacketError::OptionsOverrun("an option runs past the end")),
         }
+    }
+}
+
+/// Options whose length dhcproto only `debug_assert!`s (a panic in a debug build, a
+/// misread in a release one): their lengths are checked here first.
+fn length_fits(code: u8, len: u8) -> bool {
+    match code {
+        80 => len == 0,        // rapid commit
+        81 => len >= 3,        // client FQDN: flags, two rcodes, name
+        94 => len == 3,        // client network interface
+        152..=155 => len == 4, // bulk lease query times
+        _ => true,
     }
 }
 
@@ -501,5 +521,30 @@ mod tests {
         assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 255, 255)), Some(32));
         assert_eq!(prefix_len(Ipv4Addr::new(0, 0, 0, 0)), Some(0));
         assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 0, 255)), None);
+    }
+
+    #[test]
+    fn the_fuzzers_crashing_replies_are_refused_not_panicked_on() {
+        // Found from the crate's directory up (the fuzz harness compiles this file too).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|d| d.join("fuzz/regressions/dhcp"))
+            .find(|d| d.is_dir())
+            .expect("fuzz/regressions/dhcp above the crate");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("the fuzz regressions") {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("bin") {
+                continue;
+            }
+            let buf = std::fs::read(&path).unwrap();
+            // Our xid and address as the input carries them (a LAN attacker reads both
+            // off our broadcast): the parse must return an error, not panic.
+            let xid = u32::from_be_bytes(buf[4..8].try_into().unwrap());
+            let r = parse_reply(&buf, xid, &buf[28..34]);
+            assert!(r.is_err(), "{}: {r:?}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 4, "{seen} inputs in {}", dir.display());
     }
 }
