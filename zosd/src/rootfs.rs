@@ -245,9 +245,17 @@ impl Rootfs {
             let e = err(name, e.to_string());
             return Err(if permanent { e.permanent() } else { e });
         }
+        // Every file of the tree on the disk before the rename that says it is complete:
+        // a power cut after an fsync of `trees` alone left `trees/<sha>` in place with
+        // files missing (found by tests/e2e powercut: `/hello` ENOENT after re-adoption).
+        // One syncfs of the pool, not an fsync per file.
+        let trees_dir =
+            fs::File::open(trees).map_err(|e| err(name, format!("{}: {e}", trees.display())))?;
+        nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&trees_dir))
+            .map_err(|e| err(name, format!("syncfs {}: {e}", trees.display())))?;
         fs::rename(&partial, &tree).map_err(|e| err(name, format!("{}: {e}", tree.display())))?;
-        fs::File::open(trees)
-            .and_then(|d| d.sync_all())
+        trees_dir
+            .sync_all()
             .map_err(|e| err(name, format!("{}: {e}", trees.display())))?;
         Ok(tree)
     }
