@@ -91,7 +91,7 @@ fn stats(v: &mut [Duration]) -> (f64, f64) {
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            println!("SKIP: the container benchmark needs root");
+            eprintln!("SKIP: the container benchmark needs root");
             return;
         }
         panic!("the container benchmark needs root (set ZOS_SKIP_PRIVILEGED=1 to skip)");

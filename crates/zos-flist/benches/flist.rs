@@ -177,7 +177,7 @@ fn main() {
 fn first_byte(dir: &Path) {
     println!();
     if !nix::unistd::geteuid().is_root() || !Path::new("/dev/fuse").exists() {
-        println!("SKIP: first-byte latency needs root and /dev/fuse");
+        eprintln!("SKIP: first-byte latency needs root and /dev/fuse");
         return;
     }
     let src = dir.join("big-src");

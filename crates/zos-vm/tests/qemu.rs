@@ -42,7 +42,11 @@ fn runnable(test: &str) -> bool {
     }
     let reason = format!("{test} needs {}", missing.join(", "));
     if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        println!("SKIP: {reason}");
+        // The real stderr: libtest captures print!/eprint! of a passing test.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIP: {reason}\n").as_bytes(),
+        );
         return false;
     }
     panic!("{reason}");

@@ -30,7 +30,11 @@ pub fn privileged(test: &str) -> bool {
     if !Path::new(BUSYBOX).exists() {
         let reason = format!("{test} needs {BUSYBOX} (apt-get install -y busybox-static)");
         if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            println!("SKIP: {reason}");
+            // The real stderr: libtest captures print!/eprint! of a passing test.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("SKIP: {reason}\n").as_bytes(),
+            );
             return false;
         }
         panic!("{reason}");

@@ -48,7 +48,11 @@ pub fn privileged(test: &str) -> bool {
     }
     let reason = format!("{test} needs {}", missing.join(", "));
     if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("SKIP: {reason}");
+        // The real stderr: libtest captures print!/eprint! of a passing test.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIP: {reason}\n").as_bytes(),
+        );
         false
     } else {
         panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
