@@ -249,3 +249,50 @@ impl Zos {
         .or_else(|s| bail!("{id}: the node's status did not get there in {timeout:?}; last: {s}"))
     }
 }
+
+/// Unmounts what it mounted (a powered-off node's pools, loop-mounted read-only).
+struct Mounted(Vec<PathBuf>);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for m in self.0.iter().rev() {
+            let _ = Command::new("umount").arg(m).status();
+        }
+    }
+}
+
+/// Every `hello.log` (the sample workload's volume file: a line per start) on the two
+/// disks of a powered-off QEMU node in `node_dir`, mounted under `mnt`: path -> lines.
+pub fn hello_logs(node_dir: &Path, mnt: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut mounted = Mounted(Vec::new());
+    let mut logs = std::collections::BTreeMap::new();
+    for i in 0..2 {
+        let disk = node_dir.join(format!("disk{i}.raw"));
+        let at = mnt.join(format!("disk{i}"));
+        if std::fs::create_dir_all(&at).is_err() {
+            continue;
+        }
+        let ok = Command::new("mount")
+            .args(["-t", "btrfs", "-o", "loop,ro"])
+            .arg(&disk)
+            .arg(&at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            continue;
+        }
+        mounted.0.push(at.clone());
+        let Ok(found) = Command::new("find")
+            .arg(&at)
+            .args(["-name", "hello.log", "-type", "f"])
+            .output()
+        else {
+            continue;
+        };
+        for file in String::from_utf8_lossy(&found.stdout).lines() {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            logs.insert(file.to_owned(), text.lines().map(str::to_owned).collect());
+        }
+    }
+    logs
+}

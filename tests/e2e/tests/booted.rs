@@ -232,52 +232,12 @@ fn a_contract_runs_on_a_booted_node_and_survives_a_hard_reset() {
     // Nothing lost: the volume on the node's pools (read here, the node powered off)
     // holds the line the workload appended at each start, both boots' lines.
     let dir = xtask::target_dir().join("nodes").join(&spec.name);
-    let lines = hello_log_lines(&dir, &work.join("mnt"));
+    let lines: Vec<String> = e2e::hello_logs(&dir, &work.join("mnt"))
+        .into_values()
+        .flatten()
+        .collect();
     println!("hello.log on the node's volume after two boots: {lines:?}");
     assert!(lines.len() >= 2, "{lines:?}");
-}
-
-/// Unmounts what it mounted (the node's pools, loop-mounted read-write: QEMU is gone).
-struct Mounted(Vec<std::path::PathBuf>);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        for m in self.0.iter().rev() {
-            let _ = Command::new("umount").arg(m).status();
-        }
-    }
-}
-
-/// The lines of every `hello.log` on the disks of a powered-off node.
-fn hello_log_lines(node_dir: &Path, mnt: &Path) -> Vec<String> {
-    let mut mounted = Mounted(Vec::new());
-    let mut lines = Vec::new();
-    for i in 0..2 {
-        let disk = node_dir.join(format!("disk{i}.raw"));
-        let at = mnt.join(format!("disk{i}"));
-        std::fs::create_dir_all(&at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "btrfs", "-o", "loop"])
-            .arg(&disk)
-            .arg(&at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            continue;
-        }
-        mounted.0.push(at.clone());
-        let found = Command::new("find")
-            .arg(&at)
-            .args(["-name", "hello.log", "-type", "f"])
-            .output()
-            .unwrap();
-        for file in String::from_utf8_lossy(&found.stdout).lines() {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            lines.extend(text.lines().map(str::to_owned));
-        }
-    }
-    drop(mounted);
-    lines
 }
 
 #[test]

@@ -20,8 +20,6 @@
 //! Without QEMU or etcd it prints a counted `SKIP:` line.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e::{missing, serving_key, skip, workdir, Zos};
@@ -139,51 +137,6 @@ fn converge(
             println!("  {id}: cancelled");
         }
     }
-}
-
-/// Unmounts what it mounted (the node's pools, loop-mounted: QEMU is gone).
-struct Mounted(Vec<std::path::PathBuf>);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        for m in self.0.iter().rev() {
-            let _ = Command::new("umount").arg(m).status();
-        }
-    }
-}
-
-/// Every `hello.log` on the disks of a powered-off node: path -> lines.
-fn hello_logs(node_dir: &Path, mnt: &Path) -> BTreeMap<String, Vec<String>> {
-    let mut mounted = Mounted(Vec::new());
-    let mut logs = BTreeMap::new();
-    for i in 0..2 {
-        let disk = node_dir.join(format!("disk{i}.raw"));
-        let at = mnt.join(format!("disk{i}"));
-        std::fs::create_dir_all(&at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "btrfs", "-o", "loop,ro"])
-            .arg(&disk)
-            .arg(&at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            continue;
-        }
-        mounted.0.push(at.clone());
-        let found = Command::new("find")
-            .arg(&at)
-            .args(["-name", "hello.log", "-type", "f"])
-            .output()
-            .unwrap();
-        for file in String::from_utf8_lossy(&found.stdout).lines() {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            logs.insert(
-                file.to_owned(),
-                text.lines().map(str::to_owned).collect::<Vec<_>>(),
-            );
-        }
-    }
-    logs
 }
 
 #[test]
@@ -312,7 +265,7 @@ fn a_booted_node_converges_after_ten_power_cuts_and_reports_a_lost_disk() {
     // Nothing lost or emptied: each live contract's volume holds a line per start.
     node.kill();
     let dir = xtask::target_dir().join("nodes").join(&spec.name);
-    let logs = hello_logs(&dir, &work.join("mnt"));
+    let logs = e2e::hello_logs(&dir, &work.join("mnt"));
     for (id, e) in expected.iter().filter(|(_, e)| e.live) {
         let lines: Vec<&String> = logs
             .iter()
