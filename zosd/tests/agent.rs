@@ -115,8 +115,8 @@ fn a_contract_runs_restarts_survives_zosd_and_is_cancelled_cleanly() {
 }
 
 #[test]
-fn a_tampered_flist_and_an_oversized_contract_create_nothing() {
-    if !privileged("a_tampered_flist_and_an_oversized_contract_create_nothing") {
+fn a_tampered_flist_and_an_oversized_contract_run_nothing() {
+    if !privileged("a_tampered_flist_and_an_oversized_contract_run_nothing") {
         return;
     }
     let p = people();
@@ -153,16 +153,33 @@ fn a_tampered_flist_and_an_oversized_contract_create_nothing() {
     let s = node.wait_status(&huge, "refused", |s| s["state"] == "refused");
     assert_eq!(s["reasons"][0]["code"], "over_capacity", "{s:#}");
 
-    // Nothing was created for either: no container, no volume, no tenant namespace.
+    // Nothing runs for either and no tenant namespace is left. The refused one made
+    // nothing at all; the tampered one keeps only its (empty) data volume: a failure
+    // never deletes a volume, only its owner's cancellation does (docs/engine.md).
     assert!(node.container_pid(&format!("{tampered}.app")).is_none());
-    let pools = node.dir.path().join("pools");
-    for pool in std::fs::read_dir(pools).unwrap().flatten() {
-        let vols: Vec<_> = std::fs::read_dir(pool.path().join("volumes"))
-            .map(|d| d.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        assert!(vols.is_empty(), "{vols:?}");
-    }
+    let volumes = || -> Vec<String> {
+        let pools = node.dir.path().join("pools");
+        let mut all: Vec<String> = std::fs::read_dir(pools)
+            .unwrap()
+            .flatten()
+            .flat_map(|pool| {
+                std::fs::read_dir(pool.path().join("volumes"))
+                    .map(|d| {
+                        d.flatten()
+                            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(volumes(), [format!("{tampered}.data")]);
     assert_eq!(node.world.namespaces().len(), 2);
+    node.publish(&cancel_record(&p, key, &tampered, 2));
+    node.wait_status(&tampered, "cancelled", |s| s["state"] == "cancelled");
+    assert!(volumes().is_empty(), "{:?}", volumes());
 }
 
 #[test]

@@ -104,9 +104,19 @@ pub fn place(parent: &str, name: &str, pid: i32, limits: Limits) -> Result<()> {
     .map_err(|e| err(name)(e.to_string()))
 }
 
-/// Removes the cgroup (empty once QEMU is gone); absent is fine.
+/// Removes the cgroup (empty once QEMU is gone); absent is fine. QEMU's process is
+/// gone when this is called, but on a loaded machine its last threads may still be
+/// leaving the cgroup (rmdir: EBUSY): tried again for up to two seconds.
 pub fn remove(parent: &str, name: &str) -> Result<()> {
-    manager(parent, name)?
-        .remove()
-        .map_err(|e| err(name)(e.to_string()))
+    let mgr = manager(parent, name)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match mgr.remove() {
+            Ok(()) => return Ok(()),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => return Err(err(name)(e.to_string())),
+        }
+    }
 }
