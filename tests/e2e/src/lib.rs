@@ -250,7 +250,9 @@ impl Zos {
     }
 }
 
-/// Unmounts what it mounted (a powered-off node's pools, loop-mounted read-only).
+/// Unmounts what it mounted (a powered-off node's pools, loop-mounted read-write: a pool
+/// of a node that lost power has a tree log to replay, which a read-only loop device
+/// refuses, "log replay required on RO media").
 struct Mounted(Vec<PathBuf>);
 
 impl Drop for Mounted {
@@ -273,7 +275,7 @@ pub fn hello_logs(node_dir: &Path, mnt: &Path) -> std::collections::BTreeMap<Str
             continue;
         }
         let ok = Command::new("mount")
-            .args(["-t", "btrfs", "-o", "loop,ro"])
+            .args(["-t", "btrfs", "-o", "loop"])
             .arg(&disk)
             .arg(&at)
             .status()
