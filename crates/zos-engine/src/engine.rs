@@ -104,6 +104,9 @@ pub struct Engine<P, N, S: JournalStore> {
     /// The last record refused at the key of a contract that runs, per contract: it
     /// rides along with that contract's reports.
     refused_updates: HashMap<String, RefusedUpdate>,
+    /// Why the last restart of a workload (by node-wide name) failed, until one works:
+    /// the status says it instead of a bare "restarting".
+    restart_errors: HashMap<String, String>,
     /// When log tails were last looked at for a refresh.
     logs_refreshed: Option<Instant>,
     /// Unix seconds; a function so tests can move time.
@@ -138,6 +141,7 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             backoff: HashMap::new(),
             published: HashMap::new(),
             refused_updates: HashMap::new(),
+            restart_errors: HashMap::new(),
             logs_refreshed: None,
             clock: unix_now,
             summaries: tokio::sync::watch::channel(Vec::new()).0,
@@ -857,8 +861,14 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
                             Ok(plan) => self.provisioner.ensure_workload(&plan).await,
                             Err(e) => Err(e),
                         };
-                        if let Err(e) = result {
-                            tracing::warn!(workload = %name, error = %e, "restart failed");
+                        match result {
+                            Ok(_) => {
+                                self.restart_errors.remove(&name);
+                            }
+                            Err(e) => {
+                                tracing::warn!(workload = %name, error = %e, "restart failed");
+                                self.restart_errors.insert(name.clone(), e.to_string());
+                            }
                         }
                         let w_name = w.name.clone();
                         self.journal.update(|j| {
@@ -961,7 +971,17 @@ impl<P: Provisioner, N: Notary, S: JournalStore> Engine<P, N, S> {
             (Phase::Running, true) => (State::Ok, "every workload runs".to_string()),
             (Phase::Running, false) => (
                 State::Error,
-                "a workload is not running; restarting it with backoff".to_string(),
+                match owned
+                    .deployment
+                    .workloads
+                    .iter()
+                    .find_map(|w| self.restart_errors.get(&names::of(id, &w.name)))
+                {
+                    Some(e) => format!(
+                        "a workload is not running; restarting it with backoff (last restart: {e})"
+                    ),
+                    None => "a workload is not running; restarting it with backoff".to_string(),
+                },
             ),
         };
         let mut report = StatusReport::new(id, Some(owned.version), state, message);

@@ -560,3 +560,31 @@ async fn log_tails_are_published_when_the_signed_deployment_opts_in() {
     let s = w.status_json("web").await;
     assert_eq!(s["workloads"]["app"]["log_tail"], json!(["hello"]), "{s:#}");
 }
+
+#[tokio::test]
+async fn a_failed_restart_says_why_in_the_status() {
+    let w = World::new();
+    let mut engine = w.engine();
+    victim_runs(&w, &mut engine).await;
+    w.fake.kill("web.app");
+    w.fake.state().fail_workload = Some(ProvisionError::new(
+        "flist",
+        "web.app",
+        "root filesystem: volume lost: \"rootfs-x\" was created on pool p1 and that pool's disk is not in this node any more",
+    ));
+    // The first look arms the restart backoff; past it, the restart is due.
+    let now = Instant::now();
+    engine.supervise(now).await.unwrap();
+    engine
+        .supervise(now + std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let s = w.status_json("web").await;
+    assert_eq!(s["state"], "error", "{s:#}");
+    let msg = s["message"].as_str().unwrap();
+    let calls = w.fake.state().calls.clone();
+    assert!(
+        msg.contains("last restart:") && msg.contains("volume lost"),
+        "{msg} {calls:?}"
+    );
+}

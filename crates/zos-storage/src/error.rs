@@ -83,12 +83,22 @@ pub enum Error {
     },
     /// The node created this volume and it is gone: its data is lost. Never recreated
     /// empty (a permanent error).
-    #[error("volume lost: {name:?} was created on pool {pool} and its subvolume is gone")]
-    VolumeLost { name: String, pool: String },
+    #[error("volume lost: {name:?} was created on pool {pool} and {gone}")]
+    VolumeLost {
+        name: String,
+        pool: String,
+        /// What is gone: its subvolume (the pool is there), or the pool itself.
+        gone: &'static str,
+    },
     /// The node created this vdisk (a VM's disk) and its file is gone. Never recreated
     /// empty.
-    #[error("vdisk lost: {name:?} was created on pool {pool} and its file is gone")]
-    VdiskLost { name: String, pool: String },
+    #[error("vdisk lost: {name:?} was created on pool {pool} and {gone}")]
+    VdiskLost {
+        name: String,
+        pool: String,
+        /// What is gone: its file (the pool is there), or the pool itself.
+        gone: &'static str,
+    },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -383,38 +383,54 @@ impl<B: Backend> Storage<B> {
 
     /// [`Storage::absent_volume`] for a vdisk.
     fn absent_vdisk(pools: &[Pool], name: &str, label: &str) -> Error {
-        if pools
-            .iter()
-            .any(|p| p.label == label && p.status == PoolStatus::Online)
-        {
-            tracing::error!(vdisk = name, pool = label, "vdisk lost: its file is gone");
-            Error::VdiskLost {
-                name: name.into(),
-                pool: label.into(),
+        match pools.iter().find(|p| p.label == label).map(|p| &p.status) {
+            Some(PoolStatus::Online) => {
+                tracing::error!(vdisk = name, pool = label, "vdisk lost: its file is gone");
+                Error::VdiskLost {
+                    name: name.into(),
+                    pool: label.into(),
+                    gone: "its file is gone",
+                }
             }
-        } else {
-            Error::PoolOffline(label.into())
+            Some(PoolStatus::Broken { .. }) => Error::PoolOffline(label.into()),
+            Some(PoolStatus::Missing) | None => {
+                tracing::error!(vdisk = name, pool = label, "vdisk lost: its pool is gone");
+                Error::VdiskLost {
+                    name: name.into(),
+                    pool: label.into(),
+                    gone: "that pool's disk is not in this node any more",
+                }
+            }
         }
     }
 
     /// The error for a registered volume whose subvolume is not there: lost when its
-    /// pool is online, unavailable while its pool is not.
+    /// pool is online (the subvolume is gone) or missing (no disk of the node carries
+    /// it any more: a disk removed or replaced); unavailable while its disk is there
+    /// but the pool is broken (it may come back). Never recreated empty in any case.
     fn absent_volume(pools: &[Pool], name: &str, label: &str) -> Error {
-        if pools
-            .iter()
-            .any(|p| p.label == label && p.status == PoolStatus::Online)
-        {
-            tracing::error!(
-                volume = name,
-                pool = label,
-                "volume lost: its subvolume is gone"
-            );
-            Error::VolumeLost {
-                name: name.into(),
-                pool: label.into(),
+        match pools.iter().find(|p| p.label == label).map(|p| &p.status) {
+            Some(PoolStatus::Online) => {
+                tracing::error!(
+                    volume = name,
+                    pool = label,
+                    "volume lost: its subvolume is gone"
+                );
+                Error::VolumeLost {
+                    name: name.into(),
+                    pool: label.into(),
+                    gone: "its subvolume is gone",
+                }
             }
-        } else {
-            Error::PoolOffline(label.into())
+            Some(PoolStatus::Broken { .. }) => Error::PoolOffline(label.into()),
+            Some(PoolStatus::Missing) | None => {
+                tracing::error!(volume = name, pool = label, "volume lost: its pool is gone");
+                Error::VolumeLost {
+                    name: name.into(),
+                    pool: label.into(),
+                    gone: "that pool's disk is not in this node any more",
+                }
+            }
         }
     }
 

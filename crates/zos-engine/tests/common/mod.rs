@@ -123,6 +123,9 @@ impl Provisioner for Fake {
     ) -> Result<WorkloadStatus, ProvisionError> {
         self.log(format!("restart_workload {}", plan.name));
         let mut s = self.state();
+        if let Some(e) = s.fail_workload.take() {
+            return Err(e);
+        }
         let entry = s
             .workloads
             .get_mut(&plan.name)
