@@ -338,7 +338,12 @@ fn refusal_cases(
     v["signatures"][1]["signature"] = json!(flipped);
     cases.push(("bad_signature", variant("bad-signature", &v, &[])?, vec![]));
 
-    let file = variant("unknown-signer", base, &[])?;
+    // An entry that does not count (a stranger's, a repeat) is only a warning while the
+    // counted signatures meet the rules (docs/contract-format.md §4): shown here on a
+    // contract that also lacks budget's signature, where the rules are unmet and the
+    // entry is one of the reasons.
+    let short = variant("short-of-budget", &unsigned(&|_| {}), &["owner", "legal"])?;
+    let file = variant("unknown-signer", &d.read_json(&short)?, &[])?;
     // The CLI refuses to sign for a stranger, so forge the entry by hand.
     let mut v = d.read_json(&file)?;
     let stranger_sig = v["signatures"][0]["signature"].clone();
@@ -352,7 +357,7 @@ fn refusal_cases(
         vec![],
     ));
 
-    let mut v = base.clone();
+    let mut v = d.read_json(&short)?;
     let first = v["signatures"][0].clone();
     v["signatures"].as_array_mut().unwrap().push(first);
     cases.push((
