@@ -202,15 +202,10 @@ impl Provisioner for NodeProvisioner {
                 .storage
                 .volume_ensure(&k, spec.size_mib << 20, kind)
                 .map(|v| v.path)
+                // A lost volume's data is gone: retrying would only make an empty one.
                 .map_err(|e| {
-                    // Its data is gone: retrying would only make an empty one.
-                    let lost = matches!(e, zos_storage::Error::VolumeLost { .. });
-                    let e = ProvisionError::new("volume", &name, e.to_string());
-                    if lost {
-                        e.permanent()
-                    } else {
-                        e
-                    }
+                    ProvisionError::new("volume", &name, e.to_string())
+                        .permanent_if(e.is_permanent())
                 })
         })
         .await

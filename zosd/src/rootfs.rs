@@ -83,15 +83,7 @@ impl Rootfs {
         self.storage
             .volume_ensure(&volume_name(id), rootfs_mib(disk_mib) << 20, PoolKind::Ssd)
             .map(|v| v.path)
-            .map_err(|e| {
-                let permanent = matches!(e, zos_storage::Error::VolumeLost { .. });
-                let e = err(name, format!("root filesystem: {e}"));
-                if permanent {
-                    e.permanent()
-                } else {
-                    e
-                }
-            })
+            .map_err(|e| err(name, format!("root filesystem: {e}")).permanent_if(e.is_permanent()))
     }
 
     fn workload_dir(&self, name: &str) -> PathBuf {

@@ -215,17 +215,8 @@ impl Vms {
         let disk = self
             .storage
             .vdisk_ensure(vdisk, size, PoolKind::Ssd)
-            .map_err(|e| {
-                // A vdisk the node made whose file is gone stays gone: never a blank
-                // disk in its place (the owner decides).
-                let lost = matches!(e, zos_storage::Error::VdiskLost { .. });
-                let e = err(name, e);
-                if lost {
-                    e.permanent()
-                } else {
-                    e
-                }
-            })?;
+            // A lost vdisk stays lost: never a blank disk in its place.
+            .map_err(|e| err(name, &e).permanent_if(e.is_permanent()))?;
         let file = TreeFile::of(&disk.path)
             .ok_or_else(|| err(name, format!("vdisk path {}", disk.path.display())))?;
         if fresh {

@@ -42,6 +42,12 @@ impl ProvisionError {
         self.permanent = true;
         self
     }
+
+    /// [`ProvisionError::permanent`] when `permanent` (the resource crate's verdict).
+    pub fn permanent_if(mut self, permanent: bool) -> Self {
+        self.permanent |= permanent;
+        self
+    }
 }
 
 /// A tenant network as the provisioner creates it. Addresses are decided by the engine

@@ -124,6 +124,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether trying again cannot help: what the node made is gone (a lost volume or
+    /// vdisk is never recreated empty; its owner decides).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::VolumeLost { .. } | Error::VdiskLost { .. })
+    }
+
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             what,
