@@ -648,10 +648,14 @@ impl Watcher {
         if !dir_relevant(self.prefix.as_str(), rel) {
             return Ok(true);
         }
-        // Checked beneath the root first: a directory that is a symlink (or lies
-        // below one) is neither watched nor read.
-        let entries = match list_dir(&self.root, rel) {
-            Ok(e) => e,
+        // Opened beneath the root first: a directory that is a symlink (or lies below
+        // one) is neither watched nor read. The watch goes on that very directory
+        // (through its descriptor) and comes before the listing: an entry made between
+        // the two is then seen by both (delivered twice, which is harmless) instead of
+        // by neither. Listing first lost a `contracts/` directory made in that gap, and
+        // every record later written into it.
+        let fd = match open_dir(&self.root, rel) {
+            Ok(fd) => fd,
             Err(OpenError::Symlink(path)) => {
                 warn_symlink(&path);
                 return Ok(true);
@@ -659,15 +663,26 @@ impl Watcher {
             // Vanished or unreadable: nothing to watch.
             Err(_) => return Ok(true),
         };
-        let dir = self.root.join(rel);
-        match self.ino.add_watch(&dir, Self::mask()) {
+        let by_fd = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        match self
+            .ino
+            .add_watch(by_fd.as_str(), Self::mask() - AddWatchFlags::IN_DONT_FOLLOW)
+        {
             Ok(wd) => {
                 self.dirs.insert(wd, rel.to_owned());
             }
-            // Vanished or not a directory: nothing to watch.
             Err(nix::Error::ENOENT) | Err(nix::Error::ENOTDIR) => return Ok(true),
             Err(e) => return Err(NotaryError::Inotify(e)),
         }
+        drop(fd);
+        let entries = match list_dir(&self.root, rel) {
+            Ok(e) => e,
+            Err(OpenError::Symlink(path)) => {
+                warn_symlink(&path);
+                return Ok(true);
+            }
+            Err(_) => return Ok(true),
+        };
         for (name, kind) in entries {
             let child = join_rel(rel, &name);
             let open = match kind {
