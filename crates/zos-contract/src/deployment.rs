@@ -35,6 +35,13 @@ pub struct Network {
     pub name: String,
     /// CIDR, e.g. `10.20.0.0/24`; private ranges only, prefix 16..=29.
     pub subnet: String,
+    /// Destinations outside the internet that this network's workloads may reach
+    /// (`a.b.c.d/len`, IPv4): a LAN service, a private range. By default a tenant
+    /// reaches the public internet only; the node's LAN, link-local, the other private
+    /// ranges and the node itself are closed unless listed here, signed like the rest.
+    /// Written only when not empty, so documents without it keep their digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allow: Vec<String>,
 }
 
 /// Persistent storage on the node's pools.
@@ -176,6 +183,20 @@ impl Deployment {
             if let Err(e) = parse_private_subnet(&n.subnet) {
                 bad(format!("{p}.subnet"), e);
             }
+            if n.egress_allow.len() > MAX_EGRESS_ALLOW {
+                bad(
+                    format!("{p}.egress_allow"),
+                    format!(
+                        "{} ranges, at most {MAX_EGRESS_ALLOW}",
+                        n.egress_allow.len()
+                    ),
+                );
+            }
+            for (j, cidr) in n.egress_allow.iter().enumerate() {
+                if let Err(e) = parse_cidr(cidr) {
+                    bad(format!("{p}.egress_allow[{j}]"), e);
+                }
+            }
         }
         let networks: BTreeSet<&str> = self.networks.iter().map(|n| n.name.as_str()).collect();
         let mut names = BTreeSet::new();
@@ -295,6 +316,31 @@ fn check_abs_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// At most this many `egress_allow` ranges per network (each is an nft set element).
+pub const MAX_EGRESS_ALLOW: usize = 32;
+
+/// Parses an `egress_allow` range `a.b.c.d/len` (any IPv4 range, prefix 0..=32, no host
+/// bits: one spelling per range).
+pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not a.b.c.d/len"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{cidr:?}: bad address"))?;
+    // Digits only, no leading zero, at most 32: one spelling per length.
+    let canonical = !len.is_empty()
+        && len.bytes().all(|b| b.is_ascii_digit())
+        && (len == "0" || !len.starts_with('0'));
+    let len: u8 = match len.parse() {
+        Ok(l) if canonical && l <= 32 => l,
+        _ => return Err(format!("{cidr:?}: bad prefix length")),
+    };
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!("{cidr:?} has host bits set"));
+    }
+    Ok((addr, len))
+}
+
 /// Parses `a.b.c.d/len` into its network address and prefix length, refusing public
 /// ranges and host bits.
 pub fn parse_private_subnet(cidr: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -355,5 +401,44 @@ mod scalars {
             .into_iter()
             .map(|(k, v)| (k, String::from(v)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_ranges_have_one_spelling() {
+        assert_eq!(
+            parse_cidr("192.168.1.0/24"),
+            Ok(([192, 168, 1, 0].into(), 24))
+        );
+        assert_eq!(parse_cidr("10.0.0.7/32"), Ok(([10, 0, 0, 7].into(), 32)));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok(([0, 0, 0, 0].into(), 0)));
+        for bad in [
+            "192.168.1.1/24", // host bits
+            "192.168.1.0/33",
+            "192.168.1.0/+24",
+            "192.168.1.0/024",
+            "192.168.1.0/",
+            "192.168.1.0",
+            "192.168.01.0/24",
+            "fd00::/8",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn a_network_without_egress_allow_keeps_its_spelling() {
+        let n: Network =
+            serde_json::from_value(serde_json::json!({"name": "n", "subnet": "10.1.0.0/24"}))
+                .unwrap();
+        assert!(n.egress_allow.is_empty());
+        assert_eq!(
+            serde_json::to_value(&n).unwrap(),
+            serde_json::json!({"name": "n", "subnet": "10.1.0.0/24"})
+        );
     }
 }

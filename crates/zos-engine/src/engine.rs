@@ -1145,6 +1145,11 @@ fn addresses(
         prefix_len: len,
         gateway: Ipv4Addr::from(base + 1),
         forwards,
+        egress_allow: spec
+            .egress_allow
+            .iter()
+            .map(|c| zos_contract::deployment::parse_cidr(c))
+            .collect::<Result<_, _>>()?,
     };
     Ok((plan, by_workload))
 }

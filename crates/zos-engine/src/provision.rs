@@ -62,6 +62,9 @@ pub struct NetworkPlan {
     pub gateway: Ipv4Addr,
     /// Ports opened from the node's public side: (workload address, port).
     pub forwards: Vec<(Ipv4Addr, Port)>,
+    /// Ranges opened beyond the internet (the deployment's `egress_allow`, checked):
+    /// (network address, prefix length).
+    pub egress_allow: Vec<(Ipv4Addr, u8)>,
 }
 
 /// A workload as the provisioner runs it: the contract's workload, plus what the
