@@ -18,6 +18,7 @@ pub mod journal;
 pub mod names;
 pub mod provision;
 pub mod restart;
+pub mod runtime;
 pub mod status;
 
 pub use capacity::{Capacity, OverCapacity};
@@ -27,4 +28,5 @@ pub use provision::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
     WorkloadStatus,
 };
+pub use runtime::{Kind, Nic, NicStyle, Placement, Runtimes, WorkloadRuntime};
 pub use status::{ContractSummary, RefusedUpdate, State, StatusReport, WorkloadSummary};
