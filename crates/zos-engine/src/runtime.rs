@@ -252,6 +252,9 @@ mod tests {
     fn plan(name: &str) -> WorkloadPlan {
         let workload = serde_json::from_value(serde_json::json!({
             "name": name,
+            "kind": "container",
+            "cpu": 1,
+            "memory_mib": 64,
             "flist": {"url": "dir:///x.fl", "sha256": "0".repeat(64), "stores": []},
         }))
         .unwrap();
