@@ -14,8 +14,8 @@ use zos_engine::{
     WorkloadStatus,
 };
 use zos_network::{
-    Ipv4Subnet, Network, PortForward, Proto, TenantNetwork, Workload as NetWorkload,
-    WorkloadAttachment,
+    EgressPolicy, IpNet, Ipv4Subnet, Network, PortForward, Proto, TenantNetwork,
+    Workload as NetWorkload, WorkloadAttachment,
 };
 use zos_storage::{PoolKind, Storage};
 
@@ -233,9 +233,19 @@ impl Provisioner for NodeProvisioner {
         let plan = plan.clone();
         blocking("network", &plan.name.clone(), move || {
             let tenant = inner.tenant(&plan)?;
+            // What the signed deployment opens beyond the internet; checked by
+            // zos-contract, so a refusal here is permanent.
+            let allow = plan
+                .egress_allow
+                .iter()
+                .map(|&(addr, len)| IpNet::new(addr.into(), len))
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    ProvisionError::new("network", &plan.name, e.to_string()).permanent()
+                })?;
             inner
                 .network
-                .ensure(&tenant)
+                .ensure_with(&tenant, &EgressPolicy { allow })
                 .map_err(|e| ProvisionError::new("network", &plan.name, e.to_string()))
         })
         .await
