@@ -187,10 +187,35 @@ impl ContainerSpec {
         Ok(())
     }
 
-    /// The OCI runtime spec for this workload (`root.path` is the absolute rootfs).
+    /// The OCI runtime spec for this workload (`root.path` is the absolute rootfs):
+    /// validated, then built in named steps, one per part of the spec.
     pub fn to_oci(&self) -> Result<Spec, Error> {
         self.validate()?;
+        let mut spec = SpecBuilder::default()
+            .version("1.0.2")
+            .root(self.oci_root()?)
+            .process(self.oci_process()?)
+            .mounts(self.oci_mounts()?)
+            .linux(self.oci_linux()?)
+            .annotations(self.oci_annotations())
+            .build()?;
+        if let Some(h) = &self.hostname {
+            spec.set_hostname(Some(h.clone()));
+        }
+        Ok(spec)
+    }
 
+    /// The root filesystem, read-only if asked.
+    fn oci_root(&self) -> Result<oci_spec::runtime::Root, Error> {
+        Ok(RootBuilder::default()
+            .path(self.rootfs.clone())
+            .readonly(self.readonly_rootfs)
+            .build()?)
+    }
+
+    /// The init process: its command, environment (a default `PATH` unless it sets
+    /// one), user, capabilities, no new privileges, and its open-files limit.
+    fn oci_process(&self) -> Result<oci_spec::runtime::Process, Error> {
         let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !self.env.iter().any(|(k, _)| k == "PATH") {
             env.insert(0, DEFAULT_PATH.to_string());
@@ -199,7 +224,7 @@ impl ContainerSpec {
         args.extend(self.args.iter().cloned());
 
         let caps: oci_spec::runtime::Capabilities = default_capabilities().into_iter().collect();
-        let process = ProcessBuilder::default()
+        Ok(ProcessBuilder::default()
             .terminal(false)
             .user(UserBuilder::default().uid(self.uid).gid(self.gid).build()?)
             .args(args)
@@ -221,8 +246,12 @@ impl ContainerSpec {
                 .hard(1024u64)
                 .soft(1024u64)
                 .build()?])
-            .build()?;
+            .build()?)
+    }
 
+    /// The default mounts, then the workload's volumes (bind mounts, never a device
+    /// or a setuid program).
+    fn oci_mounts(&self) -> Result<Vec<oci_spec::runtime::Mount>, Error> {
         let mut mounts = default_mounts()?;
         for m in &self.mounts {
             let mode = if m.readonly { "ro" } else { "rw" };
@@ -240,7 +269,12 @@ impl ContainerSpec {
                     .build()?,
             );
         }
+        Ok(mounts)
+    }
 
+    /// New pid, ipc, uts, mount and cgroup namespaces; the network namespace is the
+    /// one at `netns` when given (the workload's own), else a new empty one.
+    fn oci_namespaces(&self) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, Error> {
         let mut namespaces = Vec::new();
         for typ in [
             LinuxNamespaceType::Pid,
@@ -256,7 +290,12 @@ impl ContainerSpec {
             net = net.path(path.clone());
         }
         namespaces.push(net.build()?);
+        Ok(namespaces)
+    }
 
+    /// The cgroup's limits: the device allow-list, memory, CPU (quota and shares from
+    /// millicores, or shares alone) and tasks.
+    fn oci_resources(&self) -> Result<oci_spec::runtime::LinuxResources, Error> {
         let mut resources = LinuxResourcesBuilder::default().devices(device_rules()?);
         if let Some(limit) = self.memory_limit {
             resources =
@@ -282,16 +321,21 @@ impl ContainerSpec {
         if let Some(p) = self.pids_limit {
             resources = resources.pids(LinuxPidsBuilder::default().limit(p as i64).build()?);
         }
+        Ok(resources.build()?)
+    }
 
+    /// The Linux part: namespaces, resources, the cgroup named after the id, masked
+    /// and read-only paths, the seccomp profile.
+    fn oci_linux(&self) -> Result<oci_spec::runtime::Linux, Error> {
         let mut readonly: Vec<String> = DEFAULT_READONLY_PATHS
             .iter()
             .map(|s| s.to_string())
             .collect();
         readonly.extend(self.readonly_paths.iter().map(|p| p.display().to_string()));
 
-        let linux = LinuxBuilder::default()
-            .namespaces(namespaces)
-            .resources(resources.build()?)
+        Ok(LinuxBuilder::default()
+            .namespaces(self.oci_namespaces()?)
+            .resources(self.oci_resources()?)
             // An explicit path, so the cgroup is ours by name: /sys/fs/cgroup/<ctrl>/zos/<id>
             // on v1, /sys/fs/cgroup/zos/<id> on v2.
             .cgroups_path(cgroup_path(&self.id))
@@ -303,31 +347,17 @@ impl ContainerSpec {
             )
             .readonly_paths(readonly)
             .seccomp(seccomp::default_profile()?)
-            .build()?;
+            .build()?)
+    }
 
+    /// Where the runtime writes the logs (read by the log pump).
+    fn oci_annotations(&self) -> std::collections::HashMap<String, String> {
         let mut annotations = std::collections::HashMap::new();
         annotations.insert(
             LOG_DIR_ANNOTATION.to_string(),
             self.log_dir.display().to_string(),
         );
-
-        let mut spec = SpecBuilder::default()
-            .version("1.0.2")
-            .root(
-                RootBuilder::default()
-                    .path(self.rootfs.clone())
-                    .readonly(self.readonly_rootfs)
-                    .build()?,
-            )
-            .process(process)
-            .mounts(mounts)
-            .linux(linux)
-            .annotations(annotations)
-            .build()?;
-        if let Some(h) = &self.hostname {
-            spec.set_hostname(Some(h.clone()));
-        }
-        Ok(spec)
+        annotations
     }
 }
 
