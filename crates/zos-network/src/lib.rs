@@ -19,8 +19,11 @@ mod subnet;
 mod tap;
 
 pub use error::{Error, Result};
+/// The old name of [`TenantPort`], kept until zosd's provisioner uses the new one.
+#[doc(hidden)]
+pub use model::TenantPort as Workload;
 pub use model::{
-    EgressPolicy, NetworkConfig, PortForward, Proto, TenantNetwork, Workload, WorkloadAttachment,
+    EgressPolicy, NetworkConfig, PortForward, Proto, TenantNetwork, TenantPort, WorkloadAttachment,
 };
 pub use names::IFNAME_MAX;
 pub use network::{Inventory, Network};

@@ -146,8 +146,10 @@ pub enum WorkloadAttachment {
     Tap { name: String },
 }
 
+/// A workload's port on a tenant network: its id and how it joins (veth or tap).
+/// (Named apart from the engine's and zosd's `Workload`.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Workload {
+pub struct TenantPort {
     /// `[a-z0-9]`, at most 13 bytes (the bridge port is `w-<id>`).
     pub id: String,
     pub attachment: WorkloadAttachment,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::model::{EgressPolicy, NetworkConfig, TenantNetwork, Workload, WorkloadAttachment};
+use crate::model::{EgressPolicy, NetworkConfig, TenantNetwork, TenantPort, WorkloadAttachment};
 use crate::names::{self, BRIDGE, TENANT_TABLE, TRANSIT, WORKLOAD_IF};
 use crate::netns::{self, run_in};
 use crate::nft;
@@ -380,7 +380,7 @@ impl Network {
     }
 
     /// Attach a workload to network `net` (which must have been ensured).
-    pub fn attach(&self, net: &TenantNetwork, wl: &Workload) -> Result<()> {
+    pub fn attach(&self, net: &TenantNetwork, wl: &TenantPort) -> Result<()> {
         net.validate(&self.cfg.prefix)?;
         names::check_workload_id(&wl.id)?;
         let _g = self.guard();
@@ -443,7 +443,7 @@ impl Network {
 
     /// Detach a workload: its bridge port or tap, and (veth) its namespace.
     /// Returns false if nothing existed.
-    pub fn detach(&self, net_id: &str, wl: &Workload) -> Result<bool> {
+    pub fn detach(&self, net_id: &str, wl: &TenantPort) -> Result<bool> {
         names::check_net_id(net_id)?;
         names::check_workload_id(&wl.id)?;
         let _g = self.guard();
