@@ -343,9 +343,27 @@ pub fn bad_name(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Loads and validates the whole tree, in named steps; each step only sees rows the steps
+/// before it accepted, so the order of the steps is the order of the checks.
 fn load(conn: &Connection) -> Result<Loaded, FormatError> {
-    // The schema is untrusted too: no functions with side effects from it, and the tables
-    // we read must be tables (a hostile file could make `inode` an expensive view).
+    check_schema(conn)?;
+    let (mut entries, mut parents) = read_inodes(conn)?;
+    place_root(&mut entries, &mut parents)?;
+    let by_ino = index_by_ino(&entries)?;
+    link_parents(&mut entries, &parents, &by_ino)?;
+    check_reachable(&entries)?;
+    sort_children(&mut entries);
+    load_link_targets(conn, &mut entries, &by_ino)?;
+    load_blocks(conn, &mut entries, &by_ino)?;
+    let routes = load_routes(conn)?;
+    let tags = load_tags(conn)?;
+    Ok((entries, routes, tags))
+}
+
+/// The schema is untrusted too: no functions with side effects from it, the tables we read
+/// must be tables (a hostile file could make `inode` an expensive view), and the inode
+/// count the b-tree claims must be within [`MAX_ENTRIES`].
+fn check_schema(conn: &Connection) -> Result<(), FormatError> {
     conn.execute_batch("PRAGMA trusted_schema = OFF")
         .map_err(sql)?;
     for t in ["inode", "extra", "block"] {
@@ -363,9 +381,14 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
             limit: MAX_ENTRIES,
         });
     }
+    Ok(())
+}
 
-    // Pass 1: rows, each checked on its own. Memory grows with the rows actually read:
-    // `count(*)` adds up what the b-tree pages claim, which a hostile file inflates.
+/// Pass 1: the inode rows, each checked on its own, with their parents' inode numbers (not
+/// yet resolved: `Entry::parent` is 0 until [`link_parents`]). Memory grows with the rows
+/// actually read: `count(*)` adds up what the b-tree pages claim, which a hostile file
+/// inflates.
+fn read_inodes(conn: &Connection) -> Result<(Vec<Entry>, Vec<u64>), FormatError> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut parents: Vec<u64> = Vec::new();
     let mut stmt = conn
@@ -383,56 +406,65 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
                 limit: MAX_ENTRIES,
             });
         }
-        let g = |i: usize| row.get_ref(i).map_err(sql);
-        let ino_raw = int(g(0)?, 0, "ino")?;
-        let ino: u64 = ranged(ino_raw, 0, "ino")?;
-        let parent: u64 = ranged(int(g(1)?, ino, "parent")?, ino, "parent")?;
-        let name = match bytes_of(g(2)?) {
-            Some(b) => String::from_utf8(b.to_vec()).map_err(|_| FormatError::BadName {
-                ino,
-                name: String::from_utf8_lossy(b).into_owned(),
-                reason: "not UTF-8",
-            })?,
-            None => String::new(),
-        };
-        let size_raw = int(g(3)?, ino, "size")?;
-        let size: u64 = ranged(size_raw, ino, "size")?;
-        let uid: u32 = ranged(int(g(4)?, ino, "uid")?, ino, "uid")?;
-        let gid: u32 = ranged(int(g(5)?, ino, "gid")?, ino, "gid")?;
-        let mode: u32 = ranged(int(g(6)?, ino, "mode")?, ino, "mode")?;
-        let rdev: u64 = ranged(int(g(7)?, ino, "rdev")?, ino, "rdev")?;
-        let ctime = int(g(8)?, ino, "ctime")?;
-        let mtime = int(g(9)?, ino, "mtime")?;
-        let kind = EntryKind::from_mode(mode).ok_or(FormatError::UnknownFileType { ino, mode })?;
-        if kind == EntryKind::File && size > MAX_FILE_SIZE {
-            return Err(FormatError::AbsurdSize {
-                ino,
-                size,
-                limit: MAX_FILE_SIZE,
-            });
-        }
+        let (entry, parent) = inode_row(row)?;
         parents.push(parent);
-        entries.push(Entry {
+        entries.push(entry);
+    }
+    Ok((entries, parents))
+}
+
+/// One inode row: its entry (parent unresolved) and its parent's inode number.
+fn inode_row(row: &rusqlite::Row<'_>) -> Result<(Entry, u64), FormatError> {
+    let g = |i: usize| row.get_ref(i).map_err(sql);
+    let ino_raw = int(g(0)?, 0, "ino")?;
+    let ino: u64 = ranged(ino_raw, 0, "ino")?;
+    let parent: u64 = ranged(int(g(1)?, ino, "parent")?, ino, "parent")?;
+    let name = match bytes_of(g(2)?) {
+        Some(b) => String::from_utf8(b.to_vec()).map_err(|_| FormatError::BadName {
             ino,
-            parent: 0,
-            name,
-            kind,
-            mode,
-            uid,
-            gid,
+            name: String::from_utf8_lossy(b).into_owned(),
+            reason: "not UTF-8",
+        })?,
+        None => String::new(),
+    };
+    let size_raw = int(g(3)?, ino, "size")?;
+    let size: u64 = ranged(size_raw, ino, "size")?;
+    let uid: u32 = ranged(int(g(4)?, ino, "uid")?, ino, "uid")?;
+    let gid: u32 = ranged(int(g(5)?, ino, "gid")?, ino, "gid")?;
+    let mode: u32 = ranged(int(g(6)?, ino, "mode")?, ino, "mode")?;
+    let rdev: u64 = ranged(int(g(7)?, ino, "rdev")?, ino, "rdev")?;
+    let ctime = int(g(8)?, ino, "ctime")?;
+    let mtime = int(g(9)?, ino, "mtime")?;
+    let kind = EntryKind::from_mode(mode).ok_or(FormatError::UnknownFileType { ino, mode })?;
+    if kind == EntryKind::File && size > MAX_FILE_SIZE {
+        return Err(FormatError::AbsurdSize {
+            ino,
             size,
-            rdev,
-            ctime,
-            mtime,
-            target: None,
-            blocks: Vec::new(),
-            children: Vec::new(),
+            limit: MAX_FILE_SIZE,
         });
     }
-    drop(rows);
-    drop(stmt);
+    let entry = Entry {
+        ino,
+        parent: 0,
+        name,
+        kind,
+        mode,
+        uid,
+        gid,
+        size,
+        rdev,
+        ctime,
+        mtime,
+        target: None,
+        blocks: Vec::new(),
+        children: Vec::new(),
+    };
+    Ok((entry, parent))
+}
 
-    // The root: exactly one entry with parent 0, a directory. It goes to index 0.
+/// The root: exactly one entry with parent 0, a directory. It goes to index 0 (`parents`
+/// moves with it).
+fn place_root(entries: &mut [Entry], parents: &mut [u64]) -> Result<(), FormatError> {
     let roots: Vec<usize> = (0..entries.len()).filter(|&i| parents[i] == 0).collect();
     match roots.len() {
         0 => return Err(FormatError::NoRoot),
@@ -446,15 +478,28 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
             ino: entries[0].ino,
         });
     }
+    Ok(())
+}
 
+/// Inode number → index, refusing a number used twice.
+fn index_by_ino(entries: &[Entry]) -> Result<HashMap<u64, usize>, FormatError> {
     let mut by_ino: HashMap<u64, usize> = HashMap::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         if by_ino.insert(e.ino, i).is_some() {
             return Err(FormatError::DuplicateIno { ino: e.ino });
         }
     }
+    Ok(by_ino)
+}
 
-    // Pass 2: names and parents.
+/// Pass 2: names and parents. Every non-root entry gets a valid name, an existing directory
+/// as its parent and no sibling of the same name; then the parent and children indices are
+/// filled in.
+fn link_parents(
+    entries: &mut [Entry],
+    parents: &[u64],
+    by_ino: &HashMap<u64, usize>,
+) -> Result<(), FormatError> {
     let mut seen: HashSet<(usize, &str)> = HashSet::with_capacity(entries.len());
     let mut links: Vec<usize> = vec![0; entries.len()];
     for i in 1..entries.len() {
@@ -490,8 +535,12 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
         entries[i].parent = p;
         entries[p].children.push(i);
     }
+    Ok(())
+}
 
-    // Pass 3: everything must hang from the root; what does not is in a parent cycle.
+/// Pass 3: everything must hang from the root, at most [`MAX_DEPTH`] levels down; what does
+/// not is in a parent cycle.
+fn check_reachable(entries: &[Entry]) -> Result<(), FormatError> {
     let mut reached = vec![false; entries.len()];
     reached[0] = true;
     let mut queue = VecDeque::from([(0usize, 0usize)]);
@@ -514,13 +563,25 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
             ino: entries[i].ino,
         });
     }
+    Ok(())
+}
+
+/// Children sorted by name, for [`Flist::child`]'s binary search.
+fn sort_children(entries: &mut [Entry]) {
     for i in 0..entries.len() {
         let mut c = std::mem::take(&mut entries[i].children);
         c.sort_by(|&a, &b| entries[a].name.cmp(&entries[b].name));
         entries[i].children = c;
     }
+}
 
-    // Symlink targets.
+/// Symlink targets, from `extra`: every symlink has one, non-empty, without NUL and at most
+/// [`MAX_LINK_TARGET`] bytes. Rows for other inodes are ignored.
+fn load_link_targets(
+    conn: &Connection,
+    entries: &mut [Entry],
+    by_ino: &HashMap<u64, usize>,
+) -> Result<(), FormatError> {
     let mut stmt = conn.prepare("SELECT ino, data FROM extra").map_err(sql)?;
     let mut rows = stmt.query([]).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
@@ -537,21 +598,27 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
             _ => return Err(FormatError::BadLinkTarget { ino }),
         }
     }
-    drop(rows);
-    drop(stmt);
     if let Some(e) = entries
         .iter()
         .find(|e| e.kind == EntryKind::Symlink && e.target.is_none())
     {
         return Err(FormatError::MissingLinkTarget { ino: e.ino });
     }
+    Ok(())
+}
 
-    // Blocks, in rowid order: that order is the order in the file.
+/// Blocks, in rowid order: that order is the order in the file. Each belongs to a regular
+/// file, and each file has exactly `ceil(size / BLOCK_SIZE)` of them; a hostile flist
+/// listing millions of blocks for a small file is refused at the first block too many.
+fn load_blocks(
+    conn: &Connection,
+    entries: &mut [Entry],
+    by_ino: &HashMap<u64, usize>,
+) -> Result<(), FormatError> {
     let mut stmt = conn
         .prepare("SELECT ino, id, key FROM block ORDER BY rowid")
         .map_err(sql)?;
     let mut rows = stmt.query([]).map_err(sql)?;
-    let mut total: u64 = 0;
     while let Some(row) = rows.next().map_err(sql)? {
         let ino: u64 = ranged(int(row.get_ref(0).map_err(sql)?, 0, "block.ino")?, 0, "ino")?;
         let i = *by_ino.get(&ino).ok_or(FormatError::OrphanBlocks { ino })?;
@@ -572,7 +639,6 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
             id: field(1, "id")?,
             key: field(2, "key")?,
         };
-        // A hostile flist could list millions of blocks for a small file.
         let expected = entries[i].size.div_ceil(BLOCK_SIZE as u64);
         if index as u64 >= expected {
             return Err(FormatError::BlockCountMismatch {
@@ -583,9 +649,7 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
             });
         }
         entries[i].blocks.push(block);
-        total += 1;
     }
-    let _ = total;
     for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
         let expected = e.size.div_ceil(BLOCK_SIZE as u64);
         if e.blocks.len() as u64 != expected {
@@ -597,12 +661,7 @@ fn load(conn: &Connection) -> Result<Loaded, FormatError> {
             });
         }
     }
-    drop(rows);
-    drop(stmt);
-
-    let routes = load_routes(conn)?;
-    let tags = load_tags(conn)?;
-    Ok((entries, routes, tags))
+    Ok(())
 }
 
 fn table_exists(conn: &Connection, name: &str) -> Result<bool, FormatError> {
