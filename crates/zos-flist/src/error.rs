@@ -27,6 +27,16 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// A flist's `.fl` or `.sig` could not be read from its URL ([`crate::pinned`]).
+    #[error("fetching {url}: {reason}")]
+    Fetch { url: String, reason: FetchError },
+    /// The `.fl` read is not the one its reference pins ([`crate::pinned`]).
+    #[error("{url} has sha256 {actual}, the contract pins {pinned}")]
+    Pin {
+        url: String,
+        actual: String,
+        pinned: String,
+    },
     /// Extraction refused to go on (the destination is not ours to fill, or an entry
     /// would land outside it).
     #[error("unpack {path}: {reason}")]
@@ -75,16 +85,12 @@ impl Error {
     /// may pass later (an unreachable store, a full disk).
     pub fn is_permanent(&self) -> bool {
         match self {
-            Error::Format { .. } | Error::Sign(_) | Error::TooLarge { .. } => true,
+            Error::Format { .. } | Error::Sign(_) | Error::TooLarge { .. } | Error::Pin { .. } => {
+                true
+            }
             Error::Block { reason, .. } => reason.is_bad_data(),
-            Error::Store(e) => matches!(
-                e,
-                StoreError::BadUrl(_)
-                    | StoreError::NotUnderRoot { .. }
-                    | StoreError::NotRegular { .. }
-                    | StoreError::Symlink { .. }
-                    | StoreError::TooLarge { .. }
-            ),
+            Error::Store(e) => e.is_permanent(),
+            Error::Fetch { reason, .. } => reason.is_permanent(),
             _ => false,
         }
     }
@@ -209,6 +215,37 @@ impl BlockError {
     }
 }
 
+/// Why a flist's own file (`.fl`, `.sig`) could not be read from its URL.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("only dir:// and http:// flist URLs are supported")]
+    Unsupported,
+    /// A `dir://` URL refused or unreadable.
+    #[error(transparent)]
+    Dir(StoreError),
+    /// The server answered, but not with the file.
+    #[error("HTTP {0}")]
+    Status(u16),
+    /// The server could not be reached or the transfer broke.
+    #[error("{0}")]
+    Transport(String),
+    #[error("larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+impl FetchError {
+    /// True when asking again cannot help: a URL that is not allowed or not
+    /// supported, a file too large. False for a server that is down or does not have
+    /// the file yet.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            FetchError::Unsupported | FetchError::TooLarge { .. } => true,
+            FetchError::Dir(e) => e.is_permanent(),
+            FetchError::Status(_) | FetchError::Transport(_) => false,
+        }
+    }
+}
+
 /// A store could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -241,4 +278,19 @@ pub enum StoreError {
     Symlink { url: String, path: PathBuf },
     #[error("{url}: larger than {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+}
+
+impl StoreError {
+    /// True when trying again cannot help: a URL that is malformed or not allowed, a
+    /// file that is not a regular file or too large. False for what may pass later.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BadUrl(_)
+                | StoreError::NotUnderRoot { .. }
+                | StoreError::NotRegular { .. }
+                | StoreError::Symlink { .. }
+                | StoreError::TooLarge { .. }
+        )
+    }
 }
