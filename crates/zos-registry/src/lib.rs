@@ -17,9 +17,12 @@
 //! node reports from /proc and /sys; its parsers take text, so they are tested on
 //! fixtures, and its readers are thin.
 
+#![forbid(unsafe_code)]
+
 pub mod detect;
 pub mod farm;
 pub mod heartbeat;
+pub mod membership;
 pub mod registration;
 
 pub use farm::Farm;
