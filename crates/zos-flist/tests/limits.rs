@@ -17,6 +17,7 @@ use zos_flist::{
     read_dir_url, unpack, unpack_bounded, DirAccess, Error, Fetcher, Flist, Router, StoreError,
     UnpackOptions, BLOCK_SIZE,
 };
+use zos_testkit::Needs;
 
 const DIR: u32 = libc::S_IFDIR | 0o755;
 const REG: u32 = libc::S_IFREG | 0o644;
@@ -99,23 +100,6 @@ impl Drop for SmallFs {
     }
 }
 
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let reason = format!("{test} mounts a tmpfs and needs root");
-    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // The real stderr: libtest captures print!/eprint! of a passing test.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIP: {reason}\n").as_bytes(),
-        );
-        false
-    } else {
-        panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
-    }
-}
-
 /// Runs `f` on a thread and waits for its result at most `secs`: a store read that
 /// blocks (a FIFO, a terminal) must fail the test, not hang it.
 fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -129,7 +113,7 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
 /// H6: a 1 TiB file made of one repeated block (a 2 Mi-row `.fl`, one stored block).
 #[test]
 fn repeated_block_tib_file_is_refused_before_writing() {
-    if !root_or_skip("repeated_block_tib_file_is_refused_before_writing") {
+    if !Needs::root().check("repeated_block_tib_file_is_refused_before_writing") {
         return;
     }
     let d = tempdir("bomb");

@@ -14,7 +14,7 @@ pub mod etcd;
 mod needs;
 pub mod netns;
 
-pub use needs::{skip_line, Needs};
+pub use needs::{skip_line, skip_or_fail, Needs};
 
 /// The kit's failures where a caller wants to report rather than panic (the demo, the
 /// end-to-end tests): a process that did not start, a namespace that could not be made.

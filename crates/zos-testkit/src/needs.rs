@@ -81,13 +81,8 @@ impl Needs {
         if self.missing.is_empty() {
             return true;
         }
-        let reason = format!("needs {}", self.missing.join(", "));
-        if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            skip_line(test, &reason);
-            false
-        } else {
-            panic!("{test}: {reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
-        }
+        skip_or_fail(test, &format!("needs {}", self.missing.join(", ")));
+        false
     }
 
     /// For tests that skip whatever the environment says (the daemons they drive are
@@ -98,6 +93,16 @@ impl Needs {
         }
         skip_line(test, &format!("needs {}", self.missing.join(", ")));
         false
+    }
+}
+
+/// For a test that found it cannot run (`reason`: `needs a cgroup2 mount`): with
+/// `ZOS_SKIP_PRIVILEGED=1`, the counted SKIP line; without it, a panic.
+pub fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        skip_line(test, reason);
+    } else {
+        panic!("{test}: {reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
     }
 }
 

@@ -10,36 +10,13 @@ use std::process::{Child, Command, Stdio};
 use zos_flist::{pack, Fetcher, Flist, PackOptions, Router, BLOCK_SIZE};
 
 pub fn tempdir(what: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("zt-flist-{what}-"))
-        .tempdir()
-        .unwrap()
+    zos_testkit::tempdir(&format!("flist-{what}"))
 }
 
 /// Fail loudly unless we can use FUSE/overlayfs; with `ZOS_SKIP_PRIVILEGED=1` print a
 /// SKIP line and return false.
 pub fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse".to_string());
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("{test} needs {}", missing.join(", "));
-    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // The real stderr: libtest captures print!/eprint! of a passing test.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIP: {reason}\n").as_bytes(),
-        );
-        false
-    } else {
-        panic!("{reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
-    }
+    zos_testkit::Needs::root().dev("/dev/fuse").check(test)
 }
 
 pub fn random(n: usize) -> Vec<u8> {

@@ -11,30 +11,11 @@ pub const MIB: u64 = 1 << 20;
 /// Fail loudly unless the machine can run privileged storage tests; with
 /// `ZOS_SKIP_PRIVILEGED=1` print a counted SKIP line instead and return false.
 pub fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
+    let mut needs = zos_testkit::Needs::root();
     for bin in ["mkfs.btrfs", "losetup", "mkfs.ext4"] {
-        if Command::new(bin).arg("-V").output().is_err() {
-            missing.push(format!(
-                "{bin} (apt-get install -y btrfs-progs e2fsprogs mount)"
-            ));
-        }
+        needs = needs.bin_from(bin, "btrfs-progs e2fsprogs mount");
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("needs {}", missing.join(", "));
-    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // On the real stderr, not through print!/eprint! (which libtest captures and
-        // hides for a passing test): `cargo xtask test` counts these lines.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-        false
-    } else {
-        panic!("{test} {reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
-    }
+    needs.check(test)
 }
 
 /// A loop device we attached; detached by the path `losetup` gave back.
@@ -80,13 +61,8 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(n: usize, size: u64) -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("zt-storage-")
-            .tempdir()
-            .unwrap();
-        let mut rnd = [0u8; 4];
-        getrandom::fill(&mut rnd).unwrap();
-        let prefix = format!("zt-{}-", hex::encode(rnd));
+        let dir = zos_testkit::tempdir("storage");
+        let prefix = format!("{}-", zos_testkit::tag(4));
         let mut f = Fixture {
             loops: Vec::new(),
             prefix,
@@ -126,16 +102,7 @@ impl Fixture {
 
     /// Mountpoints under our temp dir (ours by construction), deepest first.
     pub fn our_mounts(&self) -> Vec<PathBuf> {
-        let root = self.dir.path().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut v: Vec<PathBuf> = text
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|mp| mp.starts_with(&root))
-            .map(PathBuf::from)
-            .collect();
-        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        v
+        zos_testkit::mounts_under(self.dir.path())
     }
 }
 
