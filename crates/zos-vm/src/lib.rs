@@ -6,6 +6,10 @@
 //! TCG otherwise ([`accel`]), controlled over QMP on a private unix socket ([`qmp`]),
 //! never through a shell, its serial console in a size-bounded file ([`console`]) and
 //! the QEMU process in a cgroup of its own ([`cgroup`]).
+//!
+//! [`VmRuntime`] runs the engine's VM workloads on a hypervisor
+//! ([`zos_engine::WorkloadRuntime`]): the guest protocol ([`guest`]), the VM's tree on
+//! a quota'd pool subvolume, its root disk and volume disks ([`runtime`]).
 
 pub mod accel;
 pub mod beneath;
@@ -14,8 +18,10 @@ mod confine;
 pub mod console;
 mod disk;
 mod error;
+pub mod guest;
 pub mod qemu;
 pub mod qmp;
+pub mod runtime;
 mod spec;
 
 pub use accel::{Accel, AccelChoice};
@@ -23,6 +29,9 @@ pub use beneath::{Access, TreeFile};
 pub use disk::copy_image;
 pub use error::{Error, Result};
 pub use qemu::{Qemu, QemuConfig};
+pub use runtime::{
+    tree_quota_mib, tree_volume, KernelIds, VmRuntime, TREE_VOLUME_PREFIX, VM_TREE_MIB,
+};
 pub use spec::{valid_name, Boot, Disk, Nic, VmSpec, CMDLINE_MAX};
 
 /// A VM that was started (or found running).
