@@ -5,10 +5,16 @@
 //! a private transit /30, and nftables rules for NAT and isolation in both. Workloads
 //! join with a veth pair (their own namespace) or a tap (VMs). See docs/network.md.
 //!
+//! Every namespace, netlink and nft call goes through the [`kernel::Kernel`] seam:
+//! [`kernel::RealKernel`] in production, [`fake::FakeKernel`] (which records the calls)
+//! in unit tests.
+//!
 //! The API is synchronous (the engine calls it from `spawn_blocking`); every kernel
 //! operation runs on a short-lived thread inside the namespace it concerns.
 
 mod error;
+pub mod fake;
+pub mod kernel;
 mod model;
 mod names;
 pub mod netns;

@@ -3,20 +3,17 @@
 //! operation twice is a no-op and a half-done operation (a crash) is completed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::kernel::{within, Kernel, Link, Ns, RealKernel, Session};
 use crate::model::{EgressPolicy, NetworkConfig, TenantNetwork, TenantPort, WorkloadAttachment};
 use crate::names::{self, BRIDGE, TENANT_TABLE, TRANSIT, WORKLOAD_IF};
-use crate::netns::{self, run_in};
+use crate::netns;
 use crate::nft;
-use crate::nl::{Link, Nl};
 use crate::subnet::Ipv4Subnet;
-use crate::tap;
 
 /// What exists in the kernel under our prefix, for garbage collection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,6 +58,8 @@ impl Inventory {
 
 pub struct Network {
     cfg: NetworkConfig,
+    /// Every namespace, netlink and nft call goes through it (the seam).
+    kernel: Arc<dyn Kernel>,
     /// Serialises changes: the transit slot allocation reads then writes the kernel.
     lock: Mutex<()>,
 }
@@ -77,6 +76,12 @@ fn slot_of(range: Ipv4Subnet, ip: Ipv4Addr) -> u32 {
 
 impl Network {
     pub fn new(cfg: NetworkConfig) -> Result<Network> {
+        Network::with_kernel(cfg, Arc::new(RealKernel))
+    }
+
+    /// A `Network` whose kernel calls go to `kernel` (a [`crate::fake::FakeKernel`]
+    /// in unit tests).
+    pub fn with_kernel(cfg: NetworkConfig, kernel: Arc<dyn Kernel>) -> Result<Network> {
         let p = &cfg.prefix;
         if p.len() > 12 || !p.ends_with('-') {
             return Err(Error::InvalidName {
@@ -94,6 +99,7 @@ impl Network {
         }
         Ok(Network {
             cfg,
+            kernel,
             lock: Mutex::new(()),
         })
     }
@@ -129,11 +135,17 @@ impl Network {
         names::nft_table(&self.cfg.prefix, id)
     }
 
-    fn node_ns(&self) -> Result<File> {
-        match &self.cfg.node_netns {
-            Some(p) => netns::open(p),
-            None => netns::current(),
-        }
+    fn node_ns(&self) -> Result<Ns> {
+        self.kernel.open_ns(self.cfg.node_netns.as_deref())
+    }
+
+    /// Run `f` inside `ns` through the kernel seam.
+    fn within<R: Send>(
+        &self,
+        ns: &Ns,
+        f: impl FnOnce(&dyn Session) -> Result<R> + Send,
+    ) -> Result<R> {
+        within(self.kernel.as_ref(), ns, f)
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -155,13 +167,12 @@ impl Network {
             &self.cfg.uplink,
             self.cfg.transit,
         );
-        run_in(&node, || {
-            let nl = Nl::new()?;
+        self.within(&node, |nl| {
             if nl.link(&self.cfg.uplink)?.is_none() {
                 return Err(Error::NoUplink(self.cfg.uplink.clone()));
             }
-            netns::sysctl("net.ipv4.ip_forward", "1")?;
-            nft::apply("host table", &nft::replace_script("inet", &table, &body))
+            nl.sysctl("net.ipv4.ip_forward", "1")?;
+            nl.nft_apply("host table", &nft::replace_script("inet", &table, &body))
         })?;
         tracing::info!(uplink = %self.cfg.uplink, table, "node firewall ensured");
         Ok(())
@@ -171,18 +182,17 @@ impl Network {
     pub fn remove_node(&self) -> Result<()> {
         let _g = self.guard();
         let table = self.host_table();
-        run_in(&self.node_ns()?, || {
-            nft::apply("delete host table", &nft::delete_script("inet", &table))
+        self.within(&self.node_ns()?, |nl| {
+            nl.nft_apply("delete host table", &nft::delete_script("inet", &table))
         })
     }
 
     /// Pick (or find again) the transit slot of network `id` in the node namespace.
     /// Returns the slot and whether the node end of the transit veth exists.
-    fn transit_slot(&self, node: &File, id: &str) -> Result<(u32, bool)> {
+    fn transit_slot(&self, node: &Ns, id: &str) -> Result<(u32, bool)> {
         let range = self.cfg.transit;
         let link_name = self.node_link(id);
-        run_in(node, || {
-            let nl = Nl::new()?;
+        self.within(node, |nl| {
             let link = nl.link(&link_name)?;
             let addrs = nl.addrs(None)?;
             if let Some(l) = &link {
@@ -208,13 +218,13 @@ impl Network {
 
     /// Refuse a public port that another of our networks already forwards (the
     /// first matching DNAT would win silently: one tenant could take another's port).
-    fn check_ports_free(&self, node: &File, net: &TenantNetwork) -> Result<()> {
+    fn check_ports_free(&self, node: &Ns, net: &TenantNetwork) -> Result<()> {
         if net.ports.is_empty() {
             return Ok(());
         }
         let mine = self.node_table(&net.id);
         let prefix = names::nft_table(&self.cfg.prefix, "");
-        let taken = run_in(node, nft::forwarded_ports)?;
+        let taken = self.within(node, |nl| nl.nft_forwarded_ports())?;
         for p in &net.ports {
             let clash = taken.iter().find(|(t, proto, port)| {
                 *t != mine
@@ -251,20 +261,19 @@ impl Network {
         let (slot, node_link_exists) = self.transit_slot(&node, &net.id)?;
         let (node_ip, tenant_ip) = transit_pair(self.cfg.transit, slot);
         let ns_name = self.tenant_netns(&net.id);
-        let created = netns::create(&self.cfg.run_dir, &ns_name)?;
-        let tenant = netns::open(&self.netns_path(&ns_name))?;
+        let created = self.kernel.create_ns(&self.cfg.run_dir, &ns_name)?;
+        let tenant = self.kernel.open_ns(Some(&self.netns_path(&ns_name)))?;
         let link_name = self.node_link(&net.id);
 
         // Tenant side: loopback, forwarding, bridge with the gateway.
-        let pub0_exists = run_in(&tenant, || {
-            let nl = Nl::new()?;
+        let pub0_exists = self.within(&tenant, |nl| {
             if let Some(lo) = nl.link("lo")? {
                 if !lo.up {
                     nl.set_up(lo.index)?;
                 }
             }
-            netns::sysctl("net.ipv4.ip_forward", "1")?;
-            let br = ensure_link(&nl, BRIDGE, || nl.add_bridge(BRIDGE))?;
+            nl.sysctl("net.ipv4.ip_forward", "1")?;
+            let br = ensure_link(nl, BRIDGE, || nl.add_bridge(BRIDGE))?;
             nl.ensure_only_addr(br.index, net.gateway, net.subnet.prefix())?;
             if !br.up {
                 nl.set_up(br.index)?;
@@ -275,20 +284,16 @@ impl Network {
             // Missing, or one end lost: make the pair again, its node end created
             // directly in the node namespace under our prefixed name.
             if node_link_exists {
-                run_in(&node, || {
-                    let nl = Nl::new()?;
-                    match nl.link(&link_name)? {
-                        Some(l) => nl.del_link(l.index),
-                        None => Ok(()),
-                    }
+                self.within(&node, |nl| match nl.link(&link_name)? {
+                    Some(l) => nl.del_link(l.index),
+                    None => Ok(()),
                 })?;
             }
-            run_in(&tenant, || {
-                let nl = Nl::new()?;
+            self.within(&tenant, |nl| {
                 if let Some(l) = nl.link(TRANSIT)? {
                     nl.del_link(l.index)?;
                 }
-                nl.add_veth_into(TRANSIT, &link_name, node.as_fd())
+                nl.add_veth_into(TRANSIT, &link_name, &node)
             })?;
         }
 
@@ -303,14 +308,13 @@ impl Network {
             &self.cfg.egress_deny,
             &egress.allow,
         );
-        run_in(&node, || {
-            let nl = Nl::new()?;
+        self.within(&node, |nl| {
             let l = nl.link(&link_name)?.ok_or_else(|| gone(&link_name))?;
             nl.ensure_only_addr(l.index, node_ip, 30)?;
             if !l.up {
                 nl.set_up(l.index)?;
             }
-            nft::apply(
+            nl.nft_apply(
                 "node tenant table",
                 &nft::replace_script("ip", &node_table, &node_rules),
             )
@@ -324,15 +328,14 @@ impl Network {
             &self.cfg.egress_deny,
             &egress.allow,
         );
-        run_in(&tenant, || {
-            let nl = Nl::new()?;
+        self.within(&tenant, |nl| {
             let p = nl.link(TRANSIT)?.ok_or_else(|| gone(TRANSIT))?;
             nl.ensure_only_addr(p.index, tenant_ip, 30)?;
             if !p.up {
                 nl.set_up(p.index)?;
             }
             nl.default_route(node_ip, p.index)?;
-            nft::apply(
+            nl.nft_apply(
                 "tenant table",
                 &nft::replace_script("inet", TENANT_TABLE, &rules),
             )
@@ -353,16 +356,19 @@ impl Network {
         let _g = self.guard();
         let link_name = self.node_link(id);
         let table = self.node_table(id);
-        let mut existed = run_in(&self.node_ns()?, || {
-            let nl = Nl::new()?;
+        let mut existed = self.within(&self.node_ns()?, |nl| {
             let mut existed = false;
             if let Some(l) = nl.link(&link_name)? {
                 // Deleted here, synchronously: namespace teardown is asynchronous.
                 nl.del_link(l.index)?;
                 existed = true;
             }
-            if nft::tables()?.iter().any(|(f, n)| f == "ip" && *n == table) {
-                nft::apply(
+            if nl
+                .nft_tables()?
+                .iter()
+                .any(|(f, n)| f == "ip" && *n == table)
+            {
+                nl.nft_apply(
                     "delete node tenant table",
                     &nft::delete_script("ip", &table),
                 )?;
@@ -371,10 +377,12 @@ impl Network {
             Ok(existed)
         })?;
         let workload_prefix = format!("{}{id}-", self.cfg.prefix);
-        for ns in netns::list(&self.cfg.run_dir, &workload_prefix)? {
-            existed |= netns::remove(&self.cfg.run_dir, &ns)?;
+        for ns in self.kernel.list_ns(&self.cfg.run_dir, &workload_prefix)? {
+            existed |= self.kernel.remove_ns(&self.cfg.run_dir, &ns)?;
         }
-        existed |= netns::remove(&self.cfg.run_dir, &self.tenant_netns(id))?;
+        existed |= self
+            .kernel
+            .remove_ns(&self.cfg.run_dir, &self.tenant_netns(id))?;
         tracing::info!(net = id, existed, "tenant network removed");
         Ok(existed)
     }
@@ -385,32 +393,30 @@ impl Network {
         names::check_workload_id(&wl.id)?;
         let _g = self.guard();
         let tenant_path = self.netns_path(&self.tenant_netns(&net.id));
-        if !netns::is_mounted(&tenant_path) {
+        if !self.kernel.ns_exists(&tenant_path) {
             return Err(Error::NoSuchNetwork(net.id.clone()));
         }
-        let tenant = netns::open(&tenant_path)?;
+        let tenant = self.kernel.open_ns(Some(&tenant_path))?;
         match &wl.attachment {
             WorkloadAttachment::Veth { netns: wns, ip } => {
                 names::check_workload_netns(&self.cfg.prefix, wns)?;
                 net.check_workload_ip(*ip)?;
-                netns::create(&self.cfg.run_dir, wns)?;
-                let wfd = netns::open(&self.netns_path(wns))?;
+                self.kernel.create_ns(&self.cfg.run_dir, wns)?;
+                let wfd = self.kernel.open_ns(Some(&self.netns_path(wns)))?;
                 let port = names::port(&wl.id);
-                run_in(&tenant, || {
-                    let nl = Nl::new()?;
+                self.within(&tenant, |nl| {
                     let br = nl
                         .link(BRIDGE)?
                         .ok_or_else(|| Error::NoSuchNetwork(net.id.clone()))?;
                     if nl.link(&port)?.is_none() {
                         // The workload end is born as eth0 inside the workload
                         // namespace: one request, nothing half made to clean up.
-                        nl.add_veth_into(&port, WORKLOAD_IF, wfd.as_fd())?;
+                        nl.add_veth_into(&port, WORKLOAD_IF, &wfd)?;
                     }
                     let p = nl.link(&port)?.ok_or_else(|| gone(&port))?;
-                    enslave(&nl, &p, br.index)
+                    enslave(nl, &p, br.index)
                 })?;
-                run_in(&wfd, || {
-                    let nl = Nl::new()?;
+                self.within(&wfd, |nl| {
                     if let Some(lo) = nl.link("lo")? {
                         if !lo.up {
                             nl.set_up(lo.index)?;
@@ -427,13 +433,12 @@ impl Network {
             }
             WorkloadAttachment::Tap { name } => {
                 names::check_tap(name)?;
-                run_in(&tenant, || {
-                    let nl = Nl::new()?;
+                self.within(&tenant, |nl| {
                     let br = nl
                         .link(BRIDGE)?
                         .ok_or_else(|| Error::NoSuchNetwork(net.id.clone()))?;
-                    let t = ensure_link(&nl, name, || tap::create(name))?;
-                    enslave(&nl, &t, br.index)
+                    let t = ensure_link(nl, name, || nl.add_tap(name))?;
+                    enslave(nl, &t, br.index)
                 })?;
                 tracing::info!(net = %net.id, workload = %wl.id, tap = %name, "tap attached");
             }
@@ -459,17 +464,15 @@ impl Network {
             }
         };
         let mut existed = false;
-        if netns::is_mounted(&tenant_path) {
-            existed = run_in(&netns::open(&tenant_path)?, || {
-                let nl = Nl::new()?;
-                match nl.link(&name)? {
-                    Some(l) => nl.del_link(l.index).map(|_| true),
-                    None => Ok(false),
-                }
+        if self.kernel.ns_exists(&tenant_path) {
+            let tenant = self.kernel.open_ns(Some(&tenant_path))?;
+            existed = self.within(&tenant, |nl| match nl.link(&name)? {
+                Some(l) => nl.del_link(l.index).map(|_| true),
+                None => Ok(false),
             })?;
         }
         if let WorkloadAttachment::Veth { netns: wns, .. } = &wl.attachment {
-            existed |= netns::remove(&self.cfg.run_dir, wns)?;
+            existed |= self.kernel.remove_ns(&self.cfg.run_dir, wns)?;
         }
         tracing::info!(net = net_id, workload = %wl.id, existed, "workload detached");
         Ok(existed)
@@ -479,7 +482,7 @@ impl Network {
     pub fn list(&self) -> Result<Inventory> {
         let p = &self.cfg.prefix;
         let mut inv = Inventory::default();
-        for ns in netns::list(&self.cfg.run_dir, p)? {
+        for ns in self.kernel.list_ns(&self.cfg.run_dir, p)? {
             let rest = &ns[p.len()..];
             if rest.contains('-') {
                 inv.workload_namespaces.insert(ns);
@@ -489,8 +492,7 @@ impl Network {
         }
         let table_prefix = names::nft_table(p, "");
         let host = self.host_table();
-        run_in(&self.node_ns()?, || {
-            let nl = Nl::new()?;
+        self.within(&self.node_ns()?, |nl| {
             for l in nl.links()? {
                 if let Some(id) = l.name.strip_prefix(p.as_str()) {
                     if l.kind.as_deref() == Some("veth") {
@@ -498,7 +500,7 @@ impl Network {
                     }
                 }
             }
-            for (f, n) in nft::tables()? {
+            for (f, n) in nl.nft_tables()? {
                 if f == "inet" && n == host {
                     inv.host_table = true;
                 } else if f == "ip" {
@@ -511,8 +513,8 @@ impl Network {
         })?;
         for id in inv.tenant_namespaces.clone() {
             let path = self.netns_path(&self.tenant_netns(&id));
-            let ports = run_in(&netns::open(&path)?, || {
-                let nl = Nl::new()?;
+            let ns = self.kernel.open_ns(Some(&path))?;
+            let ports = self.within(&ns, |nl| {
                 let links = nl.links()?;
                 let Some(br) = links.iter().find(|l| l.name == BRIDGE) else {
                     return Ok(Vec::new());
@@ -539,7 +541,7 @@ fn gone(name: &str) -> Error {
 }
 
 /// The link `name`, created by `make` if it does not exist yet.
-fn ensure_link(nl: &Nl, name: &str, make: impl FnOnce() -> Result<()>) -> Result<Link> {
+fn ensure_link(nl: &dyn Session, name: &str, make: impl FnOnce() -> Result<()>) -> Result<Link> {
     if let Some(l) = nl.link(name)? {
         return Ok(l);
     }
@@ -548,7 +550,7 @@ fn ensure_link(nl: &Nl, name: &str, make: impl FnOnce() -> Result<()>) -> Result
 }
 
 /// Make `l` an up port of bridge `br`.
-fn enslave(nl: &Nl, l: &Link, br: u32) -> Result<()> {
+fn enslave(nl: &dyn Session, l: &Link, br: u32) -> Result<()> {
     if l.controller != Some(br) {
         nl.set_controller(l.index, br)?;
     }
@@ -575,6 +577,235 @@ mod tests {
         let (a, b) = transit_pair(r, 70);
         assert_eq!(slot_of(r, a), 70);
         assert_eq!(slot_of(r, b), 70);
+    }
+
+    use crate::fake::FakeKernel;
+    use crate::model::{PortForward, Proto};
+    use std::path::Path;
+
+    const NODE: &str = "/run/fake-node/node";
+
+    /// A `Network` over a recording fake: prefix `zt-`, the node namespace `node`
+    /// with its uplink `up0`.
+    fn fake_network() -> (Arc<FakeKernel>, Network) {
+        let k = Arc::new(FakeKernel::new());
+        k.add_namespace(Path::new(NODE));
+        k.add_uplink("node", "up0");
+        let mut c = NetworkConfig::new("up0");
+        c.prefix = "zt-".into();
+        c.run_dir = "/run/fake".into();
+        c.node_netns = Some(NODE.into());
+        let net = Network::with_kernel(c, k.clone()).unwrap();
+        (k, net)
+    }
+
+    fn tenant_a() -> TenantNetwork {
+        TenantNetwork {
+            id: "a".into(),
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: "10.1.0.1".parse().unwrap(),
+            ports: vec![PortForward {
+                proto: Proto::Tcp,
+                public_port: 8080,
+                workload_ip: "10.1.0.2".parse().unwrap(),
+                port: 80,
+            }],
+        }
+    }
+
+    #[test]
+    fn ensure_makes_these_calls_and_the_second_one_only_rewrites() {
+        let (k, net) = fake_network();
+        net.ensure_node().unwrap();
+        assert_eq!(
+            k.take_calls(),
+            ["node sysctl net.ipv4.ip_forward=1", "node nft host table"]
+        );
+        let a = tenant_a();
+        let lan = EgressPolicy {
+            allow: vec!["192.168.77.0/24".parse().unwrap()],
+        };
+        net.ensure_with(&a, &lan).unwrap();
+        assert_eq!(
+            k.take_calls(),
+            [
+                "zt-a netns create",
+                "zt-a link set lo up",
+                "zt-a sysctl net.ipv4.ip_forward=1",
+                "zt-a link add br0 type bridge",
+                "zt-a addr add 10.1.0.1/24 dev br0",
+                "zt-a link set br0 up",
+                "zt-a link add pub0 type veth peer zt-a netns node",
+                "node addr add 100.127.0.1/30 dev zt-a",
+                "node link set zt-a up",
+                "node nft node tenant table",
+                "zt-a addr add 100.127.0.2/30 dev pub0",
+                "zt-a link set pub0 up",
+                "zt-a route replace default via 100.127.0.1 dev pub0",
+                "zt-a nft tenant table",
+            ]
+        );
+        let allow = "ip daddr { 192.168.77.0/24 } accept";
+        let node_table = k.table("node", "ip", "zt_a").expect("node table");
+        let tenant_table = k.table("zt-a", "inet", TENANT_TABLE).expect("tenant table");
+        assert!(node_table.contains("tcp dport 8080 dnat to 100.127.0.2"));
+        assert!(node_table.contains(allow), "{node_table}");
+        assert!(tenant_table.contains(allow), "{tenant_table}");
+        assert!(tenant_table.contains(nft::EGRESS_DENY_COMMENT));
+
+        // Again: nothing created, only what is always rewritten.
+        net.ensure_with(&a, &lan).unwrap();
+        assert_eq!(
+            k.take_calls(),
+            [
+                "zt-a sysctl net.ipv4.ip_forward=1",
+                "node nft node tenant table",
+                "zt-a route replace default via 100.127.0.1 dev pub0",
+                "zt-a nft tenant table",
+            ]
+        );
+        // Without the policy: both walls close the range again.
+        net.ensure(&a).unwrap();
+        let node_table = k.table("node", "ip", "zt_a").unwrap();
+        let tenant_table = k.table("zt-a", "inet", TENANT_TABLE).unwrap();
+        assert!(!node_table.contains("192.168.77.0/24"), "{node_table}");
+        assert!(!tenant_table.contains("192.168.77.0/24"), "{tenant_table}");
+        assert!(node_table.contains(nft::EGRESS_DENY_COMMENT));
+    }
+
+    #[test]
+    fn a_lost_transit_end_is_made_again() {
+        let (k, net) = fake_network();
+        let a = tenant_a();
+        net.ensure(&a).unwrap();
+        // The node end vanishes (someone deleted it): the pair is made again.
+        let node_ns = k.open_ns(Some(Path::new(NODE))).unwrap();
+        crate::kernel::within(k.as_ref(), &node_ns, |s| {
+            let l = s.link("zt-a")?.unwrap();
+            s.del_link(l.index)
+        })
+        .unwrap();
+        k.take_calls();
+        net.ensure(&a).unwrap();
+        let calls = k.take_calls();
+        assert!(
+            calls.contains(&"zt-a link add pub0 type veth peer zt-a netns node".to_string()),
+            "{calls:#?}"
+        );
+        assert!(calls.contains(&"node addr add 100.127.0.1/30 dev zt-a".to_string()));
+    }
+
+    #[test]
+    fn attach_detach_and_remove_record_their_calls_and_leave_nothing() {
+        let (k, net) = fake_network();
+        net.ensure_node().unwrap();
+        let a = tenant_a();
+        net.ensure(&a).unwrap();
+        k.take_calls();
+        let veth = TenantPort {
+            id: "w1".into(),
+            attachment: WorkloadAttachment::Veth {
+                netns: net.workload_netns("a", "w1"),
+                ip: "10.1.0.2".parse().unwrap(),
+            },
+        };
+        net.attach(&a, &veth).unwrap();
+        assert_eq!(
+            k.take_calls(),
+            [
+                "zt-a-w1 netns create",
+                "zt-a link add w-w1 type veth peer eth0 netns zt-a-w1",
+                "zt-a link set w-w1 master br0",
+                "zt-a link set w-w1 up",
+                "zt-a-w1 link set lo up",
+                "zt-a-w1 addr add 10.1.0.2/24 dev eth0",
+                "zt-a-w1 link set eth0 up",
+                "zt-a-w1 route replace default via 10.1.0.1 dev eth0",
+            ]
+        );
+        let tap = TenantPort {
+            id: "vm1".into(),
+            attachment: WorkloadAttachment::Tap {
+                name: "tap-vm1".into(),
+            },
+        };
+        net.attach(&a, &tap).unwrap();
+        assert_eq!(
+            k.take_calls(),
+            [
+                "zt-a tuntap add tap-vm1 mode tap",
+                "zt-a link set tap-vm1 master br0",
+                "zt-a link set tap-vm1 up",
+            ]
+        );
+        // Attaching again changes nothing but the route (always replaced).
+        net.attach(&a, &veth).unwrap();
+        net.attach(&a, &tap).unwrap();
+        assert_eq!(
+            k.take_calls(),
+            ["zt-a-w1 route replace default via 10.1.0.1 dev eth0"]
+        );
+        let inv = net.list().unwrap();
+        assert_eq!(inv.ports["a"], ["tap-vm1", "w-w1"]);
+
+        assert!(net.detach("a", &tap).unwrap());
+        assert!(net.detach("a", &veth).unwrap());
+        assert_eq!(
+            k.take_calls(),
+            [
+                "zt-a link del tap-vm1",
+                "zt-a link del w-w1",
+                "zt-a-w1 netns remove"
+            ]
+        );
+        assert!(!net.detach("a", &veth).unwrap(), "nothing left to detach");
+
+        assert!(net.remove("a").unwrap());
+        assert_eq!(
+            k.take_calls(),
+            [
+                "node link del zt-a",
+                "node nft delete node tenant table",
+                "zt-a netns remove"
+            ]
+        );
+        assert_eq!(k.namespaces(), ["current", "node"]);
+        assert_eq!(k.links("node").len(), 1, "only the uplink");
+        assert_eq!(net.list().unwrap().networks().len(), 0);
+        assert!(!net.remove("a").unwrap());
+    }
+
+    #[test]
+    fn refusals_make_no_call() {
+        let (k, net) = fake_network();
+        let a = tenant_a();
+        net.ensure(&a).unwrap();
+        k.take_calls();
+        // Another network forwarding the same public port.
+        let mut b = tenant_a();
+        b.id = "b".into();
+        b.subnet = "10.2.0.0/24".parse().unwrap();
+        b.gateway = "10.2.0.1".parse().unwrap();
+        b.ports[0].workload_ip = "10.2.0.2".parse().unwrap();
+        assert!(matches!(
+            net.ensure(&b),
+            Err(Error::PortInUse { port: 8080, .. })
+        ));
+        // A workload on a network that does not exist.
+        let wl = TenantPort {
+            id: "w1".into(),
+            attachment: WorkloadAttachment::Tap {
+                name: "tap-w1".into(),
+            },
+        };
+        b.ports.clear();
+        assert!(matches!(net.attach(&b, &wl), Err(Error::NoSuchNetwork(_))));
+        // No uplink.
+        let mut c = net.config().clone();
+        c.uplink = "up9".into();
+        let other = Network::with_kernel(c, k.clone()).unwrap();
+        assert!(matches!(other.ensure_node(), Err(Error::NoUplink(_))));
+        assert_eq!(k.calls(), Vec::<String>::new());
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! The seam between [`Network`](crate::Network) and the kernel: every namespace,
+//! netlink and nftables call that `ensure`, `attach`, `detach`, `remove` and `list`
+//! make goes through [`Kernel`] (namespaces) and [`Session`] (what is done inside one
+//! namespace). [`RealKernel`] is the kernel (bind-mounted namespace files, rtnetlink,
+//! the `nft` binary, TUNSETIFF); [`crate::fake::FakeKernel`] records the calls and
+//! keeps a model of the objects, so the convergence logic is unit-tested without root.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::netns;
+use crate::nft;
+use crate::nl::Nl;
+use crate::tap;
+
+pub use crate::nl::Link;
+
+/// A network namespace, as opened through a [`Kernel`]: a label (its file name, or
+/// `current` for the calling thread's), and for the real kernel the open nsfs file
+/// that keeps it reachable.
+#[derive(Debug)]
+pub struct Ns {
+    label: String,
+    file: Option<File>,
+}
+
+impl Ns {
+    /// A namespace known by its label only (what a fake kernel hands out).
+    pub fn labelled(label: impl Into<String>) -> Ns {
+        Ns {
+            label: label.into(),
+            file: None,
+        }
+    }
+
+    /// The namespace's name: the file name of its path, or `current`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.file.as_ref().ok_or_else(|| {
+            Error::io(
+                format!("namespace {} has no open file", self.label),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })
+    }
+}
+
+/// The label of a namespace path (its file name).
+pub fn label_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Namespaces: create, remove, list, open, and enter one.
+pub trait Kernel: Send + Sync {
+    /// Open the namespace at `path`, or the calling thread's own when `None`.
+    fn open_ns(&self, path: Option<&Path>) -> Result<Ns>;
+    /// Create the namespace `run_dir/name` unless it exists; true if created.
+    fn create_ns(&self, run_dir: &Path, name: &str) -> Result<bool>;
+    /// Remove the namespace `run_dir/name`; true if something existed.
+    fn remove_ns(&self, run_dir: &Path, name: &str) -> Result<bool>;
+    /// Names of the namespaces under `run_dir` starting with `prefix`, sorted.
+    fn list_ns(&self, run_dir: &Path, prefix: &str) -> Result<Vec<String>>;
+    /// Whether `path` is a live namespace.
+    fn ns_exists(&self, path: &Path) -> bool;
+    /// Run `f` once with a session inside `ns`.
+    fn enter(&self, ns: &Ns, f: &mut (dyn FnMut(&dyn Session) -> Result<()> + Send)) -> Result<()>;
+}
+
+/// What is done inside one namespace: links, addresses, routes, sysctls, nft.
+pub trait Session {
+    fn link(&self, name: &str) -> Result<Option<Link>>;
+    fn links(&self) -> Result<Vec<Link>>;
+    fn add_bridge(&self, name: &str) -> Result<()>;
+    /// A veth pair `name` here, `peer` created directly inside `ns`.
+    fn add_veth_into(&self, name: &str, peer: &str, ns: &Ns) -> Result<()>;
+    /// A persistent tap device `name` (no packet-info header).
+    fn add_tap(&self, name: &str) -> Result<()>;
+    fn set_up(&self, index: u32) -> Result<()>;
+    fn set_controller(&self, index: u32, bridge: u32) -> Result<()>;
+    /// Delete a link; one already gone is not an error.
+    fn del_link(&self, index: u32) -> Result<()>;
+    /// IPv4 addresses `(link index, address, prefix length)`, of one link or all.
+    fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>>;
+    /// Make `ip/prefix` the only IPv4 address of the link.
+    fn ensure_only_addr(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()>;
+    /// `ip route replace default via gw dev index`.
+    fn default_route(&self, gw: Ipv4Addr, index: u32) -> Result<()>;
+    /// Write a sysctl of this namespace (`net.ipv4.ip_forward`).
+    fn sysctl(&self, key: &str, value: &str) -> Result<()>;
+    /// Apply an nft script (one transaction).
+    fn nft_apply(&self, op: &str, script: &str) -> Result<()>;
+    /// `(family, name)` of every nft table.
+    fn nft_tables(&self) -> Result<Vec<(String, String)>>;
+    /// `(table, proto, public port)` of every DNAT rule of the `ip` tables.
+    fn nft_forwarded_ports(&self) -> Result<Vec<(String, String, u16)>>;
+}
+
+/// Run `f` with a session inside `ns` and return what it returns.
+pub fn within<R: Send>(
+    kernel: &dyn Kernel,
+    ns: &Ns,
+    f: impl FnOnce(&dyn Session) -> Result<R> + Send,
+) -> Result<R> {
+    let mut f = Some(f);
+    let mut out = None;
+    kernel.enter(ns, &mut |s| {
+        if let Some(f) = f.take() {
+            out = Some(f(s)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| {
+        Error::io(
+            format!("namespace {} was not entered", ns.label()),
+            std::io::Error::from(std::io::ErrorKind::Other),
+        )
+    })
+}
+
+/// The kernel: namespace files under the run dir, a fresh thread per entered
+/// namespace (see [`netns::run_in`]), rtnetlink, `nft`, TUNSETIFF.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealKernel;
+
+impl Kernel for RealKernel {
+    fn open_ns(&self, path: Option<&Path>) -> Result<Ns> {
+        let (file, label) = match path {
+            Some(p) => (netns::open(p)?, label_of(p)),
+            None => (netns::current()?, "current".to_string()),
+        };
+        Ok(Ns {
+            label,
+            file: Some(file),
+        })
+    }
+
+    fn create_ns(&self, run_dir: &Path, name: &str) -> Result<bool> {
+        netns::create(run_dir, name)
+    }
+
+    fn remove_ns(&self, run_dir: &Path, name: &str) -> Result<bool> {
+        netns::remove(run_dir, name)
+    }
+
+    fn list_ns(&self, run_dir: &Path, prefix: &str) -> Result<Vec<String>> {
+        netns::list(run_dir, prefix)
+    }
+
+    fn ns_exists(&self, path: &Path) -> bool {
+        netns::is_mounted(path)
+    }
+
+    fn enter(&self, ns: &Ns, f: &mut (dyn FnMut(&dyn Session) -> Result<()> + Send)) -> Result<()> {
+        netns::run_in(ns.file()?, || {
+            let s = RealSession { nl: Nl::new()? };
+            f(&s)
+        })
+    }
+}
+
+/// A session of the real kernel: a netlink connection opened on the thread that
+/// entered the namespace (it belongs to that namespace for life).
+struct RealSession {
+    nl: Nl,
+}
+
+impl Session for RealSession {
+    fn link(&self, name: &str) -> Result<Option<Link>> {
+        self.nl.link(name)
+    }
+    fn links(&self) -> Result<Vec<Link>> {
+        self.nl.links()
+    }
+    fn add_bridge(&self, name: &str) -> Result<()> {
+        self.nl.add_bridge(name)
+    }
+    fn add_veth_into(&self, name: &str, peer: &str, ns: &Ns) -> Result<()> {
+        self.nl.add_veth_into(name, peer, ns.file()?.as_fd())
+    }
+    fn add_tap(&self, name: &str) -> Result<()> {
+        // The tap is born in the namespace of the thread that opens /dev/net/tun:
+        // this one.
+        tap::create(name)
+    }
+    fn set_up(&self, index: u32) -> Result<()> {
+        self.nl.set_up(index)
+    }
+    fn set_controller(&self, index: u32, bridge: u32) -> Result<()> {
+        self.nl.set_controller(index, bridge)
+    }
+    fn del_link(&self, index: u32) -> Result<()> {
+        self.nl.del_link(index)
+    }
+    fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        self.nl.addrs(index)
+    }
+    fn ensure_only_addr(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        self.nl.ensure_only_addr(index, ip, prefix)
+    }
+    fn default_route(&self, gw: Ipv4Addr, index: u32) -> Result<()> {
+        self.nl.default_route(gw, index)
+    }
+    fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        netns::sysctl(key, value)
+    }
+    fn nft_apply(&self, op: &str, script: &str) -> Result<()> {
+        nft::apply(op, script)
+    }
+    fn nft_tables(&self) -> Result<Vec<(String, String)>> {
+        nft::tables()
+    }
+    fn nft_forwarded_ports(&self) -> Result<Vec<(String, String, u16)>> {
+        nft::forwarded_ports()
+    }
+}
+
+/// `run_dir/name`.
+pub fn ns_path(run_dir: &Path, name: &str) -> PathBuf {
+    netns::path(run_dir, name)
+}
