@@ -8,22 +8,34 @@
 //! - [`logs`]: size-bounded stdout/stderr logs and [`log_tail`].
 //! - [`exit`]: exit and crash detection ([`ExitWatch`], async and blocking).
 //! - [`restart`]: exponential backoff with a cap, counting restarts.
+//! - [`rootfs`]: a container's root: its pinned flist unpacked on a quota'd pool
+//!   subvolume, under an overlay whose upper layer is its own.
+//! - [`containers`]: the node's containers from the engine's plans, created in a child
+//!   process ([`runtime_create`]) and re-adopted after a restart.
+//! - [`workload`]: [`ContainerRuntime`], the container kind behind the engine's
+//!   `WorkloadRuntime` seam.
 //!
 //! See docs/container.md for the design and the figures.
 
+pub mod containers;
 pub mod error;
 pub mod exit;
 pub mod logs;
 pub mod restart;
+pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 mod watchdog;
+pub mod workload;
 
+pub use containers::{runtime_create, ContainerPlan, Containers};
 pub use error::Error;
 pub use exit::{exit_channel, Exit, ExitNotifier, ExitWatch};
 pub use logs::{log_tail, Stream, DEFAULT_LOG_CAP};
 pub use nix::sys::signal::Signal;
 pub use restart::{Clock, Decision, RestartMode, RestartPolicy, Restarts, SystemClock};
+pub use rootfs::Rootfs;
 pub use runtime::{Adopted, ContainerState, Created, Libcontainer, Runtime, RuntimeConfig, Status};
 pub use spec::{BindMount, ContainerSpec, Cpu};
+pub use workload::{ContainerRuntime, KernelIds};

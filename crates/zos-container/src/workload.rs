@@ -1,0 +1,149 @@
+//! The container kind behind the engine's seam: [`ContainerRuntime`] implements
+//! [`zos_engine::WorkloadRuntime`] with the overlay roots ([`Rootfs`]) and the
+//! containers ([`Containers`]) of this crate.
+//!
+//! Kernel objects are named after the workload's short kernel id (its root
+//! filesystem's subvolume `rootfs-<id>`), which the caller's name map gives
+//! ([`KernelIds`]): [`WorkloadRuntime::remove`] and [`WorkloadRuntime::names`] get only
+//! the node-wide name, and a root left on a pool after a reboot has only its id.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use zos_engine::{
+    NicStyle, Placement, ProvisionError, WorkloadPlan, WorkloadRuntime, WorkloadState,
+    WorkloadStatus,
+};
+use zos_flist::DirAccess;
+use zos_storage::Storage;
+
+use crate::containers::{ContainerPlan, Containers};
+use crate::rootfs::Rootfs;
+use crate::Error;
+
+/// The caller's map between node-wide workload names and kernel ids (zosd's kernel
+/// names, kept in the node state home).
+pub trait KernelIds: Send + Sync {
+    /// The kernel id recorded for workload `name`, if one was ever given.
+    fn kernel_id(&self, name: &str) -> Option<String>;
+    /// The workload name of kernel id `id` (a name no contract owns when unknown).
+    fn workload_name(&self, id: &str) -> String;
+}
+
+/// Containers as a workload kind. See the module docs.
+pub struct ContainerRuntime {
+    rootfs: Rootfs,
+    containers: Containers,
+    ids: Arc<dyn KernelIds>,
+}
+
+impl ContainerRuntime {
+    /// Containers under `<state_dir>/containers`, their roots mounted under
+    /// `<state_dir>/workloads` from subvolumes on `storage`, flists read only where
+    /// `access` allows (the node's store roots).
+    pub fn new(
+        state_dir: &Path,
+        storage: Arc<Storage>,
+        access: DirAccess,
+        ids: Arc<dyn KernelIds>,
+    ) -> Result<ContainerRuntime, Error> {
+        Ok(ContainerRuntime {
+            rootfs: Rootfs::new(state_dir, storage, access),
+            containers: Containers::new(state_dir)?,
+            ids,
+        })
+    }
+
+    /// Starts the container of `plan` on its root `rootfs`, in its own network
+    /// namespace when it has a NIC.
+    fn start(
+        &self,
+        plan: &WorkloadPlan,
+        placement: &Placement,
+        rootfs: std::path::PathBuf,
+    ) -> Result<WorkloadStatus, ProvisionError> {
+        self.containers.start(&ContainerPlan {
+            plan,
+            rootfs,
+            netns: placement.nic.as_ref().map(|n| n.netns.clone()),
+        })
+    }
+
+    /// Its root, made if missing (an idempotent no-op when mounted).
+    fn root(
+        &self,
+        plan: &WorkloadPlan,
+        placement: &Placement,
+    ) -> Result<std::path::PathBuf, ProvisionError> {
+        self.rootfs.ensure(
+            &plan.name,
+            &placement.kernel_id,
+            &plan.workload.flist,
+            plan.workload.disk_mib,
+        )
+    }
+}
+
+impl WorkloadRuntime for ContainerRuntime {
+    fn nic_style(&self) -> NicStyle {
+        NicStyle::Veth
+    }
+
+    fn ensure(
+        &self,
+        plan: &WorkloadPlan,
+        placement: &Placement,
+    ) -> Result<WorkloadStatus, ProvisionError> {
+        if let Some(status) = self.containers.running(&plan.name) {
+            // Re-adoption: it runs already; never start it twice.
+            return Ok(status);
+        }
+        let rootfs = self.root(plan, placement)?;
+        self.start(plan, placement, rootfs)
+    }
+
+    fn restart(
+        &self,
+        plan: &WorkloadPlan,
+        placement: &Placement,
+    ) -> Result<WorkloadStatus, ProvisionError> {
+        if let Some(status) = self.containers.running(&plan.name) {
+            return Ok(status);
+        }
+        // Its root stays mounted while it is stopped; only when it is not (the state
+        // dir was lost) is it mounted again, from the tree already on the pool.
+        let rootfs = if self.rootfs.is_mounted(&plan.name) {
+            self.rootfs.merged(&plan.name)
+        } else {
+            self.root(plan, placement)?
+        };
+        self.start(plan, placement, rootfs)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), ProvisionError> {
+        self.containers.remove(name)?;
+        let id = self.ids.kernel_id(name);
+        self.rootfs.remove(name, id.as_deref())
+    }
+
+    fn state(&self, name: &str) -> Option<WorkloadState> {
+        self.containers.state(name)
+    }
+
+    fn status(&self, name: &str) -> Option<WorkloadStatus> {
+        self.containers.status(name)
+    }
+
+    /// Containers, mount directories, and root subvolumes on the pools: a half-made
+    /// or half-removed container is listed by what is left of it.
+    fn names(&self) -> BTreeSet<String> {
+        let mut names = self.containers.names();
+        names.extend(self.rootfs.workloads());
+        match self.rootfs.volume_ids() {
+            Ok(ids) => names.extend(ids.iter().map(|id| self.ids.workload_name(id))),
+            Err(e) => tracing::warn!(error = %e, "cannot list the container roots on the pools"),
+        }
+        names
+    }
+}
