@@ -1,8 +1,10 @@
 //! zos-init: what zosd does as PID 1, small enough to read in one sitting.
 //!
 //! - [`cmdline`]: `zos.*` boot parameters from `/proc/cmdline`;
+//! - [`agent_config`]: the agent's node.toml, written from them at every boot;
+//! - [`console`]: `/dev/console` as PID 1's standard streams;
 //! - [`rootfs`]: off the kernel's initramfs onto a tmpfs root (pivot_root works there);
-//! - [`mounts`]: proc, sys, dev, devpts, shm, run, cgroup2 (idempotent);
+//! - [`mounts`]: proc, sys, dev, devpts, shm, run, cgroup2 (idempotent); the 9p shares;
 //! - [`modules`]: kernel modules in `modules.dep` order, with `finit_module`;
 //! - [`reaper`]: waiting for every orphan;
 //! - [`supervisor`]: the agent as a child, restarted with backoff, forever;
@@ -16,7 +18,9 @@
 //! PID 1 takes its signals synchronously: [`block_init_signals`] blocks them before any
 //! thread exists, and the loop sleeps in `sigtimedwait`. No signal handlers.
 
+pub mod agent_config;
 pub mod cmdline;
+pub mod console;
 pub mod modules;
 pub mod mounts;
 pub mod power_button;

@@ -125,6 +125,33 @@ pub fn mount_all(sys: &dyn Sys) -> Result<Vec<MountOutcome>, MountError> {
     Ok(outcomes)
 }
 
+/// `zos.share=<tag>:<path>`: the hypervisor's virtio-9p shares (9pnet_virtio must be
+/// loaded), each at its path. A share that fails is logged; the agent then says what it
+/// cannot reach.
+pub fn mount_shares(shares: &[crate::Share]) {
+    for share in shares {
+        let mounted = std::fs::create_dir_all(&share.path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                nix::mount::mount(
+                    Some(share.tag.as_str()),
+                    share.path.as_str(),
+                    Some("9p"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    // No page cache: the host writes the same files (a notary's records).
+                    Some("trans=virtio,version=9p2000.L,msize=262144,cache=none"),
+                )
+                .map_err(|e| e.to_string())
+            });
+        match mounted {
+            Ok(()) => tracing::info!(tag = %share.tag, path = %share.path, "share mounted"),
+            Err(error) => {
+                tracing::error!(tag = %share.tag, path = %share.path, %error, "mounting a share")
+            }
+        }
+    }
+}
+
 /// Enables every controller the cgroup2 root offers for its children, one at a time so
 /// one the kernel refuses does not keep the others off. Returns the enabled ones and
 /// the refused ones with their error.
