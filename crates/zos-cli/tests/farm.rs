@@ -4,9 +4,6 @@
 //! registrations and heartbeats signed as a node signs them (zos-registry), with a
 //! forged registration skipped.
 
-#[path = "../../zos-notary/tests/common/mod.rs"]
-mod notary_fixtures;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -284,6 +281,6 @@ fn farms_and_nodes_on_a_directory_notary() {
 
 #[test]
 fn farms_and_nodes_on_etcd() {
-    let server = notary_fixtures::EtcdServer::start();
+    let server = zos_testkit::etcd::Etcd::temp();
     flow(&server.url("zt-cli-farm"));
 }

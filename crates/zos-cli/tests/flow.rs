@@ -2,9 +2,6 @@
 //! etcd server: keys, blueprint, contract, three signatures, verify, publish, list,
 //! co-sign in the notary, replay refused, cancel.
 
-#[path = "../../zos-notary/tests/common/mod.rs"]
-mod notary_fixtures;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -276,7 +273,7 @@ fn flow_on_a_directory_notary() {
 
 #[test]
 fn flow_on_etcd() {
-    let server = notary_fixtures::EtcdServer::start();
+    let server = zos_testkit::etcd::Etcd::temp();
     flow(&server.url("zt-cli"));
 }
 

@@ -14,7 +14,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,11 +40,7 @@ fn contract(id: &str) -> Record {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    zos_testkit::etcd::free_port().unwrap()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -167,43 +163,34 @@ struct TlsEtcd {
 
 impl TlsEtcd {
     fn start(pki: &Pki, server: &str, client_ca: &str) -> TlsEtcd {
-        let data = tempfile::Builder::new()
-            .prefix("zt-etcd-")
-            .tempdir()
-            .unwrap();
+        let data = zos_testkit::tempdir("etcd");
         let (port, peer) = (free_port(), free_port());
         let log = std::fs::File::create(data.path().join("etcd.log")).unwrap();
         let client_url = format!("https://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .arg("--name=zt")
-            .arg(format!("--data-dir={}", data.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=zt={peer_url}"))
-            .arg(format!(
-                "--cert-file={}",
-                pki.path(&format!("{server}-server.pem"))
-            ))
-            .arg(format!(
-                "--key-file={}",
-                pki.path(&format!("{server}-server.key"))
-            ))
-            .arg("--client-cert-auth")
-            .arg(format!(
-                "--trusted-ca-file={}",
-                pki.path(&format!("{client_ca}-ca.pem"))
-            ))
-            // Values far above a record's limit can be stored: as a hostile operator could.
-            .arg("--max-request-bytes=8388608")
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start etcd ({e}): apt-get install -y etcd-server"));
+        let child =
+            zos_testkit::etcd::command(None, &data.path().join("data"), &client_url, &peer_url)
+                .arg(format!(
+                    "--cert-file={}",
+                    pki.path(&format!("{server}-server.pem"))
+                ))
+                .arg(format!(
+                    "--key-file={}",
+                    pki.path(&format!("{server}-server.key"))
+                ))
+                .arg("--client-cert-auth")
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    pki.path(&format!("{client_ca}-ca.pem"))
+                ))
+                // Values far above a record's limit can be stored: as a hostile operator could.
+                .arg("--max-request-bytes=8388608")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start etcd ({e}): apt-get install -y etcd-server")
+                });
         TlsEtcd {
             child,
             port,

@@ -23,6 +23,32 @@ pub struct Etcd {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The command line every etcd of the tests shares: one member named `zt`, its store in
+/// `data_dir`, serving clients at `client_url` (`http://` or `https://`) and its peer
+/// port at `peer_url`, in the network namespace `netns` (`ip netns exec`: the child
+/// is etcd itself) or the caller's, logging errors only. Callers add flags (TLS) and
+/// where its output goes.
+pub fn command(netns: Option<&str>, data_dir: &Path, client_url: &str, peer_url: &str) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "etcd"]);
+            c
+        }
+        None => Command::new("etcd"),
+    };
+    cmd.arg("--name=zt")
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=zt={peer_url}"))
+        .arg("--log-level=error")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// A free TCP port on the host's loopback (free when asked: bind it soon).
 pub fn free_port() -> Result<u16, KitError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| KitError::io("binding a port", e))?;
@@ -82,29 +108,16 @@ impl Etcd {
             .open(&log_path)
             .map_err(|e| KitError::io(format!("opening {}", log_path.display()), e))?;
         let log2 = log.try_clone().map_err(|e| KitError::io("etcd's log", e))?;
-        let mut cmd = match netns {
-            Some(ns) => {
-                // `ip netns exec` execs etcd in the namespace: the child is etcd itself.
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "etcd"]);
-                c
-            }
-            None => Command::new("etcd"),
-        };
-        let child = cmd
-            .arg("--name=zt")
-            .arg(format!("--data-dir={}", dir.join("etcd-data").display()))
-            .arg(format!("--listen-client-urls=http://{client}"))
-            .arg(format!("--advertise-client-urls=http://{client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=zt={peer}"))
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            .stdout(log2)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| KitError::io("starting etcd (Debian package etcd-server)", e))?;
+        let child = command(
+            netns,
+            &dir.join("etcd-data"),
+            &format!("http://{client}"),
+            &peer,
+        )
+        .stdout(log2)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| KitError::io("starting etcd (Debian package etcd-server)", e))?;
         let mut etcd = Etcd {
             child,
             client,
