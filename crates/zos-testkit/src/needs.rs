@@ -49,6 +49,15 @@ impl Needs {
         self.that(found, format!("{program} (apt-get install -y {package})"))
     }
 
+    /// What the namespace world ([`crate::netns::World`]) and the node's networks
+    /// use: `ip`, `nft`, `ping` and `/dev/net/tun`.
+    pub fn networking(self) -> Needs {
+        self.bin_from("ip", "iproute2")
+            .bin_from("nft", "nftables")
+            .bin_from("ping", "iputils-ping")
+            .dev("/dev/net/tun")
+    }
+
     /// A device node (or any file) at `path`.
     pub fn dev(self, path: &str) -> Needs {
         let found = Path::new(path).exists();

@@ -5,56 +5,36 @@
 //! and the demo shows the workload's output, reaches its opened port from "the
 //! internet", kills its process and shows the restart, cancels and shows the cleanup.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use zos_testkit::netns::{in_netns_at, World, INET_IP, NODE_IP, UPLINK};
 
 use super::{section, Demo};
 use crate::{cargo, flists, target_dir};
 
 const WAIT: Duration = Duration::from_secs(60);
-const NODE_IP: &str = "198.51.100.2";
-const INET_IP: &str = "198.51.100.1";
 /// The public port the sample blueprint opens.
 const PUBLIC_PORT: u16 = 18080;
 
-/// Everything the node part made; Drop stops zosd and removes it all.
+/// Everything the node part made; Drop stops zosd and removes it all. The two
+/// namespaces are the test kit's world (`<tag>x-node`, `<tag>x-inet`, never under
+/// zosd's prefix `<tag>-`, which zosd cleans up): they go, with whatever zosd made
+/// under the prefix, when `world` drops after the rest.
 struct Node {
     dir: PathBuf,
-    tag: String,
+    world: World,
     zosd: Option<Child>,
 }
 
 impl Node {
-    /// The demo's own namespaces: `<tag>x-node`, never under zosd's prefix `<tag>-`
-    /// (zosd removes whatever carries its prefix and is not its own).
-    fn ns(&self, what: &str) -> String {
-        format!("{}x-{what}", self.tag)
-    }
-
     fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 impl Drop for Node {
@@ -92,15 +72,7 @@ impl Drop for Node {
                 }
             }
         }
-        // Our namespaces: the two we made and whatever zosd made with our prefix.
-        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let name = line.split_whitespace().next().unwrap_or_default();
-                if name.starts_with(&self.tag) {
-                    let _ = Command::new("ip").args(["netns", "delete", name]).status();
-                }
-            }
-        }
+        // Then `world` drops: our namespaces and whatever zosd made with our prefix.
     }
 }
 
@@ -111,45 +83,16 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     }
     section("8. a node: zosd run on a loop-file pool, in namespaces of its own");
     cargo(&["build", "--quiet", "-p", "zosd"])?;
-    let mut rnd = [0u8; 2];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut rnd)?;
-    let tag = format!("zd{:02x}{:02x}", rnd[0], rnd[1]);
     let mut node = Node {
         dir: d.dir.join("node"),
-        tag,
+        world: World::create("zd").context("making the node's namespaces")?,
         zosd: None,
     };
     std::fs::create_dir_all(&node.dir)?;
-    let (n, i) = (node.ns("node"), node.ns("inet"));
-    for ns in [&n, &i] {
-        ip(&["netns", "add", ns])?;
-    }
-    ip(&[
-        "-n", &n, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &i,
-    ])?;
-    ip(&[
-        "-n",
-        &n,
-        "addr",
-        "add",
-        &format!("{NODE_IP}/24"),
-        "dev",
-        "up0",
-    ])?;
-    ip(&[
-        "-n",
-        &i,
-        "addr",
-        "add",
-        &format!("{INET_IP}/24"),
-        "dev",
-        "eth0",
-    ])?;
-    for (ns, dev) in [(&n, "up0"), (&n, "lo"), (&i, "eth0"), (&i, "lo")] {
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
-    }
-    ip(&["-n", &n, "route", "add", "default", "via", INET_IP])?;
-    println!("  namespaces {n} (the node, uplink up0 {NODE_IP}) and {i} (the internet, {INET_IP})");
+    let (n, i) = (node.world.node.clone(), node.world.inet.clone());
+    println!(
+        "  namespaces {n} (the node, uplink {UPLINK} {NODE_IP}) and {i} (the internet, {INET_IP})"
+    );
 
     let config = node.dir.join("node.toml");
     std::fs::write(
@@ -162,18 +105,19 @@ store_roots = ["{demo}"]
 [storage]
 pools_root = "{dir}/pools"
 loop_files = [{{ path = "{dir}/disk0.img", size_gib = 4 }}]
-label_prefix = "{tag}-"
+label_prefix = "{prefix}"
 
 [network]
-uplink = "up0"
-prefix = "{tag}-"
-node_netns = "/run/netns/{n}"
+uplink = "{UPLINK}"
+prefix = "{prefix}"
+node_netns = "{node_netns}"
 "#,
             notary = d.notary,
             demo = d.dir.display(),
             state = node.state().display(),
             dir = node.dir.display(),
-            tag = node.tag,
+            prefix = node.world.prefix,
+            node_netns = node.world.path(&n).display(),
         ),
     )?;
     println!("  $ zosd run --config {}", config.display());
@@ -297,7 +241,7 @@ node_netns = "/run/netns/{n}"
     let netns =
         String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output()?.stdout)
             .lines()
-            .filter(|l| l.starts_with(&node.tag))
+            .filter(|l| l.starts_with(&node.world.tag))
             .count();
     println!("  left on the node: {containers} containers, {volumes} volumes, {netns} namespaces (the demo's own two)");
     if containers != 0 || volumes != 0 || netns != 2 {
@@ -537,15 +481,8 @@ fn container_pid(node: &Node, name: &str) -> Option<i32> {
 /// Connects from inside `netns` to `addr`, sends `send` and reads one line back.
 fn connect_from(netns: &str, addr: &str, send: &[u8]) -> anyhow::Result<String> {
     use std::io::Write;
-    let send = send.to_vec();
-    let ns = std::fs::File::open(netns).with_context(|| format!("opening {netns}"))?;
     let addr: std::net::SocketAddr = addr.parse()?;
-    std::thread::spawn(move || -> anyhow::Result<String> {
-        // SAFETY: setns on a valid namespace fd affects only this thread, which exits
-        // when the closure returns.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns {}", std::io::Error::last_os_error());
-        }
+    in_netns_at(Path::new(netns), || -> anyhow::Result<String> {
         // The first packets over a fresh link can be lost: retry, bounded.
         let mut last = None;
         for _ in 0..20 {
@@ -565,7 +502,5 @@ fn connect_from(netns: &str, addr: &str, send: &[u8]) -> anyhow::Result<String> 
             "connect {addr}: {}",
             last.map(|e| e.to_string()).unwrap_or_default()
         )
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("connect thread panicked"))?
+    })?
 }

@@ -15,12 +15,7 @@ pub use zos_testkit::netns::{accept_peer, run, without_counts, INET_IP, NODE_IP,
 /// Fail loudly unless the machine can run privileged network tests; with
 /// `ZOS_SKIP_PRIVILEGED=1` print a SKIP line instead and return false.
 pub fn privileged(test: &str) -> bool {
-    zos_testkit::Needs::root()
-        .bin_from("ip", "iproute2")
-        .bin_from("nft", "nftables")
-        .bin_from("ping", "iputils-ping")
-        .dev("/dev/net/tun")
-        .check(test)
+    zos_testkit::Needs::root().networking().check(test)
 }
 
 /// The kit's [`zos_testkit::netns::World`] (its namespaces, probes and cleanup), and
