@@ -17,21 +17,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !args.is_empty() {
         bail!("cargo xtask test takes no arguments");
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("cargo xtask test runs privileged tests (loop devices, namespaces, FUSE, containers): run it as root");
-    }
+    require_root()?;
     packages::ensure(packages::TEST_PACKAGES)?;
     packages::ensure_python_module("cryptography", "cryptography")?;
     cargo(&["fmt", "--all", "--check"])?;
-    // The sample micro-VM (the Debian kernel and the vm-echo init): zos-vm's and
-    // zosd's VM tests boot it, zos-init's boot test boots its kernel.
-    cargo(&["build", "--quiet", "-p", "zos-cli"])?;
-    let vm = flists::build_vm(
-        &target_dir().join("flists/vm"),
-        &target_dir().join("debug/zos"),
-    )?;
-    eprintln!("sample VM flist: {}", vm.fl.display());
+    sample_vm()?;
     cargo(&[
         "clippy",
         "--workspace",
@@ -40,16 +30,45 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
-    // One run over the workspace: unit tests, integration tests and the privileged
-    // tests that drive the real kernel, etcd and libcontainer.
     let mut skips = Vec::new();
-    let workspace = counted_cargo(&["test", "--workspace", "--no-fail-fast"], &mut skips)?;
-    // The fuzz harness's replay of every committed corpus and regression input (its
-    // own workspace, without libFuzzer; the main target directory shares the
-    // dependencies already built). docs/fuzzing.md.
+    let workspace = workspace_tests(&mut skips)?;
+    let replay = fuzz_replay(&mut skips)?;
+    verdict(workspace, replay, &skips)
+}
+
+fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask test runs privileged tests (loop devices, namespaces, FUSE, containers): run it as root");
+    }
+    Ok(())
+}
+
+/// The sample micro-VM (the Debian kernel and the vm-echo init): zos-vm's and zosd's VM
+/// tests boot it, zos-init's boot test boots its kernel.
+fn sample_vm() -> anyhow::Result<()> {
+    cargo(&["build", "--quiet", "-p", "zos-cli"])?;
+    let vm = flists::build_vm(
+        &target_dir().join("flists/vm"),
+        &target_dir().join("debug/zos"),
+    )?;
+    eprintln!("sample VM flist: {}", vm.fl.display());
+    Ok(())
+}
+
+/// One run over the workspace: unit tests, integration tests and the privileged tests
+/// that drive the real kernel, etcd and libcontainer.
+fn workspace_tests(skips: &mut Vec<String>) -> anyhow::Result<bool> {
+    counted_cargo(&["test", "--workspace", "--no-fail-fast"], skips)
+}
+
+/// The fuzz harness's replay of every committed corpus and regression input (its own
+/// workspace, without libFuzzer; the main target directory shares the dependencies
+/// already built). docs/fuzzing.md.
+fn fuzz_replay(skips: &mut Vec<String>) -> anyhow::Result<bool> {
     let manifest = root().join("fuzz/Cargo.toml");
     let manifest = manifest.to_str().context("the fuzz manifest path")?;
-    let replay = counted_cargo(
+    counted_cargo(
         &[
             "test",
             "--manifest-path",
@@ -58,9 +77,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--target-dir",
             target_dir().to_str().context("the target directory path")?,
         ],
-        &mut skips,
-    )?;
-    let skipped = summary(&skips);
+        skips,
+    )
+}
+
+/// Green only when both runs passed; either way the skips are listed.
+fn verdict(workspace: bool, replay: bool, skips: &[String]) -> anyhow::Result<()> {
+    let skipped = summary(skips);
     match (workspace, replay) {
         (true, true) => {
             eprintln!("cargo xtask test: all tiers passed; {skipped}");
