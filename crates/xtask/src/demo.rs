@@ -134,136 +134,36 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     result
 }
 
+/// Everyone's keys, by role: `expert`, `owner`, `legal`, `budget`, `node`, `stranger`.
+type Keys = std::collections::BTreeMap<&'static str, String>;
+
+/// A refused contract: (reason code, file, extra verify args).
+type Refusal = (&'static str, String, Vec<String>);
+
+/// The three who sign a contract for it to hold: the owner and both stakeholders.
+const SIGNERS: [&str; 3] = ["owner", "legal", "budget"];
+
 fn flow(d: &Demo) -> anyhow::Result<()> {
     section("1. keys: an IT expert, a consumer (owner), two stakeholders, a node");
-    let mut keys = std::collections::BTreeMap::new();
-    for who in ["expert", "owner", "legal", "budget", "node", "stranger"] {
-        let file = format!("{who}.key");
-        keys.insert(who, d.step(&["key", "new", "--out", &file])?);
-    }
-    let key = |who: &str| keys[who].clone();
+    let keys = new_keys(d)?;
 
     section("2. the expert signs a blueprint");
-    let source = root().join("docs/examples/crm.blueprint.toml");
-    std::fs::copy(&source, d.path("crm.blueprint.toml"))?;
-    d.step(&[
-        "blueprint",
-        "sign",
-        "crm.blueprint.toml",
-        "--key",
-        "expert.key",
-        "-o",
-        "crm.blueprint.json",
-    ])?;
-    d.step(&["blueprint", "show", "crm.blueprint.json"])?;
+    sign_blueprint(d)?;
 
     section("3. the consumer instantiates it for a node, with two stakeholders");
-    let legal = format!("{}:2:required", key("legal"));
-    let budget = format!("{}:1", key("budget"));
-    let new_contract = |out: &str, extra: &[&str]| -> anyhow::Result<String> {
-        let mut args = vec![
-            "contract",
-            "new",
-            "--blueprint",
-            "crm.blueprint.json",
-            "--param",
-            "users=100",
-            "--owner",
-            &keys["owner"],
-            "--node",
-            &keys["node"],
-            "--stakeholder",
-            &legal,
-            "--stakeholder",
-            &budget,
-            "--threshold",
-            "3",
-            "--expires",
-            "30d",
-            "-o",
-            out,
-        ];
-        args.extend(extra);
-        d.step(&args)
-    };
-    new_contract("c.json", &["--id", "crm-acme"])?;
+    new_contract(d, &keys, "c.json", &["--id", "crm-acme"])?;
 
     section("4. the owner and both stakeholders sign; the contract verifies");
-    for who in ["owner", "legal", "budget"] {
-        d.step(&["contract", "sign", "c.json", "--key", &format!("{who}.key")])?;
-    }
-    d.step(&["contract", "verify", "c.json", "--node", &key("node")])?;
+    sign_by_all(d, "c.json")?;
+    d.step(&["contract", "verify", "c.json", "--node", &keys["node"]])?;
 
     section("5. publish it to the notary; the node's list shows it");
-    d.step(&[
-        "contract",
-        "publish",
-        "c.json",
-        "--key",
-        "owner.key",
-        "--notary",
-        &d.notary,
-    ])?;
-    d.step(&[
-        "contract",
-        "list",
-        "--notary",
-        &d.notary,
-        "--node",
-        &key("node"),
-    ])?;
+    publish(d, "c.json")?;
+    list(d, &keys)?;
 
     section("6. refusals: one contract for every reason, with the node's message");
-    let base = d.read_json("c.json")?;
-    let refusals = refusal_cases(d, &base, &keys)?;
-    let mut shown = Vec::new();
-    for (code, file, extra) in &refusals {
-        let mut args = vec!["contract", "verify", file.as_str(), "--node"];
-        let node = if *code == "wrong_node" {
-            key("stranger")
-        } else {
-            key("node")
-        };
-        args.push(&node);
-        args.extend(extra.iter().map(String::as_str));
-        let out = d.zos(&args)?;
-        if out.ok || !out.stdout.contains(&format!("[{code}]")) {
-            bail!("{file} was not refused with [{code}]");
-        }
-        shown.push(*code);
-    }
-    // Replay is also refused when publishing: the notary holds a newer version.
-    new_contract("c2.json", &["--id", "crm-acme", "--version", "2"])?;
-    for who in ["owner", "legal", "budget"] {
-        d.step(&[
-            "contract",
-            "sign",
-            "c2.json",
-            "--key",
-            &format!("{who}.key"),
-        ])?;
-    }
-    d.step(&[
-        "contract",
-        "publish",
-        "c2.json",
-        "--key",
-        "owner.key",
-        "--notary",
-        &d.notary,
-    ])?;
-    let replay = d.zos(&[
-        "contract",
-        "publish",
-        "c.json",
-        "--key",
-        "owner.key",
-        "--notary",
-        &d.notary,
-    ])?;
-    if replay.ok {
-        bail!("publishing version 1 over version 2 was not refused");
-    }
+    let mut shown = show_refusals(d, &keys)?;
+    show_replay_refused(d, &keys)?;
     shown.push("replay");
 
     section("7. the owner cancels the contract");
@@ -276,14 +176,7 @@ fn flow(d: &Demo) -> anyhow::Result<()> {
         "--notary",
         &d.notary,
     ])?;
-    d.step(&[
-        "contract",
-        "list",
-        "--notary",
-        &d.notary,
-        "--node",
-        &key("node"),
-    ])?;
+    list(d, &keys)?;
 
     println!(
         "\ndemo complete: steps 1-4 of the flow succeeded; refused with their reasons: {}",
@@ -292,39 +185,187 @@ fn flow(d: &Demo) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds one refused contract per reason: (reason code, file, extra verify args).
-fn refusal_cases(
-    d: &Demo,
-    base: &Value,
-    keys: &std::collections::BTreeMap<&str, String>,
-) -> anyhow::Result<Vec<(&'static str, String, Vec<String>)>> {
-    let mut cases = Vec::new();
-    // Writes a variant of the contract, optionally re-signed by `signers`.
-    let variant = |name: &str, v: &Value, signers: &[&str]| -> anyhow::Result<String> {
-        let file = format!("refused-{name}.json");
-        d.write_json(&file, v)?;
-        for who in signers {
-            let out = Command::new(&d.zos)
-                .args(["contract", "sign", &file, "--key", &format!("{who}.key")])
-                .current_dir(&d.dir)
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "signing {file} as {who}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        }
-        Ok(file)
-    };
-    let unsigned = |edit: &dyn Fn(&mut Value)| {
-        let mut v = base.clone();
-        v["signatures"] = json!([]);
-        edit(&mut v);
-        v
-    };
-    let all = ["owner", "legal", "budget"];
+/// Step 1: a new key for every role, each in `<role>.key`.
+fn new_keys(d: &Demo) -> anyhow::Result<Keys> {
+    let mut keys = Keys::new();
+    for who in ["expert", "owner", "legal", "budget", "node", "stranger"] {
+        let file = format!("{who}.key");
+        keys.insert(who, d.step(&["key", "new", "--out", &file])?);
+    }
+    Ok(keys)
+}
 
+/// Step 2: the example blueprint, signed by the expert into `crm.blueprint.json`.
+fn sign_blueprint(d: &Demo) -> anyhow::Result<()> {
+    let source = root().join("docs/examples/crm.blueprint.toml");
+    std::fs::copy(&source, d.path("crm.blueprint.toml"))?;
+    d.step(&[
+        "blueprint",
+        "sign",
+        "crm.blueprint.toml",
+        "--key",
+        "expert.key",
+        "-o",
+        "crm.blueprint.json",
+    ])?;
+    d.step(&["blueprint", "show", "crm.blueprint.json"])?;
+    Ok(())
+}
+
+/// The consumer's contract for the node, with legal (weight 2, required) and budget
+/// (weight 1) as stakeholders, into `out`; `extra` are more `contract new` arguments.
+fn new_contract(d: &Demo, keys: &Keys, out: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let legal = format!("{}:2:required", keys["legal"]);
+    let budget = format!("{}:1", keys["budget"]);
+    let mut args = vec![
+        "contract",
+        "new",
+        "--blueprint",
+        "crm.blueprint.json",
+        "--param",
+        "users=100",
+        "--owner",
+        &keys["owner"],
+        "--node",
+        &keys["node"],
+        "--stakeholder",
+        &legal,
+        "--stakeholder",
+        &budget,
+        "--threshold",
+        "3",
+        "--expires",
+        "30d",
+        "-o",
+        out,
+    ];
+    args.extend(extra);
+    d.step(&args)
+}
+
+/// The owner and both stakeholders sign `file`.
+fn sign_by_all(d: &Demo, file: &str) -> anyhow::Result<()> {
+    for who in SIGNERS {
+        d.step(&["contract", "sign", file, "--key", &format!("{who}.key")])?;
+    }
+    Ok(())
+}
+
+/// `zos contract publish file` as the owner.
+fn publish_args<'a>(d: &'a Demo, file: &'a str) -> [&'a str; 7] {
+    [
+        "contract",
+        "publish",
+        file,
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+    ]
+}
+
+/// Publishes `file` as the owner; the step must succeed.
+fn publish(d: &Demo, file: &str) -> anyhow::Result<()> {
+    d.step(&publish_args(d, file))?;
+    Ok(())
+}
+
+/// The node's contract list.
+fn list(d: &Demo, keys: &Keys) -> anyhow::Result<()> {
+    d.step(&[
+        "contract",
+        "list",
+        "--notary",
+        &d.notary,
+        "--node",
+        &keys["node"],
+    ])?;
+    Ok(())
+}
+
+/// Step 6: every refused contract of [`refusal_cases`] verified for the node (the
+/// wrong-node one for a stranger's key), each refused with its own reason code. Returns
+/// the codes shown.
+fn show_refusals(d: &Demo, keys: &Keys) -> anyhow::Result<Vec<&'static str>> {
+    let base = d.read_json("c.json")?;
+    let refusals = refusal_cases(d, &base, keys)?;
+    let mut shown = Vec::new();
+    for (code, file, extra) in &refusals {
+        let mut args = vec!["contract", "verify", file.as_str(), "--node"];
+        let node = if *code == "wrong_node" {
+            keys["stranger"].clone()
+        } else {
+            keys["node"].clone()
+        };
+        args.push(&node);
+        args.extend(extra.iter().map(String::as_str));
+        let out = d.zos(&args)?;
+        if out.ok || !out.stdout.contains(&format!("[{code}]")) {
+            bail!("{file} was not refused with [{code}]");
+        }
+        shown.push(*code);
+    }
+    Ok(shown)
+}
+
+/// Replay is also refused when publishing: once the notary holds version 2, publishing
+/// version 1 again fails.
+fn show_replay_refused(d: &Demo, keys: &Keys) -> anyhow::Result<()> {
+    new_contract(d, keys, "c2.json", &["--id", "crm-acme", "--version", "2"])?;
+    sign_by_all(d, "c2.json")?;
+    publish(d, "c2.json")?;
+    if d.zos(&publish_args(d, "c.json"))?.ok {
+        bail!("publishing version 1 over version 2 was not refused");
+    }
+    Ok(())
+}
+
+/// Builds one refused contract per reason, in the order they are shown.
+fn refusal_cases(d: &Demo, base: &Value, keys: &Keys) -> anyhow::Result<Vec<Refusal>> {
+    let mut cases = signature_cases(d, base, keys)?;
+    cases.extend(signer_rule_cases(d, base)?);
+    cases.extend(content_cases(d, base, keys)?);
+    cases.extend(validity_cases(d, base)?);
+    cases.extend(shape_cases(d, base)?);
+    cases.push((
+        "invalid_deployment",
+        invalid_deployment_case(d, keys)?,
+        vec![],
+    ));
+    Ok(cases)
+}
+
+/// Writes `refused-<name>.json`, a variant of the contract, signed by `signers` (by
+/// role); returns its file name.
+fn variant(d: &Demo, name: &str, v: &Value, signers: &[&str]) -> anyhow::Result<String> {
+    let file = format!("refused-{name}.json");
+    d.write_json(&file, v)?;
+    for who in signers {
+        let out = Command::new(&d.zos)
+            .args(["contract", "sign", &file, "--key", &format!("{who}.key")])
+            .current_dir(&d.dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "signing {file} as {who}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(file)
+}
+
+/// The contract without its signatures, edited by `edit`.
+fn unsigned(base: &Value, edit: &dyn Fn(&mut Value)) -> Value {
+    let mut v = base.clone();
+    v["signatures"] = json!([]);
+    edit(&mut v);
+    v
+}
+
+/// Signature entries that are wrong: a flipped bit, a stranger's, a repeat.
+fn signature_cases(d: &Demo, base: &Value, keys: &Keys) -> anyhow::Result<Vec<Refusal>> {
+    let mut cases = Vec::new();
     let mut v = base.clone();
     let sig = v["signatures"][1]["signature"]
         .as_str()
@@ -336,14 +377,23 @@ fn refusal_cases(
         &sig[1..]
     );
     v["signatures"][1]["signature"] = json!(flipped);
-    cases.push(("bad_signature", variant("bad-signature", &v, &[])?, vec![]));
+    cases.push((
+        "bad_signature",
+        variant(d, "bad-signature", &v, &[])?,
+        vec![],
+    ));
 
     // An entry that does not count (a stranger's, a repeat) is only a warning while the
     // counted signatures meet the rules (docs/contract-format.md §4): shown here on a
     // contract that also lacks budget's signature, where the rules are unmet and the
     // entry is one of the reasons.
-    let short = variant("short-of-budget", &unsigned(&|_| {}), &["owner", "legal"])?;
-    let file = variant("unknown-signer", &d.read_json(&short)?, &[])?;
+    let short = variant(
+        d,
+        "short-of-budget",
+        &unsigned(base, &|_| {}),
+        &["owner", "legal"],
+    )?;
+    let file = variant(d, "unknown-signer", &d.read_json(&short)?, &[])?;
     // The CLI refuses to sign for a stranger, so forge the entry by hand.
     let mut v = d.read_json(&file)?;
     let stranger_sig = v["signatures"][0]["signature"].clone();
@@ -353,7 +403,7 @@ fn refusal_cases(
         .push(json!({"signer": keys["stranger"], "signature": stranger_sig}));
     cases.push((
         "unknown_signer",
-        variant("unknown-signer", &v, &[])?,
+        variant(d, "unknown-signer", &v, &[])?,
         vec![],
     ));
 
@@ -362,90 +412,127 @@ fn refusal_cases(
     v["signatures"].as_array_mut().unwrap().push(first);
     cases.push((
         "duplicate_signature",
-        variant("duplicate-signature", &v, &[])?,
-        vec![],
-    ));
-
-    cases.push((
-        "owner_signature_missing",
-        variant("owner-missing", &unsigned(&|_| {}), &["legal", "budget"])?,
-        vec![],
-    ));
-    cases.push((
-        "required_signer_missing",
-        variant("legal-missing", &unsigned(&|_| {}), &["owner", "budget"])?,
-        vec![],
-    ));
-    let optional_legal = unsigned(&|v| v["contract"]["stakeholders"][0]["required"] = json!(false));
-    cases.push((
-        "threshold_not_met",
-        variant("under-threshold", &optional_legal, &["owner", "budget"])?,
-        vec![],
-    ));
-    let too_many = unsigned(&|v| v["contract"]["params"]["users"] = json!(5000));
-    cases.push((
-        "param_out_of_bounds",
-        variant("too-many-users", &too_many, &all)?,
-        vec![],
-    ));
-    let tampered_bp = unsigned(&|v| {
-        v["contract"]["blueprint"]["embedded"]["blueprint"]["body"]["workloads"][0]["cpu"] =
-            json!(64)
-    });
-    cases.push((
-        "blueprint_signature_invalid",
-        variant("tampered-blueprint", &tampered_bp, &all)?,
-        vec![],
-    ));
-    let by_digest = unsigned(&|v| {
-        v["contract"]["blueprint"] = json!({"sha256": "00".repeat(32)});
-    });
-    cases.push((
-        "blueprint_unresolved",
-        variant("unknown-blueprint", &by_digest, &all)?,
-        vec![],
-    ));
-    cases.push((
-        "blueprint_author_untrusted",
-        variant("untrusted-author", base, &[])?,
-        vec!["--trusted-author".into(), keys["stranger"].clone()],
-    ));
-    let early = unsigned(&|v| v["contract"]["not_before"] = json!(4_000_000_000u64));
-    let early = {
-        let mut e = early;
-        e["contract"]["expires"] = json!(4_100_000_000u64);
-        e
-    };
-    cases.push((
-        "not_yet_valid",
-        variant("not-yet-valid", &early, &all)?,
-        vec![],
-    ));
-    let expired = unsigned(&|v| v["contract"]["expires"] = json!(1_000_000_000u64));
-    cases.push(("expired", variant("expired", &expired, &all)?, vec![]));
-    cases.push(("wrong_node", variant("wrong-node", base, &[])?, vec![]));
-    let unknown_field = unsigned(&|v| v["contract"]["workloads"] = json!([{"name": "miner"}]));
-    cases.push((
-        "malformed",
-        variant("free-form-workload", &unknown_field, &[])?,
-        vec![],
-    ));
-    let huge = unsigned(&|v| v["contract"]["params"]["pad"] = json!("x".repeat(300_000)));
-    cases.push(("oversized", variant("oversized", &huge, &[])?, vec![]));
-    cases.push((
-        "invalid_deployment",
-        invalid_deployment_case(d, keys)?,
+        variant(d, "duplicate-signature", &v, &[])?,
         vec![],
     ));
     Ok(cases)
 }
 
+/// Signatures that do not meet the contract's rules: the owner's or a required
+/// stakeholder's missing, the weights under the threshold.
+fn signer_rule_cases(d: &Demo, base: &Value) -> anyhow::Result<Vec<Refusal>> {
+    let optional_legal = unsigned(base, &|v| {
+        v["contract"]["stakeholders"][0]["required"] = json!(false)
+    });
+    Ok(vec![
+        (
+            "owner_signature_missing",
+            variant(
+                d,
+                "owner-missing",
+                &unsigned(base, &|_| {}),
+                &["legal", "budget"],
+            )?,
+            vec![],
+        ),
+        (
+            "required_signer_missing",
+            variant(
+                d,
+                "legal-missing",
+                &unsigned(base, &|_| {}),
+                &["owner", "budget"],
+            )?,
+            vec![],
+        ),
+        (
+            "threshold_not_met",
+            variant(d, "under-threshold", &optional_legal, &["owner", "budget"])?,
+            vec![],
+        ),
+    ])
+}
+
+/// Signed by everyone, but what is signed is wrong: a parameter out of its bounds, a
+/// tampered, unknown or untrusted blueprint.
+fn content_cases(d: &Demo, base: &Value, keys: &Keys) -> anyhow::Result<Vec<Refusal>> {
+    let too_many = unsigned(base, &|v| v["contract"]["params"]["users"] = json!(5000));
+    let tampered_bp = unsigned(base, &|v| {
+        v["contract"]["blueprint"]["embedded"]["blueprint"]["body"]["workloads"][0]["cpu"] =
+            json!(64)
+    });
+    let by_digest = unsigned(base, &|v| {
+        v["contract"]["blueprint"] = json!({"sha256": "00".repeat(32)});
+    });
+    Ok(vec![
+        (
+            "param_out_of_bounds",
+            variant(d, "too-many-users", &too_many, &SIGNERS)?,
+            vec![],
+        ),
+        (
+            "blueprint_signature_invalid",
+            variant(d, "tampered-blueprint", &tampered_bp, &SIGNERS)?,
+            vec![],
+        ),
+        (
+            "blueprint_unresolved",
+            variant(d, "unknown-blueprint", &by_digest, &SIGNERS)?,
+            vec![],
+        ),
+        (
+            "blueprint_author_untrusted",
+            variant(d, "untrusted-author", base, &[])?,
+            vec!["--trusted-author".into(), keys["stranger"].clone()],
+        ),
+    ])
+}
+
+/// Not for now or not for this node: not yet valid, expired, for another node.
+fn validity_cases(d: &Demo, base: &Value) -> anyhow::Result<Vec<Refusal>> {
+    let early = unsigned(base, &|v| {
+        v["contract"]["not_before"] = json!(4_000_000_000u64);
+        v["contract"]["expires"] = json!(4_100_000_000u64);
+    });
+    let expired = unsigned(base, &|v| {
+        v["contract"]["expires"] = json!(1_000_000_000u64)
+    });
+    Ok(vec![
+        (
+            "not_yet_valid",
+            variant(d, "not-yet-valid", &early, &SIGNERS)?,
+            vec![],
+        ),
+        (
+            "expired",
+            variant(d, "expired", &expired, &SIGNERS)?,
+            vec![],
+        ),
+        ("wrong_node", variant(d, "wrong-node", base, &[])?, vec![]),
+    ])
+}
+
+/// Documents the node does not read at all: an unknown field, too many bytes.
+fn shape_cases(d: &Demo, base: &Value) -> anyhow::Result<Vec<Refusal>> {
+    let unknown_field = unsigned(base, &|v| {
+        v["contract"]["workloads"] = json!([{"name": "miner"}])
+    });
+    let huge = unsigned(base, &|v| {
+        v["contract"]["params"]["pad"] = json!("x".repeat(300_000))
+    });
+    Ok(vec![
+        (
+            "malformed",
+            variant(d, "free-form-workload", &unknown_field, &[])?,
+            vec![],
+        ),
+        ("oversized", variant(d, "oversized", &huge, &[])?, vec![]),
+    ])
+}
+
 /// A blueprint that is valid for its example values but not for users=1000, and a
 /// contract using that value.
-fn invalid_deployment_case(
-    d: &Demo,
-    keys: &std::collections::BTreeMap<&str, String>,
-) -> anyhow::Result<String> {
+fn invalid_deployment_case(d: &Demo, keys: &Keys) -> anyhow::Result<String> {
     let source = std::fs::read_to_string(d.path("crm.blueprint.toml"))?;
     let edited = source.replace(
         "memory_mib = \"{{ 32 + users / 10 }}\"",

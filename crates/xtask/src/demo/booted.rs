@@ -11,19 +11,46 @@ use anyhow::{bail, Context};
 
 use super::node::{hello_contract, wait_status_for};
 use super::{section, Demo};
-use crate::node::{self as qemu, Machine, Net, NodeSpec, Share};
+use crate::node::{self as qemu, Booted, Machine, Milestones, Net, NodeSpec, Share};
 use crate::status::{log_tail, poll_until};
 
 /// TCG boots, mkfs's two disks and unpacks the flist: minutes at worst on 2 busy cores.
 const BOOT: Duration = Duration::from_secs(600);
 const RUN: Duration = Duration::from_secs(300);
 const FARM: &str = "demo-farm";
+/// The sample contract's id.
+const ID: &str = "hello-booted";
 
 pub fn run(d: &Demo) -> anyhow::Result<()> {
     section("15. a node booted from the image: zosd as PID 1 under QEMU");
     let files = qemu::boot_files(true)?;
-    // The node reaches the host's loopback at 10.0.2.2 (QEMU user networking).
-    let guest_notary = d.notary.replace("127.0.0.1", "10.0.2.2");
+    create_farm(d)?;
+    let spec = node_spec(d);
+    let accel = qemu::accel(&files.vmlinux);
+    let mut node = qemu::boot(&files, &spec, accel)?;
+    println!(
+        "  QEMU ({accel}, microvm, 2 disks, {} shared at the same path); console {}",
+        d.dir.display(),
+        node.console.display()
+    );
+    let milestones = qemu::wait_serving(std::slice::from_mut(&mut node), BOOT)?;
+    let node_key = node_key(&node.console_text())?;
+    d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
+
+    let sample = run_sample(d, &node, &node_key)?;
+    show_status_screen(&node)?;
+
+    // Its heartbeat (every minute): contracts running, listening sockets (none), and
+    // zosd's own memory.
+    d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
+
+    let powered_off = power_off(&mut node)?;
+    print_figures(&milestones[0], &sample, powered_off);
+    Ok(())
+}
+
+/// The farmer's key and the demo's farm, in the demo's notary.
+fn create_farm(d: &Demo) -> anyhow::Result<()> {
     d.step(&["key", "new", "--out", "farmer.key"])?;
     d.step(&[
         "farm",
@@ -36,7 +63,15 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         "--notary",
         &d.notary,
     ])?;
-    let spec = NodeSpec {
+    Ok(())
+}
+
+/// A fresh microvm node with two disks, in the demo's farm, the demo directory shared at
+/// the same path.
+fn node_spec(d: &Demo) -> NodeSpec {
+    // The node reaches the host's loopback at 10.0.2.2 (QEMU user networking).
+    let guest_notary = d.notary.replace("127.0.0.1", "10.0.2.2");
+    NodeSpec {
         name: "demo".into(),
         disks: 2,
         disk_gib: 8,
@@ -52,27 +87,33 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
             path: d.dir.clone(),
         }],
         net: Net::User,
-    };
-    let accel = qemu::accel(&files.vmlinux);
-    let mut node = qemu::boot(&files, &spec, accel)?;
-    println!(
-        "  QEMU ({accel}, microvm, 2 disks, {} shared at the same path); console {}",
-        d.dir.display(),
-        node.console.display()
-    );
-    let milestones = qemu::wait_serving(std::slice::from_mut(&mut node), BOOT)?;
-    let console = node.console_text();
-    let node_key = console
+    }
+}
+
+/// The node's key, from its console line `zosd: node <key> ...`.
+fn node_key(console: &str) -> anyhow::Result<String> {
+    Ok(console
         .lines()
         .find_map(|l| l.split("zosd: node ").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .context("no node key on the console")?
-        .to_string();
-    d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
+        .to_string())
+}
 
+/// How long the sample contract took on the booted node.
+struct Sample {
+    /// From QEMU's start to the contract's publication.
+    boot_to_publish: Duration,
+    /// From the publication to its workload running.
+    running: Duration,
+    /// From the publication to its output in the status record.
+    output: Duration,
+}
+
+/// The sample contract for this node: published, running, its output in its status.
+fn run_sample(d: &Demo, node: &Booted, node_key: &str) -> anyhow::Result<Sample> {
     println!("\n  the sample contract, for this node");
-    let id = "hello-booted";
-    hello_contract(d, &node_key, id, 7, "booted.json")?;
+    hello_contract(d, node_key, ID, 7, "booted.json")?;
     let published = Instant::now();
     let boot_to_publish = node.started.elapsed();
     d.step(&[
@@ -84,28 +125,36 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         "--notary",
         &d.notary,
     ])?;
-    let s = wait_status_for(d, &node_key, id, RUN, |s| {
+    let s = wait_status_for(d, node_key, ID, RUN, |s| {
         matches!(s["state"].as_str(), Some("ok" | "error" | "refused"))
     })?;
     if s["state"] != "ok" {
         bail!(
-            "{id} on the booted node: {} ({}); see {}",
+            "{ID} on the booted node: {} ({}); see {}",
             s["state"],
             s["message"],
             node.console.display()
         );
     }
     let running = published.elapsed();
-    wait_status_for(d, &node_key, id, RUN, |s| {
+    wait_status_for(d, node_key, ID, RUN, |s| {
         log_tail(s, "app").iter().any(|l| l.contains("hello from"))
     })?;
     let output = published.elapsed();
     d.step(&[
-        "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
+        "contract", "status", ID, "--node", node_key, "--notary", &d.notary,
     ])?;
-    // The status screen repaints on changes: the workload, running, with its newest
-    // output line under it.
-    let row = format!("{id}/app  container  running");
+    Ok(Sample {
+        boot_to_publish,
+        running,
+        output,
+    })
+}
+
+/// Waits for the node's status screen to show the sample's workload running with its
+/// newest output line under it (the screen repaints on changes), then prints it.
+fn show_status_screen(node: &Booted) -> anyhow::Result<()> {
+    let row = format!("{ID}/app  container  running");
     let shown = poll_until(
         RUN,
         Duration::from_millis(200),
@@ -124,11 +173,12 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     for line in screen.lines() {
         println!("  | {line}");
     }
+    Ok(())
+}
 
-    // Its heartbeat (every minute): contracts running, listening sockets (none), and
-    // zosd's own memory.
-    d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
-
+/// Presses the power button and waits for the kernel's power-down; returns how long it
+/// took.
+fn power_off(node: &mut Booted) -> anyhow::Result<Duration> {
     println!("\n  the power button (ACPI, QMP system_powerdown): an orderly power-off");
     let pressed = Instant::now();
     node.power_button()?;
@@ -148,8 +198,11 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     if !console.contains("reboot: Power down") {
         bail!("QEMU exited ({status}) without the kernel's power-down line");
     }
+    Ok(pressed.elapsed())
+}
+
+fn print_figures(m: &Milestones, sample: &Sample, powered_off: Duration) {
     let secs = |t: Option<Duration>| t.map_or("-".into(), |t| format!("{:.1} s", t.as_secs_f64()));
-    let m = &milestones[0];
     println!(
         "\n  figures (TCG here): zosd's first line {}, registered {}, serving {}; contract \
          published at {:.1} s, running {:.1} s later, its output {:.1} s later; powered off \
@@ -157,12 +210,11 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         secs(m.pid1),
         secs(m.registered),
         secs(m.serving),
-        boot_to_publish.as_secs_f64(),
-        running.as_secs_f64(),
-        output.as_secs_f64(),
-        pressed.elapsed().as_secs_f64()
+        sample.boot_to_publish.as_secs_f64(),
+        sample.running.as_secs_f64(),
+        sample.output.as_secs_f64(),
+        powered_off.as_secs_f64()
     );
-    Ok(())
 }
 
 /// Whether a status screen has the workload `row` with an output line (`    > ...`)
