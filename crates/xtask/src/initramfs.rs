@@ -159,6 +159,36 @@ pub fn build() -> anyhow::Result<Built> {
     let out_dir = target_dir().join("image");
     std::fs::create_dir_all(&out_dir)?;
 
+    let init = stripped_init(&out_dir)?;
+    let zosd_bytes = std::fs::metadata(&init)?.len();
+    let mut full = base_tree(&init)?;
+    let without: Vec<u8> = archive_bytes(&full)?;
+    let modules = stage_modules(&kernel, &out_dir.join("modules"))?;
+    let module_count = modules.iter().filter(|(p, _)| p.ends_with(".ko")).count();
+    for (dest, src) in modules {
+        add_file(&mut full, &dest, &src, 0o644)?;
+    }
+    let raw = archive_bytes(&full)?;
+    let files: Vec<String> = full.keys().cloned().collect();
+    forbid_login_surface(&files)?;
+
+    let (path, size, size_without_modules) = write_compressed(&kernel, &out_dir, &raw, &without)?;
+    std::fs::write(out_dir.join("initramfs.files"), files.join("\n") + "\n")?;
+    Ok(Built {
+        kernel,
+        path,
+        size_without_modules,
+        size,
+        raw_without_modules: without.len() as u64,
+        raw: raw.len() as u64,
+        modules: module_count,
+        zosd_bytes,
+        files,
+    })
+}
+
+/// The static zosd, stripped, as `<out_dir>/init`; refused if it names a dynamic loader.
+fn stripped_init(out_dir: &Path) -> anyhow::Result<PathBuf> {
     let zosd = static_zosd()?;
     let init = out_dir.join("init");
     std::fs::copy(&zosd, &init).context("copying zosd")?;
@@ -169,8 +199,13 @@ pub fn build() -> anyhow::Result<Built> {
             zosd.display()
         );
     }
-    let zosd_bytes = std::fs::metadata(&init)?.len();
+    Ok(init)
+}
 
+/// The image without the kernel modules: its directories and device nodes, zosd as
+/// `/init`, the helpers with their libraries and the loader, and the files their glibc
+/// reads.
+fn base_tree(init: &Path) -> anyhow::Result<BTreeMap<String, Entry>> {
     let mut base: BTreeMap<String, Entry> = BTreeMap::new();
     for d in [
         "dev", "proc", "sys", "run", "tmp", "etc", "var", "var/lib", "mnt", "root",
@@ -185,7 +220,7 @@ pub fn build() -> anyhow::Result<Built> {
     base.insert(
         "init".into(),
         Entry::File {
-            data: std::fs::read(&init)?,
+            data: std::fs::read(init)?,
             mode: 0o755,
         },
     );
@@ -210,27 +245,28 @@ pub fn build() -> anyhow::Result<Built> {
     ] {
         insert_data(&mut base, path, text.as_bytes().to_vec(), 0o644);
     }
+    Ok(base)
+}
 
-    let mut full = std::mem::take(&mut base);
-    let without: Vec<u8> = archive_bytes(&full)?;
-    let modules = stage_modules(&kernel, &out_dir.join("modules"))?;
-    let module_count = modules.iter().filter(|(p, _)| p.ends_with(".ko")).count();
-    for (dest, src) in modules {
-        add_file(&mut full, &dest, &src, 0o644)?;
-    }
-    let raw = archive_bytes(&full)?;
-    let files: Vec<String> = full.keys().cloned().collect();
-    forbid_login_surface(&files)?;
-
-    let zstd = kernel_has(&kernel, "CONFIG_RD_ZSTD=y")?;
+/// Compresses the archive as the kernel can unpack it (zstd if it has CONFIG_RD_ZSTD,
+/// else gzip) into `<out_dir>/initramfs.cpio.<ext>`, replaced atomically, and removes the
+/// other compression's leftover. Returns the path and the compressed sizes of `raw` and
+/// of `without` (the archive without modules, for the report).
+fn write_compressed(
+    kernel: &Kernel,
+    out_dir: &Path,
+    raw: &[u8],
+    without: &[u8],
+) -> anyhow::Result<(PathBuf, u64, u64)> {
+    let zstd = kernel_has(kernel, "CONFIG_RD_ZSTD=y")?;
     let (ext, compress): (&str, Compressor) = if zstd {
         ("zst", zstd_bytes)
     } else {
         ("gz", gzip_bytes)
     };
     let path = out_dir.join(format!("initramfs.cpio.{ext}"));
-    let compressed = compress(&raw)?;
-    let compressed_without = compress(&without)?;
+    let compressed = compress(raw)?;
+    let compressed_without = compress(without)?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &compressed)?;
     std::fs::rename(&tmp, &path)?;
@@ -240,18 +276,11 @@ pub fn build() -> anyhow::Result<Built> {
         if zstd { "gz" } else { "zst" }
     ));
     let _ = std::fs::remove_file(other);
-    std::fs::write(out_dir.join("initramfs.files"), files.join("\n") + "\n")?;
-    Ok(Built {
-        kernel,
+    Ok((
         path,
-        size_without_modules: compressed_without.len() as u64,
-        size: compressed.len() as u64,
-        raw_without_modules: without.len() as u64,
-        raw: raw.len() as u64,
-        modules: module_count,
-        zosd_bytes,
-        files,
-    })
+        compressed.len() as u64,
+        compressed_without.len() as u64,
+    ))
 }
 
 /// zosd for `/init`: crt-static, with libseccomp linked statically (a target dir of its

@@ -204,6 +204,36 @@ pub fn accel(kernel: &Path) -> &'static str {
     }
 }
 
+/// The QEMU device names of a machine type.
+struct Devices {
+    blk: &'static str,
+    scsi: &'static str,
+    net: &'static str,
+    rng: &'static str,
+    virtio_9p: &'static str,
+}
+
+impl Machine {
+    fn devices(self) -> Devices {
+        match self {
+            Machine::Microvm => Devices {
+                blk: "virtio-blk-device",
+                scsi: "virtio-scsi-device",
+                net: "virtio-net-device",
+                rng: "virtio-rng-device",
+                virtio_9p: "virtio-9p-device",
+            },
+            Machine::Q35 => Devices {
+                blk: "virtio-blk-pci",
+                scsi: "virtio-scsi-pci",
+                net: "virtio-net-pci",
+                rng: "virtio-rng-pci",
+                virtio_9p: "virtio-9p-pci",
+            },
+        }
+    }
+}
+
 /// Starts QEMU for `spec` (its files under `target/nodes/<name>/`).
 pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::Result<Booted> {
     let dir = target_dir().join("nodes").join(&spec.name);
@@ -214,22 +244,52 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     let console = dir.join("console.log");
     let _ = std::fs::remove_file(&console);
 
-    let (kernel, blk, scsi, net, rng) = match spec.machine {
-        Machine::Microvm => (
-            &files.vmlinux,
-            "virtio-blk-device",
-            "virtio-scsi-device",
-            "virtio-net-device",
-            "virtio-rng-device",
-        ),
-        Machine::Q35 => (
-            &files.vmlinuz,
-            "virtio-blk-pci",
-            "virtio-scsi-pci",
-            "virtio-net-pci",
-            "virtio-rng-pci",
-        ),
-    };
+    let devices = spec.machine.devices();
+    let mut cmd = qemu_command(spec, accel);
+    let words = node_words(spec)?;
+    match spec.usb {
+        Some(firmware) => usb_stick(&mut cmd, files, spec, firmware, &words, &dir)?,
+        None => direct_kernel(&mut cmd, files, spec, &words),
+    }
+    cmd.args([
+        "-chardev",
+        &format!("file,id=console,path={}", console.display()),
+        "-serial",
+        "chardev:console",
+    ]);
+    disks(&mut cmd, spec, &devices, &dir)?;
+    shares(&mut cmd, spec, &devices);
+    nic(&mut cmd, spec, &devices);
+    let qmp = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&qmp);
+    cmd.args([
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", qmp.display()),
+    ]);
+    cmd.args(["-device", devices.rng]);
+    cmd.arg("-no-reboot");
+    let log = std::fs::File::create(dir.join("qemu.log"))?;
+    let started = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    std::fs::write(dir.join("qemu.args"), format!("{cmd:?}\n"))?;
+    Ok(Booted {
+        name: spec.name.clone(),
+        console,
+        started,
+        accel,
+        qmp,
+        child,
+    })
+}
+
+/// QEMU (in the tap's namespace if it has one) with no default devices, the machine,
+/// the accelerator, memory and CPUs.
+fn qemu_command(spec: &NodeSpec, accel: &str) -> Command {
     let mut cmd = match &spec.net {
         Net::User => Command::new("qemu-system-x86_64"),
         Net::Tap { netns, .. } => {
@@ -253,7 +313,11 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     }
     cmd.args(["-m", &spec.memory_mib.to_string()]);
     cmd.args(["-smp", &spec.cpus.to_string()]);
-    // The node's words: the caller's, and one zos.share= per shared directory.
+    cmd
+}
+
+/// The node's words: the caller's, and one zos.share= per shared directory.
+fn node_words(spec: &NodeSpec) -> anyhow::Result<String> {
     let mut words = spec.cmdline.clone();
     for share in &spec.shares {
         let p = share.path.to_string_lossy();
@@ -262,64 +326,78 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
         }
         words.push_str(&format!(" zos.share={}:{p}", share.tag));
     }
-    let words = words.trim();
-    if let Some(firmware) = spec.usb {
-        if spec.machine != Machine::Q35 {
-            bail!("booting from a USB stick needs --machine q35");
-        }
-        // The medium a farmer writes to a stick, with this node's command line.
-        let iso = dir.join("zos.iso");
-        crate::image::make_iso(&files.vmlinuz, &files.initrd, words, &iso)?;
-        if firmware == Firmware::Uefi {
-            crate::packages::ensure(&["ovmf"])?;
-            let vars = dir.join("OVMF_VARS.fd");
-            if !vars.exists() {
-                std::fs::copy(OVMF_VARS, &vars).context("copying OVMF's variable store")?;
-            }
-            cmd.args([
-                "-drive",
-                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-                "-drive",
-                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-            ]);
+    Ok(words.trim().to_string())
+}
+
+/// Boots from the medium a farmer writes to a stick (the ISO, with this node's command
+/// line) on USB, under `firmware`.
+fn usb_stick(
+    cmd: &mut Command,
+    files: &BootFiles,
+    spec: &NodeSpec,
+    firmware: Firmware,
+    words: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    if spec.machine != Machine::Q35 {
+        bail!("booting from a USB stick needs --machine q35");
+    }
+    let iso = dir.join("zos.iso");
+    crate::image::make_iso(&files.vmlinuz, &files.initrd, words, &iso)?;
+    if firmware == Firmware::Uefi {
+        crate::packages::ensure(&["ovmf"])?;
+        let vars = dir.join("OVMF_VARS.fd");
+        if !vars.exists() {
+            std::fs::copy(OVMF_VARS, &vars).context("copying OVMF's variable store")?;
         }
         cmd.args([
-            "-device",
-            "qemu-xhci,id=xhci",
             "-drive",
-            &format!(
-                "if=none,id=stick,format=raw,readonly=on,file={}",
-                iso.display()
-            ),
-            "-device",
-            "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
         ]);
-    } else {
-        cmd.arg("-kernel").arg(kernel);
-        cmd.arg("-initrd").arg(&files.initrd);
-        let mut append = String::from("console=ttyS0 panic=-1");
-
-        if spec.machine == Machine::Microvm {
-            // No calibration against a PIT that microvm does not have.
-            append.push_str(" tsc_early_khz=2000000");
-        }
-        if !words.is_empty() {
-            append.push(' ');
-            append.push_str(words);
-        }
-        cmd.args(["-append", &append]);
     }
     cmd.args([
-        "-chardev",
-        &format!("file,id=console,path={}", console.display()),
-        "-serial",
-        "chardev:console",
+        "-device",
+        "qemu-xhci,id=xhci",
+        "-drive",
+        &format!(
+            "if=none,id=stick,format=raw,readonly=on,file={}",
+            iso.display()
+        ),
+        "-device",
+        "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0",
     ]);
-    // The first disk is an SSD, the others HDDs, as on a typical 3Node: virtio-blk
-    // always reads as rotational, so the SSD is a SCSI disk on virtio-scsi with
-    // rotation_rate=1 (what an SSD reports).
+    Ok(())
+}
+
+/// QEMU loads the kernel (PVH vmlinux for microvm, bzImage for q35) and the initramfs
+/// itself, with the node's words on the kernel command line.
+fn direct_kernel(cmd: &mut Command, files: &BootFiles, spec: &NodeSpec, words: &str) {
+    let kernel = match spec.machine {
+        Machine::Microvm => &files.vmlinux,
+        Machine::Q35 => &files.vmlinuz,
+    };
+    cmd.arg("-kernel").arg(kernel);
+    cmd.arg("-initrd").arg(&files.initrd);
+    let mut append = String::from("console=ttyS0 panic=-1");
+    if spec.machine == Machine::Microvm {
+        // No calibration against a PIT that microvm does not have.
+        append.push_str(" tsc_early_khz=2000000");
+    }
+    if !words.is_empty() {
+        append.push(' ');
+        append.push_str(words);
+    }
+    cmd.args(["-append", &append]);
+}
+
+/// The node's disks, sparse raw files in `dir` (made on first use). The first disk is an
+/// SSD, the others HDDs, as on a typical 3Node: virtio-blk always reads as rotational, so
+/// the SSD is a SCSI disk on virtio-scsi with rotation_rate=1 (what an SSD reports).
+fn disks(cmd: &mut Command, spec: &NodeSpec, devices: &Devices, dir: &Path) -> anyhow::Result<()> {
     if spec.disks > 0 {
-        cmd.args(["-device", &format!("{scsi},id=scsi0")]);
+        cmd.args(["-device", &format!("{},id=scsi0", devices.scsi)]);
     }
     for i in 0..spec.disks {
         let disk = dir.join(format!("disk{i}.raw"));
@@ -341,14 +419,15 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
                     spec.name
                 )
             } else {
-                format!("{blk},drive=d{i},serial=zos-{}-{i}", spec.name)
+                format!("{},drive=d{i},serial=zos-{}-{i}", devices.blk, spec.name)
             },
         ]);
     }
-    let virtio_9p = match spec.machine {
-        Machine::Microvm => "virtio-9p-device",
-        Machine::Q35 => "virtio-9p-pci",
-    };
+    Ok(())
+}
+
+/// One virtio-9p device per shared directory.
+fn shares(cmd: &mut Command, spec: &NodeSpec, devices: &Devices) {
     for (i, share) in spec.shares.iter().enumerate() {
         // security_model=none: files are the host's, written as QEMU's user (root).
         cmd.args([
@@ -358,9 +437,13 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
                 share.path.display()
             ),
             "-device",
-            &format!("{virtio_9p},fsdev=fs{i},mount_tag={}", share.tag),
+            &format!("{},fsdev=fs{i},mount_tag={}", devices.virtio_9p, share.tag),
         ]);
     }
+}
+
+/// The NIC, its MAC's last byte the node's index.
+fn nic(cmd: &mut Command, spec: &NodeSpec, devices: &Devices) {
     let netdev = match &spec.net {
         Net::User => "user,id=n0".to_string(),
         Net::Tap { ifname, .. } => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
@@ -369,33 +452,11 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
         "-netdev",
         &netdev,
         "-device",
-        &format!("{net},netdev=n0,mac=52:54:00:5a:05:{:02x}", spec.index),
+        &format!(
+            "{},netdev=n0,mac=52:54:00:5a:05:{:02x}",
+            devices.net, spec.index
+        ),
     ]);
-    let qmp = dir.join("qmp.sock");
-    let _ = std::fs::remove_file(&qmp);
-    cmd.args([
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", qmp.display()),
-    ]);
-    cmd.args(["-device", rng]);
-    cmd.arg("-no-reboot");
-    let log = std::fs::File::create(dir.join("qemu.log"))?;
-    let started = Instant::now();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting qemu-system-x86_64 (Debian package qemu-system-x86)")?;
-    std::fs::write(dir.join("qemu.args"), format!("{cmd:?}\n"))?;
-    Ok(Booted {
-        name: spec.name.clone(),
-        console,
-        started,
-        accel,
-        qmp,
-        child,
-    })
 }
 
 /// The notary the nodes use: a private etcd on the host loopback (the farm created in
@@ -523,24 +584,31 @@ struct Options {
     shares: Vec<Share>,
 }
 
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            notary: None,
+            farm: "farm-1".into(),
+            disks: 2,
+            disk_gib: 8,
+            memory_mib: 2048,
+            cpus: 1,
+            machine: Machine::Microvm,
+            name: None,
+            timeout: Duration::from_secs(600),
+            check: false,
+            rebuild: true,
+            fresh: false,
+            debug: false,
+            usb: None,
+            shares: Vec::new(),
+        }
+    }
+}
+
+/// The options of `node` and `farm`, and the arguments that are not options.
 fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
-    let mut o = Options {
-        notary: None,
-        farm: "farm-1".into(),
-        disks: 2,
-        disk_gib: 8,
-        memory_mib: 2048,
-        cpus: 1,
-        machine: Machine::Microvm,
-        name: None,
-        timeout: Duration::from_secs(600),
-        check: false,
-        rebuild: true,
-        fresh: false,
-        debug: false,
-        usb: None,
-        shares: Vec::new(),
-    };
+    let mut o = Options::default();
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -556,13 +624,7 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
             "--disk-gib" => o.disk_gib = value()?.parse().context("--disk-gib N")?,
             "--memory" => o.memory_mib = value()?.parse().context("--memory MIB")?,
             "--cpus" => o.cpus = value()?.parse().context("--cpus N")?,
-            "--machine" => {
-                o.machine = match value()?.as_str() {
-                    "microvm" => Machine::Microvm,
-                    "q35" => Machine::Q35,
-                    m => bail!("--machine {m:?}: microvm or q35"),
-                }
-            }
+            "--machine" => o.machine = parse_machine(&value()?)?,
             "--name" => o.name = Some(value()?),
             "--timeout" => {
                 o.timeout = Duration::from_secs(value()?.parse().context("--timeout SECS")?)
@@ -579,11 +641,7 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
                 });
             }
             "--usb" => {
-                o.usb = Some(match value()?.as_str() {
-                    "bios" => Firmware::Bios,
-                    "uefi" => Firmware::Uefi,
-                    f => bail!("--usb {f:?}: bios or uefi"),
-                });
+                o.usb = Some(parse_firmware(&value()?)?);
                 o.machine = Machine::Q35;
             }
             _ => rest.push(a.clone()),
@@ -595,6 +653,22 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
         }
     }
     Ok((o, rest))
+}
+
+fn parse_machine(m: &str) -> anyhow::Result<Machine> {
+    Ok(match m {
+        "microvm" => Machine::Microvm,
+        "q35" => Machine::Q35,
+        m => bail!("--machine {m:?}: microvm or q35"),
+    })
+}
+
+fn parse_firmware(f: &str) -> anyhow::Result<Firmware> {
+    Ok(match f {
+        "bios" => Firmware::Bios,
+        "uefi" => Firmware::Uefi,
+        f => bail!("--usb {f:?}: bios or uefi"),
+    })
 }
 
 /// `cargo xtask node [options]`.
@@ -636,40 +710,12 @@ fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
     }
     let mut nodes = Vec::new();
     for i in 0..n {
-        let name = match (&o.name, n) {
-            (Some(name), 1) => name.clone(),
-            (Some(name), _) => format!("{name}-{i}"),
-            (None, _) => format!("node{i}"),
-        };
-        let spec = NodeSpec {
-            name,
-            disks: o.disks,
-            disk_gib: o.disk_gib,
-            memory_mib: o.memory_mib,
-            cpus: o.cpus,
-            machine: o.machine,
-            cmdline: cmdline.clone(),
-            fresh: o.fresh,
-            index: i as u8,
-            usb: o.usb,
-            shares: o.shares.clone(),
-            net: Net::User,
-        };
+        let spec = node_spec(o, &cmdline, i, n);
         let node = boot(&files, &spec, accel)?;
         println!(
-            "{}: booting under QEMU ({}{}, {}), console {}",
+            "{}: booting under QEMU ({}), console {}",
             spec.name,
-            if o.machine == Machine::Microvm {
-                "microvm"
-            } else {
-                "q35"
-            },
-            match o.usb {
-                Some(Firmware::Bios) => ", USB stick, BIOS",
-                Some(Firmware::Uefi) => ", USB stick, UEFI",
-                None => "",
-            },
-            node.accel,
+            describe(o, node.accel),
             node.console.display()
         );
         nodes.push(node);
@@ -696,4 +742,44 @@ fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
         println!("{}: QEMU exited ({status})", node.name);
     }
     Ok(())
+}
+
+/// Node `i` of `n`: named `--name` (suffixed `-i` when there are several) or `node<i>`.
+fn node_spec(o: &Options, cmdline: &str, i: usize, n: usize) -> NodeSpec {
+    let name = match (&o.name, n) {
+        (Some(name), 1) => name.clone(),
+        (Some(name), _) => format!("{name}-{i}"),
+        (None, _) => format!("node{i}"),
+    };
+    NodeSpec {
+        name,
+        disks: o.disks,
+        disk_gib: o.disk_gib,
+        memory_mib: o.memory_mib,
+        cpus: o.cpus,
+        machine: o.machine,
+        cmdline: cmdline.to_string(),
+        fresh: o.fresh,
+        index: i as u8,
+        usb: o.usb,
+        shares: o.shares.clone(),
+        net: Net::User,
+    }
+}
+
+/// `microvm, tcg` or `q35, USB stick, UEFI, kvm`: how the nodes boot.
+fn describe(o: &Options, accel: &str) -> String {
+    format!(
+        "{}{}, {accel}",
+        if o.machine == Machine::Microvm {
+            "microvm"
+        } else {
+            "q35"
+        },
+        match o.usb {
+            Some(Firmware::Bios) => ", USB stick, BIOS",
+            Some(Firmware::Uefi) => ", USB stick, UEFI",
+            None => "",
+        },
+    )
 }
