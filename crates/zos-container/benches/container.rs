@@ -89,12 +89,8 @@ fn stats(v: &mut [Duration]) -> (f64, f64) {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            eprintln!("SKIP: the container benchmark needs root");
-            return;
-        }
-        panic!("the container benchmark needs root (set ZOS_SKIP_PRIVILEGED=1 to skip)");
+    if !zos_testkit::Needs::root().check("container benchmark") {
+        return;
     }
     let n: usize = std::env::var("ZOS_BENCH_N")
         .ok()

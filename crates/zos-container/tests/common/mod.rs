@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use zos_testkit::Needs;
+
 use zos_container::{ContainerSpec, Libcontainer, Runtime, RuntimeConfig, Signal};
 
 /// Generous bound for anything that should take milliseconds (never a timing assertion).
@@ -19,39 +21,18 @@ const APPLETS: &[&str] = &[
 /// Fail loudly unless the machine can run containers; with `ZOS_SKIP_PRIVILEGED=1` print a
 /// SKIP line instead and return false.
 pub fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
     let static_busybox = std::fs::read(BUSYBOX)
         .map(|b| is_static_elf64(&b))
         .unwrap_or(false);
-    if !static_busybox {
-        missing.push(format!(
-            "a static {BUSYBOX} (apt-get install -y busybox-static)"
-        ));
-    }
-    if !Path::new("/sys/fs/cgroup/memory").is_dir()
-        && !Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-    {
-        missing.push("cgroups (v1 memory controller or cgroup2)".to_string());
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    skip_or_fail(test, &format!("needs {}", missing.join(", ")));
-    false
-}
-
-/// With `ZOS_SKIP_PRIVILEGED=1`: one `SKIP: <test>: <reason>` line on the real stderr
-/// (eprintln! is captured and hidden for a passing test). Otherwise: panic.
-pub fn skip_or_fail(test: &str, reason: &str) {
-    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        let line = format!("SKIP: {test}: {reason}\n");
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-    } else {
-        panic!("{test}: {reason} (set ZOS_SKIP_PRIVILEGED=1 to skip)");
-    }
+    let cgroups = Path::new("/sys/fs/cgroup/memory").is_dir()
+        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    Needs::root()
+        .that(
+            static_busybox,
+            format!("a static {BUSYBOX} (apt-get install -y busybox-static)"),
+        )
+        .that(cgroups, "cgroups (v1 memory controller or cgroup2)")
+        .check(test)
 }
 
 /// An ELF64 without a PT_INTERP program header needs no dynamic loader in the rootfs.
@@ -69,9 +50,7 @@ fn is_static_elf64(b: &[u8]) -> bool {
 }
 
 pub fn random_id() -> String {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).unwrap();
-    format!("zt-{}", hex::encode(b))
+    zos_testkit::tag(6)
 }
 
 /// Build a minimal rootfs: static busybox plus applet symlinks and the usual mount points.
@@ -104,10 +83,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("zt-ctr-")
-            .tempdir()
-            .unwrap();
+        let dir = zos_testkit::tempdir("ctr");
         busybox_rootfs(&dir.path().join("rootfs"));
         let rt = Libcontainer::new(RuntimeConfig::under(&dir.path().join("run"))).unwrap();
         Fixture { dir, rt }
