@@ -358,7 +358,8 @@ workload = obj(
 )
 deployment = obj(
     {"workloads": list_of(workload)},
-    {"networks": list_of(obj({"name": anything, "subnet": anything})),
+    {"networks": list_of(obj({"name": anything, "subnet": anything},
+                             {"egress_allow": list_of(anything)})),
      "volumes": list_of(obj({"name": anything, "size_mib": anything}, {"disk": anything})),
      "publish_logs": anything},
 )
