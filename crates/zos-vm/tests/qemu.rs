@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use zos_vm::{
@@ -21,35 +21,13 @@ fn sample_boot() -> PathBuf {
 
 /// Fail loudly unless this can run; with `ZOS_SKIP_PRIVILEGED=1` print a SKIP line.
 fn runnable(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
-    let qemu = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !qemu {
-        missing.push("qemu-system-x86_64 (apt-get install -y qemu-system-x86)".into());
-    }
-    if !sample_boot().join("vmlinux").exists() {
-        missing.push("the sample VM (cargo xtask flist vm)".into());
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("{test} needs {}", missing.join(", "));
-    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // The real stderr: libtest captures print!/eprint! of a passing test.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIP: {reason}\n").as_bytes(),
-        );
-        return false;
-    }
-    panic!("{reason}");
+    zos_testkit::Needs::root()
+        .bin_from("qemu-system-x86_64", "qemu-system-x86")
+        .file(
+            sample_boot().join("vmlinux"),
+            "the sample VM (cargo xtask flist vm)",
+        )
+        .check(test)
 }
 
 fn ip(args: &[&str]) {

@@ -10,12 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-/// Prints the counted `SKIP:` line of a test that cannot run here, to the real stderr:
-/// libtest captures `println!`/`eprintln!` of a passing test, not a direct write.
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {why}");
-}
+/// Prints the counted `SKIP: <test>: <why>` line of a test that cannot run here, to
+/// the real stderr (the kit's: crates/zos-testkit).
+pub use zos_testkit::skip_line as skip;
 
 /// Whether `program` is installed in one of the system's bin directories.
 pub fn on_path(program: &str) -> bool {

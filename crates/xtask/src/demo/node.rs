@@ -489,7 +489,7 @@ fn connect_from(netns: &str, addr: &str, send: &[u8]) -> anyhow::Result<String> 
             match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
                 Ok(mut s) => {
                     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    s.write_all(&send)?;
+                    s.write_all(send)?;
                     let mut line = String::new();
                     BufReader::new(&mut s).read_line(&mut line)?;
                     return Ok(line);
