@@ -8,12 +8,17 @@
 //!   peer-to-peer on a root-only unix socket, no bus daemon. It has properties only,
 //!   all read-only: nothing on it changes the node.
 //! - [`client`]: what `zos status` uses to read it.
+//! - [`live`]: the status while the agent runs: served, painted, and kept current from
+//!   the machine and the engine's summaries.
 //!
 //! A unix socket is not a network listener: nothing here opens a TCP or UDP socket.
+
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod console;
 mod error;
+pub mod live;
 pub mod model;
 pub mod render;
 pub mod server;

@@ -227,8 +227,7 @@ pub fn serve(path: &Path, status: StatusReceiver) -> Result<StatusServer, Status
 
 async fn accept_loop(listener: UnixListener, status: StatusReceiver) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let own_uid = unsafe { libc::geteuid() };
+    let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
