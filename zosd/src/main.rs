@@ -5,7 +5,6 @@
 //! workloads as the contracts say. It opens no TCP or UDP listening socket; its only
 //! listener is a root-only unix socket serving read-only status (docs/status.md).
 
-mod clock_floor;
 mod config;
 mod kernel_names;
 mod node;

@@ -14,34 +14,49 @@ use crate::config::NodeConfig;
 use crate::kernel_names::KernelNames;
 use crate::provisioner::NodeProvisioner;
 use crate::rootfs::Rootfs;
-use crate::status::LocalStatus;
 use crate::vms::Vms;
 use crate::workloads::Workloads;
+use zos_status::live::LiveStatus;
 
 /// State home key of the node's ed25519 seed.
 const IDENTITY_KEY: &str = zos_storage::IDENTITY_KEY;
 /// State home key of the engine's journal.
-const JOURNAL_KEY: &str = "journal";
+pub const JOURNAL_KEY: &str = "journal";
+/// State home key of the clock floor (docs/security.md, H3).
+const CLOCK_FLOOR_KEY: &str = "clock-floor";
 
-/// The engine's journal in the node state home: replicated on every pool, so the
-/// node remembers what it owns when a disk dies.
-pub struct StateJournal(pub Arc<Storage>);
+/// One record of the node state home, replicated on every pool (so the node remembers
+/// what it owns when a disk dies): the engine's journal, the clock floor.
+pub struct StateRecord(pub Arc<Storage>, pub &'static str);
 
-impl JournalStore for StateJournal {
+impl StateRecord {
     fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
-        self.0
-            .state()
-            .read(JOURNAL_KEY)
-            .map(|r| r.map(|r| r.data))
+        let read = self.0.state().read(self.1);
+        read.map(|r| r.map(|r| r.data))
             .map_err(std::io::Error::other)
     }
 
     fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0
-            .state()
-            .write(JOURNAL_KEY, bytes)
-            .map(|_| ())
-            .map_err(std::io::Error::other)
+        let written = self.0.state().write(self.1, bytes);
+        written.map(|_| ()).map_err(std::io::Error::other)
+    }
+}
+
+impl JournalStore for StateRecord {
+    fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
+        StateRecord::load(self)
+    }
+    fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
+        StateRecord::save(self, bytes)
+    }
+}
+
+impl zos_uplink::home_floor::FloorStore for StateRecord {
+    fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
+        StateRecord::load(self)
+    }
+    fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
+        StateRecord::save(self, bytes)
     }
 }
 
@@ -140,22 +155,25 @@ fn hypervisor(cfg: &NodeConfig) -> anyhow::Result<zos_vm::Qemu> {
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // First: a SIGTERM from now on is kept, whatever the agent is doing when it comes.
     let stop = Stop::listen()?;
-    let mut status = LocalStatus::start(&cfg);
+    let mut status = crate::status::start(&cfg);
     let result = serve(cfg, &mut status, &stop).await;
-    status.finish(&result);
+    crate::status::finish(&status, &result);
     result
 }
 
-async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow::Result<()> {
+async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow::Result<()> {
     let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
     let key = identity(&storage)?;
     // The time never goes back below what this node has seen (before expiry decides
     // anything): docs/security.md, H3.
-    tokio::task::block_in_place(|| crate::clock_floor::restore(&storage, &cfg.state_dir));
-    let _clock_floor = crate::clock_floor::keep(storage.clone());
+    let floor = Arc::new(StateRecord(storage.clone(), CLOCK_FLOOR_KEY));
+    let pid1_floor = cfg.state_dir.join(zos_uplink::boot::CLOCK_FLOOR);
+    tokio::task::block_in_place(|| zos_uplink::home_floor::restore(&*floor, &pid1_floor));
+    let _clock_floor = zos_uplink::home_floor::keep(floor);
     let node = key.public();
     status.set(|s| s.node = node.to_string());
-    let journal = Journal::open(StateJournal(storage.clone())).context("opening the journal")?;
+    let journal =
+        Journal::open(StateRecord(storage.clone(), JOURNAL_KEY)).context("opening the journal")?;
 
     let mut net_cfg = NetworkConfig::new(&cfg.network.uplink);
     net_cfg.prefix = cfg.network.prefix.clone();
@@ -168,7 +186,8 @@ async fn serve(cfg: NodeConfig, status: &mut LocalStatus, stop: &Stop) -> anyhow
 
     let capacity = capacity(&cfg, &storage)?;
     tracing::info!(?capacity, "capacity offered to contracts");
-    status.refresh(storage.clone(), cfg.network.node_netns.clone(), capacity);
+    let netns = cfg.network.node_netns.clone();
+    crate::status::refresh(status, storage.clone(), netns, capacity);
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let provisioner = NodeProvisioner::new(

@@ -13,13 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use zos_init::agent_config::{write_node_config, NODE_CONFIG, STATE_DIR};
 use zos_init::modules::{self, Wanted};
 use zos_init::{mounts, Backoff, BootParams, Init, Linux, ShutdownPlan, Sys};
-
-/// The agent's configuration, generated at every boot from the kernel command line.
-pub const NODE_CONFIG: &str = "/run/zos/node.toml";
-const STATE_DIR: &str = "/var/lib/zos";
 /// The kernel starts init with `HOME=/` and `TERM=linux` only: the agent needs a PATH
 /// for the few helpers the image carries (mkfs.btrfs, btrfs, nft).
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -107,7 +104,7 @@ fn prepare(
 ) -> BootParams {
     // Before the logs: the log level comes from /proc/cmdline, which needs /proc.
     let mounted = mounts::mount_all(sys);
-    ensure_console();
+    zos_init::console::ensure_console();
     let cmdline = sys
         .read_file(Path::new("/proc/cmdline"))
         .unwrap_or_default();
@@ -160,66 +157,19 @@ fn prepare(
         Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
     }
 
-    mount_shares(&params.shares);
+    mounts::mount_shares(&params.shares);
     let buttons = zos_init::power_button::watch(zos_init::power_button::signal_power_off);
     tracing::info!(?buttons, "power button: a press powers the node off");
 
     // The address and the clock before the agent verifies any signature's expiry.
-    let uplink = uplink_iface();
-    uplink::bring_up(&uplink);
+    let uplink = zos_uplink::boot::uplink_iface(Path::new("/sys/class/net"));
+    zos_uplink::boot::bring_up(&uplink, Path::new(STATE_DIR));
 
     let disks = boot_disks();
     if let Err(error) = write_node_config(Path::new(NODE_CONFIG), &params, &uplink, &disks) {
         tracing::error!(%error, path = NODE_CONFIG, "writing the agent's configuration");
     }
     params
-}
-
-/// `zos.share=<tag>:<path>`: the hypervisor's virtio-9p shares (9pnet_virtio is loaded
-/// by now), each at its path. A share that fails is logged; the agent then says what it
-/// cannot reach.
-fn mount_shares(shares: &[zos_init::Share]) {
-    use nix::mount::{mount, MsFlags};
-    for share in shares {
-        let mounted = std::fs::create_dir_all(&share.path)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                mount(
-                    Some(share.tag.as_str()),
-                    share.path.as_str(),
-                    Some("9p"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    // No page cache: the host writes the same files (a notary's records).
-                    Some("trans=virtio,version=9p2000.L,msize=262144,cache=none"),
-                )
-                .map_err(|e| e.to_string())
-            });
-        match mounted {
-            Ok(()) => tracing::info!(tag = %share.tag, path = %share.path, "share mounted"),
-            Err(error) => {
-                tracing::error!(tag = %share.tag, path = %share.path, %error, "mounting a share")
-            }
-        }
-    }
-}
-
-/// The kernel opens `/dev/console` as init's stdin, stdout and stderr only if the image
-/// has that node; once devtmpfs is mounted it exists: open it then, so the console shows
-/// the logs.
-fn ensure_console() {
-    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
-    if fcntl(2, FcntlArg::F_GETFD).is_ok() {
-        return;
-    }
-    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY;
-    if let Ok(fd) = open("/dev/console", flags, nix::sys::stat::Mode::empty()) {
-        for target in 0..3 {
-            let _ = nix::unistd::dup2(fd, target);
-        }
-        if fd > 2 {
-            let _ = nix::unistd::close(fd);
-        }
-    }
 }
 
 /// Logs on the console: no colours (serial consoles end up in files), `zos.debug` for
@@ -261,128 +211,6 @@ fn agent_command(exe: &Path, debug: bool) -> Command {
     c
 }
 
-/// The uplink at boot, with zos-uplink (docs/uplink.md): a DHCPv4 lease applied to the
-/// interface, then the clock from the lease's NTP servers, under the clock policy
-/// (floor, forward bound). Best effort: without either
-/// the agent still starts, and says what fails (an unreachable notary, expired
-/// signatures).
-mod uplink {
-    use std::net::SocketAddr;
-    use std::path::Path;
-    use std::time::Duration;
-
-    use zos_uplink::{clock, dhcp, sntp};
-
-    use super::STATE_DIR;
-
-    /// The clock floor's file, in the state directory.
-    const CLOCK_FLOOR: &str = "clock-floor";
-    /// How often the clock is synchronised again.
-    const RESYNC: Duration = Duration::from_secs(3600);
-    /// How often the floor is carried forward to now and persisted.
-    const FLOOR_EVERY: Duration = Duration::from_secs(600);
-
-    /// Renews, rebinds and re-acquires the lease for as long as the node runs (or keeps
-    /// asking for one when the boot got none), on a thread of PID 1's own: zos-uplink's
-    /// `dhcp::keep`, which sleeps until T1.
-    fn keep_lease(iface: &str, lease: Option<dhcp::Lease>, cfg: dhcp::DhcpConfig) {
-        let iface = iface.to_owned();
-        let spawned = std::thread::Builder::new()
-            .name("dhcp-lease".into())
-            .spawn(move || match lease {
-                Some(lease) => dhcp::keep(&iface, lease, &cfg, |_| {}),
-                None => dhcp::acquire_and_keep(&iface, &cfg, |_| {}),
-            });
-        if let Err(error) = spawned {
-            tracing::error!(%error, "no thread to keep the DHCP lease: it will expire");
-        }
-    }
-
-    pub fn bring_up(iface: &str) -> Option<dhcp::Lease> {
-        // Three tries per stage (4 + 8 + 16 s): a node without DHCP starts its agent
-        // within half a minute anyway (and keeps asking in the background).
-        let cfg = dhcp::DhcpConfig {
-            attempts: 3,
-            ..dhcp::DhcpConfig::default()
-        };
-        let lease = match dhcp::acquire(iface, &cfg)
-            .and_then(|l| dhcp::apply(iface, &l).map(|()| l))
-        {
-            Ok(lease) => lease,
-            Err(error) => {
-                tracing::error!(%iface, %error, "no DHCP lease: the uplink stays unconfigured; asking again every 30 s");
-                keep_lease(iface, None, cfg);
-                // No servers: the clock only comes up to its floor.
-                keep_clock(Vec::new());
-                return None;
-            }
-        };
-        keep_lease(iface, Some(lease.clone()), cfg);
-        let servers = lease.ntp_servers();
-        if servers.is_empty() {
-            tracing::warn!(%iface, "the DHCP lease names no NTP server: the clock stays the RTC's (never below its floor)");
-        }
-        keep_clock(servers);
-        Some(lease)
-    }
-
-    /// The clock under zos-uplink's policy (docs/uplink.md, "Clock"): synchronised now,
-    /// before the agent verifies any expiry, then every [`RESYNC`] on a thread of PID
-    /// 1's own, which also persists the floor every [`FLOOR_EVERY`]. Never below the
-    /// floor in `<state dir>/clock-floor`; never more than a day forward on one
-    /// server's word. Without servers the clock only comes up to the floor.
-    pub fn keep_clock(servers: Vec<SocketAddr>) {
-        let mut floor = clock::Floor::new(clock::FloorFile::new(
-            Path::new(STATE_DIR).join(CLOCK_FLOOR),
-        ));
-        sync_clock(&servers, &mut floor);
-        let spawned = std::thread::Builder::new()
-            .name("clock".into())
-            .spawn(move || {
-                let per_sync = (RESYNC.as_secs() / FLOOR_EVERY.as_secs()).max(1);
-                for round in 1u64.. {
-                    std::thread::sleep(FLOOR_EVERY);
-                    if round % per_sync == 0 {
-                        sync_clock(&servers, &mut floor);
-                    } else if let Err(error) = floor.advance() {
-                        tracing::warn!(%error, "clock floor not persisted");
-                    }
-                }
-            });
-        if let Err(error) = spawned {
-            tracing::error!(%error, "no thread to keep the clock: it is not re-synchronised");
-        }
-    }
-
-    fn sync_clock(servers: &[SocketAddr], floor: &mut clock::Floor) {
-        if servers.is_empty() {
-            if let Some(t) = clock::floor_step(std::time::SystemTime::now(), floor.current()) {
-                match sntp::set_clock(t) {
-                    Ok(()) => tracing::warn!("clock was below its floor: stepped up to it"),
-                    Err(error) => tracing::error!(%error, "clock below its floor, not stepped"),
-                }
-            }
-            return;
-        }
-        // Logged by zos-uplink (the refusal names the server and the rule).
-        let _ = clock::sync(servers, floor, Duration::from_secs(2));
-    }
-}
-
-/// The uplink: the first network interface backed by a device (not lo, not virtual),
-/// by name; `eth0` if there is none yet (no udev: kernel names).
-fn uplink_iface() -> String {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("device").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names.into_iter().next().unwrap_or_else(|| "eth0".into())
-}
-
 /// The disks that may hold pools: every disk of the machine that zos-storage's policy
 /// accepts (blank, or carrying one of our pools; not removable, virtual, read-only,
 /// in use or foreign). Refused ones are logged with the reason.
@@ -408,76 +236,11 @@ fn boot_disks() -> Vec<PathBuf> {
     disks
 }
 
-/// The agent's node.toml (docs/zosd.md) from the boot parameters and the disks found
-/// at boot ([`boot_disks`]); the agent refuses a configuration without any disk, and
-/// is restarted with backoff. No notary on the command line leaves `notary` out: the
-/// agent says so.
-pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> String {
-    use toml::{Table, Value};
-    let mut t = Table::new();
-    if let Some(n) = &params.notary {
-        t.insert("notary".into(), Value::String(n.clone()));
-    }
-    if let Some(f) = &params.farm {
-        t.insert("farm".into(), Value::String(f.clone()));
-    }
-    t.insert("state_dir".into(), Value::String(STATE_DIR.into()));
-    t.insert("log_format".into(), Value::String("pretty".into()));
-    t.insert("console".into(), Value::String("/dev/console".into())); // the status screen (docs/status.md)
-                                                                      // dir:// flists and stores only from the hypervisor's shares (zos.share=): nothing
-                                                                      // else of the node is a store.
-    let roots = params
-        .shares
-        .iter()
-        .map(|s| Value::String(s.path.clone()))
-        .collect();
-    t.insert("store_roots".into(), Value::Array(roots));
-    let mut storage = Table::new();
-    storage.insert(
-        "pools_root".into(),
-        Value::String(format!("{STATE_DIR}/pools")),
-    );
-    let disks = disks
-        .iter()
-        .map(|d| Value::String(d.to_string_lossy().into_owned()))
-        .collect();
-    storage.insert("disks".into(), Value::Array(disks));
-    t.insert("storage".into(), Value::Table(storage));
-    let mut network = Table::new();
-    network.insert("uplink".into(), Value::String(uplink.into()));
-    t.insert("network".into(), Value::Table(network));
-    format!(
-        "# Written by zosd (PID 1) from the kernel command line at boot (runmode {}); \
-         edits are lost at the next boot.\n{}",
-        params.runmode,
-        toml::to_string(&t).expect("a TOML table serialises")
-    )
-}
-
-fn write_node_config(
-    path: &Path,
-    params: &BootParams,
-    uplink: &str,
-    disks: &[PathBuf],
-) -> anyhow::Result<()> {
-    if params.notary.is_none() {
-        tracing::error!("no zos.notary= on the kernel command line: the agent cannot start");
-    }
-    let dir = path.parent().context("config path has a parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // /run is a fresh tmpfs: no one to race with, but never leave half a file.
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, node_config(params, uplink, disks))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    tracing::info!(path = %path.display(), %uplink, "agent configuration written");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::NodeConfig;
+    use zos_init::agent_config::node_config;
     use zos_init::RunMode;
 
     #[test]
