@@ -30,33 +30,14 @@ fn sample_vm() -> PathBuf {
 }
 
 fn vm_ready(test: &str) -> bool {
-    if !privileged(test) {
-        return false;
-    }
-    let mut missing = Vec::new();
-    if !sample_vm().join("boot/vmlinux").is_file() {
-        missing.push("the sample VM (cargo xtask flist vm)");
-    }
-    if std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        missing.push("qemu-system-x86_64 (apt-get install -y qemu-system-x86)");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("{test} needs {}", missing.join(", "));
-    if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        // The real stderr: libtest captures print!/eprint! of a passing test.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIP: {reason}\n").as_bytes(),
-        );
-        return false;
-    }
-    panic!("{reason}");
+    privileged(test)
+        && zos_testkit::Needs::none()
+            .file(
+                sample_vm().join("boot/vmlinux"),
+                "the sample VM (cargo xtask flist vm)",
+            )
+            .bin_from("qemu-system-x86_64", "qemu-system-x86")
+            .check(test)
 }
 
 /// Packs `rootfs` into a signed flist in `dir`; returns (url, sha256, store url).
@@ -642,4 +623,165 @@ fn attack_qemu_is_confined() {
         field("NoNewPrivs:"),
         pool.display()
     );
+}
+
+/// The VM trees on the node's pools: `(subvolume path, its quota)` of every
+/// `vmtree-*` volume, read through zos-storage from the pools zosd mounted.
+fn vm_trees(node: &Node) -> Vec<(PathBuf, u64)> {
+    let root = node.dir.path().join("pools");
+    let pools = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|p| zos_storage::Pool {
+            label: p.file_name().to_string_lossy().into_owned(),
+            kind: zos_storage::PoolKind::Ssd,
+            disk: None,
+            device: None,
+            mountpoint: p.path(),
+            status: zos_storage::PoolStatus::Online,
+        })
+        .collect();
+    let storage = zos_storage::Storage::with_pools(zos_storage::Kernel, root, pools);
+    storage
+        .volumes()
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.name.starts_with("vmtree-"))
+        .map(|v| (v.path, v.size))
+        .collect()
+}
+
+/// Files named `name` anywhere under `dir` (no links followed).
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if e.file_name() == name {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// #13 item 5: a VM's kernel tree (the unpacked flist it boots from) is on a pool, in
+/// a subvolume of its own with a quota (`vmtree-<id>`, 256 MiB for a VM of 32 MiB of
+/// disk), not under the state dir (tmpfs on a booted node); the cancel removes it.
+#[test]
+fn a_vm_kernel_tree_lives_on_the_pool_in_a_quota_subvolume() {
+    let test = "a_vm_kernel_tree_lives_on_the_pool_in_a_quota_subvolume";
+    if !vm_ready(test) {
+        return;
+    }
+    let p = people();
+    let mut node = Node::new(512);
+    let key = node.start();
+    let vm_flist = pack(&node.dir.path().join("vmfl"), &sample_vm(), &p.publisher);
+    let id = node.id("tree");
+    let doc = signed_contract(
+        &p,
+        key,
+        &id,
+        1,
+        "10.90.0.0/24",
+        vec![vm_workload(&p, &vm_flist)],
+    );
+    node.publish(&record(&p, key, &doc));
+    node.wait_status(&id, "ok", |s| s["state"] == "ok");
+    wait_console(&node, "vm-echo: vm eth0 10.90.0.2/24 up");
+
+    let in_state = files_named(&node.state(), "vmlinux");
+    let trees = vm_trees(&node);
+    eprintln!(
+        "{test}: vmlinux under the state dir: {in_state:?}; VM trees on the pools: {trees:?}"
+    );
+    assert_eq!(
+        in_state,
+        Vec::<PathBuf>::new(),
+        "a VM tree under the state dir"
+    );
+    assert_eq!(trees.len(), 1, "one VM tree subvolume: {trees:?}");
+    let (tree, quota) = &trees[0];
+    assert_eq!(*quota, 256 << 20, "the VM tree's quota");
+    let kernels = files_named(tree, "vmlinux");
+    assert_eq!(
+        kernels.len(),
+        1,
+        "the kernel in the VM's subvolume: {kernels:?}"
+    );
+
+    node.publish(&cancel_record(&p, key, &id, 2));
+    node.wait_status(&id, "cancelled", |s| s["state"] == "cancelled");
+    assert_eq!(
+        vm_trees(&node),
+        Vec::new(),
+        "the VM tree survived the cancel"
+    );
+    assert_eq!(vdisks(&node), 0, "vdisks left");
+}
+
+/// Attack (#13 item 5): a VM flist whose tree is larger than the VM's tree quota (the
+/// sample kernel plus a 300 MiB file; a VM of 32 MiB of disk gets 256 MiB). Refused
+/// with the flist bound's error before anything is written; no QEMU, no tree on the
+/// pool or under the state dir, no vdisk.
+#[test]
+fn attack_a_vm_tree_beyond_its_quota_is_refused_and_leaves_nothing() {
+    let test = "attack_a_vm_tree_beyond_its_quota_is_refused_and_leaves_nothing";
+    if !vm_ready(test) {
+        return;
+    }
+    let p = people();
+    let mut node = Node::new(512);
+    let key = node.start();
+    let root = node.dir.path().join("bigvm/root");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    for f in ["boot/vmlinux", "boot/initrd.img"] {
+        std::fs::copy(sample_vm().join(f), root.join(f)).unwrap();
+    }
+    // Sparse: its blocks are all the same zero block in the store.
+    std::fs::File::create(root.join("zt-ballast"))
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let flist = pack(&node.dir.path().join("bigvm"), &root, &p.publisher);
+
+    let id = node.id("big");
+    let doc = signed_contract(
+        &p,
+        key,
+        &id,
+        1,
+        "10.91.0.0/24",
+        vec![vm_workload(&p, &flist)],
+    );
+    node.publish(&record(&p, key, &doc));
+    let s = node.wait_status(&id, "refused", |s| s["state"] != "provisioning");
+    let message = s["message"].as_str().unwrap_or_default();
+    eprintln!("{test}: state {} message {message}", s["state"]);
+    let ballast: Vec<PathBuf> = [node.state(), node.dir.path().join("pools")]
+        .iter()
+        .flat_map(|d| files_named(d, "zt-ballast"))
+        .collect();
+    eprintln!(
+        "{test}: ballast on the node: {ballast:?}; VM trees: {:?}",
+        vm_trees(&node)
+    );
+    assert!(
+        s["state"] == "error" && message.contains("more than the bound of 268435456"),
+        "{s:#}"
+    );
+    assert_eq!(
+        ballast,
+        Vec::<PathBuf>::new(),
+        "the oversized tree was written"
+    );
+    assert_eq!(vm_trees(&node), Vec::new(), "a VM tree subvolume is left");
+    assert_eq!(vm_dirs(&node), 0, "a VM run directory was made");
+    assert_eq!(qemu_pid(&node), None, "QEMU started");
+    assert_eq!(vdisks(&node), 0, "a vdisk was made");
 }

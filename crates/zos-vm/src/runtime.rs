@@ -321,7 +321,7 @@ impl VmRuntime {
     }
 
     /// The state of the VM with kernel id `id`; `None` when none exists.
-    fn state_of(&self, id: &str) -> Option<WorkloadState> {
+    pub fn state_of(&self, id: &str) -> Option<WorkloadState> {
         match self.hv.state(id) {
             Ok(Some(VmState::Running { .. })) => Some(WorkloadState::Running),
             // The exit status of a daemonized QEMU is not ours to collect.
@@ -370,18 +370,9 @@ impl WorkloadRuntime for VmRuntime {
         plan: &WorkloadPlan,
         placement: &Placement,
     ) -> Result<WorkloadStatus, ProvisionError> {
-        let name = &plan.name;
         // A tampered kernel block fails here, before QEMU ever starts.
         let tree = self.tree(plan, &placement.kernel_id)?;
-        let spec = self.spec(plan, placement, &tree)?;
-        let started = self.hv.start(&spec).map_err(|e| vm_err(name, e))?;
-        tracing::info!(workload = %name, pid = started.pid, accel = %started.accel, "VM running");
-        Ok(WorkloadStatus {
-            state: WorkloadState::Running,
-            address: plan.network.as_ref().map(|(_, ip)| *ip),
-            log_tail: self.tail(&placement.kernel_id),
-            runtime: Some(format!("qemu/{}", started.accel)),
-        })
+        self.start(plan, placement, &tree)
     }
 
     /// As [`WorkloadRuntime::ensure`]: its tree is on the pool already (returned as it
@@ -396,19 +387,10 @@ impl WorkloadRuntime for VmRuntime {
 
     /// QEMU and its run files, its root vdisk and its tree subvolume (volumes stay).
     fn remove(&self, name: &str) -> Result<(), ProvisionError> {
-        let Some(id) = self.ids.id_of(name) else {
-            return Ok(());
-        };
-        if self.hv.names().iter().any(|n| *n == id) {
-            self.hv.remove(&id).map_err(|e| vm_err(name, e))?;
+        match self.ids.id_of(name) {
+            Some(id) => self.remove_id(name, &id),
+            None => Ok(()),
         }
-        self.storage
-            .vdisk_remove(&id)
-            .map_err(|e| storage_err(name, e))?;
-        self.storage
-            .volume_remove(&tree_volume(&id))
-            .map_err(|e| storage_err(name, e))?;
-        Ok(())
     }
 
     fn state(&self, name: &str) -> Option<WorkloadState> {
@@ -416,16 +398,58 @@ impl WorkloadRuntime for VmRuntime {
     }
 
     fn status(&self, name: &str) -> Option<WorkloadStatus> {
-        let id = self.ids.id_of(name)?;
-        self.state_of(&id).map(|state| WorkloadStatus {
-            state,
-            address: None,
-            log_tail: self.tail(&id),
-            runtime: self.hv.accel_of(&id).map(|a| format!("qemu/{a}")),
-        })
+        self.status_of(&self.ids.id_of(name)?)
     }
 
     fn names(&self) -> BTreeSet<String> {
         self.ids().iter().map(|id| self.ids.name_of(id)).collect()
+    }
+}
+
+impl VmRuntime {
+    /// Starts the VM from its verified `tree` (its disks first), or finds it running.
+    pub fn start(
+        &self,
+        plan: &WorkloadPlan,
+        placement: &Placement,
+        tree: &Path,
+    ) -> Result<WorkloadStatus, ProvisionError> {
+        let name = &plan.name;
+        let spec = self.spec(plan, placement, tree)?;
+        let started = self.hv.start(&spec).map_err(|e| vm_err(name, e))?;
+        tracing::info!(workload = %name, pid = started.pid, accel = %started.accel, "VM running");
+        Ok(WorkloadStatus {
+            state: WorkloadState::Running,
+            address: plan.network.as_ref().map(|(_, ip)| *ip),
+            log_tail: self.tail(&placement.kernel_id),
+            runtime: Some(format!("qemu/{}", started.accel)),
+        })
+    }
+
+    /// Stops the VM with kernel id `id` (workload `name`, for errors) and removes its
+    /// run files, its root vdisk and its tree subvolume (volumes stay). Nothing of that
+    /// id is fine.
+    pub fn remove_id(&self, name: &str, id: &str) -> Result<(), ProvisionError> {
+        if self.hv.names().iter().any(|n| n == id) {
+            self.hv.remove(id).map_err(|e| vm_err(name, e))?;
+        }
+        self.storage
+            .vdisk_remove(id)
+            .map_err(|e| storage_err(name, e))?;
+        self.storage
+            .volume_remove(&tree_volume(id))
+            .map_err(|e| storage_err(name, e))?;
+        Ok(())
+    }
+
+    /// The state of the VM with kernel id `id` and its console's last lines; `None`
+    /// when none exists.
+    pub fn status_of(&self, id: &str) -> Option<WorkloadStatus> {
+        self.state_of(id).map(|state| WorkloadStatus {
+            state,
+            address: None,
+            log_tail: self.tail(id),
+            runtime: self.hv.accel_of(id).map(|a| format!("qemu/{a}")),
+        })
     }
 }
