@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
+use zos_testkit::Needs;
 
 use crate::{cargo, flists, packages, root, target_dir};
 
@@ -36,9 +37,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     verdict(workspace, replay, &skips)
 }
 
+/// The effective uid must be 0: asked through the test kit's [`Needs::root`] (nix's
+/// `geteuid`), the same check the privileged tests make.
 fn require_root() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !Needs::root().missing().is_empty() {
         bail!("cargo xtask test runs privileged tests (loop devices, namespaces, FUSE, containers): run it as root");
     }
     Ok(())
