@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -19,9 +18,9 @@ use std::time::{Duration, Instant};
 use common::netfix::INET_IP;
 use common::*;
 use serde_json::{json, Value};
-use zos_contract::{Blueprint, BlueprintRef, Contract, Limits, PublicKey, SignedContract};
-use zos_network::netns;
+use zos_contract::{PublicKey, SignedContract};
 use zos_network::nft::EGRESS_DENY_COMMENT;
+use zos_testkit::contract as kit;
 
 /// The LAN host: an address of the internet namespace (the farm's router), in
 /// 192.168.0.0/16, which the node's default `egress_deny` closes.
@@ -47,38 +46,25 @@ fn lan_contract(
         net["egress_allow"] = json!(["{{lan}}"]);
         params = json!({"lan": {"type": "string", "pattern": "[0-9./]*", "max_len": 18}});
     }
-    let bp: Blueprint = serde_json::from_value(json!({
-        "name": "probe",
-        "version": "1.0.0",
-        "params": params,
-        "body": {
-            "networks": [net],
-            "volumes": [{"name": "data", "size_mib": 64}],
-            "workloads": [workload],
-            "publish_logs": true
-        }
-    }))
-    .unwrap();
-    let bp = bp.sign(&p.expert, &Limits::default()).unwrap();
-    let mut values = BTreeMap::new();
+    let bp = kit::signed_blueprint(
+        &p.expert,
+        json!({
+            "name": "probe",
+            "version": "1.0.0",
+            "params": params,
+            "body": {
+                "networks": [net],
+                "volumes": [{"name": "data", "size_mib": 64}],
+                "workloads": [workload],
+                "publish_logs": true
+            }
+        }),
+    );
+    let mut c = kit::contract(p.owner.public(), node, id, 1, bp);
     if let Some(lan) = lan {
-        values.insert("lan".to_string(), json!(lan));
+        c.params.insert("lan".into(), json!(lan));
     }
-    let c = Contract {
-        id: id.into(),
-        version: 1,
-        owner: p.owner.public(),
-        nodes: vec![node],
-        blueprint: BlueprintRef::Embedded(bp.to_value()),
-        params: values,
-        stakeholders: vec![],
-        threshold: 0,
-        not_before: None,
-        expires: Some(4_000_000_000),
-    };
-    let mut doc = SignedContract::new(c).unwrap();
-    doc.sign(&p.owner).unwrap();
-    doc
+    kit::signed(c, &[&p.owner])
 }
 
 /// The probe: reach the internet (retried: a fresh link may drop the first packets),
@@ -95,10 +81,9 @@ fn probe_script(payload: &str) -> String {
 
 /// A listener bound to `addr` inside namespace `ns` (non-blocking).
 fn listen(node: &Node, ns: &str, addr: SocketAddr) -> TcpListener {
-    let l = netns::run_at(&node.world.path(ns), || {
-        Ok(TcpListener::bind(addr).expect("bind"))
-    })
-    .unwrap();
+    let l = node
+        .world
+        .run_in(ns, || TcpListener::bind(addr).expect("bind"));
     l.set_nonblocking(true).unwrap();
     l
 }
