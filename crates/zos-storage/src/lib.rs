@@ -5,6 +5,8 @@
 //! pool. Durable node state (identity key, journal) goes through [`Storage::state`].
 //! The API is synchronous: call it from `spawn_blocking`. See `docs/storage.md`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod backend;
 pub mod disk;
 pub mod error;
