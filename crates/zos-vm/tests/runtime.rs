@@ -344,3 +344,41 @@ fn attack_a_vm_tree_beyond_its_quota_is_refused_and_leaves_nothing() {
     );
     assert_eq!(f.runtime.names(), Default::default());
 }
+
+/// A VM flist with one flipped byte in a block of its store: refused (permanent, the
+/// error names the block) before QEMU starts; no tree subvolume, no vdisk.
+#[test]
+fn a_tampered_block_is_refused_before_qemu_starts_and_leaves_nothing() {
+    let test = "a_tampered_block_is_refused_before_qemu_starts_and_leaves_nothing";
+    if !runnable(test) {
+        return;
+    }
+    let f = Fixture::new("c");
+    let plan = f.plan(f.flist(&sample_vm()));
+    let store = f.dir.path().join("flist/store");
+    let shard = std::fs::read_dir(&store).unwrap().flatten().next().unwrap();
+    let block = std::fs::read_dir(shard.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(block.path()).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(block.path(), bytes).unwrap();
+
+    let e = f
+        .runtime
+        .ensure(&plan, &f.placement())
+        .expect_err("a tampered block");
+    eprintln!("{test}: {e}");
+    assert!(e.is_permanent(), "{e}");
+    assert!(e.to_string().contains("block"), "{e}");
+    assert!(f.qemu.names().is_empty(), "QEMU was started");
+    assert_eq!(
+        f.tree_volumes(),
+        Vec::<String>::new(),
+        "a tree subvolume is left"
+    );
+    assert_eq!(f.vdisks(), Vec::<String>::new(), "a vdisk was made");
+}
