@@ -37,6 +37,38 @@ pub enum Phase {
     },
 }
 
+impl Phase {
+    /// The transition table of a contract's phase (model: zinit's
+    /// `State::can_transition_to`). `Provisioning` is where every version starts
+    /// (admission writes a new version in it, whatever the previous one's phase);
+    /// from there:
+    ///
+    /// | from → to| Provisioning | Running | Failed |
+    /// |---|---|---|---|
+    /// | Provisioning | yes (retry)  | yes     | yes    |
+    /// | Running      | yes (update) | yes (re-adopted) | yes (re-adoption failed for good) |
+    /// | Failed       | yes (a new version) | **no** | **no** |
+    ///
+    /// A failed contract runs nothing until its owner publishes a new version: a late
+    /// outcome of a provisioning that was cut short cannot make it `Running`.
+    pub fn can_transition_to(&self, next: &Phase) -> bool {
+        match (self, next) {
+            (_, Phase::Provisioning) => true,
+            (Phase::Provisioning | Phase::Running, Phase::Running | Phase::Failed { .. }) => true,
+            (Phase::Failed { .. }, Phase::Running | Phase::Failed { .. }) => false,
+        }
+    }
+
+    /// The phase's name in the journal.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Provisioning => "provisioning",
+            Phase::Running => "running",
+            Phase::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// A contract this node accepted and owns resources for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owned {
@@ -110,6 +142,13 @@ pub enum JournalError {
     Io(#[from] io::Error),
     #[error("journal is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A phase change the transition table ([`Phase::can_transition_to`]) forbids.
+    #[error("contract {contract}: no transition from {from} to {to}")]
+    IllegalTransition {
+        contract: String,
+        from: &'static str,
+        to: &'static str,
+    },
 }
 
 /// The journal and its store: every mutation is written before it returns.
@@ -155,6 +194,31 @@ impl<S: JournalStore> Journal<S> {
             return Err(e.into());
         }
         Ok(out)
+    }
+}
+
+impl<S: JournalStore> Journal<S> {
+    /// Moves owned contract `id` to `phase` if the transition table allows it
+    /// (unchanged when it already is there; nothing when `id` is not owned).
+    pub fn set_phase(&mut self, id: &str, phase: Phase) -> Result<(), JournalError> {
+        let Some(from) = self.data.owned.get(id).map(|o| &o.phase) else {
+            return Ok(());
+        };
+        if *from == phase {
+            return Ok(());
+        }
+        if !from.can_transition_to(&phase) {
+            return Err(JournalError::IllegalTransition {
+                contract: id.to_string(),
+                from: from.name(),
+                to: phase.name(),
+            });
+        }
+        self.update(|j| {
+            if let Some(o) = j.owned.get_mut(id) {
+                o.phase = phase;
+            }
+        })
     }
 }
 
@@ -227,6 +291,71 @@ mod tests {
         });
         assert!(matches!(err, Err(JournalError::Io(_))));
         assert!(j.data().accepted.is_empty());
+    }
+
+    #[test]
+    fn phase_changes_follow_the_transition_table() {
+        let failed = || Phase::Failed {
+            message: "tampered".into(),
+        };
+        let all = [Phase::Provisioning, Phase::Running, failed()];
+        let allowed: Vec<(&str, &str)> = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (a, b)))
+            .filter(|(a, b)| a.can_transition_to(b))
+            .map(|(a, b)| (a.name(), b.name()))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                ("provisioning", "provisioning"),
+                ("provisioning", "running"),
+                ("provisioning", "failed"),
+                ("running", "provisioning"),
+                ("running", "running"),
+                ("running", "failed"),
+                ("failed", "provisioning"),
+            ]
+        );
+
+        // Through the journal: an illegal change is a typed error and writes nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        let mut j = Journal::open(FileJournal::new(&path)).unwrap();
+        let owner = zos_contract::SecretKey::from_seed([2; 32]).public();
+        j.update(|d| {
+            d.owned.insert(
+                "c".into(),
+                Owned {
+                    id: "c".into(),
+                    version: 1,
+                    digest: Digest::of(b"x"),
+                    owner,
+                    expires: None,
+                    deployment: serde_json::from_value(serde_json::json!({"workloads": []}))
+                        .unwrap(),
+                    phase: Phase::Provisioning,
+                    restarts: BTreeMap::new(),
+                    signers: None,
+                },
+            );
+        })
+        .unwrap();
+        j.set_phase("c", failed()).unwrap();
+        let on_disk = fs::read(&path).unwrap();
+        let err = j.set_phase("c", Phase::Running).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                JournalError::IllegalTransition { contract, from: "failed", to: "running" }
+                    if contract == "c"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(j.owned("c").unwrap().phase, failed());
+        assert_eq!(fs::read(&path).unwrap(), on_disk, "nothing written");
+        // A new version starts over.
+        j.set_phase("c", Phase::Provisioning).unwrap();
     }
 
     #[test]

@@ -12,10 +12,14 @@
 //! The engine does not touch the kernel itself: zosd gives it a provisioner built on
 //! zos-storage, zos-network, zos-flist and zos-container.
 
+#![forbid(unsafe_code)]
+
 pub mod capacity;
+pub mod controllers;
 pub mod engine;
 pub mod journal;
 pub mod names;
+pub mod plan;
 pub mod provision;
 pub mod restart;
 pub mod runtime;
@@ -25,7 +29,7 @@ pub use capacity::{Capacity, OverCapacity};
 pub use engine::{Engine, EngineConfig, EngineError, MAX_TOMBSTONES, VOLUME_GRACE};
 pub use journal::{FileJournal, Journal, JournalStore, Owned, Phase, Retired};
 pub use provision::{
-    Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
+    Inventory, NetworkPlan, ProvisionError, Provisioner, Retry, WorkloadPlan, WorkloadState,
     WorkloadStatus,
 };
 pub use runtime::{Kind, Nic, NicStyle, Placement, Runtimes, WorkloadRuntime};

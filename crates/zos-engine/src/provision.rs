@@ -15,38 +15,73 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use zos_contract::deployment::{Port, Volume, Workload};
 
-/// Why a provisioning step failed. The message is reported in the contract's status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{step} {name}: {message}")]
+/// Whether trying again may help ([`ProvisionError::retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A store away, a busy device: supervision provisions again with backoff.
+    Transient,
+    /// Retrying cannot help (a tampered flist, a refused disk): the contract goes to
+    /// `error` and is not retried until a new version arrives.
+    Permanent,
+}
+
+/// A plain message as an error source (what [`ProvisionError::new`] wraps).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Message(pub String);
+
+/// Why a provisioning step failed. Its display (`step name: source`) is reported in the
+/// contract's status; the source keeps the resource crate's typed error.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {name}: {source}")]
 pub struct ProvisionError {
     /// "volume", "network", "flist", "workload".
     pub step: &'static str,
     pub name: String,
-    pub message: String,
-    /// True when retrying cannot help (a tampered flist, a refused disk): the contract
-    /// goes to `error` and is not retried until a new version arrives.
-    pub permanent: bool,
+    /// What went wrong, as the resource crate said it.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+    pub retry: Retry,
 }
 
 impl ProvisionError {
+    /// A transient error with a message as its source.
     pub fn new(step: &'static str, name: &str, message: impl Into<String>) -> Self {
+        Self::from_source(step, name, Message(message.into()))
+    }
+
+    /// A transient error wrapping `source` (typed: callers can downcast it).
+    pub fn from_source(
+        step: &'static str,
+        name: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         ProvisionError {
             step,
             name: name.to_string(),
-            message: message.into(),
-            permanent: false,
+            source: Box::new(source),
+            retry: Retry::Transient,
         }
     }
 
+    /// The same error, [`Retry::Permanent`].
     pub fn permanent(mut self) -> Self {
-        self.permanent = true;
+        self.retry = Retry::Permanent;
         self
     }
 
     /// [`ProvisionError::permanent`] when `permanent` (the resource crate's verdict).
-    pub fn permanent_if(mut self, permanent: bool) -> Self {
-        self.permanent |= permanent;
-        self
+    pub fn permanent_if(self, permanent: bool) -> Self {
+        if permanent {
+            self.permanent()
+        } else {
+            self
+        }
+    }
+
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.retry == Retry::Permanent
     }
 }
 

@@ -1,0 +1,365 @@
+//! Admission: what a record at one of this node's contract keys does.
+//!
+//! - Inputs: the record ([`read`]), the journal ([`JournalData`]), the blueprint record
+//!   a contract names by digest (fetched by the engine), the wall clock and the node's
+//!   trust settings ([`Inputs`]).
+//! - Actions ([`Action`]): refuse (a status saying why, nothing created), accept (a
+//!   new journal entry, then provisioning), cancel (journal first, then teardown), keep
+//!   a tombstone (an owner's cancellation of a contract the node does not run).
+
+use std::collections::BTreeSet;
+
+use zos_contract::verify::verify_cancellation;
+use zos_contract::{
+    check_update, ContractRecord, Deployment, Digest, Limits, PublicKey, SignedBlueprint,
+    SignedCancellation, SignedContract, Signers, VerifyContext,
+};
+use zos_notary::{KeyKind, Record};
+
+use crate::capacity::{self, Capacity};
+use crate::journal::{JournalData, Owned, Phase};
+use crate::names;
+use crate::status::ReasonReport;
+
+/// How many owner-signed cancellations of a contract this node does not run are kept
+/// per contract id (the highest versions).
+pub const MAX_TOMBSTONES: usize = 8;
+
+/// A record at a contract key of this node, read.
+#[derive(Debug)]
+pub enum RecordInput {
+    Contract(Box<SignedContract>),
+    Cancellation {
+        id: String,
+        cancel: SignedCancellation,
+    },
+    /// It does not parse, or names another id than its key.
+    Malformed {
+        id: String,
+        version: Option<u64>,
+        reasons: Vec<ReasonReport>,
+    },
+}
+
+/// Reads `record`: `None` when it is not at a contract key of `node`.
+pub fn read(record: &Record, node: &PublicKey, limits: &Limits) -> Option<RecordInput> {
+    let Ok(KeyKind::Contract {
+        node: at,
+        contract_id,
+    }) = record.notary_key().map(|k| k.kind())
+    else {
+        return None;
+    };
+    if at != *node {
+        return None;
+    }
+    Some(match ContractRecord::from_value(&record.body, limits) {
+        Ok(ContractRecord::Contract(doc)) if doc.contract.id != contract_id => {
+            RecordInput::Malformed {
+                version: Some(doc.contract.version),
+                reasons: vec![ReasonReport {
+                    code: "malformed".into(),
+                    message: format!(
+                        "record key names contract {contract_id}, the document {}",
+                        doc.contract.id
+                    ),
+                }],
+                id: contract_id,
+            }
+        }
+        Ok(ContractRecord::Contract(doc)) => RecordInput::Contract(doc),
+        Ok(ContractRecord::Cancellation(cancel)) => RecordInput::Cancellation {
+            id: contract_id,
+            cancel,
+        },
+        Err(e) => RecordInput::Malformed {
+            id: contract_id,
+            version: None,
+            reasons: vec![(&zos_contract::Reason::from(e)).into()],
+        },
+    })
+}
+
+/// What admission decides.
+#[derive(Debug)]
+pub enum Action {
+    /// Report why; create nothing.
+    Refuse {
+        id: String,
+        version: Option<u64>,
+        reasons: Vec<ReasonReport>,
+    },
+    /// Journal `owned` (it replaces `previous`, the version that ran or waits out its
+    /// grace period), then provision it.
+    Accept {
+        owned: Box<Owned>,
+        previous: Option<Box<Owned>>,
+    },
+    /// Its owner cancelled `target` (`running`: it runs; else its volumes wait out a
+    /// grace period): journal it (at `version`, `marker`), then remove everything.
+    Cancel {
+        target: Box<Owned>,
+        running: bool,
+        version: u64,
+        marker: Digest,
+    },
+    /// Journal `cancel` as a tombstone of a contract this node does not run.
+    Tombstone {
+        id: String,
+        cancel: SignedCancellation,
+    },
+}
+
+/// What [`plan_contract`] reads besides the document.
+pub struct Inputs<'a> {
+    pub journal: &'a JournalData,
+    /// The blueprint record the contract names by digest, if the notary has it.
+    pub blueprint: Option<SignedBlueprint>,
+    /// Unix seconds.
+    pub now: u64,
+    pub node: PublicKey,
+    pub trusted_authors: Option<&'a BTreeSet<PublicKey>>,
+    pub limits: Limits,
+    pub capacity: Capacity,
+}
+
+/// A contract document: accept it, refuse it, or nothing (a re-delivery of what runs,
+/// a replay of an older version of it).
+pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
+    let c = &doc.contract;
+    let id = c.id.clone();
+    let j = inputs.journal;
+    // Re-deliveries and co-signatures of what runs already change nothing.
+    if let Some(owned) = j.owned.get(&id) {
+        if owned.version == c.version && owned.digest == doc.digest {
+            return Vec::new();
+        }
+    }
+    // Who governs this id now: the contract that runs, or an expired one whose
+    // volumes wait out their grace period. A new version must be its update.
+    let governing: Option<&Owned> = j
+        .owned
+        .get(&id)
+        .or_else(|| j.retired.get(&id).map(|r| &r.owned));
+    // Signatures of governing stakeholders the new document drops count for the
+    // update rule only; verification judges the document on its own terms.
+    let checked = match governing.and_then(|g| g.signers.as_ref()) {
+        Some(signers) => zos_contract::update::for_verification(signers, doc),
+        None => doc.clone(),
+    };
+    let blueprint = inputs.blueprint;
+    let resolver = move |d: &Digest| blueprint.clone().filter(|b| b.digest == *d);
+    let ctx = VerifyContext {
+        now: inputs.now,
+        node: Some(inputs.node),
+        accepted: j.accepted.get(&id).copied(),
+        resolve_blueprint: &resolver,
+        trusted_authors: inputs.trusted_authors,
+        limits: inputs.limits,
+    };
+    let verification = zos_contract::verify(&checked, &ctx);
+    for warning in &verification.warnings {
+        // Signature entries that did not count (docs/contract-format.md §4): anyone
+        // can add one, so they refuse nothing while the rules are met.
+        tracing::warn!(contract = %id, version = c.version, %warning, "signature entry not counted");
+    }
+    let mut reasons: Vec<ReasonReport> = Vec::new();
+    let accepted = match verification.into_result() {
+        Ok(a) => Some(a),
+        Err(refusal) => {
+            let replay_of_running = j.owned.contains_key(&id)
+                && refusal
+                    .reasons
+                    .iter()
+                    .any(|r| matches!(r, zos_contract::Reason::Replay { .. }));
+            if replay_of_running {
+                // The running version's status stays; the replay is only logged.
+                tracing::warn!(contract = %id, version = c.version, %refusal, "replay refused");
+                return Vec::new();
+            }
+            reasons.extend(refusal.reasons.iter().map(ReasonReport::from));
+            None
+        }
+    };
+    if let Some(g) = governing {
+        match &g.signers {
+            Some(signers) => {
+                if let Err(refusal) = check_update(signers, doc) {
+                    reasons.extend(refusal.reasons.iter().map(ReasonReport::from));
+                }
+            }
+            None => reasons.push(ReasonReport {
+                code: "update_signers_unknown".into(),
+                message: format!(
+                    "version {} was journalled without its stakeholders: it takes no update; its owner cancels it and publishes again",
+                    g.version
+                ),
+            }),
+        }
+    }
+    let tombstone = j.tombstones.get(&id).and_then(|ts| {
+        ts.iter()
+            .find(|t| t.cancellation.owner == c.owner && t.cancellation.version >= c.version)
+    });
+    if let Some(t) = tombstone {
+        reasons.push(ReasonReport {
+            code: "cancelled".into(),
+            message: format!(
+                "its owner cancelled it at version {}; version {} is not above that",
+                t.cancellation.version, c.version
+            ),
+        });
+    }
+    if let Some(a) = &accepted {
+        for v in &a.deployment.volumes {
+            let name = names::of(&id, &v.name);
+            if j.quarantined.contains(&name) {
+                reasons.push(ReasonReport {
+                    code: "volume_quarantined".into(),
+                    message: format!(
+                        "volume {name} exists and holds data of an unknown owner: it is quarantined, never handed to a contract"
+                    ),
+                });
+            }
+        }
+    }
+    let refuse = |reasons| {
+        vec![Action::Refuse {
+            id: id.clone(),
+            version: Some(c.version),
+            reasons,
+        }]
+    };
+    let accepted = match accepted {
+        Some(a) if reasons.is_empty() => a,
+        _ => return refuse(reasons),
+    };
+    // What the other contracts reserve (and the volumes of expired ones in their
+    // grace period), plus this one.
+    let kept: Vec<Deployment> = j
+        .retired
+        .values()
+        .filter(|r| r.owned.id != id)
+        .map(|r| Deployment {
+            networks: Vec::new(),
+            volumes: r.owned.deployment.volumes.clone(),
+            workloads: Vec::new(),
+            publish_logs: false,
+        })
+        .collect();
+    let used = capacity::used(
+        j.owned
+            .values()
+            .filter(|o| o.id != id)
+            .map(|o| &o.deployment)
+            .chain(kept.iter()),
+    );
+    if let Err(over) = capacity::admit(inputs.capacity, used, Capacity::of(&accepted.deployment)) {
+        return refuse(vec![ReasonReport {
+            code: "over_capacity".into(),
+            message: over.to_string(),
+        }]);
+    }
+    let owned = Owned {
+        id: id.clone(),
+        version: accepted.version,
+        digest: accepted.digest,
+        owner: c.owner,
+        expires: c.expires,
+        deployment: accepted.deployment,
+        phase: Phase::Provisioning,
+        restarts: governing.map(|p| p.restarts.clone()).unwrap_or_default(),
+        signers: Some(Signers::from(c)),
+    };
+    vec![Action::Accept {
+        owned: Box::new(owned),
+        previous: governing.cloned().map(Box::new),
+    }]
+}
+
+/// The journal change of [`Action::Accept`].
+pub fn journal_accept(j: &mut JournalData, owned: &Owned) {
+    let id = &owned.id;
+    j.accepted.insert(id.clone(), (owned.version, owned.digest));
+    j.owned.insert(id.clone(), owned.clone());
+    j.retired.remove(id);
+    if let Some(ts) = j.tombstones.get_mut(id) {
+        ts.retain(|t| t.cancellation.version > owned.version);
+        if ts.is_empty() {
+            j.tombstones.remove(id);
+        }
+    }
+}
+
+/// A cancellation at key `id`: of the contract that runs (or waits out its grace
+/// period) if its owner signed it above that version; a tombstone when the node does
+/// not run `id` and its signature verifies; else nothing (logged).
+pub fn plan_cancellation(j: &JournalData, id: &str, cancel: &SignedCancellation) -> Vec<Action> {
+    let version = cancel.cancellation.version;
+    let (target, running) = match (j.owned.get(id), j.retired.get(id)) {
+        (Some(o), _) => (o, true),
+        (None, Some(r)) => (&r.owned, false),
+        (None, None) => return plan_tombstone(j, id, cancel),
+    };
+    if let Err(e) = verify_cancellation(cancel, &target.id, &target.owner, target.version) {
+        tracing::warn!(contract = %id, version, error = %e, "cancellation refused");
+        return Vec::new();
+    }
+    let marker = Digest::of(
+        serde_json::to_string(&cancel.cancellation)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    vec![Action::Cancel {
+        target: Box::new(target.clone()),
+        running,
+        version,
+        marker,
+    }]
+}
+
+fn plan_tombstone(j: &JournalData, id: &str, cancel: &SignedCancellation) -> Vec<Action> {
+    let c = &cancel.cancellation;
+    if c.id != id || cancel.check_signature().is_err() {
+        tracing::warn!(contract = %id, version = c.version, "cancellation refused: not for this id, or its signature does not verify");
+        return Vec::new();
+    }
+    if j.accepted.get(id).is_some_and(|(v, _)| *v >= c.version) {
+        tracing::info!(contract = %id, version = c.version, "cancellation not above what this node accepted; ignored");
+        return Vec::new();
+    }
+    vec![Action::Tombstone {
+        id: id.to_string(),
+        cancel: cancel.clone(),
+    }]
+}
+
+/// The journal change of [`Action::Cancel`], made before the teardown: the contract
+/// is gone from the journal, its version is the highest accepted, and its volumes are
+/// doomed (a crash before they are removed leaves them to the next start's orphan
+/// collection, which removes doomed volumes instead of quarantining them).
+pub fn journal_cancel(j: &mut JournalData, target: &Owned, version: u64, marker: Digest) {
+    j.owned.remove(&target.id);
+    j.retired.remove(&target.id);
+    j.accepted.insert(target.id.clone(), (version, marker));
+    j.doomed.extend(crate::plan::resource_names(
+        &target.id,
+        &target.deployment,
+        crate::plan::Resource::Volume,
+    ));
+}
+
+/// The journal change of [`Action::Tombstone`]: at most one per owner (the highest
+/// version), at most [`MAX_TOMBSTONES`] per id (anyone may sign a cancellation of any
+/// id with a key of theirs; the lowest versions go first).
+pub fn journal_tombstone(j: &mut JournalData, id: &str, cancel: &SignedCancellation) {
+    let c = &cancel.cancellation;
+    let ts = j.tombstones.entry(id.to_string()).or_default();
+    match ts.iter_mut().find(|t| t.cancellation.owner == c.owner) {
+        Some(t) if t.cancellation.version >= c.version => {}
+        Some(t) => *t = cancel.clone(),
+        None => ts.push(cancel.clone()),
+    }
+    ts.sort_by_key(|t| std::cmp::Reverse(t.cancellation.version));
+    ts.truncate(MAX_TOMBSTONES);
+}

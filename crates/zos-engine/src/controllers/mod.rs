@@ -1,0 +1,22 @@
+//! The engine's controllers. Each one is a file that says, in code, what it reads
+//! (its inputs: the journal, notary records, the machine's state, the clock) and what
+//! it decides (its actions), and decides it in a pure `plan` function, so its tests
+//! check plans without a provisioner. [`crate::engine::Engine`] gathers the inputs,
+//! calls the plans and executes their actions: journal first, then the machine (on a
+//! job of its own when that can take long), then the status.
+//!
+//! | controller | inputs | actions |
+//! |---|---|---|
+//! | [`admission`] | a notary record, the journal, a blueprint record, the clock | refuse, accept, cancel, keep a tombstone |
+//! | [`provisioning`] | an accepted contract and the version it replaces | provisioner steps, run off the loop |
+//! | [`supervision`] | owned contracts, their workloads' states, the instant | retry a provisioning, restart workloads |
+//! | [`expiry`] | the journal, the wall clock | expire a contract, delete a grace period's volumes |
+//! | [`orphans`] | the machine's inventory, the journal | remove, quarantine |
+//! | [`reporting`] | an owned contract, its workloads' statuses, restart errors | a status report, a summary |
+
+pub mod admission;
+pub mod expiry;
+pub mod orphans;
+pub mod provisioning;
+pub mod reporting;
+pub mod supervision;
