@@ -34,6 +34,15 @@ pub struct FakeState {
     pub workload_plans: BTreeMap<String, WorkloadPlan>,
     /// The next ensure_workload fails with this error.
     pub fail_workload: Option<ProvisionError>,
+    /// Workloads (node-wide names) whose flist store hangs: their ensure_workload waits
+    /// until they leave this set ([`Fake::release`]).
+    pub hanging: BTreeSet<String>,
+    /// Wakes the hanging calls when `hanging` shrinks.
+    pub gate: Arc<tokio::sync::Notify>,
+    /// How long each ensure_* takes (benchmarks; zero in tests).
+    pub latency: Duration,
+    /// Hanging calls given up by their caller (the future dropped while it waited).
+    pub abandoned: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -60,11 +69,63 @@ impl Fake {
     fn log(&self, call: String) {
         self.state().calls.push(call);
     }
+
+    /// The store of workload `name` hangs from now on.
+    pub fn hang(&self, name: &str) {
+        self.state().hanging.insert(name.to_string());
+    }
+
+    /// The store of workload `name` answers again.
+    pub fn release(&self, name: &str) {
+        let gate = {
+            let mut s = self.state();
+            s.hanging.remove(name);
+            s.gate.clone()
+        };
+        gate.notify_waiters();
+    }
+
+    /// Waits while the store of `name` hangs; a caller that gives up is counted in
+    /// `abandoned`.
+    async fn store(&self, name: &str) {
+        struct Waiting<'a>(&'a Fake, &'a str, bool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    self.0.state().abandoned.push(self.1.to_string());
+                }
+            }
+        }
+        let mut waiting = Waiting(self, name, false);
+        self.wait_store(name).await;
+        waiting.2 = true;
+    }
+
+    async fn wait_store(&self, name: &str) {
+        loop {
+            let gate = self.state().gate.clone();
+            let notified = gate.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.state().hanging.contains(name) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn work(&self) {
+        let latency = self.state().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
 }
 
 impl Provisioner for Fake {
     async fn ensure_volume(&self, name: &str, spec: &Volume) -> Result<PathBuf, ProvisionError> {
         self.log(format!("ensure_volume {name}"));
+        self.work().await;
         let mut s = self.state();
         let size = s.volumes.entry(name.to_string()).or_insert(spec.size_mib);
         *size = (*size).max(spec.size_mib);
@@ -79,6 +140,7 @@ impl Provisioner for Fake {
 
     async fn ensure_network(&self, plan: &NetworkPlan) -> Result<(), ProvisionError> {
         self.log(format!("ensure_network {}", plan.name));
+        self.work().await;
         self.state()
             .network_plans
             .insert(plan.name.clone(), plan.clone());
@@ -97,6 +159,8 @@ impl Provisioner for Fake {
 
     async fn ensure_workload(&self, plan: &WorkloadPlan) -> Result<WorkloadStatus, ProvisionError> {
         self.log(format!("ensure_workload {}", plan.name));
+        self.store(&plan.name).await;
+        self.work().await;
         let mut s = self.state();
         s.workload_plans.insert(plan.name.clone(), plan.clone());
         if let Some(e) = s.fail_workload.take() {
