@@ -62,29 +62,7 @@ pub fn run(cmd: BlueprintCmd) -> anyhow::Result<()> {
                 signed.blueprint.name, signed.blueprint.version, signed.author, signed.digest
             );
         }
-        BlueprintCmd::Show { file, format } => {
-            let signed = read_signed(&file)?;
-            if format.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "digest": signed.digest,
-                        "author": signed.author,
-                        "name": signed.blueprint.name,
-                        "version": signed.blueprint.version,
-                        "params": signed.blueprint.params,
-                    })
-                );
-            } else {
-                let b = &signed.blueprint;
-                println!("blueprint {} {}", b.name, b.version);
-                println!("digest    {}", signed.digest);
-                println!("author    {} (signature OK)", signed.author);
-                for (name, spec) in &b.params {
-                    println!("param     {name}: {}", serde_json::to_string(spec)?);
-                }
-            }
-        }
+        BlueprintCmd::Show { file, format } => show(&file, &format)?,
         BlueprintCmd::Publish { file, key, notary } => {
             let signed = read_signed(&file)?;
             let key = SecretKey::load(&key)?;
@@ -96,6 +74,32 @@ pub fn run(cmd: BlueprintCmd) -> anyhow::Result<()> {
                 signed.blueprint.name, signed.blueprint.version
             );
         }
+    }
+    Ok(())
+}
+
+/// `zos blueprint show`: the signed blueprint, its signature checked.
+fn show(file: &Path, format: &crate::output::Format) -> anyhow::Result<()> {
+    let signed = read_signed(file)?;
+    if format.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "digest": signed.digest,
+                "author": signed.author,
+                "name": signed.blueprint.name,
+                "version": signed.blueprint.version,
+                "params": signed.blueprint.params,
+            })
+        );
+        return Ok(());
+    }
+    let b = &signed.blueprint;
+    println!("blueprint {} {}", b.name, b.version);
+    println!("digest    {}", signed.digest);
+    println!("author    {} (signature OK)", signed.author);
+    for (name, spec) in &b.params {
+        println!("param     {name}: {}", serde_json::to_string(spec)?);
     }
     Ok(())
 }

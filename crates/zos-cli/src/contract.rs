@@ -23,44 +23,7 @@ pub enum ContractCmd {
     /// Example: zos contract new --blueprint crm.blueprint.json --param users=100
     ///   --owner <owner_pub> --node <node_pub> --stakeholder <legal_pub>:2:required
     ///   --stakeholder <budget_pub>:1 --threshold 3 -o c.json
-    New {
-        /// The signed blueprint (from `zos blueprint sign`).
-        #[arg(long)]
-        blueprint: PathBuf,
-        /// A parameter value, name=value (repeatable). Integers and true/false are typed.
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
-        /// The owner's public key (hex). The owner must sign.
-        #[arg(long)]
-        owner: PublicKey,
-        /// A node that runs the contract (repeatable).
-        #[arg(long = "node", required = true)]
-        nodes: Vec<PublicKey>,
-        /// A co-signer: PUBKEY:WEIGHT or PUBKEY:WEIGHT:required (repeatable).
-        #[arg(long = "stakeholder", value_name = "PUB:WEIGHT[:required]")]
-        stakeholders: Vec<String>,
-        /// Stakeholder weight that must sign (default: 0, or the total weight).
-        #[arg(long)]
-        threshold: Option<u64>,
-        /// Contract id, 1-64 of [a-z0-9-] (default: blueprint name and a random suffix).
-        #[arg(long)]
-        id: Option<String>,
-        /// Version; a node only accepts a version above the one it runs.
-        #[arg(long, default_value_t = 1)]
-        version: u64,
-        /// Not valid before: unix seconds, or a delay from now like 10m, 2h, 1d.
-        #[arg(long, value_parser = parse_time)]
-        not_before: Option<u64>,
-        /// Expiry: unix seconds, or a duration from now like 30d, 12h, 90m.
-        #[arg(long, value_parser = parse_time)]
-        expires: Option<u64>,
-        /// Refer to the blueprint by digest (resolved in the notary) instead of embedding it.
-        #[arg(long)]
-        by_digest: bool,
-        /// Where to write the contract; stdout if absent.
-        #[arg(long, short)]
-        out: Option<PathBuf>,
-    },
+    New(NewArgs),
     /// Sign a contract as its owner or as a stakeholder: a file in place, or, with
     /// --notary, the published contract with that id (co-signing after publication).
     ///
@@ -165,79 +128,56 @@ pub enum ContractCmd {
     },
 }
 
+// The arguments of `zos contract new` (its help is the variant's doc comment).
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The signed blueprint (from `zos blueprint sign`).
+    #[arg(long)]
+    pub blueprint: PathBuf,
+    /// A parameter value, name=value (repeatable). Integers and true/false are typed.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// The owner's public key (hex). The owner must sign.
+    #[arg(long)]
+    pub owner: PublicKey,
+    /// A node that runs the contract (repeatable).
+    #[arg(long = "node", required = true)]
+    pub nodes: Vec<PublicKey>,
+    /// A co-signer: PUBKEY:WEIGHT or PUBKEY:WEIGHT:required (repeatable).
+    #[arg(long = "stakeholder", value_name = "PUB:WEIGHT[:required]")]
+    pub stakeholders: Vec<String>,
+    /// Stakeholder weight that must sign (default: 0, or the total weight).
+    #[arg(long)]
+    pub threshold: Option<u64>,
+    /// Contract id, 1-64 of [a-z0-9-] (default: blueprint name and a random suffix).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Version; a node only accepts a version above the one it runs.
+    #[arg(long, default_value_t = 1)]
+    pub version: u64,
+    /// Not valid before: unix seconds, or a delay from now like 10m, 2h, 1d.
+    #[arg(long, value_parser = parse_time)]
+    pub not_before: Option<u64>,
+    /// Expiry: unix seconds, or a duration from now like 30d, 12h, 90m.
+    #[arg(long, value_parser = parse_time)]
+    pub expires: Option<u64>,
+    /// Refer to the blueprint by digest (resolved in the notary) instead of embedding it.
+    #[arg(long)]
+    pub by_digest: bool,
+    /// Where to write the contract; stdout if absent.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
 pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
     match cmd {
-        ContractCmd::New {
-            blueprint,
-            params,
-            owner,
-            nodes,
-            stakeholders,
-            threshold,
-            id,
-            version,
-            not_before,
-            expires,
-            by_digest,
-            out,
-        } => {
-            let signed_bp = crate::blueprint::read_signed(&blueprint)?;
-            let params = parse_param_args(&params)?;
-            if let Err(errors) = zos_contract::params::resolve(&signed_bp.blueprint.params, &params)
-            {
-                let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
-                bail!("parameters refused by the blueprint:\n{}", list.join("\n"));
-            }
-            let stakeholders = stakeholders
-                .iter()
-                .map(|s| parse_stakeholder(s))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let total: u64 = stakeholders.iter().map(|s| s.weight).sum();
-            let contract = Contract {
-                id: id.unwrap_or_else(|| default_id(&signed_bp.blueprint.name)),
-                version,
-                owner,
-                nodes,
-                blueprint: if by_digest {
-                    BlueprintRef::Sha256(signed_bp.digest)
-                } else {
-                    BlueprintRef::Embedded(signed_bp.to_value())
-                },
-                params,
-                stakeholders,
-                threshold: threshold.unwrap_or(total),
-                not_before,
-                expires,
-            };
-            let doc = SignedContract::new(contract)?;
-            write_new_or_stdout(out.as_deref(), &doc.to_pretty())?;
-            eprintln!(
-                "contract {} version {}\ndigest {}\nnext: each signer runs `zos contract sign FILE --key KEY`",
-                doc.contract.id, doc.contract.version, doc.digest
-            );
-        }
+        ContractCmd::New(args) => new(args),
         ContractCmd::Sign {
             target,
             key,
             notary,
             node,
-        } => {
-            let key = SecretKey::load(&key)?;
-            if let Some(url) = notary {
-                let client = crate::notary::Client::open(&url)?;
-                return crate::notary::cosign(&client, &target, node.as_ref(), &key);
-            }
-            let file = PathBuf::from(target);
-            let mut doc = read(&file)?;
-            doc.sign(&key)?;
-            write_atomic(&file, &doc.to_pretty())?;
-            let role = if key.public() == doc.contract.owner {
-                "owner"
-            } else {
-                "stakeholder"
-            };
-            eprintln!("signed {} as {role} {}", doc.contract.id, key.public());
-        }
+        } => sign(&target, &key, notary.as_deref(), node.as_ref()),
         ContractCmd::Verify {
             file,
             node,
@@ -245,106 +185,31 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
             notary,
             trusted_authors,
             format,
-        } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let resolver = crate::notary::blueprint_resolver(notary.as_deref())?;
-            let trusted: std::collections::BTreeSet<PublicKey> =
-                trusted_authors.into_iter().collect();
-            let running = match (running_version, notary.as_deref(), node) {
-                (Some(n), _, _) => Some(n),
-                (None, Some(url), Some(node)) => reported_version(&bytes, url, &node)?,
-                _ => None,
-            };
-            let mut ctx = VerifyContext::offline(now());
-            ctx.node = node;
-            // Only the version is known, not the running document's digest: a document
-            // at the running version is a replay here even if it is the one running.
-            ctx.accepted = running.map(|v| (v, zos_contract::Digest([0; 32])));
-            ctx.resolve_blueprint = &resolver;
-            if !trusted.is_empty() {
-                ctx.trusted_authors = Some(&trusted);
-            }
-            // Unreadable documents are refusals like any other: same report, same codes.
-            let v = zos_contract::verify_bytes(&bytes, &ctx);
-            if format.json {
-                let mut json = serde_json::to_value(&v)?;
-                json["ok"] = v.is_ok().into();
-                json["running_version"] = running.into();
-                println!("{}", serde_json::to_string_pretty(&json)?);
-            } else {
-                if let Some(n) = running {
-                    println!("running   version {n} (replay checked against it)");
-                }
-                print_verification(&v);
-            }
-            if !v.is_ok() {
-                std::process::exit(1);
-            }
-        }
+        } => verify(
+            &file,
+            node,
+            running_version,
+            notary.as_deref(),
+            trusted_authors,
+            &format,
+        ),
         ContractCmd::Publish { file, key, notary } => {
             let doc = read(&file)?;
             let key = SecretKey::load(&key)?;
             let client = crate::notary::Client::open(&notary)?;
-            crate::notary::publish(&client, &doc, &key)?;
+            crate::notary::publish(&client, &doc, &key)
         }
         ContractCmd::List {
             notary,
             node,
             format,
-        } => {
-            let client = crate::notary::Client::open(&notary)?;
-            let rows = crate::notary::list(&client, &node)?;
-            if format.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if rows.is_empty() {
-                println!("no contracts for node {node} in {notary}");
-            } else {
-                println!(
-                    "{:<24} {:>7} {:>8}  {:<24} node status",
-                    "ID", "VERSION", "WEIGHT", "STATE"
-                );
-                for r in rows {
-                    let weight = r
-                        .weight
-                        .map(|(h, n)| format!("{h}/{n}"))
-                        .unwrap_or_default();
-                    let status = r
-                        .node_status
-                        .as_ref()
-                        .and_then(|s| s.get("state"))
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("-");
-                    println!(
-                        "{:<24} {:>7} {:>8}  {:<24} {status}",
-                        r.id, r.version, weight, r.state
-                    );
-                    for reason in &r.reasons {
-                        println!("{:<24}   - [{}] {reason}", "", reason.code());
-                    }
-                }
-            }
-        }
+        } => list(&notary, &node, &format),
         ContractCmd::Status {
             id,
             node,
             notary,
             format,
-        } => {
-            let client = crate::notary::Client::open(&notary)?;
-            let key = zos_notary::NotaryKey::status(&node, &id)
-                .map_err(|e| anyhow::anyhow!("contract id {id:?}: {e}"))?;
-            let Some(record) = client.get(&key)? else {
-                bail!("node {node} has published no status for {id} in {notary} (yet)");
-            };
-            if format.json {
-                let mut body = record.body.clone();
-                body["signed_at"] = record.signed_at.into();
-                println!("{}", serde_json::to_string_pretty(&body)?);
-            } else {
-                print_status(&record.body, record.signed_at);
-            }
-        }
+        } => status(&id, &node, &notary, &format),
         ContractCmd::Cancel {
             id,
             key,
@@ -353,8 +218,176 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
         } => {
             let key = SecretKey::load(&key)?;
             let client = crate::notary::Client::open(&notary)?;
-            crate::notary::cancel(&client, &id, node.as_ref(), &key)?;
+            crate::notary::cancel(&client, &id, node.as_ref(), &key)
         }
+    }
+}
+
+/// `zos contract new`: the parameters checked against the blueprint's bounds, then the
+/// unsigned contract written.
+fn new(a: NewArgs) -> anyhow::Result<()> {
+    let signed_bp = crate::blueprint::read_signed(&a.blueprint)?;
+    let params = parse_param_args(&a.params)?;
+    if let Err(errors) = zos_contract::params::resolve(&signed_bp.blueprint.params, &params) {
+        let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+        bail!("parameters refused by the blueprint:\n{}", list.join("\n"));
+    }
+    let stakeholders = a
+        .stakeholders
+        .iter()
+        .map(|s| parse_stakeholder(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let total: u64 = stakeholders.iter().map(|s| s.weight).sum();
+    let contract = Contract {
+        id: a
+            .id
+            .unwrap_or_else(|| default_id(&signed_bp.blueprint.name)),
+        version: a.version,
+        owner: a.owner,
+        nodes: a.nodes,
+        blueprint: if a.by_digest {
+            BlueprintRef::Sha256(signed_bp.digest)
+        } else {
+            BlueprintRef::Embedded(signed_bp.to_value())
+        },
+        params,
+        stakeholders,
+        threshold: a.threshold.unwrap_or(total),
+        not_before: a.not_before,
+        expires: a.expires,
+    };
+    let doc = SignedContract::new(contract)?;
+    write_new_or_stdout(a.out.as_deref(), &doc.to_pretty())?;
+    eprintln!(
+        "contract {} version {}\ndigest {}\nnext: each signer runs `zos contract sign FILE --key KEY`",
+        doc.contract.id, doc.contract.version, doc.digest
+    );
+    Ok(())
+}
+
+/// `zos contract sign`: a file in place, or the contract published in a notary.
+fn sign(
+    target: &str,
+    key: &Path,
+    notary: Option<&str>,
+    node: Option<&PublicKey>,
+) -> anyhow::Result<()> {
+    let key = SecretKey::load(key)?;
+    if let Some(url) = notary {
+        let client = crate::notary::Client::open(url)?;
+        return crate::notary::cosign(&client, target, node, &key);
+    }
+    let file = PathBuf::from(target);
+    let mut doc = read(&file)?;
+    doc.sign(&key)?;
+    write_atomic(&file, &doc.to_pretty())?;
+    let role = if key.public() == doc.contract.owner {
+        "owner"
+    } else {
+        "stakeholder"
+    };
+    eprintln!("signed {} as {role} {}", doc.contract.id, key.public());
+    Ok(())
+}
+
+/// `zos contract verify`: as a node would, replay checked against the version given
+/// or the one the node reports; exits with status 1 when the contract is refused.
+fn verify(
+    file: &Path,
+    node: Option<PublicKey>,
+    running_version: Option<u64>,
+    notary: Option<&str>,
+    trusted_authors: Vec<PublicKey>,
+    format: &Format,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let resolver = crate::notary::blueprint_resolver(notary)?;
+    let trusted: std::collections::BTreeSet<PublicKey> = trusted_authors.into_iter().collect();
+    let running = match (running_version, notary, node) {
+        (Some(n), _, _) => Some(n),
+        (None, Some(url), Some(node)) => reported_version(&bytes, url, &node)?,
+        _ => None,
+    };
+    let mut ctx = VerifyContext::offline(now());
+    ctx.node = node;
+    // Only the version is known, not the running document's digest: a document
+    // at the running version is a replay here even if it is the one running.
+    ctx.accepted = running.map(|v| (v, zos_contract::Digest([0; 32])));
+    ctx.resolve_blueprint = &resolver;
+    if !trusted.is_empty() {
+        ctx.trusted_authors = Some(&trusted);
+    }
+    // Unreadable documents are refusals like any other: same report, same codes.
+    let v = zos_contract::verify_bytes(&bytes, &ctx);
+    if format.json {
+        let mut json = serde_json::to_value(&v)?;
+        json["ok"] = v.is_ok().into();
+        json["running_version"] = running.into();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        if let Some(n) = running {
+            println!("running   version {n} (replay checked against it)");
+        }
+        print_verification(&v);
+    }
+    if !v.is_ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `zos contract list`: the node's contracts in the notary, each checked as it would.
+fn list(notary: &str, node: &PublicKey, format: &Format) -> anyhow::Result<()> {
+    let client = crate::notary::Client::open(notary)?;
+    let rows = crate::notary::list(&client, node)?;
+    if format.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no contracts for node {node} in {notary}");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>7} {:>8}  {:<24} node status",
+        "ID", "VERSION", "WEIGHT", "STATE"
+    );
+    for r in rows {
+        let weight = r
+            .weight
+            .map(|(h, n)| format!("{h}/{n}"))
+            .unwrap_or_default();
+        let status = r
+            .node_status
+            .as_ref()
+            .and_then(|s| s.get("state"))
+            .and_then(|s| s.as_str())
+            .unwrap_or("-");
+        println!(
+            "{:<24} {:>7} {:>8}  {:<24} {status}",
+            r.id, r.version, weight, r.state
+        );
+        for reason in &r.reasons {
+            println!("{:<24}   - [{}] {reason}", "", reason.code());
+        }
+    }
+    Ok(())
+}
+
+/// `zos contract status`: the node's signed status record for the contract.
+fn status(id: &str, node: &PublicKey, notary: &str, format: &Format) -> anyhow::Result<()> {
+    let client = crate::notary::Client::open(notary)?;
+    let key = zos_notary::NotaryKey::status(node, id)
+        .map_err(|e| anyhow::anyhow!("contract id {id:?}: {e}"))?;
+    let Some(record) = client.get(&key)? else {
+        bail!("node {node} has published no status for {id} in {notary} (yet)");
+    };
+    if format.json {
+        let mut body = record.body.clone();
+        body["signed_at"] = record.signed_at.into();
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print_status(&record.body, record.signed_at);
     }
     Ok(())
 }

@@ -115,42 +115,44 @@ pub fn run_farm(cmd: FarmCmd) -> anyhow::Result<()> {
             farm_id,
             notary,
             format,
-        } => {
-            let client = Client::open(&notary)?;
-            let nkey = NotaryKey::farm(&farm_id)
-                .map_err(|e| anyhow::anyhow!("farm id {farm_id:?}: {e}"))?;
-            let Some(record) = client.get(&nkey)? else {
-                bail!("no farm {farm_id:?} in {notary}");
-            };
-            let farm = Farm::from_record(&record)
-                .with_context(|| format!("{nkey} in {notary} is not a valid farm"))?;
-            let nodes: Vec<NodeRow> = nodes(&client, Some(&farm_id))?;
-            if format.json {
-                let out = serde_json::json!({
-                    "farm": farm,
-                    "signed_at": record.signed_at,
-                    "nodes": nodes,
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!("farm      {}", farm.id);
-                println!("name      {}", farm.name);
-                println!("farmer    {}", farm.farmer);
-                println!("created   {}", farm.created);
-                if farm.blueprint_authors.is_empty() {
-                    println!("blueprint authors  any");
-                }
-                for author in &farm.blueprint_authors {
-                    println!("blueprint author   {author}");
-                }
-                println!("nodes     {}", nodes.len());
-                for row in &nodes {
-                    println!("  {} {}", row.node, heartbeat_text(row));
-                }
-            }
-            Ok(())
-        }
+        } => show(&farm_id, &notary, &format),
     }
+}
+
+/// `zos farm show`: the farm record, verified, and its nodes.
+fn show(farm_id: &str, notary: &str, format: &crate::output::Format) -> anyhow::Result<()> {
+    let client = Client::open(notary)?;
+    let nkey = NotaryKey::farm(farm_id).map_err(|e| anyhow::anyhow!("farm id {farm_id:?}: {e}"))?;
+    let Some(record) = client.get(&nkey)? else {
+        bail!("no farm {farm_id:?} in {notary}");
+    };
+    let farm = Farm::from_record(&record)
+        .with_context(|| format!("{nkey} in {notary} is not a valid farm"))?;
+    let nodes: Vec<NodeRow> = nodes(&client, Some(farm_id))?;
+    if format.json {
+        let out = serde_json::json!({
+            "farm": farm,
+            "signed_at": record.signed_at,
+            "nodes": nodes,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("farm      {}", farm.id);
+    println!("name      {}", farm.name);
+    println!("farmer    {}", farm.farmer);
+    println!("created   {}", farm.created);
+    if farm.blueprint_authors.is_empty() {
+        println!("blueprint authors  any");
+    }
+    for author in &farm.blueprint_authors {
+        println!("blueprint author   {author}");
+    }
+    println!("nodes     {}", nodes.len());
+    for row in &nodes {
+        println!("  {} {}", row.node, heartbeat_text(row));
+    }
+    Ok(())
 }
 
 pub fn run_node(cmd: NodeCmd) -> anyhow::Result<()> {

@@ -133,109 +133,134 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
             out,
             sign,
             threads,
-        } => {
-            // Load the key first: a bad key file should fail before minutes of packing.
-            let key = sign.as_deref().map(SecretKey::load).transpose()?;
-            let router = Router::parse(&store)?;
-            let last = AtomicU64::new(u64::MAX);
-            let progress = |done: u64, total: u64| {
-                let pct = (done * 100).checked_div(total).unwrap_or(100);
-                if last.swap(pct, Ordering::Relaxed) != pct {
-                    eprint!("\rpacking: {pct:3}% ({} / {} MiB)", done >> 20, total >> 20);
-                }
-            };
-            let report = zos_flist::pack(
-                &src,
-                &out,
-                &router,
-                &zos_flist::PackOptions {
-                    threads,
-                    progress: Some(&progress),
-                },
-            )
-            .with_context(|| format!("packing {}", src.display()))?;
-            eprintln!();
-            println!(
-                "{}: {} entries, {} files, {} bytes, {} blocks",
-                out.display(),
-                report.entries,
-                report.files,
-                report.bytes,
-                report.blocks
-            );
-            if let Some(key) = key {
-                let sig = sign_file(&out, &key)?;
-                println!(
-                    "signed: {}.sig (publisher {}, sha256 {})",
-                    out.display(),
-                    sig.publisher,
-                    sig.sha256
-                );
-            }
-        }
+        } => pack(&src, &store, &out, sign.as_deref(), threads),
         FlistCmd::Verify {
             flist,
             src,
             threads,
-        } => {
-            let (fl, fetcher) = src.open(&flist)?;
-            let r = zos_flist::verify_blocks(&fl, &fetcher, threads)?;
-            println!(
-                "ok: {} files, {} blocks, {} bytes verified (sha256 {})",
-                r.files,
-                r.blocks,
-                r.bytes,
-                hex::encode(fl.sha256)
-            );
-        }
+        } => verify(&flist, &src, threads),
         FlistCmd::Ls {
             flist,
             path,
             recursive,
-        } => {
-            let fl = Flist::open(&flist)?;
-            let idx = fl.lookup(path.as_deref().unwrap_or("/"))?;
-            if fl.entries[idx].kind == EntryKind::Dir {
-                ls_dir(&fl, idx, recursive);
-            } else {
-                println!("{}", ls_line(&fl, idx, &fl.path_of(idx)));
-            }
-        }
+        } => ls(&flist, path.as_deref(), recursive),
         FlistCmd::Unpack {
             flist,
             dest,
             src,
             threads,
-        } => {
-            let (fl, fetcher) = src.open(&flist)?;
-            let r = zos_flist::unpack(&fl, &fetcher, &dest, &zos_flist::UnpackOptions { threads })
-                .with_context(|| format!("unpacking into {}", dest.display()))?;
-            println!(
-                "{}: {} entries, {} files, {} bytes",
-                dest.display(),
-                r.entries,
-                r.files,
-                r.bytes
-            );
-        }
+        } => unpack(&flist, &dest, &src, threads),
         FlistCmd::Mount {
             flist,
             mountpoint,
             src,
-        } => {
-            let (fl, fetcher) = src.open(&flist)?;
-            eprintln!(
-                "mounting at {}; unmount it or press Ctrl-C to stop",
-                mountpoint.display()
-            );
-            zos_flist::mount_foreground(
-                Arc::new(fl),
-                Arc::new(fetcher),
-                &mountpoint,
-                &zos_flist::MountOptions::default(),
-            )?;
-        }
+        } => mount(&flist, &mountpoint, &src),
     }
+}
+
+/// `zos flist pack`: the tree into blocks in the store and an .fl, signed if asked.
+fn pack(
+    src: &Path,
+    store: &[String],
+    out: &Path,
+    sign: Option<&Path>,
+    threads: usize,
+) -> anyhow::Result<()> {
+    // Load the key first: a bad key file should fail before minutes of packing.
+    let key = sign.map(SecretKey::load).transpose()?;
+    let router = Router::parse(store)?;
+    let last = AtomicU64::new(u64::MAX);
+    let progress = |done: u64, total: u64| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if last.swap(pct, Ordering::Relaxed) != pct {
+            eprint!("\rpacking: {pct:3}% ({} / {} MiB)", done >> 20, total >> 20);
+        }
+    };
+    let report = zos_flist::pack(
+        src,
+        out,
+        &router,
+        &zos_flist::PackOptions {
+            threads,
+            progress: Some(&progress),
+        },
+    )
+    .with_context(|| format!("packing {}", src.display()))?;
+    eprintln!();
+    println!(
+        "{}: {} entries, {} files, {} bytes, {} blocks",
+        out.display(),
+        report.entries,
+        report.files,
+        report.bytes,
+        report.blocks
+    );
+    if let Some(key) = key {
+        let sig = sign_file(out, &key)?;
+        println!(
+            "signed: {}.sig (publisher {}, sha256 {})",
+            out.display(),
+            sig.publisher,
+            sig.sha256
+        );
+    }
+    Ok(())
+}
+
+/// `zos flist verify`: every block fetched and checked.
+fn verify(flist: &Path, src: &Source, threads: usize) -> anyhow::Result<()> {
+    let (fl, fetcher) = src.open(flist)?;
+    let r = zos_flist::verify_blocks(&fl, &fetcher, threads)?;
+    println!(
+        "ok: {} files, {} blocks, {} bytes verified (sha256 {})",
+        r.files,
+        r.blocks,
+        r.bytes,
+        hex::encode(fl.sha256)
+    );
+    Ok(())
+}
+
+/// `zos flist ls`: a directory (recursively if asked) or one entry.
+fn ls(flist: &Path, path: Option<&str>, recursive: bool) -> anyhow::Result<()> {
+    let fl = Flist::open(flist)?;
+    let idx = fl.lookup(path.unwrap_or("/"))?;
+    if fl.entries[idx].kind == EntryKind::Dir {
+        ls_dir(&fl, idx, recursive);
+    } else {
+        println!("{}", ls_line(&fl, idx, &fl.path_of(idx)));
+    }
+    Ok(())
+}
+
+/// `zos flist unpack`: the tree written under `dest`.
+fn unpack(flist: &Path, dest: &Path, src: &Source, threads: usize) -> anyhow::Result<()> {
+    let (fl, fetcher) = src.open(flist)?;
+    let r = zos_flist::unpack(&fl, &fetcher, dest, &zos_flist::UnpackOptions { threads })
+        .with_context(|| format!("unpacking into {}", dest.display()))?;
+    println!(
+        "{}: {} entries, {} files, {} bytes",
+        dest.display(),
+        r.entries,
+        r.files,
+        r.bytes
+    );
+    Ok(())
+}
+
+/// `zos flist mount`: a FUSE mount in the foreground.
+fn mount(flist: &Path, mountpoint: &Path, src: &Source) -> anyhow::Result<()> {
+    let (fl, fetcher) = src.open(flist)?;
+    eprintln!(
+        "mounting at {}; unmount it or press Ctrl-C to stop",
+        mountpoint.display()
+    );
+    zos_flist::mount_foreground(
+        Arc::new(fl),
+        Arc::new(fetcher),
+        mountpoint,
+        &zos_flist::MountOptions::default(),
+    )?;
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! `zos`: the command-line tool for IT experts, consumers, stakeholders and farmers.
 
+#![forbid(unsafe_code)]
+
 mod blueprint;
 mod contract;
 mod farm;
