@@ -11,6 +11,9 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
         "contracts",
         &[("zos-contract", "verify"), ("zos-notary", "watch")],
     ),
+    // The engine's loop on a fake machine: publish to ok, 50 at once, and a hanging
+    // flist store beside a healthy contract (crates/zos-engine/benches/engine.rs).
+    ("engine", &[("zos-engine", "engine")]),
     ("flist", &[("zos-flist", "flist")]),
     ("storage", &[("zos-storage", "storage")]),
     ("network", &[("zos-network", "network")]),
