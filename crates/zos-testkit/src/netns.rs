@@ -22,7 +22,8 @@ pub const INET_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const UPLINK: &str = "up0";
 
 /// Runs `f` on a thread that entered the network namespace `ip netns` calls `netns`
-/// (the caller's threads stay where they are) and returns what it returned.
+/// (the caller's threads stay where they are; sockets made there keep that namespace)
+/// and returns what it returned. A panic in `f` goes on unwinding in the caller.
 pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T, KitError> {
     in_netns_at(&Path::new(RUN_DIR).join(netns), f)
 }
@@ -39,7 +40,8 @@ pub fn in_netns_at<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result
             Ok(f())
         })
         .join()
-        .map_err(|_| KitError::Failed(format!("the thread in {} panicked", path.display())))?
+        // A panic in `f` (a failed assertion) is the caller's: it goes on unwinding.
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
 }
 

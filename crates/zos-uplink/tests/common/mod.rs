@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -26,39 +26,16 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Print a `SKIP:` line on the real stderr (visible even when output is captured) and return
 /// false when the test cannot run here; true when it can.
 pub fn can_run(test: &str, daemons: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_string());
-    }
-    let ip_ok = Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ip_ok {
-        missing.push("ip (apt-get install iproute2)".into());
-    }
+    let mut needs = zos_testkit::Needs::root().bin_from("ip", "iproute2");
     for d in daemons {
-        if !Path::new(d).exists() {
-            let pkg = if *d == DNSMASQ {
-                "dnsmasq-base"
-            } else {
-                "chrony"
-            };
-            missing.push(format!("{d} (apt-get install {pkg})"));
-        }
+        let pkg = if *d == DNSMASQ {
+            "dnsmasq-base"
+        } else {
+            "chrony"
+        };
+        needs = needs.file(d, &format!("{d} (apt-get install {pkg})"));
     }
-    if missing.is_empty() {
-        return true;
-    }
-    // Written to the real stderr, not through print!/eprint!, which the test harness
-    // captures and hides for passing tests: every skip shows up, and `cargo xtask
-    // test` counts them.
-    let line = format!("SKIP: {test}: needs {}\n", missing.join(", "));
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-    false
+    needs.or_skip(test)
 }
 
 fn run(args: &[&str]) {
@@ -274,15 +251,7 @@ impl Drop for Pair {
 /// tests) ever runs in it, and the thread simply ends afterwards. Sockets made
 /// on it stay in that namespace.
 pub fn in_ns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
-    let file = File::open(Path::new("/run/netns").join(ns)).expect("open namespace");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
+    zos_testkit::netns::in_netns(ns, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// True when every port of `ports` has a bound UDP socket in this thread's
