@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use zos_init::agent_config::{write_node_config, NODE_CONFIG, STATE_DIR};
-use zos_init::modules::{self, Wanted};
-use zos_init::{mounts, Backoff, BootParams, Init, Linux, ShutdownPlan, Sys};
+use zos_init::{Backoff, BootParams, Init, Linux, ShutdownPlan};
 /// The kernel starts init with `HOME=/` and `TERM=linux` only: the agent needs a PATH
 /// for the few helpers the image carries (mkfs.btrfs, btrfs, nft).
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -95,69 +94,17 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
     }
 }
 
-/// Mounts, logs, ctrl-alt-del, cgroups, modules, uplink, the agent's configuration
-/// (`switched`: how the move off the initramfs went, to log it).
-/// Every step is best effort: a node with a missing piece still boots and says why.
+/// The machine (zos-init: mounts, logs, ctrl-alt-del, cgroups, modules, shares), the
+/// power button, the uplink and clock (zos-uplink), the agent's configuration
+/// (`switched`: how the move off the initramfs went, to log it). Every step is best
+/// effort: a node with a missing piece still boots and says why.
 fn prepare(
     sys: &Linux,
     switched: Option<Result<u64, zos_init::rootfs::RootfsError>>,
 ) -> BootParams {
-    // Before the logs: the log level comes from /proc/cmdline, which needs /proc.
-    let mounted = mounts::mount_all(sys);
-    zos_init::console::ensure_console();
-    let cmdline = sys
-        .read_file(Path::new("/proc/cmdline"))
-        .unwrap_or_default();
-    let (params, warnings) = BootParams::parse(&cmdline);
-    init_console_logs(params.debug);
-
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "zosd: PID 1");
-    match switched {
-        Some(Ok(bytes)) => tracing::info!(
-            mib = bytes >> 20,
-            "root moved from the initramfs to a tmpfs (containers need a root pivot_root can leave)"
-        ),
-        Some(Err(error)) => {
-            tracing::error!(%error, "moving the root to a tmpfs: containers cannot start")
-        }
-        None => {}
-    }
-    match mounted {
-        Ok(outcomes) => tracing::debug!(?outcomes, "filesystems"),
-        Err(error) => tracing::error!(%error, "mounting the boot filesystems"),
-    }
-    for w in &warnings {
-        tracing::warn!(warning = %w, "kernel command line");
-    }
-    tracing::info!(
-        farm = ?params.farm,
-        notary = ?params.notary,
-        runmode = %params.runmode,
-        debug = params.debug,
-        "boot parameters"
-    );
-    if let Err(errno) = sys.disable_ctrl_alt_del() {
-        tracing::warn!(%errno, "ctrl-alt-del stays a hard reboot");
-    }
-    let (_, refused) = mounts::enable_cgroup_controllers(sys);
-    for (controller, error) in refused {
-        tracing::warn!(%controller, %error, "cgroup2 controller not enabled");
-    }
-
-    // The image carries only the modules its nodes need: load them all.
-    let dir = modules::kernel_modules_dir();
-    match modules::load(sys, &dir, Wanted::All) {
-        Ok(r) => tracing::info!(
-            loaded = r.loaded.len(),
-            present = r.present.len(),
-            not_applicable = ?r.not_applicable,
-            failed = r.failed.len(),
-            "kernel modules"
-        ),
-        Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
-    }
-
-    mounts::mount_shares(&params.shares);
+    let modules = zos_init::modules::kernel_modules_dir();
+    let params =
+        zos_init::boot::prepare_machine(sys, switched, &modules, |p| init_console_logs(p.debug));
     let buttons = zos_init::power_button::watch(zos_init::power_button::signal_power_off);
     tracing::info!(?buttons, "power button: a press powers the node off");
 

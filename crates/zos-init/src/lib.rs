@@ -1,6 +1,7 @@
 //! zos-init: what zosd does as PID 1, small enough to read in one sitting.
 //!
 //! - [`cmdline`]: `zos.*` boot parameters from `/proc/cmdline`;
+//! - [`boot`]: the machine's part of a boot, those below in order, each logged;
 //! - [`agent_config`]: the agent's node.toml, written from them at every boot;
 //! - [`console`]: `/dev/console` as PID 1's standard streams;
 //! - [`rootfs`]: off the kernel's initramfs onto a tmpfs root (pivot_root works there);
@@ -19,6 +20,7 @@
 //! thread exists, and the loop sleeps in `sigtimedwait`. No signal handlers.
 
 pub mod agent_config;
+pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod modules;
