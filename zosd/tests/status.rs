@@ -36,13 +36,8 @@ fn wait_local(node: &Node, what: &str, pred: impl Fn(&NodeStatus) -> bool) -> No
     }
 }
 
-/// One `SKIP: <test>: <reason>` line on the real stderr: libtest captures print! and
-/// eprint! of a passing test, not writes to the stderr handle, and `cargo xtask test`
-/// counts these lines.
-fn skip(test: &str, reason: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-}
+/// One `SKIP: <test>: <reason>` line on the real stderr, counted by `cargo xtask test`.
+use zos_testkit::skip_line as skip;
 
 /// The `zos` binary built beside zosd, if it is there and knows `status`.
 fn zos_binary(test: &str) -> Option<PathBuf> {

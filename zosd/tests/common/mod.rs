@@ -3,43 +3,30 @@
 //! flist builders; everything removed in `Drop`.
 #![allow(dead_code)]
 
-#[path = "../../../crates/zos-network/tests/common/mod.rs"]
-pub mod netfix;
+/// The node and internet namespaces (crates/zos-testkit).
+pub use zos_testkit::netns as netfix;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use zos_contract::{
-    Blueprint, BlueprintRef, Cancellation, Contract, Limits, PublicKey, SecretKey,
-    SignedCancellation, SignedContract,
-};
+use zos_contract::{PublicKey, SecretKey, SignedContract};
 use zos_flist::{PackOptions, Router};
 use zos_notary::{AnyNotary, Notary, NotaryKey, Record};
+use zos_testkit::contract as kit;
 
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Fail loudly unless a node can run here; with `ZOS_SKIP_PRIVILEGED=1` print a SKIP
+/// line instead and return false.
 pub fn privileged(test: &str) -> bool {
-    if !netfix::privileged(test) {
-        return false;
-    }
-    if !Path::new(BUSYBOX).exists() {
-        let reason = format!("{test} needs {BUSYBOX} (apt-get install -y busybox-static)");
-        if std::env::var("ZOS_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            // The real stderr: libtest captures print!/eprint! of a passing test.
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("SKIP: {reason}\n").as_bytes(),
-            );
-            return false;
-        }
-        panic!("{reason}");
-    }
-    true
+    zos_testkit::Needs::root()
+        .networking()
+        .file(BUSYBOX, "/bin/busybox (apt-get install -y busybox-static)")
+        .check(test)
 }
 
 /// A node: its config, its zosd process, its notary; everything under one `zt-` dir.
@@ -80,10 +67,7 @@ impl Node {
 
     /// `top_level`: more top-level configuration lines.
     fn build(memory_reserve_mib: u64, cpu_overcommit: u64, top_level: &str) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("zt-zosd-")
-            .tempdir()
-            .unwrap();
+        let dir = zos_testkit::tempdir("zosd");
         let world = netfix::World::new();
         let label_prefix = format!("{}-", world.tag);
         let root = dir.path();
@@ -247,12 +231,9 @@ cpu_overcommit = {cpu_overcommit}
 
     /// Mount points under this node's dir.
     pub fn mounts(&self) -> Vec<String> {
-        let root = self.dir.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| m.starts_with(&root))
+        zos_testkit::mounts_under(self.dir.path())
+            .into_iter()
+            .map(|m| m.to_string_lossy().into_owned())
             .collect()
     }
 }
@@ -456,35 +437,25 @@ pub fn signed_contract_by(
     subnet: &str,
     workloads: Vec<Value>,
 ) -> SignedContract {
-    let bp: Blueprint = serde_json::from_value(json!({
-        "name": "busy",
-        "version": "1.0.0",
-        "params": {},
-        "body": {
-            "networks": [{"name": "net", "subnet": subnet}],
-            "volumes": [{"name": "data", "size_mib": 64}],
-            "workloads": workloads,
-            // The tests read the workloads' output from the node's status records.
-            "publish_logs": true
-        }
-    }))
-    .unwrap();
-    let bp = bp.sign(&p.expert, &Limits::default()).unwrap();
-    let c = Contract {
-        id: id.into(),
-        version,
-        owner: owner.public(),
-        nodes: vec![node],
-        blueprint: BlueprintRef::Embedded(bp.to_value()),
-        params: BTreeMap::new(),
-        stakeholders: vec![],
-        threshold: 0,
-        not_before: None,
-        expires: Some(4_000_000_000),
-    };
-    let mut doc = SignedContract::new(c).unwrap();
-    doc.sign(owner).unwrap();
-    doc
+    let bp = kit::signed_blueprint(
+        &p.expert,
+        json!({
+            "name": "busy",
+            "version": "1.0.0",
+            "params": {},
+            "body": {
+                "networks": [{"name": "net", "subnet": subnet}],
+                "volumes": [{"name": "data", "size_mib": 64}],
+                "workloads": workloads,
+                // The tests read the workloads' output from the node's status records.
+                "publish_logs": true
+            }
+        }),
+    );
+    kit::signed(
+        kit::contract(owner.public(), node, id, version, bp),
+        &[owner],
+    )
 }
 
 /// A busybox container workload named `name` on network `net` with volume `data` at
@@ -524,17 +495,8 @@ pub fn record(p: &People, node: PublicKey, doc: &SignedContract) -> Record {
 }
 
 pub fn cancel_record(p: &People, node: PublicKey, id: &str, version: u64) -> Record {
-    let c = SignedCancellation::sign(
-        Cancellation {
-            id: id.into(),
-            version,
-            owner: p.owner.public(),
-        },
-        &p.owner,
-    )
-    .unwrap();
     let key = NotaryKey::contract(&node, id).unwrap();
-    Record::sign(&key, serde_json::to_value(&c).unwrap(), &p.owner).unwrap()
+    Record::sign(&key, kit::cancellation(&p.owner, id, version), &p.owner).unwrap()
 }
 
 /// True while `pid` exists and is not a zombie.
