@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use std::time::Duration;
 use zos_contract::deployment::Volume;
-use zos_contract::{
-    Blueprint, BlueprintRef, Cancellation, Contract, Limits, SecretKey, SignedCancellation,
-    SignedContract, Stakeholder,
-};
+use zos_contract::{SecretKey, SignedContract, Stakeholder};
 use zos_engine::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
     WorkloadStatus,
@@ -20,6 +17,7 @@ use zos_engine::{
 
 use zos_engine::{Capacity, Engine, EngineConfig, FileJournal, Journal, StatusReport};
 use zos_notary::{AnyNotary, Notary, NotaryKey, Record};
+use zos_testkit::contract as kit;
 
 #[derive(Debug, Default)]
 pub struct FakeState {
@@ -298,10 +296,7 @@ pub fn blueprint_with(keys: &Keys, image: &str, publish_logs: bool) -> Value {
     if publish_logs {
         body["body"]["publish_logs"] = json!(true);
     }
-    let bp: Blueprint = serde_json::from_value(body).unwrap();
-    bp.sign(&keys.expert, &Limits::default())
-        .unwrap()
-        .to_value()
+    kit::signed_blueprint(&keys.expert, body)
 }
 
 /// A contract for the node, signed by the owner and (if `cosigned`) the required
@@ -314,28 +309,25 @@ pub fn contract(
     image: &str,
     cosigned: bool,
 ) -> SignedContract {
-    let c = Contract {
-        id: id.into(),
+    let mut c = kit::contract(
+        keys.owner.public(),
+        keys.node.public(),
+        id,
         version,
-        owner: keys.owner.public(),
-        nodes: vec![keys.node.public()],
-        blueprint: BlueprintRef::Embedded(blueprint(keys, image)),
-        params: BTreeMap::from([("users".into(), json!(users))]),
-        stakeholders: vec![Stakeholder {
-            key: keys.legal.public(),
-            weight: 1,
-            required: true,
-        }],
-        threshold: 1,
-        not_before: None,
-        expires: Some(4_000_000_000),
-    };
-    let mut doc = SignedContract::new(c).unwrap();
-    doc.sign(&keys.owner).unwrap();
+        blueprint(keys, image),
+    );
+    c.params = BTreeMap::from([("users".into(), json!(users))]);
+    c.stakeholders = vec![Stakeholder {
+        key: keys.legal.public(),
+        weight: 1,
+        required: true,
+    }];
+    c.threshold = 1;
     if cosigned {
-        doc.sign(&keys.legal).unwrap();
+        kit::signed(c, &[&keys.owner, &keys.legal])
+    } else {
+        kit::signed(c, &[&keys.owner])
     }
-    doc
 }
 
 /// A contract for the node owned by `owner` with these stakeholders and threshold,
@@ -351,49 +343,22 @@ pub fn contract_by(
     threshold: u64,
     signers: &[&SecretKey],
 ) -> SignedContract {
-    let c = Contract {
-        id: id.into(),
+    let mut c = kit::contract(
+        owner.public(),
+        keys.node.public(),
+        id,
         version,
-        owner: owner.public(),
-        nodes: vec![keys.node.public()],
-        blueprint: BlueprintRef::Embedded(blueprint(keys, image)),
-        params: BTreeMap::from([("users".into(), json!(10))]),
-        stakeholders,
-        threshold,
-        not_before: None,
-        expires: Some(4_000_000_000),
-    };
-    let mut doc = SignedContract::new(c).unwrap();
-    for k in signers {
-        doc.sign(k).unwrap();
-    }
-    doc
+        blueprint(keys, image),
+    );
+    c.params = BTreeMap::from([("users".into(), json!(10))]);
+    c.stakeholders = stakeholders;
+    c.threshold = threshold;
+    kit::signed(c, signers)
 }
 
-/// `doc`'s contract changed by `edit`, signed again by `signers`.
-pub fn resign(
-    doc: &SignedContract,
-    edit: impl FnOnce(&mut Contract),
-    signers: &[&SecretKey],
-) -> SignedContract {
-    let mut c = doc.contract.clone();
-    edit(&mut c);
-    let mut doc = SignedContract::new(c).unwrap();
-    for k in signers {
-        doc.sign(k).unwrap();
-    }
-    doc
-}
-
-/// Adds `key`'s signature over `doc`'s digest whether or not the document names `key`
-/// (a stakeholder of the running version consenting to a document that drops it).
-pub fn cosign_anyway(doc: &mut SignedContract, key: &SecretKey) {
-    doc.signatures.retain(|s| s.signer != key.public());
-    doc.signatures.push(zos_contract::SignatureEntry {
-        signer: key.public(),
-        signature: key.sign(&doc.digest),
-    });
-}
+// Not every test binary re-signs.
+#[allow(unused_imports)]
+pub use zos_testkit::contract::{cosign_anyway, resign};
 
 /// The notary record of `body` at contract `id` of the node, put by `author` (anyone
 /// may write a contract key).
@@ -404,16 +369,7 @@ pub fn raw_record(keys: &Keys, author: &SecretKey, id: &str, body: Value) -> Rec
 
 /// `owner`'s signed cancellation of `id` at `version`, put by `owner`.
 pub fn cancellation_by(keys: &Keys, owner: &SecretKey, id: &str, version: u64) -> Record {
-    let c = SignedCancellation::sign(
-        Cancellation {
-            id: id.into(),
-            version,
-            owner: owner.public(),
-        },
-        owner,
-    )
-    .unwrap();
-    raw_record(keys, owner, id, serde_json::to_value(&c).unwrap())
+    raw_record(keys, owner, id, kit::cancellation(owner, id, version))
 }
 
 /// The notary record carrying `doc` for the node, put by the owner.
@@ -423,17 +379,7 @@ pub fn contract_record(keys: &Keys, doc: &SignedContract) -> Record {
 }
 
 pub fn cancellation_record(keys: &Keys, id: &str, version: u64) -> Record {
-    let c = SignedCancellation::sign(
-        Cancellation {
-            id: id.into(),
-            version,
-            owner: keys.owner.public(),
-        },
-        &keys.owner,
-    )
-    .unwrap();
-    let key = NotaryKey::contract(&keys.node.public(), id).unwrap();
-    Record::sign(&key, serde_json::to_value(&c).unwrap(), &keys.owner).unwrap()
+    cancellation_by(keys, &keys.owner, id, version)
 }
 
 /// A node's world: the fake machine, a real `dir://` notary and a real file journal.
