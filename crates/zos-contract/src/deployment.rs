@@ -144,13 +144,20 @@ pub struct Workload {
 /// flist and writable layer live in a subvolume of this size on an SSD pool.
 pub const DEFAULT_CONTAINER_DISK_MIB: u64 = 256;
 
+/// The least quota of a VM's unpacked flist tree on the pool: room for a kernel and its
+/// initrd whatever the VM's `disk_mib`.
+pub const VM_TREE_MIB: u64 = 256;
+
 impl Workload {
-    /// The disk it takes on an SSD pool: its `disk_mib`, or for a container that
-    /// declares none, [`DEFAULT_CONTAINER_DISK_MIB`] (its root still takes room).
+    /// The disk it takes on an SSD pool, counted at admission: a container's root
+    /// subvolume (its `disk_mib`, or [`DEFAULT_CONTAINER_DISK_MIB`] when it declares
+    /// none); a VM's root disk (`disk_mib`) plus the subvolume its flist tree is
+    /// unpacked into (`disk_mib`, at least [`VM_TREE_MIB`]).
     pub fn disk_reserved_mib(&self) -> u64 {
         match (self.kind, self.disk_mib) {
             (WorkloadKind::Container, 0) => DEFAULT_CONTAINER_DISK_MIB,
-            (_, mib) => mib,
+            (WorkloadKind::Container, mib) => mib,
+            (WorkloadKind::Vm, mib) => mib.saturating_add(mib.max(VM_TREE_MIB)),
         }
     }
 }
@@ -440,5 +447,31 @@ mod tests {
             serde_json::to_value(&n).unwrap(),
             serde_json::json!({"name": "n", "subnet": "10.1.0.0/24"})
         );
+    }
+}
+
+#[cfg(test)]
+mod reservation_tests {
+    use super::*;
+
+    fn workload(kind: &str, disk_mib: u64) -> Workload {
+        serde_json::from_value(serde_json::json!({
+            "name": "w", "kind": kind, "cpu": 1, "memory_mib": 64, "disk_mib": disk_mib,
+            "flist": {"url": "dir:///x.fl", "sha256": "0".repeat(64), "stores": []},
+        }))
+        .unwrap()
+    }
+
+    /// A VM takes its root disk and the subvolume of its unpacked tree.
+    #[test]
+    fn a_vms_tree_is_counted_beside_its_disk() {
+        assert_eq!(workload("vm", 0).disk_reserved_mib(), VM_TREE_MIB);
+        assert_eq!(workload("vm", 100).disk_reserved_mib(), 100 + VM_TREE_MIB);
+        assert_eq!(workload("vm", 1024).disk_reserved_mib(), 2048);
+        assert_eq!(
+            workload("container", 0).disk_reserved_mib(),
+            DEFAULT_CONTAINER_DISK_MIB
+        );
+        assert_eq!(workload("container", 100).disk_reserved_mib(), 100);
     }
 }

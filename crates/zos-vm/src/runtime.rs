@@ -46,9 +46,9 @@ pub const VOLUME_DISK: &str = "vm-disk.raw";
 /// Prefix of the subvolume (zos-storage volume) holding a VM's unpacked flist. The
 /// contracts' volumes are `<contract>.<name>` or `h-<hash>`: never this.
 pub const TREE_VOLUME_PREFIX: &str = "vmtree-";
-/// The least quota of a VM's tree: room for a kernel and its initrd (the sample VM's
-/// are 65 MiB) whatever the VM's `disk_mib`.
-pub const VM_TREE_MIB: u64 = 256;
+/// The least quota of a VM's tree (the sample VM's kernel and initrd are 65 MiB):
+/// zos-contract's, which admission counts.
+pub use zos_contract::deployment::VM_TREE_MIB;
 
 /// The volume name of the tree of the VM with kernel id `id`.
 pub fn tree_volume(id: &str) -> String {
