@@ -616,4 +616,131 @@ mod tests {
             "no farm after a stop"
         );
     }
+
+    /// The node's parts in memory (zosd's are the state home, pools and journal,
+    /// exercised in zosd's registration tests).
+    #[derive(Default)]
+    struct FakeHost {
+        pinned: std::sync::Mutex<Option<Vec<u8>>>,
+    }
+
+    impl NodeHost for FakeHost {
+        fn pinned_farmer(&self) -> Result<Option<Vec<u8>>, HostError> {
+            Ok(self.pinned.lock().unwrap().clone())
+        }
+        fn pin_farmer(&self, farmer: &[u8]) -> Result<(), HostError> {
+            *self.pinned.lock().unwrap() = Some(farmer.to_vec());
+            Ok(())
+        }
+        fn pools(&self) -> Result<PoolBytes, HostError> {
+            Ok(PoolBytes {
+                ssd: 10 << 30,
+                hdd: 0,
+                ssd_used: 1 << 20,
+                hdd_used: 0,
+            })
+        }
+        fn contracts(&self) -> Result<ContractLoad, HostError> {
+            Ok(ContractLoad {
+                reserved: Capacity {
+                    cpus: 1,
+                    memory_bytes: 64 << 20,
+                    ssd_bytes: 0,
+                    hdd_bytes: 0,
+                },
+                contracts: ContractCounts {
+                    provisioning: 0,
+                    running: 1,
+                    failed: 0,
+                },
+                workloads: 2,
+            })
+        }
+    }
+
+    fn member_config(farm: Option<&str>) -> MemberConfig {
+        MemberConfig {
+            farm: farm.map(str::to_string),
+            version: "0.0.0-test".into(),
+            netns: None,
+            heartbeat: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_farm_nothing_is_published_or_pinned() {
+        let (_dir, notary) = dir_notary();
+        let node = SecretKey::from_seed([3; 32]);
+        let host = Arc::new(FakeHost::default());
+        let cfg = member_config(None);
+        let member = join(
+            &cfg,
+            &node,
+            &notary,
+            host.clone(),
+            std::future::pending(),
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(member.farm.is_none());
+        assert!(member.farm_blueprint_authors().is_empty());
+        let prefix = KeyPrefix::from(&NotaryKey::registration(&node.public()));
+        assert!(notary.list(&prefix).await.unwrap().is_empty());
+        assert!(host.pinned.lock().unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_in_its_farm_pins_the_farmer_registers_and_beats() {
+        let (_dir, notary) = dir_notary();
+        let (farmer, node) = (SecretKey::from_seed([7; 32]), SecretKey::from_seed([3; 32]));
+        notary.put(&farm_record(&farmer)).await.unwrap();
+        let hb_key = NotaryKey::heartbeat(&node.public());
+        let mut beats = notary.watch(&KeyPrefix::from(&hb_key)).await.unwrap();
+        let host = Arc::new(FakeHost::default());
+        let mut said = Vec::new();
+        let cfg = member_config(Some("zt-farm"));
+        let member = join(
+            &cfg,
+            &node,
+            &notary,
+            host.clone(),
+            std::future::pending(),
+            |l| said.push(l.to_string()),
+        )
+        .await
+        .unwrap()
+        .expect("registered");
+        assert_eq!(member.farm.as_ref().unwrap().farmer, farmer.public());
+        assert_eq!(
+            host.pinned.lock().unwrap().as_deref(),
+            Some(&farmer.public().0[..])
+        );
+        assert_eq!(
+            said,
+            [format!("node {} registered in farm zt-farm", node.public())]
+        );
+        let record = notary
+            .get(&NotaryKey::registration(&node.public()))
+            .await
+            .unwrap()
+            .expect("the registration is published");
+        let (author, reg) = Registration::from_record(&record).unwrap();
+        assert_eq!(author, node.public());
+        assert_eq!(reg.farm, "zt-farm");
+        assert_eq!(reg.version, "0.0.0-test");
+        assert_eq!(reg.capacity.ssd_bytes, 10 << 30);
+        // The first heartbeat goes out at once, with what the host reports.
+        let hb = tokio::time::timeout(Duration::from_secs(60), beats.recv())
+            .await
+            .expect("a heartbeat within a minute")
+            .unwrap();
+        let (author, hb) = Heartbeat::from_record(&hb).unwrap();
+        assert_eq!(author, node.public());
+        assert_eq!(hb.contracts.running, 1);
+        assert_eq!(hb.workloads, 2);
+        assert_eq!(hb.reserved.memory_bytes, 64 << 20);
+        assert_eq!(hb.used.ssd_bytes, 1 << 20);
+    }
 }
