@@ -14,8 +14,11 @@ use crate::error::{Error, Result};
 /// Capacity of a mounted filesystem, from statvfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsUsage {
+    /// Bytes of the filesystem.
     pub total: u64,
+    /// Bytes in use.
     pub used: u64,
+    /// Bytes available to an unprivileged writer.
     pub free: u64,
 }
 
@@ -24,6 +27,7 @@ pub struct FsUsage {
 pub struct QgroupUsage {
     /// Bytes referenced by the subvolume (what the limit applies to).
     pub referenced: u64,
+    /// Bytes only this subvolume references (freed when it is deleted).
     pub exclusive: u64,
     /// `max_referenced`, `None` when unlimited.
     pub limit: Option<u64>,
@@ -33,13 +37,19 @@ pub struct QgroupUsage {
 pub trait Backend: Send + Sync + 'static {
     /// Create a btrfs filesystem labelled `label`; `force` overwrites existing signatures.
     fn mkfs(&self, dev: &Path, label: &str, force: bool) -> Result<()>;
+    /// Mount the btrfs filesystem on `dev` at `target`.
     fn mount(&self, dev: &Path, target: &Path) -> Result<()>;
+    /// Unmount what is mounted at `target`.
     fn unmount(&self, target: &Path) -> Result<()>;
     /// Is a filesystem mounted exactly at `target`?
     fn is_mounted(&self, target: &Path) -> Result<bool>;
+    /// Turn on quota groups on the filesystem mounted at `mnt` (idempotent).
     fn enable_quota(&self, mnt: &Path) -> Result<()>;
+    /// Capacity of the filesystem mounted at `mnt`.
     fn fs_usage(&self, mnt: &Path) -> Result<FsUsage>;
+    /// Create the subvolume `path` (its parent exists).
     fn subvol_create(&self, path: &Path) -> Result<()>;
+    /// Delete the subvolume `path` and its contents.
     fn subvol_delete(&self, path: &Path) -> Result<()>;
     /// Set the referenced-bytes limit of the subvolume's own qgroup.
     fn set_limit(&self, subvol: &Path, bytes: u64) -> Result<()>;

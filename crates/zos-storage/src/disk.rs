@@ -25,18 +25,27 @@ const BTRFS_MAGIC: &[u8; 8] = b"_BHRfS_M";
 pub enum Signature {
     /// The probed range is all zeroes.
     Empty,
+    /// A btrfs filesystem (ours when its label has our prefix).
     Btrfs {
+        /// The filesystem label.
         label: String,
+        /// The filesystem UUID.
         fsid: String,
     },
+    /// An ext2/3/4 filesystem.
     Ext {
+        /// The filesystem label.
         label: String,
     },
+    /// An XFS filesystem.
     Xfs,
+    /// A GPT partition table.
     Gpt,
     /// A DOS partition table or boot sector (0x55AA at byte 510).
     Mbr,
+    /// A Linux swap area.
     Swap,
+    /// An LVM physical volume.
     Lvm,
     /// Non-zero bytes that match no known signature.
     Unknown,
@@ -130,14 +139,21 @@ pub struct Disk {
     pub name: String,
     /// Device node.
     pub path: PathBuf,
+    /// Size in bytes.
     pub size_bytes: u64,
+    /// sysfs `queue/rotational`: a spinning disk.
     pub rotational: bool,
+    /// sysfs `removable` (USB sticks, card readers).
     pub removable: bool,
+    /// sysfs `ro`.
     pub read_only: bool,
+    /// sysfs `device/model`, when there is one.
     pub model: Option<String>,
+    /// sysfs `device/serial` (else `serial`), when there is one.
     pub serial: Option<String>,
     /// loop, ram, zram, nbd, dm, md, sr devices.
     pub virtual_dev: bool,
+    /// What its first sectors hold.
     pub signature: Signature,
     /// Why the disk is busy: a mount of it or of one of its partitions, or a holder.
     pub in_use: Option<String>,
@@ -147,18 +163,30 @@ pub struct Disk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// Blank (or wipe explicitly requested): a new pool may be created on it.
-    NewPool { wipe: bool },
+    NewPool {
+        /// Its existing content is destroyed first (the operator asked for it).
+        wipe: bool,
+    },
     /// Carries one of our pools already.
-    ExistingPool { label: String },
+    ExistingPool {
+        /// The pool's btrfs label.
+        label: String,
+    },
     /// Must not be touched; the reason is for humans and logs.
-    Refused { reason: String },
+    Refused {
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// A one-line description of a considered disk, carried in refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSummary {
+    /// Kernel name.
     pub name: String,
+    /// Size in bytes.
     pub size_bytes: u64,
+    /// What the policy decided for it.
     pub verdict: Verdict,
 }
 
@@ -192,6 +220,7 @@ pub struct DiscoveryConfig {
     pub dev_root: PathBuf,
     /// `/proc/self/mountinfo` normally.
     pub mountinfo: PathBuf,
+    /// Which disks to look at.
     pub selection: DiskSelection,
     /// Btrfs labels starting with this are ours.
     pub label_prefix: String,
@@ -403,10 +432,12 @@ pub fn verdict(cfg: &DiscoveryConfig, d: &Disk) -> Verdict {
 /// Discovery plus the policy, disk by disk.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Every disk looked at, with the policy's verdict.
     pub disks: Vec<(Disk, Verdict)>,
 }
 
 impl Plan {
+    /// One line per disk, for refusals and logs.
     pub fn summaries(&self) -> Vec<DiskSummary> {
         self.disks
             .iter()

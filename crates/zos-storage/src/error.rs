@@ -11,23 +11,34 @@ pub enum Error {
     /// A disk the caller asked for may not be used; `considered` lists every disk looked at.
     #[error("disk {disk} refused: {reason} (disks considered: {})", summaries(.considered))]
     DiskRefused {
+        /// The disk as the caller named it.
         disk: String,
+        /// Why it may not be used.
         reason: String,
+        /// Every disk discovery looked at.
         considered: Vec<DiskSummary>,
     },
     /// Discovery found no disk that could hold a pool.
     #[error("no usable disk for a pool (disks considered: {})", summaries(.considered))]
-    NoUsableDisk { considered: Vec<DiskSummary> },
+    NoUsableDisk {
+        /// Every disk discovery looked at.
+        considered: Vec<DiskSummary>,
+    },
     /// No pool of the requested kind has room: nothing was created.
     #[error(
         "no capacity for {requested} bytes on a {kind} pool: the largest free space is {largest_free} bytes \
          (pool {largest_pool}); {pools} online {kind} pool(s)"
     )]
     NoCapacity {
+        /// Bytes asked for.
         requested: u64,
+        /// The most any pool of that kind could still hand out.
         largest_free: u64,
+        /// The pool with that space.
         largest_pool: String,
+        /// The kind asked for.
         kind: PoolKind,
+        /// How many pools of that kind are online.
         pools: usize,
     },
     /// Growing an existing volume/vdisk would overcommit its pool.
@@ -35,57 +46,101 @@ pub enum Error {
         "cannot resize {name} to {requested} bytes on pool {pool}: only {available} bytes can be added"
     )]
     ResizeNoCapacity {
+        /// The volume or vdisk.
         name: String,
+        /// The pool it is on.
         pool: String,
+        /// The new size asked for.
         requested: u64,
+        /// The most it could grow by.
         available: u64,
     },
     #[error("invalid name {0:?}: use 1-64 of [A-Za-z0-9._-], not starting with '.'")]
+    /// A volume, vdisk or state key name outside the allowed alphabet.
     InvalidName(String),
     #[error("invalid size {size} for {what}: {why}")]
+    /// A size that cannot be honoured (not a positive multiple of 4096, a vdisk shrunk, a
+    /// state record too large).
     InvalidSize {
+        /// What was sized.
         what: String,
+        /// The size asked for.
         size: u64,
+        /// Why it is refused.
         why: &'static str,
     },
     #[error("{kind} {name:?} not found")]
-    NotFound { kind: &'static str, name: String },
-    #[error("{kind} {name:?} already exists on pool {pool}")]
-    Exists {
+    /// No volume or vdisk of that name.
+    NotFound {
+        /// `volume` or `vdisk`.
         kind: &'static str,
+        /// The name looked for.
         name: String,
+    },
+    #[error("{kind} {name:?} already exists on pool {pool}")]
+    /// A volume or vdisk of that name exists already.
+    Exists {
+        /// `volume` or `vdisk`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The pool it is on.
         pool: String,
     },
     #[error("pool {0} is not online")]
+    /// The pool (by label) is known but not online.
     PoolOffline(String),
     #[error("no pool is online to hold the node state")]
+    /// No online pool to hold the node state.
     NoStateCopy,
     #[error("state key {key:?}: no valid copy among {copies} (corrupt or missing)")]
-    StateUnreadable { key: String, copies: usize },
+    /// No copy of a state record is valid.
+    StateUnreadable {
+        /// The record.
+        key: String,
+        /// How many copies were looked at.
+        copies: usize,
+    },
     /// Copies exist but none is authenticated by this node's key (a planted disk, a
     /// forged record): none is used.
     #[error("state key {key:?}: copies not authenticated by this node's key: {}", paths(.copies))]
-    StateForged { key: String, copies: Vec<PathBuf> },
+    StateForged {
+        /// The record.
+        key: String,
+        /// The copies refused.
+        copies: Vec<PathBuf>,
+    },
     /// Write-once state (the identity) holds different values on different pools: a
     /// foreign state home. Nothing is chosen and nothing is rewritten.
     #[error("state key {key:?}: copies disagree (a foreign state home?): {}", paths(.copies))]
-    StateConflict { key: String, copies: Vec<PathBuf> },
+    StateConflict {
+        /// The record.
+        key: String,
+        /// The disagreeing copies.
+        copies: Vec<PathBuf>,
+    },
     /// A state write reached only some of the online pools: it does not count as done.
     #[error(
         "state key {key:?} generation {generation}: written to {written} pool(s) but not to: {}",
         failures(.failed)
     )]
     StateIncomplete {
+        /// The record.
         key: String,
+        /// The generation being written.
         generation: u64,
+        /// How many copies were written.
         written: usize,
+        /// The copies not written, and why.
         failed: Vec<(PathBuf, String)>,
     },
     /// The node created this volume and it is gone: its data is lost. Never recreated
     /// empty (a permanent error).
     #[error("volume lost: {name:?} was created on pool {pool} and {gone}")]
     VolumeLost {
+        /// The volume.
         name: String,
+        /// The pool it was created on.
         pool: String,
         /// What is gone: its subvolume (the pool is there), or the pool itself.
         gone: &'static str,
@@ -94,33 +149,53 @@ pub enum Error {
     /// empty.
     #[error("vdisk lost: {name:?} was created on pool {pool} and {gone}")]
     VdiskLost {
+        /// The vdisk.
         name: String,
+        /// The pool it was created on.
         pool: String,
         /// What is gone: its file (the pool is there), or the pool itself.
         gone: &'static str,
     },
     #[error("{what} {path}: {source}")]
+    /// A file system call failed.
     Io {
+        /// What was being done.
         what: &'static str,
+        /// On what.
         path: PathBuf,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
     #[error("{program} failed ({status}): {stderr}")]
+    /// A helper program (mkfs.btrfs, btrfs, losetup...) failed.
     Command {
+        /// The program.
         program: String,
+        /// How it exited.
         status: String,
+        /// What it printed on stderr.
         stderr: String,
     },
     #[error("{op} on {path}: {source}")]
+    /// A system call (mount, an ioctl) failed.
     Sys {
+        /// The call.
         op: &'static str,
+        /// On what.
         path: PathBuf,
+        /// The error.
         #[source]
         source: nix::Error,
     },
     #[error("corrupt {what}: {why}")]
-    Corrupt { what: String, why: String },
+    /// Something read is malformed (a registry, the identity seed, a kernel counter).
+    Corrupt {
+        /// What.
+        what: String,
+        /// How it is malformed.
+        why: String,
+    },
 }
 
 impl Error {
@@ -170,4 +245,5 @@ fn failures(v: &[(PathBuf, String)]) -> String {
         .join(", ")
 }
 
+/// The storage layer's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,7 +5,7 @@
 //! pool. Durable node state (identity key, journal) goes through [`Storage::state`].
 //! The API is synchronous: call it from `spawn_blocking`. See `docs/storage.md`.
 
-#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
 pub mod disk;
@@ -29,7 +29,9 @@ pub use storage::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolKind {
+    /// Solid-state: a non-rotational disk (or one overridden as such).
     Ssd,
+    /// Spinning: a rotational disk.
     Hdd,
 }
 

@@ -211,11 +211,15 @@ pub(crate) fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 /// What one copy holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyState {
+    /// No copy on this pool.
     Missing,
+    /// The copy does not decode; why.
     Corrupt(String),
     /// Well-formed, but not authenticated by this node's key: never read.
     Forged(String),
+    /// Well-formed and, once the home has a node key, authenticated by it.
     Valid {
+        /// Its generation (the newest valid copy wins).
         generation: u64,
     },
     /// The pool directory could not be read at all.
@@ -225,7 +229,9 @@ pub enum CopyState {
 /// Result of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateRead {
+    /// The value of the newest valid copy.
     pub data: Vec<u8>,
+    /// Its generation.
     pub generation: u64,
     /// Copies that were missing, stale, corrupt, forged or readable by others and have
     /// been rewritten (or set back to 0600).
@@ -237,7 +243,9 @@ pub struct StateRead {
 /// Result of a write: every copy was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateWrite {
+    /// The generation written (one more than the newest copy's).
     pub generation: u64,
+    /// The copies written, one per online pool.
     pub written: Vec<PathBuf>,
 }
 
@@ -290,6 +298,7 @@ impl StateHome {
         self.mac.get().is_some()
     }
 
+    /// The directories holding the copies, one per online pool.
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }

@@ -31,6 +31,7 @@ pub const VDISKS_KEY: &str = "vdisks";
 /// How storage is set up.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
+    /// Where disks are found and which may be used.
     pub discovery: DiscoveryConfig,
     /// Pools are mounted at `<pools_root>/<label>`.
     pub pools_root: PathBuf,
@@ -43,6 +44,7 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
+    /// The defaults (every disk, `/sys`, `/dev`, no identity), pools under `pools_root`.
     pub fn new(pools_root: impl Into<PathBuf>) -> Self {
         StorageConfig {
             discovery: DiscoveryConfig::default(),
@@ -56,11 +58,13 @@ impl StorageConfig {
 /// Health of a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PoolStatus {
+    /// Mounted and usable.
     Online,
     /// Known from the registry, but no disk carries its label any more.
     Missing,
     /// Its disk is there but it could not be mounted or used.
     Broken {
+        /// Why.
         reason: String,
     },
 }
@@ -68,22 +72,30 @@ pub enum PoolStatus {
 /// One btrfs filesystem on one disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
+    /// Its btrfs label (our prefix, then an id).
     pub label: String,
+    /// SSD or HDD, from its disk.
     pub kind: PoolKind,
     /// Kernel name of the disk it was last seen on.
     pub disk: Option<String>,
+    /// Device node of that disk.
     pub device: Option<PathBuf>,
+    /// Where it is (or would be) mounted: `<pools_root>/<label>`.
     pub mountpoint: PathBuf,
+    /// Its health.
     pub status: PoolStatus,
 }
 
 /// A pool with its numbers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolInfo {
+    /// The pool.
     pub pool: Pool,
     /// statvfs total / used / available, when online.
     pub total: u64,
+    /// statvfs used bytes.
     pub used: u64,
+    /// statvfs available bytes.
     pub free: u64,
     /// What placement may hand out: total minus the space btrfs keeps for itself.
     pub capacity: u64,
@@ -94,8 +106,11 @@ pub struct PoolInfo {
 /// A subvolume with a qgroup limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
+    /// Its node-wide name.
     pub name: String,
+    /// The label of the pool it is on.
     pub pool: String,
+    /// The subvolume.
     pub path: PathBuf,
     /// The qgroup limit (referenced bytes); 0 when none is set.
     pub size: u64,
@@ -106,9 +121,13 @@ pub struct Volume {
 /// A sparse NOCOW file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vdisk {
+    /// Its node-wide name.
     pub name: String,
+    /// The label of the pool it is on.
     pub pool: String,
+    /// The file.
     pub path: PathBuf,
+    /// Its apparent size in bytes (what the VM sees).
     pub size: u64,
     /// Bytes actually allocated on disk.
     pub allocated: u64,
@@ -117,13 +136,18 @@ pub struct Vdisk {
 /// A pool's numbers as placement sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolCapacity {
+    /// The pool's label.
     pub label: String,
+    /// SSD or HDD.
     pub kind: PoolKind,
+    /// What placement may hand out (see [`PoolInfo::capacity`]).
     pub capacity: u64,
+    /// Sum of volume limits and vdisk sizes on it.
     pub allocated: u64,
 }
 
 impl PoolCapacity {
+    /// Capacity not yet allocated.
     pub fn free(&self) -> u64 {
         self.capacity.saturating_sub(self.allocated)
     }
@@ -534,6 +558,7 @@ impl<B: Backend> Storage<B> {
         &self.state
     }
 
+    /// The kernel interface it drives.
     pub fn backend(&self) -> &B {
         &self.backend
     }
@@ -875,6 +900,7 @@ impl<B: Backend> Storage<B> {
         Ok(found.is_some())
     }
 
+    /// Every vdisk on the online pools.
     pub fn vdisks(&self) -> Result<Vec<Vdisk>> {
         let pools = self.lock().clone();
         let mut out = Vec::new();
