@@ -70,10 +70,7 @@ fn registration(farm: &str) -> Registration {
 }
 
 fn flow(url: &str) {
-    let tmp = tempfile::Builder::new()
-        .prefix("zt-cli-farm-")
-        .tempdir()
-        .unwrap();
+    let tmp = zos_testkit::tempdir("cli-farm");
     let dir = tmp.path();
     let farmer = ok(dir, &["key", "new", "--out", "farmer.key"]);
     ok(dir, &["key", "new", "--out", "other.key"]);
@@ -272,10 +269,7 @@ fn flow(url: &str) {
 
 #[test]
 fn farms_and_nodes_on_a_directory_notary() {
-    let store = tempfile::Builder::new()
-        .prefix("zt-notary-")
-        .tempdir()
-        .unwrap();
+    let store = zos_testkit::tempdir("notary");
     flow(&format!("dir://{}", store.path().display()));
 }
 

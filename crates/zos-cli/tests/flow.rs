@@ -42,10 +42,7 @@ impl Zos<'_> {
 }
 
 fn flow(notary: &str) {
-    let tmp = tempfile::Builder::new()
-        .prefix("zt-cli-")
-        .tempdir()
-        .unwrap();
+    let tmp = zos_testkit::tempdir("cli");
     let zos = Zos { dir: tmp.path() };
     let pub_of = |who: &str| zos.ok(&["key", "new", "--out", &format!("{who}.key")]);
     let (owner, legal, budget, node) = (
@@ -264,10 +261,7 @@ fn flow(notary: &str) {
 
 #[test]
 fn flow_on_a_directory_notary() {
-    let store = tempfile::Builder::new()
-        .prefix("zt-notary-")
-        .tempdir()
-        .unwrap();
+    let store = zos_testkit::tempdir("notary");
     flow(&format!("dir://{}", store.path().display()));
 }
 

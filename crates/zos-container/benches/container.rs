@@ -97,10 +97,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50)
         .max(1);
-    let dir = tempfile::Builder::new()
-        .prefix("zt-ctrbench-")
-        .tempdir()
-        .unwrap();
+    let dir = zos_testkit::tempdir("ctrbench");
     rootfs(&dir.path().join("rootfs"));
     let rt = Libcontainer::new(RuntimeConfig::under(&dir.path().join("run"))).unwrap();
     let bare_state = dir.path().join("bare-state");

@@ -91,10 +91,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
-    let tmp = tempfile::Builder::new()
-        .prefix("zt-flist-bench-")
-        .tempdir()
-        .unwrap();
+    let tmp = zos_testkit::tempdir("flist-bench");
     let dir = tmp.path();
     let src = dir.join("src");
     std::fs::create_dir(&src).unwrap();

@@ -242,10 +242,7 @@ impl Drop for TlsEtcd {
 }
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("zt-pki-")
-        .tempdir()
-        .unwrap()
+    zos_testkit::tempdir("pki")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,7 +56,7 @@ impl Fixture {
         ip(&["-n", &name, "tuntap", "add", "dev", "t0", "mode", "tap"]);
         ip(&["-n", &name, "addr", "add", "10.77.0.1/24", "dev", "t0"]);
         ip(&["-n", &name, "link", "set", "t0", "up"]);
-        let dir = tempfile::Builder::new().prefix("zt-vm").tempdir().unwrap();
+        let dir = zos_testkit::tempdir("vm");
         let mut cfg = QemuConfig::under(dir.path().join("vms"));
         cfg.accel = AccelChoice::Tcg;
         cfg.cgroup_parent = name.clone();

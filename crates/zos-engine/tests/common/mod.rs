@@ -392,10 +392,7 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
-        let dir = tempfile::Builder::new()
-            .prefix("zt-engine-")
-            .tempdir()
-            .unwrap();
+        let dir = zos_testkit::tempdir("engine");
         let notary =
             zos_notary::open(&format!("dir://{}", dir.path().join("notary").display())).unwrap();
         World {
