@@ -470,8 +470,10 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         };
         match out.result {
             Ok(()) => {
-                self.journal.set_phase(&owned.id, Phase::Running)?;
-                self.report(&owned.id).await
+                if self.set_phase(&owned.id, Phase::Running)? {
+                    self.report(&owned.id).await?;
+                }
+                Ok(())
             }
             Err(e) => {
                 if e.is_permanent() {
@@ -482,18 +484,31 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                     ) {
                         self.supervisor.forget(&name);
                     }
-                    self.journal.set_phase(
-                        &owned.id,
-                        Phase::Failed {
-                            message: e.to_string(),
-                        },
-                    )?;
+                    let failed = Phase::Failed {
+                        message: e.to_string(),
+                    };
+                    if !self.set_phase(&owned.id, failed)? {
+                        return Ok(());
+                    }
                 }
                 let workloads = self.workload_reports(&owned).await;
                 let refused = self.refused_updates.get(&owned.id).cloned();
                 let report = reporting::failed(&owned, &e.to_string(), workloads, refused);
                 self.publish(report).await
             }
+        }
+    }
+
+    /// Moves contract `id` to `phase` through the journal's transition table; a change
+    /// the table forbids is refused and logged (false), the contract left as it is.
+    fn set_phase(&mut self, id: &str, phase: Phase) -> Result<bool, EngineError> {
+        match self.journal.set_phase(id, phase) {
+            Ok(()) => Ok(true),
+            Err(e @ crate::journal::JournalError::IllegalTransition { .. }) => {
+                tracing::error!(contract = %id, error = %e, "outcome dropped");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -140,3 +140,56 @@ pub fn workload_plan(
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(subnet: &str, workloads: usize) -> Deployment {
+        let w = |i: usize| {
+            serde_json::json!({"name": format!("w{i}"), "kind": "container",
+                "flist": {"url": "dir:///f.fl",
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "stores": ["dir:///s"]},
+                "entrypoint": ["/app"], "cpu": 1, "memory_mib": 16, "network": "net",
+                "ports": [{"port": 80, "public": 8000 + i}]})
+        };
+        serde_json::from_value(serde_json::json!({
+            "networks": [{"name": "net", "subnet": subnet}],
+            "workloads": (0..workloads).map(w).collect::<Vec<_>>()
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_gateway_takes_the_first_host_and_the_workloads_the_next_ones() {
+        let (plan, ips) = addresses(&deployment("10.20.0.0/29", 3), "net").unwrap();
+        assert_eq!(plan.gateway.to_string(), "10.20.0.1");
+        assert_eq!(ips["w0"].to_string(), "10.20.0.2");
+        assert_eq!(ips["w2"].to_string(), "10.20.0.4");
+        assert_eq!(plan.forwards.len(), 3);
+    }
+
+    #[test]
+    fn addresses_that_do_not_work_out_are_typed_errors() {
+        // A /29 has six hosts: the gateway and five workloads.
+        assert_eq!(
+            addresses(&deployment("10.20.0.0/29", 6), "net").unwrap_err(),
+            AddressError::TooMany {
+                workloads: 6,
+                subnet: "10.20.0.0/29".into(),
+                hosts: 6
+            }
+        );
+        assert_eq!(
+            addresses(&deployment("10.20.0.0/29", 1), "other").unwrap_err(),
+            AddressError::NoNetwork("other".into())
+        );
+        let e = network_plan("web", &deployment("10.20.0.0/29", 6), "net").unwrap_err();
+        assert!(e.is_permanent());
+        assert!(
+            e.to_string().starts_with("network web.net: 6 workloads"),
+            "{e}"
+        );
+    }
+}
