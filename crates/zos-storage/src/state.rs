@@ -371,32 +371,14 @@ impl StateHome {
     /// The identity is write-once: another value than the one stored is refused.
     pub fn write(&self, key: &str, data: &[u8]) -> Result<StateWrite> {
         check_key(key)?;
-        if data.len() > MAX_STATE_BYTES {
-            return Err(Error::InvalidSize {
-                what: format!("state {key}"),
-                size: data.len() as u64,
-                why: "larger than the state home accepts",
-            });
-        }
+        check_record_size(key, data)?;
         if self.dirs.is_empty() {
             return Err(Error::NoStateCopy);
         }
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let copies: Vec<_> = self.dirs.iter().map(|d| self.read_copy(d, key)).collect();
         if key == IDENTITY_KEY {
-            let differing: Vec<PathBuf> = self
-                .dirs
-                .iter()
-                .zip(&copies)
-                .filter(|(_, (_, p))| p.as_ref().is_some_and(|p| p != data))
-                .map(|(d, _)| d.join(key))
-                .collect();
-            if !differing.is_empty() {
-                return Err(Error::StateConflict {
-                    key: key.into(),
-                    copies: differing,
-                });
-            }
+            self.identity_unchanged(data, &copies)?;
         }
         let newest = copies
             .iter()
@@ -408,10 +390,42 @@ impl StateHome {
             .unwrap_or(0);
         let generation = newest + 1;
         let bytes = encode(key, self.mac_for(key), generation, data);
+        let written = self.write_every_copy(key, generation, &bytes)?;
+        tracing::debug!(key, generation, copies = written.len(), "state written");
+        Ok(StateWrite {
+            generation,
+            written,
+        })
+    }
+
+    /// The identity is write-once: a copy holding another value than `data` is a conflict.
+    fn identity_unchanged(
+        &self,
+        data: &[u8],
+        copies: &[(CopyState, Option<Vec<u8>>)],
+    ) -> Result<()> {
+        let differing: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .zip(copies)
+            .filter(|(_, (_, p))| p.as_ref().is_some_and(|p| p != data))
+            .map(|(d, _)| d.join(IDENTITY_KEY))
+            .collect();
+        if !differing.is_empty() {
+            return Err(Error::StateConflict {
+                key: IDENTITY_KEY.into(),
+                copies: differing,
+            });
+        }
+        Ok(())
+    }
+
+    /// `bytes` to every copy; [`Error::StateIncomplete`] unless all were written.
+    fn write_every_copy(&self, key: &str, generation: u64, bytes: &[u8]) -> Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         let mut failed = Vec::new();
         for d in &self.dirs {
-            match atomic_write(d, key, &bytes) {
+            match atomic_write(d, key, bytes) {
                 Ok(()) => written.push(d.join(key)),
                 Err(e) => {
                     tracing::error!(key, copy = %d.display(), error = %e, "state copy not written");
@@ -427,11 +441,7 @@ impl StateHome {
                 failed,
             });
         }
-        tracing::debug!(key, generation, copies = written.len(), "state written");
-        Ok(StateWrite {
-            generation,
-            written,
-        })
+        Ok(written)
     }
 
     /// Read the newest valid copy of `key` and repair the others. `Ok(None)` when no copy
@@ -441,7 +451,7 @@ impl StateHome {
     pub fn read(&self, key: &str) -> Result<Option<StateRead>> {
         check_key(key)?;
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let copies: Vec<(&PathBuf, CopyState, Option<Vec<u8>>)> = self
+        let copies: Vec<Copy<'_>> = self
             .dirs
             .iter()
             .map(|d| {
@@ -450,19 +460,7 @@ impl StateHome {
             })
             .collect();
         if key == IDENTITY_KEY {
-            let mut values = copies.iter().filter_map(|(_, _, p)| p.as_ref());
-            if let Some(first) = values.next() {
-                if values.any(|v| v != first) {
-                    return Err(Error::StateConflict {
-                        key: key.into(),
-                        copies: copies
-                            .iter()
-                            .filter(|(_, _, p)| p.is_some())
-                            .map(|(d, _, _)| d.join(key))
-                            .collect(),
-                    });
-                }
-            }
+            identity_agrees(&copies)?;
         }
         for (d, s, _) in &copies {
             if let CopyState::Forged(why) = s {
@@ -477,29 +475,14 @@ impl StateHome {
             })
             .max_by_key(|(g, _)| *g);
         let Some((generation, data)) = best else {
-            let forged: Vec<PathBuf> = copies
-                .iter()
-                .filter(|(_, s, _)| matches!(s, CopyState::Forged(_)))
-                .map(|(d, _, _)| d.join(key))
-                .collect();
-            if !forged.is_empty() {
-                return Err(Error::StateForged {
-                    key: key.to_string(),
-                    copies: forged,
-                });
-            }
-            if copies
-                .iter()
-                .any(|(_, s, _)| matches!(s, CopyState::Corrupt(_)))
-            {
-                return Err(Error::StateUnreadable {
-                    key: key.to_string(),
-                    copies: copies.len(),
-                });
-            }
-            return Ok(None);
+            return no_valid_copy(key, &copies).map(|()| None);
         };
-        let data = data.clone();
+        Ok(Some(self.repair(key, generation, data.clone(), &copies)))
+    }
+
+    /// Brings every copy that is not the chosen one (`generation`, `data`) up to date and
+    /// sets a good copy readable by others back to 0600, saying which were repaired.
+    fn repair(&self, key: &str, generation: u64, data: Vec<u8>, copies: &[Copy<'_>]) -> StateRead {
         let bytes = encode(key, self.mac_for(key), generation, &data);
         let mut out = StateRead {
             data,
@@ -507,7 +490,7 @@ impl StateHome {
             repaired: Vec::new(),
             repair_failed: Vec::new(),
         };
-        for (d, s, p) in &copies {
+        for (d, s, p) in copies {
             let path = d.join(key);
             let good = matches!(s, CopyState::Valid { generation: g } if *g == generation)
                 && p.as_deref() == Some(&out.data[..]);
@@ -527,7 +510,7 @@ impl StateHome {
                 Err(e) => out.repair_failed.push((path, e.to_string())),
             }
         }
-        Ok(Some(out))
+        out
     }
 
     /// Remove every copy of `key` (idempotent).
@@ -546,6 +529,66 @@ impl StateHome {
         }
         Ok(())
     }
+}
+
+/// One copy as read: its pool directory, its state, its payload when it decoded.
+type Copy<'a> = (&'a PathBuf, CopyState, Option<Vec<u8>>);
+
+/// A state record larger than [`MAX_STATE_BYTES`] is refused before anything is read.
+fn check_record_size(key: &str, data: &[u8]) -> Result<()> {
+    if data.len() > MAX_STATE_BYTES {
+        return Err(Error::InvalidSize {
+            what: format!("state {key}"),
+            size: data.len() as u64,
+            why: "larger than the state home accepts",
+        });
+    }
+    Ok(())
+}
+
+/// The identity's copies that decoded must all hold the same seed: otherwise this is a
+/// foreign state home, and nothing is chosen.
+fn identity_agrees(copies: &[Copy<'_>]) -> Result<()> {
+    let mut values = copies.iter().filter_map(|(_, _, p)| p.as_ref());
+    if let Some(first) = values.next() {
+        if values.any(|v| v != first) {
+            return Err(Error::StateConflict {
+                key: IDENTITY_KEY.into(),
+                copies: copies
+                    .iter()
+                    .filter(|(_, _, p)| p.is_some())
+                    .map(|(d, _, _)| d.join(IDENTITY_KEY))
+                    .collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// No copy is valid: forged copies are [`Error::StateForged`], corrupt ones
+/// [`Error::StateUnreadable`]; `Ok` when there simply is none.
+fn no_valid_copy(key: &str, copies: &[Copy<'_>]) -> Result<()> {
+    let forged: Vec<PathBuf> = copies
+        .iter()
+        .filter(|(_, s, _)| matches!(s, CopyState::Forged(_)))
+        .map(|(d, _, _)| d.join(key))
+        .collect();
+    if !forged.is_empty() {
+        return Err(Error::StateForged {
+            key: key.to_string(),
+            copies: forged,
+        });
+    }
+    if copies
+        .iter()
+        .any(|(_, s, _)| matches!(s, CopyState::Corrupt(_)))
+    {
+        return Err(Error::StateUnreadable {
+            key: key.to_string(),
+            copies: copies.len(),
+        });
+    }
+    Ok(())
 }
 
 /// One copy of `key` in `dir`, checked against `mac` (`None`: checksummed).
