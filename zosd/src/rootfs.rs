@@ -53,7 +53,7 @@ impl Rootfs {
             .ensure(flist, &self.access, zos_flist::DEFAULT_MAX_EXPANDED)
             .map_err(|e| {
                 let permanent = e.is_permanent();
-                ProvisionError::new("flist", name, e.to_string()).permanent_if(permanent)
+                ProvisionError::from_source("flist", name, e).permanent_if(permanent)
             })
     }
 }

@@ -46,6 +46,12 @@ fn err(name: &str, e: impl std::fmt::Display) -> ProvisionError {
     ProvisionError::new("workload", name, e.to_string())
 }
 
+/// This crate's error as the source, permanent when it says so (a refused spec).
+fn typed(name: &str, e: Error) -> ProvisionError {
+    let permanent = e.is_permanent();
+    ProvisionError::from_source("workload", name, e).permanent_if(permanent)
+}
+
 impl Containers {
     pub fn new(state_dir: &Path) -> Result<Containers, Error> {
         let root = state_dir.join("containers");
@@ -120,7 +126,7 @@ impl Containers {
         let name = &c.plan.name;
         // A stopped container of this name (a crash, a restart): its cgroup and state
         // go first, its logs stay.
-        self.runtime.delete(name).map_err(|e| err(name, e))?;
+        self.runtime.delete(name).map_err(|e| typed(name, e))?;
         let spec = self.spec(c)?;
         let pid = self.create_in_child(&spec)?;
         match self.runtime.adopt(name) {
@@ -131,7 +137,7 @@ impl Containers {
                     .insert(name.clone(), adopted.exit);
             }
             Ok(None) => return Err(err(name, "created, then not found")),
-            Err(e) => return Err(err(name, e)),
+            Err(e) => return Err(typed(name, e)),
         }
         tracing::info!(workload = %name, pid, "container started");
         Ok(WorkloadStatus {
@@ -181,7 +187,7 @@ impl Containers {
 
     /// Kills and deletes the container (state, cgroup, bundle) and its logs.
     pub fn remove(&self, name: &str) -> Result<(), ProvisionError> {
-        self.runtime.delete(name).map_err(|e| err(name, e))?;
+        self.runtime.delete(name).map_err(|e| typed(name, e))?;
         self.exits.lock().expect("not poisoned").remove(name);
         match std::fs::remove_dir_all(self.log_dir(name)) {
             Ok(()) => Ok(()),
@@ -271,7 +277,7 @@ fn spec_of(c: &ContainerPlan<'_>, log_dir: PathBuf) -> Result<ContainerSpec, Pro
             readonly: *readonly,
         })
         .collect();
-    spec.validate().map_err(|e| err(name, e).permanent())?;
+    spec.validate().map_err(|e| typed(name, e))?;
     Ok(spec)
 }
 
@@ -352,5 +358,25 @@ mod tests {
         let e = spec_of(&c, PathBuf::from("/logs")).unwrap_err();
         assert!(e.is_permanent(), "{e}");
         assert!(e.to_string().contains("no entrypoint"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_the_crate_refuses_is_permanent_and_keeps_its_typed_source() {
+        let mut p = plan(&["/bin/true"]);
+        p.mounts = vec![(PathBuf::from("/pool/v"), "/".into(), false)];
+        let c = ContainerPlan {
+            plan: &p,
+            rootfs: PathBuf::from("/r"),
+            netns: None,
+        };
+        let e = spec_of(&c, PathBuf::from("/logs")).unwrap_err();
+        assert!(e.is_permanent(), "{e}");
+        assert!(
+            matches!(
+                e.source.downcast_ref::<Error>(),
+                Some(Error::InvalidSpec(_))
+            ),
+            "{e:?}"
+        );
     }
 }

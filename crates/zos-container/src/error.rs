@@ -27,6 +27,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The pool subvolume of a container's root could not be made or found.
+    #[error("root filesystem: {0}")]
+    RootVolume(#[source] zos_storage::Error),
     #[error("container {id}: {op}: {source}")]
     Sys {
         id: String,
@@ -37,6 +40,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when trying again cannot help: a spec this crate refuses, or a root volume
+    /// zos-storage says is lost. False for what may pass (the runtime, the kernel, I/O).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::InvalidSpec(_) => true,
+            Error::RootVolume(e) => e.is_permanent(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(
         what: &'static str,
         path: impl Into<PathBuf>,

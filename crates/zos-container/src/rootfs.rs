@@ -68,6 +68,12 @@ fn err(name: &str, e: impl std::fmt::Display) -> ProvisionError {
     ProvisionError::new("flist", name, e.to_string())
 }
 
+/// This crate's error as the source, permanent when it says so.
+fn typed(name: &str, e: crate::Error) -> ProvisionError {
+    let permanent = e.is_permanent();
+    ProvisionError::from_source("flist", name, e).permanent_if(permanent)
+}
+
 impl Rootfs {
     /// Mount points under `<state>/workloads`, subvolumes on `storage`'s pools, flists
     /// read only where `access` allows.
@@ -84,10 +90,7 @@ impl Rootfs {
         self.storage
             .volume_ensure(&volume_name(id), rootfs_mib(disk_mib) << 20, PoolKind::Ssd)
             .map(|v| v.path)
-            .map_err(|e| {
-                let permanent = e.is_permanent();
-                err(name, format!("root filesystem: {e}")).permanent_if(permanent)
-            })
+            .map_err(|e| typed(name, crate::Error::RootVolume(e)))
     }
 
     fn workload_dir(&self, name: &str) -> PathBuf {
@@ -124,11 +127,11 @@ impl Rootfs {
         let trees = PinnedTrees::new(home.join("flists"), home.join("trees"));
         let lower = trees
             .ensure(flist, &self.access, rootfs_mib(disk_mib) << 20)
+            // A refused flist (pin, signature, bad blocks, too large) fails again: that
+            // is for good (zos-flist says so). An unreachable store may come back.
             .map_err(|e| {
-                // A refused flist (pin, signature, bad blocks, too large) fails again:
-                // that is for good. An unreachable store may come back: retried.
                 let permanent = e.is_permanent();
-                err(name, e).permanent_if(permanent)
+                ProvisionError::from_source("flist", name, e).permanent_if(permanent)
             })?;
         // Trees of earlier versions of the flist: not mounted (this one is not yet).
         trees.prune_except(&lower);

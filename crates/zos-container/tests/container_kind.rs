@@ -99,7 +99,7 @@ fn pid_of(containers: &Path, name: &str) -> Option<i32> {
         .and_then(|s| s.pid)
 }
 
-fn plan(name: &str, flist: &str, sha256: &str, store: &str) -> WorkloadPlan {
+fn plan_of(name: &str, flist: &str, sha256: &str, store: &str) -> WorkloadPlan {
     let workload = serde_json::from_value(serde_json::json!({
         "name": "app",
         "kind": "container",
@@ -175,11 +175,28 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
         ids.clone(),
     )
     .unwrap();
-    let plan = plan(&name, &flist_url, &sha, &store);
+    let plan = plan_of(&name, &flist_url, &sha, &store);
     let placement = Placement {
         kernel_id: id.clone(),
         nic: None::<Nic>,
     };
+
+    // A flist whose bytes are not the pinned ones: refused for good, with zos-flist's
+    // typed error as the source, and nothing runs.
+    let wrong = zos_contract::Digest::of(b"another flist").to_hex();
+    let e = runtime
+        .ensure(&plan_of(&name, &flist_url, &wrong, &store), &placement)
+        .unwrap_err();
+    assert!(e.is_permanent(), "{e}");
+    assert!(
+        matches!(
+            e.source.downcast_ref::<zos_flist::Error>(),
+            Some(zos_flist::Error::Pin { .. })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(runtime.state(&name), None);
+    assert!(pid_of(&guard.containers, &name).is_none());
 
     // ensure: the root on its own subvolume, the container running on it.
     let status = runtime.ensure(&plan, &placement).unwrap();
