@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use zos_contract::verify::verify_cancellation;
 use zos_contract::{
-    check_update, ContractRecord, Deployment, Digest, Limits, PublicKey, SignedBlueprint,
+    check_update, Accepted, ContractRecord, Deployment, Digest, Limits, PublicKey, SignedBlueprint,
     SignedCancellation, SignedContract, Signers, VerifyContext,
 };
 use zos_notary::{KeyKind, Record};
@@ -124,13 +124,13 @@ pub struct Inputs<'a> {
 }
 
 /// A contract document: accept it, refuse it, or nothing (a re-delivery of what runs,
-/// a replay of an older version of it).
+/// a replay of an older version of it). In order: verification, the node's own rules
+/// (update, tombstones, quarantine), then capacity.
 pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
     let c = &doc.contract;
-    let id = c.id.clone();
     let j = inputs.journal;
     // Re-deliveries and co-signatures of what runs already change nothing.
-    if let Some(owned) = j.owned.get(&id) {
+    if let Some(owned) = j.owned.get(&c.id) {
         if owned.version == c.version && owned.digest == doc.digest {
             return Vec::new();
         }
@@ -139,20 +139,65 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
     // volumes wait out their grace period. A new version must be its update.
     let governing: Option<&Owned> = j
         .owned
-        .get(&id)
-        .or_else(|| j.retired.get(&id).map(|r| &r.owned));
+        .get(&c.id)
+        .or_else(|| j.retired.get(&c.id).map(|r| &r.owned));
+    let (accepted, mut reasons) = match verify(doc, governing, &inputs) {
+        None => return Vec::new(),
+        Some(Ok(a)) => (Some(a), Vec::new()),
+        Some(Err(reasons)) => (None, reasons),
+    };
+    reasons.extend(node_rules(doc, governing, accepted.as_ref(), j));
+    let refuse = |reasons| {
+        vec![Action::Refuse {
+            id: c.id.clone(),
+            version: Some(c.version),
+            reasons,
+        }]
+    };
+    let accepted = match accepted {
+        Some(a) if reasons.is_empty() => a,
+        _ => return refuse(reasons),
+    };
+    if let Err(over) = fits(&c.id, &accepted.deployment, &inputs) {
+        return refuse(vec![over]);
+    }
+    let owned = Owned {
+        id: c.id.clone(),
+        version: accepted.version,
+        digest: accepted.digest,
+        owner: c.owner,
+        expires: c.expires,
+        deployment: accepted.deployment,
+        phase: Phase::Provisioning,
+        restarts: governing.map(|p| p.restarts.clone()).unwrap_or_default(),
+        signers: Some(Signers::from(c)),
+    };
+    vec![Action::Accept {
+        owned: Box::new(owned),
+        previous: governing.cloned().map(Box::new),
+    }]
+}
+
+/// zos-contract's verification as this node: `None` for a replay of an older version
+/// while a newer one runs (only logged: the running version's status stays).
+fn verify(
+    doc: &SignedContract,
+    governing: Option<&Owned>,
+    inputs: &Inputs<'_>,
+) -> Option<Result<Accepted, Vec<ReasonReport>>> {
+    let (c, j) = (&doc.contract, inputs.journal);
     // Signatures of governing stakeholders the new document drops count for the
     // update rule only; verification judges the document on its own terms.
     let checked = match governing.and_then(|g| g.signers.as_ref()) {
         Some(signers) => zos_contract::update::for_verification(signers, doc),
         None => doc.clone(),
     };
-    let blueprint = inputs.blueprint;
+    let blueprint = inputs.blueprint.clone();
     let resolver = move |d: &Digest| blueprint.clone().filter(|b| b.digest == *d);
     let ctx = VerifyContext {
         now: inputs.now,
         node: Some(inputs.node),
-        accepted: j.accepted.get(&id).copied(),
+        accepted: j.accepted.get(&c.id).copied(),
         resolve_blueprint: &resolver,
         trusted_authors: inputs.trusted_authors,
         limits: inputs.limits,
@@ -161,26 +206,39 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
     for warning in &verification.warnings {
         // Signature entries that did not count (docs/contract-format.md §4): anyone
         // can add one, so they refuse nothing while the rules are met.
-        tracing::warn!(contract = %id, version = c.version, %warning, "signature entry not counted");
+        tracing::warn!(contract = %c.id, version = c.version, %warning, "signature entry not counted");
     }
-    let mut reasons: Vec<ReasonReport> = Vec::new();
-    let accepted = match verification.into_result() {
-        Ok(a) => Some(a),
+    match verification.into_result() {
+        Ok(a) => Some(Ok(a)),
         Err(refusal) => {
-            let replay_of_running = j.owned.contains_key(&id)
+            let replay_of_running = j.owned.contains_key(&c.id)
                 && refusal
                     .reasons
                     .iter()
                     .any(|r| matches!(r, zos_contract::Reason::Replay { .. }));
             if replay_of_running {
-                // The running version's status stays; the replay is only logged.
-                tracing::warn!(contract = %id, version = c.version, %refusal, "replay refused");
-                return Vec::new();
+                tracing::warn!(contract = %c.id, version = c.version, %refusal, "replay refused");
+                return None;
             }
-            reasons.extend(refusal.reasons.iter().map(ReasonReport::from));
-            None
+            Some(Err(refusal
+                .reasons
+                .iter()
+                .map(ReasonReport::from)
+                .collect()))
         }
-    };
+    }
+}
+
+/// The node's own rules: the update rule against the governing version, the owner's
+/// tombstones, and quarantined volumes.
+fn node_rules(
+    doc: &SignedContract,
+    governing: Option<&Owned>,
+    accepted: Option<&Accepted>,
+    j: &JournalData,
+) -> Vec<ReasonReport> {
+    let c = &doc.contract;
+    let mut reasons = Vec::new();
     if let Some(g) = governing {
         match &g.signers {
             Some(signers) => {
@@ -197,7 +255,7 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
             }),
         }
     }
-    let tombstone = j.tombstones.get(&id).and_then(|ts| {
+    let tombstone = j.tombstones.get(&c.id).and_then(|ts| {
         ts.iter()
             .find(|t| t.cancellation.owner == c.owner && t.cancellation.version >= c.version)
     });
@@ -210,32 +268,24 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
             ),
         });
     }
-    if let Some(a) = &accepted {
-        for v in &a.deployment.volumes {
-            let name = names::of(&id, &v.name);
-            if j.quarantined.contains(&name) {
-                reasons.push(ReasonReport {
-                    code: "volume_quarantined".into(),
-                    message: format!(
-                        "volume {name} exists and holds data of an unknown owner: it is quarantined, never handed to a contract"
-                    ),
-                });
-            }
+    for v in accepted.iter().flat_map(|a| &a.deployment.volumes) {
+        let name = names::of(&c.id, &v.name);
+        if j.quarantined.contains(&name) {
+            reasons.push(ReasonReport {
+                code: "volume_quarantined".into(),
+                message: format!(
+                    "volume {name} exists and holds data of an unknown owner: it is quarantined, never handed to a contract"
+                ),
+            });
         }
     }
-    let refuse = |reasons| {
-        vec![Action::Refuse {
-            id: id.clone(),
-            version: Some(c.version),
-            reasons,
-        }]
-    };
-    let accepted = match accepted {
-        Some(a) if reasons.is_empty() => a,
-        _ => return refuse(reasons),
-    };
-    // What the other contracts reserve (and the volumes of expired ones in their
-    // grace period), plus this one.
+    reasons
+}
+
+/// Capacity: what the other contracts reserve (and the volumes of expired ones in
+/// their grace period), plus `deployment` of contract `id`.
+fn fits(id: &str, deployment: &Deployment, inputs: &Inputs<'_>) -> Result<(), ReasonReport> {
+    let j = inputs.journal;
     let kept: Vec<Deployment> = j
         .retired
         .values()
@@ -254,27 +304,10 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
             .map(|o| &o.deployment)
             .chain(kept.iter()),
     );
-    if let Err(over) = capacity::admit(inputs.capacity, used, Capacity::of(&accepted.deployment)) {
-        return refuse(vec![ReasonReport {
-            code: "over_capacity".into(),
-            message: over.to_string(),
-        }]);
-    }
-    let owned = Owned {
-        id: id.clone(),
-        version: accepted.version,
-        digest: accepted.digest,
-        owner: c.owner,
-        expires: c.expires,
-        deployment: accepted.deployment,
-        phase: Phase::Provisioning,
-        restarts: governing.map(|p| p.restarts.clone()).unwrap_or_default(),
-        signers: Some(Signers::from(c)),
-    };
-    vec![Action::Accept {
-        owned: Box::new(owned),
-        previous: governing.cloned().map(Box::new),
-    }]
+    capacity::admit(inputs.capacity, used, Capacity::of(deployment)).map_err(|over| ReasonReport {
+        code: "over_capacity".into(),
+        message: over.to_string(),
+    })
 }
 
 /// The journal change of [`Action::Accept`].
