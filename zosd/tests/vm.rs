@@ -55,12 +55,7 @@ fn vm_workload(p: &People, flist: &(String, String, String)) -> Value {
     json!({
         "name": "vm",
         "kind": "vm",
-        "flist": {
-            "url": flist.0,
-            "sha256": flist.1,
-            "stores": [flist.2],
-            "publishers": [p.publisher.public()]
-        },
+        "flist": flist_ref(p, flist),
         "env": {"ECHO_PORT": "7"},
         "cpu": 1,
         "memory_mib": 128,
@@ -74,12 +69,7 @@ fn client_workload(p: &People, flist: &(String, String, String)) -> Value {
     json!({
         "name": "client",
         "kind": "container",
-        "flist": {
-            "url": flist.0,
-            "sha256": flist.1,
-            "stores": [flist.2],
-            "publishers": [p.publisher.public()]
-        },
+        "flist": flist_ref(p, flist),
         "entrypoint": ["/bin/sleep", "3600"],
         "cpu": 1,
         "memory_mib": 32,

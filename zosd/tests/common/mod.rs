@@ -362,6 +362,17 @@ pub fn busybox_flist(dir: &Path, publisher: &SecretKey) -> (String, String, Stri
     (format!("dir://{}", fl.display()), sha, store_url)
 }
 
+/// The deployment's reference to `flist` (url, sha256, store), published by the
+/// scenario's publisher.
+pub fn flist_ref(p: &People, flist: &(String, String, String)) -> Value {
+    json!({
+        "url": flist.0,
+        "sha256": flist.1,
+        "stores": [flist.2],
+        "publishers": [p.publisher.public()]
+    })
+}
+
 pub fn contract(
     p: &People,
     node: PublicKey,
@@ -373,12 +384,7 @@ pub fn contract(
     let app = json!({
         "name": "app",
         "kind": "container",
-        "flist": {
-            "url": flist.0,
-            "sha256": flist.1,
-            "stores": [flist.2],
-            "publishers": [p.publisher.public()]
-        },
+        "flist": flist_ref(p, flist),
         "entrypoint": ["/bin/sh", "-c",
             "echo hello from the container; echo written > /data/out; exec sleep 3600"],
         "cpu": 1,
@@ -401,12 +407,7 @@ pub fn web_contract(
         json!({
             "name": name,
             "kind": "container",
-            "flist": {
-                "url": flist.0,
-                "sha256": flist.1,
-                "stores": [flist.2],
-                "publishers": [p.publisher.public()]
-            },
+            "flist": flist_ref(p, flist),
             "entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/etc"],
             "cpu": 1,
             "memory_mib": 32,
@@ -469,12 +470,7 @@ pub fn shell_workload(
     json!({
         "name": name,
         "kind": "container",
-        "flist": {
-            "url": flist.0,
-            "sha256": flist.1,
-            "stores": [flist.2],
-            "publishers": [p.publisher.public()]
-        },
+        "flist": flist_ref(p, flist),
         "entrypoint": ["/bin/sh", "-c", script],
         "cpu": 1,
         "memory_mib": 64,

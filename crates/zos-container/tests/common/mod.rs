@@ -112,12 +112,9 @@ impl Fixture {
 
     /// Mountpoints under our temp dir, deepest first (there should be none).
     pub fn our_mounts(&self) -> Vec<String> {
-        let root = self.dir.path().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|mp| mp.starts_with(&root))
-            .map(str::to_string)
+        zos_testkit::mounts_under(self.dir.path())
+            .into_iter()
+            .map(|m| m.to_string_lossy().into_owned())
             .collect()
     }
 }
