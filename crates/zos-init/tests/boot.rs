@@ -223,7 +223,7 @@ fn host() -> ExitCode {
         Ok(k) => k,
         Err(why) => {
             // On the real stderr, one line: `cargo xtask test` counts it.
-            let _ = writeln!(std::io::stderr(), "SKIP: {NAME}: {why}");
+            zos_testkit::skip_line(NAME, &why.to_string());
             println!("\ntest result: ok. 0 passed; 0 failed; 1 skipped");
             return ExitCode::SUCCESS;
         }

@@ -71,10 +71,8 @@ fn millis() -> u128 {
 // The driver: one scenario per mode.
 
 /// One `SKIP: <test>: <reason>` line on the real stderr, which `cargo xtask test`
-/// counts (written to the handle, so no output capture could hide it).
-fn skip_line(name: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIP: {name}: {reason}");
-}
+/// counts (the kit's: crates/zos-testkit).
+use zos_testkit::skip_line;
 
 fn driver() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

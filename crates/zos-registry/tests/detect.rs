@@ -177,11 +177,9 @@ fn the_reader_sees_the_sockets_of_another_namespace() {
     let (ns, empty, (tcp, udp)) = match ready_rx.recv().unwrap() {
         Ok(v) => v,
         Err(e) => {
-            // On the real stderr (not captured), one line: `cargo xtask test` counts it.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: the_reader_sees_the_sockets_of_another_namespace: needs root (unshare: {e})"
+            zos_testkit::skip_line(
+                "the_reader_sees_the_sockets_of_another_namespace",
+                &format!("needs root (unshare: {e})"),
             );
             return;
         }

@@ -329,11 +329,9 @@ fn host_discovery_is_read_only_and_spares_the_system_disk() {
             v => panic!("{}: {v:?}", d.name),
         }
     } else {
-        // On the real stderr (not captured), one line: `cargo xtask test` counts it.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: host_discovery_is_read_only_and_spares_the_system_disk: the system-disk check: the root filesystem is not on a whole disk listed in /sys/block ({root_dev})"
+        zos_testkit::skip_line(
+            "host_discovery_is_read_only_and_spares_the_system_disk",
+            &format!("the system-disk check: the root filesystem is not on a whole disk listed in /sys/block ({root_dev})"),
         );
     }
 }
