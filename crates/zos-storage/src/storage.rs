@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, FsUsage, Kernel};
-use crate::disk::{self, DiscoveryConfig, Verdict};
+use crate::disk::{self, DiscoveryConfig, Disk, Verdict};
 use crate::error::{Error, Result};
 use crate::state::{self, mac_key_of, CopyState, StateHome, IDENTITY_KEY, STATE_DIR};
 use crate::{check_name, PoolKind};
@@ -255,66 +255,12 @@ impl<B: Backend> Storage<B> {
         let prefix = &cfg.discovery.label_prefix;
         let mut pools = Vec::new();
         for (d, v) in &plan.disks {
-            let kind = cfg
-                .kind_override
-                .get(&d.name)
-                .copied()
-                .unwrap_or(if d.rotational {
-                    PoolKind::Hdd
-                } else {
-                    PoolKind::Ssd
-                });
-            let (label, new, wipe) = match v {
-                Verdict::Refused { .. } => continue,
-                Verdict::ExistingPool { label } => (label.clone(), false, false),
-                Verdict::NewPool { wipe } => (format!("{prefix}{}", random_uuid()?), true, *wipe),
-            };
-            let mountpoint = cfg.pools_root.join(&label);
-            let status = match Self::bring_up(&backend, &d.path, &label, &mountpoint, new, wipe) {
-                Ok(()) => PoolStatus::Online,
-                Err(e) if new => return Err(e),
-                Err(e) => {
-                    tracing::error!(pool = %label, disk = %d.name, error = %e, "pool is broken");
-                    PoolStatus::Broken {
-                        reason: e.to_string(),
-                    }
-                }
-            };
-            tracing::info!(pool = %label, disk = %d.name, ?kind, new, ?status, "pool");
-            pools.push(Pool {
-                label,
-                kind,
-                disk: Some(d.name.clone()),
-                device: Some(d.path.clone()),
-                mountpoint,
-                status,
-            });
+            if let Some(pool) = Self::pool_on(&backend, &cfg, d, v)? {
+                pools.push(pool);
+            }
         }
         let seed = if cfg.node_identity {
-            let seed = match resolve_identity(&mut pools) {
-                Ok(seed) => seed,
-                Err(e) => {
-                    // Refused: nothing stays mounted.
-                    for p in &pools {
-                        if backend.is_mounted(&p.mountpoint).unwrap_or(false) {
-                            let _ = backend.unmount(&p.mountpoint);
-                        }
-                    }
-                    return Err(e);
-                }
-            };
-            // A foreign pool is not kept mounted: nothing of ours goes near it.
-            for p in pools
-                .iter()
-                .filter(|p| matches!(p.status, PoolStatus::Broken { .. }))
-            {
-                if backend.is_mounted(&p.mountpoint).unwrap_or(false) {
-                    if let Err(e) = backend.unmount(&p.mountpoint) {
-                        tracing::warn!(pool = %p.label, error = %e, "unmounting a refused pool");
-                    }
-                }
-            }
-            Some(seed)
+            Some(Self::node_identity(&backend, &mut pools)?)
         } else {
             None
         };
@@ -325,6 +271,75 @@ impl<B: Backend> Storage<B> {
         storage.reconcile_registry(prefix)?;
         storage.reconcile_volumes()?;
         Ok(storage)
+    }
+
+    /// The pool on disk `d` as the policy decided (`v`): none on a refused disk; an
+    /// existing pool mounted, or marked broken when that fails; a new pool made, or the
+    /// open refused when that fails.
+    fn pool_on(backend: &B, cfg: &StorageConfig, d: &Disk, v: &Verdict) -> Result<Option<Pool>> {
+        let kind = cfg
+            .kind_override
+            .get(&d.name)
+            .copied()
+            .unwrap_or(if d.rotational {
+                PoolKind::Hdd
+            } else {
+                PoolKind::Ssd
+            });
+        let prefix = &cfg.discovery.label_prefix;
+        let (label, new, wipe) = match v {
+            Verdict::Refused { .. } => return Ok(None),
+            Verdict::ExistingPool { label } => (label.clone(), false, false),
+            Verdict::NewPool { wipe } => (format!("{prefix}{}", random_uuid()?), true, *wipe),
+        };
+        let mountpoint = cfg.pools_root.join(&label);
+        let status = match Self::bring_up(backend, &d.path, &label, &mountpoint, new, wipe) {
+            Ok(()) => PoolStatus::Online,
+            Err(e) if new => return Err(e),
+            Err(e) => {
+                tracing::error!(pool = %label, disk = %d.name, error = %e, "pool is broken");
+                PoolStatus::Broken {
+                    reason: e.to_string(),
+                }
+            }
+        };
+        tracing::info!(pool = %label, disk = %d.name, ?kind, new, ?status, "pool");
+        Ok(Some(Pool {
+            label,
+            kind,
+            disk: Some(d.name.clone()),
+            device: Some(d.path.clone()),
+            mountpoint,
+            status,
+        }))
+    }
+
+    /// The node identity's seed from the pools ([`resolve_identity`]). Refused: nothing
+    /// stays mounted. Accepted: the foreign pools it marked broken are unmounted, so
+    /// nothing of ours goes near them.
+    fn node_identity(backend: &B, pools: &mut [Pool]) -> Result<Option<[u8; 32]>> {
+        let seed = match resolve_identity(pools) {
+            Ok(seed) => seed,
+            Err(e) => {
+                for p in pools.iter() {
+                    if backend.is_mounted(&p.mountpoint).unwrap_or(false) {
+                        let _ = backend.unmount(&p.mountpoint);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for p in pools
+            .iter()
+            .filter(|p| matches!(p.status, PoolStatus::Broken { .. }))
+        {
+            if backend.is_mounted(&p.mountpoint).unwrap_or(false) {
+                if let Err(e) = backend.unmount(&p.mountpoint) {
+                    tracing::warn!(pool = %p.label, error = %e, "unmounting a refused pool");
+                }
+            }
+        }
+        Ok(seed)
     }
 
     /// Stores the seed where it is missing (first boot, a new pool), sets its copies to
