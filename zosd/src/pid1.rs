@@ -11,20 +11,14 @@ use std::os::unix::process::CommandExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use anyhow::bail;
 use zos_init::agent_config::{write_node_config, NODE_CONFIG, STATE_DIR};
+pub use zos_init::is_pid1;
 use zos_init::{Backoff, BootParams, Init, Linux, ShutdownPlan};
+
 /// The kernel starts init with `HOME=/` and `TERM=linux` only: the agent needs a PATH
 /// for the few helpers the image carries (mkfs.btrfs, btrfs, nft).
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
-/// `/proc/self/ns/pid` of the machine's own PID namespace (PROC_PID_INIT_INO).
-const INITIAL_PID_NS: &str = "pid:[4026531836]";
-
-pub fn is_pid1() -> bool {
-    nix::unistd::getpid().as_raw() == 1
-}
 
 /// Entered when the kernel started us as /init: runs [`run`]; exits only if it refused
 /// before touching anything (not the machine's PID 1).
@@ -41,18 +35,12 @@ pub fn boot() -> ! {
 /// `zosd init`. Errors only before it starts, when this process is not the machine's
 /// PID 1: everything after would unmount the host's filesystems and power it off.
 pub fn run() -> anyhow::Result<std::convert::Infallible> {
-    if !is_pid1() {
-        bail!("zosd init must run as PID 1 (/init in the boot image); use `zosd run` here");
-    }
-    // /proc is not mounted yet at a real boot; if it is, we can check where we are.
-    if let Ok(ns) = std::fs::read_link("/proc/self/ns/pid") {
-        if ns != Path::new(INITIAL_PID_NS) {
-            bail!(
-                "PID 1 of a PID namespace ({}), not of the machine: refusing to act as its init",
-                ns.display()
-            );
-        }
-    }
+    // Nothing before this: as anything but the machine's PID 1 it would unmount the
+    // host's filesystems and power it off.
+    zos_init::check_machine_init().map_err(|e| match e {
+        zos_init::NotMachineInit::NotPid1 => anyhow::anyhow!("zosd init {e}; use `zosd run` here"),
+        other => anyhow::Error::new(other),
+    })?;
     // First, before any thread exists: every thread inherits the blocked mask.
     let blocked = zos_init::block_init_signals();
     // Before anything is mounted: off the kernel's rootfs, which pivot_root (and so
@@ -81,17 +69,7 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
         .unwrap_or_else(|| PathBuf::from("/init"));
     let debug = params.debug;
     let agent = Box::new(move || agent_command(&exe, debug));
-    let mut init = Init::new(sys, agent, Backoff::default(), ShutdownPlan::default());
-    loop {
-        match catch_unwind(AssertUnwindSafe(|| init.run())) {
-            Ok(_report) => init.halt(),
-            Err(_) => {
-                // The agent's state is in `init`: resume, without spinning.
-                tracing::error!("PID 1 loop panicked; resuming");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    }
+    Init::new(sys, agent, Backoff::default(), ShutdownPlan::default()).run_forever()
 }
 
 /// The machine (zos-init: mounts, logs, ctrl-alt-del, cgroups, modules, shares), the

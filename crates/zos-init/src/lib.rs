@@ -41,6 +41,38 @@ pub use sys::{block_init_signals, set_child_subreaper, Linux, PowerAction, Sys};
 
 use nix::sys::signal::Signal;
 
+/// `/proc/self/ns/pid` of the machine's own PID namespace (PROC_PID_INIT_INO).
+const INITIAL_PID_NS: &str = "pid:[4026531836]";
+
+/// Why this process may not act as the machine's init.
+#[derive(Debug, thiserror::Error)]
+pub enum NotMachineInit {
+    #[error("must run as PID 1 (/init in the boot image)")]
+    NotPid1,
+    #[error("PID 1 of a PID namespace ({0}), not of the machine: refusing to act as its init")]
+    PidNamespace(String),
+}
+
+/// Whether this process is PID 1 (of some PID namespace).
+pub fn is_pid1() -> bool {
+    nix::unistd::getpid().as_raw() == 1
+}
+
+/// Whether this process is the machine's PID 1: everything an init does would unmount
+/// the host's filesystems and power it off, so nothing may start before this holds.
+/// (/proc is not mounted yet at a real boot; if it is, the PID namespace is checked.)
+pub fn check_machine_init() -> Result<(), NotMachineInit> {
+    if !is_pid1() {
+        return Err(NotMachineInit::NotPid1);
+    }
+    match std::fs::read_link("/proc/self/ns/pid") {
+        Ok(ns) if ns != std::path::Path::new(INITIAL_PID_NS) => {
+            Err(NotMachineInit::PidNamespace(ns.display().to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// PID 1's loop: supervise the agent, reap everything, wait for a shutdown signal.
 pub struct Init<S: Sys> {
     pub sys: S,
@@ -80,6 +112,22 @@ impl<S: Sys> Init<S> {
             }
         };
         shutdown::shutdown(&self.sys, self.supervisor.agent_pid(), action, &self.plan)
+    }
+
+    /// [`Init::run`] forever: a panic in the loop is logged and the loop resumed (the
+    /// agent's state is in `self`) a second later, without spinning; after a shutdown
+    /// whose reboot call returned, [`Init::halt`]. PID 1 never exits.
+    pub fn run_forever(mut self) -> ! {
+        loop {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()));
+            match ran {
+                Ok(_report) => self.halt(),
+                Err(_) => {
+                    tracing::error!("PID 1 loop panicked; resuming");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// After a failed reboot call: keep reaping, forever. PID 1 never exits.
@@ -230,5 +278,13 @@ mod tests {
                 "spawn agent at 12000ms"
             ]
         );
+    }
+
+    #[test]
+    fn a_test_process_is_not_the_machines_init() {
+        assert!(!is_pid1());
+        let err = check_machine_init().unwrap_err();
+        assert!(matches!(err, NotMachineInit::NotPid1), "{err}");
+        assert!(err.to_string().contains("PID 1"), "{err}");
     }
 }
