@@ -16,6 +16,9 @@
 //! the body strictly (no unknown fields) and checks its bounds. [`detect`] reads what a
 //! node reports from /proc and /sys; its parsers take text, so they are tested on
 //! fixtures, and its readers are thin.
+//!
+//! [`membership`] is a node's part over time: it waits for its farm (with backoff, a
+//! pure state machine), pins the farmer, publishes its registration, then heartbeats.
 
 #![forbid(unsafe_code)]
 
