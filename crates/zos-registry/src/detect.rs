@@ -6,7 +6,7 @@
 //! - **CPUs**: the `processor` entries of /proc/cpuinfo (the machine, not zosd's
 //!   affinity); when that file lists none (some architectures), the CPUs in zosd's
 //!   scheduler affinity mask.
-//! - **NICs**: only interfaces with a `device` link in /sys/class/net/<name>/, i.e.
+//! - **NICs**: only interfaces with a `device` link in `/sys/class/net/<name>/`, i.e.
 //!   backed by hardware. `lo`, bridges, veths, taps, vxlans and ifbs live under
 //!   /sys/devices/virtual/net and have none: most are zosd's own per-contract plumbing,
 //!   which comes and goes and says nothing about the machine. All-zero MACs are skipped.
@@ -271,7 +271,7 @@ fn parse_endpoint(s: &str) -> Option<(IpAddr, u16)> {
 const TCP_LISTEN: &str = "0A";
 const UDP_UNCONNECTED: &str = "07";
 
-/// The listening sockets in the text of /proc/net/<proto>: TCP in LISTEN, UDP bound and
+/// The listening sockets in the text of `/proc/net/<proto>`: TCP in LISTEN, UDP bound and
 /// unconnected. A line that does not have the kernel's layout is an error: a report
 /// that silently skipped it would claim less than the truth.
 pub fn parse_proc_net(proto: Proto, text: &str) -> Result<Vec<Socket>, String> {

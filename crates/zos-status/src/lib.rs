@@ -3,7 +3,7 @@
 //! - [`NodeStatus`]: what zosd knows about the node right now (identity, farm, pools,
 //!   capacity, contracts and workloads, the last errors). zosd fills it and shares it
 //!   through a `tokio::sync::watch` channel ([`channel`]); readers never change it.
-//! - [`render`]: the plain-text screen zosd paints on the console ([`console`]).
+//! - [`render`](mod@render): the plain-text screen zosd paints on the console ([`console`]).
 //! - [`server`]: a D-Bus interface (`org.zos.Node1` at `/org/zos/node`) served
 //!   peer-to-peer on a root-only unix socket, no bus daemon. It has properties only,
 //!   all read-only: nothing on it changes the node.

@@ -61,7 +61,7 @@ pub struct WorkloadStatus {
 pub struct LastError {
     /// Unix seconds.
     pub time: u64,
-    /// What it is about: "farm", "contract <id>", "pools", ...
+    /// What it is about: "farm", `"contract <id>"`, "pools", ...
     pub source: String,
     pub message: String,
 }

@@ -109,7 +109,7 @@ pub fn keep(
     }
 }
 
-/// For a node that booted without a lease: asks every [`EXPIRED_RETRY`] until a server
+/// For a node that booted without a lease: asks every `EXPIRED_RETRY` (30 s) until a server
 /// answers, then [`keep`]s that lease.
 pub fn acquire_and_keep(iface: &str, cfg: &DhcpConfig, mut on_lease: impl FnMut(&Lease)) -> ! {
     loop {
