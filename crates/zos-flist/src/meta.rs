@@ -71,16 +71,24 @@ CREATE TABLE IF NOT EXISTS route (
 /// The type of an entry, from the `S_IFMT` bits of its mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A regular file, its content in blocks.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link, its target in `extra`.
     Symlink,
+    /// A named pipe.
     Fifo,
+    /// A character device (`rdev` says which).
     CharDevice,
+    /// A block device (`rdev` says which).
     BlockDevice,
+    /// A unix socket.
     Socket,
 }
 
 impl EntryKind {
+    /// The kind the `S_IFMT` bits of `mode` name; `None` for bits that name none.
     pub fn from_mode(mode: u32) -> Option<Self> {
         Some(match mode & libc::S_IFMT {
             libc::S_IFREG => EntryKind::File,
@@ -114,16 +122,25 @@ impl EntryKind {
 pub struct Entry {
     /// The flist's inode number.
     pub ino: u64,
+    /// Index of the parent directory (the root's is 0, itself).
     pub parent: usize,
+    /// The name in its directory (the root's is not checked: `/` as rfs writes it).
     pub name: String,
+    /// What it is, from the mode.
     pub kind: EntryKind,
     /// Full mode: type and permission bits.
     pub mode: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Bytes of a regular file.
     pub size: u64,
+    /// Device number of a device node.
     pub rdev: u64,
+    /// Change time, seconds since the epoch.
     pub ctime: i64,
+    /// Modification time, seconds since the epoch.
     pub mtime: i64,
     /// Symlink target.
     pub target: Option<Vec<u8>>,
@@ -153,8 +170,11 @@ pub struct Flist {
     pub path: PathBuf,
     /// sha256 of the exact bytes parsed.
     pub sha256: [u8; 32],
+    /// Every entry, the root first (see [`Entry`]).
     pub entries: Vec<Entry>,
+    /// Where its blocks are stored, by id range (the `route` table; may be empty).
     pub routes: Vec<Route>,
+    /// The `tag` table's key/value pairs, by key.
     pub tags: Vec<(String, String)>,
 }
 
@@ -189,6 +209,7 @@ impl Flist {
         })
     }
 
+    /// The root directory.
     pub fn root(&self) -> &Entry {
         &self.entries[0]
     }
@@ -724,15 +745,25 @@ fn load_tags(conn: &Connection) -> Result<Vec<(String, String)>, FormatError> {
 /// An inode to write. `parent` is the flist inode number (0 for the root).
 #[derive(Debug, Clone)]
 pub struct NewInode {
+    /// The parent's inode number (0 for the root).
     pub parent: u64,
+    /// The name in its directory (`/` for the root).
     pub name: String,
+    /// Bytes of a regular file.
     pub size: u64,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Full mode: type and permission bits.
     pub mode: u32,
+    /// Device number of a device node.
     pub rdev: u64,
+    /// Change time, seconds since the epoch.
     pub ctime: i64,
+    /// Modification time, seconds since the epoch.
     pub mtime: i64,
+    /// A symlink's target (written to `extra`).
     pub target: Option<Vec<u8>>,
 }
 
@@ -746,6 +777,8 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Starts a flist that [`Writer::finish`] will put at `dest`, with rfs's schema, in
+    /// one transaction.
     pub fn create(dest: &Path) -> Result<Writer, Error> {
         let name = dest
             .file_name()
@@ -808,6 +841,7 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends a block to file `ino`: call in file order (rowid order is block order).
     pub fn block(&self, ino: u64, b: &BlockRef) -> Result<(), Error> {
         self.conn
             .prepare_cached("INSERT INTO block (ino, id, key) VALUES (?1, ?2, ?3)")
@@ -816,6 +850,7 @@ impl Writer {
         Ok(())
     }
 
+    /// Adds a route: where blocks in its id range are stored.
     pub fn route(&self, r: &Route) -> Result<(), Error> {
         self.conn
             .execute(
@@ -826,6 +861,7 @@ impl Writer {
         Ok(())
     }
 
+    /// Sets tag `key` (a later value replaces an earlier one).
     pub fn tag(&self, key: &str, value: &str) -> Result<(), Error> {
         self.conn
             .execute(
