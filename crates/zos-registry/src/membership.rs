@@ -235,15 +235,7 @@ pub async fn join<H: NodeHost>(
         _ = &mut shutdown => return Ok(None),
         _ = std::future::ready(()) => {}
     }
-    let pinned = blocking(host.clone(), |h| h.pinned_farmer())
-        .await?
-        .map_err(host_err("reading the pinned farmer"))?;
-    let pinned = match pinned {
-        None => None,
-        Some(bytes) => Some(PublicKey(
-            bytes.try_into().map_err(|_| JoinError::PinnedFarmer)?,
-        )),
-    };
+    let pinned = pinned_farmer(host.clone()).await?;
     let Some(farm) = wait_for_farm(notary, &farm_id, pinned, &mut shutdown, &mut |l| {
         say(&format!("node {node} waiting: {l}"))
     })
@@ -259,32 +251,8 @@ pub async fn join<H: NodeHost>(
         tracing::info!(farm = %farm.id, farmer = %farm.farmer, "farmer pinned in the state home");
     }
 
-    // The registration: retried until the notary takes it.
-    let (id, version) = (farm.id.clone(), cfg.version.clone());
-    let registration = blocking(host.clone(), move |h| registration(id, version, h)).await??;
-    let c = &registration.capacity;
-    tracing::info!(
-        cpus = c.cpus,
-        memory_bytes = c.memory_bytes,
-        ssd_bytes = c.ssd_bytes,
-        hdd_bytes = c.hdd_bytes,
-        nics = registration.nics.len(),
-        "registration"
-    );
-    let mut delay = RetryDelay::default();
-    loop {
-        let record = registration.sign(key, crate::now())?;
-        match notary.put(&record).await {
-            Ok(()) => break,
-            Err(e) => {
-                let retry = delay.next_delay();
-                tracing::warn!(error = %e, retry_in_secs = retry.as_secs(), "registration not published: retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(None),
-                    _ = tokio::time::sleep(retry) => {}
-                }
-            }
-        }
+    if !publish_registration(cfg, key, notary, &farm, host.clone(), &mut shutdown).await? {
+        return Ok(None);
     }
     tracing::info!(%node, farm = %farm.id, "registered");
     say(&format!("node {node} registered in farm {}", farm.id));
@@ -300,6 +268,55 @@ pub async fn join<H: NodeHost>(
         heartbeats: Some(task),
         farm: Some(farm),
     }))
+}
+
+/// The farmer pinned in the node's state home, if any.
+async fn pinned_farmer<H: NodeHost>(host: Arc<H>) -> Result<Option<PublicKey>, JoinError> {
+    let pinned = blocking(host, |h| h.pinned_farmer())
+        .await?
+        .map_err(host_err("reading the pinned farmer"))?;
+    match pinned {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(PublicKey(
+            bytes.try_into().map_err(|_| JoinError::PinnedFarmer)?,
+        ))),
+    }
+}
+
+/// Publishes the node's registration in `farm`, retried until the notary takes it
+/// (`false`: `shutdown` came first).
+async fn publish_registration<H: NodeHost>(
+    cfg: &MemberConfig,
+    key: &SecretKey,
+    notary: &AnyNotary,
+    farm: &Farm,
+    host: Arc<H>,
+    mut shutdown: impl Future<Output = ()> + Unpin,
+) -> Result<bool, JoinError> {
+    let (id, version) = (farm.id.clone(), cfg.version.clone());
+    let registration = blocking(host, move |h| registration(id, version, h)).await??;
+    let c = &registration.capacity;
+    tracing::info!(
+        cpus = c.cpus,
+        memory_bytes = c.memory_bytes,
+        ssd_bytes = c.ssd_bytes,
+        hdd_bytes = c.hdd_bytes,
+        nics = registration.nics.len(),
+        "registration"
+    );
+    let mut delay = RetryDelay::default();
+    loop {
+        let record = registration.sign(key, crate::now())?;
+        let Err(e) = notary.put(&record).await else {
+            return Ok(true);
+        };
+        let retry = delay.next_delay();
+        tracing::warn!(error = %e, retry_in_secs = retry.as_secs(), "registration not published: retrying");
+        tokio::select! {
+            _ = &mut shutdown => return Ok(false),
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
 }
 
 /// Runs `f` on a blocking thread.
