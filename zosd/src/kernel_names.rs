@@ -136,6 +136,17 @@ impl KernelNames {
     }
 }
 
+/// The workloads' side of the map, as the runtimes ask for it.
+impl zos_engine::KernelIds for KernelNames {
+    fn kernel_id(&self, name: &str) -> Option<String> {
+        self.resolve("wl", name).ok()
+    }
+
+    fn workload_name(&self, id: &str) -> String {
+        self.node_wide("wl", id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

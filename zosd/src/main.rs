@@ -11,10 +11,7 @@ mod node;
 mod pid1;
 mod provisioner;
 mod registration;
-mod rootfs;
 mod status;
-mod vms;
-mod workloads;
 
 use std::path::PathBuf;
 
@@ -120,7 +117,7 @@ fn main() -> std::process::ExitCode {
         Command::RuntimeCreate { root } => {
             // Errors only, on stderr: zosd reads the last line into the status.
             init_runtime_logs();
-            workloads::runtime_create(&root)
+            zos_container::runtime_create(&root).map_err(Into::into)
         }
     };
     match result {

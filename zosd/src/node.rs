@@ -5,17 +5,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use zos_container::ContainerRuntime;
 use zos_contract::SecretKey;
 use zos_engine::{Capacity, Engine, EngineConfig, Journal, JournalStore};
 use zos_network::{Network, NetworkConfig};
 use zos_storage::{DiscoveryConfig, DiskSelection, PoolKind, PoolStatus, Storage, StorageConfig};
+use zos_vm::VmRuntime;
 
 use crate::config::NodeConfig;
 use crate::kernel_names::KernelNames;
 use crate::provisioner::NodeProvisioner;
-use crate::rootfs::Rootfs;
-use crate::vms::Vms;
-use crate::workloads::Workloads;
 use zos_status::live::LiveStatus;
 
 /// State home key of the node's ed25519 seed.
@@ -190,18 +189,26 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     crate::status::refresh(status, storage.clone(), netns, capacity);
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-    let provisioner = NodeProvisioner::new(
+    let names = Arc::new(KernelNames::open(
         storage.clone(),
-        network,
-        Rootfs::new(
-            &cfg.state_dir,
-            storage.clone(),
-            store_access(&cfg.store_roots),
-        ),
-        Workloads::new(&cfg.state_dir).context("container runtime")?,
-        Vms::new(Arc::new(hypervisor(&cfg)?), storage.clone()),
-        KernelNames::open(storage.clone(), &cfg.state_dir, &cfg.network.prefix)?,
+        &cfg.state_dir,
+        &cfg.network.prefix,
+    )?);
+    let access = store_access(&cfg.store_roots);
+    let containers = ContainerRuntime::new(
+        &cfg.state_dir,
+        storage.clone(),
+        access.clone(),
+        names.clone(),
+    )
+    .context("container runtime")?;
+    let vms = VmRuntime::new(
+        Arc::new(hypervisor(&cfg)?),
+        storage.clone(),
+        access,
+        names.clone(),
     );
+    let provisioner = NodeProvisioner::new(storage.clone(), network, names, containers, vms);
     let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;
     if let Some(farm) = &cfg.farm {
         status.state(&format!(

@@ -1,28 +1,27 @@
 //! The engine's [`Provisioner`] on a real node: volumes from zos-storage, tenant
-//! networks from zos-network, root filesystems from zos-flist ([`crate::rootfs`]),
-//! containers from zos-container ([`crate::workloads`]) and micro-VMs from zos-vm
-//! ([`crate::vms`]). Wiring only: each call maps
-//! names ([`crate::kernel_names`]) and hands over to the crate that owns the concern,
-//! on a blocking thread (those APIs are synchronous).
+//! networks from zos-network, and workloads from the runtime of their kind
+//! ([`Runtimes`]: zos-container's for containers, zos-vm's for micro-VMs). Wiring
+//! only: each call maps names ([`crate::kernel_names`]), attaches a workload to its
+//! network in the style its runtime asks for, and hands over to the crate that owns
+//! the concern, on a blocking thread (those APIs are synchronous).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use zos_container::ContainerRuntime;
 use zos_contract::deployment::{DiskKind, Protocol, Volume, WorkloadKind};
 use zos_engine::{
-    Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
-    WorkloadStatus,
+    Inventory, NetworkPlan, Nic, NicStyle, Placement, ProvisionError, Provisioner, Runtimes,
+    WorkloadPlan, WorkloadRuntime, WorkloadState, WorkloadStatus,
 };
 use zos_network::{
-    EgressPolicy, IpNet, Ipv4Subnet, Network, PortForward, Proto, TenantNetwork,
-    Workload as NetWorkload, WorkloadAttachment,
+    EgressPolicy, IpNet, Ipv4Subnet, Network, PortForward, Proto, TenantNetwork, TenantPort,
+    WorkloadAttachment,
 };
 use zos_storage::{PoolKind, Storage};
+use zos_vm::VmRuntime;
 
 use crate::kernel_names::KernelNames;
-use crate::rootfs::Rootfs;
-use crate::vms::{VmPlan, Vms};
-use crate::workloads::{ContainerPlan, Workloads};
 
 pub struct NodeProvisioner {
     inner: Arc<Inner>,
@@ -31,10 +30,8 @@ pub struct NodeProvisioner {
 struct Inner {
     storage: Arc<Storage>,
     network: Network,
-    rootfs: Rootfs,
-    workloads: Workloads,
-    vms: Vms,
-    names: KernelNames,
+    runtimes: Runtimes,
+    names: Arc<KernelNames>,
 }
 
 /// Runs `f` on a blocking thread; a panic there is a provisioning error, not a crash.
@@ -52,25 +49,29 @@ fn io_err<'a>(
     step: &'static str,
     name: &'a str,
 ) -> impl FnOnce(std::io::Error) -> ProvisionError + 'a {
-    move |e| ProvisionError::new(step, name, e.to_string())
+    move |e| ProvisionError::from_source(step, name, e)
 }
 
 impl NodeProvisioner {
     pub fn new(
         storage: Arc<Storage>,
         network: Network,
-        rootfs: Rootfs,
-        workloads: Workloads,
-        vms: Vms,
-        names: KernelNames,
+        names: Arc<KernelNames>,
+        containers: ContainerRuntime,
+        vms: VmRuntime,
     ) -> Self {
+        let containers: Arc<dyn WorkloadRuntime> = Arc::new(containers);
+        let vms: Arc<dyn WorkloadRuntime> = Arc::new(vms);
+        // The one match on the kind: a new kind is a runtime and an arm here.
+        let runtimes = Runtimes::new(move |kind| match kind {
+            WorkloadKind::Container => containers.clone(),
+            WorkloadKind::Vm => vms.clone(),
+        });
         NodeProvisioner {
             inner: Arc::new(Inner {
                 storage,
                 network,
-                rootfs,
-                workloads,
-                vms,
+                runtimes,
                 names,
             }),
         }
@@ -83,44 +84,6 @@ fn tap_name(wl_id: &str) -> String {
 }
 
 impl Inner {
-    /// The VM with this node-wide name, by its kernel name, if one exists.
-    fn vm_id(&self, name: &str) -> Option<String> {
-        let id = self.names.resolve("wl", name).ok()?;
-        self.vms.ids().contains(&id).then_some(id)
-    }
-
-    /// Starts a VM workload: its verified flist, its network tap, its disks.
-    fn start_vm(&self, plan: &WorkloadPlan) -> Result<WorkloadStatus, ProvisionError> {
-        let id = self
-            .names
-            .kernel("wl", &plan.name)
-            .map_err(io_err("workload", &plan.name))?;
-        // A tampered kernel block fails here, before QEMU ever starts.
-        let tree = self.rootfs.unpacked(&plan.name, &plan.workload.flist)?;
-        let nic = match self.attachment(plan)? {
-            Some((net_plan, wl)) => {
-                let net = self.tenant(&net_plan)?;
-                self.network
-                    .attach(&net, &wl)
-                    .map_err(|e| ProvisionError::new("network", &plan.name, e.to_string()))?;
-                let WorkloadAttachment::Tap { name } = wl.attachment else {
-                    unreachable!("a VM is attached by a tap");
-                };
-                Some((
-                    name,
-                    self.network.netns_path(&self.network.tenant_netns(&net.id)),
-                ))
-            }
-            None => None,
-        };
-        self.vms.start(&VmPlan {
-            plan,
-            tree,
-            id,
-            nic,
-        })
-    }
-
     fn tenant(&self, plan: &NetworkPlan) -> Result<TenantNetwork, ProvisionError> {
         let id = self
             .names
@@ -149,39 +112,74 @@ impl Inner {
         })
     }
 
-    /// The workload's network and its attachment (a veth into its own namespace, or
-    /// a tap for a VM).
-    fn attachment(
-        &self,
-        plan: &WorkloadPlan,
-    ) -> Result<Option<(NetworkPlan, NetWorkload)>, ProvisionError> {
-        let Some((net, ip)) = &plan.network else {
-            return Ok(None);
-        };
-        let net_id = self
-            .names
-            .kernel("net", &net.name)
-            .map_err(io_err("network", &net.name))?;
-        let wl_id = self
+    /// What the workload's runtime is handed: its kernel id and, when it is on a
+    /// tenant network, its attachment there, made in the style its runtime asks for
+    /// (a veth into its own namespace, or a tap on the tenant's bridge).
+    fn placement(&self, plan: &WorkloadPlan) -> Result<Placement, ProvisionError> {
+        let kernel_id = self
             .names
             .kernel("wl", &plan.name)
             .map_err(io_err("workload", &plan.name))?;
-        let attachment = match plan.workload.kind {
-            WorkloadKind::Container => WorkloadAttachment::Veth {
-                netns: self.network.workload_netns(&net_id, &wl_id),
-                ip: *ip,
-            },
-            WorkloadKind::Vm => WorkloadAttachment::Tap {
-                name: tap_name(&wl_id),
-            },
+        let Some((net_plan, ip)) = &plan.network else {
+            return Ok(Placement {
+                kernel_id,
+                nic: None,
+            });
         };
-        Ok(Some((
-            net.clone(),
-            NetWorkload {
-                id: wl_id,
-                attachment,
-            },
-        )))
+        let net = self.tenant(net_plan)?;
+        let (attachment, nic) = match self.runtimes.of(plan.workload.kind).nic_style() {
+            NicStyle::Veth => {
+                let netns = self.network.workload_netns(&net.id, &kernel_id);
+                let nic = Nic {
+                    netns: self.network.netns_path(&netns),
+                    tap: None,
+                };
+                (WorkloadAttachment::Veth { netns, ip: *ip }, nic)
+            }
+            NicStyle::Tap => {
+                let name = tap_name(&kernel_id);
+                let nic = Nic {
+                    netns: self.network.netns_path(&self.network.tenant_netns(&net.id)),
+                    tap: Some(name.clone()),
+                };
+                (WorkloadAttachment::Tap { name }, nic)
+            }
+        };
+        let port = TenantPort {
+            id: kernel_id.clone(),
+            attachment,
+        };
+        self.network
+            .attach(&net, &port)
+            .map_err(|e| ProvisionError::from_source("network", &plan.name, e))?;
+        Ok(Placement {
+            kernel_id,
+            nic: Some(nic),
+        })
+    }
+
+    /// Removes every network attachment named after workload `wl_id` (a veth
+    /// namespace or a tap, on any tenant network).
+    fn detach_everywhere(&self, wl_id: &str) {
+        let Ok(inventory) = self.network.list() else {
+            return;
+        };
+        for net_id in inventory.networks() {
+            let veth = WorkloadAttachment::Veth {
+                netns: self.network.workload_netns(&net_id, wl_id),
+                ip: std::net::Ipv4Addr::UNSPECIFIED,
+            };
+            let tap = WorkloadAttachment::Tap {
+                name: tap_name(wl_id),
+            };
+            for attachment in [veth, tap] {
+                let port = TenantPort {
+                    id: wl_id.to_string(),
+                    attachment,
+                };
+                let _ = self.network.detach(&net_id, &port);
+            }
+        }
     }
 }
 
@@ -272,45 +270,15 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let plan = plan.clone();
         blocking("workload", &plan.name.clone(), move || {
-            if plan.workload.kind == WorkloadKind::Vm {
-                // zos-vm finds a running VM by its pidfile and never starts it twice.
-                return inner.start_vm(&plan);
-            }
-            if let Some(status) = inner.workloads.running(&plan.name) {
-                // Re-adoption: it runs already; never start it twice.
-                return Ok(status);
-            }
-            let wl_id = inner
-                .names
-                .kernel("wl", &plan.name)
-                .map_err(io_err("workload", &plan.name))?;
-            let rootfs = inner.rootfs.ensure(
-                &plan.name,
-                &wl_id,
-                &plan.workload.flist,
-                plan.workload.disk_mib,
-            )?;
-            let netns = match inner.attachment(&plan)? {
-                Some((net_plan, wl)) => {
-                    let net = inner.tenant(&net_plan)?;
-                    inner
-                        .network
-                        .attach(&net, &wl)
-                        .map_err(|e| ProvisionError::new("network", &plan.name, e.to_string()))?;
-                    match &wl.attachment {
-                        WorkloadAttachment::Veth { netns, .. } => {
-                            Some(inner.network.netns_path(netns))
-                        }
-                        WorkloadAttachment::Tap { .. } => None,
-                    }
+            let runtime = inner.runtimes.of(plan.workload.kind);
+            if runtime.state(&plan.name) == Some(WorkloadState::Running) {
+                // Re-adoption: it runs already, attached; never start it twice.
+                if let Some(status) = runtime.status(&plan.name) {
+                    return Ok(status);
                 }
-                None => None,
-            };
-            inner.workloads.start(&ContainerPlan {
-                plan: &plan,
-                rootfs,
-                netns,
-            })
+            }
+            let placement = inner.placement(&plan)?;
+            runtime.ensure(&plan, &placement)
         })
         .await
     }
@@ -319,41 +287,25 @@ impl Provisioner for NodeProvisioner {
         &self,
         plan: &WorkloadPlan,
     ) -> Result<WorkloadStatus, ProvisionError> {
-        // The root filesystem and the network attachment persist: ensure_workload finds
-        // them in place and only starts the process again.
-        self.ensure_workload(plan).await
+        let inner = self.inner.clone();
+        let plan = plan.clone();
+        blocking("workload", &plan.name.clone(), move || {
+            // The attachment persists; placement finds it in place.
+            let placement = inner.placement(&plan)?;
+            inner
+                .runtimes
+                .restart(plan.workload.kind, &plan, &placement)
+        })
+        .await
     }
 
     async fn remove_workload(&self, name: &str) -> Result<(), ProvisionError> {
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
-            inner.workloads.remove(&name)?;
-            let wl_id = inner.names.resolve("wl", &name).ok();
-            inner.rootfs.remove(&name, wl_id.as_deref())?;
-            let Some(wl_id) = wl_id else {
-                return Ok(());
-            };
-            inner.vms.remove(&name, &wl_id)?;
-            // Its network attachment: the namespace and bridge port (a container) or
-            // the tap (a VM) named after it.
-            if let Ok(inventory) = inner.network.list() {
-                for net_id in inventory.networks() {
-                    let veth = WorkloadAttachment::Veth {
-                        netns: inner.network.workload_netns(&net_id, &wl_id),
-                        ip: std::net::Ipv4Addr::UNSPECIFIED,
-                    };
-                    let tap = WorkloadAttachment::Tap {
-                        name: tap_name(&wl_id),
-                    };
-                    for attachment in [veth, tap] {
-                        let wl = NetWorkload {
-                            id: wl_id.clone(),
-                            attachment,
-                        };
-                        let _ = inner.network.detach(&net_id, &wl);
-                    }
-                }
+            inner.runtimes.remove(&name)?;
+            if let Ok(wl_id) = inner.names.resolve("wl", &name) {
+                inner.detach_everywhere(&wl_id);
             }
             Ok(())
         })
@@ -364,10 +316,7 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
-            Ok(match inner.vm_id(&name) {
-                Some(id) => inner.vms.status(&id),
-                None => inner.workloads.status(&name),
-            })
+            Ok(inner.runtimes.status(&name))
         })
         .await
     }
@@ -376,10 +325,7 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
-            Ok(match inner.vm_id(&name) {
-                Some(id) => inner.vms.state(&id),
-                None => inner.workloads.state(&name),
-            })
+            Ok(inner.runtimes.state(&name))
         })
         .await
     }
@@ -387,51 +333,33 @@ impl Provisioner for NodeProvisioner {
     async fn inventory(&self) -> Result<Inventory, ProvisionError> {
         let inner = self.inner.clone();
         blocking("inventory", "node", move || {
-            let mut inv = Inventory::default();
             let volumes = inner
                 .storage
                 .volumes()
-                .map_err(|e| ProvisionError::new("volume", "*", e.to_string()))?;
-            // A container's root filesystem is a volume of the workload, not of its
-            // contract: reported as that workload.
-            let (roots, volumes): (Vec<_>, Vec<_>) = volumes
-                .iter()
-                .partition(|v| v.name.starts_with(crate::rootfs::VOLUME_PREFIX));
-            inv.volumes = volumes
-                .iter()
-                .map(|v| inner.names.node_wide("vol", &v.name))
-                .collect();
-            let roots: Vec<String> = roots
-                .iter()
-                .map(|v| {
-                    let id = &v.name[crate::rootfs::VOLUME_PREFIX.len()..];
-                    inner.names.node_wide("wl", id)
-                })
-                .collect();
+                .map_err(|e| ProvisionError::from_source("volume", "*", e))?;
             let nets = inner
                 .network
                 .list()
-                .map_err(|e| ProvisionError::new("network", "*", e.to_string()))?;
-            inv.networks = nets
-                .networks()
-                .iter()
-                .map(|id| inner.names.node_wide("net", id))
-                .collect();
-            inv.workloads = inner
-                .workloads
-                .names()
-                .into_iter()
-                .chain(inner.rootfs.workloads())
-                .chain(roots)
-                .chain(
-                    inner
-                        .vms
-                        .ids()
-                        .iter()
-                        .map(|id| inner.names.node_wide("wl", id)),
-                )
-                .collect();
-            Ok(inv)
+                .map_err(|e| ProvisionError::from_source("network", "*", e))?;
+            Ok(Inventory {
+                // A container's root and a VM's tree are subvolumes of the workload,
+                // not volumes of its contract: their runtimes report them as the
+                // workload (in `names`).
+                volumes: volumes
+                    .iter()
+                    .filter(|v| {
+                        !v.name.starts_with(zos_container::rootfs::VOLUME_PREFIX)
+                            && !v.name.starts_with(zos_vm::TREE_VOLUME_PREFIX)
+                    })
+                    .map(|v| inner.names.node_wide("vol", &v.name))
+                    .collect(),
+                networks: nets
+                    .networks()
+                    .iter()
+                    .map(|id| inner.names.node_wide("net", id))
+                    .collect(),
+                workloads: inner.runtimes.names(),
+            })
         })
         .await
     }

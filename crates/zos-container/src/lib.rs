@@ -38,4 +38,4 @@ pub use restart::{Clock, Decision, RestartMode, RestartPolicy, Restarts, SystemC
 pub use rootfs::Rootfs;
 pub use runtime::{Adopted, ContainerState, Created, Libcontainer, Runtime, RuntimeConfig, Status};
 pub use spec::{BindMount, ContainerSpec, Cpu};
-pub use workload::{ContainerRuntime, KernelIds};
+pub use workload::ContainerRuntime;

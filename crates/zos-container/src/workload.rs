@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use zos_engine::{
-    NicStyle, Placement, ProvisionError, WorkloadPlan, WorkloadRuntime, WorkloadState,
+    KernelIds, NicStyle, Placement, ProvisionError, WorkloadPlan, WorkloadRuntime, WorkloadState,
     WorkloadStatus,
 };
 use zos_flist::DirAccess;
@@ -21,15 +21,6 @@ use zos_storage::Storage;
 use crate::containers::{ContainerPlan, Containers};
 use crate::rootfs::Rootfs;
 use crate::Error;
-
-/// The caller's map between node-wide workload names and kernel ids (zosd's kernel
-/// names, kept in the node state home).
-pub trait KernelIds: Send + Sync {
-    /// The kernel id recorded for workload `name`, if one was ever given.
-    fn kernel_id(&self, name: &str) -> Option<String>;
-    /// The workload name of kernel id `id` (a name no contract owns when unknown).
-    fn workload_name(&self, id: &str) -> String;
-}
 
 /// Containers as a workload kind. See the module docs.
 pub struct ContainerRuntime {

@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use zos_container::{
-    ContainerRuntime, KernelIds, Libcontainer, Runtime, RuntimeConfig, Signal, Status,
-};
-use zos_engine::{Nic, Placement, WorkloadPlan, WorkloadRuntime, WorkloadState};
+use zos_container::{ContainerRuntime, Libcontainer, Runtime, RuntimeConfig, Signal, Status};
+use zos_engine::{KernelIds, Nic, Placement, WorkloadPlan, WorkloadRuntime, WorkloadState};
 use zos_flist::{DirAccess, PackOptions, Router};
 use zos_storage::{DiscoveryConfig, DiskSelection, PoolKind, Storage, StorageConfig};
 

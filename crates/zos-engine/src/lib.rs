@@ -32,5 +32,5 @@ pub use provision::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, Retry, WorkloadPlan, WorkloadState,
     WorkloadStatus,
 };
-pub use runtime::{Kind, Nic, NicStyle, Placement, Runtimes, WorkloadRuntime};
+pub use runtime::{KernelIds, Kind, Nic, NicStyle, Placement, Runtimes, WorkloadRuntime};
 pub use status::{ContractSummary, RefusedUpdate, State, StatusReport, WorkloadSummary};

@@ -47,6 +47,17 @@ pub struct Placement {
     pub nic: Option<Nic>,
 }
 
+/// The node's map between node-wide workload names and short kernel ids (zosd's kernel
+/// names, kept in the node's state home). A runtime asked by name (`remove`, `state`)
+/// finds its kernel objects through it, and lists them back by name (`names`).
+pub trait KernelIds: Send + Sync {
+    /// The kernel id recorded for workload `name`, if one was ever given.
+    fn kernel_id(&self, name: &str) -> Option<String>;
+    /// The workload name of kernel id `id` (a name no contract owns when unknown, so
+    /// that orphan collection removes it).
+    fn workload_name(&self, id: &str) -> String;
+}
+
 /// Runs the workloads of one kind. Every call is idempotent, like the provisioner's.
 /// Names are node-wide workload names ([`WorkloadPlan::name`]).
 pub trait WorkloadRuntime: Send + Sync {

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zos_engine::{
-    NicStyle, Placement, ProvisionError, WorkloadPlan, WorkloadRuntime, WorkloadState,
+    KernelIds, NicStyle, Placement, ProvisionError, WorkloadPlan, WorkloadRuntime, WorkloadState,
     WorkloadStatus,
 };
 use zos_flist::{DirAccess, PinnedTrees};
@@ -61,15 +61,6 @@ pub fn tree_volume(id: &str) -> String {
 /// SSD is `disk_mib + tree_quota_mib(disk_mib)`.
 pub fn tree_quota_mib(disk_mib: u64) -> u64 {
     disk_mib.max(VM_TREE_MIB)
-}
-
-/// The node's short kernel names of workloads (zosd's name map): a VM's hypervisor
-/// name, vdisk and tree volume are named after its kernel id.
-pub trait KernelIds: Send + Sync {
-    /// The kernel id of node-wide workload `name`, if it can have one.
-    fn id_of(&self, name: &str) -> Option<String>;
-    /// The node-wide name of the workload with kernel id `id`.
-    fn name_of(&self, id: &str) -> String;
 }
 
 fn err(name: &str, e: impl std::fmt::Display) -> ProvisionError {
@@ -387,22 +378,25 @@ impl WorkloadRuntime for VmRuntime {
 
     /// QEMU and its run files, its root vdisk and its tree subvolume (volumes stay).
     fn remove(&self, name: &str) -> Result<(), ProvisionError> {
-        match self.ids.id_of(name) {
+        match self.ids.kernel_id(name) {
             Some(id) => self.remove_id(name, &id),
             None => Ok(()),
         }
     }
 
     fn state(&self, name: &str) -> Option<WorkloadState> {
-        self.state_of(&self.ids.id_of(name)?)
+        self.state_of(&self.ids.kernel_id(name)?)
     }
 
     fn status(&self, name: &str) -> Option<WorkloadStatus> {
-        self.status_of(&self.ids.id_of(name)?)
+        self.status_of(&self.ids.kernel_id(name)?)
     }
 
     fn names(&self) -> BTreeSet<String> {
-        self.ids().iter().map(|id| self.ids.name_of(id)).collect()
+        self.ids()
+            .iter()
+            .map(|id| self.ids.workload_name(id))
+            .collect()
     }
 }
 

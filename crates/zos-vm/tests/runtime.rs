@@ -10,12 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zos_engine::{Placement, WorkloadPlan, WorkloadRuntime, WorkloadState};
+use zos_engine::{KernelIds, Placement, WorkloadPlan, WorkloadRuntime, WorkloadState};
 use zos_flist::{DirAccess, PackOptions, Router};
 use zos_storage::{DiscoveryConfig, DiskSelection, PoolKind, Storage, StorageConfig};
-use zos_vm::{
-    tree_volume, AccelChoice, Hypervisor, KernelIds, Qemu, QemuConfig, VmRuntime, VmState,
-};
+use zos_vm::{tree_volume, AccelChoice, Hypervisor, Qemu, QemuConfig, VmRuntime, VmState};
 
 const BOOT_WAIT: Duration = Duration::from_secs(120);
 
@@ -39,10 +37,10 @@ fn runnable(test: &str) -> bool {
 struct Ids(BTreeMap<String, String>);
 
 impl KernelIds for Ids {
-    fn id_of(&self, name: &str) -> Option<String> {
+    fn kernel_id(&self, name: &str) -> Option<String> {
         self.0.get(name).cloned()
     }
-    fn name_of(&self, id: &str) -> String {
+    fn workload_name(&self, id: &str) -> String {
         self.0
             .iter()
             .find(|(_, i)| *i == id)
