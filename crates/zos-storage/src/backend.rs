@@ -7,9 +7,96 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Holder, Result};
+
+/// How long [`Kernel`]'s unmount waits for a busy mount to become free.
+pub const UNMOUNT_BUSY_WAIT: Duration = Duration::from_secs(5);
+
+/// Unmount `target`, trying again while it is busy (EBUSY) for up to `wait`; `on_busy`
+/// is called at every busy answer. Busy past `wait` is [`Error::Busy`] with the
+/// holders found then.
+pub(crate) fn unmount_waiting(
+    target: &Path,
+    wait: Duration,
+    mut on_busy: impl FnMut(),
+) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EBUSY) if start.elapsed() < wait => {
+                on_busy();
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(Errno::EBUSY) => {
+                return Err(Error::Busy {
+                    path: target.to_path_buf(),
+                    waited_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    holders: holders_of(target),
+                })
+            }
+            Err(e) => return Err(Error::sys("umount", target, e)),
+        }
+    }
+}
+
+/// The processes with a descriptor, working directory or root inside the mount at
+/// `mnt` (from `/proc`; processes that exit or cannot be read while looking are skipped).
+pub fn holders_of(mnt: &Path) -> Vec<Holder> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let inside = |p: &Path| p.starts_with(mnt);
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let dir = e.path();
+        let mut holds = Vec::new();
+        for what in ["cwd", "root"] {
+            if let Ok(t) = std::fs::read_link(dir.join(what)) {
+                if inside(&t) {
+                    holds.push(format!("{what} {}", t.display()));
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(t) = std::fs::read_link(fd.path()) {
+                    if inside(&t) {
+                        holds.push(format!(
+                            "fd {} {}",
+                            fd.file_name().to_string_lossy(),
+                            t.display()
+                        ));
+                    }
+                }
+            }
+        }
+        if holds.is_empty() {
+            continue;
+        }
+        let command = std::fs::read_to_string(dir.join("comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default();
+        for h in holds {
+            out.push(Holder {
+                pid,
+                command: command.clone(),
+                holds: h,
+            });
+        }
+    }
+    out
+}
 
 /// Capacity of a mounted filesystem, from statvfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,8 +337,17 @@ impl Backend for Kernel {
         .map_err(|e| Error::sys("mount", target, e))
     }
 
+    /// A busy mount is waited for (bounded, [`UNMOUNT_BUSY_WAIT`]): a process that
+    /// forked while one of this process's threads had a file of the pool open holds that
+    /// descriptor until it execs or exits, which is brief. Still busy at the end is
+    /// [`Error::Busy`] naming who holds it.
     fn unmount(&self, target: &Path) -> Result<()> {
-        umount2(target, MntFlags::empty()).map_err(|e| Error::sys("umount", target, e))
+        let mut first = true;
+        unmount_waiting(target, UNMOUNT_BUSY_WAIT, || {
+            if std::mem::take(&mut first) {
+                tracing::debug!(mountpoint = %target.display(), "busy; unmounting again until free");
+            }
+        })
     }
 
     fn is_mounted(&self, target: &Path) -> Result<bool> {
@@ -399,5 +495,140 @@ fn run(mut cmd: Command, program: &str) -> Result<()> {
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Unmounting a busy mount, against real tmpfs mounts (root).
+
+    use std::io::Write;
+    use std::process::{Child, Stdio};
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A tmpfs at a `zt-` temp dir, unmounted (whatever holds it) on drop.
+    struct TmpMount {
+        dir: tempfile::TempDir,
+    }
+
+    impl TmpMount {
+        fn new() -> TmpMount {
+            let dir = zos_testkit::tempdir("unmount");
+            mount(
+                Some("zt-unmount"),
+                dir.path(),
+                Some("tmpfs"),
+                MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+                Some("size=1m"),
+            )
+            .expect("mounting a tmpfs");
+            TmpMount { dir }
+        }
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+    }
+
+    impl Drop for TmpMount {
+        fn drop(&mut self) {
+            if Kernel.is_mounted(self.dir.path()).unwrap_or(false) {
+                let _ = umount2(self.dir.path(), MntFlags::MNT_DETACH);
+            }
+        }
+    }
+
+    /// A child whose working directory is inside the mount; it exits when its stdin
+    /// closes. Killed on drop.
+    struct Holder(Child);
+
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn root(test: &str) -> bool {
+        zos_testkit::Needs::root().check(test)
+    }
+
+    /// A node closing its pools while a child still holds one (a process that forked
+    /// while a file of the pool was open, or one exiting): unmounting waits until the
+    /// child is gone, then succeeds.
+    #[test]
+    fn a_busy_mount_is_unmounted_once_its_holder_exits() {
+        if !root("a_busy_mount_is_unmounted_once_its_holder_exits") {
+            return;
+        }
+        let m = TmpMount::new();
+        let mut holder = Holder(
+            Command::new("cat")
+                .current_dir(m.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("cat"),
+        );
+        let (busy_tx, busy_rx) = mpsc::channel();
+        let target = m.path().to_path_buf();
+        let unmounting = std::thread::spawn(move || {
+            unmount_waiting(&target, Duration::from_secs(120), || {
+                let _ = busy_tx.send(());
+            })
+        });
+        // The positive event: unmounting found the mount busy.
+        busy_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("unmounting never reported the mount busy");
+        assert!(
+            Kernel.is_mounted(m.path()).unwrap(),
+            "still mounted while held"
+        );
+        // The holder exits; unmounting goes through.
+        let mut stdin = holder.0.stdin.take().unwrap();
+        stdin.write_all(b"bye\n").unwrap();
+        drop(stdin);
+        holder.0.wait().unwrap();
+        unmounting.join().unwrap().expect("unmounted once free");
+        assert!(!Kernel.is_mounted(m.path()).unwrap());
+    }
+
+    /// Held past the wait: a typed error naming the holder (this process's descriptor
+    /// on a file inside), and the mount stays as it was.
+    #[test]
+    fn a_mount_held_past_the_wait_is_busy_naming_its_holder() {
+        if !root("a_mount_held_past_the_wait_is_busy_naming_its_holder") {
+            return;
+        }
+        let m = TmpMount::new();
+        let file = m.path().join("held");
+        let open = File::create(&file).unwrap();
+        let mut busy = 0;
+        match unmount_waiting(m.path(), Duration::from_millis(50), || busy += 1) {
+            Err(Error::Busy {
+                path,
+                waited_ms,
+                holders,
+            }) => {
+                assert_eq!(path, m.path());
+                assert!(waited_ms >= 50, "{waited_ms}");
+                let me = i32::try_from(std::process::id()).unwrap();
+                let fd = format!("fd {} {}", open.as_raw_fd(), file.display());
+                assert!(
+                    holders.iter().any(|h| h.pid == me && h.holds == fd),
+                    "{fd} of pid {me} not among {holders:?}"
+                );
+            }
+            r => panic!("a held mount was not refused busy: {r:?}"),
+        }
+        assert!(busy >= 1);
+        assert!(Kernel.is_mounted(m.path()).unwrap(), "nothing unmounted");
+        assert_eq!(std::fs::read(&file).unwrap(), b"");
+        drop(open);
+        Kernel
+            .unmount(m.path())
+            .expect("unmounted once the file is closed");
     }
 }

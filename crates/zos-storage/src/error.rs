@@ -188,6 +188,21 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "{path} stayed busy for {waited_ms} ms after unmounting was asked: held by {}",
+        holders_text(holders)
+    )]
+    /// A pool could not be unmounted: something kept it busy for the whole bounded wait.
+    /// `holders` are the processes found with a descriptor, working directory or root
+    /// inside it when the wait ended (empty when none was found: a kernel reference).
+    Busy {
+        /// The mountpoint.
+        path: PathBuf,
+        /// How long unmounting was retried.
+        waited_ms: u64,
+        /// Who held it at the end.
+        holders: Vec<Holder>,
+    },
     #[error("corrupt {what}: {why}")]
     /// Something read is malformed (a registry, the identity seed, a kernel counter).
     Corrupt {
@@ -219,6 +234,33 @@ impl Error {
             source,
         }
     }
+}
+
+/// A process found holding something inside a mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its pid.
+    pub pid: i32,
+    /// Its command name (`/proc/<pid>/comm`).
+    pub command: String,
+    /// What it holds: `cwd`, `root` or `fd <n>`, and the path.
+    pub holds: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} ({}): {}", self.pid, self.command, self.holds)
+    }
+}
+
+fn holders_text(v: &[Holder]) -> String {
+    if v.is_empty() {
+        return "no process found (a kernel reference)".into();
+    }
+    v.iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn summaries(v: &[DiskSummary]) -> String {

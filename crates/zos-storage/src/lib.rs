@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backend::{Backend, FsUsage, Kernel, QgroupUsage};
 pub use disk::{DiscoveryConfig, Disk, DiskSelection, DiskSummary, Signature, Verdict};
-pub use error::{Error, Result};
+pub use error::{Error, Holder, Result};
 pub use state::{mac_key_of, StateHome, StateRead, StateWrite, IDENTITY_KEY};
 pub use storage::{
     place, Pool, PoolCapacity, PoolInfo, PoolStatus, Storage, StorageConfig, Vdisk, Volume,

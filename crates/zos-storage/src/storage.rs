@@ -928,7 +928,10 @@ impl<B: Backend> Storage<B> {
         Ok(out)
     }
 
-    /// Unmount every online pool (shutdown, or a simulated reboot in tests).
+    /// Unmount every online pool (shutdown, or a simulated reboot in tests). A pool kept
+    /// busy briefly (a child forked while a file of it was open, until it execs or exits)
+    /// is waited for; one still busy after the bounded wait is [`Error::Busy`] naming its
+    /// holders, and the other pools are unmounted all the same.
     pub fn close(self) -> Result<()> {
         let pools = self.lock().clone();
         let mut first = None;
