@@ -270,15 +270,10 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let plan = plan.clone();
         blocking("workload", &plan.name.clone(), move || {
-            let runtime = inner.runtimes.of(plan.workload.kind);
-            if runtime.state(&plan.name) == Some(WorkloadState::Running) {
-                // Re-adoption: it runs already, attached; never start it twice.
-                if let Some(status) = runtime.status(&plan.name) {
-                    return Ok(status);
-                }
-            }
+            // The attachment converges (a no-op when in place); the runtime finds a
+            // running workload and never starts it twice (re-adoption).
             let placement = inner.placement(&plan)?;
-            runtime.ensure(&plan, &placement)
+            inner.runtimes.ensure(plan.workload.kind, &plan, &placement)
         })
         .await
     }
