@@ -112,10 +112,9 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .spawn()
         else {
-            // On the real stderr (libtest captures print!/eprint!), one counted line.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP: gnu_cpio_reads_the_archive: cpio(1) is not installed (apt-get install cpio); the archive was checked by hand only"
+            zos_testkit::skip_line(
+                "gnu_cpio_reads_the_archive",
+                "cpio(1) is not installed (apt-get install cpio); the archive was checked by hand only",
             );
             return;
         };

@@ -270,8 +270,9 @@ fn a_node_catches_up_when_its_notary_comes_back() {
     );
     let mut node = qemu::boot(&files, &spec, accel).expect("starting QEMU");
     println!("{}: booting, console {}", spec.name, node.console.display());
-    // zosd/src/registration.rs: "zosd: node <key> waiting: farm <id>: the notary cannot
-    // be read (<error>): retrying" once, then a warning per attempt (backoff 1 s..60 s).
+    // crates/zos-registry/src/membership.rs: "zosd: node <key> waiting: farm <id>: the
+    // notary cannot be read (<error>): retrying" once, then a warning per attempt
+    // (backoff 1 s..60 s).
     let waiting = format!("waiting: farm {farm}: the notary cannot be read");
     let console = poll_until(
         BOOT,

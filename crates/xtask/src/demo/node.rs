@@ -77,8 +77,7 @@ impl Drop for Node {
 }
 
 pub fn run(d: &Demo) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("the node part of the demo creates pools, namespaces and containers: run it as root");
     }
     section("8. a node: zosd run on a loop-file pool, in namespaces of its own");
