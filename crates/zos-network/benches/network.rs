@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{privileged, run, World};
-use zos_network::{nft, TenantNetwork, Workload, WorkloadAttachment};
+use zos_network::{nft, TenantNetwork, TenantPort, WorkloadAttachment};
 
 const WORKLOADS: u8 = 10;
 
@@ -188,8 +188,8 @@ fn main() {
         gateway: "10.9.0.1".parse().unwrap(),
         ports: vec![],
     };
-    let wls: Vec<Workload> = (0..WORKLOADS)
-        .map(|i| Workload {
+    let wls: Vec<TenantPort> = (0..WORKLOADS)
+        .map(|i| TenantPort {
             id: format!("w{i}"),
             attachment: WorkloadAttachment::Veth {
                 netns: net.workload_netns("b", &format!("w{i}")),

@@ -25,9 +25,6 @@ mod subnet;
 mod tap;
 
 pub use error::{Error, Result};
-/// The old name of [`TenantPort`], kept until zosd's provisioner uses the new one.
-#[doc(hidden)]
-pub use model::TenantPort as Workload;
 pub use model::{
     EgressPolicy, NetworkConfig, PortForward, Proto, TenantNetwork, TenantPort, WorkloadAttachment,
 };

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use common::{accept_peer, privileged, run, World, INET_IP, NODE_IP};
 use zos_network::nft::{self, EGRESS_DENY_COMMENT};
 use zos_network::{
-    netns, EgressPolicy, IpNet, Network, TenantNetwork, Workload, WorkloadAttachment,
+    netns, EgressPolicy, IpNet, Network, TenantNetwork, TenantPort, WorkloadAttachment,
 };
 
 const LAN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
@@ -32,8 +32,8 @@ fn tenant(id: &str, subnet: &str, gw: &str) -> TenantNetwork {
     }
 }
 
-fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> Workload {
-    Workload {
+fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> TenantPort {
+    TenantPort {
         id: id.into(),
         attachment: WorkloadAttachment::Veth {
             netns: net.workload_netns(netid, id),

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use common::{accept_peer, privileged, World, INET_IP, NODE_IP, UPLINK};
 use zos_network::{
-    Error, Network, PortForward, Proto, TenantNetwork, Workload, WorkloadAttachment,
+    Error, Network, PortForward, Proto, TenantNetwork, TenantPort, WorkloadAttachment,
 };
 
 fn ip(s: &str) -> Ipv4Addr {
@@ -23,8 +23,8 @@ fn tenant(id: &str, subnet: &str, gw: &str, ports: Vec<PortForward>) -> TenantNe
     }
 }
 
-fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> Workload {
-    Workload {
+fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> TenantPort {
+    TenantPort {
         id: id.into(),
         attachment: WorkloadAttachment::Veth {
             netns: net.workload_netns(netid, id),
@@ -33,7 +33,7 @@ fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> Workload {
     }
 }
 
-fn wns(w: &Workload) -> String {
+fn wns(w: &TenantPort) -> String {
     match &w.attachment {
         WorkloadAttachment::Veth { netns, .. } => netns.clone(),
         WorkloadAttachment::Tap { .. } => panic!("not a veth"),
@@ -338,7 +338,7 @@ fn list_finds_orphans_and_taps() {
     net.ensure(&d).unwrap();
     let c1 = veth(&net, "c", "c1", "10.3.0.2");
     net.attach(&c, &c1).unwrap();
-    let tap = Workload {
+    let tap = TenantPort {
         id: "c2".into(),
         attachment: WorkloadAttachment::Tap {
             name: "tap-c2".into(),
@@ -542,7 +542,7 @@ fn refusals_create_nothing() {
         .attach(&g, &veth(&net, "g", "g1", "10.9.0.5"))
         .unwrap_err();
     assert!(matches!(err, Error::AddressOutOfSubnet { .. }), "{err}");
-    let foreign = Workload {
+    let foreign = TenantPort {
         id: "g1".into(),
         attachment: WorkloadAttachment::Veth {
             netns: "someone-elses".into(),
@@ -558,7 +558,7 @@ fn refusals_create_nothing() {
         net.attach(&g, &long_wl),
         Err(Error::NameTooLong { .. })
     ));
-    let bad_tap = Workload {
+    let bad_tap = TenantPort {
         id: "g2".into(),
         attachment: WorkloadAttachment::Tap { name: "br0".into() },
     };
