@@ -14,8 +14,11 @@ use crate::KitError;
 /// How long an etcd server may take to answer its first request.
 const START: Duration = Duration::from_secs(30);
 
+/// A running etcd server (one member), killed and waited for on drop or [`Etcd::stop`].
 pub struct Etcd {
     child: Child,
+    /// Where it serves clients, over plain `http://` (a free loopback port unless
+    /// [`Etcd::start_at`] was given another).
     pub client: SocketAddr,
     /// The network namespace (`ip netns` name) it runs in, if not the caller's.
     pub netns: Option<String>,

@@ -20,12 +20,16 @@ pub use needs::{skip_line, skip_or_fail, Needs};
 /// end-to-end tests): a process that did not start, a namespace that could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
+    /// A system call or child process failed.
     #[error("{what}: {source}")]
     Io {
+        /// What the kit was doing, e.g. `starting etcd` or `entering netns zt-…`.
         what: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// Something the kit waited for or checked did not hold; the text says what.
     #[error("{0}")]
     Failed(String),
 }

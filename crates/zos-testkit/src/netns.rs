@@ -17,6 +17,7 @@ use crate::KitError;
 pub const RUN_DIR: &str = "/run/netns";
 /// The node's uplink address (in the node namespace) and the internet's, on one /24.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The internet side's address (in the internet namespace), the node's gateway.
 pub const INET_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The node's uplink interface.
 pub const UPLINK: &str = "up0";
