@@ -5,93 +5,166 @@ use std::path::PathBuf;
 
 use crate::subnet::Ipv4Subnet;
 
+/// The result of every fallible call of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why a tenant network, an attachment or a kernel operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A network id, workload id, namespace, tap or prefix that breaks the naming rules.
     #[error("invalid name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
 
     /// Interface names are at most 15 bytes (IFNAMSIZ = 16 with the NUL).
     #[error("interface name {name:?} is {len} bytes; the kernel allows at most 15 (IFNAMSIZ)")]
-    NameTooLong { name: String, len: usize },
+    NameTooLong {
+        /// The name as given.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
 
     #[error(
         "namespace {name:?} does not start with our prefix {prefix:?} (or is not a workload name)"
     )]
-    ForeignName { name: String, prefix: String },
+    /// A workload namespace name outside our prefix: refused so that we never touch
+    /// a namespace we did not create.
+    ForeignName {
+        /// The namespace name as given.
+        name: String,
+        /// Our prefix ([`crate::NetworkConfig::prefix`]).
+        prefix: String,
+    },
 
+    /// A subnet or prefix that is malformed or out of the accepted range.
     #[error("invalid subnet {subnet:?}: {reason}")]
     InvalidSubnet {
+        /// The subnet as written (`addr/prefix`).
         subnet: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
 
+    /// A workload or gateway address that is not in the tenant subnet.
     #[error("address {addr} is outside the subnet {subnet}")]
-    AddressOutOfSubnet { addr: Ipv4Addr, subnet: Ipv4Subnet },
+    AddressOutOfSubnet {
+        /// The address asked for.
+        addr: Ipv4Addr,
+        /// The subnet it should be in.
+        subnet: Ipv4Subnet,
+    },
 
+    /// An address of the subnet that no workload may take.
     #[error("address {addr} is reserved in {subnet} ({what})")]
     AddressReserved {
+        /// The address asked for.
         addr: Ipv4Addr,
+        /// The subnet it is in.
         subnet: Ipv4Subnet,
+        /// What holds it: the network address, the broadcast address or the gateway.
         what: &'static str,
     },
 
+    /// Every host address of the subnet is taken.
     #[error("subnet {subnet} has no free host address left ({in_use} in use)")]
-    ExhaustedSubnet { subnet: Ipv4Subnet, in_use: usize },
+    ExhaustedSubnet {
+        /// The full subnet.
+        subnet: Ipv4Subnet,
+        /// How many of its addresses are taken (gateway included).
+        in_use: usize,
+    },
 
+    /// Every /30 of the transit range is held by a tenant network.
     #[error("transit range {range} has no free /30 left for another tenant network")]
-    ExhaustedTransit { range: Ipv4Subnet },
+    ExhaustedTransit {
+        /// [`crate::NetworkConfig::transit`].
+        range: Ipv4Subnet,
+    },
 
+    /// One tenant network forwards the same public port twice.
     #[error("public port {proto}/{port} is forwarded twice in network {network}")]
     DuplicatePort {
+        /// The tenant network id.
         network: String,
+        /// `tcp` or `udp`.
         proto: &'static str,
+        /// The public port on the uplink.
         port: u16,
     },
 
+    /// Another tenant network already forwards this public port of the node.
     #[error("public port {proto}/{port} is already forwarded by network {other}")]
     PortInUse {
+        /// `tcp` or `udp`.
         proto: &'static str,
+        /// The public port on the uplink.
         port: u16,
+        /// The tenant network id that holds it.
         other: String,
     },
 
+    /// A workload attaches to a tenant network id that was never ensured.
     #[error("network {0:?} does not exist (ensure it first)")]
     NoSuchNetwork(String),
 
+    /// [`crate::NetworkConfig::uplink`] is not a link of the node namespace.
     #[error("uplink {0:?} not found in the node namespace")]
     NoUplink(String),
 
+    /// A netlink request failed or was refused by the kernel.
     #[error("netlink {op}: {source}")]
     Netlink {
+        /// What we asked for (`add veth x`, ...).
         op: String,
+        /// The netlink error (a NACK carries the errno).
         #[source]
         source: rtnetlink::Error,
     },
 
     #[error("nft {op}: {detail}")]
-    Nft { op: String, detail: String },
+    /// `nft` failed to run or refused a ruleset.
+    Nft {
+        /// What the ruleset was for.
+        op: String,
+        /// nft's stderr, or why it could not run.
+        detail: String,
+    },
 
+    /// Creating, opening, entering or removing a network namespace failed.
     #[error("network namespace {path}: {op}: {source}")]
     Netns {
+        /// The namespace file.
         path: PathBuf,
+        /// The step that failed (`open`, `unshare`, `bind mount`, ...).
         op: &'static str,
+        /// The system error.
         #[source]
         source: std::io::Error,
     },
 
+    /// Creating or configuring a tap device failed.
     #[error("tap {name}: {op}: {source}")]
     Tap {
+        /// The tap device name.
         name: String,
+        /// The step that failed (`open /dev/net/tun`, `TUNSETIFF`, ...).
         op: &'static str,
+        /// The system error.
         #[source]
         source: std::io::Error,
     },
 
+    /// Any other system call or file operation failed.
     #[error("{op}: {source}")]
     Io {
+        /// What we were doing.
         op: String,
+        /// The system error.
         #[source]
         source: std::io::Error,
     },

@@ -76,14 +76,19 @@ pub trait Kernel: Send + Sync {
 
 /// What is done inside one namespace: links, addresses, routes, sysctls, nft.
 pub trait Session {
+    /// The link called `name`, `None` if there is none.
     fn link(&self, name: &str) -> Result<Option<Link>>;
+    /// Every link of the namespace.
     fn links(&self) -> Result<Vec<Link>>;
+    /// A bridge `name` (not yet up).
     fn add_bridge(&self, name: &str) -> Result<()>;
     /// A veth pair `name` here, `peer` created directly inside `ns`.
     fn add_veth_into(&self, name: &str, peer: &str, ns: &Ns) -> Result<()>;
     /// A persistent tap device `name` (no packet-info header).
     fn add_tap(&self, name: &str) -> Result<()>;
+    /// Bring the link `index` administratively up.
     fn set_up(&self, index: u32) -> Result<()>;
+    /// Make link `index` a port of the bridge whose index is `bridge`.
     fn set_controller(&self, index: u32, bridge: u32) -> Result<()>;
     /// Delete a link; one already gone is not an error.
     fn del_link(&self, index: u32) -> Result<()>;

@@ -46,13 +46,17 @@ impl NetworkConfig {
     }
 }
 
+/// The transport protocol of a forwarded port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
+    /// TCP.
     Tcp,
+    /// UDP.
     Udp,
 }
 
 impl Proto {
+    /// `tcp` or `udp`, as nft and error messages spell it.
     pub fn as_str(&self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
@@ -64,9 +68,13 @@ impl Proto {
 /// An opened port: `public_port` on the node's uplink goes to `workload_ip:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortForward {
+    /// TCP or UDP (the same on both sides).
     pub proto: Proto,
+    /// The port on the node's uplink address; one network per node holds it.
     pub public_port: u16,
+    /// The workload's address in the tenant subnet (not the gateway).
     pub workload_ip: Ipv4Addr,
+    /// The port the workload listens on.
     pub port: u16,
 }
 
@@ -75,9 +83,12 @@ pub struct PortForward {
 pub struct TenantNetwork {
     /// `[a-z0-9]`, short enough that `<prefix><id>` fits in 15 bytes.
     pub id: String,
+    /// The tenant's private subnet; workload addresses are hosts of it.
     pub subnet: Ipv4Subnet,
     /// The bridge's address in the tenant namespace; workloads route through it.
     pub gateway: Ipv4Addr,
+    /// Public ports of the node forwarded into this network (at most one network
+    /// per public port and protocol on the node).
     pub ports: Vec<PortForward>,
 }
 
@@ -140,10 +151,18 @@ pub enum WorkloadAttachment {
     /// run dir, `<prefix><net>-<workload>` by convention, created if missing), with
     /// `ip` from the subnet and a default route via the gateway; the peer on the
     /// tenant bridge.
-    Veth { netns: String, ip: Ipv4Addr },
+    Veth {
+        /// The workload's namespace name (under [`NetworkConfig::run_dir`]).
+        netns: String,
+        /// The address of `eth0`, a host of the tenant subnet.
+        ip: Ipv4Addr,
+    },
     /// A persistent tap device `name` on the tenant bridge, in the tenant namespace,
     /// for a VM (the guest configures its own address).
-    Tap { name: String },
+    Tap {
+        /// The tap device name (at most 15 bytes; never `br0`, `pub0`, `lo` or `w-*`).
+        name: String,
+    },
 }
 
 /// A workload's port on a tenant network: its id and how it joins (veth or tap).
@@ -152,5 +171,6 @@ pub enum WorkloadAttachment {
 pub struct TenantPort {
     /// `[a-z0-9]`, at most 13 bytes (the bridge port is `w-<id>`).
     pub id: String,
+    /// Veth into the workload's namespace, or a tap for a VM.
     pub attachment: WorkloadAttachment,
 }

@@ -56,6 +56,9 @@ impl Inventory {
     }
 }
 
+/// The tenant networks of this node: ensures, removes, attaches and detaches them in
+/// the kernel, idempotently (the kernel is the state: each step looks at what exists
+/// first). Shared between threads; changes are serialised.
 pub struct Network {
     cfg: NetworkConfig,
     /// Every namespace, netlink and nft call goes through it (the seam).
@@ -75,6 +78,8 @@ fn slot_of(range: Ipv4Subnet, ip: Ipv4Addr) -> u32 {
 }
 
 impl Network {
+    /// A `Network` on the real kernel; refuses a bad prefix, uplink name or transit
+    /// range.
     pub fn new(cfg: NetworkConfig) -> Result<Network> {
         Network::with_kernel(cfg, Arc::new(RealKernel))
     }
@@ -104,6 +109,7 @@ impl Network {
         })
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &NetworkConfig {
         &self.cfg
     }

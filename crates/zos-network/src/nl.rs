@@ -20,12 +20,15 @@ use crate::error::{errno, Error, Result};
 /// What we need to know about a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
+    /// The kernel's interface index, unique within the namespace.
     pub index: u32,
+    /// The interface name (at most 15 bytes).
     pub name: String,
     /// `veth`, `bridge`, `tun`, ... (`None` for physical or kind-less links).
     pub kind: Option<String>,
     /// Index of the bridge this link is a port of.
     pub controller: Option<u32>,
+    /// Administratively up (`IFF_UP`).
     pub up: bool,
 }
 

@@ -35,10 +35,12 @@ impl Ipv4Subnet {
         Ok(s)
     }
 
+    /// The network address (host bits zero).
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
     }
 
+    /// The prefix length, 8 to 30.
     pub fn prefix(&self) -> u8 {
         self.prefix
     }
@@ -47,10 +49,12 @@ impl Ipv4Subnet {
         u32::MAX << (32 - self.prefix)
     }
 
+    /// The broadcast address (host bits all one); never handed to a workload.
     pub fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) | !self.mask())
     }
 
+    /// Whether `ip` is in the subnet (network and broadcast addresses included).
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & self.mask() == u32::from(self.addr)
     }
@@ -169,14 +173,17 @@ impl IpNet {
         }
     }
 
+    /// The prefix's address (host bits zero).
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
 
+    /// The prefix length: 0 to 32 for IPv4, 0 to 128 for IPv6.
     pub fn prefix(&self) -> u8 {
         self.prefix
     }
 
+    /// Whether it is an IPv4 prefix (tenant networks forward IPv4 only).
     pub fn is_ipv4(&self) -> bool {
         self.addr.is_ipv4()
     }
