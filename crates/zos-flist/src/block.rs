@@ -29,6 +29,7 @@ pub struct BlockRef {
 }
 
 impl BlockRef {
+    /// The id in lowercase hex: the blob's name in a store and in the cache.
     pub fn id_hex(&self) -> String {
         hex::encode(self.id)
     }

@@ -19,14 +19,17 @@ pub struct BlockCache {
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl BlockCache {
+    /// A cache rooted at `root`; nothing is created until a block is stored.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         BlockCache { root: root.into() }
     }
 
+    /// The cache directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Where the plaintext of `b` is (or would be) cached.
     pub fn path(&self, b: &BlockRef) -> PathBuf {
         let hex = b.id_hex();
         self.root.join(&hex[..2]).join(hex)

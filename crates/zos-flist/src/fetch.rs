@@ -12,7 +12,9 @@ use crate::store::Router;
 /// Fetches and verifies blocks.
 #[derive(Debug)]
 pub struct Fetcher {
+    /// The stores blocks are fetched from, by the first byte of their id.
     pub router: Router,
+    /// Verified plaintexts kept on disk; `None`: every block comes from a store.
     pub cache: Option<BlockCache>,
     /// Blocks fetched from stores (not the cache), for reports and tests.
     pub fetched: std::sync::atomic::AtomicU64,
@@ -27,6 +29,7 @@ pub struct Fetcher {
 const RECENT: usize = 16;
 
 impl Fetcher {
+    /// A fetcher over `router`, reading and filling `cache` when there is one.
     pub fn new(router: Router, cache: Option<BlockCache>) -> Self {
         Fetcher {
             router,
@@ -163,8 +166,11 @@ impl Fetcher {
 /// What [`verify_blocks`] checked.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
+    /// Regular files in the flist.
     pub files: u64,
+    /// Blocks fetched (or read from the cache) and verified.
     pub blocks: u64,
+    /// Plaintext bytes those blocks hold.
     pub bytes: u64,
 }
 

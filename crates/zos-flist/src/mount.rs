@@ -329,6 +329,7 @@ pub fn mount(
 }
 
 impl MountedFlist {
+    /// The mount point, where the flist's tree is seen.
     pub fn path(&self) -> &Path {
         &self.mountpoint
     }

@@ -61,6 +61,7 @@ impl Overlay {
         })
     }
 
+    /// The merged directory: the flist's tree with the writable upper layer on top.
     pub fn merged(&self) -> &Path {
         &self.merged
     }

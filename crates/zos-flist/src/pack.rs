@@ -21,15 +21,20 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 pub struct PackOptions<'a> {
     /// Worker threads reading, compressing, encrypting and storing blocks (0: one per core).
     pub threads: usize,
+    /// Called after each block is stored; `None`: no progress reported.
     pub progress: Option<Progress<'a>>,
 }
 
 /// What was packed.
 #[derive(Debug, Clone, Default)]
 pub struct PackReport {
+    /// Inodes written: directories, files, links and devices, the root included.
     pub entries: u64,
+    /// Regular files among them.
     pub files: u64,
+    /// Bytes read from those files.
     pub bytes: u64,
+    /// Blocks listed for them (a repeated block counts each time it is listed).
     pub blocks: u64,
 }
 

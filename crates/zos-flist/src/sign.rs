@@ -20,20 +20,37 @@ pub const SIG_FORMAT: &str = "zos-flist-sig/1";
 /// Why a flist's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
+    /// No `.fl.sig` next to the flist (names the path looked at).
     #[error(
         "{0}: no signature file (the flist is unsigned); pass --insecure-unsigned to use it anyway"
     )]
     Missing(PathBuf),
     #[error("{path}: not a flist signature: {reason}")]
-    Malformed { path: PathBuf, reason: String },
+    /// The signature file is not a `zos-flist-sig/1` JSON object.
+    Malformed {
+        /// The signature file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error("the signature covers sha256 {signed}, the flist is {actual}: the .fl was changed")]
-    DigestMismatch { signed: String, actual: String },
+    /// The signature is for other `.fl` bytes.
+    DigestMismatch {
+        /// The sha256 the signature file names, hex.
+        signed: String,
+        /// The sha256 of the `.fl` read, hex.
+        actual: String,
+    },
+    /// The ed25519 signature does not verify under the publisher key it names (hex).
     #[error("the signature by {0} does not verify")]
     BadSignature(String),
+    /// A valid signature by a key (hex) that is not among the trusted publishers.
     #[error("signed by {0}, which is not a trusted publisher")]
     UntrustedSigner(String),
+    /// Signatures are required but no publisher key is trusted.
     #[error("no trusted publisher key given (use --trust, or --insecure-unsigned)")]
     NoTrust,
+    /// A publisher key or key file could not be read or parsed.
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -42,9 +59,13 @@ pub enum SignError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlistSignature {
+    /// Always [`SIG_FORMAT`]; anything else is refused.
     pub format: String,
+    /// The ed25519 key that signed.
     pub publisher: PublicKey,
+    /// SHA-256 of the `.fl` bytes the signature covers.
     pub sha256: Digest,
+    /// ed25519 over `sha256`.
     pub signature: Signature,
 }
 
@@ -60,10 +81,13 @@ impl FlistSignature {
         }
     }
 
+    /// The signature file's text (pretty JSON).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plain strings serialise")
     }
 
+    /// Parses a signature file's text, refusing unknown fields and formats; `path` is
+    /// only for the error. Does not verify anything.
     pub fn parse(path: &Path, text: &[u8]) -> Result<Self, SignError> {
         let sig: FlistSignature =
             serde_json::from_slice(text).map_err(|e| SignError::Malformed {

@@ -20,8 +20,11 @@ use crate::error::StoreError;
 /// A `route` row: blocks whose id starts with a byte in `start..=end` live at `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// Lowest first byte of the block ids this route serves.
     pub start: u8,
+    /// Highest first byte served, inclusive.
     pub end: u8,
+    /// The store URL (`dir://` or `http://`).
     pub url: String,
 }
 
@@ -54,6 +57,7 @@ impl Route {
         })
     }
 
+    /// True when a block whose id starts with `first` lives at this route.
     pub fn covers(&self, first: u8) -> bool {
         (self.start..=self.end).contains(&first)
     }
@@ -62,11 +66,15 @@ impl Route {
 /// A parsed store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
+    /// A local directory (`dir:///path`): the absolute path.
     Dir(PathBuf),
+    /// An HTTP base URL, without a trailing `/`.
     Http(String),
 }
 
 impl StoreUrl {
+    /// Parses `dir:///path` or `http://host/path`; `https://` is refused as unavailable
+    /// (no TLS stack is built in), anything else as a bad URL.
     pub fn parse(url: &str) -> Result<StoreUrl, StoreError> {
         if let Some(path) = url.strip_prefix("dir://") {
             if path.is_empty() {
@@ -284,7 +292,9 @@ pub fn read_dir_url(url: &str, access: &DirAccess, max: u64) -> Result<Vec<u8>, 
 /// One opened store.
 #[derive(Debug, Clone)]
 pub enum Store {
+    /// Blobs in a local directory.
     Dir {
+        /// The URL as given.
         url: String,
         /// The store directory (blobs at `<root>/<hex[0:2]>/<hex>`).
         root: PathBuf,
@@ -293,9 +303,13 @@ pub enum Store {
         /// From `anchor` to `root`, resolved with no symlink and no `..`.
         below: PathBuf,
     },
+    /// Blobs served over HTTP (read only).
     Http {
+        /// The URL as given.
         url: String,
+        /// The URL without a trailing `/`; blobs are asked for below it.
         base: String,
+        /// The HTTP client, with connect and transfer timeouts.
         client: reqwest::blocking::Client,
     },
 }
@@ -340,6 +354,7 @@ impl Store {
         })
     }
 
+    /// The URL the store was opened with.
     pub fn url(&self) -> &str {
         match self {
             Store::Dir { url, .. } | Store::Http { url, .. } => url,
@@ -538,6 +553,7 @@ impl Router {
         Router::new_in(&routes, access)
     }
 
+    /// The routes, in the order they are tried.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().map(|(r, _)| r)
     }

@@ -38,10 +38,14 @@ pub struct UnpackOptions {
     pub threads: usize,
 }
 
+/// What [`unpack`] wrote.
 #[derive(Debug, Clone, Default)]
 pub struct UnpackReport {
+    /// Entries of the flist laid out: directories, files, links and devices.
     pub entries: u64,
+    /// Regular files among them.
     pub files: u64,
+    /// Bytes written to those files.
     pub bytes: u64,
 }
 
