@@ -94,6 +94,7 @@ pub enum ClockRound {
 }
 
 impl ClockRound {
+    /// The round numbered `round` (from 1): every `RESYNC / FLOOR_EVERY`-th is a sync.
     pub fn of(round: u64) -> ClockRound {
         let per_sync = (RESYNC.as_secs() / FLOOR_EVERY.as_secs()).max(1);
         if round % per_sync == 0 {

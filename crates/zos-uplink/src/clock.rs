@@ -48,32 +48,53 @@ pub const MAX_SERVERS: usize = 4;
 /// The floor file's largest accepted size.
 const MAX_FLOOR_FILE: u64 = 64;
 
+/// Why a sync did not set the clock to what the servers said.
 #[derive(Debug, thiserror::Error)]
 pub enum ClockError {
+    /// No server answered (or none was named).
     #[error("no SNTP server answered")]
     NoSample,
+    /// The servers' time is below the floor: the clock is never set back past it.
     #[error(
         "{server} says the time is {proposed} (Unix s), below the clock's floor {floor}: refused"
     )]
     BelowFloor {
+        /// A server of the winning (largest agreeing) group.
         server: SocketAddr,
+        /// The time it proposed, in Unix seconds.
         proposed: i64,
+        /// The floor in force, in Unix seconds.
         floor: i64,
     },
+    /// The step forward is over [`MAX_FORWARD`] and fewer than [`QUORUM`] distinct
+    /// servers agree on it.
     #[error(
         "{server} would move the clock forward by {ahead_secs} s past {reference} (Unix s), \
          more than {max_secs} s; that needs {needed} agreeing servers, {agreeing} agree: refused"
     )]
     TooFarAhead {
+        /// A server of the winning (largest agreeing) group.
         server: SocketAddr,
+        /// How far past `reference` it would move the clock, in seconds.
         ahead_secs: i64,
+        /// The later of the clock and the floor, in Unix seconds.
         reference: i64,
+        /// [`MAX_FORWARD`] in seconds.
         max_secs: u64,
+        /// Distinct servers in the winning group.
         agreeing: usize,
+        /// Distinct servers needed ([`QUORUM`]).
         needed: usize,
     },
+    /// The floor file could not be read, parsed or written.
     #[error("clock floor file {path}: {reason}")]
-    FloorFile { path: PathBuf, reason: String },
+    FloorFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong (an I/O error or "not Unix seconds").
+        reason: String,
+    },
+    /// Setting the clock failed (no CAP_SYS_TIME).
     #[error(transparent)]
     Sntp(#[from] SntpError),
 }
@@ -81,7 +102,9 @@ pub enum ClockError {
 /// One server's answer: its clock minus ours, in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sample {
+    /// The server asked; distinct servers are distinct IP addresses.
     pub server: SocketAddr,
+    /// Its clock minus ours, in nanoseconds (positive: ours is behind).
     pub offset_nanos: i64,
 }
 
@@ -97,7 +120,10 @@ impl From<&SntpTime> for Sample {
 /// What [`decide`] accepted: the offset to apply and who agreed on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
+    /// To add to the clock, in nanoseconds: the median offset of the agreeing group.
     pub offset_nanos: i64,
+    /// The servers of that group, by offset (at least [`QUORUM`] for a step over
+    /// [`MAX_FORWARD`]).
     pub agreeing: Vec<SocketAddr>,
 }
 
@@ -208,10 +234,12 @@ pub struct FloorFile {
 }
 
 impl FloorFile {
+    /// The floor file at `path` (it need not exist yet; nothing is touched).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FloorFile { path: path.into() }
     }
 
+    /// Where the floor is kept.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -285,6 +313,7 @@ pub struct Floor {
 }
 
 impl Floor {
+    /// The floor kept in `file`, before any sync of this run.
     pub fn new(file: FloorFile) -> Self {
         Floor { file, synced: None }
     }
@@ -321,6 +350,8 @@ impl Floor {
 /// What one sync concluded: the time to step to (`None`: leave the clock alone).
 #[derive(Debug)]
 pub struct Plan {
+    /// The wall-clock time to set: the accepted time, or the floor when nothing was
+    /// accepted and the clock is below it.
     pub step_to: Option<SystemTime>,
     /// The accepted offset and servers, or why nothing was accepted.
     pub outcome: Result<Accepted, ClockError>,

@@ -21,7 +21,9 @@ pub const PERSIST_EVERY: Duration = Duration::from_secs(600);
 
 /// One record of the node's state home: the persisted floor (Unix seconds, decimal).
 pub trait FloorStore: Send + Sync + 'static {
+    /// The record's bytes; `None` when there is none yet.
     fn load(&self) -> std::io::Result<Option<Vec<u8>>>;
+    /// Replaces the record with `bytes`, durably.
     fn save(&self, bytes: &[u8]) -> std::io::Result<()>;
 }
 

@@ -15,20 +15,34 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 /// A netlink failure, with what we were doing.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// Opening the netlink connection (or its runtime) failed.
     #[error("{op}: {source}")]
     Io {
+        /// What was being opened.
         op: &'static str,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The kernel refused a netlink request.
     #[error("{op}: {source}")]
     Netlink {
+        /// The request, naming the interface or address.
         op: String,
+        /// rtnetlink's error (the kernel's errno inside).
         source: rtnetlink::Error,
     },
+    /// No interface of that name in the calling thread's network namespace.
     #[error("no interface named {0:?} in this network namespace")]
     NoSuchInterface(String),
+    /// The interface has no hardware address DHCP can carry: none, all zeros, or over
+    /// 16 bytes.
     #[error("interface {iface:?} has no usable hardware address ({len} bytes)")]
-    NoHardwareAddress { iface: String, len: usize },
+    NoHardwareAddress {
+        /// The interface.
+        iface: String,
+        /// The hardware address's length, in bytes (0: none).
+        len: usize,
+    },
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {

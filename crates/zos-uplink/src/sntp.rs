@@ -22,37 +22,69 @@ pub const MAX_REPLY_LEN: usize = 1024;
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_DELTA: u64 = 2_208_988_800;
 
+/// Why a server's time was not obtained, or the clock not set.
 #[derive(Debug, thiserror::Error)]
 pub enum SntpError {
+    /// A socket operation towards the server failed (ECONNREFUSED on `receive`:
+    /// nothing serves NTP there).
     #[error("{op} ({server}): {source}")]
     Io {
+        /// `connect`, `send`, `set timeout` or `receive`.
         op: &'static str,
+        /// The server asked.
         server: SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// No acceptable reply in time (replies to other requests are discarded).
     #[error("no SNTP reply from {server} within {timeout:?}")]
     Timeout {
+        /// The server asked.
         server: SocketAddr,
+        /// The wait allowed.
         timeout: Duration,
     },
+    /// Shorter than the 48-byte NTP header.
     #[error("truncated SNTP reply: {len} bytes, at least 48 needed")]
-    Truncated { len: usize },
+    Truncated {
+        /// The datagram's length, in bytes.
+        len: usize,
+    },
+    /// Longer than [`MAX_REPLY_LEN`].
     #[error("oversized SNTP reply: {len} bytes, at most {max} accepted")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// The datagram's length, in bytes.
+        len: usize,
+        /// [`MAX_REPLY_LEN`].
+        max: usize,
+    },
+    /// The mode is not 4 (server): e.g. a reflected client request.
     #[error("SNTP reply has mode {0}, not 4 (server)")]
     NotAServerReply(u8),
+    /// The version is not 3 or 4.
     #[error("SNTP reply has version {0}, only 3 and 4 are spoken")]
     BadVersion(u8),
+    /// The originate timestamp is not the request's nonce: not an answer to it
+    /// (a late or forged reply).
     #[error("SNTP reply does not answer our request (originate timestamp mismatch)")]
     WrongOriginate,
+    /// The server says it has no time to give (leap indicator 3, or stratum over 15).
     #[error("server is not synchronised (leap indicator 3 or stratum {stratum})")]
-    Unsynchronised { stratum: u8 },
+    Unsynchronised {
+        /// The reply's stratum.
+        stratum: u8,
+    },
+    /// Stratum 0: the server asks to be left alone; the text is its 4-letter code
+    /// (e.g. `RATE`, `DENY`).
     #[error("server sent a kiss-o'-death {0:?}: stop asking it")]
     KissOfDeath(String),
+    /// The server's receive or transmit timestamp is 0 (it has no time).
     #[error("SNTP reply has a zero receive or transmit timestamp")]
     ZeroTimestamp,
+    /// The time to set cannot be given to the kernel.
     #[error("time {0:?} is before the Unix epoch or out of range")]
     TimeOutOfRange(SystemTime),
+    /// The kernel refused to set the clock (EPERM: no CAP_SYS_TIME).
     #[error("clock_settime(CLOCK_REALTIME): {0}")]
     SetClock(std::io::Error),
 }
@@ -60,7 +92,9 @@ pub enum SntpError {
 /// What one exchange told us.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SntpTime {
+    /// The server that answered.
     pub server: SocketAddr,
+    /// Its stratum, 1..=15 (1: it has a reference clock).
     pub stratum: u8,
     /// The server's clock minus ours, in nanoseconds (positive: we are behind).
     pub offset_nanos: i64,
@@ -71,6 +105,7 @@ pub struct SntpTime {
 }
 
 impl SntpTime {
+    /// [`SntpTime::offset_nanos`] in seconds (for logs and tests).
     pub fn offset(&self) -> f64 {
         self.offset_nanos as f64 / 1e9
     }
@@ -127,11 +162,17 @@ pub fn request(nonce: u64) -> [u8; PACKET_LEN] {
 /// checked reply to the request that carried `nonce`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reply {
+    /// The server's stratum, 1..=15.
     pub stratum: u8,
+    /// When the server received the request (T2), an NTP 32.32 timestamp.
     pub receive: u64,
+    /// When the server sent the reply (T3), an NTP 32.32 timestamp.
     pub transmit: u64,
 }
 
+/// Checks a datagram as the reply to the request that carried `nonce` (size, mode,
+/// version, originate timestamp first, then kiss-o'-death, synchronisation and
+/// timestamps) and returns what it says. Never panics, whatever `buf` holds.
 pub fn parse_reply(buf: &[u8], nonce: u64) -> Result<Reply, SntpError> {
     if buf.len() < PACKET_LEN {
         return Err(SntpError::Truncated { len: buf.len() });

@@ -22,11 +22,20 @@ const EXPIRED_RETRY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Before T1: nothing until then.
-    Bound { renew_in: Duration },
+    Bound {
+        /// Time left to T1.
+        renew_in: Duration,
+    },
     /// Between T1 and T2: renew with the granting server (unicast).
-    Renewing { rebind_in: Duration },
+    Renewing {
+        /// Time left to T2.
+        rebind_in: Duration,
+    },
     /// Between T2 and the lease's end: any server (a new DISCOVER).
-    Rebinding { expires_in: Duration },
+    Rebinding {
+        /// Time left until the lease runs out.
+        expires_in: Duration,
+    },
     /// The lease ran out: the address may be someone else's; get a new one.
     Expired,
 }

@@ -22,12 +22,20 @@ use crate::link::{Iface, Link, LinkError};
 /// What a DHCP server granted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
+    /// The node's address (`yiaddr`), a usable host address.
     pub address: Ipv4Addr,
+    /// The subnet mask (option 1) as a prefix length, 1..=32.
     pub prefix_len: u8,
+    /// The default gateway (the first of option 3); `None`: no default route is set.
     pub router: Option<Ipv4Addr>,
+    /// DNS servers (option 6), in the server's order; may be empty.
     pub dns: Vec<Ipv4Addr>,
+    /// NTP servers (option 42), in the server's order; may be empty.
     pub ntp: Vec<Ipv4Addr>,
+    /// The domain name (option 15) without a trailing dot; `None` if absent or not a
+    /// plausible ASCII name.
     pub domain: Option<String>,
+    /// How long the lease lasts from the ACK, in seconds (option 51, never 0).
     pub lease_secs: u32,
     /// T1: when to renew with the granting server (option 58, default half the lease).
     pub renew_secs: u32,
@@ -79,59 +87,105 @@ impl Default for DhcpConfig {
 /// Why a reply was discarded.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
+    /// Shorter than the fixed header and magic cookie.
     #[error("truncated DHCP message: {len} bytes, the fixed header alone is 240")]
-    Truncated { len: usize },
+    Truncated {
+        /// The datagram's length, in bytes.
+        len: usize,
+    },
+    /// Longer than the client accepts.
     #[error("oversized DHCP message: {len} bytes, at most {max} accepted")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// The datagram's length, in bytes.
+        len: usize,
+        /// The most the client accepts, in bytes.
+        max: usize,
+    },
+    /// The four bytes after the header are not the DHCP magic cookie (a BOOTP reply).
     #[error("not a DHCP message: bad magic cookie")]
     BadMagic,
+    /// The decoder refused the message.
     #[error("malformed DHCP message: {0}")]
     Decode(dhcproto::error::DecodeError),
+    /// The options area is not closed by End or an option runs past the datagram;
+    /// the text says which.
     #[error("malformed DHCP options: {0}")]
     OptionsOverrun(&'static str),
+    /// The option with this code has a length its type cannot have, or could not be
+    /// decoded (the reply is refused rather than used with that option missing).
     #[error("malformed DHCP option {0}")]
     BadOption(u8),
+    /// `hlen` (the hardware address length) is over 16.
     #[error("hardware address length {0}: at most 16 bytes fit in chaddr")]
     BadHardwareLength(u8),
+    /// The op code says BOOTREQUEST: another client's message, not a server's reply.
     #[error("a BOOTREQUEST, not a reply")]
     NotAReply,
+    /// The reply's transaction id is not the one this exchange sent.
     #[error("reply to another transaction ({xid:#010x})")]
-    OtherTransaction { xid: u32 },
+    OtherTransaction {
+        /// The reply's transaction id.
+        xid: u32,
+    },
+    /// The reply is for another client's hardware address (`chaddr`).
     #[error("reply to another client hardware address")]
     OtherClient,
+    /// A message type a client never receives (e.g. DISCOVER), by its name.
     #[error("unexpected DHCP message type {0}")]
     UnexpectedType(String),
+    /// An option the reply must carry (message type, server identifier, subnet mask,
+    /// lease time) is absent; the text names it.
     #[error("DHCP reply lacks the {0} option")]
     MissingOption(&'static str),
+    /// The offered address is unspecified, broadcast, multicast or loopback: not one a
+    /// host may take.
     #[error("offered address {0} cannot be a host address")]
     BadAddress(Ipv4Addr),
+    /// The subnet mask has holes, or is `0.0.0.0`.
     #[error("netmask {0} is not contiguous")]
     BadNetmask(Ipv4Addr),
+    /// The lease time (option 51) is 0 seconds.
     #[error("zero lease time")]
     ZeroLease,
 }
 
+/// Why no lease was obtained, renewed or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
+    /// Netlink failed (looking up, setting up or configuring the interface).
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A socket operation on the interface failed.
     #[error("{op} on {iface}: {source}")]
     Socket {
+        /// The operation, e.g. `send` or `bind UDP port 68`.
         op: &'static str,
+        /// The interface the socket is bound to.
         iface: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// No acceptable reply within every retransmission of a stage.
     #[error("no DHCP {waiting_for} on {iface} after {attempts} transmissions ({elapsed:?}); last discarded reply: {last_discarded:?}")]
     Timeout {
+        /// The interface asked on.
         iface: String,
+        /// The reply the stage waited for (`OFFER`, `ACK`, `ACK to a renewal`).
         waiting_for: &'static str,
+        /// How many times the request was sent.
         attempts: u32,
+        /// Time spent in the stage.
         elapsed: Duration,
+        /// Why the last reply that came was thrown away ([`PacketError`]'s text);
+        /// `None`: nothing came at all.
         last_discarded: Option<String>,
     },
+    /// The server answered the REQUEST with a NAK.
     #[error("DHCP server {server:?} refused the request (NAK): {message:?}")]
     Nak {
+        /// The NAK's server identifier; `None` if it carried none.
         server: Option<Ipv4Addr>,
+        /// The server's explanation (option 56), if any.
         message: Option<String>,
     },
 }

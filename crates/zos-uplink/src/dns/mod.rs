@@ -18,60 +18,110 @@ pub use wire::Answer;
 /// Why a reply was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    /// The name to look up is not a valid DNS name (empty, an empty label, a label over
+    /// 63 bytes or with a byte other than letters, digits, `-`, `_`, too long in all);
+    /// nothing was sent.
     #[error("host name {0:?} is not a valid DNS name")]
     BadName(String),
+    /// The reply ends inside its header, a name or a record.
     #[error("truncated DNS message")]
     Truncated,
+    /// The reply is longer than a DNS message over UDP may be.
     #[error("oversized DNS reply: {len} bytes, at most {max} over UDP")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// The datagram's length, in bytes.
+        len: usize,
+        /// The most accepted, in bytes.
+        max: usize,
+    },
+    /// The reply's id is not the query's: not an answer to it (discarded, the
+    /// resolver keeps waiting).
     #[error("DNS reply id {got:#06x}, expected {want:#06x}")]
-    WrongId { got: u16, want: u16 },
+    WrongId {
+        /// The reply's id.
+        got: u16,
+        /// The query's id.
+        want: u16,
+    },
+    /// The QR bit is clear: a query, not a reply.
     #[error("DNS message is a query, not a response")]
     NotAResponse,
+    /// The reply's opcode is not QUERY (0).
     #[error("DNS reply has opcode {0}")]
     UnexpectedOpcode(u8),
+    /// The server set TC: the full answer needs TCP, which this resolver does not do.
     #[error("DNS reply is truncated (TC): the answer needs TCP, which is not supported")]
     TruncatedFlag,
+    /// The reply's question section is not the query's (discarded, the resolver keeps
+    /// waiting).
     #[error("DNS reply does not echo our question")]
     QuestionMismatch,
+    /// An rcode other than success and NXDOMAIN (e.g. 2, SERVFAIL).
     #[error("DNS server error, rcode {0}")]
     ServerError(u8),
+    /// A compressed name loops, points forward, grows too long or uses a reserved
+    /// label type; the text says which.
     #[error("bad name compression in DNS reply: {0}")]
     BadCompression(&'static str),
+    /// A record of this type (`A`, `CNAME`) has data of the wrong shape.
     #[error("malformed {0} record in DNS reply")]
     BadRecord(&'static str),
 }
 
+/// Why a name was not resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
+    /// The resolver has no server to ask (the lease named none).
     #[error("no DNS server configured")]
     NoServers,
+    /// The name is invalid, or a server's reply was refused.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// A socket operation towards a server failed (ECONNREFUSED on `receive`:
+    /// nothing serves DNS there).
     #[error("{op} ({server}): {source}")]
     Io {
+        /// `connect`, `send`, `set timeout` or `receive`.
         op: &'static str,
+        /// The server asked.
         server: SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The server did not answer in time.
     #[error("no DNS reply from {server} within {timeout:?}")]
     Timeout {
+        /// The server asked.
         server: SocketAddr,
+        /// The wait per query ([`Resolver::timeout`]).
         timeout: Duration,
     },
+    /// NXDOMAIN: a server said the name does not exist (final, no other server asked).
     #[error("{host}: no such name (NXDOMAIN)")]
-    NoSuchName { host: String },
+    NoSuchName {
+        /// The name looked up.
+        host: String,
+    },
+    /// The name exists but has no A record (final, no other server asked).
     #[error("{host}: the name has no A record")]
-    NoAddress { host: String },
+    NoAddress {
+        /// The name looked up.
+        host: String,
+    },
+    /// Every server, in every round, failed.
     #[error("{host}: no usable answer after {tries} queries; last: {last}")]
     Failed {
+        /// The name looked up.
         host: String,
+        /// Queries sent in all (servers times rounds).
         tries: u32,
+        /// The last query's failure.
         #[source]
         last: Box<DnsError>,
     },
 }
 
+/// A stub resolver over a fixed list of servers, tried in order; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Resolver {
     servers: Vec<SocketAddr>,
@@ -102,6 +152,8 @@ impl Resolver {
         )
     }
 
+    /// Servers at these socket addresses (any port, e.g. a test's), with the same
+    /// defaults as [`Resolver::new`].
     pub fn with_addrs(servers: Vec<SocketAddr>) -> Resolver {
         Resolver {
             servers,
@@ -122,6 +174,7 @@ impl Resolver {
         self
     }
 
+    /// The servers asked, in the order they are tried.
     pub fn servers(&self) -> &[SocketAddr] {
         &self.servers
     }
