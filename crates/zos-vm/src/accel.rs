@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+/// The accelerator QEMU runs a VM with (`-accel kvm` or `-accel tcg`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
     Kvm,
+    /// QEMU's software emulation: slow, but runs anywhere.
     Tcg,
 }
 
@@ -38,14 +41,18 @@ pub enum AccelChoice {
     /// Probe (see the module docs).
     #[default]
     Auto,
+    /// KVM without a probe (a host known to run guests under it).
     Kvm,
+    /// TCG always, without a probe.
     Tcg,
 }
 
 /// The outcome of a probe, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
+    /// KVM if the probe kernel printed its banner under it, TCG otherwise.
     pub accel: Accel,
+    /// Why, for the log: the banner seen, or what failed or timed out.
     pub reason: String,
 }
 
@@ -166,6 +173,8 @@ pub fn remembered(file: &PathBuf) -> Option<Accel> {
     }
 }
 
+/// Keeps `accel` in `file` with the host's boot id, for [`remembered`] until the
+/// host reboots. Best effort: a failed write only means probing again.
 pub fn remember(file: &PathBuf, accel: Accel) {
     let _ = std::fs::write(file, format!("{} {accel}\n", boot_id()));
 }

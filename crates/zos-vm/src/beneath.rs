@@ -25,11 +25,15 @@ use crate::error::{Error, Result};
 /// subvolume, a pool's vdisk directory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeFile {
+    /// The tree's directory on the node (absolute; trusted).
     pub dir: PathBuf,
+    /// The file inside it, relative, plain names only (untrusted: from a flist or a
+    /// tenant's volume).
     pub file: PathBuf,
 }
 
 impl TreeFile {
+    /// `file` beneath `dir`; [`TreeFile::check`] says whether the shape is acceptable.
     pub fn new(dir: impl Into<PathBuf>, file: impl Into<PathBuf>) -> TreeFile {
         TreeFile {
             dir: dir.into(),
@@ -70,6 +74,7 @@ impl TreeFile {
 /// How a [`TreeFile`] is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Read only.
     Read,
     /// Read and write; the file must have a single link (no hard link of it elsewhere
     /// is written through the VM).

@@ -28,7 +28,9 @@ const PIDS_LIMIT: i64 = 256;
 /// The limits of one VM's QEMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// The cgroup memory limit in bytes: guest memory plus QEMU's overhead.
     pub memory_bytes: i64,
+    /// The guest's vCPUs; the CPU quota is that plus half a CPU.
     pub vcpus: u32,
     /// `/dev/kvm` is allowed.
     pub kvm: bool,
@@ -50,7 +52,8 @@ fn manager(parent: &str, name: &str) -> Result<AnyCgroupManager> {
     .map_err(|e| err(name)(e.to_string()))
 }
 
-pub fn resources(limits: Limits) -> Result<LinuxResources, oci_spec::OciSpecError> {
+/// The OCI resources of `limits`: memory, CPU quota, task limit and device rules.
+pub(crate) fn resources(limits: Limits) -> Result<LinuxResources, oci_spec::OciSpecError> {
     let quota = (u64::from(limits.vcpus) * 2 + 1) * PERIOD_US / 2;
     LinuxResourcesBuilder::default()
         .memory(

@@ -190,7 +190,7 @@ impl Confinement {
     /// syscalls on prepared memory only.
     pub(crate) fn enter(&self) -> std::io::Result<()> {
         let fail = || Err(std::io::Error::last_os_error());
-        // SAFETY (every libc call below): plain syscalls in the single-threaded child,
+        // SAFETY: (every libc call below) plain syscalls in the single-threaded child,
         // on NUL-terminated strings and descriptors prepared and kept alive by the
         // parent until spawn returns; nothing here allocates or takes a lock.
         unsafe {

@@ -6,30 +6,61 @@ pub enum Error {
     /// The spec cannot describe a VM (a retry cannot help).
     #[error("invalid VM spec: {0}")]
     InvalidSpec(String),
+    /// A file operation on the node failed.
     #[error("{what} {}: {source}", path.display())]
     Io {
+        /// What we were doing (`opening`, `creating`, ...).
         what: &'static str,
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The system error.
         #[source]
         source: std::io::Error,
     },
     /// QEMU refused to start; `message` is the last line it printed.
     #[error("qemu did not start ({status}): {message}")]
-    Start { status: String, message: String },
+    Start {
+        /// QEMU's exit status, or `not run` / `exited` when it never ran or vanished.
+        status: String,
+        /// QEMU's last stderr line, or what went wrong around it.
+        message: String,
+    },
     /// The process would not go away.
     #[error("QEMU {pid} survived SIGKILL for {seconds} s")]
-    Stuck { pid: i32, seconds: u64 },
+    Stuck {
+        /// QEMU's process id.
+        pid: i32,
+        /// How long we waited after SIGKILL, in seconds.
+        seconds: u64,
+    },
+    /// QEMU's control socket could not be reached or answered with an error.
     #[error("QMP {command}: {message}")]
-    Qmp { command: String, message: String },
+    Qmp {
+        /// The QMP command (`qmp_capabilities`, `system_powerdown`, ...).
+        command: String,
+        /// QEMU's error description, or the socket error.
+        message: String,
+    },
     /// A file the VM would get is not a plain regular file inside its tree (a link, a
     /// device, a FIFO, a path out of the tree): a retry cannot help.
     #[error("refusing {} for a VM: {reason}", path.display())]
-    Refused { path: PathBuf, reason: String },
+    Refused {
+        /// The file as the node sees it (never opened by this path).
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The VM's confinement (mount view, user, namespaces) could not be set up.
     #[error("confining QEMU: {0}")]
     Confine(String),
+    /// Creating, limiting or removing the QEMU process's cgroup failed.
     #[error("cgroup for {name}: {message}")]
-    Cgroup { name: String, message: String },
+    Cgroup {
+        /// The VM name (the cgroup leaf).
+        name: String,
+        /// libcgroups' error.
+        message: String,
+    },
 }
 
 impl Error {
@@ -54,4 +85,5 @@ impl Error {
     }
 }
 
+/// The result of every fallible VM operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

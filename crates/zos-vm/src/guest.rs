@@ -22,10 +22,14 @@ pub const CMDLINE_PREFIX: &str = "console=ttyS0 quiet panic=-1";
 /// Why a contract's VM cannot be told what it needs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestError {
+    /// A configuration word (name, address, env `K=V`, mount) that the kernel would
+    /// split or mangle.
     #[error("{0:?} cannot go on a kernel command line (spaces, quotes or control characters)")]
     Word(String),
+    /// An entrypoint argument that cannot be passed after `--` unchanged.
     #[error("entrypoint argument {0:?} cannot go on a kernel command line")]
     Entrypoint(String),
+    /// More volume mounts than disk names `vdb` to `vdz`.
     #[error("{0} mounted volumes, at most {MAX_VOLUME_DISKS} (vdb to vdz)")]
     TooManyDisks(usize),
 }

@@ -35,13 +35,18 @@ pub use spec::{valid_name, Boot, Disk, Nic, VmSpec, CMDLINE_MAX};
 /// A VM that was started (or found running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Started {
+    /// The QEMU process id.
     pub pid: i32,
+    /// The accelerator it runs with.
     pub accel: Accel,
 }
 
+/// Whether a VM's hypervisor process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmState {
+    /// Its QEMU process is alive.
     Running {
+        /// The QEMU process id.
         pid: i32,
     },
     /// Its hypervisor process is gone (the guest powered off, rebooted, panicked, or

@@ -37,16 +37,18 @@ use crate::{Hypervisor, Started, VmState};
 /// How long QMP may take to answer one command.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where and how [`Qemu`] runs VMs; [`QemuConfig::under`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     /// Run directories live under it.
     pub root: PathBuf,
     /// `qemu-system-x86_64`.
     pub binary: PathBuf,
+    /// KVM, TCG, or probe once per host boot.
     pub accel: AccelChoice,
     /// How long a KVM probe may take to show a kernel banner.
     pub probe_timeout: Duration,
-    /// The console log is cut back to half when it grows past this.
+    /// The console log is cut back to half when it grows past this many bytes.
     pub console_limit: u64,
     /// Memory QEMU itself may use beyond the guest's, in the cgroup limit.
     pub overhead_mib: u64,
@@ -58,6 +60,7 @@ pub struct QemuConfig {
     /// `uid_count`, kept in its run directory for its life: two QEMUs never share a
     /// uid, so one cannot signal or trace another.
     pub uid_base: u32,
+    /// How many uids from `uid_base` VMs may take: the most VMs at once.
     pub uid_count: u32,
 }
 
@@ -67,6 +70,9 @@ pub struct QemuConfig {
 pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
 
 impl QemuConfig {
+    /// Defaults with run directories under `root`: `qemu-system-x86_64` from PATH,
+    /// probed accelerator, 1 MiB console log, 256 MiB overhead, cgroup parent
+    /// `zos-vm`, 3 s to power off, uids from 400000.
     pub fn under(root: impl Into<PathBuf>) -> QemuConfig {
         QemuConfig {
             root: root.into(),
@@ -83,6 +89,8 @@ impl QemuConfig {
     }
 }
 
+/// The [`Hypervisor`] on QEMU: one confined, daemonized QEMU process per VM, each
+/// with a run directory under [`QemuConfig::root`] by which it is found again.
 pub struct Qemu {
     cfg: QemuConfig,
     /// The accelerator once decided (probing boots a VM: once per host boot).
@@ -139,6 +147,9 @@ struct Fds {
 }
 
 impl Qemu {
+    /// Creates the root directory (mode 0700); the accelerator is taken from the
+    /// configuration, or from an earlier probe of this host boot, or probed later by
+    /// the first kernel-boot VM.
     pub fn new(cfg: QemuConfig) -> Result<Qemu> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -158,6 +169,7 @@ impl Qemu {
         })
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &QemuConfig {
         &self.cfg
     }

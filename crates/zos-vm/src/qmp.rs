@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
+/// A connection to one QEMU's QMP socket, past the greeting and capability
+/// negotiation.
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,

@@ -15,12 +15,16 @@ pub const CMDLINE_MAX: usize = 2047;
 pub struct VmSpec {
     /// Unique on the node: the run directory and cgroup leaf are named after it.
     pub name: String,
+    /// What it boots: a kernel, or firmware from the first disk.
     pub boot: Boot,
+    /// Virtual CPUs, 1 to 64.
     pub vcpus: u32,
+    /// Guest memory in MiB, at least 32 (QEMU's own overhead comes on top).
     pub memory_mib: u64,
     /// virtio-blk disks in order: the guest sees `vda`, `vdb`, ...
     #[serde(default)]
     pub disks: Vec<Disk>,
+    /// Its one network card; `None`: no network.
     #[serde(default)]
     pub nic: Option<Nic>,
     /// The network namespace QEMU runs in: where its tap lives. None: the caller's.
@@ -28,6 +32,7 @@ pub struct VmSpec {
     pub netns: Option<PathBuf>,
 }
 
+/// How a VM boots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "from")]
 pub enum Boot {
@@ -35,30 +40,40 @@ pub enum Boot {
     /// files are opened beneath their tree (no links) and copied into the VM's run
     /// directory, where QEMU reads them.
     Kernel {
+        /// The kernel image.
         kernel: TreeFile,
+        /// The initial ramdisk; `None`: none.
         #[serde(default)]
         initrd: Option<TreeFile>,
+        /// The kernel command line, at most [`CMDLINE_MAX`] bytes, no newline or NUL.
         cmdline: String,
     },
     /// Firmware boot (SeaBIOS on `-M q35`) from the first disk. The guest reads
     /// `config` (its network settings, `key=value` words) from SMBIOS OEM strings
     /// (type 11), as it has no kernel command line of ours.
-    Disk { config: String },
+    Disk {
+        /// Space-separated `key=value` words for the guest (no comma, newline or NUL).
+        config: String,
+    },
 }
 
+/// A virtio-blk disk backed by a raw file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
     /// Opened beneath its directory (no links, a regular file with one link); QEMU
     /// gets the descriptor, never the path.
     pub file: TreeFile,
+    /// The guest cannot write it (opened read-only too).
     #[serde(default)]
     pub read_only: bool,
 }
 
+/// A virtio-net card on a tap device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nic {
     /// A persistent tap device in [`VmSpec::netns`].
     pub tap: String,
+    /// The guest's MAC address (see [`Nic::mac_for`]).
     pub mac: [u8; 6],
 }
 
@@ -74,6 +89,7 @@ impl Nic {
         [0x02, b[0], b[1], b[2], b[3], b[4]]
     }
 
+    /// The MAC as `02:ab:...` (lowercase hex, colon-separated), as QEMU takes it.
     pub fn mac_string(&self) -> String {
         self.mac
             .iter()
@@ -94,6 +110,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl VmSpec {
+    /// Checks the spec's shape without opening any file: the first problem is an
+    /// [`Error::InvalidSpec`] (permanent).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidSpec(m));
         if !valid_name(&self.name) {
