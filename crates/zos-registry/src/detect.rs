@@ -30,17 +30,29 @@ use crate::registration::{valid_mac, Dmi, Nic};
 /// Why something could not be detected.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
+    /// A /proc or /sys file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// A file's text is not in the format expected.
     #[error("{path}: {reason}")]
-    Parse { path: PathBuf, reason: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What did not parse.
+        reason: String,
+    },
+    /// The network namespace whose sockets were asked for could not be entered.
     #[error("entering network namespace {path}: {source}")]
     Netns {
+        /// The namespace file (`/proc/<pid>/ns/net`, `/run/netns/<name>`, ...).
         path: PathBuf,
+        /// The error of `setns`.
         #[source]
         source: nix::Error,
     },
@@ -96,6 +108,7 @@ pub fn logical_cpus() -> u64 {
 /// What /proc/meminfo says about memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemInfo {
+    /// MemTotal: the RAM the kernel manages, in bytes.
     pub total_bytes: u64,
     /// MemAvailable: what can be allocated without swapping.
     pub available_bytes: u64,
@@ -126,6 +139,7 @@ pub fn parse_meminfo(text: &str) -> Result<MemInfo, String> {
     })
 }
 
+/// The machine's memory, from /proc/meminfo.
 pub fn memory() -> Result<MemInfo, DetectError> {
     let path = Path::new("/proc/meminfo");
     parse_meminfo(&read(path)?).map_err(|r| parse_err(path, r))
@@ -143,6 +157,7 @@ pub fn parse_uptime(text: &str) -> Result<u64, String> {
     Ok(secs as u64)
 }
 
+/// Whole seconds since boot, from /proc/uptime.
 pub fn uptime() -> Result<u64, DetectError> {
     let path = Path::new("/proc/uptime");
     parse_uptime(&read(path)?).map_err(|r| parse_err(path, r))
@@ -217,6 +232,7 @@ pub fn nics_in(class_net: &Path) -> Result<Vec<Nic>, DetectError> {
     Ok(out)
 }
 
+/// The machine's hardware NICs, from /sys/class/net (see the module docs).
 pub fn nics() -> Result<Vec<Nic>, DetectError> {
     nics_in(Path::new("/sys/class/net"))
 }
@@ -236,6 +252,7 @@ pub fn dmi_in(dir: &Path) -> Dmi {
     }
 }
 
+/// The machine's DMI identity, from /sys/class/dmi/id; fields it cannot read are `None`.
 pub fn dmi() -> Dmi {
     dmi_in(Path::new("/sys/class/dmi/id"))
 }

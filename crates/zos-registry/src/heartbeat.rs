@@ -29,13 +29,18 @@ pub const MAX_SOCKETS: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
+    /// TCP over IPv4 (/proc/net/tcp).
     Tcp,
+    /// TCP over IPv6 (/proc/net/tcp6).
     Tcp6,
+    /// UDP over IPv4 (/proc/net/udp).
     Udp,
+    /// UDP over IPv6 (/proc/net/udp6).
     Udp6,
 }
 
 impl Proto {
+    /// Every protocol, in the order the files are read.
     pub const ALL: [Proto; 4] = [Proto::Tcp, Proto::Tcp6, Proto::Udp, Proto::Udp6];
 
     /// The file name under /proc/net.
@@ -48,6 +53,7 @@ impl Proto {
         }
     }
 
+    /// True for TCP over either IP version (a listener is then in state LISTEN).
     pub fn is_tcp(self) -> bool {
         matches!(self, Proto::Tcp | Proto::Tcp6)
     }
@@ -63,11 +69,15 @@ impl std::fmt::Display for Proto {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Socket {
+    /// The /proc/net file it was found in.
     pub proto: Proto,
+    /// The local address it is bound to (unspecified: every address).
     pub address: IpAddr,
+    /// The local port.
     pub port: u16,
     /// The owning uid and the socket inode: enough to find the process on the node.
     pub uid: u32,
+    /// The socket's inode number (as in `/proc/<pid>/fd` links `socket:[inode]`).
     pub inode: u64,
 }
 
@@ -77,13 +87,15 @@ pub struct Socket {
 pub struct Usage {
     /// MemTotal - MemAvailable.
     pub memory_bytes: u64,
-    /// Bytes used on the SSD and HDD pools (statvfs).
+    /// Bytes used on the SSD pools (statvfs).
     pub ssd_bytes: u64,
+    /// Bytes used on the HDD pools (statvfs).
     pub hdd_bytes: u64,
     /// zosd's own resident memory: the agent, and PID 1 when zosd is the node's init
     /// (0 otherwise). Absent in heartbeats of older nodes.
     #[serde(default)]
     pub agent_rss_bytes: u64,
+    /// PID 1's resident memory, in bytes, when zosd is the init (0 otherwise).
     #[serde(default)]
     pub init_rss_bytes: u64,
 }
@@ -92,8 +104,11 @@ pub struct Usage {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContractCounts {
+    /// Being deployed.
     pub provisioning: u64,
+    /// Deployed and running.
     pub running: u64,
+    /// Failed to deploy or to keep running.
     pub failed: u64,
 }
 
@@ -107,6 +122,7 @@ pub struct Heartbeat {
     pub reserved: Capacity,
     /// What is measured in use.
     pub used: Usage,
+    /// The owned contracts, by phase.
     pub contracts: ContractCounts,
     /// Workloads (containers, VMs) of the owned contracts.
     pub workloads: u64,

@@ -41,32 +41,64 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// Why a farm, registration or heartbeat record is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
+    /// The envelope does not verify (signature, author, key rule), per the notary.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// The record's key is not a valid notary key.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The key is not of the kind asked for (a heartbeat read as a registration, ...).
     #[error("record {key} is not a {expected} record")]
-    WrongKind { key: String, expected: &'static str },
-    #[error("record {key}: malformed body: {reason}")]
-    Body { key: String, reason: String },
-    #[error("record {key}: {field} {reason}")]
-    Invalid {
+    WrongKind {
+        /// The record's notary key.
         key: String,
-        field: &'static str,
+        /// The kind asked for (`farm`, `registration`, `heartbeat`).
+        expected: &'static str,
+    },
+    /// The body is not the expected JSON object (unknown, missing or mistyped fields).
+    #[error("record {key}: malformed body: {reason}")]
+    Body {
+        /// The record's notary key.
+        key: String,
+        /// What the strict reader refused.
         reason: String,
     },
+    /// A field is out of its bounds (empty, too long, control characters, beyond 2^53-1).
+    #[error("record {key}: {field} {reason}")]
+    Invalid {
+        /// The record's notary key.
+        key: String,
+        /// The body field, by its JSON name.
+        field: &'static str,
+        /// Which bound it breaks.
+        reason: String,
+    },
+    /// A farm body whose `id` is not the farm id of its key.
     #[error("record {key} names farm {body_id:?}")]
-    FarmIdMismatch { key: String, body_id: String },
+    FarmIdMismatch {
+        /// The record's notary key (`farms/<id>`).
+        key: String,
+        /// The id in the body.
+        body_id: String,
+    },
+    /// A farm record not signed by the farmer it names.
     #[error("farm {farm} names farmer {farmer} but is signed by {author}: a farm record must be signed by its farmer")]
     FarmerNotAuthor {
+        /// The farm id.
         farm: String,
+        /// The farmer the body names.
         farmer: PublicKey,
+        /// The key that signed the record.
         author: PublicKey,
     },
+    /// An update of a farm that names another farmer than the current one.
     #[error("farm {farm} belongs to farmer {owner}; {new} cannot take it over")]
     FarmerChanged {
+        /// The farm id.
         farm: String,
+        /// The farmer of the current record.
         owner: PublicKey,
+        /// The farmer the update names.
         new: PublicKey,
     },
 }

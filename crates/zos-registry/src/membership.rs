@@ -49,17 +49,24 @@ pub trait NodeHost: Send + Sync + 'static {
 /// The pools' size and use, in bytes, by disk kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolBytes {
+    /// Capacity of the SSD pools.
     pub ssd: u64,
+    /// Capacity of the HDD pools.
     pub hdd: u64,
+    /// Bytes used on the SSD pools.
     pub ssd_used: u64,
+    /// Bytes used on the HDD pools.
     pub hdd_used: u64,
 }
 
 /// What the node's contracts hold: their reservations, their phases, their workloads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContractLoad {
+    /// What the contracts reserve, summed.
     pub reserved: Capacity,
+    /// The contracts, by phase.
     pub contracts: ContractCounts,
+    /// Their workloads (containers, VMs).
     pub workloads: u64,
 }
 
@@ -72,26 +79,35 @@ pub struct MemberConfig {
     pub version: String,
     /// The namespace whose listening sockets the heartbeat lists (`None`: the caller's).
     pub netns: Option<PathBuf>,
+    /// Time between two heartbeats.
     pub heartbeat: Duration,
 }
 
 /// Why joining the farm stopped (a farm that is not there yet is waited for, not this).
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
+    /// The configured farm id cannot be part of a notary key.
     #[error("the configured farm id")]
     FarmId(#[source] KeyError),
+    /// One of the node's parts ([`NodeHost`]) failed.
     #[error("{what}")]
     Host {
+        /// What the membership was doing (`pinning the farmer`, `pool usage`, ...).
         what: &'static str,
+        /// The part's error.
         #[source]
         source: HostError,
     },
+    /// The state home holds a pinned farmer that is not a public key (corrupt state).
     #[error("the pinned farmer is not a 32-byte public key")]
     PinnedFarmer,
+    /// What the node reports about itself could not be read.
     #[error(transparent)]
     Detect(#[from] DetectError),
+    /// The node's own registration or heartbeat could not be made into a record.
     #[error(transparent)]
     Record(#[from] RegistryError),
+    /// A blocking task (a [`NodeHost`] call, detection) panicked or was cancelled.
     #[error("a blocking task failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -103,12 +119,17 @@ fn host_err(what: &'static str) -> impl FnOnce(HostError) -> JoinError {
 /// Why the farm cannot be used yet.
 #[derive(Debug)]
 pub enum FarmProblem {
+    /// No record at `farms/<farm>`.
     Missing,
+    /// The notary could not be read.
     Unreachable(NotaryError),
+    /// The farm record is there but refused (signature, body, bounds).
     Invalid(RegistryError),
     /// Signed by another farmer than the one this node registered under.
     Hijacked {
+        /// The farmer this node pinned.
         pinned: PublicKey,
+        /// The farmer the record names now.
         now: PublicKey,
     },
 }
@@ -170,6 +191,8 @@ pub struct Retry {
 }
 
 impl FarmWait {
+    /// Records a failed attempt with `problem`: its number, the delay before the next
+    /// one, and whether to announce it.
     pub fn failed(&mut self, problem: &FarmProblem) -> Retry {
         self.attempt += 1;
         let kind = std::mem::discriminant(problem);
@@ -188,6 +211,7 @@ impl FarmWait {
 /// it trusts.
 pub struct Member {
     heartbeats: Option<tokio::task::JoinHandle<()>>,
+    /// The farm record the node registered in; `None`: no farm configured.
     pub farm: Option<Farm>,
 }
 

@@ -29,6 +29,7 @@ pub const MAX_TEXT: usize = 256;
 pub struct Capacity {
     /// Logical CPUs.
     pub cpus: u64,
+    /// Memory, in bytes.
     pub memory_bytes: u64,
     /// Capacity of the SSD pools (what placement may hand out).
     pub ssd_bytes: u64,
@@ -49,6 +50,7 @@ impl Capacity {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
+    /// The interface name on the node (`eth0`, `enp3s0`, ...).
     pub name: String,
     /// Lowercase hex octets separated by `:`.
     pub mac: String,
@@ -58,10 +60,13 @@ pub struct Nic {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dmi {
+    /// The system's manufacturer (`sys_vendor`); `None`: not reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vendor: Option<String>,
+    /// The product name (`product_name`); `None`: not reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product: Option<String>,
+    /// The serial number (`product_serial`, readable by root only); `None`: not reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
 }
@@ -74,8 +79,11 @@ pub struct Registration {
     pub farm: String,
     /// zosd's version.
     pub version: String,
+    /// What the machine has.
     pub capacity: Capacity,
+    /// Its hardware NICs, at most [`MAX_NICS`].
     pub nics: Vec<Nic>,
+    /// Its DMI identity (empty when the machine has none).
     #[serde(default)]
     pub dmi: Dmi,
     /// Unix seconds of this registration.
