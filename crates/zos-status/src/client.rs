@@ -19,6 +19,7 @@ pub struct StatusClient {
 }
 
 impl StatusClient {
+    /// Connects to the status socket and authenticates (peer-to-peer, no bus daemon).
     pub async fn connect(socket: &Path) -> Result<StatusClient, StatusError> {
         let stream = UnixStream::connect(socket)
             .await
@@ -74,6 +75,7 @@ impl StatusClient {
         Ok(reply.body().deserialize::<String>()?)
     }
 
+    /// The underlying D-Bus connection, for calls this client does not wrap.
     pub fn connection(&self) -> &zbus::Connection {
         &self.conn
     }

@@ -41,5 +41,7 @@ pub fn channel(initial: NodeStatus) -> (StatusSender, StatusReceiver) {
     tokio::sync::watch::channel(initial)
 }
 
+/// The writing end of the status channel (zosd's, one per node).
 pub type StatusSender = tokio::sync::watch::Sender<NodeStatus>;
+/// A reading end of the status channel: always sees the latest [`NodeStatus`].
 pub type StatusReceiver = tokio::sync::watch::Receiver<NodeStatus>;

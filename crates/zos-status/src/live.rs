@@ -16,8 +16,11 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// What is read from the machine every [`REFRESH`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Machine {
+    /// Seconds since boot.
     pub uptime_secs: u64,
+    /// The node's addresses, `<interface> <address>/<prefix>` (see [`addresses`]).
     pub addresses: Vec<String>,
+    /// The storage pools, with their current use.
     pub pools: Vec<PoolStatus>,
 }
 
@@ -79,14 +82,17 @@ impl LiveStatus {
         }
     }
 
+    /// Changes the status in place; every reader sees the change.
     pub fn set(&self, f: impl FnOnce(&mut NodeStatus)) {
         self.tx.send_modify(f);
     }
 
+    /// Sets where the agent is ("starting", "registering", "serving", ...).
     pub fn state(&self, state: &str) {
         self.set(|s| s.state = state.to_string());
     }
 
+    /// Records an error now (see [`NodeStatus::push_error`]).
     pub fn error(&self, source: &str, message: &str) {
         self.set(|s| s.push_error(now(), source, message));
     }

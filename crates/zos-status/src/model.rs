@@ -8,47 +8,62 @@ pub const MAX_ERRORS: usize = 10;
 /// CPUs, memory and disk, in bytes (CPUs in logical CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
+    /// Logical CPUs.
     pub cpu: u64,
+    /// Memory, in bytes.
     pub memory_bytes: u64,
+    /// SSD pool space, in bytes.
     pub ssd_bytes: u64,
+    /// HDD pool space, in bytes.
     pub hdd_bytes: u64,
 }
 
 /// One storage pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStatus {
+    /// The pool's btrfs label.
     pub label: String,
     /// "ssd" or "hdd".
     pub kind: String,
     /// "online", "missing", ...
     pub state: String,
+    /// Its size, in bytes.
     pub size_bytes: u64,
+    /// Bytes in use on it.
     pub used_bytes: u64,
 }
 
 /// One contract this node has heard of, as its last status report says.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContractStatus {
+    /// The contract id.
     pub id: String,
+    /// The contract version the report is about; `None`: the document had none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
     /// "provisioning", "ok", "error", "refused".
     pub state: String,
+    /// The report's explanation (why it failed or was refused; may be empty).
     pub message: String,
 }
 
 /// One workload of an owned contract.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadStatus {
+    /// The id of the contract it belongs to.
     pub contract: String,
+    /// Its resource name in the contract.
     pub name: String,
     /// "container" or "vm".
     pub kind: String,
     /// "running", "exited", "absent", ...
     pub state: String,
+    /// Times it was restarted since it was deployed.
     pub restarts: u32,
+    /// Its address on its tenant network; `None`: it has none (yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// What runs it, when worth saying (a VM: `qemu/kvm` or `qemu/tcg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     /// Its newest output line (container stdout/stderr, a VM's console).
@@ -63,6 +78,7 @@ pub struct LastError {
     pub time: u64,
     /// What it is about: "farm", `"contract <id>"`, "pools", ...
     pub source: String,
+    /// The error, as one line of text.
     pub message: String,
 }
 
@@ -71,17 +87,19 @@ pub struct LastError {
 pub struct NodeStatus {
     /// The node's public key (lowercase hex); empty until the identity is read.
     pub node: String,
+    /// The farm the node joins; `None`: a development node with no farm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub farm: Option<String>,
     /// zosd's version.
     pub version: String,
     /// Where the agent is: "starting", "registering", "serving", "stopping".
     pub state: String,
-    /// The machine's uptime.
+    /// The machine's uptime, in seconds.
     pub uptime_secs: u64,
     /// The node's addresses, `<interface> <address>/<prefix>`.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The storage pools.
     #[serde(default)]
     pub pools: Vec<PoolStatus>,
     /// What contracts may reserve in total.
@@ -90,8 +108,10 @@ pub struct NodeStatus {
     /// What the owned contracts reserve.
     #[serde(default)]
     pub reserved: Resources,
+    /// Every contract the node has reported on, owned or refused.
     #[serde(default)]
     pub contracts: Vec<ContractStatus>,
+    /// The workloads of the owned contracts.
     #[serde(default)]
     pub workloads: Vec<WorkloadStatus>,
     /// Most recent last, at most [`MAX_ERRORS`].

@@ -28,6 +28,7 @@ pub struct Node1 {
 }
 
 impl Node1 {
+    /// The interface over a status channel; it only reads it.
     pub fn new(status: StatusReceiver) -> Self {
         Node1 { status }
     }
@@ -174,6 +175,7 @@ pub struct StatusServer {
 }
 
 impl StatusServer {
+    /// The socket it serves on.
     pub fn path(&self) -> &Path {
         &self.path
     }
