@@ -15,10 +15,14 @@ use crate::params::{self, ParamError, ParamSpec};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Blueprint {
+    /// What the architecture is called, as its author names it.
     pub name: String,
+    /// The author's version of the blueprint (free text, e.g. `1.0.0`); not ordered by the node.
     pub version: String,
+    /// Human-readable purpose; empty when absent.
     #[serde(default)]
     pub description: String,
+    /// The parameters a contract must supply, by name, with their types and bounds.
     #[serde(default)]
     pub params: BTreeMap<String, ParamSpec>,
     /// The deployment template: a [`Deployment`] whose strings may hold `{{ expr }}`.
@@ -28,14 +32,23 @@ pub struct Blueprint {
 /// Why a blueprint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlueprintError {
+    /// The document is oversized or malformed.
     #[error(transparent)]
     Document(#[from] DocError),
+    /// A parameter declaration or value is invalid.
     #[error(transparent)]
     Param(#[from] ParamError),
+    /// The author's signature does not verify over the blueprint's digest.
     #[error("blueprint signature by {0} does not verify")]
     BadSignature(PublicKey),
+    /// The body, expanded with the parameters' example values, is not a valid deployment.
     #[error("the body does not expand to a valid deployment with parameters {params}: {problems}")]
-    InvalidBody { params: String, problems: String },
+    InvalidBody {
+        /// The parameter values tried, as a JSON object.
+        params: String,
+        /// Every `(json path: problem)` found, joined with `; `.
+        problems: String,
+    },
 }
 
 impl Blueprint {
@@ -97,8 +110,11 @@ impl Blueprint {
 /// A blueprint with its author's signature over `sha256(jcs(blueprint))`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignedBlueprint {
+    /// The blueprint as read (typed).
     pub blueprint: Blueprint,
+    /// The IT expert who signed it.
     pub author: PublicKey,
+    /// `author`'s signature over [`SignedBlueprint::digest`].
     pub signature: Signature,
     /// The digest of the blueprint as received: its identity in the notary.
     pub digest: Digest,
@@ -137,14 +153,19 @@ impl SignedBlueprint {
         })
     }
 
+    /// Reads a signed blueprint document from untrusted bytes (within `limits`) and
+    /// checks its signature.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, BlueprintError> {
         Self::from_value(&document::parse_value(bytes, limits)?, limits)
     }
 
+    /// The signed document `{"blueprint", "author", "signature"}`, with the blueprint
+    /// exactly as received, so its digest is unchanged.
     pub fn to_value(&self) -> Value {
         json!({"blueprint": self.raw, "author": self.author, "signature": self.signature})
     }
 
+    /// [`SignedBlueprint::to_value`] as indented JSON, for files and humans.
     pub fn to_pretty(&self) -> String {
         serde_json::to_string_pretty(&self.to_value()).expect("json serializes")
     }

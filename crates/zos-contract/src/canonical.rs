@@ -19,14 +19,19 @@ use serde_json::{Map, Number, Value};
 /// Why a value has no canonical form or a document could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CanonError {
+    /// An integer outside ±(2^53-1).
     #[error("integer {0} is outside ±(2^53-1); another reader could see another number")]
     UnsafeInteger(String),
+    /// Arrays and objects nested deeper than the limit given.
     #[error("nesting deeper than {0} levels")]
     TooDeep(usize),
+    /// NaN or an infinity, which JSON cannot hold.
     #[error("number is not finite")]
     NonFinite,
+    /// Not JSON: the parser's message.
     #[error("invalid JSON: {0}")]
     Syntax(String),
+    /// An object names this key twice.
     #[error("duplicate key {0:?} in object")]
     DuplicateKey(String),
 }
@@ -144,7 +149,7 @@ fn is_safe_integer(text: &[u8]) -> bool {
 /// One pass over the bytes before they are parsed: arrays and objects nested deeper
 /// than `max_depth`, and integer literals (no `.`, no exponent) outside ±(2^53-1).
 /// Anything else that is not JSON is left to the parser.
-pub fn scan(bytes: &[u8], max_depth: usize) -> Result<(), CanonError> {
+pub(crate) fn scan(bytes: &[u8], max_depth: usize) -> Result<(), CanonError> {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut i = 0;
@@ -199,7 +204,7 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, CanonError> {
 }
 
 /// [`parse_strict`] with another nesting limit, checked before parsing.
-pub fn parse_strict_within(bytes: &[u8], max_depth: usize) -> Result<Value, CanonError> {
+pub(crate) fn parse_strict_within(bytes: &[u8], max_depth: usize) -> Result<Value, CanonError> {
     scan(bytes, max_depth)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = StrictValue

@@ -19,12 +19,16 @@ pub struct Contract {
     pub id: String,
     /// Monotonic: a node accepts only a version above the one it runs.
     pub version: u64,
+    /// The consumer who owns the contract: must sign it, alone may cancel it.
     pub owner: PublicKey,
     /// The nodes that run it.
     pub nodes: Vec<PublicKey>,
+    /// The blueprint this contract instantiates.
     pub blueprint: BlueprintRef,
+    /// Values for the blueprint's parameters, by name; checked against its declarations.
     #[serde(default)]
     pub params: BTreeMap<String, Value>,
+    /// The co-signers whose weight must reach `threshold`; empty when none.
     #[serde(default)]
     pub stakeholders: Vec<Stakeholder>,
     /// The stakeholder weight that must sign; 0 when there are no stakeholders.
@@ -43,7 +47,9 @@ pub struct Contract {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum BlueprintRef {
+    /// The whole signed blueprint document, inside the contract.
     Embedded(Value),
+    /// The digest of a signed blueprint the notary holds under `blueprints/<sha256>`.
     Sha256(Digest),
 }
 
@@ -51,8 +57,11 @@ pub enum BlueprintRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stakeholder {
+    /// The co-signer's key.
     pub key: PublicKey,
+    /// What its signature adds towards the contract's threshold.
     pub weight: u64,
+    /// Whether the contract is refused without this signature, whatever the weight.
     #[serde(default)]
     pub required: bool,
 }
@@ -61,15 +70,19 @@ pub struct Stakeholder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignatureEntry {
+    /// Who signed: the owner or a stakeholder.
     pub signer: PublicKey,
+    /// `signer`'s signature over the contract's digest.
     pub signature: Signature,
 }
 
 /// Why a contract document could not be built or signed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContractError {
+    /// The contract body has no canonical form (e.g. an unsafe integer in its params).
     #[error(transparent)]
     Document(#[from] DocError),
+    /// The key that tried to sign is neither the owner nor a stakeholder.
     #[error("{0} is neither the owner nor a stakeholder of this contract")]
     NotASigner(PublicKey),
 }
@@ -77,7 +90,9 @@ pub enum ContractError {
 /// A contract document: the body as received plus the signatures collected so far.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignedContract {
+    /// The body as read (typed).
     pub contract: Contract,
+    /// The signatures collected so far, unchecked until [`crate::verify()`].
     pub signatures: Vec<SignatureEntry>,
     /// `sha256(jcs(contract))`, over the body exactly as received.
     pub digest: Digest,
@@ -97,7 +112,7 @@ impl SignedContract {
         })
     }
 
-    /// Reads a contract document. Signatures are not checked here: see [`crate::verify`].
+    /// Reads a contract document. Signatures are not checked here: see [`crate::verify()`].
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, DocError> {
         document::check_limits(value, limits)?;
         document::check_workloads(
@@ -123,6 +138,8 @@ impl SignedContract {
         })
     }
 
+    /// Reads a contract document from untrusted bytes, within `limits`. Signatures are
+    /// not checked here.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, DocError> {
         Self::from_value(&document::parse_value(bytes, limits)?, limits)
     }
@@ -153,10 +170,13 @@ impl SignedContract {
         }
     }
 
+    /// The document `{"contract", "signatures"}`, with the body exactly as received, so
+    /// its digest is unchanged.
     pub fn to_value(&self) -> Value {
         json!({"contract": self.raw, "signatures": self.signatures})
     }
 
+    /// [`SignedContract::to_value`] as indented JSON, for files and humans.
     pub fn to_pretty(&self) -> String {
         serde_json::to_string_pretty(&self.to_value()).expect("json serializes")
     }
@@ -169,8 +189,11 @@ impl SignedContract {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cancellation {
+    /// The id of the contract to stop.
     pub id: String,
+    /// Above the running contract's version (see above).
     pub version: u64,
+    /// The contract's owner, who alone may cancel it.
     pub owner: PublicKey,
 }
 
@@ -178,11 +201,14 @@ pub struct Cancellation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCancellation {
+    /// The signed body.
     pub cancellation: Cancellation,
+    /// The owner's signature over `sha256(jcs(cancellation))`.
     pub signature: Signature,
 }
 
 impl SignedCancellation {
+    /// Signs `cancellation` with `key` (which should be its owner's; not checked here).
     pub fn sign(cancellation: Cancellation, key: &SecretKey) -> Result<Self, DocError> {
         let digest = document::digest(&serde_json::to_value(&cancellation).expect("serializes"))?;
         Ok(SignedCancellation {
@@ -208,7 +234,9 @@ impl SignedCancellation {
 /// signatures collected so far, or the owner's cancellation that replaced it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ContractRecord {
+    /// A contract to run, with the signatures collected so far.
     Contract(Box<SignedContract>),
+    /// The owner's order to stop the contract.
     Cancellation(SignedCancellation),
 }
 
@@ -250,6 +278,7 @@ impl ContractRecord {
             .collect()
     }
 
+    /// The record body, as [`ContractRecord::from_value`] reads it.
     pub fn to_value(&self) -> Value {
         match self {
             ContractRecord::Contract(c) => c.to_value(),

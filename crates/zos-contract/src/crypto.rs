@@ -20,9 +20,12 @@ use sha2::{Digest as _, Sha256};
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
+    /// The sha256 of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Digest(Sha256::digest(bytes).into())
     }
+
+    /// 64 lowercase hex characters, as digests travel.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -33,6 +36,7 @@ impl Digest {
 pub struct PublicKey(pub [u8; 32]);
 
 impl PublicKey {
+    /// 64 lowercase hex characters, as keys travel.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -53,6 +57,7 @@ impl PublicKey {
 pub struct Signature(pub [u8; 64]);
 
 impl Signature {
+    /// 128 lowercase hex characters, as signatures travel.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -70,14 +75,18 @@ impl SecretKey {
         Ok(Self::from_seed(seed))
     }
 
+    /// The key whose 32-byte ed25519 seed is `seed` (fixed seeds make reproducible tests
+    /// and examples).
     pub fn from_seed(seed: [u8; 32]) -> Self {
         SecretKey(ed25519_dalek::SigningKey::from_bytes(&seed))
     }
 
+    /// The public half, which identifies the signer.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())
     }
 
+    /// Signs the 32 digest bytes (the digest, not the document, is what is signed).
     pub fn sign(&self, digest: &Digest) -> Signature {
         Signature(self.0.sign(&digest.0).to_bytes())
     }
@@ -121,18 +130,30 @@ impl fmt::Debug for SecretKey {
 /// Why a key, a key file or a signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// Reading or writing the key file failed: the path and the OS error.
     #[error("{0}: {1}")]
     Io(PathBuf, String),
+    /// The key file's mode (second field) lets the group or others read it.
     #[error("{0}: mode {1:04o} lets others read the secret key; run chmod 600 on it")]
     InsecureMode(PathBuf, u32),
+    /// The key file does not hold 64 hex characters.
     #[error("{0}: not a zos secret key (expected 64 hex characters)")]
     BadKeyFile(PathBuf),
+    /// A key, digest or signature is not lowercase hex of its exact length.
     #[error("invalid hex {what}: {value:?}")]
-    BadHex { what: &'static str, value: String },
+    BadHex {
+        /// What was being read: `sha256 digest`, `ed25519 public key`, `ed25519 signature`.
+        what: &'static str,
+        /// The text that is not lowercase hex of the right length.
+        value: String,
+    },
+    /// The public key (hex) is not a valid ed25519 point.
     #[error("public key {0} is not a valid ed25519 point")]
     BadPublicKey(String),
+    /// The signature does not verify (or is malleable) for this key and digest.
     #[error("signature does not verify")]
     BadSignature,
+    /// The operating system's random source failed.
     #[error("no random source: {0}")]
     Random(String),
 }

@@ -16,10 +16,13 @@ use crate::limits::Limits;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
+    /// The contract's private networks; names unique within the deployment.
     #[serde(default)]
     pub networks: Vec<Network>,
+    /// The contract's persistent volumes; names unique within the deployment.
     #[serde(default)]
     pub volumes: Vec<Volume>,
+    /// What runs: at least one, at most [`Limits::workloads`].
     pub workloads: Vec<Workload>,
     /// Publish the workloads' newest output lines (their log tails) in the node's status
     /// records. Off unless the signed deployment says so: the notary is shared, and a
@@ -32,6 +35,7 @@ pub struct Deployment {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
+    /// `[a-z0-9-]`, 1-32 characters, starting with a letter; workloads join it by name.
     pub name: String,
     /// CIDR, e.g. `10.20.0.0/24`; private ranges only, prefix 16..=29.
     pub subnet: String,
@@ -48,24 +52,33 @@ pub struct Network {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
+    /// `[a-z0-9-]`, 1-32 characters, starting with a letter; mounts name it.
     pub name: String,
+    /// Quota in MiB; at least 1.
     pub size_mib: u64,
+    /// Which kind of pool it is placed on; SSD unless said.
     #[serde(default)]
     pub disk: DiskKind,
 }
 
+/// The kind of disk a storage pool sits on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskKind {
+    /// Solid-state: fast, the default.
     #[default]
     Ssd,
+    /// Spinning disk: bulk capacity.
     Hdd,
 }
 
+/// How a workload runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
+    /// A container (libcontainer) on the node's kernel.
     Container,
+    /// A micro-VM (QEMU) with its own kernel from the flist.
     Vm,
 }
 
@@ -89,8 +102,11 @@ pub struct FlistRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
+    /// The name of one of the deployment's volumes.
     pub volume: String,
+    /// Where it appears inside the workload: absolute, no `.` or `..` components.
     pub path: String,
+    /// Mounted read-only when true.
     #[serde(default)]
     pub read_only: bool,
 }
@@ -99,17 +115,24 @@ pub struct Mount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Port {
+    /// The port the workload listens on (not 0).
     pub port: u16,
+    /// The node's public port forwarded to it (not 0; unique per protocol within the
+    /// deployment).
     pub public: u16,
+    /// TCP unless said.
     #[serde(default)]
     pub protocol: Protocol,
 }
 
+/// The transport protocol of a forwarded port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// TCP, the default.
     #[default]
     Tcp,
+    /// UDP.
     Udp,
 }
 
@@ -117,25 +140,38 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
+    /// `[a-z0-9-]`, 1-32 characters, starting with a letter; unique in the deployment.
     pub name: String,
+    /// Container or VM.
     pub kind: WorkloadKind,
+    /// The pinned root filesystem image.
     pub flist: FlistRef,
+    /// The command and its arguments; empty: the flist's own default. Integers and
+    /// booleans are accepted as their text; no NUL.
     #[serde(default, deserialize_with = "scalars::vec")]
     pub entrypoint: Vec<String>,
+    /// Environment variables (`[A-Za-z_][A-Za-z0-9_]*` names); values as `entrypoint`.
     #[serde(default, deserialize_with = "scalars::map")]
     pub env: BTreeMap<String, String>,
+    /// The working directory, absolute; `None`: the flist's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Logical CPUs (a container's quota; a VM's vCPUs).
     pub cpu: u32,
+    /// Memory limit in MiB; at least 16.
     pub memory_mib: u64,
-    /// Writable layer (container) or root disk (VM) size.
+    /// Writable layer (container) or root disk (VM) size, in MiB; 0: undeclared (see
+    /// [`Workload::disk_reserved_mib`]).
     #[serde(default)]
     pub disk_mib: u64,
+    /// The name of the deployment network it joins; `None`: no tenant network (and
+    /// then no ports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Volumes mounted into it.
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Public ports forwarded to it; need `network`.
     #[serde(default)]
     pub ports: Vec<Port>,
 }

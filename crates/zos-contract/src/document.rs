@@ -17,15 +17,26 @@ use crate::limits::{self, Limits};
 /// Why a document could not be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocError {
+    /// A [`Limits`] bound is broken.
     #[error("oversized: {what} is {actual}, the limit is {limit} (at {path})")]
     Oversized {
+        /// Which bound: `document size`, `string length`, `nesting depth`, ...
         what: &'static str,
+        /// The bound, in the unit of `what` (bytes, characters, items, levels).
         limit: usize,
+        /// What the document has, in the same unit.
         actual: usize,
+        /// The JSON path (`$.a.b[2]`) where the bound is broken.
         path: String,
     },
+    /// Not valid JSON, or not the shape the spec defines.
     #[error("malformed at {path}: {message}")]
-    Malformed { path: String, message: String },
+    Malformed {
+        /// The JSON path of the first problem.
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
 }
 
 /// Parses bytes into a JSON value within `limits`, refusing duplicate keys.
@@ -87,7 +98,7 @@ fn kind(v: &Value) -> &'static str {
 
 /// Refuses more than `limits.workloads` items in a template's or a deployment's
 /// `workloads` (`None`: the document has none there), before it is read any further.
-pub fn check_workloads(
+pub(crate) fn check_workloads(
     workloads: Option<&Value>,
     path: &str,
     limits: &Limits,
@@ -181,7 +192,7 @@ fn same_shape(given: &Value, written: &Value, path: &mut String) -> Result<(), D
 }
 
 /// The sha256 of a value's canonical bytes.
-pub fn digest(value: &Value) -> Result<Digest, DocError> {
+pub(crate) fn digest(value: &Value) -> Result<Digest, DocError> {
     canonical::to_vec(value)
         .map(|bytes| Digest::of(&bytes))
         .map_err(|e| DocError::Malformed {

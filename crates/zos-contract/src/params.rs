@@ -19,34 +19,47 @@ use serde_json::Value;
 pub enum ParamSpec {
     /// An integer in `min..=max`.
     Int {
+        /// The least value allowed.
         min: i64,
+        /// The greatest value allowed.
         max: i64,
+        /// The value used when a contract gives none; `None`: the contract must give one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         default: Option<i64>,
+        /// What the parameter means, for the consumer; empty when absent.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         description: String,
     },
     /// A string of at most `max_len` characters matching `pattern` (anchored at both ends).
     String {
+        /// A regular expression (regex-lite syntax) the whole value must match.
         pattern: String,
+        /// The most characters (Unicode scalar values) the value may have.
         max_len: usize,
+        /// The value used when a contract gives none; `None`: the contract must give one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         default: Option<String>,
+        /// What the parameter means, for the consumer; empty when absent.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         description: String,
     },
     /// One of a fixed list of strings.
     Enum {
+        /// The strings allowed; at least one.
         values: Vec<String>,
+        /// The value used when a contract gives none; `None`: the contract must give one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         default: Option<String>,
+        /// What the parameter means, for the consumer; empty when absent.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         description: String,
     },
     /// true or false.
     Bool {
+        /// The value used when a contract gives none; `None`: the contract must give one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         default: Option<bool>,
+        /// What the parameter means, for the consumer; empty when absent.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         description: String,
     },
@@ -55,16 +68,36 @@ pub enum ParamSpec {
 /// Why a parameter value or a template was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {
+    /// A value is of the wrong type or outside its declared bounds.
     #[error("parameter {name:?}: {reason}")]
-    OutOfBounds { name: String, reason: String },
+    OutOfBounds {
+        /// The parameter.
+        name: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// The contract gives a value for a parameter the blueprint does not declare.
     #[error("parameter {0:?} is not declared by the blueprint")]
     Unknown(String),
+    /// The contract gives no value for a parameter that has no default.
     #[error("parameter {0:?} is required (it has no default)")]
     Missing(String),
+    /// The blueprint's declaration itself is wrong (bounds, pattern, default).
     #[error("parameter {name:?} is declared wrongly: {reason}")]
-    BadSpec { name: String, reason: String },
+    BadSpec {
+        /// The parameter.
+        name: String,
+        /// What is wrong with its declaration.
+        reason: String,
+    },
+    /// A `{{ expr }}` in the body cannot be evaluated.
     #[error("template at {path}: {reason}")]
-    Template { path: String, reason: String },
+    Template {
+        /// The JSON path of the string holding the expression.
+        path: String,
+        /// Why it cannot be evaluated (syntax, unknown name, overflow, ...).
+        reason: String,
+    },
 }
 
 impl ParamSpec {
@@ -201,7 +234,10 @@ pub fn resolve(
 }
 
 /// Substitutes `params` into every string of `template`. Object keys are not touched.
-pub fn expand(template: &Value, params: &BTreeMap<String, Value>) -> Result<Value, ParamError> {
+pub(crate) fn expand(
+    template: &Value,
+    params: &BTreeMap<String, Value>,
+) -> Result<Value, ParamError> {
     fn walk(v: &Value, params: &BTreeMap<String, Value>, path: &str) -> Result<Value, ParamError> {
         Ok(match v {
             Value::String(s) => {

@@ -13,15 +13,22 @@ use crate::{
 
 /// The example's keys, documents and intermediate values.
 pub struct Example {
+    /// The IT expert who signs the blueprint (seed `[1; 32]`).
     pub expert: SecretKey,
+    /// The contract's owner (seed `[2; 32]`).
     pub owner: SecretKey,
+    /// The required stakeholder, weight 1 (seed `[3; 32]`).
     pub legal: SecretKey,
+    /// The node the contract names (seed `[5; 32]`).
     pub node: SecretKey,
+    /// The `hello` blueprint, signed by `expert`.
     pub blueprint: SignedBlueprint,
+    /// The `hello-1` contract embedding it, signed by `owner` then `legal`.
     pub contract: SignedContract,
 }
 
 impl Example {
+    /// Builds the example; deterministic, so every run gives the same bytes.
     pub fn build() -> Example {
         let expert = SecretKey::from_seed([1; 32]);
         let owner = SecretKey::from_seed([2; 32]);

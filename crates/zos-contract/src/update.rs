@@ -26,9 +26,12 @@ use crate::crypto::PublicKey;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signers {
+    /// The running version's owner: an update must keep it and carry its signature.
     pub owner: PublicKey,
+    /// The running version's stakeholders, whose consent an update needs.
     #[serde(default)]
     pub stakeholders: Vec<Stakeholder>,
+    /// The stakeholder weight an update must carry; 0 when there are no stakeholders.
     #[serde(default)]
     pub threshold: u64,
 }
@@ -47,14 +50,34 @@ impl From<&Contract> for Signers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum UpdateReason {
+    /// The new document names another owner: it is not an update at all.
     #[error("owner changed: the update is owned by {next}, the running version by {running}; an update keeps its owner")]
-    OwnerChanged { running: PublicKey, next: PublicKey },
+    OwnerChanged {
+        /// The running version's owner.
+        running: PublicKey,
+        /// The owner the new document names.
+        next: PublicKey,
+    },
+    /// The owner's valid signature over the new digest is missing.
     #[error("the running version's owner {owner} has not signed the update")]
-    UpdateOwnerSignatureMissing { owner: PublicKey },
+    UpdateOwnerSignatureMissing {
+        /// The owner (of both versions).
+        owner: PublicKey,
+    },
+    /// A required stakeholder of the running version has not signed the new digest.
     #[error("the running version's required stakeholder {signer} has not signed the update")]
-    UpdateRequiredSignerMissing { signer: PublicKey },
+    UpdateRequiredSignerMissing {
+        /// That stakeholder.
+        signer: PublicKey,
+    },
+    /// The running version's stakeholders signed the new digest with too little weight.
     #[error("the running version's threshold is not met by the update: its stakeholders signed weight {have} of {need}")]
-    UpdateThresholdNotMet { have: u64, need: u64 },
+    UpdateThresholdNotMet {
+        /// The weight of the running version's stakeholders who signed.
+        have: u64,
+        /// The running version's threshold.
+        need: u64,
+    },
 }
 
 impl UpdateReason {
@@ -72,6 +95,7 @@ impl UpdateReason {
 /// A refused update and every reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 pub struct UpdateRefusal {
+    /// Every reason found; never empty.
     pub reasons: Vec<UpdateReason>,
 }
 

@@ -21,45 +21,125 @@ use crate::params::{self, ParamError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Reason {
+    /// The document is not valid JSON, not the shape the spec defines, or breaks a rule
+    /// on its id, version, nodes, stakeholders, threshold or validity window.
     #[error("malformed at {path}: {message}")]
-    Malformed { path: String, message: String },
+    Malformed {
+        /// The JSON path of the first problem.
+        path: String,
+        /// What is wrong there.
+        message: String,
+    },
+    /// A [`Limits`] bound is broken.
     #[error("oversized: {what} is {actual}, the limit is {limit} (at {path})")]
     Oversized {
+        /// Which bound: `document size`, `string length`, `signature count`, ...
         what: String,
+        /// The bound, in the unit of `what` (bytes, characters, items, levels).
         limit: usize,
+        /// What the document has, in the same unit.
         actual: usize,
+        /// The JSON path where the bound is broken.
         path: String,
     },
+    /// A signature entry does not verify over the contract's digest.
     #[error("signature by {signer} does not verify")]
-    BadSignature { signer: PublicKey },
+    BadSignature {
+        /// The key the entry names.
+        signer: PublicKey,
+    },
+    /// A signature entry by a key that is neither the owner nor a stakeholder.
     #[error("signature by {signer}, who is neither the owner nor a stakeholder")]
-    UnknownSigner { signer: PublicKey },
+    UnknownSigner {
+        /// The key the entry names.
+        signer: PublicKey,
+    },
+    /// A signer has more than one signature entry.
     #[error("{signer} signed more than once")]
-    DuplicateSignature { signer: PublicKey },
+    DuplicateSignature {
+        /// The key signing more than once.
+        signer: PublicKey,
+    },
+    /// The owner's valid signature is missing.
     #[error("the owner {owner} has not signed")]
-    OwnerSignatureMissing { owner: PublicKey },
+    OwnerSignatureMissing {
+        /// The contract's owner.
+        owner: PublicKey,
+    },
+    /// A required stakeholder's valid signature is missing.
     #[error("required stakeholder {signer} has not signed")]
-    RequiredSignerMissing { signer: PublicKey },
+    RequiredSignerMissing {
+        /// The stakeholder who has not signed.
+        signer: PublicKey,
+    },
+    /// The stakeholders who signed validly weigh less than the threshold.
     #[error("threshold not met: signed weight {have} of {need}")]
-    ThresholdNotMet { have: u64, need: u64 },
+    ThresholdNotMet {
+        /// The weight signed validly.
+        have: u64,
+        /// The contract's threshold.
+        need: u64,
+    },
+    /// A parameter value is unknown, missing, mistyped or out of bounds.
     #[error("parameter: {detail}")]
-    ParamOutOfBounds { detail: String },
+    ParamOutOfBounds {
+        /// Every parameter problem, joined with `; `.
+        detail: String,
+    },
+    /// The embedded blueprint's author signature does not verify.
     #[error("blueprint signature invalid: {detail}")]
-    BlueprintSignatureInvalid { detail: String },
+    BlueprintSignatureInvalid {
+        /// Who signed, and that it does not verify.
+        detail: String,
+    },
+    /// The blueprint named by digest is not in the notary (or the copy found has another digest).
     #[error("blueprint {digest} is not in the notary")]
-    BlueprintUnresolved { digest: Digest },
+    BlueprintUnresolved {
+        /// The digest the contract names.
+        digest: Digest,
+    },
+    /// The blueprint's author is not one this node trusts.
     #[error("blueprint author {author} is not trusted by this node")]
-    BlueprintAuthorUntrusted { author: PublicKey },
+    BlueprintAuthorUntrusted {
+        /// The blueprint's author.
+        author: PublicKey,
+    },
+    /// The blueprint, with these parameters, does not expand to a valid deployment.
     #[error("the blueprint does not expand to a valid deployment: {detail}")]
-    InvalidDeployment { detail: String },
+    InvalidDeployment {
+        /// Every `(json path: problem)`, joined with `; `.
+        detail: String,
+    },
+    /// The version is not above the one this node accepted already (same version: only the same document).
     #[error("replay: version {version} is not above the accepted version {accepted}")]
-    Replay { version: u64, accepted: u64 },
+    Replay {
+        /// The contract's version.
+        version: u64,
+        /// The version this node accepted already.
+        accepted: u64,
+    },
+    /// `now` is before the contract's `not_before`.
     #[error("not yet valid: not before {not_before}, now {now}")]
-    NotYetValid { not_before: u64, now: u64 },
+    NotYetValid {
+        /// Unix seconds from which the contract is valid.
+        not_before: u64,
+        /// The verifying node's time, Unix seconds.
+        now: u64,
+    },
+    /// `now` is at or after the contract's `expires`.
     #[error("expired at {expires}, now {now}")]
-    Expired { expires: u64, now: u64 },
+    Expired {
+        /// Unix seconds from which the contract is no longer valid.
+        expires: u64,
+        /// The verifying node's time, Unix seconds.
+        now: u64,
+    },
+    /// The contract's `nodes` do not name the verifying node.
     #[error("addressed to other nodes, not to {node}")]
-    WrongNode { node: PublicKey },
+    WrongNode {
+        /// The verifying node.
+        node: PublicKey,
+    },
 }
 
 impl Reason {
@@ -103,6 +183,7 @@ pub struct VerifyContext<'a> {
     pub resolve_blueprint: &'a dyn Fn(&Digest) -> Option<SignedBlueprint>,
     /// Blueprint authors this node accepts; `None` accepts any validly signed blueprint.
     pub trusted_authors: Option<&'a BTreeSet<PublicKey>>,
+    /// The size bounds documents are read within.
     pub limits: Limits,
 }
 
@@ -123,17 +204,25 @@ impl VerifyContext<'_> {
 /// A signer's part in a contract, as found by verification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SignerStatus {
+    /// The signer's key.
     pub key: PublicKey,
+    /// Owner or stakeholder.
     pub role: Role,
+    /// Its weight towards the threshold; 0 for the owner.
     pub weight: u64,
+    /// Whether the contract needs its signature (always true for the owner).
     pub required: bool,
+    /// Whether a signature entry by it verifies over the digest.
     pub signed: bool,
 }
 
+/// Who a signer is to the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// The contract's owner.
     Owner,
+    /// One of its stakeholders.
     Stakeholder,
 }
 
@@ -141,15 +230,25 @@ pub enum Role {
 /// the reasons to refuse (empty when the contract is accepted).
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {
+    /// The contract id; `None` when the document could not be read.
     pub id: Option<String>,
+    /// The contract version; `None` when the document could not be read.
     pub version: Option<u64>,
+    /// The contract's digest; `None` when the document could not be read.
     pub digest: Option<Digest>,
+    /// The blueprint's digest; `None` when no blueprint was read or named.
     pub blueprint: Option<Digest>,
+    /// The owner, then each stakeholder, with whether each signed.
     pub signers: Vec<SignerStatus>,
+    /// The stakeholder weight signed validly.
     pub weight: u64,
+    /// The contract's threshold.
     pub threshold: u64,
+    /// What the blueprint expands to; `None` when it could not be built. Present does
+    /// not mean accepted: see `reasons`.
     #[serde(skip)]
     pub deployment: Option<Deployment>,
+    /// Every reason to refuse; empty when the contract is accepted.
     pub reasons: Vec<Reason>,
     /// Signature entries that were not counted (`bad_signature`, `unknown_signer`,
     /// `duplicate_signature`) while the counted ones met the rules: reported, not a
@@ -173,6 +272,7 @@ impl Verification {
         }
     }
 
+    /// Whether the contract is accepted: no reason to refuse, and a deployment.
     pub fn is_ok(&self) -> bool {
         self.reasons.is_empty() && self.deployment.is_some()
     }
@@ -200,17 +300,24 @@ impl Verification {
 /// A contract the node may deploy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {
+    /// The contract id.
     pub id: String,
+    /// The contract version accepted.
     pub version: u64,
+    /// The contract's digest: what the node records as accepted.
     pub digest: Digest,
+    /// The digest of the blueprint it instantiates.
     pub blueprint: Digest,
+    /// What to deploy: the blueprint's expansion.
     pub deployment: Deployment,
 }
 
 /// A refused contract and every reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 pub struct Refusal {
+    /// The contract id; `None` when the document could not be read.
     pub id: Option<String>,
+    /// Every reason found; never empty.
     pub reasons: Vec<Reason>,
 }
 
@@ -508,14 +615,33 @@ fn blueprint_reason(e: BlueprintError) -> Reason {
 /// Why a cancellation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CancelRefusal {
+    /// The owner's signature does not verify.
     #[error("cancellation signature does not verify")]
     BadSignature,
+    /// The cancellation names another contract.
     #[error("cancellation is for contract {got:?}, not {want:?}")]
-    WrongContract { got: String, want: String },
+    WrongContract {
+        /// The id the cancellation names.
+        got: String,
+        /// The running contract's id.
+        want: String,
+    },
+    /// The cancellation is signed by someone other than the running contract's owner.
     #[error("cancellation signed by {got}, but the contract's owner is {want}")]
-    NotOwner { got: PublicKey, want: PublicKey },
+    NotOwner {
+        /// The owner the cancellation names (whose signature verified).
+        got: PublicKey,
+        /// The running contract's owner.
+        want: PublicKey,
+    },
+    /// The cancellation's version is not above the running version.
     #[error("replay: cancellation version {version} is not above the running version {running}")]
-    Replay { version: u64, running: u64 },
+    Replay {
+        /// The cancellation's version.
+        version: u64,
+        /// The running contract's version.
+        running: u64,
+    },
 }
 
 /// Checks that a cancellation may stop the contract a node runs.
