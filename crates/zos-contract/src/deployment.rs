@@ -146,14 +146,15 @@ pub struct Workload {
     pub kind: WorkloadKind,
     /// The pinned root filesystem image.
     pub flist: FlistRef,
-    /// The command and its arguments; empty: the flist's own default. Integers and
-    /// booleans are accepted as their text; no NUL.
+    /// The command and its arguments: a container needs one (the first word is the
+    /// program); a VM's guest gets it after `--` on the kernel command line (empty: none).
+    /// Integers and booleans are accepted as their text; no NUL.
     #[serde(default, deserialize_with = "scalars::vec")]
     pub entrypoint: Vec<String>,
     /// Environment variables (`[A-Za-z_][A-Za-z0-9_]*` names); values as `entrypoint`.
     #[serde(default, deserialize_with = "scalars::map")]
     pub env: BTreeMap<String, String>,
-    /// The working directory, absolute; `None`: the flist's default.
+    /// A container's working directory, absolute; `None`: `/`. VMs ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Logical CPUs (a container's quota; a VM's vCPUs).
