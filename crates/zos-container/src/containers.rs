@@ -25,6 +25,8 @@ pub const PIDS_LIMIT: u64 = 1024;
 
 /// What to start: the engine's plan, plus what was prepared for it.
 pub struct ContainerPlan<'a> {
+    /// The workload, its volumes' mounts and its network address, as the engine
+    /// planned them.
     pub plan: &'a WorkloadPlan,
     /// The merged root filesystem ([`crate::rootfs::Rootfs::ensure`]).
     pub rootfs: PathBuf,
@@ -53,6 +55,8 @@ fn typed(name: &str, e: Error) -> ProvisionError {
 }
 
 impl Containers {
+    /// The containers under `<state_dir>/containers` (runtime state, bundles, logs);
+    /// creates the directories. Nothing is adopted yet.
     pub fn new(state_dir: &Path) -> Result<Containers, Error> {
         let root = state_dir.join("containers");
         Ok(Containers {

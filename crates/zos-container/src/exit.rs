@@ -28,11 +28,12 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Exited with code 0.
     pub fn success(&self) -> bool {
         matches!(self, Exit::Code(0))
     }
 
-    /// Ended by a signal or a non-zero code.
+    /// Not a clean exit: a signal, a non-zero code, or unknown.
     pub fn crashed(&self) -> bool {
         !self.success()
     }
@@ -49,6 +50,7 @@ struct Shared {
 pub struct ExitNotifier(Arc<Shared>);
 
 impl ExitNotifier {
+    /// Publishes `exit` to every [`ExitWatch`]; only the first call counts.
     pub fn notify(&self, exit: Exit) {
         let mut v = self.0.value.lock().unwrap_or_else(|e| e.into_inner());
         if v.is_none() {

@@ -24,11 +24,14 @@ pub const DEFAULT_LOG_CAP: u64 = 1 << 20;
 /// Which output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
+    /// The container's standard output.
     Stdout,
+    /// The container's standard error.
     Stderr,
 }
 
 impl Stream {
+    /// `stdout` or `stderr`: the stem of its file names.
     pub fn name(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
@@ -36,10 +39,12 @@ impl Stream {
         }
     }
 
+    /// The current log file in `dir` (`stdout.log`).
     pub fn log_path(self, dir: &Path) -> PathBuf {
         dir.join(format!("{}.log", self.name()))
     }
 
+    /// The previous log file in `dir` (`stdout.log.1`), replaced at each rotation.
     pub fn rotated_path(self, dir: &Path) -> PathBuf {
         dir.join(format!("{}.log.1", self.name()))
     }
@@ -51,7 +56,7 @@ impl Stream {
 
 /// An append-only file that rotates to `.1` at a size cap.
 #[derive(Debug)]
-pub struct RotatingLog {
+pub(crate) struct RotatingLog {
     path: PathBuf,
     rotated: PathBuf,
     cap: u64,
@@ -60,6 +65,7 @@ pub struct RotatingLog {
 }
 
 impl RotatingLog {
+    /// Opens (creates, mode 0640) `path` for appending; `cap` is in bytes (at least 1).
     pub fn open(path: PathBuf, rotated: PathBuf, cap: u64) -> std::io::Result<RotatingLog> {
         let file = OpenOptions::new()
             .create(true)
@@ -77,6 +83,8 @@ impl RotatingLog {
         })
     }
 
+    /// Appends `buf`, rotating to the `.1` file whenever the cap is reached (a write
+    /// is split at the cap).
     pub fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
         while !buf.is_empty() {
             if self.size >= self.cap {

@@ -10,6 +10,7 @@ use crate::exit::Exit;
 
 /// Source of "now" (the real one is `Instant::now`).
 pub trait Clock {
+    /// The current instant.
     fn now(&self) -> Instant;
 }
 
@@ -30,12 +31,14 @@ pub enum RestartMode {
     Always,
     /// Only after a crash: a signal or a non-zero code (jobs).
     OnFailure,
+    /// Never: the workload runs once.
     Never,
 }
 
 /// Backoff parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestartPolicy {
+    /// After which exits to restart at all.
     pub mode: RestartMode,
     /// Delay before the first restart.
     pub initial: Duration,
@@ -82,6 +85,7 @@ pub struct Restarts<C: Clock = SystemClock> {
 }
 
 impl<C: Clock> Restarts<C> {
+    /// Fresh book-keeping: no restarts yet, not started.
     pub fn new(policy: RestartPolicy, clock: C) -> Self {
         Restarts {
             policy,
@@ -102,6 +106,7 @@ impl<C: Clock> Restarts<C> {
         self.total
     }
 
+    /// Restarts since the last healthy run (one lasting [`RestartPolicy::reset_after`]).
     pub fn consecutive(&self) -> u32 {
         self.consecutive
     }

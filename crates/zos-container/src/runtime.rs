@@ -39,15 +39,20 @@ pub enum Status {
     Creating,
     /// Created: the init waits for `start` to exec the entrypoint.
     Created,
+    /// The entrypoint runs.
     Running,
+    /// Frozen (cgroup freezer).
     Paused,
+    /// The init has ended; state and cgroup remain until `delete`.
     Stopped,
 }
 
 /// What `state` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
+    /// The container id.
     pub id: String,
+    /// Its lifecycle state.
     pub status: Status,
     /// The init's pid in our PID namespace (while it exists).
     pub pid: Option<i32>,
@@ -56,6 +61,7 @@ pub struct ContainerState {
 /// A freshly created container.
 #[derive(Debug, Clone)]
 pub struct Created {
+    /// The init's pid in our PID namespace.
     pub pid: i32,
     /// Resolves when the init ends (code or signal).
     pub exit: ExitWatch,
@@ -64,6 +70,7 @@ pub struct Created {
 /// A container found in the state dir (e.g. after zosd restarted).
 #[derive(Debug, Clone)]
 pub struct Adopted {
+    /// What the runtime's state says of it.
     pub state: ContainerState,
     /// Resolves when it ends; already resolved (`Exit::Unknown`) when it is not running.
     pub exit: ExitWatch,
@@ -122,6 +129,7 @@ pub struct Libcontainer {
 }
 
 impl Libcontainer {
+    /// Creates the state and bundle directories if missing.
     pub fn new(cfg: RuntimeConfig) -> Result<Libcontainer, Error> {
         for d in [&cfg.state_dir, &cfg.bundle_dir] {
             std::fs::create_dir_all(d).map_err(Error::io("creating runtime dir", d))?;
@@ -129,6 +137,7 @@ impl Libcontainer {
         Ok(Libcontainer { cfg })
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.cfg
     }

@@ -35,6 +35,7 @@ pub struct BindMount {
     pub source: PathBuf,
     /// Path inside the container (absolute, no `..`).
     pub target: PathBuf,
+    /// Mounted read-only inside the container.
     pub readonly: bool,
 }
 
@@ -59,14 +60,19 @@ pub struct ContainerSpec {
     pub readonly_rootfs: bool,
     /// argv[0] (resolved inside the container through PATH if not absolute).
     pub entrypoint: String,
+    /// argv[1..].
     pub args: Vec<String>,
     /// Environment, in order; `PATH` is added when missing.
     pub env: Vec<(String, String)>,
     /// Working directory inside the container (absolute).
     pub cwd: PathBuf,
+    /// The entrypoint's user id.
     pub uid: u32,
+    /// The entrypoint's group id.
     pub gid: u32,
+    /// The hostname in its own UTS namespace; `None`: none set in the OCI spec.
     pub hostname: Option<String>,
+    /// CPU cap or weight; `None`: no limit.
     pub cpu: Option<Cpu>,
     /// Hard memory limit in bytes.
     pub memory_limit: Option<u64>,
@@ -74,6 +80,7 @@ pub struct ContainerSpec {
     pub pids_limit: Option<u64>,
     /// A network namespace to join (e.g. `/run/netns/n-x`); `None` means a new, empty one.
     pub netns: Option<PathBuf>,
+    /// Bind mounts (volumes), in mount order.
     pub mounts: Vec<BindMount>,
     /// Paths inside the container made read-only (in addition to the /proc defaults).
     pub readonly_paths: Vec<PathBuf>,
