@@ -60,7 +60,7 @@ impl Fetcher {
     }
 
     /// Like [`Fetcher::block`], keeping the plaintext in a small memory cache.
-    pub fn block_shared(
+    pub(crate) fn block_shared(
         &self,
         file: &str,
         index: usize,

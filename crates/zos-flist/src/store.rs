@@ -559,7 +559,7 @@ impl Router {
     }
 
     /// The stores that may hold `id`, in order.
-    pub fn candidates(&self, id: &[u8; 32]) -> impl Iterator<Item = &Store> + '_ {
+    pub(crate) fn candidates(&self, id: &[u8; 32]) -> impl Iterator<Item = &Store> + '_ {
         let first = id[0];
         self.routes
             .iter()

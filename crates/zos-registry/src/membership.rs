@@ -398,7 +398,7 @@ pub async fn wait_for_farm(
 }
 
 /// The farm record, verified, and signed by the pinned farmer if one is pinned.
-pub async fn check_farm(
+pub(crate) async fn check_farm(
     notary: &AnyNotary,
     key: &NotaryKey,
     pinned: Option<PublicKey>,
