@@ -14,13 +14,18 @@ pub const STATE_DIR: &str = "/var/lib/zos";
 /// Why the configuration could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentConfigError {
+    /// Creating the directory, or writing or renaming the file, failed.
     #[error("{action} {path}")]
     Io {
+        /// What was being done, e.g. `writing`.
         action: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The configuration path has no parent to create (e.g. `/`).
     #[error("config path {0} has no parent directory")]
     NoParent(PathBuf),
 }

@@ -26,15 +26,21 @@ use std::fmt;
 
 use thiserror::Error;
 
+/// Which kind of network the node serves (`zos.runmode`). Today it is only logged and
+/// written as a comment in node.toml: nothing behaves differently by it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RunMode {
+    /// A developer's node (`dev`).
     Dev,
+    /// A test network's node (`test`).
     Test,
+    /// A production node (`prod`), also what any missing or invalid value gives.
     #[default]
     Prod,
 }
 
 impl RunMode {
+    /// The parameter's value for this mode: `dev`, `test` or `prod`.
     pub fn as_str(self) -> &'static str {
         match self {
             RunMode::Dev => "dev",
@@ -50,19 +56,29 @@ impl fmt::Display for RunMode {
     }
 }
 
+/// What the `zos.*` boot parameters say, each at its safe value when absent or invalid.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootParams {
+    /// `zos.farm`: the farm id the node registers under; `None`: it registers nowhere.
     pub farm: Option<String>,
+    /// `zos.notary`: the notary URL, unchecked here (the agent parses it); `None`: the
+    /// agent has no notary and says so.
     pub notary: Option<String>,
+    /// `zos.runmode`.
     pub runmode: RunMode,
+    /// `zos.debug`: more logs on the console (never a shell).
     pub debug: bool,
+    /// Every valid `zos.share`, in command-line order.
     pub shares: Vec<Share>,
 }
 
 /// `zos.share=<tag>:<path>`: a virtio-9p share to mount before the agent starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
+    /// The 9p mount tag QEMU gave the share (at most 31 bytes: letters, digits, `-_.`).
     pub tag: String,
+    /// Where to mount it: absolute, clean, outside `/proc`, `/sys`, `/dev`, `/run` and
+    /// the node's state directory.
     pub path: String,
 }
 
@@ -96,25 +112,39 @@ impl Share {
 /// A boot parameter that was ignored or fell back to its default.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CmdlineWarning {
+    /// A `zos.` parameter this init does not know (the text is the key).
     #[error("unknown boot parameter {0:?} (known: zos.farm, zos.notary, zos.runmode, zos.debug, zos.share)")]
     UnknownKey(String),
+    /// `zos.runmode` with another value (the text); [`RunMode::Prod`] is used.
     #[error("zos.runmode={0:?} is not dev, test or prod: running as prod")]
     InvalidRunMode(String),
+    /// A parameter that takes a value was given without one (`zos.notary`: or a blank
+    /// one); it is ignored.
     #[error("{key} needs a value ({key}=...): ignored")]
-    MissingValue { key: &'static str },
+    MissingValue {
+        /// The parameter, e.g. `zos.notary`.
+        key: &'static str,
+    },
+    /// `zos.farm` with a value that is not a farm id (the text); no farm is used.
     #[error("zos.farm={0:?} is not a farm id (letters, digits, '-', '_', '.'): ignored")]
     InvalidFarm(String),
+    /// `zos.debug` with a value other than `1`/`true`/`yes`/`on` or
+    /// `0`/`false`/`no`/`off` (the text); it is ignored.
     #[error("zos.debug={0:?}: use zos.debug, or zos.debug=0/1: ignored")]
     InvalidDebug(String),
+    /// The parameter appeared more than once; the last occurrence was taken.
     #[error("{0} given more than once: the last one wins")]
     Repeated(&'static str),
+    /// A `zos.share` value [`Share::parse`] refused (the text); that share is skipped.
     #[error("zos.share={0:?} is not <tag>:<absolute path> outside /proc, /sys, /dev, /run and the node state: ignored")]
     InvalidShare(String),
+    /// A double quote is never closed; the rest of the line is read as one word.
     #[error("unbalanced double quote on the kernel command line")]
     UnbalancedQuote,
 }
 
-/// Splits a command line into `(param, value)` pairs the way the kernel does.
+/// Splits a command line into `(param, value)` pairs the way the kernel does; the flag
+/// is true when a double quote was left open.
 pub fn split_kernel_args(line: &str) -> (Vec<(String, Option<String>)>, bool) {
     let mut out = Vec::new();
     let mut unbalanced = false;

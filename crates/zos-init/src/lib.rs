@@ -47,8 +47,11 @@ const INITIAL_PID_NS: &str = "pid:[4026531836]";
 /// Why this process may not act as the machine's init.
 #[derive(Debug, thiserror::Error)]
 pub enum NotMachineInit {
+    /// The process is not PID 1 at all.
     #[error("must run as PID 1 (/init in the boot image)")]
     NotPid1,
+    /// PID 1, but of a container's PID namespace (the text is its
+    /// `/proc/self/ns/pid` link): acting as init would shut down the host.
     #[error("PID 1 of a PID namespace ({0}), not of the machine: refusing to act as its init")]
     PidNamespace(String),
 }
@@ -75,12 +78,17 @@ pub fn check_machine_init() -> Result<(), NotMachineInit> {
 
 /// PID 1's loop: supervise the agent, reap everything, wait for a shutdown signal.
 pub struct Init<S: Sys> {
+    /// The machine (the real [`Linux`], or a test's fake).
     pub sys: S,
+    /// The agent's supervisor; its state survives a panic of [`Init::run`].
     pub supervisor: Supervisor,
+    /// What to stop, unmount and call at shutdown.
     pub plan: ShutdownPlan,
 }
 
 impl<S: Sys> Init<S> {
+    /// PID 1's loop over `sys`, supervising the agent `agent` makes (started at the
+    /// first [`Init::run`] tick, not here), restarted under `backoff`.
     pub fn new(sys: S, agent: MakeCommand, backoff: Backoff, plan: ShutdownPlan) -> Init<S> {
         let supervisor = Supervisor::new(&sys, agent, backoff);
         Init {

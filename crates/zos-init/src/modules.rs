@@ -30,36 +30,75 @@ use thiserror::Error;
 
 use crate::sys::Sys;
 
+/// Why modules.dep could not be used, or why one module was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ModulesError {
+    /// `modules.dep` could not be read: nothing is loaded.
     #[error("reading {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error's text.
+        message: String,
+    },
+    /// A `modules.dep` line is not `path.ko...: deps`: nothing is loaded.
     #[error("modules.dep line {line}: {text:?} is not `path.ko: deps...`")]
-    Malformed { line: usize, text: String },
+    Malformed {
+        /// The line's number, from 1.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// A wanted module the image does not carry and the kernel does not build in.
     #[error("module {0} is neither in modules.dep nor built in")]
     Unknown(String),
+    /// A module needs one that is not in modules.dep: it is not loaded.
     #[error("module {module} depends on {dependency}, which is not in modules.dep")]
-    MissingDependency { module: String, dependency: String },
+    MissingDependency {
+        /// The module not loaded.
+        module: String,
+        /// What it needs.
+        dependency: String,
+    },
+    /// The dependencies loop (the names along the loop, first repeated last): the
+    /// modules on it are not loaded.
     #[error("module dependency cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
+    /// A dependency failed to load, or does not apply to this machine, so the module
+    /// was not tried.
     #[error("module {module} not loaded: its dependency {dependency} failed")]
-    DependencyFailed { module: String, dependency: String },
+    DependencyFailed {
+        /// The module not loaded.
+        module: String,
+        /// The dependency that failed.
+        dependency: String,
+    },
+    /// The kernel cannot take this compressed module (EINVAL: before Linux 6.4;
+    /// EOPNOTSUPP: no `CONFIG_MODULE_DECOMPRESS` for its algorithm).
     #[error(
         "module {module} ({path}) is compressed and this kernel cannot decompress it ({errno})"
     )]
     CompressedUnsupported {
+        /// The module.
         module: String,
+        /// Its file.
         path: PathBuf,
+        /// What `finit_module` returned.
         errno: Errno,
     },
+    /// `finit_module` failed.
     #[error("loading module {module} ({path}): {errno}")]
     Load {
+        /// The module.
         module: String,
+        /// Its file.
         path: PathBuf,
+        /// What `finit_module` returned.
         errno: Errno,
     },
 }
 
+/// One module of the image, as modules.dep (and modules.softdep) describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
     /// The kernel's name: file name without `.ko*`, `-` as `_`.
@@ -73,6 +112,8 @@ pub struct Module {
 }
 
 impl Module {
+    /// Whether its file is compressed (anything after `.ko`: `.ko.xz`, `.ko.zst`, ...),
+    /// which `finit_module` must be told.
     pub fn is_compressed(&self) -> bool {
         !self.path.to_string_lossy().ends_with(".ko")
     }
@@ -83,13 +124,17 @@ impl Module {
 pub enum Wanted<'a> {
     /// Every module in modules.dep (an image carries only what its node needs).
     All,
+    /// These modules (file or kernel names) and what they need.
     Names(&'a [&'a str]),
 }
 
 /// The parsed `modules.dep` (and `modules.builtin`).
 #[derive(Debug, Clone, Default)]
 pub struct ModulesDep {
+    /// The image's modules, by kernel name.
     pub modules: BTreeMap<String, Module>,
+    /// The kernel names of the modules built into the kernel (never loaded, always
+    /// present).
     pub builtin: HashSet<String>,
 }
 
@@ -104,6 +149,8 @@ pub fn module_name(path_or_name: &str) -> String {
 }
 
 impl ModulesDep {
+    /// Parses `modules.dep` and `modules.builtin` (either may be empty); a malformed
+    /// modules.dep line fails it all.
     pub fn parse(modules_dep: &str, modules_builtin: &str) -> Result<ModulesDep, ModulesError> {
         let mut modules = BTreeMap::new();
         for (i, line) in modules_dep.lines().enumerate() {
@@ -251,13 +298,17 @@ impl ModulesDep {
     }
 }
 
+/// What [`load`] did, module by module (kernel names, in load order).
 #[derive(Debug, Default)]
 pub struct LoadReport {
+    /// Loaded now.
     pub loaded: Vec<String>,
     /// Already loaded (EEXIST) before we came.
     pub present: Vec<String>,
     /// Modules whose init said this machine has nothing for them (ENODEV).
     pub not_applicable: Vec<String>,
+    /// Every module that could not be ordered or loaded, with why (a failed soft
+    /// dependency is listed here too, without failing the module that wanted it).
     pub failed: Vec<ModulesError>,
 }
 

@@ -73,24 +73,36 @@ pub const BOOT_MOUNTS: [MountSpec; 7] = [
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// Why a boot mount failed (the mounts after it were not tried).
 #[derive(Debug, Error)]
 pub enum MountError {
+    /// The mount point could not be created.
     #[error("creating mount point {target}: {source}")]
     MountPoint {
+        /// The mount point.
         target: &'static str,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The kernel refused the mount.
     #[error("mounting {fstype} on {target}: {errno}")]
     Mount {
+        /// The mount point.
         target: &'static str,
+        /// The filesystem type.
         fstype: &'static str,
+        /// What `mount(2)` returned.
         errno: Errno,
     },
 }
 
+/// What [`mount_all`] did for one boot mount (by its mount point).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountOutcome {
+    /// Mounted now.
     Mounted(&'static str),
+    /// Something was mounted there already (the kernel's devtmpfs, a second run): left
+    /// as it is.
     AlreadyMounted(&'static str),
 }
 

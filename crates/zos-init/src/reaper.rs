@@ -12,10 +12,18 @@ use nix::unistd::Pid;
 
 use crate::sys::Sys;
 
+/// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
+    /// It exited with this status code.
     Code(i32),
-    Signal { signal: Signal, core_dumped: bool },
+    /// A signal killed it.
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// Whether it left a core dump.
+        core_dumped: bool,
+    },
 }
 
 impl std::fmt::Display for Exit {
@@ -36,15 +44,19 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// A child waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reaped {
+    /// Its process id (free for reuse from now on).
     pub pid: Pid,
+    /// How it ended.
     pub exit: Exit,
 }
 
 /// What one sweep found.
 #[derive(Debug, Default)]
 pub struct Sweep {
+    /// The children reaped, in the order they were waited for.
     pub reaped: Vec<Reaped>,
     /// No child at all is left (ECHILD).
     pub no_children: bool,

@@ -23,17 +23,26 @@ use thiserror::Error;
 /// Where the new root is assembled; hidden, and gone from view once it is `/`.
 const NEW_ROOT: &str = "/.zos-root";
 
+/// Why the switch to the tmpfs root failed (PID 1 logs it and boots on; containers
+/// cannot start).
 #[derive(Debug, Error)]
 pub enum RootfsError {
+    /// A file operation on the image's or the new root's files failed.
     #[error("{what} {path}: {source}")]
     Io {
+        /// The operation, e.g. `creating`, `removing`, `chmod`.
         what: &'static str,
+        /// The file.
         path: String,
+        /// The operating system's error.
         source: io::Error,
     },
+    /// A system call failed (`mount`, `mknod`, `chdir`, ...).
     #[error("{what}: {errno}")]
     Sys {
+        /// The call, e.g. `mounting tmpfs`, `chroot`.
         what: &'static str,
+        /// What it returned.
         errno: nix::errno::Errno,
     },
 }

@@ -34,10 +34,14 @@ pub fn action_for(signal: Signal) -> Option<PowerAction> {
     }
 }
 
+/// How long each step of the shutdown waits (defaults: 30 s, 10 s, 2 s).
 #[derive(Debug, Clone)]
 pub struct ShutdownPlan {
+    /// After SIGTERM to the agent, how long to wait for it to exit.
     pub agent_grace: Duration,
+    /// After SIGTERM to every other process, how long to wait for all to go.
     pub others_grace: Duration,
+    /// After SIGKILL, how long to wait for the last ones to be reaped.
     pub kill_grace: Duration,
 }
 
@@ -51,12 +55,19 @@ impl Default for ShutdownPlan {
     }
 }
 
+/// What the shutdown did, for the log and for tests (with the real system the machine is
+/// off before anyone reads it, unless the final call failed).
 #[derive(Debug, Default)]
 pub struct ShutdownReport {
+    /// How the agent ended; `None`: it was not running, or not reaped within
+    /// `agent_grace`.
     pub agent_exit: Option<Exit>,
     /// Children still there after SIGKILL (stuck in the kernel, e.g. on a dead disk).
     pub survivors: bool,
+    /// Mount points unmounted, in the order done (children before parents).
     pub unmounted: Vec<String>,
+    /// Mount points that would not unmount, with the error (a busy one was remounted
+    /// read-only and detached first: `EBUSY`).
     pub unmount_failed: Vec<(String, Errno)>,
     /// Set when the final reboot call failed; with the real system nothing is returned
     /// otherwise (the machine is off).

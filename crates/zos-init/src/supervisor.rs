@@ -14,13 +14,17 @@ use crate::sys::Sys;
 /// back to `initial` once the agent had run for `stable_after`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    /// The first delay, and the delay after a stable run.
     pub initial: Duration,
+    /// The longest delay: the doubling stops here.
     pub max: Duration,
+    /// A run at least this long resets the delay to `initial`.
     pub stable_after: Duration,
     next: Duration,
 }
 
 impl Backoff {
+    /// A backoff starting at `initial` (see the type's documentation).
     pub fn new(initial: Duration, max: Duration, stable_after: Duration) -> Backoff {
         Backoff {
             initial,
@@ -65,6 +69,8 @@ enum State {
 /// Builds the agent's command afresh for each start.
 pub type MakeCommand = Box<dyn FnMut() -> Command + Send>;
 
+/// The agent's supervisor: whether it runs (and since when) or when it starts next.
+/// PID 1's loop drives it with [`Supervisor::tick`] and [`Supervisor::on_reaped`].
 pub struct Supervisor {
     make_command: MakeCommand,
     backoff: Backoff,
@@ -74,6 +80,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// A supervisor whose first start is due at once (at the first [`Supervisor::tick`]).
     pub fn new(sys: &dyn Sys, make_command: MakeCommand, backoff: Backoff) -> Supervisor {
         Supervisor {
             make_command,
@@ -83,6 +90,7 @@ impl Supervisor {
         }
     }
 
+    /// The running agent's pid; `None` while it waits to be (re)started.
     pub fn agent_pid(&self) -> Option<Pid> {
         match self.state {
             State::Running { pid, .. } => Some(pid),

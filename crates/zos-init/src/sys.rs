@@ -20,17 +20,24 @@ use nix::unistd::Pid;
 /// What happens at the end of an orderly shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PowerAction {
+    /// `reboot(RB_POWER_OFF)`: the machine switches off.
     PowerOff,
+    /// `reboot(RB_AUTOBOOT)`: the machine restarts at once.
     Reboot,
 }
 
 /// One filesystem to mount (see [`crate::mounts::BOOT_MOUNTS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MountSpec {
+    /// `mount(2)`'s source (for these pseudo-filesystems, only a name in mountinfo).
     pub source: &'static str,
+    /// The mount point, created if missing.
     pub target: &'static str,
+    /// The filesystem type, e.g. `proc`, `devtmpfs`, `cgroup2`.
     pub fstype: &'static str,
+    /// Mount flags (`MS_NOSUID`, `MS_NODEV`, ...).
     pub flags: MsFlags,
+    /// Filesystem-specific options (`mode=0755`); `None`: none.
     pub data: Option<&'static str>,
 }
 
@@ -45,17 +52,25 @@ pub trait Sys {
     /// One `waitpid(-1, WNOHANG)`: `Ok(None)` when children exist but none has exited,
     /// `Err(ECHILD)` when there are no children at all.
     fn reap_one(&self) -> Result<Option<WaitStatus>, Errno>;
+    /// Starts `cmd` with an empty signal mask, without keeping a handle: the child is
+    /// reaped through [`Sys::reap_one`] like every other.
     fn spawn(&self, cmd: &mut Command) -> io::Result<Pid>;
+    /// Sends `sig` to the process `pid`.
     fn kill(&self, pid: Pid, sig: Signal) -> Result<(), Errno>;
     /// `kill(-1, sig)`: every process but the caller (and, as PID 1, every process).
     fn kill_all(&self, sig: Signal) -> Result<(), Errno>;
 
+    /// The whole file as UTF-8 text (`/proc/self/mountinfo`, modules.dep, ...).
     fn read_file(&self, path: &Path) -> io::Result<String>;
+    /// Creates or truncates the file at `path` and writes `data`.
     fn write_file(&self, path: &Path, data: &str) -> io::Result<()>;
+    /// Creates `path` and its missing parents.
     fn mkdir_all(&self, path: &Path) -> io::Result<()>;
+    /// Mounts `spec` (its mount point must exist).
     fn mount(&self, spec: &MountSpec) -> Result<(), Errno>;
     /// Unmounts `target`; if it is busy, remounts it read-only so its data is safe.
     fn unmount(&self, target: &Path) -> Result<(), Errno>;
+    /// Flushes every filesystem's dirty data to disk (`sync(2)`).
     fn sync(&self);
 
     /// `finit_module` on the file at `path`; `compressed` asks the kernel to decompress.
@@ -79,7 +94,8 @@ pub const INIT_SIGNALS: [Signal; 8] = [
     Signal::SIGQUIT,
 ];
 
-pub fn init_sigset() -> SigSet {
+/// [`INIT_SIGNALS`] as a set, for blocking and for `sigtimedwait`.
+pub(crate) fn init_sigset() -> SigSet {
     let mut set = SigSet::empty();
     for s in INIT_SIGNALS {
         set.add(s);
