@@ -58,9 +58,9 @@ pub struct ContainerSpec {
     pub rootfs: PathBuf,
     /// Make the root filesystem read-only (volumes stay as mounted).
     pub readonly_rootfs: bool,
-    /// argv[0] (resolved inside the container through PATH if not absolute).
+    /// `argv[0]` (resolved inside the container through PATH if not absolute).
     pub entrypoint: String,
-    /// argv[1..].
+    /// `argv[1..]`.
     pub args: Vec<String>,
     /// Environment, in order; `PATH` is added when missing.
     pub env: Vec<(String, String)>,

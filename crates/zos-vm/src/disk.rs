@@ -20,7 +20,8 @@ pub(crate) fn copy_fd(from: &File, to: &File) -> std::io::Result<()> {
 }
 
 /// Copies the image `from` to the start of the vdisk `to`, which keeps its size (the
-/// vdisk is the disk; the image may be smaller). See [`copy_fd`].
+/// vdisk is the disk; the image may be smaller): a reflink when both are on the same
+/// btrfs, else a byte copy.
 pub fn copy_image(from: &File, to: &File) -> std::io::Result<()> {
     let size = to.metadata()?.len();
     copy_fd(from, to)?;

@@ -7,7 +7,7 @@
 //! pidfile), and never starts it twice. QEMU starts paused (`-S`), is moved into its
 //! cgroup, then resumed over QMP, so the guest never runs outside its limits.
 //!
-//! QEMU is confined ([`crate::confine`]): it runs as a uid and gid of its own (one per
+//! QEMU is confined (the private `confine` module): it runs as a uid and gid of its own (one per
 //! VM, from [`QemuConfig::uid_base`]), under its seccomp filter (`-sandbox`), in a
 //! mount view that holds only `/usr`, a few devices and its run directory, and in a
 //! device cgroup that denies every block device. It opens none of the VM's files by
