@@ -240,7 +240,7 @@ pub enum FormatError {
     BadValue {
         /// The inode whose row has the value.
         ino: u64,
-        /// The column.
+        /// The column's name (`mode`, `uid`, `size`, `mtime`, ...).
         column: &'static str,
         /// The value as stored.
         value: i64,
@@ -439,7 +439,7 @@ pub enum StoreError {
     /// The store answered that it does not have the block.
     #[error("{url}: block {id} not found")]
     NotFound {
-        /// The store.
+        /// The store's URL.
         url: String,
         /// The block id, hex.
         id: String,
@@ -447,7 +447,7 @@ pub enum StoreError {
     /// The store could not be reached or did not answer usefully (may pass later).
     #[error("{url}: {reason}")]
     Unavailable {
-        /// The store.
+        /// The store's URL.
         url: String,
         /// What went wrong, for the operator.
         reason: String,
@@ -455,13 +455,13 @@ pub enum StoreError {
     /// A write (pack's upload) to a store that only reads, such as `http://`.
     #[error("{url}: writing is not supported by this store")]
     ReadOnly {
-        /// The store.
+        /// The store's URL.
         url: String,
     },
     /// A file operation in a `dir://` store failed.
     #[error("{url}: {path}: {error}")]
     Io {
-        /// The store.
+        /// The store's URL.
         url: String,
         /// The file or directory operated on.
         path: PathBuf,

@@ -33,7 +33,7 @@ pub enum DetectError {
     /// A /proc or /sys file could not be read.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
+        /// The /proc or /sys file.
         path: PathBuf,
         /// The operating system's error.
         #[source]
@@ -42,7 +42,7 @@ pub enum DetectError {
     /// A file's text is not in the format expected.
     #[error("{path}: {reason}")]
     Parse {
-        /// The file.
+        /// The /proc or /sys file.
         path: PathBuf,
         /// What did not parse.
         reason: String,
