@@ -79,6 +79,7 @@ impl DirNotary {
         })
     }
 
+    /// The directory the records live under (`<root>/<key>.json`).
     pub fn root(&self) -> &Path {
         &self.root
     }

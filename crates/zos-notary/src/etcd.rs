@@ -327,12 +327,15 @@ impl EtcdNotary {
     }
 
     /// A snapshot of the records under `prefix` and the revision it was taken at.
-    pub async fn list_at(&self, prefix: &KeyPrefix) -> Result<(Vec<Record>, i64), NotaryError> {
+    pub(crate) async fn list_at(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> Result<(Vec<Record>, i64), NotaryError> {
         self.inner.list_verified(prefix, 0).await
     }
 
     /// A watch delivering records modified at `start_revision` or later.
-    pub async fn watch_from(
+    pub(crate) async fn watch_from(
         &self,
         prefix: &KeyPrefix,
         start_revision: i64,

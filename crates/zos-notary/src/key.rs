@@ -32,24 +32,52 @@ pub const MAX_KEY_LEN: usize = 256;
 /// Why a string is not a notary key or prefix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// An absolute path, or a `.` or `..` segment.
     #[error("key {0:?} tries to leave the notary tree (absolute path, `.` or `..` segment)")]
     PathTraversal(String),
+    /// Longer than [`MAX_KEY_LEN`] bytes.
     #[error("key {key:?} is {len} bytes long; the limit is {max}")]
-    TooLong { key: String, len: usize, max: usize },
-    #[error("key {0:?} has an empty segment")]
-    EmptySegment(String),
-    #[error("key {key:?}: segment {segment:?} is longer than {max} characters")]
-    SegmentTooLong {
+    TooLong {
+        /// The key (or prefix) as given.
         key: String,
-        segment: String,
+        /// Its length, in bytes.
+        len: usize,
+        /// [`MAX_KEY_LEN`].
         max: usize,
     },
+    /// Two `/` in a row, or a leading or trailing one.
+    #[error("key {0:?} has an empty segment")]
+    EmptySegment(String),
+    /// A segment longer than [`MAX_SEGMENT_LEN`] characters.
+    #[error("key {key:?}: segment {segment:?} is longer than {max} characters")]
+    SegmentTooLong {
+        /// The key (or prefix) as given.
+        key: String,
+        /// The segment.
+        segment: String,
+        /// [`MAX_SEGMENT_LEN`].
+        max: usize,
+    },
+    /// A character outside `[A-Za-z0-9._-]` (besides the `/` separators).
     #[error("key {key:?}: character {ch:?} is not allowed (only A-Z a-z 0-9 . _ -)")]
-    BadChar { key: String, ch: char },
+    BadChar {
+        /// The key (or prefix) as given.
+        key: String,
+        /// The first character not allowed.
+        ch: char,
+    },
+    /// A segment starting with `.` (hidden or temporary files of the dir backend).
     #[error("key {0:?}: a segment may not start with `.`")]
     HiddenSegment(String),
+    /// A node key or digest segment that is not 64 lowercase hex characters.
     #[error("key {key:?}: {what} must be 64 lowercase hex characters")]
-    BadHex { key: String, what: &'static str },
+    BadHex {
+        /// The key (or prefix) as given.
+        key: String,
+        /// Which segment: `node key` or `blueprint sha256`.
+        what: &'static str,
+    },
+    /// Valid segments, but not one of the six key kinds.
     #[error("key {0:?} is not in the notary layout (farms/, nodes/<key>/..., blueprints/)")]
     UnknownLayout(String),
 }
@@ -57,24 +85,39 @@ pub enum KeyError {
 /// What a key names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum KeyKind {
+    /// `farms/<farm_id>`: a farm's record.
     Farm {
+        /// The farm's id (a free segment).
         farm_id: String,
     },
+    /// `nodes/<node_key>/registration`: a node's registration.
     Registration {
+        /// The node.
         node: PublicKey,
     },
+    /// `nodes/<node_key>/contracts/<contract_id>`: a contract (or its cancellation) for
+    /// a node.
     Contract {
+        /// The node the contract is addressed to.
         node: PublicKey,
+        /// The contract's id.
         contract_id: String,
     },
+    /// `nodes/<node_key>/status/<contract_id>`: a node's status report on a contract.
     Status {
+        /// The reporting node.
         node: PublicKey,
+        /// The contract reported on.
         contract_id: String,
     },
+    /// `nodes/<node_key>/heartbeat`: a node's liveness record.
     Heartbeat {
+        /// The node.
         node: PublicKey,
     },
+    /// `blueprints/<sha256>`: a signed blueprint, by its digest.
     Blueprint {
+        /// The blueprint's digest.
         digest: Digest,
     },
 }
@@ -85,21 +128,29 @@ pub enum KeyKind {
 pub struct NotaryKey(String);
 
 impl NotaryKey {
+    /// `farms/<farm_id>`; refused when `farm_id` is not a valid segment.
     pub fn farm(farm_id: &str) -> Result<Self, KeyError> {
         Self::parse(&format!("farms/{farm_id}"))
     }
+    /// `nodes/<node>/registration`.
     pub fn registration(node: &PublicKey) -> Self {
         NotaryKey(format!("nodes/{node}/registration"))
     }
+    /// `nodes/<node>/contracts/<contract_id>`; refused when `contract_id` is not a valid
+    /// segment.
     pub fn contract(node: &PublicKey, contract_id: &str) -> Result<Self, KeyError> {
         Self::parse(&format!("nodes/{node}/contracts/{contract_id}"))
     }
+    /// `nodes/<node>/status/<contract_id>`; refused when `contract_id` is not a valid
+    /// segment.
     pub fn status(node: &PublicKey, contract_id: &str) -> Result<Self, KeyError> {
         Self::parse(&format!("nodes/{node}/status/{contract_id}"))
     }
+    /// `nodes/<node>/heartbeat`.
     pub fn heartbeat(node: &PublicKey) -> Self {
         NotaryKey(format!("nodes/{node}/heartbeat"))
     }
+    /// `blueprints/<digest>`.
     pub fn blueprint(digest: &Digest) -> Self {
         NotaryKey(format!("blueprints/{digest}"))
     }
@@ -111,6 +162,7 @@ impl NotaryKey {
         Ok(NotaryKey(s.to_owned()))
     }
 
+    /// The path form, e.g. `nodes/<hex>/contracts/web-1`.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -270,9 +322,11 @@ impl KeyPrefix {
         Ok(KeyPrefix(s.to_owned()))
     }
 
+    /// Every farm record.
     pub fn farms() -> Self {
         KeyPrefix("farms".into())
     }
+    /// Every blueprint.
     pub fn blueprints() -> Self {
         KeyPrefix("blueprints".into())
     }
@@ -289,6 +343,7 @@ impl KeyPrefix {
         KeyPrefix(format!("nodes/{node}/status"))
     }
 
+    /// The path form without a trailing `/`; empty for [`KeyPrefix::all`].
     pub fn as_str(&self) -> &str {
         &self.0
     }

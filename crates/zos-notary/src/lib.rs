@@ -37,54 +37,94 @@ pub const WATCH_CHANNEL: usize = 1024;
 /// Why a notary operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NotaryError {
+    /// A record is malformed or its signature does not verify.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// A key or prefix is not in the notary's key layout.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The notary URL cannot be used.
     #[error("notary url {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The URL (or `dir://` path) as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `dir://` file or directory could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: std::path::PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
     /// A `dir://` tree holds a symlink where the key's path runs (a directory or the
     /// record file): never followed, so nothing outside the tree is read or written.
     #[error("{path}: a symlink in the notary tree (not followed)")]
-    Symlink { path: std::path::PathBuf },
+    Symlink {
+        /// The symlink's path.
+        path: std::path::PathBuf,
+    },
+    /// The `dir://` watch could not set up or read inotify.
     #[error("inotify: {0}")]
     Inotify(nix::Error),
+    /// An HTTP request to etcd's JSON gateway failed (connection, timeout, transport).
     #[error("etcd {endpoint}: {source}")]
     Http {
+        /// The etcd endpoint (`http(s)://host:port`).
         endpoint: String,
+        /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
     },
+    /// etcd answered with an error, or with a body that is not what the API defines.
     #[error("etcd {endpoint}: {reason}")]
-    Etcd { endpoint: String, reason: String },
+    Etcd {
+        /// The etcd endpoint (`http(s)://host:port`).
+        endpoint: String,
+        /// etcd's error or what is wrong with its answer.
+        reason: String,
+    },
     /// A response (or one watch message) larger than the bound: cut off while it
     /// streamed in, never buffered whole.
     #[error("etcd {endpoint}: {what}: response larger than {max} bytes; refused")]
     ResponseTooLarge {
+        /// The etcd endpoint (`http(s)://host:port`).
         endpoint: String,
+        /// Which call it answered (its gateway path, e.g. `/v3/kv/range`, `/v3/watch`).
         what: String,
+        /// The bound, in bytes.
         max: usize,
     },
     /// An `etcds://` CA, certificate or key file that cannot be used.
     #[error("notary url {url:?}: TLS file {path}: {reason}")]
     TlsConfig {
+        /// The notary URL naming the file.
         url: String,
+        /// The CA, certificate or key file.
         path: std::path::PathBuf,
+        /// Why it cannot be used (unreadable, not PEM, no key, ...).
         reason: String,
     },
     /// The server's certificate is not from the pinned CA, or not for this host.
     #[error("etcd {endpoint}: server certificate refused: {reason}")]
-    TlsUntrustedServer { endpoint: String, reason: String },
+    TlsUntrustedServer {
+        /// The etcd endpoint (`http(s)://host:port`).
+        endpoint: String,
+        /// The TLS library's verdict on the server's certificate.
+        reason: String,
+    },
     /// The server refused the TLS handshake (no client certificate, or one it does not
     /// trust).
     #[error("etcd {endpoint}: the server refused our TLS handshake: {reason}")]
-    TlsRejectedByServer { endpoint: String, reason: String },
+    TlsRejectedByServer {
+        /// The etcd endpoint (`http(s)://host:port`).
+        endpoint: String,
+        /// The TLS alert or error the handshake ended with.
+        reason: String,
+    },
 }
 
 /// A notary store. Every method verifies what it reads; see the crate docs.
@@ -169,7 +209,9 @@ impl Drop for Watch {
 /// A notary chosen at runtime from a URL (see [`open`]).
 #[derive(Debug, Clone)]
 pub enum AnyNotary {
+    /// A `dir://` directory tree.
     Dir(DirNotary),
+    /// An `etcd://` or `etcds://` cluster.
     Etcd(EtcdNotary),
 }
 

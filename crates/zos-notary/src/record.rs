@@ -26,31 +26,66 @@ const MAX_SIGNED_AT: u64 = (1 << 53) - 1;
 /// Why a record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    /// The encoded record is larger than [`MAX_RECORD_BYTES`].
     #[error("record is {size} bytes; the limit is {max}")]
-    Oversized { size: usize, max: usize },
+    Oversized {
+        /// Its size, in bytes.
+        size: usize,
+        /// [`MAX_RECORD_BYTES`].
+        max: usize,
+    },
+    /// Not strict JSON, or not the envelope's shape: what is wrong.
     #[error("malformed record: {0}")]
     Malformed(String),
+    /// The envelope has no canonical form (e.g. an integer outside ±(2^53-1)), so it
+    /// cannot be signed or verified.
     #[error("record has no canonical form: {0}")]
     Canonical(#[from] CanonError),
+    /// The record's key is not in the notary's key layout.
     #[error("record key: {0}")]
     Key(#[from] KeyError),
+    /// The author's signature does not verify over the envelope.
     #[error("signature of record {key} by {author} does not verify")]
-    BadSignature { key: String, author: PublicKey },
+    BadSignature {
+        /// The key the record claims.
+        key: String,
+        /// The author the record claims.
+        author: PublicKey,
+    },
+    /// The record was found under another key than the one it is signed for (replayed or
+    /// moved).
     #[error("record signed for key {signed} found under key {found}")]
-    KeyMismatch { signed: String, found: String },
+    KeyMismatch {
+        /// The key in the signed envelope.
+        signed: String,
+        /// Where the backend holds it.
+        found: String,
+    },
+    /// A node-owned key (registration, status, heartbeat) written by someone else.
     #[error("record {key} is authored by {author}; only node {owner} may write it")]
     WrongAuthor {
+        /// The record's key.
         key: String,
+        /// Who signed it.
         author: PublicKey,
+        /// The node the key belongs to.
         owner: PublicKey,
     },
+    /// `signed_at` is above 2^53-1, which canonical JSON cannot hold exactly.
     #[error("signed_at {0} is beyond 2^53-1")]
     SignedAtOutOfRange(u64),
+    /// A contract record written by someone who is not a party to the contract its body
+    /// names (its owner or a stakeholder; a cancellation's owner).
     #[error(
         "contract record {key} is authored by {author}, who is neither the owner nor a \
          stakeholder of the contract its body names"
     )]
-    NotAParty { key: String, author: PublicKey },
+    NotAParty {
+        /// The record's key.
+        key: String,
+        /// Who signed it.
+        author: PublicKey,
+    },
 }
 
 /// A signed notary record. Construct with [`Record::sign`] or [`Record::from_bytes`];
@@ -58,11 +93,15 @@ pub enum RecordError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
+    /// The notary key it is signed for, in path form (validated by [`Record::verify`]).
     pub key: String,
+    /// Who signed it.
     pub author: PublicKey,
     /// Unix seconds, chosen by the author.
     pub signed_at: u64,
+    /// The payload: a contract, a status report, a registration, ... as its key says.
     pub body: Value,
+    /// `author`'s signature over [`Record::signing_digest`].
     pub signature: Signature,
 }
 
@@ -176,7 +215,7 @@ impl Record {
 
     /// What a backend stores for `put`: the record verified, its key, and its stored
     /// form within [`MAX_RECORD_BYTES`]. A notary never stores what its readers refuse.
-    pub fn to_storable(&self) -> Result<(NotaryKey, Vec<u8>), RecordError> {
+    pub(crate) fn to_storable(&self) -> Result<(NotaryKey, Vec<u8>), RecordError> {
         self.verify()?;
         let key = self.notary_key()?;
         let bytes = self.to_bytes()?;
