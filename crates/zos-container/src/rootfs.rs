@@ -47,12 +47,12 @@ fn rootfs_mib(disk_mib: u64) -> u64 {
 }
 
 /// The volume name of the root filesystem of the workload with kernel id `id`.
-pub fn volume_name(id: &str) -> String {
+pub(crate) fn volume_name(id: &str) -> String {
     format!("{VOLUME_PREFIX}{id}")
 }
 
 /// The kernel id of a root filesystem volume, if `volume` is one.
-pub fn volume_id(volume: &str) -> Option<&str> {
+pub(crate) fn volume_id(volume: &str) -> Option<&str> {
     volume.strip_prefix(VOLUME_PREFIX)
 }
 
@@ -192,7 +192,7 @@ impl Rootfs {
 
     /// Kernel ids of the root filesystem subvolumes on the pools (with or without a
     /// container: a crash, a reboot).
-    pub fn volume_ids(&self) -> Result<Vec<String>, zos_storage::Error> {
+    pub(crate) fn volume_ids(&self) -> Result<Vec<String>, zos_storage::Error> {
         Ok(self
             .storage
             .volumes()?

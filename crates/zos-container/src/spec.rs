@@ -374,7 +374,7 @@ pub fn cgroup_path(id: &str) -> PathBuf {
 }
 
 /// Ids become directory names and cgroup leaves: keep them boring.
-pub fn validate_id(id: &str) -> Result<(), Error> {
+pub(crate) fn validate_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.as_bytes()[0].is_ascii_alphanumeric()

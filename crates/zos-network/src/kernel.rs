@@ -52,7 +52,7 @@ impl Ns {
 }
 
 /// The label of a namespace path (its file name).
-pub fn label_of(path: &Path) -> String {
+pub(crate) fn label_of(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())

@@ -164,7 +164,7 @@ pub fn replace_script(family: &str, table: &str, body: &str) -> String {
 }
 
 /// Delete a table whether or not it exists (one transaction).
-pub fn delete_script(family: &str, table: &str) -> String {
+pub(crate) fn delete_script(family: &str, table: &str) -> String {
     format!("table {family} {table} {{}}\ndelete table {family} {table}\n")
 }
 
@@ -230,7 +230,7 @@ pub fn tables() -> Result<Vec<(String, String)>> {
 
 /// Ports forwarded by the `ip` tables of the calling thread's namespace:
 /// `(table, proto, public port)`, read back with `nft -j list ruleset ip`.
-pub fn forwarded_ports() -> Result<Vec<(String, String, u16)>> {
+pub(crate) fn forwarded_ports() -> Result<Vec<(String, String, u16)>> {
     let fail = |detail: String| Error::Nft {
         op: "list ruleset".into(),
         detail,
@@ -249,7 +249,7 @@ pub fn forwarded_ports() -> Result<Vec<(String, String, u16)>> {
 }
 
 /// The `dport` matches of rules that `dnat`, from `nft -j` output.
-pub fn parse_forwarded_ports(v: &serde_json::Value) -> Vec<(String, String, u16)> {
+pub(crate) fn parse_forwarded_ports(v: &serde_json::Value) -> Vec<(String, String, u16)> {
     let mut found = Vec::new();
     for item in v["nftables"].as_array().into_iter().flatten() {
         let Some(rule) = item.get("rule") else {

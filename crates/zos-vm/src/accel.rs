@@ -153,7 +153,7 @@ pub(crate) fn probe_in(
 }
 
 /// The host's boot id: a probe's answer is good until the host reboots.
-pub fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

@@ -139,7 +139,7 @@ pub fn open(f: &TreeFile, access: Access) -> Result<File> {
 /// Opens `f` for reading and writing, creating it (mode 0600, `O_EXCL`: never through
 /// a link planted under its name) when it does not exist. Returns the file and whether
 /// it was created.
-pub fn open_or_create(f: &TreeFile) -> Result<(File, bool)> {
+pub(crate) fn open_or_create(f: &TreeFile) -> Result<(File, bool)> {
     match open(f, Access::ReadWrite) {
         Err(e) if e.is_not_found() => {}
         other => return other.map(|file| (file, false)),

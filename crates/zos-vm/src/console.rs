@@ -10,7 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Keeps `path` under `limit` bytes (see the module docs). Returns whether it cut.
-pub fn enforce_limit(path: &Path, limit: u64) -> std::io::Result<bool> {
+pub(crate) fn enforce_limit(path: &Path, limit: u64) -> std::io::Result<bool> {
     let len = match std::fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),

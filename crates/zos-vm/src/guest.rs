@@ -38,7 +38,7 @@ pub enum GuestError {
 pub const MAX_VOLUME_DISKS: usize = 25;
 
 /// The device name of the `i`-th mounted volume (`vdb` for the first).
-pub fn volume_device(i: usize) -> Option<String> {
+pub(crate) fn volume_device(i: usize) -> Option<String> {
     (i < MAX_VOLUME_DISKS).then(|| format!("vd{}", (b'b' + i as u8) as char))
 }
 

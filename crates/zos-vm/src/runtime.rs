@@ -312,7 +312,7 @@ impl VmRuntime {
     }
 
     /// The state of the VM with kernel id `id`; `None` when none exists.
-    pub fn state_of(&self, id: &str) -> Option<WorkloadState> {
+    pub(crate) fn state_of(&self, id: &str) -> Option<WorkloadState> {
         match self.hv.state(id) {
             Ok(Some(VmState::Running { .. })) => Some(WorkloadState::Running),
             // The exit status of a daemonized QEMU is not ours to collect.
@@ -423,7 +423,7 @@ impl VmRuntime {
     /// Stops the VM with kernel id `id` (workload `name`, for errors) and removes its
     /// run files, its root vdisk and its tree subvolume (volumes stay). Nothing of that
     /// id is fine.
-    pub fn remove_id(&self, name: &str, id: &str) -> Result<(), ProvisionError> {
+    pub(crate) fn remove_id(&self, name: &str, id: &str) -> Result<(), ProvisionError> {
         if self.hv.names().iter().any(|n| n == id) {
             self.hv.remove(id).map_err(|e| vm_err(name, e))?;
         }
