@@ -263,8 +263,8 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.settle().await
     }
 
-    /// One supervision pass (see [`Self::supervision_pass`]); returns when the jobs it
-    /// started are done.
+    /// One supervision pass: expiries, retries, restarts, the log refresh; returns
+    /// when the jobs it started are done.
     pub async fn supervise(&mut self, now: Instant) -> Result<(), EngineError> {
         self.supervision_pass(now).await?;
         self.settle().await

@@ -1,11 +1,13 @@
 //! The reconcile engine: desired state (the verified contracts the notary holds for
 //! this node) against actual state (the journal and what exists on the machine).
 //!
-//! - [`engine::Engine`]: the loop. It verifies every contract record (zos-contract),
-//!   admits it against the node's capacity ([`capacity`]), provisions it through the
-//!   [`provision::Provisioner`] port in dependency order, supervises and restarts
-//!   workloads with backoff ([`restart`]), tears down cancelled and expired contracts,
-//!   removes orphans, and publishes a signed status record ([`status`]) on every change.
+//! - [`engine::Engine`]: the loop. It gathers the inputs of the [`controllers`]
+//!   (admission: verification with zos-contract and the node's [`capacity`];
+//!   provisioning through the [`provision::Provisioner`] port in dependency order, on
+//!   per-contract jobs off the loop; supervision with [`restart`] backoff; expiry;
+//!   orphans; reporting: a signed status record ([`status`]) on every change), calls
+//!   their pure plans and executes their actions, journal first.
+//! - [`plan`]: names, addresses and the plans a deployment turns into.
 //! - [`journal`]: what the node owns and has accepted, written through atomically, so
 //!   a restart re-adopts instead of starting twice and a reboot cannot re-open replays.
 //!
