@@ -177,9 +177,10 @@ pub struct VerifyContext<'a> {
     pub now: u64,
     /// The verifying node; `None` checks the contract for no node in particular.
     pub node: Option<PublicKey>,
-    /// The version and digest this node has accepted already for this contract id.
+    /// The version and digest this node has accepted already for this contract id;
+    /// `None`: none (any version is new).
     pub accepted: Option<(u64, Digest)>,
-    /// Resolves a blueprint named by digest (from the notary).
+    /// Resolves a blueprint named by digest (from the notary); `None`: not found.
     pub resolve_blueprint: &'a dyn Fn(&Digest) -> Option<SignedBlueprint>,
     /// Blueprint authors this node accepts; `None` accepts any validly signed blueprint.
     pub trusted_authors: Option<&'a BTreeSet<PublicKey>>,

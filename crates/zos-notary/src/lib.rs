@@ -31,7 +31,7 @@ pub use etcd::{EtcdNotary, MAX_RESPONSE, MAX_WATCH_MESSAGE};
 pub use key::{KeyError, KeyKind, KeyPrefix, NotaryKey};
 pub use record::{Record, RecordError, MAX_RECORD_BYTES};
 
-/// Capacity of a watch channel; a slow consumer applies back-pressure to the backend.
+/// Capacity of a watch channel, in records; a slow consumer applies back-pressure to the backend.
 pub const WATCH_CHANNEL: usize = 1024;
 
 /// Why a notary operation failed.
