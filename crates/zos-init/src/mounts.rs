@@ -186,7 +186,7 @@ pub fn enable_cgroup_controllers(sys: &dyn Sys) -> (Vec<String>, Vec<(String, st
 
 /// The mount points of a `/proc/self/mountinfo` text, in its order (parents before
 /// the filesystems mounted on them).
-pub fn mount_points(mountinfo: &str) -> Vec<String> {
+pub(crate) fn mount_points(mountinfo: &str) -> Vec<String> {
     mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))

@@ -94,7 +94,8 @@ pub enum ClockError {
         /// What went wrong (an I/O error or "not Unix seconds").
         reason: String,
     },
-    /// Setting the clock failed (no CAP_SYS_TIME).
+    /// Setting the clock failed ([`SntpError::SetClock`]: no CAP_SYS_TIME, or
+    /// [`SntpError::TimeOutOfRange`]).
     #[error(transparent)]
     Sntp(#[from] SntpError),
 }
@@ -130,7 +131,7 @@ pub struct Accepted {
 const NANOS: i128 = 1_000_000_000;
 
 /// Unix nanoseconds of `t` (negative before 1970).
-pub fn unix_nanos(t: SystemTime) -> i128 {
+pub(crate) fn unix_nanos(t: SystemTime) -> i128 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(e) => -(e.duration().as_nanos() as i128),
