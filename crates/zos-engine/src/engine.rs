@@ -59,6 +59,10 @@ pub struct EngineConfig {
     pub log_refresh: Duration,
     /// How long an expired contract's volumes are kept ([`VOLUME_GRACE`]).
     pub volume_grace: Duration,
+    /// How often orphans are collected while the engine runs (besides at start-up): a
+    /// provisioner call that a cancellation cut short may still finish on its blocking
+    /// thread and make something no contract owns.
+    pub orphan_sweep_every: Duration,
     pub limits: Limits,
 }
 
@@ -73,6 +77,7 @@ impl Default for EngineConfig {
             restart_reset: Duration::from_secs(60),
             log_refresh: Duration::from_secs(5),
             volume_grace: VOLUME_GRACE,
+            orphan_sweep_every: Duration::from_secs(60),
             limits: Limits::default(),
         }
     }
@@ -216,6 +221,10 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.begin(existing).await?;
         let mut tick = tokio::time::interval(self.cfg.supervise_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first collection was begin()'s; the next after a full period.
+        let every = self.cfg.orphan_sweep_every;
+        let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -229,6 +238,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 },
                 Some(done) = self.jobs.set.join_next_with_id() => self.on_done(done).await?,
                 _ = tick.tick() => self.supervision_pass(Instant::now()).await?,
+                _ = sweep.tick() => self.collect_orphans().await?,
             }
         }
     }
@@ -677,6 +687,10 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         for action in orphans::plan(&inventory, self.journal.data()) {
             match action {
                 orphans::Action::Quarantine(name) => {
+                    if self.journal.data().quarantined.contains(&name) {
+                        // Said at the first collection that found it.
+                        continue;
+                    }
                     tracing::warn!(
                         volume = %name,
                         contract = names::owner(&name).unwrap_or(""),

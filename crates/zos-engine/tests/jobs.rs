@@ -110,3 +110,69 @@ async fn a_hanging_store_holds_up_neither_another_contract_nor_a_cancellation() 
     assert!(j.doomed.is_empty(), "{:?}", j.doomed);
     assert_eq!(w.status("slow").await.state, State::Cancelled);
 }
+
+/// A provisioner call that a cancellation cut short can still finish on its blocking
+/// thread (zosd runs each on one) and start the workload after the teardown. The
+/// engine's periodic orphan collection removes it; the contract stays cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_started_late_by_a_cut_short_call_is_collected() {
+    let w = World::new();
+    w.fake.state().finish_abandoned = true;
+    let config = zos_engine::EngineConfig {
+        orphan_sweep_every: Duration::from_millis(100),
+        ..World::config()
+    };
+    let engine = w.engine_with(config);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(engine.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    w.fake.hang("late.app");
+    let late = contract(&w.keys, "late", 1, 10, "/app", true);
+    w.notary
+        .put(&contract_record(&w.keys, &late))
+        .await
+        .unwrap();
+    until("late's workload is being fetched", async || {
+        w.fake
+            .state()
+            .calls
+            .contains(&"ensure_workload late.app".to_string())
+    })
+    .await;
+    w.notary
+        .put(&cancellation_record(&w.keys, "late", 2))
+        .await
+        .unwrap();
+    until("late is cancelled and its call given up", async || {
+        state(&w, "late").await.as_deref() == Some("cancelled")
+            && w.fake.state().abandoned == ["late.app"]
+    })
+    .await;
+
+    // The store answers at last: the cut-short call starts the workload anyway.
+    w.fake.release("late.app");
+    until("the late start", async || {
+        w.fake
+            .state()
+            .calls
+            .contains(&"late start late.app".to_string())
+    })
+    .await;
+    until("the late workload is collected", async || {
+        let s = w.fake.state();
+        let started = s.calls.iter().position(|c| c == "late start late.app");
+        let removed = s
+            .calls
+            .iter()
+            .rposition(|c| c == "remove_workload late.app");
+        removed > started && !s.workloads.contains_key("late.app")
+    })
+    .await;
+
+    stop_tx.send(()).unwrap();
+    let engine = task.await.unwrap().unwrap();
+    assert!(engine.journal().data().owned.is_empty());
+    assert_eq!(w.status("late").await.state, State::Cancelled);
+}

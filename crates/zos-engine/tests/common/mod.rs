@@ -41,6 +41,9 @@ pub struct FakeState {
     pub latency: Duration,
     /// Hanging calls given up by their caller (the future dropped while it waited).
     pub abandoned: Vec<String>,
+    /// Like zosd's blocking calls, an abandoned ensure_workload still finishes once its
+    /// store answers, and starts the workload then.
+    pub finish_abandoned: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,12 +94,30 @@ impl Fake {
             fn drop(&mut self) {
                 if !self.2 {
                     self.0.state().abandoned.push(self.1.to_string());
+                    self.0.finish_late(self.1);
                 }
             }
         }
         let mut waiting = Waiting(self, name, false);
         self.wait_store(name).await;
         waiting.2 = true;
+    }
+
+    /// What a blocking call given up by its caller does when its store answers at last
+    /// ([`FakeState::finish_abandoned`]): it starts the workload anyway.
+    fn finish_late(&self, name: &str) {
+        if !self.state().finish_abandoned {
+            return;
+        }
+        let fake = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            fake.wait_store(&name).await;
+            let mut s = fake.state();
+            s.workloads
+                .insert(name.clone(), (WorkloadState::Running, 1));
+            s.calls.push(format!("late start {name}"));
+        });
     }
 
     async fn wait_store(&self, name: &str) {
@@ -419,11 +440,16 @@ impl World {
 
     /// An engine over this world's journal: a fresh one stands for zosd restarting.
     pub fn engine(&self) -> Engine<Fake, AnyNotary, FileJournal> {
+        self.engine_with(Self::config())
+    }
+
+    /// [`World::engine`] with its own configuration.
+    pub fn engine_with(&self, config: EngineConfig) -> Engine<Fake, AnyNotary, FileJournal> {
         let journal =
             Journal::open(FileJournal::new(self.dir.path().join("journal.json"))).unwrap();
         Engine::new(
             Keys::new().node,
-            Self::config(),
+            config,
             self.fake.clone(),
             self.notary.clone(),
             journal,
