@@ -6,7 +6,6 @@
 //! listener is a root-only unix socket serving read-only status (docs/status.md).
 
 mod config;
-mod kernel_names;
 mod node;
 mod pid1;
 mod provisioner;

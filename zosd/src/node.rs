@@ -7,13 +7,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use zos_container::ContainerRuntime;
 use zos_contract::SecretKey;
-use zos_engine::{Capacity, Engine, EngineConfig, Journal, JournalStore};
+use zos_engine::{Capacity, Engine, EngineConfig, Journal, JournalStore, KernelNames};
 use zos_network::{Network, NetworkConfig};
 use zos_storage::{DiscoveryConfig, DiskSelection, PoolKind, PoolStatus, Storage, StorageConfig};
 use zos_vm::VmRuntime;
 
 use crate::config::NodeConfig;
-use crate::kernel_names::KernelNames;
 use crate::provisioner::NodeProvisioner;
 use zos_status::live::LiveStatus;
 
@@ -190,8 +189,11 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let names = Arc::new(KernelNames::open(
-        storage.clone(),
-        &cfg.state_dir,
+        Arc::new(StateRecord(
+            storage.clone(),
+            zos_engine::kernel_names::NAMES_KEY,
+        )),
+        &cfg.state_dir.join("names.json"),
         &cfg.network.prefix,
     )?);
     let access = store_access(&cfg.store_roots);

@@ -1,7 +1,7 @@
 //! The engine's [`Provisioner`] on a real node: volumes from zos-storage, tenant
 //! networks from zos-network, and workloads from the runtime of their kind
 //! ([`Runtimes`]: zos-container's for containers, zos-vm's for micro-VMs). Wiring
-//! only: each call maps names ([`crate::kernel_names`]), attaches a workload to its
+//! only: each call maps names ([`KernelNames`]), attaches a workload to its
 //! network in the style its runtime asks for, and hands over to the crate that owns
 //! the concern, on a blocking thread (those APIs are synchronous).
 
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use zos_container::ContainerRuntime;
 use zos_contract::deployment::{DiskKind, Protocol, Volume, WorkloadKind};
 use zos_engine::{
-    Inventory, NetworkPlan, Nic, NicStyle, Placement, ProvisionError, Provisioner, Runtimes,
-    WorkloadPlan, WorkloadRuntime, WorkloadState, WorkloadStatus,
+    Inventory, KernelNames, NetworkPlan, Nic, NicStyle, Placement, ProvisionError, Provisioner,
+    Runtimes, WorkloadPlan, WorkloadRuntime, WorkloadState, WorkloadStatus,
 };
 use zos_network::{
     EgressPolicy, IpNet, Ipv4Subnet, Network, PortForward, Proto, TenantNetwork, TenantPort,
@@ -20,8 +20,6 @@ use zos_network::{
 };
 use zos_storage::{PoolKind, Storage};
 use zos_vm::VmRuntime;
-
-use crate::kernel_names::KernelNames;
 
 pub struct NodeProvisioner {
     inner: Arc<Inner>,

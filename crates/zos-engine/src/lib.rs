@@ -20,6 +20,7 @@ pub mod capacity;
 pub mod controllers;
 pub mod engine;
 pub mod journal;
+pub mod kernel_names;
 pub mod names;
 pub mod plan;
 pub mod provision;
@@ -30,6 +31,7 @@ pub mod status;
 pub use capacity::{Capacity, OverCapacity};
 pub use engine::{Engine, EngineConfig, EngineError, MAX_TOMBSTONES, VOLUME_GRACE};
 pub use journal::{FileJournal, Journal, JournalStore, Owned, Phase, Retired};
+pub use kernel_names::{KernelNames, KernelNamesError};
 pub use provision::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, Retry, WorkloadPlan, WorkloadState,
     WorkloadStatus,

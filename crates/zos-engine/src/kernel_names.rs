@@ -2,8 +2,8 @@
 //!
 //! The engine's names are up to 97 bytes; an interface name has 15 and a storage name
 //! 64. Kernel names are derived by hashing (deterministic: a restarted zosd derives
-//! the same ones) and the reverse mapping is kept in the node state home (key
-//! [`NAMES_KEY`]: replicated on every pool, authenticated by the node key), so the
+//! the same ones) and the reverse mapping is kept in a record of the node state home (zosd keeps it
+//! under [`NAMES_KEY`], replicated on every pool, authenticated by the node key), so the
 //! inventory can be reported in the engine's names after a reboot. A map that cannot
 //! be read (corrupt, forged) is an error, never an empty map: an empty map would make
 //! every hashed volume look unknown. A kernel object of ours missing from the map (a
@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use sha2::{Digest as _, Sha256};
-use zos_storage::Storage;
+
+use crate::journal::JournalStore;
+use crate::runtime::KernelIds;
 
 /// A node-wide name for an unmapped kernel object.
 pub const UNKNOWN: &str = "?";
@@ -24,8 +25,25 @@ pub const UNKNOWN: &str = "?";
 /// State home key of the name map.
 pub const NAMES_KEY: &str = "names";
 
+/// Why the name map could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelNamesError {
+    /// The map's bytes do not parse: refused, never read as empty (docs above).
+    #[error("the kernel name map ({what}) is corrupt: {source}")]
+    Corrupt {
+        /// Where the map was read from.
+        what: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// Reading or writing the map failed.
+    #[error("the kernel name map: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The node's map between node-wide names and kernel names. See the module docs.
 pub struct KernelNames {
-    storage: Arc<Storage>,
+    store: Arc<dyn JournalStore>,
     /// Hex characters of a network id: what `<prefix><id>` leaves of 15 bytes.
     net_len: usize,
     map: Mutex<BTreeMap<String, String>>,
@@ -46,52 +64,41 @@ fn short(kind: &str, name: &str, len: usize) -> String {
     hex
 }
 
-fn parse(what: &str, bytes: &[u8]) -> anyhow::Result<BTreeMap<String, String>> {
-    serde_json::from_slice(bytes)
-        .with_context(|| format!("the kernel name map ({what}) is corrupt"))
+fn parse(what: &str, bytes: &[u8]) -> Result<BTreeMap<String, String>, KernelNamesError> {
+    serde_json::from_slice(bytes).map_err(|source| KernelNamesError::Corrupt {
+        what: what.to_string(),
+        source,
+    })
 }
 
 impl KernelNames {
-    /// The map from the state home. `state_dir`: where zosd kept it before
-    /// (`names.json`), imported once when the state home has none. `net_prefix`: the
-    /// prefix zos-network puts before a network id in an interface name.
+    /// The map from `store`. `legacy`: a file where an older zosd kept it
+    /// (`names.json`), imported once when the store has none. `net_prefix`: the prefix
+    /// zos-network puts before a network id in an interface name.
     pub fn open(
-        storage: Arc<Storage>,
-        state_dir: &Path,
+        store: Arc<dyn JournalStore>,
+        legacy: &Path,
         net_prefix: &str,
-    ) -> anyhow::Result<KernelNames> {
-        let stored = storage
-            .state()
-            .read(NAMES_KEY)
-            .context("reading the kernel name map")?;
-        let map = match stored {
-            Some(r) => parse("state home", &r.data)?,
-            None => {
-                let legacy = state_dir.join("names.json");
-                match std::fs::read(&legacy) {
-                    Ok(bytes) => {
-                        let map = parse(&legacy.display().to_string(), &bytes)?;
-                        storage
-                            .state()
-                            .write(NAMES_KEY, &bytes)
-                            .context("moving the kernel name map to the state home")?;
-                        tracing::info!(names = map.len(), from = %legacy.display(), "kernel name map moved to the state home");
-                        map
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("reading {}", legacy.display()))
-                    }
+    ) -> Result<KernelNames, KernelNamesError> {
+        let map = match store.load()? {
+            Some(bytes) => parse("state home", &bytes)?,
+            None => match std::fs::read(legacy) {
+                Ok(bytes) => {
+                    let map = parse(&legacy.display().to_string(), &bytes)?;
+                    store.save(&bytes)?;
+                    tracing::info!(names = map.len(), from = %legacy.display(), "kernel name map moved to the state home");
+                    map
                 }
-            }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+                Err(e) => return Err(e.into()),
+            },
         };
         Ok(KernelNames {
-            storage,
+            store,
             net_len: 15usize.saturating_sub(net_prefix.len()).clamp(4, HASH_LEN),
             map: Mutex::new(map),
         })
     }
-
     /// The kernel name of node-wide `name` of `kind` ("net", "wl", "vol"), recorded.
     pub fn kernel(&self, kind: &str, name: &str) -> std::io::Result<String> {
         let k = match kind {
@@ -108,10 +115,7 @@ impl KernelNames {
             next.insert(key, name.to_string());
             let bytes = serde_json::to_vec(&next).expect("strings serialize");
             // Recorded on every pool before the name is used.
-            self.storage
-                .state()
-                .write(NAMES_KEY, &bytes)
-                .map_err(std::io::Error::other)?;
+            self.store.save(&bytes)?;
             *map = next;
         }
         Ok(k)
@@ -137,7 +141,7 @@ impl KernelNames {
 }
 
 /// The workloads' side of the map, as the runtimes ask for it.
-impl zos_engine::KernelIds for KernelNames {
+impl KernelIds for KernelNames {
     fn kernel_id(&self, name: &str) -> Option<String> {
         self.resolve("wl", name).ok()
     }
@@ -150,25 +154,27 @@ impl zos_engine::KernelIds for KernelNames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zos_storage::{Kernel, Pool, PoolKind, PoolStatus};
 
-    /// A storage whose one "pool" is a plain directory: only its state home is used.
-    fn storage(dir: &Path) -> Arc<Storage> {
-        let pool = Pool {
-            label: "p".into(),
-            kind: PoolKind::Ssd,
-            disk: None,
-            device: None,
-            mountpoint: dir.join("p"),
-            status: PoolStatus::Online,
-        };
-        Arc::new(Storage::with_pools(Kernel, dir.to_path_buf(), vec![pool]))
+    /// A state home record in memory.
+    #[derive(Default)]
+    struct Memory(Mutex<Option<Vec<u8>>>);
+
+    impl JournalStore for Memory {
+        fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
+            *self.0.lock().unwrap() = Some(bytes.to_vec());
+            Ok(())
+        }
     }
 
     #[test]
     fn names_are_short_stable_and_mapped_back() {
         let dir = tempfile::tempdir().unwrap();
-        let names = KernelNames::open(storage(dir.path()), dir.path(), "n-").unwrap();
+        let legacy = dir.path().join("names.json");
+        let store = Arc::new(Memory::default());
+        let names = KernelNames::open(store.clone(), &legacy, "n-").unwrap();
         let net = names.kernel("net", "crm-acme.net").unwrap();
         assert_eq!(net.len(), 10);
         assert!(net.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -181,38 +187,35 @@ mod tests {
         let k = names.kernel("vol", &long).unwrap();
         assert!(k.starts_with("h-") && k.len() <= 64);
         // A restarted zosd reads the map back.
-        let again = KernelNames::open(storage(dir.path()), dir.path(), "n-").unwrap();
+        let again = KernelNames::open(store.clone(), &legacy, "n-").unwrap();
         assert_eq!(again.node_wide("net", &net), "crm-acme.net");
         assert_eq!(again.node_wide("vol", &k), long);
         assert_eq!(again.node_wide("net", "deadbeef00"), "?.deadbeef00");
         assert_eq!(again.resolve("net", "?.deadbeef00").unwrap(), "deadbeef00");
+        assert_eq!(again.kernel_id("?.abc").as_deref(), Some("abc"));
         // A longer prefix (tests) gets shorter ids that still fit in 15 bytes.
-        let tests = KernelNames::open(storage(dir.path()), dir.path(), "zt-abcd-").unwrap();
+        let tests = KernelNames::open(store, &legacy, "zt-abcd-").unwrap();
         assert_eq!(tests.kernel("net", "x.net").unwrap().len(), 7);
     }
 
     #[test]
     fn a_corrupt_map_is_an_error_and_the_old_file_is_imported() {
         let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("names.json");
         let long = format!("{}.data", "y".repeat(64));
-        let old = BTreeMap::from([(format!("vol/h-{}", short("vol", &long, 10)), long)]);
-        std::fs::write(
-            dir.path().join("names.json"),
-            serde_json::to_vec(&old).unwrap(),
-        )
-        .unwrap();
-        let names = KernelNames::open(storage(dir.path()), dir.path(), "n-").unwrap();
-        let k = format!(
-            "h-{}",
-            short("vol", &format!("{}.data", "y".repeat(64)), 10)
-        );
+        let k = format!("h-{}", short("vol", &long, 10));
+        let old = BTreeMap::from([(format!("vol/{k}"), long)]);
+        std::fs::write(&legacy, serde_json::to_vec(&old).unwrap()).unwrap();
+        let store = Arc::new(Memory::default());
+        let names = KernelNames::open(store.clone(), &legacy, "n-").unwrap();
         assert!(names.node_wide("vol", &k).starts_with("yyy"));
+        assert!(store.load().unwrap().is_some(), "imported into the store");
         // The state home's copy is corrupted: an error, not an empty map.
-        let copy = dir.path().join("p/zos-state").join(NAMES_KEY);
-        std::fs::write(&copy, b"garbage").unwrap();
-        let e = KernelNames::open(storage(dir.path()), dir.path(), "n-")
+        store.save(b"garbage").unwrap();
+        let e = KernelNames::open(store, &legacy, "n-")
             .err()
             .expect("a corrupt map is refused");
-        assert!(format!("{e:#}").contains("name map"), "{e:#}");
+        assert!(matches!(e, KernelNamesError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("name map"), "{e}");
     }
 }
