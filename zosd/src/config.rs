@@ -21,6 +21,7 @@
 //! [network]
 //! uplink = "eth0"
 //! prefix = "n-"
+//! egress_deny = ["203.0.113.0/24"]   # also closed to tenants (a LAN on public addresses)
 //!
 //! [capacity]
 //! reserve_memory_mib = 512   # kept for zosd and the kernel
@@ -176,6 +177,24 @@ pub struct NetworkSection {
     /// one); absent: zosd's own namespace.
     #[serde(default)]
     pub node_netns: Option<PathBuf>,
+    /// Ranges tenants may not reach, added to the built-in list (every private, shared,
+    /// link-local, loopback, multicast and reserved range): a farm LAN on public
+    /// addresses. Only a contract's signed `egress_allow` opens a closed range.
+    #[serde(default)]
+    pub egress_deny: Vec<String>,
+}
+
+impl NetworkSection {
+    /// `egress_deny`, parsed.
+    pub fn egress_deny(&self) -> anyhow::Result<Vec<zos_network::IpNet>> {
+        self.egress_deny
+            .iter()
+            .map(|r| {
+                r.parse()
+                    .with_context(|| format!("[network] egress_deny: {r:?}"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +281,7 @@ impl NodeConfig {
         if let Some(root) = self.store_roots.iter().find(|r| !r.is_absolute()) {
             bail!("store_roots: {} is not an absolute path", root.display());
         }
+        self.network.egress_deny()?;
         Ok(())
     }
 }
@@ -288,6 +308,24 @@ mod tests {
         assert_eq!(cfg.farm.as_deref(), Some("farm-1"));
         assert_eq!(cfg.heartbeat_secs, 60);
         assert_eq!(cfg.console.as_deref(), Some(Path::new("/dev/console")));
+        assert_eq!(
+            cfg.network.egress_deny().unwrap(),
+            ["203.0.113.0/24".parse::<zos_network::IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_bad_egress_deny_range_is_refused() {
+        let base =
+            "notary = \"dir:///x\"\nstorage = { pools_root = \"/p\", disks = [\"/dev/vdb\"] }\n";
+        for bad in ["203.0.113.1/24", "lan", "10.0.0.0/33"] {
+            let cfg: NodeConfig = toml::from_str(&format!(
+                "{base}network = {{ uplink = \"e\", egress_deny = [\"{bad}\"] }}\n"
+            ))
+            .unwrap();
+            let e = cfg.check().unwrap_err();
+            assert!(format!("{e:#}").contains("egress_deny"), "{bad}: {e:#}");
+        }
     }
 
     #[test]

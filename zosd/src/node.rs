@@ -177,6 +177,7 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     net_cfg.prefix = cfg.network.prefix.clone();
     net_cfg.run_dir = cfg.network.netns_dir.clone();
     net_cfg.node_netns = cfg.network.node_netns.clone();
+    net_cfg.egress_deny.extend(cfg.network.egress_deny()?);
     let network = Network::new(net_cfg).context("network")?;
     network
         .ensure_node()
