@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use zos_testkit::skip_or_fail;
 use zos_container::{log_tail, BindMount, ContainerSpec, Created, Exit, Runtime, Stream};
+use zos_testkit::skip_or_fail;
 
 /// Busybox applets the attacks use, on top of the common rootfs's.
 const ATTACK_APPLETS: &[&str] = &[
