@@ -172,46 +172,12 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     status.set(|s| s.node = node.to_string());
     let journal =
         Journal::open(StateRecord(storage.clone(), JOURNAL_KEY)).context("opening the journal")?;
-
-    let mut net_cfg = NetworkConfig::new(&cfg.network.uplink);
-    net_cfg.prefix = cfg.network.prefix.clone();
-    net_cfg.run_dir = cfg.network.netns_dir.clone();
-    net_cfg.node_netns = cfg.network.node_netns.clone();
-    net_cfg.egress_deny.extend(cfg.network.egress_deny()?);
-    let network = Network::new(net_cfg).context("network")?;
-    network
-        .ensure_node()
-        .context("node firewall and forwarding")?;
-
+    let network = node_network(&cfg)?;
     let capacity = capacity(&cfg, &storage)?;
     tracing::info!(?capacity, "capacity offered to contracts");
     let netns = cfg.network.node_netns.clone();
     crate::status::refresh(status, storage.clone(), netns, capacity);
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-    let names = Arc::new(KernelNames::open(
-        Arc::new(StateRecord(
-            storage.clone(),
-            zos_engine::kernel_names::NAMES_KEY,
-        )),
-        &cfg.state_dir.join("names.json"),
-        &cfg.network.prefix,
-    )?);
-    let access = store_access(&cfg.store_roots);
-    let containers = ContainerRuntime::new(
-        &cfg.state_dir,
-        storage.clone(),
-        access.clone(),
-        names.clone(),
-    )
-    .context("container runtime")?;
-    let vms = VmRuntime::new(
-        Arc::new(hypervisor(&cfg)?),
-        storage.clone(),
-        access,
-        names.clone(),
-    );
-    let provisioner = NodeProvisioner::new(storage.clone(), network, names, containers, vms);
+    let provisioner = provisioner(&cfg, &storage, network)?;
     let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;
     if let Some(farm) = &cfg.farm {
         status.state(&format!(
@@ -225,22 +191,9 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     else {
         return Ok(());
     };
-    // The blueprint authors named by node.toml and by the farm record: both are the
-    // farmer's word. None named: any author.
-    let trusted_authors: std::collections::BTreeSet<_> = cfg
-        .trust
-        .blueprint_authors
-        .iter()
-        .chain(registered.farm_blueprint_authors())
-        .copied()
-        .collect();
-    tracing::info!(
-        trusted_blueprint_authors = trusted_authors.len(),
-        "blueprint authors (0: any)"
-    );
     let engine_cfg = EngineConfig {
         capacity,
-        trusted_authors: (!trusted_authors.is_empty()).then_some(trusted_authors),
+        trusted_authors: trusted_authors(&cfg, &registered),
         ..EngineConfig::default()
     };
     tracing::info!(%node, notary = %cfg.notary, "node agent ready");
@@ -252,6 +205,73 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     engine.run(stop.requested()).await?;
     tracing::info!("stopped; workloads keep running and are re-adopted at the next start");
     Ok(())
+}
+
+/// The node's side of the tenant networks: its firewall and forwarding ensured.
+fn node_network(cfg: &NodeConfig) -> anyhow::Result<Network> {
+    let mut net_cfg = NetworkConfig::new(&cfg.network.uplink);
+    net_cfg.prefix = cfg.network.prefix.clone();
+    net_cfg.run_dir = cfg.network.netns_dir.clone();
+    net_cfg.node_netns = cfg.network.node_netns.clone();
+    net_cfg.egress_deny.extend(cfg.network.egress_deny()?);
+    let network = Network::new(net_cfg).context("network")?;
+    network
+        .ensure_node()
+        .context("node firewall and forwarding")?;
+    Ok(network)
+}
+
+/// The engine's provisioner: the kernel name map, and one runtime per workload kind.
+fn provisioner(
+    cfg: &NodeConfig,
+    storage: &Arc<Storage>,
+    network: Network,
+) -> anyhow::Result<NodeProvisioner> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let record = StateRecord(storage.clone(), zos_engine::kernel_names::NAMES_KEY);
+    let names = Arc::new(KernelNames::open(
+        Arc::new(record),
+        &cfg.state_dir.join("names.json"),
+        &cfg.network.prefix,
+    )?);
+    let access = store_access(&cfg.store_roots);
+    let containers = ContainerRuntime::new(
+        &cfg.state_dir,
+        storage.clone(),
+        access.clone(),
+        names.clone(),
+    )
+    .context("container runtime")?;
+    let hypervisor = Arc::new(hypervisor(cfg)?);
+    let vms = VmRuntime::new(hypervisor, storage.clone(), access, names.clone());
+    Ok(NodeProvisioner::new(
+        storage.clone(),
+        network,
+        names,
+        containers,
+        vms,
+    ))
+}
+
+/// The blueprint authors named by node.toml and by the farm record: both are the
+/// farmer's word. `None` (none named): any author.
+fn trusted_authors(
+    cfg: &NodeConfig,
+    registered: &zos_registry::membership::Member,
+) -> Option<std::collections::BTreeSet<zos_contract::PublicKey>> {
+    let authors: std::collections::BTreeSet<_> = cfg
+        .trust
+        .blueprint_authors
+        .iter()
+        .chain(registered.farm_blueprint_authors())
+        .copied()
+        .collect();
+    tracing::info!(
+        trusted_blueprint_authors = authors.len(),
+        "blueprint authors (0: any)"
+    );
+    (!authors.is_empty()).then_some(authors)
 }
 
 /// SIGTERM or SIGINT, caught from the agent's start. The listeners are made once, up
