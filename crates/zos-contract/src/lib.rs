@@ -9,6 +9,8 @@
 //! Everything signed is signed as `ed25519(sha256(jcs(unsigned body)))`: see
 //! [`canonical`] and [`crypto`], and docs/contract-format.md for the byte-level spec.
 
+#![forbid(unsafe_code)]
+
 pub mod blueprint;
 pub mod canonical;
 pub mod contract;

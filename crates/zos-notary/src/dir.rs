@@ -187,6 +187,7 @@ impl OpenError {
 
 /// Opens `rel` (relative, `/`-separated, no `..`: a [`NotaryKey`] path) below the
 /// directory `dir`, never following a symlink. `rel` may be "" (the directory again).
+#[allow(unsafe_code)]
 fn openat_beneath(
     dir: BorrowedFd<'_>,
     dir_path: &Path,

@@ -16,6 +16,10 @@
 //! every record put after that; to get "everything, then every change" without a gap,
 //! use [`Notary::subscribe`]. See docs/notary.md.
 
+// One unsafe block, allowed where it is (dir.rs, openat_beneath): nix 0.29 returns
+// openat2's descriptor as a raw fd.
+#![deny(unsafe_code)]
+
 use std::future::Future;
 
 use tokio::sync::mpsc;
