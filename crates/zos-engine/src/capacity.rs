@@ -9,9 +9,13 @@ use zos_contract::Deployment;
 /// What the node offers to contracts (its total minus what zosd keeps for itself).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
+    /// Virtual CPUs (whole cores).
     pub cpu: u64,
+    /// Memory, in MiB.
     pub memory_mib: u64,
+    /// SSD space, in MiB.
     pub ssd_mib: u64,
+    /// HDD space, in MiB.
     pub hdd_mib: u64,
 }
 
@@ -49,10 +53,15 @@ impl Capacity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("over capacity: {resource} needs {requested}{unit}, {available}{unit} of {total}{unit} are free")]
 pub struct OverCapacity {
+    /// The first resource that does not fit: `cpu`, `memory`, `ssd` or `hdd`.
     pub resource: &'static str,
+    /// The unit of the three numbers as printed after them (`" cpu"`, `" MiB"`).
     pub unit: &'static str,
+    /// What the contract asks for.
     pub requested: u64,
+    /// What is left next to the other contracts the node owns.
     pub available: u64,
+    /// What the node offers in all.
     pub total: u64,
 }
 

@@ -52,7 +52,10 @@ pub struct EngineConfig {
     /// First restart delay of a workload that died; doubled per restart up to
     /// `restart_max`, reset after `restart_reset` of running.
     pub restart_min: Duration,
+    /// The longest restart delay (see `restart_min`).
     pub restart_max: Duration,
+    /// How long a restarted workload must run for its delay to start from
+    /// `restart_min` again.
     pub restart_reset: Duration,
     /// How often a running contract's status is published again when only its
     /// workloads' log tails changed (a VM's console comes seconds after "running").
@@ -63,6 +66,7 @@ pub struct EngineConfig {
     /// provisioner call that a cancellation cut short may still finish on its blocking
     /// thread and make something no contract owns.
     pub orphan_sweep_every: Duration,
+    /// Size limits contract documents are parsed and verified under.
     pub limits: Limits,
 }
 
@@ -86,10 +90,14 @@ impl Default for EngineConfig {
 /// Why the engine itself (not one contract) cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The journal could not be read or written: the engine stops rather than act
+    /// on what it could not record.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// The notary could not be read or written.
     #[error(transparent)]
     Notary(#[from] zos_notary::NotaryError),
+    /// The notary's watch of this node's contracts closed.
     #[error("the notary watch ended")]
     WatchEnded,
 }
@@ -160,6 +168,7 @@ fn unix_now() -> u64 {
 }
 
 impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
+    /// An engine for the node whose key is `node`; nothing runs before [`Engine::run`].
     pub fn new(
         node: SecretKey,
         cfg: EngineConfig,
@@ -196,14 +205,17 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self
     }
 
+    /// This node's public key (the one contracts name).
     pub fn node(&self) -> PublicKey {
         self.node.public()
     }
 
+    /// The journal of what the node owns (read it; the engine writes it).
     pub fn journal(&self) -> &Journal<S> {
         &self.journal
     }
 
+    /// The provisioner the engine's jobs call.
     pub fn provisioner(&self) -> &P {
         &self.provisioner
     }

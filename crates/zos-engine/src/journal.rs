@@ -20,7 +20,9 @@ use zos_contract::{Deployment, Digest, PublicKey, SignedCancellation, Signers};
 /// Where the journal's bytes live. Writes must be atomic: after a crash, `load`
 /// returns either the previous or the new bytes.
 pub trait JournalStore: Send + Sync {
+    /// The bytes last saved; `None` when nothing was ever saved.
     fn load(&self) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces the stored bytes with `bytes`, atomically (see the trait docs).
     fn save(&self, bytes: &[u8]) -> io::Result<()>;
 }
 
@@ -30,9 +32,11 @@ pub trait JournalStore: Send + Sync {
 pub enum Phase {
     /// Being created; a crash here means "finish creating it".
     Provisioning,
+    /// All its resources were created; supervision keeps its workloads up.
     Running,
     /// Provisioning failed for good (e.g. a tampered flist); retried on a new version.
     Failed {
+        /// The error that failed it, as published in its status.
         message: String,
     },
 }
@@ -72,13 +76,21 @@ impl Phase {
 /// A contract this node accepted and owns resources for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owned {
+    /// The contract id.
     pub id: String,
+    /// The accepted version.
     pub version: u64,
+    /// The accepted document's digest: a re-delivery with another digest at the same
+    /// version is refused.
     pub digest: Digest,
+    /// The contract's owner: who may cancel it.
     pub owner: PublicKey,
+    /// Unix seconds from which the contract is expired; `None`: it does not expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
+    /// What the contract deploys: workloads, networks, volumes.
     pub deployment: Deployment,
+    /// How it stands.
     #[serde(flatten)]
     pub phase: Phase,
     /// Restarts per workload (resource name), for the status record.
@@ -138,15 +150,20 @@ pub struct JournalData {
 /// Why the journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// The store could not load or save.
     #[error("journal storage: {0}")]
     Io(#[from] io::Error),
+    /// The stored bytes are not a journal.
     #[error("journal is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
     /// A phase change the transition table ([`Phase::can_transition_to`]) forbids.
     #[error("contract {contract}: no transition from {from} to {to}")]
     IllegalTransition {
+        /// The contract id.
         contract: String,
+        /// The phase it is in ([`Phase::name`]).
         from: &'static str,
+        /// The phase asked for.
         to: &'static str,
     },
 }
@@ -169,10 +186,12 @@ impl<S: JournalStore> Journal<S> {
         Ok(Journal { data, store })
     }
 
+    /// Everything the journal holds, as last written.
     pub fn data(&self) -> &JournalData {
         &self.data
     }
 
+    /// The contract `id` the node owns; `None` when it owns none by that id.
     pub fn owned(&self, id: &str) -> Option<&Owned> {
         self.data.owned.get(id)
     }
@@ -229,10 +248,12 @@ pub struct FileJournal {
 }
 
 impl FileJournal {
+    /// The journal at `path`; the file need not exist yet (an empty journal).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileJournal { path: path.into() }
     }
 
+    /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -15,8 +15,11 @@ use crate::provision::{NetworkPlan, ProvisionError, WorkloadPlan};
 /// The three kinds of resources a deployment turns into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Resource {
+    /// A persistent volume (a subvolume of the storage pool).
     Volume,
+    /// A tenant network.
     Network,
+    /// A container or a VM.
     Workload,
 }
 
@@ -24,16 +27,23 @@ pub enum Resource {
 /// verification let through cannot say this; a journalled one from an older rule can).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
+    /// The deployment declares no network of this name.
     #[error("no network {0:?}")]
     NoNetwork(String),
+    /// The network's subnet is not a private IPv4 subnet (the parser's message).
     #[error("{0}")]
     Subnet(String),
+    /// The subnet has fewer host addresses than the gateway and the workloads on it.
     #[error("{workloads} workloads and a gateway do not fit in {subnet} ({hosts} hosts)")]
     TooMany {
+        /// Workloads on the network.
         workloads: usize,
+        /// The network's subnet, as the deployment writes it.
         subnet: String,
+        /// Usable host addresses in the subnet.
         hosts: u64,
     },
+    /// An `egress_allow` entry is not a CIDR (the parser's message).
     #[error("egress_allow: {0}")]
     EgressAllow(String),
 }

@@ -37,10 +37,12 @@ pub struct Message(pub String);
 pub struct ProvisionError {
     /// "volume", "network", "flist", "workload".
     pub step: &'static str,
+    /// The node-wide name of the resource the step was for.
     pub name: String,
     /// What went wrong, as the resource crate said it.
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+    /// Whether supervision tries again.
     pub retry: Retry,
 }
 
@@ -92,8 +94,12 @@ impl ProvisionError {
 pub struct NetworkPlan {
     /// The node-wide name (see [`crate::names`]).
     pub name: String,
+    /// The subnet's network address.
     pub subnet: Ipv4Addr,
+    /// The subnet's prefix length, in bits.
     pub prefix_len: u8,
+    /// The node's address on the network (the subnet's first host): the workloads'
+    /// default route.
     pub gateway: Ipv4Addr,
     /// Ports opened from the node's public side: (workload address, port).
     pub forwards: Vec<(Ipv4Addr, Port)>,
@@ -108,6 +114,7 @@ pub struct NetworkPlan {
 pub struct WorkloadPlan {
     /// The node-wide name of the workload (see [`crate::names`]).
     pub name: String,
+    /// The workload as the contract declares it.
     pub workload: Workload,
     /// Its tenant network and its address there, if it has one.
     pub network: Option<(NetworkPlan, Ipv4Addr)>,
@@ -118,6 +125,7 @@ pub struct WorkloadPlan {
 /// What the provisioner reports about a running (or dead) workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadStatus {
+    /// Whether it runs.
     pub state: WorkloadState,
     /// The workload's address on its tenant network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,14 +138,18 @@ pub struct WorkloadStatus {
     pub runtime: Option<String>,
 }
 
+/// Whether a workload that exists runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum WorkloadState {
+    /// Its process (a container's init, a VM's hypervisor) is alive.
     Running,
     /// It ended: by itself with `code`, or killed by `signal`.
     Exited {
+        /// Its exit status; `None` when it was killed or the status is not known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<i32>,
+        /// The signal that killed it; `None` when it exited by itself or it is not known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signal: Option<i32>,
     },
@@ -147,8 +159,11 @@ pub enum WorkloadState {
 /// what no contract owns (orphans of a crash, of a cancelled contract, of a bug).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
+    /// The volumes in the storage pool.
     pub volumes: BTreeSet<String>,
+    /// The tenant networks.
     pub networks: BTreeSet<String>,
+    /// The workloads, running or not.
     pub workloads: BTreeSet<String>,
 }
 
@@ -162,6 +177,7 @@ pub trait Provisioner: Send + Sync {
         spec: &Volume,
     ) -> impl Future<Output = Result<PathBuf, ProvisionError>> + Send;
 
+    /// Deletes the volume and its data (only ever when the owner authorised it).
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), ProvisionError>> + Send;
 
     /// Creates the tenant network with its ports opened towards the workloads.
@@ -170,6 +186,7 @@ pub trait Provisioner: Send + Sync {
         plan: &NetworkPlan,
     ) -> impl Future<Output = Result<(), ProvisionError>> + Send;
 
+    /// Removes the tenant network and its port forwards.
     fn remove_network(&self, name: &str)
         -> impl Future<Output = Result<(), ProvisionError>> + Send;
 
@@ -192,7 +209,8 @@ pub trait Provisioner: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<(), ProvisionError>> + Send;
 
-    /// `None` when no such workload exists.
+    /// How the workload stands, with its address and log tail; `None` when no such
+    /// workload exists.
     fn workload_status(
         &self,
         name: &str,
@@ -208,5 +226,6 @@ pub trait Provisioner: Send + Sync {
         async move { Ok(self.workload_status(name).await?.map(|s| s.state)) }
     }
 
+    /// Everything of ours on the node (see [`Inventory`]), for orphan collection.
     fn inventory(&self) -> impl Future<Output = Result<Inventory, ProvisionError>> + Send;
 }

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+/// The restart delay of one workload (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
@@ -18,6 +19,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A workload not restarted yet: its first restart waits `min`, at most `max`.
     pub fn new(min: Duration, max: Duration) -> Self {
         Backoff {
             min,

@@ -134,6 +134,7 @@ impl<K: Kind> Runtimes<K> {
             .map(|(k, r)| (*k, r.as_ref()))
     }
 
+    /// [`WorkloadRuntime::ensure`] on the runtime of `kind`.
     pub fn ensure(
         &self,
         kind: K,
@@ -143,6 +144,7 @@ impl<K: Kind> Runtimes<K> {
         self.of(kind).ensure(plan, placement)
     }
 
+    /// [`WorkloadRuntime::restart`] on the runtime of `kind`.
     pub fn restart(
         &self,
         kind: K,
@@ -162,10 +164,12 @@ impl<K: Kind> Runtimes<K> {
         }
     }
 
+    /// The state of workload `name` in whichever runtime has it; `None` when none has.
     pub fn state(&self, name: &str) -> Option<WorkloadState> {
         self.by_kind.iter().find_map(|(_, r)| r.state(name))
     }
 
+    /// The status of workload `name` in whichever runtime has it; `None` when none has.
     pub fn status(&self, name: &str) -> Option<WorkloadStatus> {
         self.by_kind.iter().find_map(|(_, r)| r.status(name))
     }

@@ -27,7 +27,10 @@ pub enum State {
 /// One refusal reason: its stable code and its message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReasonReport {
+    /// Stable and machine-readable (e.g. `malformed`, `over_capacity`): what clients
+    /// match on.
     pub code: String,
+    /// For people; its wording may change.
     pub message: String,
 }
 
@@ -50,7 +53,9 @@ pub struct RefusedUpdate {
     /// The refused document's version (absent when it had none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// Why it was refused, in one line.
     pub message: String,
+    /// Every reason it was refused for.
     pub reasons: Vec<ReasonReport>,
 }
 
@@ -68,12 +73,15 @@ impl From<&zos_contract::Reason> for ReasonReport {
 pub struct WorkloadReport {
     /// "running", "restarting", "exited", "failed".
     pub state: String,
+    /// Its address on its tenant network; `None` when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
+    /// How often supervision restarted it (this contract version).
     pub restarts: u32,
     /// What runs it, when the provisioner says (a VM: `qemu/kvm` or `qemu/tcg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Its last lines of output, oldest first (stdout and stderr, or a VM's console).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
 }
@@ -82,14 +90,19 @@ pub struct WorkloadReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusReport {
+    /// The contract id.
     pub contract: String,
     /// The version this report is about (absent when a refused document had none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// Where the contract stands.
     pub state: State,
+    /// The state in a sentence (the error, when it failed).
     pub message: String,
+    /// Why it was refused; empty unless `state` is [`State::Refused`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<ReasonReport>,
+    /// Per workload, by its name in the deployment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub workloads: BTreeMap<String, WorkloadReport>,
     /// The last record at this contract's key that was refused while this version
@@ -99,6 +112,7 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
+    /// A report without reasons, workloads or refused update (set them after).
     pub fn new(
         contract: &str,
         version: Option<u64>,
@@ -122,24 +136,34 @@ impl StatusReport {
 /// knows besides (workload kinds, the capacity the contract reserves).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContractSummary {
+    /// The contract id.
     pub contract: String,
+    /// As in [`StatusReport::version`].
     pub version: Option<u64>,
+    /// Where the contract stands.
     pub state: State,
+    /// As in [`StatusReport::message`].
     pub message: String,
     /// What it reserves; zero when the node does not own it (refused).
     pub reserved: crate::Capacity,
+    /// Its workloads, in the order of the report (by name).
     pub workloads: Vec<WorkloadSummary>,
 }
 
 /// One workload of a [`ContractSummary`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkloadSummary {
+    /// Its name in the deployment.
     pub name: String,
     /// Absent when the deployment does not name it (a report of a refused contract).
     pub kind: Option<zos_contract::deployment::WorkloadKind>,
+    /// As in [`WorkloadReport::state`].
     pub state: String,
+    /// How often supervision restarted it.
     pub restarts: u32,
+    /// Its address on its tenant network; `None` when it has none.
     pub address: Option<Ipv4Addr>,
+    /// As in [`WorkloadReport::runtime`].
     pub runtime: Option<String>,
     /// The newest line of its log tail (what the console shows under it).
     pub output: Option<String>,

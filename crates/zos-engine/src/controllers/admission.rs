@@ -28,15 +28,22 @@ pub const MAX_TOMBSTONES: usize = 8;
 /// A record at a contract key of this node, read.
 #[derive(Debug)]
 pub enum RecordInput {
+    /// A signed contract document whose id is the one its key names.
     Contract(Box<SignedContract>),
+    /// An owner-signed cancellation of the contract its key names.
     Cancellation {
+        /// The contract id, from the record key.
         id: String,
+        /// The cancellation as read; not yet verified.
         cancel: SignedCancellation,
     },
     /// It does not parse, or names another id than its key.
     Malformed {
+        /// The contract id, from the record key.
         id: String,
+        /// The document's version, when it parsed that far; `None` otherwise.
         version: Option<u64>,
+        /// Why it is refused, as published in the contract's status.
         reasons: Vec<ReasonReport>,
     },
 }
@@ -85,41 +92,58 @@ pub fn read(record: &Record, node: &PublicKey, limits: &Limits) -> Option<Record
 pub enum Action {
     /// Report why; create nothing.
     Refuse {
+        /// The contract id.
         id: String,
+        /// The refused version; `None` when the document did not parse that far.
         version: Option<u64>,
+        /// Why, as published in the contract's status.
         reasons: Vec<ReasonReport>,
     },
     /// Journal `owned` (it replaces `previous`, the version that ran or waits out its
     /// grace period), then provision it.
     Accept {
+        /// The accepted version, as the journal keeps it.
         owned: Box<Owned>,
+        /// The version it replaces; `None` for a contract new to this node.
         previous: Option<Box<Owned>>,
     },
     /// Its owner cancelled `target` (`running`: it runs; else its volumes wait out a
     /// grace period): journal it (at `version`, `marker`), then remove everything.
     Cancel {
+        /// The contract version the cancellation removes.
         target: Box<Owned>,
+        /// `true`: it runs; `false`: it is retired, its volumes in their grace period.
         running: bool,
+        /// The cancellation's version: from now on the highest accepted for the id.
         version: u64,
+        /// The digest of the cancellation, journalled with `version` as accepted.
         marker: Digest,
     },
     /// Journal `cancel` as a tombstone of a contract this node does not run.
     Tombstone {
+        /// The contract id.
         id: String,
+        /// The cancellation, its signature checked; it keeps versions up to its own
+        /// from being accepted later.
         cancel: SignedCancellation,
     },
 }
 
 /// What [`plan_contract`] reads besides the document.
 pub struct Inputs<'a> {
+    /// What the node owns, retired and remembers (tombstones, quarantine).
     pub journal: &'a JournalData,
     /// The blueprint record the contract names by digest, if the notary has it.
     pub blueprint: Option<SignedBlueprint>,
     /// Unix seconds.
     pub now: u64,
+    /// This node's key: a contract must name it.
     pub node: PublicKey,
+    /// Blueprint authors this node accepts; `None` accepts any validly signed blueprint.
     pub trusted_authors: Option<&'a BTreeSet<PublicKey>>,
+    /// Size limits the document was parsed and is verified under.
     pub limits: Limits,
+    /// What the node offers to contracts in all (see [`crate::capacity::admit`]).
     pub capacity: Capacity,
 }
 

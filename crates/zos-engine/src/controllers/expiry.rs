@@ -18,7 +18,9 @@ pub enum Action {
     /// It expired: retire it (journal first) until `volumes_until`, then remove its
     /// workloads and networks.
     Expire {
+        /// The expired contract.
         owned: Box<Owned>,
+        /// Unix seconds: its volumes are kept until then.
         volumes_until: u64,
     },
 }

@@ -22,11 +22,16 @@ use crate::provision::{NetworkPlan, ProvisionError, Provisioner};
 /// One provisioner call.
 #[derive(Debug)]
 pub enum Step {
+    /// Remove the workload of this node-wide name (nothing when it is gone).
     RemoveWorkload(String),
+    /// Remove the network of this node-wide name (nothing when it is gone).
     RemoveNetwork(String),
     /// A volume whose deletion its owner authorised (see [`Outcome::doomed`]).
     RemoveVolume(String),
+    /// Create the volume of this node-wide name as the deployment declares it, or
+    /// keep it when it exists.
     EnsureVolume(String, Volume),
+    /// Create the network, or keep it when it exists.
     EnsureNetwork(NetworkPlan),
     /// Planned with the paths of the volumes ensured before it.
     EnsureWorkload(Box<Workload>),
@@ -109,8 +114,11 @@ pub fn teardown(owned: &Owned, volumes: bool) -> Vec<Step> {
 /// What a provisioning job reports back to the loop.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The contract id.
     pub id: String,
+    /// The contract version provisioned (the journal may have moved on meanwhile).
     pub version: u64,
+    /// The first step that failed, if one did (the steps stop there).
     pub result: Result<(), ProvisionError>,
     /// Authorised volume removals that failed: the journal's `doomed`.
     pub doomed: Vec<String>,

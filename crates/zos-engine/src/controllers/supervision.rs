@@ -28,6 +28,7 @@ pub struct Inputs<'a> {
     /// Workload state by node-wide name: `None` when it does not exist; absent when
     /// the provisioner could not tell (nothing is decided for it).
     pub states: &'a BTreeMap<String, Option<WorkloadState>>,
+    /// The monotonic time backoffs are measured against.
     pub now: Instant,
 }
 
@@ -39,7 +40,9 @@ pub enum Action {
     /// Start these workloads of the contract again: `true` when it exited (restart),
     /// `false` when it is gone (ensure: prepared from its flist again).
     Restart {
+        /// The contract id.
         id: String,
+        /// Per workload, its name in the deployment and whether it exited.
         workloads: Vec<(String, bool)>,
     },
 }
@@ -54,6 +57,8 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// No backoff yet; a workload's first restart waits `min`, doubling up to `max`;
+    /// `reset` of running starts it from `min` again.
     pub fn new(min: Duration, max: Duration, reset: Duration) -> Self {
         Supervisor {
             backoff: HashMap::new(),
@@ -127,8 +132,12 @@ impl Supervisor {
 /// error of its restart, if any.
 #[derive(Debug)]
 pub struct Restarted {
+    /// The contract id.
     pub id: String,
+    /// The contract version whose workloads were restarted.
     pub version: u64,
+    /// Per workload: its name in the deployment, and the error text when its restart
+    /// failed (`None`: it started).
     pub results: Vec<(String, Option<String>)>,
 }
 
