@@ -14,7 +14,7 @@ use std::process::Command;
 
 use zos_init::agent_config::{write_node_config, NODE_CONFIG, STATE_DIR};
 pub use zos_init::is_pid1;
-use zos_init::{Backoff, BootParams, Init, Linux, ShutdownPlan};
+use zos_init::{BootParams, Init, Linux, RespawnBackoff, ShutdownPlan};
 
 /// The kernel starts init with `HOME=/` and `TERM=linux` only: the agent needs a PATH
 /// for the few helpers the image carries (mkfs.btrfs, btrfs, nft).
@@ -69,7 +69,13 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
         .unwrap_or_else(|| PathBuf::from("/init"));
     let debug = params.debug;
     let agent = Box::new(move || agent_command(&exe, debug));
-    Init::new(sys, agent, Backoff::default(), ShutdownPlan::default()).run_forever()
+    Init::new(
+        sys,
+        agent,
+        RespawnBackoff::default(),
+        ShutdownPlan::default(),
+    )
+    .run_forever()
 }
 
 /// The machine (zos-init: mounts, logs, ctrl-alt-del, cgroups, modules, shares), the

@@ -11,7 +11,7 @@ use zos_engine::journal::JournalData;
 use zos_engine::{JournalStore, Phase};
 use zos_notary::AnyNotary;
 use zos_registry::membership::{self, ContractLoad, HostError, Member, NodeHost, PoolBytes};
-use zos_registry::{Capacity, ContractCounts};
+use zos_registry::{ContractCounts, NodeResources};
 use zos_storage::{PoolKind, Storage};
 
 use crate::config::NodeConfig;
@@ -71,7 +71,7 @@ impl NodeHost for Parts {
         };
         let reserved = zos_engine::capacity::used(journal.owned.values().map(|o| &o.deployment));
         let mut load = ContractLoad {
-            reserved: Capacity {
+            reserved: NodeResources {
                 cpus: reserved.cpu,
                 memory_bytes: reserved.memory_mib << 20,
                 ssd_bytes: reserved.ssd_mib << 20,

@@ -51,7 +51,6 @@ pub fn targets() -> anyhow::Result<Vec<String>> {
 /// What one run of a target did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
-    /// Inputs libFuzzer ran; `None` when its output did not say.
     pub executions: Option<u64>,
     /// New files in fuzz/artifacts/<target>/: each a crashing (or hanging) input.
     pub findings: Vec<PathBuf>,
@@ -65,7 +64,6 @@ struct Args {
     keep_going: bool,
 }
 
-/// `cargo xtask fuzz [TARGET] [--seconds N]` (see the module docs).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Args {
         target,

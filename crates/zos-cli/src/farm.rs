@@ -13,7 +13,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{KeyKind, KeyPrefix, NotaryKey};
-use zos_registry::{Capacity, Farm, Heartbeat, Registration};
+use zos_registry::{Farm, Heartbeat, NodeResources, Registration};
 
 use crate::notary::Client;
 use crate::output::Format;
@@ -300,7 +300,7 @@ fn heartbeat_text(row: &NodeRow) -> String {
     }
 }
 
-fn capacity_text(c: &Capacity) -> String {
+fn capacity_text(c: &NodeResources) -> String {
     format!(
         "{} cpu, {} mem, {} ssd, {} hdd",
         c.cpus,

@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 use zos_contract::SecretKey;
 use zos_notary::{Notary, NotaryKey, Record};
-use zos_registry::{Capacity, ContractCounts, Dmi, Heartbeat, Nic, Registration, Usage};
+use zos_registry::{ContractCounts, Dmi, Heartbeat, Nic, NodeResources, Registration, Usage};
 
 fn zos(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_zos"))
@@ -54,7 +54,7 @@ fn registration(farm: &str) -> Registration {
     Registration {
         farm: farm.into(),
         version: "0.1.0".into(),
-        capacity: Capacity {
+        capacity: NodeResources {
             cpus: 4,
             memory_bytes: 8 << 30,
             ssd_bytes: 100 << 30,
@@ -202,7 +202,7 @@ fn flow(url: &str) {
     put(url, &registration("farm-9").sign(&b, now).unwrap());
     let mut hb = Heartbeat {
         uptime_secs: 42,
-        reserved: Capacity::default(),
+        reserved: NodeResources::default(),
         used: Usage::default(),
         contracts: ContractCounts {
             running: 1,

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use zos_status::{NodeStatus, WorkloadStatus};
+use zos_status::{NodeStatus, WorkloadLine};
 
 fn zos(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_zos"))
@@ -19,7 +19,7 @@ fn sample() -> NodeStatus {
         farm: Some("farm-9".into()),
         version: "0.1.0".into(),
         state: "serving".into(),
-        workloads: vec![WorkloadStatus {
+        workloads: vec![WorkloadLine {
             contract: "c1".into(),
             name: "app".into(),
             kind: "container".into(),

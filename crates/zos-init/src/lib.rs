@@ -36,7 +36,7 @@ mod testing;
 
 pub use cmdline::{BootParams, CmdlineWarning, RunMode, Share};
 pub use shutdown::{ShutdownPlan, ShutdownReport};
-pub use supervisor::{Backoff, MakeCommand, Supervisor};
+pub use supervisor::{MakeCommand, RespawnBackoff, Supervisor};
 pub use sys::{block_init_signals, set_child_subreaper, Linux, PowerAction, Sys};
 
 use nix::sys::signal::Signal;
@@ -89,7 +89,7 @@ pub struct Init<S: Sys> {
 impl<S: Sys> Init<S> {
     /// PID 1's loop over `sys`, supervising the agent `agent` makes (started at the
     /// first [`Init::run`] tick, not here), restarted under `backoff`.
-    pub fn new(sys: S, agent: MakeCommand, backoff: Backoff, plan: ShutdownPlan) -> Init<S> {
+    pub fn new(sys: S, agent: MakeCommand, backoff: RespawnBackoff, plan: ShutdownPlan) -> Init<S> {
         let supervisor = Supervisor::new(&sys, agent, backoff);
         Init {
             sys,
@@ -192,7 +192,7 @@ mod tests {
         let mut init = Init::new(
             sys.clone(),
             agent(),
-            Backoff::default(),
+            RespawnBackoff::default(),
             ShutdownPlan::default(),
         );
         let report = init.run();
@@ -244,7 +244,7 @@ mod tests {
         let mut init = Init::new(
             sys.clone(),
             agent(),
-            Backoff::default(),
+            RespawnBackoff::default(),
             ShutdownPlan::default(),
         );
         let report = init.run();
@@ -273,7 +273,7 @@ mod tests {
         let mut init = Init::new(
             sys.clone(),
             agent(),
-            Backoff::default(),
+            RespawnBackoff::default(),
             ShutdownPlan::default(),
         );
         init.run();

@@ -13,7 +13,7 @@ use crate::sys::Sys;
 /// The delay before a restart: `initial`, doubled after each failure up to `max`, and
 /// back to `initial` once the agent had run for `stable_after`.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub struct RespawnBackoff {
     /// The first delay, and the delay after a stable run.
     pub initial: Duration,
     /// The longest delay: the doubling stops here.
@@ -23,10 +23,10 @@ pub struct Backoff {
     next: Duration,
 }
 
-impl Backoff {
+impl RespawnBackoff {
     /// A backoff starting at `initial` (see the type's documentation).
-    pub fn new(initial: Duration, max: Duration, stable_after: Duration) -> Backoff {
-        Backoff {
+    pub fn new(initial: Duration, max: Duration, stable_after: Duration) -> RespawnBackoff {
+        RespawnBackoff {
             initial,
             max,
             stable_after,
@@ -45,10 +45,10 @@ impl Backoff {
     }
 }
 
-impl Default for Backoff {
+impl Default for RespawnBackoff {
     /// 1 s doubling to 30 s; a minute of running counts as stable.
-    fn default() -> Backoff {
-        Backoff::new(
+    fn default() -> RespawnBackoff {
+        RespawnBackoff::new(
             Duration::from_secs(1),
             Duration::from_secs(30),
             Duration::from_secs(60),
@@ -73,7 +73,7 @@ pub type MakeCommand = Box<dyn FnMut() -> Command + Send>;
 /// PID 1's loop drives it with [`Supervisor::tick`] and [`Supervisor::on_reaped`].
 pub struct Supervisor {
     make_command: MakeCommand,
-    backoff: Backoff,
+    backoff: RespawnBackoff,
     state: State,
     /// Starts so far, the first one included.
     pub starts: u32,
@@ -81,7 +81,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor whose first start is due at once (at the first [`Supervisor::tick`]).
-    pub fn new(sys: &dyn Sys, make_command: MakeCommand, backoff: Backoff) -> Supervisor {
+    pub fn new(sys: &dyn Sys, make_command: MakeCommand, backoff: RespawnBackoff) -> Supervisor {
         Supervisor {
             make_command,
             backoff,
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn backoff_doubles_caps_and_resets_after_a_stable_run() {
         let s = Duration::from_secs;
-        let mut b = Backoff::default();
+        let mut b = RespawnBackoff::default();
         let quick = Duration::from_millis(200);
         let delays: Vec<u64> = (0..7).map(|_| b.after_exit(quick).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use zos_init::modules::{self, ModulesDep, Wanted};
-use zos_init::{mounts, Backoff, BootParams, Init, Linux, ShutdownPlan, Sys};
+use zos_init::{mounts, BootParams, Init, Linux, RespawnBackoff, ShutdownPlan, Sys};
 
 const NAME: &str = "boots_as_pid1_under_qemu";
 const ROLE: &str = "ZOS_BOOT_TEST_ROLE";
@@ -117,7 +117,7 @@ fn guest_init() -> ! {
         c.env(ROLE, "agent");
         c
     });
-    let backoff = Backoff::new(
+    let backoff = RespawnBackoff::new(
         Duration::from_millis(200),
         Duration::from_secs(1),
         Duration::from_secs(60),

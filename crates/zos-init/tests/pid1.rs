@@ -20,7 +20,7 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use zos_init::sys::MountSpec;
-use zos_init::{Backoff, Init, Linux, PowerAction, ShutdownPlan, Sys};
+use zos_init::{Init, Linux, PowerAction, RespawnBackoff, ShutdownPlan, Sys};
 
 const ROLE: &str = "ZOS_INIT_TEST_ROLE";
 const DIR: &str = "ZOS_INIT_TEST_DIR";
@@ -490,7 +490,7 @@ fn role_init() -> ExitCode {
         c.stdin(Stdio::null());
         c
     });
-    let backoff = Backoff::new(
+    let backoff = RespawnBackoff::new(
         Duration::from_millis(100),
         Duration::from_millis(400),
         Duration::from_secs(60),

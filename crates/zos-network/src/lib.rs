@@ -29,5 +29,5 @@ pub use model::{
     EgressPolicy, NetworkConfig, PortForward, Proto, TenantNetwork, TenantPort, WorkloadAttachment,
 };
 pub use names::IFNAME_MAX;
-pub use network::{Inventory, Network};
+pub use network::{Network, NetworkInventory};
 pub use subnet::{IpNet, Ipv4Subnet, DEFAULT_EGRESS_DENY};

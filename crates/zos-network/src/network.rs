@@ -17,7 +17,7 @@ use crate::subnet::Ipv4Subnet;
 
 /// What exists in the kernel under our prefix, for garbage collection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Inventory {
+pub struct NetworkInventory {
     /// Network ids that have a tenant namespace.
     pub tenant_namespaces: BTreeSet<String>,
     /// Workload namespace names (`<prefix><net>-<workload>` and the like).
@@ -32,7 +32,7 @@ pub struct Inventory {
     pub ports: BTreeMap<String, Vec<String>>,
 }
 
-impl Inventory {
+impl NetworkInventory {
     /// Every network id that has at least one kernel object.
     pub fn networks(&self) -> BTreeSet<String> {
         let mut s = self.tenant_namespaces.clone();
@@ -485,9 +485,9 @@ impl Network {
     }
 
     /// What exists in the kernel under our prefix.
-    pub fn list(&self) -> Result<Inventory> {
+    pub fn list(&self) -> Result<NetworkInventory> {
         let p = &self.cfg.prefix;
-        let mut inv = Inventory::default();
+        let mut inv = NetworkInventory::default();
         for ns in self.kernel.list_ns(&self.cfg.run_dir, p)? {
             let rest = &ns[p.len()..];
             if rest.contains('-') {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{KeyKind, NotaryKey, Record};
 
-use crate::registration::Capacity;
+use crate::registration::NodeResources;
 use crate::{check_int, parse_body, RegistryError};
 
 /// Most sockets a heartbeat lists; `listening_total` still counts them all.
@@ -119,7 +119,7 @@ pub struct Heartbeat {
     /// Seconds since the machine booted (/proc/uptime).
     pub uptime_secs: u64,
     /// What the node's contracts reserve.
-    pub reserved: Capacity,
+    pub reserved: NodeResources,
     /// What is measured in use.
     pub used: Usage,
     /// The owned contracts, by phase.
@@ -232,7 +232,7 @@ mod tests {
     fn empty() -> Heartbeat {
         Heartbeat {
             uptime_secs: 10,
-            reserved: Capacity::default(),
+            reserved: NodeResources::default(),
             used: Usage::default(),
             contracts: ContractCounts::default(),
             workloads: 0,

@@ -30,7 +30,7 @@ pub mod registration;
 
 pub use farm::Farm;
 pub use heartbeat::{ContractCounts, Heartbeat, Proto, Socket, Usage, MAX_SOCKETS};
-pub use registration::{Capacity, Dmi, Nic, Registration};
+pub use registration::{Dmi, Nic, NodeResources, Registration};
 
 use zos_contract::PublicKey;
 use zos_notary::{KeyError, RecordError};

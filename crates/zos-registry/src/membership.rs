@@ -24,7 +24,7 @@ use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{AnyNotary, KeyError, KeyPrefix, Notary, NotaryError, NotaryKey, Watch};
 
 use crate::detect::{self, DetectError};
-use crate::{Capacity, ContractCounts, Farm, Heartbeat, Registration, RegistryError, Usage};
+use crate::{ContractCounts, Farm, Heartbeat, NodeResources, Registration, RegistryError, Usage};
 
 /// First retry delay while the farm is missing or the notary away.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -63,7 +63,7 @@ pub struct PoolBytes {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContractLoad {
     /// What the contracts reserve, summed.
-    pub reserved: Capacity,
+    pub reserved: NodeResources,
     /// The contracts, by phase.
     pub contracts: ContractCounts,
     /// Their workloads (containers, VMs).
@@ -181,7 +181,7 @@ pub struct FarmWait {
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
+pub struct FarmRetry {
     /// The attempt that failed, from 1.
     pub attempt: u32,
     /// How long to wait (less if the farm record is put meanwhile).
@@ -193,12 +193,12 @@ pub struct Retry {
 impl FarmWait {
     /// Records a failed attempt with `problem`: its number, the delay before the next
     /// one, and whether to announce it.
-    pub fn failed(&mut self, problem: &FarmProblem) -> Retry {
+    pub fn failed(&mut self, problem: &FarmProblem) -> FarmRetry {
         self.attempt += 1;
         let kind = std::mem::discriminant(problem);
         let announce = self.last != Some(kind);
         self.last = Some(kind);
-        Retry {
+        FarmRetry {
             attempt: self.attempt,
             delay: self.delay.next_delay(),
             announce,
@@ -430,7 +430,7 @@ fn registration(
     Ok(Registration {
         farm,
         version,
-        capacity: Capacity {
+        capacity: NodeResources {
             cpus: detect::logical_cpus(),
             memory_bytes: detect::memory()?.total_bytes,
             ssd_bytes: pools.ssd,
@@ -556,7 +556,7 @@ mod tests {
         let other = SecretKey::from_seed([2; 32]).public();
         let pinned = SecretKey::from_seed([1; 32]).public();
         let hijacked = FarmProblem::Hijacked { pinned, now: other };
-        let steps: Vec<Retry> = [&missing, &missing, &missing, &hijacked, &hijacked, &missing]
+        let steps: Vec<FarmRetry> = [&missing, &missing, &missing, &hijacked, &hijacked, &missing]
             .into_iter()
             .map(|p| w.failed(p))
             .collect();
@@ -683,7 +683,7 @@ mod tests {
         }
         fn contracts(&self) -> Result<ContractLoad, HostError> {
             Ok(ContractLoad {
-                reserved: Capacity {
+                reserved: NodeResources {
                     cpus: 1,
                     memory_bytes: 64 << 20,
                     ssd_bytes: 0,

@@ -26,7 +26,7 @@ pub const MAX_TEXT: usize = 256;
 /// the node's contracts reserve (CPUs may exceed the machine's: CPU is overcommitted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Capacity {
+pub struct NodeResources {
     /// Logical CPUs.
     pub cpus: u64,
     /// Memory, in bytes.
@@ -37,7 +37,7 @@ pub struct Capacity {
     pub hdd_bytes: u64,
 }
 
-impl Capacity {
+impl NodeResources {
     pub(crate) fn check(&self, key: &str) -> Result<(), RegistryError> {
         check_int(key, "cpus", self.cpus)?;
         check_int(key, "memory_bytes", self.memory_bytes)?;
@@ -80,7 +80,7 @@ pub struct Registration {
     /// zosd's version.
     pub version: String,
     /// What the machine has.
-    pub capacity: Capacity,
+    pub capacity: NodeResources,
     /// Its hardware NICs, at most [`MAX_NICS`].
     pub nics: Vec<Nic>,
     /// Its DMI identity (empty when the machine has none).
@@ -175,7 +175,7 @@ mod tests {
         Registration {
             farm: "farm-1".into(),
             version: "0.1.0".into(),
-            capacity: Capacity {
+            capacity: NodeResources {
                 cpus: 8,
                 memory_bytes: 32 << 30,
                 ssd_bytes: 500 << 30,

@@ -25,7 +25,7 @@ pub mod server;
 
 pub use error::StatusError;
 pub use model::{
-    ContractStatus, LastError, NodeStatus, PoolStatus, Resources, WorkloadStatus, MAX_ERRORS,
+    ContractStatus, LastError, NodeStatus, PoolStatus, Resources, WorkloadLine, MAX_ERRORS,
 };
 pub use render::render;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use zos_engine::{Capacity, ContractSummary, State};
 
-use crate::{ContractStatus, NodeStatus, PoolStatus, Resources, StatusSender, WorkloadStatus};
+use crate::{ContractStatus, NodeStatus, PoolStatus, Resources, StatusSender, WorkloadLine};
 
 /// How often uptime, addresses and pool usage are read again.
 pub const REFRESH: Duration = Duration::from_secs(5);
@@ -205,7 +205,7 @@ pub fn apply(s: &mut NodeStatus, list: &[ContractSummary], now: u64) {
             message: c.message.clone(),
         });
         workloads.extend(c.workloads.iter().map(|w| {
-            WorkloadStatus {
+            WorkloadLine {
                 contract: c.contract.clone(),
                 name: w.name.clone(),
                 kind: w

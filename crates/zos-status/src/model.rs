@@ -49,7 +49,7 @@ pub struct ContractStatus {
 
 /// One workload of an owned contract.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkloadStatus {
+pub struct WorkloadLine {
     /// The id of the contract it belongs to.
     pub contract: String,
     /// Its resource name in the contract.
@@ -113,7 +113,7 @@ pub struct NodeStatus {
     pub contracts: Vec<ContractStatus>,
     /// The workloads of the owned contracts.
     #[serde(default)]
-    pub workloads: Vec<WorkloadStatus>,
+    pub workloads: Vec<WorkloadLine>,
     /// Most recent last, at most [`MAX_ERRORS`].
     #[serde(default)]
     pub errors: Vec<LastError>,

@@ -223,7 +223,7 @@ mod tests {
                     message: "[signature] owner signature invalid\x1b[2J".into(),
                 },
             ],
-            workloads: vec![WorkloadStatus {
+            workloads: vec![WorkloadLine {
                 contract: "crm".into(),
                 name: "app".into(),
                 kind: "container".into(),
@@ -288,7 +288,7 @@ last errors (2)
         );
         let s = NodeStatus {
             workloads: (0..20)
-                .map(|i| WorkloadStatus {
+                .map(|i| WorkloadLine {
                     contract: format!("c{i}"),
                     name: "w".repeat(200),
                     ..Default::default()

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use zos_status::client::StatusClient;
-use zos_status::{ContractStatus, NodeStatus, PoolStatus, Resources, WorkloadStatus};
+use zos_status::{ContractStatus, NodeStatus, PoolStatus, Resources, WorkloadLine};
 
 fn sample() -> NodeStatus {
     let mut s = NodeStatus {
@@ -34,7 +34,7 @@ fn sample() -> NodeStatus {
             state: "ok".into(),
             message: "every workload runs".into(),
         }],
-        workloads: vec![WorkloadStatus {
+        workloads: vec![WorkloadLine {
             contract: "c1".into(),
             name: "app".into(),
             kind: "container".into(),
