@@ -51,7 +51,9 @@ pub fn serving_key(console: &str) -> Option<String> {
 /// The `zos` tool (built by `cargo build -p zos-cli`) run in a directory holding the
 /// keys and files it reads and writes.
 pub struct Zos {
+    /// The `zos` binary.
     pub bin: PathBuf,
+    /// Its working directory: the keys and files it reads and writes.
     pub dir: PathBuf,
     /// Run it in this network namespace (`ip netns exec`), where the notary is.
     pub netns: Option<String>,
