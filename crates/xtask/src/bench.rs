@@ -21,6 +21,7 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
     ("vm", &[("zosd", "vm")]),
 ];
 
+/// `cargo xtask bench [NAME]`: runs the benchmarks named `NAME` (all without one).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let name = args.first().map(String::as_str).unwrap_or("all");
     let selected: Vec<_> = BENCHES

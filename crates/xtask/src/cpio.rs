@@ -15,6 +15,7 @@ pub struct Cpio<W: Write> {
 }
 
 impl<W: Write> Cpio<W> {
+    /// An empty archive written to `out`.
     pub fn new(out: W) -> Self {
         Cpio {
             out,
@@ -23,6 +24,7 @@ impl<W: Write> Cpio<W> {
         }
     }
 
+    /// A directory, mode 0755.
     pub fn dir(&mut self, name: &str) -> io::Result<()> {
         self.entry(name, libc::S_IFDIR | 0o755, &[])
     }

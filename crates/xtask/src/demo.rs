@@ -75,6 +75,8 @@ fn section(title: &str) {
     println!("\n== {title} ==");
 }
 
+/// `cargo xtask demo [--etcd] [--keep] [--booted-only]`: runs the demo (see the module
+/// docs).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut keep = false;
     let mut on_etcd = false;

@@ -21,6 +21,7 @@ pub struct SampleFlist {
     pub store: String,
     /// The publisher's public key (hex) and secret key file.
     pub publisher: String,
+    /// The file holding the publisher's secret key.
     pub publisher_key: PathBuf,
     /// sha256 of the `.fl` bytes, the pin a blueprint carries.
     pub sha256: String,

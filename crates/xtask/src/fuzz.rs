@@ -4,10 +4,10 @@
 //! Installs what it needs (a C++ compiler for libFuzzer, cargo-fuzz), builds the
 //! targets on the stable toolchain (`--sanitizer none`: no `-Zsanitizer`, so no
 //! nightly), then runs each target (or the one named) for N seconds, one at a time and
-//! niced, from its committed seeds (fuzz/corpus/<target>/) plus a working corpus under
-//! fuzz/target/corpus/<target>/ that grows between runs. Prints executions and
+//! niced, from its committed seeds (`fuzz/corpus/<target>/`) plus a working corpus under
+//! `fuzz/target/corpus/<target>/` that grows between runs. Prints executions and
 //! findings per target; a finding (a crash, a leak, a timeout, an out-of-memory) is
-//! left in fuzz/artifacts/<target>/ and makes the task fail. libFuzzer stops at the
+//! left in `fuzz/artifacts/<target>/` and makes the task fail. libFuzzer stops at the
 //! first crash; `--keep-going` runs it in fork mode past crashes (a known, unfixed
 //! crash then does not keep the rest of the target unfuzzed).
 
@@ -51,8 +51,9 @@ pub fn targets() -> anyhow::Result<Vec<String>> {
 /// What one run of a target did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
+    /// Inputs libFuzzer ran; `None` when its output did not say.
     pub executions: Option<u64>,
-    /// New files in fuzz/artifacts/<target>/: each a crashing (or hanging) input.
+    /// New files in `fuzz/artifacts/<target>/`: each a crashing (or hanging) input.
     pub findings: Vec<PathBuf>,
 }
 
@@ -64,6 +65,7 @@ struct Args {
     keep_going: bool,
 }
 
+/// `cargo xtask fuzz [TARGET] [--seconds N]` (see the module docs).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Args {
         target,

@@ -29,9 +29,13 @@ pub const ISO_PACKAGES: &[&str] = &[
 /// The `zos.*` kernel parameters of a medium.
 #[derive(Default, Clone)]
 pub struct BootArgs {
+    /// `zos.farm=`: the farm the node registers in; `None`: not on the command line.
     pub farm: Option<String>,
+    /// `zos.notary=`: the notary's URL; `None`: not on the command line.
     pub notary: Option<String>,
+    /// `zos.runmode=`; `None`: not on the command line.
     pub runmode: Option<String>,
+    /// `zos.debug`: more verbose logs on the console.
     pub debug: bool,
 }
 

@@ -98,16 +98,21 @@ pub const FORBIDDEN: &[&str] = &[
 
 /// What [`build`] made.
 pub struct Built {
+    /// The kernel whose modules the archive holds (the one to boot it with).
     pub kernel: Kernel,
     /// The compressed archive.
     pub path: PathBuf,
     /// Compressed bytes of the archive without the modules, and with them.
     pub size_without_modules: u64,
+    /// Compressed bytes of the whole archive.
     pub size: u64,
     /// Uncompressed bytes, in the same order.
     pub raw_without_modules: u64,
+    /// Uncompressed bytes of the whole archive.
     pub raw: u64,
+    /// How many kernel modules it holds.
     pub modules: usize,
+    /// The size of the static, stripped zosd (`/init`), in bytes.
     pub zosd_bytes: u64,
     /// Every path in the archive.
     pub files: Vec<String>,
@@ -130,6 +135,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints what `b` holds and its sizes.
 pub fn report(b: &Built) {
     println!("initramfs {}", b.path.display());
     println!("  kernel        {}", b.kernel.release);
@@ -148,6 +154,7 @@ pub fn report(b: &Built) {
     println!("  {} entries", b.files.len());
 }
 
+/// `bytes` in MiB with one decimal, and the exact count.
 pub fn human(bytes: u64) -> String {
     format!("{:.1} MiB ({bytes} bytes)", bytes as f64 / (1 << 20) as f64)
 }

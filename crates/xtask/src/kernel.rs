@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 
 use crate::{packages, target_dir};
 
+/// The unpacked Debian kernel package (see the module docs).
 pub struct Kernel {
     /// `uname -r` of the kernel, e.g. `6.1.0-56-amd64`.
     pub release: String,

@@ -23,11 +23,17 @@ use crate::{cargo, initramfs, target_dir};
 /// What one node is booted with.
 #[derive(Clone)]
 pub struct NodeSpec {
+    /// The node's directory under `target/nodes/` and its label in the output.
     pub name: String,
+    /// How many data disks it has (sparse raw files).
     pub disks: usize,
+    /// The size of each data disk, in GiB.
     pub disk_gib: u64,
+    /// Guest memory, in MiB.
     pub memory_mib: u64,
+    /// Guest virtual CPUs.
     pub cpus: u32,
+    /// The QEMU machine type.
     pub machine: Machine,
     /// Extra kernel command-line words (`zos.farm=... zos.notary=...`).
     pub cmdline: String,
@@ -48,10 +54,13 @@ pub struct NodeSpec {
 /// A host directory shared with a node: `mount_tag` and the path on both sides.
 #[derive(Clone, Debug)]
 pub struct Share {
+    /// The 9p mount tag the guest mounts by.
     pub tag: String,
+    /// The directory: the same absolute path on the host and in the node.
     pub path: PathBuf,
 }
 
+/// How a node's NIC is connected.
 #[derive(Clone, Debug, Default)]
 pub enum Net {
     /// QEMU user networking: DHCP from QEMU, the host's loopback at 10.0.2.2, nothing
@@ -60,9 +69,15 @@ pub enum Net {
     User,
     /// A tap device QEMU creates in an existing network namespace (the caller's DHCP
     /// server and notary live there; the node's address is reachable from it).
-    Tap { netns: String, ifname: String },
+    Tap {
+        /// The network namespace (its name under `/run/netns`) the tap is made in.
+        netns: String,
+        /// The tap device's name.
+        ifname: String,
+    },
 }
 
+/// The firmware a node boots its USB stick with.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Firmware {
     /// SeaBIOS (QEMU's default).
@@ -75,29 +90,39 @@ pub enum Firmware {
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
+/// The QEMU machine type a node boots as.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Machine {
+    /// `-M microvm` with the PVH vmlinux: no firmware, no PCI, virtio-mmio devices.
     Microvm,
+    /// `-M q35` with the bzImage and virtio-pci devices (needed to boot from USB).
     Q35,
 }
 
 /// A running node; QEMU is killed when it is dropped.
 pub struct Booted {
+    /// As in [`NodeSpec::name`].
     pub name: String,
+    /// The file QEMU writes the node's serial console to.
     pub console: PathBuf,
+    /// When QEMU was started: milestones are measured from here.
     pub started: Instant,
+    /// The accelerator QEMU runs with: `kvm` or `tcg` (see [`accel`]).
     pub accel: &'static str,
     /// QEMU's monitor (QMP), for the power button.
     pub qmp: PathBuf,
     child: Child,
 }
 
-/// Console lines that mark the boot's milestones.
+/// Console lines that mark the boot's milestones: zosd's first line as PID 1.
 pub const PID1_LINE: &str = "zosd: PID 1";
+/// The node's engine serves contracts (the last milestone).
 pub const SERVING_LINE: &str = "serving contracts";
+/// What zosd's progress lines about the node start with (registration, serving).
 pub const WAITING_LINE: &str = "zosd: node ";
 
 impl Booted {
+    /// The serial console so far (lossily UTF-8; empty when the file is not there yet).
     pub fn console_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
     }
@@ -152,8 +177,11 @@ impl Drop for Booted {
 /// The boot files: the kernel (PVH vmlinux for microvm, bzImage for q35) and the
 /// initramfs.
 pub struct BootFiles {
+    /// The PVH ELF kernel, booted by `-M microvm`.
     pub vmlinux: PathBuf,
+    /// The bzImage, booted by q35.
     pub vmlinuz: PathBuf,
+    /// The initramfs with the static zosd.
     pub initrd: PathBuf,
 }
 
@@ -509,8 +537,11 @@ pub fn private_notary(farm: &str) -> anyhow::Result<Notary> {
 /// When each node reached a milestone (time since its QEMU started).
 #[derive(Default, Clone, Debug)]
 pub struct Milestones {
+    /// zosd's first console line ([`PID1_LINE`]); `None`: not seen.
     pub pid1: Option<Duration>,
+    /// The node registered in its farm; `None`: not seen.
     pub registered: Option<Duration>,
+    /// The engine serves contracts ([`SERVING_LINE`]); `None`: not seen.
     pub serving: Option<Duration>,
 }
 

@@ -14,6 +14,7 @@ use zos_testkit::Needs;
 
 use crate::{cargo, flists, packages, root, target_dir};
 
+/// `cargo xtask test` (see the module docs).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !args.is_empty() {
         bail!("cargo xtask test takes no arguments");

@@ -34,7 +34,7 @@ pub fn workdir(name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The key in "zosd: node <key> serving contracts from <url>" (the first such line).
+/// The key in `zosd: node <key> serving contracts from <url>` (the first such line).
 pub fn serving_key(console: &str) -> Option<String> {
     let line = console
         .lines()
