@@ -118,7 +118,7 @@ pub struct Booted {
 pub const PID1_LINE: &str = "zosd: PID 1";
 /// The node's engine serves contracts (the last milestone).
 pub const SERVING_LINE: &str = "serving contracts";
-/// What zosd's progress lines about the node start with (registration, serving).
+/// What zosd's progress lines about the node contain (registration, serving).
 pub const WAITING_LINE: &str = "zosd: node ";
 
 impl Booted {

@@ -66,7 +66,7 @@ pub struct EngineConfig {
     /// provisioner call that a cancellation cut short may still finish on its blocking
     /// thread and make something no contract owns.
     pub orphan_sweep_every: Duration,
-    /// Size limits contract documents are parsed and verified under.
+    /// Bounds on one contract document: what records are parsed and verified under.
     pub limits: Limits,
 }
 

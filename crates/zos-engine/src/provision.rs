@@ -177,7 +177,8 @@ pub trait Provisioner: Send + Sync {
         spec: &Volume,
     ) -> impl Future<Output = Result<PathBuf, ProvisionError>> + Send;
 
-    /// Deletes the volume and its data (only ever when the owner authorised it).
+    /// Deletes the volume and its data. The engine calls it only for a volume its owner
+    /// cancelled, or whose contract's grace period after expiry is over.
     fn remove_volume(&self, name: &str) -> impl Future<Output = Result<(), ProvisionError>> + Send;
 
     /// Creates the tenant network with its ports opened towards the workloads.

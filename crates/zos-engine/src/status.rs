@@ -76,7 +76,7 @@ pub struct WorkloadReport {
     /// Its address on its tenant network; `None` when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
-    /// How often supervision restarted it (this contract version).
+    /// How often supervision restarted it (kept across updates of the contract).
     pub restarts: u32,
     /// What runs it, when the provisioner says (a VM: `qemu/kvm` or `qemu/tcg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

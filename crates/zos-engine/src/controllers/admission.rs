@@ -141,7 +141,7 @@ pub struct Inputs<'a> {
     pub node: PublicKey,
     /// Blueprint authors this node accepts; `None` accepts any validly signed blueprint.
     pub trusted_authors: Option<&'a BTreeSet<PublicKey>>,
-    /// Size limits the document was parsed and is verified under.
+    /// Bounds on one document: what it was parsed and is verified under.
     pub limits: Limits,
     /// What the node offers to contracts in all (see [`crate::capacity::admit`]).
     pub capacity: Capacity,

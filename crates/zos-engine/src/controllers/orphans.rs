@@ -17,7 +17,7 @@ use crate::provision::Inventory;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Remove the resource of this kind and node-wide name: no contract owns it (a
-    /// volume only when its owner authorised its deletion: it is `doomed`).
+    /// volume only when it is `doomed`: its deletion was authorised).
     Remove(Resource, String),
     /// Keep this volume, owned by no contract, untouched: journal it as quarantined
     /// instead of deleting data nobody authorised to delete.
