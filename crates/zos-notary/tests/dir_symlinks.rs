@@ -5,28 +5,14 @@
 //! tree may be read (no record from there is returned) or written (no file appears
 //! there).
 
+mod signed;
+
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use zos_contract::{PublicKey, SecretKey};
+use signed::{contract, node, sk};
 use zos_notary::{KeyPrefix, Notary, NotaryError, NotaryKey, Record};
-
-fn sk(n: u8) -> SecretKey {
-    SecretKey::from_seed([n; 32])
-}
-
-fn node() -> PublicKey {
-    sk(1).public()
-}
-
-fn contract(id: &str) -> Record {
-    let key = NotaryKey::contract(&node(), id).unwrap();
-    // The body names its owner, the record's author (a contract record's author must
-    // be a party of the contract).
-    let body = json!({ "contract": { "owner": sk(10).public().to_string(), "version": 1 } });
-    Record::sign_at(&key, body, &sk(10), 1_700_000_000).unwrap()
-}
 
 fn tmp(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).tempdir().unwrap()

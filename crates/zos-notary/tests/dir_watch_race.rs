@@ -7,28 +7,15 @@
 //! waits for the record to arrive (an event), with a generous bound only so that a lost
 //! record fails the test instead of hanging it.
 
+mod signed;
+
 use std::time::Duration;
 
-use serde_json::json;
-use zos_contract::{PublicKey, SecretKey};
-use zos_notary::{KeyPrefix, Notary, NotaryKey, Record};
+use signed::{contract, node};
+use zos_notary::{KeyPrefix, Notary};
 
 const ROUNDS: usize = 300;
 const LOST_AFTER: Duration = Duration::from_secs(10);
-
-fn sk(n: u8) -> SecretKey {
-    SecretKey::from_seed([n; 32])
-}
-
-fn node() -> PublicKey {
-    sk(1).public()
-}
-
-fn contract(id: &str) -> Record {
-    let key = NotaryKey::contract(&node(), id).unwrap();
-    let body = json!({ "contract": { "owner": sk(10).public().to_string(), "version": 1 } });
-    Record::sign_at(&key, body, &sk(10), 1_700_000_000).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_record_in_a_fresh_tree_is_always_seen() {

@@ -11,6 +11,8 @@
 //! - a response body without end: [`NotaryError::ResponseTooLarge`] once the bound is
 //!   passed, and the client stops reading there.
 
+mod signed;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -20,24 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use zos_contract::{PublicKey, SecretKey};
-use zos_notary::{AnyNotary, KeyPrefix, Notary, NotaryError, NotaryKey, Record};
-
-fn sk(n: u8) -> SecretKey {
-    SecretKey::from_seed([n; 32])
-}
-
-fn node() -> PublicKey {
-    sk(1).public()
-}
-
-fn contract(id: &str) -> Record {
-    let key = NotaryKey::contract(&node(), id).unwrap();
-    // The body names its owner, the record's author (a contract record's author must
-    // be a party of the contract).
-    let body = json!({ "contract": { "owner": sk(10).public().to_string(), "version": 1 } });
-    Record::sign_at(&key, body, &sk(10), 1_700_000_000).unwrap()
-}
+use signed::{contract, node};
+use zos_notary::{AnyNotary, KeyPrefix, Notary, NotaryError, NotaryKey};
 
 fn free_port() -> u16 {
     zos_testkit::etcd::free_port().unwrap()
