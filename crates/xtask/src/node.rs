@@ -337,7 +337,11 @@ fn qemu_command(spec: &NodeSpec, accel: &str) -> Command {
     if accel == "kvm" {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
-        cmd.args(["-accel", "tcg,tb-size=256", "-cpu", "max"]);
+        // One TCG thread for all vCPUs: with one thread per vCPU, the guest kernel's
+        // live code patching (text_poke with int3, e.g. when the first cgroup BPF
+        // device program is attached) could leave a vCPU looping in its int3 handler
+        // on a loaded host, and the node stalled for good (seen in the e2e run).
+        cmd.args(["-accel", "tcg,thread=single,tb-size=256", "-cpu", "max"]);
     }
     cmd.args(["-m", &spec.memory_mib.to_string()]);
     cmd.args(["-smp", &spec.cpus.to_string()]);

@@ -156,11 +156,10 @@ mod tests {
         assert!(Needs::none().bin("sh").check("t"));
     }
 
+    /// Only the branch that runs: the other writes a SKIP line to the real stderr,
+    /// which `cargo xtask test` would count as a skipped test.
     #[test]
-    fn or_skip_returns_false_when_something_is_missing() {
-        assert!(!Needs::none()
-            .bin("zt-no-such-program")
-            .or_skip("zt_kit_self_test"));
+    fn or_skip_is_true_when_nothing_is_missing() {
         assert!(Needs::none().bin("sh").or_skip("zt_kit_self_test"));
     }
 }
