@@ -65,6 +65,22 @@ fn vm_workload(p: &People, flist: &(String, String, String)) -> Value {
     })
 }
 
+/// Publishes contract `<tag>-name` (version 1): one VM from `flist` on `subnet`.
+/// Returns the contract id.
+fn publish_vm(
+    node: &Node,
+    p: &People,
+    key: zos_contract::PublicKey,
+    name: &str,
+    subnet: &str,
+    flist: &(String, String, String),
+) -> String {
+    let id = node.id(name);
+    let doc = signed_contract(p, key, &id, 1, subnet, vec![vm_workload(p, flist)]);
+    node.publish(&record(p, key, &doc));
+    id
+}
+
 fn client_workload(p: &People, flist: &(String, String, String)) -> Value {
     json!({
         "name": "client",
@@ -312,16 +328,7 @@ fn a_tampered_vm_kernel_is_refused_before_qemu_starts() {
     bytes[mid] ^= 0xff;
     std::fs::write(&victim, bytes).unwrap();
 
-    let id = node.id("bad");
-    let doc = signed_contract(
-        &p,
-        key,
-        &id,
-        1,
-        "10.86.0.0/24",
-        vec![vm_workload(&p, &flist)],
-    );
-    node.publish(&record(&p, key, &doc));
+    let id = publish_vm(&node, &p, key, "bad", "10.86.0.0/24", &flist);
     let s = node.wait_status(&id, "error", |s| s["state"] == "error");
     let message = s["message"].as_str().unwrap_or_default();
     assert!(message.contains("block"), "{s:#}");
@@ -361,16 +368,7 @@ fn attack_a_vm_flist_kernel_linked_to_a_host_file_is_refused() {
     .unwrap();
     let flist = pack(&node.dir.path().join("linkvm"), &root, &p.publisher);
 
-    let id = node.id("link");
-    let doc = signed_contract(
-        &p,
-        key,
-        &id,
-        1,
-        "10.87.0.0/24",
-        vec![vm_workload(&p, &flist)],
-    );
-    node.publish(&record(&p, key, &doc));
+    let id = publish_vm(&node, &p, key, "link", "10.87.0.0/24", &flist);
     let s = node.wait_status(&id, "refused", |s| s["state"] != "provisioning");
     let message = s["message"].as_str().unwrap_or_default();
     eprintln!("{test}: {message}");
@@ -522,16 +520,7 @@ fn attack_qemu_is_confined() {
     let mut node = Node::new(512);
     let key = node.start();
     let vm_flist = pack(&node.dir.path().join("vmfl"), &sample_vm(), &p.publisher);
-    let id = node.id("conf");
-    let doc = signed_contract(
-        &p,
-        key,
-        &id,
-        1,
-        "10.89.0.0/24",
-        vec![vm_workload(&p, &vm_flist)],
-    );
-    node.publish(&record(&p, key, &doc));
+    let id = publish_vm(&node, &p, key, "conf", "10.89.0.0/24", &vm_flist);
     node.wait_status(&id, "ok", |s| s["state"] == "ok");
     wait_console(&node, "vm-echo: vm eth0 10.89.0.2/24 up");
     let pid = qemu_pid(&node).expect("a QEMU pidfile");
@@ -642,23 +631,6 @@ fn vm_trees(node: &Node) -> Vec<(PathBuf, u64)> {
         .collect()
 }
 
-/// Files named `name` anywhere under `dir` (no links followed).
-fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                todo.push(e.path());
-            } else if e.file_name() == name {
-                found.push(e.path());
-            }
-        }
-    }
-    found
-}
-
 /// #13 item 5: a VM's kernel tree (the unpacked flist it boots from) is on a pool, in
 /// a subvolume of its own with a quota (`vmtree-<id>`, 256 MiB for a VM of 32 MiB of
 /// disk), not under the state dir (tmpfs on a booted node); the cancel removes it.
@@ -672,20 +644,11 @@ fn a_vm_kernel_tree_lives_on_the_pool_in_a_quota_subvolume() {
     let mut node = Node::new(512);
     let key = node.start();
     let vm_flist = pack(&node.dir.path().join("vmfl"), &sample_vm(), &p.publisher);
-    let id = node.id("tree");
-    let doc = signed_contract(
-        &p,
-        key,
-        &id,
-        1,
-        "10.90.0.0/24",
-        vec![vm_workload(&p, &vm_flist)],
-    );
-    node.publish(&record(&p, key, &doc));
+    let id = publish_vm(&node, &p, key, "tree", "10.90.0.0/24", &vm_flist);
     node.wait_status(&id, "ok", |s| s["state"] == "ok");
     wait_console(&node, "vm-echo: vm eth0 10.90.0.2/24 up");
 
-    let in_state = files_named(&node.state(), "vmlinux");
+    let in_state = zos_testkit::files_named(&node.state(), "vmlinux");
     let trees = vm_trees(&node);
     eprintln!(
         "{test}: vmlinux under the state dir: {in_state:?}; VM trees on the pools: {trees:?}"
@@ -698,7 +661,7 @@ fn a_vm_kernel_tree_lives_on_the_pool_in_a_quota_subvolume() {
     assert_eq!(trees.len(), 1, "one VM tree subvolume: {trees:?}");
     let (tree, quota) = &trees[0];
     assert_eq!(*quota, 256 << 20, "the VM tree's quota");
-    let kernels = files_named(tree, "vmlinux");
+    let kernels = zos_testkit::files_named(tree, "vmlinux");
     assert_eq!(
         kernels.len(),
         1,
@@ -740,22 +703,13 @@ fn attack_a_vm_tree_beyond_its_quota_is_refused_and_leaves_nothing() {
         .unwrap();
     let flist = pack(&node.dir.path().join("bigvm"), &root, &p.publisher);
 
-    let id = node.id("big");
-    let doc = signed_contract(
-        &p,
-        key,
-        &id,
-        1,
-        "10.91.0.0/24",
-        vec![vm_workload(&p, &flist)],
-    );
-    node.publish(&record(&p, key, &doc));
+    let id = publish_vm(&node, &p, key, "big", "10.91.0.0/24", &flist);
     let s = node.wait_status(&id, "refused", |s| s["state"] != "provisioning");
     let message = s["message"].as_str().unwrap_or_default();
     eprintln!("{test}: state {} message {message}", s["state"]);
     let ballast: Vec<PathBuf> = [node.state(), node.dir.path().join("pools")]
         .iter()
-        .flat_map(|d| files_named(d, "zt-ballast"))
+        .flat_map(|d| zos_testkit::files_named(d, "zt-ballast"))
         .collect();
     eprintln!(
         "{test}: ballast on the node: {ballast:?}; VM trees: {:?}",

@@ -9,6 +9,7 @@
 //! - [`netns::World`]: the node and internet namespaces, wired by a veth.
 //! - [`contract`]: blueprint, contract and cancellation builders, signed.
 
+pub mod bench;
 pub mod contract;
 pub mod etcd;
 mod needs;
@@ -75,4 +76,42 @@ pub fn mounts_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     v
+}
+
+/// Files named `name` anywhere under `dir` (no links followed): where a test looks for
+/// what a workload left, wherever the product put it.
+pub fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if e.file_name() == name {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// Removes the (empty) cgroup `name` a test made, from every cgroup v1 controller
+/// hierarchy and from the v2 root; what does not exist is skipped.
+pub fn remove_cgroup(name: &str) {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    for ctrl in [
+        "memory",
+        "cpu,cpuacct",
+        "pids",
+        "cpu",
+        "cpuacct",
+        "devices",
+        "blkio",
+        "cpuset",
+        "freezer",
+    ] {
+        let _ = std::fs::remove_dir(root.join(ctrl).join(name));
+    }
+    let _ = std::fs::remove_dir(root.join(name));
 }

@@ -138,20 +138,7 @@ impl Drop for Fixture {
         for vm in self.qemu.names() {
             let _ = self.qemu.remove(&vm);
         }
-        for ctrl in [
-            "memory",
-            "cpu,cpuacct",
-            "pids",
-            "cpu",
-            "cpuacct",
-            "devices",
-            "blkio",
-            "cpuset",
-            "freezer",
-        ] {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(&self.name));
-        }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.name));
+        zos_testkit::remove_cgroup(&self.name);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

@@ -205,38 +205,8 @@ impl Drop for Fixture {
             .arg("-d")
             .arg(&self.loop_dev)
             .status();
-        for ctrl in [
-            "memory",
-            "cpu,cpuacct",
-            "pids",
-            "cpu",
-            "cpuacct",
-            "devices",
-            "blkio",
-            "cpuset",
-            "freezer",
-        ] {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctrl).join(&self.name));
-        }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.name));
+        zos_testkit::remove_cgroup(&self.name);
     }
-}
-
-/// Files named `name` anywhere under `dir` (no links followed).
-fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() {
-                todo.push(e.path());
-            } else if e.file_name() == name {
-                found.push(e.path());
-            }
-        }
-    }
-    found
 }
 
 /// #13 item 5: the VM boots from its tree on the pool, in its own subvolume with a
@@ -266,10 +236,10 @@ fn a_vm_boots_from_its_tree_in_a_quota_subvolume_and_remove_leaves_nothing() {
     );
     assert_eq!(tree.size, 256 << 20, "the tree's quota");
     assert!(tree.path.starts_with(f.dir.path().join("pools")));
-    let kernels = files_named(&tree.path, "vmlinux");
+    let kernels = zos_testkit::files_named(&tree.path, "vmlinux");
     assert_eq!(kernels.len(), 1, "{kernels:?}");
     assert_eq!(
-        files_named(&f.dir.path().join("vms"), "vmlinux"),
+        zos_testkit::files_named(&f.dir.path().join("vms"), "vmlinux"),
         Vec::<PathBuf>::new(),
         "a kernel outside the pool"
     );
@@ -336,7 +306,7 @@ fn attack_a_vm_tree_beyond_its_quota_is_refused_and_leaves_nothing() {
     assert_eq!(f.vdisks(), Vec::<String>::new(), "a vdisk was made");
     assert!(f.qemu.names().is_empty(), "QEMU was started");
     assert_eq!(
-        files_named(&f.dir.path().join("pools"), "zt-ballast"),
+        zos_testkit::files_named(&f.dir.path().join("pools"), "zt-ballast"),
         Vec::<PathBuf>::new(),
         "the oversized file was written"
     );
