@@ -5,7 +5,7 @@
 //!   reference, measured in the same run on the same machine, is a bare container
 //!   create + start through zos-container's libcontainer runtime on the same root
 //!   filesystem (what the node cannot avoid doing).
-//! - **zosd RSS** at idle and with 50 running containers (`ZOS_BENCH_CONTAINERS`).
+//! - **zosd RSS** at idle and with 20 running containers (`ZOS_BENCH_CONTAINERS`; 50 do not fit the fixture's 7.6 GiB SSD).
 //!
 //! `ZOS_BENCH_N` rounds of latency (default 20).
 
@@ -16,22 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use zos_container::{ContainerSpec, Libcontainer, Runtime, RuntimeConfig};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn pct(v: &mut [Duration], q: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
-}
+use zos_testkit::bench::{env_or, ms, pct};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -46,8 +31,8 @@ fn main() {
     if !privileged("zosd node benchmark") {
         return;
     }
-    let rounds = env("ZOS_BENCH_N", 20);
-    let containers = env("ZOS_BENCH_CONTAINERS", 50);
+    let rounds = env_or("ZOS_BENCH_N", 20);
+    let containers = env_or("ZOS_BENCH_CONTAINERS", 20);
     let p = people();
     // Room for 50 one-CPU containers on 2 cores: CPU is compressible.
     let mut node = Node::new_with(512, 64);

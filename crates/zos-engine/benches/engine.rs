@@ -18,25 +18,10 @@ use std::time::{Duration, Instant};
 use common::{cancellation_record, contract, contract_record, World};
 use zos_engine::{ContractSummary, State};
 use zos_notary::Notary;
+use zos_testkit::bench::{env_or, ms, pct};
 
 /// How long the hanging store of the third case hangs at most.
 const HANG_LIMIT: Duration = Duration::from_secs(3);
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn pct(v: &mut [Duration], q: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
-}
 
 /// Waits until every contract of `ids` is in `state` in the summaries (or, for
 /// `Cancelled`, gone from them).
@@ -62,9 +47,9 @@ async fn wait_for(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let rounds = env("ZOS_BENCH_N", 20);
-    let many = env("ZOS_BENCH_CONTRACTS", 50);
-    let latency = Duration::from_millis(env("ZOS_BENCH_LATENCY_MS", 5));
+    let rounds = env_or("ZOS_BENCH_N", 20);
+    let many = env_or("ZOS_BENCH_CONTRACTS", 50);
+    let latency = Duration::from_millis(env_or("ZOS_BENCH_LATENCY_MS", 5));
     let w = World::new();
     w.fake.state().latency = latency;
     let mut cfg = World::config();
