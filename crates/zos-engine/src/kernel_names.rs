@@ -101,13 +101,7 @@ impl KernelNames {
     }
     /// The kernel name of node-wide `name` of `kind` ("net", "wl", "vol"), recorded.
     pub fn kernel(&self, kind: &str, name: &str) -> std::io::Result<String> {
-        let k = match kind {
-            // Storage takes `[A-Za-z0-9._-]` up to 64: most names fit as they are.
-            "vol" if name.len() <= 64 => name.to_string(),
-            "vol" => format!("h-{}", short(kind, name, HASH_LEN)),
-            "net" => short(kind, name, self.net_len),
-            _ => short(kind, name, HASH_LEN),
-        };
+        let k = self.derive(kind, name);
         let mut map = self.map.lock().expect("not poisoned");
         let key = format!("{kind}/{k}");
         if map.get(&key).map(String::as_str) != Some(name) {
@@ -119,6 +113,18 @@ impl KernelNames {
             *map = next;
         }
         Ok(k)
+    }
+
+    /// The kernel name of node-wide `name` of `kind`, derived (the same every time),
+    /// not recorded.
+    fn derive(&self, kind: &str, name: &str) -> String {
+        match kind {
+            // Storage takes `[A-Za-z0-9._-]` up to 64: most names fit as they are.
+            "vol" if name.len() <= 64 => name.to_string(),
+            "vol" => format!("h-{}", short(kind, name, HASH_LEN)),
+            "net" => short(kind, name, self.net_len),
+            _ => short(kind, name, HASH_LEN),
+        }
     }
 
     /// The node-wide name of kernel object `k` of `kind`, or `?.<k>`.
@@ -142,8 +148,13 @@ impl KernelNames {
 
 /// The workloads' side of the map, as the runtimes ask for it.
 impl KernelIds for KernelNames {
+    /// A lookup (the runtimes ask it on every state poll): derived, never written to
+    /// the state home. Only making a kernel object records its name ([`Self::kernel`]).
     fn kernel_id(&self, name: &str) -> Option<String> {
-        self.resolve("wl", name).ok()
+        Some(match name.strip_prefix("?.") {
+            Some(k) => k.to_string(),
+            None => self.derive("wl", name),
+        })
     }
 
     fn workload_name(&self, id: &str) -> String {
@@ -193,6 +204,11 @@ mod tests {
         assert_eq!(again.node_wide("net", "deadbeef00"), "?.deadbeef00");
         assert_eq!(again.resolve("net", "?.deadbeef00").unwrap(), "deadbeef00");
         assert_eq!(again.kernel_id("?.abc").as_deref(), Some("abc"));
+        // Asking is not recording: the state home is not written for a lookup.
+        let written = store.load().unwrap();
+        let id = again.kernel_id("never.made").unwrap();
+        assert_eq!(store.load().unwrap(), written);
+        assert_eq!(again.kernel("wl", "never.made").unwrap(), id);
         // A longer prefix (tests) gets shorter ids that still fit in 15 bytes.
         let tests = KernelNames::open(store, &legacy, "zt-abcd-").unwrap();
         assert_eq!(tests.kernel("net", "x.net").unwrap().len(), 7);

@@ -51,7 +51,8 @@ pub struct Placement {
 /// names, kept in the node's state home). A runtime asked by name (`remove`, `state`)
 /// finds its kernel objects through it, and lists them back by name (`names`).
 pub trait KernelIds: Send + Sync {
-    /// The kernel id recorded for workload `name`, if one was ever given.
+    /// The kernel id of workload `name` (`None`: it cannot have one). A lookup: it
+    /// records nothing.
     fn kernel_id(&self, name: &str) -> Option<String>;
     /// The workload name of kernel id `id` (a name no contract owns when unknown, so
     /// that orphan collection removes it).
