@@ -1,0 +1,1 @@
+//! Logs leave the node: delivery of log lines to remote destinations.
