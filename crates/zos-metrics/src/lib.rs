@@ -1,0 +1,21 @@
+//! Metrics leave the node by Prometheus remote-write: the node never listens, so
+//! nothing scrapes it (issue #18, section 2).
+//!
+//! - [`Registry`]: labelled [`Counter`]s, [`Gauge`]s and [`Histogram`]s, updated through
+//!   atomics (cheap on hot paths), with constant labels (`node`, `contract`).
+//! - [`collect`]: collectors reading the kernel: node CPU, memory and network, a
+//!   workload's cgroup (v1 and v2), pools by `statvfs`.
+//! - [`proto`]: the remote-write 1.0 `WriteRequest`, encoded by hand, snappy-compressed.
+//! - [`Pusher`]: the tokio task sending one registry to one [`Target`] every interval,
+//!   with a bounded queue, bounded backoff and counted drops. One per (target, tenant).
+//!
+//! See docs/observability.md (`## Metrics`) for the series and the wiring.
+
+pub mod collect;
+pub mod proto;
+mod push;
+mod registry;
+
+pub use collect::{CgroupLayout, CollectError, Collector};
+pub use push::{Client, PushConfig, PushError, PushStats, Pusher, Target};
+pub use registry::{Counter, Gauge, Histogram, Registry, RegistryError, LATENCY_BUCKETS};
