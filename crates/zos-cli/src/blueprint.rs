@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use zos_contract::{Blueprint, Limits, SecretKey, SignedBlueprint};
 
-use crate::output::{write_new_or_stdout, Format};
+use crate::output::{note, outln, write_new_or_stdout, Format};
 
 #[derive(Debug, Subcommand)]
 pub enum BlueprintCmd {
@@ -57,9 +57,12 @@ pub fn run(cmd: BlueprintCmd) -> anyhow::Result<()> {
             let key = SecretKey::load(&key)?;
             let signed = blueprint.sign(&key, &Limits::default())?;
             write_new_or_stdout(out.as_deref(), &signed.to_pretty())?;
-            eprintln!(
+            note!(
                 "signed blueprint {} {} by {}\ndigest {}",
-                signed.blueprint.name, signed.blueprint.version, signed.author, signed.digest
+                signed.blueprint.name,
+                signed.blueprint.version,
+                signed.author,
+                signed.digest
             );
         }
         BlueprintCmd::Show { file, format } => show(&file, &format)?,
@@ -69,10 +72,11 @@ pub fn run(cmd: BlueprintCmd) -> anyhow::Result<()> {
             let client = crate::notary::Client::open(&notary)?;
             let nkey = zos_notary::NotaryKey::blueprint(&signed.digest);
             client.put(&zos_notary::Record::sign(&nkey, signed.to_value(), &key)?)?;
-            println!(
+            outln!(
                 "published blueprint {} {} as {nkey}",
-                signed.blueprint.name, signed.blueprint.version
-            );
+                signed.blueprint.name,
+                signed.blueprint.version
+            )?;
         }
     }
     Ok(())
@@ -82,24 +86,20 @@ pub fn run(cmd: BlueprintCmd) -> anyhow::Result<()> {
 fn show(file: &Path, format: &crate::output::Format) -> anyhow::Result<()> {
     let signed = read_signed(file)?;
     if format.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "digest": signed.digest,
-                "author": signed.author,
-                "name": signed.blueprint.name,
-                "version": signed.blueprint.version,
-                "params": signed.blueprint.params,
-            })
-        );
-        return Ok(());
+        return crate::output::json(&serde_json::json!({
+            "digest": signed.digest,
+            "author": signed.author,
+            "name": signed.blueprint.name,
+            "version": signed.blueprint.version,
+            "params": signed.blueprint.params,
+        }));
     }
     let b = &signed.blueprint;
-    println!("blueprint {} {}", b.name, b.version);
-    println!("digest    {}", signed.digest);
-    println!("author    {} (signature OK)", signed.author);
+    outln!("blueprint {} {}", b.name, b.version)?;
+    outln!("digest    {}", signed.digest)?;
+    outln!("author    {} (signature OK)", signed.author)?;
     for (name, spec) in &b.params {
-        println!("param     {name}: {}", serde_json::to_string(spec)?);
+        outln!("param     {name}: {}", serde_json::to_string(spec)?)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use zos_contract::{
     Verification, VerifyContext,
 };
 
-use crate::output::{write_atomic, write_new_or_stdout, Format};
+use crate::output::{note, outln, write_atomic, write_new_or_stdout, Format};
 
 #[derive(Debug, Subcommand)]
 pub enum ContractCmd {
@@ -258,7 +258,7 @@ fn new(a: NewArgs) -> anyhow::Result<()> {
     };
     let doc = SignedContract::new(contract)?;
     write_new_or_stdout(a.out.as_deref(), &doc.to_pretty())?;
-    eprintln!(
+    note!(
         "contract {} version {}\ndigest {}\nnext: each signer runs `zos contract sign FILE --key KEY`",
         doc.contract.id, doc.contract.version, doc.digest
     );
@@ -286,7 +286,7 @@ fn sign(
     } else {
         "stakeholder"
     };
-    eprintln!("signed {} as {role} {}", doc.contract.id, key.public());
+    note!("signed {} as {role} {}", doc.contract.id, key.public());
     Ok(())
 }
 
@@ -319,21 +319,28 @@ fn verify(
     }
     // Unreadable documents are refusals like any other: same report, same codes.
     let v = zos_contract::verify_bytes(&bytes, &ctx);
-    if format.json {
+    let printed = if format.json {
         let mut json = serde_json::to_value(&v)?;
         json["ok"] = v.is_ok().into();
         json["running_version"] = running.into();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        crate::output::json(&json)
     } else {
-        if let Some(n) = running {
-            println!("running   version {n} (replay checked against it)");
-        }
-        print_verification(&v);
-    }
+        running
+            .map_or(Ok(()), |n| {
+                outln!("running   version {n} (replay checked against it)")
+            })
+            .and_then(|()| print_verification(&v))
+    };
+    // The verdict decides the exit status, even when the reader stopped early.
     if !v.is_ok() {
+        if let Err(e) = &printed {
+            if !crate::output::is_stdout_closed(e) {
+                note!("error: {e:#}");
+            }
+        }
         std::process::exit(1);
     }
-    Ok(())
+    printed
 }
 
 /// `zos contract list`: the node's contracts in the notary, each checked as it would.
@@ -341,17 +348,19 @@ fn list(notary: &str, node: &PublicKey, format: &Format) -> anyhow::Result<()> {
     let client = crate::notary::Client::open(notary)?;
     let rows = crate::notary::list(&client, node)?;
     if format.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return crate::output::json(&rows);
     }
     if rows.is_empty() {
-        println!("no contracts for node {node} in {notary}");
+        outln!("no contracts for node {node} in {notary}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<24} {:>7} {:>8}  {:<24} node status",
-        "ID", "VERSION", "WEIGHT", "STATE"
-    );
+        "ID",
+        "VERSION",
+        "WEIGHT",
+        "STATE"
+    )?;
     for r in rows {
         let weight = r
             .weight
@@ -363,12 +372,15 @@ fn list(notary: &str, node: &PublicKey, format: &Format) -> anyhow::Result<()> {
             .and_then(|s| s.get("state"))
             .and_then(|s| s.as_str())
             .unwrap_or("-");
-        println!(
+        outln!(
             "{:<24} {:>7} {:>8}  {:<24} {status}",
-            r.id, r.version, weight, r.state
-        );
+            r.id,
+            r.version,
+            weight,
+            r.state
+        )?;
         for reason in &r.reasons {
-            println!("{:<24}   - [{}] {reason}", "", reason.code());
+            outln!("{:<24}   - [{}] {reason}", "", reason.code())?;
         }
     }
     Ok(())
@@ -385,11 +397,10 @@ fn status(id: &str, node: &PublicKey, notary: &str, format: &Format) -> anyhow::
     if format.json {
         let mut body = record.body.clone();
         body["signed_at"] = record.signed_at.into();
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        crate::output::json(&body)
     } else {
-        print_status(&record.body, record.signed_at);
+        print_status(&record.body, record.signed_at)
     }
-    Ok(())
 }
 
 /// The version `node` reports running for the contract in `bytes` (its signed status
@@ -416,45 +427,46 @@ pub fn read(path: &Path) -> anyhow::Result<SignedContract> {
         .with_context(|| format!("{} is not a contract document", path.display()))
 }
 
-pub fn print_verification(v: &Verification) {
+pub fn print_verification(v: &Verification) -> anyhow::Result<()> {
     let short = |k: &PublicKey| k.to_hex();
-    println!(
+    outln!(
         "contract  {} version {}",
         v.id.as_deref().unwrap_or("?"),
         v.version
             .map(|n| n.to_string())
             .unwrap_or_else(|| "?".into())
-    );
+    )?;
     if let Some(d) = v.digest {
-        println!("digest    {d}");
+        outln!("digest    {d}")?;
     }
     if let Some(b) = v.blueprint {
-        println!("blueprint {b}");
+        outln!("blueprint {b}")?;
     }
     for s in &v.signers {
         let role = match s.role {
             Role::Owner => "owner      ".to_string(),
             Role::Stakeholder => format!("weight {:<4}", s.weight),
         };
-        println!(
+        outln!(
             "signer    {} {role} {:<8} {}",
             short(&s.key),
             if s.required { "required" } else { "optional" },
             if s.signed { "signed" } else { "not signed" }
-        );
+        )?;
     }
-    println!("weight    {}/{}", v.weight, v.threshold);
+    outln!("weight    {}/{}", v.weight, v.threshold)?;
     for w in &v.warnings {
-        println!("warning   [{}] {w} (not counted)", w.code());
+        outln!("warning   [{}] {w} (not counted)", w.code())?;
     }
     if v.is_ok() {
-        println!("OK");
+        outln!("OK")?;
     } else {
-        println!("REFUSED");
+        outln!("REFUSED")?;
         for r in &v.reasons {
-            println!("  - [{}] {r}", r.code());
+            outln!("  - [{}] {r}", r.code())?;
         }
     }
+    Ok(())
 }
 
 fn parse_stakeholder(s: &str) -> anyhow::Result<Stakeholder> {
@@ -518,31 +530,32 @@ fn parse_time(s: &str) -> Result<u64, String> {
 }
 
 /// A status record body for a person: state and message, reasons, then each workload.
-fn print_status(body: &serde_json::Value, signed_at: u64) {
+fn print_status(body: &serde_json::Value, signed_at: u64) -> anyhow::Result<()> {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
-    println!("contract  {}", text(&body["contract"]));
+    outln!("contract  {}", text(&body["contract"]))?;
     if let Some(v) = body["version"].as_u64() {
-        println!("version   {v}");
+        outln!("version   {v}")?;
     }
-    println!("state     {}", text(&body["state"]));
-    println!("message   {}", text(&body["message"]));
-    println!("reported  {signed_at} (unix seconds, signed by the node)");
+    outln!("state     {}", text(&body["state"]))?;
+    outln!("message   {}", text(&body["message"]))?;
+    outln!("reported  {signed_at} (unix seconds, signed by the node)")?;
     for r in body["reasons"].as_array().into_iter().flatten() {
-        println!("  - [{}] {}", text(&r["code"]), text(&r["message"]));
+        outln!("  - [{}] {}", text(&r["code"]), text(&r["message"]))?;
     }
     for (name, w) in body["workloads"].as_object().into_iter().flatten() {
         let runtime = w["runtime"]
             .as_str()
             .map(|r| format!(", on {r}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "workload  {name}: {}, address {}, restarts {}{runtime}",
             text(&w["state"]),
             text(&w["address"]),
             w["restarts"].as_u64().unwrap_or(0)
-        );
+        )?;
         for line in w["log_tail"].as_array().into_iter().flatten() {
-            println!("  | {}", text(line));
+            outln!("  | {}", text(line))?;
         }
     }
+    Ok(())
 }

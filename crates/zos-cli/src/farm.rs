@@ -16,7 +16,7 @@ use zos_notary::{KeyKind, KeyPrefix, NotaryKey};
 use zos_registry::{Farm, Heartbeat, NodeResources, Registration};
 
 use crate::notary::Client;
-use crate::output::Format;
+use crate::output::{note, outln, Format};
 
 #[derive(Debug, Subcommand)]
 pub enum FarmCmd {
@@ -135,22 +135,21 @@ fn show(farm_id: &str, notary: &str, format: &crate::output::Format) -> anyhow::
             "signed_at": record.signed_at,
             "nodes": nodes,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return crate::output::json(&out);
     }
-    println!("farm      {}", farm.id);
-    println!("name      {}", farm.name);
-    println!("farmer    {}", farm.farmer);
-    println!("created   {}", farm.created);
+    outln!("farm      {}", farm.id)?;
+    outln!("name      {}", farm.name)?;
+    outln!("farmer    {}", farm.farmer)?;
+    outln!("created   {}", farm.created)?;
     if farm.blueprint_authors.is_empty() {
-        println!("blueprint authors  any");
+        outln!("blueprint authors  any")?;
     }
     for author in &farm.blueprint_authors {
-        println!("blueprint author   {author}");
+        outln!("blueprint author   {author}")?;
     }
-    println!("nodes     {}", nodes.len());
+    outln!("nodes     {}", nodes.len())?;
     for row in &nodes {
-        println!("  {} {}", row.node, heartbeat_text(row));
+        outln!("  {} {}", row.node, heartbeat_text(row))?;
     }
     Ok(())
 }
@@ -165,11 +164,11 @@ pub fn run_node(cmd: NodeCmd) -> anyhow::Result<()> {
             let client = Client::open(&notary)?;
             let rows = nodes(&client, farm.as_deref())?;
             if format.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                crate::output::json(&rows)?;
             } else if rows.is_empty() {
-                println!("no registered nodes in {notary}");
+                outln!("no registered nodes in {notary}")?;
             } else {
-                print_nodes(&rows);
+                print_nodes(&rows)?;
             }
             Ok(())
         }
@@ -194,7 +193,7 @@ pub fn create(
             // Someone with write access put a record no reader accepts; the farmer
             // replacing it is what should happen.
             Err(e) => {
-                eprintln!("warning: {nkey} held an invalid farm record ({e}); replacing it");
+                note!("warning: {nkey} held an invalid farm record ({e}); replacing it");
                 None
             }
         },
@@ -217,10 +216,13 @@ pub fn create(
     } else {
         "created"
     };
-    println!(
+    outln!(
         "{what} farm {} ({}) for farmer {} in {}",
-        farm.id, farm.name, farm.farmer, client.url
-    );
+        farm.id,
+        farm.name,
+        farm.farmer,
+        client.url
+    )?;
     Ok(())
 }
 
@@ -244,13 +246,13 @@ pub fn nodes(client: &Client, farm: Option<&str>) -> anyhow::Result<Vec<NodeRow>
                 Ok((node, reg)) => {
                     registrations.insert(node, reg);
                 }
-                Err(e) => eprintln!("warning: {} skipped: {e}", record.key),
+                Err(e) => note!("warning: {} skipped: {e}", record.key),
             },
             Ok(KeyKind::Heartbeat { .. }) => match Heartbeat::from_record(&record) {
                 Ok((node, hb)) => {
                     heartbeats.insert(node, hb);
                 }
-                Err(e) => eprintln!("warning: {} skipped: {e}", record.key),
+                Err(e) => note!("warning: {} skipped: {e}", record.key),
             },
             _ => {}
         }
@@ -310,41 +312,45 @@ fn capacity_text(c: &NodeResources) -> String {
     )
 }
 
-fn print_nodes(rows: &[NodeRow]) {
+fn print_nodes(rows: &[NodeRow]) -> anyhow::Result<()> {
     for row in rows {
         let farm = if row.farm_known {
             row.farm.clone()
         } else {
             format!("{} (not in the notary)", row.farm)
         };
-        println!("node      {}", row.node);
-        println!("  farm      {farm}");
-        println!("  version   {}", row.registration.version);
-        println!("  capacity  {}", capacity_text(&row.registration.capacity));
+        outln!("node      {}", row.node)?;
+        outln!("  farm      {farm}")?;
+        outln!("  version   {}", row.registration.version)?;
+        outln!("  capacity  {}", capacity_text(&row.registration.capacity))?;
         let nics: Vec<String> = row
             .registration
             .nics
             .iter()
             .map(|n| format!("{} {}", n.name, n.mac))
             .collect();
-        println!(
+        outln!(
             "  nics      {}",
             if nics.is_empty() {
                 "-".into()
             } else {
                 nics.join(", ")
             }
-        );
-        println!("  status    {}", heartbeat_text(row));
+        )?;
+        outln!("  status    {}", heartbeat_text(row))?;
         if let Some(hb) = &row.heartbeat {
             for s in &hb.listening {
-                println!(
+                outln!(
                     "  LISTENING {} {}:{} uid {}",
-                    s.proto, s.address, s.port, s.uid
-                );
+                    s.proto,
+                    s.address,
+                    s.port,
+                    s.uid
+                )?;
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! `zos flist`: pack, verify, list, unpack and mount flists.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use zos_contract::{PublicKey, SecretKey};
 use zos_flist::sign::{open_trusted, sign_file, Trust};
 use zos_flist::{BlockCache, EntryKind, Fetcher, Flist, Router};
+use zos_status::render::bytes as human_bytes;
+
+use crate::output::{note, outln, Format};
 
 /// Work with rfs-compatible flists.
 #[derive(Debug, Subcommand)]
@@ -35,17 +38,19 @@ pub enum FlistCmd {
     },
     /// Check the signature, then fetch every block and check its id and key hashes.
     ///
-    /// Example: zos flist verify app.fl --store dir:///srv/store --trust <publisher>
+    /// Example: zos flist verify app.fl --store dir:///srv/store --trust <publisher> --json
     Verify {
         flist: PathBuf,
         #[command(flatten)]
         src: Source,
         #[arg(long, default_value_t = 8)]
         threads: usize,
+        #[command(flatten)]
+        format: Format,
     },
     /// List entries like ls -l, from the metadata alone (nothing is fetched).
     ///
-    /// Example: zos flist ls app.fl /etc
+    /// Example: zos flist ls app.fl /etc --json
     Ls {
         flist: PathBuf,
         /// Directory or entry inside the flist (default /).
@@ -53,6 +58,8 @@ pub enum FlistCmd {
         /// List the whole tree under PATH.
         #[arg(long, short = 'R')]
         recursive: bool,
+        #[command(flatten)]
+        format: Format,
     },
     /// Extract a flist into an empty directory, verifying every block.
     ///
@@ -98,7 +105,7 @@ pub struct Source {
 impl Source {
     fn open(&self, path: &Path) -> anyhow::Result<(Flist, Fetcher)> {
         let trust = if self.insecure_unsigned {
-            eprintln!("warning: --insecure-unsigned: the flist signature is not checked");
+            note!("warning: --insecure-unsigned: the flist signature is not checked");
             Trust::InsecureUnsigned
         } else {
             let keys = self
@@ -110,7 +117,7 @@ impl Source {
         };
         let (flist, publisher) = open_trusted(path, &trust)?;
         if let Some(p) = publisher {
-            eprintln!("signature: ok, publisher {p}");
+            note!("signature: ok, publisher {p}");
         }
         let router = if self.store.is_empty() {
             if flist.routes.is_empty() {
@@ -138,12 +145,14 @@ pub fn run(cmd: FlistCmd) -> anyhow::Result<()> {
             flist,
             src,
             threads,
-        } => verify(&flist, &src, threads),
+            format,
+        } => verify(&flist, &src, threads, &format),
         FlistCmd::Ls {
             flist,
             path,
             recursive,
-        } => ls(&flist, path.as_deref(), recursive),
+            format,
+        } => ls(&flist, path.as_deref(), recursive, &format),
         FlistCmd::Unpack {
             flist,
             dest,
@@ -169,13 +178,8 @@ fn pack(
     // Load the key first: a bad key file should fail before minutes of packing.
     let key = sign.map(SecretKey::load).transpose()?;
     let router = Router::parse(store)?;
-    let last = AtomicU64::new(u64::MAX);
-    let progress = |done: u64, total: u64| {
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        if last.swap(pct, Ordering::Relaxed) != pct {
-            eprint!("\rpacking: {pct:3}% ({} / {} MiB)", done >> 20, total >> 20);
-        }
-    };
+    let bar = crate::progress::Bar::bytes("packing");
+    let progress = |done: u64, total: u64| bar.update(done, total);
     let report = zos_flist::pack(
         src,
         out,
@@ -186,49 +190,155 @@ fn pack(
         },
     )
     .with_context(|| format!("packing {}", src.display()))?;
-    eprintln!();
-    println!(
+    bar.finish();
+    outln!(
         "{}: {} entries, {} files, {} bytes, {} blocks",
         out.display(),
         report.entries,
         report.files,
         report.bytes,
         report.blocks
-    );
+    )?;
     if let Some(key) = key {
         let sig = sign_file(out, &key)?;
-        println!(
+        outln!(
             "signed: {}.sig (publisher {}, sha256 {})",
             out.display(),
             sig.publisher,
             sig.sha256
-        );
+        )?;
     }
     Ok(())
 }
 
+/// `zos flist verify --json`: what was checked.
+#[derive(Debug, Serialize)]
+struct Verified {
+    flist: PathBuf,
+    /// The .fl file's sha256 (hex): what a signature covers.
+    sha256: String,
+    files: u64,
+    blocks: u64,
+    /// Plaintext bytes in the verified blocks.
+    bytes: u64,
+}
+
 /// `zos flist verify`: every block fetched and checked.
-fn verify(flist: &Path, src: &Source, threads: usize) -> anyhow::Result<()> {
+fn verify(flist: &Path, src: &Source, threads: usize, format: &Format) -> anyhow::Result<()> {
     let (fl, fetcher) = src.open(flist)?;
+    let bar = crate::progress::Bar::spinner(format!(
+        "fetching and verifying {} in {} files",
+        human_bytes(file_bytes(&fl)),
+        fl.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .count()
+    ));
     let r = zos_flist::verify_blocks(&fl, &fetcher, threads)?;
-    println!(
+    bar.finish();
+    let v = Verified {
+        flist: flist.to_path_buf(),
+        sha256: hex::encode(fl.sha256),
+        files: r.files,
+        blocks: r.blocks,
+        bytes: r.bytes,
+    };
+    if format.json {
+        return crate::output::json(&v);
+    }
+    outln!(
         "ok: {} files, {} blocks, {} bytes verified (sha256 {})",
-        r.files,
-        r.blocks,
-        r.bytes,
-        hex::encode(fl.sha256)
-    );
-    Ok(())
+        v.files,
+        v.blocks,
+        v.bytes,
+        v.sha256
+    )
+}
+
+/// The bytes of the flist's regular files: what an unpack writes.
+fn file_bytes(fl: &Flist) -> u64 {
+    fl.entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .fold(0u64, |sum, e| sum.saturating_add(e.size))
+}
+
+/// One entry of `zos flist ls --json`.
+#[derive(Debug, Serialize)]
+struct LsEntry {
+    /// Absolute path inside the flist.
+    path: String,
+    /// file, dir, symlink, fifo, char_device, block_device or socket.
+    kind: &'static str,
+    /// Permission bits (with setuid, setgid, sticky), without the file type.
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    /// Bytes (files), target length (symlinks).
+    size: u64,
+    /// Modification time, unix seconds.
+    mtime: i64,
+    /// A symlink's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    /// A device's (major, minor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<(u64, u64)>,
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Fifo => "fifo",
+        EntryKind::CharDevice => "char_device",
+        EntryKind::BlockDevice => "block_device",
+        EntryKind::Socket => "socket",
+    }
+}
+
+fn ls_entry(fl: &Flist, idx: usize) -> LsEntry {
+    let e = &fl.entries[idx];
+    LsEntry {
+        path: fl.path_of(idx),
+        kind: kind_name(e.kind),
+        mode: e.perm(),
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        mtime: e.mtime,
+        target: e
+            .target
+            .as_ref()
+            .map(|t| String::from_utf8_lossy(t).into_owned()),
+        device: matches!(e.kind, EntryKind::CharDevice | EntryKind::BlockDevice)
+            .then(|| (libc_major(e.rdev), libc_minor(e.rdev))),
+    }
 }
 
 /// `zos flist ls`: a directory (recursively if asked) or one entry.
-fn ls(flist: &Path, path: Option<&str>, recursive: bool) -> anyhow::Result<()> {
+fn ls(flist: &Path, path: Option<&str>, recursive: bool, format: &Format) -> anyhow::Result<()> {
     let fl = Flist::open(flist)?;
     let idx = fl.lookup(path.unwrap_or("/"))?;
+    let mut shown = Vec::new();
     if fl.entries[idx].kind == EntryKind::Dir {
-        ls_dir(&fl, idx, recursive);
+        dir_entries(&fl, idx, recursive, &mut shown);
     } else {
-        println!("{}", ls_line(&fl, idx, &fl.path_of(idx)));
+        shown.push(idx);
+    }
+    if format.json {
+        let entries: Vec<LsEntry> = shown.iter().map(|&i| ls_entry(&fl, i)).collect();
+        return crate::output::json(&entries);
+    }
+    let single = fl.entries[idx].kind != EntryKind::Dir;
+    for i in shown {
+        let name = if recursive || single {
+            fl.path_of(i)
+        } else {
+            fl.entries[i].name.clone()
+        };
+        outln!("{}", ls_line(&fl, i, &name))?;
     }
     Ok(())
 }
@@ -236,22 +346,27 @@ fn ls(flist: &Path, path: Option<&str>, recursive: bool) -> anyhow::Result<()> {
 /// `zos flist unpack`: the tree written under `dest`.
 fn unpack(flist: &Path, dest: &Path, src: &Source, threads: usize) -> anyhow::Result<()> {
     let (fl, fetcher) = src.open(flist)?;
+    let bar = crate::progress::Bar::spinner(format!(
+        "unpacking {} into {}",
+        human_bytes(file_bytes(&fl)),
+        dest.display()
+    ));
     let r = zos_flist::unpack(&fl, &fetcher, dest, &zos_flist::UnpackOptions { threads })
         .with_context(|| format!("unpacking into {}", dest.display()))?;
-    println!(
+    bar.finish();
+    outln!(
         "{}: {} entries, {} files, {} bytes",
         dest.display(),
         r.entries,
         r.files,
         r.bytes
-    );
-    Ok(())
+    )
 }
 
 /// `zos flist mount`: a FUSE mount in the foreground.
 fn mount(flist: &Path, mountpoint: &Path, src: &Source) -> anyhow::Result<()> {
     let (fl, fetcher) = src.open(flist)?;
-    eprintln!(
+    note!(
         "mounting at {}; unmount it or press Ctrl-C to stop",
         mountpoint.display()
     );
@@ -264,16 +379,12 @@ fn mount(flist: &Path, mountpoint: &Path, src: &Source) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ls_dir(fl: &Flist, dir: usize, recursive: bool) {
+/// The entries under directory `dir` in listing order (depth first when recursive).
+fn dir_entries(fl: &Flist, dir: usize, recursive: bool, out: &mut Vec<usize>) {
     for &c in &fl.entries[dir].children {
-        let name = if recursive {
-            fl.path_of(c)
-        } else {
-            fl.entries[c].name.clone()
-        };
-        println!("{}", ls_line(fl, c, &name));
+        out.push(c);
         if recursive && fl.entries[c].kind == EntryKind::Dir {
-            ls_dir(fl, c, true);
+            dir_entries(fl, c, true, out);
         }
     }
 }

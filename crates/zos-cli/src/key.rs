@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use zos_contract::SecretKey;
 
+use crate::output::{outln, Format};
+
 #[derive(Debug, Subcommand)]
 pub enum KeyCmd {
     /// Make a new ed25519 key; print its public key.
@@ -20,8 +22,12 @@ pub enum KeyCmd {
     },
     /// Print the public key of a secret key file.
     ///
-    /// Example: zos key show expert.key
-    Show { key: PathBuf },
+    /// Example: zos key show expert.key --json
+    Show {
+        key: PathBuf,
+        #[command(flatten)]
+        format: Format,
+    },
 }
 
 pub fn run(cmd: KeyCmd) -> anyhow::Result<()> {
@@ -30,9 +36,19 @@ pub fn run(cmd: KeyCmd) -> anyhow::Result<()> {
             let key = SecretKey::generate()?;
             key.save_new(&out)
                 .with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", key.public());
+            outln!("{}", key.public())?;
         }
-        KeyCmd::Show { key } => println!("{}", SecretKey::load(&key)?.public()),
+        KeyCmd::Show { key: path, format } => {
+            let public = SecretKey::load(&path)?.public();
+            if format.json {
+                crate::output::json(&serde_json::json!({
+                    "key": path,
+                    "public": public,
+                }))?;
+            } else {
+                outln!("{public}")?;
+            }
+        }
     }
     Ok(())
 }

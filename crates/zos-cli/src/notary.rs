@@ -16,6 +16,8 @@ use zos_contract::{
 };
 use zos_notary::{AnyNotary, KeyKind, KeyPrefix, Notary, NotaryKey, Record};
 
+use crate::output::outln;
+
 /// A notary and the runtime its async calls run on (the CLI itself is synchronous).
 pub struct Client {
     rt: tokio::runtime::Runtime,
@@ -178,13 +180,13 @@ pub fn publish(client: &Client, doc: &SignedContract, key: &SecretKey) -> anyhow
             v.weight, v.threshold
         )
     };
-    println!(
+    outln!(
         "published {} version {} to {} node(s) in {} ({state})",
         c.id,
         c.version,
         c.nodes.len(),
         client.url
-    );
+    )?;
     Ok(())
 }
 
@@ -206,11 +208,11 @@ pub fn cosign(
         doc.sign(key)?;
         let nkey = NotaryKey::contract(&node, id)?;
         client.put(&Record::sign(&nkey, doc.to_value(), key)?)?;
-        println!(
+        outln!(
             "signed {id} version {} on node {node} as {}",
             doc.contract.version,
             key.public()
-        );
+        )?;
     }
     Ok(())
 }
@@ -230,10 +232,10 @@ pub fn cancel(
         let doc = match record {
             ContractRecord::Contract(doc) => doc,
             ContractRecord::Cancellation(c) => {
-                println!(
+                outln!(
                     "{id} is already cancelled on node {node} (version {})",
                     c.cancellation.version
-                );
+                )?;
                 continue;
             }
         };
@@ -251,10 +253,10 @@ pub fn cancel(
         let nkey = NotaryKey::contract(&node, id)?;
         let body = serde_json::to_value(&cancellation)?;
         client.put(&Record::sign(&nkey, body, key)?)?;
-        println!(
+        outln!(
             "cancelled {id} (version {}) on node {node}",
             doc.contract.version
-        );
+        )?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::output::Format;
+use crate::output::{out, Format};
 
 /// Show this node's status: key, farm, version, addresses, pools, capacity,
 /// workloads and their states, last errors.
@@ -37,9 +37,9 @@ pub fn run(cmd: StatusCmd) -> anyhow::Result<()> {
             )
         })?;
     if cmd.format.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        crate::output::json(&status)?;
     } else {
-        print!("{}", zos_status::render(&status));
+        out!("{}", zos_status::render(&status))?;
     }
     Ok(())
 }

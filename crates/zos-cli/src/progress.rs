@@ -1,0 +1,68 @@
+//! Progress on stderr (indicatif) for the long steps: flist pack, verify and unpack.
+//!
+//! Drawn only when stderr is a terminal; piped or redirected, a [`Bar`] is hidden and
+//! the command prints exactly what it printed before (its result lines).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A progress bar or spinner on stderr, hidden when stderr is not a terminal.
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// A bar over bytes (`done / total`, rate, time left), fed by [`Bar::update`].
+    pub fn bytes(label: &str) -> Bar {
+        let bar = ProgressBar::with_draw_target(Some(0), target());
+        let style = ProgressStyle::with_template(
+            "{msg} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} (ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        Bar(bar)
+    }
+
+    /// A spinner with the time taken, for a step that reports no progress of its own.
+    pub fn spinner(label: String) -> Bar {
+        let bar = ProgressBar::with_draw_target(None, target());
+        let style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_message(label);
+        if !bar.is_hidden() {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        Bar(bar)
+    }
+
+    /// `done` of `total` bytes: the shape of zos-flist's progress callbacks.
+    pub fn update(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+
+    /// Removes the bar, so the result lines that follow stand alone.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        // An error return leaves no half-drawn bar above the error message.
+        if !self.0.is_finished() {
+            self.0.finish_and_clear();
+        }
+    }
+}
+
+fn target() -> ProgressDrawTarget {
+    if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    }
+}

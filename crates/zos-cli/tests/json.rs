@@ -1,0 +1,143 @@
+//! `--json` on the read commands: one JSON document on stdout, parsed here per command
+//! family (key, blueprint, contract status, flist ls and verify). The others are parsed
+//! where their flows are tested: contract verify and list (tests/flow.rs), farm show and
+//! node list (tests/farm.rs), status (tests/status.rs).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn run(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ZOS_NOTARY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "zos {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a read command with --json: stdout must be exactly one JSON document.
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let stdout = run(dir, &args);
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("zos {args:?} --json is not one document ({e}):\n{stdout}"))
+}
+
+#[test]
+fn key_and_blueprint_show_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let public = run(dir, &["key", "new", "--out", "expert.key"]);
+    let shown = json(dir, &["key", "show", "expert.key"]);
+    assert_eq!(shown["public"], public.trim(), "{shown}");
+    assert_eq!(shown["key"], "expert.key", "{shown}");
+
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/crm.blueprint.toml");
+    run(
+        dir,
+        &[
+            "blueprint",
+            "sign",
+            source.to_str().unwrap(),
+            "--key",
+            "expert.key",
+            "-o",
+            "crm.json",
+        ],
+    );
+    let shown = json(dir, &["blueprint", "show", "crm.json"]);
+    assert_eq!(shown["author"], public.trim(), "{shown}");
+    assert_eq!(shown["digest"].as_str().unwrap().len(), 64, "{shown}");
+    assert!(shown["name"].is_string(), "{shown}");
+    assert!(shown["params"].is_object(), "{shown}");
+}
+
+#[test]
+fn contract_status_as_json() {
+    let tmp = zos_testkit::tempdir("cli-json");
+    let dir = tmp.path();
+    let notary = format!("dir://{}", dir.join("notary").display());
+    let node = run(dir, &["key", "new", "--out", "node.key"]);
+    let node = node.trim();
+    let key = zos_contract::SecretKey::load(&dir.join("node.key")).unwrap();
+    let body = serde_json::json!({"contract": "c1", "version": 3, "state": "ok",
+        "message": "running", "workloads": {"app": {"state": "running"}}});
+    let nkey = zos_notary::NotaryKey::status(&key.public(), "c1").unwrap();
+    let record = zos_notary::Record::sign(&nkey, body, &key).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use zos_notary::Notary;
+            zos_notary::open(&notary).unwrap().put(&record).await
+        })
+        .unwrap();
+    let status = json(
+        dir,
+        &[
+            "contract", "status", "c1", "--node", node, "--notary", &notary,
+        ],
+    );
+    assert_eq!(status["contract"], "c1", "{status}");
+    assert_eq!(status["version"], 3, "{status}");
+    assert_eq!(status["workloads"]["app"]["state"], "running", "{status}");
+    assert_eq!(status["signed_at"], record.signed_at, "{status}");
+}
+
+#[test]
+fn flist_ls_and_verify_as_json() {
+    let tmp = zos_testkit::tempdir("cli-json");
+    let dir = tmp.path();
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), b"hello\n").unwrap();
+    std::os::unix::fs::symlink("etc/motd", tree.join("motd")).unwrap();
+    let publisher = run(dir, &["key", "new", "--out", "pub.key"]);
+    let store = format!("dir://{}", dir.join("store").display());
+    run(
+        dir,
+        &[
+            "flist", "pack", "tree", "--store", &store, "-o", "t.fl", "--sign", "pub.key",
+        ],
+    );
+
+    let all = json(dir, &["flist", "ls", "t.fl", "-R"]);
+    let entries = all.as_array().unwrap();
+    let by_path = |p: &str| {
+        entries
+            .iter()
+            .find(|e| e["path"] == p)
+            .unwrap_or_else(|| panic!("no {p} in {all}"))
+    };
+    assert_eq!(by_path("/etc")["kind"], "dir");
+    assert_eq!(by_path("/etc/motd")["kind"], "file");
+    assert_eq!(by_path("/etc/motd")["size"], 6);
+    assert_eq!(by_path("/motd")["kind"], "symlink");
+    assert_eq!(by_path("/motd")["target"], "etc/motd");
+    // One entry: an array of one.
+    let one = json(dir, &["flist", "ls", "t.fl", "/etc/motd"]);
+    assert_eq!(one.as_array().unwrap().len(), 1, "{one}");
+
+    let verified = json(
+        dir,
+        &[
+            "flist",
+            "verify",
+            "t.fl",
+            "--store",
+            &store,
+            "--trust",
+            publisher.trim(),
+        ],
+    );
+    assert_eq!(verified["files"], 1, "{verified}");
+    assert_eq!(verified["bytes"], 6, "{verified}");
+    assert_eq!(verified["sha256"].as_str().unwrap().len(), 64, "{verified}");
+}
