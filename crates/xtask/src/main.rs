@@ -7,6 +7,8 @@
 
 use xtask::{bench, demo, flists, fuzz, image, initramfs, node, test};
 
+mod man;
+
 const USAGE: &str = "\
 usage: cargo xtask <task>
 
@@ -52,6 +54,8 @@ tasks:
                 (boot the ISO as a USB stick on q35 instead) (qemu/README.md)
   farm N [node options]
                 boot N nodes on one notary
+  man [DIR]     the zos tool's man pages, one per command, from its clap definition
+                (default DIR: target/man); read one with man -l DIR/zos.1
 ";
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Some("image") => image::run(&args[1..]),
         Some("node") => node::run_node(&args[1..]),
         Some("farm") => node::run_farm(&args[1..]),
+        Some("man") => man::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
