@@ -33,18 +33,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{
+    openat2, renameat, renameat2, AtFlags, Flock, FlockArg, OFlag, OpenHow, RenameFlags,
+    ResolveFlag,
+};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::sys::stat::{fstatat, futimens, mkdirat, Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    warn_skipped, KeyPrefix, Notary, NotaryError, NotaryKey, Record, RecordError, Watch,
-    MAX_RECORD_BYTES, WATCH_CHANNEL,
+    warn_skipped, EventStream, EventWatch, Expect, KeyPrefix, Lease, Notary, NotaryError,
+    NotaryKey, Record, RecordError, Watch, WatchEvent, MAX_RECORD_BYTES, WATCH_CHANNEL,
 };
 
 const BACKEND: &str = "dir";
@@ -117,7 +122,8 @@ impl Notary for DirNotary {
         let key = key.clone();
         self.blocking(
             move |root| match read_limited(root, &format!("{key}{SUFFIX}")) {
-                Ok(bytes) => Ok(Some(Record::from_bytes_verified(&bytes, key.as_str())?)),
+                Ok((_, mtime)) if expired_at(root, &format!("{key}{SUFFIX}"), mtime) => Ok(None),
+                Ok((bytes, _)) => Ok(Some(Record::from_bytes_verified(&bytes, key.as_str())?)),
                 Err(ReadError::Missing) => Ok(None),
                 Err(ReadError::Record(e)) => Err(e.into()),
                 Err(ReadError::Symlink(path)) => Err(NotaryError::Symlink { path }),
@@ -139,6 +145,145 @@ impl Notary for DirNotary {
     }
 
     async fn watch(&self, prefix: &KeyPrefix) -> Result<Watch, NotaryError> {
+        Ok(Watch::new(self.watch_stream(prefix).await?))
+    }
+
+    async fn put_if(&self, record: &Record, expect: &Expect) -> Result<(), NotaryError> {
+        self.put_with(record, None, expect).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease, NotaryError> {
+        // Whole milliseconds (the mark's unit), at least one.
+        let ttl = Duration::from_millis(
+            u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let mixed = nanos
+            ^ (u64::from(std::process::id()) << 40)
+            ^ LEASE_COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let id = (mixed & (i64::MAX as u64)).max(1) as i64;
+        tracing::debug!(
+            backend = BACKEND,
+            lease = id,
+            ttl_ms = ttl.as_millis() as u64,
+            "lease granted"
+        );
+        Ok(Lease::new(id, ttl))
+    }
+
+    async fn put_leased(
+        &self,
+        record: &Record,
+        lease: &Lease,
+        expect: &Expect,
+    ) -> Result<(), NotaryError> {
+        check_lease_alive(lease)?;
+        self.put_with(record, Some(lease), expect).await?;
+        let key = record.notary_key()?;
+        lease.local.lock().expect("lease lock").keys.insert(key);
+        Ok(())
+    }
+
+    async fn keep_alive(&self, lease: &Lease) -> Result<Duration, NotaryError> {
+        check_lease_alive(lease)?;
+        let mut keys = std::mem::take(&mut lease.local.lock().expect("lease lock").keys);
+        let (id, ttl) = (lease.id(), lease.ttl());
+        let (alive, keys) = self
+            .blocking(move |root| {
+                let alive = touch_leased(root, id, &mut keys)?;
+                Ok((alive, keys))
+            })
+            .await?;
+        let mut local = lease.local.lock().expect("lease lock");
+        local.keys.extend(keys);
+        if !alive {
+            return Err(NotaryError::LeaseExpired { lease: id });
+        }
+        local.renewed = SystemTime::now();
+        tracing::trace!(backend = BACKEND, lease = id, "lease kept alive");
+        Ok(ttl)
+    }
+
+    async fn revoke(&self, lease: &Lease) -> Result<(), NotaryError> {
+        let keys = {
+            let mut local = lease.local.lock().expect("lease lock");
+            local.revoked = true;
+            std::mem::take(&mut local.keys)
+        };
+        let id = lease.id();
+        self.blocking(move |root| {
+            for key in keys {
+                remove_record(root, &format!("{key}{SUFFIX}"), Some(id))?;
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::debug!(backend = BACKEND, lease = id, "lease revoked");
+        Ok(())
+    }
+
+    async fn delete(&self, key: &NotaryKey) -> Result<(), NotaryError> {
+        let rel = format!("{key}{SUFFIX}");
+        self.blocking(move |root| remove_record(root, &rel, None))
+            .await?;
+        tracing::debug!(backend = BACKEND, key = %key, "record deleted");
+        Ok(())
+    }
+
+    async fn watch_events(&self, prefix: &KeyPrefix) -> Result<EventWatch, NotaryError> {
+        Ok(EventWatch::new(self.watch_stream(prefix).await?))
+    }
+}
+
+static LEASE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A `dir://` lease is gone once revoked, or once a TTL passed since its last renewal
+/// (this process's view; readers judge each record by its file's age).
+fn check_lease_alive(lease: &Lease) -> Result<(), NotaryError> {
+    let local = lease.local.lock().expect("lease lock");
+    let lapsed = local
+        .renewed
+        .checked_add(lease.ttl())
+        .is_some_and(|end| end < SystemTime::now());
+    if local.revoked || lapsed {
+        return Err(NotaryError::LeaseExpired { lease: lease.id() });
+    }
+    Ok(())
+}
+
+impl DirNotary {
+    async fn put_with(
+        &self,
+        record: &Record,
+        lease: Option<&Lease>,
+        expect: &Expect,
+    ) -> Result<(), NotaryError> {
+        let (key, bytes) = record.to_storable()?;
+        let mark = lease.map(|l| Mark {
+            lease: l.id(),
+            ttl: l.ttl(),
+        });
+        let expect = expect.clone();
+        let k = key.clone();
+        self.blocking(move |root| put_checked(root, &k, &bytes, mark, &expect))
+            .await
+            .inspect_err(|e| {
+                if matches!(e, NotaryError::Conflict { .. }) {
+                    tracing::debug!(backend = BACKEND, key = %key, "compare-and-swap lost");
+                }
+            })?;
+        tracing::debug!(backend = BACKEND, key = %key, lease = lease.map(Lease::id), "record stored");
+        Ok(())
+    }
+
+    async fn watch_stream(&self, prefix: &KeyPrefix) -> Result<EventStream, NotaryError> {
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
         let (ready_tx, ready_rx) = oneshot::channel();
         let root = self.root.to_path_buf();
@@ -148,7 +293,7 @@ impl Notary for DirNotary {
             .spawn(move || watch_thread(root, prefix, tx, ready_tx))
             .map_err(io_err(&self.root))?;
         match ready_rx.await {
-            Ok(Ok(())) => Ok(Watch::new(rx, None)),
+            Ok(Ok(())) => Ok(EventStream::new(rx, None)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(NotaryError::Io {
                 path: self.root.to_path_buf(),
@@ -347,11 +492,44 @@ fn create_dirs(root: &Path, rel: &str) -> Result<OwnedFd, NotaryError> {
     Ok(fd)
 }
 
-/// Writes `bytes` to the file `rel` below `root` atomically and durably.
+/// How a written temporary file takes the record's name.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Commit {
+    /// `renameat`: replaces whatever is there.
+    Replace,
+    /// `renameat2(RENAME_NOREPLACE)` (or, where the filesystem lacks it, `linkat`):
+    /// fails when the name exists, so of racing creators exactly one wins.
+    Exclusive,
+}
+
+/// What [`write_in`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Done,
+    /// [`Commit::Exclusive`] found the name taken; nothing was written.
+    Exists,
+}
+
+/// Writes `bytes` to the file `rel` below `root` atomically and durably, replacing it,
+/// and drops a lease mark the file had (a plain put is not leased).
 fn write_atomic(root: &Path, rel: &str, bytes: &[u8]) -> Result<(), NotaryError> {
     let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let dir = create_dirs(root, dir_rel)?;
     let dir_path = root.join(dir_rel);
+    write_in(&dir, &dir_path, name, bytes, Commit::Replace)?;
+    remove_at(&dir, &dir_path, &mark_name(name))?;
+    Ok(())
+}
+
+/// Writes `bytes` to `name` in the open directory `dir` (a fresh temporary file,
+/// fsynced, then renamed or linked to `name` as `commit` says; the directory fsynced).
+fn write_in(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    name: &str,
+    bytes: &[u8],
+    commit: Commit,
+) -> Result<Written, NotaryError> {
     let tmp = format!(
         ".{name}.{}.{}.tmp",
         std::process::id(),
@@ -364,10 +542,11 @@ fn write_atomic(root: &Path, rel: &str, bytes: &[u8]) -> Result<(), NotaryError>
             source: e.into(),
         }
     };
+    let raw = dir.as_raw_fd();
     let result = (|| {
         let fd = openat_beneath(
             dir.as_fd(),
-            &dir_path,
+            dir_path,
             &tmp,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
             Mode::from_bits_truncate(0o644),
@@ -382,23 +561,342 @@ fn write_atomic(root: &Path, rel: &str, bytes: &[u8]) -> Result<(), NotaryError>
         f.write_all(bytes).map_err(io_err(&at(&tmp)))?;
         f.sync_all().map_err(io_err(&at(&tmp)))?;
         drop(f);
-        renameat(
-            Some(dir.as_raw_fd()),
-            tmp.as_str(),
-            Some(dir.as_raw_fd()),
-            name,
-        )
-        .map_err(nix_err(at(name)))?;
-        nix::unistd::fsync(dir.as_raw_fd()).map_err(nix_err(dir_path.clone()))
+        let written = match commit {
+            Commit::Replace => {
+                renameat(Some(raw), tmp.as_str(), Some(raw), name).map_err(nix_err(at(name)))?;
+                Written::Done
+            }
+            Commit::Exclusive => match renameat2(
+                Some(raw),
+                tmp.as_str(),
+                Some(raw),
+                name,
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => Written::Done,
+                Err(Errno::EEXIST) => Written::Exists,
+                // A filesystem without RENAME_NOREPLACE (9p, NFS): a hard link is just
+                // as exclusive. The temporary name goes in both cases below.
+                Err(Errno::EINVAL) => {
+                    match linkat(Some(raw), tmp.as_str(), Some(raw), name, AtFlags::empty()) {
+                        Ok(()) => Written::Done,
+                        Err(Errno::EEXIST) => Written::Exists,
+                        Err(e) => return Err(nix_err(at(name))(e)),
+                    }
+                }
+                Err(e) => return Err(nix_err(at(name))(e)),
+            },
+        };
+        nix::unistd::fsync(raw).map_err(nix_err(dir_path.to_path_buf()))?;
+        Ok(written)
     })();
-    if result.is_err() {
-        let _ = unlinkat(
-            Some(dir.as_raw_fd()),
-            tmp.as_str(),
-            UnlinkatFlags::NoRemoveDir,
-        );
+    if !matches!(result, Ok(Written::Done)) || commit == Commit::Exclusive {
+        // Left over after a failure, an exclusive commit that lost, or a link.
+        let _ = unlinkat(Some(raw), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
     }
     result
+}
+
+/// Removes `name` from the open directory `dir`; a name already gone is fine. Returns
+/// whether something was removed.
+fn remove_at(dir: &OwnedFd, dir_path: &Path, name: &str) -> Result<bool, NotaryError> {
+    match unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(NotaryError::Io {
+            path: dir_path.join(name),
+            source: e.into(),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Leases and compare-and-swap
+//
+// A leased record `<name>` (`<stem>.json`) has a mark beside it, the hidden file
+// `.<name>.lease`, holding `<lease id> <ttl in ms>`: it was written before the record
+// (so a crash leaves no leased record without its mark). The record has expired when
+// its modification time plus the TTL is before the reader's clock; keep-alive moves the
+// modification time to now. A plain put removes the mark. Conditional writes, deletes,
+// keep-alives and revocations of one key serialise on `flock` of the hidden file
+// `.<name>.lock` beside it (held only for the operation).
+
+/// The lease mark of record file `name`.
+fn mark_name(name: &str) -> String {
+    format!(".{name}{LEASE_FILE_SUFFIX}")
+}
+
+/// Suffix of the hidden file beside a leased record (`.<name>.json.lease`) naming its
+/// lease and TTL.
+const LEASE_FILE_SUFFIX: &str = ".lease";
+/// Suffix of the hidden file beside a record (`.<name>.json.lock`) that conditional
+/// writers of that key lock.
+const LOCK_FILE_SUFFIX: &str = ".lock";
+
+/// A lease mark: which lease, and the TTL its writer declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    lease: i64,
+    ttl: Duration,
+}
+
+impl Mark {
+    fn to_bytes(self) -> Vec<u8> {
+        format!("{} {}\n", self.lease, self.ttl.as_millis()).into_bytes()
+    }
+
+    fn parse(bytes: &[u8]) -> Option<Mark> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (id, ttl) = text.trim_end().split_once(' ')?;
+        Some(Mark {
+            lease: id.parse().ok()?,
+            ttl: Duration::from_millis(ttl.parse().ok()?),
+        })
+    }
+
+    /// Whether a record last modified at `mtime` has expired by `now`.
+    fn expired(self, mtime: SystemTime, now: SystemTime) -> bool {
+        mtime.checked_add(self.ttl).is_some_and(|end| end < now)
+    }
+}
+
+/// The lease mark of `name` in the open directory `dir`, if it has a readable one.
+fn read_mark(dir: &OwnedFd, dir_path: &Path, name: &str) -> Option<Mark> {
+    let fd = openat_beneath(
+        dir.as_fd(),
+        dir_path,
+        &mark_name(name),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    File::from(fd).take(64).read_to_end(&mut buf).ok()?;
+    Mark::parse(&buf)
+}
+
+/// Whether the record file `rel` below `root`, modified at `mtime`, is leased and has
+/// expired on this machine's clock.
+fn expired_at(root: &Path, rel: &str, mtime: SystemTime) -> bool {
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let Ok(dir) = open_dir(root, dir_rel) else {
+        return false;
+    };
+    read_mark(&dir, &root.join(dir_rel), name).is_some_and(|m| m.expired(mtime, SystemTime::now()))
+}
+
+/// What a key holds, seen under its lock.
+enum Held {
+    None,
+    /// A record that is there and not expired: its bytes.
+    Live(Vec<u8>),
+    /// A leased record whose lease has expired (on this clock).
+    Expired,
+}
+
+/// Reads what `name` in `dir` holds right now.
+fn held(dir: &OwnedFd, dir_path: &Path, name: &str) -> Result<Held, NotaryError> {
+    let fd = match openat_beneath(
+        dir.as_fd(),
+        dir_path,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(OpenError::Missing) => return Ok(Held::None),
+        Err(e) => return Err(e.into_notary().expect("not Missing")),
+    };
+    let (bytes, mtime) = match read_file(File::from(fd), dir_path.join(name)) {
+        Ok(read) => read,
+        Err(ReadError::Missing) => return Ok(Held::None),
+        Err(e) => return Err(e.into_notary()),
+    };
+    let mark = read_mark(dir, dir_path, name);
+    if mark.is_some_and(|m| m.expired(mtime, SystemTime::now())) {
+        return Ok(Held::Expired);
+    }
+    Ok(Held::Live(bytes))
+}
+
+/// Runs `f` on the directory of `rel` (below `root`) and the record's file name while
+/// holding the key's lock. With `create`, missing directories are made; without, a
+/// missing directory means there is nothing to do (`Ok(None)`).
+fn with_key_lock<T>(
+    root: &Path,
+    rel: &str,
+    create: bool,
+    f: impl FnOnce(&OwnedFd, &Path, &str) -> Result<T, NotaryError>,
+) -> Result<Option<T>, NotaryError> {
+    let (dir_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let dir_path = root.join(dir_rel);
+    let dir = if create {
+        create_dirs(root, dir_rel)?
+    } else {
+        match open_dir(root, dir_rel) {
+            Ok(fd) => fd,
+            Err(OpenError::Missing) => return Ok(None),
+            Err(e) => return Err(e.into_notary().expect("not Missing")),
+        }
+    };
+    let lock_name = format!(".{name}{LOCK_FILE_SUFFIX}");
+    let lock_fd = openat_beneath(
+        dir.as_fd(),
+        &dir_path,
+        &lock_name,
+        OFlag::O_RDWR | OFlag::O_CREAT,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| {
+        e.into_notary().unwrap_or_else(|| NotaryError::Io {
+            path: dir_path.join(&lock_name),
+            source: io::ErrorKind::NotFound.into(),
+        })
+    })?;
+    let _lock =
+        Flock::lock(lock_fd, FlockArg::LockExclusive).map_err(|(_, e)| NotaryError::Io {
+            path: dir_path.join(&lock_name),
+            source: e.into(),
+        })?;
+    f(&dir, &dir_path, name).map(Some)
+}
+
+/// A conditional (and possibly leased) put of `bytes` at `rel`, under the key's lock.
+fn put_checked(
+    root: &Path,
+    key: &NotaryKey,
+    bytes: &[u8],
+    mark: Option<Mark>,
+    expect: &Expect,
+) -> Result<(), NotaryError> {
+    let rel = format!("{key}{SUFFIX}");
+    let expected = match expect {
+        Expect::Current(r) => Some(r.to_storable()?.1),
+        _ => None,
+    };
+    let conflict = || NotaryError::Conflict {
+        key: key.to_string(),
+    };
+    with_key_lock(root, &rel, true, |dir, dir_path, name| {
+        let commit = match (expect, held(dir, dir_path, name)?) {
+            (Expect::Any, _) => Commit::Replace,
+            (Expect::Absent, Held::None) => Commit::Exclusive,
+            (Expect::Absent, Held::Expired) => {
+                // Gone for every reader already: clear it, then create as if absent.
+                remove_at(dir, dir_path, name)?;
+                remove_at(dir, dir_path, &mark_name(name))?;
+                Commit::Exclusive
+            }
+            (Expect::Current(_), Held::Live(current)) if Some(&current) == expected.as_ref() => {
+                Commit::Replace
+            }
+            _ => return Err(conflict()),
+        };
+        match mark {
+            Some(m) => {
+                write_in(
+                    dir,
+                    dir_path,
+                    &mark_name(name),
+                    &m.to_bytes(),
+                    Commit::Replace,
+                )?;
+            }
+            None => {
+                remove_at(dir, dir_path, &mark_name(name))?;
+            }
+        }
+        match write_in(dir, dir_path, name, bytes, commit)? {
+            Written::Done => Ok(()),
+            Written::Exists => {
+                // A plain put (which takes no lock) got there first: the mark is not
+                // for its record.
+                if mark.is_some() {
+                    remove_at(dir, dir_path, &mark_name(name))?;
+                }
+                Err(conflict())
+            }
+        }
+    })
+    .map(|done| done.expect("created"))
+}
+
+/// Renews the lease's records: each record still marked with `lease` gets its
+/// modification time set to now. Returns false when one of them had already expired.
+/// Keys no longer marked with it (replaced, deleted) are dropped from `keys`.
+fn touch_leased(
+    root: &Path,
+    lease: i64,
+    keys: &mut std::collections::BTreeSet<NotaryKey>,
+) -> Result<bool, NotaryError> {
+    let mut alive = true;
+    let mut gone = Vec::new();
+    for key in keys.iter() {
+        let rel = format!("{key}{SUFFIX}");
+        let still = with_key_lock(root, &rel, false, |dir, dir_path, name| {
+            if read_mark(dir, dir_path, name).map(|m| m.lease) != Some(lease) {
+                return Ok(false);
+            }
+            match held(dir, dir_path, name)? {
+                Held::None => Ok(false),
+                Held::Expired => {
+                    alive = false;
+                    Ok(true)
+                }
+                Held::Live(_) => {
+                    let fd = openat_beneath(
+                        dir.as_fd(),
+                        dir_path,
+                        name,
+                        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| {
+                        e.into_notary().unwrap_or_else(|| NotaryError::Io {
+                            path: dir_path.join(name),
+                            source: io::ErrorKind::NotFound.into(),
+                        })
+                    })?;
+                    futimens(fd.as_raw_fd(), &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_NOW).map_err(
+                        |e| NotaryError::Io {
+                            path: dir_path.join(name),
+                            source: e.into(),
+                        },
+                    )?;
+                    Ok(true)
+                }
+            }
+        })?;
+        if still != Some(true) {
+            gone.push(key.clone());
+        }
+    }
+    for key in gone {
+        keys.remove(&key);
+    }
+    Ok(alive)
+}
+
+/// Removes the record at `rel` (and its mark) when `only_lease` is `None` or names the
+/// lease it is marked with.
+fn remove_record(root: &Path, rel: &str, only_lease: Option<i64>) -> Result<(), NotaryError> {
+    with_key_lock(root, rel, false, |dir, dir_path, name| {
+        if let Some(lease) = only_lease {
+            if read_mark(dir, dir_path, name).map(|m| m.lease) != Some(lease) {
+                return Ok(());
+            }
+        }
+        let removed = remove_at(dir, dir_path, name)?;
+        remove_at(dir, dir_path, &mark_name(name))?;
+        if removed {
+            nix::unistd::fsync(dir.as_raw_fd()).map_err(|e| NotaryError::Io {
+                path: dir_path.to_path_buf(),
+                source: e.into(),
+            })?;
+        }
+        Ok(())
+    })
+    .map(|_| ())
 }
 
 enum ReadError {
@@ -408,16 +906,34 @@ enum ReadError {
     Io(PathBuf, io::Error),
 }
 
+impl ReadError {
+    fn into_notary(self) -> NotaryError {
+        match self {
+            ReadError::Missing => NotaryError::Io {
+                path: PathBuf::new(),
+                source: io::ErrorKind::NotFound.into(),
+            },
+            ReadError::Record(e) => e.into(),
+            ReadError::Symlink(path) => NotaryError::Symlink { path },
+            ReadError::Io(path, source) => NotaryError::Io { path, source },
+        }
+    }
+}
+
 /// Reads the regular file `rel` below `root`, of at most [`MAX_RECORD_BYTES`], never
-/// following a symlink (anywhere below the root) or blocking on a FIFO.
-fn read_limited(root: &Path, rel: &str) -> Result<Vec<u8>, ReadError> {
-    let path = root.join(rel);
+/// following a symlink (anywhere below the root) or blocking on a FIFO. Returns its
+/// bytes and modification time.
+fn read_limited(root: &Path, rel: &str) -> Result<(Vec<u8>, SystemTime), ReadError> {
     let fd = open_beneath(root, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(|e| match e {
         OpenError::Missing => ReadError::Missing,
         OpenError::Symlink(p) => ReadError::Symlink(p),
         OpenError::Io(p, e) => ReadError::Io(p, e),
     })?;
-    let file = File::from(fd);
+    read_file(File::from(fd), root.join(rel))
+}
+
+/// Reads an open record file (see [`read_limited`]).
+fn read_file(file: File, path: PathBuf) -> Result<(Vec<u8>, SystemTime), ReadError> {
     let meta = file
         .metadata()
         .map_err(|e| ReadError::Io(path.clone(), e))?;
@@ -433,6 +949,9 @@ fn read_limited(root: &Path, rel: &str) -> Result<Vec<u8>, ReadError> {
             max: MAX_RECORD_BYTES,
         }));
     }
+    let mtime = meta
+        .modified()
+        .map_err(|e| ReadError::Io(path.clone(), e))?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_RECORD_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
@@ -443,7 +962,7 @@ fn read_limited(root: &Path, rel: &str) -> Result<Vec<u8>, ReadError> {
             max: MAX_RECORD_BYTES,
         }));
     }
-    Ok(bytes)
+    Ok((bytes, mtime))
 }
 
 /// The logical key of a file `name` in directory `rel` (relative to the root), if the
@@ -464,7 +983,9 @@ fn load_verified(root: &Path, rel: &str, key: &str) -> Option<Record> {
         return None;
     }
     match read_limited(root, rel) {
-        Ok(bytes) => match Record::from_bytes_verified(&bytes, key) {
+        // Leased and expired (on this clock): gone for readers.
+        Ok((_, mtime)) if expired_at(root, rel, mtime) => None,
+        Ok((bytes, _)) => match Record::from_bytes_verified(&bytes, key) {
             Ok(r) => Some(r),
             Err(e) => {
                 warn_skipped(BACKEND, key, &e);
@@ -554,9 +1075,13 @@ struct Watcher {
     root: PathBuf,
     prefix: KeyPrefix,
     dirs: HashMap<WatchDescriptor, String>,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<WatchEvent>,
     /// Set when `root` is on a filesystem written from elsewhere.
     remote: Option<RemoteTree>,
+    /// Leased records seen under the prefix, by key: (directory, file name). Each
+    /// turn of the loop checks them, and reports one that expired as deleted: no
+    /// filesystem event marks an expiry.
+    leased: HashMap<String, (String, String)>,
 }
 
 /// What a walk of a remote tree saw: (directory, file) -> (inode, size, mtime in ns).
@@ -639,6 +1164,8 @@ impl Watcher {
         AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_ONLYDIR
             | AddWatchFlags::IN_DONT_FOLLOW
     }
@@ -690,6 +1217,10 @@ impl Watcher {
             let open = match kind {
                 Kind::Dir => self.add_tree(&child, emit)?,
                 Kind::File if emit => self.deliver_file(rel, &name),
+                Kind::File => {
+                    self.track_lease(rel, &name);
+                    true
+                }
                 Kind::Symlink => {
                     warn_symlink(&self.root.join(&child));
                     true
@@ -705,7 +1236,7 @@ impl Watcher {
 
     /// Delivers the record in file `name` of directory `rel` if it is under the prefix
     /// and verifies. Returns false when the receiver is gone.
-    fn deliver_file(&self, rel: &str, name: &str) -> bool {
+    fn deliver_file(&mut self, rel: &str, name: &str) -> bool {
         let Some(key) = key_of(rel, name) else {
             return true;
         };
@@ -713,9 +1244,92 @@ impl Watcher {
             return true;
         }
         match load_verified(&self.root, &join_rel(rel, name), &key) {
-            Some(r) => self.tx.blocking_send(r).is_ok(),
+            Some(r) => {
+                self.track_lease(rel, name);
+                self.tx.blocking_send(WatchEvent::Put(r)).is_ok()
+            }
             None => true,
         }
+    }
+
+    /// Reports the deletion of file `name` of directory `rel` if it is a record under
+    /// the prefix. Returns false when the receiver is gone.
+    fn deliver_deleted(&mut self, rel: &str, name: &str) -> bool {
+        let Some(key) = key_of(rel, name) else {
+            return true;
+        };
+        self.leased.remove(&key);
+        match NotaryKey::parse(&key) {
+            Ok(k) if self.prefix.matches(&key) => {
+                self.tx.blocking_send(WatchEvent::Deleted(k)).is_ok()
+            }
+            _ => true,
+        }
+    }
+
+    /// Remembers file `name` of directory `rel` when it is a leased record under the
+    /// prefix, so that its expiry is reported.
+    fn track_lease(&mut self, rel: &str, name: &str) {
+        let Some(key) = key_of(rel, name) else {
+            return;
+        };
+        if !self.prefix.matches(&key) {
+            return;
+        }
+        let Ok(dir) = open_dir(&self.root, rel) else {
+            return;
+        };
+        if read_mark(&dir, &self.root.join(rel), name).is_some() {
+            self.leased.insert(key, (rel.to_owned(), name.to_owned()));
+        }
+    }
+
+    /// Reports the leased records that expired (on this clock) as deleted, once each;
+    /// forgets the ones no longer leased or gone (inotify reports those). Returns false
+    /// when the receiver is gone.
+    fn expire_leases(&mut self) -> bool {
+        if self.leased.is_empty() {
+            return true;
+        }
+        let now = SystemTime::now();
+        let mut expired = Vec::new();
+        let mut forget = Vec::new();
+        for (key, (rel, name)) in &self.leased {
+            let state = open_dir(&self.root, rel).ok().and_then(|dir| {
+                let mark = read_mark(&dir, &self.root.join(rel), name)?;
+                let st = fstatat(
+                    Some(dir.as_raw_fd()),
+                    name.as_str(),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .ok()?;
+                let mtime = SystemTime::UNIX_EPOCH
+                    + Duration::new(
+                        st.st_mtime.max(0) as u64,
+                        st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+                    );
+                Some(mark.expired(mtime, now))
+            });
+            match state {
+                Some(false) => {}
+                Some(true) => expired.push(key.clone()),
+                None => forget.push(key.clone()),
+            }
+        }
+        for key in forget {
+            self.leased.remove(&key);
+        }
+        for key in expired {
+            self.leased.remove(&key);
+            let Ok(k) = NotaryKey::parse(&key) else {
+                continue;
+            };
+            tracing::debug!(backend = BACKEND, key = %key, "leased record expired");
+            if self.tx.blocking_send(WatchEvent::Deleted(k)).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Walks a remote tree (at most every [`REMOTE_POLL`]): delivers the files that are
@@ -750,6 +1364,12 @@ impl Watcher {
             }
             seen.insert(key, stamp);
         }
+        let vanished: Vec<(String, String)> = remote
+            .seen
+            .keys()
+            .filter(|k| !seen.contains_key(*k))
+            .cloned()
+            .collect();
         remote.seen = seen;
         if first {
             return true;
@@ -757,6 +1377,9 @@ impl Watcher {
         changed
             .iter()
             .all(|(rel, name)| self.deliver_file(rel, name))
+            && vanished
+                .iter()
+                .all(|(rel, name)| self.deliver_deleted(rel, name))
     }
 
     /// After a queue overflow: watch everything again and re-deliver every record.
@@ -772,7 +1395,7 @@ impl Watcher {
         let tx = self.tx.clone();
         scan_prefix(&self.root, &self.prefix, &mut |r| {
             if open {
-                open = tx.blocking_send(r).is_ok();
+                open = tx.blocking_send(WatchEvent::Put(r)).is_ok();
             }
         })?;
         Ok(open)
@@ -781,7 +1404,7 @@ impl Watcher {
     /// Handles events until the receiver is dropped. Returns Ok on a clean stop.
     fn run(&mut self) -> Result<(), NotaryError> {
         loop {
-            if self.tx.is_closed() || !self.walk_remote(false) {
+            if self.tx.is_closed() || !self.walk_remote(false) || !self.expire_leases() {
                 return Ok(());
             }
             let mut fds = [PollFd::new(self.ino.as_fd(), PollFlags::POLLIN)];
@@ -834,6 +1457,11 @@ impl Watcher {
                     .intersects(AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE)
                 {
                     self.deliver_file(&rel, &name)
+                } else if ev
+                    .mask
+                    .intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM)
+                {
+                    self.deliver_deleted(&rel, &name)
                 } else {
                     true
                 };
@@ -848,7 +1476,7 @@ impl Watcher {
 fn watch_thread(
     root: PathBuf,
     prefix: KeyPrefix,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<WatchEvent>,
     ready: oneshot::Sender<Result<(), NotaryError>>,
 ) {
     let setup = (|| {
@@ -865,6 +1493,7 @@ fn watch_thread(
             dirs: HashMap::new(),
             tx,
             remote,
+            leased: HashMap::new(),
         };
         w.add_tree("", false)?;
         w.walk_remote(true);
@@ -936,6 +1565,7 @@ mod tests {
                 seen: HashMap::new(),
                 walked: std::time::Instant::now(),
             }),
+            leased: HashMap::new(),
         };
         assert!(w.walk_remote(true));
         assert!(rx.try_recv().is_err(), "what was there before the watch");
@@ -947,9 +1577,12 @@ mod tests {
 
         w.remote.as_mut().unwrap().walked -= REMOTE_POLL;
         assert!(w.walk_remote(false));
-        let mut got: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|r| format!("{} v{}", r.key, r.body["contract"]["version"]))
-            .collect();
+        let mut got: Vec<String> = std::iter::from_fn(|| match rx.try_recv().ok()? {
+            WatchEvent::Put(r) => Some(r),
+            WatchEvent::Deleted(k) => panic!("nothing was deleted, yet {k} reported"),
+        })
+        .map(|r| format!("{} v{}", r.key, r.body["contract"]["version"]))
+        .collect();
         got.sort();
         assert_eq!(
             got,

@@ -22,7 +22,15 @@
 //!   at one revision, then one range per key at that revision, so a listing is a
 //!   consistent snapshot;
 //! - `POST /v3/watch {"create_request":{"key","range_end","start_revision"}}`: a
-//!   streaming response of newline-separated JSON messages.
+//!   streaming response of newline-separated JSON messages (PUT and DELETE events);
+//! - `POST /v3/kv/txn`: compare-and-swap puts ([`crate::Expect::Absent`] compares the
+//!   key's `create_revision` with 0, [`crate::Expect::Current`] its value with the
+//!   expected record's canonical bytes; `succeeded: false` is
+//!   [`NotaryError::Conflict`]);
+//! - `POST /v3/lease/grant {"TTL"}`, `/v3/lease/keepalive {"ID"}` (one request, one
+//!   answer), `/v3/lease/revoke {"ID"}`, and `"lease"` on a put: real etcd leases, the
+//!   keys deleted by the server when the lease expires;
+//! - `POST /v3/kv/deleterange {"key"}`.
 //!
 //! The watch task resumes after a dropped stream from the last seen revision + 1, with
 //! a capped exponential backoff. If that revision was compacted meanwhile, it re-reads
@@ -41,8 +49,8 @@ use tokio::sync::mpsc;
 
 use crate::key::KeyPrefix;
 use crate::{
-    warn_skipped, Notary, NotaryError, NotaryKey, Record, RecordError, Watch, MAX_RECORD_BYTES,
-    WATCH_CHANNEL,
+    warn_skipped, EventStream, EventWatch, Expect, Lease, Notary, NotaryError, NotaryKey, Record,
+    RecordError, Watch, WatchEvent, MAX_RECORD_BYTES, WATCH_CHANNEL,
 };
 
 const BACKEND: &str = "etcd";
@@ -101,6 +109,31 @@ struct RangeResponse {
     kvs: Vec<Kv>,
     #[serde(default)]
     more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct TxnResponse {
+    /// Absent (the proto default) when the comparison failed.
+    #[serde(default)]
+    succeeded: bool,
+}
+
+/// `/v3/lease/grant`'s and `/v3/lease/keepalive`'s result (`ID`, `TTL` in seconds; a
+/// TTL of 0 or less, or none, means the lease is gone).
+#[derive(Debug, Deserialize)]
+struct LeaseAnswer {
+    #[serde(default, rename = "ID", deserialize_with = "int64")]
+    id: i64,
+    #[serde(default, rename = "TTL", deserialize_with = "int64")]
+    ttl: i64,
+    #[serde(default)]
+    error: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeepAliveMessage {
+    result: Option<LeaseAnswer>,
+    error: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,12 +367,12 @@ impl EtcdNotary {
         self.inner.list_verified(prefix, 0).await
     }
 
-    /// A watch delivering records modified at `start_revision` or later.
+    /// A watch delivering the events at `start_revision` or later.
     pub(crate) async fn watch_from(
         &self,
         prefix: &KeyPrefix,
         start_revision: i64,
-    ) -> Result<Watch, NotaryError> {
+    ) -> Result<EventStream, NotaryError> {
         let (stream, created_rev) = self.inner.open_watch(prefix, start_revision).await?;
         let next = if start_revision > 0 {
             start_revision
@@ -352,7 +385,74 @@ impl EtcdNotary {
         let task = tokio::spawn(async move {
             watch_loop(inner, prefix, stream, next, tx).await;
         });
-        Ok(Watch::new(rx, Some(task)))
+        Ok(EventStream::new(rx, Some(task)))
+    }
+
+    /// Stores `record` (with `lease` when given) if `expect` holds: a plain put for
+    /// [`Expect::Any`], else one transaction comparing the key first.
+    async fn put_with(
+        &self,
+        record: &Record,
+        lease: Option<&Lease>,
+        expect: &Expect,
+    ) -> Result<(), NotaryError> {
+        let (key, bytes) = record.to_storable()?;
+        let etcd_key = B64.encode(self.etcd_key(&key));
+        let mut put = json!({ "key": etcd_key, "value": B64.encode(&bytes) });
+        if let Some(lease) = lease {
+            put["lease"] = json!(lease.id().to_string());
+        }
+        let compare = match expect {
+            Expect::Any => None,
+            Expect::Absent => Some(json!({
+                "key": etcd_key,
+                "target": "CREATE",
+                "result": "EQUAL",
+                "create_revision": "0",
+            })),
+            Expect::Current(expected) => {
+                let (_, expected) = expected.to_storable()?;
+                Some(json!({
+                    "key": etcd_key,
+                    "target": "VALUE",
+                    "result": "EQUAL",
+                    "value": B64.encode(&expected),
+                }))
+            }
+        };
+        let lease_gone = |e: NotaryError| match (&e, lease) {
+            (NotaryError::Etcd { reason, .. }, Some(lease))
+                if reason.contains("requested lease not found") =>
+            {
+                NotaryError::LeaseExpired { lease: lease.id() }
+            }
+            _ => e,
+        };
+        match compare {
+            None => {
+                let _: Value = self
+                    .inner
+                    .call("/v3/kv/put", &put)
+                    .await
+                    .map_err(lease_gone)?;
+            }
+            Some(compare) => {
+                let req = json!({ "compare": [compare], "success": [{ "request_put": put }] });
+                let resp: TxnResponse = self
+                    .inner
+                    .call("/v3/kv/txn", &req)
+                    .await
+                    .map_err(lease_gone)?;
+                if !resp.succeeded {
+                    tracing::debug!(backend = BACKEND, key = %key, "compare-and-swap lost");
+                    return Err(NotaryError::Conflict {
+                        key: key.to_string(),
+                    });
+                }
+            }
+        }
+        tracing::debug!(backend = BACKEND, key = %key, lease = lease.map(Lease::id), "record stored");
+        Ok(())
     }
 }
 
@@ -651,7 +751,7 @@ async fn watch_loop(
     prefix: KeyPrefix,
     stream: WatchStream,
     mut next: i64,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::Sender<WatchEvent>,
 ) {
     let mut stream = Some(stream);
     let mut backoff = BACKOFF_MIN;
@@ -699,11 +799,16 @@ async fn watch_loop(
                     for ev in result.events {
                         let Some(kv) = ev.kv else { continue };
                         next = next.max(kv.mod_revision + 1);
-                        if ev.kind == "DELETE" {
-                            continue;
-                        }
-                        if let Some(record) = inner.decode(&kv, &prefix) {
-                            if tx.send(record).await.is_err() {
+                        let event = if ev.kind == "DELETE" {
+                            inner
+                                .logical_key(&kv.key, &prefix)
+                                .and_then(|k| NotaryKey::parse(&k).ok())
+                                .map(WatchEvent::Deleted)
+                        } else {
+                            inner.decode(&kv, &prefix).map(WatchEvent::Put)
+                        };
+                        if let Some(event) = event {
+                            if tx.send(event).await.is_err() {
                                 return;
                             }
                         }
@@ -740,14 +845,14 @@ async fn catch_up(
     inner: &Inner,
     prefix: &KeyPrefix,
     from: i64,
-    tx: &mpsc::Sender<Record>,
+    tx: &mpsc::Sender<WatchEvent>,
 ) -> Option<i64> {
     let mut backoff = BACKOFF_MIN;
     loop {
         match inner.list_verified(prefix, from).await {
             Ok((records, rev)) => {
                 for r in records {
-                    tx.send(r).await.ok()?;
+                    tx.send(WatchEvent::Put(r)).await.ok()?;
                 }
                 return Some(rev);
             }
@@ -801,14 +906,7 @@ fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
 
 impl Notary for EtcdNotary {
     async fn put(&self, record: &Record) -> Result<(), NotaryError> {
-        let (key, bytes) = record.to_storable()?;
-        let req = json!({
-            "key": B64.encode(self.etcd_key(&key)),
-            "value": B64.encode(&bytes),
-        });
-        let _: Value = self.inner.call("/v3/kv/put", &req).await?;
-        tracing::debug!(backend = BACKEND, key = %key, "record stored");
-        Ok(())
+        self.put_with(record, None, &Expect::Any).await
     }
 
     async fn get(&self, key: &NotaryKey) -> Result<Option<Record>, NotaryError> {
@@ -828,14 +926,121 @@ impl Notary for EtcdNotary {
     }
 
     async fn watch(&self, prefix: &KeyPrefix) -> Result<Watch, NotaryError> {
-        self.watch_from(prefix, 0).await
+        Ok(Watch::new(self.watch_from(prefix, 0).await?))
     }
 
     /// Native: a listing at revision R, then a watch from R + 1. No duplicates, no gap.
     async fn subscribe(&self, prefix: &KeyPrefix) -> Result<(Vec<Record>, Watch), NotaryError> {
         let (records, rev) = self.list_at(prefix).await?;
-        let watch = self.watch_from(prefix, rev + 1).await?;
+        let watch = Watch::new(self.watch_from(prefix, rev + 1).await?);
         Ok((records, watch))
+    }
+
+    async fn put_if(&self, record: &Record, expect: &Expect) -> Result<(), NotaryError> {
+        self.put_with(record, None, expect).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease, NotaryError> {
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let req = json!({ "TTL": secs.max(1).to_string() });
+        let answer: LeaseAnswer = self.inner.call("/v3/lease/grant", &req).await?;
+        if !answer.error.is_empty() || answer.id == 0 || answer.ttl <= 0 {
+            return Err(self.inner.etcd(format!(
+                "/v3/lease/grant: no lease granted: {}",
+                answer.error
+            )));
+        }
+        let granted = Duration::from_secs(answer.ttl as u64);
+        tracing::debug!(
+            backend = BACKEND,
+            lease = answer.id,
+            ttl_s = answer.ttl,
+            "lease granted"
+        );
+        Ok(Lease::new(answer.id, granted))
+    }
+
+    async fn put_leased(
+        &self,
+        record: &Record,
+        lease: &Lease,
+        expect: &Expect,
+    ) -> Result<(), NotaryError> {
+        self.put_with(record, Some(lease), expect).await
+    }
+
+    async fn keep_alive(&self, lease: &Lease) -> Result<Duration, NotaryError> {
+        // The gateway maps the bidirectional stream to one request and its answer(s),
+        // newline-separated like a watch: the first answer is ours.
+        let req = json!({ "ID": lease.id().to_string() });
+        let msg: KeepAliveMessage = {
+            let resp = self
+                .inner
+                .client
+                .post(format!("{}/v3/lease/keepalive", self.inner.endpoint))
+                .timeout(TIMEOUT)
+                .json(&req)
+                .send()
+                .await
+                .map_err(|e| self.inner.http(e))?;
+            let status = resp.status();
+            let bytes = self
+                .inner
+                .read_bounded(resp, "/v3/lease/keepalive", MAX_RESPONSE)
+                .await?;
+            if !status.is_success() {
+                return Err(self.inner.etcd(format!(
+                    "/v3/lease/keepalive: HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+                )));
+            }
+            serde_json::Deserializer::from_slice(&bytes)
+                .into_iter::<KeepAliveMessage>()
+                .next()
+                .ok_or_else(|| self.inner.etcd("/v3/lease/keepalive: empty answer"))?
+                .map_err(|e| {
+                    self.inner
+                        .etcd(format!("/v3/lease/keepalive: bad answer: {e}"))
+                })?
+        };
+        if let Some(err) = msg.error {
+            return Err(self.inner.etcd(format!("/v3/lease/keepalive: {err}")));
+        }
+        match msg.result {
+            Some(a) if a.ttl > 0 => {
+                tracing::trace!(
+                    backend = BACKEND,
+                    lease = lease.id(),
+                    ttl_s = a.ttl,
+                    "lease kept alive"
+                );
+                Ok(Duration::from_secs(a.ttl as u64))
+            }
+            _ => Err(NotaryError::LeaseExpired { lease: lease.id() }),
+        }
+    }
+
+    async fn revoke(&self, lease: &Lease) -> Result<(), NotaryError> {
+        let req = json!({ "ID": lease.id().to_string() });
+        match self.inner.call::<Value>("/v3/lease/revoke", &req).await {
+            Ok(_) => {}
+            Err(NotaryError::Etcd { reason, .. })
+                if reason.contains("requested lease not found") => {}
+            Err(e) => return Err(e),
+        }
+        tracing::debug!(backend = BACKEND, lease = lease.id(), "lease revoked");
+        Ok(())
+    }
+
+    async fn delete(&self, key: &NotaryKey) -> Result<(), NotaryError> {
+        let req = json!({ "key": B64.encode(self.etcd_key(key)) });
+        let _: Value = self.inner.call("/v3/kv/deleterange", &req).await?;
+        tracing::debug!(backend = BACKEND, key = %key, "record deleted");
+        Ok(())
+    }
+
+    async fn watch_events(&self, prefix: &KeyPrefix) -> Result<EventWatch, NotaryError> {
+        Ok(EventWatch::new(self.watch_from(prefix, 0).await?))
     }
 }
 

@@ -15,12 +15,22 @@
 //! Watching: [`Notary::watch`] returns once the watch is established and then delivers
 //! every record put after that; to get "everything, then every change" without a gap,
 //! use [`Notary::subscribe`]. See docs/notary.md.
+//!
+//! Coordination (for the grid's orchestrators and nodes): [`Notary::put_if`] is a
+//! compare-and-swap put ([`Expect::Absent`], [`Expect::Current`]; a lost race is
+//! [`NotaryError::Conflict`]); [`Notary::grant_lease`] / [`Notary::put_leased`] /
+//! [`Notary::keep_alive`] / [`Notary::revoke`] make keys that vanish unless kept alive;
+//! [`Notary::delete`] removes a key, and [`Notary::watch_events`] reports deletions
+//! (expiry included) as well as puts. The two backends differ in who judges an expiry:
+//! etcd's server, or a `dir://` reader's own clock (docs/notary.md).
 
 // One unsafe block, allowed where it is (dir.rs, openat_beneath): nix 0.29 returns
 // openat2's descriptor as a raw fd.
 #![deny(unsafe_code)]
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -120,6 +130,23 @@ pub enum NotaryError {
         /// The TLS library's verdict on the server's certificate.
         reason: String,
     },
+    /// A compare-and-swap put lost: the key did not hold what [`Expect`] said (a record
+    /// exists for [`Expect::Absent`]; another record, or none, for [`Expect::Current`]).
+    /// Nothing was written.
+    #[error(
+        "{key}: compare-and-swap lost: the stored record is not the one expected; nothing written"
+    )]
+    Conflict {
+        /// The key written to.
+        key: String,
+    },
+    /// The lease is gone (expired, revoked, or unknown to the server): it can neither be
+    /// kept alive nor carry a new key. Nothing was written.
+    #[error("lease {lease:x} has expired or was revoked")]
+    LeaseExpired {
+        /// The lease's id.
+        lease: i64,
+    },
     /// The server refused the TLS handshake (no client certificate, or one it does not
     /// trust).
     #[error("etcd {endpoint}: the server refused our TLS handshake: {reason}")]
@@ -173,40 +200,201 @@ pub trait Notary: Send + Sync {
             Ok((existing, watch))
         }
     }
+
+    /// Compare-and-swap: stores `record` only if its key holds what `expect` says, else
+    /// fails with [`NotaryError::Conflict`] and writes nothing. Of writers racing with
+    /// the same expectation exactly one wins. The record is verified first, as by `put`.
+    fn put_if(
+        &self,
+        record: &Record,
+        expect: &Expect,
+    ) -> impl Future<Output = Result<(), NotaryError>> + Send;
+
+    /// A new lease of (at least) `ttl`. etcd rounds up to whole seconds and may raise
+    /// it to its minimum; [`Lease::ttl`] is what was granted.
+    fn grant_lease(&self, ttl: Duration)
+        -> impl Future<Output = Result<Lease, NotaryError>> + Send;
+
+    /// Stores `record` attached to `lease` (under the condition `expect`, as
+    /// [`Notary::put_if`]): the key disappears when the lease expires or is revoked. A
+    /// lease that is gone gives [`NotaryError::LeaseExpired`] and nothing is written.
+    fn put_leased(
+        &self,
+        record: &Record,
+        lease: &Lease,
+        expect: &Expect,
+    ) -> impl Future<Output = Result<(), NotaryError>> + Send;
+
+    /// Renews `lease` for another TTL; returns the TTL granted from now. A lease that
+    /// already expired gives [`NotaryError::LeaseExpired`]: its keys are gone (or, on
+    /// `dir://`, no longer returned) and must be put again under a new lease.
+    fn keep_alive(
+        &self,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<Duration, NotaryError>> + Send;
+
+    /// Ends `lease` now, deleting its keys (a lease already gone is not an error).
+    fn revoke(&self, lease: &Lease) -> impl Future<Output = Result<(), NotaryError>> + Send;
+
+    /// Removes the record under `key` (no record there is not an error). Watchers of
+    /// [`Notary::watch_events`] see [`WatchEvent::Deleted`].
+    fn delete(&self, key: &NotaryKey) -> impl Future<Output = Result<(), NotaryError>> + Send;
+
+    /// Like [`Notary::watch`], but also reports deletions: a stream of
+    /// [`WatchEvent::Put`] (verified records, as `watch`) and [`WatchEvent::Deleted`]
+    /// (a key removed by `delete`, by a lease's revocation or expiry, or, on `dir://`,
+    /// by anyone unlinking or renaming the file away). Established before it returns.
+    fn watch_events(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> impl Future<Output = Result<EventWatch, NotaryError>> + Send;
+}
+
+/// What a compare-and-swap put ([`Notary::put_if`], [`Notary::put_leased`]) expects to
+/// find under the record's key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    /// Anything: an unconditional put.
+    Any,
+    /// No record (on `dir://`, an expired leased record counts as none).
+    Absent,
+    /// Exactly this record: the one the writer read. Compared by the stored canonical
+    /// bytes, so a record put again unchanged still matches (the same signed statement);
+    /// a writer that must notice any intervening write puts a counter (an epoch) in the
+    /// body, as every put changes `signed_at` or the body anyway.
+    Current(Record),
+}
+
+/// A lease from [`Notary::grant_lease`]: a TTL that keys put with it share. Clones
+/// share the same lease.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    id: i64,
+    ttl: Duration,
+    /// `dir://` only: what this process knows of the lease (the keys it put with it,
+    /// the last renewal). etcd keeps all of that on the server.
+    pub(crate) local: Arc<Mutex<LocalLease>>,
+}
+
+/// The `dir://` side of a lease.
+#[derive(Debug)]
+pub(crate) struct LocalLease {
+    pub(crate) keys: std::collections::BTreeSet<NotaryKey>,
+    /// When it was granted or last kept alive (this process's clock).
+    pub(crate) renewed: SystemTime,
+    pub(crate) revoked: bool,
+}
+
+impl Lease {
+    pub(crate) fn new(id: i64, ttl: Duration) -> Lease {
+        Lease {
+            id,
+            ttl,
+            local: Arc::new(Mutex::new(LocalLease {
+                keys: Default::default(),
+                renewed: SystemTime::now(),
+                revoked: false,
+            })),
+        }
+    }
+
+    /// The lease's id (etcd's lease id; a random id on `dir://`).
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// The TTL granted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// One change seen by [`Notary::watch_events`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// A verified record was put (same as a [`Watch`] delivery).
+    Put(Record),
+    /// The key was deleted, or its lease expired or was revoked.
+    Deleted(NotaryKey),
+}
+
+/// The channel and task behind a [`Watch`] or an [`EventWatch`].
+#[derive(Debug)]
+pub(crate) struct EventStream {
+    rx: mpsc::Receiver<WatchEvent>,
+    /// The backend's tokio task, aborted on drop. Thread-based backends (dir) stop on
+    /// their own once they see the receiver closed.
+    task: Option<JoinHandle<()>>,
+}
+
+impl EventStream {
+    pub(crate) fn new(rx: mpsc::Receiver<WatchEvent>, task: Option<JoinHandle<()>>) -> Self {
+        EventStream { rx, task }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 /// A live watch: verified records in the order the backend saw them. Dropping it stops
 /// the backend task.
 #[derive(Debug)]
 pub struct Watch {
-    rx: mpsc::Receiver<Record>,
-    /// The backend's tokio task, aborted on drop. Thread-based backends (dir) stop on
-    /// their own once they see the receiver closed.
-    task: Option<JoinHandle<()>>,
+    inner: EventStream,
 }
 
 impl Watch {
-    pub(crate) fn new(rx: mpsc::Receiver<Record>, task: Option<JoinHandle<()>>) -> Self {
-        Watch { rx, task }
+    pub(crate) fn new(inner: EventStream) -> Self {
+        Watch { inner }
     }
 
     /// The next record; `None` when the watch ended (the backend gave up for good, which
     /// is logged).
     pub async fn recv(&mut self) -> Option<Record> {
-        self.rx.recv().await
+        loop {
+            match self.inner.rx.recv().await? {
+                WatchEvent::Put(r) => return Some(r),
+                WatchEvent::Deleted(_) => continue,
+            }
+        }
     }
 
     /// A record if one is already waiting.
     pub fn try_recv(&mut self) -> Option<Record> {
-        self.rx.try_recv().ok()
+        loop {
+            match self.inner.rx.try_recv().ok()? {
+                WatchEvent::Put(r) => return Some(r),
+                WatchEvent::Deleted(_) => continue,
+            }
+        }
     }
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+/// A live watch of puts and deletions ([`Notary::watch_events`]). Dropping it stops the
+/// backend task.
+#[derive(Debug)]
+pub struct EventWatch {
+    inner: EventStream,
+}
+
+impl EventWatch {
+    pub(crate) fn new(inner: EventStream) -> Self {
+        EventWatch { inner }
+    }
+
+    /// The next event; `None` when the watch ended (logged by the backend).
+    pub async fn recv(&mut self) -> Option<WatchEvent> {
+        self.inner.rx.recv().await
+    }
+
+    /// An event if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<WatchEvent> {
+        self.inner.rx.try_recv().ok()
     }
 }
 
@@ -279,6 +467,53 @@ impl Notary for AnyNotary {
         match self {
             AnyNotary::Dir(n) => n.subscribe(prefix).await,
             AnyNotary::Etcd(n) => n.subscribe(prefix).await,
+        }
+    }
+    async fn put_if(&self, record: &Record, expect: &Expect) -> Result<(), NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.put_if(record, expect).await,
+            AnyNotary::Etcd(n) => n.put_if(record, expect).await,
+        }
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease, NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.grant_lease(ttl).await,
+            AnyNotary::Etcd(n) => n.grant_lease(ttl).await,
+        }
+    }
+    async fn put_leased(
+        &self,
+        record: &Record,
+        lease: &Lease,
+        expect: &Expect,
+    ) -> Result<(), NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.put_leased(record, lease, expect).await,
+            AnyNotary::Etcd(n) => n.put_leased(record, lease, expect).await,
+        }
+    }
+    async fn keep_alive(&self, lease: &Lease) -> Result<Duration, NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.keep_alive(lease).await,
+            AnyNotary::Etcd(n) => n.keep_alive(lease).await,
+        }
+    }
+    async fn revoke(&self, lease: &Lease) -> Result<(), NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.revoke(lease).await,
+            AnyNotary::Etcd(n) => n.revoke(lease).await,
+        }
+    }
+    async fn delete(&self, key: &NotaryKey) -> Result<(), NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.delete(key).await,
+            AnyNotary::Etcd(n) => n.delete(key).await,
+        }
+    }
+    async fn watch_events(&self, prefix: &KeyPrefix) -> Result<EventWatch, NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.watch_events(prefix).await,
+            AnyNotary::Etcd(n) => n.watch_events(prefix).await,
         }
     }
 }

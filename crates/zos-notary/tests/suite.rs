@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{
-    KeyError, KeyPrefix, Notary, NotaryError, NotaryKey, Record, RecordError, MAX_RECORD_BYTES,
+    EventWatch, Expect, KeyError, KeyPrefix, Notary, NotaryError, NotaryKey, Record, RecordError,
+    WatchEvent, MAX_RECORD_BYTES,
 };
 
 use common::Backend;
@@ -41,6 +42,32 @@ async fn next(watch: &mut zos_notary::Watch) -> Record {
         .expect("no record delivered within the bound")
         .expect("the watch ended")
 }
+
+async fn next_event(watch: &mut EventWatch) -> WatchEvent {
+    tokio::time::timeout(DELIVERY, watch.recv())
+        .await
+        .expect("no event delivered within the bound")
+        .expect("the watch ended")
+}
+
+/// Waits for the deletion of `key`, past any puts of it still queued.
+async fn deleted(watch: &mut EventWatch, key: &NotaryKey, bound: Duration) {
+    let wait = async {
+        loop {
+            match watch.recv().await.expect("the watch ended") {
+                WatchEvent::Deleted(k) if &k == key => return,
+                WatchEvent::Put(r) if r.key == key.as_str() => continue,
+                other => panic!("unexpected event {other:?} while waiting for {key}'s deletion"),
+            }
+        }
+    };
+    tokio::time::timeout(bound, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{key}: no deletion event within {bound:?}"));
+}
+
+/// The TTL the lease cases grant: etcd's minimum is about 2 s (1.5 election timeouts).
+const TTL: Duration = Duration::from_secs(2);
 
 async fn nothing_more(watch: &mut zos_notary::Watch) {
     if let Ok(Some(r)) = tokio::time::timeout(QUIET, watch.recv()).await {
@@ -293,6 +320,229 @@ mod cases {
         );
         assert!(n.list(&KeyPrefix::all()).await.unwrap().is_empty());
     }
+
+    /// Many rounds of writers racing to create one key, each through its own handle on
+    /// its own task: exactly one wins, the others get `Conflict`, and the stored record is
+    /// the winner's.
+    pub async fn racing_creators_have_exactly_one_winner(b: &impl Backend) {
+        const WRITERS: u8 = 4;
+        let me = node(1);
+        let handles: Vec<_> = (0..WRITERS).map(|_| b.reopen()).collect();
+        for round in 0..40u64 {
+            let id = format!("leader-{round}");
+            let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS as usize));
+            let racers: Vec<_> = handles
+                .iter()
+                .enumerate()
+                .map(|(w, n)| {
+                    let n = n.clone();
+                    let barrier = barrier.clone();
+                    let record = contract_record(&me, &id, round, &sk(20 + w as u8));
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let result = n.put_if(&record, &Expect::Absent).await;
+                        (record, result)
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for racer in racers {
+                let (record, result) = racer.await.unwrap();
+                match result {
+                    Ok(()) => winners.push(record),
+                    Err(NotaryError::Conflict { key }) => {
+                        assert_eq!(key, record.key, "the conflict names the key")
+                    }
+                    Err(e) => panic!("round {round}: a racer failed otherwise: {e}"),
+                }
+            }
+            assert_eq!(winners.len(), 1, "round {round}: {} winners", winners.len());
+            let stored = b
+                .notary()
+                .get(&NotaryKey::contract(&me, &id).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(stored.as_ref(), Some(&winners[0]), "round {round}");
+        }
+    }
+
+    /// A writer that read v1 and was overtaken by another (v2) is refused: the stored
+    /// record stays v2, and a watcher sees v2 only.
+    pub async fn a_stale_compare_and_swap_is_refused(b: &impl Backend) {
+        let n = b.notary();
+        let me = node(1);
+        let key = NotaryKey::contract(&me, "assignment").unwrap();
+        let v1 = contract_record(&me, "assignment", 1, &sk(10));
+        n.put_if(&v1, &Expect::Absent).await.unwrap();
+        let read = n.get(&key).await.unwrap().unwrap();
+        // Creating it again is refused, the record unchanged.
+        let again = contract_record(&me, "assignment", 9, &sk(10));
+        let err = n.put_if(&again, &Expect::Absent).await.unwrap_err();
+        assert!(
+            matches!(&err, NotaryError::Conflict { key: k } if k == key.as_str()),
+            "{err}"
+        );
+        assert_eq!(n.get(&key).await.unwrap().as_ref(), Some(&v1));
+
+        let mut events = n
+            .watch_events(&KeyPrefix::node_contracts(&me))
+            .await
+            .unwrap();
+        let v2 = contract_record(&me, "assignment", 2, &sk(10));
+        b.reopen()
+            .put_if(&v2, &Expect::Current(read.clone()))
+            .await
+            .unwrap();
+        let stale = contract_record(&me, "assignment", 3, &sk(11));
+        let err = n.put_if(&stale, &Expect::Current(read)).await.unwrap_err();
+        assert!(
+            matches!(&err, NotaryError::Conflict { key: k } if k == key.as_str()),
+            "{err}"
+        );
+        assert_eq!(n.get(&key).await.unwrap().as_ref(), Some(&v2));
+        // Expecting a record where there is none is refused too, and writes nothing.
+        let ghost = contract_record(&me, "ghost", 1, &sk(10));
+        let err = n
+            .put_if(&ghost, &Expect::Current(v2.clone()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NotaryError::Conflict { .. }), "{err}");
+        assert_eq!(n.get(&ghost.notary_key().unwrap()).await.unwrap(), None);
+        // A forged record is refused before any comparison.
+        let mut forged = contract_record(&me, "assignment", 4, &sk(10));
+        forged.body = json!({"version": 99});
+        let err = n
+            .put_if(&forged, &Expect::Current(v2.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NotaryError::Record(RecordError::BadSignature { .. })),
+            "{err}"
+        );
+        assert_eq!(next_event(&mut events).await, WatchEvent::Put(v2.clone()));
+        // The current expectation wins.
+        let v3 = contract_record(&me, "assignment", 3, &sk(10));
+        n.put_if(&v3, &Expect::Current(v2)).await.unwrap();
+        assert_eq!(next_event(&mut events).await, WatchEvent::Put(v3.clone()));
+        assert_eq!(n.get(&key).await.unwrap(), Some(v3));
+        assert!(events.try_recv().is_none(), "nothing else was written");
+    }
+
+    /// A key put with a lease that nobody keeps alive disappears: a deletion event
+    /// arrives, `get` and `list` no longer return it, the lease can no longer be kept
+    /// alive or carry a key, and the key can be created afresh.
+    pub async fn a_leased_key_expires_without_keep_alive(b: &impl Backend) {
+        let n = b.notary();
+        let me = node(1);
+        let mut events = n.watch_events(&KeyPrefix::node(&me)).await.unwrap();
+        let lease = n.grant_lease(TTL).await.unwrap();
+        assert!(lease.ttl() >= TTL, "granted {:?}", lease.ttl());
+        let hb = Record::sign_at(&NotaryKey::heartbeat(&me), json!({"up": 1}), &sk(1), 1).unwrap();
+        let key = hb.notary_key().unwrap();
+        n.put_leased(&hb, &lease, &Expect::Absent).await.unwrap();
+        assert_eq!(next_event(&mut events).await, WatchEvent::Put(hb.clone()));
+        assert_eq!(n.get(&key).await.unwrap().as_ref(), Some(&hb));
+
+        // The event, not a sleep: etcd deletes the key when the lease runs out; a dir://
+        // watcher judges the file's age on its own clock.
+        deleted(&mut events, &key, lease.ttl() + DELIVERY).await;
+        assert_eq!(n.get(&key).await.unwrap(), None);
+        assert!(n.list(&KeyPrefix::node(&me)).await.unwrap().is_empty());
+        assert_eq!(b.reopen().get(&key).await.unwrap(), None);
+        let err = n.keep_alive(&lease).await.unwrap_err();
+        assert!(
+            matches!(err, NotaryError::LeaseExpired { lease: id } if id == lease.id()),
+            "{err}"
+        );
+        let err = n.put_leased(&hb, &lease, &Expect::Any).await.unwrap_err();
+        assert!(matches!(err, NotaryError::LeaseExpired { .. }), "{err}");
+        assert_eq!(n.get(&key).await.unwrap(), None, "nothing written");
+
+        // Gone means absent: a new holder can take the key.
+        let lease2 = n.grant_lease(TTL).await.unwrap();
+        let hb2 = Record::sign_at(&key, json!({"up": 2}), &sk(1), 2).unwrap();
+        n.put_leased(&hb2, &lease2, &Expect::Absent).await.unwrap();
+        assert_eq!(n.get(&key).await.unwrap(), Some(hb2));
+        n.revoke(&lease2).await.unwrap();
+    }
+
+    /// Kept alive, a leased key outlives its TTL several times over: it stays readable
+    /// and no deletion is reported. Revoked, it is gone and its deletion reported.
+    pub async fn a_kept_alive_key_stays_until_revoked(b: &impl Backend) {
+        let n = b.notary();
+        let me = node(1);
+        let mut events = n.watch_events(&KeyPrefix::node(&me)).await.unwrap();
+        let lease = n.grant_lease(TTL).await.unwrap();
+        let hb = Record::sign_at(&NotaryKey::heartbeat(&me), json!({"up": 1}), &sk(1), 1).unwrap();
+        let key = hb.notary_key().unwrap();
+        n.put_leased(&hb, &lease, &Expect::Any).await.unwrap();
+        assert_eq!(next_event(&mut events).await, WatchEvent::Put(hb.clone()));
+
+        // The positive signal: keep-alives acknowledged until three TTLs have passed
+        // since the put, each renewal within a third of the TTL.
+        let start = std::time::Instant::now();
+        let mut acks = 0;
+        while start.elapsed() < 3 * lease.ttl() {
+            tokio::time::sleep(lease.ttl() / 3).await;
+            let ttl = n.keep_alive(&lease).await.unwrap();
+            assert!(ttl > Duration::ZERO);
+            acks += 1;
+            assert_eq!(
+                n.get(&key).await.unwrap().as_ref(),
+                Some(&hb),
+                "after {acks} keep-alives"
+            );
+        }
+        assert!(acks >= 9, "{acks} keep-alives");
+        assert_eq!(
+            n.list(&KeyPrefix::node(&me)).await.unwrap(),
+            vec![hb.clone()]
+        );
+        assert_eq!(events.try_recv(), None, "no deletion while kept alive");
+
+        n.revoke(&lease).await.unwrap();
+        deleted(&mut events, &key, DELIVERY).await;
+        assert_eq!(n.get(&key).await.unwrap(), None);
+        let err = n.keep_alive(&lease).await.unwrap_err();
+        assert!(matches!(err, NotaryError::LeaseExpired { .. }), "{err}");
+        // Revoking again is not an error.
+        n.revoke(&lease).await.unwrap();
+    }
+
+    /// `delete` removes the key and a `Deleted` event arrives; the older `watch` keeps
+    /// its element type (records) and goes on delivering puts after the deletion.
+    pub async fn delete_is_reported_as_an_event(b: &impl Backend) {
+        let n = b.notary();
+        let me = node(1);
+        let prefix = KeyPrefix::node_contracts(&me);
+        let mut events = n.watch_events(&prefix).await.unwrap();
+        let mut records = n.watch(&prefix).await.unwrap();
+        let r = contract_record(&me, "gone", 1, &sk(10));
+        let key = r.notary_key().unwrap();
+        n.put(&r).await.unwrap();
+        assert_eq!(next_event(&mut events).await, WatchEvent::Put(r.clone()));
+        b.reopen().delete(&key).await.unwrap();
+        assert_eq!(
+            next_event(&mut events).await,
+            WatchEvent::Deleted(key.clone())
+        );
+        assert_eq!(n.get(&key).await.unwrap(), None);
+        assert!(n.list(&prefix).await.unwrap().is_empty());
+        // Deleting what is not there is fine, and reports nothing.
+        n.delete(&key).await.unwrap();
+        n.delete(&NotaryKey::contract(&node(9), "never").unwrap())
+            .await
+            .unwrap();
+        let after = contract_record(&me, "after", 1, &sk(10));
+        n.put(&after).await.unwrap();
+        assert_eq!(
+            next_event(&mut events).await,
+            WatchEvent::Put(after.clone())
+        );
+        assert_eq!(next(&mut records).await, r);
+        assert_eq!(next(&mut records).await, after);
+        nothing_more(&mut records).await;
+    }
 }
 
 /// Instantiates every case for one backend.
@@ -328,4 +578,9 @@ both_backends!(
     subscribe_gives_snapshot_then_changes,
     concurrent_writers_never_expose_a_partial_record,
     keys_outside_the_layout_are_refused,
+    racing_creators_have_exactly_one_winner,
+    a_stale_compare_and_swap_is_refused,
+    a_leased_key_expires_without_keep_alive,
+    a_kept_alive_key_stays_until_revoked,
+    delete_is_reported_as_an_event,
 );
