@@ -22,7 +22,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::output::note;
 
-/// zos: sign blueprints and contracts, publish them to a notary, work with flists, and
+/// Sign blueprints and contracts, publish them to a notary, work with flists, and
 /// create farms and list their nodes.
 ///
 /// The flow: an IT expert signs a blueprint; a consumer instantiates it into a contract

@@ -14,7 +14,8 @@ pub struct Bar(ProgressBar);
 impl Bar {
     /// A bar over bytes (`done / total`, rate, time left), fed by [`Bar::update`].
     pub fn bytes(label: &str) -> Bar {
-        let bar = ProgressBar::with_draw_target(Some(0), target());
+        // No length until the first update: a bar of 0 bytes would draw as done.
+        let bar = ProgressBar::with_draw_target(None, target());
         let style = ProgressStyle::with_template(
             "{msg} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} (ETA {eta})",
         )
