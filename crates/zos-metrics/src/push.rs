@@ -271,6 +271,7 @@ impl Pusher {
                 queue: VecDeque::new(),
                 queued: 0,
                 backoff: None,
+                last_ms: 0,
                 url: target.url.to_string(),
             }
             .run(rx),
@@ -324,6 +325,8 @@ struct Worker {
     queued: usize,
     /// After a retryable failure: when to try again and the wait that led there.
     backoff: Option<(Instant, Duration)>,
+    /// The last snapshot's timestamp.
+    last_ms: i64,
     url: String,
 }
 
@@ -366,6 +369,10 @@ impl Worker {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
+        // Strictly increasing: two snapshots in one millisecond, or a clock stepped
+        // back, would otherwise be refused by the target as duplicates or out of order.
+        let now = now.max(self.last_ms + 1);
+        self.last_ms = now;
         let batch = self.registry.snapshot(now);
         let n = samples(&batch);
         self.queue.push_back(batch);
