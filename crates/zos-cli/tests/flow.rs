@@ -289,6 +289,11 @@ fn every_command_explains_itself_with_an_example() {
         &["farm", "show"],
         &["node", "list"],
         &["status"],
+        &["key", "show"],
+        &["blueprint", "show"],
+        &["flist", "ls"],
+        &["flist", "verify"],
+        &["completions"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");

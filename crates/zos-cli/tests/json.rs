@@ -141,3 +141,41 @@ fn flist_ls_and_verify_as_json() {
     assert_eq!(verified["bytes"], 6, "{verified}");
     assert_eq!(verified["sha256"].as_str().unwrap().len(), 64, "{verified}");
 }
+
+/// The read commands: each takes --json. A new read command belongs here (and gets
+/// --json); a command that writes keeps text.
+const READ_COMMANDS: [&[&str]; 10] = [
+    &["key", "show"],
+    &["blueprint", "show"],
+    &["contract", "verify"],
+    &["contract", "list"],
+    &["contract", "status"],
+    &["flist", "verify"],
+    &["flist", "ls"],
+    &["farm", "show"],
+    &["node", "list"],
+    &["status"],
+];
+
+#[test]
+fn every_read_command_takes_json_and_only_they_do() {
+    fn walk(cmd: &clap::Command, path: &mut Vec<String>, found: &mut Vec<Vec<String>>) {
+        if cmd.get_arguments().any(|a| a.get_long() == Some("json")) {
+            found.push(path.clone());
+        }
+        for sub in cmd.get_subcommands() {
+            path.push(sub.get_name().to_string());
+            walk(sub, path, found);
+            path.pop();
+        }
+    }
+    let mut found = Vec::new();
+    walk(&zos_cli::command(), &mut Vec::new(), &mut found);
+    let mut expected: Vec<Vec<String>> = READ_COMMANDS
+        .iter()
+        .map(|c| c.iter().map(|s| s.to_string()).collect())
+        .collect();
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected);
+}
