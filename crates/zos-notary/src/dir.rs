@@ -781,12 +781,10 @@ fn put_checked(
         let commit = match (expect, held(dir, dir_path, name)?) {
             (Expect::Any, _) => Commit::Replace,
             (Expect::Absent, Held::None) => Commit::Exclusive,
-            (Expect::Absent, Held::Expired) => {
-                // Gone for every reader already: clear it, then create as if absent.
-                remove_at(dir, dir_path, name)?;
-                remove_at(dir, dir_path, &mark_name(name))?;
-                Commit::Exclusive
-            }
+            // Gone for every reader already (and reported deleted by watchers): replaced
+            // in one rename, so no second deletion is seen. Conditional writers hold the
+            // lock; a plain put racing with this is unconditional anyway.
+            (Expect::Absent, Held::Expired) => Commit::Replace,
             (Expect::Current(_), Held::Live(current)) if Some(&current) == expected.as_ref() => {
                 Commit::Replace
             }
@@ -1082,6 +1080,8 @@ struct Watcher {
     /// turn of the loop checks them, and reports one that expired as deleted: no
     /// filesystem event marks an expiry.
     leased: HashMap<String, (String, String)>,
+    /// When `leased` was last checked (at most every [`POLL_MS`]).
+    expiry_checked: std::time::Instant,
 }
 
 /// What a walk of a remote tree saw: (directory, file) -> (inode, size, mtime in ns).
@@ -1288,9 +1288,12 @@ impl Watcher {
     /// forgets the ones no longer leased or gone (inotify reports those). Returns false
     /// when the receiver is gone.
     fn expire_leases(&mut self) -> bool {
-        if self.leased.is_empty() {
+        if self.leased.is_empty()
+            || self.expiry_checked.elapsed() < Duration::from_millis(POLL_MS.into())
+        {
             return true;
         }
+        self.expiry_checked = std::time::Instant::now();
         let now = SystemTime::now();
         let mut expired = Vec::new();
         let mut forget = Vec::new();
@@ -1494,6 +1497,7 @@ fn watch_thread(
             tx,
             remote,
             leased: HashMap::new(),
+            expiry_checked: std::time::Instant::now(),
         };
         w.add_tree("", false)?;
         w.walk_remote(true);
@@ -1566,6 +1570,7 @@ mod tests {
                 walked: std::time::Instant::now(),
             }),
             leased: HashMap::new(),
+            expiry_checked: std::time::Instant::now(),
         };
         assert!(w.walk_remote(true));
         assert!(rx.try_recv().is_err(), "what was there before the watch");
@@ -1627,5 +1632,63 @@ mod tests {
         assert_eq!(key_of("farms", "1.json").as_deref(), Some("farms/1"));
         assert_eq!(key_of("farms", ".1.json.3.4.tmp"), None);
         assert_eq!(key_of("farms", "1.txt"), None);
+        // The lease mark and the key lock beside a record are no records.
+        assert_eq!(key_of("farms", &mark_name("1.json")), None);
+        assert_eq!(key_of("farms", &format!(".1.json{LOCK_FILE_SUFFIX}")), None);
+    }
+
+    #[test]
+    fn lease_marks_round_trip_and_judge_age() {
+        let m = Mark {
+            lease: 42,
+            ttl: Duration::from_millis(2500),
+        };
+        assert_eq!(Mark::parse(&m.to_bytes()), Some(m));
+        for bad in [&b""[..], b"42", b"x 1", b"1 -5", b"1 2 3", b"\xff 1"] {
+            assert_eq!(Mark::parse(bad), None, "{bad:?}");
+        }
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(!m.expired(t0, t0 + Duration::from_millis(2500)));
+        assert!(m.expired(t0, t0 + Duration::from_millis(2501)));
+        // A file from the future (another clock ahead of ours) has not expired.
+        assert!(!m.expired(t0 + Duration::from_secs(60), t0));
+    }
+
+    /// A remote tree has no inotify: a record that vanished between two walks is
+    /// reported deleted.
+    #[test]
+    fn a_remote_walk_reports_deleted_files() {
+        use crate::Notary;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let notary = DirNotary::open(tmp.path()).unwrap();
+        let author = zos_contract::SecretKey::from_seed([7; 32]);
+        let node = zos_contract::SecretKey::from_seed([8; 32]).public();
+        let key = NotaryKey::contract(&node, "c").unwrap();
+        let body = serde_json::json!({ "contract": { "owner": author.public(), "version": 1 } });
+        let record = Record::sign_at(&key, body, &author, 1).unwrap();
+        rt.block_on(notary.put(&record)).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut w = Watcher {
+            ino: Inotify::init(InitFlags::IN_CLOEXEC).unwrap(),
+            root: tmp.path().to_path_buf(),
+            prefix: KeyPrefix::node_contracts(&node),
+            dirs: HashMap::new(),
+            tx,
+            remote: Some(RemoteTree {
+                seen: HashMap::new(),
+                walked: std::time::Instant::now(),
+            }),
+            leased: HashMap::new(),
+            expiry_checked: std::time::Instant::now(),
+        };
+        assert!(w.walk_remote(true));
+        rt.block_on(notary.delete(&key)).unwrap();
+        w.remote.as_mut().unwrap().walked -= REMOTE_POLL;
+        assert!(w.walk_remote(false));
+        assert_eq!(rx.try_recv().ok(), Some(WatchEvent::Deleted(key)));
+        assert!(rx.try_recv().is_err());
     }
 }
