@@ -18,7 +18,7 @@ mod status;
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::output::note;
 
@@ -68,23 +68,45 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages (one per command) into DIR; `cargo xtask man` runs this.
-    #[command(hide = true)]
-    Man {
-        /// The directory to write zos.1, zos-contract.1, ... into (created if missing).
-        dir: PathBuf,
-    },
 }
 
-/// The tool's clap `Command`: every subcommand, argument and help text.
+/// The tool's clap `Command`: every subcommand, argument and help text people use (the
+/// completions and the man pages are made from it).
 pub fn command() -> clap::Command {
     Cli::command()
+}
+
+/// [`command`] and the hidden `zos man DIR` that `cargo xtask man` runs. Kept out of
+/// [`command`] so that no completion offers it and no man page describes it.
+fn command_and_man() -> clap::Command {
+    command().subcommand(
+        clap::Command::new("man")
+            .hide(true)
+            .about("Write the man pages (one per command) into DIR")
+            .arg(
+                clap::Arg::new("dir")
+                    .value_name("DIR")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .required(true),
+            ),
+    )
 }
 
 /// Runs the tool on the process's arguments. Errors are printed for a person on one line;
 /// a closed stdout (`zos ... | head`) ends it quietly with success.
 pub fn main() -> std::process::ExitCode {
-    let result = match Cli::parse().command {
+    let matches = command_and_man().get_matches();
+    if let Some(("man", args)) = matches.subcommand() {
+        let dir = args
+            .get_one::<PathBuf>("dir")
+            .expect("clap requires DIR")
+            .clone();
+        return exit(man::write_pages(&dir).map(|pages| {
+            note!("wrote {} man pages into {}", pages.len(), dir.display());
+        }));
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    exit(match cli.command {
         Command::Key(cmd) => key::run(cmd),
         Command::Blueprint(cmd) => blueprint::run(cmd),
         Command::Contract(cmd) => contract::run(cmd),
@@ -93,10 +115,11 @@ pub fn main() -> std::process::ExitCode {
         Command::Node(cmd) => farm::run_node(cmd),
         Command::Status(cmd) => status::run(cmd),
         Command::Completions { shell } => completions(shell),
-        Command::Man { dir } => man::write_pages(&dir).map(|pages| {
-            note!("wrote {} man pages into {}", pages.len(), dir.display());
-        }),
-    };
+    })
+}
+
+/// The exit status for `result`, its error printed for a person.
+fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // The reader stopped early (`| head`): it has what it wanted.

@@ -39,23 +39,52 @@ fn bash_completion_names_every_command_and_is_valid_bash() {
     for word in ["verify", "publish", "unpack", "--notary", "--json"] {
         assert!(script.contains(word), "no {word} in the bash completion");
     }
-    // The hidden man page writer is not offered.
-    assert!(!script.contains("zos__man"), "the hidden `man` is offered");
-    // bash itself parses it and, once sourced, completes `zos con` to `contract`.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("zos.bash");
     std::fs::write(&file, &script).unwrap();
-    let check = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "source {}; COMP_WORDS=(zos con); COMP_CWORD=1; COMP_LINE='zos con'; \
-             COMP_POINT=7; _zos zos con zos; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-            file.display()
-        ))
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "bash: {check:?}");
-    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "contract");
+    // bash itself sources it and completes as a person would see.
+    let complete = |line: &str| -> Vec<String> {
+        let words: Vec<&str> = line.split(' ').collect();
+        let check = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {} && COMP_WORDS=({}) && COMP_CWORD={} && COMP_LINE='{line}' && \
+                 COMP_POINT={} && _zos zos '{}' '{}' && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                file.display(),
+                words
+                    .iter()
+                    .map(|w| format!("'{w}'"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                words.len() - 1,
+                line.len(),
+                words[words.len() - 1],
+                words[words.len() - 2],
+            ))
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "bash: {check:?}");
+        String::from_utf8_lossy(&check.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(complete("zos con"), ["contract"]);
+    let top = complete("zos ");
+    for name in COMMANDS {
+        assert!(
+            top.iter().any(|w| w == name),
+            "`zos ` offers no {name}: {top:?}"
+        );
+    }
+    // The hidden man page writer is not offered.
+    assert!(
+        !top.iter().any(|w| w == "man"),
+        "`zos ` offers man: {top:?}"
+    );
+    let status = complete("zos contract status --");
+    assert!(status.iter().any(|w| w == "--json"), "{status:?}");
+    assert!(status.iter().any(|w| w == "--notary"), "{status:?}");
 }
 
 #[test]
