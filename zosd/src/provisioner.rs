@@ -118,21 +118,33 @@ impl Inner {
             .names
             .kernel("wl", &plan.name)
             .map_err(io_err("workload", &plan.name))?;
+        let runtime = self.runtimes.of(plan.workload.kind);
+        // First its user namespace: its own network namespace is made inside it.
+        let userns = runtime.user_namespace(plan, &kernel_id)?;
         let Some((net_plan, ip)) = &plan.network else {
             return Ok(Placement {
                 kernel_id,
                 nic: None,
+                userns,
             });
         };
         let net = self.tenant(net_plan)?;
-        let (attachment, nic) = match self.runtimes.of(plan.workload.kind).nic_style() {
+        let (attachment, nic) = match runtime.nic_style() {
             NicStyle::Veth => {
                 let netns = self.network.workload_netns(&net.id, &kernel_id);
                 let nic = Nic {
                     netns: self.network.netns_path(&netns),
                     tap: None,
                 };
-                (WorkloadAttachment::Veth { netns, ip: *ip }, nic)
+                let owner = userns.clone();
+                (
+                    WorkloadAttachment::Veth {
+                        netns,
+                        ip: *ip,
+                        owner,
+                    },
+                    nic,
+                )
             }
             NicStyle::Tap => {
                 let name = tap_name(&kernel_id);
@@ -153,6 +165,7 @@ impl Inner {
         Ok(Placement {
             kernel_id,
             nic: Some(nic),
+            userns,
         })
     }
 
@@ -166,6 +179,7 @@ impl Inner {
             let veth = WorkloadAttachment::Veth {
                 netns: self.network.workload_netns(&net_id, wl_id),
                 ip: std::net::Ipv4Addr::UNSPECIFIED,
+                owner: None,
             };
             let tap = WorkloadAttachment::Tap {
                 name: tap_name(wl_id),

@@ -50,8 +50,21 @@ fn a_contract_runs_restarts_survives_zosd_and_is_cancelled_cleanly() {
             .is_some_and(|l| l.iter().any(|x| x == "hello from the container"))
     });
 
-    // kill -9 of the workload: restarted, counted.
+    // Container root is an unprivileged host id of the contract's own range: its
+    // process, and the file it wrote into its volume.
     let pid = node.container_pid(&app).expect("a container pid");
+    let uid = host_uid(pid);
+    assert!(uid >= 1 << 17, "container root runs as host uid {uid}");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", &uid.to_string(), "65536"]
+    );
+    assert_eq!(volume_owner(&node, &data, "out"), Some(uid));
+
+    // kill -9 of the workload: restarted, counted.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -224,6 +237,27 @@ fn two_tenants_containers_cannot_reach_each_other() {
         );
     }
     let b_web = node.container_pid(&format!("{b}.web")).unwrap();
+    // Two contracts, two host id ranges: neither's root is the other's.
+    let (ua, ub) = (host_uid(a_web), host_uid(b_web));
+    assert!(ua >= 1 << 17 && ub >= 1 << 17, "host uids {ua}, {ub}");
+    assert_ne!(ua >> 16, ub >> 16, "tenants share an id range");
     assert!(connect_from(b_web, "10.80.0.2:80").is_err());
     assert!(connect_from(b_web, "10.81.0.3:80").is_ok());
+}
+
+/// The host uid process `pid` runs as (its real uid, from /proc).
+fn host_uid(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The host owner of `file` in volume `volume` on any of the node's pools.
+fn volume_owner(node: &Node, volume: &str, file: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let pools = node.dir.path().join("pools");
+    std::fs::read_dir(pools).ok()?.flatten().find_map(|pool| {
+        let p = pool.path().join("volumes").join(volume).join(file);
+        std::fs::metadata(p).ok().map(|m| m.uid())
+    })
 }

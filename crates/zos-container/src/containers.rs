@@ -32,6 +32,8 @@ pub struct ContainerPlan<'a> {
     pub rootfs: PathBuf,
     /// The workload's own network namespace, if it is on a tenant network.
     pub netns: Option<PathBuf>,
+    /// The workload's user namespace ([`crate::userns`]), which owns `netns`.
+    pub userns: Option<PathBuf>,
 }
 
 /// The node's containers, under `<state>/containers`.
@@ -271,6 +273,7 @@ fn spec_of(c: &ContainerPlan<'_>, log_dir: PathBuf) -> Result<ContainerSpec, Pro
     spec.memory_limit = Some(w.memory_mib << 20);
     spec.pids_limit = Some(PIDS_LIMIT);
     spec.netns = c.netns.clone();
+    spec.userns = c.userns.clone();
     spec.mounts = c
         .plan
         .mounts
@@ -336,6 +339,7 @@ mod tests {
             plan: &p,
             rootfs: PathBuf::from("/state/workloads/c1.web/rootfs"),
             netns: Some(PathBuf::from("/run/netns/w")),
+            userns: None,
         };
         let spec = spec_of(&c, PathBuf::from("/logs/c1.web")).unwrap();
         assert_eq!(spec.id, "c1.web");
@@ -358,6 +362,7 @@ mod tests {
             plan: &p,
             rootfs: PathBuf::from("/r"),
             netns: None,
+            userns: None,
         };
         let e = spec_of(&c, PathBuf::from("/logs")).unwrap_err();
         assert!(e.is_permanent(), "{e}");
@@ -372,6 +377,7 @@ mod tests {
             plan: &p,
             rootfs: PathBuf::from("/r"),
             netns: None,
+            userns: None,
         };
         let e = spec_of(&c, PathBuf::from("/logs")).unwrap_err();
         assert!(e.is_permanent(), "{e}");

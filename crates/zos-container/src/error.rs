@@ -43,6 +43,10 @@ pub enum Error {
     /// The pool subvolume of a container's root could not be made or found.
     #[error("root filesystem: {0}")]
     RootVolume(#[source] zos_storage::Error),
+    /// A container's user namespace, its id range, or the shift of a tree into that
+    /// range failed.
+    #[error("user namespace: {0}")]
+    UserNamespace(String),
     /// A system call on a container's process failed, or the process was missing.
     #[error("container {id}: {op}: {source}")]
     Sys {

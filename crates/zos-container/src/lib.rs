@@ -12,6 +12,8 @@
 //!   subvolume, under an overlay whose upper layer is its own.
 //! - [`containers`]: the node's containers from the engine's plans, created in a child
 //!   process ([`runtime_create`]) and re-adopted after a restart.
+//! - [`userns`]: user namespaces: a contract's host id range, a workload's namespace
+//!   file, and the shift of its trees into the range.
 //! - [`workload`]: [`ContainerRuntime`], the container kind behind the engine's
 //!   `WorkloadRuntime` seam.
 //!
@@ -26,6 +28,7 @@ pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;
+pub mod userns;
 mod watchdog;
 pub mod workload;
 

@@ -32,6 +32,8 @@ use zos_engine::ProvisionError;
 use zos_flist::{DirAccess, PinnedTrees};
 use zos_storage::{PoolKind, Storage};
 
+use crate::userns::{shift_tree, IdRange};
+
 /// Prefix of the subvolume (zos-storage volume) of a container's root filesystem. The
 /// contracts' volumes are `<contract>.<name>` or `h-<hash>`: never this.
 pub const VOLUME_PREFIX: &str = "rootfs-";
@@ -109,13 +111,16 @@ impl Rootfs {
 
     /// The merged root of container `name` (kernel id `id`), creating what is missing:
     /// its subvolume of `disk_mib`, the verified flist unpacked there (unless it already
-    /// is: no store needed after a reboot), the overlay. Idempotent.
+    /// is: no store needed after a reboot), its tree and upper layer owned in `ids` (the
+    /// contract's host id range, when the container has a user namespace), the overlay.
+    /// Idempotent.
     pub fn ensure(
         &self,
         name: &str,
         id: &str,
         flist: &FlistRef,
         disk_mib: u64,
+        ids: Option<IdRange>,
     ) -> Result<PathBuf, ProvisionError> {
         let merged = self.merged(name);
         if is_mountpoint(&merged) {
@@ -138,6 +143,14 @@ impl Rootfs {
         let (upper, work) = (home.join("upper"), home.join("work"));
         for d in [&upper, &work, &merged] {
             fs::create_dir_all(d).map_err(|e| err(name, format!("{}: {e}", d.display())))?;
+        }
+        if let Some(ids) = ids {
+            // Container root writes its own files: the tree it sees and the layer it
+            // writes are owned in its range (the work dir stays the node's: overlay
+            // uses it with the mounter's credentials).
+            for tree in [&lower, &upper] {
+                shift_tree(tree, ids).map_err(|e| typed(name, e))?;
+            }
         }
         let data = format!(
             "lowerdir={},upperdir={},workdir={}",

@@ -80,6 +80,10 @@ pub struct ContainerSpec {
     pub pids_limit: Option<u64>,
     /// A network namespace to join (e.g. `/run/netns/n-x`); `None` means a new, empty one.
     pub netns: Option<PathBuf>,
+    /// A user namespace to join (a bind-mounted nsfs file, see [`crate::userns`]),
+    /// which must own `netns`; `None`: the node's (container root is host root).
+    #[serde(default)]
+    pub userns: Option<PathBuf>,
     /// Bind mounts (volumes), in mount order.
     pub mounts: Vec<BindMount>,
     /// Paths inside the container made read-only (in addition to the /proc defaults).
@@ -111,6 +115,7 @@ impl ContainerSpec {
             memory_limit: None,
             pids_limit: None,
             netns: None,
+            userns: None,
             mounts: Vec::new(),
             readonly_paths: Vec::new(),
             log_dir: log_dir.into(),
@@ -169,6 +174,11 @@ impl ContainerSpec {
         if let Some(p) = self.pids_limit {
             if p == 0 || p > i64::MAX as u64 {
                 return bad(format!("pids limit {p} out of range"));
+            }
+        }
+        if let Some(ns) = &self.userns {
+            if !ns.is_absolute() {
+                return bad(format!("userns path {} is not absolute", ns.display()));
             }
         }
         if let Some(ns) = &self.netns {
@@ -279,8 +289,9 @@ impl ContainerSpec {
         Ok(mounts)
     }
 
-    /// New pid, ipc, uts, mount and cgroup namespaces; the network namespace is the
-    /// one at `netns` when given (the workload's own), else a new empty one.
+    /// New pid, ipc, uts, mount and cgroup namespaces; the user namespace at `userns`
+    /// when given; the network namespace is the one at `netns` when given (the
+    /// workload's own), else a new empty one.
     fn oci_namespaces(&self) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, Error> {
         let mut namespaces = Vec::new();
         for typ in [
@@ -291,6 +302,14 @@ impl ContainerSpec {
             LinuxNamespaceType::Cgroup,
         ] {
             namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build()?);
+        }
+        if let Some(path) = &self.userns {
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::User)
+                    .path(path.clone())
+                    .build()?,
+            );
         }
         let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
         if let Some(path) = &self.netns {

@@ -8,7 +8,7 @@
 //! the node-wide name, and a root left on a pool after a reboot has only its id.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zos_engine::{
@@ -20,6 +20,7 @@ use zos_storage::Storage;
 
 use crate::containers::{ContainerPlan, Containers};
 use crate::rootfs::Rootfs;
+use crate::userns::{self, IdRange, IdRanges};
 use crate::Error;
 
 /// Containers as a workload kind. See the module docs.
@@ -27,6 +28,10 @@ pub struct ContainerRuntime {
     rootfs: Rootfs,
     containers: Containers,
     ids: Arc<dyn KernelIds>,
+    /// Each contract's host id range.
+    ranges: IdRanges,
+    /// The workloads' user namespace files, `<state>/userns/<kernel id>`.
+    userns_dir: PathBuf,
 }
 
 impl ContainerRuntime {
@@ -43,35 +48,55 @@ impl ContainerRuntime {
             rootfs: Rootfs::new(state_dir, storage, access),
             containers: Containers::new(state_dir)?,
             ids,
+            ranges: IdRanges::new(state_dir.join("idranges")),
+            userns_dir: state_dir.join("userns"),
         })
     }
 
-    /// Starts the container of `plan` on its root `rootfs`, in its own network
-    /// namespace when it has a NIC.
+    /// The host id range of the contract that owns workload `name`.
+    fn range(&self, name: &str) -> Result<IdRange, ProvisionError> {
+        let contract = zos_engine::names::owner(name).unwrap_or(name);
+        self.ranges
+            .of(contract)
+            .map_err(|e| ProvisionError::from_source("userns", name, e))
+    }
+
+    /// Starts the container of `plan` on its root `rootfs`, in its own user namespace
+    /// (with its volumes owned in its range) and, when it has a NIC, its own network
+    /// namespace.
     fn start(
         &self,
         plan: &WorkloadPlan,
         placement: &Placement,
-        rootfs: std::path::PathBuf,
+        rootfs: PathBuf,
     ) -> Result<WorkloadStatus, ProvisionError> {
+        if placement.userns.is_some() {
+            let ids = self.range(&plan.name)?;
+            for (volume, _, _) in &plan.mounts {
+                userns::shift_tree(volume, ids)
+                    .map_err(|e| ProvisionError::from_source("userns", &plan.name, e))?;
+            }
+        }
         self.containers.start(&ContainerPlan {
             plan,
             rootfs,
             netns: placement.nic.as_ref().map(|n| n.netns.clone()),
+            userns: placement.userns.clone(),
         })
     }
 
     /// Its root, made if missing (an idempotent no-op when mounted).
-    fn root(
-        &self,
-        plan: &WorkloadPlan,
-        placement: &Placement,
-    ) -> Result<std::path::PathBuf, ProvisionError> {
+    fn root(&self, plan: &WorkloadPlan, placement: &Placement) -> Result<PathBuf, ProvisionError> {
+        let ids = match placement.userns {
+            Some(_) => Some(self.range(&plan.name)?),
+            None => None,
+        };
         self.rootfs.ensure(
             &plan.name,
             &placement.kernel_id,
             &plan.workload.flist,
             plan.workload.disk_mib,
+            ids,
         )
     }
 }
@@ -79,6 +104,20 @@ impl ContainerRuntime {
 impl WorkloadRuntime for ContainerRuntime {
     fn nic_style(&self) -> NicStyle {
         NicStyle::Veth
+    }
+
+    /// Its own user namespace, container root mapped to the first id of its
+    /// contract's range (see [`crate::userns`]).
+    fn user_namespace(
+        &self,
+        plan: &WorkloadPlan,
+        kernel_id: &str,
+    ) -> Result<Option<PathBuf>, ProvisionError> {
+        let ids = self.range(&plan.name)?;
+        let path = self.userns_dir.join(kernel_id);
+        userns::ensure(&path, ids)
+            .map_err(|e| ProvisionError::from_source("userns", &plan.name, e))?;
+        Ok(Some(path))
     }
 
     fn ensure(
@@ -115,6 +154,10 @@ impl WorkloadRuntime for ContainerRuntime {
     fn remove(&self, name: &str) -> Result<(), ProvisionError> {
         self.containers.remove(name)?;
         let id = self.ids.kernel_id(name);
+        if let Some(id) = &id {
+            userns::remove(&self.userns_dir.join(id))
+                .map_err(|e| ProvisionError::from_source("userns", name, e))?;
+        }
         self.rootfs.remove(name, id.as_deref())
     }
 
@@ -131,6 +174,13 @@ impl WorkloadRuntime for ContainerRuntime {
     fn names(&self) -> BTreeSet<String> {
         let mut names = self.containers.names();
         names.extend(self.rootfs.workloads());
+        if let Ok(entries) = std::fs::read_dir(&self.userns_dir) {
+            names.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(|id| self.ids.workload_name(id))),
+            );
+        }
         match self.rootfs.volume_ids() {
             Ok(ids) => names.extend(ids.iter().map(|id| self.ids.workload_name(id))),
             Err(e) => tracing::warn!(error = %e, "cannot list the container roots on the pools"),

@@ -628,3 +628,102 @@ fn v2_device_program_refuses_the_pools_block_device() {
     assert!(out.has_out("null-ok"), "/dev/null refused: {}", out.all());
     assert_not_leaked(&out, &secret);
 }
+
+/// Removes a test's user namespace file.
+struct UsernsGuard(PathBuf);
+
+impl Drop for UsernsGuard {
+    fn drop(&mut self) {
+        let _ = zos_container::userns::remove(&self.0);
+    }
+}
+
+/// Container root is not host root: in its own user namespace, container root is the
+/// first id of its contract's range, and what host root owns stays out of its reach
+/// even where it is mounted in (a 0600 file, a directory): no read, no write, no chmod.
+#[test]
+fn host_roots_files_are_not_container_roots() {
+    use zos_container::userns;
+    let test = "host_roots_files_are_not_container_roots";
+    if !privileged(test) {
+        return;
+    }
+    let fx = Fixture::new();
+    if !attack_rootfs(&fx, test) {
+        return;
+    }
+    let secret = secret();
+    let (host, vol) = (fx.dir.path().join("zt-host"), fx.dir.path().join("zt-vol"));
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::create_dir_all(&vol).unwrap();
+    let seed = host.join("seed");
+    std::fs::write(&seed, &secret).unwrap();
+    std::fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let ids = userns::IdRanges::new(fx.dir.path().join("idranges"))
+        .of(&format!("zt-{}", std::process::id()))
+        .unwrap();
+    let ns = fx.dir.path().join("userns");
+    let _gns = UsernsGuard(ns.clone());
+    assert!(userns::ensure(&ns, ids).unwrap());
+    // What the node does for a container's root and volumes: owned in its range.
+    userns::shift_tree(&fx.rootfs(), ids).unwrap();
+    userns::shift_tree(&vol, ids).unwrap();
+
+    let mut spec = fx.sh(
+        "cat /proc/self/uid_map; id -u; cat /host/seed; echo x > /host/planted; \
+         chmod 0666 /host/seed; echo mine > /data/mine && echo wrote-own-volume; echo END",
+    );
+    spec.userns = Some(ns.clone());
+    spec.mounts = vec![
+        BindMount {
+            source: host.clone(),
+            target: "/host".into(),
+            readonly: false,
+        },
+        BindMount {
+            source: vol.clone(),
+            target: "/data".into(),
+            readonly: false,
+        },
+    ];
+    let _g = fx.guard(&spec.id);
+    let out = run_to_end(&fx, &spec);
+    let words = |l: &String| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert!(
+        out.stdout
+            .iter()
+            .any(|l| words(l) == ["0", &ids.base().to_string(), "65536"]),
+        "container root not mapped to the range: {}",
+        out.all()
+    );
+    assert!(out.has_out("0"), "not root inside: {}", out.all());
+    assert!(
+        out.has_err("cat: can't open '/host/seed': Permission denied"),
+        "host root's 0600 file readable: {}",
+        out.all()
+    );
+    assert!(
+        out.stderr
+            .iter()
+            .any(|l| l.ends_with("can't create /host/planted: Permission denied")),
+        "host root's directory writable: {}",
+        out.all()
+    );
+    assert!(
+        out.has_err("chmod: /host/seed: Operation not permitted"),
+        "host root's file chmod-able: {}",
+        out.all()
+    );
+    assert!(out.has_out("wrote-own-volume"), "{}", out.all());
+    assert_not_leaked(&out, &secret);
+    // Nothing written or changed on the host's side; the container's own file is
+    // owned by its range.
+    assert!(!host.join("planted").exists());
+    let meta = std::fs::metadata(&seed).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0));
+    assert_eq!(
+        std::fs::metadata(vol.join("mine")).unwrap().uid(),
+        ids.base()
+    );
+}

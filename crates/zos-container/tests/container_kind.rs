@@ -177,6 +177,7 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
     let placement = Placement {
         kernel_id: id.clone(),
         nic: None::<Nic>,
+        userns: None,
     };
 
     // A flist whose bytes are not the pinned ones: refused for good, with zos-flist's

@@ -45,6 +45,9 @@ pub struct Placement {
     pub kernel_id: String,
     /// Its network attachment, if the workload is on a tenant network.
     pub nic: Option<Nic>,
+    /// The user namespace it runs in (see [`WorkloadRuntime::user_namespace`]);
+    /// `None`: the node's.
+    pub userns: Option<PathBuf>,
 }
 
 /// The node's map between node-wide workload names and short kernel ids (zosd's kernel
@@ -64,6 +67,18 @@ pub trait KernelIds: Send + Sync {
 pub trait WorkloadRuntime: Send + Sync {
     /// How this kind joins a tenant network.
     fn nic_style(&self) -> NicStyle;
+
+    /// The user namespace workload `plan` runs in (a bind-mounted nsfs file), made if
+    /// missing. Asked before the workload's network attachment, whose own namespace is
+    /// then made inside it. `None` (the default): the node's.
+    fn user_namespace(
+        &self,
+        plan: &WorkloadPlan,
+        kernel_id: &str,
+    ) -> Result<Option<PathBuf>, ProvisionError> {
+        let _ = (plan, kernel_id);
+        Ok(None)
+    }
 
     /// Prepares what the workload needs (its verified flist, its root filesystem or
     /// disks) and starts it. A workload that runs already is left alone (re-adoption).
@@ -286,6 +301,7 @@ mod tests {
         Placement {
             kernel_id: "wl0".into(),
             nic: None,
+            userns: None,
         }
     }
 

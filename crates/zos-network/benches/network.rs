@@ -194,6 +194,7 @@ fn main() {
             attachment: WorkloadAttachment::Veth {
                 netns: net.workload_netns("b", &format!("w{i}")),
                 ip: Ipv4Addr::new(10, 9, 0, 2 + i),
+                owner: None,
             },
         })
         .collect();

@@ -43,6 +43,8 @@ struct State {
     namespaces: BTreeMap<String, FakeNs>,
     /// Namespace files (run dir + name) that exist.
     files: BTreeSet<PathBuf>,
+    /// Namespace label -> the user namespace file that owns it (when not the node's).
+    owners: BTreeMap<String, PathBuf>,
     next_index: u32,
     calls: Vec<String>,
 }
@@ -219,13 +221,16 @@ impl Kernel for FakeKernel {
         Ok(Ns::labelled(label))
     }
 
-    fn create_ns(&self, run_dir: &Path, name: &str) -> Result<bool> {
+    fn create_ns(&self, run_dir: &Path, name: &str, owner: Option<&Path>) -> Result<bool> {
         let path = run_dir.join(name);
         let mut s = self.lock();
         if s.files.contains(&path) {
             return Ok(false);
         }
         s.files.insert(path);
+        if let Some(owner) = owner {
+            s.owners.insert(name.into(), owner.to_path_buf());
+        }
         s.namespaces.insert(name.into(), FakeNs::default());
         // A new namespace has its loopback, down.
         s.add_link(name, "lo", None)?;
@@ -249,6 +254,7 @@ impl Kernel for FakeKernel {
             s.drop_link(name, &n);
         }
         s.namespaces.remove(name);
+        s.owners.remove(name);
         s.calls.push(format!("{name} netns remove"));
         Ok(true)
     }
@@ -266,6 +272,15 @@ impl Kernel for FakeKernel {
 
     fn ns_exists(&self, path: &Path) -> bool {
         self.lock().files.contains(path)
+    }
+
+    fn ns_owned_by(&self, path: &Path, owner: &Path) -> Result<bool> {
+        Ok(self
+            .lock()
+            .owners
+            .get(&label_of(path))
+            .map(PathBuf::as_path)
+            == Some(owner))
     }
 
     fn enter(&self, ns: &Ns, f: &mut (dyn FnMut(&dyn Session) -> Result<()> + Send)) -> Result<()> {

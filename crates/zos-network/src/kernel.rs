@@ -62,8 +62,11 @@ pub(crate) fn label_of(path: &Path) -> String {
 pub trait Kernel: Send + Sync {
     /// Open the namespace at `path`, or the calling thread's own when `None`.
     fn open_ns(&self, path: Option<&Path>) -> Result<Ns>;
-    /// Create the namespace `run_dir/name` unless it exists; true if created.
-    fn create_ns(&self, run_dir: &Path, name: &str) -> Result<bool>;
+    /// Create the namespace `run_dir/name` unless it exists; true if created. With an
+    /// `owner`, the new namespace belongs to the user namespace at that path.
+    fn create_ns(&self, run_dir: &Path, name: &str, owner: Option<&Path>) -> Result<bool>;
+    /// Whether the namespace at `path` belongs to the user namespace at `owner`.
+    fn ns_owned_by(&self, path: &Path, owner: &Path) -> Result<bool>;
     /// Remove the namespace `run_dir/name`; true if something existed.
     fn remove_ns(&self, run_dir: &Path, name: &str) -> Result<bool>;
     /// Names of the namespaces under `run_dir` starting with `prefix`, sorted.
@@ -147,8 +150,15 @@ impl Kernel for RealKernel {
         })
     }
 
-    fn create_ns(&self, run_dir: &Path, name: &str) -> Result<bool> {
-        netns::create(run_dir, name)
+    fn create_ns(&self, run_dir: &Path, name: &str, owner: Option<&Path>) -> Result<bool> {
+        match owner {
+            Some(owner) => netns::create_owned(run_dir, name, owner),
+            None => netns::create(run_dir, name),
+        }
+    }
+
+    fn ns_owned_by(&self, path: &Path, owner: &Path) -> Result<bool> {
+        netns::owned_by(path, owner)
     }
 
     fn remove_ns(&self, run_dir: &Path, name: &str) -> Result<bool> {

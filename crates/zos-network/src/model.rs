@@ -156,6 +156,9 @@ pub enum WorkloadAttachment {
         netns: String,
         /// The address of `eth0`, a host of the tenant subnet.
         ip: Ipv4Addr,
+        /// The user namespace (a bind-mounted nsfs file) that owns the workload's
+        /// namespace, when the workload runs in one of its own; `None`: the node's.
+        owner: Option<PathBuf>,
     },
     /// A persistent tap device `name` on the tenant bridge, in the tenant namespace,
     /// for a VM (the guest configures its own address).

@@ -113,6 +113,131 @@ pub fn create(run_dir: &Path, name: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Create the namespace `run_dir/name` owned by the user namespace at `owner` (a
+/// workload's: see zos-container's `userns`), unless it exists. Returns true if
+/// created.
+///
+/// Why a child process: joining a user namespace is refused to a threaded process,
+/// and the network namespace takes its owner from the user namespace of its creator.
+/// The child joins `owner`, unshares a network namespace and waits to be killed; this
+/// process bind-mounts the child's namespace onto the file.
+pub fn create_owned(run_dir: &Path, name: &str, owner: &Path) -> Result<bool> {
+    let path = run_dir.join(name);
+    if is_mounted(&path) {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| nserr(run_dir, "create run dir", e))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| nserr(&path, "create file", e))?;
+    let userns = File::open(owner).map_err(|e| nserr(owner, "open user namespace", e))?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| nserr(&path, "pipe", e))?;
+    let (userns_fd, ready_fd) = (userns.as_raw_fd(), ready_w.as_raw_fd());
+    // SAFETY: the child runs only raw system calls (setns, unshare, write, pause) on
+    // descriptors opened before the fork: nothing that allocates or takes a lock, as
+    // required after forking a threaded process.
+    let forked = unsafe { nix::unistd::fork() }.map_err(|e| nserr(&path, "fork", e))?;
+    let child = match forked {
+        // SAFETY: as above: raw system calls on open descriptors; `status` lives on
+        // this stack for the `write`.
+        nix::unistd::ForkResult::Child => unsafe {
+            let mut status: u8 = 0;
+            if libc::setns(userns_fd, libc::CLONE_NEWUSER) != 0 {
+                status = 1;
+            } else if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                status = 2;
+            }
+            libc::write(ready_fd, std::ptr::addr_of!(status).cast(), 1);
+            if status != 0 {
+                libc::_exit(1);
+            }
+            loop {
+                libc::pause();
+            }
+        },
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(ready_w);
+    let made = (|| {
+        let mut fds = [nix::poll::PollFd::new(
+            ready_r.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16))
+            .map_err(|e| nserr(&path, "poll", e))?;
+        let mut status = [0xffu8];
+        if n == 0 || nix::unistd::read(ready_r.as_raw_fd(), &mut status) != Ok(1) {
+            return Err(nserr(
+                &path,
+                "child did not answer",
+                std::io::Error::other("timeout"),
+            ));
+        }
+        match status[0] {
+            0 => {}
+            1 => {
+                return Err(nserr(
+                    owner,
+                    "setns(user)",
+                    std::io::Error::other("refused"),
+                ))
+            }
+            _ => {
+                return Err(nserr(
+                    &path,
+                    "unshare(net) in user namespace",
+                    std::io::Error::other("refused"),
+                ))
+            }
+        }
+        mount(
+            Some(format!("/proc/{child}/ns/net").as_str()),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| nserr(&path, "bind mount", e))
+    })();
+    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    tracing::debug!(netns = %path.display(), owner = %owner.display(), "namespace created in a user namespace");
+    Ok(true)
+}
+
+/// True when the network namespace at `path` is owned by the user namespace at
+/// `owner` (same nsfs inode as `NS_GET_USERNS` answers).
+pub fn owned_by(path: &Path, owner: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    /// `_IO(0xb7, 0x1)`: the user namespace that owns a namespace.
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    let ns = open(path)?;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return Err(nserr(
+            path,
+            "NS_GET_USERNS",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just returned to us by the kernel and is owned by nobody else.
+    let userns = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let have = userns
+        .metadata()
+        .map_err(|e| nserr(path, "stat owner", e))?;
+    let want = std::fs::metadata(owner).map_err(|e| nserr(owner, "stat", e))?;
+    Ok((have.dev(), have.ino()) == (want.dev(), want.ino()))
+}
+
 /// Remove the namespace file `run_dir/name`: detach the bind mount and unlink it.
 /// The kernel destroys the namespace (and every virtual link in it) once nothing
 /// else holds it. Returns true if there was something to remove.

@@ -267,7 +267,7 @@ impl Network {
         let (slot, node_link_exists) = self.transit_slot(&node, &net.id)?;
         let (node_ip, tenant_ip) = transit_pair(self.cfg.transit, slot);
         let ns_name = self.tenant_netns(&net.id);
-        let created = self.kernel.create_ns(&self.cfg.run_dir, &ns_name)?;
+        let created = self.kernel.create_ns(&self.cfg.run_dir, &ns_name, None)?;
         let tenant = self.kernel.open_ns(Some(&self.netns_path(&ns_name)))?;
         let link_name = self.node_link(&net.id);
 
@@ -404,12 +404,30 @@ impl Network {
         }
         let tenant = self.kernel.open_ns(Some(&tenant_path))?;
         match &wl.attachment {
-            WorkloadAttachment::Veth { netns: wns, ip } => {
+            WorkloadAttachment::Veth {
+                netns: wns,
+                ip,
+                owner,
+            } => {
                 names::check_workload_netns(&self.cfg.prefix, wns)?;
                 net.check_workload_ip(*ip)?;
-                self.kernel.create_ns(&self.cfg.run_dir, wns)?;
-                let wfd = self.kernel.open_ns(Some(&self.netns_path(wns)))?;
                 let port = names::port(&wl.id);
+                let wpath = self.netns_path(wns);
+                if let Some(owner) = owner {
+                    if self.kernel.ns_exists(&wpath) && !self.kernel.ns_owned_by(&wpath, owner)? {
+                        // Made before the workload had a user namespace (an older
+                        // agent): its container could not join it. Made again.
+                        tracing::warn!(netns = %wns, "workload namespace has another owner; made again");
+                        self.within(&tenant, |nl| match nl.link(&port)? {
+                            Some(l) => nl.del_link(l.index),
+                            None => Ok(()),
+                        })?;
+                        self.kernel.remove_ns(&self.cfg.run_dir, wns)?;
+                    }
+                }
+                self.kernel
+                    .create_ns(&self.cfg.run_dir, wns, owner.as_deref())?;
+                let wfd = self.kernel.open_ns(Some(&wpath))?;
                 self.within(&tenant, |nl| {
                     let br = nl
                         .link(BRIDGE)?
@@ -713,6 +731,7 @@ mod tests {
             attachment: WorkloadAttachment::Veth {
                 netns: net.workload_netns("a", "w1"),
                 ip: "10.1.0.2".parse().unwrap(),
+                owner: None,
             },
         };
         net.attach(&a, &veth).unwrap();

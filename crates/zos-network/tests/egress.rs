@@ -38,6 +38,7 @@ fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> TenantPort {
         attachment: WorkloadAttachment::Veth {
             netns: net.workload_netns(netid, id),
             ip: ip(addr),
+            owner: None,
         },
     }
 }

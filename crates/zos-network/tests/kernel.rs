@@ -29,6 +29,7 @@ fn veth(net: &Network, netid: &str, id: &str, addr: &str) -> TenantPort {
         attachment: WorkloadAttachment::Veth {
             netns: net.workload_netns(netid, id),
             ip: ip(addr),
+            owner: None,
         },
     }
 }
@@ -547,6 +548,7 @@ fn refusals_create_nothing() {
         attachment: WorkloadAttachment::Veth {
             netns: "someone-elses".into(),
             ip: ip("10.8.0.2"),
+            owner: None,
         },
     };
     assert!(matches!(

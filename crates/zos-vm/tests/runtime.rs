@@ -141,6 +141,7 @@ impl Fixture {
         Placement {
             kernel_id: self.id.clone(),
             nic: None,
+            userns: None,
         }
     }
 
