@@ -1042,6 +1042,16 @@ impl Notary for EtcdNotary {
     async fn watch_events(&self, prefix: &KeyPrefix) -> Result<EventWatch, NotaryError> {
         Ok(EventWatch::new(self.watch_from(prefix, 0).await?))
     }
+
+    /// Native, as `subscribe`: a listing at revision R, then events from R + 1.
+    async fn subscribe_events(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> Result<(Vec<Record>, EventWatch), NotaryError> {
+        let (records, rev) = self.list_at(prefix).await?;
+        let watch = EventWatch::new(self.watch_from(prefix, rev + 1).await?);
+        Ok((records, watch))
+    }
 }
 
 #[cfg(test)]

@@ -248,6 +248,20 @@ pub trait Notary: Send + Sync {
         &self,
         prefix: &KeyPrefix,
     ) -> impl Future<Output = Result<EventWatch, NotaryError>> + Send;
+
+    /// [`Notary::subscribe`] with deletions: the current records under `prefix` and an
+    /// [`EventWatch`] of everything after that snapshot, with no gap.
+    fn subscribe_events(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> impl Future<Output = Result<(Vec<Record>, EventWatch), NotaryError>> + Send {
+        async move {
+            // Watch first, then list: a change racing with us lands in one or both.
+            let watch = self.watch_events(prefix).await?;
+            let existing = self.list(prefix).await?;
+            Ok((existing, watch))
+        }
+    }
 }
 
 /// What a compare-and-swap put ([`Notary::put_if`], [`Notary::put_leased`]) expects to
@@ -514,6 +528,15 @@ impl Notary for AnyNotary {
         match self {
             AnyNotary::Dir(n) => n.watch_events(prefix).await,
             AnyNotary::Etcd(n) => n.watch_events(prefix).await,
+        }
+    }
+    async fn subscribe_events(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> Result<(Vec<Record>, EventWatch), NotaryError> {
+        match self {
+            AnyNotary::Dir(n) => n.subscribe_events(prefix).await,
+            AnyNotary::Etcd(n) => n.subscribe_events(prefix).await,
         }
     }
 }
