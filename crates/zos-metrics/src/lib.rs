@@ -8,6 +8,8 @@
 //! - [`proto`]: the remote-write 1.0 `WriteRequest`, encoded by hand, snappy-compressed.
 //! - [`Pusher`]: the tokio task sending one registry to one [`Target`] every interval,
 //!   with a bounded queue, bounded backoff and counted drops. One per (target, tenant).
+//! - [`Tenants`]: one registry per contract (`contract=<id>` on every series) and its
+//!   pusher, bound to the target the contract names.
 //!
 //! See docs/observability.md (`## Metrics`) for the series and the wiring.
 
@@ -15,7 +17,9 @@ pub mod collect;
 pub mod proto;
 mod push;
 mod registry;
+mod tenants;
 
 pub use collect::{CgroupLayout, CollectError, Collector};
 pub use push::{Client, PushConfig, PushError, PushStats, Pusher, Target};
 pub use registry::{Counter, Gauge, Histogram, Registry, RegistryError, LATENCY_BUCKETS};
+pub use tenants::{Tenants, CONTRACT_LABEL};

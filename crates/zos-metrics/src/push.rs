@@ -1,5 +1,5 @@
 //! Remote-write: a [`Client`] POSTs one batch to one target; a [`Pusher`] is the tokio
-//! task that, every interval, runs its collectors, snapshots its one registry and sends
+//! task that, every interval, runs its registry's collectors, snapshots it and sends
 //! it, queueing what a target that is down could not take.
 //!
 //! One pusher per (target, tenant): the node's registry goes to the farm's target, a
@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::collect::Collector;
 use crate::proto::{self, TimeSeries};
 use crate::registry::{Counter, Gauge, Registry, RegistryError};
 
@@ -248,12 +247,11 @@ impl SelfMetrics {
 
 impl Pusher {
     /// Starts pushing `registry` to `target` (on the current tokio runtime), running
-    /// `collectors` into it before each snapshot. The first push is one interval away
-    /// (or at [`Pusher::push_now`]).
+    /// its collectors ([`Registry::set_collector`]) before each snapshot. The first
+    /// push is one interval away (or at [`Pusher::push_now`]).
     pub fn spawn(
         target: &Target,
         registry: Registry,
-        collectors: Vec<Box<dyn Collector>>,
         config: PushConfig,
     ) -> Result<Pusher, PushError> {
         let client = Client::new(target)?;
@@ -264,7 +262,6 @@ impl Pusher {
             Worker {
                 client,
                 registry,
-                collectors,
                 config,
                 stats: stats.clone(),
                 own,
@@ -316,7 +313,6 @@ impl Drop for Pusher {
 struct Worker {
     client: Client,
     registry: Registry,
-    collectors: Vec<Box<dyn Collector>>,
     config: PushConfig,
     stats: Arc<Stats>,
     own: SelfMetrics,
@@ -360,10 +356,8 @@ impl Worker {
     }
 
     fn enqueue_snapshot(&mut self) {
-        for c in &self.collectors {
-            if let Err(e) = c.collect(&self.registry) {
-                tracing::warn!(target_url = %self.url, error = %e, "metrics collector failed");
-            }
+        for (collector, e) in self.registry.collect() {
+            tracing::warn!(target_url = %self.url, collector, error = %e, "metrics collector failed");
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

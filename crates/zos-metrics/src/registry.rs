@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::collect::{CollectError, Collector};
 use crate::proto::{Sample, TimeSeries};
 
 /// Latency buckets in seconds, for operations that take from milliseconds (a state
@@ -186,10 +187,20 @@ impl Entry {
 /// A series' identity: its name and its labels, sorted by name.
 type Key = (String, Vec<(String, String)>);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     constant: Vec<(String, String)>,
     series: Mutex<BTreeMap<Key, Entry>>,
+    /// Run by [`Registry::collect`], by key (e.g. a workload's name).
+    collectors: Mutex<BTreeMap<String, Box<dyn Collector>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("constant", &self.constant)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The series one pusher sends. Cloning shares it.
@@ -208,8 +219,35 @@ impl Registry {
         let constant = check_labels(labels, &[])?;
         Ok(Registry(Arc::new(Inner {
             constant,
-            series: Mutex::default(),
+            ..Inner::default()
         })))
+    }
+
+    /// Runs `collector` before every snapshot a pusher takes, under `key` (replacing
+    /// the one there): a workload's cgroup under its name, the node's CPU under
+    /// `node-cpu`. A collector must not add or remove collectors.
+    pub fn set_collector(&self, key: &str, collector: Box<dyn Collector>) {
+        self.collectors().insert(key.to_string(), collector);
+    }
+
+    /// Stops running the collector `key`; true if there was one. Its series stay until
+    /// removed ([`Registry::remove_labelled`]).
+    pub fn remove_collector(&self, key: &str) -> bool {
+        self.collectors().remove(key).is_some()
+    }
+
+    /// Runs every collector; the ones that failed, by key (their series keep their
+    /// last values).
+    pub fn collect(&self) -> Vec<(String, CollectError)> {
+        let collectors = self.collectors();
+        collectors
+            .iter()
+            .filter_map(|(k, c)| c.collect(self).err().map(|e| (k.clone(), e)))
+            .collect()
+    }
+
+    fn collectors(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Box<dyn Collector>>> {
+        self.0.collectors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The registry's constant labels, sorted by name.
@@ -542,6 +580,32 @@ mod tests {
         assert!(!r.remove("mem", &[("workload", "b")]));
         assert_eq!(r.remove_labelled("workload", "a"), 2);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn collectors_run_by_key_and_a_failing_one_is_named() {
+        let r = Registry::new();
+        r.set_collector(
+            "one",
+            Box::new(|r: &Registry| -> Result<(), CollectError> {
+                r.gauge("g", &[])
+                    .map(|g| g.inc())
+                    .map_err(CollectError::from)
+            }),
+        );
+        r.set_collector(
+            "bad",
+            Box::new(|r: &Registry| -> Result<(), CollectError> {
+                r.gauge("1bad", &[]).map(|_| ()).map_err(CollectError::from)
+            }),
+        );
+        let failed = r.collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "bad");
+        assert!(r.remove_collector("bad"));
+        assert!(!r.remove_collector("bad"));
+        assert!(r.collect().is_empty());
+        assert_eq!(r.gauge("g", &[]).unwrap().get(), 2.0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use zos_metrics::collect::{Cgroup, NodeCpu, NodeMemory, NodeNetwork, Pools};
 use zos_metrics::proto::{Sample, TimeSeries};
 use zos_metrics::{
-    CgroupLayout, Client, Collector, PushConfig, PushError, Pusher, Registry, RegistryError, Target,
+    CgroupLayout, Client, PushConfig, PushError, Pusher, Registry, RegistryError, Target, Tenants,
 };
 use zos_testkit::Needs;
 
@@ -33,14 +33,8 @@ fn on_demand() -> PushConfig {
     }
 }
 
-fn pusher(to: &Prometheus, r: &Registry, collectors: Vec<Box<dyn Collector>>) -> Pusher {
-    Pusher::spawn(
-        &Target::new(to.write_url()),
-        r.clone(),
-        collectors,
-        on_demand(),
-    )
-    .unwrap()
+fn pusher(to: &Prometheus, r: &Registry) -> Pusher {
+    Pusher::spawn(&Target::new(to.write_url()), r.clone(), on_demand()).unwrap()
 }
 
 /// Labels of a queried series, `__name__` included, as sorted pairs.
@@ -83,7 +77,7 @@ async fn counters_gauges_and_a_histogram_round_trip_with_their_labels_and_values
     lat.observe(0.25);
     lat.observe(1.0);
     lat.observe(8.0);
-    let p = pusher(prom, &r, vec![]);
+    let p = pusher(prom, &r);
     p.push_now().await.unwrap();
 
     let sel = |name: &str, extra: &str| format!("{name}{{run=\"{run}\"{extra}}}");
@@ -137,18 +131,16 @@ async fn node_collectors_produce_plausible_series() {
     let r = Registry::with_labels(&[("run", &run)]).unwrap();
     let pool_dir = zos_testkit::tempdir("pool");
     let pool_path = pool_dir.path().to_path_buf();
-    let p = pusher(
-        prom,
-        &r,
-        vec![
-            Box::new(NodeCpu::default()),
-            Box::new(NodeMemory::default()),
-            Box::new(NodeNetwork::default()),
-            Box::new(Pools(move || {
-                vec![("zt-ssd".to_string(), pool_path.clone())]
-            })),
-        ],
+    r.set_collector("cpu", Box::new(NodeCpu::default()));
+    r.set_collector("memory", Box::new(NodeMemory::default()));
+    r.set_collector("network", Box::new(NodeNetwork::default()));
+    r.set_collector(
+        "pools",
+        Box::new(Pools(move || {
+            vec![("zt-ssd".to_string(), pool_path.clone())]
+        })),
     );
+    let p = pusher(prom, &r);
     // Talking to Prometheus over loopback is what makes lo's counters move.
     p.push_now().await.unwrap();
 
@@ -329,13 +321,12 @@ async fn a_cgroup_collector_reads_a_zt_cgroup_the_test_made_on_v1_and_v2() {
 
     let run = zos_testkit::tag(4);
     let r = Registry::with_labels(&[("run", &run)]).unwrap();
-    let mut boxed: Vec<Box<dyn Collector>> = Vec::new();
     let mut memory_expected = Vec::new();
     for (v, c) in &collectors {
         memory_expected.push((*v, c.read().unwrap().memory_bytes.is_some()));
-        boxed.push(Box::new(c.clone()));
+        r.set_collector(v, Box::new(c.clone()));
     }
-    let p = pusher(prom, &r, boxed);
+    let p = pusher(prom, &r);
     p.push_now().await.unwrap();
 
     for (v, has_memory) in memory_expected {
@@ -378,8 +369,8 @@ async fn a_tenants_series_carry_only_its_labels_and_reach_only_its_target() {
         ra.gauge("zt_marker", &[("contract", &b)]),
         Err(RegistryError::ConstantLabel(_))
     ));
-    let pa = pusher(to_a, &ra, vec![]);
-    let pb = pusher(to_b, &rb, vec![]);
+    let pa = pusher(to_a, &ra);
+    let pb = pusher(to_b, &rb);
     ra.gauge("zt_tenant_cpu", &[("workload", "w1")])
         .unwrap()
         .set(1.0);
@@ -450,7 +441,7 @@ async fn a_target_that_is_down_gets_the_queued_batches_in_order_and_overflow_is_
         max_queued_samples: 8,
         ..on_demand()
     };
-    let p = Pusher::spawn(&Target::new(url), r.clone(), vec![], config).unwrap();
+    let p = Pusher::spawn(&Target::new(url), r.clone(), config).unwrap();
     for v in [1.0, 2.0, 3.0] {
         g.set(v);
         let err = p.push_now().await.unwrap_err();
@@ -532,7 +523,7 @@ async fn a_refused_batch_is_dropped_and_counted_not_retried() {
     // A pusher whose target answers 404: the batch is dropped at once and counted.
     let r = Registry::with_labels(&[("run", &run)]).unwrap();
     r.gauge("zt_lost", &[]).unwrap().set(1.0);
-    let p = Pusher::spawn(&Target::new(prom.wrong_url()), r, vec![], on_demand()).unwrap();
+    let p = Pusher::spawn(&Target::new(prom.wrong_url()), r, on_demand()).unwrap();
     let err = p.push_now().await.unwrap_err();
     assert!(
         matches!(err, PushError::Rejected { status: 404, .. }),
@@ -546,4 +537,58 @@ async fn a_refused_batch_is_dropped_and_counted_not_retried() {
         .query(&format!("zt_lost{{run=\"{run}\"}}"))
         .await
         .is_empty());
+}
+
+#[tokio::test]
+async fn a_contract_rebound_to_another_target_stops_reaching_the_old_one() {
+    if !needs_prometheus("a_contract_rebound_to_another_target") {
+        return;
+    }
+    let old = support::shared().farm;
+    // Only this test pushes to this one.
+    let new = support::start_fresh("rebound", false).unwrap();
+    let tenants = Tenants::new(on_demand());
+    let c = zos_testkit::tag(4);
+    let marker = zos_testkit::tag(4);
+    let r = tenants.registry(&c).unwrap();
+    let step = r.gauge("zt_step", &[]).unwrap();
+    step.set(1.0);
+    tenants
+        .set_target(&c, Some(&Target::new(old.write_url())))
+        .unwrap();
+    tenants.push_now(&c).await.unwrap();
+    assert_eq!(
+        old.value(&format!("zt_step{{contract=\"{c}\"}}")).await,
+        1.0
+    );
+
+    // The contract now names the other target.
+    tenants
+        .set_target(&c, Some(&Target::new(new.write_url())))
+        .unwrap();
+    step.set(2.0);
+    tenants.push_now(&c).await.unwrap();
+    assert_eq!(
+        new.value(&format!("zt_step{{contract=\"{c}\"}}")).await,
+        2.0
+    );
+    // A positive marker on the old target, pushed after step 2 was accepted by the
+    // new one: the old target has it and still only step 1.
+    let m = Registry::with_labels(&[("run", &marker)]).unwrap();
+    m.gauge("zt_marker", &[]).unwrap().set(1.0);
+    pusher(old, &m).push_now().await.unwrap();
+    old.value(&format!("zt_marker{{run=\"{marker}\"}}")).await;
+    let on_old = old.query(&format!("zt_step{{contract=\"{c}\"}}[1h]")).await;
+    assert_eq!(on_old.len(), 1);
+    assert_eq!(on_old[0].1, [1.0]);
+    // Nothing of the contract's reached the new target before it was named.
+    let on_new = new.query(&format!("zt_step{{contract=\"{c}\"}}[1h]")).await;
+    assert_eq!(on_new[0].1, [2.0]);
+
+    // No target: nothing leaves for it any more.
+    tenants.set_target(&c, None).unwrap();
+    assert!(matches!(
+        tenants.push_now(&c).await,
+        Err(PushError::Stopped)
+    ));
 }
