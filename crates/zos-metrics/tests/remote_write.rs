@@ -592,3 +592,55 @@ async fn a_contract_rebound_to_another_target_stops_reaching_the_old_one() {
         Err(PushError::Stopped)
     ));
 }
+
+#[tokio::test]
+async fn an_https_target_is_trusted_only_through_its_pinned_ca() {
+    let test = "an_https_target_is_trusted_only_through_its_pinned_ca";
+    if !Needs::none()
+        .bin_from("prometheus", "prometheus")
+        .bin_from("openssl", "openssl")
+        .check(test)
+    {
+        return;
+    }
+    let pki = zos_testkit::tempdir("metrics-pki");
+    support::make_ca(pki.path(), "farm");
+    let stranger = support::make_ca(pki.path(), "stranger");
+    let tls = support::make_server_cert(pki.path(), "farm");
+    let prom = Prometheus::start_with(
+        &support::fresh_dir("tls"),
+        support::free_port(),
+        false,
+        Some(&tls),
+    )
+    .unwrap();
+    assert!(prom.write_url().as_str().starts_with("https://"));
+    let run = zos_testkit::tag(4);
+    let r = Registry::with_labels(&[("run", &run)]).unwrap();
+    r.gauge("zt_tls", &[]).unwrap().set(1.0);
+    let target = |ca: Option<&[u8]>| Target {
+        ca_pem: ca.map(<[u8]>::to_vec),
+        ..Target::new(prom.write_url())
+    };
+
+    // Another CA, or none (no system roots are trusted): the handshake fails.
+    for (what, ca) in [("a stranger's CA", Some(&stranger[..])), ("no CA", None)] {
+        let p = Pusher::spawn(&target(ca), r.clone(), on_demand()).unwrap();
+        let err = p.push_now().await.unwrap_err();
+        assert!(matches!(err, PushError::Transport(_)), "{what}: {err}");
+        assert!(!err.is_permanent());
+        assert_eq!(p.stats().pushed_batches, 0, "{what}");
+    }
+
+    // The pinned CA: accepted, and the earlier attempts left nothing behind.
+    let p = Pusher::spawn(&target(Some(&tls.ca_pem)), r.clone(), on_demand()).unwrap();
+    p.push_now().await.unwrap();
+    let got = prom
+        .wait_for(&format!("zt_tls{{run=\"{run}\"}}[1h]"), |r| !r.is_empty())
+        .await;
+    assert_eq!(
+        got[0].1.len(),
+        1,
+        "only the pinned pusher's sample: {got:?}"
+    );
+}

@@ -26,12 +26,37 @@ pub struct Prometheus {
     dir: PathBuf,
     /// `127.0.0.1:<port>`.
     pub addr: std::net::SocketAddr,
+    /// `http://<addr>` or, with TLS, `https://<addr>`.
+    base: String,
+    /// Trusts the server's CA, with TLS.
+    http: reqwest::Client,
+}
+
+/// A TLS Prometheus: its certificate and key (files), and the CA (PEM) that signed it.
+pub struct Tls {
+    /// The server's certificate, PEM file.
+    pub cert: PathBuf,
+    /// Its key, PEM file.
+    pub key: PathBuf,
+    /// The CA's certificate, PEM.
+    pub ca_pem: Vec<u8>,
 }
 
 impl Prometheus {
     /// Starts one on `port` with its TSDB under `dir` (made here); waits until ready.
     /// `pdeathsig`: the child is killed when the calling thread exits.
     pub fn start_at(dir: &Path, port: u16, pdeathsig: bool) -> Result<Prometheus, String> {
+        Prometheus::start_with(dir, port, pdeathsig, None)
+    }
+
+    /// As [`Prometheus::start_at`], serving HTTPS with `tls` when given (ready when its
+    /// log says so: the plain `/-/ready` probe cannot speak TLS).
+    pub fn start_with(
+        dir: &Path,
+        port: u16,
+        pdeathsig: bool,
+        tls: Option<&Tls>,
+    ) -> Result<Prometheus, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // No scrape jobs: everything it holds came by remote-write.
         let config = dir.join("p.yml");
@@ -43,6 +68,25 @@ impl Prometheus {
         let log = std::fs::File::create(dir.join("prometheus.log")).map_err(|e| e.to_string())?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut cmd = Command::new("prometheus");
+        let mut http = reqwest::Client::builder();
+        let mut base = format!("http://{addr}");
+        if let Some(tls) = tls {
+            let web = dir.join("web.yml");
+            std::fs::write(
+                &web,
+                format!(
+                    "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+                    tls.cert.display(),
+                    tls.key.display()
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            cmd.arg(format!("--web.config.file={}", web.display()));
+            let ca = reqwest::Certificate::from_pem(&tls.ca_pem).map_err(|e| e.to_string())?;
+            http = http.add_root_certificate(ca);
+            base = format!("https://{addr}");
+        }
+        let http = http.build().map_err(|e| e.to_string())?;
         cmd.arg("--web.enable-remote-write-receiver")
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -66,22 +110,31 @@ impl Prometheus {
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting prometheus: {e}"))?;
+        let tls = base.starts_with("https");
         let mut p = Prometheus {
             child,
             dir: dir.to_path_buf(),
             addr,
+            base,
+            http,
         };
-        p.wait_ready()?;
+        p.wait_ready(tls)?;
         Ok(p)
     }
 
-    fn wait_ready(&mut self) -> Result<(), String> {
+    fn wait_ready(&mut self, tls: bool) -> Result<(), String> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("prometheus exited ({status}): {}", self.log()));
             }
-            if http_get(self.addr, "/-/ready").is_some_and(|(code, _)| code == 200) {
+            let ready = if tls {
+                self.log()
+                    .contains("Server is ready to receive web requests")
+            } else {
+                http_get(self.addr, "/-/ready").is_some_and(|(code, _)| code == 200)
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -98,14 +151,12 @@ impl Prometheus {
 
     /// The remote-write receiver's URL.
     pub fn write_url(&self) -> reqwest::Url {
-        format!("http://{}/api/v1/write", self.addr)
-            .parse()
-            .unwrap()
+        format!("{}/api/v1/write", self.base).parse().unwrap()
     }
 
     /// A URL on this server that is not the receiver (answers 404).
     pub fn wrong_url(&self) -> reqwest::Url {
-        format!("http://{}/api/v1/zt-not-a-receiver", self.addr)
+        format!("{}/api/v1/zt-not-a-receiver", self.base)
             .parse()
             .unwrap()
     }
@@ -113,11 +164,12 @@ impl Prometheus {
     /// The result of the instant query `promql`: `(labels, value)` per series (for a
     /// range selector, the value is the last one; see [`Prometheus::range`]).
     pub async fn query(&self, promql: &str) -> Vec<(serde_json::Map<String, Value>, Vec<f64>)> {
-        let mut url: reqwest::Url = format!("http://{}/api/v1/query", self.addr)
-            .parse()
-            .unwrap();
+        let mut url: reqwest::Url = format!("{}/api/v1/query", self.base).parse().unwrap();
         url.query_pairs_mut().append_pair("query", promql);
-        let body: Value = reqwest::get(url)
+        let body: Value = self
+            .http
+            .get(url)
+            .send()
             .await
             .expect("querying prometheus")
             .json()
@@ -275,4 +327,99 @@ pub fn shared() -> &'static Shared {
             ),
         }
     })
+}
+
+/// Runs `openssl args` in `dir`; panics with its stderr if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running openssl ({e}): apt-get install -y openssl"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA `<name>-ca.pem` (key `<name>-ca.key`) in `dir`; its PEM.
+pub fn make_ca(dir: &Path, name: &str) -> Vec<u8> {
+    let (pem, key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=zt-metrics {name} CA"),
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    std::fs::read(dir.join(pem)).unwrap()
+}
+
+/// A server certificate for 127.0.0.1 signed by `dir`'s CA `ca` (see [`make_ca`]).
+pub fn make_server_cert(dir: &Path, ca: &str) -> Tls {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    Tls {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        ca_pem: std::fs::read(dir.join(format!("{ca}-ca.pem"))).unwrap(),
+    }
 }
