@@ -143,8 +143,12 @@ struct HistogramInner {
 pub struct Histogram(Arc<HistogramInner>);
 
 impl Histogram {
-    /// Counts one observation (seconds, for a latency).
+    /// Counts one observation (seconds, for a latency); NaN is ignored (it would make
+    /// the sum NaN for good).
     pub fn observe(&self, v: f64) {
+        if v.is_nan() {
+            return;
+        }
         let i = self.0.bounds.partition_point(|b| *b < v);
         self.0.counts[i].fetch_add(1, Ordering::Relaxed);
         self.0.sum.add(v);
@@ -502,6 +506,7 @@ mod tests {
         h.observe(0.125); // on the bound: counted in le="0.125"
         h.observe(0.5);
         h.observe_duration(Duration::from_secs(3));
+        h.observe(f64::NAN);
         let snap = r.snapshot(0);
         let b = |le| value(&snap, "op_seconds_bucket", &[("op", "deploy"), ("le", le)]);
         assert_eq!(b("0.125"), Some(2.0));
