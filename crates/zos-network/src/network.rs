@@ -720,6 +720,47 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_namespace_of_another_owner_is_made_again_in_the_workloads() {
+        let (k, net) = fake_network();
+        net.ensure_node().unwrap();
+        let a = tenant_a();
+        net.ensure(&a).unwrap();
+        let port = |owner: Option<&str>| TenantPort {
+            id: "w1".into(),
+            attachment: WorkloadAttachment::Veth {
+                netns: net.workload_netns("a", "w1"),
+                ip: "10.1.0.2".parse().unwrap(),
+                owner: owner.map(PathBuf::from),
+            },
+        };
+        // Made by an agent that gave workloads no user namespace.
+        net.attach(&a, &port(None)).unwrap();
+        k.take_calls();
+        net.attach(&a, &port(Some("/run/zos/userns/w1"))).unwrap();
+        let calls = k.take_calls();
+        assert_eq!(
+            calls[..3],
+            [
+                "zt-a link del w-w1",
+                "zt-a-w1 netns remove",
+                "zt-a-w1 netns create"
+            ],
+            "{calls:#?}"
+        );
+        assert!(calls.contains(&"zt-a-w1 addr add 10.1.0.2/24 dev eth0".to_string()));
+        let path = net.netns_path(&net.workload_netns("a", "w1"));
+        assert!(k
+            .ns_owned_by(&path, Path::new("/run/zos/userns/w1"))
+            .unwrap());
+        // Owned as asked: attaching again leaves it alone.
+        net.attach(&a, &port(Some("/run/zos/userns/w1"))).unwrap();
+        assert_eq!(
+            k.take_calls(),
+            ["zt-a-w1 route replace default via 10.1.0.1 dev eth0"]
+        );
+    }
+
+    #[test]
     fn attach_detach_and_remove_record_their_calls_and_leave_nothing() {
         let (k, net) = fake_network();
         net.ensure_node().unwrap();
