@@ -692,6 +692,9 @@ enum Held {
     Live(Vec<u8>),
     /// A leased record whose lease has expired (on this clock).
     Expired,
+    /// A file that is no record (corrupt, oversized, not a regular file): present, and
+    /// never what a writer expects.
+    Junk,
 }
 
 /// Reads what `name` in `dir` holds right now.
@@ -710,6 +713,7 @@ fn held(dir: &OwnedFd, dir_path: &Path, name: &str) -> Result<Held, NotaryError>
     let (bytes, mtime) = match read_file(File::from(fd), dir_path.join(name)) {
         Ok(read) => read,
         Err(ReadError::Missing) => return Ok(Held::None),
+        Err(ReadError::Record(_)) => return Ok(Held::Junk),
         Err(e) => return Err(e.into_notary()),
     };
     let mark = read_mark(dir, dir_path, name);
@@ -778,7 +782,11 @@ fn put_checked(
         key: key.to_string(),
     };
     with_key_lock(root, &rel, true, |dir, dir_path, name| {
-        let commit = match (expect, held(dir, dir_path, name)?) {
+        let held = match expect {
+            Expect::Any => Held::None,
+            _ => held(dir, dir_path, name)?,
+        };
+        let commit = match (expect, held) {
             (Expect::Any, _) => Commit::Replace,
             (Expect::Absent, Held::None) => Commit::Exclusive,
             // Gone for every reader already (and reported deleted by watchers): replaced
@@ -836,7 +844,7 @@ fn touch_leased(
                 return Ok(false);
             }
             match held(dir, dir_path, name)? {
-                Held::None => Ok(false),
+                Held::None | Held::Junk => Ok(false),
                 Held::Expired => {
                     alive = false;
                     Ok(true)
