@@ -21,5 +21,7 @@ mod tenants;
 
 pub use collect::{CgroupLayout, CollectError, Collector};
 pub use push::{Client, PushConfig, PushError, PushStats, Pusher, Target};
-pub use registry::{Counter, Gauge, Histogram, Registry, RegistryError, LATENCY_BUCKETS};
+pub use registry::{
+    Counter, Gauge, Histogram, HistogramTimer, Registry, RegistryError, LATENCY_BUCKETS,
+};
 pub use tenants::{Tenants, CONTRACT_LABEL};

@@ -483,4 +483,113 @@ mod tests {
         assert_eq!(s.floor_char_boundary_compat(2), 1);
         assert_eq!(s.floor_char_boundary_compat(9), 3);
     }
+
+    /// A fake receiver (in addition to the real Prometheus of tests/remote_write.rs,
+    /// which never answers 5xx on demand): answers each request with the next status of
+    /// `statuses`, and hands over each request's headers and body.
+    async fn fake_receiver(
+        statuses: Vec<u16>,
+    ) -> (reqwest::Url, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/write", l.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut statuses = statuses.into_iter();
+            loop {
+                let (conn, _) = l.accept().await.unwrap();
+                let mut conn = BufReader::new(conn);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    if head.is_empty() {
+                        break; // the client closed the connection
+                    }
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    conn.read_exact(&mut body).await.unwrap();
+                    let status = statuses.next().unwrap_or(204);
+                    let _ = tx.send((head, body));
+                    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 4\r\n\r\nbusy");
+                    conn.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_5xx_keeps_the_batch_and_the_backoff_retries_it_with_the_remote_write_headers() {
+        let (url, mut requests) = fake_receiver(vec![503, 500]).await;
+        let r = Registry::new();
+        r.gauge("g", &[("a", "b")]).unwrap().set(7.0);
+        let config = PushConfig {
+            interval: Duration::from_secs(3600),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            ..PushConfig::default()
+        };
+        let p = Pusher::spawn(&Target::new(url), r, config).unwrap();
+        let err = p.push_now().await.unwrap_err();
+        assert!(
+            matches!(err, PushError::Server { status: 503, .. }),
+            "{err}"
+        );
+        assert_eq!(p.stats().queued_samples, 4);
+        // The same batch, three times: 503, 500 (retried by the backoff), then 204.
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let (head, body) = requests.recv().await.unwrap();
+            let head = head.to_ascii_lowercase();
+            assert!(head.starts_with("post /api/v1/write "), "{head}");
+            for h in [
+                "content-encoding: snappy",
+                "content-type: application/x-protobuf",
+                "x-prometheus-remote-write-version: 0.1.0",
+            ] {
+                assert!(head.contains(h), "{h} missing: {head}");
+            }
+            bodies.push(body);
+        }
+        assert!(bodies.iter().all(|b| *b == bodies[0]));
+        let body = snap::raw::Decoder::new()
+            .decompress_vec(&bodies[0])
+            .unwrap();
+        // The gauge's label a="b" (a Label message of 6 bytes) and its value.
+        let label = [0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, b'b'];
+        assert!(body.windows(label.len()).any(|w| w == label));
+        let value = [&[0x09][..], &7.0f64.to_le_bytes()].concat();
+        assert!(body.windows(value.len()).any(|w| w == value));
+        // The worker records the success once the 204 is read: wait for it, bounded.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while p.stats().pushed_batches == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the third attempt is recorded as pushed");
+        let s = p.stats();
+        assert_eq!(s.pushed_batches, 1);
+        assert_eq!(s.failures, 2);
+        assert_eq!(s.queued_samples, 0);
+        assert_eq!(s.dropped_samples, 0);
+    }
 }

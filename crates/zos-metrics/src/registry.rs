@@ -157,6 +157,15 @@ impl Histogram {
     pub fn observe_duration(&self, d: Duration) {
         self.observe(d.as_secs_f64());
     }
+    /// A guard that observes the time from now until it is dropped (or
+    /// [`HistogramTimer::stop`]): the latency of a scope, early returns included.
+    pub fn start_timer(&self) -> HistogramTimer {
+        HistogramTimer {
+            histogram: self.clone(),
+            start: std::time::Instant::now(),
+            done: false,
+        }
+    }
     /// How many observations so far.
     pub fn count(&self) -> u64 {
         self.0
@@ -168,6 +177,33 @@ impl Histogram {
     /// Their sum.
     pub fn sum(&self) -> f64 {
         self.0.sum.get()
+    }
+}
+
+/// Observes the time since [`Histogram::start_timer`] when dropped.
+#[derive(Debug)]
+#[must_use = "dropping it at once observes nothing useful"]
+pub struct HistogramTimer {
+    histogram: Histogram,
+    start: std::time::Instant,
+    done: bool,
+}
+
+impl HistogramTimer {
+    /// Observes now; the duration observed.
+    pub fn stop(mut self) -> Duration {
+        self.done = true;
+        let d = self.start.elapsed();
+        self.histogram.observe_duration(d);
+        d
+    }
+}
+
+impl Drop for HistogramTimer {
+    fn drop(&mut self) {
+        if !self.done {
+            self.histogram.observe_duration(self.start.elapsed());
+        }
     }
 }
 
@@ -515,6 +551,12 @@ mod tests {
         assert_eq!(value(&snap, "op_seconds_count", &[]), Some(4.0));
         assert_eq!(value(&snap, "op_seconds_sum", &[]), Some(3.6875));
         assert_eq!(h.count(), 4);
+        // A timer observes once, whether stopped or dropped.
+        let d = h.start_timer().stop();
+        assert_eq!(h.count(), 5);
+        assert!(h.sum() >= 3.6875 + d.as_secs_f64());
+        drop(h.start_timer());
+        assert_eq!(h.count(), 6);
     }
 
     #[test]
