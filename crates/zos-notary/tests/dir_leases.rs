@@ -212,3 +212,91 @@ async fn symlinks_planted_at_the_lock_or_mark_are_not_followed() {
         vec![record]
     );
 }
+
+/// Rounds and processes of [`racing_processes_have_exactly_one_winner`].
+const RACE_ROUNDS: u64 = 100;
+const RACERS: u8 = 4;
+
+/// Writers in separate processes (this test binary run again, [`race_child`]) race
+/// `put_if(Absent)` for the same keys, one key per round: each key has exactly one
+/// winner, whose record is the one stored. (`flock` excludes between processes as
+/// between threads; this is the shape of two orchestrators on one machine.)
+#[test]
+fn racing_processes_have_exactly_one_winner() {
+    let root = zos_testkit::tempdir("notary");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..RACERS)
+        .map(|w| {
+            std::process::Command::new(&exe)
+                .args(["--ignored", "--exact", "race_child", "--nocapture"])
+                .env("ZT_RACE_ROOT", root.path())
+                .env("ZT_RACE_WRITER", w.to_string())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Each child waits for the end of its stdin: all start at once.
+    let mut children = children;
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    let mut winners: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    for (w, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "racer {w} failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut rounds = 0;
+        for line in text.lines() {
+            if let Some(round) = line.strip_prefix("WON ") {
+                winners
+                    .entry(round.parse().unwrap())
+                    .or_default()
+                    .push(w as u8);
+            }
+            rounds += u64::from(line.starts_with("WON ") || line.starts_with("LOST "));
+        }
+        assert_eq!(rounds, RACE_ROUNDS, "racer {w} reported every round");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = DirNotary::open(root.path()).unwrap();
+    for round in 0..RACE_ROUNDS {
+        let won = winners.get(&round).cloned().unwrap_or_default();
+        assert_eq!(won.len(), 1, "round {round}: winners {won:?}");
+        let key = NotaryKey::contract(&node(), &format!("r{round}")).unwrap();
+        let stored = rt.block_on(n.get(&key)).unwrap().unwrap();
+        assert_eq!(stored.author, sk(20 + won[0]).public(), "round {round}");
+    }
+    let mut wins = [0u32; RACERS as usize];
+    winners.values().for_each(|w| wins[w[0] as usize] += 1);
+    eprintln!("racing_processes_have_exactly_one_winner: rounds won per process {wins:?}");
+}
+
+/// One racer of [`racing_processes_have_exactly_one_winner`]; run only by it.
+#[test]
+#[ignore = "a child process of racing_processes_have_exactly_one_winner"]
+fn race_child() {
+    let (Ok(root), Ok(w)) = (
+        std::env::var("ZT_RACE_ROOT"),
+        std::env::var("ZT_RACE_WRITER"),
+    ) else {
+        panic!("race_child runs only as a child of racing_processes_have_exactly_one_winner");
+    };
+    let w: u8 = w.parse().unwrap();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = DirNotary::open(&root).unwrap();
+    let author = sk(20 + w);
+    for round in 0..RACE_ROUNDS {
+        let key = NotaryKey::contract(&node(), &format!("r{round}")).unwrap();
+        let body =
+            json!({ "contract": { "owner": author.public().to_string(), "version": round } });
+        let record = Record::sign_at(&key, body, &author, round).unwrap();
+        match rt.block_on(n.put_if(&record, &Expect::Absent)) {
+            Ok(()) => println!("WON {round}"),
+            Err(NotaryError::Conflict { .. }) => println!("LOST {round}"),
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+}
