@@ -3,7 +3,8 @@
 //! - [`NodeCpu`]: `/proc/stat`, as `node_cpu_seconds_total{cpu,mode}`.
 //! - [`NodeMemory`]: `/proc/meminfo`, as `node_memory_<Field>_bytes`.
 //! - [`NodeNetwork`]: `/sys/class/net/*/statistics`, as
-//!   `node_network_{receive,transmit}_{bytes,packets,errs,drop}_total{device}`.
+//!   `node_network_{receive,transmit}_{bytes,packets,errs,drop}_total{device}`;
+//!   [`Links`]: the same series for links the caller lists (another namespace's).
 //! - [`Cgroup`]: one workload's cgroup (v1 or v2), as `zos_workload_cpu_seconds_total`,
 //!   `zos_workload_memory_bytes` and `zos_workload_memory_limit_bytes`.
 //! - [`Pools`]: `statvfs` of each pool's mount, as `zos_pool_{size,used,available}_bytes{pool}`;
@@ -229,32 +230,160 @@ impl Collector for NodeNetwork {
             path: self.class_net.clone(),
             source,
         })?;
-        let mut now = BTreeSet::new();
+        let mut links = Vec::new();
         for entry in dir.flatten() {
             let dev = entry.file_name().to_string_lossy().into_owned();
             let stats = entry.path().join("statistics");
-            for (file, name) in NET_STATS {
+            let mut values = [0u64; 8];
+            let mut gone = false;
+            for ((file, _), v) in NET_STATS.iter().zip(values.iter_mut()) {
                 let path = stats.join(file);
                 // An interface going away between the listing and the read.
                 let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
+                    gone = true;
+                    break;
                 };
-                let v: u64 = text
+                *v = text
                     .trim()
                     .parse()
                     .map_err(|_| parse_err(&path, format!("{text:?}")))?;
-                into.counter(name, &[("device", &dev)])?.set_total(v as f64);
             }
-            now.insert(dev);
-        }
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        for gone in seen.difference(&now) {
-            for (_, name) in NET_STATS {
-                into.remove(name, &[("device", gone)]);
+            if !gone {
+                links.push((dev, LinkCounters::from_array(values)));
             }
         }
-        *seen = now;
-        Ok(())
+        set_links(into, &[], &self.seen, links)
+    }
+}
+
+/// One link's counters as the kernel keeps them (sysfs `statistics/`, or netlink's
+/// `IFLA_STATS64` for a link in another network namespace).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Send errors.
+    pub tx_errors: u64,
+    /// Packets dropped on receive.
+    pub rx_dropped: u64,
+    /// Packets dropped on send.
+    pub tx_dropped: u64,
+}
+
+impl LinkCounters {
+    /// In [`NET_STATS`]' order.
+    fn to_array(self) -> [u64; 8] {
+        [
+            self.rx_bytes,
+            self.tx_bytes,
+            self.rx_packets,
+            self.tx_packets,
+            self.rx_errors,
+            self.tx_errors,
+            self.rx_dropped,
+            self.tx_dropped,
+        ]
+    }
+
+    fn from_array(v: [u64; 8]) -> LinkCounters {
+        LinkCounters {
+            rx_bytes: v[0],
+            tx_bytes: v[1],
+            rx_packets: v[2],
+            tx_packets: v[3],
+            rx_errors: v[4],
+            tx_errors: v[5],
+            rx_dropped: v[6],
+            tx_dropped: v[7],
+        }
+    }
+}
+
+fn borrowed(l: &[(String, String)]) -> Vec<(&str, &str)> {
+    l.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
+}
+
+/// Sets the `node_network_*` series of `links` (with `labels` besides `device`) and
+/// removes those of the links in `seen` that are not there any more.
+fn set_links(
+    into: &Registry,
+    labels: &[(String, String)],
+    seen: &Mutex<BTreeSet<String>>,
+    links: Vec<(String, LinkCounters)>,
+) -> Result<(), CollectError> {
+    let with = |dev: &str| -> Vec<(String, String)> {
+        let mut l = labels.to_vec();
+        l.push(("device".to_string(), dev.to_string()));
+        l
+    };
+    let mut now = BTreeSet::new();
+    for (dev, counters) in links {
+        let l = with(&dev);
+        for ((_, name), v) in NET_STATS.iter().zip(counters.to_array()) {
+            into.counter(name, &borrowed(&l))?.set_total(v as f64);
+        }
+        now.insert(dev);
+    }
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    for gone in seen.difference(&now) {
+        let l = with(gone);
+        for (_, name) in NET_STATS {
+            into.remove(name, &borrowed(&l));
+        }
+    }
+    *seen = now;
+    Ok(())
+}
+
+/// The links a caller lists (e.g. zos-network, reading another network namespace's
+/// links by netlink), as the `node_network_*` series with `labels` besides `device`
+/// (e.g. `[("netns", "ndmz")]`). A link that is not listed any more loses its series.
+pub struct Links<F> {
+    labels: Vec<(String, String)>,
+    list: F,
+    seen: Mutex<BTreeSet<String>>,
+}
+
+impl<F> Links<F>
+where
+    F: Fn() -> Result<Vec<(String, LinkCounters)>, CollectError> + Send + Sync,
+{
+    /// Lists the links through `list` before each push.
+    pub fn new(labels: &[(&str, &str)], list: F) -> Links<F> {
+        Links {
+            labels: labels
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            list,
+            seen: Mutex::default(),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for Links<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> Collector for Links<F>
+where
+    F: Fn() -> Result<Vec<(String, LinkCounters)>, CollectError> + Send + Sync,
+{
+    fn collect(&self, into: &Registry) -> Result<(), CollectError> {
+        let links = (self.list)()?;
+        set_links(into, &self.labels, &self.seen, links)
     }
 }
 
@@ -539,6 +668,48 @@ mod tests {
         assert_eq!(r.len(), 8);
         assert_eq!(
             get(&r, "node_network_receive_bytes_total", &[("device", "b0")]),
+            None
+        );
+    }
+
+    #[test]
+    fn listed_links_carry_their_labels_and_an_unlisted_one_loses_its_series() {
+        let round = std::sync::atomic::AtomicUsize::new(0);
+        let links = Links::new(&[("netns", "ndmz")], move || {
+            let first = round.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+            let mut v = vec![(
+                "eth0".to_string(),
+                LinkCounters {
+                    rx_bytes: 10,
+                    tx_dropped: 3,
+                    ..LinkCounters::default()
+                },
+            )];
+            if first {
+                v.push(("veth1".to_string(), LinkCounters::default()));
+            }
+            Ok(v)
+        });
+        let r = Registry::new();
+        links.collect(&r).unwrap();
+        assert_eq!(r.len(), 16);
+        let eth0 = [("netns", "ndmz"), ("device", "eth0")];
+        assert_eq!(
+            get(&r, "node_network_receive_bytes_total", &eth0),
+            Some(10.0)
+        );
+        assert_eq!(
+            get(&r, "node_network_transmit_drop_total", &eth0),
+            Some(3.0)
+        );
+        links.collect(&r).unwrap();
+        assert_eq!(r.len(), 8);
+        assert_eq!(
+            get(
+                &r,
+                "node_network_receive_bytes_total",
+                &[("device", "veth1")]
+            ),
             None
         );
     }

@@ -4,7 +4,7 @@
 //! - [`Registry`]: labelled [`Counter`]s, [`Gauge`]s and [`Histogram`]s, updated through
 //!   atomics (cheap on hot paths), with constant labels (`node`, `contract`).
 //! - [`collect`]: collectors reading the kernel: node CPU, memory and network, a
-//!   workload's cgroup (v1 and v2), pools by `statvfs`.
+//!   workload's cgroup (v1 and v2), pools by `statvfs`, links the caller lists.
 //! - [`proto`]: the remote-write 1.0 `WriteRequest`, encoded by hand, snappy-compressed.
 //! - [`Pusher`]: the tokio task sending one registry to one [`Target`] every interval,
 //!   with a bounded queue, bounded backoff and counted drops. One per (target, tenant).
