@@ -187,7 +187,18 @@ impl Notary for DirNotary {
         check_lease_alive(lease)?;
         self.put_with(record, Some(lease), expect).await?;
         let key = record.notary_key()?;
-        lease.local.lock().expect("lease lock").keys.insert(key);
+        let revoked = {
+            let mut local = lease.local.lock().expect("lease lock");
+            local.keys.insert(key.clone());
+            local.revoked
+        };
+        if revoked {
+            // Revoked while this put was in flight: what it wrote goes with the lease.
+            let (rel, id) = (format!("{key}{SUFFIX}"), lease.id());
+            self.blocking(move |root| remove_record(root, &rel, Some(id)))
+                .await?;
+            return Err(NotaryError::LeaseExpired { lease: id });
+        }
         Ok(())
     }
 
