@@ -7,6 +7,13 @@
 //! reader sees one whole record or another, never a mix. Newly created directories are
 //! fsynced into their parent.
 //!
+//! Compare-and-swap puts, deletes and lease operations on a key serialise on `flock` of
+//! the hidden `.<name>.lock` beside its record; a create-only put commits with
+//! `renameat2(RENAME_NOREPLACE)`. A leased record has the hidden mark `.<name>.lease`
+//! (lease id, TTL) beside it and has expired, for a reader, when the file's modification
+//! time plus the TTL is past the reader's clock (see "Leases and compare-and-swap" below
+//! and docs/notary.md).
+//!
 //! Every path below the root is opened relative to the root's descriptor with
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, one directory at a time when
 //! writing: a symlink anywhere in the tree (a directory such as
