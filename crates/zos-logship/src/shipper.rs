@@ -258,7 +258,7 @@ impl TenantSink {
 /// call [`Shipper::shutdown`] to drain first).
 pub struct Shipper {
     shared: Arc<Shared>,
-    dest: Destination,
+    dest: watch::Sender<Option<Destination>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -273,7 +273,22 @@ impl Shipper {
             hostname: config.hostname.clone(),
             contract: None,
         };
-        let shipper = Shipper::start(dest, config, stamp)?;
+        let shipper = Shipper::start(Some(dest), config, stamp)?;
+        let sink = NodeSink {
+            shared: shipper.shared.clone(),
+        };
+        Ok((shipper, sink))
+    }
+
+    /// Starts the node's shipper before its destination is known (at boot, before the
+    /// farm record is read): lines are accepted and queued (up to the bounds) until
+    /// [`Shipper::set_destination`].
+    pub fn node_unbound(config: ShipperConfig) -> Result<(Shipper, NodeSink), StartError> {
+        let stamp = Stamp {
+            hostname: config.hostname.clone(),
+            contract: None,
+        };
+        let shipper = Shipper::start(None, config, stamp)?;
         let sink = NodeSink {
             shared: shipper.shared.clone(),
         };
@@ -290,7 +305,7 @@ impl Shipper {
             hostname: config.hostname.clone(),
             contract: Some(contract.into()),
         };
-        let shipper = Shipper::start(dest, config, stamp)?;
+        let shipper = Shipper::start(Some(dest), config, stamp)?;
         let sink = TenantSink {
             shared: shipper.shared.clone(),
             contract: contract.into(),
@@ -299,7 +314,7 @@ impl Shipper {
     }
 
     fn start(
-        dest: Destination,
+        dest: Option<Destination>,
         config: ShipperConfig,
         stamp: Stamp,
     ) -> Result<Shipper, StartError> {
@@ -316,7 +331,8 @@ impl Shipper {
             wake: Notify::new(),
             changed: watch::channel(0).0,
         });
-        let task = handle.spawn(run(shared.clone(), dest.clone(), config, stamp));
+        let (dest, dest_rx) = watch::channel(dest);
+        let task = handle.spawn(run(shared.clone(), dest_rx, config, stamp));
         Ok(Shipper {
             shared,
             dest,
@@ -324,9 +340,21 @@ impl Shipper {
         })
     }
 
-    /// The destination.
-    pub fn destination(&self) -> &Destination {
-        &self.dest
+    /// The destination (`None`: not known yet).
+    pub fn destination(&self) -> Option<Destination> {
+        self.dest.borrow().clone()
+    }
+
+    /// Sends to `dest` from now on: what is queued goes there (the connection to a
+    /// previous destination is closed first). Nothing happens if it is the same.
+    pub fn set_destination(&self, dest: Destination) {
+        self.dest.send_if_modified(|d| {
+            if d.as_ref() == Some(&dest) {
+                return false;
+            }
+            *d = Some(dest);
+            true
+        });
     }
 
     /// The counters now.
@@ -391,13 +419,39 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 const BATCH_LINES: usize = 256;
 const BATCH_BYTES: usize = 256 << 10;
 
-async fn run(shared: Arc<Shared>, dest: Destination, config: ShipperConfig, stamp: Stamp) {
-    let name = dest.to_string();
+/// How a connection ended.
+enum End {
+    /// Closing, and nothing left to send.
+    Done,
+    /// The destination changed.
+    Redirected,
+    /// Writing failed or the receiver closed it.
+    Failed(String),
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut dest_rx: watch::Receiver<Option<Destination>>,
+    config: ShipperConfig,
+    stamp: Stamp,
+) {
     let mut delay = config.backoff.initial;
     loop {
         if shared.closed_and_empty() {
             return;
         }
+        let Some(dest) = dest_rx.borrow_and_update().clone() else {
+            // No destination yet: lines wait in the queue.
+            if shared.lock().closing {
+                return;
+            }
+            tokio::select! {
+                r = dest_rx.changed() => if r.is_err() { return },
+                _ = shared.wake.notified() => {}
+            }
+            continue;
+        };
+        let name = dest.to_string();
         let conn = match tokio::time::timeout(config.connect_timeout, connect(&dest, &name)).await {
             Ok(Ok(c)) => c,
             other => {
@@ -416,66 +470,80 @@ async fn run(shared: Arc<Shared>, dest: Destination, config: ShipperConfig, stam
                 if shared.lock().closing {
                     return;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(config.backoff.max);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => delay = (delay * 2).min(config.backoff.max),
+                    // A new destination is tried at once.
+                    r = dest_rx.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        delay = config.backoff.initial;
+                    }
+                }
                 continue;
             }
         };
         delay = config.backoff.initial;
         shared.update(|s| s.connected = true);
         tracing::debug!(dest = %name, "log destination connected");
-        let error = deliver(&shared, conn, &config, &stamp, &dest).await;
-        let done = error.is_none();
+        let end = deliver(&shared, conn, &config, &stamp, &dest, &mut dest_rx).await;
         shared.update(|s| {
             s.connected = false;
-            if let Some(e) = error {
+            if let End::Failed(error) = &end {
                 s.last_error = Some(DeliveryError::Send {
                     dest: name.clone(),
-                    error: e,
+                    error: error.clone(),
                 });
             }
         });
-        if done {
+        if let End::Done = end {
             return;
         }
     }
 }
 
-/// Sends until the connection fails (`Some(why)`) or closing with nothing left (`None`).
+/// Sends until closing with nothing left, the destination changes, or the connection
+/// fails.
 async fn deliver(
     shared: &Shared,
     conn: Box<dyn Conn>,
     config: &ShipperConfig,
     stamp: &Stamp,
     dest: &Destination,
-) -> Option<String> {
+    dest_rx: &mut watch::Receiver<Option<Destination>>,
+) -> End {
     let (mut rd, mut wr) = tokio::io::split(conn);
     let mut scratch = [0u8; 512];
+    let closed = |r: std::io::Result<usize>| match r {
+        Ok(0) => Some(End::Failed("closed by the receiver".into())),
+        Ok(_) => None,
+        Err(e) => Some(End::Failed(e.to_string())),
+    };
     loop {
+        if dest_rx.has_changed().unwrap_or(true) {
+            let _ = tokio::time::timeout(config.write_timeout, wr.shutdown()).await;
+            return End::Redirected;
+        }
         // The receiver never sends: a readable connection is a closed one. Checked before
         // every write so lines are not written into a connection already closed.
         tokio::select! {
             biased;
-            r = rd.read(&mut scratch) => match r {
-                Ok(0) => return Some("closed by the receiver".into()),
-                Ok(_) => {}
-                Err(e) => return Some(e.to_string()),
-            },
+            r = rd.read(&mut scratch) => if let Some(end) = closed(r) { return end },
             _ = std::future::ready(()) => {}
         }
         let (frames, taken, lines) = take_batch(shared, config, stamp, dest);
         if taken == 0 {
             if shared.lock().closing {
-                let _ = wr.shutdown().await;
-                return None;
+                let _ = tokio::time::timeout(config.write_timeout, wr.shutdown()).await;
+                return End::Done;
             }
             tokio::select! {
                 _ = shared.wake.notified() => {}
-                r = rd.read(&mut scratch) => match r {
-                    Ok(0) => return Some("closed by the receiver".into()),
-                    Ok(_) => {}
-                    Err(e) => return Some(e.to_string()),
-                },
+                _ = dest_rx.changed() => {
+                    let _ = tokio::time::timeout(config.write_timeout, wr.shutdown()).await;
+                    return End::Redirected;
+                }
+                r = rd.read(&mut scratch) => if let Some(end) = closed(r) { return end },
             }
             continue;
         }
@@ -485,8 +553,8 @@ async fn deliver(
         };
         match tokio::time::timeout(config.write_timeout, write).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Some(e.to_string()),
-            Err(_) => return Some("write timed out".into()),
+            Ok(Err(e)) => return End::Failed(e.to_string()),
+            Err(_) => return End::Failed("write timed out".into()),
         }
         {
             let mut s = shared.lock();
@@ -618,7 +686,7 @@ impl TenantShippers {
                 if self
                     .shippers
                     .get(contract)
-                    .is_some_and(|(s, _)| *s.destination() == d)
+                    .is_some_and(|(s, _)| s.destination().as_ref() == Some(&d))
                 {
                     return Ok(());
                 }

@@ -477,6 +477,52 @@ async fn a_contracts_lines_reach_only_its_own_receiver() {
     assert_eq!(a_in_order, want);
 }
 
+/// At boot the destination is not known yet (the farm record is read later): lines are
+/// queued from the first instant and arrive once it is set; a new destination takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_lines_wait_for_the_destination_then_follow_it_when_it_changes() {
+    let test = "boot_lines_wait_for_the_destination_then_follow_it_when_it_changes";
+    let Some(rx_a) = Receiver::start(test, None) else {
+        return;
+    };
+    let Some(rx_b) = Receiver::start(test, None) else {
+        return;
+    };
+    let (shipper, sink) = Shipper::node_unbound(config("zt-node-9")).unwrap();
+    for i in 0..10 {
+        sink.send(Line::new(
+            "init",
+            Severity::Informational,
+            format!("boot-{i}"),
+        ));
+    }
+    let s = shipper.stats();
+    assert_eq!((s.queued, s.sent, s.connected), (10, 0, false), "{s:?}");
+    assert_eq!(shipper.destination(), None);
+
+    shipper.set_destination(Destination::parse(&rx_a.url("syslog+tcp")).unwrap());
+    sink.send(Line::new("zosd", Severity::Informational, "at-a"));
+    let ra = rx_a.wait_msg("at-a").await;
+    let want: Vec<String> = (0..10)
+        .map(|i| format!("boot-{i}"))
+        .chain(["at-a".to_string()])
+        .collect();
+    assert_eq!(msgs(&ra), want);
+    shipper.wait_until(WAIT, |s| s.sent == 11).await.unwrap();
+
+    shipper.set_destination(Destination::parse(&rx_b.url("syslog+tcp")).unwrap());
+    sink.send(Line::new("zosd", Severity::Informational, "at-b"));
+    let rb = rx_b.wait_msg("at-b").await;
+    assert_eq!(msgs(&rb), ["at-b"]);
+    assert_eq!(
+        msgs(&rx_a.records()),
+        want,
+        "nothing more at the old destination"
+    );
+    let s = shipper.shutdown(WAIT).await;
+    assert_eq!((s.sent, s.queued, s.dropped), (12, 0, 0));
+}
+
 fn outage() -> Duration {
     let secs = std::env::var("ZT_LOGSHIP_OUTAGE_SECS")
         .ok()
