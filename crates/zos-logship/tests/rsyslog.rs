@@ -17,6 +17,7 @@ use zos_logship::{
     kmsg, Backoff, DeliveryError, Destination, Facility, Limits, Line, PinnedCa, Severity,
     ShipLayer, Shipper, ShipperConfig, TenantShippers,
 };
+use zos_testkit::Needs;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -34,22 +35,8 @@ const TEMPLATE: &str = r#"template(name="zt" type="list" option.jsonf="on") {
   property(outname="msg" name="msg" format="jsonf")
 }"#;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn have(program: &str, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
+/// rsyslog's OpenSSL network stream driver (Debian's rsyslog-openssl).
+const OSSL_DRIVER: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so";
 
 /// The server side of a TLS receiver: its CA, certificate and key (files).
 struct ServerTls {
@@ -152,15 +139,11 @@ struct Receiver {
 impl Receiver {
     /// A receiver on a free port, or `None` (and a SKIP line) without rsyslogd.
     fn start(test: &str, tls: Option<&ServerTls>) -> Option<Receiver> {
-        if !have("rsyslogd", "-v") {
-            eprintln!("SKIP: {test}: rsyslogd is not installed (apt-get install rsyslog)");
+        if !Needs::none().bin_from("rsyslogd", "rsyslog").check(test) {
             return None;
         }
-        let dir = tempfile::Builder::new()
-            .prefix("zt-logship-")
-            .tempdir()
-            .unwrap();
-        let port = free_port();
+        let dir = zos_testkit::tempdir("logship");
+        let port = zos_testkit::etcd::free_port().unwrap();
         let work = dir.path().display();
         let (global_tls, module) = match tls {
             None => (String::new(), r#"module(load="imtcp")"#.to_string()),
@@ -695,27 +678,18 @@ async fn json_lines_reach_a_plain_tcp_listener() {
 }
 
 fn tls_receiver(test: &str) -> Option<(Receiver, tempfile::TempDir, ServerTls)> {
-    if !have("openssl", "version") {
-        eprintln!("SKIP: {test}: the openssl program is not installed");
-        return None;
-    }
-    let certs = tempfile::Builder::new()
-        .prefix("zt-logship-ca-")
-        .tempdir()
-        .unwrap();
-    let good = make_ca(certs.path(), "good");
-    if Command::new("rsyslogd")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && !Path::new("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so").exists()
-        && !Path::new("/usr/lib/rsyslog/lmnsd_ossl.so").exists()
-    {
-        eprintln!(
-            "SKIP: {test}: rsyslog's openssl driver is missing (apt-get install rsyslog-openssl)"
+    let needs = Needs::none()
+        .bin_from("openssl", "openssl")
+        .bin_from("rsyslogd", "rsyslog")
+        .file(
+            OSSL_DRIVER,
+            "rsyslog's OpenSSL driver (apt-get install -y rsyslog-openssl)",
         );
+    if !needs.check(test) {
         return None;
     }
+    let certs = zos_testkit::tempdir("logship-ca");
+    let good = make_ca(certs.path(), "good");
     let rx = Receiver::start(test, Some(&good))?;
     Some((rx, certs, good))
 }
@@ -805,10 +779,13 @@ async fn a_receiver_of_another_ca_or_name_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_log_records_arrive() {
     let test = "kernel_log_records_arrive";
+    if !Needs::root().dev(kmsg::KMSG).check(test) {
+        return;
+    }
     let reader = match kmsg::KmsgReader::open(Path::new(kmsg::KMSG), false) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("SKIP: {test}: cannot read {}: {e}", kmsg::KMSG);
+            zos_testkit::skip_or_fail(test, &format!("cannot read {}: {e}", kmsg::KMSG));
             return;
         }
     };
