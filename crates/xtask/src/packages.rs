@@ -25,6 +25,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "cpio",            // reads back the initrds xtask writes (a unit test)
     "dnsmasq-base",    // a real DHCP and DNS server for zos-uplink's client tests
     "chrony",          // a real NTP server (chronyd) for zos-uplink's SNTP test
+    "rsyslog",         // a real syslog receiver for zos-logship's delivery tests
+    "rsyslog-openssl", // its TLS listener (the pinned-CA tests)
+    "openssl",         // the test CA those tests make
+    "prometheus",      // a real remote-write receiver for zos-metrics' tests
+    "groff-base",      // renders the generated man pages in zos-cli's tests
+    "tmux",            // a real terminal for zos farm top's screen test
     "pkg-config",
 ];
 
