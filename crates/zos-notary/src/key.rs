@@ -1,6 +1,6 @@
 //! Validated notary keys and key prefixes.
 //!
-//! The layout is fixed (design.md section 3); only these six kinds are keys:
+//! The layout is fixed (design.md section 3); only these eight kinds are keys:
 //!
 //! ```text
 //! farms/<farm_id>
@@ -8,11 +8,13 @@
 //! nodes/<node_key>/contracts/<contract_id>
 //! nodes/<node_key>/status/<contract_id>
 //! nodes/<node_key>/heartbeat
+//! nodes/<node_key>/requests/<request_id>
+//! nodes/<node_key>/answers/<request_id>
 //! blueprints/<sha256>
 //! ```
 //!
 //! `<node_key>` is an ed25519 public key and `<sha256>` a digest, both as 64 lowercase hex
-//! characters. `<farm_id>` and `<contract_id>` are free segments: 1 to
+//! characters. `<farm_id>`, `<contract_id>` and `<request_id>` are free segments: 1 to
 //! [`MAX_SEGMENT_LEN`] characters of `[A-Za-z0-9._-]`, not starting with `.` (so never `.`
 //! or `..`, and never a hidden or temporary file of the dir backend). Backends map keys
 //! to file paths, so everything else is refused, path traversal attempts with their own
@@ -115,6 +117,22 @@ pub enum KeyKind {
         /// The node.
         node: PublicKey,
     },
+    /// `nodes/<node_key>/requests/<request_id>`: a diagnostic request to a node (a
+    /// support bundle or a probe), authored by whoever asks: the node decides whether
+    /// the author may (docs/diagnostics.md).
+    Request {
+        /// The node asked.
+        node: PublicKey,
+        /// The request's id (a free segment chosen by the requester).
+        request_id: String,
+    },
+    /// `nodes/<node_key>/answers/<request_id>`: the node's signed answer to a request.
+    Answer {
+        /// The answering node.
+        node: PublicKey,
+        /// The id of the request answered.
+        request_id: String,
+    },
     /// `blueprints/<sha256>`: a signed blueprint, by its digest.
     Blueprint {
         /// The blueprint's digest.
@@ -150,6 +168,16 @@ impl NotaryKey {
     pub fn heartbeat(node: &PublicKey) -> Self {
         NotaryKey(format!("nodes/{node}/heartbeat"))
     }
+    /// `nodes/<node>/requests/<request_id>`; refused when `request_id` is not a valid
+    /// segment.
+    pub fn request(node: &PublicKey, request_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("nodes/{node}/requests/{request_id}"))
+    }
+    /// `nodes/<node>/answers/<request_id>`; refused when `request_id` is not a valid
+    /// segment.
+    pub fn answer(node: &PublicKey, request_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("nodes/{node}/answers/{request_id}"))
+    }
     /// `blueprints/<digest>`.
     pub fn blueprint(digest: &Digest) -> Self {
         NotaryKey(format!("blueprints/{digest}"))
@@ -173,13 +201,15 @@ impl NotaryKey {
         classify(&self.0, &segs).expect("a NotaryKey is validated at construction")
     }
 
-    /// The node whose own reports live under this key (registration, status, heartbeat):
-    /// only that node may author them. `None` for farms, contracts and blueprints.
+    /// The node whose own reports live under this key (registration, status, heartbeat,
+    /// answers): only that node may author them. `None` for farms, contracts, requests
+    /// and blueprints.
     pub fn node_owner(&self) -> Option<PublicKey> {
         match self.kind() {
             KeyKind::Registration { node }
             | KeyKind::Status { node, .. }
-            | KeyKind::Heartbeat { node } => Some(node),
+            | KeyKind::Heartbeat { node }
+            | KeyKind::Answer { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -256,6 +286,14 @@ fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
         ["nodes", n, "status", id] => KeyKind::Status {
             node: node(n)?,
             contract_id: id.to_string(),
+        },
+        ["nodes", n, "requests", id] => KeyKind::Request {
+            node: node(n)?,
+            request_id: id.to_string(),
+        },
+        ["nodes", n, "answers", id] => KeyKind::Answer {
+            node: node(n)?,
+            request_id: id.to_string(),
         },
         _ => return Err(KeyError::UnknownLayout(s.to_owned())),
     })
@@ -341,6 +379,14 @@ impl KeyPrefix {
     /// The status reports of `node`.
     pub fn node_status(node: &PublicKey) -> Self {
         KeyPrefix(format!("nodes/{node}/status"))
+    }
+    /// The diagnostic requests addressed to `node`.
+    pub fn node_requests(node: &PublicKey) -> Self {
+        KeyPrefix(format!("nodes/{node}/requests"))
+    }
+    /// The answers of `node` to diagnostic requests.
+    pub fn node_answers(node: &PublicKey) -> Self {
+        KeyPrefix(format!("nodes/{node}/answers"))
     }
 
     /// The path form without a trailing `/`; empty for [`KeyPrefix::all`].
@@ -431,6 +477,30 @@ mod tests {
         );
         assert_eq!(NotaryKey::heartbeat(&n).node_owner(), Some(n));
         assert_eq!(NotaryKey::contract(&n, "c").unwrap().node_owner(), None);
+        let req = NotaryKey::request(&n, "r-1").unwrap();
+        assert_eq!(req.as_str(), format!("nodes/{h}/requests/r-1"));
+        assert_eq!(
+            req.kind(),
+            KeyKind::Request {
+                node: n,
+                request_id: "r-1".into()
+            }
+        );
+        assert_eq!(req.node_owner(), None, "anyone may ask; the node decides");
+        let ans = NotaryKey::answer(&n, "r-1").unwrap();
+        assert_eq!(ans.as_str(), format!("nodes/{h}/answers/r-1"));
+        assert_eq!(ans.node_owner(), Some(n), "only the node answers");
+        assert!(req.has_prefix(&KeyPrefix::node_requests(&n)));
+        assert!(ans.has_prefix(&KeyPrefix::node_answers(&n)));
+        assert!(!ans.has_prefix(&KeyPrefix::node_requests(&n)));
+        assert!(matches!(
+            NotaryKey::request(&n, ".."),
+            Err(KeyError::PathTraversal(_))
+        ));
+        assert!(matches!(
+            NotaryKey::answer(&n, "a/b"),
+            Err(KeyError::UnknownLayout(_))
+        ));
     }
 
     #[test]

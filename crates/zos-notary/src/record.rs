@@ -260,6 +260,265 @@ impl Record {
     }
 }
 
+/// Longest validity of a diagnostic request: `expires_at - issued_at` at most one hour.
+pub const MAX_REQUEST_WINDOW: u64 = 3600;
+
+/// Largest support bundle (compressed bytes) a node puts inline in its answer: its
+/// base64 form (4/3 of it) plus the manifest and the envelope stay under
+/// [`MAX_RECORD_BYTES`].
+pub const MAX_INLINE_BUNDLE: usize = 640 * 1024;
+
+/// The body of a diagnostic request at `nodes/<node>/requests/<id>`, authored by the
+/// one who asks (the farmer, or a contract's owner). Strict: unknown fields, an unknown
+/// scope or action (and, through `P`, a probe outside the built-in set) are refused.
+/// `P` is the probe specification (zos-probe's `ProbeSpec`); the notary does not need
+/// to know the probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagRequest<P> {
+    /// The request id: the last segment of its key.
+    pub id: String,
+    /// The node asked: the node segment of its key.
+    pub node: PublicKey,
+    /// What it is about.
+    pub scope: DiagScope,
+    /// What to do.
+    pub action: DiagAction<P>,
+    /// Unix seconds, when it was made.
+    pub issued_at: u64,
+    /// Unix seconds after which the node refuses it; at most [`MAX_REQUEST_WINDOW`]
+    /// after `issued_at`.
+    pub expires_at: u64,
+}
+
+/// What a diagnostic request is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DiagScope {
+    /// The node as a whole (the farmer only).
+    Node,
+    /// The node's own network namespace, its uplink (the farmer only).
+    Uplink,
+    /// One contract on the node: its status, its workloads' logs (its owner or the
+    /// farmer).
+    Contract(String),
+    /// One workload of a contract on the node, and so its network namespace (its
+    /// contract's owner or the farmer).
+    Workload {
+        /// The contract id.
+        contract: String,
+        /// The workload's name in the contract.
+        workload: String,
+    },
+}
+
+/// What a diagnostic request asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DiagAction<P> {
+    /// A support bundle of the scope.
+    SupportBundle,
+    /// One built-in probe, run in the scope's network namespace.
+    Probe(P),
+}
+
+impl<P> DiagRequest<P> {
+    /// Checks the body against the key it was found at (id and node) and the validity
+    /// window; `now` is the reader's clock (unix seconds).
+    pub fn check(&self, key: &NotaryKey, now: u64) -> Result<(), DiagRefusal> {
+        let KeyKind::Request { node, request_id } = key.kind() else {
+            return Err(DiagRefusal::new(
+                RefusalCode::Malformed,
+                format!("{key} is not a request key"),
+            ));
+        };
+        if node != self.node {
+            return Err(DiagRefusal::new(
+                RefusalCode::WrongNode,
+                format!("the request names node {}, not {node}", self.node),
+            ));
+        }
+        if request_id != self.id {
+            return Err(DiagRefusal::new(
+                RefusalCode::Malformed,
+                format!(
+                    "the request's id {:?} is not its key's {request_id:?}",
+                    self.id
+                ),
+            ));
+        }
+        if self.expires_at <= self.issued_at
+            || self.expires_at - self.issued_at > MAX_REQUEST_WINDOW
+        {
+            return Err(DiagRefusal::new(
+                RefusalCode::BadWindow,
+                format!(
+                    "issued at {} and expiring at {}: the window must be 1 to {MAX_REQUEST_WINDOW} s",
+                    self.issued_at, self.expires_at
+                ),
+            ));
+        }
+        if now >= self.expires_at {
+            return Err(DiagRefusal::new(
+                RefusalCode::Expired,
+                format!("expired at {} (now {now})", self.expires_at),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a node refused a diagnostic request: the code in its signed answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// The body does not parse (unknown field, scope, action or probe kind) or does
+    /// not match its key.
+    Malformed,
+    /// The probe is a built-in one with arguments out of range.
+    InvalidProbe,
+    /// The request names another node.
+    WrongNode,
+    /// `expires_at` is not after `issued_at`, or more than an hour after it.
+    BadWindow,
+    /// The request has expired.
+    Expired,
+    /// The node or its uplink: only the farmer may ask.
+    FarmerOnly,
+    /// A contract or workload its author does not own (or that is not on this node,
+    /// which a stranger is not told apart).
+    NotOwner,
+    /// The farmer asked about a contract or workload this node does not run.
+    UnknownWorkload,
+    /// A scope and action this node cannot serve (e.g. a probe inside a micro-VM's
+    /// network).
+    Unsupported,
+    /// The node's diagnostic queue is full: ask again later.
+    Busy,
+}
+
+impl RefusalCode {
+    /// The code as it appears in an answer.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RefusalCode::Malformed => "malformed",
+            RefusalCode::InvalidProbe => "invalid_probe",
+            RefusalCode::WrongNode => "wrong_node",
+            RefusalCode::BadWindow => "bad_window",
+            RefusalCode::Expired => "expired",
+            RefusalCode::FarmerOnly => "farmer_only",
+            RefusalCode::NotOwner => "not_owner",
+            RefusalCode::UnknownWorkload => "unknown_workload",
+            RefusalCode::Unsupported => "unsupported",
+            RefusalCode::Busy => "busy",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: its code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("refused ({refused}): {reason}")]
+pub struct DiagRefusal {
+    /// The code.
+    pub refused: RefusalCode,
+    /// Why, for people.
+    pub reason: String,
+}
+
+impl DiagRefusal {
+    /// A refusal with `code` and `reason`.
+    pub fn new(code: RefusalCode, reason: impl Into<String>) -> Self {
+        DiagRefusal {
+            refused: code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A support bundle carried in an answer: `tar.zst`, base64 (standard, padded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InlineBundle {
+    /// sha256 of the bundle bytes (before base64).
+    pub sha256: Digest,
+    /// Their length, at most [`MAX_INLINE_BUNDLE`].
+    pub size: u64,
+    /// The bundle's manifest (zos-support's `Manifest`, as JSON).
+    pub manifest: Value,
+    /// The bundle bytes, base64.
+    pub data: String,
+}
+
+/// The body of a node's answer at `nodes/<node>/answers/<id>`, signed by the node.
+/// Exactly one of `refused`, `probe`, `bundle` is set ([`DiagAnswer::outcome`]).
+/// `R` is the probe result (zos-probe's `ProbeResult`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagAnswer<R> {
+    /// The request id.
+    pub id: String,
+    /// The signing digest of the request record answered: a request rewritten under the
+    /// same id does not match it.
+    pub request: Digest,
+    /// Unix seconds, when the node answered.
+    pub answered_at: u64,
+    /// The refusal code, when refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusalCode>,
+    /// Why refused, when refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A probe's result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<R>,
+    /// A support bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<InlineBundle>,
+}
+
+/// What an answer says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DiagOutcome<'a, R> {
+    /// Refused, with its code and reason.
+    Refused(RefusalCode, &'a str),
+    /// A probe's result.
+    Probe(&'a R),
+    /// A support bundle.
+    Bundle(&'a InlineBundle),
+}
+
+impl<R> DiagAnswer<R> {
+    /// A refusal of request `id`.
+    pub fn refusal(id: &str, request: Digest, answered_at: u64, refusal: DiagRefusal) -> Self {
+        DiagAnswer {
+            id: id.to_owned(),
+            request,
+            answered_at,
+            refused: Some(refusal.refused),
+            reason: Some(refusal.reason),
+            probe: None,
+            bundle: None,
+        }
+    }
+
+    /// What the answer says; `None` when it does not say exactly one thing.
+    pub fn outcome(&self) -> Option<DiagOutcome<'_, R>> {
+        match (&self.refused, &self.reason, &self.probe, &self.bundle) {
+            (Some(code), Some(reason), None, None) => Some(DiagOutcome::Refused(*code, reason)),
+            (None, None, Some(r), None) => Some(DiagOutcome::Probe(r)),
+            (None, None, None, Some(b)) => Some(DiagOutcome::Bundle(b)),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
