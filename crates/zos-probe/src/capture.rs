@@ -127,7 +127,28 @@ fn ipv6(b: &[u8]) -> Option<String> {
         Ipv6Addr::from(o)
     };
     let (src, dst) = (format!("[{}]", addr(8)), format!("[{}]", addr(24)));
-    Some(l4_line("IPv6", b[6], &src, &dst, b.get(40..), len))
+    // Skip the extension headers that may precede the L4 header (a few at most).
+    let (mut next, mut at) = (b[6], 40usize);
+    for _ in 0..4 {
+        match next {
+            0 | 43 | 60 => {
+                let h = b.get(at..at + 2)?;
+                next = h[0];
+                at += (usize::from(h[1]) + 1) * 8;
+            }
+            44 => {
+                let h = b.get(at..at + 4)?;
+                if be16(h, 2)? & 0xfff8 != 0 {
+                    // A later fragment has no L4 header.
+                    return Some(l4_line("IPv6", h[0], &src, &dst, None, len));
+                }
+                next = h[0];
+                at += 8;
+            }
+            _ => break,
+        }
+    }
+    Some(l4_line("IPv6", next, &src, &dst, b.get(at..), len))
 }
 
 fn l4_line(l3: &str, proto: u8, src: &str, dst: &str, l4: Option<&[u8]>, len: usize) -> String {
@@ -200,6 +221,17 @@ mod tests {
         p.extend_from_slice(b"SECRETPAYLOAD");
         let l = describe(0x0800, &p);
         assert_eq!(l, "IPv4 UDP 10.0.0.1:8080 > 10.0.0.2:53 len 40");
+    }
+
+    #[test]
+    fn an_ipv6_hop_by_hop_header_is_skipped_to_icmpv6() {
+        let mut p = vec![0x60, 0, 0, 0, 0, 16, 0, 1];
+        p.extend_from_slice(&[0; 16]);
+        p.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16]);
+        p.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+        p.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 0]);
+        let l = describe(0x86dd, &p);
+        assert_eq!(l, "IPv6 ICMPv6 [::] > [ff02::16] type 143 code 0 len 56");
     }
 
     #[test]
