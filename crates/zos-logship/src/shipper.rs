@@ -169,6 +169,9 @@ struct Shared {
     wake: Notify,
     /// Bumped on every change of `state` (for `wait_until`).
     changed: watch::Sender<u64>,
+    /// HOSTNAME once the node knows its id ([`Shipper::set_hostname`]); until then the
+    /// config's.
+    hostname: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -330,6 +333,7 @@ impl Shipper {
             limits: config.limits,
             wake: Notify::new(),
             changed: watch::channel(0).0,
+            hostname: Mutex::new(None),
         });
         let (dest, dest_rx) = watch::channel(dest);
         let task = handle.spawn(run(shared.clone(), dest_rx, config, stamp));
@@ -355,6 +359,17 @@ impl Shipper {
             *d = Some(dest);
             true
         });
+    }
+
+    /// HOSTNAME of the lines sent from now on, queued ones included: a node's shipper
+    /// starts before the node has read its id from its pools. Set it before the
+    /// destination, so that no line leaves with the placeholder.
+    pub fn set_hostname(&self, hostname: impl Into<String>) {
+        *self
+            .shared
+            .hostname
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hostname.into());
     }
 
     /// The counters now.
@@ -486,6 +501,15 @@ async fn run(
         delay = config.backoff.initial;
         shared.update(|s| s.connected = true);
         tracing::debug!(dest = %name, "log destination connected");
+        let mut stamp = stamp.clone();
+        if let Some(h) = shared
+            .hostname
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            stamp.hostname = h;
+        }
         let end = deliver(&shared, conn, &config, &stamp, &dest, &mut dest_rx).await;
         shared.update(|s| {
             s.connected = false;

@@ -4,6 +4,9 @@
 //! {"blueprint_authors":["<hex>"],"created":1700000000,"farmer":"<hex>","id":"farm-1","name":"Ghent rack 3"}
 //! ```
 //!
+//! `logs` and `metrics` are optional too: `{"url": "...", "ca_pem": "..."}`, where the
+//! farm's nodes send their own logs and push their metrics ([`Target`]).
+//!
 //! `blueprint_authors` is optional: when the farmer lists keys there, the farm's nodes run
 //! only blueprints signed by one of them (M8 in docs/security.md); absent or empty, any
 //! well-signed blueprint is accepted, as before.
@@ -41,6 +44,95 @@ pub struct Farm {
     /// any author. Absent from the record when empty, so older farm records still read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blueprint_authors: Vec<PublicKey>,
+    /// Where the farm's nodes send their own logs (zosd's, PID 1's, the kernel's); absent:
+    /// the logs stay on the node (docs/observability.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Target>,
+    /// Where the farm's nodes push their node metrics (a Prometheus remote-write URL);
+    /// absent: none are pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Target>,
+}
+
+/// Longest telemetry URL, in characters.
+pub const MAX_TARGET_URL: usize = 512;
+/// Largest pinned CA certificate (PEM), in bytes.
+pub const MAX_TARGET_CA: usize = 16 * 1024;
+
+/// A telemetry destination the farmer signed: logs (`syslog+tcp://`, `syslog+tls://`,
+/// `jsonl+tcp://`) or metrics (`http://`, `https://`). For TLS, the CA that signs the
+/// receiver's certificate, pinned (no system roots are trusted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// The destination's URL.
+    pub url: String,
+    /// The CA certificate (PEM) that signs the receiver's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+/// What a target is for: which schemes it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// Logs: `syslog+tcp`, `syslog+tls`, `jsonl+tcp`.
+    Logs,
+    /// Metrics: `http`, `https` (Prometheus remote-write).
+    Metrics,
+}
+
+impl Target {
+    /// The schemes a target of `kind` may use, and which of them need a pinned CA.
+    fn schemes(kind: TargetKind) -> &'static [(&'static str, bool)] {
+        match kind {
+            TargetKind::Logs => &[
+                ("syslog+tcp", false),
+                ("syslog+tls", true),
+                ("jsonl+tcp", false),
+            ],
+            TargetKind::Metrics => &[("http", false), ("https", true)],
+        }
+    }
+
+    /// Checks the URL's scheme and length, and that TLS has its CA. The receiver's own
+    /// checks (host, port, the PEM's certificates) are the shipper's, at connect time.
+    pub fn check(
+        &self,
+        key: &str,
+        field: &'static str,
+        kind: TargetKind,
+    ) -> Result<(), RegistryError> {
+        let invalid = |reason: String| RegistryError::Invalid {
+            key: key.to_owned(),
+            field,
+            reason,
+        };
+        check_text(key, field, &self.url, MAX_TARGET_URL)?;
+        let scheme = self.url.split_once("://").map(|(s, _)| s);
+        let Some(&(_, needs_ca)) = Self::schemes(kind).iter().find(|(s, _)| Some(*s) == scheme)
+        else {
+            let known: Vec<&str> = Self::schemes(kind).iter().map(|(s, _)| *s).collect();
+            return Err(invalid(format!(
+                "{:?}: the scheme must be one of {}",
+                self.url,
+                known.join(", ")
+            )));
+        };
+        match &self.ca_pem {
+            None if needs_ca => Err(invalid(format!(
+                "{:?} needs ca_pem (the pinned CA)",
+                self.url
+            ))),
+            Some(pem) if pem.len() > MAX_TARGET_CA => Err(invalid(format!(
+                "ca_pem is {} bytes; the limit is {MAX_TARGET_CA}",
+                pem.len()
+            ))),
+            Some(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
+                Err(invalid("ca_pem holds no PEM certificate".into()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Farm {
@@ -57,6 +149,8 @@ impl Farm {
             farmer,
             created,
             blueprint_authors: Vec::new(),
+            logs: None,
+            metrics: None,
         };
         farm.check(NotaryKey::farm(id)?.as_str())?;
         Ok(farm)
@@ -78,9 +172,27 @@ impl Farm {
         Ok(NotaryKey::farm(&self.id)?)
     }
 
+    /// This farm sending its nodes' logs to `logs` and their metrics to `metrics`.
+    pub fn with_telemetry(
+        mut self,
+        logs: Option<Target>,
+        metrics: Option<Target>,
+    ) -> Result<Farm, RegistryError> {
+        self.logs = logs;
+        self.metrics = metrics;
+        self.check(self.key()?.as_str())?;
+        Ok(self)
+    }
+
     fn check(&self, key: &str) -> Result<(), RegistryError> {
         check_text(key, "name", &self.name, MAX_NAME)?;
         check_int(key, "created", self.created)?;
+        if let Some(t) = &self.logs {
+            t.check(key, "logs", TargetKind::Logs)?;
+        }
+        if let Some(t) = &self.metrics {
+            t.check(key, "metrics", TargetKind::Metrics)?;
+        }
         if self.blueprint_authors.len() > MAX_BLUEPRINT_AUTHORS {
             return Err(RegistryError::Invalid {
                 key: key.to_owned(),
@@ -179,7 +291,11 @@ impl Farm {
         let created = existing.map_or(now, |f| f.created);
         let authors = existing.map(|f| f.blueprint_authors.clone());
         let new = Farm::new(id, name, farmer, created)?
-            .with_blueprint_authors(authors.unwrap_or_default())?;
+            .with_blueprint_authors(authors.unwrap_or_default())?
+            .with_telemetry(
+                existing.and_then(|f| f.logs.clone()),
+                existing.and_then(|f| f.metrics.clone()),
+            )?;
         if let Some(old) = existing {
             old.check_update(&new)?;
         }
@@ -300,6 +416,52 @@ mod tests {
             Farm::new("../x", "n", a, 1),
             Err(RegistryError::Key(_))
         ));
+    }
+
+    #[test]
+    fn telemetry_targets_are_checked_and_kept_by_a_rename() {
+        let t = |url: &str, ca: Option<&str>| Target {
+            url: url.into(),
+            ca_pem: ca.map(str::to_owned),
+        };
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let farm = Farm::new("f", "n", sk(1).public(), 1)
+            .unwrap()
+            .with_telemetry(
+                Some(t("syslog+tls://logs.example:6514", Some(pem))),
+                Some(t("http://10.0.0.1:9090/api/v1/write", None)),
+            )
+            .unwrap();
+        let record = farm.sign(&sk(1), 2).unwrap();
+        assert_eq!(Farm::from_record(&record).unwrap(), farm);
+        let renamed = Farm::create_or_update(Some(&farm), "f", "m", sk(1).public(), 3).unwrap();
+        assert_eq!(
+            (renamed.logs, renamed.metrics),
+            (farm.logs.clone(), farm.metrics.clone())
+        );
+        let bad = |logs: Option<Target>, metrics: Option<Target>| match Farm::new(
+            "f",
+            "n",
+            sk(1).public(),
+            1,
+        )
+        .unwrap()
+        .with_telemetry(logs, metrics)
+        {
+            Err(RegistryError::Invalid { field, reason, .. }) => (field, reason),
+            other => panic!("accepted: {other:?}"),
+        };
+        assert_eq!(bad(Some(t("ftp://x:1", None)), None).0, "logs");
+        assert!(bad(Some(t("syslog+tls://x:1", None)), None)
+            .1
+            .contains("needs ca_pem"));
+        assert!(bad(Some(t("syslog+tls://x:1", Some("junk"))), None)
+            .1
+            .contains("no PEM"));
+        assert_eq!(bad(None, Some(t("syslog+tcp://x:1", None))).0, "metrics");
+        assert_eq!(bad(None, Some(t("https://x:1/w", None))).0, "metrics");
+        let long = format!("http://{}", "a".repeat(MAX_TARGET_URL));
+        assert_eq!(bad(None, Some(t(&long, None))).0, "metrics");
     }
 
     #[test]

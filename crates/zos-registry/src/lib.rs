@@ -28,7 +28,7 @@ pub mod heartbeat;
 pub mod membership;
 pub mod registration;
 
-pub use farm::Farm;
+pub use farm::{Farm, Target, TargetKind};
 pub use heartbeat::{ContractCounts, Heartbeat, Proto, Socket, Usage, MAX_SOCKETS};
 pub use registration::{Dmi, Nic, NodeResources, Registration};
 
