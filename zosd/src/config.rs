@@ -82,6 +82,11 @@ pub struct NodeConfig {
     /// (the default): no `dir://` at all, only `http(s)://` stores.
     #[serde(default)]
     pub store_roots: Vec<PathBuf>,
+    /// Send the kernel log (from the start of its ring) with the node's own lines to the
+    /// farm's log destination: PID 1 sets it on a booted node; a development node on a
+    /// shared host leaves it off (the host's kernel log is not the node's).
+    #[serde(default)]
+    pub ship_kernel_log: bool,
 }
 
 fn default_status_socket() -> PathBuf {

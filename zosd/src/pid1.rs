@@ -111,12 +111,92 @@ fn init_console_logs(debug: bool) {
     } else {
         "info,netlink_packet_route=error"
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .compact()
+        .compact();
+    // The same lines into the kernel log: the agent ships it to the farm's destination
+    // from its start (docs/observability.md), so PID 1's boot lines leave the node too.
+    let kmsg = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .ok()
+        .map(|f| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(KernelLog(std::sync::Arc::new(f)))
+                .with_ansi(false)
+                .without_time()
+                .with_target(false)
+                .compact()
+        });
+    let _ = tracing_subscriber::registry()
+        .with(console.with_filter(tracing_subscriber::EnvFilter::new(filter)))
+        .with(kmsg.with_filter(tracing_subscriber::EnvFilter::new(filter)))
         .try_init();
+}
+
+/// `/dev/kmsg` as a log writer: one record per event, at the event's level, tagged
+/// `zos-init`.
+struct KernelLog(std::sync::Arc<std::fs::File>);
+
+/// One event's record: buffered, written whole when dropped (one `write` is one record).
+struct KernelRecord {
+    file: std::sync::Arc<std::fs::File>,
+    buf: Vec<u8>,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for KernelLog {
+    type Writer = KernelRecord;
+
+    fn make_writer(&'a self) -> KernelRecord {
+        self.record("<6>")
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> KernelRecord {
+        self.record(match *meta.level() {
+            tracing::Level::ERROR => "<3>",
+            tracing::Level::WARN => "<4>",
+            tracing::Level::INFO => "<6>",
+            _ => "<7>",
+        })
+    }
+}
+
+impl KernelLog {
+    fn record(&self, priority: &str) -> KernelRecord {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(priority.as_bytes());
+        buf.extend_from_slice(b"zos-init: ");
+        KernelRecord {
+            file: self.0.clone(),
+            buf,
+        }
+    }
+}
+
+impl std::io::Write for KernelRecord {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for KernelRecord {
+    fn drop(&mut self) {
+        while self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+        }
+        // The kernel cuts a record at about 1 KiB; a failed write loses one line of a
+        // copy (the console has it).
+        let _ = std::io::Write::write(&mut &*self.file, &self.buf);
+    }
 }
 
 /// `zosd run --config /run/zos/node.toml`, a child subreaper from its first instruction.

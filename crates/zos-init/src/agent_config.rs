@@ -46,6 +46,9 @@ pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> Stri
     t.insert("log_format".into(), Value::String("pretty".into()));
     // The status screen (docs/status.md).
     t.insert("console".into(), Value::String("/dev/console".into()));
+    // The kernel log (PID 1's lines are in it) goes with the agent's to the farm's log
+    // destination (docs/observability.md).
+    t.insert("ship_kernel_log".into(), Value::Boolean(true));
     // dir:// flists and stores only from the hypervisor's shares (zos.share=): nothing
     // else of the node is a store.
     let roots = params
