@@ -752,6 +752,7 @@ mod tests {
             },
             wake: Notify::new(),
             changed: watch::channel(0).0,
+            hostname: Mutex::new(None),
         }
     }
 
