@@ -279,7 +279,7 @@ fn collect_all(
             .spawn(move || {
                 let r = match catch_unwind(AssertUnwindSafe(|| src.collect(limit))) {
                     Ok(r) => r,
-                    Err(payload) => Err(format!("panicked: {}", panic_text(&payload))),
+                    Err(payload) => Err(format!("panicked: {}", panic_text(payload.as_ref()))),
                 };
                 // The receiver is gone when this part was abandoned: nothing to do.
                 let _ = tx.send((i, r));
