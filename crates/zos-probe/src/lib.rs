@@ -43,8 +43,8 @@ pub enum ProbeSpec {
         /// Where to connect.
         addr: SocketAddr,
     },
-    /// The A records of `name`, asked over UDP of `server` (required: a namespace has
-    /// no resolver configuration the node could trust).
+    /// The A and AAAA records of `name`, asked over UDP of `server` (required: a
+    /// namespace has no resolver configuration the node could trust).
     Dns {
         /// The name to resolve (taken as fully qualified).
         name: String,
@@ -100,9 +100,10 @@ pub enum ProbeError {
     /// A DNS probe without a server: none is known inside a namespace.
     #[error("dns: no DNS server known in this namespace: the request must name one")]
     NoDnsServer,
-    /// The DNS lookup failed (no answer, NXDOMAIN, no A record, a refused reply).
+    /// The DNS server's reply was refused (malformed, truncated, an error rcode) or
+    /// named no address.
     #[error("dns: {0}")]
-    Dns(#[source] zos_uplink::dns::DnsError),
+    DnsReply(String),
     /// The namespace file could not be opened or entered.
     #[error("network namespace {path}: {op}: {source}")]
     Netns {

@@ -213,6 +213,8 @@ fn dns_resolves_against_dnsmasq_and_needs_a_server() {
         .args([
             "--listen-address=198.51.100.1",
             "--address=/zt.test/10.9.9.9",
+            "--address=/zt.test/2001:db8::9",
+            "--local=/nx.test/",
             "--log-facility=-",
         ])
         .stdin(Stdio::null())
@@ -235,11 +237,24 @@ fn dns_resolves_against_dnsmasq_and_needs_a_server() {
     };
     let r = run(&spec, Some(&n.node()), LIMIT);
     assert!(r.ok, "{r:?}");
-    assert_eq!(r.lines.len(), 1, "{r:?}");
+    assert_eq!(r.lines.len(), 2, "{r:?}");
     assert!(
         r.lines[0].starts_with("www.zt.test A 10.9.9.9 (from 198.51.100.1:5353"),
         "{r:?}"
     );
+    assert!(
+        r.lines[1].starts_with("www.zt.test AAAA 2001:db8::9 (from 198.51.100.1:5353"),
+        "{r:?}"
+    );
+
+    // A name that does not exist: NXDOMAIN, said as such.
+    let spec = ProbeSpec::Dns {
+        name: "gone.nx.test".into(),
+        server,
+    };
+    let r = run(&spec, Some(&n.node()), LIMIT);
+    assert!(!r.ok, "{r:?}");
+    assert!(has(&r, "gone.nx.test: no such name (NXDOMAIN)"), "{r:?}");
 
     // No server named: refused before anything is sent.
     let spec = ProbeSpec::Dns {
