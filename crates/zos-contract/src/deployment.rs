@@ -29,6 +29,81 @@ pub struct Deployment {
     /// workload's output belongs to its tenant. Written only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub publish_logs: bool,
+    /// Where the workloads' output lines go: the owner's log receiver (`syslog+tcp://`,
+    /// `syslog+tls://` with `ca_pem`, `jsonl+tcp://`). Absent: they stay on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<Telemetry>,
+}
+
+/// A destination the signers name for their workloads' telemetry, and for TLS the CA
+/// that signs its certificate (pinned: no system roots are trusted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The receiver's URL.
+    pub url: String,
+    /// The CA certificate (PEM), required for a TLS scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+}
+
+/// Longest telemetry URL, in characters.
+pub const MAX_TELEMETRY_URL: usize = 512;
+/// Largest pinned CA (PEM), in bytes.
+pub const MAX_TELEMETRY_CA: usize = 16 * 1024;
+
+impl Telemetry {
+    /// `(path, problem)` pairs of a log destination at `path`: one of the log schemes,
+    /// `host:port` after it, a CA with TLS (and only PEM there).
+    fn check_logs(&self, path: &str) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let url = &self.url;
+        if url.chars().count() > MAX_TELEMETRY_URL || url.chars().any(char::is_control) {
+            problems.push((
+                format!("{path}.url"),
+                format!("at most {MAX_TELEMETRY_URL} characters, no control characters"),
+            ));
+        }
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+        let tls = match scheme {
+            "syslog+tcp" | "jsonl+tcp" => false,
+            "syslog+tls" => true,
+            _ => {
+                problems.push((
+                    format!("{path}.url"),
+                    format!("{url:?}: the scheme must be syslog+tcp, syslog+tls or jsonl+tcp"),
+                ));
+                return problems;
+            }
+        };
+        let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !port_ok || rest.contains('/') {
+            problems.push((
+                format!("{path}.url"),
+                format!("{url:?}: expected {scheme}://HOST:PORT"),
+            ));
+        }
+        match &self.ca_pem {
+            None if tls => {
+                problems.push((format!("{path}.ca_pem"), "required with syslog+tls".into()))
+            }
+            Some(_) if !tls => {
+                problems.push((format!("{path}.ca_pem"), "only with syslog+tls".into()))
+            }
+            Some(pem)
+                if pem.len() > MAX_TELEMETRY_CA || !pem.contains("-----BEGIN CERTIFICATE-----") =>
+            {
+                problems.push((
+                    format!("{path}.ca_pem"),
+                    format!("a PEM certificate of at most {MAX_TELEMETRY_CA} bytes"),
+                ))
+            }
+            _ => {}
+        }
+        problems
+    }
 }
 
 /// A private IPv4 network for the contract's workloads, with NAT egress.
@@ -219,6 +294,11 @@ impl Deployment {
                     limits.workloads
                 ),
             );
+        }
+        if let Some(logs) = &self.logs {
+            for (path, what) in logs.check_logs("$.logs") {
+                bad(path, what);
+            }
         }
         let mut names = BTreeSet::new();
         for (i, n) in self.networks.iter().enumerate() {
@@ -484,6 +564,67 @@ mod tests {
             serde_json::to_value(&n).unwrap(),
             serde_json::json!({"name": "n", "subnet": "10.1.0.0/24"})
         );
+    }
+}
+
+#[cfg(test)]
+mod telemetry_tests {
+    use super::*;
+
+    fn problems(logs: serde_json::Value) -> Vec<(String, String)> {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "workloads": [{"name": "w", "kind": "container", "cpu": 1, "memory_mib": 64,
+                "flist": {"url": "dir:///x.fl", "sha256": "0".repeat(64), "stores": []}}],
+            "logs": logs,
+        }))
+        .unwrap();
+        // The workload's own problems (none of this test's business) left out.
+        d.check(&Limits::default())
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("$.logs"))
+            .collect()
+    }
+
+    #[test]
+    fn a_log_destination_is_checked_where_it_is_written() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert!(problems(serde_json::json!({"url": "jsonl+tcp://logs.example:5140"})).is_empty());
+        assert!(
+            problems(serde_json::json!({"url": "syslog+tls://10.0.0.1:6514", "ca_pem": pem}))
+                .is_empty()
+        );
+        let path = |v| problems(v).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        assert_eq!(
+            path(serde_json::json!({"url": "http://x:1"})),
+            ["$.logs.url"]
+        );
+        assert_eq!(
+            path(serde_json::json!({"url": "syslog+tcp://x"})),
+            ["$.logs.url"]
+        );
+        assert_eq!(
+            path(serde_json::json!({"url": "syslog+tcp://x:0"})),
+            ["$.logs.url"]
+        );
+        assert_eq!(
+            path(serde_json::json!({"url": "syslog+tcp://x:1/p"})),
+            ["$.logs.url"]
+        );
+        assert_eq!(
+            path(serde_json::json!({"url": "syslog+tls://x:1"})),
+            ["$.logs.ca_pem"]
+        );
+        assert_eq!(
+            path(serde_json::json!({"url": "syslog+tcp://x:1", "ca_pem": pem})),
+            ["$.logs.ca_pem"]
+        );
+        assert_eq!(
+            path(serde_json::json!({"url": "syslog+tls://x:1", "ca_pem": "junk"})),
+            ["$.logs.ca_pem"]
+        );
+        // Written only when present: a deployment without it keeps its digest.
+        let d: Deployment = serde_json::from_value(serde_json::json!({"workloads": []})).unwrap();
+        assert!(serde_json::to_value(&d).unwrap().get("logs").is_none());
     }
 }
 

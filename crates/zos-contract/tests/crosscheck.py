@@ -361,7 +361,8 @@ deployment = obj(
     {"networks": list_of(obj({"name": anything, "subnet": anything},
                              {"egress_allow": list_of(anything)})),
      "volumes": list_of(obj({"name": anything, "size_mib": anything}, {"disk": anything})),
-     "publish_logs": anything},
+     "publish_logs": anything,
+     "logs": obj({"url": anything}, {"ca_pem": anything})},
 )
 
 

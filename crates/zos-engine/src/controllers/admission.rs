@@ -319,6 +319,7 @@ fn fits(id: &str, deployment: &Deployment, inputs: &Inputs<'_>) -> Result<(), Re
             volumes: r.owned.deployment.volumes.clone(),
             workloads: Vec::new(),
             publish_logs: false,
+            logs: None,
         })
         .collect();
     let used = capacity::used(
