@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 /// thread is then left to finish by its own socket timeouts).
 pub const LIMIT_MARGIN: Duration = Duration::from_millis(500);
 
+/// The longest a probe may run, whatever `limit` the caller gives [`run`] (the
+/// largest capture is 10 s; a trace of 30 silent hops, 30 s).
+pub const MAX_LIMIT: Duration = Duration::from_secs(60);
+
 /// One built-in probe and its arguments: the only things a probe request can ask for
 /// (an unknown probe or field is a deserialization error).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -243,10 +247,12 @@ impl Outcome {
 }
 
 /// Run `spec` inside the network namespace at `netns` (a bind-mounted nsfs file), or
-/// in the caller's when `None`, for at most `limit` (plus [`LIMIT_MARGIN`]). Never
-/// panics: a refusal, a failure or an overrun is the result's `error`.
+/// in the caller's when `None`, for at most `limit` (plus [`LIMIT_MARGIN`]; `limit`
+/// itself at most [`MAX_LIMIT`]). Never panics: a refusal, a failure or an overrun
+/// is the result's `error`.
 pub fn run(spec: &ProbeSpec, netns: Option<&Path>, limit: Duration) -> ProbeResult {
     let started = Instant::now();
+    let limit = limit.min(MAX_LIMIT);
     let name = spec.name();
     let done = |o: Outcome| {
         let r = ProbeResult {

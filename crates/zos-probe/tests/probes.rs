@@ -408,4 +408,15 @@ fn a_capture_in_a_silent_namespace_ends_by_the_limit() {
         "{r:?}"
     );
     within_limit(&r, limit);
+    // A limit too large to add to a clock (a caller's mistake): no panic, the probe
+    // runs under the crate's own ceiling. The loopback is down there: refused at once.
+    let r = run(
+        &ProbeSpec::TcpConnect {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
+        },
+        Some(&n.w.path(&quiet)),
+        Duration::MAX,
+    );
+    assert!(!r.ok, "{r:?}");
+    assert!(has(&r, "127.0.0.1:1: "), "{r:?}");
 }
