@@ -35,9 +35,9 @@ pub const MAX_LIMIT: Duration = Duration::from_secs(60);
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "probe", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProbeSpec {
-    /// ICMP echo requests to an IPv4 `target`, `count` of them (1..=10).
+    /// ICMP (ICMPv6) echo requests to `target`, `count` of them (1..=10).
     Ping {
-        /// Whom to ping (IPv4).
+        /// Whom to ping.
         target: IpAddr,
         /// Echo requests to send, 1..=10.
         count: u8,
@@ -55,10 +55,10 @@ pub enum ProbeSpec {
         /// The DNS server to ask.
         server: Option<SocketAddr>,
     },
-    /// The hops towards an IPv4 `target`: ICMP echo with increasing TTL, up to
+    /// The hops towards `target`: ICMP (ICMPv6) echo with increasing TTL, up to
     /// `max_hops` (1..=30).
     Trace {
-        /// The destination (IPv4).
+        /// The destination.
         target: IpAddr,
         /// The largest TTL tried, 1..=30.
         max_hops: u8,
@@ -89,14 +89,6 @@ pub enum ProbeError {
         min: u64,
         /// The largest allowed.
         max: u64,
-    },
-    /// The probe does not support this kind of address (ping and trace: IPv4 only).
-    #[error("{probe}: {what} is not supported")]
-    Unsupported {
-        /// The probe's name.
-        probe: &'static str,
-        /// What is not supported.
-        what: String,
     },
     /// The DNS name is not a valid host name.
     #[error("dns: {0:?} is not a valid DNS name")]
@@ -183,16 +175,6 @@ fn range(
     }
 }
 
-fn ipv4_only(probe: &'static str, ip: &IpAddr) -> Result<(), ProbeError> {
-    match ip {
-        IpAddr::V4(_) => Ok(()),
-        IpAddr::V6(_) => Err(ProbeError::Unsupported {
-            probe,
-            what: format!("IPv6 target {ip}"),
-        }),
-    }
-}
-
 impl ProbeSpec {
     /// The probe's name, as in its serialized `probe` tag.
     pub fn name(&self) -> &'static str {
@@ -206,21 +188,15 @@ impl ProbeSpec {
     }
 
     /// Refuse arguments out of range: ping count 1..=10, trace max_hops 1..=30,
-    /// capture packets 1..=200 and seconds 1..=10; ping and trace IPv4 targets; a
-    /// valid DNS name.
+    /// capture packets 1..=200 and seconds 1..=10; a DNS name that is not a host
+    /// name.
     pub fn validate(&self) -> Result<(), ProbeError> {
         let p = self.name();
         match self {
-            ProbeSpec::Ping { target, count } => {
-                range(p, "count", (*count).into(), 1, 10)?;
-                ipv4_only(p, target)
-            }
+            ProbeSpec::Ping { count, .. } => range(p, "count", (*count).into(), 1, 10),
             ProbeSpec::TcpConnect { .. } => Ok(()),
             ProbeSpec::Dns { name, .. } => dns::check_name(name),
-            ProbeSpec::Trace { target, max_hops } => {
-                range(p, "max_hops", (*max_hops).into(), 1, 30)?;
-                ipv4_only(p, target)
-            }
+            ProbeSpec::Trace { max_hops, .. } => range(p, "max_hops", (*max_hops).into(), 1, 30),
             ProbeSpec::Capture { packets, seconds } => {
                 range(p, "packets", (*packets).into(), 1, 200)?;
                 range(p, "seconds", (*seconds).into(), 1, 10)

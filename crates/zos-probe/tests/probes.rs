@@ -420,3 +420,134 @@ fn a_capture_in_a_silent_namespace_ends_by_the_limit() {
     assert!(!r.ok, "{r:?}");
     assert!(has(&r, "127.0.0.1:1: "), "{r:?}");
 }
+
+#[test]
+fn ping_and_trace_over_ipv6() {
+    if !needs("ping_and_trace_over_ipv6") {
+        return;
+    }
+    let n = Net::new();
+    let (node, inet, far) = (n.w.node.as_str(), n.w.inet.as_str(), n.far.as_str());
+    let steps: [&[&str]; 7] = [
+        &[
+            "ip",
+            "netns",
+            "exec",
+            inet,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ],
+        &[
+            "ip",
+            "-n",
+            node,
+            "addr",
+            "add",
+            "2001:db8:1::2/64",
+            "dev",
+            "up0",
+            "nodad",
+        ],
+        &[
+            "ip",
+            "-n",
+            node,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::1",
+        ],
+        &[
+            "ip",
+            "-n",
+            inet,
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+        &[
+            "ip",
+            "-n",
+            inet,
+            "addr",
+            "add",
+            "2001:db8:2::1/64",
+            "dev",
+            "eth1",
+            "nodad",
+        ],
+        &[
+            "ip",
+            "-n",
+            far,
+            "addr",
+            "add",
+            "2001:db8:2::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+        &[
+            "ip",
+            "-n",
+            far,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:2::1",
+        ],
+    ];
+    for s in steps {
+        zos_testkit::netns::run(s);
+    }
+    // Both links carry IPv4 first: they are active (see Net::ready).
+    n.ready(FAR_IP);
+    let inet6: IpAddr = "2001:db8:1::1".parse().unwrap();
+    let far6: IpAddr = "2001:db8:2::2".parse().unwrap();
+    let r = run(
+        &ProbeSpec::Ping {
+            target: inet6,
+            count: 2,
+        },
+        Some(&n.node()),
+        LIMIT,
+    );
+    assert!(r.ok, "{r:?}");
+    assert!(has(&r, "reply from 2001:db8:1::1: seq=1"), "{r:?}");
+    assert!(has(&r, "2 sent, 2 received"), "{r:?}");
+
+    // The far host over IPv6, a positive check first: neighbour discovery on the two
+    // new IPv6 links may take the first echo (bounded: 5 tries).
+    let far_ok = (0..5).any(|_| {
+        run(
+            &ProbeSpec::Ping {
+                target: far6,
+                count: 1,
+            },
+            Some(&n.node()),
+            LIMIT,
+        )
+        .ok
+    });
+    assert!(far_ok, "{far6} never answered");
+    let r = run(
+        &ProbeSpec::Trace {
+            target: far6,
+            max_hops: 5,
+        },
+        Some(&n.node()),
+        LIMIT,
+    );
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.lines.len(), 2, "{r:?}");
+    assert!(r.lines[0].starts_with(" 1  2001:db8:1::1  "), "{r:?}");
+    assert!(r.lines[1].starts_with(" 2  2001:db8:2::2  "), "{r:?}");
+}
