@@ -7,8 +7,12 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use crate::Source;
 
@@ -377,18 +381,34 @@ async fn routes(handle: &rtnetlink::Handle) -> Result<String, String> {
 }
 
 /// `nft -j list ruleset` (the node image has nft; a missing binary is a failed part).
+/// The child is killed when it runs longer than `timeout`, so a hung nft does not
+/// outlive the bundle (the bundle would abandon the part, not the process).
 #[derive(Debug, Clone)]
 pub struct NftRuleset {
     /// The program (`nft`, looked up on `PATH`).
     pub program: PathBuf,
+    /// How long it may run before it is killed.
+    pub timeout: Duration,
 }
 
 impl Default for NftRuleset {
     fn default() -> Self {
         NftRuleset {
             program: PathBuf::from("nft"),
+            timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// SIGKILL to the child's process group (it leads one), and to the child itself.
+fn kill_group(c: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(c.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = c.kill();
 }
 
 impl Source for NftRuleset {
@@ -400,27 +420,62 @@ impl Source for NftRuleset {
         let prog = self.program.display();
         let mut child = Command::new(&self.program)
             .args(["-j", "list", "ruleset"])
+            // Its own process group: the watchdog kills whatever it started too.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("run {prog}: {e}"))?;
-        let out = child
-            .stdout
-            .take()
-            .map(|o| read_bounded(o, limit))
-            .transpose()
-            .map_err(|e| format!("read {prog} output: {e}"))?
-            .unwrap_or_default();
-        if out.len() > limit {
-            // Do not wait for the rest: the part is cut anyway.
-            let _ = child.kill();
-        }
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let child = Arc::new(Mutex::new(child));
+        // The watchdog: kills the child unless told it is done within the timeout.
+        let (done, wait) = mpsc::channel::<()>();
+        let killed = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let (child, killed, timeout) = (child.clone(), killed.clone(), self.timeout);
+            std::thread::Builder::new()
+                .name("support-nft-watchdog".into())
+                .spawn(move || {
+                    if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
+                        if let Ok(mut c) = child.lock() {
+                            if matches!(c.try_wait(), Ok(None)) {
+                                killed.store(true, Ordering::SeqCst);
+                                kill_group(&mut c);
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| format!("start the nft watchdog: {e}"))?
+        };
+        let out = stdout.map(|o| read_bounded(o, limit)).transpose();
         let mut err = Vec::new();
-        if let Some(e) = child.stderr.take() {
+        if let Some(e) = stderr {
             let _ = e.take(4096).read_to_end(&mut err);
         }
-        let status = child.wait().map_err(|e| format!("wait {prog}: {e}"))?;
+        let status = {
+            let mut c = child
+                .lock()
+                .map_err(|_| "the nft child's lock".to_string())?;
+            if matches!(&out, Ok(Some(o)) if o.len() > limit) {
+                // The part is cut anyway: do not wait for the rest.
+                kill_group(&mut c);
+            }
+            c.wait()
+        };
+        let _ = done.send(());
+        let _ = watchdog.join();
+        let status = status.map_err(|e| format!("wait {prog}: {e}"))?;
+        if killed.load(Ordering::SeqCst) {
+            return Err(format!(
+                "{prog} -j list ruleset: killed after {:?}",
+                self.timeout
+            ));
+        }
+        let out = out
+            .map_err(|e| format!("read {prog} output: {e}"))?
+            .unwrap_or_default();
         if !status.success() && out.len() <= limit {
             return Err(format!(
                 "{prog} -j list ruleset: {status}: {}",

@@ -613,3 +613,59 @@ fn unpack_refuses_dot_dot_absolute_paths_links_and_directories() {
     assert!(matches!(unpack(&z, &tmp_out), Err(BundleError::NoManifest)));
     assert!(!tmp_out.exists());
 }
+
+/// The pid's process is gone or a zombie (killed, not yet reaped by its new parent).
+fn dead(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[test]
+fn a_hung_nft_is_killed_with_what_it_started_and_a_missing_one_is_a_failed_part() {
+    use zos_support::sources::NftRuleset;
+    let tmp = zos_testkit::tempdir("bundle-nft");
+    let pidfile = tmp.path().join("child.pid");
+    let script = tmp.path().join("nft");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nsleep 1000 &\necho $! > {}\necho '{{\"partial\":'\nwait\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hung = NftRuleset {
+        program: script.clone(),
+        timeout: Duration::from_millis(300),
+    };
+    let err = hung.collect(1 << 20).expect_err("a hung nft");
+    assert_eq!(
+        err,
+        format!("{} -j list ruleset: killed after 300ms", script.display())
+    );
+    // What it started (in its process group) is killed too: wait for it to be gone.
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !dead(&pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung nft's child {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let missing = NftRuleset {
+        program: PathBuf::from("/nonexistent/zt-nft"),
+        ..NftRuleset::default()
+    };
+    let err = missing.collect(1 << 20).expect_err("no nft");
+    assert!(err.starts_with("run /nonexistent/zt-nft: "), "{err}");
+}
