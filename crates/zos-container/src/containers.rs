@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use zos_engine::{ProvisionError, WorkloadPlan, WorkloadState, WorkloadStatus};
 
+use crate::logs::Tap;
 use crate::{
     log_tail, BindMount, ContainerSpec, Cpu, Error, Exit, ExitWatch, Libcontainer, Runtime,
     RuntimeConfig, Status, Stream,
@@ -60,9 +61,17 @@ impl Containers {
     /// The containers under `<state_dir>/containers` (runtime state, bundles, logs);
     /// creates the directories. Nothing is adopted yet.
     pub fn new(state_dir: &Path) -> Result<Containers, Error> {
+        Containers::with_tap(state_dir, None)
+    }
+
+    /// As [`Containers::new`], with every output line also handed to `tap`.
+    pub fn with_tap(state_dir: &Path, tap: Option<Tap>) -> Result<Containers, Error> {
         let root = state_dir.join("containers");
         Ok(Containers {
-            runtime: Libcontainer::new(RuntimeConfig::under(&root))?,
+            runtime: Libcontainer::new(RuntimeConfig {
+                tap,
+                ..RuntimeConfig::under(&root)
+            })?,
             root: root.clone(),
             logs: root.join("logs"),
             exits: Mutex::new(HashMap::new()),
@@ -329,6 +338,7 @@ mod tests {
             workload,
             network: None,
             mounts: vec![(PathBuf::from("/pool/v"), "/data".into(), true)],
+            logs: None,
         }
     }
 

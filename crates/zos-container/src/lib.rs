@@ -35,7 +35,7 @@ pub mod workload;
 pub use containers::{runtime_create, ContainerPlan, Containers};
 pub use error::Error;
 pub use exit::{exit_channel, Exit, ExitNotifier, ExitWatch};
-pub use logs::{log_tail, Stream, DEFAULT_LOG_CAP};
+pub use logs::{log_tail, LineTap, Stream, Tap, DEFAULT_LOG_CAP};
 pub use nix::sys::signal::Signal;
 pub use restart::{Clock, Decision, RestartMode, RestartPolicy, Restarts, SystemClock};
 pub use rootfs::Rootfs;

@@ -164,8 +164,57 @@ pub(crate) fn new_fifo(dir: &Path, stream: Stream) -> Result<File, Error> {
 /// Pipe buffer of a log FIFO (the kernel default is 64 KiB).
 const FIFO_SIZE: libc::c_int = 1 << 20;
 
+/// Receives a container's output line by line, beside its log files (zosd ships the
+/// lines to the contract's log destination).
+pub trait LineTap: Send + Sync {
+    /// One line of `container`'s `stream`, without its newline (a line longer than
+    /// [`MAX_TAP_LINE`] bytes comes in pieces).
+    fn line(&self, container: &str, stream: Stream, line: &str);
+}
+
+/// The longest line a [`LineTap`] gets whole.
+pub const MAX_TAP_LINE: usize = 8 << 10;
+
+/// A [`LineTap`] in a runtime's configuration.
+#[derive(Clone)]
+pub struct Tap(pub Arc<dyn LineTap>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
+}
+
+/// Cuts a byte stream into lines for a [`LineTap`].
+struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            self.partial.extend_from_slice(&bytes[..nl]);
+            emit(&String::from_utf8_lossy(&self.partial));
+            self.partial.clear();
+            bytes = &bytes[nl + 1..];
+        }
+        self.partial.extend_from_slice(bytes);
+        while self.partial.len() >= MAX_TAP_LINE {
+            let rest = self.partial.split_off(MAX_TAP_LINE);
+            emit(&String::from_utf8_lossy(&self.partial));
+            self.partial = rest;
+        }
+    }
+}
+
 /// Start copying `<dir>/<stream>.fifo` into the rotating log (until every writer is gone).
-pub(crate) fn start_pump(id: &str, dir: &Path, stream: Stream, cap: u64) -> Result<(), Error> {
+pub(crate) fn start_pump(
+    id: &str,
+    dir: &Path,
+    stream: Stream,
+    cap: u64,
+    tap: Option<Tap>,
+) -> Result<(), Error> {
     let fifo = stream.fifo_path(dir);
     // Non-blocking open never waits for a writer; the fd goes back to blocking right after.
     let mut reader = OpenOptions::new()
@@ -182,6 +231,9 @@ pub(crate) fn start_pump(id: &str, dir: &Path, stream: Stream, cap: u64) -> Resu
         .stack_size(128 * 1024)
         .spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
+            let mut lines = Lines {
+                partial: Vec::new(),
+            };
             loop {
                 match reader.read(&mut buf) {
                     // Every writer closed: the container (and anything it forked) is gone.
@@ -190,6 +242,10 @@ pub(crate) fn start_pump(id: &str, dir: &Path, stream: Stream, cap: u64) -> Resu
                         let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
                         if let Err(e) = log.write_all(&buf[..n]) {
                             tracing::warn!(container = %id, stream = stream.name(), error = %e, "writing container log failed; dropping output");
+                        }
+                        drop(log);
+                        if let Some(Tap(tap)) = &tap {
+                            lines.feed(&buf[..n], |l| tap.line(&id, stream, l));
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -272,6 +328,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tap_gets_whole_lines_whatever_the_reads() {
+        let mut lines = Lines {
+            partial: Vec::new(),
+        };
+        let mut got = Vec::new();
+        for chunk in [&b"one\ntw"[..], b"o\n", b"", b"three", b"\n\n"] {
+            lines.feed(chunk, |l| got.push(l.to_string()));
+        }
+        assert_eq!(got, ["one", "two", "three", ""]);
+        got.clear();
+        lines.feed(&vec![b'x'; MAX_TAP_LINE + 3], |l| got.push(l.to_string()));
+        assert_eq!(got, ["x".repeat(MAX_TAP_LINE)]);
+        lines.feed(b"\n", |l| got.push(l.to_string()));
+        assert_eq!(got[1], "xxx");
+    }
+
+    #[test]
     fn rotates_at_cap_and_tails_across_files() {
         let dir = tempfile::Builder::new()
             .prefix("zt-logs-")
@@ -333,7 +406,7 @@ mod tests {
             .unwrap();
         let d = dir.path();
         let mut w = new_fifo(d, Stream::Stderr).unwrap();
-        start_pump("zt-unit", d, Stream::Stderr, 1 << 20).unwrap();
+        start_pump("zt-unit", d, Stream::Stderr, 1 << 20, None).unwrap();
         w.write_all(b"hello\nworld\n").unwrap();
         drop(w);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -361,7 +434,7 @@ mod tests {
         let mut w = new_fifo(d, Stream::Stdout).unwrap();
         // No reader at all: a plain pipe would fail with EPIPE here.
         w.write_all(b"while away\n").unwrap();
-        start_pump("zt-unit", d, Stream::Stdout, 1 << 20).unwrap();
+        start_pump("zt-unit", d, Stream::Stdout, 1 << 20, None).unwrap();
         w.write_all(b"back\n").unwrap();
         drop(w);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -108,6 +108,8 @@ pub struct RuntimeConfig {
     /// output waits in the FIFO until the process that adopts the container pumps it,
     /// so no line is lost with a pump that dies with its process.
     pub pump_logs: bool,
+    /// Where the pumps hand each output line too, beside the log files.
+    pub tap: Option<logs::Tap>,
 }
 
 impl RuntimeConfig {
@@ -118,6 +120,7 @@ impl RuntimeConfig {
             bundle_dir: root.join("bundles"),
             log_cap: logs::DEFAULT_LOG_CAP,
             pump_logs: true,
+            tap: None,
         }
     }
 }
@@ -196,7 +199,7 @@ impl Libcontainer {
         let err = logs::new_fifo(&spec.log_dir, Stream::Stderr)?;
         if self.cfg.pump_logs {
             for s in [Stream::Stdout, Stream::Stderr] {
-                logs::start_pump(id, &spec.log_dir, s, self.cfg.log_cap)?;
+                logs::start_pump(id, &spec.log_dir, s, self.cfg.log_cap, self.cfg.tap.clone())?;
             }
         }
         let stdin = dev_null()?;
@@ -469,7 +472,13 @@ impl Runtime for Libcontainer {
             match log_dir {
                 Some(dir) => {
                     for s in [Stream::Stdout, Stream::Stderr] {
-                        if let Err(e) = logs::start_pump(id, Path::new(&dir), s, self.cfg.log_cap) {
+                        if let Err(e) = logs::start_pump(
+                            id,
+                            Path::new(&dir),
+                            s,
+                            self.cfg.log_cap,
+                            self.cfg.tap.clone(),
+                        ) {
                             tracing::warn!(container = id, error = %e, "cannot resume logs of adopted container");
                         }
                     }

@@ -44,9 +44,21 @@ impl ContainerRuntime {
         access: DirAccess,
         ids: Arc<dyn KernelIds>,
     ) -> Result<ContainerRuntime, Error> {
+        ContainerRuntime::with_tap(state_dir, storage, access, ids, None)
+    }
+
+    /// As [`ContainerRuntime::new`], with the containers' output lines also handed to
+    /// `tap` (by container, i.e. workload, name).
+    pub fn with_tap(
+        state_dir: &Path,
+        storage: Arc<Storage>,
+        access: DirAccess,
+        ids: Arc<dyn KernelIds>,
+        tap: Option<crate::Tap>,
+    ) -> Result<ContainerRuntime, Error> {
         Ok(ContainerRuntime {
             rootfs: Rootfs::new(state_dir, storage, access),
-            containers: Containers::new(state_dir)?,
+            containers: Containers::with_tap(state_dir, tap)?,
             ids,
             ranges: IdRanges::new(state_dir.join("idranges")),
             userns_dir: state_dir.join("userns"),

@@ -113,6 +113,7 @@ fn plan_of(name: &str, flist: &str, sha256: &str, store: &str) -> WorkloadPlan {
         workload,
         network: None,
         mounts: Vec::new(),
+        logs: None,
     }
 }
 

@@ -148,6 +148,7 @@ pub fn workload_plan(
                     .map(|p| (p.clone(), m.path.clone(), m.read_only))
             })
             .collect(),
+        logs: d.logs.clone(),
     })
 }
 

@@ -120,6 +120,8 @@ pub struct WorkloadPlan {
     pub network: Option<(NetworkPlan, Ipv4Addr)>,
     /// `(volume path on the node, mount point in the workload, read only)`.
     pub mounts: Vec<(PathBuf, String, bool)>,
+    /// Where its output lines go: its contract's log destination, if it names one.
+    pub logs: Option<zos_contract::deployment::Telemetry>,
 }
 
 /// What the provisioner reports about a running (or dead) workload.

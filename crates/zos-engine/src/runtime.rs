@@ -294,6 +294,7 @@ mod tests {
             workload,
             network: None,
             mounts: Vec::new(),
+            logs: None,
         }
     }
 

@@ -130,6 +130,7 @@ mod tests {
                 ("/pool/a".into(), "/data".into(), false),
                 ("/pool/b".into(), "/logs".into(), true),
             ],
+            logs: None,
         }
     }
 

@@ -134,6 +134,7 @@ impl Fixture {
             workload,
             network: None,
             mounts: Vec::new(),
+            logs: None,
         }
     }
 
