@@ -12,7 +12,7 @@ use zos_notary::record::{DiagOutcome, DiagScope};
 use zos_probe::ProbeSpec;
 
 use crate::notary::Client;
-use crate::output::{json as print_json, outln, Format};
+use crate::output::{json as print_json, outln};
 use crate::support::{probe_action, publish, wait_answer};
 
 /// Run a built-in probe on a node: in a workload's network namespace or on the node's
@@ -47,11 +47,13 @@ pub struct ProbeCmd {
     /// Probe from inside this workload's network: CONTRACT/NAME.
     #[arg(long, value_name = "CONTRACT/NAME")]
     workload: Option<String>,
-    /// Wait up to this many seconds for the answer.
-    #[arg(long, default_value_t = 60)]
+    /// Wait up to this many seconds for the answer (before or after the probe's words).
+    #[arg(long, default_value_t = 60, global = true)]
     wait: u64,
-    #[command(flatten)]
-    format: Format,
+    /// Print one machine-readable JSON document instead of text (before or after the
+    /// probe's words).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     probe: Kind,
 }
@@ -123,7 +125,7 @@ pub fn run(cmd: ProbeCmd) -> anyhow::Result<()> {
     let answer = wait_answer(&client, &cmd.node, &id, Duration::from_secs(cmd.wait))?;
     match answer.outcome() {
         Some(DiagOutcome::Probe(r)) => {
-            if cmd.format.json {
+            if cmd.json {
                 print_json(&json!({"id": id, "node": cmd.node, "result": r}))?;
             } else {
                 for line in &r.lines {
@@ -139,7 +141,7 @@ pub fn run(cmd: ProbeCmd) -> anyhow::Result<()> {
             Ok(())
         }
         Some(DiagOutcome::Refused(code, reason)) => {
-            if cmd.format.json {
+            if cmd.json {
                 print_json(
                     &json!({"id": id, "node": cmd.node, "refused": code, "reason": reason}),
                 )?;

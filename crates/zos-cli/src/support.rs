@@ -49,8 +49,6 @@ pub enum SupportCmd {
         /// How long the node may still take it up, in seconds (at most 3600).
         #[arg(long, default_value_t = 600)]
         valid_secs: u64,
-        #[command(flatten)]
-        format: Format,
     },
     /// Wait for a node's answer to a support request, verify it, and write the bundle.
     ///
@@ -90,7 +88,6 @@ pub fn run(cmd: SupportCmd) -> anyhow::Result<()> {
             notary,
             contract,
             valid_secs,
-            format,
         } => {
             let key = SecretKey::load(&key)?;
             let client = Client::open(&notary)?;
@@ -106,11 +103,8 @@ pub fn run(cmd: SupportCmd) -> anyhow::Result<()> {
                 json!("support_bundle"),
                 valid_secs,
             )?;
-            if format.json {
-                print_json(&json!({"id": id, "node": node}))
-            } else {
-                outln!("{id}")
-            }
+            // A write: the id, for `zos support fetch --id`.
+            outln!("{id}")
         }
         SupportCmd::Fetch {
             node,
