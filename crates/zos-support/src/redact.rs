@@ -15,6 +15,9 @@ const MIN_PARTIAL: usize = 6;
 /// in every encoding: raw bytes, hex (lower and upper case), base64 (standard and URL
 /// alphabets, padded or not).
 ///
+/// Raw bytes written into the kernel log come back out of `/dev/kmsg` escaped (see
+/// [`kmsg_escaped`]): that form is looked for too.
+///
 /// A secret inside a longer base64 text at an offset that is not a multiple of three
 /// bytes encodes differently and is not found; keys are written on their own.
 #[derive(Clone, Default)]
@@ -24,6 +27,20 @@ pub struct Redactor {
     needles: Vec<Vec<u8>>,
     /// Bytes some needle starts with.
     first: Box<[bool]>,
+}
+
+/// How `/dev/kmsg` shows a record's bytes: a control byte, DEL and above, and `\` as
+/// `\xNN`, the rest as is.
+fn kmsg_escaped(secret: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secret.len() * 4);
+    for &c in secret {
+        if !(b' '..127).contains(&c) || c == b'\\' {
+            out.extend_from_slice(format!("\\x{c:02x}").as_bytes());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl std::fmt::Debug for Redactor {
@@ -62,6 +79,7 @@ impl Redactor {
             STANDARD_NO_PAD.encode(secret).into_bytes(),
             URL_SAFE.encode(secret).into_bytes(),
             URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+            kmsg_escaped(secret),
         ];
         for e in encodings {
             if !self.needles.contains(&e) {
@@ -162,6 +180,12 @@ mod tests {
             assert_eq!(n, 1, "{enc}");
             assert_eq!(out, b"key=[REDACTED] end", "{enc}");
         }
+        let (out, n) = r.redact(b"k \\xde\\xad\\xbe\\xef\\x01\\x02\\x03\\xff k");
+        assert_eq!(
+            (out, n),
+            (b"k [REDACTED] k".to_vec(), 1),
+            "as /dev/kmsg shows raw bytes"
+        );
         let mut raw = b"x".to_vec();
         raw.extend_from_slice(&SECRET);
         raw.push(b'y');

@@ -309,6 +309,16 @@ fn encodings(secret: &[u8]) -> Vec<Vec<u8>> {
         STANDARD_NO_PAD.encode(secret).into_bytes(),
         URL_SAFE.encode(secret).into_bytes(),
         URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+        secret
+            .iter()
+            .flat_map(|&c| {
+                if !(b' '..127).contains(&c) || c == b'\\' {
+                    format!("\\x{c:02x}").into_bytes()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect(),
     ];
     let mut all = full.to_vec();
     all.extend(full.iter().map(|e| e[..16].to_vec()));
@@ -338,7 +348,8 @@ fn no_encoding_of_a_secret_leaves_in_a_bundle() {
     if !Needs::root().dev("/dev/kmsg").check(TEST) {
         return;
     }
-    let seed = random(32);
+    // No NUL byte: the kernel log takes a written record as a C string.
+    let seed: Vec<u8> = random(32).into_iter().map(|b| b.max(1)).collect();
     let wg = random(32);
     let wg_b64 = STANDARD.encode(&wg);
     let marker = zos_testkit::tag(6);
@@ -373,6 +384,11 @@ fn no_encoding_of_a_secret_leaves_in_a_bundle() {
     ] {
         kmsg.write_all(line.as_bytes()).unwrap();
     }
+    // The raw bytes: /dev/kmsg shows them escaped (\xNN).
+    let mut raw_line = format!("<6>{marker}: rawseed=").into_bytes();
+    raw_line.extend_from_slice(&seed);
+    raw_line.extend_from_slice(b" end\n");
+    kmsg.write_all(&raw_line).unwrap();
 
     let part_limit = 64 << 10;
     let sources = || -> Vec<Box<dyn Source>> {
@@ -427,6 +443,7 @@ fn no_encoding_of_a_secret_leaves_in_a_bundle() {
         &klog[klog.len().saturating_sub(2000)..]
     );
     assert!(klog.contains(&format!("{marker}: seed64=[REDACTED]")));
+    assert!(klog.contains(&format!("{marker}: rawseed=[REDACTED] end")));
     let conf = read(&dir, "node.conf");
     assert!(conf.contains("PrivateKey = [REDACTED]\n") && conf.contains("SEED HEX: [REDACTED]"));
     assert_eq!(
