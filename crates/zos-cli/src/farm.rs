@@ -13,7 +13,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{KeyKind, KeyPrefix, NotaryKey};
-use zos_registry::{Farm, Heartbeat, NodeResources, Registration};
+use zos_registry::{Farm, Heartbeat, NodeResources, Registration, Target};
 
 use crate::notary::Client;
 use crate::output::{note, outln, Format};
@@ -45,6 +45,8 @@ pub enum FarmCmd {
         /// Drop the farm's list of trusted blueprint authors (any author again).
         #[arg(long, conflicts_with = "blueprint_authors")]
         any_blueprint_author: bool,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
         /// dir:///path or etcd://host:port[/prefix].
         #[arg(long, env = "ZOS_NOTARY")]
         notary: String,
@@ -58,6 +60,22 @@ pub enum FarmCmd {
         notary: String,
         #[command(flatten)]
         format: Format,
+    },
+    /// A live terminal dashboard of a farm: its nodes (heartbeat age, version, capacity
+    /// bars), their contracts' states, recent refusals. Read-only.
+    ///
+    /// It follows the notary's watch, or lists every --refresh seconds where there is
+    /// none. Keys: s sort (age, name, load), / filter, Up/Down select, Enter open a
+    /// node, Esc back, q quit.
+    ///
+    /// Example: zos farm top farm-1 --notary etcd://127.0.0.1:2379
+    Top {
+        farm_id: String,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        /// Seconds between listings when the notary cannot be watched.
+        #[arg(long, default_value_t = 5, value_name = "SECS")]
+        refresh: u64,
     },
 }
 
@@ -100,6 +118,7 @@ pub fn run_farm(cmd: FarmCmd) -> anyhow::Result<()> {
             key,
             blueprint_authors,
             any_blueprint_author,
+            telemetry,
             notary,
         } => {
             let key = SecretKey::load(&key)?;
@@ -109,13 +128,18 @@ pub fn run_farm(cmd: FarmCmd) -> anyhow::Result<()> {
                 (false, true) => None,
                 (false, false) => Some(blueprint_authors),
             };
-            create(&client, &farm_id, &name, &key, authors)
+            create(&client, &farm_id, &name, &key, authors, &telemetry)
         }
         FarmCmd::Show {
             farm_id,
             notary,
             format,
         } => show(&farm_id, &notary, &format),
+        FarmCmd::Top {
+            farm_id,
+            notary,
+            refresh,
+        } => crate::top::run(&farm_id, &notary, refresh),
     }
 }
 
@@ -184,6 +208,7 @@ pub fn create(
     name: &str,
     key: &SecretKey,
     authors: Option<Vec<PublicKey>>,
+    telemetry: &TelemetryArgs,
 ) -> anyhow::Result<()> {
     let nkey = NotaryKey::farm(id).map_err(|e| anyhow::anyhow!("farm id {id:?}: {e}"))?;
     let existing = match client.get(&nkey)? {
@@ -209,6 +234,8 @@ pub fn create(
         Some(authors) => farm.with_blueprint_authors(authors)?,
         None => farm,
     };
+    let (logs, metrics) = telemetry.apply(farm.logs.clone(), farm.metrics.clone())?;
+    let farm = farm.with_telemetry(logs, metrics)?;
     let record = farm.sign(key, crate::contract::now())?;
     client.put(&record)?;
     let what = if existing.is_some() {
@@ -363,5 +390,61 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(8 << 30), "8.0 GiB");
+    }
+}
+
+/// Where the farm's nodes send their logs and push their metrics (`zos farm create`).
+/// Unset: an existing farm keeps what it has.
+#[derive(Debug, clap::Args)]
+pub struct TelemetryArgs {
+    /// Send the nodes' own logs here: syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT
+    /// (with --logs-ca) or jsonl+tcp://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    logs: Option<String>,
+    /// The CA (PEM file) that signs the log receiver's certificate (syslog+tls).
+    #[arg(long, value_name = "FILE", requires = "logs")]
+    logs_ca: Option<PathBuf>,
+    /// Push the nodes' metrics here: a Prometheus remote-write URL (http:// or https://
+    /// with --metrics-ca).
+    #[arg(long, value_name = "URL")]
+    metrics: Option<String>,
+    /// The CA (PEM file) that signs the metrics receiver's certificate (https).
+    #[arg(long, value_name = "FILE", requires = "metrics")]
+    metrics_ca: Option<PathBuf>,
+    /// Stop sending logs and metrics anywhere.
+    #[arg(long, conflicts_with_all = ["logs", "metrics"])]
+    no_telemetry: bool,
+}
+
+impl TelemetryArgs {
+    /// The farm's targets after this change, from the ones it had.
+    fn apply(
+        &self,
+        logs: Option<Target>,
+        metrics: Option<Target>,
+    ) -> anyhow::Result<(Option<Target>, Option<Target>)> {
+        if self.no_telemetry {
+            return Ok((None, None));
+        }
+        let target = |url: &Option<String>, ca: &Option<PathBuf>, old: Option<Target>| {
+            let Some(url) = url else {
+                return Ok(old);
+            };
+            let ca_pem = match ca {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                ),
+                None => None,
+            };
+            anyhow::Ok(Some(Target {
+                url: url.clone(),
+                ca_pem,
+            }))
+        };
+        Ok((
+            target(&self.logs, &self.logs_ca, logs)?,
+            target(&self.metrics, &self.metrics_ca, metrics)?,
+        ))
     }
 }

@@ -13,8 +13,11 @@ mod key;
 pub mod man;
 mod notary;
 mod output;
+mod probe;
 mod progress;
 mod status;
+mod support;
+mod top;
 
 use std::path::PathBuf;
 
@@ -58,6 +61,11 @@ enum Command {
     #[command(subcommand)]
     Node(farm::NodeCmd),
     Status(status::StatusCmd),
+    /// Support bundles of a node or a contract, by signed request.
+    #[command(subcommand)]
+    Support(support::SupportCmd),
+    /// Run a built-in probe (ping, tcp, dns, trace, capture) on a node, by signed request.
+    Probe(probe::ProbeCmd),
     /// Print a shell completion script for zos.
     ///
     /// Example: zos completions bash > /etc/bash_completion.d/zos
@@ -114,6 +122,8 @@ pub fn main() -> std::process::ExitCode {
         Command::Farm(cmd) => farm::run_farm(cmd),
         Command::Node(cmd) => farm::run_node(cmd),
         Command::Status(cmd) => status::run(cmd),
+        Command::Support(cmd) => support::run(cmd),
+        Command::Probe(cmd) => probe::run(cmd),
         Command::Completions { shell } => completions(shell),
     })
 }
