@@ -37,6 +37,8 @@ pub type Answer = DiagAnswer<ProbeResult>;
 
 /// Requests waiting to run; one more is refused `busy`.
 const QUEUE: usize = 8;
+/// Request versions remembered against re-deliveries of the watch.
+const SEEN_MAX: usize = 4096;
 /// The longest a probe may take.
 const PROBE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -500,6 +502,11 @@ async fn watcher(diag: Arc<Diag>, tx: tokio::sync::mpsc::Sender<Record>) {
             };
             if !seen.insert((record.key.clone(), digest)) {
                 continue;
+            }
+            // Bounded memory whatever anyone writes: a replay is still caught by the
+            // answer already at its id.
+            if seen.len() > SEEN_MAX {
+                seen.clear();
             }
             match tx.try_send(record) {
                 Ok(()) => {}

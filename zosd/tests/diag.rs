@@ -6,6 +6,7 @@
 //! signed answer and nothing run (no probe result, no bundle, no "accepted" line): the
 //! owner probing another tenant's workload, the owner asking for the uplink, an expired
 //! request, a stranger's request, a request for another node, an unknown probe kind.
+//! A replayed id runs nothing and keeps its first answer.
 
 mod common;
 
@@ -237,6 +238,40 @@ fn signed_support_and_probe_requests_are_answered_or_refused() {
     );
     let r = probe_result(&node, "tcp-1");
     assert!(r.ok, "{r:?}");
+
+    // A replay: another body under the answered id (a ping of the other tenant). The
+    // node runs nothing and keeps its first answer; the positive event is its log line.
+    let first = answer(&node, "tcp-1");
+    ask(
+        &node,
+        &p.owner,
+        "tcp-1",
+        body(
+            "tcp-1",
+            key,
+            scope.clone(),
+            json!({"probe": {"probe": "ping", "target": "10.72.0.2", "count": 1}}),
+        ),
+    );
+    let deadline = Instant::now() + WAIT;
+    while !node
+        .log()
+        .lines()
+        .any(|l| l.contains("already answered") && l.contains("tcp-1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no replay line; log:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let me = node.key.unwrap();
+    let kept = block_on(node.notary.get(&NotaryKey::answer(&me, "tcp-1").unwrap()))
+        .unwrap()
+        .unwrap();
+    let kept: Answer = serde_json::from_value(kept.body).unwrap();
+    assert_eq!(kept, first, "the first answer stands");
 
     // Refused. The owner probing another tenant's workload.
     let ping = json!({"probe": {"probe": "ping", "target": "10.72.0.1", "count": 1}});
