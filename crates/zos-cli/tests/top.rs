@@ -275,6 +275,14 @@ fn farm_top_shows_follows_filters_and_opens_nodes_in_tmux() {
     assert!(screen.contains("not built yet"), "{screen}");
     assert!(!screen.contains(&sc), "farm-2's node shown:\n{screen}");
 
+    // `s` cycles the order: name, load, and back to heartbeat age.
+    for sort in ["name", "load", "age"] {
+        tmux.keys("s");
+        tmux.wait_for(&format!("sort by {sort}"), &exit, |s| {
+            s.contains(&format!("sort: {sort} (s)"))
+        });
+    }
+
     // Filter by b's key prefix: only b and its contract remain.
     tmux.keys("/");
     tmux.keys(&sb[..8]);
