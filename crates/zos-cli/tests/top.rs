@@ -410,3 +410,18 @@ fn farm_top_shows_follows_filters_and_opens_nodes_in_tmux() {
     );
     assert!(before == after, "zos farm top changed the notary's files");
 }
+
+#[test]
+fn farm_top_without_a_terminal_says_what_reads_the_same() {
+    let tmp = zos_testkit::tempdir("cli-top-pipe");
+    let url = format!("dir://{}/notary", tmp.path().display());
+    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["farm", "top", "farm-1", "--notary", &url])
+        .env_remove("ZOS_NOTARY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "drew on a pipe");
+    assert!(stderr.contains("zos farm show farm-1 --json"), "{stderr}");
+}
