@@ -112,6 +112,23 @@ pub enum ContractCmd {
         #[command(flatten)]
         format: Format,
     },
+    /// Show a contract's workload logs: the lines its node publishes (when the
+    /// deployment sets `publish_logs`), and where its lines are shipped (when the
+    /// deployment names a `logs` destination).
+    ///
+    /// Example: zos contract logs crm-acme --node <hex> --notary dir:///srv/notary -f
+    Logs {
+        id: String,
+        #[arg(long)]
+        node: PublicKey,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        /// Keep printing new lines as the node publishes them (every 2 s).
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        format: Format,
+    },
     /// Cancel a contract: the owner's signed cancellation replaces it on its nodes.
     ///
     /// Example: zos contract cancel crm-acme --key owner.key --notary dir:///srv/notary
@@ -210,6 +227,13 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
             notary,
             format,
         } => status(&id, &node, &notary, &format),
+        ContractCmd::Logs {
+            id,
+            node,
+            notary,
+            follow,
+            format,
+        } => logs(&id, &node, &notary, follow, &format),
         ContractCmd::Cancel {
             id,
             key,
@@ -401,6 +425,107 @@ fn status(id: &str, node: &PublicKey, notary: &str, format: &Format) -> anyhow::
     } else {
         print_status(&record.body, record.signed_at)
     }
+}
+
+/// `zos contract logs`: the log tails in the node's signed status record, and the
+/// destination the contract's deployment ships its lines to.
+fn logs(
+    id: &str,
+    node: &PublicKey,
+    notary: &str,
+    follow: bool,
+    format: &Format,
+) -> anyhow::Result<()> {
+    let client = crate::notary::Client::open(notary)?;
+    let skey = zos_notary::NotaryKey::status(node, id)
+        .map_err(|e| anyhow::anyhow!("contract id {id:?}: {e}"))?;
+    let tails = |client: &crate::notary::Client| -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let Some(record) = client.get(&skey)? else {
+            return Ok(Vec::new());
+        };
+        if record.author != *node {
+            bail!("the status record of {id} is not signed by node {node}");
+        }
+        Ok(record.body["workloads"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, w)| {
+                let lines = w["log_tail"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|l| l.as_str().map(str::to_owned))
+                    .collect();
+                (name.clone(), lines)
+            })
+            .collect())
+    };
+    let destination = shipped_to(&client, id, node);
+    let first = tails(&client)?;
+    if format.json {
+        let workloads: serde_json::Map<String, serde_json::Value> = first
+            .iter()
+            .map(|(n, l)| (n.clone(), serde_json::json!(l)))
+            .collect();
+        return crate::output::json(&serde_json::json!({
+            "contract": id,
+            "node": node.to_string(),
+            "workloads": workloads,
+            "destination": destination,
+        }));
+    }
+    match &destination {
+        Some(url) => note!("{id}: its workloads' lines are shipped to {url} (deployment logs)"),
+        None => note!("{id}: its deployment names no log destination"),
+    }
+    if first.iter().all(|(_, l)| l.is_empty()) {
+        note!(
+            "node {node} publishes no lines of {id}: the deployment does not set \
+             publish_logs, or nothing was written yet"
+        );
+    }
+    let mut shown: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut print = |tails: Vec<(String, Vec<String>)>| -> anyhow::Result<()> {
+        for (name, lines) in tails {
+            let old = shown.entry(name.clone()).or_default();
+            // The tail is a window: print what follows the longest overlap with the
+            // window shown before.
+            let skip = (0..=old.len().min(lines.len()))
+                .rev()
+                .find(|&k| old[old.len() - k..] == lines[..k])
+                .unwrap_or(0);
+            for line in &lines[skip..] {
+                outln!("{name} | {line}")?;
+            }
+            *old = lines;
+        }
+        Ok(())
+    };
+    print(first)?;
+    while follow {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        print(tails(&client)?)?;
+    }
+    Ok(())
+}
+
+/// The `logs` destination of the contract's deployment on `node`, if its record there
+/// verifies (its blueprint resolved from the notary).
+fn shipped_to(client: &crate::notary::Client, id: &str, node: &PublicKey) -> Option<String> {
+    let key = zos_notary::NotaryKey::contract(node, id).ok()?;
+    let record = client.get(&key).ok()??;
+    let bytes = serde_json::to_vec(&record.body).ok()?;
+    let resolve = |d: &zos_contract::Digest| client.blueprint(d);
+    let mut ctx = VerifyContext::offline(now());
+    ctx.node = Some(*node);
+    ctx.resolve_blueprint = &resolve;
+    let v = zos_contract::verify_bytes(&bytes, &ctx);
+    v.is_ok()
+        .then_some(v.deployment)
+        .flatten()
+        .and_then(|d| d.logs)
+        .map(|l| l.url)
 }
 
 /// The version `node` reports running for the contract in `bytes` (its signed status
