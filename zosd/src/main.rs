@@ -6,6 +6,8 @@
 //! listener is a root-only unix socket serving read-only status (docs/status.md).
 
 mod config;
+mod diag;
+mod logs;
 mod node;
 mod pid1;
 mod provisioner;
@@ -59,23 +61,38 @@ enum Command {
     },
 }
 
-fn init_logs(format: config::LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// The agent's logs: on stderr, and into the node's log shipper (which sends them to
+/// the farm's destination once the farm record names one; until then they queue, up to
+/// its bounds). Needs the tokio runtime entered.
+fn init_logs(format: config::LogFormat) -> anyhow::Result<logs::NodeLogs> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     // netlink-packet-route warns about every attribute a newer kernel adds: noise.
-    let filter = EnvFilter::try_from_env("ZOSD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"));
+    let filter = || {
+        EnvFilter::try_from_env("ZOSD_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info,netlink_packet_route=error"))
+    };
     // Colours only for a person at a terminal: NO_COLOR (https://no-color.org) turns
     // them off, as PID 1 does for the agent (a serial console ends up in files).
     use std::io::IsTerminal;
     let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Pretty => builder.compact().init(),
-    }
+    let stderr = match format {
+        config::LogFormat::Json => stderr.json().boxed(),
+        config::LogFormat::Pretty => stderr.compact().boxed(),
+    };
+    // HOSTNAME is the node id, set once the pools are open (node::serve).
+    let (shipper, sink) =
+        zos_logship::Shipper::node_unbound(zos_logship::ShipperConfig::new("zosd"))?;
+    let ship = zos_logship::ShipLayer::new(sink.clone(), "zosd");
+    tracing_subscriber::registry()
+        .with(stderr.with_filter(filter()))
+        .with(ship.with_filter(filter()))
+        .init();
+    Ok(logs::NodeLogs::new(shipper, sink))
 }
 
 /// Logs of the runtime child: warnings and errors on stderr, no colours.
@@ -106,11 +123,12 @@ fn main() -> std::process::ExitCode {
                     other => anyhow::bail!("--log-format {other:?}: use pretty or json"),
                 };
             }
-            init_logs(cfg.log_format);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(node::run(cfg))
+            let _entered = rt.enter();
+            let logs = init_logs(cfg.log_format)?;
+            rt.block_on(node::run(cfg, logs))
         })(),
         Command::Init => pid1::run().map(|never| match never {}),
         Command::RuntimeCreate { root } => {

@@ -13,6 +13,7 @@ use zos_storage::{DiscoveryConfig, DiskSelection, PoolKind, PoolStatus, Storage,
 use zos_vm::VmRuntime;
 
 use crate::config::NodeConfig;
+use crate::logs::NodeLogs;
 use crate::provisioner::NodeProvisioner;
 use zos_status::live::LiveStatus;
 
@@ -150,16 +151,21 @@ fn hypervisor(cfg: &NodeConfig) -> anyhow::Result<zos_vm::Qemu> {
 
 /// Runs the node agent until SIGTERM or SIGINT, with its local status (console
 /// screen, read-only D-Bus socket) up the whole time: a failure is on the screen too.
-pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: NodeConfig, logs: NodeLogs) -> anyhow::Result<()> {
     // First: a SIGTERM from now on is kept, whatever the agent is doing when it comes.
     let stop = Stop::listen()?;
     let mut status = crate::status::start(&cfg);
-    let result = serve(cfg, &mut status, &stop).await;
+    let result = serve(cfg, &mut status, &stop, &logs).await;
     crate::status::finish(&status, &result);
     result
 }
 
-async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow::Result<()> {
+async fn serve(
+    cfg: NodeConfig,
+    status: &mut LiveStatus,
+    stop: &Stop,
+    logs: &NodeLogs,
+) -> anyhow::Result<()> {
     let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
     let key = identity(&storage)?;
     // The time never goes back below what this node has seen (before expiry decides
@@ -169,6 +175,10 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     tokio::task::block_in_place(|| zos_uplink::home_floor::restore(&*floor, &pid1_floor));
     let _clock_floor = zos_uplink::home_floor::keep(floor);
     let node = key.public();
+    logs.named(&node);
+    if cfg.ship_kernel_log {
+        logs.forward_kernel(&cfg.state_dir.join("kmsg.seq"));
+    }
     status.set(|s| s.node = node.to_string());
     let journal =
         Journal::open(StateRecord(storage.clone(), JOURNAL_KEY)).context("opening the journal")?;
@@ -177,7 +187,8 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     tracing::info!(?capacity, "capacity offered to contracts");
     let netns = cfg.network.node_netns.clone();
     crate::status::refresh(status, storage.clone(), netns, capacity);
-    let provisioner = provisioner(&cfg, &storage, network)?;
+    let tenant_logs = crate::logs::TenantLogs::new(&node);
+    let provisioner = provisioner(&cfg, &storage, network, tenant_logs)?;
     let notary = zos_notary::open(&cfg.notary).context("opening the notary")?;
     if let Some(farm) = &cfg.farm {
         status.state(&format!(
@@ -191,6 +202,7 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     else {
         return Ok(());
     };
+    logs.bind(registered.farm.as_ref());
     let engine_cfg = EngineConfig {
         capacity,
         trusted_authors: trusted_authors(&cfg, &registered),
@@ -199,8 +211,12 @@ async fn serve(cfg: NodeConfig, status: &mut LiveStatus, stop: &Stop) -> anyhow:
     tracing::info!(%node, notary = %cfg.notary, "node agent ready");
     // The one line a person (or the demo) looks for.
     println!("zosd: node {node} serving contracts from {}", cfg.notary);
+    // Diagnostics by signed request (docs/diagnostics.md), beside the engine.
+    let farmer = registered.farm.as_ref().map(|f| f.farmer);
+    let diag = crate::diag::Diag::new(&cfg, &key, notary.clone(), storage.clone(), farmer);
     let engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
     status.follow(engine.summaries());
+    let _diag = diag.start(engine.summaries());
     status.state("serving");
     engine.run(stop.requested()).await?;
     tracing::info!("stopped; workloads keep running and are re-adopted at the next start");
@@ -226,6 +242,7 @@ fn provisioner(
     cfg: &NodeConfig,
     storage: &Arc<Storage>,
     network: Network,
+    tenant_logs: Arc<crate::logs::TenantLogs>,
 ) -> anyhow::Result<NodeProvisioner> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
@@ -236,11 +253,12 @@ fn provisioner(
         &cfg.network.prefix,
     )?);
     let access = store_access(&cfg.store_roots);
-    let containers = ContainerRuntime::new(
+    let containers = ContainerRuntime::with_tap(
         &cfg.state_dir,
         storage.clone(),
         access.clone(),
         names.clone(),
+        Some(zos_container::Tap(tenant_logs.clone())),
     )
     .context("container runtime")?;
     let hypervisor = Arc::new(hypervisor(cfg)?);
@@ -251,6 +269,7 @@ fn provisioner(
         names,
         containers,
         vms,
+        tenant_logs,
     ))
 }
 

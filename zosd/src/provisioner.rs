@@ -21,6 +21,8 @@ use zos_network::{
 use zos_storage::{PoolKind, Storage};
 use zos_vm::VmRuntime;
 
+use crate::logs::TenantLogs;
+
 pub struct NodeProvisioner {
     inner: Arc<Inner>,
 }
@@ -30,6 +32,8 @@ struct Inner {
     network: Network,
     runtimes: Runtimes,
     names: Arc<KernelNames>,
+    /// Where each contract's workload lines go.
+    tenant_logs: Arc<TenantLogs>,
 }
 
 /// Runs `f` on a blocking thread; a panic there is a provisioning error, not a crash.
@@ -57,6 +61,7 @@ impl NodeProvisioner {
         names: Arc<KernelNames>,
         containers: ContainerRuntime,
         vms: VmRuntime,
+        tenant_logs: Arc<TenantLogs>,
     ) -> Self {
         let containers: Arc<dyn WorkloadRuntime> = Arc::new(containers);
         let vms: Arc<dyn WorkloadRuntime> = Arc::new(vms);
@@ -71,6 +76,7 @@ impl NodeProvisioner {
                 network,
                 runtimes,
                 names,
+                tenant_logs,
             }),
         }
     }
@@ -284,6 +290,7 @@ impl Provisioner for NodeProvisioner {
         blocking("workload", &plan.name.clone(), move || {
             // The attachment converges (a no-op when in place); the runtime finds a
             // running workload and never starts it twice (re-adoption).
+            inner.tenant_logs.bind(&plan.name, plan.logs.as_ref());
             let placement = inner.placement(&plan)?;
             inner.runtimes.ensure(plan.workload.kind, &plan, &placement)
         })
@@ -298,6 +305,7 @@ impl Provisioner for NodeProvisioner {
         let plan = plan.clone();
         blocking("workload", &plan.name.clone(), move || {
             // The attachment persists; placement finds it in place.
+            inner.tenant_logs.bind(&plan.name, plan.logs.as_ref());
             let placement = inner.placement(&plan)?;
             inner
                 .runtimes

@@ -94,6 +94,17 @@ pub enum NodeCmd {
         #[command(flatten)]
         format: Format,
     },
+    /// Where a node's own logs go: the destination its farm's record names (the node
+    /// publishes no log lines to the notary).
+    ///
+    /// Example: zos node logs <hex> --notary dir:///srv/notary
+    Logs {
+        node: PublicKey,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+        #[command(flatten)]
+        format: Format,
+    },
 }
 
 /// One node of `zos node list`.
@@ -180,6 +191,11 @@ fn show(farm_id: &str, notary: &str, format: &crate::output::Format) -> anyhow::
 
 pub fn run_node(cmd: NodeCmd) -> anyhow::Result<()> {
     match cmd {
+        NodeCmd::Logs {
+            node,
+            notary,
+            format,
+        } => node_logs(&node, &notary, &format),
         NodeCmd::List {
             farm,
             notary,
@@ -255,6 +271,41 @@ pub fn create(
 
 /// The verified registrations in the notary (of `farm` only, if given), with their
 /// latest heartbeats, sorted by farm then node.
+/// `zos node logs`: the node's farm, and the log destination that farm names.
+fn node_logs(node: &PublicKey, notary: &str, format: &Format) -> anyhow::Result<()> {
+    let client = Client::open(notary)?;
+    let Some(record) = client.get(&NotaryKey::registration(node))? else {
+        bail!("node {node} is not registered in {notary}");
+    };
+    let (_, reg) = Registration::from_record(&record)
+        .with_context(|| format!("the registration of {node} in {notary}"))?;
+    let farm = match client.get(&NotaryKey::farm(&reg.farm).map_err(|e| anyhow::anyhow!("{e}"))?)? {
+        Some(r) => Some(Farm::from_record(&r).with_context(|| format!("farm {}", reg.farm))?),
+        None => None,
+    };
+    let destination = farm
+        .as_ref()
+        .and_then(|f| f.logs.as_ref())
+        .map(|t| t.url.clone());
+    if format.json {
+        return crate::output::json(&serde_json::json!({
+            "node": node.to_string(),
+            "farm": reg.farm,
+            "destination": destination,
+        }));
+    }
+    match (&farm, &destination) {
+        (None, _) => outln!("node {node}: farm {} is not in {notary}", reg.farm),
+        (Some(_), Some(url)) => outln!("node {node}: its logs go to {url} (farm {})", reg.farm),
+        (Some(_), None) => outln!(
+            "node {node}: farm {} names no log destination; its logs stay on the node \
+             (zos farm create {} --logs URL)",
+            reg.farm,
+            reg.farm
+        ),
+    }
+}
+
 pub fn nodes(client: &Client, farm: Option<&str>) -> anyhow::Result<Vec<NodeRow>> {
     let farms: BTreeMap<String, Farm> = client
         .list(&KeyPrefix::farms())?

@@ -265,6 +265,97 @@ fn flow(url: &str) {
     assert!(text.contains("4 cpu, 8.0 GiB mem"), "{text}");
     let show = ok(dir, &["farm", "show", "farm-1", "--notary", url]);
     assert!(show.contains("nodes     1"), "{show}");
+
+    // Where a node's logs go: nowhere until the farmer names a destination.
+    let a_hex = a.public().to_hex();
+    let logs = ok(dir, &["node", "logs", &a_hex, "--notary", url]);
+    assert!(logs.contains("names no log destination"), "{logs}");
+    let bad = refused(
+        dir,
+        &[
+            "farm",
+            "create",
+            "farm-1",
+            "--name",
+            "Ghent rack 4",
+            "--key",
+            "farmer.key",
+            "--logs",
+            "syslog+tls://logs.example:6514",
+            "--notary",
+            url,
+        ],
+    );
+    assert!(bad.contains("needs ca_pem"), "{bad}");
+    ok(
+        dir,
+        &[
+            "farm",
+            "create",
+            "farm-1",
+            "--name",
+            "Ghent rack 4",
+            "--key",
+            "farmer.key",
+            "--logs",
+            "syslog+tcp://logs.example:514",
+            "--metrics",
+            "http://10.0.0.9:9090/api/v1/write",
+            "--notary",
+            url,
+        ],
+    );
+    let logs: Value = serde_json::from_str(&ok(
+        dir,
+        &["node", "logs", &a_hex, "--notary", url, "--json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        logs["destination"], "syslog+tcp://logs.example:514",
+        "{logs}"
+    );
+    assert_eq!(logs["farm"], "farm-1", "{logs}");
+    // A rename keeps them; --no-telemetry drops them.
+    ok(
+        dir,
+        &[
+            "farm",
+            "create",
+            "farm-1",
+            "--name",
+            "r5",
+            "--key",
+            "farmer.key",
+            "--notary",
+            url,
+        ],
+    );
+    let shown: Value = serde_json::from_str(&ok(
+        dir,
+        &["farm", "show", "farm-1", "--notary", url, "--json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        shown["farm"]["metrics"]["url"],
+        "http://10.0.0.9:9090/api/v1/write"
+    );
+    ok(
+        dir,
+        &[
+            "farm",
+            "create",
+            "farm-1",
+            "--name",
+            "r5",
+            "--key",
+            "farmer.key",
+            "--no-telemetry",
+            "--notary",
+            url,
+        ],
+    );
+    let logs = ok(dir, &["node", "logs", &a_hex, "--notary", url]);
+    assert!(logs.contains("names no log destination"), "{logs}");
 }
 
 #[test]

@@ -92,6 +92,44 @@ fn contract_status_as_json() {
 }
 
 #[test]
+fn contract_logs_show_the_published_tails() {
+    let tmp = zos_testkit::tempdir("cli-json");
+    let dir = tmp.path();
+    let notary = format!("dir://{}", dir.join("notary").display());
+    let node = run(dir, &["key", "new", "--out", "node.key"]);
+    let node = node.trim();
+    let key = zos_contract::SecretKey::load(&dir.join("node.key")).unwrap();
+    let body = serde_json::json!({"contract": "c1", "version": 1, "state": "ok",
+        "message": "running", "workloads": {
+            "app": {"state": "running", "log_tail": ["one", "two"]},
+            "db": {"state": "running"}}});
+    let nkey = zos_notary::NotaryKey::status(&key.public(), "c1").unwrap();
+    let record = zos_notary::Record::sign(&nkey, body, &key).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use zos_notary::Notary;
+            zos_notary::open(&notary).unwrap().put(&record).await
+        })
+        .unwrap();
+    let args = [
+        "contract", "logs", "c1", "--node", node, "--notary", &notary,
+    ];
+    let logs = json(dir, &args);
+    assert_eq!(
+        logs["workloads"]["app"],
+        serde_json::json!(["one", "two"]),
+        "{logs}"
+    );
+    assert_eq!(logs["workloads"]["db"], serde_json::json!([]), "{logs}");
+    // No contract record to read a destination from.
+    assert!(logs["destination"].is_null(), "{logs}");
+    assert_eq!(run(dir, &args), "app | one\napp | two\n");
+}
+
+#[test]
 fn flist_ls_and_verify_as_json() {
     let tmp = zos_testkit::tempdir("cli-json");
     let dir = tmp.path();
@@ -144,16 +182,18 @@ fn flist_ls_and_verify_as_json() {
 
 /// The read commands: each takes --json. A new read command belongs here (and gets
 /// --json); a command that writes keeps text.
-const READ_COMMANDS: [&[&str]; 10] = [
+const READ_COMMANDS: &[&[&str]] = &[
     &["key", "show"],
     &["blueprint", "show"],
     &["contract", "verify"],
     &["contract", "list"],
     &["contract", "status"],
+    &["contract", "logs"],
     &["flist", "verify"],
     &["flist", "ls"],
     &["farm", "show"],
     &["node", "list"],
+    &["node", "logs"],
     &["status"],
 ];
 
