@@ -19,6 +19,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A tmux server of our own (`-L zt-...`), killed however the test ends.
 struct Tmux {
     socket: String,
+    /// The server's socket file, which it leaves behind (known once it runs).
+    socket_path: Option<PathBuf>,
 }
 
 impl Tmux {
@@ -74,6 +76,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -232,8 +237,9 @@ fn farm_top_shows_follows_filters_and_opens_nodes_in_tmux() {
         ),
     )
     .unwrap();
-    let tmux = Tmux {
+    let mut tmux = Tmux {
         socket: format!("zt-top-{}", std::process::id()),
+        socket_path: None,
     };
     tmux.ok(&[
         "new-session",
@@ -246,6 +252,10 @@ fn farm_top_shows_follows_filters_and_opens_nodes_in_tmux() {
         "50",
         &format!("sh '{}'", script.display()),
     ]);
+    let path = tmux.cmd(&["display-message", "-t", "top", "-p", "#{socket_path}"]);
+    let path = PathBuf::from(String::from_utf8_lossy(&path.stdout).trim());
+    assert!(path.ends_with(&tmux.socket), "tmux socket {path:?}");
+    tmux.socket_path = Some(path);
 
     // The farm screen: both nodes with their heartbeat ages, contract states, the
     // refusal, and not the other farm's node.
