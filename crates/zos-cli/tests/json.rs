@@ -194,6 +194,8 @@ const READ_COMMANDS: &[&[&str]] = &[
     &["farm", "show"],
     &["node", "list"],
     &["node", "logs"],
+    &["support", "fetch"],
+    &["probe"],
     &["status"],
 ];
 
