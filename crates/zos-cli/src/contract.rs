@@ -503,11 +503,13 @@ fn logs(
         Ok(())
     };
     print(first)?;
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(std::time::Duration::from_secs(2));
         print(tails(&client)?)?;
     }
-    Ok(())
 }
 
 /// The `logs` destination of the contract's deployment on `node`, if its record there
