@@ -87,6 +87,13 @@ pub struct NodeConfig {
     /// shared host leaves it off (the host's kernel log is not the node's).
     #[serde(default)]
     pub ship_kernel_log: bool,
+    /// Seconds between two pushes of the node's metrics to the farm's target.
+    #[serde(default = "default_metrics_every_secs")]
+    pub metrics_every_secs: u64,
+}
+
+fn default_metrics_every_secs() -> u64 {
+    15
 }
 
 fn default_status_socket() -> PathBuf {

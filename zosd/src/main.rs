@@ -8,6 +8,7 @@
 mod config;
 mod diag;
 mod logs;
+mod metrics;
 mod node;
 mod pid1;
 mod provisioner;

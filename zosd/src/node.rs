@@ -203,6 +203,12 @@ async fn serve(
         return Ok(());
     };
     logs.bind(registered.farm.as_ref());
+    let _metrics = crate::metrics::start(
+        &node,
+        registered.farm.as_ref(),
+        storage.clone(),
+        std::time::Duration::from_secs(cfg.metrics_every_secs.max(1)),
+    );
     let engine_cfg = EngineConfig {
         capacity,
         trusted_authors: trusted_authors(&cfg, &registered),

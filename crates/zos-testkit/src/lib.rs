@@ -7,6 +7,7 @@
 //! - [`tempdir`] and [`tag`]: `zt-` names for everything a test creates.
 //! - [`etcd::Etcd`]: a throwaway etcd server on free loopback ports.
 //! - [`netns::World`]: the node and internet namespaces, wired by a veth.
+//! - [`prometheus::Prometheus`]: a throwaway Prometheus receiving remote-write.
 //! - [`contract`]: blueprint, contract and cancellation builders, signed.
 
 pub mod bench;
@@ -14,6 +15,7 @@ pub mod contract;
 pub mod etcd;
 mod needs;
 pub mod netns;
+pub mod prometheus;
 
 pub use needs::{skip_line, skip_or_fail, Needs};
 
