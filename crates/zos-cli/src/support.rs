@@ -72,8 +72,9 @@ pub enum SupportCmd {
         /// dir:///path or etcd://host:port[/prefix].
         #[arg(long, env = "ZOS_NOTARY")]
         notary: String,
-        /// Wait up to this many seconds for the answer (0: only look once).
-        #[arg(long, default_value_t = 0)]
+        /// Wait up to this many seconds for the answer (0: only look once). A bundle
+        /// takes the node a few seconds to build.
+        #[arg(long, default_value_t = 60)]
         wait: u64,
         #[command(flatten)]
         format: Format,

@@ -208,6 +208,8 @@ node_netns = "{node_netns}"
         "contract", "status", id, "--node", &node_key, "--notary", &d.notary,
     ])?;
 
+    observe_step(d, &node_key, id)?;
+
     vm_step(d, &node, &node_key, &i)?;
 
     section("14. the owner cancels: everything the contract had is removed");
@@ -307,6 +309,63 @@ pub(super) fn hello_contract(
     for who in ["owner", "legal"] {
         d.step(&["contract", "sign", out, "--key", &format!("{who}.key")])?;
     }
+    Ok(())
+}
+
+/// Step 12b: what a user without a shell has, each by the owner's signed request: the
+/// lines the node publishes, a probe run inside the workload's network, and a support
+/// bundle of the contract (verified, unpacked, no secret in it).
+fn observe_step(d: &Demo, node_key: &str, id: &str) -> anyhow::Result<()> {
+    section("12b. no shell, still no guesswork: logs, a probe, a support bundle (signed requests)");
+    d.step(&[
+        "contract", "logs", id, "--node", node_key, "--notary", &d.notary,
+    ])?;
+    let status = status_now(d, node_key, id)?;
+    let addr = status["workloads"]["app"]["address"]
+        .as_str()
+        .context("the app has no address")?
+        .to_string();
+    d.step(&[
+        "probe",
+        node_key,
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+        "--workload",
+        &format!("{id}/app"),
+        "tcp",
+        &format!("{addr}:8080"),
+    ])?;
+    let request = d.step(&[
+        "support",
+        "request",
+        node_key,
+        "--key",
+        "owner.key",
+        "--contract",
+        id,
+        "--notary",
+        &d.notary,
+    ])?;
+    let bundle = d.dir.join("bundle");
+    d.step(&[
+        "support",
+        "fetch",
+        node_key,
+        "--id",
+        request.trim(),
+        "--unpack",
+        &bundle.display().to_string(),
+        "--notary",
+        &d.notary,
+    ])?;
+    let mut files: Vec<String> = std::fs::read_dir(&bundle)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    println!("  bundle: {}", files.join(", "));
     Ok(())
 }
 
