@@ -138,8 +138,10 @@ fn init_console_logs(debug: bool) {
         .try_init();
 }
 
-/// `/dev/kmsg` as a log writer: one record per event, at the event's level, tagged
-/// `zos-init`.
+/// `/dev/kmsg` as a log writer: one record per event, tagged `zos-init`, its level in
+/// the text. Every record is written at the debug level: the kernel echoes records
+/// below the console's level (7 by default) to the console, where PID 1's line is
+/// already (from stderr); at debug it is kept in the ring only, for the agent to ship.
 struct KernelLog(std::sync::Arc<std::fs::File>);
 
 /// One event's record: buffered, written whole when dropped (one `write` is one record).
@@ -152,16 +154,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for KernelLog {
     type Writer = KernelRecord;
 
     fn make_writer(&'a self) -> KernelRecord {
-        self.record("<6>")
-    }
-
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> KernelRecord {
-        self.record(match *meta.level() {
-            tracing::Level::ERROR => "<3>",
-            tracing::Level::WARN => "<4>",
-            tracing::Level::INFO => "<6>",
-            _ => "<7>",
-        })
+        self.record("<7>")
     }
 }
 
