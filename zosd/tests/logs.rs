@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 use zos_contract::{PublicKey, SecretKey, SignedContract};
-use zos_registry::{Farm, Target};
+use zos_registry::{Farm, Telemetry};
 use zos_testkit::contract as kit;
 
 const FARM: &str = "zt-farm-logs";
@@ -131,7 +131,7 @@ fn node_and_workload_lines_reach_their_own_destinations() {
     let farm = Farm::create_or_update(None, FARM, "logging farm", farmer.public(), now)
         .unwrap()
         .with_telemetry(
-            Some(Target {
+            Some(Telemetry {
                 url: farm_rx.url(),
                 ca_pem: None,
             }),

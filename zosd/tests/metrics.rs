@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use zos_contract::SecretKey;
-use zos_registry::{Farm, Target};
+use zos_registry::{Farm, Telemetry};
 use zos_testkit::prometheus::Prometheus;
 
 const FARM: &str = "zt-farm-metrics";
@@ -25,7 +25,7 @@ fn the_nodes_metrics_reach_the_farms_prometheus() {
         .unwrap()
         .with_telemetry(
             None,
-            Some(Target {
+            Some(Telemetry {
                 url: prom.write_url(),
                 ca_pem: None,
             }),

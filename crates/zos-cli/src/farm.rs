@@ -13,7 +13,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{KeyKind, KeyPrefix, NotaryKey};
-use zos_registry::{Farm, Heartbeat, NodeResources, Registration, Target};
+use zos_registry::{Farm, Heartbeat, NodeResources, Registration, Telemetry};
 
 use crate::notary::Client;
 use crate::output::{note, outln, Format};
@@ -471,13 +471,13 @@ impl TelemetryArgs {
     /// The farm's targets after this change, from the ones it had.
     fn apply(
         &self,
-        logs: Option<Target>,
-        metrics: Option<Target>,
-    ) -> anyhow::Result<(Option<Target>, Option<Target>)> {
+        logs: Option<Telemetry>,
+        metrics: Option<Telemetry>,
+    ) -> anyhow::Result<(Option<Telemetry>, Option<Telemetry>)> {
         if self.no_telemetry {
             return Ok((None, None));
         }
-        let target = |url: &Option<String>, ca: &Option<PathBuf>, old: Option<Target>| {
+        let target = |url: &Option<String>, ca: &Option<PathBuf>, old: Option<Telemetry>| {
             let Some(url) = url else {
                 return Ok(old);
             };
@@ -488,7 +488,7 @@ impl TelemetryArgs {
                 ),
                 None => None,
             };
-            anyhow::Ok(Some(Target {
+            anyhow::Ok(Some(Telemetry {
                 url: url.clone(),
                 ca_pem,
             }))

@@ -35,8 +35,9 @@ pub struct Deployment {
     pub logs: Option<Telemetry>,
 }
 
-/// A destination the signers name for their workloads' telemetry, and for TLS the CA
-/// that signs its certificate (pinned: no system roots are trusted).
+/// A telemetry destination its signers name (a deployment's for its workloads, a farm
+/// record's for its nodes), and for TLS the CA that signs its certificate (pinned: no
+/// system roots are trusted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
@@ -47,58 +48,88 @@ pub struct Telemetry {
     pub ca_pem: Option<String>,
 }
 
+/// What a [`Telemetry`] destination receives: which schemes it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TelemetryKind {
+    /// Log lines: `syslog+tcp://HOST:PORT`, `syslog+tls://HOST:PORT`, `jsonl+tcp://HOST:PORT`.
+    Logs,
+    /// Metrics by Prometheus remote-write: `http://...`, `https://...`.
+    Metrics,
+}
+
 /// Longest telemetry URL, in characters.
 pub const MAX_TELEMETRY_URL: usize = 512;
 /// Largest pinned CA (PEM), in bytes.
 pub const MAX_TELEMETRY_CA: usize = 16 * 1024;
 
 impl Telemetry {
-    /// `(path, problem)` pairs of a log destination at `path`: one of the log schemes,
-    /// `host:port` after it, a CA with TLS (and only PEM there).
-    fn check_logs(&self, path: &str) -> Vec<(String, String)> {
+    /// `(path, problem)` pairs of a destination of `kind` at `path`: one of its
+    /// schemes (for logs `HOST:PORT` after it, no path), a CA with TLS and only then, a
+    /// PEM certificate there. The receiver's own checks are the shipper's, at connect
+    /// time.
+    pub fn check(&self, kind: TelemetryKind, path: &str) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let url = &self.url;
-        if url.chars().count() > MAX_TELEMETRY_URL || url.chars().any(char::is_control) {
+        let at = |field: &str| format!("{path}.{field}");
+        if url.is_empty()
+            || url.chars().count() > MAX_TELEMETRY_URL
+            || url.chars().any(char::is_control)
+        {
             problems.push((
-                format!("{path}.url"),
-                format!("at most {MAX_TELEMETRY_URL} characters, no control characters"),
+                at("url"),
+                format!("1 to {MAX_TELEMETRY_URL} characters, no control characters"),
             ));
         }
-        let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
-        let tls = match scheme {
-            "syslog+tcp" | "jsonl+tcp" => false,
-            "syslog+tls" => true,
-            _ => {
-                problems.push((
-                    format!("{path}.url"),
-                    format!("{url:?}: the scheme must be syslog+tcp, syslog+tls or jsonl+tcp"),
-                ));
-                return problems;
-            }
+        let schemes: &[(&str, bool)] = match kind {
+            TelemetryKind::Logs => &[
+                ("syslog+tcp", false),
+                ("syslog+tls", true),
+                ("jsonl+tcp", false),
+            ],
+            TelemetryKind::Metrics => &[("http", false), ("https", true)],
         };
-        let port_ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !port_ok || rest.contains('/') {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", ""));
+        let Some(&(_, tls)) = schemes.iter().find(|(s, _)| *s == scheme) else {
+            let known: Vec<&str> = schemes.iter().map(|(s, _)| *s).collect();
             problems.push((
-                format!("{path}.url"),
-                format!("{url:?}: expected {scheme}://HOST:PORT"),
+                at("url"),
+                format!("{url:?}: the scheme must be one of {}", known.join(", ")),
+            ));
+            return problems;
+        };
+        let where_ok = match kind {
+            TelemetryKind::Logs => {
+                !rest.contains('/')
+                    && rest.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    })
+            }
+            TelemetryKind::Metrics => !rest.is_empty() && !rest.starts_with('/'),
+        };
+        if !where_ok {
+            let expected = match kind {
+                TelemetryKind::Logs => "HOST:PORT",
+                TelemetryKind::Metrics => "HOST[:PORT]/PATH",
+            };
+            problems.push((
+                at("url"),
+                format!("{url:?}: expected {scheme}://{expected}"),
             ));
         }
         match &self.ca_pem {
-            None if tls => {
-                problems.push((format!("{path}.ca_pem"), "required with syslog+tls".into()))
-            }
+            None if tls => problems.push((
+                at("ca_pem"),
+                format!("{scheme} needs ca_pem (the pinned CA)"),
+            )),
             Some(_) if !tls => {
-                problems.push((format!("{path}.ca_pem"), "only with syslog+tls".into()))
+                problems.push((at("ca_pem"), format!("only with TLS, not {scheme}")))
             }
-            Some(pem)
-                if pem.len() > MAX_TELEMETRY_CA || !pem.contains("-----BEGIN CERTIFICATE-----") =>
-            {
-                problems.push((
-                    format!("{path}.ca_pem"),
-                    format!("a PEM certificate of at most {MAX_TELEMETRY_CA} bytes"),
-                ))
+            Some(pem) if pem.len() > MAX_TELEMETRY_CA => problems.push((
+                at("ca_pem"),
+                format!("{} bytes; the limit is {MAX_TELEMETRY_CA}", pem.len()),
+            )),
+            Some(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
+                problems.push((at("ca_pem"), "holds no PEM certificate".into()))
             }
             _ => {}
         }
@@ -296,7 +327,7 @@ impl Deployment {
             );
         }
         if let Some(logs) = &self.logs {
-            for (path, what) in logs.check_logs("$.logs") {
+            for (path, what) in logs.check(TelemetryKind::Logs, "$.logs") {
                 bad(path, what);
             }
         }

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! `logs` and `metrics` are optional too: `{"url": "...", "ca_pem": "..."}`, where the
-//! farm's nodes send their own logs and push their metrics ([`Target`]).
+//! farm's nodes send their own logs and push their metrics ([`Telemetry`]).
 //!
 //! `blueprint_authors` is optional: when the farmer lists keys there, the farm's nodes run
 //! only blueprints signed by one of them (M8 in docs/security.md); absent or empty, any
@@ -18,6 +18,7 @@
 //! farm record replaced by someone else's is refused by the nodes of that farm too.
 
 use serde::{Deserialize, Serialize};
+use zos_contract::deployment::{Telemetry, TelemetryKind};
 use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{KeyKind, NotaryKey, Record};
 
@@ -47,92 +48,11 @@ pub struct Farm {
     /// Where the farm's nodes send their own logs (zosd's, PID 1's, the kernel's); absent:
     /// the logs stay on the node (docs/observability.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logs: Option<Target>,
+    pub logs: Option<Telemetry>,
     /// Where the farm's nodes push their node metrics (a Prometheus remote-write URL);
     /// absent: none are pushed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<Target>,
-}
-
-/// Longest telemetry URL, in characters.
-pub const MAX_TARGET_URL: usize = 512;
-/// Largest pinned CA certificate (PEM), in bytes.
-pub const MAX_TARGET_CA: usize = 16 * 1024;
-
-/// A telemetry destination the farmer signed: logs (`syslog+tcp://`, `syslog+tls://`,
-/// `jsonl+tcp://`) or metrics (`http://`, `https://`). For TLS, the CA that signs the
-/// receiver's certificate, pinned (no system roots are trusted).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Target {
-    /// The destination's URL.
-    pub url: String,
-    /// The CA certificate (PEM) that signs the receiver's certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_pem: Option<String>,
-}
-
-/// What a target is for: which schemes it takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
-    /// Logs: `syslog+tcp`, `syslog+tls`, `jsonl+tcp`.
-    Logs,
-    /// Metrics: `http`, `https` (Prometheus remote-write).
-    Metrics,
-}
-
-impl Target {
-    /// The schemes a target of `kind` may use, and which of them need a pinned CA.
-    fn schemes(kind: TargetKind) -> &'static [(&'static str, bool)] {
-        match kind {
-            TargetKind::Logs => &[
-                ("syslog+tcp", false),
-                ("syslog+tls", true),
-                ("jsonl+tcp", false),
-            ],
-            TargetKind::Metrics => &[("http", false), ("https", true)],
-        }
-    }
-
-    /// Checks the URL's scheme and length, and that TLS has its CA. The receiver's own
-    /// checks (host, port, the PEM's certificates) are the shipper's, at connect time.
-    pub fn check(
-        &self,
-        key: &str,
-        field: &'static str,
-        kind: TargetKind,
-    ) -> Result<(), RegistryError> {
-        let invalid = |reason: String| RegistryError::Invalid {
-            key: key.to_owned(),
-            field,
-            reason,
-        };
-        check_text(key, field, &self.url, MAX_TARGET_URL)?;
-        let scheme = self.url.split_once("://").map(|(s, _)| s);
-        let Some(&(_, needs_ca)) = Self::schemes(kind).iter().find(|(s, _)| Some(*s) == scheme)
-        else {
-            let known: Vec<&str> = Self::schemes(kind).iter().map(|(s, _)| *s).collect();
-            return Err(invalid(format!(
-                "{:?}: the scheme must be one of {}",
-                self.url,
-                known.join(", ")
-            )));
-        };
-        match &self.ca_pem {
-            None if needs_ca => Err(invalid(format!(
-                "{:?} needs ca_pem (the pinned CA)",
-                self.url
-            ))),
-            Some(pem) if pem.len() > MAX_TARGET_CA => Err(invalid(format!(
-                "ca_pem is {} bytes; the limit is {MAX_TARGET_CA}",
-                pem.len()
-            ))),
-            Some(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
-                Err(invalid("ca_pem holds no PEM certificate".into()))
-            }
-            _ => Ok(()),
-        }
-    }
+    pub metrics: Option<Telemetry>,
 }
 
 impl Farm {
@@ -175,8 +95,8 @@ impl Farm {
     /// This farm sending its nodes' logs to `logs` and their metrics to `metrics`.
     pub fn with_telemetry(
         mut self,
-        logs: Option<Target>,
-        metrics: Option<Target>,
+        logs: Option<Telemetry>,
+        metrics: Option<Telemetry>,
     ) -> Result<Farm, RegistryError> {
         self.logs = logs;
         self.metrics = metrics;
@@ -187,11 +107,18 @@ impl Farm {
     fn check(&self, key: &str) -> Result<(), RegistryError> {
         check_text(key, "name", &self.name, MAX_NAME)?;
         check_int(key, "created", self.created)?;
-        if let Some(t) = &self.logs {
-            t.check(key, "logs", TargetKind::Logs)?;
-        }
-        if let Some(t) = &self.metrics {
-            t.check(key, "metrics", TargetKind::Metrics)?;
+        for (field, target, kind) in [
+            ("logs", &self.logs, TelemetryKind::Logs),
+            ("metrics", &self.metrics, TelemetryKind::Metrics),
+        ] {
+            let problems = target.iter().flat_map(|t| t.check(kind, field));
+            if let Some((path, reason)) = problems.into_iter().next() {
+                return Err(RegistryError::Invalid {
+                    key: key.to_owned(),
+                    field,
+                    reason: format!("{path}: {reason}"),
+                });
+            }
         }
         if self.blueprint_authors.len() > MAX_BLUEPRINT_AUTHORS {
             return Err(RegistryError::Invalid {
@@ -420,7 +347,7 @@ mod tests {
 
     #[test]
     fn telemetry_targets_are_checked_and_kept_by_a_rename() {
-        let t = |url: &str, ca: Option<&str>| Target {
+        let t = |url: &str, ca: Option<&str>| Telemetry {
             url: url.into(),
             ca_pem: ca.map(str::to_owned),
         };
@@ -439,7 +366,7 @@ mod tests {
             (renamed.logs, renamed.metrics),
             (farm.logs.clone(), farm.metrics.clone())
         );
-        let bad = |logs: Option<Target>, metrics: Option<Target>| match Farm::new(
+        let bad = |logs: Option<Telemetry>, metrics: Option<Telemetry>| match Farm::new(
             "f",
             "n",
             sk(1).public(),
@@ -460,7 +387,10 @@ mod tests {
             .contains("no PEM"));
         assert_eq!(bad(None, Some(t("syslog+tcp://x:1", None))).0, "metrics");
         assert_eq!(bad(None, Some(t("https://x:1/w", None))).0, "metrics");
-        let long = format!("http://{}", "a".repeat(MAX_TARGET_URL));
+        let long = format!(
+            "http://{}",
+            "a".repeat(zos_contract::deployment::MAX_TELEMETRY_URL)
+        );
         assert_eq!(bad(None, Some(t(&long, None))).0, "metrics");
     }
 

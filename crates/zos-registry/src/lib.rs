@@ -28,9 +28,11 @@ pub mod heartbeat;
 pub mod membership;
 pub mod registration;
 
-pub use farm::{Farm, Target, TargetKind};
+pub use farm::Farm;
 pub use heartbeat::{ContractCounts, Heartbeat, Proto, Socket, Usage, MAX_SOCKETS};
 pub use registration::{Dmi, Nic, NodeResources, Registration};
+/// A farm's telemetry destinations are the contract format's.
+pub use zos_contract::deployment::{Telemetry, TelemetryKind};
 
 use zos_contract::PublicKey;
 use zos_notary::{KeyError, RecordError};
