@@ -5,10 +5,10 @@
 //! The shipper starts with the process, before the node knows its id or its farm: lines
 //! queue (bounded, drops counted) until the farm record is read.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zos_contract::PublicKey;
-use zos_logship::kmsg::{self, KmsgEvent, KmsgReader};
+use zos_logship::kmsg::{self, KmsgReader};
 use zos_logship::{Destination, NodeSink, PinnedCa, Shipper};
 use zos_registry::Farm;
 
@@ -60,8 +60,9 @@ impl NodeLogs {
     }
 
     /// Forwards the kernel log, from the start of its ring, on a thread of its own.
-    /// The sequence number of the last record sent is kept in `seq_file`, so that an
-    /// agent restart does not send the ring again.
+    /// The sequence number of the last record sent is kept in `seq_file` (with the boot
+    /// id: numbers start again at every boot), so that an agent restart does not send
+    /// the ring again.
     pub fn forward_kernel(&self, seq_file: &Path) {
         let reader = match KmsgReader::open(Path::new("/dev/kmsg"), true) {
             Ok(r) => r,
@@ -70,52 +71,20 @@ impl NodeLogs {
                 return;
             }
         };
-        let sink = self.sink.clone();
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let after = std::fs::read_to_string(seq_file).ok().and_then(|s| {
+            let (id, seq) = s.trim().split_once(' ')?;
+            (id == boot_id).then(|| seq.parse().ok()).flatten()
+        });
         let seq_file = seq_file.to_path_buf();
-        let spawned = std::thread::Builder::new()
-            .name("kmsg".into())
-            .spawn(move || forward(reader, sink, seq_file));
-        if let Err(e) = spawned {
+        // A small file on the state tmpfs: cheap at the kernel log's rate.
+        let sent = move |seq: u64| {
+            let _ = std::fs::write(&seq_file, format!("{boot_id} {seq}"));
+        };
+        if let Err(e) = kmsg::forward_after(reader, self.sink.clone(), after, sent) {
             tracing::warn!(error = %e, "no thread for the kernel log");
-        }
-    }
-}
-
-fn forward(mut reader: KmsgReader, sink: NodeSink, seq_file: PathBuf) {
-    let boot = kmsg::boot_time();
-    // `<boot id> <seq>`: sequence numbers start again at every boot.
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let mut last: Option<u64> = std::fs::read_to_string(&seq_file).ok().and_then(|s| {
-        let (id, seq) = s.trim().split_once(' ')?;
-        (id == boot_id).then(|| seq.parse().ok()).flatten()
-    });
-    loop {
-        match reader.next_event() {
-            Ok(Some(Ok(KmsgEvent::Record(r)))) => {
-                if last.is_some_and(|l| r.seq <= l) {
-                    continue;
-                }
-                sink.send(kmsg::record_line(&r, boot));
-                last = Some(r.seq);
-                // A small file on the state tmpfs: cheap at the kernel log's rate.
-                let _ = std::fs::write(&seq_file, format!("{boot_id} {}", r.seq));
-            }
-            Ok(Some(Ok(KmsgEvent::Overrun))) => sink.send(
-                zos_logship::Line::new(
-                    "kernel",
-                    zos_logship::Severity::Warning,
-                    "kernel log overrun: records were lost before they were read",
-                )
-                .facility(zos_logship::Facility::Kern),
-            ),
-            Ok(Some(Err(_malformed))) => {}
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "the kernel log stopped");
-                return;
-            }
         }
     }
 }

@@ -161,8 +161,20 @@ pub fn record_line(rec: &KernelRecord, boot: SystemTime) -> Line {
 /// record as [`record_line`]; an overrun as a `kernel log overrun` warning; a malformed
 /// record is skipped.
 pub fn forward(
+    reader: KmsgReader,
+    sink: NodeSink,
+) -> io::Result<std::thread::JoinHandle<io::Error>> {
+    forward_after(reader, sink, None, |_| {})
+}
+
+/// As [`forward`], skipping the records up to sequence number `after` (those a previous
+/// forwarder sent), and telling `sent` each record's number once it is queued, for the
+/// caller to keep across restarts.
+pub fn forward_after(
     mut reader: KmsgReader,
     sink: NodeSink,
+    after: Option<u64>,
+    mut sent: impl FnMut(u64) + Send + 'static,
 ) -> io::Result<std::thread::JoinHandle<io::Error>> {
     std::thread::Builder::new()
         .name("kmsg".into())
@@ -170,7 +182,13 @@ pub fn forward(
             let boot = boot_time();
             loop {
                 match reader.next_event() {
-                    Ok(Some(Ok(KmsgEvent::Record(r)))) => sink.send(record_line(&r, boot)),
+                    Ok(Some(Ok(KmsgEvent::Record(r)))) => {
+                        if after.is_some_and(|a| r.seq <= a) {
+                            continue;
+                        }
+                        sink.send(record_line(&r, boot));
+                        sent(r.seq);
+                    }
                     Ok(Some(Ok(KmsgEvent::Overrun))) => sink.send(
                         Line::new(
                             "kernel",
