@@ -360,8 +360,8 @@ mod tests {
 
     #[test]
     fn a_tree_moves_into_its_range_keeping_set_id_bits() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: a_tree_moves_into_its_range_keeping_set_id_bits: needs root (chown)");
+        // chown needs root: a counted SKIP line with ZOS_SKIP_PRIVILEGED=1, else a failure.
+        if !zos_testkit::Needs::root().check("a_tree_moves_into_its_range_keeping_set_id_bits") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -74,20 +74,29 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Create the namespace `run_dir/name` unless it exists. Returns true if created.
-pub fn create(run_dir: &Path, name: &str) -> Result<bool> {
+/// The file `run_dir/name` to bind a new namespace onto, made if missing; `None` when
+/// a namespace is mounted there already. A stale file (a crash between create and
+/// mount) is simply mounted over.
+fn mount_point(run_dir: &Path, name: &str) -> Result<Option<PathBuf>> {
     let path = run_dir.join(name);
     if is_mounted(&path) {
-        return Ok(false);
+        return Ok(None);
     }
     std::fs::create_dir_all(run_dir).map_err(|e| nserr(run_dir, "create run dir", e))?;
-    // A stale file (a crash between create and mount) is simply mounted over.
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
         .map_err(|e| nserr(&path, "create file", e))?;
+    Ok(Some(path))
+}
+
+/// Create the namespace `run_dir/name` unless it exists. Returns true if created.
+pub fn create(run_dir: &Path, name: &str) -> Result<bool> {
+    let Some(path) = mount_point(run_dir, name)? else {
+        return Ok(false);
+    };
     let mounted = std::thread::scope(|s| {
         s.spawn(|| -> Result<()> {
             // A fresh thread gets the new namespace; the bind mount keeps it alive
@@ -122,17 +131,9 @@ pub fn create(run_dir: &Path, name: &str) -> Result<bool> {
 /// The child joins `owner`, unshares a network namespace and waits to be killed; this
 /// process bind-mounts the child's namespace onto the file.
 pub fn create_owned(run_dir: &Path, name: &str, owner: &Path) -> Result<bool> {
-    let path = run_dir.join(name);
-    if is_mounted(&path) {
+    let Some(path) = mount_point(run_dir, name)? else {
         return Ok(false);
-    }
-    std::fs::create_dir_all(run_dir).map_err(|e| nserr(run_dir, "create run dir", e))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| nserr(&path, "create file", e))?;
+    };
     let userns = File::open(owner).map_err(|e| nserr(owner, "open user namespace", e))?;
     let (ready_r, ready_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| nserr(&path, "pipe", e))?;
