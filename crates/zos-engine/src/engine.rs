@@ -385,6 +385,15 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 ))
                 .await
             }
+            admission::Action::Cancelled { id, version } => {
+                self.publish(StatusReport::new(
+                    &id,
+                    Some(version),
+                    State::Cancelled,
+                    "cancelled by its owner; everything it had is removed",
+                ))
+                .await
+            }
             admission::Action::Tombstone { id, cancel } => {
                 let c = &cancel.cancellation;
                 tracing::info!(contract = %id, version = c.version, owner = %c.owner, "cancellation of a contract this node does not run: kept as a tombstone");

@@ -119,6 +119,15 @@ pub enum Action {
         /// The digest of the cancellation, journalled with `version` as accepted.
         marker: Digest,
     },
+    /// The owner's cancellation at `version` was carried out already (journalled, its
+    /// resources torn down or doomed), but its `cancelled` status may not have reached
+    /// the notary (a power cut in between): publish it again.
+    Cancelled {
+        /// The contract id.
+        id: String,
+        /// The cancellation's version.
+        version: u64,
+    },
     /// Journal `cancel` as a tombstone of a contract this node does not run.
     Tombstone {
         /// The contract id.
@@ -363,11 +372,7 @@ pub fn plan_cancellation(j: &JournalData, id: &str, cancel: &SignedCancellation)
         tracing::warn!(contract = %id, version, error = %e, "cancellation refused");
         return Vec::new();
     }
-    let marker = Digest::of(
-        serde_json::to_string(&cancel.cancellation)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    let marker = cancellation_marker(cancel);
     vec![Action::Cancel {
         target: Box::new(target.clone()),
         running,
@@ -376,11 +381,28 @@ pub fn plan_cancellation(j: &JournalData, id: &str, cancel: &SignedCancellation)
     }]
 }
 
+/// What the journal keeps as accepted for a carried-out cancellation.
+fn cancellation_marker(cancel: &SignedCancellation) -> Digest {
+    Digest::of(
+        serde_json::to_string(&cancel.cancellation)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}
+
 fn plan_tombstone(j: &JournalData, id: &str, cancel: &SignedCancellation) -> Vec<Action> {
     let c = &cancel.cancellation;
     if c.id != id || cancel.check_signature().is_err() {
         tracing::warn!(contract = %id, version = c.version, "cancellation refused: not for this id, or its signature does not verify");
         return Vec::new();
+    }
+    if j.accepted.get(id) == Some(&(c.version, cancellation_marker(cancel))) {
+        // This very cancellation was carried out (journal_cancel): only its status
+        // may be missing.
+        return vec![Action::Cancelled {
+            id: id.to_string(),
+            version: c.version,
+        }];
     }
     if j.accepted.get(id).is_some_and(|(v, _)| *v >= c.version) {
         tracing::info!(contract = %id, version = c.version, "cancellation not above what this node accepted; ignored");
