@@ -165,6 +165,13 @@ pub fn build() -> anyhow::Result<Built> {
     let kernel = crate::kernel::debian()?;
     let out_dir = target_dir().join("image");
     std::fs::create_dir_all(&out_dir)?;
+    // One build at a time, across processes: the e2e tests build the image side by side
+    // (in one binary and through `cargo xtask node`), and `init` and `modules/` are
+    // written in place.
+    let lock = std::fs::File::create(out_dir.join(".build.lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .context("locking the image build")?;
 
     let init = stripped_init(&out_dir)?;
     let zosd_bytes = std::fs::metadata(&init)?.len();

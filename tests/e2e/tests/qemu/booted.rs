@@ -23,16 +23,12 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use e2e::{missing, serving_key, skip, workdir, Zos};
 use xtask::etcd::{free_port, in_netns, Etcd};
 use xtask::node::{self as qemu, BootFiles, Booted, Machine, Net, NodeSpec, Share};
 use xtask::status::{log_tail, poll_until};
-
-/// One boot at a time: the boots share the image build and 2 cores.
-static BOOTS: Mutex<()> = Mutex::new(());
 
 /// TCG boots, mkfs's two disks and unpacks the flist: minutes at worst on 2 busy cores.
 const BOOT: Duration = Duration::from_secs(600);
@@ -123,7 +119,6 @@ fn a_contract_runs_on_a_booted_node_and_survives_a_hard_reset() {
     if let Some(p) = missing(&["qemu-system-x86_64", "etcd"]) {
         return skip(NAME, &format!("{p} is not installed"));
     }
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let (files, accel) = image();
     let work = workdir("booted-reset").unwrap();
     let etcd = Etcd::start(&work).expect("starting etcd");
@@ -246,7 +241,6 @@ fn a_node_catches_up_when_its_notary_comes_back() {
     if let Some(p) = missing(&["qemu-system-x86_64", "etcd"]) {
         return skip(NAME, &format!("{p} is not installed"));
     }
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let (files, accel) = image();
     let work = workdir("booted-notary").unwrap();
     let zos = Zos::new(&work).unwrap();
@@ -540,7 +534,6 @@ fn no_port_of_a_booted_node_answers() {
     if let Some(p) = missing(&["qemu-system-x86_64", "etcd", "dnsmasq", "ip"]) {
         return skip(NAME, &format!("{p} is not installed"));
     }
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let (files, accel) = image();
     let work = workdir("booted-noport").unwrap();
     let zos_dir = work.join("zos");
