@@ -33,6 +33,11 @@ pub struct Deployment {
     /// `syslog+tls://` with `ca_pem`, `jsonl+tcp://`). Absent: they stay on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<Telemetry>,
+    /// Where the workloads' metrics go, by Prometheus remote-write: the owner's
+    /// receiver (`http://`, or `https://` with `ca_pem`). Absent: nothing of this
+    /// contract leaves the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Telemetry>,
 }
 
 /// A telemetry destination its signers name (a deployment's for its workloads, a farm
@@ -328,6 +333,11 @@ impl Deployment {
         }
         if let Some(logs) = &self.logs {
             for (path, what) in logs.check(TelemetryKind::Logs, "$.logs") {
+                bad(path, what);
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            for (path, what) in metrics.check(TelemetryKind::Metrics, "$.metrics") {
                 bad(path, what);
             }
         }
@@ -656,6 +666,70 @@ mod telemetry_tests {
         // Written only when present: a deployment without it keeps its digest.
         let d: Deployment = serde_json::from_value(serde_json::json!({"workloads": []})).unwrap();
         assert!(serde_json::to_value(&d).unwrap().get("logs").is_none());
+    }
+
+    fn metrics_problems(metrics: serde_json::Value) -> Vec<String> {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "workloads": [{"name": "w", "kind": "container", "cpu": 1, "memory_mib": 64,
+                "flist": {"url": "dir:///x.fl", "sha256": "0".repeat(64), "stores": []}}],
+            "metrics": metrics,
+        }))
+        .unwrap();
+        d.check(&Limits::default())
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("$.metrics"))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    #[test]
+    fn a_metrics_target_is_checked_where_it_is_written() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let none: [&str; 0] = [];
+        assert_eq!(
+            metrics_problems(serde_json::json!({"url": "http://10.0.0.1:9090/api/v1/write"})),
+            none
+        );
+        assert_eq!(
+            metrics_problems(
+                serde_json::json!({"url": "https://m.example/api/v1/write", "ca_pem": pem})
+            ),
+            none
+        );
+        // A log scheme is not a remote-write target, nor is a URL without a host.
+        assert_eq!(
+            metrics_problems(serde_json::json!({"url": "syslog+tcp://x:1"})),
+            ["$.metrics.url"]
+        );
+        assert_eq!(
+            metrics_problems(serde_json::json!({"url": "http:///api/v1/write"})),
+            ["$.metrics.url"]
+        );
+        // An empty URL is both too short and of no scheme.
+        assert_eq!(
+            metrics_problems(serde_json::json!({"url": ""})),
+            ["$.metrics.url", "$.metrics.url"]
+        );
+        // TLS needs its pinned CA; plain HTTP takes none; a CA must be a certificate.
+        assert_eq!(
+            metrics_problems(serde_json::json!({"url": "https://m.example/w"})),
+            ["$.metrics.ca_pem"]
+        );
+        assert_eq!(
+            metrics_problems(serde_json::json!({"url": "http://m.example/w", "ca_pem": pem})),
+            ["$.metrics.ca_pem"]
+        );
+        assert_eq!(
+            metrics_problems(serde_json::json!({"url": "https://m.example/w", "ca_pem": "junk"})),
+            ["$.metrics.ca_pem"]
+        );
+        // An unknown field inside it is refused by the parser.
+        let unknown: Result<Deployment, _> = serde_json::from_value(serde_json::json!({
+            "workloads": [], "metrics": {"url": "http://m/w", "token": "x"}}));
+        assert!(unknown.is_err());
+        // Written only when present: a deployment without it keeps its digest.
+        let d: Deployment = serde_json::from_value(serde_json::json!({"workloads": []})).unwrap();
+        assert!(serde_json::to_value(&d).unwrap().get("metrics").is_none());
     }
 }
 
