@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use zos_contract::deployment::{Workload, WorkloadKind};
@@ -29,6 +29,10 @@ use zos_support::{BundleConfig, Redactor, Source};
 
 use crate::config::NodeConfig;
 use crate::node::{StateRecord, JOURNAL_KEY};
+
+mod limit;
+
+use limit::{Limits, Verdict};
 
 /// A request as the node reads it.
 pub type Request = DiagRequest<ProbeSpec>;
@@ -471,11 +475,40 @@ impl Drop for Running {
     }
 }
 
-/// Subscribes to the node's requests (again after an error) and queues each new one;
-/// a full queue is a `busy` refusal.
+/// The farmer and the owners of the contracts on the node: the askers with a rate limit
+/// of their own. The owners are read from the journal at most once a second, so a flood
+/// does not turn into a flood of journal reads.
+struct Askers {
+    owners: HashSet<PublicKey>,
+    read: Option<Instant>,
+}
+
+impl Askers {
+    fn known(&mut self, diag: &Diag, author: &PublicKey, now: Instant) -> bool {
+        if diag.farmer.as_ref() == Some(author) {
+            return true;
+        }
+        if self
+            .read
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            self.owners = diag.journal().owned.values().map(|o| o.owner).collect();
+            self.read = Some(now);
+        }
+        self.owners.contains(author)
+    }
+}
+
+/// Subscribes to the node's requests (again after an error) and queues each new one
+/// within its asker's rate limit (`limit`); a full queue is a `busy` refusal.
 async fn watcher(diag: Arc<Diag>, tx: tokio::sync::mpsc::Sender<Record>) {
     let prefix = KeyPrefix::node_requests(&diag.node());
     let mut seen: HashSet<(String, Digest)> = HashSet::new();
+    let mut limits = Limits::new(limit::KNOWN, limit::STRANGERS, Instant::now());
+    let mut askers = Askers {
+        owners: HashSet::new(),
+        read: None,
+    };
     let mut delay = Duration::from_millis(200);
     loop {
         let (existing, mut watch) = match diag.notary.subscribe(&prefix).await {
@@ -507,6 +540,19 @@ async fn watcher(diag: Arc<Diag>, tx: tokio::sync::mpsc::Sender<Record>) {
             // answer already at its id.
             if seen.len() > SEEN_MAX {
                 seen.clear();
+            }
+            let now = Instant::now();
+            let known = askers.known(&diag, &record.author, now);
+            if let Verdict::Drop { report } = limits.admit(&record.author, known, now) {
+                if let Some(dropped) = report {
+                    tracing::warn!(
+                        dropped,
+                        author = %record.author,
+                        "diagnostic requests over the rate limit dropped, unanswered"
+                    );
+                    limits.retain(|k| diag.farmer.as_ref() == Some(k) || askers.owners.contains(k));
+                }
+                continue;
             }
             match tx.try_send(record) {
                 Ok(()) => {}

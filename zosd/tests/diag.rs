@@ -327,6 +327,44 @@ fn signed_support_and_probe_requests_are_answered_or_refused() {
         ),
     );
     refused(&node, "r-shell", RefusalCode::Malformed);
+
+    // A stranger's flood: the strangers' shared bucket (a burst of 4, one used above by
+    // r-stranger) bounds what the node signs and writes; the rest go unanswered. The
+    // farmer's request after the flood is answered (its own bucket), and once it is, the
+    // watcher has passed every request of the flood.
+    const FLOOD: usize = 24;
+    for i in 0..FLOOD {
+        let id = format!("r-flood-{i}");
+        ask(
+            &node,
+            &stranger,
+            &id,
+            body(&id, key, json!("node"), json!("support_bundle")),
+        );
+    }
+    let mut late = body("r-after-flood", key, json!("uplink"), ping.clone());
+    late["issued_at"] = json!(now() - 7200);
+    late["expires_at"] = json!(now() - 3600);
+    ask(&node, &farmer, "r-after-flood", late);
+    refused(&node, "r-after-flood", RefusalCode::Expired);
+    let answered: Vec<String> = (0..FLOOD)
+        .map(|i| format!("r-flood-{i}"))
+        .filter(|id| {
+            let k = NotaryKey::answer(&key, id).unwrap();
+            block_on(node.notary.get(&k)).unwrap().is_some()
+        })
+        .collect();
+    assert!(
+        answered.len() <= 3,
+        "the node answered {} of a stranger's {FLOOD} requests: {answered:?}",
+        answered.len()
+    );
+    assert!(
+        node.log()
+            .contains("diagnostic requests over the rate limit dropped, unanswered"),
+        "the drops are logged; zosd log:\n{}",
+        node.log()
+    );
 }
 
 fn hex(b: &[u8]) -> String {
