@@ -329,6 +329,7 @@ fn fits(id: &str, deployment: &Deployment, inputs: &Inputs<'_>) -> Result<(), Re
             workloads: Vec::new(),
             publish_logs: false,
             logs: None,
+            metrics: None,
         })
         .collect();
     let used = capacity::used(
