@@ -1,15 +1,16 @@
 //! Delivery against real receivers: rsyslogd (Debian's) started by each test with its own
-//! configuration (imtcp on 127.0.0.1 and a free port, omfile writing every message's
-//! parsed RFC 5424 fields as one JSON object per line), a plain TCP listener for JSON lines,
+//! configuration (zos_testkit::rsyslog: imtcp on 127.0.0.1 and a free port, omfile writing
+//! every message's parsed RFC 5424 fields as one JSON object per line), a plain TCP
+//! listener for JSON lines,
 //! and TLS receivers with CAs made by the test with `openssl`.
 //!
 //! Outage window: `ZT_LOGSHIP_OUTAGE_SECS` (default 3; the issue's 30 s with
 //! `ZT_LOGSHIP_OUTAGE_SECS=30`).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,37 +18,14 @@ use zos_logship::{
     kmsg, Backoff, DeliveryError, Destination, Facility, Limits, Line, PinnedCa, Severity,
     ShipLayer, Shipper, ShipperConfig, TenantShippers,
 };
+use zos_testkit::rsyslog::{self, Rsyslog, Tls};
 use zos_testkit::Needs;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The parsed fields of every message, one JSON object per line.
-const TEMPLATE: &str = r#"template(name="zt" type="list" option.jsonf="on") {
-  property(outname="pri" name="pri" format="jsonf")
-  property(outname="facility" name="syslogfacility" format="jsonf")
-  property(outname="severity" name="syslogseverity" format="jsonf")
-  property(outname="timestamp" name="timereported" dateFormat="rfc3339" format="jsonf")
-  property(outname="hostname" name="hostname" format="jsonf")
-  property(outname="app" name="app-name" format="jsonf")
-  property(outname="procid" name="procid" format="jsonf")
-  property(outname="msgid" name="msgid" format="jsonf")
-  property(outname="sd" name="structured-data" format="jsonf")
-  property(outname="msg" name="msg" format="jsonf")
-}"#;
-
-/// rsyslog's OpenSSL network stream driver (Debian's rsyslog-openssl).
-const OSSL_DRIVER: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so";
-
-/// The server side of a TLS receiver: its CA, certificate and key (files).
-struct ServerTls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
 /// A test CA (and, if `server`, a certificate for 127.0.0.1 it signed), made by `openssl`
 /// in `dir`.
-fn make_ca(dir: &Path, name: &str) -> ServerTls {
+fn make_ca(dir: &Path, name: &str) -> Tls {
     let cnf = dir.join(format!("{name}.cnf"));
     std::fs::write(
         &cnf,
@@ -122,121 +100,43 @@ fn make_ca(dir: &Path, name: &str) -> ServerTls {
         "-extensions",
         "server",
     ]);
-    ServerTls {
+    Tls {
         ca: ca.into(),
         cert: cert.into(),
         key: key.into(),
     }
 }
 
-/// One rsyslogd of the test's own.
-struct Receiver {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
+/// One rsyslogd of the test's own (zos-testkit's), with async waits.
+struct Receiver(Rsyslog);
+
+impl std::ops::Deref for Receiver {
+    type Target = Rsyslog;
+    fn deref(&self) -> &Rsyslog {
+        &self.0
+    }
 }
 
 impl Receiver {
-    /// A receiver on a free port, or `None` (and a SKIP line) without rsyslogd.
-    fn start(test: &str, tls: Option<&ServerTls>) -> Option<Receiver> {
-        if !Needs::none().bin_from("rsyslogd", "rsyslog").check(test) {
+    /// A receiver on 127.0.0.1 and a free port, or `None` (and a SKIP line) without
+    /// rsyslogd.
+    fn start(test: &str, tls: Option<&Tls>) -> Option<Receiver> {
+        if !rsyslog::needs(false).check(test) {
             return None;
         }
-        let dir = zos_testkit::tempdir("logship");
-        let port = zos_testkit::etcd::free_port().unwrap();
-        let work = dir.path().display();
-        let (global_tls, module) = match tls {
-            None => (String::new(), r#"module(load="imtcp")"#.to_string()),
-            Some(t) => (
-                format!(
-                    r#" DefaultNetstreamDriver="ossl" DefaultNetstreamDriverCAFile="{}" DefaultNetstreamDriverCertFile="{}" DefaultNetstreamDriverKeyFile="{}""#,
-                    t.ca.display(),
-                    t.cert.display(),
-                    t.key.display()
-                ),
-                r#"module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")"#
-                    .to_string(),
-            ),
-        };
-        let conf = format!(
-            "global(workDirectory=\"{work}\" parser.escapeControlCharactersOnReceive=\"off\"{global_tls})\n\
-             {module}\n{TEMPLATE}\n\
-             ruleset(name=\"zt\") {{ action(type=\"omfile\" file=\"{work}/out.jsonl\" template=\"zt\") }}\n\
-             input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"zt\")\n"
-        );
-        std::fs::write(dir.path().join("rsyslog.conf"), conf).unwrap();
-        let mut r = Receiver {
-            dir,
-            port,
-            child: None,
-        };
-        r.run();
-        Some(r)
+        let rx = Rsyslog::start(IpAddr::from([127, 0, 0, 1]), tls)
+            .unwrap_or_else(|e| panic!("{test}: {e}"));
+        Some(Receiver(rx))
     }
 
+    /// Starts it again (same port, same records file).
     fn run(&mut self) {
-        let d = self.dir.path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("rsyslogd.log"))
-            .unwrap();
-        let child = Command::new("rsyslogd")
-            .arg("-n")
-            .arg("-f")
-            .arg(d.join("rsyslog.conf"))
-            .arg("-i")
-            .arg(d.join("rsyslogd.pid"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rsyslogd");
-        self.child = Some(child);
-        // Listening: a connection is accepted.
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("rsyslogd exited ({status}): {}", self.log());
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "rsyslogd not listening: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.run().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// SIGTERM (rsyslogd writes out what it received), and wait for it to exit.
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let start = Instant::now();
-            while child.try_wait().unwrap().is_none() {
-                if start.elapsed() > WAIT {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("rsyslogd.log")).unwrap_or_default()
-    }
-
-    fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    fn records(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("out.jsonl")).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
+        self.0.stop();
     }
 
     /// Waits (bounded) until the records satisfy `pred`; returns them.
@@ -259,12 +159,6 @@ impl Receiver {
     /// Waits for a record whose msg is `msg`.
     async fn wait_msg(&self, msg: &str) -> Vec<Value> {
         self.wait(msg, |r| r.iter().any(|v| v["msg"] == msg)).await
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -677,14 +571,8 @@ async fn json_lines_reach_a_plain_tcp_listener() {
     tenant.wait_until(WAIT, |s| s.sent == 2).await.unwrap();
 }
 
-fn tls_receiver(test: &str) -> Option<(Receiver, tempfile::TempDir, ServerTls)> {
-    let needs = Needs::none()
-        .bin_from("openssl", "openssl")
-        .bin_from("rsyslogd", "rsyslog")
-        .file(
-            OSSL_DRIVER,
-            "rsyslog's OpenSSL driver (apt-get install -y rsyslog-openssl)",
-        );
+fn tls_receiver(test: &str) -> Option<(Receiver, tempfile::TempDir, Tls)> {
+    let needs = rsyslog::needs(true).bin_from("openssl", "openssl");
     if !needs.check(test) {
         return None;
     }
@@ -744,7 +632,7 @@ async fn a_receiver_of_another_ca_or_name_is_refused() {
     // The right CA, but the certificate is for 127.0.0.1, not "localhost".
     let ca = PinnedCa::from_file(&good.ca).unwrap();
     let dest = Destination::parse_with_ca(
-        &format!("syslog+tls://localhost:{}", rx.port),
+        &format!("syslog+tls://localhost:{}", rx.port()),
         Some(ca.clone()),
     )
     .unwrap();

@@ -8,6 +8,7 @@
 //! - [`etcd::Etcd`]: a throwaway etcd server on free loopback ports.
 //! - [`netns::World`]: the node and internet namespaces, wired by a veth.
 //! - [`prometheus::Prometheus`]: a throwaway Prometheus receiving remote-write.
+//! - [`rsyslog::Rsyslog`]: a throwaway rsyslogd receiving syslog, records read back.
 //! - [`contract`]: blueprint, contract and cancellation builders, signed.
 
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod etcd;
 mod needs;
 pub mod netns;
 pub mod prometheus;
+pub mod rsyslog;
 
 pub use needs::{skip_line, skip_or_fail, Needs};
 
