@@ -9,7 +9,6 @@ use serde::Serialize;
 use zos_contract::{PublicKey, SecretKey};
 use zos_flist::sign::{open_trusted, sign_file, Trust};
 use zos_flist::{BlockCache, EntryKind, Fetcher, Flist, Router};
-use zos_status::render::bytes as human_bytes;
 
 use crate::output::{note, outln, Format};
 
@@ -226,15 +225,10 @@ struct Verified {
 /// `zos flist verify`: every block fetched and checked.
 fn verify(flist: &Path, src: &Source, threads: usize, format: &Format) -> anyhow::Result<()> {
     let (fl, fetcher) = src.open(flist)?;
-    let bar = crate::progress::Bar::spinner(format!(
-        "fetching and verifying {} in {} files",
-        human_bytes(file_bytes(&fl)),
-        fl.entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File)
-            .count()
-    ));
-    let r = zos_flist::verify_blocks(&fl, &fetcher, threads)?;
+    let bar = crate::progress::Bar::bytes("verifying");
+    bar.start(file_bytes(&fl));
+    let progress = |done: u64, total: u64| bar.update(done, total);
+    let r = zos_flist::verify_blocks(&fl, &fetcher, threads, Some(&progress))?;
     bar.finish();
     let v = Verified {
         flist: flist.to_path_buf(),
@@ -346,12 +340,14 @@ fn ls(flist: &Path, path: Option<&str>, recursive: bool, format: &Format) -> any
 /// `zos flist unpack`: the tree written under `dest`.
 fn unpack(flist: &Path, dest: &Path, src: &Source, threads: usize) -> anyhow::Result<()> {
     let (fl, fetcher) = src.open(flist)?;
-    let bar = crate::progress::Bar::spinner(format!(
-        "unpacking {} into {}",
-        human_bytes(file_bytes(&fl)),
-        dest.display()
-    ));
-    let r = zos_flist::unpack(&fl, &fetcher, dest, &zos_flist::UnpackOptions { threads })
+    let bar = crate::progress::Bar::bytes("unpacking");
+    bar.start(file_bytes(&fl));
+    let progress = |done: u64, total: u64| bar.update(done, total);
+    let opts = zos_flist::UnpackOptions {
+        threads,
+        progress: Some(&progress),
+    };
+    let r = zos_flist::unpack(&fl, &fetcher, dest, &opts)
         .with_context(|| format!("unpacking into {}", dest.display()))?;
     bar.finish();
     outln!(

@@ -1,14 +1,15 @@
-//! Progress on stderr (indicatif) for the long steps: flist pack, verify and unpack.
+//! Progress on stderr (indicatif) for the long steps: flist pack, verify (every block
+//! fetched from the stores) and unpack, each a byte bar fed by zos-flist's progress
+//! callback.
 //!
 //! Drawn only when stderr is a terminal; piped or redirected, a [`Bar`] is hidden and
 //! the command prints exactly what it printed before (its result lines).
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A progress bar or spinner on stderr, hidden when stderr is not a terminal.
+/// A progress bar on stderr, hidden when stderr is not a terminal.
 pub struct Bar(ProgressBar);
 
 impl Bar {
@@ -26,17 +27,12 @@ impl Bar {
         Bar(bar)
     }
 
-    /// A spinner with the time taken, for a step that reports no progress of its own.
-    pub fn spinner(label: String) -> Bar {
-        let bar = ProgressBar::with_draw_target(None, target());
-        let style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        bar.set_style(style);
-        bar.set_message(label);
-        if !bar.is_hidden() {
-            bar.enable_steady_tick(Duration::from_millis(120));
+    /// Shows `total` before the first update (a slow store's first block may take a
+    /// while); a total of 0 stays unset, since a bar of 0 bytes would draw as done.
+    pub fn start(&self, total: u64) {
+        if total > 0 {
+            self.update(0, total);
         }
-        Bar(bar)
     }
 
     /// `done` of `total` bytes: the shape of zos-flist's progress callbacks.

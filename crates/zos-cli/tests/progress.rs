@@ -67,14 +67,17 @@ fn piped_stderr_shows_no_progress() {
 }
 
 #[test]
-fn a_terminal_sees_the_pack_progress_bar() {
+fn a_terminal_sees_the_pack_verify_and_unpack_progress_bars() {
     let tmp = zos_testkit::tempdir("cli-progress");
     let dir = tmp.path();
     tree(dir);
     let store = format!("dir://{}", dir.join("store").display());
+    let zos = env!("CARGO_BIN_EXE_zos");
+    // One pty for the three steps (`script` runs the line with sh -c).
     let line = format!(
-        "{} flist pack tree --store {store} -o t.fl",
-        env!("CARGO_BIN_EXE_zos")
+        "{zos} flist pack tree --store {store} -o t.fl \
+         && {zos} flist verify t.fl --store {store} --insecure-unsigned \
+         && {zos} flist unpack t.fl out --store {store} --insecure-unsigned"
     );
     // `script` runs the command on a new pty (stdin, stdout and stderr a terminal) and
     // copies what it wrote to our stdout.
@@ -87,16 +90,35 @@ fn a_terminal_sees_the_pack_progress_bar() {
     {
         Ok(out) => out,
         Err(e) => {
-            eprintln!("SKIP: a_terminal_sees_the_pack_progress_bar: no `script` (util-linux): {e}");
+            eprintln!(
+                "SKIP: a_terminal_sees_the_pack_verify_and_unpack_progress_bars: no `script` (util-linux): {e}"
+            );
             return;
         }
     };
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(screen.contains("packing ["), "no progress bar: {screen:?}");
-    assert!(screen.contains("/3.00 MiB"), "no byte counts: {screen:?}");
+    for bar in ["packing [", "verifying [", "unpacking ["] {
+        assert!(screen.contains(bar), "no {bar:?} bar: {screen:?}");
+    }
+    // Each bar counts bytes up to the tree's 3 MiB (the verify and unpack bars know
+    // the total before the first block).
     assert!(
-        screen.contains("t.fl: 2 entries, 1 files, 3145728 bytes"),
-        "no result line: {screen:?}"
+        screen.matches("/3.00 MiB").count() >= 3,
+        "no byte counts: {screen:?}"
+    );
+    for result in [
+        "t.fl: 2 entries, 1 files, 3145728 bytes",
+        "ok: 1 files, 6 blocks, 3145728 bytes verified",
+        "out: 2 entries, 1 files, 3145728 bytes",
+    ] {
+        assert!(
+            screen.contains(result),
+            "no result line {result:?}: {screen:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.join("out/big")).unwrap(),
+        std::fs::read(dir.join("tree/big")).unwrap()
     );
 }

@@ -175,11 +175,14 @@ pub struct VerifyReport {
 }
 
 /// Fetches every block of every file and checks both hashes and the length; nothing is
-/// written anywhere but the fetcher's cache (if it has one).
+/// written anywhere but the fetcher's cache (if it has one). `progress`, if any, hears
+/// the plaintext bytes verified so far of the flist's file bytes (a block from the cache
+/// counts like one from a store).
 pub fn verify_blocks(
     flist: &crate::Flist,
     fetcher: &Fetcher,
     threads: usize,
+    progress: Option<crate::Progress<'_>>,
 ) -> Result<VerifyReport, Error> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let work: Vec<(usize, usize)> = flist
@@ -191,6 +194,8 @@ pub fn verify_blocks(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first: Mutex<Option<Error>> = Mutex::new(None);
+    let (bytes, blocks) = flist.totals();
+    let meter = crate::Meter::new(progress, bytes);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
@@ -199,11 +204,13 @@ pub fn verify_blocks(
                         return;
                     };
                     let e = &flist.entries[i];
-                    if let Err(err) =
-                        fetcher.block(&flist.path_of(i), b, &e.blocks[b], e.block_len(b))
-                    {
-                        failed.store(true, Ordering::Relaxed);
-                        first.lock().expect("not poisoned").get_or_insert(err);
+                    let len = e.block_len(b);
+                    match fetcher.block(&flist.path_of(i), b, &e.blocks[b], len) {
+                        Ok(_) => meter.add(len as u64),
+                        Err(err) => {
+                            failed.store(true, Ordering::Relaxed);
+                            first.lock().expect("not poisoned").get_or_insert(err);
+                        }
                     }
                 }
             });
@@ -212,7 +219,6 @@ pub fn verify_blocks(
     if let Some(e) = first.into_inner().expect("not poisoned") {
         return Err(e);
     }
-    let (bytes, blocks) = flist.totals();
     Ok(VerifyReport {
         files: flist
             .entries

@@ -34,3 +34,37 @@ pub use unpack::{unpack, unpack_bounded, UnpackOptions, UnpackReport, DEFAULT_MA
 
 /// Files are cut in blocks of this many bytes (the last one may be shorter).
 pub const BLOCK_SIZE: usize = 512 * 1024;
+
+/// A byte progress callback: `(done, total)`, called after each block is stored
+/// ([`pack`]), verified ([`verify_blocks`]) or written ([`unpack`]). Calls come one at a
+/// time, `done` increasing; it ends at `total` when every block was handled and the
+/// files did not change size meanwhile (pack reads what is there, not what was listed).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// Counts bytes done for an optional [`Progress`]: with `None` nothing is counted and
+/// nothing locked, so a caller without a bar pays nothing per block.
+pub(crate) struct Meter<'a> {
+    progress: Option<Progress<'a>>,
+    total: u64,
+    done: std::sync::Mutex<u64>,
+}
+
+impl<'a> Meter<'a> {
+    pub(crate) fn new(progress: Option<Progress<'a>>, total: u64) -> Self {
+        Meter {
+            progress,
+            total,
+            done: std::sync::Mutex::new(0),
+        }
+    }
+
+    /// `n` more bytes done. The callback runs under the lock: workers finishing blocks
+    /// at once report in order, never a smaller `done` after a larger one.
+    pub(crate) fn add(&self, n: u64) {
+        if let Some(p) = self.progress {
+            let mut done = self.done.lock().expect("not poisoned");
+            *done = done.saturating_add(n);
+            p(*done, self.total);
+        }
+    }
+}

@@ -4,17 +4,14 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::block::{encode, BlockRef};
 use crate::error::{Error, FormatError};
 use crate::meta::{bad_name, EntryKind, NewInode, Writer};
 use crate::store::Router;
-use crate::BLOCK_SIZE;
-
-/// Progress callback: (bytes done, bytes total).
-pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+use crate::{Meter, Progress, BLOCK_SIZE};
 
 /// How to pack.
 #[derive(Default)]
@@ -69,7 +66,7 @@ pub fn pack(
     // Blocks of every file, computed in parallel; index into `files`.
     let results: Vec<Mutex<Option<Packed>>> = files.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let done = AtomicU64::new(0);
+    let meter = Meter::new(opts.progress, total);
     let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|s| {
@@ -82,7 +79,7 @@ pub fn pack(
                     }
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = files.get(n) else { return };
-                    match pack_file(&items[i].path, router, &mut buf, &done, total, opts) {
+                    match pack_file(&items[i].path, router, &mut buf, &meter) {
                         Ok(r) => *results[n].lock().expect("not poisoned") = Some(r),
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -138,9 +135,7 @@ fn pack_file(
     path: &Path,
     router: &Router,
     buf: &mut [u8],
-    done: &AtomicU64,
-    total: u64,
-    opts: &PackOptions<'_>,
+    meter: &Meter<'_>,
 ) -> Result<Packed, Error> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut blocks = Vec::new();
@@ -164,10 +159,7 @@ fn pack_file(
         router.set(&b.id, &ct)?;
         blocks.push(b);
         size += n as u64;
-        let d = done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        if let Some(p) = opts.progress {
-            p(d, total);
-        }
+        meter.add(n as u64);
         if n < buf.len() {
             break;
         }

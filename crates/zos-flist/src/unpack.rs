@@ -25,17 +25,29 @@ use nix::unistd::{fchown, fchownat, symlinkat, Gid, Uid};
 use crate::error::Error;
 use crate::fetch::Fetcher;
 use crate::meta::{EntryKind, Flist};
-use crate::BLOCK_SIZE;
+use crate::{Meter, Progress, BLOCK_SIZE};
 
 /// The bound [`unpack`] uses: total bytes of regular files. Callers that know better
 /// (the contract's declared disk size) pass theirs to [`unpack_bounded`].
 pub const DEFAULT_MAX_EXPANDED: u64 = 8 << 30;
 
 /// How to unpack.
-#[derive(Debug, Clone, Default)]
-pub struct UnpackOptions {
+#[derive(Clone, Default)]
+pub struct UnpackOptions<'a> {
     /// Parallel file fetchers (0: four per core; fetching is mostly waiting).
     pub threads: usize,
+    /// Called after each block is written, with the bytes written so far of the flist's
+    /// file bytes; `None`: no progress reported.
+    pub progress: Option<Progress<'a>>,
+}
+
+impl std::fmt::Debug for UnpackOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnpackOptions")
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.map(|_| "callback"))
+            .finish()
+    }
 }
 
 /// What [`unpack`] wrote.
@@ -81,7 +93,7 @@ pub fn unpack(
     flist: &Flist,
     fetcher: &Fetcher,
     dest: &Path,
-    opts: &UnpackOptions,
+    opts: &UnpackOptions<'_>,
 ) -> Result<UnpackReport, Error> {
     unpack_bounded(flist, fetcher, dest, opts, DEFAULT_MAX_EXPANDED)
 }
@@ -94,7 +106,7 @@ pub fn unpack_bounded(
     flist: &Flist,
     fetcher: &Fetcher,
     dest: &Path,
-    opts: &UnpackOptions,
+    opts: &UnpackOptions<'_>,
     max_bytes: u64,
 ) -> Result<UnpackReport, Error> {
     let declared = flist
@@ -127,6 +139,7 @@ pub fn unpack_bounded(
     let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = AtomicU64::new(0);
+    let meter = Meter::new(opts.progress, declared);
     let fail = |e: Error| {
         failed.store(true, Ordering::Relaxed);
         first_err.lock().expect("not poisoned").get_or_insert(e);
@@ -137,7 +150,7 @@ pub fn unpack_bounded(
     let rx = Mutex::new(rx);
     std::thread::scope(|s| {
         let rx = &rx;
-        let (failed, fail, bytes, budget) = (&failed, &fail, &bytes, &budget);
+        let (failed, fail, bytes, budget, meter) = (&failed, &fail, &bytes, &budget, &meter);
         for _ in 0..threads {
             s.spawn(move || loop {
                 let job = match rx.lock().expect("not poisoned").recv() {
@@ -150,6 +163,7 @@ pub fn unpack_bounded(
                 match fill(flist, fetcher, &job, as_root, budget) {
                     Ok(n) => {
                         bytes.fetch_add(n, Ordering::Relaxed);
+                        meter.add(n);
                     }
                     Err(e) => fail(e),
                 }

@@ -131,7 +131,10 @@ fn repeated_block_tib_file_is_refused_before_writing() {
         &flist,
         &fetcher,
         &fs.path().join("dest"),
-        &UnpackOptions { threads: 2 },
+        &UnpackOptions {
+            threads: 2,
+            ..Default::default()
+        },
     );
     let used = fs.used() - before;
     eprintln!(

@@ -51,7 +51,16 @@ fn unpack_from_http_store_with_legacy_flat_layout_fallback() {
         None,
     );
     let out = p.dir.path().join("out");
-    unpack(&p.flist(), &fetcher, &out, &UnpackOptions { threads: 3 }).unwrap();
+    unpack(
+        &p.flist(),
+        &fetcher,
+        &out,
+        &UnpackOptions {
+            threads: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_same_tree(&p.src, &out);
 }
 
@@ -175,4 +184,78 @@ fn http_route_serving_bad_blocks_or_down_falls_back_to_the_next() {
         ),
         "{err}"
     );
+}
+
+/// What a progress callback heard: every `(done, total)` in the order it came.
+#[derive(Default)]
+struct Heard(std::sync::Mutex<Vec<(u64, u64)>>);
+
+impl Heard {
+    fn callback(&self) -> impl Fn(u64, u64) + Sync + '_ {
+        |done, total| self.0.lock().unwrap().push((done, total))
+    }
+
+    /// One call per block, `done` strictly increasing, every call with the same total,
+    /// the last at exactly that total.
+    fn assert_climbs_to(&self, step: &str, total: u64, blocks: u64) {
+        let heard = self.0.lock().unwrap();
+        assert_eq!(heard.len() as u64, blocks, "{step}: one call per block");
+        assert!(
+            heard.iter().all(|&(_, t)| t == total),
+            "{step}: total is {total}: {heard:?}"
+        );
+        assert!(
+            heard.windows(2).all(|w| w[0].0 < w[1].0),
+            "{step}: done goes down or stalls: {heard:?}"
+        );
+        assert_eq!(heard.last().map(|h| h.0), Some(total), "{step}: {heard:?}");
+    }
+}
+
+#[test]
+fn pack_verify_and_unpack_report_bytes_climbing_to_the_total() {
+    let dir = tempdir("rt-progress");
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let store = format!("dir://{}", dir.path().join("store").display());
+    let fl_path = dir.path().join("p.fl");
+    // Several workers each time: the calls must come in order even when blocks finish
+    // at once on different threads.
+    let packed = Heard::default();
+    let cb = packed.callback();
+    let report = zos_flist::pack(
+        &src,
+        &fl_path,
+        &Router::parse(std::slice::from_ref(&store)).unwrap(),
+        &zos_flist::PackOptions {
+            threads: 4,
+            progress: Some(&cb),
+        },
+    )
+    .unwrap();
+    let fl = zos_flist::Flist::open(&fl_path).unwrap();
+    let (bytes, blocks) = fl.totals();
+    assert!(blocks >= 6, "the tree spans several blocks: {blocks}");
+    assert_eq!(report.bytes, bytes);
+    packed.assert_climbs_to("pack", bytes, blocks);
+
+    let verified = Heard::default();
+    let cb = verified.callback();
+    let fetcher = Fetcher::new(Router::parse(&[store]).unwrap(), None);
+    let r = zos_flist::verify_blocks(&fl, &fetcher, 4, Some(&cb)).unwrap();
+    assert_eq!((r.bytes, r.blocks), (bytes, blocks));
+    verified.assert_climbs_to("verify", bytes, blocks);
+
+    let unpacked = Heard::default();
+    let cb = unpacked.callback();
+    let out = dir.path().join("out");
+    let opts = UnpackOptions {
+        threads: 4,
+        progress: Some(&cb),
+    };
+    let r = unpack(&fl, &fetcher, &out, &opts).unwrap();
+    assert_eq!(r.bytes, bytes);
+    unpacked.assert_climbs_to("unpack", bytes, blocks);
+    assert_same_tree(&src, &out);
 }

@@ -25,7 +25,16 @@ fn unpack_err(p: &Packed, tag: &str) -> Error {
         Some(BlockCache::new(&cache_dir)),
     );
     let out = p.dir.path().join(format!("out-{tag}"));
-    let err = unpack(&p.flist(), &fetcher, &out, &UnpackOptions { threads: 1 }).unwrap_err();
+    let err = unpack(
+        &p.flist(),
+        &fetcher,
+        &out,
+        &UnpackOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert_cache_clean(p, &cache_dir);
     err
 }
@@ -101,7 +110,7 @@ fn swapped_blocks_are_refused() {
     assert_eq!((file, index), ("/a", 0));
     assert!(matches!(reason, BlockError::IdMismatch { .. }), "{reason}");
     // verify reports it too, without writing anything.
-    let err = verify_blocks(&p.flist(), &p.fetcher(), 2).unwrap_err();
+    let err = verify_blocks(&p.flist(), &p.fetcher(), 2, None).unwrap_err();
     assert!(matches!(
         block_reason(&err).2,
         BlockError::IdMismatch { .. }
@@ -254,7 +263,7 @@ fn rotten_cache_entry_is_dropped_and_refetched() {
         Router::parse(&[p.store_url()]).unwrap(),
         Some(BlockCache::new(&cache_dir)),
     );
-    verify_blocks(&p.flist(), &fetcher, 2).unwrap();
+    verify_blocks(&p.flist(), &fetcher, 2, None).unwrap();
     let fl = p.flist();
     let b = fl.entries[fl.lookup("/b").unwrap()].blocks[0];
     let cache = BlockCache::new(&cache_dir);
