@@ -32,6 +32,7 @@ use crate::journal::{Journal, JournalStore, Owned, Phase};
 use crate::names;
 use crate::plan::Resource;
 use crate::provision::Provisioner;
+use crate::stats::{ContractView, EngineStats, Outcome, WorkloadView};
 use crate::status::{ContractSummary, ReasonReport, RefusedUpdate, State, StatusReport};
 
 pub use crate::controllers::admission::MAX_TOMBSTONES;
@@ -158,6 +159,13 @@ pub struct Engine<P, N, S: JournalStore> {
     /// local status; updated on every report, published or not (the notary may be
     /// away, the console must still tell).
     summaries: tokio::sync::watch::Sender<Vec<ContractSummary>>,
+    /// What the engine counts, for the node's metrics ([`Engine::stats`]).
+    stats: Arc<EngineStats>,
+    /// When the record being handled was received.
+    received: Instant,
+    /// Per contract, when the record whose work is not done yet was received: its
+    /// converge observes the latency.
+    pending_since: HashMap<String, Instant>,
 }
 
 fn unix_now() -> u64 {
@@ -190,7 +198,16 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             logs_refreshed: None,
             clock: unix_now,
             summaries: tokio::sync::watch::channel(Vec::new()).0,
+            stats: Arc::default(),
+            received: Instant::now(),
+            pending_since: HashMap::new(),
         }
+    }
+
+    /// The engine's counters (queue, converges, latencies, restarts, the contracts it
+    /// runs and where their metrics go), updated as it runs. Read-only for the holder.
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.stats.clone()
     }
 
     /// What the engine last reported per contract, sorted by id, updated on every
@@ -231,6 +248,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         let prefix = KeyPrefix::node_contracts(&self.node());
         let (existing, mut watch) = self.notary.subscribe(&prefix).await?;
         self.begin(existing).await?;
+        self.refresh_stats();
         let mut tick = tokio::time::interval(self.cfg.supervise_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first collection was begin()'s; the next after a full period.
@@ -252,6 +270,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 _ = tick.tick() => self.supervision_pass(Instant::now()).await?,
                 _ = sweep.tick() => self.collect_orphans().await?,
             }
+            self.refresh_stats();
         }
     }
 
@@ -294,16 +313,55 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
 
     /// Waits for every job in flight and applies its outcome.
     async fn settle(&mut self) -> Result<(), EngineError> {
+        self.refresh_stats();
         while let Some(done) = self.jobs.set.join_next_with_id().await {
             self.on_done(done).await?;
         }
+        self.refresh_stats();
         Ok(())
+    }
+
+    /// The queue and the contracts' view in [`EngineStats`], from the jobs and the
+    /// journal (failed contracts have nothing running to measure).
+    fn refresh_stats(&self) {
+        self.stats.set_queue_depth(self.jobs.running.len());
+        let contracts = self
+            .journal
+            .data()
+            .owned
+            .values()
+            .filter(|o| !matches!(o.phase, Phase::Failed { .. }))
+            .map(|o| {
+                let workloads = o
+                    .deployment
+                    .workloads
+                    .iter()
+                    .map(|w| WorkloadView {
+                        workload: w.name.clone(),
+                        name: names::of(&o.id, &w.name),
+                        kind: w.kind,
+                        restarts: o.restarts.get(&w.name).copied().unwrap_or(0).into(),
+                    })
+                    .collect();
+                let view = ContractView {
+                    metrics: o.deployment.metrics.clone(),
+                    workloads,
+                };
+                (o.id.clone(), view)
+            })
+            .collect();
+        self.stats.set_contracts(contracts);
     }
 
     // ---- admission ----
 
     async fn handle(&mut self, record: &Record) -> Result<(), EngineError> {
-        let actions = match admission::read(record, &self.node(), &self.cfg.limits) {
+        self.received = Instant::now();
+        let input = admission::read(record, &self.node(), &self.cfg.limits);
+        if input.is_some() {
+            self.stats.record_received();
+        }
+        let actions = match input {
             None => return Ok(()),
             Some(RecordInput::Malformed {
                 id,
@@ -354,6 +412,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                     .update(|j| admission::journal_accept(j, &owned))?;
                 self.refused_updates.remove(&id);
                 tracing::info!(contract = %id, version = owned.version, "contract accepted");
+                self.pending_since.insert(id.clone(), self.received);
                 self.publish(StatusReport::new(
                     &id,
                     Some(owned.version),
@@ -375,6 +434,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 self.journal
                     .update(|j| admission::journal_cancel(j, &target, version, marker))?;
                 self.jobs.abort(&id);
+                self.pending_since.remove(&id);
                 self.teardown(&target, true).await?;
                 self.refused_updates.remove(&id);
                 self.publish(StatusReport::new(
@@ -499,6 +559,17 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         else {
             return Ok(());
         };
+        let outcome = match &out.result {
+            Ok(()) => Outcome::Ok,
+            Err(e) if e.is_permanent() => Outcome::Failed,
+            Err(_) => Outcome::Retry,
+        };
+        // A retry is not the end of the record's work: its latency runs on.
+        let latency = match outcome {
+            Outcome::Retry => None,
+            _ => self.pending_since.remove(&owned.id).map(|t| t.elapsed()),
+        };
+        self.stats.converged(outcome, latency);
         match out.result {
             Ok(()) => {
                 if self.set_phase(&owned.id, Phase::Running)? {
@@ -552,6 +623,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             return Ok(());
         }
         for (workload, error) in &r.results {
+            self.stats.restarted(error.is_none());
             let name = names::of(&r.id, workload);
             match error {
                 None => self.restart_errors.remove(&name),
@@ -676,6 +748,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 self.journal
                     .update(|j| expiry::journal_expire(j, &owned, volumes_until))?;
                 self.jobs.abort(&id);
+                self.pending_since.remove(&id);
                 self.teardown(&owned, false).await?;
                 self.refused_updates.remove(&id);
                 self.publish(StatusReport::new(

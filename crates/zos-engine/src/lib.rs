@@ -26,6 +26,7 @@ pub mod plan;
 pub mod provision;
 pub mod restart;
 pub mod runtime;
+pub mod stats;
 pub mod status;
 
 pub use capacity::{Capacity, OverCapacity};
