@@ -10,8 +10,11 @@ use crate::blueprint::SignedBlueprint;
 use crate::crypto::{Digest, PublicKey, SecretKey, Signature};
 use crate::document::{self, DocError};
 use crate::limits::Limits;
+use crate::placement::Placement;
 
-/// The unsigned contract body: what every signature signs.
+/// The unsigned contract body: what every signature signs, except its `placement`
+/// member, which [`SignedContract::placement`] holds beside it (so the many places that
+/// build a `Contract` for a node-addressed contract stay as they are).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
@@ -21,7 +24,9 @@ pub struct Contract {
     pub version: u64,
     /// The consumer who owns the contract: must sign it, alone may cancel it.
     pub owner: PublicKey,
-    /// The nodes that run it.
+    /// The nodes that run it; empty (and absent from the document) when the contract
+    /// has a placement instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<PublicKey>,
     /// The blueprint this contract instantiates.
     pub blueprint: BlueprintRef,
@@ -90,8 +95,11 @@ pub enum ContractError {
 /// A contract document: the body as received plus the signatures collected so far.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignedContract {
-    /// The body as read (typed).
+    /// The body as read (typed), without its `placement` member.
     pub contract: Contract,
+    /// The body's `placement` member: the farm and orchestrator that choose the nodes
+    /// instead of `nodes`. `None` for a contract addressed to its nodes.
+    pub placement: Option<Placement>,
     /// The signatures collected so far, unchecked until [`crate::verify()`].
     pub signatures: Vec<SignatureEntry>,
     /// `sha256(jcs(contract))`, over the body exactly as received.
@@ -106,10 +114,37 @@ impl SignedContract {
         let digest = document::digest(&raw)?;
         Ok(SignedContract {
             contract,
+            placement: None,
             signatures: Vec::new(),
             digest,
             raw,
         })
+    }
+
+    /// A new, unsigned contract document with a placement: `placement` is written into
+    /// the body (and signed with it). `contract.nodes` should be empty: a body with both
+    /// is built, and refused by [`crate::verify()`].
+    pub fn placed(contract: Contract, placement: Placement) -> Result<Self, ContractError> {
+        let mut raw = serde_json::to_value(&contract).expect("a contract serializes");
+        raw.as_object_mut()
+            .expect("a contract is an object")
+            .insert(
+                "placement".into(),
+                serde_json::to_value(&placement).expect("a placement serializes"),
+            );
+        let digest = document::digest(&raw)?;
+        Ok(SignedContract {
+            contract,
+            placement: Some(placement),
+            signatures: Vec::new(),
+            digest,
+            raw,
+        })
+    }
+
+    /// Whether the body has a `nodes` member (even an empty one).
+    pub fn names_nodes(&self) -> bool {
+        self.raw.get("nodes").is_some()
     }
 
     /// Reads a contract document. Signatures are not checked here: see [`crate::verify()`].
@@ -129,10 +164,22 @@ impl SignedContract {
             signatures: Vec<SignatureEntry>,
         }
         let env: Envelope = document::typed(value, "$")?;
-        let contract: Contract = document::typed(&env.contract, "$.contract")?;
+        document::object(&env.contract, "$.contract")?;
+        let (contract, placement) = match env.contract.get("placement") {
+            None => (document::typed(&env.contract, "$.contract")?, None),
+            Some(p) => {
+                let placement: Placement = document::typed(p, "$.contract.placement")?;
+                let mut rest = env.contract.clone();
+                rest.as_object_mut()
+                    .expect("checked: an object")
+                    .remove("placement");
+                (document::typed(&rest, "$.contract")?, Some(placement))
+            }
+        };
         Ok(SignedContract {
             digest: document::digest(&env.contract)?,
             contract,
+            placement,
             signatures: env.signatures,
             raw: env.contract,
         })

@@ -140,6 +140,14 @@ pub enum Reason {
         /// The verifying node.
         node: PublicKey,
     },
+    /// A placement contract verified for a node: only its orchestrator's assignment
+    /// can name a node ([`crate::assignment::admit`]), so verification alone never
+    /// admits it there. Verify it for no node, then admit the node's assignment.
+    #[error("a placement contract runs on {node} only by its orchestrator's assignment")]
+    Unassigned {
+        /// The verifying node.
+        node: PublicKey,
+    },
 }
 
 impl Reason {
@@ -435,8 +443,12 @@ pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
             now: ctx.now,
         });
     }
-    if let Some(node) = ctx.node.filter(|n| !c.nodes.contains(n)) {
-        reasons.push(Reason::WrongNode { node });
+    if let Some(node) = ctx.node {
+        if doc.placement.is_some() {
+            reasons.push(Reason::Unassigned { node });
+        } else if !c.nodes.contains(&node) {
+            reasons.push(Reason::WrongNode { node });
+        }
     }
     if let Some((accepted, accepted_digest)) = ctx.accepted {
         let same_document = c.version == accepted && doc.digest == accepted_digest;
@@ -487,11 +499,28 @@ fn check_shape(doc: &SignedContract, ctx: &VerifyContext, reasons: &mut Vec<Reas
     if c.version == 0 {
         malformed("$.contract.version", "versions start at 1".into());
     }
-    if c.nodes.is_empty() {
-        malformed("$.contract.nodes", "names no node".into());
-    }
-    if c.nodes.iter().collect::<BTreeSet<_>>().len() != c.nodes.len() {
-        malformed("$.contract.nodes", "a node is listed twice".into());
+    // Addressed by `nodes` or by `placement`, never both, never neither.
+    match (&doc.placement, doc.names_nodes()) {
+        (Some(_), true) => malformed(
+            "$.contract",
+            "has both nodes and a placement: the owner names the nodes, or the \
+             placement's orchestrator does"
+                .into(),
+        ),
+        (None, false) => malformed("$.contract", "has neither nodes nor a placement".into()),
+        (Some(placement), false) => {
+            for e in placement.check() {
+                malformed(e.path(), e.to_string());
+            }
+        }
+        (None, true) => {
+            if c.nodes.is_empty() {
+                malformed("$.contract.nodes", "names no node".into());
+            }
+            if c.nodes.iter().collect::<BTreeSet<_>>().len() != c.nodes.len() {
+                malformed("$.contract.nodes", "a node is listed twice".into());
+            }
+        }
     }
     let mut keys = BTreeSet::from([c.owner]);
     for (i, s) in c.stakeholders.iter().enumerate() {

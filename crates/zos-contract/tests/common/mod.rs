@@ -111,3 +111,32 @@ pub fn ctx() -> VerifyContext<'static> {
     c.node = Some(node().public());
     c
 }
+
+pub fn orchestrator() -> SecretKey {
+    key(6)
+}
+
+/// Farm "7", two replicas moved after 60 s, chosen by [`orchestrator`].
+pub fn placement() -> Placement {
+    Placement {
+        farm: "7".into(),
+        replicas: 2,
+        orchestrator: orchestrator().public(),
+        failover: Failover {
+            mode: FailoverMode::Move,
+            after_s: 60,
+        },
+        constraints: None,
+    }
+}
+
+/// [`contract`] with [`placement`] instead of nodes, signed by `signers`.
+pub fn placed(signers: &[SecretKey]) -> SignedContract {
+    let mut c = contract();
+    c.nodes.clear();
+    let mut doc = SignedContract::placed(c, placement()).unwrap();
+    for k in signers {
+        doc.sign(k).unwrap();
+    }
+    doc
+}
