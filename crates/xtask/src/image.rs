@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::initramfs::{self, human};
+use crate::initramfs::{self, human, Step};
 use crate::{packages, target_dir};
 
 /// What `grub-mkrescue` needs for BIOS and UEFI media.
@@ -111,6 +111,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let vmlinuz = built.kernel.vmlinuz();
 
     // PXE: kernel, initramfs, iPXE script (relative URLs: served from one directory).
+    let step = Step::start("the PXE set (kernel, initramfs, iPXE script)");
     let pxe = out.join("pxe");
     let _ = std::fs::remove_dir_all(&pxe);
     std::fs::create_dir_all(&pxe)?;
@@ -122,9 +123,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         built.kernel.release
     );
     std::fs::write(pxe.join("zos.ipxe"), ipxe)?;
+    step.done(pxe.display());
 
     let iso = out.join("zos.iso");
+    let step = Step::start("the ISO (grub-mkrescue: BIOS and UEFI)");
     make_iso(&vmlinuz, &built.path, &words, &iso)?;
+    step.done(human(size(&iso)?));
     println!("kernel command line: {words}");
     println!(
         "ISO (BIOS + UEFI) {}: {}",

@@ -7,16 +7,23 @@
 //! (mkfs.btrfs, btrfs, nft) with their shared libraries and the dynamic loader.
 //! Nothing else: no shell, getty, sshd or busybox. The archive's bytes depend only on
 //! its inputs (fixed order, owners and times).
+//!
+//! Each step of the build says on stderr what it does and how long it took ([`Step`]):
+//! a spinner (a byte bar while compressing) on a terminal, plain lines otherwise.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cpio::Cpio;
 use crate::kernel::Kernel;
-use crate::{cargo_env, packages, target_dir};
+use crate::{packages, root, target_dir};
 
 /// Debian packages the image is built from (and with).
 pub const IMAGE_PACKAGES: &[&str] = &[
@@ -159,10 +166,99 @@ pub fn human(bytes: u64) -> String {
     format!("{:.1} MiB ({bytes} bytes)", bytes as f64 / (1 << 20) as f64)
 }
 
+/// One step of an image build, on stderr. On a terminal: a spinner with the time so far
+/// (or a byte bar, [`Step::bytes`]) while it runs. Otherwise (CI logs, the e2e tests
+/// that build the image): a line when it starts, so a log shows where a build hangs.
+/// Either way a line with its result and the time it took when it ends
+/// ([`Step::done`]), or that it failed and after how long (dropped without `done`).
+pub struct Step {
+    label: String,
+    started: Instant,
+    /// The spinner or bar; `None` when stderr is not a terminal.
+    bar: Option<ProgressBar>,
+    done: bool,
+}
+
+impl Step {
+    /// Starts the step `label` (what it does, in a few words).
+    pub fn start(label: impl Into<String>) -> Step {
+        let label = label.into();
+        let bar = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_message(label.clone());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Some(bar)
+        } else {
+            eprintln!("==> {label}");
+            None
+        };
+        Step {
+            label,
+            started: Instant::now(),
+            bar,
+            done: false,
+        }
+    }
+
+    /// Turns the spinner into a bar over `total` bytes, moved by [`Step::at`].
+    pub fn bytes(&self, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ({elapsed})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_length(total);
+            bar.set_position(0);
+        }
+    }
+
+    /// `done` bytes of the [`Step::bytes`] total.
+    pub fn at(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    /// Ends the step: `result` and the time it took, on one line.
+    pub fn done(mut self, result: impl Display) {
+        self.done = true;
+        self.end(&result.to_string());
+    }
+
+    fn end(&self, result: &str) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "    {}: {result} ({:.1} s)",
+            self.label,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if !self.done {
+            // An error return: no spinner left above the error, and the step named.
+            self.end("failed");
+        }
+    }
+}
+
 /// Builds the static zosd and the archive; returns where it is and its sizes.
 pub fn build() -> anyhow::Result<Built> {
     packages::ensure(IMAGE_PACKAGES)?;
+    let step = Step::start("the Debian kernel (fetched and unpacked on first use)");
     let kernel = crate::kernel::debian()?;
+    step.done(&kernel.release);
     let out_dir = target_dir().join("image");
     std::fs::create_dir_all(&out_dir)?;
     // One build at a time, across processes: the e2e tests build the image side by side
@@ -175,13 +271,20 @@ pub fn build() -> anyhow::Result<Built> {
 
     let init = stripped_init(&out_dir)?;
     let zosd_bytes = std::fs::metadata(&init)?.len();
+    let step = Step::start("the helpers (mkfs.btrfs, btrfs, nft), their libraries, the loader");
     let mut full = base_tree(&init)?;
     let without: Vec<u8> = archive_bytes(&full)?;
+    step.done(format!("{} entries", full.len()));
+    let step = Step::start(format!(
+        "kernel modules: {} and their dependencies, depmod",
+        NODE_MODULES.len()
+    ));
     let modules = stage_modules(&kernel, &out_dir.join("modules"))?;
     let module_count = modules.iter().filter(|(p, _)| p.ends_with(".ko")).count();
     for (dest, src) in modules {
         add_file(&mut full, &dest, &src, 0o644)?;
     }
+    step.done(format!("{module_count} modules staged"));
     let raw = archive_bytes(&full)?;
     let files: Vec<String> = full.keys().cloned().collect();
     forbid_login_surface(&files)?;
@@ -204,6 +307,7 @@ pub fn build() -> anyhow::Result<Built> {
 /// The static zosd, stripped, as `<out_dir>/init`; refused if it names a dynamic loader.
 fn stripped_init(out_dir: &Path) -> anyhow::Result<PathBuf> {
     let zosd = static_zosd()?;
+    let step = Step::start("/init: zosd stripped");
     let init = out_dir.join("init");
     std::fs::copy(&zosd, &init).context("copying zosd")?;
     exec(Command::new("strip").arg("--strip-all").arg(&init))?;
@@ -213,6 +317,7 @@ fn stripped_init(out_dir: &Path) -> anyhow::Result<PathBuf> {
             zosd.display()
         );
     }
+    step.done(human(std::fs::metadata(&init)?.len()));
     Ok(init)
 }
 
@@ -279,8 +384,14 @@ fn write_compressed(
         ("gz", gzip_bytes)
     };
     let path = out_dir.join(format!("initramfs.cpio.{ext}"));
-    let compressed = compress(raw)?;
-    let compressed_without = compress(without)?;
+    let step = Step::start(format!(
+        "compressing ({ext}; the archive, and without modules for the report)"
+    ));
+    let raw_len = raw.len() as u64;
+    step.bytes(raw_len + without.len() as u64);
+    let compressed = compress(raw, &|n| step.at(n))?;
+    let compressed_without = compress(without, &|n| step.at(raw_len + n))?;
+    step.done(human(compressed.len() as u64));
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &compressed)?;
     std::fs::rename(&tmp, &path)?;
@@ -305,25 +416,46 @@ pub fn static_zosd() -> anyhow::Result<PathBuf> {
         bail!("{lib}/libseccomp.a is missing (apt-get install libseccomp-dev)");
     }
     let static_target = target_dir().join("static");
-    eprintln!("building a static zosd (release; minutes on a cold cache)");
-    cargo_env(
-        &[
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "zosd",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-            static_target.to_str().context("utf-8 target dir")?,
-        ],
-        &[
+    let args = [
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "zosd",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "--target-dir",
+        static_target.to_str().context("utf-8 target dir")?,
+    ];
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("+ cargo {}", args.join(" "));
+    let step = Step::start("zosd for /init: a static release build (minutes on a cold cache)");
+    // Its messages (warnings, errors) are kept and printed after the spinner, which
+    // they would otherwise break into.
+    let out = Command::new(cargo)
+        .args(args)
+        .envs([
             ("RUSTFLAGS", "-C target-feature=+crt-static"),
             ("LIBSECCOMP_LINK_TYPE", "static"),
             ("LIBSECCOMP_LIB_PATH", lib),
-        ],
-    )?;
+        ])
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .context("running cargo")?;
+    let messages = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        drop(step);
+        bail!(
+            "cargo {} failed ({}):\n{messages}",
+            args.join(" "),
+            out.status
+        );
+    }
+    step.done("built");
+    if !messages.trim().is_empty() {
+        eprint!("{messages}");
+    }
     Ok(static_target.join("x86_64-unknown-linux-gnu/release/zosd"))
 }
 
@@ -483,18 +615,24 @@ fn kernel_has(kernel: &Kernel, line: &str) -> anyhow::Result<bool> {
     Ok(text.lines().any(|l| l == line))
 }
 
-type Compressor = fn(&[u8]) -> anyhow::Result<Vec<u8>>;
+/// A compressor over `data`, telling `fed` how many bytes it has taken so far.
+type Compressor = fn(&[u8], &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>>;
 
-fn zstd_bytes(data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    filter(Command::new("zstd").args(["-q", "-19", "-T0", "-c"]), data)
+fn zstd_bytes(data: &[u8], fed: &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>> {
+    filter(
+        Command::new("zstd").args(["-q", "-19", "-T0", "-c"]),
+        data,
+        fed,
+    )
 }
 
-fn gzip_bytes(data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    filter(Command::new("gzip").args(["-9", "-n", "-c"]), data)
+fn gzip_bytes(data: &[u8], fed: &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>> {
+    filter(Command::new("gzip").args(["-9", "-n", "-c"]), data, fed)
 }
 
-/// Runs a compressor over `data`.
-fn filter(cmd: &mut Command, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+/// Runs a compressor over `data`, fed in 1 MiB pieces; `fed` hears the bytes written
+/// (the compressor reads as it goes, so that is its progress, give or take its buffer).
+fn filter(cmd: &mut Command, data: &[u8], fed: &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -502,12 +640,23 @@ fn filter(cmd: &mut Command, data: &[u8]) -> anyhow::Result<Vec<u8>> {
         .spawn()
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
     let mut stdin = child.stdin.take().context("stdin")?;
-    let input = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output()?;
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let out = std::thread::scope(|s| {
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            let mut written = 0u64;
+            for piece in data.chunks(1 << 20) {
+                stdin.write_all(piece)?;
+                written += piece.len() as u64;
+                fed(written);
+            }
+            Ok(())
+        });
+        let out = child.wait_with_output();
+        let wrote = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?;
+        wrote?;
+        anyhow::Ok(out?)
+    })?;
     if !out.status.success() {
         bail!("{:?} failed ({})", cmd.get_program(), out.status);
     }
