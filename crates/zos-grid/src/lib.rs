@@ -1,0 +1,8 @@
+//! The grid's orchestration logic (docs/grid.md): where each replica of a placement
+//! contract runs. [`plan`] is the pure decision the orchestrator (`zos bot run`) makes
+//! from what it reads in the notary; writing the assignments, leading, and watching are
+//! the bot's.
+
+pub mod plan;
+
+pub use plan::{plan, ContractView, NodeView, Reason, ReplicaView, Report, Step, MAX_REFUSALS};

@@ -1,0 +1,555 @@
+//! The placement plan of one contract: from what the orchestrator reads (the contract's
+//! placement, its replicas' assignments and reports, the farm's nodes), the steps that
+//! bring it to where it should be. Pure and deterministic: the same inputs give the same
+//! steps, so two orchestrators (a leader and one taking over) agree, and a step that the
+//! notary refuses (a compare-and-swap lost to a newer write) is planned again from what
+//! is then read.
+//!
+//! The rules (docs/grid.md):
+//! - A node is **live** while its last heartbeat is at most `failover.after_s` old.
+//! - A replica with no assignment goes to a live, undrained node of the farm that has
+//!   room for it, meets the constraints, runs no other replica of the contract and has
+//!   not refused this one; the one with the most free memory, then SSD, then the lowest
+//!   key (so that replicas spread and ties break the same way everywhere).
+//! - A replica whose node is lost moves (the next epoch) with `move`, and is reported
+//!   lost with `stay`.
+//! - A replica refused by its node moves to another node (the next epoch); refused on
+//!   [`MAX_REFUSALS`] nodes, it is given up: a fault that follows the contract (a bad
+//!   flist) must not bounce around the farm forever.
+//! - A replica that cannot be placed now keeps its assignment, if any, and is reported.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use zos_contract::placement::{FailoverMode, Placement};
+use zos_contract::PublicKey;
+use zos_registry::NodeResources;
+
+/// Nodes that may refuse one replica before the orchestrator gives it up.
+pub const MAX_REFUSALS: usize = 3;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// One node of the contract's farm, as the orchestrator last read it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// The node's key.
+    pub key: PublicKey,
+    /// Unix seconds of its last heartbeat; 0: never seen.
+    pub last_seen: u64,
+    /// What is free on it: its registered capacity less what its contracts reserve.
+    pub free: NodeResources,
+    /// Drained by the farmer: it gets nothing new.
+    pub drained: bool,
+}
+
+/// What a replica's node says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Nothing yet, or still provisioning.
+    Pending,
+    /// Running.
+    Ok,
+    /// Refused or failed for good on that node, with the reason it published.
+    Refused(String),
+}
+
+/// One replica of the contract.
+#[derive(Debug, Clone)]
+pub struct ReplicaView {
+    /// 0 to `replicas - 1`.
+    pub replica: u64,
+    /// The current assignment: the node and the epoch; `None`: never placed.
+    pub assigned: Option<(PublicKey, u64)>,
+    /// The assigned node's report for this contract.
+    pub report: Report,
+    /// The nodes that refused this replica before, with their reasons (from the
+    /// orchestrator's status record).
+    pub refused_on: Vec<(PublicKey, String)>,
+}
+
+/// A placement contract as the orchestrator sees it.
+#[derive(Debug, Clone)]
+pub struct ContractView<'a> {
+    /// The contract id.
+    pub id: &'a str,
+    /// Its placement.
+    pub placement: &'a Placement,
+    /// What one replica reserves on its node.
+    pub needs: NodeResources,
+    /// One entry per replica `0..placement.replicas`; a replica missing here is treated
+    /// as never placed.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// Why a replica is (re)assigned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum Reason {
+    /// Its first placement.
+    Initial,
+    /// Its node sent no heartbeat for `silent_s` seconds (over `after_s`).
+    NodeLost {
+        /// The lost node.
+        node: PublicKey,
+        /// Seconds since its last heartbeat.
+        silent_s: u64,
+    },
+    /// Its node refused it.
+    Refused {
+        /// The node that refused.
+        node: PublicKey,
+        /// The reason it published.
+        reason: String,
+    },
+}
+
+/// One thing to do, or to report, for one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Write this assignment (compare-and-swap against the one read).
+    Assign {
+        /// The replica.
+        replica: u64,
+        /// The node that runs it from now on.
+        node: PublicKey,
+        /// Its epoch: 1, or one more than the assignment it replaces.
+        epoch: u64,
+        /// Why.
+        reason: Reason,
+    },
+    /// The node is lost and the contract says `stay`: nothing moves, the loss is reported.
+    Lost {
+        /// The replica.
+        replica: u64,
+        /// The lost node, which keeps the assignment.
+        node: PublicKey,
+        /// Seconds since its last heartbeat.
+        silent_s: u64,
+    },
+    /// No node can take the replica now; tried again at the next change.
+    Unplaceable {
+        /// The replica.
+        replica: u64,
+        /// Why no node can take it: the farm's nodes counted by what rules each out.
+        why: String,
+    },
+    /// Refused on [`MAX_REFUSALS`] nodes: no more attempts.
+    GivenUp {
+        /// The replica.
+        replica: u64,
+        /// How many nodes refused it, and the last reason.
+        reason: String,
+    },
+}
+
+/// The steps for `contract` at `now` (unix seconds) over the farm's `nodes`.
+pub fn plan(contract: &ContractView<'_>, nodes: &[NodeView], now: u64) -> Vec<Step> {
+    let p = contract.placement;
+    let after = p.failover.after_s;
+    let live = |n: &NodeView| n.last_seen > 0 && now.saturating_sub(n.last_seen) <= after;
+    let silent = |key: &PublicKey| {
+        nodes
+            .iter()
+            .find(|n| n.key == *key)
+            .map_or(now, |n| now.saturating_sub(n.last_seen))
+    };
+    // Nodes running a replica that stays where it is: no second replica goes there.
+    let mut hosting: BTreeSet<PublicKey> = BTreeSet::new();
+    for r in &contract.replicas {
+        if let Some((node, _)) = r.assigned {
+            let lost = !nodes.iter().any(|n| n.key == node && live(n));
+            let moving = matches!(r.report, Report::Refused(_))
+                || (lost && p.failover.mode == FailoverMode::Move);
+            if !moving {
+                hosting.insert(node);
+            }
+        }
+    }
+
+    let mut steps = Vec::new();
+    for replica in 0..p.replicas {
+        let view = contract.replicas.iter().find(|r| r.replica == replica);
+        let mut refusals: Vec<(PublicKey, String)> =
+            view.map(|v| v.refused_on.clone()).unwrap_or_default();
+        let mut excluded: BTreeSet<PublicKey> = refusals.iter().map(|(k, _)| *k).collect();
+        let (epoch, reason) = match view.and_then(|v| v.assigned.map(|a| (v, a))) {
+            None => (1, Reason::Initial),
+            Some((v, (node, epoch))) => match &v.report {
+                Report::Refused(why) => {
+                    if !excluded.contains(&node) {
+                        refusals.push((node, why.clone()));
+                    }
+                    excluded.insert(node);
+                    let reason = Reason::Refused {
+                        node,
+                        reason: why.clone(),
+                    };
+                    (epoch + 1, reason)
+                }
+                _ if nodes.iter().any(|n| n.key == node && live(n)) => continue,
+                _ if p.failover.mode == FailoverMode::Stay => {
+                    steps.push(Step::Lost {
+                        replica,
+                        node,
+                        silent_s: silent(&node),
+                    });
+                    continue;
+                }
+                _ => {
+                    excluded.insert(node);
+                    let reason = Reason::NodeLost {
+                        node,
+                        silent_s: silent(&node),
+                    };
+                    (epoch + 1, reason)
+                }
+            },
+        };
+        if refusals.len() >= MAX_REFUSALS {
+            let last = refusals.last().map_or("", |(_, w)| w.as_str());
+            steps.push(Step::GivenUp {
+                replica,
+                reason: format!("refused on {} nodes, last: {last}", refusals.len()),
+            });
+            continue;
+        }
+        match choose(contract, nodes, &hosting, &excluded, &live) {
+            Ok(i) => {
+                let node = nodes[i].key;
+                hosting.insert(node);
+                steps.push(Step::Assign {
+                    replica,
+                    node,
+                    epoch,
+                    reason,
+                });
+            }
+            Err(why) => steps.push(Step::Unplaceable { replica, why }),
+        }
+    }
+    steps
+}
+
+/// The index of the node that gets a replica, or why none can.
+fn choose(
+    contract: &ContractView<'_>,
+    nodes: &[NodeView],
+    hosting: &BTreeSet<PublicKey>,
+    excluded: &BTreeSet<PublicKey>,
+    live: &impl Fn(&NodeView) -> bool,
+) -> Result<usize, String> {
+    let (mut lost, mut drained, mut taken, mut refused, mut full) = (0, 0, 0, 0, 0);
+    let mut best: Option<usize> = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if excluded.contains(&n.key) {
+            refused += 1;
+        } else if !live(n) {
+            lost += 1;
+        } else if n.drained {
+            drained += 1;
+        } else if hosting.contains(&n.key) {
+            taken += 1;
+        } else if !fits(contract, &n.free) {
+            full += 1;
+        } else if best.is_none_or(|b| better(n, &nodes[b])) {
+            best = Some(i);
+        }
+    }
+    best.ok_or_else(|| {
+        format!(
+            "no node of farm {:?} can take it: {} nodes, {lost} lost, {drained} drained, \
+             {taken} already run a replica, {refused} refused it or lost it, {full} without room",
+            contract.placement.farm,
+            nodes.len()
+        )
+    })
+}
+
+/// Room for one replica, and the placement's constraints.
+fn fits(contract: &ContractView<'_>, free: &NodeResources) -> bool {
+    let needs = &contract.needs;
+    let constraints = contract.placement.constraints.clone().unwrap_or_default();
+    free.cpus >= needs.cpus
+        && free.memory_bytes >= needs.memory_bytes
+        && free.ssd_bytes >= needs.ssd_bytes
+        && free.hdd_bytes >= needs.hdd_bytes
+        && constraints
+            .min_ssd_gib
+            .is_none_or(|g| free.ssd_bytes >= g.saturating_mul(GIB))
+        && constraints
+            .min_memory_mib
+            .is_none_or(|m| free.memory_bytes >= m.saturating_mul(MIB))
+}
+
+/// More free memory, then more free SSD, then the lower key.
+fn better(a: &NodeView, b: &NodeView) -> bool {
+    (
+        a.free.memory_bytes,
+        a.free.ssd_bytes,
+        std::cmp::Reverse(a.key),
+    ) > (
+        b.free.memory_bytes,
+        b.free.ssd_bytes,
+        std::cmp::Reverse(b.key),
+    )
+}
+
+impl NodeView {
+    /// Counts one replica of `needs` as taken on this node: the orchestrator plans
+    /// contracts one after another, and the next one sees the room this one took.
+    pub fn reserve(&mut self, needs: &NodeResources) {
+        let f = &mut self.free;
+        f.cpus = f.cpus.saturating_sub(needs.cpus);
+        f.memory_bytes = f.memory_bytes.saturating_sub(needs.memory_bytes);
+        f.ssd_bytes = f.ssd_bytes.saturating_sub(needs.ssd_bytes);
+        f.hdd_bytes = f.hdd_bytes.saturating_sub(needs.hdd_bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zos_contract::placement::{Constraints, Failover};
+    use zos_contract::SecretKey;
+
+    const NOW: u64 = 1_000_000;
+
+    fn key(n: u8) -> PublicKey {
+        SecretKey::from_seed([n; 32]).public()
+    }
+
+    fn placement(replicas: u64, mode: FailoverMode) -> Placement {
+        Placement {
+            farm: "f".into(),
+            replicas,
+            orchestrator: key(99),
+            failover: Failover { mode, after_s: 60 },
+            constraints: None,
+        }
+    }
+
+    fn res(memory_gib: u64, ssd_gib: u64) -> NodeResources {
+        NodeResources {
+            cpus: 4,
+            memory_bytes: memory_gib * GIB,
+            ssd_bytes: ssd_gib * GIB,
+            hdd_bytes: 0,
+        }
+    }
+
+    fn node(n: u8, memory_gib: u64, seen_ago: u64) -> NodeView {
+        NodeView {
+            key: key(n),
+            last_seen: NOW - seen_ago,
+            free: res(memory_gib, 100),
+            drained: false,
+        }
+    }
+
+    fn view<'a>(p: &'a Placement, replicas: Vec<ReplicaView>) -> ContractView<'a> {
+        ContractView {
+            id: "c",
+            placement: p,
+            needs: res(1, 10),
+            replicas,
+        }
+    }
+
+    fn at(replica: u64, n: u8, epoch: u64, report: Report) -> ReplicaView {
+        ReplicaView {
+            replica,
+            assigned: Some((key(n), epoch)),
+            report,
+            refused_on: Vec::new(),
+        }
+    }
+
+    fn assigned(steps: &[Step]) -> Vec<(u64, PublicKey, u64)> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Assign {
+                    replica,
+                    node,
+                    epoch,
+                    ..
+                } => Some((*replica, *node, *epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replicas_land_on_distinct_live_nodes_with_room_most_free_first() {
+        let p = placement(2, FailoverMode::Move);
+        // 1: most memory; 2: next; 3: no room; 4: lost.
+        let mut full = node(3, 64, 0);
+        full.free.ssd_bytes = GIB;
+        let nodes = [node(2, 8, 5), node(1, 16, 5), full, node(4, 64, 600)];
+        let steps = plan(&view(&p, Vec::new()), &nodes, NOW);
+        assert_eq!(assigned(&steps), vec![(0, key(1), 1), (1, key(2), 1)]);
+        assert!(steps.iter().all(|s| matches!(
+            s,
+            Step::Assign {
+                reason: Reason::Initial,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn the_plan_is_the_same_whatever_the_order_of_the_nodes() {
+        let p = placement(3, FailoverMode::Move);
+        let mut nodes: Vec<NodeView> = (1..=6).map(|n| node(n, 8, 1)).collect();
+        let a = plan(&view(&p, Vec::new()), &nodes, NOW);
+        nodes.reverse();
+        let b = plan(&view(&p, Vec::new()), &nodes, NOW);
+        assert_eq!(a, b);
+        // Equal nodes: the lowest keys, one replica each.
+        let mut keys: Vec<PublicKey> = (1..=6).map(key).collect();
+        keys.sort();
+        assert_eq!(
+            assigned(&a).iter().map(|(_, k, _)| *k).collect::<Vec<_>>(),
+            keys[..3].to_vec()
+        );
+    }
+
+    #[test]
+    fn a_node_without_room_or_drained_never_gets_a_replica() {
+        let mut p = placement(1, FailoverMode::Move);
+        p.constraints = Some(Constraints {
+            min_ssd_gib: Some(50),
+            min_memory_mib: None,
+        });
+        let mut small = node(1, 64, 0);
+        small.free.ssd_bytes = 40 * GIB;
+        let mut drained = node(2, 64, 0);
+        drained.drained = true;
+        let steps = plan(&view(&p, Vec::new()), &[small, drained], NOW);
+        match &steps[..] {
+            [Step::Unplaceable { replica: 0, why }] => {
+                assert!(
+                    why.contains("1 drained") && why.contains("1 without room"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_live_replica_stays_where_it_is() {
+        let p = placement(2, FailoverMode::Move);
+        let nodes = [node(1, 8, 10), node(2, 8, 10), node(3, 64, 0)];
+        let replicas = vec![at(0, 1, 3, Report::Ok), at(1, 2, 1, Report::Pending)];
+        assert!(plan(&view(&p, replicas), &nodes, NOW).is_empty());
+    }
+
+    #[test]
+    fn a_lost_node_s_replica_moves_at_the_next_epoch_after_after_s() {
+        let p = placement(2, FailoverMode::Move);
+        let replicas = vec![at(0, 1, 4, Report::Ok), at(1, 2, 1, Report::Ok)];
+        // Node 1 silent for exactly after_s: still live.
+        let nodes = [node(1, 8, 60), node(2, 8, 1), node(3, 8, 1)];
+        assert!(plan(&view(&p, replicas.clone()), &nodes, NOW).is_empty());
+        // One second more: lost; the replica goes to 3 (2 runs the other one).
+        let nodes = [node(1, 8, 61), node(2, 8, 1), node(3, 8, 1)];
+        let steps = plan(&view(&p, replicas), &nodes, NOW);
+        assert_eq!(
+            steps,
+            vec![Step::Assign {
+                replica: 0,
+                node: key(3),
+                epoch: 5,
+                reason: Reason::NodeLost {
+                    node: key(1),
+                    silent_s: 61
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn with_stay_a_lost_node_is_reported_and_nothing_moves() {
+        let p = placement(1, FailoverMode::Stay);
+        let nodes = [node(1, 8, 3600), node(2, 64, 1)];
+        let steps = plan(&view(&p, vec![at(0, 1, 2, Report::Ok)]), &nodes, NOW);
+        assert_eq!(
+            steps,
+            vec![Step::Lost {
+                replica: 0,
+                node: key(1),
+                silent_s: 3600
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_replica_moves_and_is_given_up_after_max_refusals() {
+        let p = placement(1, FailoverMode::Move);
+        let nodes: Vec<NodeView> = (1..=5).map(|n| node(n, 8, 1)).collect();
+        let mut r = at(0, 1, 1, Report::Refused("bad flist".into()));
+        let steps = plan(&view(&p, vec![r.clone()]), &nodes, NOW);
+        let [Step::Assign {
+            node: second,
+            epoch: 2,
+            reason: Reason::Refused { .. },
+            ..
+        }] = steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_ne!(second, key(1));
+        // The second node refuses too: a third, neither of the two.
+        r.refused_on = vec![(key(1), "bad flist".into())];
+        r.assigned = Some((second, 2));
+        let steps = plan(&view(&p, vec![r.clone()]), &nodes, NOW);
+        let [Step::Assign {
+            node: third,
+            epoch: 3,
+            ..
+        }] = steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert!(third != key(1) && third != second);
+        // The third refuses: given up, nothing assigned.
+        r.refused_on.push((second, "bad flist".into()));
+        r.assigned = Some((third, 3));
+        let steps = plan(&view(&p, vec![r]), &nodes, NOW);
+        match &steps[..] {
+            [Step::GivenUp { replica: 0, reason }] => {
+                assert!(
+                    reason.contains("3 nodes") && reason.contains("bad flist"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn more_replicas_than_nodes_leaves_the_rest_unplaceable_and_room_is_reserved() {
+        let p = placement(3, FailoverMode::Move);
+        let mut nodes = [node(1, 1, 1), node(2, 1, 1)];
+        let steps = plan(&view(&p, Vec::new()), &nodes, NOW);
+        assert_eq!(assigned(&steps).len(), 2);
+        assert!(
+            matches!(steps[2], Step::Unplaceable { replica: 2, .. }),
+            "{steps:?}"
+        );
+        // Once the bot reserves what the first contract took, the next finds no room.
+        for n in &mut nodes {
+            n.reserve(&res(1, 10));
+        }
+        let q = placement(1, FailoverMode::Move);
+        let steps = plan(&view(&q, Vec::new()), &nodes, NOW);
+        match &steps[..] {
+            [Step::Unplaceable { why, .. }] => assert!(why.contains("2 without room"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
