@@ -166,6 +166,23 @@ impl Histogram {
             done: false,
         }
     }
+    /// Replaces the counts and the sum with ones kept elsewhere (e.g. the engine's own
+    /// atomics): `counts` per bucket, not cumulative, one more than the bounds (the
+    /// `+Inf` one). False, and nothing changed, when the lengths do not match.
+    pub fn set_counts(&self, counts: &[u64], sum: f64) -> bool {
+        if counts.len() != self.0.counts.len() || sum.is_nan() {
+            return false;
+        }
+        for (c, v) in self.0.counts.iter().zip(counts) {
+            c.store(*v, Ordering::Relaxed);
+        }
+        self.0.sum.set(sum);
+        true
+    }
+    /// The upper bounds it was made with (`+Inf` implied).
+    pub fn bounds(&self) -> &[f64] {
+        &self.0.bounds
+    }
     /// How many observations so far.
     pub fn count(&self) -> u64 {
         self.0
@@ -557,6 +574,17 @@ mod tests {
         assert!(h.sum() >= 3.6875 + d.as_secs_f64());
         drop(h.start_timer());
         assert_eq!(h.count(), 6);
+        // Counts kept elsewhere replace its own, when they fit its buckets.
+        assert!(!h.set_counts(&[1, 2], 1.0));
+        assert_eq!(h.count(), 6);
+        assert!(h.set_counts(&[1, 0, 2], 7.5));
+        assert_eq!(h.bounds(), [0.125, 1.0]);
+        let snap = r.snapshot(0);
+        let b = |le| value(&snap, "op_seconds_bucket", &[("op", "deploy"), ("le", le)]);
+        assert_eq!(b("0.125"), Some(1.0));
+        assert_eq!(b("1"), Some(1.0));
+        assert_eq!(b("+Inf"), Some(3.0));
+        assert_eq!(value(&snap, "op_seconds_sum", &[]), Some(7.5));
     }
 
     #[test]

@@ -20,6 +20,8 @@ struct Tenant {
 /// registry (its workloads update it) and nothing leaves the node for it.
 pub struct Tenants {
     config: PushConfig,
+    /// Labels on every contract's series besides `contract` (e.g. `node`).
+    labels: Vec<(String, String)>,
     map: Mutex<BTreeMap<String, Tenant>>,
 }
 
@@ -39,7 +41,20 @@ impl Tenants {
     pub fn new(config: PushConfig) -> Tenants {
         Tenants {
             config,
+            labels: Vec::new(),
             map: Mutex::default(),
+        }
+    }
+
+    /// Every contract's registry carries `labels` too (e.g. `[("node", id)]`); they
+    /// are checked when a registry is made (`contract` among them is refused there).
+    pub fn with_labels(config: PushConfig, labels: &[(&str, &str)]) -> Tenants {
+        Tenants {
+            labels: labels
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ..Tenants::new(config)
         }
     }
 
@@ -53,7 +68,9 @@ impl Tenants {
         if let Some(t) = map.get(contract) {
             return Ok(t.registry.clone());
         }
-        let registry = Registry::with_labels(&[(CONTRACT_LABEL, contract)])?;
+        let mut labels: Vec<(&str, &str)> = vec![(CONTRACT_LABEL, contract)];
+        labels.extend(self.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let registry = Registry::with_labels(&labels)?;
         map.insert(
             contract.to_string(),
             Tenant {
@@ -142,5 +159,14 @@ mod tests {
         assert_eq!(t.contracts(), ["c1"]);
         assert!(t.remove("c1"));
         assert!(t.contracts().is_empty());
+        // Labels of the node's own on every contract's series; `contract` is not one.
+        let t = Tenants::with_labels(PushConfig::default(), &[("node", "n1")]);
+        let r = t.registry("c2").unwrap();
+        r.gauge("g", &[]).unwrap().set(1.0);
+        let s = &r.snapshot(0)[0];
+        assert_eq!(s.label(CONTRACT_LABEL), Some("c2"));
+        assert_eq!(s.label("node"), Some("n1"));
+        let t = Tenants::with_labels(PushConfig::default(), &[(CONTRACT_LABEL, "forged")]);
+        assert!(t.registry("c3").is_err());
     }
 }
