@@ -3,7 +3,8 @@
 
 Written from the document alone (not from the Rust code): a JCS canonicalizer, sha256
 and ed25519 from `cryptography`. Reads the worked example's blocks, recomputes every
-digest and signature, and verifies the contract document's signatures.
+digest and signature, and verifies the contract document's signatures; the same for
+section 9.1's placement contract and its assignment.
 Usage: crosscheck.py docs/contract-format.md
 
 With --verify MANIFEST it reads contract documents as a node would (sections 2.1, 4,
@@ -116,6 +117,29 @@ def main():
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(entry["signer"])).verify(
             bytes.fromhex(entry["signature"]), c_digest
         )
+
+    # Section 9.1: the placement contract and its assignment.
+    keys["orchestrator"], pub = public_hex(6)
+    check("orchestrator-public", pub)
+    placed = json.loads(b["placement-contract-canonical"], object_pairs_hook=no_duplicates)
+    check("placement-contract-canonical", jcs(placed))
+    if "nodes" in placed or placed["placement"]["orchestrator"] != pub:
+        failures.append("placement contract: nodes present or another orchestrator")
+    p_digest = hashlib.sha256(jcs(placed).encode("utf-8")).digest()
+    check("placement-contract-digest", p_digest.hex())
+    check("placement-owner-signature", keys["owner"].sign(p_digest).hex())
+    check("placement-legal-signature", keys["legal"].sign(p_digest).hex())
+    assignment = json.loads(b["assignment-canonical"], object_pairs_hook=no_duplicates)
+    check("assignment-canonical", jcs(assignment))
+    if (assignment["digest"] != p_digest.hex() or assignment["contract"] != placed["id"]
+            or assignment["version"] != placed["version"]
+            or assignment["orchestrator"] != placed["placement"]["orchestrator"]
+            or not 0 <= assignment["replica"] < placed["placement"]["replicas"]
+            or assignment["epoch"] < 1):
+        failures.append("the assignment does not fit the placement contract (section 6.1)")
+    a_digest = hashlib.sha256(jcs(assignment).encode("utf-8")).digest()
+    check("assignment-digest", a_digest.hex())
+    check("assignment-signature", keys["orchestrator"].sign(a_digest).hex())
 
     if failures:
         print("\n".join(failures))
@@ -314,10 +338,16 @@ def one_of(variants):
 
 stakeholder = obj({"key": key, "weight": uint}, {"required": boolean})
 entry = obj({"signer": key, "signature": signature})
+placement = obj(
+    {"farm": string, "replicas": uint, "orchestrator": key,
+     "failover": obj({"mode": scalar(lambda v: v in ("move", "stay")), "after_s": uint})},
+    {"constraints": obj({}, {"min_ssd_gib": uint, "min_memory_mib": uint})},
+)
 contract_body = obj(
-    {"id": string, "version": uint, "owner": key, "nodes": list_of(key),
+    {"id": string, "version": uint, "owner": key,
      "blueprint": one_of({"embedded": anything, "sha256": key})},
-    {"params": map_of(anything), "stakeholders": list_of(stakeholder), "threshold": uint,
+    {"nodes": list_of(key), "placement": placement, "params": map_of(anything),
+     "stakeholders": list_of(stakeholder), "threshold": uint,
      "not_before": uint, "expires": uint},
 )
 contract_document = obj({"contract": contract_body}, {"signatures": list_of(entry)})
@@ -386,8 +416,21 @@ def rules(c, path="$.contract"):
         out.append(("malformed", path + ".id"))
     if c["version"] == 0:
         out.append(("malformed", path + ".version"))
-    if not c["nodes"] or len(set(c["nodes"])) != len(c["nodes"]):
-        out.append(("malformed", path + ".nodes"))
+    if "nodes" in c and "placement" in c:
+        out.append(("malformed", path))
+    elif "nodes" not in c and "placement" not in c:
+        out.append(("malformed", path))
+    elif "nodes" in c:
+        if not c["nodes"] or len(set(c["nodes"])) != len(c["nodes"]):
+            out.append(("malformed", path + ".nodes"))
+    else:
+        p = c["placement"]
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", p["farm"]) or p["farm"].startswith("."):
+            out.append(("malformed", path + ".placement.farm"))
+        if not 1 <= p["replicas"] <= 64:
+            out.append(("malformed", path + ".placement.replicas"))
+        if not 10 <= p["failover"]["after_s"] <= 86400:
+            out.append(("malformed", path + ".placement.failover.after_s"))
     seen = {c["owner"]}
     for i, s in enumerate(c.get("stakeholders", [])):
         if s["key"] in seen:
@@ -468,7 +511,9 @@ def verify_contract(data, now, node):
         reasons.append("not_yet_valid")
     if "expires" in c and now >= c["expires"]:
         reasons.append("expired")
-    if node not in c["nodes"]:
+    if "placement" in c:
+        reasons.append("unassigned")
+    elif node not in c.get("nodes", []):
         reasons.append("wrong_node")
     bp = c["blueprint"].get("embedded")
     if bp is None:

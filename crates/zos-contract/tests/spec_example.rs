@@ -64,3 +64,86 @@ fn independent_python_implementation_agrees() {
     );
     assert!(stdout.contains("crosscheck: all values agree"), "{stdout}");
 }
+
+/// Section 9.1's placement contract and assignment, built from the worked example.
+fn placement_blocks() -> Vec<(&'static str, String)> {
+    use zos_contract::{
+        admit, canonical, Assignment, Constraints, Failover, FailoverMode, Placement, SecretKey,
+        SignedAssignment, SignedContract,
+    };
+    let ex = Example::build();
+    let orchestrator = SecretKey::from_seed([6; 32]);
+    let mut c = ex.contract.contract.clone();
+    c.id = "hello-2".into();
+    c.nodes.clear();
+    let placement = Placement {
+        farm: "7".into(),
+        replicas: 2,
+        orchestrator: orchestrator.public(),
+        failover: Failover {
+            mode: FailoverMode::Move,
+            after_s: 60,
+        },
+        constraints: Some(Constraints {
+            min_ssd_gib: Some(10),
+            min_memory_mib: None,
+        }),
+    };
+    let mut doc = SignedContract::placed(c, placement).unwrap();
+    doc.sign(&ex.owner).unwrap();
+    doc.sign(&ex.legal).unwrap();
+    let v = verify(&doc, &VerifyContext::offline(1_900_000_000));
+    assert_eq!(v.reasons, vec![]);
+    let assignment = Assignment {
+        contract: "hello-2".into(),
+        version: 1,
+        digest: doc.digest,
+        replica: 0,
+        node: ex.node.public(),
+        epoch: 1,
+        issued_at: 1_900_000_000,
+        orchestrator: orchestrator.public(),
+    };
+    let signed = SignedAssignment::sign(assignment.clone(), &orchestrator).unwrap();
+    let farm = std::collections::BTreeSet::from([ex.node.public()]);
+    assert!(admit(Some(&signed), &doc, &ex.node.public(), &farm, 0).is_ok());
+    let text = |v: &serde_json::Value| String::from_utf8(canonical::to_vec(v).unwrap()).unwrap();
+    let body = &doc.to_value()["contract"];
+    vec![
+        ("orchestrator-public", orchestrator.public().to_hex()),
+        ("placement-contract-canonical", text(body)),
+        ("placement-contract-digest", doc.digest.to_hex()),
+        (
+            "placement-owner-signature",
+            doc.signatures[0].signature.to_hex(),
+        ),
+        (
+            "placement-legal-signature",
+            doc.signatures[1].signature.to_hex(),
+        ),
+        (
+            "assignment-canonical",
+            text(&serde_json::to_value(&assignment).unwrap()),
+        ),
+        (
+            "assignment-digest",
+            SignedAssignment::digest_of(&assignment).unwrap().to_hex(),
+        ),
+        ("assignment-signature", signed.signature.to_hex()),
+    ]
+}
+
+#[test]
+fn placement_example_matches_the_document() {
+    let blocks = doc_blocks();
+    let mut stale = String::new();
+    for (name, value) in placement_blocks() {
+        if blocks.get(name) != Some(&value) {
+            stale.push_str(&format!("```text {name}\n{value}\n```\n\n"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "docs/contract-format.md section 9.1 is stale; the blocks are:\n\n{stale}"
+    );
+}

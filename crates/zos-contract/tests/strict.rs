@@ -514,6 +514,52 @@ fn documents() -> Vec<(String, Vec<u8>)> {
     let mut body = full["contract"].clone();
     body["nodes"] = json!(vec![node().public(); 257]);
     add("too-many-items", raw(&body));
+    // Placement contracts (a node verifying one without an assignment: `unassigned`).
+    let placed = placed(&all_signers());
+    add("placement-on-a-node", placed.to_pretty().into_bytes());
+    let pbody = placed.to_value()["contract"].clone();
+    let mut body = pbody.clone();
+    body["placement"]["constraints"] = json!({"min_ssd_gib": 10, "min_memory_mib": 512});
+    add("placement-constraints", raw(&body));
+    let mut body = pbody.clone();
+    body["nodes"] = json!([node().public()]);
+    add("placement-and-nodes", raw(&body));
+    let mut body = pbody.clone();
+    body.as_object_mut().unwrap().remove("placement");
+    add("neither-nodes-nor-placement", raw(&body));
+    for (name, pointer, value) in [
+        ("placement-replicas-0", "/placement/replicas", json!(0)),
+        ("placement-replicas-65", "/placement/replicas", json!(65)),
+        (
+            "placement-after-s-9",
+            "/placement/failover/after_s",
+            json!(9),
+        ),
+        (
+            "placement-after-s-86401",
+            "/placement/failover/after_s",
+            json!(86_401),
+        ),
+        ("placement-farm-hidden", "/placement/farm", json!(".x")),
+        (
+            "placement-mode-unknown",
+            "/placement/failover/mode",
+            json!("teleport"),
+        ),
+        (
+            "placement-constraint-null",
+            "/placement/constraints",
+            json!({"min_ssd_gib": null}),
+        ),
+        ("placement-as-array", "/placement", json!(["7", 2])),
+    ] {
+        let mut body = pbody.clone();
+        match body.pointer_mut(pointer) {
+            Some(v) => *v = value,
+            None => body["placement"]["constraints"] = value,
+        }
+        add(name, raw(&body));
+    }
     docs
 }
 
@@ -576,4 +622,27 @@ fn the_python_reader_refuses_the_same_documents_for_the_same_reasons() {
         want["bad-optional-signature"],
         json!({"reasons": [], "warnings": ["bad_signature"]})
     );
+    assert_eq!(
+        want["placement-on-a-node"],
+        json!({"reasons": ["unassigned"], "warnings": []})
+    );
+    assert_eq!(
+        want["placement-constraints"]["reasons"],
+        json!(["unassigned"])
+    );
+    for name in [
+        "placement-and-nodes",
+        "neither-nodes-nor-placement",
+        "placement-replicas-0",
+        "placement-replicas-65",
+        "placement-after-s-9",
+        "placement-after-s-86401",
+        "placement-farm-hidden",
+        "placement-mode-unknown",
+        "placement-constraint-null",
+        "placement-as-array",
+    ] {
+        let reasons = want[name]["reasons"].as_array().unwrap();
+        assert!(reasons.contains(&json!("malformed")), "{name}: {reasons:?}");
+    }
 }
