@@ -7,8 +7,8 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use zos_contract::verify::{parse_param_args, Role};
 use zos_contract::{
-    BlueprintRef, Contract, Limits, PublicKey, SecretKey, SignedContract, Stakeholder,
-    Verification, VerifyContext,
+    BlueprintRef, Constraints, Contract, Failover, FailoverMode, Limits, Placement, PublicKey,
+    SecretKey, SignedContract, Stakeholder, Verification, VerifyContext,
 };
 
 use crate::output::{note, outln, write_atomic, write_new_or_stdout, Format};
@@ -20,10 +20,18 @@ pub enum ContractCmd {
     /// Parameters are checked against the blueprint's bounds here already, so a
     /// contract that could never deploy is not written.
     ///
+    /// The contract names its nodes (--node), or carries a placement: a farm, a
+    /// number of replicas and the orchestrator key that chooses the farm's nodes
+    /// (--farm, --replicas, --orchestrator; docs/grid.md).
+    ///
     /// Example: zos contract new --blueprint crm.blueprint.json --param users=100
     ///   --owner <owner_pub> --node <node_pub> --stakeholder <legal_pub>:2:required
     ///   --stakeholder <budget_pub>:1 --threshold 3 -o c.json
-    New(NewArgs),
+    ///
+    /// Example: zos contract new --blueprint crm.blueprint.json --owner <owner_pub>
+    ///   --farm 7 --replicas 2 --orchestrator <bot_pub> --failover move --after-s 60
+    ///   --min-ssd-gib 10 -o c.json
+    New(Box<NewArgs>),
     /// Sign a contract as its owner or as a stakeholder: a file in place, or, with
     /// --notary, the published contract with that id (co-signing after publication).
     ///
@@ -44,9 +52,11 @@ pub enum ContractCmd {
     },
     /// Verify a contract: signatures, weights, parameters, blueprint, validity.
     ///
-    /// Prints the digest, each signer, the signed weight, signature entries that were
-    /// not counted (warnings), and OK or every reason for refusal. Exits with status 1
-    /// when the contract would be refused.
+    /// Prints the digest, the nodes or the placement, each signer, the signed weight,
+    /// signature entries that were not counted (warnings), and OK or every reason for
+    /// refusal. Exits with status 1 when the contract would be refused. A placement
+    /// contract verified with --node is `unassigned`: only its orchestrator's
+    /// assignment puts it on a node.
     ///
     /// Replay is checked against --running-version, or, with --notary and --node, the
     /// version that node reports running (its signed status record for this id); with
@@ -157,9 +167,40 @@ pub struct NewArgs {
     /// The owner's public key (hex). The owner must sign.
     #[arg(long)]
     pub owner: PublicKey,
-    /// A node that runs the contract (repeatable).
-    #[arg(long = "node", required = true)]
+    /// A node that runs the contract (repeatable). Or a placement: --farm and the rest.
+    #[arg(
+        long = "node",
+        required_unless_present = "farm",
+        conflicts_with = "farm"
+    )]
     pub nodes: Vec<PublicKey>,
+    /// Placement: the farm whose nodes run the replicas.
+    #[arg(long, requires_all = ["replicas", "orchestrator"])]
+    pub farm: Option<String>,
+    /// Placement: how many replicas, each on a distinct node (1-64).
+    #[arg(long, requires = "farm")]
+    pub replicas: Option<u64>,
+    /// Placement: the orchestrator's public key, which assigns replicas to nodes.
+    #[arg(long, requires = "farm")]
+    pub orchestrator: Option<PublicKey>,
+    /// Placement: when a replica's node is lost, move the replica or only report it.
+    #[arg(
+        long,
+        requires = "farm",
+        value_name = "move|stay",
+        default_value = "move"
+    )]
+    pub failover: String,
+    /// Placement: seconds without the node's liveness before it counts as lost
+    /// (10-86400); the node stops `move` replicas itself at half of it.
+    #[arg(long, requires = "farm", value_name = "N", default_value_t = 60)]
+    pub after_s: u64,
+    /// Placement: only nodes with this much SSD free (GiB).
+    #[arg(long, requires = "farm", value_name = "N")]
+    pub min_ssd_gib: Option<u64>,
+    /// Placement: only nodes with this much memory free (MiB).
+    #[arg(long, requires = "farm", value_name = "N")]
+    pub min_memory_mib: Option<u64>,
     /// A co-signer: PUBKEY:WEIGHT or PUBKEY:WEIGHT:required (repeatable).
     #[arg(long = "stakeholder", value_name = "PUB:WEIGHT[:required]")]
     pub stakeholders: Vec<String>,
@@ -188,7 +229,7 @@ pub struct NewArgs {
 
 pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
     match cmd {
-        ContractCmd::New(args) => new(args),
+        ContractCmd::New(args) => new(*args),
         ContractCmd::Sign {
             target,
             key,
@@ -212,6 +253,17 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
         ),
         ContractCmd::Publish { file, key, notary } => {
             let doc = read(&file)?;
+            if let Some(p) = &doc.placement {
+                bail!(
+                    "{} is a placement contract (farm {}): it is published under \
+                     farms/{}/contracts/{}, which this notary does not hold yet \
+                     (docs/grid.md); nothing was written",
+                    doc.contract.id,
+                    p.farm,
+                    p.farm,
+                    doc.contract.id
+                );
+            }
             let key = SecretKey::load(&key)?;
             let client = crate::notary::Client::open(&notary)?;
             crate::notary::publish(&client, &doc, &key)
@@ -262,6 +314,7 @@ fn new(a: NewArgs) -> anyhow::Result<()> {
         .map(|s| parse_stakeholder(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let total: u64 = stakeholders.iter().map(|s| s.weight).sum();
+    let placement = placement_of(&a)?;
     let contract = Contract {
         id: a
             .id
@@ -280,13 +333,51 @@ fn new(a: NewArgs) -> anyhow::Result<()> {
         not_before: a.not_before,
         expires: a.expires,
     };
-    let doc = SignedContract::new(contract)?;
+    let doc = match placement {
+        Some(p) => SignedContract::placed(contract, p)?,
+        None => SignedContract::new(contract)?,
+    };
     write_new_or_stdout(a.out.as_deref(), &doc.to_pretty())?;
     note!(
         "contract {} version {}\ndigest {}\nnext: each signer runs `zos contract sign FILE --key KEY`",
         doc.contract.id, doc.contract.version, doc.digest
     );
     Ok(())
+}
+
+/// The placement `--farm` and its companions describe, checked as a node would (a
+/// contract whose placement every node refuses is not written); `None` without --farm.
+fn placement_of(a: &NewArgs) -> anyhow::Result<Option<Placement>> {
+    let (Some(farm), Some(replicas), Some(orchestrator)) =
+        (a.farm.clone(), a.replicas, a.orchestrator)
+    else {
+        return Ok(None);
+    };
+    let mode: FailoverMode = a.failover.parse()?;
+    let constraints =
+        (a.min_ssd_gib.is_some() || a.min_memory_mib.is_some()).then_some(Constraints {
+            min_ssd_gib: a.min_ssd_gib,
+            min_memory_mib: a.min_memory_mib,
+        });
+    let placement = Placement {
+        farm,
+        replicas,
+        orchestrator,
+        failover: Failover {
+            mode,
+            after_s: a.after_s,
+        },
+        constraints,
+    };
+    let errors = placement.check();
+    if !errors.is_empty() {
+        let list: Vec<String> = errors
+            .iter()
+            .map(|e| format!("  - {}: {e}", e.path()))
+            .collect();
+        bail!("placement refused:\n{}", list.join("\n"));
+    }
+    Ok(Some(placement))
 }
 
 /// `zos contract sign`: a file in place, or the contract published in a notary.
@@ -343,17 +434,23 @@ fn verify(
     }
     // Unreadable documents are refusals like any other: same report, same codes.
     let v = zos_contract::verify_bytes(&bytes, &ctx);
+    // What the document addresses: its nodes or its placement (when it reads at all).
+    let doc = SignedContract::from_bytes(&bytes, &Limits::default()).ok();
     let printed = if format.json {
         let mut json = serde_json::to_value(&v)?;
         json["ok"] = v.is_ok().into();
         json["running_version"] = running.into();
+        if let Some(doc) = &doc {
+            json["nodes"] = serde_json::to_value(&doc.contract.nodes)?;
+            json["placement"] = serde_json::to_value(&doc.placement)?;
+        }
         crate::output::json(&json)
     } else {
         running
             .map_or(Ok(()), |n| {
                 outln!("running   version {n} (replay checked against it)")
             })
-            .and_then(|()| print_verification(&v))
+            .and_then(|()| print_verification(&v, doc.as_ref()))
     };
     // The verdict decides the exit status, even when the reader stopped early.
     if !v.is_ok() {
@@ -554,7 +651,9 @@ pub fn read(path: &Path) -> anyhow::Result<SignedContract> {
         .with_context(|| format!("{} is not a contract document", path.display()))
 }
 
-pub fn print_verification(v: &Verification) -> anyhow::Result<()> {
+/// The verification for a person: the contract, its nodes or placement (`doc`, when
+/// the document reads), signers, weight, warnings, then OK or every reason.
+pub fn print_verification(v: &Verification, doc: Option<&SignedContract>) -> anyhow::Result<()> {
     let short = |k: &PublicKey| k.to_hex();
     outln!(
         "contract  {} version {}",
@@ -568,6 +667,9 @@ pub fn print_verification(v: &Verification) -> anyhow::Result<()> {
     }
     if let Some(b) = v.blueprint {
         outln!("blueprint {b}")?;
+    }
+    if let Some(doc) = doc {
+        print_addressing(doc)?;
     }
     for s in &v.signers {
         let role = match s.role {
@@ -591,6 +693,38 @@ pub fn print_verification(v: &Verification) -> anyhow::Result<()> {
         outln!("REFUSED")?;
         for r in &v.reasons {
             outln!("  - [{}] {r}", r.code())?;
+        }
+    }
+    Ok(())
+}
+
+/// A contract's nodes, or its placement, one line each.
+pub fn print_addressing(doc: &SignedContract) -> anyhow::Result<()> {
+    for n in &doc.contract.nodes {
+        outln!("node      {n}")?;
+    }
+    if let Some(p) = &doc.placement {
+        outln!(
+            "placement farm {}, {} replica(s), orchestrator {}",
+            p.farm,
+            p.replicas,
+            p.orchestrator
+        )?;
+        outln!(
+            "failover  {} after {} s (a node fences its replicas at {} s)",
+            p.failover.mode.as_str(),
+            p.failover.after_s,
+            p.failover.after_s / 2
+        )?;
+        if let Some(c) = &p.constraints {
+            let mut parts = Vec::new();
+            if let Some(n) = c.min_ssd_gib {
+                parts.push(format!("SSD >= {n} GiB free"));
+            }
+            if let Some(n) = c.min_memory_mib {
+                parts.push(format!("memory >= {n} MiB free"));
+            }
+            outln!("requires  {}", parts.join(", "))?;
         }
     }
     Ok(())

@@ -1,0 +1,192 @@
+//! `zos contract new` with a placement (--farm, --replicas, --orchestrator, --failover,
+//! --after-s, --min-ssd-gib) and `zos contract verify` printing it, with the real `zos`
+//! binary; out-of-range placements are refused before anything is written.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn zos(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ZOS_NOTARY")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (ok, out) = zos(dir, args);
+    assert!(ok, "zos {args:?} failed:\n{out}");
+    out
+}
+
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let (ok, out) = zos(dir, args);
+    assert!(!ok, "zos {args:?} should have failed:\n{out}");
+    out
+}
+
+#[test]
+fn a_placement_contract_is_made_signed_verified_and_printed() {
+    let tmp = zos_testkit::tempdir("cli-placement");
+    let dir = tmp.path();
+    let key = |who: &str| {
+        ok(dir, &["key", "new", "--out", &format!("{who}.key")])
+            .trim()
+            .to_string()
+    };
+    let (owner, bot, node) = (key("owner"), key("bot"), key("node"));
+    key("expert");
+    let blueprint =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/crm.blueprint.toml");
+    ok(
+        dir,
+        &[
+            "blueprint",
+            "sign",
+            blueprint.to_str().unwrap(),
+            "--key",
+            "expert.key",
+            "-o",
+            "crm.blueprint.json",
+        ],
+    );
+    let new = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "contract",
+            "new",
+            "--blueprint",
+            "crm.blueprint.json",
+            "--owner",
+            &owner,
+            "--id",
+            "crm-grid",
+            "-o",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        zos(dir, &args)
+    };
+    let placement = [
+        "--farm",
+        "7",
+        "--replicas",
+        "2",
+        "--orchestrator",
+        &bot,
+        "--failover",
+        "stay",
+        "--after-s",
+        "120",
+        "--min-ssd-gib",
+        "10",
+    ];
+    let (made, out) = new("c.json", &placement);
+    assert!(made, "{out}");
+    let body: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("c.json")).unwrap()).unwrap();
+    assert!(body["contract"].get("nodes").is_none(), "{body}");
+    assert_eq!(
+        body["contract"]["placement"],
+        serde_json::json!({"farm": "7", "replicas": 2, "orchestrator": bot,
+            "failover": {"mode": "stay", "after_s": 120},
+            "constraints": {"min_ssd_gib": 10}})
+    );
+    ok(dir, &["contract", "sign", "c.json", "--key", "owner.key"]);
+
+    // Verified for no node: OK, and the placement printed.
+    let text = ok(dir, &["contract", "verify", "c.json"]);
+    assert!(text.contains("OK"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "placement farm 7, 2 replica(s), orchestrator {bot}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("failover  stay after 120 s (a node fences its replicas at 60 s)"),
+        "{text}"
+    );
+    assert!(text.contains("requires  SSD >= 10 GiB free"), "{text}");
+    let json: Value =
+        serde_json::from_str(&ok(dir, &["contract", "verify", "c.json", "--json"])).unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["placement"]["replicas"], 2, "{json}");
+    assert_eq!(json["placement"]["failover"]["mode"], "stay", "{json}");
+
+    // Verified as a node would: no assignment, no deployment.
+    let refusal = refused(dir, &["contract", "verify", "c.json", "--node", &node]);
+    assert!(refusal.contains("[unassigned]"), "{refusal}");
+
+    // Publishing it has nowhere to go yet: refused, nothing written to the notary.
+    let notary = dir.join("notary");
+    std::fs::create_dir(&notary).unwrap();
+    let url = format!("dir://{}", notary.display());
+    let refusal = refused(
+        dir,
+        &[
+            "contract",
+            "publish",
+            "c.json",
+            "--key",
+            "owner.key",
+            "--notary",
+            &url,
+        ],
+    );
+    assert!(refusal.contains("placement contract (farm 7)"), "{refusal}");
+    let written: Vec<_> = walk(&notary);
+    assert!(written.is_empty(), "the notary holds {written:?}");
+
+    // Out of range or contradictory: refused, and no file written.
+    for (extra, says) in [
+        (vec!["--replicas", "65"], "$.contract.placement.replicas"),
+        (vec!["--replicas", "0"], "$.contract.placement.replicas"),
+        (
+            vec!["--after-s", "9"],
+            "$.contract.placement.failover.after_s",
+        ),
+        (vec!["--failover", "teleport"], "not a failover mode"),
+        (vec!["--farm", ".hidden"], "$.contract.placement.farm"),
+    ] {
+        let mut args: Vec<&str> = placement.to_vec();
+        for pair in extra.chunks(2) {
+            let at = args.iter().position(|a| *a == pair[0]).unwrap();
+            args[at + 1] = pair[1];
+        }
+        let (made, out) = new("bad.json", &args);
+        assert!(!made, "{extra:?} accepted:\n{out}");
+        assert!(out.contains(says), "{extra:?}: {out}");
+        assert!(!dir.join("bad.json").exists(), "{extra:?} wrote a file");
+    }
+    let (made, out) = new("bad.json", &[&placement[..], &["--node", &node]].concat());
+    assert!(!made && out.contains("cannot be used with"), "{out}");
+    let (made, out) = new("bad.json", &["--replicas", "2"]);
+    assert!(!made, "{out}");
+    let (made, out) = new("bad.json", &["--farm", "7"]);
+    assert!(!made && out.contains("--replicas"), "{out}");
+    assert!(!dir.join("bad.json").exists());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
