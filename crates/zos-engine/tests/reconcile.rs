@@ -563,6 +563,25 @@ async fn every_verification_refusal_is_reported_and_creates_nothing() {
             ),
         ),
         (
+            // A placement contract (docs/grid.md), fully signed, placed at this node's
+            // contract key: without its orchestrator's assignment it runs nowhere.
+            "unassigned",
+            variant(
+                &keys,
+                |v| {
+                    let c = v["contract"].as_object_mut().unwrap();
+                    c.remove("nodes");
+                    c.insert(
+                        "placement".into(),
+                        serde_json::json!({"farm": "1", "replicas": 1,
+                            "orchestrator": stranger.public(),
+                            "failover": {"mode": "move", "after_s": 60}}),
+                    );
+                },
+                &both,
+            ),
+        ),
+        (
             "malformed",
             variant(
                 &keys,
