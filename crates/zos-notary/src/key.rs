@@ -1,6 +1,6 @@
 //! Validated notary keys and key prefixes.
 //!
-//! The layout is fixed (design.md section 3); only these eight kinds are keys:
+//! The layout is fixed (design.md section 3, docs/grid.md); only these kinds are keys:
 //!
 //! ```text
 //! farms/<farm_id>
@@ -10,11 +10,16 @@
 //! nodes/<node_key>/heartbeat
 //! nodes/<node_key>/requests/<request_id>
 //! nodes/<node_key>/answers/<request_id>
+//! nodes/<node_key>/assignments/<contract_id>/<replica>
+//! grid/<farm_id>/contracts/<contract_id>
+//! grid/<farm_id>/placements/<contract_id>
+//! orchestrators/<key>/leader
 //! blueprints/<sha256>
 //! ```
 //!
-//! `<node_key>` is an ed25519 public key and `<sha256>` a digest, both as 64 lowercase hex
-//! characters. `<farm_id>`, `<contract_id>` and `<request_id>` are free segments: 1 to
+//! `<node_key>` and `<key>` are ed25519 public keys and `<sha256>` a digest, all as 64
+//! lowercase hex characters; `<replica>` is a decimal number below 64 without leading
+//! zeros. `<farm_id>`, `<contract_id>` and `<request_id>` are free segments: 1 to
 //! [`MAX_SEGMENT_LEN`] characters of `[A-Za-z0-9._-]`, not starting with `.` (so never `.`
 //! or `..`, and never a hidden or temporary file of the dir backend). Backends map keys
 //! to file paths, so everything else is refused, path traversal attempts with their own
@@ -79,8 +84,10 @@ pub enum KeyError {
         /// Which segment: `node key` or `blueprint sha256`.
         what: &'static str,
     },
-    /// Valid segments, but not one of the six key kinds.
-    #[error("key {0:?} is not in the notary layout (farms/, nodes/<key>/..., blueprints/)")]
+    /// Valid segments, but not one of the key kinds.
+    #[error(
+        "key {0:?} is not in the notary layout (farms/, nodes/<key>/..., grid/, orchestrators/, blueprints/)"
+    )]
     UnknownLayout(String),
 }
 
@@ -133,6 +140,40 @@ pub enum KeyKind {
         /// The id of the request answered.
         request_id: String,
     },
+    /// `nodes/<node_key>/assignments/<contract_id>/<replica>`: the orchestrator's signed
+    /// assignment of one replica of a placement contract to the node; authored by the
+    /// orchestrator the assignment names (docs/grid.md).
+    Assignment {
+        /// The node assigned.
+        node: PublicKey,
+        /// The placement contract.
+        contract_id: String,
+        /// The replica.
+        replica: u64,
+    },
+    /// `grid/<farm_id>/contracts/<contract_id>`: a placement contract (or its
+    /// cancellation) for a farm; written by a party the body names, like a node's.
+    PlacementContract {
+        /// The farm the placement names.
+        farm_id: String,
+        /// The contract's id.
+        contract_id: String,
+    },
+    /// `grid/<farm_id>/placements/<contract_id>`: the orchestrator's placement record of
+    /// a contract (where each replica runs, at which epoch, its moves); readers check the
+    /// author against the contract's orchestrator.
+    Placement {
+        /// The farm.
+        farm_id: String,
+        /// The contract's id.
+        contract_id: String,
+    },
+    /// `orchestrators/<key>/leader`: which instance of orchestrator `key` leads (a
+    /// leased record); authored by that key.
+    Leader {
+        /// The orchestrator key.
+        orchestrator: PublicKey,
+    },
     /// `blueprints/<sha256>`: a signed blueprint, by its digest.
     Blueprint {
         /// The blueprint's digest.
@@ -182,6 +223,23 @@ impl NotaryKey {
     pub fn blueprint(digest: &Digest) -> Self {
         NotaryKey(format!("blueprints/{digest}"))
     }
+    /// `nodes/<node>/assignments/<contract_id>/<replica>`; refused when `contract_id` is
+    /// not a valid segment or `replica` is 64 or more.
+    pub fn assignment(node: &PublicKey, contract_id: &str, replica: u64) -> Result<Self, KeyError> {
+        Self::parse(&format!("nodes/{node}/assignments/{contract_id}/{replica}"))
+    }
+    /// `grid/<farm_id>/contracts/<contract_id>`.
+    pub fn placement_contract(farm_id: &str, contract_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("grid/{farm_id}/contracts/{contract_id}"))
+    }
+    /// `grid/<farm_id>/placements/<contract_id>`.
+    pub fn placement(farm_id: &str, contract_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("grid/{farm_id}/placements/{contract_id}"))
+    }
+    /// `orchestrators/<key>/leader`.
+    pub fn leader(orchestrator: &PublicKey) -> Self {
+        NotaryKey(format!("orchestrators/{orchestrator}/leader"))
+    }
 
     /// Parses and validates the path form of a key.
     pub fn parse(s: &str) -> Result<Self, KeyError> {
@@ -210,6 +268,7 @@ impl NotaryKey {
             | KeyKind::Status { node, .. }
             | KeyKind::Heartbeat { node }
             | KeyKind::Answer { node, .. } => Some(node),
+            KeyKind::Leader { orchestrator } => Some(orchestrator),
             _ => None,
         }
     }
@@ -268,6 +327,18 @@ fn hex32<T: FromStr>(key: &str, seg: &str, what: &'static str) -> Result<T, KeyE
     })
 }
 
+/// A replica segment: `0` to `63`, decimal, no leading zero (one spelling per replica).
+fn replica(key: &str, seg: &str) -> Result<u64, KeyError> {
+    let bad = || KeyError::UnknownLayout(key.to_owned());
+    if seg.len() > 1 && seg.starts_with('0') {
+        return Err(bad());
+    }
+    match seg.parse::<u64>() {
+        Ok(r) if r < 64 && seg.bytes().all(|b| b.is_ascii_digit()) => Ok(r),
+        _ => Err(bad()),
+    }
+}
+
 fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
     let node = |seg: &str| hex32::<PublicKey>(s, seg, "node key");
     Ok(match segs {
@@ -294,6 +365,22 @@ fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
         ["nodes", n, "answers", id] => KeyKind::Answer {
             node: node(n)?,
             request_id: id.to_string(),
+        },
+        ["nodes", n, "assignments", id, r] => KeyKind::Assignment {
+            node: node(n)?,
+            contract_id: id.to_string(),
+            replica: replica(s, r)?,
+        },
+        ["grid", farm, "contracts", id] => KeyKind::PlacementContract {
+            farm_id: farm.to_string(),
+            contract_id: id.to_string(),
+        },
+        ["grid", farm, "placements", id] => KeyKind::Placement {
+            farm_id: farm.to_string(),
+            contract_id: id.to_string(),
+        },
+        ["orchestrators", k, "leader"] => KeyKind::Leader {
+            orchestrator: hex32(s, k, "orchestrator key")?,
         },
         _ => return Err(KeyError::UnknownLayout(s.to_owned())),
     })
@@ -387,6 +474,18 @@ impl KeyPrefix {
     /// The answers of `node` to diagnostic requests.
     pub fn node_answers(node: &PublicKey) -> Self {
         KeyPrefix(format!("nodes/{node}/answers"))
+    }
+    /// The assignments naming `node`.
+    pub fn node_assignments(node: &PublicKey) -> Self {
+        KeyPrefix(format!("nodes/{node}/assignments"))
+    }
+    /// Everything of the grid: placement contracts and placement records of every farm.
+    pub fn grid() -> Self {
+        KeyPrefix("grid".into())
+    }
+    /// Every node: registrations, heartbeats, statuses, assignments.
+    pub fn nodes() -> Self {
+        KeyPrefix("nodes".into())
     }
 
     /// The path form without a trailing `/`; empty for [`KeyPrefix::all`].
@@ -586,6 +685,59 @@ mod tests {
             NotaryKey::parse("farms/1/x"),
             Err(KeyError::UnknownLayout(_))
         ));
+    }
+
+    #[test]
+    fn the_grid_keys_parse_and_only_their_spelling() {
+        let n = node();
+        let h = n.to_hex();
+        let a = NotaryKey::assignment(&n, "web", 3).unwrap();
+        assert_eq!(a.as_str(), format!("nodes/{h}/assignments/web/3"));
+        assert_eq!(
+            a.kind(),
+            KeyKind::Assignment {
+                node: n,
+                contract_id: "web".into(),
+                replica: 3
+            }
+        );
+        assert_eq!(
+            a.node_owner(),
+            None,
+            "the orchestrator writes it, not the node"
+        );
+        assert!(a.has_prefix(&KeyPrefix::node_assignments(&n)));
+        for bad in ["03", "64", "-1", "1x", "99999999999999999999"] {
+            assert!(
+                matches!(
+                    NotaryKey::parse(&format!("nodes/{h}/assignments/web/{bad}")),
+                    Err(KeyError::UnknownLayout(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(NotaryKey::assignment(&n, "web", 64).is_err());
+        assert_eq!(
+            NotaryKey::placement_contract("f1", "web").unwrap().kind(),
+            KeyKind::PlacementContract {
+                farm_id: "f1".into(),
+                contract_id: "web".into()
+            }
+        );
+        assert_eq!(
+            NotaryKey::placement("f1", "web").unwrap().as_str(),
+            "grid/f1/placements/web"
+        );
+        assert!(NotaryKey::placement("..", "web").is_err());
+        let l = NotaryKey::leader(&n);
+        assert_eq!(l.as_str(), format!("orchestrators/{h}/leader"));
+        assert_eq!(
+            l.node_owner(),
+            Some(n),
+            "only the orchestrator key writes it"
+        );
+        assert!(NotaryKey::parse("orchestrators/abc/leader").is_err());
+        assert!(NotaryKey::parse("grid/f1/other/web").is_err());
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub enum RecordError {
         /// Where the backend holds it.
         found: String,
     },
-    /// A node-owned key (registration, status, heartbeat) written by someone else.
+    /// A key owned by one key (a node's registration, status, heartbeat, answers; an
+    /// orchestrator's leader record) written by someone else.
     #[error("record {key} is authored by {author}; only node {owner} may write it")]
     WrongAuthor {
         /// The record's key.
@@ -81,6 +82,18 @@ pub enum RecordError {
          stakeholder of the contract its body names"
     )]
     NotAParty {
+        /// The record's key.
+        key: String,
+        /// Who signed it.
+        author: PublicKey,
+    },
+    /// An assignment record written by someone other than the orchestrator its body
+    /// names.
+    #[error(
+        "assignment record {key} is authored by {author}, not by the orchestrator its body \
+         names"
+    )]
+    NotTheOrchestrator {
         /// The record's key.
         key: String,
         /// Who signed it.
@@ -189,16 +202,28 @@ impl Record {
                 key: self.key.clone(),
                 author: self.author,
             })?;
-        // Authentic, then authorised: a contract key is written by a party the body names.
-        if matches!(key.kind(), KeyKind::Contract { .. })
-            && !ContractRecord::parties(&self.body).contains(&self.author)
-        {
-            return Err(RecordError::NotAParty {
-                key: self.key.clone(),
-                author: self.author,
-            });
+        // Authentic, then authorised: a contract key (a node's or a farm's) is written by
+        // a party the body names, an assignment by the orchestrator it names.
+        match key.kind() {
+            KeyKind::Contract { .. } | KeyKind::PlacementContract { .. }
+                if !ContractRecord::parties(&self.body).contains(&self.author) =>
+            {
+                Err(RecordError::NotAParty {
+                    key: self.key.clone(),
+                    author: self.author,
+                })
+            }
+            KeyKind::Assignment { .. }
+                if self.body["assignment"]["orchestrator"].as_str()
+                    != Some(self.author.to_string().as_str()) =>
+            {
+                Err(RecordError::NotTheOrchestrator {
+                    key: self.key.clone(),
+                    author: self.author,
+                })
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// [`verify`](Self::verify), and that the record was found where it was signed for.
@@ -598,6 +623,43 @@ mod tests {
             r.verify_at(other.as_str()),
             Err(RecordError::KeyMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn an_assignment_record_is_authored_by_the_orchestrator_it_names() {
+        use zos_contract::assignment::{Assignment, SignedAssignment};
+        let (orchestrator, node) = (sk(20), sk(21));
+        let body = SignedAssignment::sign(
+            Assignment {
+                contract: "web".into(),
+                version: 1,
+                digest: Digest::of(b"c"),
+                replica: 0,
+                node: node.public(),
+                epoch: 1,
+                issued_at: 1,
+                orchestrator: orchestrator.public(),
+            },
+            &orchestrator,
+        )
+        .unwrap()
+        .to_value();
+        let key = NotaryKey::assignment(&node.public(), "web", 0).unwrap();
+        Record::sign_at(&key, body.clone(), &orchestrator, 1)
+            .unwrap()
+            .verify()
+            .unwrap();
+        // Anyone else, the node itself included, is refused.
+        for other in [sk(22), node] {
+            let err = Record::sign_at(&key, body.clone(), &other, 1)
+                .unwrap()
+                .verify()
+                .unwrap_err();
+            assert!(
+                matches!(err, RecordError::NotTheOrchestrator { .. }),
+                "{err}"
+            );
+        }
     }
 
     #[test]
