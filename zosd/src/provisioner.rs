@@ -82,6 +82,40 @@ impl NodeProvisioner {
     }
 }
 
+impl NodeProvisioner {
+    /// Where the workloads' cgroups are, for their metrics (a handle that outlives the
+    /// provisioner's move into the engine).
+    pub fn cgroups(&self) -> WorkloadCgroups {
+        WorkloadCgroups {
+            names: self.inner.names.clone(),
+        }
+    }
+}
+
+/// Finds a workload's cgroup from its node-wide name, the way its runtime makes it: a
+/// container's is zos-container's `spec::cgroup_path` of its container id (the
+/// node-wide name), a VM's QEMU is placed by zos-vm in `<cgroup_parent>/<kernel id>`
+/// (zosd keeps `QemuConfig`'s default parent).
+#[derive(Clone)]
+pub struct WorkloadCgroups {
+    names: Arc<KernelNames>,
+}
+
+impl WorkloadCgroups {
+    /// The cgroup path of workload `name` of `kind`, relative to each hierarchy's root.
+    pub fn path(&self, name: &str, kind: WorkloadKind) -> Option<PathBuf> {
+        use zos_engine::KernelIds as _;
+        Some(match kind {
+            WorkloadKind::Container => zos_container::spec::cgroup_path(name),
+            WorkloadKind::Vm => {
+                let id = self.names.kernel_id(name)?;
+                let parent = zos_vm::QemuConfig::under("/").cgroup_parent;
+                PathBuf::from(format!("/{parent}/{id}"))
+            }
+        })
+    }
+}
+
 /// The tap of a VM workload (its kernel name, prefixed).
 fn tap_name(wl_id: &str) -> String {
     format!("t-{wl_id}")
