@@ -203,12 +203,6 @@ async fn serve(
         return Ok(());
     };
     logs.bind(registered.farm.as_ref());
-    let _metrics = crate::metrics::start(
-        &node,
-        registered.farm.as_ref(),
-        storage.clone(),
-        std::time::Duration::from_secs(cfg.metrics_every_secs.max(1)),
-    );
     let engine_cfg = EngineConfig {
         capacity,
         trusted_authors: trusted_authors(&cfg, &registered),
@@ -220,7 +214,14 @@ async fn serve(
     // Diagnostics by signed request (docs/diagnostics.md), beside the engine.
     let farmer = registered.farm.as_ref().map(|f| f.farmer);
     let diag = crate::diag::Diag::new(&cfg, &key, notary.clone(), storage.clone(), farmer);
+    let cgroups = provisioner.cgroups();
     let engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
+    // Metrics (docs/observability.md): the node's and the engine's to the farm's
+    // target, each contract's workloads' to the target its deployment names.
+    let every = std::time::Duration::from_secs(cfg.metrics_every_secs.max(1));
+    let farm = registered.farm.as_ref();
+    let _metrics = crate::metrics::start(&node, farm, storage.clone(), engine.stats(), every);
+    let _tenant_metrics = crate::metrics::start_tenants(&node, engine.stats(), cgroups, every);
     status.follow(engine.summaries());
     let _diag = diag.start(engine.summaries());
     status.state("serving");
