@@ -128,25 +128,57 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
     let refusal = refused(dir, &["contract", "verify", "c.json", "--node", &node]);
     assert!(refusal.contains("[unassigned]"), "{refusal}");
 
-    // Publishing it has nowhere to go yet: refused, nothing written to the notary.
+    // Published under its farm, for its orchestrator; never under a node.
     let notary = dir.join("notary");
     std::fs::create_dir(&notary).unwrap();
     let url = format!("dir://{}", notary.display());
-    let refusal = refused(
-        dir,
-        &[
-            "contract",
-            "publish",
-            "c.json",
-            "--key",
-            "owner.key",
-            "--notary",
-            &url,
-        ],
+    let publish = |file: &str, key: &str| {
+        zos(
+            dir,
+            &["contract", "publish", file, "--key", key, "--notary", &url],
+        )
+    };
+    let (done, published) = publish("c.json", "owner.key");
+    assert!(done, "{published}");
+    assert!(
+        published.contains("published crm-grid version 1 to farm 7"),
+        "{published}"
     );
-    assert!(refusal.contains("placement contract (farm 7)"), "{refusal}");
-    let written: Vec<_> = walk(&notary);
-    assert!(written.is_empty(), "the notary holds {written:?}");
+    let written: Vec<String> = walk(&notary)
+        .iter()
+        .map(|p| p.strip_prefix(&notary).unwrap().display().to_string())
+        .filter(|p| !p.starts_with("blueprints/"))
+        .collect();
+    assert_eq!(written, ["grid/7/contracts/crm-grid.json"], "{written:?}");
+    let record = notary.join("grid/7/contracts/crm-grid.json");
+    let before = std::fs::read(&record).unwrap();
+    // A stranger cannot publish it; nothing is written.
+    key("stranger");
+    let (done, refusal) = publish("c.json", "stranger.key");
+    assert!(!done, "{refusal}");
+    assert!(
+        refusal.contains("neither the owner nor a stakeholder"),
+        "{refusal}"
+    );
+    assert_eq!(std::fs::read(&record).unwrap(), before);
+    // Version 2 supersedes it; version 1 is then a replay, and writes nothing.
+    let mut v2: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("c.json")).unwrap()).unwrap();
+    v2["contract"]["version"] = 2.into();
+    v2["signatures"] = serde_json::json!([]);
+    std::fs::write(dir.join("c2.json"), v2.to_string()).unwrap();
+    ok(dir, &["contract", "sign", "c2.json", "--key", "owner.key"]);
+    let (done, out) = publish("c2.json", "owner.key");
+    assert!(done, "{out}");
+    let after = std::fs::read(&record).unwrap();
+    assert!(String::from_utf8_lossy(&after).contains("\"version\":2"));
+    let (done, refusal) = publish("c.json", "owner.key");
+    assert!(!done, "{refusal}");
+    assert!(
+        refusal.contains("replay: farm 7 holds version 2"),
+        "{refusal}"
+    );
+    assert_eq!(std::fs::read(&record).unwrap(), after);
 
     // Out of range or contradictory: refused, and no file written.
     for (extra, says) in [
