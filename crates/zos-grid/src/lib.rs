@@ -3,6 +3,10 @@
 //! from what it reads in the notary; writing the assignments, leading, and watching are
 //! the bot's.
 
+pub mod bot;
 pub mod plan;
+pub mod record;
 
+pub use bot::{Bot, BotError, Round};
 pub use plan::{plan, ContractView, NodeView, Reason, ReplicaView, Report, Step, MAX_REFUSALS};
+pub use record::{Move, PlacementRecord, ReplicaRecord, ReplicaState};

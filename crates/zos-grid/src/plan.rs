@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zos_contract::placement::{FailoverMode, Placement};
 use zos_contract::PublicKey;
 use zos_registry::NodeResources;
@@ -84,7 +84,7 @@ pub struct ContractView<'a> {
 }
 
 /// Why a replica is (re)assigned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "why", rename_all = "snake_case")]
 pub enum Reason {
     /// Its first placement.

@@ -1,0 +1,605 @@
+//! The orchestrator (`zos bot run`): reads the grid from the notary, plans each of its
+//! placement contracts ([`crate::plan`]) and writes what the plan says (docs/grid.md).
+//!
+//! One [`Bot::round`] is list, plan, write:
+//! 1. the placement contracts under `grid/` that name this bot's key as orchestrator,
+//!    each verified in full (for no node in particular) with its blueprint;
+//! 2. the farm's nodes: registrations (farm, capacity), heartbeats (what is reserved;
+//!    liveness), statuses (ok or refused);
+//! 3. per contract, the plan; then the placement record by compare-and-swap (a
+//!    conflict means another writer, a stale or a new leader, wrote since the read: the
+//!    contract is planned again next round from what is then there), and only after it
+//!    the signed assignments, and the deletion of the assignment a move replaced.
+//!
+//! **Liveness is measured on the bot's own clock**: a node is last seen when the bot saw
+//! its heartbeat change, never by the time the node wrote in it. A bot that starts
+//! counts every node as seen at its start, which can delay a move by one `after_s`,
+//! never hasten it.
+//!
+//! [`Bot::run`] leads through a leased record at `orchestrators/<key>/leader` (created
+//! only if absent: one leader; an etcd lease, or on `dir://` the lease mark judged on
+//! the one kernel's clock), renews it, and runs a round on every change in the notary
+//! and at least every [`ROUND_EVERY`]. A bot that cannot create the record follows,
+//! trying again every lease period.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use zos_contract::assignment::{Assignment, SignedAssignment};
+use zos_contract::{
+    ContractRecord, Digest, Limits, PublicKey, SecretKey, SignedBlueprint, SignedContract,
+    VerifyContext,
+};
+use zos_engine::{Capacity, State, StatusReport};
+use zos_notary::{Expect, KeyKind, KeyPrefix, Notary, NotaryError, NotaryKey, Record};
+use zos_registry::{Heartbeat, NodeResources, Registration};
+
+use crate::plan::{self, ContractView, NodeView, ReplicaView, Report, Step};
+use crate::record::{Move, PlacementRecord, Refusal, ReplicaState};
+
+/// The longest a bot waits between rounds when nothing changes: nodes fall silent
+/// without any write to wake it.
+pub const ROUND_EVERY: Duration = Duration::from_secs(1);
+/// The leader record's lease.
+pub const LEADER_TTL: Duration = Duration::from_secs(5);
+
+const MIB: u64 = 1 << 20;
+
+/// Why a round or the bot stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    /// The notary failed (not a conflict: those are part of a round).
+    #[error("notary: {0}")]
+    Notary(#[from] NotaryError),
+    /// A record could not be signed.
+    #[error("signing {key}: {error}")]
+    Sign {
+        /// The key.
+        key: String,
+        /// Why.
+        error: String,
+    },
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Round {
+    /// Placement contracts of this bot seen.
+    pub contracts: usize,
+    /// Assignments written: (contract, replica, node, epoch).
+    pub assigned: Vec<(String, u64, PublicKey, u64)>,
+    /// Placement records this round did not write because another writer had.
+    pub conflicts: usize,
+    /// Contracts skipped, with why (not verified, no blueprint).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// When the bot last saw a node's heartbeat change: (its `time` field, bot seconds).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    beat: u64,
+    at: u64,
+}
+
+/// One placement contract as read, verified.
+struct Placed {
+    farm: String,
+    doc: SignedContract,
+    needs: NodeResources,
+    prev: Option<(Record, PlacementRecord)>,
+}
+
+/// The orchestrator.
+pub struct Bot<N> {
+    key: SecretKey,
+    notary: N,
+    limits: Limits,
+    started: Instant,
+    seen: HashMap<PublicKey, Seen>,
+}
+
+impl<N: Notary> Bot<N> {
+    /// The bot of orchestrator key `key` over `notary`.
+    pub fn new(key: SecretKey, notary: N) -> Bot<N> {
+        Bot {
+            key,
+            notary,
+            limits: Limits::default(),
+            started: Instant::now(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Seconds on the bot's monotonic clock; starts at 1 so that 0 means "never".
+    fn clock(&self) -> u64 {
+        self.started.elapsed().as_secs() + 1
+    }
+
+    /// One pass of list, plan, write (see the module docs).
+    pub async fn round(&mut self) -> Result<Round, BotError> {
+        let me = self.key.public();
+        let grid = self.notary.list(&KeyPrefix::grid()).await?;
+        let nodes = self.notary.list(&KeyPrefix::nodes()).await?;
+        let now = self.clock();
+        let wall = unix_now();
+
+        let mut farms: BTreeMap<String, Vec<(PublicKey, NodeResources)>> = BTreeMap::new();
+        let mut reserved: HashMap<PublicKey, NodeResources> = HashMap::new();
+        let mut statuses: HashMap<(PublicKey, String), StatusReport> = HashMap::new();
+        for r in &nodes {
+            match r.notary_key().map(|k| k.kind()) {
+                Ok(KeyKind::Registration { .. }) => {
+                    if let Ok((node, reg)) = Registration::from_record(r) {
+                        farms
+                            .entry(reg.farm.clone())
+                            .or_default()
+                            .push((node, reg.capacity));
+                    }
+                }
+                Ok(KeyKind::Heartbeat { .. }) => {
+                    if let Ok((node, hb)) = Heartbeat::from_record(r) {
+                        self.saw(node, &hb, now);
+                        reserved.insert(node, hb.reserved);
+                    }
+                }
+                Ok(KeyKind::Status { node, contract_id }) => {
+                    if let Ok(s) = serde_json::from_value::<StatusReport>(r.body.clone()) {
+                        statuses.insert((node, contract_id), s);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        let mut round = Round::default();
+        let placed = self.read_contracts(&grid, &me, &mut round).await;
+        round.contracts = placed.len();
+
+        // What each node has free: its capacity less what it reports reserved, less
+        // what is assigned to it and not reported running yet (its heartbeat lags).
+        let mut views: BTreeMap<String, Vec<NodeView>> = BTreeMap::new();
+        for (farm, members) in &farms {
+            let list = members
+                .iter()
+                .map(|(key, capacity)| {
+                    let mut v = NodeView {
+                        key: *key,
+                        last_seen: self.seen.get(key).map_or(0, |s| s.at),
+                        free: *capacity,
+                        drained: false,
+                    };
+                    if let Some(r) = reserved.get(key) {
+                        v.reserve(r);
+                    }
+                    v
+                })
+                .collect();
+            views.insert(farm.clone(), list);
+        }
+        for p in &placed {
+            let Some((_, rec)) = &p.prev else { continue };
+            for r in &rec.replicas {
+                let Some(node) = r.node else { continue };
+                let running = statuses
+                    .get(&(node, rec.contract.clone()))
+                    .is_some_and(|s| s.version == Some(p.doc.contract.version));
+                if !running {
+                    if let Some(v) = views
+                        .get_mut(&p.farm)
+                        .and_then(|l| l.iter_mut().find(|n| n.key == node))
+                    {
+                        v.reserve(&p.needs);
+                    }
+                }
+            }
+        }
+
+        for p in placed {
+            let farm_nodes = views.entry(p.farm.clone()).or_default();
+            self.place(p, farm_nodes, &statuses, now, wall, &mut round)
+                .await?;
+        }
+        Ok(round)
+    }
+
+    fn saw(&mut self, node: PublicKey, hb: &Heartbeat, now: u64) {
+        match self.seen.get_mut(&node) {
+            Some(s) if s.beat == hb.time => {}
+            Some(s) => {
+                *s = Seen {
+                    beat: hb.time,
+                    at: now,
+                }
+            }
+            None => {
+                self.seen.insert(
+                    node,
+                    Seen {
+                        beat: hb.time,
+                        at: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The placement contracts naming this bot, verified, with their placement records.
+    async fn read_contracts(
+        &self,
+        grid: &[Record],
+        me: &PublicKey,
+        round: &mut Round,
+    ) -> Vec<Placed> {
+        let mut records: HashMap<(String, String), (Record, PlacementRecord)> = HashMap::new();
+        for r in grid {
+            if let Ok(KeyKind::Placement {
+                farm_id,
+                contract_id,
+            }) = r.notary_key().map(|k| k.kind())
+            {
+                // Only our own records count; anyone may write at the key, and the
+                // compare-and-swap below compares whatever is there.
+                if r.author == *me {
+                    if let Ok(p) = serde_json::from_value::<PlacementRecord>(r.body.clone()) {
+                        records.insert((farm_id, contract_id), (r.clone(), p));
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for r in grid {
+            let Ok(KeyKind::PlacementContract {
+                farm_id,
+                contract_id,
+            }) = r.notary_key().map(|k| k.kind())
+            else {
+                continue;
+            };
+            let doc = match ContractRecord::from_value(&r.body, &self.limits) {
+                Ok(ContractRecord::Contract(doc)) => *doc,
+                // A cancellation: the nodes stop it; nothing more is placed.
+                _ => continue,
+            };
+            let Some(placement) = &doc.placement else {
+                continue;
+            };
+            if placement.orchestrator != *me {
+                continue;
+            }
+            if placement.farm != farm_id || doc.contract.id != contract_id {
+                round.skipped.push((
+                    contract_id,
+                    format!("filed under farm {farm_id:?}, not where its placement says"),
+                ));
+                continue;
+            }
+            let blueprint = match &doc.contract.blueprint {
+                zos_contract::BlueprintRef::Sha256(d) => self.blueprint(d).await,
+                zos_contract::BlueprintRef::Embedded(_) => None,
+            };
+            let resolver = move |d: &Digest| blueprint.clone().filter(|b| b.digest == *d);
+            let ctx = VerifyContext {
+                now: unix_now(),
+                node: None,
+                accepted: None,
+                resolve_blueprint: &resolver,
+                trusted_authors: None,
+                limits: self.limits,
+            };
+            let verification = zos_contract::verify(&doc, &ctx);
+            let deployment = match (&verification.deployment, verification.reasons.is_empty()) {
+                (Some(d), true) => d.clone(),
+                _ => {
+                    let why = verification
+                        .reasons
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    round
+                        .skipped
+                        .push((contract_id, format!("does not verify: {why}")));
+                    continue;
+                }
+            };
+            let c = Capacity::of(&deployment);
+            let needs = NodeResources {
+                cpus: c.cpu,
+                memory_bytes: c.memory_mib.saturating_mul(MIB),
+                ssd_bytes: c.ssd_mib.saturating_mul(MIB),
+                hdd_bytes: c.hdd_mib.saturating_mul(MIB),
+            };
+            let prev = records.remove(&(farm_id.clone(), contract_id));
+            out.push(Placed {
+                farm: farm_id,
+                doc,
+                needs,
+                prev,
+            });
+        }
+        out
+    }
+
+    async fn blueprint(&self, digest: &Digest) -> Option<SignedBlueprint> {
+        let record = self
+            .notary
+            .get(&NotaryKey::blueprint(digest))
+            .await
+            .ok()??;
+        SignedBlueprint::from_value(&record.body, &self.limits).ok()
+    }
+
+    /// Plans one contract and writes the result.
+    async fn place(
+        &self,
+        p: Placed,
+        farm_nodes: &mut [NodeView],
+        statuses: &HashMap<(PublicKey, String), StatusReport>,
+        now: u64,
+        wall: u64,
+        round: &mut Round,
+    ) -> Result<(), BotError> {
+        let c = &p.doc.contract;
+        let placement = p.doc.placement.as_ref().expect("a placement contract");
+        let mut rec = match &p.prev {
+            Some((_, r)) if r.version == c.version && r.digest == p.doc.digest => r.clone(),
+            // A new version keeps where its replicas run; their assignments are written
+            // again for it, at the same epochs.
+            Some((_, r)) => PlacementRecord {
+                version: c.version,
+                digest: p.doc.digest,
+                ..r.clone()
+            },
+            None => PlacementRecord::new(&c.id, c.version, p.doc.digest, placement.replicas),
+        };
+        let reissue = p
+            .prev
+            .as_ref()
+            .is_some_and(|(_, r)| r.version != c.version || r.digest != p.doc.digest);
+
+        let report = |node: &PublicKey| -> Report {
+            match statuses.get(&(*node, c.id.clone())) {
+                Some(s) if s.version == Some(c.version) && s.state == State::Ok => Report::Ok,
+                Some(s) if s.version == Some(c.version) && s.state == State::Refused => {
+                    Report::Refused(s.message.clone())
+                }
+                _ => Report::Pending,
+            }
+        };
+        let replicas: Vec<ReplicaView> = (0..placement.replicas)
+            .map(|k| {
+                let r = rec.replica_mut(k).clone();
+                let assigned = r.node.map(|n| (n, r.epoch));
+                ReplicaView {
+                    replica: k,
+                    assigned,
+                    report: r.node.map_or(Report::Pending, |n| report(&n)),
+                    refused_on: r
+                        .refused_on
+                        .iter()
+                        .map(|x| (x.node, x.reason.clone()))
+                        .collect(),
+                }
+            })
+            .collect();
+        let view = ContractView {
+            id: &c.id,
+            placement,
+            needs: p.needs,
+            replicas: replicas.clone(),
+        };
+        let steps = plan::plan(&view, farm_nodes, now);
+
+        // The record after the steps, and the reports of replicas that stay.
+        let before = rec.clone();
+        let mut assignments = Vec::new();
+        for v in &replicas {
+            let r = rec.replica_mut(v.replica);
+            if let Some(node) = r.node {
+                match &v.report {
+                    Report::Ok => set(r, ReplicaState::Running, ""),
+                    Report::Pending => set(r, ReplicaState::Assigned, ""),
+                    Report::Refused(why) => {
+                        if !r.refused_on.iter().any(|x| x.node == node) {
+                            r.refused_on.push(Refusal {
+                                node,
+                                reason: why.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for step in &steps {
+            match step {
+                Step::Assign {
+                    replica,
+                    node,
+                    epoch,
+                    reason,
+                } => {
+                    let r = rec.replica_mut(*replica);
+                    let from = r.node;
+                    r.node = Some(*node);
+                    r.epoch = *epoch;
+                    set(r, ReplicaState::Assigned, "");
+                    rec.push_move(Move {
+                        replica: *replica,
+                        from,
+                        to: *node,
+                        epoch: *epoch,
+                        reason: reason.clone(),
+                        at: wall,
+                    });
+                    if let Some(v) = farm_nodes.iter_mut().find(|n| n.key == *node) {
+                        v.reserve(&p.needs);
+                    }
+                    assignments.push((*replica, *node, *epoch, from));
+                }
+                Step::Lost {
+                    replica, silent_s, ..
+                } => {
+                    let r = rec.replica_mut(*replica);
+                    set(
+                        r,
+                        ReplicaState::Lost,
+                        &format!("no heartbeat for {silent_s} s; failover is stay"),
+                    );
+                }
+                Step::Unplaceable { replica, why } => {
+                    set(rec.replica_mut(*replica), ReplicaState::Unplaceable, why);
+                }
+                Step::GivenUp { replica, reason } => {
+                    set(rec.replica_mut(*replica), ReplicaState::GivenUp, reason);
+                }
+            }
+        }
+        if reissue {
+            for r in &rec.replicas {
+                if let Some(node) = r.node {
+                    if !assignments.iter().any(|(k, ..)| *k == r.replica) {
+                        assignments.push((r.replica, node, r.epoch, None));
+                    }
+                }
+            }
+        }
+        if rec == before && p.prev.is_some() && !reissue {
+            return Ok(());
+        }
+
+        // The one serialisation point: the placement record, compared and swapped.
+        let key = NotaryKey::placement(&p.farm, &c.id).map_err(NotaryError::from)?;
+        let body = serde_json::to_value(&rec).expect("a placement record serializes");
+        let record = self.sign(&key, body)?;
+        let expect = match &p.prev {
+            Some((r, _)) => Expect::Current(r.clone()),
+            None => Expect::Absent,
+        };
+        match self.notary.put_if(&record, &expect).await {
+            Ok(()) => {}
+            Err(NotaryError::Conflict { .. }) => {
+                tracing::info!(contract = %c.id, "placement record changed since it was read; planned again next round");
+                round.conflicts += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for (replica, node, epoch, from) in assignments {
+            let assignment = Assignment {
+                contract: c.id.clone(),
+                version: c.version,
+                digest: p.doc.digest,
+                replica,
+                node,
+                epoch,
+                issued_at: wall,
+                orchestrator: self.key.public(),
+            };
+            let signed =
+                SignedAssignment::sign(assignment, &self.key).map_err(|e| BotError::Sign {
+                    key: c.id.clone(),
+                    error: e.to_string(),
+                })?;
+            let key = NotaryKey::assignment(&node, &c.id, replica).map_err(NotaryError::from)?;
+            self.notary
+                .put(&self.sign(&key, signed.to_value())?)
+                .await?;
+            tracing::info!(contract = %c.id, replica, %node, epoch, "assigned");
+            round.assigned.push((c.id.clone(), replica, node, epoch));
+            if let Some(old) = from.filter(|f| *f != node) {
+                // The old node stops on the newer epoch anyway (or has fenced); this
+                // only tidies its directory.
+                let old_key =
+                    NotaryKey::assignment(&old, &c.id, replica).map_err(NotaryError::from)?;
+                if let Err(e) = self.notary.delete(&old_key).await {
+                    tracing::warn!(contract = %c.id, replica, node = %old, error = %e, "removing a replaced assignment");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sign(&self, key: &NotaryKey, body: serde_json::Value) -> Result<Record, BotError> {
+        Record::sign(key, body, &self.key).map_err(|e| BotError::Sign {
+            key: key.to_string(),
+            error: e.to_string(),
+        })
+    }
+
+    /// Leads (or follows until it can lead) and runs rounds until `stop` resolves.
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), BotError> {
+        let leader = NotaryKey::leader(&self.key.public());
+        tokio::pin!(stop);
+        loop {
+            let lease = self.notary.grant_lease(LEADER_TTL).await?;
+            // The lease names the term: two instances of one key never share it.
+            let instance = format!("{}-{}", std::process::id(), lease.id());
+            let body = serde_json::json!({"instance": instance, "since": unix_now()});
+            let record = self.sign(&leader, body)?;
+            match self
+                .notary
+                .put_leased(&record, &lease, &Expect::Absent)
+                .await
+            {
+                Ok(()) => tracing::info!(%instance, "leading"),
+                Err(NotaryError::Conflict { .. }) => {
+                    tracing::info!("another instance leads; following");
+                    let _ = self.notary.revoke(&lease).await;
+                    tokio::select! {
+                        _ = &mut stop => return Ok(()),
+                        _ = tokio::time::sleep(lease.ttl() / 2) => continue,
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let mut watch = self.notary.watch(&KeyPrefix::all()).await?;
+            let mut renewed = Instant::now();
+            loop {
+                if renewed.elapsed() >= lease.ttl() / 3 {
+                    match self.notary.keep_alive(&lease).await {
+                        Ok(_) => renewed = Instant::now(),
+                        Err(NotaryError::LeaseExpired { .. }) => {
+                            tracing::warn!("leadership lost (the lease expired); trying again");
+                            break;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "renewing the leader lease"),
+                    }
+                }
+                match self.round().await {
+                    Ok(r) if !r.assigned.is_empty() || r.conflicts > 0 => {
+                        tracing::info!(
+                            contracts = r.contracts,
+                            assigned = r.assigned.len(),
+                            conflicts = r.conflicts,
+                            "round"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "round failed; trying again"),
+                }
+                tokio::select! {
+                    _ = &mut stop => {
+                        let _ = self.notary.revoke(&lease).await;
+                        return Ok(());
+                    }
+                    _ = watch.recv() => {}
+                    _ = tokio::time::sleep(ROUND_EVERY) => {}
+                }
+            }
+        }
+    }
+}
+
+fn set(r: &mut crate::record::ReplicaRecord, state: ReplicaState, detail: &str) {
+    r.state = state;
+    r.detail = detail.to_string();
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

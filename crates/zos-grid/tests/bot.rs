@@ -1,0 +1,382 @@
+//! The orchestrator against real notaries (a real etcd, a `dir://` tree), with
+//! simulated nodes: the test writes each node's signed registration, heartbeats and
+//! status reports, as zosd would, and reads the bot's signed assignments and placement
+//! record back.
+//!
+//! - `placement_failover_refusals_and_a_stale_writer_on_*`: `replicas = 2` lands on two
+//!   distinct nodes with room (never the one without); each assignment is signed by the
+//!   orchestrator and `admit()`s on its node; a node that stops its heartbeats loses its
+//!   replica to another node at the next epoch once `after_s` has passed on the bot's
+//!   clock, and the old assignment is removed; a refusal moves the replica and is
+//!   recorded; a write from a writer holding an older read of the placement record is
+//!   refused by the notary and changes nothing.
+//! - `two_bots_one_leader_and_a_takeover`: two instances of one key on etcd: one leads;
+//!   when it stops, the other takes over and goes on placing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use zos_contract::{
+    admit, BlueprintRef, Contract, Failover, FailoverMode, Placement, PublicKey, SecretKey,
+    SignedAssignment, SignedContract,
+};
+use zos_engine::{State, StatusReport};
+use zos_grid::{Bot, PlacementRecord, Reason, ReplicaState};
+use zos_notary::{AnyNotary, Expect, Notary, NotaryError, NotaryKey, Record};
+use zos_registry::{ContractCounts, Dmi, Heartbeat, NodeResources, Registration, Usage};
+use zos_testkit::etcd::Etcd;
+
+const FARM: &str = "zt-grid-farm";
+const ID: &str = "web";
+const GIB: u64 = 1 << 30;
+/// The floor of `failover.after_s`.
+const AFTER_S: u64 = 10;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn key(n: u8) -> SecretKey {
+    SecretKey::from_seed([n; 32])
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn owner() -> SecretKey {
+    key(1)
+}
+fn orchestrator() -> SecretKey {
+    key(2)
+}
+/// Nodes 11, 12, 14 have room; 13 has 512 MiB of memory.
+fn nodes() -> Vec<SecretKey> {
+    vec![key(11), key(12), key(13), key(14)]
+}
+
+fn capacity(n: &SecretKey) -> NodeResources {
+    NodeResources {
+        cpus: 4,
+        memory_bytes: if n.public() == key(13).public() {
+            GIB / 2
+        } else {
+            8 * GIB
+        },
+        ssd_bytes: 100 * GIB,
+        hdd_bytes: 0,
+    }
+}
+
+fn contract_doc() -> SignedContract {
+    let expert = key(3);
+    let blueprint = zos_testkit::contract::signed_blueprint(
+        &expert,
+        json!({
+            "name": "web", "version": "1.0.0", "params": {},
+            "body": {"workloads": [{
+                "name": "app", "kind": "container",
+                "flist": {"url": "dir:///srv/web.fl",
+                          "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+                          "stores": ["dir:///srv/store"],
+                          "publishers": [expert.public().to_hex()]},
+                "entrypoint": ["/bin/web"], "cpu": 1, "memory_mib": 1024
+            }]}
+        }),
+    );
+    let c = Contract {
+        id: ID.into(),
+        version: 1,
+        owner: owner().public(),
+        nodes: vec![],
+        blueprint: BlueprintRef::Embedded(blueprint),
+        params: BTreeMap::new(),
+        stakeholders: vec![],
+        threshold: 0,
+        not_before: None,
+        expires: Some(zos_testkit::contract::EXPIRES),
+    };
+    let placement = Placement {
+        farm: FARM.into(),
+        replicas: 2,
+        orchestrator: orchestrator().public(),
+        failover: Failover {
+            mode: FailoverMode::Move,
+            after_s: AFTER_S,
+        },
+        constraints: None,
+    };
+    let mut doc = SignedContract::placed(c, placement).unwrap();
+    doc.sign(&owner()).unwrap();
+    doc
+}
+
+struct Grid {
+    notary: AnyNotary,
+    rt: tokio::runtime::Runtime,
+    beats: u64,
+}
+
+impl Grid {
+    fn new(notary: AnyNotary) -> Grid {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let g = Grid {
+            notary,
+            rt,
+            beats: 0,
+        };
+        for n in nodes() {
+            let reg = Registration {
+                farm: FARM.into(),
+                version: "test".into(),
+                capacity: capacity(&n),
+                nics: vec![],
+                dmi: Dmi::default(),
+                registered_at: unix_now(),
+            };
+            g.put(&reg.sign(&n, unix_now()).unwrap());
+        }
+        let doc = contract_doc();
+        let key = NotaryKey::placement_contract(FARM, ID).unwrap();
+        g.put(&Record::sign(&key, doc.to_value(), &owner()).unwrap());
+        g
+    }
+
+    fn put(&self, r: &Record) {
+        self.rt.block_on(self.notary.put(r)).unwrap();
+    }
+
+    fn get(&self, k: &NotaryKey) -> Option<Record> {
+        self.rt.block_on(self.notary.get(k)).unwrap()
+    }
+
+    /// A new heartbeat from each of `alive` (its `time` changes every call).
+    fn beat(&mut self, alive: &[&SecretKey]) {
+        self.beats += 1;
+        for n in alive {
+            let hb = Heartbeat {
+                uptime_secs: self.beats,
+                reserved: NodeResources {
+                    cpus: 0,
+                    memory_bytes: 0,
+                    ssd_bytes: 0,
+                    hdd_bytes: 0,
+                },
+                used: Usage::default(),
+                contracts: ContractCounts::default(),
+                workloads: 0,
+                listening: vec![],
+                listening_total: 0,
+                time: self.beats,
+            };
+            self.put(&hb.sign(n, unix_now()).unwrap());
+        }
+    }
+
+    fn status(&self, node: &SecretKey, state: State, message: &str) {
+        let s = StatusReport::new(ID, Some(1), state, message);
+        let key = NotaryKey::status(&node.public(), ID).unwrap();
+        self.put(&Record::sign(&key, serde_json::to_value(&s).unwrap(), node).unwrap());
+    }
+
+    fn placement(&self) -> (Record, PlacementRecord) {
+        let r = self
+            .get(&NotaryKey::placement(FARM, ID).unwrap())
+            .expect("a placement record");
+        assert_eq!(
+            r.author,
+            orchestrator().public(),
+            "written by the orchestrator"
+        );
+        let p = serde_json::from_value(r.body.clone()).unwrap();
+        (r, p)
+    }
+
+    /// The assignment of `replica` on `node`, checked as the node would.
+    fn assignment(&self, node: &PublicKey, replica: u64) -> Option<SignedAssignment> {
+        let r = self.get(&NotaryKey::assignment(node, ID, replica).unwrap())?;
+        assert_eq!(r.author, orchestrator().public());
+        Some(SignedAssignment::from_value(&r.body).unwrap())
+    }
+}
+
+fn where_runs(p: &PlacementRecord) -> Vec<(PublicKey, u64)> {
+    p.replicas
+        .iter()
+        .map(|r| (r.node.expect("placed"), r.epoch))
+        .collect()
+}
+
+fn scenario(notary: AnyNotary) {
+    let mut g = Grid::new(notary);
+    let all = nodes();
+    let refs: Vec<&SecretKey> = all.iter().collect();
+    g.beat(&refs);
+    let mut bot = Bot::new(orchestrator(), g.notary.clone());
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert_eq!(round.contracts, 1, "{round:?}");
+    assert_eq!(round.assigned.len(), 2, "{round:?}");
+
+    // 1. Two distinct nodes with room; never node 13.
+    let (_, p) = g.placement();
+    let placed = where_runs(&p);
+    assert_ne!(placed[0].0, placed[1].0, "distinct nodes");
+    assert!(
+        placed
+            .iter()
+            .all(|(n, e)| *n != key(13).public() && *e == 1),
+        "{placed:?}"
+    );
+    let farm: BTreeSet<PublicKey> = all.iter().map(|n| n.public()).collect();
+    let doc = contract_doc();
+    for (replica, (node, _)) in placed.iter().enumerate() {
+        let a = g
+            .assignment(node, replica as u64)
+            .expect("the assignment is written");
+        let admitted = admit(Some(&a), &doc, node, &farm, 0).expect("the node admits it");
+        assert_eq!((admitted.replica, admitted.epoch), (replica as u64, 1));
+    }
+    for n in &all {
+        if placed.iter().any(|(k, _)| *k == n.public()) {
+            g.status(n, State::Ok, "running");
+        }
+    }
+
+    // 2. Replica 0's node falls silent: moved at epoch 2 once after_s has passed on the
+    // bot's clock, while the others keep beating.
+    let lost = placed[0].0;
+    let alive: Vec<&SecretKey> = all.iter().filter(|n| n.public() != lost).collect();
+    let deadline = Instant::now() + WAIT;
+    let moved = loop {
+        g.beat(&alive);
+        g.rt.block_on(bot.round()).unwrap();
+        let (_, p) = g.placement();
+        if p.replicas[0].epoch == 2 {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "not moved: {p:?}");
+        // A heartbeat period of the simulated nodes: time must pass for the node to be lost.
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let new = moved.replicas[0].node.unwrap();
+    assert!(
+        new != lost && new != placed[1].0 && new != key(13).public(),
+        "{moved:?}"
+    );
+    let last = moved.moves.last().unwrap();
+    assert!(
+        matches!(&last.reason, Reason::NodeLost { node, silent_s } if *node == lost && *silent_s > AFTER_S),
+        "{last:?}"
+    );
+    assert!(
+        g.assignment(&lost, 0).is_none(),
+        "the replaced assignment is removed"
+    );
+    let a = g.assignment(&new, 0).unwrap();
+    assert_eq!(admit(Some(&a), &doc, &new, &farm, 1).unwrap().epoch, 2);
+
+    // 3. The new node refuses it: it moves on, and the refusal is recorded. Only node 13
+    // (no room) and the lost node remain: nothing can take it, and the status says why.
+    let new_key = all.iter().find(|n| n.public() == new).unwrap();
+    g.status(new_key, State::Refused, "over capacity");
+    g.beat(&alive);
+    g.rt.block_on(bot.round()).unwrap();
+    let (before, p) = g.placement();
+    let r0 = &p.replicas[0];
+    assert_eq!(r0.refused_on.len(), 1, "{r0:?}");
+    assert_eq!(r0.refused_on[0].node, new);
+    assert_eq!(r0.state, ReplicaState::Unplaceable, "{r0:?}");
+    assert!(r0.detail.contains("without room"), "{r0:?}");
+
+    // 4. A writer holding an older read of the placement record (a stale leader) is
+    // refused by the notary, and nothing changes.
+    let mut stale = p.clone();
+    stale.replicas[0].node = Some(key(13).public());
+    stale.replicas[0].epoch = 99;
+    g.beat(&alive);
+    let lost_node = all.iter().find(|n| n.public() == lost).unwrap();
+    g.beat(&[lost_node]);
+    g.rt.block_on(bot.round()).unwrap();
+    let (now, _) = g.placement();
+    assert_ne!(now, before, "the bot wrote since the stale read");
+    let forged = Record::sign(
+        &NotaryKey::placement(FARM, ID).unwrap(),
+        serde_json::to_value(&stale).unwrap(),
+        &orchestrator(),
+    )
+    .unwrap();
+    let err =
+        g.rt.block_on(g.notary.put_if(&forged, &Expect::Current(before)))
+            .unwrap_err();
+    assert!(matches!(err, NotaryError::Conflict { .. }), "{err}");
+    assert_eq!(g.placement().0, now, "nothing changed");
+}
+
+#[test]
+fn placement_failover_refusals_and_a_stale_writer_on_etcd() {
+    let etcd = Etcd::temp();
+    scenario(zos_notary::open(&etcd.url("zos")).unwrap());
+}
+
+#[test]
+fn placement_failover_refusals_and_a_stale_writer_on_a_directory() {
+    let dir = zos_testkit::tempdir("grid");
+    scenario(zos_notary::open(&format!("dir://{}", dir.path().display())).unwrap());
+}
+
+#[test]
+fn two_bots_one_leader_and_a_takeover() {
+    let etcd = Etcd::temp();
+    let notary = zos_notary::open(&etcd.url("zos")).unwrap();
+    let mut g = Grid::new(notary.clone());
+    let all = nodes();
+    let refs: Vec<&SecretKey> = all.iter().collect();
+    g.beat(&refs);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop_a, a_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_stop_b, b_stopped) = tokio::sync::oneshot::channel::<()>();
+    let a = rt.spawn(Bot::new(orchestrator(), notary.clone()).run(async {
+        let _ = a_stopped.await;
+    }));
+    let leader_key = NotaryKey::leader(&orchestrator().public());
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        if let Some(r) = g.get(&leader_key) {
+            break r.body["instance"].clone();
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let b = rt.spawn(Bot::new(orchestrator(), notary.clone()).run(async {
+        let _ = b_stopped.await;
+    }));
+    // The first leads and places.
+    let deadline = Instant::now() + WAIT;
+    while g.get(&NotaryKey::placement(FARM, ID).unwrap()).is_none() {
+        assert!(Instant::now() < deadline, "the leader placed nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(g.get(&leader_key).unwrap().body["instance"], first);
+    // The leader stops (its lease revoked): the other takes over.
+    stop_a.send(()).unwrap();
+    rt.block_on(a).unwrap().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(r) = g.get(&leader_key) {
+            if r.body["instance"] != first {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "nobody took over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!b.is_finished());
+}
