@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use zos_contract::deployment::Telemetry;
+use zos_contract::deployment::{Telemetry, WorkloadKind};
 use zos_contract::PublicKey;
 use zos_engine::stats::{EngineStats, LATENCY_BOUNDS};
-use zos_metrics::collect::{Cgroup, NodeCpu, NodeMemory, NodeNetwork, Pools};
+use zos_metrics::collect::{Cgroup, CgroupNetwork, NodeCpu, NodeMemory, NodeNetwork, Pools};
 use zos_metrics::{
     CgroupLayout, CollectError, Collector, PushConfig, Pusher, Registry, Target, Tenants,
 };
@@ -113,11 +113,12 @@ impl Collector for EngineSeries {
     }
 }
 
-/// A workload's cgroup; one that is not there (the workload is between a death and
-/// its restart, or not made yet) is skipped, not an error on every push.
-struct WorkloadCgroup(Cgroup);
+/// A workload's cgroup (and for a container, its network namespace through it); one
+/// that is not there (the workload is between a death and its restart, or not made
+/// yet) is skipped, not an error on every push.
+struct WorkloadCgroup<C>(C);
 
-impl Collector for WorkloadCgroup {
+impl<C: Collector> Collector for WorkloadCgroup<C> {
     fn collect(&self, into: &Registry) -> Result<(), CollectError> {
         match self.0.collect(into) {
             Err(CollectError::Io { source, .. })
@@ -223,6 +224,7 @@ impl TenantSync {
             let now: BTreeSet<String> = view.workloads.iter().map(|w| w.workload.clone()).collect();
             for gone in entry.1.difference(&now) {
                 registry.remove_collector(&format!("cgroup/{gone}"));
+                registry.remove_collector(&format!("net/{gone}"));
                 registry.remove_labelled("workload", gone);
             }
             for w in &view.workloads {
@@ -230,6 +232,14 @@ impl TenantSync {
                 if !entry.1.contains(&w.workload) {
                     if let Some(path) = self.cgroups.path(&w.name, w.kind) {
                         let cgroup = Cgroup::new(self.layout.clone(), path, &labels);
+                        // A container's processes are in its network namespace; a VM's
+                        // QEMU is not in the guest's (its tap is on the tenant bridge).
+                        if w.kind == WorkloadKind::Container {
+                            registry.set_collector(
+                                &format!("net/{}", w.workload),
+                                Box::new(WorkloadCgroup(CgroupNetwork::new(cgroup.clone()))),
+                            );
+                        }
                         registry.set_collector(
                             &format!("cgroup/{}", w.workload),
                             Box::new(WorkloadCgroup(cgroup)),

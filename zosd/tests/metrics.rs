@@ -92,6 +92,17 @@ fn the_nodes_metrics_reach_the_farms_prometheus() {
     }
     own.wait_for(&format!("zos_workload_restarts_total{}", sel(&a)))
         .unwrap_or_else(|e| panic!("{e}\nzosd: {}", log()));
+    // Its veth's bytes as its own namespace counts them: it sent to its gateway.
+    let found = own
+        .wait_for(&format!(
+            "zos_workload_network_transmit_bytes_total{} > 0",
+            sel(&a)
+        ))
+        .unwrap_or_else(|e| panic!("{e}\nzosd: {}", log()));
+    assert!(
+        found.iter().all(|s| s["metric"]["device"] != "lo"),
+        "{found:?}"
+    );
     // B's reach the farm's target.
     let b_first = sample_ms(
         &prom
@@ -157,12 +168,15 @@ fn measured_contract(
     (id, subnet): (&str, &str),
     metrics: Option<String>,
 ) -> SignedContract {
+    // The subnet's first host.
+    let gateway = subnet.replace(".0/24", ".1");
     let mut body = json!({
         "networks": [{"name": "net", "subnet": subnet}],
         "workloads": [{
             "name": "burner", "kind": "container", "flist": flist_ref(p, flist),
-            "entrypoint": ["/bin/sh", "-c",
-                "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 3600"],
+            "entrypoint": ["/bin/sh", "-c", format!(
+                "nc -w 1 {gateway} 9 </dev/null 2>/dev/null; \
+                 i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 3600")],
             "cpu": 1, "memory_mib": 32, "network": "net"
         }]
     });

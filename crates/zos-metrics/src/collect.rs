@@ -7,6 +7,8 @@
 //!   [`Links`]: the same series for links the caller lists (another namespace's).
 //! - [`Cgroup`]: one workload's cgroup (v1 or v2), as `zos_workload_cpu_seconds_total`,
 //!   `zos_workload_memory_bytes` and `zos_workload_memory_limit_bytes`.
+//! - [`CgroupNetwork`]: a workload's own network namespace, through a process of its
+//!   cgroup (`/proc/<pid>/net/dev`), as `zos_workload_network_{receive,transmit}_bytes_total{device}`.
 //! - [`Pools`]: `statvfs` of each pool's mount, as `zos_pool_{size,used,available}_bytes{pool}`;
 //!   the caller's function names the pools, so the storage crate is not a dependency.
 //!
@@ -484,6 +486,101 @@ impl Cgroup {
     }
 }
 
+impl Cgroup {
+    /// The processes in it now (its `cgroup.procs`: of the cpuacct hierarchy on v1).
+    pub fn procs(&self) -> Result<Vec<i32>, CollectError> {
+        let file = match &self.layout {
+            CgroupLayout::V2 { root } => root.join(&self.path).join("cgroup.procs"),
+            CgroupLayout::V1 { root } => ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]
+                .iter()
+                .map(|h| root.join(h).join(&self.path).join("cgroup.procs"))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| root.join("cpuacct").join(&self.path).join("cgroup.procs")),
+        };
+        let text = read(&file)?;
+        text.lines()
+            .map(|l| {
+                l.trim()
+                    .parse::<i32>()
+                    .map_err(|_| parse_err(&file, format!("{l:?}")))
+            })
+            .collect()
+    }
+}
+
+/// A workload's network bytes as its own network namespace counts them: the
+/// `/proc/<pid>/net/dev` of a process in its cgroup (a container's processes are in
+/// its namespace), loopback left out, as
+/// `zos_workload_network_{receive,transmit}_bytes_total{device}` with the cgroup's
+/// labels. A cgroup with no process has nothing to read: an error (`NotFound`).
+#[derive(Debug, Clone)]
+pub struct CgroupNetwork {
+    cgroup: Cgroup,
+    proc_root: PathBuf,
+}
+
+impl CgroupNetwork {
+    /// The namespace of `cgroup`'s processes, read through the node's `/proc`.
+    pub fn new(cgroup: Cgroup) -> CgroupNetwork {
+        CgroupNetwork {
+            cgroup,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// `(device, received bytes, sent bytes)` of a `/proc/net/dev`, loopback left out.
+pub fn parse_net_dev(path: &Path, text: &str) -> Result<Vec<(String, u64, u64)>, CollectError> {
+    let mut out = Vec::new();
+    // Two header lines, then `dev: rx_bytes rx_packets ... (8 rx) tx_bytes ...`.
+    for line in text.lines().skip(2) {
+        let Some((dev, rest)) = line.split_once(':') else {
+            return Err(parse_err(path, format!("{line:?}")));
+        };
+        let dev = dev.trim();
+        let fields: Vec<u64> = rest
+            .split_ascii_whitespace()
+            .map(|f| f.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| parse_err(path, format!("{line:?}")))?;
+        if fields.len() < 16 {
+            return Err(parse_err(path, format!("{line:?}")));
+        }
+        if dev != "lo" {
+            out.push((dev.to_string(), fields[0], fields[8]));
+        }
+    }
+    Ok(out)
+}
+
+impl Collector for CgroupNetwork {
+    fn collect(&self, into: &Registry) -> Result<(), CollectError> {
+        let procs = self.cgroup.procs()?;
+        let Some(pid) = procs.first() else {
+            return Err(CollectError::Io {
+                path: self.cgroup.path.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no process in the cgroup"),
+            });
+        };
+        let path = self.proc_root.join(pid.to_string()).join("net/dev");
+        let text = read(&path)?;
+        for (dev, rx, tx) in parse_net_dev(&path, &text)? {
+            let mut labels: Vec<(&str, &str)> = self
+                .cgroup
+                .labels
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            labels.push(("device", &dev));
+            into.counter("zos_workload_network_receive_bytes_total", &labels)?
+                .set_total(rx as f64);
+            into.counter("zos_workload_network_transmit_bytes_total", &labels)?
+                .set_total(tx as f64);
+        }
+        Ok(())
+    }
+}
+
 /// What [`Cgroup::read`] found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CgroupUsage {
@@ -754,6 +851,51 @@ mod tests {
 
         let gone = Cgroup::new(CgroupLayout::V1 { root: v1 }, "zos/nope", &[]);
         assert!(matches!(gone.read(), Err(CollectError::Io { .. })));
+    }
+
+    #[test]
+    fn net_dev_gives_bytes_per_device_without_loopback() {
+        // The kernel's own file first: it parses, and loopback is left out.
+        let own = Path::new("/proc/self/net/dev");
+        let devs = parse_net_dev(own, &read(own).unwrap()).unwrap();
+        assert!(devs.iter().all(|(d, _, _)| d != "lo"), "{devs:?}");
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+             lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  \
+             eth0:    1500      10    0    0    0     0          0         0      700       5    0    0    0     0       0          0\n";
+        assert_eq!(
+            parse_net_dev(own, text).unwrap(),
+            [("eth0".to_string(), 1500, 700)]
+        );
+        assert!(parse_net_dev(own, "h\nh\neth0: 1 2\n").is_err());
+        // Through a cgroup's process: a cgroup with none is NotFound.
+        let dir = tempfile::tempdir().unwrap();
+        let cg = dir.path().join("cpuacct/zos/w");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+        let layout = CgroupLayout::V1 {
+            root: dir.path().to_path_buf(),
+        };
+        let net = CgroupNetwork::new(Cgroup::new(layout.clone(), "/zos/w", &[("workload", "w")]));
+        let r = Registry::new();
+        match net.collect(&r) {
+            Err(CollectError::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::NotFound)
+            }
+            other => panic!("{other:?}"),
+        }
+        // With this process in it: this namespace's devices, labelled.
+        std::fs::write(cg.join("cgroup.procs"), format!("{}\n", std::process::id())).unwrap();
+        net.collect(&r).unwrap();
+        for (dev, rx, _) in devs {
+            let got = get(
+                &r,
+                "zos_workload_network_receive_bytes_total",
+                &[("workload", "w"), ("device", &dev)],
+            );
+            // A counter read later is at least what was read before.
+            assert!(got.is_some_and(|v| v >= rx as f64), "{dev}: {got:?}");
+        }
     }
 
     #[test]
