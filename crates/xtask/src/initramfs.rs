@@ -9,7 +9,7 @@
 //! its inputs (fixed order, owners and times).
 //!
 //! Each step of the build says on stderr what it does and how long it took ([`Step`]):
-//! a spinner (a byte bar while compressing) on a terminal, plain lines otherwise.
+//! a spinner on a terminal, plain lines otherwise.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -167,10 +167,10 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// One step of an image build, on stderr. On a terminal: a spinner with the time so far
-/// (or a byte bar, [`Step::bytes`]) while it runs. Otherwise (CI logs, the e2e tests
-/// that build the image): a line when it starts, so a log shows where a build hangs.
-/// Either way a line with its result and the time it took when it ends
-/// ([`Step::done`]), or that it failed and after how long (dropped without `done`).
+/// while it runs. Otherwise (CI logs, the e2e tests that build the image): a line when
+/// it starts, so a log shows where a build hangs. Either way a line with its result and
+/// the time it took when it ends ([`Step::done`]), or that it failed and after how long
+/// (dropped without `done`).
 pub struct Step {
     label: String,
     started: Instant,
@@ -201,28 +201,6 @@ impl Step {
             started: Instant::now(),
             bar,
             done: false,
-        }
-    }
-
-    /// Turns the spinner into a bar over `total` bytes, moved by [`Step::at`].
-    pub fn bytes(&self, total: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:32}] {bytes}/{total_bytes} {bytes_per_sec} ({elapsed})",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_length(total);
-            bar.set_position(0);
-        }
-    }
-
-    /// `done` bytes of the [`Step::bytes`] total.
-    pub fn at(&self, done: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
         }
     }
 
@@ -384,13 +362,15 @@ fn write_compressed(
         ("gz", gzip_bytes)
     };
     let path = out_dir.join(format!("initramfs.cpio.{ext}"));
+    // A spinner, not a byte bar: zstd -T0 takes in tens of MiB at once and then
+    // compresses them, so the bytes fed say little about the time left.
     let step = Step::start(format!(
-        "compressing ({ext}; the archive, and without modules for the report)"
+        "compressing ({ext}): the archive ({:.1} MiB), and without modules ({:.1} MiB) for the report",
+        raw.len() as f64 / (1 << 20) as f64,
+        without.len() as f64 / (1 << 20) as f64
     ));
-    let raw_len = raw.len() as u64;
-    step.bytes(raw_len + without.len() as u64);
-    let compressed = compress(raw, &|n| step.at(n))?;
-    let compressed_without = compress(without, &|n| step.at(raw_len + n))?;
+    let compressed = compress(raw)?;
+    let compressed_without = compress(without)?;
     step.done(human(compressed.len() as u64));
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, &compressed)?;
@@ -615,24 +595,18 @@ fn kernel_has(kernel: &Kernel, line: &str) -> anyhow::Result<bool> {
     Ok(text.lines().any(|l| l == line))
 }
 
-/// A compressor over `data`, telling `fed` how many bytes it has taken so far.
-type Compressor = fn(&[u8], &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>>;
+type Compressor = fn(&[u8]) -> anyhow::Result<Vec<u8>>;
 
-fn zstd_bytes(data: &[u8], fed: &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>> {
-    filter(
-        Command::new("zstd").args(["-q", "-19", "-T0", "-c"]),
-        data,
-        fed,
-    )
+fn zstd_bytes(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    filter(Command::new("zstd").args(["-q", "-19", "-T0", "-c"]), data)
 }
 
-fn gzip_bytes(data: &[u8], fed: &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>> {
-    filter(Command::new("gzip").args(["-9", "-n", "-c"]), data, fed)
+fn gzip_bytes(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    filter(Command::new("gzip").args(["-9", "-n", "-c"]), data)
 }
 
-/// Runs a compressor over `data`, fed in 1 MiB pieces; `fed` hears the bytes written
-/// (the compressor reads as it goes, so that is its progress, give or take its buffer).
-fn filter(cmd: &mut Command, data: &[u8], fed: &(dyn Fn(u64) + Sync)) -> anyhow::Result<Vec<u8>> {
+/// Runs a compressor over `data` (written from a scoped thread: no copy of it).
+fn filter(cmd: &mut Command, data: &[u8]) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -641,20 +615,11 @@ fn filter(cmd: &mut Command, data: &[u8], fed: &(dyn Fn(u64) + Sync)) -> anyhow:
         .with_context(|| format!("running {:?}", cmd.get_program()))?;
     let mut stdin = child.stdin.take().context("stdin")?;
     let out = std::thread::scope(|s| {
-        let writer = s.spawn(move || -> std::io::Result<()> {
-            let mut written = 0u64;
-            for piece in data.chunks(1 << 20) {
-                stdin.write_all(piece)?;
-                written += piece.len() as u64;
-                fed(written);
-            }
-            Ok(())
-        });
+        let writer = s.spawn(move || stdin.write_all(data));
         let out = child.wait_with_output();
-        let wrote = writer
+        writer
             .join()
-            .map_err(|_| anyhow::anyhow!("writer panicked"))?;
-        wrote?;
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
         anyhow::Ok(out?)
     })?;
     if !out.status.success() {
