@@ -107,10 +107,16 @@ impl Zos {
 
     /// Creates `farm` in the notary at `url`, signed by `farmer.key` (made if missing).
     pub fn create_farm(&self, farm: &str, url: &str) -> anyhow::Result<()> {
+        self.create_farm_with(farm, url, &[])
+    }
+
+    /// [`Zos::create_farm`] with further `zos farm create` options, e.g. the farm's log
+    /// destination (`--logs syslog+tcp://HOST:PORT`).
+    pub fn create_farm_with(&self, farm: &str, url: &str, options: &[&str]) -> anyhow::Result<()> {
         if !self.dir.join("farmer.key").exists() {
             self.key("farmer")?;
         }
-        self.run(&[
+        let mut args = vec![
             "farm",
             "create",
             farm,
@@ -120,7 +126,9 @@ impl Zos {
             "farmer.key",
             "--notary",
             url,
-        ])?;
+        ];
+        args.extend_from_slice(options);
+        self.run(&args)?;
         Ok(())
     }
 
