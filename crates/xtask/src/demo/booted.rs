@@ -2,8 +2,10 @@
 //! initramfs` (zosd as PID 1) boots under QEMU with two blank virtio disks; the demo
 //! directory is shared with it over virtio-9p at the same path, so the directory
 //! notary and the sample flist's local store read the same inside and out. The farm is
-//! created, the node registers, the sample contract runs, its output shows on the
-//! node's console, and the power button powers the node off.
+//! created with a real rsyslogd of the demo's as its log destination, the node registers
+//! and its boot lines (zosd's, PID 1's, the kernel's) arrive at that receiver, the sample
+//! contract runs, its output shows on the node's console, and the power button powers the
+//! node off.
 
 use std::time::{Duration, Instant};
 
@@ -13,10 +15,13 @@ use super::node::{hello_contract, wait_status_for};
 use super::{section, Demo};
 use crate::node::{self as qemu, Booted, Machine, Milestones, Net, NodeSpec, Share};
 use crate::status::{log_tail, poll_until};
+use zos_testkit::rsyslog::Rsyslog;
 
 /// TCG boots, mkfs's two disks and unpacks the flist: minutes at worst on 2 busy cores.
 const BOOT: Duration = Duration::from_secs(600);
 const RUN: Duration = Duration::from_secs(300);
+/// How long the node's boot lines may take to reach the receiver once it serves.
+const LOGS: Duration = Duration::from_secs(120);
 const FARM: &str = "demo-farm";
 /// The sample contract's id.
 const ID: &str = "hello-booted";
@@ -24,7 +29,15 @@ const ID: &str = "hello-booted";
 pub fn run(d: &Demo) -> anyhow::Result<()> {
     section("15. a node booted from the image: zosd as PID 1 under QEMU");
     let files = qemu::boot_files(true)?;
-    create_farm(d)?;
+    crate::packages::ensure(&["rsyslog"])?;
+    // The farm's log receiver, on the host's loopback: 10.0.2.2 for the guest.
+    let rx = Rsyslog::loopback()?;
+    println!(
+        "  a log receiver for the farm: rsyslogd on {} (records in {})",
+        rx.addr,
+        rx.out_file().display()
+    );
+    create_farm(d, &rx)?;
     let spec = node_spec(d);
     let accel = qemu::accel(&files.vmlinux);
     let mut node = qemu::boot(&files, &spec, accel)?;
@@ -36,6 +49,7 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     let milestones = qemu::wait_serving(std::slice::from_mut(&mut node), BOOT)?;
     let node_key = node_key(&node.console_text())?;
     d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
+    show_boot_logs(d, &rx, &node_key)?;
 
     let sample = run_sample(d, &node, &node_key)?;
     show_status_screen(&node)?;
@@ -49,9 +63,11 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The farmer's key and the demo's farm, in the demo's notary.
-fn create_farm(d: &Demo) -> anyhow::Result<()> {
+/// The farmer's key and the demo's farm, in the demo's notary; its nodes' logs go to
+/// `rx` (as the guest reaches it).
+fn create_farm(d: &Demo, rx: &Rsyslog) -> anyhow::Result<()> {
     d.step(&["key", "new", "--out", "farmer.key"])?;
+    let logs = format!("syslog+tcp://10.0.2.2:{}", rx.port());
     d.step(&[
         "farm",
         "create",
@@ -62,7 +78,61 @@ fn create_farm(d: &Demo) -> anyhow::Result<()> {
         "farmer.key",
         "--notary",
         &d.notary,
+        "--logs",
+        &logs,
     ])?;
+    Ok(())
+}
+
+/// The node's boot lines at the farm's receiver: waits (bounded) for zosd's line that
+/// says where its logs go (logged before the farm record was read, so it was held in
+/// the node's buffer) and the kernel's first line, then prints a few.
+fn show_boot_logs(d: &Demo, rx: &Rsyslog, node_key: &str) -> anyhow::Result<()> {
+    println!(
+        "
+  the node's own logs, at the farm's receiver (no login, no port on the node)"
+    );
+    d.step(&["node", "logs", node_key, "--notary", &d.notary])?;
+    let has = |v: &serde_json::Value, app: &str, text: &str| {
+        v["app"] == app && v["msg"].as_str().is_some_and(|m| m.contains(text))
+    };
+    let wanted: [(&str, &str); 4] = [
+        ("kernel", "Linux version"),
+        ("kernel", "zos-init: "),
+        ("zosd", "capacity offered to contracts"),
+        ("zosd", "node logs go to the farm's destination"),
+    ];
+    let records = rx.wait_for("the node's boot lines", LOGS, |r| {
+        wanted
+            .iter()
+            .all(|(app, text)| r.iter().any(|v| has(v, app, text)))
+    })?;
+    let foreign = records.iter().filter(|v| v["hostname"] != node_key).count();
+    if foreign > 0 {
+        bail!("{foreign} lines at the farm's receiver do not carry the node's key as HOSTNAME");
+    }
+    let first = &records[0];
+    println!(
+        "  logs received at rsyslog {}: {} lines, first: {} {} {}",
+        rx.addr,
+        records.len(),
+        first["timestamp"].as_str().unwrap_or("-"),
+        first["app"].as_str().unwrap_or("-"),
+        first["msg"].as_str().unwrap_or("-")
+    );
+    for (app, text) in wanted {
+        if let Some(v) = records.iter().find(|v| has(v, app, text)) {
+            let msg = v["msg"].as_str().unwrap_or("-");
+            let msg: String = msg.chars().take(110).collect();
+            println!(
+                "  | {} {:<6} {}",
+                v["timestamp"].as_str().unwrap_or("-"),
+                app,
+                msg
+            );
+        }
+    }
+    println!("  (HOSTNAME of every line: the node's key {node_key:.16}…)");
     Ok(())
 }
 
