@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod blueprint;
+mod bot;
 mod contract;
 mod farm;
 mod flist;
@@ -66,6 +67,9 @@ enum Command {
     Support(support::SupportCmd),
     /// Run a built-in probe (ping, tcp, dns, trace, capture) on a node, by signed request.
     Probe(probe::ProbeCmd),
+    /// The orchestrator of placement contracts ("the 3bot"): places replicas, moves them.
+    #[command(subcommand)]
+    Bot(bot::BotCmd),
     /// Print a shell completion script for zos.
     ///
     /// Example: zos completions bash > /etc/bash_completion.d/zos
@@ -124,6 +128,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Status(cmd) => status::run(cmd),
         Command::Support(cmd) => support::run(cmd),
         Command::Probe(cmd) => probe::run(cmd),
+        Command::Bot(cmd) => bot::run(cmd),
         Command::Completions { shell } => completions(shell),
     })
 }

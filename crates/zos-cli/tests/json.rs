@@ -197,6 +197,8 @@ const READ_COMMANDS: &[&[&str]] = &[
     &["support", "fetch"],
     &["probe"],
     &["status"],
+    // With --once: the round's result.
+    &["bot", "run"],
 ];
 
 #[test]

@@ -1,6 +1,8 @@
 //! `zos contract new` with a placement (--farm, --replicas, --orchestrator, --failover,
 //! --after-s, --min-ssd-gib) and `zos contract verify` printing it, with the real `zos`
-//! binary; out-of-range placements are refused before anything is written.
+//! binary; out-of-range placements are refused before anything is written. Published, it
+//! is placed by `zos bot run --once` on two distinct nodes of its farm (simulated: their
+//! signed registrations and heartbeats), and a second round writes nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -179,6 +181,81 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
         "{refusal}"
     );
     assert_eq!(std::fs::read(&record).unwrap(), after);
+
+    // The orchestrator places version 2 on two of the farm's nodes: one round with
+    // --once, as a script would; a second round finds nothing to do.
+    let farm_nodes: Vec<zos_contract::SecretKey> = (40..43)
+        .map(|n| zos_contract::SecretKey::from_seed([n; 32]))
+        .collect();
+    let client = zos_notary::open(&url).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for n in &farm_nodes {
+        let capacity = zos_registry::NodeResources {
+            cpus: 8,
+            memory_bytes: 64 << 30,
+            ssd_bytes: 1 << 40,
+            hdd_bytes: 0,
+        };
+        let reg = zos_registry::Registration {
+            farm: "7".into(),
+            version: "test".into(),
+            capacity,
+            nics: vec![],
+            dmi: Default::default(),
+            registered_at: 1,
+        };
+        let hb = zos_registry::Heartbeat {
+            uptime_secs: 1,
+            reserved: zos_registry::NodeResources {
+                cpus: 0,
+                memory_bytes: 0,
+                ssd_bytes: 0,
+                hdd_bytes: 0,
+            },
+            used: Default::default(),
+            contracts: Default::default(),
+            workloads: 0,
+            listening: vec![],
+            listening_total: 0,
+            time: 1,
+        };
+        rt.block_on(zos_notary::Notary::put(&client, &reg.sign(n, 1).unwrap()))
+            .unwrap();
+        rt.block_on(zos_notary::Notary::put(&client, &hb.sign(n, 1).unwrap()))
+            .unwrap();
+    }
+    let round: Value = serde_json::from_str(&ok(
+        dir,
+        &[
+            "bot", "run", "--key", "bot.key", "--notary", &url, "--once", "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(round["contracts"], 1, "{round}");
+    let assigned = round["assigned"].as_array().unwrap();
+    assert_eq!(assigned.len(), 2, "{round}");
+    assert_ne!(assigned[0]["node"], assigned[1]["node"], "distinct nodes");
+    for a in assigned {
+        let file = notary.join(format!(
+            "nodes/{}/assignments/crm-grid/{}.json",
+            a["node"].as_str().unwrap(),
+            a["replica"]
+        ));
+        assert!(file.exists(), "{}", file.display());
+    }
+    assert!(notary.join("grid/7/placements/crm-grid.json").exists());
+    let again = ok(
+        dir,
+        &["bot", "run", "--key", "bot.key", "--notary", &url, "--once"],
+    );
+    assert!(again.contains("1 placement contracts"), "{again}");
+    assert!(
+        !again.contains("assigned"),
+        "a second round assigns nothing:\n{again}"
+    );
 
     // Out of range or contradictory: refused, and no file written.
     for (extra, says) in [
