@@ -392,7 +392,8 @@ deployment = obj(
                              {"egress_allow": list_of(anything)})),
      "volumes": list_of(obj({"name": anything, "size_mib": anything}, {"disk": anything})),
      "publish_logs": anything,
-     "logs": obj({"url": anything}, {"ca_pem": anything})},
+     "logs": obj({"url": anything}, {"ca_pem": anything}),
+     "metrics": obj({"url": anything}, {"ca_pem": anything})},
 )
 
 
