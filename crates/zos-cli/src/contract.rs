@@ -114,11 +114,19 @@ pub enum ContractCmd {
     /// message, refusal reasons, each workload's state, address, restarts and last log
     /// lines). The record is verified: only the node itself can have written it.
     ///
+    /// With --farm, for a placement contract: the orchestrator's placement record
+    /// instead (where each replica runs, at which epoch, its state, refusals and the last
+    /// moves), verified as signed by the contract's orchestrator.
+    ///
     /// Example: zos contract status crm-acme --node <node_pub> --notary dir:///srv/notary
+    ///          zos contract status crm-grid --farm 7 --notary etcd://10.0.0.5:2379/zos
     Status {
         id: String,
+        #[arg(long, required_unless_present = "farm", conflicts_with = "farm")]
+        node: Option<PublicKey>,
+        /// The farm of a placement contract: show its placement record.
         #[arg(long)]
-        node: PublicKey,
+        farm: Option<String>,
         #[arg(long, env = "ZOS_NOTARY")]
         notary: String,
         #[command(flatten)]
@@ -270,9 +278,14 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
         ContractCmd::Status {
             id,
             node,
+            farm,
             notary,
             format,
-        } => status(&id, &node, &notary, &format),
+        } => match (node, farm) {
+            (Some(node), _) => status(&id, &node, &notary, &format),
+            (None, Some(farm)) => placement_status(&id, &farm, &notary, &format),
+            (None, None) => bail!("--node or --farm is required"),
+        },
         ContractCmd::Logs {
             id,
             node,
@@ -603,6 +616,86 @@ fn status(id: &str, node: &PublicKey, notary: &str, format: &Format) -> anyhow::
     } else {
         print_status(&record.body, record.signed_at)
     }
+}
+
+/// `zos contract status --farm`: the orchestrator's placement record of a placement
+/// contract, checked against the orchestrator the contract names.
+fn placement_status(id: &str, farm: &str, notary: &str, format: &Format) -> anyhow::Result<()> {
+    let client = crate::notary::Client::open(notary)?;
+    let bad = |e: zos_notary::KeyError| anyhow::anyhow!("farm {farm:?}, contract {id:?}: {e}");
+    let Some(contract) =
+        client.get(&zos_notary::NotaryKey::placement_contract(farm, id).map_err(bad)?)?
+    else {
+        bail!("farm {farm} holds no placement contract {id} in {notary}");
+    };
+    let orchestrator =
+        match zos_contract::ContractRecord::from_value(&contract.body, &Limits::default()) {
+            Ok(zos_contract::ContractRecord::Contract(doc)) => match &doc.placement {
+                Some(p) => p.orchestrator,
+                None => bail!("{id} in farm {farm} has no placement"),
+            },
+            Ok(zos_contract::ContractRecord::Cancellation(_)) => {
+                bail!("{id} in farm {farm} is cancelled")
+            }
+            Err(e) => bail!("{id} in farm {farm}: {e}"),
+        };
+    let Some(record) = client.get(&zos_notary::NotaryKey::placement(farm, id).map_err(bad)?)?
+    else {
+        bail!(
+            "orchestrator {orchestrator} has not placed {id} yet (no placement record in {notary})"
+        );
+    };
+    if record.author != orchestrator {
+        bail!(
+            "the placement record of {id} is signed by {}, not by its orchestrator {orchestrator}",
+            record.author
+        );
+    }
+    let p: zos_grid::PlacementRecord = serde_json::from_value(record.body.clone())
+        .map_err(|e| anyhow::anyhow!("the placement record of {id}: {e}"))?;
+    if format.json {
+        let mut body = record.body.clone();
+        body["signed_at"] = record.signed_at.into();
+        body["orchestrator"] = serde_json::json!(orchestrator);
+        return crate::output::json(&body);
+    }
+    outln!(
+        "{id} version {} in farm {farm}, placed by {orchestrator}",
+        p.version
+    )?;
+    for r in &p.replicas {
+        let node = r.node.map_or("-".to_string(), |n| n.to_string());
+        let state = serde_json::to_value(r.state).unwrap_or_default();
+        outln!(
+            "  replica {}  {}  epoch {}  on {node}{}",
+            r.replica,
+            state.as_str().unwrap_or("?"),
+            r.epoch,
+            if r.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", r.detail)
+            }
+        )?;
+        for refusal in &r.refused_on {
+            outln!("    refused by {}: {}", refusal.node, refusal.reason)?;
+        }
+    }
+    if !p.moves.is_empty() {
+        outln!("  moves (oldest first):")?;
+        for m in &p.moves {
+            let why = serde_json::to_value(&m.reason).unwrap_or_default();
+            outln!(
+                "    {}  replica {} -> {} epoch {}  {}",
+                m.at,
+                m.replica,
+                m.to,
+                m.epoch,
+                why["why"].as_str().unwrap_or("?")
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// `zos contract logs`: the log tails in the node's signed status record, and the

@@ -252,10 +252,57 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
         &["bot", "run", "--key", "bot.key", "--notary", &url, "--once"],
     );
     assert!(again.contains("1 placement contracts"), "{again}");
+    let shown = ok(
+        dir,
+        &[
+            "contract", "status", "crm-grid", "--farm", "7", "--notary", &url,
+        ],
+    );
+    assert!(shown.contains(&format!("placed by {bot}")), "{shown}");
+    for a in assigned {
+        let line = format!(
+            "replica {}  assigned  epoch 1  on {}",
+            a["replica"],
+            a["node"].as_str().unwrap()
+        );
+        assert!(shown.contains(&line), "{line:?} in:\n{shown}");
+    }
+    assert!(shown.contains("moves (oldest first)"), "{shown}");
+    let status: Value = serde_json::from_str(&ok(
+        dir,
+        &[
+            "contract", "status", "crm-grid", "--farm", "7", "--notary", &url, "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(status["version"], 2, "{status}");
+    assert_eq!(status["replicas"].as_array().unwrap().len(), 2, "{status}");
     assert!(
         !again.contains("assigned"),
         "a second round assigns nothing:\n{again}"
     );
+    // A placement record written by anyone else (the notary lets anyone write at the
+    // key) is refused, not shown as the placement.
+    let stranger = zos_contract::SecretKey::load(&dir.join("stranger.key")).unwrap();
+    let mut body = status.clone();
+    body.as_object_mut()
+        .unwrap()
+        .retain(|k, _| k != "signed_at" && k != "orchestrator");
+    let forged = zos_notary::Record::sign(
+        &zos_notary::NotaryKey::placement("7", "crm-grid").unwrap(),
+        body,
+        &stranger,
+    )
+    .unwrap();
+    rt.block_on(zos_notary::Notary::put(&client, &forged))
+        .unwrap();
+    let refusal = refused(
+        dir,
+        &[
+            "contract", "status", "crm-grid", "--farm", "7", "--notary", &url,
+        ],
+    );
+    assert!(refusal.contains("not by its orchestrator"), "{refusal}");
 
     // Out of range or contradictory: refused, and no file written.
     for (extra, says) in [
