@@ -120,6 +120,10 @@ fn init_console_logs(debug: bool) {
         .compact();
     // The same lines into the kernel log: the agent ships it to the farm's destination
     // from its start (docs/observability.md), so PID 1's boot lines leave the node too.
+    // The kernel keeps only 10 records per 5 s of a /dev/kmsg writer while
+    // printk_devkmsg is "ratelimit" (its default) and drops the rest without a count:
+    // PID 1 is the kernel log's only writer besides the kernel, so it is turned off.
+    let devkmsg = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
     let kmsg = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/kmsg")
@@ -136,6 +140,9 @@ fn init_console_logs(debug: bool) {
         .with(console.with_filter(tracing_subscriber::EnvFilter::new(filter)))
         .with(kmsg.with_filter(tracing_subscriber::EnvFilter::new(filter)))
         .try_init();
+    if let Err(error) = devkmsg {
+        tracing::warn!(%error, "printk_devkmsg: PID 1's copies in the kernel log are rate-limited (10 per 5 s)");
+    }
 }
 
 /// `/dev/kmsg` as a log writer: one record per event, tagged `zos-init`, its level in

@@ -163,12 +163,13 @@ fn check_boot_logs(rx: &Rsyslog, key: &str) {
         early < bound_at,
         "the early line ({early}) was logged before the destination was known ({bound_at})"
     );
-    // PID 1: its lines are in the kernel's ring (tagged zos-init); its first ones, from
-    // long before it brought the uplink up. (Only its first ones so far: the kernel
-    // keeps at most 10 records per 5 s of a /dev/kmsg writer while printk_devkmsg is
-    // "ratelimit", its default, and drops the rest; PID 1 does not turn that off yet.)
+    // PID 1: its lines are in the kernel's ring (tagged zos-init): its first ones, from
+    // long before it brought the uplink up, and later ones (PID 1 turns the kernel's
+    // rate limit of /dev/kmsg writers off, which kept 10 records per 5 s).
     wait_line(rx, "kernel", "zos-init:  INFO zosd: PID 1 version");
     wait_line(rx, "kernel", "zos-init:  INFO module loaded");
+    wait_line(rx, "kernel", "power button: a press powers the node off");
+    wait_line(rx, "kernel", "DHCP lease acquired");
     // The kernel's own first line.
     let records = rx
         .wait_for("the kernel's first line", LOGS, |r| {
