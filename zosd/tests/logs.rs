@@ -5,8 +5,9 @@
 //! - two contracts name a destination each: each workload's output lines reach its own
 //!   contract's receiver, stamped with its contract and workload, and never the other's.
 //!
-//! The receivers are plain TCP listeners reading JSON lines (zos-logship's own tests
-//! drive a real rsyslogd for the syslog formats).
+//! The farm's receiver is a plain TCP listener reading JSON lines (`jsonl+tcp`); the two
+//! contracts' are real rsyslogd servers (Debian's, zos_testkit::rsyslog) taking RFC 5424
+//! over TCP (`syslog+tcp`).
 
 mod common;
 
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 use zos_contract::{PublicKey, SecretKey, SignedContract};
 use zos_registry::{Farm, Telemetry};
 use zos_testkit::contract as kit;
+use zos_testkit::rsyslog::Rsyslog;
 
 const FARM: &str = "zt-farm-logs";
 
@@ -68,23 +70,6 @@ impl Receiver {
                 return seen;
             }
         }
-    }
-
-    /// Every line until each of `messages` has arrived (in any order: stdout and
-    /// stderr are pumped apart).
-    fn until_all(&self, messages: &[String]) -> Vec<Value> {
-        let mut seen: Vec<Value> = Vec::new();
-        while !messages
-            .iter()
-            .all(|m| seen.iter().any(|v| v["message"] == m.as_str()))
-        {
-            let v = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|e| panic!("not all of {messages:?} ({e}); got {seen:#?}"));
-            seen.push(v);
-        }
-        seen
     }
 }
 
@@ -161,10 +146,15 @@ fn node_and_workload_lines_reach_their_own_destinations() {
         "the lines logged before the farm was read did not arrive: {seen:#?}"
     );
 
-    // Two tenants, a receiver each.
+    // Two tenants, a real rsyslogd each.
     let p = people();
     let flist = busybox_flist(node.dir.path(), &p.publisher);
-    let (rx_a, rx_b) = (Receiver::start(), Receiver::start());
+    let rsyslog = |what: &str| {
+        Rsyslog::loopback().unwrap_or_else(|e| {
+            panic!("starting rsyslogd for {what}: {e} (cargo xtask test installs rsyslog)")
+        })
+    };
+    let (rx_a, rx_b) = (rsyslog("tenant a"), rsyslog("tenant b"));
     let (a, b) = (node.id("la"), node.id("lb"));
     node.publish(&record(
         &p,
@@ -174,7 +164,7 @@ fn node_and_workload_lines_reach_their_own_destinations() {
             key,
             &flist,
             (&a, "10.91.0.0/24"),
-            &rx_a.url(),
+            &rx_a.url("syslog+tcp"),
             "zt-mark-a",
         ),
     ));
@@ -186,7 +176,7 @@ fn node_and_workload_lines_reach_their_own_destinations() {
             key,
             &flist,
             (&b, "10.92.0.0/24"),
-            &rx_b.url(),
+            &rx_b.url("syslog+tcp"),
             "zt-mark-b",
         ),
     ));
@@ -194,21 +184,34 @@ fn node_and_workload_lines_reach_their_own_destinations() {
         (&rx_a, &a, "zt-mark-a", "zt-mark-b"),
         (&rx_b, &b, "zt-mark-b", "zt-mark-a"),
     ] {
-        let lines = rx.until_all(&[format!("{mark}-out"), format!("{mark}-err")]);
+        let (out, err) = (format!("{mark}-out"), format!("{mark}-err"));
+        let lines = rx
+            .wait_for(&format!("{out} and {err}"), Duration::from_secs(60), |r| {
+                [&out, &err]
+                    .iter()
+                    .all(|m| r.iter().any(|v| v["msg"] == m.as_str()))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
         for v in &lines {
-            assert_eq!(v["contract"], id.as_str(), "{v:#}");
-            assert_eq!(v["workload"], "talker", "{v:#}");
-            assert_eq!(v["host"], key.to_string(), "{v:#}");
+            let stream = if v["severity"] == "3" {
+                "stderr"
+            } else {
+                "stdout"
+            };
+            assert_eq!(
+                v["sd"],
+                format!("[zos contract=\"{id}\" workload=\"talker\" stream=\"{stream}\"]"),
+                "{v:#}"
+            );
+            assert_eq!(v["hostname"], key.to_string(), "{v:#}");
+            assert_eq!(v["app"], "talker", "{v:#}");
             assert!(
-                !v["message"].as_str().unwrap_or("").contains(other),
+                !v["msg"].as_str().unwrap_or("").contains(other),
                 "{id} got {v:#}"
             );
         }
-        let err = lines
-            .iter()
-            .find(|v| v["message"] == format!("{mark}-err"))
-            .unwrap();
-        assert_eq!(err["severity"], "err", "{err:#}");
+        let err = lines.iter().find(|v| v["msg"] == err.as_str()).unwrap();
+        assert_eq!(err["severity"], "3", "stderr is err: {err:#}");
     }
     // The node's receiver got no tenant line.
     while let Ok(v) = farm_rx.lines.try_recv() {
