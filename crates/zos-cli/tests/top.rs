@@ -282,7 +282,10 @@ fn farm_top_shows_follows_filters_and_opens_nodes_in_tmux() {
         "{screen}"
     );
     assert!(screen.contains("Rollbacks"), "{screen}");
-    assert!(screen.contains("not built yet"), "{screen}");
+    assert!(
+        screen.contains("no placement contract in this farm"),
+        "{screen}"
+    );
     assert!(!screen.contains(&sc), "farm-2's node shown:\n{screen}");
 
     // `s` cycles the order: name, load, and back to heartbeat age.

@@ -228,7 +228,8 @@ fn feed(url: &str, farm_id: &str, every: Duration, tx: mpsc::Sender<Feed>) {
         };
         let nodes = KeyPrefix::parse("nodes").expect("a valid prefix");
         let farm = KeyPrefix::parse(&format!("farms/{farm_id}")).expect("a checked farm id");
-        let why = match watch(&notary, &nodes, &farm, &tx).await {
+        let grid = KeyPrefix::parse(&format!("grid/{farm_id}")).expect("a checked farm id");
+        let why = match watch(&notary, [&nodes, &farm, &grid], &tx).await {
             Ok(()) => "the notary's watch ended".to_string(),
             Err(e) => format!("no watch: {e}"),
         };
@@ -236,6 +237,7 @@ fn feed(url: &str, farm_id: &str, every: Duration, tx: mpsc::Sender<Feed>) {
             let listed = async {
                 let mut records = notary.list(&nodes).await?;
                 records.extend(notary.list(&farm).await?);
+                records.extend(notary.list(&grid).await?);
                 Ok::<_, zos_notary::NotaryError>(records)
             }
             .await;
@@ -261,16 +263,19 @@ fn feed(url: &str, farm_id: &str, every: Duration, tx: mpsc::Sender<Feed>) {
     });
 }
 
-/// Follows the notary's watch until it ends (`Ok`) or cannot be set up (`Err`).
+/// Follows the notary's watches of `prefixes` (the nodes, the farm's record, the farm's
+/// grid) until one ends (`Ok`) or cannot be set up (`Err`).
 async fn watch(
     notary: &zos_notary::AnyNotary,
-    nodes: &KeyPrefix,
-    farm: &KeyPrefix,
+    prefixes: [&KeyPrefix; 3],
     tx: &mpsc::Sender<Feed>,
 ) -> Result<(), zos_notary::NotaryError> {
-    let (mut records, mut node_events) = notary.subscribe_events(nodes).await?;
-    let (farm_records, mut farm_events) = notary.subscribe_events(farm).await?;
+    let [nodes, farm, grid] = prefixes;
+    let (mut records, mut a) = notary.subscribe_events(nodes).await?;
+    let (farm_records, mut b) = notary.subscribe_events(farm).await?;
+    let (grid_records, mut c) = notary.subscribe_events(grid).await?;
     records.extend(farm_records);
+    records.extend(grid_records);
     if tx.send(Feed::Snapshot(records)).is_err()
         || tx.send(Feed::State(FeedState::Watching)).is_err()
     {
@@ -278,8 +283,9 @@ async fn watch(
     }
     loop {
         let event = tokio::select! {
-            e = node_events.recv() => e,
-            e = farm_events.recv() => e,
+            e = a.recv() => e,
+            e = b.recv() => e,
+            e = c.recv() => e,
         };
         let Some(event) = event else {
             return Ok(());

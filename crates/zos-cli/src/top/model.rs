@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use zos_contract::PublicKey;
+use zos_contract::{ContractRecord, Limits, PublicKey};
+use zos_grid::PlacementRecord;
 use zos_notary::{KeyKind, NotaryKey, Record};
 use zos_registry::{Farm, Heartbeat, Registration};
 
@@ -19,16 +20,19 @@ pub struct Records {
     by_key: BTreeMap<String, Record>,
 }
 
-/// True for the records the dashboard shows: farms, registrations, heartbeats and
-/// status reports. The rest under `nodes/` (contracts, support requests and their
-/// answers, which may carry a bundle) is not kept.
+/// True for the records the dashboard shows: farms, registrations, heartbeats, status
+/// reports, and the grid's placement contracts and placement records. The rest under
+/// `nodes/` (contracts, support requests and their answers, which may carry a bundle)
+/// is not kept.
 fn shown(record: &Record) -> bool {
     matches!(
         record.notary_key().map(|k| k.kind()),
         Ok(KeyKind::Farm { .. }
             | KeyKind::Registration { .. }
             | KeyKind::Heartbeat { .. }
-            | KeyKind::Status { .. })
+            | KeyKind::Status { .. }
+            | KeyKind::PlacementContract { .. }
+            | KeyKind::Placement { .. })
     )
 }
 
@@ -87,6 +91,13 @@ impl Records {
                         None => view.skipped += 1,
                     }
                 }
+                KeyKind::Placement {
+                    farm_id: id,
+                    contract_id,
+                } if id == farm_id => match self.placement(farm_id, &contract_id, record) {
+                    Some(p) => view.placements.push(p),
+                    None => view.skipped += 1,
+                },
                 _ => {}
             }
         }
@@ -104,10 +115,30 @@ impl Records {
     }
 }
 
+impl Records {
+    /// A placement record, shown only when signed by the orchestrator its contract
+    /// names (anyone may write at the key).
+    fn placement(&self, farm_id: &str, id: &str, record: &Record) -> Option<PlacementRecord> {
+        let contract = self
+            .by_key
+            .get(NotaryKey::placement_contract(farm_id, id).ok()?.as_str())?;
+        let doc = match ContractRecord::from_value(&contract.body, &Limits::default()).ok()? {
+            ContractRecord::Contract(doc) => doc,
+            ContractRecord::Cancellation(_) => return None,
+        };
+        if doc.placement.as_ref()?.orchestrator != record.author {
+            return None;
+        }
+        serde_json::from_value(record.body.clone()).ok()
+    }
+}
+
 /// One farm: its record (when valid) and its registered nodes.
 #[derive(Debug, Default)]
 pub struct FarmView {
     pub farm: Option<Farm>,
+    /// The grid's placement records of the farm's placement contracts, by contract id.
+    pub placements: Vec<PlacementRecord>,
     /// Sorted by node key.
     pub nodes: Vec<NodeView>,
     /// Records that did not parse as what their key says (not shown).
@@ -518,6 +549,73 @@ mod tests {
         store.delete(&NotaryKey::heartbeat(&a.public()));
         let after = store.farm_view("farm-1");
         assert!(after.nodes.iter().all(|n| n.heartbeat.is_none()));
+    }
+
+    #[test]
+    fn placements_are_shown_only_when_signed_by_the_contracts_orchestrator() {
+        use zos_contract::{BlueprintRef, Contract, Failover, FailoverMode, Placement};
+        let (owner, bot, mallory) = (
+            SecretKey::from_seed([70; 32]),
+            SecretKey::from_seed([71; 32]),
+            SecretKey::from_seed([72; 32]),
+        );
+        let blueprint = zos_testkit::contract::signed_blueprint(
+            &owner,
+            serde_json::json!({"name": "w", "version": "1.0.0", "params": {},
+                "body": {"workloads": [{"name": "app", "kind": "container",
+                    "flist": {"url": "dir:///srv/w.fl",
+                        "sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+                        "stores": ["dir:///srv/store"], "publishers": [owner.public().to_hex()]},
+                    "entrypoint": ["/bin/w"], "cpu": 1, "memory_mib": 64}]}}),
+        );
+        let c = Contract {
+            id: "web".into(),
+            version: 1,
+            owner: owner.public(),
+            nodes: vec![],
+            blueprint: BlueprintRef::Embedded(blueprint),
+            params: Default::default(),
+            stakeholders: vec![],
+            threshold: 0,
+            not_before: None,
+            expires: None,
+        };
+        let placement = Placement {
+            farm: "farm-1".into(),
+            replicas: 1,
+            orchestrator: bot.public(),
+            failover: Failover {
+                mode: FailoverMode::Move,
+                after_s: 60,
+            },
+            constraints: None,
+        };
+        let mut doc = zos_contract::SignedContract::placed(c, placement).unwrap();
+        doc.sign(&owner).unwrap();
+        let ckey = NotaryKey::placement_contract("farm-1", "web").unwrap();
+        let contract = Record::sign_at(&ckey, doc.to_value(), &owner, 1).unwrap();
+        let (node, _) = node(1, "farm-1", Some(90), 0);
+        let mut rec = PlacementRecord::new("web", 1, doc.digest, 1);
+        rec.replicas[0].node = Some(node.public());
+        rec.replicas[0].epoch = 1;
+        let pkey = NotaryKey::placement("farm-1", "web").unwrap();
+        let body = serde_json::to_value(&rec).unwrap();
+        let mut store = Records::default();
+        store.replace(vec![
+            contract.clone(),
+            Record::sign_at(&pkey, body.clone(), &bot, 2).unwrap(),
+        ]);
+        let view = store.farm_view("farm-1");
+        assert_eq!(view.placements, vec![rec.clone()]);
+        assert!(store.farm_view("farm-2").placements.is_empty());
+        // Written at the key by anyone else: counted, not shown.
+        store.replace(vec![
+            contract,
+            Record::sign_at(&pkey, body, &mallory, 2).unwrap(),
+        ]);
+        let view = store.farm_view("farm-1");
+        assert!(view.placements.is_empty());
+        assert_eq!(view.skipped, 1);
     }
 
     #[test]

@@ -97,11 +97,12 @@ fn farm(frame: &mut Frame, area: Rect, app: &App, view: &FarmView, now: u64) {
         .flat_map(|n| n.contracts.iter().map(move |c| (&n.node, c)))
         .collect();
     let refused = refusals(nodes.iter().copied());
+    let grid_height = grid_lines(view).len().clamp(1, 8) as u16 + 2;
     let [nodes_area, contracts_area, refusals_area, bottom] = Layout::vertical([
         Constraint::Length(nodes.len().max(1) as u16 + 3),
         Constraint::Min(contracts.len().clamp(1, 6) as u16 + 3),
         Constraint::Length(refused.len().clamp(1, 6) as u16 + 3),
-        Constraint::Length(3),
+        Constraint::Length(grid_height),
     ])
     .areas(area);
 
@@ -217,10 +218,53 @@ fn farm(frame: &mut Frame, area: Rect, app: &App, view: &FarmView, now: u64) {
         rollbacks,
     );
     frame.render_widget(
-        Paragraph::new("not built yet: the grid places and moves nothing so far")
+        Paragraph::new(grid_lines(view))
+            .wrap(Wrap { trim: true })
             .block(Block::bordered().title(" Grid placements and moves ")),
         grid,
     );
+}
+
+/// Per placement contract: where each replica runs, at which epoch, in which state;
+/// then its newest move.
+fn grid_lines(view: &FarmView) -> Vec<Line<'static>> {
+    if view.placements.is_empty() {
+        return vec![Line::from("no placement contract in this farm")];
+    }
+    let mut lines = Vec::new();
+    for p in &view.placements {
+        let replicas: Vec<String> = p
+            .replicas
+            .iter()
+            .map(|r| {
+                let state = serde_json::to_value(r.state).unwrap_or_default();
+                format!(
+                    "r{} {} e{} {}",
+                    r.replica,
+                    r.node.as_ref().map_or_else(|| "-".to_string(), short),
+                    r.epoch,
+                    state.as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        lines.push(Line::from(format!(
+            "{} v{}: {}",
+            p.contract,
+            p.version,
+            replicas.join(", ")
+        )));
+        if let Some(m) = p.moves.last() {
+            let why = serde_json::to_value(&m.reason).unwrap_or_default();
+            lines.push(Line::from(format!(
+                "  last move: r{} to {} e{} ({})",
+                m.replica,
+                short(&m.to),
+                m.epoch,
+                why["why"].as_str().unwrap_or("?")
+            )));
+        }
+    }
+    lines
 }
 
 fn contracts_table<'a>(
