@@ -343,7 +343,11 @@ fn two_bots_one_leader_and_a_takeover() {
         .unwrap();
     let (stop_a, a_stopped) = tokio::sync::oneshot::channel::<()>();
     let (_stop_b, b_stopped) = tokio::sync::oneshot::channel::<()>();
-    let a = rt.spawn(Bot::new(orchestrator(), notary.clone()).run(async {
+    // Each bot its own client: a client's pooled connections are driven by the runtime
+    // that made them, and the test's own reads run on another one.
+    let url = etcd.url("zos");
+    let own = || zos_notary::open(&url).unwrap();
+    let a = rt.spawn(Bot::new(orchestrator(), own()).run(async {
         let _ = a_stopped.await;
     }));
     let leader_key = NotaryKey::leader(&orchestrator().public());
@@ -355,7 +359,7 @@ fn two_bots_one_leader_and_a_takeover() {
         assert!(Instant::now() < deadline, "no leader");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let b = rt.spawn(Bot::new(orchestrator(), notary.clone()).run(async {
+    let b = rt.spawn(Bot::new(orchestrator(), own()).run(async {
         let _ = b_stopped.await;
     }));
     // The first leads and places.
