@@ -13,9 +13,10 @@
 //!   key (so that replicas spread and ties break the same way everywhere).
 //! - A replica whose node is lost moves (the next epoch) with `move`, and is reported
 //!   lost with `stay`.
-//! - A replica refused by its node moves to another node (the next epoch); refused on
-//!   [`MAX_REFUSALS`] nodes, it is given up: a fault that follows the contract (a bad
-//!   flist) must not bounce around the farm forever.
+//! - A replica refused by its node moves to another node (the next epoch); refused by
+//!   [`MAX_REFUSALS`] nodes for the same reason, it is given up: a fault that follows
+//!   the contract (a bad flist) must not bounce around the farm forever, while nodes
+//!   refusing for reasons of their own (full, a failed disk) are only avoided.
 //! - A replica that cannot be placed now keeps its assignment, if any, and is reported.
 
 use std::collections::BTreeSet;
@@ -25,7 +26,8 @@ use zos_contract::placement::{FailoverMode, Placement};
 use zos_contract::PublicKey;
 use zos_registry::NodeResources;
 
-/// Nodes that may refuse one replica before the orchestrator gives it up.
+/// Nodes that may refuse one replica for the same reason before the orchestrator gives
+/// it up.
 pub const MAX_REFUSALS: usize = 3;
 
 const GIB: u64 = 1 << 30;
@@ -136,7 +138,7 @@ pub enum Step {
         /// Why no node can take it: the farm's nodes counted by what rules each out.
         why: String,
     },
-    /// Refused on [`MAX_REFUSALS`] nodes: no more attempts.
+    /// Refused by [`MAX_REFUSALS`] nodes for the same reason: no more attempts.
     GivenUp {
         /// The replica.
         replica: u64,
@@ -208,13 +210,16 @@ pub fn plan(contract: &ContractView<'_>, nodes: &[NodeView], now: u64) -> Vec<St
                 }
             },
         };
-        if refusals.len() >= MAX_REFUSALS {
-            let last = refusals.last().map_or("", |(_, w)| w.as_str());
-            steps.push(Step::GivenUp {
-                replica,
-                reason: format!("refused on {} nodes, last: {last}", refusals.len()),
-            });
-            continue;
+        // The same reason from several nodes is a fault of the contract's; different
+        // ones (a full node, then a bad disk) are the nodes' and only exclude them.
+        if let Some((reason, n)) = most_common(&refusals) {
+            if n >= MAX_REFUSALS {
+                steps.push(Step::GivenUp {
+                    replica,
+                    reason: format!("refused on {n} nodes for the same reason: {reason}"),
+                });
+                continue;
+            }
         }
         match choose(contract, nodes, &hosting, &excluded, &live) {
             Ok(i) => {
@@ -231,6 +236,15 @@ pub fn plan(contract: &ContractView<'_>, nodes: &[NodeView], now: u64) -> Vec<St
         }
     }
     steps
+}
+
+/// The reason most nodes gave, and how many gave it.
+fn most_common(refusals: &[(PublicKey, String)]) -> Option<(&str, usize)> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, why) in refusals {
+        *counts.entry(why.as_str()).or_default() += 1;
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n)
 }
 
 /// The index of the node that gets a replica, or why none can.
@@ -529,6 +543,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn nodes_refusing_for_reasons_of_their_own_are_avoided_not_counted_against_it() {
+        let p = placement(1, FailoverMode::Move);
+        let nodes: Vec<NodeView> = (1..=5).map(|n| node(n, 8, 1)).collect();
+        let mut r = at(0, 3, 3, Report::Refused("a disk failed".into()));
+        r.refused_on = vec![
+            (key(1), "over capacity".into()),
+            (key(2), "bad flist".into()),
+        ];
+        let steps = plan(&view(&p, vec![r]), &nodes, NOW);
+        let [Step::Assign { node, epoch: 4, .. }] = steps[..] else {
+            panic!("{steps:?}")
+        };
+        assert!(
+            node == key(4) || node == key(5),
+            "a node that has not refused"
+        );
     }
 
     #[test]
