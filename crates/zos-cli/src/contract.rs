@@ -265,9 +265,6 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
             let doc = read(&file)?;
             let key = SecretKey::load(&key)?;
             let client = crate::notary::Client::open(&notary)?;
-            if doc.placement.is_some() {
-                return publish_placed(&client, &doc, &key);
-            }
             crate::notary::publish(&client, &doc, &key)
         }
         ContractCmd::List {
@@ -349,93 +346,6 @@ fn new(a: NewArgs) -> anyhow::Result<()> {
         "contract {} version {}\ndigest {}\nnext: each signer runs `zos contract sign FILE --key KEY`",
         doc.contract.id, doc.contract.version, doc.digest
     );
-    Ok(())
-}
-
-/// Publishes a placement contract (and its embedded blueprint) under
-/// `grid/<farm>/contracts/<id>` (docs/grid.md), refusing one that could never deploy and
-/// a version that does not supersede the notary's, as for a node contract.
-fn publish_placed(
-    client: &crate::notary::Client,
-    doc: &SignedContract,
-    key: &SecretKey,
-) -> anyhow::Result<()> {
-    use zos_contract::{ContractRecord, Reason};
-    use zos_notary::{NotaryKey, Record};
-    let c = &doc.contract;
-    let Some(p) = &doc.placement else {
-        bail!("{} has no placement", c.id);
-    };
-    let author = key.public();
-    if author != c.owner && !c.stakeholders.iter().any(|s| s.key == author) {
-        bail!(
-            "{author} is neither the owner nor a stakeholder of {}: it cannot publish it",
-            c.id
-        );
-    }
-    let resolver = |d: &zos_contract::Digest| client.blueprint(d);
-    let mut ctx = VerifyContext::offline(now());
-    ctx.resolve_blueprint = &resolver;
-    let v = zos_contract::verify(doc, &ctx);
-    // Missing co-signatures only: stakeholders co-sign in the notary later.
-    let blocking: Vec<String> = v
-        .reasons
-        .iter()
-        .filter(|r| {
-            !matches!(
-                r,
-                Reason::RequiredSignerMissing { .. } | Reason::ThresholdNotMet { .. }
-            )
-        })
-        .map(|r| format!("  - [{}] {r}", r.code()))
-        .collect();
-    if !blocking.is_empty() {
-        bail!(
-            "contract {} would be refused by every node:\n{}",
-            c.id,
-            blocking.join("\n")
-        );
-    }
-    let nkey = NotaryKey::placement_contract(&p.farm, &c.id)?;
-    if let Some(existing) = client.get(&nkey)? {
-        let existing = ContractRecord::from_value(&existing.body, &Limits::default())
-            .with_context(|| format!("{nkey} holds no valid contract record"))?;
-        let same = matches!(&existing, ContractRecord::Contract(e) if e.digest == doc.digest);
-        if !same && existing.version() >= c.version {
-            bail!(
-                "replay: farm {} holds version {} of {}; publish version {} or above",
-                p.farm,
-                existing.version(),
-                c.id,
-                existing.version() + 1
-            );
-        }
-    }
-    if let Some(Ok(bp)) = doc.embedded_blueprint(&Limits::default()) {
-        client.put(&Record::sign(
-            &NotaryKey::blueprint(&bp.digest),
-            bp.to_value(),
-            key,
-        )?)?;
-    }
-    client.put(&Record::sign(&nkey, doc.to_value(), key)?)?;
-    let state = if v.reasons.is_empty() {
-        "ready to place".to_string()
-    } else {
-        format!(
-            "waiting for signatures: weight {}/{}",
-            v.weight, v.threshold
-        )
-    };
-    outln!(
-        "published {} version {} to farm {} in {} ({state}): its orchestrator {} places {} replica(s)",
-        c.id,
-        c.version,
-        p.farm,
-        client.url,
-        p.orchestrator,
-        p.replicas
-    )?;
     Ok(())
 }
 

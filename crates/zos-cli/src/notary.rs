@@ -109,8 +109,9 @@ fn awaiting_signatures(reason: &Reason) -> bool {
     )
 }
 
-/// Publishes `doc` under every node it names (and its embedded blueprint), refusing a
-/// contract that could never deploy and a version that does not supersede the notary's.
+/// Publishes `doc` under every node it names, or a placement contract under its farm
+/// (and its embedded blueprint), refusing a contract that could never deploy and a
+/// version that does not supersede the notary's.
 pub fn publish(client: &Client, doc: &SignedContract, key: &SecretKey) -> anyhow::Result<()> {
     let c = &doc.contract;
     let author = key.public();
@@ -140,10 +141,21 @@ pub fn publish(client: &Client, doc: &SignedContract, key: &SecretKey) -> anyhow
             list.join("\n")
         );
     }
+    // Where it goes: under each node it names, or under its farm for its orchestrator.
+    let targets: Vec<(NotaryKey, String)> = match &doc.placement {
+        Some(p) => vec![(
+            NotaryKey::placement_contract(&p.farm, &c.id)?,
+            format!("farm {}", p.farm),
+        )],
+        None => c
+            .nodes
+            .iter()
+            .map(|node| Ok((NotaryKey::contract(node, &c.id)?, format!("node {node}"))))
+            .collect::<anyhow::Result<_>>()?,
+    };
     // Replays are refused here already (and again by every node).
-    for node in &c.nodes {
-        let nkey = NotaryKey::contract(node, &c.id)?;
-        if let Some(existing) = client.get(&nkey)? {
+    for (nkey, whose) in &targets {
+        if let Some(existing) = client.get(nkey)? {
             let existing = ContractRecord::from_value(&existing.body, &Limits::default())
                 .with_context(|| format!("{nkey} holds no valid contract record"))?;
             let same = matches!(&existing, ContractRecord::Contract(e) if e.digest == doc.digest);
@@ -153,7 +165,7 @@ pub fn publish(client: &Client, doc: &SignedContract, key: &SecretKey) -> anyhow
             };
             if !same && existing.version() >= c.version {
                 bail!(
-                    "replay: node {node} {what} {} of {}; publish version {} or above",
+                    "replay: {whose} {what} {} of {}; publish version {} or above",
                     existing.version(),
                     c.id,
                     existing.version() + 1
@@ -168,25 +180,35 @@ pub fn publish(client: &Client, doc: &SignedContract, key: &SecretKey) -> anyhow
             key,
         )?)?;
     }
-    for node in &c.nodes {
-        let nkey = NotaryKey::contract(node, &c.id)?;
-        client.put(&Record::sign(&nkey, doc.to_value(), key)?)?;
+    for (nkey, _) in &targets {
+        client.put(&Record::sign(nkey, doc.to_value(), key)?)?;
     }
-    let state = if v.reasons.is_empty() {
-        "ready to deploy".to_string()
-    } else {
-        format!(
+    let state = match (v.reasons.is_empty(), &doc.placement) {
+        (true, None) => "ready to deploy".to_string(),
+        (true, Some(_)) => "ready to place".to_string(),
+        (false, _) => format!(
             "waiting for signatures: weight {}/{}",
             v.weight, v.threshold
-        )
+        ),
     };
-    outln!(
-        "published {} version {} to {} node(s) in {} ({state})",
-        c.id,
-        c.version,
-        c.nodes.len(),
-        client.url
-    )?;
+    match &doc.placement {
+        Some(p) => outln!(
+            "published {} version {} to farm {} in {} ({state}): its orchestrator {} places {} replica(s)",
+            c.id,
+            c.version,
+            p.farm,
+            client.url,
+            p.orchestrator,
+            p.replicas
+        )?,
+        None => outln!(
+            "published {} version {} to {} node(s) in {} ({state})",
+            c.id,
+            c.version,
+            c.nodes.len(),
+            client.url
+        )?,
+    }
     Ok(())
 }
 
