@@ -437,22 +437,10 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 self.pending_since.remove(&id);
                 self.teardown(&target, true).await?;
                 self.refused_updates.remove(&id);
-                self.publish(StatusReport::new(
-                    &id,
-                    Some(version),
-                    State::Cancelled,
-                    "cancelled by its owner; everything it had is removed",
-                ))
-                .await
+                self.publish(cancelled(&id, version)).await
             }
             admission::Action::Cancelled { id, version } => {
-                self.publish(StatusReport::new(
-                    &id,
-                    Some(version),
-                    State::Cancelled,
-                    "cancelled by its owner; everything it had is removed",
-                ))
-                .await
+                self.publish(cancelled(&id, version)).await
             }
             admission::Action::Tombstone { id, cancel } => {
                 let c = &cancel.cancellation;
@@ -888,4 +876,14 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.published.insert(report.contract.clone(), report);
         Ok(())
     }
+}
+
+/// The status of a contract its owner cancelled, once everything it had is gone.
+fn cancelled(id: &str, version: u64) -> StatusReport {
+    StatusReport::new(
+        id,
+        Some(version),
+        State::Cancelled,
+        "cancelled by its owner; everything it had is removed",
+    )
 }
