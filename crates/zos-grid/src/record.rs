@@ -49,6 +49,20 @@ pub struct ReplicaRecord {
     pub refused_on: Vec<Refusal>,
 }
 
+impl ReplicaRecord {
+    /// Replica `replica`, never placed.
+    fn unplaced(replica: u64) -> ReplicaRecord {
+        ReplicaRecord {
+            replica,
+            node: None,
+            epoch: 0,
+            state: ReplicaState::Unplaceable,
+            detail: "not placed yet".into(),
+            refused_on: Vec::new(),
+        }
+    }
+}
+
 /// A replica's state, as the orchestrator sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,39 +115,20 @@ impl PlacementRecord {
             contract: contract.to_string(),
             version,
             digest,
-            replicas: (0..replicas)
-                .map(|replica| ReplicaRecord {
-                    replica,
-                    node: None,
-                    epoch: 0,
-                    state: ReplicaState::Unplaceable,
-                    detail: "not placed yet".into(),
-                    refused_on: Vec::new(),
-                })
-                .collect(),
+            replicas: (0..replicas).map(ReplicaRecord::unplaced).collect(),
             moves: Vec::new(),
         }
     }
 
-    /// The record of replica `replica`, created if the record has fewer.
+    /// The record of replica `replica`, created (never placed) if the record has fewer.
     pub fn replica_mut(&mut self, replica: u64) -> &mut ReplicaRecord {
-        if let Some(i) = self.replicas.iter().position(|r| r.replica == replica) {
-            return &mut self.replicas[i];
-        }
-        self.replicas.push(ReplicaRecord {
-            replica,
-            node: None,
-            epoch: 0,
-            state: ReplicaState::Unplaceable,
-            detail: String::new(),
-            refused_on: Vec::new(),
-        });
-        self.replicas.sort_by_key(|r| r.replica);
-        let i = self
-            .replicas
-            .iter()
-            .position(|r| r.replica == replica)
-            .expect("just pushed");
+        let i = match self.replicas.binary_search_by_key(&replica, |r| r.replica) {
+            Ok(i) => i,
+            Err(i) => {
+                self.replicas.insert(i, ReplicaRecord::unplaced(replica));
+                i
+            }
+        };
         &mut self.replicas[i]
     }
 
