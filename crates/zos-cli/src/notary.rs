@@ -59,10 +59,11 @@ impl Client {
 
     /// A signed blueprint by digest, if the notary holds a valid one.
     pub fn blueprint(&self, digest: &Digest) -> Option<SignedBlueprint> {
-        let record = self.get(&NotaryKey::blueprint(digest)).ok()??;
-        SignedBlueprint::from_value(&record.body, &Limits::default())
-            .ok()
-            .filter(|b| b.digest == *digest)
+        self.rt.block_on(zos_notary::blueprint(
+            &self.notary,
+            digest,
+            &Limits::default(),
+        ))
     }
 
     /// Every contract record for contract `id`, on `node` or on any node.

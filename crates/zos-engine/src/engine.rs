@@ -479,12 +479,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
     }
 
     async fn blueprint(&self, digest: &Digest) -> Option<SignedBlueprint> {
-        let record = self
-            .notary
-            .get(&NotaryKey::blueprint(digest))
-            .await
-            .ok()??;
-        SignedBlueprint::from_value(&record.body, &self.cfg.limits).ok()
+        zos_notary::blueprint(&self.notary, digest, &self.cfg.limits).await
     }
 
     // ---- provisioning and restarts: jobs ----

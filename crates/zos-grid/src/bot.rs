@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 
 use zos_contract::assignment::{Assignment, SignedAssignment};
 use zos_contract::{
-    ContractRecord, Digest, Limits, PublicKey, SecretKey, SignedBlueprint, SignedContract,
-    VerifyContext,
+    ContractRecord, Digest, Limits, PublicKey, SecretKey, SignedContract, VerifyContext,
 };
 use zos_engine::{Capacity, State, StatusReport};
 use zos_notary::{Expect, KeyKind, KeyPrefix, Notary, NotaryError, NotaryKey, Record};
@@ -274,7 +273,9 @@ impl<N: Notary> Bot<N> {
                 continue;
             }
             let blueprint = match &doc.contract.blueprint {
-                zos_contract::BlueprintRef::Sha256(d) => self.blueprint(d).await,
+                zos_contract::BlueprintRef::Sha256(d) => {
+                    zos_notary::blueprint(&self.notary, d, &self.limits).await
+                }
                 zos_contract::BlueprintRef::Embedded(_) => None,
             };
             let resolver = move |d: &Digest| blueprint.clone().filter(|b| b.digest == *d);
@@ -318,15 +319,6 @@ impl<N: Notary> Bot<N> {
             });
         }
         out
-    }
-
-    async fn blueprint(&self, digest: &Digest) -> Option<SignedBlueprint> {
-        let record = self
-            .notary
-            .get(&NotaryKey::blueprint(digest))
-            .await
-            .ok()??;
-        SignedBlueprint::from_value(&record.body, &self.limits).ok()
     }
 
     /// Plans one contract and writes the result.

@@ -421,6 +421,19 @@ pub enum AnyNotary {
     Etcd(EtcdNotary),
 }
 
+/// The signed blueprint `blueprints/<digest>` holds, if the notary has a valid one of
+/// that digest (read within `limits`); the one reader engine, orchestrator and CLI share.
+pub async fn blueprint(
+    notary: &impl Notary,
+    digest: &zos_contract::Digest,
+    limits: &zos_contract::Limits,
+) -> Option<zos_contract::SignedBlueprint> {
+    let record = notary.get(&NotaryKey::blueprint(digest)).await.ok()??;
+    zos_contract::SignedBlueprint::from_value(&record.body, limits)
+        .ok()
+        .filter(|b| b.digest == *digest)
+}
+
 /// Opens a notary from its URL:
 ///
 /// - `dir:///absolute/path`: a directory tree (created when missing);
