@@ -8,6 +8,7 @@
 //! nodes/<node_key>/contracts/<contract_id>
 //! nodes/<node_key>/status/<contract_id>
 //! nodes/<node_key>/heartbeat
+//! nodes/<node_key>/alive
 //! nodes/<node_key>/requests/<request_id>
 //! nodes/<node_key>/answers/<request_id>
 //! nodes/<node_key>/assignments/<contract_id>/<replica>
@@ -124,6 +125,13 @@ pub enum KeyKind {
         /// The node.
         node: PublicKey,
     },
+    /// `nodes/<node_key>/alive`: the node's liveness, a leased record it keeps alive
+    /// (docs/grid.md): present while the node renews its lease, gone when the lease
+    /// expires. Its body says nothing a reader may use for timing.
+    Alive {
+        /// The node.
+        node: PublicKey,
+    },
     /// `nodes/<node_key>/requests/<request_id>`: a diagnostic request to a node (a
     /// support bundle or a probe), authored by whoever asks: the node decides whether
     /// the author may (docs/diagnostics.md).
@@ -209,6 +217,10 @@ impl NotaryKey {
     pub fn heartbeat(node: &PublicKey) -> Self {
         NotaryKey(format!("nodes/{node}/heartbeat"))
     }
+    /// `nodes/<node>/alive`.
+    pub fn alive(node: &PublicKey) -> Self {
+        NotaryKey(format!("nodes/{node}/alive"))
+    }
     /// `nodes/<node>/requests/<request_id>`; refused when `request_id` is not a valid
     /// segment.
     pub fn request(node: &PublicKey, request_id: &str) -> Result<Self, KeyError> {
@@ -260,13 +272,14 @@ impl NotaryKey {
     }
 
     /// The node whose own reports live under this key (registration, status, heartbeat,
-    /// answers): only that node may author them. `None` for farms, contracts, requests
+    /// alive, answers): only that node may author them. `None` for farms, contracts, requests
     /// and blueprints.
     pub fn node_owner(&self) -> Option<PublicKey> {
         match self.kind() {
             KeyKind::Registration { node }
             | KeyKind::Status { node, .. }
             | KeyKind::Heartbeat { node }
+            | KeyKind::Alive { node }
             | KeyKind::Answer { node, .. } => Some(node),
             KeyKind::Leader { orchestrator } => Some(orchestrator),
             _ => None,
@@ -350,6 +363,7 @@ fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
         },
         ["nodes", n, "registration"] => KeyKind::Registration { node: node(n)? },
         ["nodes", n, "heartbeat"] => KeyKind::Heartbeat { node: node(n)? },
+        ["nodes", n, "alive"] => KeyKind::Alive { node: node(n)? },
         ["nodes", n, "contracts", id] => KeyKind::Contract {
             node: node(n)?,
             contract_id: id.to_string(),
@@ -455,7 +469,7 @@ impl KeyPrefix {
     pub fn blueprints() -> Self {
         KeyPrefix("blueprints".into())
     }
-    /// Everything a node has: registration, contracts, status, heartbeat.
+    /// Everything a node has: registration, contracts, status, heartbeat, alive.
     pub fn node(node: &PublicKey) -> Self {
         KeyPrefix(format!("nodes/{node}"))
     }
@@ -483,7 +497,7 @@ impl KeyPrefix {
     pub fn grid() -> Self {
         KeyPrefix("grid".into())
     }
-    /// Every node: registrations, heartbeats, statuses, assignments.
+    /// Every node: registrations, heartbeats, alive records, statuses, assignments.
     pub fn nodes() -> Self {
         KeyPrefix("nodes".into())
     }
@@ -556,6 +570,18 @@ mod tests {
             NotaryKey::heartbeat(&n).as_str(),
             format!("nodes/{h}/heartbeat")
         );
+        assert_eq!(NotaryKey::alive(&n).as_str(), format!("nodes/{h}/alive"));
+        assert_eq!(NotaryKey::alive(&n).kind(), KeyKind::Alive { node: n });
+        assert_eq!(
+            NotaryKey::alive(&n).node_owner(),
+            Some(n),
+            "only the node keeps itself alive"
+        );
+        assert!(NotaryKey::alive(&n).has_prefix(&KeyPrefix::node(&n)));
+        assert!(matches!(
+            NotaryKey::parse("nodes/abc/alive"),
+            Err(KeyError::BadHex { .. })
+        ));
         let d = Digest::of(b"x");
         assert_eq!(NotaryKey::blueprint(&d).as_str(), format!("blueprints/{d}"));
         for k in [
@@ -563,6 +589,7 @@ mod tests {
             NotaryKey::registration(&n),
             NotaryKey::contract(&n, "c").unwrap(),
             NotaryKey::heartbeat(&n),
+            NotaryKey::alive(&n),
             NotaryKey::blueprint(&d),
         ] {
             assert_eq!(NotaryKey::parse(k.as_str()).unwrap(), k);

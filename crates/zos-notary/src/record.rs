@@ -61,7 +61,7 @@ pub enum RecordError {
         /// Where the backend holds it.
         found: String,
     },
-    /// A key owned by one key (a node's registration, status, heartbeat, answers; an
+    /// A key owned by one key (a node's registration, status, heartbeat, alive, answers; an
     /// orchestrator's leader record) written by someone else.
     #[error("record {key} is authored by {author}; only node {owner} may write it")]
     WrongAuthor {
@@ -181,7 +181,7 @@ impl Record {
     }
 
     /// Checks the key is a valid layout key, the author may write it (node-owned keys:
-    /// registration, status and heartbeat must be signed by that node; a contract key by
+    /// registration, status, heartbeat and alive must be signed by that node; a contract key by
     /// the contract's owner or a stakeholder, a cancellation by its owner) and the
     /// signature.
     pub fn verify(&self) -> Result<(), RecordError> {
@@ -675,6 +675,28 @@ mod tests {
             forged.verify(),
             Err(RecordError::WrongAuthor { .. })
         ));
+    }
+
+    #[test]
+    fn an_alive_record_is_authored_by_its_node_only() {
+        // The attack: a stranger (or another node) keeps a dead node looking alive.
+        let node = sk(7);
+        let key = NotaryKey::alive(&node.public());
+        let body = json!({"ttl_ms": 2000});
+        Record::sign_at(&key, body.clone(), &node, 1)
+            .unwrap()
+            .verify()
+            .unwrap();
+        for other in [sk(8), sk(9)] {
+            let err = Record::sign_at(&key, body.clone(), &other, 1)
+                .unwrap()
+                .verify()
+                .unwrap_err();
+            assert!(
+                matches!(&err, RecordError::WrongAuthor { owner, .. } if *owner == node.public()),
+                "{err}"
+            );
+        }
     }
 
     #[test]

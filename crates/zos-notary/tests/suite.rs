@@ -111,6 +111,19 @@ mod cases {
             matches!(err, NotaryError::Record(RecordError::WrongAuthor { .. })),
             "{err}"
         );
+        // A node's liveness kept by someone else: a dead node made to look alive.
+        let alive = NotaryKey::alive(&node(1));
+        let forged = Record::sign_at(&alive, json!({"ttl_ms": 2000}), &sk(10), 1).unwrap();
+        let lease = n.grant_lease(TTL).await.unwrap();
+        let err = n
+            .put_leased(&forged, &lease, &Expect::Any)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NotaryError::Record(RecordError::WrongAuthor { .. })),
+            "{err}"
+        );
+        n.revoke(&lease).await.unwrap();
         // Nothing was stored.
         assert!(n.list(&KeyPrefix::all()).await.unwrap().is_empty());
     }
