@@ -19,12 +19,15 @@
 //!
 //! [`membership`] is a node's part over time: it waits for its farm (with backoff, a
 //! pure state machine), pins the farmer, publishes its registration, then heartbeats.
+//! [`liveness`] keeps the node's `nodes/<node>/alive` record alive under a lease (the
+//! grid's liveness, docs/grid.md) and tells when it last renewed, on `CLOCK_BOOTTIME`.
 
 #![forbid(unsafe_code)]
 
 pub mod detect;
 pub mod farm;
 pub mod heartbeat;
+pub mod liveness;
 pub mod membership;
 pub mod registration;
 
