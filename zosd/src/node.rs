@@ -197,7 +197,7 @@ async fn serve(
     }
     // No contracts before the farm is in the notary; then registration and heartbeats
     // (docs/registration.md). `None`: stopped while waiting for the farm.
-    let Some(registered) =
+    let Some((registered, _liveness)) =
         crate::registration::register(&cfg, &key, &notary, &storage, stop.requested()).await?
     else {
         return Ok(());

@@ -1,6 +1,8 @@
 //! The node's farm membership (zos-registry's `membership`: the farm wait, the farmer
 //! pin, the registration, the heartbeats; docs/registration.md), wired to the node's
-//! parts: the farmer pin in the state home, the pools, the engine's journal.
+//! parts: the farmer pin in the state home, the pools, the engine's journal; and, once
+//! registered in a farm, the node's liveness record (zos-registry's `liveness`,
+//! docs/grid.md).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use zos_contract::SecretKey;
 use zos_engine::journal::JournalData;
 use zos_engine::{JournalStore, Phase};
 use zos_notary::AnyNotary;
+use zos_registry::liveness::{self, Liveness};
 use zos_registry::membership::{self, ContractLoad, HostError, Member, NodeHost, PoolBytes};
 use zos_registry::{ContractCounts, NodeResources};
 use zos_storage::{PoolKind, Storage};
@@ -20,14 +23,20 @@ use crate::node::{StateRecord, JOURNAL_KEY};
 /// State home key of the pinned farmer public key.
 const FARMER_KEY: &str = "farmer";
 
-/// Waits for the farm, registers, and starts the heartbeats (`None`: stopped first).
+/// The lease TTL of the node's liveness record (`T` in docs/grid.md: at most a quarter
+/// of the smallest `after_s`, 10 s, and not below etcd's minimum of about 2 s).
+pub const LIVENESS_TTL: Duration = Duration::from_secs(2);
+
+/// Waits for the farm, registers, and starts the heartbeats and, in a farm, the
+/// liveness record (`None`: stopped first). The [`Liveness`] (`None` without a farm)
+/// renews for as long as it is kept; its `renewed()` is what the node fences on.
 pub async fn register(
     cfg: &NodeConfig,
     key: &SecretKey,
     notary: &AnyNotary,
     storage: &Arc<Storage>,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Option<Member>> {
+) -> anyhow::Result<Option<(Member, Option<Liveness>)>> {
     let member = membership::MemberConfig {
         farm: cfg.farm.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -36,7 +45,14 @@ pub async fn register(
     };
     let parts = Arc::new(Parts(storage.clone()));
     let say = |line: &str| println!("zosd: {line}");
-    Ok(membership::join(&member, key, notary, parts, shutdown, say).await?)
+    let Some(member) = membership::join(&member, key, notary, parts, shutdown, say).await? else {
+        return Ok(None);
+    };
+    let liveness = member
+        .farm
+        .is_some()
+        .then(|| liveness::start(notary.clone(), key.clone(), LIVENESS_TTL));
+    Ok(Some((member, liveness)))
 }
 
 struct Parts(Arc<Storage>);
