@@ -680,6 +680,7 @@ mod tests {
             phase: Phase::Running,
             restarts: Default::default(),
             signers: None,
+            held: None,
         }
     }
 

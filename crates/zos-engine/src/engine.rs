@@ -20,11 +20,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::{AbortHandle, JoinSet};
 use zos_contract::deployment::Workload;
-use zos_contract::{BlueprintRef, Digest, Limits, PublicKey, SecretKey, SignedBlueprint};
-use zos_notary::{KeyPrefix, Notary, NotaryKey, Record};
+use zos_contract::{
+    BlueprintRef, Digest, Limits, PublicKey, SecretKey, SignedAssignment, SignedBlueprint,
+    SignedContract,
+};
+use zos_notary::{EventWatch, KeyKind, KeyPrefix, Notary, NotaryKey, Record, WatchEvent};
 
 use crate::capacity::Capacity;
-use crate::controllers::admission::{self, RecordInput};
+use crate::controllers::admission::{self, GridInput, RecordInput};
+use crate::controllers::placement::{self, Verdict};
 use crate::controllers::provisioning;
 use crate::controllers::supervision::{self, Supervisor};
 use crate::controllers::{expiry, orphans, reporting};
@@ -69,7 +73,24 @@ pub struct EngineConfig {
     pub orphan_sweep_every: Duration,
     /// Bounds on one contract document: what records are parsed and verified under.
     pub limits: Limits,
+    /// The farm this node is registered in: it follows the farm's placement contracts
+    /// and its own assignments (docs/grid.md). `None`: no placement contract runs here.
+    pub farm: Option<String>,
 }
+
+/// The node's liveness lease, which decides when `move` replicas are fenced
+/// (docs/grid.md, "Timing"). Without one, a `move` replica never runs.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    /// `CLOCK_BOOTTIME` read just before the last renewal that succeeded was sent;
+    /// `None` before the first.
+    pub renewed: tokio::sync::watch::Receiver<Option<Duration>>,
+    /// `CLOCK_BOOTTIME` now (a function, so tests can move it).
+    pub now: fn() -> Duration,
+}
+
+/// How often a fenced replica's placement record is read while the liveness is back.
+const FENCED_RECHECK: Duration = Duration::from_secs(1);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -84,6 +105,7 @@ impl Default for EngineConfig {
             volume_grace: VOLUME_GRACE,
             orphan_sweep_every: Duration::from_secs(60),
             limits: Limits::default(),
+            farm: None,
         }
     }
 }
@@ -98,7 +120,8 @@ pub enum EngineError {
     /// The notary could not be read or written.
     #[error(transparent)]
     Notary(#[from] zos_notary::NotaryError),
-    /// The notary's watch of this node's contracts closed.
+    /// A notary watch the engine follows (this node's contracts, its assignments, its
+    /// farm's placement contracts) closed.
     #[error("the notary watch ended")]
     WatchEnded,
 }
@@ -166,6 +189,14 @@ pub struct Engine<P, N, S: JournalStore> {
     /// Per contract, when the record whose work is not done yet was received: its
     /// converge observes the latency.
     pending_since: HashMap<String, Instant>,
+    /// The assignments naming this node, per placement contract and replica, as the
+    /// notary holds them (verified envelopes; `admit()` judges them).
+    assigned: HashMap<String, BTreeMap<u64, SignedAssignment>>,
+    /// The liveness lease, when the node keeps one.
+    liveness: Option<Liveness>,
+    /// Placement replicas this node stopped by itself (fenced), with when their
+    /// placement record was last read: their workloads are gone, their volumes kept.
+    fenced: BTreeMap<String, Option<Instant>>,
 }
 
 fn unix_now() -> u64 {
@@ -201,7 +232,16 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             stats: Arc::default(),
             received: Instant::now(),
             pending_since: HashMap::new(),
+            assigned: HashMap::new(),
+            liveness: None,
+            fenced: BTreeMap::new(),
         }
+    }
+
+    /// Fences `move` replicas by `liveness` (docs/grid.md); without it they never run.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// The engine's counters (queue, converges, latencies, restarts, the contracts it
@@ -247,7 +287,17 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
     ) -> Result<Self, EngineError> {
         let prefix = KeyPrefix::node_contracts(&self.node());
         let (existing, mut watch) = self.notary.subscribe(&prefix).await?;
+        let (mut assignment_watch, mut farm_watch) = (None, None);
+        let mut grid_existing = None;
+        if let Some(farm) = self.cfg.farm.clone() {
+            let (assignments, farm_records, a, f) = self.subscribe_grid(&farm).await?;
+            (assignment_watch, farm_watch) = (Some(a), Some(f));
+            grid_existing = Some((assignments, farm_records));
+        }
         self.begin(existing).await?;
+        if let Some((assignments, farm_records)) = grid_existing {
+            self.begin_grid(assignments, farm_records).await?;
+        }
         self.refresh_stats();
         let mut tick = tokio::time::interval(self.cfg.supervise_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,6 +314,14 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 }
                 record = watch.recv() => match record {
                     Some(record) => self.handle(&record).await?,
+                    None => return Err(EngineError::WatchEnded),
+                },
+                event = next_event(assignment_watch.as_mut()) => match event {
+                    Some(event) => self.handle_event(event).await?,
+                    None => return Err(EngineError::WatchEnded),
+                },
+                event = next_event(farm_watch.as_mut()) => match event {
+                    Some(event) => self.handle_event(event).await?,
                     None => return Err(EngineError::WatchEnded),
                 },
                 Some(done) = self.jobs.set.join_next_with_id() => self.on_done(done).await?,
@@ -286,7 +344,12 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.collect_orphans().await?;
         let owned: Vec<Owned> = self.journal.data().owned.values().cloned().collect();
         for o in owned {
-            if !matches!(o.phase, Phase::Failed { .. }) {
+            if o.held.as_ref().is_some_and(|h| h.fences()) {
+                // What ran before this start may have been moved meanwhile: it runs
+                // again only on a renewed liveness and a placement record that still
+                // names this node (docs/grid.md).
+                self.fence(&o, "zosd started").await?;
+            } else if !matches!(o.phase, Phase::Failed { .. }) {
                 tracing::info!(contract = %o.id, version = o.version, "re-adopting");
                 self.spawn_provision(&o, None);
             }
@@ -357,6 +420,25 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
 
     async fn handle(&mut self, record: &Record) -> Result<(), EngineError> {
         self.received = Instant::now();
+        match record.notary_key().map(|k| k.kind()) {
+            Ok(KeyKind::Assignment {
+                node,
+                contract_id,
+                replica,
+            }) if node == self.node() => {
+                return self.on_assignment(record, contract_id, replica).await
+            }
+            Ok(KeyKind::PlacementContract { contract_id, .. }) => {
+                return self.on_farm_contract(record, &contract_id).await
+            }
+            Ok(KeyKind::Placement {
+                farm_id,
+                contract_id,
+            }) if self.cfg.farm.as_deref() == Some(farm_id.as_str()) => {
+                return self.on_placement(record, &contract_id).await
+            }
+            _ => {}
+        }
         let input = admission::read(record, &self.node(), &self.cfg.limits);
         if input.is_some() {
             self.stats.record_received();
@@ -372,22 +454,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 version,
                 reasons,
             }],
-            Some(RecordInput::Contract(doc)) => {
-                let blueprint = match &doc.contract.blueprint {
-                    BlueprintRef::Sha256(d) => self.blueprint(d).await,
-                    BlueprintRef::Embedded(_) => None,
-                };
-                let inputs = admission::Inputs {
-                    journal: self.journal.data(),
-                    blueprint,
-                    now: (self.clock)(),
-                    node: self.node(),
-                    trusted_authors: self.cfg.trusted_authors.as_ref(),
-                    limits: self.cfg.limits,
-                    capacity: self.cfg.capacity,
-                };
-                admission::plan_contract(&doc, inputs)
-            }
+            Some(RecordInput::Contract(doc)) => self.plan_contract(&doc, false).await,
             Some(RecordInput::Cancellation { id, cancel }) => {
                 admission::plan_cancellation(self.journal.data(), &id, &cancel)
             }
@@ -396,6 +463,34 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             self.admit(action).await?;
         }
         Ok(())
+    }
+
+    /// Admission's plan for `doc`; `from_farm`: it is the farm's placement contract
+    /// record, judged with this node's assignment for it.
+    async fn plan_contract(&self, doc: &SignedContract, from_farm: bool) -> Vec<admission::Action> {
+        let blueprint = match &doc.contract.blueprint {
+            BlueprintRef::Sha256(d) => self.blueprint(d).await,
+            BlueprintRef::Embedded(_) => None,
+        };
+        let assignment = self
+            .assigned
+            .get(&doc.contract.id)
+            .and_then(|by_replica| by_replica.values().next());
+        let grid = match (from_farm, self.cfg.farm.as_deref()) {
+            (true, Some(farm)) => Some(GridInput { assignment, farm }),
+            _ => None,
+        };
+        let inputs = admission::Inputs {
+            journal: self.journal.data(),
+            blueprint,
+            now: (self.clock)(),
+            node: self.node(),
+            trusted_authors: self.cfg.trusted_authors.as_ref(),
+            limits: self.cfg.limits,
+            capacity: self.cfg.capacity,
+            grid,
+        };
+        admission::plan_contract(doc, inputs)
     }
 
     async fn admit(&mut self, action: admission::Action) -> Result<(), EngineError> {
@@ -411,14 +506,25 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 self.journal
                     .update(|j| admission::journal_accept(j, &owned))?;
                 self.refused_updates.remove(&id);
-                tracing::info!(contract = %id, version = owned.version, "contract accepted");
+                self.fenced.remove(&id);
+                tracing::info!(contract = %id, version = owned.version, held = ?owned.held.as_ref().map(|h| (h.replica, h.epoch)), "contract accepted");
+                if self.must_fence(&owned) {
+                    // Admitted, but the node's liveness has lapsed: it starts once the
+                    // liveness is back and the placement record still names this node.
+                    return self
+                        .fence(&owned, "admitted while the liveness lapsed")
+                        .await;
+                }
                 self.pending_since.insert(id.clone(), self.received);
-                self.publish(StatusReport::new(
-                    &id,
-                    Some(owned.version),
-                    State::Provisioning,
-                    "verified and admitted; provisioning",
-                ))
+                self.publish(
+                    StatusReport::new(
+                        &id,
+                        Some(owned.version),
+                        State::Provisioning,
+                        "verified and admitted; provisioning",
+                    )
+                    .holding(owned.held.as_ref()),
+                )
                 .await?;
                 self.spawn_provision(&owned, previous.as_deref());
                 Ok(())
@@ -435,6 +541,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                     .update(|j| admission::journal_cancel(j, &target, version, marker))?;
                 self.jobs.abort(&id);
                 self.pending_since.remove(&id);
+                self.fenced.remove(&id);
                 self.teardown(&target, true).await?;
                 self.refused_updates.remove(&id);
                 self.publish(cancelled(&id, version)).await
@@ -648,12 +755,13 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         for action in expiry::plan(self.journal.data(), wall, self.cfg.volume_grace) {
             self.expire(action).await?;
         }
+        self.fencing_pass(now).await?;
         let owned: Vec<Owned> = self
             .journal
             .data()
             .owned
             .values()
-            .filter(|o| !self.jobs.busy(&o.id))
+            .filter(|o| !self.jobs.busy(&o.id) && !self.fenced.contains_key(&o.id))
             .cloned()
             .collect();
         let mut states = BTreeMap::new();
@@ -745,6 +853,335 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 .await
             }
         }
+    }
+
+    // ---- placement contracts (docs/grid.md, "The node") ----
+
+    /// This node's assignments and its farm's placement contracts and records: the
+    /// current ones and watches of what follows (deletions included).
+    async fn subscribe_grid(
+        &self,
+        farm: &str,
+    ) -> Result<(Vec<Record>, Vec<Record>, EventWatch, EventWatch), EngineError> {
+        let farm_prefix = KeyPrefix::parse(&format!("grid/{farm}"))
+            .map_err(|e| zos_notary::NotaryError::from(zos_notary::RecordError::from(e)))?;
+        let (assignments, assignment_watch) = self
+            .notary
+            .subscribe_events(&KeyPrefix::node_assignments(&self.node()))
+            .await?;
+        let (farm_records, farm_watch) = self.notary.subscribe_events(&farm_prefix).await?;
+        Ok((assignments, farm_records, assignment_watch, farm_watch))
+    }
+
+    /// Start-up of the grid part: the assignments first (a farm contract is judged
+    /// with them), then the farm's records.
+    async fn begin_grid(
+        &mut self,
+        assignments: Vec<Record>,
+        farm_records: Vec<Record>,
+    ) -> Result<(), EngineError> {
+        for record in &assignments {
+            self.remember_assignment(record);
+        }
+        for record in &farm_records {
+            self.handle(record).await?;
+        }
+        Ok(())
+    }
+
+    /// A change from one of the grid watches.
+    async fn handle_event(&mut self, event: WatchEvent) -> Result<(), EngineError> {
+        match event {
+            WatchEvent::Put(record) => self.handle(&record).await,
+            WatchEvent::Deleted(key) => self.on_deleted(&key).await,
+        }
+    }
+
+    /// Keeps an assignment record naming this node; returns its contract id.
+    fn remember_assignment(&mut self, record: &Record) -> Option<String> {
+        let Ok(KeyKind::Assignment {
+            node,
+            contract_id,
+            replica,
+        }) = record.notary_key().map(|k| k.kind())
+        else {
+            return None;
+        };
+        if node != self.node() {
+            return None;
+        }
+        let bytes = serde_json::to_vec(&record.body).unwrap_or_default();
+        match SignedAssignment::from_bytes(&bytes, &self.cfg.limits) {
+            Ok(a) if a.assignment.replica == replica && a.assignment.contract == contract_id => {
+                self.assigned
+                    .entry(contract_id.clone())
+                    .or_default()
+                    .insert(replica, a);
+                Some(contract_id)
+            }
+            Ok(_) => {
+                tracing::warn!(key = %record.key, "assignment for another contract or replica than its key; ignored");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(key = %record.key, error = %e, "assignment unreadable; ignored");
+                None
+            }
+        }
+    }
+
+    /// An assignment naming this node: judge the farm's contract with it.
+    async fn on_assignment(
+        &mut self,
+        record: &Record,
+        id: String,
+        replica: u64,
+    ) -> Result<(), EngineError> {
+        if self.remember_assignment(record).is_none() {
+            return Ok(());
+        }
+        tracing::info!(contract = %id, replica, "assignment received");
+        let Some(farm) = self.cfg.farm.clone() else {
+            tracing::warn!(contract = %id, "assignment for a node in no farm; ignored");
+            return Ok(());
+        };
+        let key = match NotaryKey::placement_contract(&farm, &id) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(contract = %id, error = %e, "no placement contract key for this id");
+                return Ok(());
+            }
+        };
+        match self.notary.get(&key).await? {
+            Some(contract) => self.on_farm_contract(&contract, &id).await,
+            // It comes through the farm watch.
+            None => Ok(()),
+        }
+    }
+
+    /// A record at `grid/<farm>/contracts/<id>`: admitted when an assignment names this
+    /// node or the node runs it (an update, a cancellation); else not this node's.
+    async fn on_farm_contract(&mut self, record: &Record, id: &str) -> Result<(), EngineError> {
+        let Some(farm) = self.cfg.farm.as_deref() else {
+            return Ok(());
+        };
+        let held = self.journal.owned(id).is_some_and(|o| o.held.is_some());
+        if !held && !self.assigned.contains_key(id) {
+            return Ok(());
+        }
+        let Some(input) = admission::read_farm(record, farm, &self.cfg.limits) else {
+            return Ok(());
+        };
+        self.stats.record_received();
+        let actions = match input {
+            RecordInput::Contract(doc) => self.plan_contract(&doc, true).await,
+            RecordInput::Cancellation { id, cancel } => {
+                admission::plan_cancellation(self.journal.data(), &id, &cancel)
+            }
+            RecordInput::Malformed {
+                id,
+                version,
+                reasons,
+            } => vec![admission::Action::Refuse {
+                id,
+                version,
+                reasons,
+            }],
+        };
+        for action in actions {
+            self.admit(action).await?;
+        }
+        Ok(())
+    }
+
+    /// The orchestrator's placement record of contract `id`: a move of the replica
+    /// this node holds removes its copy.
+    async fn on_placement(&mut self, record: &Record, id: &str) -> Result<(), EngineError> {
+        let Some(owned) = self.journal.owned(id).cloned() else {
+            return Ok(());
+        };
+        let Some(held) = owned.held.clone() else {
+            return Ok(());
+        };
+        let Some(view) = placement::read_placement(record, id, &held) else {
+            return Ok(());
+        };
+        if let Verdict::Moved { to, epoch } = placement::judge(&view, &held, &self.node()) {
+            self.moved(&owned, to, epoch).await?;
+        }
+        Ok(())
+    }
+
+    /// A key deleted under this node's assignments: the orchestrator moved that
+    /// replica (or someone removed the record). The copy goes only on the
+    /// orchestrator's signed word: its placement record.
+    async fn on_deleted(&mut self, key: &NotaryKey) -> Result<(), EngineError> {
+        let KeyKind::Assignment {
+            node,
+            contract_id,
+            replica,
+        } = key.kind()
+        else {
+            return Ok(());
+        };
+        if node != self.node() {
+            return Ok(());
+        }
+        if let Some(by_replica) = self.assigned.get_mut(&contract_id) {
+            by_replica.remove(&replica);
+            if by_replica.is_empty() {
+                self.assigned.remove(&contract_id);
+            }
+        }
+        let held_here = self
+            .journal
+            .owned(&contract_id)
+            .and_then(|o| o.held.as_ref())
+            .is_some_and(|h| h.replica == replica);
+        if !held_here {
+            return Ok(());
+        }
+        match self.placement_verdict(&contract_id).await? {
+            Some((owned, Verdict::Moved { to, epoch })) => self.moved(&owned, to, epoch).await,
+            _ => {
+                tracing::warn!(contract = %contract_id, replica, "assignment deleted, but the orchestrator's placement record shows no move: the replica keeps running");
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the placement record of held contract `id` and judges it.
+    async fn placement_verdict(&self, id: &str) -> Result<Option<(Owned, Verdict)>, EngineError> {
+        let (Some(owned), Some(farm)) = (self.journal.owned(id).cloned(), self.cfg.farm.as_deref())
+        else {
+            return Ok(None);
+        };
+        let Some(held) = owned.held.as_ref() else {
+            return Ok(None);
+        };
+        let Ok(key) = NotaryKey::placement(farm, id) else {
+            return Ok(None);
+        };
+        let verdict = match self.notary.get(&key).await {
+            Ok(Some(record)) => placement::read_placement(&record, id, held)
+                .map(|view| placement::judge(&view, held, &self.node())),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(contract = %id, error = %e, "placement record not read");
+                None
+            }
+        };
+        Ok(verdict.map(|v| (owned, v)))
+    }
+
+    /// The replica of `owned` runs at a higher `epoch` on node `to`: remove this copy
+    /// and its volumes (a moved replica starts with fresh volumes there), and refuse
+    /// that epoch and any below it from now on.
+    async fn moved(&mut self, owned: &Owned, to: PublicKey, epoch: u64) -> Result<(), EngineError> {
+        let Some(held) = owned.held.clone() else {
+            return Ok(());
+        };
+        let id = owned.id.clone();
+        tracing::warn!(contract = %id, replica = held.replica, from_epoch = held.epoch, epoch, node = %to, "replica moved to another node; removing this copy");
+        self.journal.update(|j| {
+            j.owned.remove(&id);
+            j.see_epoch(&id, held.replica, epoch);
+            j.doomed.extend(crate::plan::resource_names(
+                &id,
+                &owned.deployment,
+                Resource::Volume,
+            ));
+        })?;
+        self.jobs.abort(&id);
+        self.pending_since.remove(&id);
+        self.fenced.remove(&id);
+        self.refused_updates.remove(&id);
+        self.teardown(owned, true).await?;
+        self.publish(
+            StatusReport::new(
+                &id,
+                Some(owned.version),
+                State::Moved,
+                format!(
+                    "replica {} moved to node {to} at epoch {epoch}; everything it had here is removed",
+                    held.replica
+                ),
+            )
+            .holding(Some(&held)),
+        )
+        .await
+    }
+
+    /// Whether `owned` is a `move` replica whose node's liveness has lapsed.
+    fn must_fence(&self, owned: &Owned) -> bool {
+        let Some(held) = owned.held.as_ref().filter(|h| h.fences()) else {
+            return false;
+        };
+        match &self.liveness {
+            Some(l) => placement::fence_due(held, *l.renewed.borrow(), (l.now)()),
+            None => true,
+        }
+    }
+
+    /// Stops `owned`'s workloads and networks (its volumes are kept) and marks it
+    /// fenced: it runs again only after [`Engine::fencing_pass`] finds the liveness
+    /// renewed and the placement record still naming this node.
+    async fn fence(&mut self, owned: &Owned, why: &str) -> Result<(), EngineError> {
+        let id = owned.id.clone();
+        let after_s = owned
+            .held
+            .as_ref()
+            .map_or(0, |h| h.placement.failover.after_s);
+        tracing::warn!(contract = %id, why, "fencing: stopping this replica until the liveness is renewed and the orchestrator still names this node");
+        self.jobs.abort(&id);
+        self.pending_since.remove(&id);
+        self.teardown(owned, false).await?;
+        self.fenced.insert(id.clone(), None);
+        self.publish(fenced(owned, why, after_s)).await
+    }
+
+    /// Fences the `move` replicas whose liveness lapsed; for fenced ones whose liveness
+    /// is back, reads the placement record (at most every [`FENCED_RECHECK`]): still
+    /// this node's at its epoch, it starts again; moved, its copy goes.
+    async fn fencing_pass(&mut self, now: Instant) -> Result<(), EngineError> {
+        let held: Vec<Owned> = self
+            .journal
+            .data()
+            .owned
+            .values()
+            .filter(|o| o.held.as_ref().is_some_and(|h| h.fences()))
+            .cloned()
+            .collect();
+        for o in held {
+            let lapsed = self.must_fence(&o);
+            match (self.fenced.get(&o.id).copied(), lapsed) {
+                (None, true) => self.fence(&o, "the liveness lapsed").await?,
+                (Some(checked), false)
+                    if checked
+                        .is_none_or(|t| now.saturating_duration_since(t) >= FENCED_RECHECK) =>
+                {
+                    self.fenced.insert(o.id.clone(), Some(now));
+                    // Said once the notary is reachable again (publish retries).
+                    let after_s = o.held.as_ref().map_or(0, |h| h.placement.failover.after_s);
+                    self.publish(fenced(&o, "the liveness lapsed", after_s))
+                        .await?;
+                    match self.placement_verdict(&o.id).await? {
+                        Some((owned, Verdict::Moved { to, epoch })) => {
+                            self.moved(&owned, to, epoch).await?
+                        }
+                        Some((owned, Verdict::Here)) => {
+                            tracing::info!(contract = %o.id, "liveness renewed and the placement record names this node: starting the replica again");
+                            self.fenced.remove(&o.id);
+                            self.pending_since.insert(o.id.clone(), now);
+                            self.spawn_provision(&owned, None);
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     // ---- orphans ----
@@ -871,6 +1308,28 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.published.insert(report.contract.clone(), report);
         Ok(())
     }
+}
+
+/// The next event of `watch`; never, when there is none (a node in no farm).
+async fn next_event(watch: Option<&mut EventWatch>) -> Option<WatchEvent> {
+    match watch {
+        Some(w) => w.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The status of a `move` replica the node fenced.
+fn fenced(owned: &Owned, why: &str, after_s: u64) -> StatusReport {
+    StatusReport::new(
+        &owned.id,
+        Some(owned.version),
+        State::Fenced,
+        format!(
+            "fenced ({why}): stopped here after {} s without a renewed liveness, volumes kept; it runs again only where the orchestrator's placement record names it",
+            after_s / 2
+        ),
+    )
+    .holding(owned.held.as_ref())
 }
 
 /// The status of a contract its owner cancelled, once everything it had is gone.

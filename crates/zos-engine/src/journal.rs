@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use zos_contract::{Deployment, Digest, PublicKey, SignedCancellation, Signers};
+use zos_contract::{Deployment, Digest, Placement, PublicKey, SignedCancellation, Signers};
 
 /// Where the journal's bytes live. Writes must be atomic: after a crash, `load`
 /// returns either the previous or the new bytes.
@@ -102,6 +102,31 @@ pub struct Owned {
     /// publishes again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signers: Option<Signers>,
+    /// For a placement contract: the replica this node runs, at which epoch, under
+    /// which placement (docs/grid.md); `None` for a contract that names its nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+}
+
+/// The replica of a placement contract a node runs, from the assignment it admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    /// The replica number.
+    pub replica: u64,
+    /// The assignment's epoch.
+    pub epoch: u64,
+    /// The contract's placement: its orchestrator (who may say the replica moved) and
+    /// its failover rule (whether the node fences it).
+    pub placement: Placement,
+}
+
+impl Held {
+    /// Whether the node stops this replica by itself when its liveness lapses: only
+    /// `move` replicas are started elsewhere, so only they could run twice.
+    pub fn fences(&self) -> bool {
+        self.placement.failover.mode == zos_contract::FailoverMode::Move
+    }
 }
 
 /// An expired contract whose workloads and networks are gone and whose volumes wait
@@ -145,6 +170,29 @@ pub struct JournalData {
     /// grace period) but failed: the orphan collection of the next start removes them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub doomed: BTreeSet<String>,
+    /// The highest assignment epoch seen per placement contract and replica (at this
+    /// node or, from the orchestrator's placement record, elsewhere): an assignment
+    /// below it is a replay (`stale_epoch`), also after a restart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub epochs: BTreeMap<String, BTreeMap<u64, u64>>,
+}
+
+impl JournalData {
+    /// The highest epoch seen for replica `replica` of contract `id` (0: none).
+    pub fn highest_epoch(&self, id: &str, replica: u64) -> u64 {
+        self.epochs
+            .get(id)
+            .and_then(|e| e.get(&replica))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records `epoch` as seen for replica `replica` of `id` (the highest is kept).
+    pub fn see_epoch(&mut self, id: &str, replica: u64, epoch: u64) {
+        let seen = self.epochs.entry(id.to_string()).or_default();
+        let e = seen.entry(replica).or_insert(0);
+        *e = (*e).max(epoch);
+    }
 }
 
 /// Why the journal could not be read or written.
@@ -358,6 +406,7 @@ mod tests {
                     phase: Phase::Provisioning,
                     restarts: BTreeMap::new(),
                     signers: None,
+                    held: None,
                 },
             );
         })

@@ -30,8 +30,8 @@ pub mod stats;
 pub mod status;
 
 pub use capacity::{Capacity, OverCapacity};
-pub use engine::{Engine, EngineConfig, EngineError, MAX_TOMBSTONES, VOLUME_GRACE};
-pub use journal::{FileJournal, Journal, JournalStore, Owned, Phase, Retired};
+pub use engine::{Engine, EngineConfig, EngineError, Liveness, MAX_TOMBSTONES, VOLUME_GRACE};
+pub use journal::{FileJournal, Held, Journal, JournalStore, Owned, Phase, Retired};
 pub use kernel_names::{KernelNames, KernelNamesError};
 pub use provision::{
     Inventory, NetworkPlan, ProvisionError, Provisioner, Retry, WorkloadPlan, WorkloadState,

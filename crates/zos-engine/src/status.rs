@@ -22,6 +22,15 @@ pub enum State {
     Cancelled,
     /// Past its expiry; everything it had is gone.
     Expired,
+    /// A `move` replica of a placement contract that this node stopped by itself: its
+    /// liveness lapsed for half the contract's `after_s` (docs/grid.md). Its volumes are
+    /// kept; it starts again only when the orchestrator's placement record still names
+    /// this node at its epoch.
+    Fenced,
+    /// A replica of a placement contract that the orchestrator moved to another node
+    /// (a higher epoch there); everything it had here is gone, and that epoch and any
+    /// below it are refused from now on.
+    Moved,
 }
 
 /// One refusal reason: its stable code and its message.
@@ -99,6 +108,12 @@ pub struct StatusReport {
     pub state: State,
     /// The state in a sentence (the error, when it failed).
     pub message: String,
+    /// For a placement contract: the replica this node runs (or ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u64>,
+    /// For a placement contract: the epoch of that replica's assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// Why it was refused; empty unless `state` is [`State::Refused`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<ReasonReport>,
@@ -124,10 +139,21 @@ impl StatusReport {
             version,
             state,
             message: message.into(),
+            replica: None,
+            epoch: None,
             reasons: Vec::new(),
             workloads: BTreeMap::new(),
             refused_update: None,
         }
+    }
+
+    /// The same report naming `held`'s replica and epoch (a placement contract).
+    pub fn holding(mut self, held: Option<&crate::journal::Held>) -> Self {
+        if let Some(h) = held {
+            self.replica = Some(h.replica);
+            self.epoch = Some(h.epoch);
+        }
+        self
     }
 }
 

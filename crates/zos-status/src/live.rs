@@ -178,6 +178,8 @@ fn state_name(s: State) -> &'static str {
         State::Refused => "refused",
         State::Cancelled => "cancelled",
         State::Expired => "expired",
+        State::Fenced => "fenced",
+        State::Moved => "moved",
     }
 }
 

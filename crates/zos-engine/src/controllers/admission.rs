@@ -11,13 +11,13 @@ use std::collections::BTreeSet;
 
 use zos_contract::verify::verify_cancellation;
 use zos_contract::{
-    check_update, Accepted, ContractRecord, Deployment, Digest, Limits, PublicKey, SignedBlueprint,
-    SignedCancellation, SignedContract, Signers, VerifyContext,
+    check_update, Accepted, ContractRecord, Deployment, Digest, Limits, PublicKey,
+    SignedAssignment, SignedBlueprint, SignedCancellation, SignedContract, Signers, VerifyContext,
 };
 use zos_notary::{KeyKind, Record};
 
 use crate::capacity::{self, Capacity};
-use crate::journal::{JournalData, Owned, Phase};
+use crate::journal::{Held, JournalData, Owned, Phase};
 use crate::names;
 use crate::status::ReasonReport;
 
@@ -57,10 +57,25 @@ pub fn read(record: &Record, node: &PublicKey, limits: &Limits) -> Option<Record
     else {
         return None;
     };
-    if at != *node {
+    (at == *node).then(|| read_body(record, contract_id, limits))
+}
+
+/// Reads `record`: `None` when it is not at a placement contract key of `farm`
+/// (`grid/<farm>/contracts/<id>`).
+pub fn read_farm(record: &Record, farm: &str, limits: &Limits) -> Option<RecordInput> {
+    let Ok(KeyKind::PlacementContract {
+        farm_id,
+        contract_id,
+    }) = record.notary_key().map(|k| k.kind())
+    else {
         return None;
-    }
-    Some(match ContractRecord::from_value(&record.body, limits) {
+    };
+    (farm_id == farm).then(|| read_body(record, contract_id, limits))
+}
+
+/// The body of a record at the key of contract `contract_id`.
+fn read_body(record: &Record, contract_id: String, limits: &Limits) -> RecordInput {
+    match ContractRecord::from_value(&record.body, limits) {
         Ok(ContractRecord::Contract(doc)) if doc.contract.id != contract_id => {
             RecordInput::Malformed {
                 version: Some(doc.contract.version),
@@ -84,7 +99,7 @@ pub fn read(record: &Record, node: &PublicKey, limits: &Limits) -> Option<Record
             version: None,
             reasons: vec![(&zos_contract::Reason::from(e)).into()],
         },
-    })
+    }
 }
 
 /// What admission decides.
@@ -154,6 +169,19 @@ pub struct Inputs<'a> {
     pub limits: Limits,
     /// What the node offers to contracts in all (see [`crate::capacity::admit`]).
     pub capacity: Capacity,
+    /// For a record at the farm's placement contract key (`grid/<farm>/contracts/<id>`):
+    /// what the node knows of its assignment. `None` for a record at this node's own
+    /// contract key, where a placement contract is refused as `unassigned`.
+    pub grid: Option<GridInput<'a>>,
+}
+
+/// What admission reads for a placement contract besides the document.
+pub struct GridInput<'a> {
+    /// The assignment naming this node for the contract (the lowest replica, when the
+    /// orchestrator named it for several); `None`: none.
+    pub assignment: Option<&'a SignedAssignment>,
+    /// The farm this node is registered in.
+    pub farm: &'a str,
 }
 
 /// A contract document: accept it, refuse it, or nothing (a re-delivery of what runs,
@@ -162,9 +190,24 @@ pub struct Inputs<'a> {
 pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
     let c = &doc.contract;
     let j = inputs.journal;
+    let refuse = |reasons| {
+        vec![Action::Refuse {
+            id: c.id.clone(),
+            version: Some(c.version),
+            reasons,
+        }]
+    };
+    // A placement contract runs on its orchestrator's assignment only (docs/grid.md).
+    let held = match &inputs.grid {
+        None => None,
+        Some(grid) => match held(doc, grid, &inputs) {
+            Ok(held) => Some(held),
+            Err(reason) => return refuse(vec![reason]),
+        },
+    };
     // Re-deliveries and co-signatures of what runs already change nothing.
     if let Some(owned) = j.owned.get(&c.id) {
-        if owned.version == c.version && owned.digest == doc.digest {
+        if owned.version == c.version && owned.digest == doc.digest && owned.held == held {
             return Vec::new();
         }
     }
@@ -180,13 +223,6 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
         Some(Err(reasons)) => (None, reasons),
     };
     reasons.extend(node_rules(doc, governing, accepted.as_ref(), j));
-    let refuse = |reasons| {
-        vec![Action::Refuse {
-            id: c.id.clone(),
-            version: Some(c.version),
-            reasons,
-        }]
-    };
     let accepted = match accepted {
         Some(a) if reasons.is_empty() => a,
         _ => return refuse(reasons),
@@ -204,11 +240,52 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
         phase: Phase::Provisioning,
         restarts: governing.map(|p| p.restarts.clone()).unwrap_or_default(),
         signers: Some(Signers::from(c)),
+        held,
     };
     vec![Action::Accept {
         owned: Box::new(owned),
         previous: governing.cloned().map(Box::new),
     }]
+}
+
+/// The replica a placement contract at the farm's key gives this node: the assignment
+/// `admit()`ted ([`zos_contract::admit`]), or why not. The node is in the placement's
+/// farm when that is the farm it registered in; the epoch must not be below the
+/// highest the journal has seen for the replica.
+fn held(
+    doc: &SignedContract,
+    grid: &GridInput<'_>,
+    inputs: &Inputs<'_>,
+) -> Result<Held, ReasonReport> {
+    let c = &doc.contract;
+    let Some(placement) = &doc.placement else {
+        let refusal = zos_contract::AssignmentRefusal::NotPlacement {
+            contract: c.id.clone(),
+        };
+        return Err(assignment_reason(&refusal));
+    };
+    let farm_nodes: BTreeSet<PublicKey> = (placement.farm == grid.farm)
+        .then_some(inputs.node)
+        .into_iter()
+        .collect();
+    let seen = grid.assignment.map_or(0, |a| {
+        inputs.journal.highest_epoch(&c.id, a.assignment.replica)
+    });
+    match zos_contract::admit(grid.assignment, doc, &inputs.node, &farm_nodes, seen) {
+        Ok(admitted) => Ok(Held {
+            replica: admitted.replica,
+            epoch: admitted.epoch,
+            placement: placement.clone(),
+        }),
+        Err(refusal) => Err(assignment_reason(&refusal)),
+    }
+}
+
+fn assignment_reason(refusal: &zos_contract::AssignmentRefusal) -> ReasonReport {
+    ReasonReport {
+        code: refusal.code(),
+        message: refusal.to_string(),
+    }
 }
 
 /// zos-contract's verification as this node: `None` for a replay of an older version
@@ -227,9 +304,16 @@ fn verify(
     };
     let blueprint = inputs.blueprint.clone();
     let resolver = move |d: &Digest| blueprint.clone().filter(|b| b.digest == *d);
+    // A placement contract names no node: the farm's copy is verified for no node in
+    // particular (its assignment was admitted before); at this node's own key it is
+    // verified for this node, which refuses it as `unassigned`.
+    let node = match (&inputs.grid, &doc.placement) {
+        (Some(_), Some(_)) => None,
+        _ => Some(inputs.node),
+    };
     let ctx = VerifyContext {
         now: inputs.now,
-        node: Some(inputs.node),
+        node,
         accepted: j.accepted.get(&c.id).copied(),
         resolve_blueprint: &resolver,
         trusted_authors: inputs.trusted_authors,
@@ -348,6 +432,9 @@ fn fits(id: &str, deployment: &Deployment, inputs: &Inputs<'_>) -> Result<(), Re
 /// The journal change of [`Action::Accept`].
 pub fn journal_accept(j: &mut JournalData, owned: &Owned) {
     let id = &owned.id;
+    if let Some(h) = &owned.held {
+        j.see_epoch(id, h.replica, h.epoch);
+    }
     j.accepted.insert(id.clone(), (owned.version, owned.digest));
     j.owned.insert(id.clone(), owned.clone());
     j.retired.remove(id);
@@ -422,6 +509,7 @@ fn plan_tombstone(j: &JournalData, id: &str, cancel: &SignedCancellation) -> Vec
 pub fn journal_cancel(j: &mut JournalData, target: &Owned, version: u64, marker: Digest) {
     j.owned.remove(&target.id);
     j.retired.remove(&target.id);
+    j.epochs.remove(&target.id);
     j.accepted.insert(target.id.clone(), (version, marker));
     j.doomed.extend(crate::plan::resource_names(
         &target.id,

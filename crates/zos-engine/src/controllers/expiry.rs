@@ -71,6 +71,7 @@ mod tests {
             phase: Phase::Running,
             restarts: Default::default(),
             signers: None,
+            held: None,
         };
         let mut j = JournalData::default();
         j.owned.insert("web".into(), owned.clone());

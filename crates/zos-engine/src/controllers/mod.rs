@@ -7,7 +7,8 @@
 //!
 //! | controller | inputs | actions |
 //! |---|---|---|
-//! | [`admission`] | a notary record, the journal, a blueprint record, the clock | refuse, accept, cancel, keep a tombstone |
+//! | [`admission`] | a notary record (and, for a placement contract, its assignment), the journal, a blueprint record, the clock | refuse, accept, cancel, keep a tombstone |
+//! | [`placement`] | a held replica, the orchestrator's placement record, the liveness lease's last renewal | moved away, fence, run again |
 //! | [`provisioning`] | an accepted contract and the version it replaces | provisioner steps, run off the loop |
 //! | [`supervision`] | owned contracts, their workloads' states, the instant | retry a provisioning, restart workloads |
 //! | [`expiry`] | the journal, the wall clock | expire a contract, delete a grace period's volumes |
@@ -17,6 +18,7 @@
 pub mod admission;
 pub mod expiry;
 pub mod orphans;
+pub mod placement;
 pub mod provisioning;
 pub mod reporting;
 pub mod supervision;

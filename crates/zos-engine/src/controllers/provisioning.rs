@@ -204,6 +204,7 @@ mod tests {
             phase: Phase::Provisioning,
             restarts: BTreeMap::new(),
             signers: None,
+            held: None,
         }
     }
 

@@ -80,7 +80,8 @@ pub fn status(
             },
         ),
     };
-    let mut report = StatusReport::new(&owned.id, Some(owned.version), state, message);
+    let mut report = StatusReport::new(&owned.id, Some(owned.version), state, message)
+        .holding(owned.held.as_ref());
     report.workloads = workloads;
     report.refused_update = refused_update;
     report
@@ -93,7 +94,8 @@ pub fn failed(
     workloads: BTreeMap<String, WorkloadReport>,
     refused_update: Option<RefusedUpdate>,
 ) -> StatusReport {
-    let mut report = StatusReport::new(&owned.id, Some(owned.version), State::Error, error);
+    let mut report = StatusReport::new(&owned.id, Some(owned.version), State::Error, error)
+        .holding(owned.held.as_ref());
     report.workloads = workloads;
     report.refused_update = refused_update;
     report
@@ -161,7 +163,10 @@ pub fn summary(report: &StatusReport, owned: Option<&Owned>) -> ContractSummary 
 /// Folds `summary` into `list` (sorted by id; cancelled and expired contracts leave
 /// it). True when the list changed.
 pub fn fold(list: &mut Vec<ContractSummary>, summary: ContractSummary) -> bool {
-    let gone = matches!(summary.state, State::Cancelled | State::Expired);
+    let gone = matches!(
+        summary.state,
+        State::Cancelled | State::Expired | State::Moved
+    );
     match list.binary_search_by(|s| s.contract.cmp(&summary.contract)) {
         Ok(i) if gone => {
             list.remove(i);

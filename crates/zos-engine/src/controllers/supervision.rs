@@ -198,6 +198,7 @@ mod tests {
             phase,
             restarts: BTreeMap::new(),
             signers: None,
+            held: None,
         }
     }
 

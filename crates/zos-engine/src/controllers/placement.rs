@@ -1,0 +1,183 @@
+//! Placement replicas on this node after admission (docs/grid.md, "The node"): when a
+//! replica moved away, when the node fences it, and when it may run again.
+//!
+//! - Inputs: the replica the journal holds ([`Held`]), the orchestrator's placement
+//!   record (`grid/<farm>/placements/<id>`, read with [`read_placement`]), and the
+//!   liveness lease's last renewal on `CLOCK_BOOTTIME`.
+//! - Decisions: [`judge`] (moved elsewhere, still here, or not known) and
+//!   [`fence_due`]. The engine carries them out: a move removes the copy and its
+//!   volumes and remembers the epoch; a fence stops the workloads and keeps the volumes;
+//!   a fenced replica starts again only on a placement record that still names this
+//!   node at its epoch.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use zos_contract::PublicKey;
+use zos_notary::Record;
+
+use crate::journal::Held;
+
+/// The part of the orchestrator's placement record a node reads (the record is
+/// written by `zos_grid::record::PlacementRecord`; the node reads only where each
+/// replica runs and at which epoch, and ignores the rest).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PlacementView {
+    /// The contract id.
+    pub contract: String,
+    /// Where each replica is assigned.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One replica of a [`PlacementView`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReplicaView {
+    /// The replica number.
+    pub replica: u64,
+    /// The node assigned; `None`: not placed.
+    #[serde(default)]
+    pub node: Option<PublicKey>,
+    /// The epoch of that assignment.
+    pub epoch: u64,
+}
+
+/// `record` read as the placement record of contract `id`, if the contract's
+/// orchestrator (in `held`) signed it; anything else is `None` (logged): the record
+/// is only evidence when it is the orchestrator's word.
+pub fn read_placement(record: &Record, id: &str, held: &Held) -> Option<PlacementView> {
+    if record.author != held.placement.orchestrator {
+        tracing::warn!(contract = %id, author = %record.author, "placement record not signed by the contract's orchestrator; ignored");
+        return None;
+    }
+    match serde_json::from_value::<PlacementView>(record.body.clone()) {
+        Ok(view) if view.contract == id => Some(view),
+        Ok(view) => {
+            tracing::warn!(contract = %id, names = %view.contract, "placement record of another contract; ignored");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(contract = %id, error = %e, "placement record unreadable; ignored");
+            None
+        }
+    }
+}
+
+/// What the orchestrator's record says of the replica this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Assigned to another node at a higher epoch: this copy must go.
+    Moved {
+        /// The node it moved to.
+        to: PublicKey,
+        /// Its epoch there.
+        epoch: u64,
+    },
+    /// Still this node's, at the epoch it holds.
+    Here,
+    /// Neither (not placed, a higher epoch on this node whose assignment has not
+    /// arrived, an older record): nothing to conclude yet.
+    Unknown,
+}
+
+/// [`Verdict`] of `view` for `held` on node `me`.
+pub fn judge(view: &PlacementView, held: &Held, me: &PublicKey) -> Verdict {
+    let Some(r) = view.replicas.iter().find(|r| r.replica == held.replica) else {
+        return Verdict::Unknown;
+    };
+    match r.node {
+        Some(node) if node != *me && r.epoch > held.epoch => Verdict::Moved {
+            to: node,
+            epoch: r.epoch,
+        },
+        Some(node) if node == *me && r.epoch == held.epoch => Verdict::Here,
+        _ => Verdict::Unknown,
+    }
+}
+
+/// Whether `held` must be fenced now: a `move` replica whose node has not renewed its
+/// liveness (a renewal counts from when it was sent, `renewed`, on `CLOCK_BOOTTIME`)
+/// for half the contract's `after_s`. Never renewed counts as lapsed.
+pub fn fence_due(held: &Held, renewed: Option<Duration>, now: Duration) -> bool {
+    let half = Duration::from_millis(held.placement.failover.after_s * 500);
+    held.fences() && renewed.is_none_or(|r| now.saturating_sub(r) >= half)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use zos_contract::{Failover, FailoverMode, Placement, SecretKey};
+    use zos_notary::NotaryKey;
+
+    fn held(mode: FailoverMode, epoch: u64) -> Held {
+        Held {
+            replica: 1,
+            epoch,
+            placement: Placement {
+                farm: "f".into(),
+                replicas: 2,
+                orchestrator: SecretKey::from_seed([2; 32]).public(),
+                failover: Failover { mode, after_s: 10 },
+                constraints: None,
+            },
+        }
+    }
+
+    fn view(node: PublicKey, epoch: u64) -> PlacementView {
+        PlacementView {
+            contract: "web".into(),
+            replicas: vec![
+                ReplicaView {
+                    replica: 0,
+                    node: Some(SecretKey::from_seed([9; 32]).public()),
+                    epoch: 7,
+                },
+                ReplicaView {
+                    replica: 1,
+                    node: Some(node),
+                    epoch,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_higher_epoch_elsewhere_is_a_move_and_nothing_else_is() {
+        let me = SecretKey::from_seed([3; 32]).public();
+        let other = SecretKey::from_seed([4; 32]).public();
+        let h = held(FailoverMode::Move, 2);
+        assert_eq!(
+            judge(&view(other, 3), &h, &me),
+            Verdict::Moved {
+                to: other,
+                epoch: 3
+            }
+        );
+        assert_eq!(judge(&view(me, 2), &h, &me), Verdict::Here);
+        // Another replica's higher epoch says nothing about this one.
+        assert_eq!(judge(&view(other, 2), &h, &me), Verdict::Unknown);
+        assert_eq!(judge(&view(other, 1), &h, &me), Verdict::Unknown);
+        assert_eq!(judge(&view(me, 3), &h, &me), Verdict::Unknown);
+    }
+
+    #[test]
+    fn only_the_orchestrators_record_of_this_contract_is_read() {
+        let h = held(FailoverMode::Move, 1);
+        let body = json!({"contract": "web", "version": 1, "replicas": [], "moves": []});
+        let key = NotaryKey::placement("f", "web").unwrap();
+        let by = |seed: u8| Record::sign(&key, body.clone(), &SecretKey::from_seed([seed; 32]));
+        assert!(read_placement(&by(2).unwrap(), "web", &h).is_some());
+        assert!(read_placement(&by(5).unwrap(), "web", &h).is_none());
+        assert!(read_placement(&by(2).unwrap(), "db", &h).is_none());
+    }
+
+    #[test]
+    fn a_move_replica_fences_at_half_after_s_since_the_last_renewal_sent() {
+        let s = Duration::from_secs;
+        let h = held(FailoverMode::Move, 1);
+        assert!(!fence_due(&h, Some(s(100)), s(104)));
+        assert!(fence_due(&h, Some(s(100)), s(105)));
+        assert!(fence_due(&h, None, s(1)));
+        assert!(!fence_due(&held(FailoverMode::Stay, 1), None, s(1000)));
+    }
+}
