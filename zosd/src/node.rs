@@ -197,7 +197,7 @@ async fn serve(
     }
     // No contracts before the farm is in the notary; then registration and heartbeats
     // (docs/registration.md). `None`: stopped while waiting for the farm.
-    let Some((registered, _liveness)) =
+    let Some((registered, liveness)) =
         crate::registration::register(&cfg, &key, &notary, &storage, stop.requested()).await?
     else {
         return Ok(());
@@ -206,6 +206,8 @@ async fn serve(
     let engine_cfg = EngineConfig {
         capacity,
         trusted_authors: trusted_authors(&cfg, &registered),
+        // A registered node follows its farm's placement contracts (docs/grid.md).
+        farm: registered.farm.as_ref().and(cfg.farm.clone()),
         ..EngineConfig::default()
     };
     tracing::info!(%node, notary = %cfg.notary, "node agent ready");
@@ -215,7 +217,15 @@ async fn serve(
     let farmer = registered.farm.as_ref().map(|f| f.farmer);
     let diag = crate::diag::Diag::new(&cfg, &key, notary.clone(), storage.clone(), farmer);
     let cgroups = provisioner.cgroups();
-    let engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
+    let mut engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
+    // Move replicas are fenced by the liveness record's renewals (docs/grid.md); the
+    // task keeps renewing for as long as `liveness` lives.
+    if let Some(l) = &liveness {
+        engine = engine.with_liveness(zos_engine::Liveness {
+            renewed: l.renewed(),
+            now: zos_registry::liveness::boottime,
+        });
+    }
     // Metrics (docs/observability.md): the node's and the engine's to the farm's
     // target, each contract's workloads' to the target its deployment names.
     let every = std::time::Duration::from_secs(cfg.metrics_every_secs.max(1));
