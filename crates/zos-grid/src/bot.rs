@@ -4,25 +4,30 @@
 //! One [`Bot::round`] is list, plan, write:
 //! 1. the placement contracts under `grid/` that name this bot's key as orchestrator,
 //!    each verified in full (for no node in particular) with its blueprint;
-//! 2. the farm's nodes: registrations (farm, capacity), heartbeats (what is reserved;
-//!    liveness), statuses (ok or refused);
+//! 2. the farm's nodes: registrations (farm, capacity), liveness records
+//!    (`nodes/<n>/alive`), heartbeats (what is reserved), statuses (ok or refused);
 //! 3. per contract, the plan; then the placement record by compare-and-swap (a
 //!    conflict means another writer, a stale or a new leader, wrote since the read: the
 //!    contract is planned again next round from what is then there), and only after it
 //!    the signed assignments, and the deletion of the assignment a move replaced.
 //!
-//! **Liveness is measured on the bot's own clock**: a node is last seen when the bot saw
-//! its heartbeat change, never by the time the node wrote in it. A bot that starts
-//! counts every node as seen at its start, which can delay a move by one `after_s`,
-//! never hasten it.
+//! **Liveness is the node's leased record, measured on the bot's own clock**: a node is
+//! present while its `nodes/<n>/alive` record is (the node keeps its lease alive; etcd,
+//! or on `dir://` the reader's clock, expires it), and lost once the record has been
+//! absent for more than `after_s` on the bot's clock, counted from the first round that
+//! saw it absent. Nothing the node writes in a record (a time, a TTL) is used for timing.
+//! A bot that starts counts every absent node as seen absent at its start, which can
+//! delay a move by one `after_s`, never hasten it. Heartbeats only tell what a node has
+//! reserved.
 //!
 //! [`Bot::run`] leads through a leased record at `orchestrators/<key>/leader` (created
 //! only if absent: one leader; an etcd lease, or on `dir://` the lease mark judged on
 //! the one kernel's clock), renews it, and runs a round on every change in the notary
-//! and at least every [`ROUND_EVERY`]. A bot that cannot create the record follows,
-//! trying again every lease period.
+//! (a put or a deletion: an alive record's expiry wakes it) and at least every
+//! [`ROUND_EVERY`]. A bot that cannot create the record follows, trying again every
+//! lease period.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use zos_contract::assignment::{Assignment, SignedAssignment};
@@ -73,13 +78,6 @@ pub struct Round {
     pub skipped: Vec<(String, String)>,
 }
 
-/// When the bot last saw a node's heartbeat change: (its `time` field, bot seconds).
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    beat: u64,
-    at: u64,
-}
-
 /// One placement contract as read, verified.
 struct Placed {
     farm: String,
@@ -94,7 +92,9 @@ pub struct Bot<N> {
     notary: N,
     limits: Limits,
     started: Instant,
-    seen: HashMap<PublicKey, Seen>,
+    /// Nodes whose alive record is absent, with the bot second of the first round that
+    /// saw it absent.
+    absent_since: HashMap<PublicKey, u64>,
 }
 
 impl<N: Notary> Bot<N> {
@@ -105,7 +105,7 @@ impl<N: Notary> Bot<N> {
             notary,
             limits: Limits::default(),
             started: Instant::now(),
-            seen: HashMap::new(),
+            absent_since: HashMap::new(),
         }
     }
 
@@ -124,6 +124,7 @@ impl<N: Notary> Bot<N> {
 
         let mut farms: BTreeMap<String, Vec<(PublicKey, NodeResources)>> = BTreeMap::new();
         let mut reserved: HashMap<PublicKey, NodeResources> = HashMap::new();
+        let mut alive: HashSet<PublicKey> = HashSet::new();
         let mut statuses: HashMap<(PublicKey, String), StatusReport> = HashMap::new();
         for r in &nodes {
             match r.notary_key().map(|k| k.kind()) {
@@ -137,9 +138,12 @@ impl<N: Notary> Bot<N> {
                 }
                 Ok(KeyKind::Heartbeat { .. }) => {
                     if let Ok((node, hb)) = Heartbeat::from_record(r) {
-                        self.saw(node, &hb, now);
                         reserved.insert(node, hb.reserved);
                     }
+                }
+                // Listed, so verified: signed by the node itself. Its body is not read.
+                Ok(KeyKind::Alive { node }) if r.author == node => {
+                    alive.insert(node);
                 }
                 Ok(KeyKind::Status { node, contract_id }) => {
                     if let Ok(s) = serde_json::from_value::<StatusReport>(r.body.clone()) {
@@ -161,9 +165,11 @@ impl<N: Notary> Bot<N> {
             let list = members
                 .iter()
                 .map(|(key, capacity)| {
+                    let present = alive.contains(key);
                     let mut v = NodeView {
                         key: *key,
-                        last_seen: self.seen.get(key).map_or(0, |s| s.at),
+                        last_seen: self.seen(key, present, now),
+                        alive: present,
                         free: *capacity,
                         drained: false,
                     };
@@ -201,24 +207,14 @@ impl<N: Notary> Bot<N> {
         Ok(round)
     }
 
-    fn saw(&mut self, node: PublicKey, hb: &Heartbeat, now: u64) {
-        match self.seen.get_mut(&node) {
-            Some(s) if s.beat == hb.time => {}
-            Some(s) => {
-                *s = Seen {
-                    beat: hb.time,
-                    at: now,
-                }
-            }
-            None => {
-                self.seen.insert(
-                    node,
-                    Seen {
-                        beat: hb.time,
-                        at: now,
-                    },
-                );
-            }
+    /// Up to when `node` counts as seen ([`NodeView::last_seen`]): now while its alive
+    /// record is present; else since the first round that saw it absent.
+    fn seen(&mut self, node: &PublicKey, present: bool, now: u64) -> u64 {
+        if present {
+            self.absent_since.remove(node);
+            now
+        } else {
+            *self.absent_since.entry(*node).or_insert(now)
         }
     }
 
@@ -435,7 +431,7 @@ impl<N: Notary> Bot<N> {
                     set(
                         r,
                         ReplicaState::Lost,
-                        &format!("no heartbeat for {silent_s} s; failover is stay"),
+                        &format!("no liveness record for {silent_s} s; failover is stay"),
                     );
                 }
                 Step::Unplaceable { replica, why } => {
@@ -547,7 +543,8 @@ impl<N: Notary> Bot<N> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let mut watch = self.notary.watch(&KeyPrefix::all()).await?;
+            // Deletions too: an alive record's expiry is a change worth a round.
+            let mut watch = self.notary.watch_events(&KeyPrefix::all()).await?;
             let mut renewed = Instant::now();
             loop {
                 if renewed.elapsed() >= lease.ttl() / 3 {
@@ -577,7 +574,9 @@ impl<N: Notary> Bot<N> {
                         let _ = self.notary.revoke(&lease).await;
                         return Ok(());
                     }
-                    _ = watch.recv() => {}
+                    // A watch that ended disables this branch: rounds then run every
+                    // ROUND_EVERY instead of spinning.
+                    Some(_) = watch.recv() => {}
                     _ = tokio::time::sleep(ROUND_EVERY) => {}
                 }
             }

@@ -6,8 +6,11 @@
 //! is then read.
 //!
 //! The rules (docs/grid.md):
-//! - A node is **live** while its last heartbeat is at most `failover.after_s` old.
-//! - A replica with no assignment goes to a live, undrained node of the farm that has
+//! - A node is **present** while its liveness record (`nodes/<n>/alive`) is; it is
+//!   **lost** once that record has been absent for more than `failover.after_s`, counted
+//!   on the orchestrator's clock from the round that first saw it absent. A node absent
+//!   for less keeps its replicas, but gets no new one.
+//! - A replica with no assignment goes to a present, undrained node of the farm that has
 //!   room for it, meets the constraints, runs no other replica of the contract and has
 //!   not refused this one; the one with the most free memory, then SSD, then the lowest
 //!   key (so that replicas spread and ties break the same way everywhere).
@@ -38,8 +41,12 @@ const MIB: u64 = 1 << 20;
 pub struct NodeView {
     /// The node's key.
     pub key: PublicKey,
-    /// Unix seconds of its last heartbeat; 0: never seen.
+    /// Seconds on the orchestrator's clock up to which the node counts as seen: the
+    /// current round while its liveness record is present; once absent, the round that
+    /// first saw it absent (for an orchestrator that starts, its start); 0: never.
     pub last_seen: u64,
+    /// Its liveness record is present now: only such a node gets a new replica.
+    pub alive: bool,
     /// What is free on it: its registered capacity less what its contracts reserve.
     pub free: NodeResources,
     /// Drained by the farmer: it gets nothing new.
@@ -91,11 +98,11 @@ pub struct ContractView<'a> {
 pub enum Reason {
     /// Its first placement.
     Initial,
-    /// Its node sent no heartbeat for `silent_s` seconds (over `after_s`).
+    /// Its node's liveness record was absent for `silent_s` seconds (over `after_s`).
     NodeLost {
         /// The lost node.
         node: PublicKey,
-        /// Seconds since its last heartbeat.
+        /// Seconds its liveness record has been absent, on the orchestrator's clock.
         silent_s: u64,
     },
     /// Its node refused it.
@@ -128,7 +135,7 @@ pub enum Step {
         replica: u64,
         /// The lost node, which keeps the assignment.
         node: PublicKey,
-        /// Seconds since its last heartbeat.
+        /// Seconds its liveness record has been absent, on the orchestrator's clock.
         silent_s: u64,
     },
     /// No node can take the replica now; tried again at the next change.
@@ -147,7 +154,8 @@ pub enum Step {
     },
 }
 
-/// The steps for `contract` at `now` (unix seconds) over the farm's `nodes`.
+/// The steps for `contract` at `now` (seconds on the orchestrator's clock, as
+/// [`NodeView::last_seen`]) over the farm's `nodes`.
 pub fn plan(contract: &ContractView<'_>, nodes: &[NodeView], now: u64) -> Vec<Step> {
     let p = contract.placement;
     let after = p.failover.after_s;
@@ -255,13 +263,15 @@ fn choose(
     excluded: &BTreeSet<PublicKey>,
     live: &impl Fn(&NodeView) -> bool,
 ) -> Result<usize, String> {
-    let (mut lost, mut drained, mut taken, mut refused, mut full) = (0, 0, 0, 0, 0);
+    let (mut lost, mut absent, mut drained, mut taken, mut refused, mut full) = (0, 0, 0, 0, 0, 0);
     let mut best: Option<usize> = None;
     for (i, n) in nodes.iter().enumerate() {
         if excluded.contains(&n.key) {
             refused += 1;
         } else if !live(n) {
             lost += 1;
+        } else if !n.alive {
+            absent += 1;
         } else if n.drained {
             drained += 1;
         } else if hosting.contains(&n.key) {
@@ -274,7 +284,7 @@ fn choose(
     }
     best.ok_or_else(|| {
         format!(
-            "no node of farm {:?} can take it: {} nodes, {lost} lost, {drained} drained, \
+            "no node of farm {:?} can take it: {} nodes, {lost} lost, {absent} not alive now, {drained} drained, \
              {taken} already run a replica, {refused} refused it or lost it, {full} without room",
             contract.placement.farm,
             nodes.len()
@@ -358,6 +368,7 @@ mod tests {
         NodeView {
             key: key(n),
             last_seen: NOW - seen_ago,
+            alive: true,
             free: res(memory_gib, 100),
             drained: false,
         }
@@ -483,6 +494,33 @@ mod tests {
                     silent_s: 61
                 },
             }]
+        );
+    }
+
+    #[test]
+    fn a_node_without_its_liveness_record_keeps_its_replica_but_gets_no_new_one() {
+        let p = placement(2, FailoverMode::Move);
+        // Node 1 (the most memory) has no alive record now, absent for 30 s: not lost.
+        let mut absent = node(1, 64, 30);
+        absent.alive = false;
+        let nodes = [absent.clone(), node(2, 8, 0), node(3, 4, 0)];
+        // Its replica stays; the unplaced one goes to a present node, never to 1.
+        let replicas = vec![at(0, 1, 1, Report::Ok)];
+        let steps = plan(&view(&p, replicas), &nodes, NOW);
+        assert_eq!(
+            steps,
+            vec![Step::Assign {
+                replica: 1,
+                node: key(2),
+                epoch: 1,
+                reason: Reason::Initial
+            }]
+        );
+        // Alone, it gets nothing, and the report says why.
+        let steps = plan(&view(&p, vec![]), &[absent], NOW);
+        assert!(
+            matches!(&steps[0], Step::Unplaceable { why, .. } if why.contains("1 not alive now")),
+            "{steps:?}"
         );
     }
 

@@ -1,19 +1,22 @@
 //! The orchestrator against real notaries (a real etcd, a `dir://` tree), with
 //! simulated nodes: the test writes each node's signed registration, heartbeats and
-//! status reports, as zosd would, and reads the bot's signed assignments and placement
-//! record back.
+//! status reports, as zosd would, keeps each node's liveness record alive with zosd's
+//! own `zos_registry::liveness` (on a runtime and a notary client of their own, as
+//! separate nodes would), and reads the bot's signed assignments and placement record
+//! back.
 //!
 //! - `placement_failover_refusals_and_a_stale_writer_on_*`: `replicas = 2` lands on two
 //!   distinct nodes with room (never the one without); each assignment is signed by the
-//!   orchestrator and `admit()`s on its node; a node that stops its heartbeats loses its
-//!   replica to another node at the next epoch once `after_s` has passed on the bot's
-//!   clock, and the old assignment is removed; a refusal moves the replica and is
+//!   orchestrator and `admit()`s on its node; a node that stops renewing its liveness
+//!   record (killed: its `Liveness` dropped, nothing revoked) loses its replica to
+//!   another node at the next epoch once the record has been absent for `after_s` on the
+//!   bot's clock, and the old assignment is removed; a refusal moves the replica and is
 //!   recorded; a write from a writer holding an older read of the placement record is
 //!   refused by the notary and changes nothing.
 //! - `two_bots_one_leader_and_a_takeover`: two instances of one key on etcd: one leads;
 //!   when it stops, the other takes over and goes on placing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -24,6 +27,7 @@ use zos_contract::{
 use zos_engine::{State, StatusReport};
 use zos_grid::{Bot, PlacementRecord, Reason, ReplicaState};
 use zos_notary::{AnyNotary, Expect, Notary, NotaryError, NotaryKey, Record};
+use zos_registry::liveness::{self, Liveness};
 use zos_registry::{ContractCounts, Dmi, Heartbeat, NodeResources, Registration, Usage};
 use zos_testkit::etcd::Etcd;
 
@@ -33,6 +37,8 @@ const GIB: u64 = 1 << 30;
 /// The floor of `failover.after_s`.
 const AFTER_S: u64 = 10;
 const WAIT: Duration = Duration::from_secs(60);
+/// The simulated nodes' liveness TTL (zosd's).
+const TTL: Duration = Duration::from_secs(2);
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
@@ -116,18 +122,31 @@ struct Grid {
     notary: AnyNotary,
     rt: tokio::runtime::Runtime,
     beats: u64,
+    /// The nodes' liveness tasks run here, with their own client: they renew while the
+    /// test's runtime is idle.
+    nodes_rt: tokio::runtime::Runtime,
+    nodes_notary: AnyNotary,
+    alive: HashMap<PublicKey, Liveness>,
 }
 
 impl Grid {
-    fn new(notary: AnyNotary) -> Grid {
+    fn new(url: &str) -> Grid {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        let nodes_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let g = Grid {
-            notary,
+            notary: zos_notary::open(url).unwrap(),
             rt,
             beats: 0,
+            nodes_rt,
+            nodes_notary: zos_notary::open(url).unwrap(),
+            alive: HashMap::new(),
         };
         for n in nodes() {
             let reg = Registration {
@@ -148,6 +167,29 @@ impl Grid {
 
     fn put(&self, r: &Record) {
         self.rt.block_on(self.notary.put(r)).unwrap();
+    }
+
+    /// Starts keeping `n`'s liveness record alive, and waits until it is in the notary.
+    fn live(&mut self, n: &SecretKey) {
+        let live = {
+            let _rt = self.nodes_rt.enter();
+            liveness::start(self.nodes_notary.clone(), n.clone(), TTL)
+        };
+        let mut renewed = live.renewed();
+        self.nodes_rt
+            .block_on(async {
+                tokio::time::timeout(WAIT, renewed.wait_for(|r| r.is_some()))
+                    .await
+                    .map(|r| r.is_ok())
+            })
+            .expect("the alive record is put");
+        assert!(self.get(&NotaryKey::alive(&n.public())).is_some());
+        self.alive.insert(n.public(), live);
+    }
+
+    /// `n` dies: it stops renewing (nothing is revoked); its record expires.
+    fn kill(&mut self, n: &PublicKey) {
+        self.alive.remove(n).expect("a live node");
     }
 
     fn get(&self, k: &NotaryKey) -> Option<Record> {
@@ -211,11 +253,14 @@ fn where_runs(p: &PlacementRecord) -> Vec<(PublicKey, u64)> {
         .collect()
 }
 
-fn scenario(notary: AnyNotary) {
-    let mut g = Grid::new(notary);
+fn scenario(url: &str) {
+    let mut g = Grid::new(url);
     let all = nodes();
     let refs: Vec<&SecretKey> = all.iter().collect();
     g.beat(&refs);
+    for n in &all {
+        g.live(n);
+    }
     let mut bot = Bot::new(orchestrator(), g.notary.clone());
     let round = g.rt.block_on(bot.round()).unwrap();
     assert_eq!(round.contracts, 1, "{round:?}");
@@ -246,20 +291,23 @@ fn scenario(notary: AnyNotary) {
         }
     }
 
-    // 2. Replica 0's node falls silent: moved at epoch 2 once after_s has passed on the
-    // bot's clock, while the others keep beating.
+    // 2. Replica 0's node dies (its liveness record is no longer renewed): moved at
+    // epoch 2 once the record has been absent for after_s on the bot's clock, while the
+    // others stay alive.
     let lost = placed[0].0;
+    g.kill(&lost);
     let alive: Vec<&SecretKey> = all.iter().filter(|n| n.public() != lost).collect();
     let deadline = Instant::now() + WAIT;
     let moved = loop {
-        g.beat(&alive);
+        // Its heartbeats go on (a zosd whose liveness died): they are not liveness.
+        g.beat(&refs);
         g.rt.block_on(bot.round()).unwrap();
         let (_, p) = g.placement();
         if p.replicas[0].epoch == 2 {
             break p;
         }
         assert!(Instant::now() < deadline, "not moved: {p:?}");
-        // A heartbeat period of the simulated nodes: time must pass for the node to be lost.
+        // A round period: time must pass for the node to be lost.
         std::thread::sleep(Duration::from_millis(500));
     };
     let new = moved.replicas[0].node.unwrap();
@@ -300,6 +348,8 @@ fn scenario(notary: AnyNotary) {
     g.beat(&alive);
     let lost_node = all.iter().find(|n| n.public() == lost).unwrap();
     g.beat(&[lost_node]);
+    // The lost node comes back: it can take the replica again.
+    g.live(lost_node);
     g.rt.block_on(bot.round()).unwrap();
     let (now, _) = g.placement();
     assert_ne!(now, before, "the bot wrote since the stale read");
@@ -319,23 +369,25 @@ fn scenario(notary: AnyNotary) {
 #[test]
 fn placement_failover_refusals_and_a_stale_writer_on_etcd() {
     let etcd = Etcd::temp();
-    scenario(zos_notary::open(&etcd.url("zos")).unwrap());
+    scenario(&etcd.url("zos"));
 }
 
 #[test]
 fn placement_failover_refusals_and_a_stale_writer_on_a_directory() {
     let dir = zos_testkit::tempdir("grid");
-    scenario(zos_notary::open(&format!("dir://{}", dir.path().display())).unwrap());
+    scenario(&format!("dir://{}", dir.path().display()));
 }
 
 #[test]
 fn two_bots_one_leader_and_a_takeover() {
     let etcd = Etcd::temp();
-    let notary = zos_notary::open(&etcd.url("zos")).unwrap();
-    let mut g = Grid::new(notary.clone());
+    let mut g = Grid::new(&etcd.url("zos"));
     let all = nodes();
     let refs: Vec<&SecretKey> = all.iter().collect();
     g.beat(&refs);
+    for n in &all {
+        g.live(n);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
