@@ -344,12 +344,13 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.collect_orphans().await?;
         let owned: Vec<Owned> = self.journal.data().owned.values().cloned().collect();
         for o in owned {
-            if o.held.as_ref().is_some_and(|h| h.fences()) {
+            let failed = matches!(o.phase, Phase::Failed { .. });
+            if !failed && o.held.as_ref().is_some_and(|h| h.fences()) {
                 // What ran before this start may have been moved meanwhile: it runs
                 // again only on a renewed liveness and a placement record that still
                 // names this node (docs/grid.md).
                 self.fence(&o, "zosd started").await?;
-            } else if !matches!(o.phase, Phase::Failed { .. }) {
+            } else if !failed {
                 tracing::info!(contract = %o.id, version = o.version, "re-adopting");
                 self.spawn_provision(&o, None);
             }
@@ -952,10 +953,15 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 return Ok(());
             }
         };
-        match self.notary.get(&key).await? {
-            Some(contract) => self.on_farm_contract(&contract, &id).await,
+        match self.notary.get(&key).await {
+            Ok(Some(contract)) => self.on_farm_contract(&contract, &id).await,
             // It comes through the farm watch.
-            None => Ok(()),
+            Ok(None) => Ok(()),
+            // The notary may be away: the next delivery of either record judges again.
+            Err(e) => {
+                tracing::warn!(contract = %id, error = %e, "placement contract not read");
+                Ok(())
+            }
         }
     }
 
@@ -1150,6 +1156,9 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             .owned
             .values()
             .filter(|o| o.held.as_ref().is_some_and(|h| h.fences()))
+            // A failed replica runs nothing to fence, and runs again only on a new
+            // version.
+            .filter(|o| !matches!(o.phase, Phase::Failed { .. }))
             .cloned()
             .collect();
         for o in held {
