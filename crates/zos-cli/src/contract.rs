@@ -151,7 +151,11 @@ pub enum ContractCmd {
     },
     /// Cancel a contract: the owner's signed cancellation replaces it on its nodes.
     ///
+    /// A placement contract is cancelled at its farm's key (--farm): every node that
+    /// runs one of its replicas removes it.
+    ///
     /// Example: zos contract cancel crm-acme --key owner.key --notary dir:///srv/notary
+    ///          zos contract cancel crm-grid --farm 7 --key owner.key --notary dir:///srv/notary
     Cancel {
         id: String,
         /// The owner's secret key.
@@ -160,8 +164,11 @@ pub enum ContractCmd {
         #[arg(long, env = "ZOS_NOTARY")]
         notary: String,
         /// Only on this node (default: every node that holds it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "farm")]
         node: Option<PublicKey>,
+        /// The farm of a placement contract.
+        #[arg(long)]
+        farm: Option<String>,
     },
 }
 
@@ -295,10 +302,11 @@ pub fn run(cmd: ContractCmd) -> anyhow::Result<()> {
             key,
             notary,
             node,
+            farm,
         } => {
             let key = SecretKey::load(&key)?;
             let client = crate::notary::Client::open(&notary)?;
-            crate::notary::cancel(&client, &id, node.as_ref(), &key)
+            crate::notary::cancel(&client, &id, node.as_ref(), farm.as_deref(), &key)
         }
     }
 }

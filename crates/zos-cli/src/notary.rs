@@ -245,18 +245,40 @@ pub fn cancel(
     client: &Client,
     id: &str,
     node: Option<&PublicKey>,
+    farm: Option<&str>,
     key: &SecretKey,
 ) -> anyhow::Result<()> {
-    let records = client.contract_records(id, node)?;
-    if records.is_empty() {
+    // Where the contract is held: a placement contract at its farm's key, which its
+    // replicas' nodes follow; else at each node's key.
+    let mut held: Vec<(NotaryKey, String, ContractRecord)> = Vec::new();
+    match farm {
+        Some(farm) => {
+            let fkey = NotaryKey::placement_contract(farm, id)?;
+            if let Some(record) = client.get(&fkey)? {
+                let parsed = ContractRecord::from_value(&record.body, &Limits::default())
+                    .with_context(|| format!("{fkey} holds no valid contract record"))?;
+                held.push((fkey, format!("farm {farm}"), parsed));
+            }
+        }
+        None => {
+            for (node, parsed) in client.contract_records(id, node)? {
+                held.push((
+                    NotaryKey::contract(&node, id)?,
+                    format!("node {node}"),
+                    parsed,
+                ));
+            }
+        }
+    }
+    if held.is_empty() {
         bail!("no contract {id:?} in {}", client.url);
     }
-    for (node, record) in records {
+    for (nkey, place, record) in held {
         let doc = match record {
             ContractRecord::Contract(doc) => doc,
             ContractRecord::Cancellation(c) => {
                 outln!(
-                    "{id} is already cancelled on node {node} (version {})",
+                    "{id} is already cancelled on {place} (version {})",
                     c.cancellation.version
                 )?;
                 continue;
@@ -273,11 +295,10 @@ pub fn cancel(
             },
             key,
         )?;
-        let nkey = NotaryKey::contract(&node, id)?;
         let body = serde_json::to_value(&cancellation)?;
         client.put(&Record::sign(&nkey, body, key)?)?;
         outln!(
-            "cancelled {id} (version {}) on node {node}",
+            "cancelled {id} (version {}) on {place}",
             doc.contract.version
         )?;
     }

@@ -188,10 +188,10 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
         .map(|n| zos_contract::SecretKey::from_seed([n; 32]))
         .collect();
     let client = zos_notary::open(&url).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // Multi-threaded: the nodes' liveness tasks renew on their own while the test runs
+    // the `zos` binary.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut alive = Vec::new();
     for n in &farm_nodes {
         let capacity = zos_registry::NodeResources {
             cpus: 8,
@@ -226,6 +226,16 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
             .unwrap();
         rt.block_on(zos_notary::Notary::put(&client, &hb.sign(n, 1).unwrap()))
             .unwrap();
+        // The node's liveness record, kept alive as zosd keeps it (docs/grid.md).
+        let _in = rt.enter();
+        let liveness = zos_registry::liveness::start(
+            client.clone(),
+            n.clone(),
+            std::time::Duration::from_secs(2),
+        );
+        let mut renewed = liveness.renewed();
+        rt.block_on(renewed.wait_for(Option::is_some)).unwrap();
+        alive.push(liveness);
     }
     let round: Value = serde_json::from_str(&ok(
         dir,
@@ -303,6 +313,50 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
         ],
     );
     assert!(refusal.contains("not by its orchestrator"), "{refusal}");
+
+    // Cancelled at its farm's key, by its owner only.
+    let grid_file = notary.join("grid/7/contracts/crm-grid.json");
+    let before = std::fs::read(&grid_file).unwrap();
+    let not_owner = refused(
+        dir,
+        &[
+            "contract",
+            "cancel",
+            "crm-grid",
+            "--farm",
+            "7",
+            "--key",
+            "stranger.key",
+            "--notary",
+            &url,
+        ],
+    );
+    assert!(not_owner.contains("only the owner"), "{not_owner}");
+    assert_eq!(
+        std::fs::read(&grid_file).unwrap(),
+        before,
+        "nothing written"
+    );
+    let done = ok(
+        dir,
+        &[
+            "contract",
+            "cancel",
+            "crm-grid",
+            "--farm",
+            "7",
+            "--key",
+            "owner.key",
+            "--notary",
+            &url,
+        ],
+    );
+    assert!(
+        done.contains("cancelled crm-grid (version 2) on farm 7"),
+        "{done}"
+    );
+    let record: Value = serde_json::from_slice(&std::fs::read(&grid_file).unwrap()).unwrap();
+    assert_eq!(record["body"]["cancellation"]["version"], 3, "{record}");
 
     // Out of range or contradictory: refused, and no file written.
     for (extra, says) in [
