@@ -2,7 +2,8 @@
 //! --after-s, --min-ssd-gib) and `zos contract verify` printing it, with the real `zos`
 //! binary; out-of-range placements are refused before anything is written. Published, it
 //! is placed by `zos bot run --once` on two distinct nodes of its farm (simulated: their
-//! signed registrations and heartbeats), and a second round writes nothing.
+//! signed registrations, heartbeats and liveness records), and a second round writes
+//! nothing. Its owner cancels it at the farm's key; a stranger cannot.
 
 use std::path::Path;
 use std::process::Command;
