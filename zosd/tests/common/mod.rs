@@ -65,14 +65,69 @@ impl Node {
         Node::build(memory_reserve_mib, 4, top_level)
     }
 
+    /// A node of `farm` on a notary shared with others (`etcd://…`, `dir://…`), beating
+    /// every `heartbeat_secs`. Its `notary` handle is a client of that notary.
+    pub fn joined(
+        memory_reserve_mib: u64,
+        notary_url: &str,
+        farm: &str,
+        heartbeat_secs: u64,
+    ) -> Node {
+        Node::joined_with(
+            memory_reserve_mib,
+            notary_url,
+            farm,
+            heartbeat_secs,
+            8,
+            None,
+        )
+    }
+
+    /// [`Node::joined`] with a loop disk of `disk_gib` (its one SSD pool) and, if given,
+    /// `store_root` as a second store root (a flist shared by several nodes).
+    pub fn joined_with(
+        memory_reserve_mib: u64,
+        notary_url: &str,
+        farm: &str,
+        heartbeat_secs: u64,
+        disk_gib: u64,
+        store_root: Option<&Path>,
+    ) -> Node {
+        Node::build_on(
+            memory_reserve_mib,
+            4,
+            &format!("farm = \"{farm}\"\nheartbeat_secs = {heartbeat_secs}\n"),
+            Some(notary_url),
+            disk_gib,
+            store_root,
+        )
+    }
+
     /// `top_level`: more top-level configuration lines.
     fn build(memory_reserve_mib: u64, cpu_overcommit: u64, top_level: &str) -> Node {
+        Node::build_on(memory_reserve_mib, cpu_overcommit, top_level, None, 8, None)
+    }
+
+    /// [`Node::build`] on the notary at `notary_url` (`None`: a `dir://` notary of the
+    /// node's own under its dir), with a loop disk of `disk_gib` and `store_root` as a
+    /// store root besides the node's dir.
+    fn build_on(
+        memory_reserve_mib: u64,
+        cpu_overcommit: u64,
+        top_level: &str,
+        notary_url: Option<&str>,
+        disk_gib: u64,
+        store_root: Option<&Path>,
+    ) -> Node {
         let dir = zos_testkit::tempdir("zosd");
         let world = netfix::World::new();
         let label_prefix = format!("{}-", world.tag);
         let root = dir.path();
         let config = root.join("node.toml");
-        let notary_url = format!("dir://{}", root.join("notary").display());
+        let notary_url = notary_url.map_or_else(
+            || format!("dir://{}", root.join("notary").display()),
+            str::to_string,
+        );
         std::fs::write(
             &config,
             format!(
@@ -80,11 +135,11 @@ impl Node {
 state_dir = "{state}"
 log_format = "json"
 status_socket = "{root}/status.sock"
-store_roots = ["{root}"]
+store_roots = ["{root}"{more_roots}]
 {top_level}
 [storage]
 pools_root = "{pools}"
-loop_files = [{{ path = "{root}/zt-disk0.img", size_gib = 8 }}]
+loop_files = [{{ path = "{root}/zt-disk0.img", size_gib = {disk_gib} }}]
 label_prefix = "{label_prefix}"
 
 [network]
@@ -99,6 +154,8 @@ cpu_overcommit = {cpu_overcommit}
                 state = root.join("state").display(),
                 pools = root.join("pools").display(),
                 root = root.display(),
+                more_roots =
+                    store_root.map_or_else(String::new, |r| format!(", \"{}\"", r.display())),
                 uplink = netfix::UPLINK,
                 prefix = world.prefix,
                 node_ns = world.path(&world.node).display(),

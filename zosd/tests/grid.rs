@@ -1,0 +1,806 @@
+//! The grid (issue #15, docs/grid.md) on real nodes: `zosd run` processes (tests/common's
+//! `Node`, each in its own `zt-` namespaces) registered in one farm of a shared notary,
+//! and the orchestrator (`zos_grid::Bot`) in-process.
+//!
+//! `the_grid_on_etcd`: one real etcd, a farm of three nodes (A and B with an 8 GiB disk,
+//! C with 1 GiB) and a fourth node D registered in another farm, one bot. In order:
+//! 1. `placement`: `replicas = 2` with a 2 GiB volume lands on two distinct nodes with
+//!    room and runs there (status `ok` with its replica at epoch 1, the container's
+//!    process alive); C never gets an assignment.
+//! 2. `failover`: a node N holding a replica of a `move` contract and one of a `stay`
+//!    contract is killed (zosd and its containers). The `move` replica runs on another
+//!    node at epoch 2 (the time it took is printed, not asserted); the `stay` one is
+//!    reported `lost` in the placement record and nothing moves. N starts again: its copy
+//!    is `moved`, its container never starts again, and the placement record shows the
+//!    move with its reason (`node_lost`).
+//! 3. `attacks`: each refused on the node with its code, nothing run there: an assignment
+//!    signed by another key (`not_orchestrator`), the epoch-1 assignment replayed after
+//!    the move (`stale_epoch`), an assignment to D, outside the farm (`outside_farm`), a
+//!    placement contract at a node's own contract key (`unassigned`).
+//!
+//! `the_grid_on_a_directory`: the same placement and failover (one replica, kill, moved)
+//! on a `dir://` notary with one bot.
+//!
+//! Every scenario of a test runs even when an earlier one failed (unless it needs what
+//! that one set up); the test prints one PASS / FAIL / BLOCKED line per scenario and
+//! fails if any did not pass.
+
+mod common;
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use zos_contract::{
+    assignment::Assignment, BlueprintRef, Failover, FailoverMode, Placement, PublicKey, SecretKey,
+    SignedAssignment, SignedContract,
+};
+use zos_grid::{Bot, PlacementRecord, Reason, ReplicaState};
+use zos_notary::{AnyNotary, KeyPrefix, Notary, NotaryKey, Record};
+use zos_registry::{Farm, Registration};
+use zos_testkit::contract as kit;
+
+const FARM: &str = "zt-grid";
+const OTHER_FARM: &str = "zt-grid-other";
+/// The floor of `failover.after_s`.
+const AFTER_S: u64 = 10;
+/// The nodes' heartbeat period (a quarter of `after_s` at most: docs/grid.md).
+const BEAT_S: u64 = 1;
+/// The volume of a replica of the placement scenario: more than node C's disk holds.
+const BIG_VOLUME_MIB: u64 = 2048;
+/// Node C's disk (its one SSD pool), GiB; the others have 8.
+const SMALL_DISK_GIB: u64 = 1;
+
+fn orchestrator() -> SecretKey {
+    SecretKey::from_seed([40; 32])
+}
+/// An orchestrator no bot runs: contracts naming it are placed only by the test's
+/// own assignments.
+fn idle_orchestrator() -> SecretKey {
+    SecretKey::from_seed([41; 32])
+}
+fn farmer() -> SecretKey {
+    SecretKey::from_seed([42; 32])
+}
+
+/// The shared parts of one grid: the test's notary client (on a runtime of its own),
+/// the bot, the nodes, the flist.
+struct Grid {
+    rt: tokio::runtime::Runtime,
+    url: String,
+    notary: AnyNotary,
+    bot: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), zos_grid::BotError>>,
+    )>,
+    p: People,
+    flist: (String, String, String),
+    nodes: Vec<Node>,
+    flist_dir: tempfile::TempDir,
+}
+
+impl Grid {
+    fn new(url: &str) -> Grid {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let p = people();
+        let dir = zos_testkit::tempdir("grid-flist");
+        let flist = busybox_flist(dir.path(), &p.publisher);
+        let notary = {
+            let _in = rt.enter();
+            zos_notary::open(url).unwrap()
+        };
+        Grid {
+            rt,
+            url: url.to_string(),
+            notary,
+            bot: None,
+            p,
+            flist,
+            nodes: Vec::new(),
+            flist_dir: dir,
+        }
+    }
+
+    fn put(&self, r: &Record) {
+        self.rt.block_on(self.notary.put(r)).unwrap();
+    }
+
+    fn get(&self, k: &NotaryKey) -> Option<Record> {
+        self.rt.block_on(self.notary.get(k)).unwrap()
+    }
+
+    fn list(&self, prefix: &KeyPrefix) -> Vec<Record> {
+        self.rt.block_on(self.notary.list(prefix)).unwrap()
+    }
+
+    fn create_farm(&self, farm: &str) {
+        let now = zos_registry::now();
+        let f = Farm::create_or_update(None, farm, "grid test farm", farmer().public(), now)
+            .unwrap()
+            .sign(&farmer(), now)
+            .unwrap();
+        self.put(&f);
+    }
+
+    /// Boots a node of `farm` with a loop disk of `disk_gib`; waits until it is
+    /// registered there. Returns its index.
+    fn boot(&mut self, disk_gib: u64, farm: &str) -> usize {
+        let store = Some(self.flist_dir.path());
+        let mut node = Node::joined_with(512, &self.url, farm, BEAT_S, disk_gib, store);
+        let key = node.start();
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.wait(i, "its registration", || {
+            self.get(&NotaryKey::registration(&key)).filter(|r| {
+                Registration::from_record(r).is_ok_and(|(who, reg)| who == key && reg.farm == farm)
+            })
+        });
+        i
+    }
+
+    fn key(&self, i: usize) -> PublicKey {
+        self.nodes[i].key.unwrap()
+    }
+
+    fn index(&self, key: &PublicKey) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.key.as_ref() == Some(key))
+            .unwrap_or_else(|| panic!("{key} is none of the test's nodes"))
+    }
+
+    fn start_bot(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // The bot's own client, made on the runtime that drives it.
+        let notary = {
+            let _in = self.rt.enter();
+            zos_notary::open(&self.url).unwrap()
+        };
+        let run = self.rt.spawn(Bot::new(orchestrator(), notary).run(async {
+            let _ = stopped.await;
+        }));
+        self.bot = Some((stop, run));
+    }
+
+    /// Polls `f` every 50 ms until it returns `Some`; panics after `within` with node
+    /// `i`'s log.
+    fn wait_within<T>(
+        &self,
+        i: usize,
+        within: Duration,
+        what: &str,
+        f: impl Fn() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {what} within {within:?}; log of node {i}:\n{}",
+                    tail(&self.nodes[i].log())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait<T>(&self, i: usize, what: &str, f: impl Fn() -> Option<T>) -> T {
+        self.wait_within(i, WAIT, what, f)
+    }
+
+    /// Node `i`'s status of `id`, checked to be signed by it.
+    fn status(&self, i: usize, id: &str) -> Option<Value> {
+        let key = self.key(i);
+        self.get(&NotaryKey::status(&key, id).unwrap()).map(|r| {
+            assert_eq!(r.author, key, "status signed by the node");
+            r.body
+        })
+    }
+
+    /// Waits until node `i` reports `id` running (`ok`) as `replica` at `epoch`, with
+    /// a live container process; returns its pid.
+    fn wait_running(&self, i: usize, id: &str, replica: u64, epoch: u64) -> i32 {
+        self.wait(
+            i,
+            &format!("{id} replica {replica} running at epoch {epoch} on node {i}"),
+            || {
+                let s = self.status(i, id)?;
+                (s["state"] == "ok" && s["replica"] == replica && s["epoch"] == epoch)
+                    .then_some(())?;
+                running(&self.nodes[i], id).first().map(|(_, pid)| *pid)
+            },
+        )
+    }
+
+    /// Waits until node `i` refuses `id` with `code`; then nothing of `id` runs there.
+    fn wait_refused(&self, i: usize, id: &str, code: &str) -> Value {
+        let s = self.wait(i, &format!("refusal {code} of {id} on node {i}"), || {
+            self.status(i, id)
+                .filter(|s| s["state"] == "refused" && codes(s).iter().any(|c| c == code))
+        });
+        assert!(
+            containers(&self.nodes[i], id).is_empty(),
+            "{id} refused ({code}) yet a container exists on node {i}: {:?}",
+            containers(&self.nodes[i], id)
+        );
+        s
+    }
+
+    /// The placement record of `id` in `farm`, checked to be the orchestrator's.
+    fn placement(&self, farm: &str, id: &str) -> Option<PlacementRecord> {
+        let r = self.get(&NotaryKey::placement(farm, id).unwrap())?;
+        assert_eq!(
+            r.author,
+            orchestrator().public(),
+            "written by the orchestrator"
+        );
+        Some(serde_json::from_value(r.body).unwrap())
+    }
+
+    /// The (replica, epoch) pairs of `id` assigned to node `i`, as read in the notary.
+    fn assignments(&self, i: usize, id: &str) -> Vec<(u64, u64)> {
+        self.list(&KeyPrefix::node_assignments(&self.key(i)))
+            .iter()
+            .filter_map(|r| SignedAssignment::from_value(&r.body).ok())
+            .filter(|a| a.assignment.contract == id)
+            .map(|a| (a.assignment.replica, a.assignment.epoch))
+            .collect()
+    }
+
+    /// A placement contract `id` of the owner on `farm`, `replicas` of one container
+    /// with a volume of `volume_mib`, in subnet `10.81.<net>.0/24`.
+    #[allow(clippy::too_many_arguments)]
+    fn contract(
+        &self,
+        id: &str,
+        farm: &str,
+        replicas: u64,
+        mode: FailoverMode,
+        orchestrator: PublicKey,
+        volume_mib: u64,
+        net: u8,
+    ) -> SignedContract {
+        let p = &self.p;
+        let bp = kit::signed_blueprint(
+            &p.expert,
+            json!({
+                "name": "replica",
+                "version": "1.0.0",
+                "params": {},
+                "body": {
+                    "networks": [{"name": "net", "subnet": format!("10.81.{net}.0/24")}],
+                    "volumes": [{"name": "data", "size_mib": volume_mib}],
+                    "workloads": [{
+                        "name": "app",
+                        "kind": "container",
+                        "flist": flist_ref(p, &self.flist),
+                        "entrypoint": ["/bin/sh", "-c", "echo up > /data/up; exec sleep 3600"],
+                        "cpu": 1,
+                        "memory_mib": 64,
+                        "network": "net",
+                        "mounts": [{"volume": "data", "path": "/data"}]
+                    }]
+                }
+            }),
+        );
+        let mut c = kit::contract(p.owner.public(), p.owner.public(), id, 1, bp);
+        c.nodes = vec![];
+        assert!(matches!(c.blueprint, BlueprintRef::Embedded(_)));
+        let placement = Placement {
+            farm: farm.into(),
+            replicas,
+            orchestrator,
+            failover: Failover {
+                mode,
+                after_s: AFTER_S,
+            },
+            constraints: None,
+        };
+        let mut doc = SignedContract::placed(c, placement).unwrap();
+        doc.sign(&p.owner).unwrap();
+        doc
+    }
+
+    /// Publishes `doc` at `grid/<farm>/contracts/<id>`, signed by the owner.
+    fn publish(&self, farm: &str, doc: &SignedContract) {
+        let key = NotaryKey::placement_contract(farm, &doc.contract.id).unwrap();
+        self.put(&Record::sign(&key, doc.to_value(), &self.p.owner).unwrap());
+    }
+
+    /// Kills node `i` as a power cut would: zosd and every workload process it ran.
+    fn kill(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.kill9();
+        for (_, pid) in running(node, "") {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let deadline = Instant::now() + WAIT;
+        while !running(node, "").is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "node {i}'s workloads did not die"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Grid {
+    fn drop(&mut self) {
+        if let Some((stop, run)) = self.bot.take() {
+            let _ = stop.send(());
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(10), run).await });
+        }
+        // Every node's processes die before any node removes the cgroups of the
+        // contracts (their ids carry the first node's tag, wherever they ran).
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            node.kill9();
+            for (_, pid) in running(node, "") {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Nodes drop in reverse: the first node's tag names the contracts' cgroups.
+        while let Some(node) = self.nodes.pop() {
+            drop(node);
+        }
+    }
+}
+
+/// The refusal codes of a status.
+fn codes(s: &Value) -> Vec<String> {
+    s["reasons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["code"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Containers of contract `id` (names `<id>.<workload>`; every one when `id` is
+/// empty) that libcontainer holds state for on `node`.
+fn containers(node: &Node, id: &str) -> Vec<String> {
+    let dir = node.state().join("containers/state");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| id.is_empty() || n.starts_with(&format!("{id}.")))
+        .collect()
+}
+
+/// The containers of `id` on `node` whose process is alive, with its pid.
+fn running(node: &Node, id: &str) -> Vec<(String, i32)> {
+    containers(node, id)
+        .into_iter()
+        .filter_map(|n| node.container_pid(&n).filter(|p| alive(*p)).map(|p| (n, p)))
+        .collect()
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Runs the scenarios in order, each caught so that the next runs; prints one line per
+/// scenario; panics at the end if any did not pass.
+struct Scenarios {
+    results: Vec<(String, Result<(), String>)>,
+}
+
+impl Scenarios {
+    fn new() -> Scenarios {
+        Scenarios {
+            results: Vec::new(),
+        }
+    }
+
+    /// Runs `f` as scenario `name` unless one of `needs` did not pass.
+    fn run(&mut self, name: &str, needs: &[&str], f: impl FnOnce()) -> bool {
+        let blocked: Vec<&str> = needs
+            .iter()
+            .copied()
+            .filter(|n| !self.results.iter().any(|(r, ok)| r == n && ok.is_ok()))
+            .collect();
+        let result = if blocked.is_empty() {
+            let started = Instant::now();
+            let r = std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".into())
+            });
+            eprintln!(
+                "grid: {name}: {} ({:.1} s)",
+                if r.is_ok() { "PASS" } else { "FAIL" },
+                started.elapsed().as_secs_f64()
+            );
+            r
+        } else {
+            eprintln!("grid: {name}: BLOCKED on {blocked:?}");
+            Err(format!("blocked on {blocked:?}"))
+        };
+        let ok = result.is_ok();
+        self.results.push((name.to_string(), result));
+        ok
+    }
+
+    fn finish(self) {
+        let failed: Vec<String> = self
+            .results
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+            .collect();
+        assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    }
+}
+
+#[test]
+fn the_grid_on_etcd() {
+    if !privileged("the_grid_on_etcd") {
+        return;
+    }
+    let etcd = zos_testkit::etcd::Etcd::temp();
+    let mut g = Grid::new(&etcd.url("zos"));
+    g.create_farm(FARM);
+    g.create_farm(OTHER_FARM);
+    let a = g.boot(8, FARM);
+    let _b = g.boot(8, FARM);
+    let c = g.boot(SMALL_DISK_GIB, FARM);
+    let d = g.boot(8, OTHER_FARM);
+    let tag = g.nodes[0].world.tag.clone();
+    let id = |name: &str| format!("{tag}-{name}");
+    let (big, moving, staying) = (id("big"), id("moving"), id("staying"));
+    let (forged, outside, unassigned) = (id("forged"), id("outside"), id("unassigned"));
+    g.start_bot();
+
+    // Everything is published at once; the scenarios then wait for their part.
+    let me = orchestrator().public();
+    let idle = idle_orchestrator();
+    g.publish(
+        FARM,
+        &g.contract(&big, FARM, 2, FailoverMode::Move, me, BIG_VOLUME_MIB, 1),
+    );
+    g.publish(
+        FARM,
+        &g.contract(&moving, FARM, 2, FailoverMode::Move, me, 64, 2),
+    );
+    g.publish(
+        FARM,
+        &g.contract(&staying, FARM, 2, FailoverMode::Stay, me, 64, 3),
+    );
+
+    // Attack contracts: their orchestrator is a key no bot runs.
+    // not_orchestrator: another key signs an assignment of `forged` to A, naming itself
+    // in the body and as the envelope's author (the notary's author rule holds).
+    let forged_doc = g.contract(&forged, FARM, 1, FailoverMode::Move, idle.public(), 64, 4);
+    g.publish(FARM, &forged_doc);
+    let thief = SecretKey::from_seed([66; 32]);
+    let assign = |doc: &SignedContract, node: PublicKey, epoch: u64, by: &SecretKey| {
+        let a = Assignment {
+            contract: doc.contract.id.clone(),
+            version: doc.contract.version,
+            digest: doc.digest,
+            replica: 0,
+            node,
+            epoch,
+            issued_at: zos_registry::now(),
+            orchestrator: by.public(),
+        };
+        let signed = SignedAssignment::sign(a, by).unwrap();
+        let key = NotaryKey::assignment(&node, &doc.contract.id, 0).unwrap();
+        Record::sign(&key, signed.to_value(), by).unwrap()
+    };
+    g.put(&assign(&forged_doc, g.key(a), 1, &thief));
+    // outside_farm: the contract's orchestrator assigns it to D, a node of another farm.
+    // Filed under both farms: D follows its own farm's contracts.
+    let outside_doc = g.contract(&outside, FARM, 1, FailoverMode::Move, idle.public(), 64, 5);
+    g.publish(FARM, &outside_doc);
+    g.publish(OTHER_FARM, &outside_doc);
+    g.put(&assign(&outside_doc, g.key(d), 1, &idle));
+    // unassigned: a placement contract at A's own contract key, with no assignment.
+    let unassigned_doc = g.contract(
+        &unassigned,
+        FARM,
+        1,
+        FailoverMode::Move,
+        idle.public(),
+        64,
+        6,
+    );
+    g.put(
+        &Record::sign(
+            &NotaryKey::contract(&g.key(a), &unassigned).unwrap(),
+            unassigned_doc.to_value(),
+            &g.p.owner,
+        )
+        .unwrap(),
+    );
+
+    let mut s = Scenarios::new();
+    s.run(
+        "1 placement: replicas = 2 on two nodes with room",
+        &[],
+        || {
+            let rec = g.wait(a, "placement record of the big contract", || {
+                g.placement(FARM, &big)
+                    .filter(|r| r.replicas.iter().all(|k| k.node.is_some()))
+            });
+            let on: Vec<PublicKey> = rec.replicas.iter().map(|k| k.node.unwrap()).collect();
+            assert_ne!(on[0], on[1], "distinct nodes: {rec:?}");
+            assert!(
+                !on.contains(&g.key(c)),
+                "placed on the node without room: {rec:?}"
+            );
+            for (k, node) in on.iter().enumerate() {
+                let i = g.index(node);
+                let pid = g.wait_running(i, &big, k as u64, 1);
+                eprintln!("grid: {big} replica {k} runs on node {i} (pid {pid})");
+            }
+            let rec = g.wait(a, "both replicas running in the placement record", || {
+                g.placement(FARM, &big)
+                    .filter(|r| r.replicas.iter().all(|k| k.state == ReplicaState::Running))
+            });
+            assert!(rec.replicas.iter().all(|k| k.epoch == 1), "{rec:?}");
+            // The positive event was both running; C has no assignment and no status.
+            assert_eq!(
+                g.assignments(c, &big),
+                vec![],
+                "C was assigned the big contract"
+            );
+            assert!(g.status(c, &big).is_none(), "C took the big contract");
+            assert!(containers(&g.nodes[c], &big).is_empty());
+        },
+    );
+
+    s.run(
+        "3a attack: assignment signed by another key (not_orchestrator)",
+        &[],
+        || {
+            g.wait_refused(a, &forged, "not_orchestrator");
+        },
+    );
+    s.run(
+        "3c attack: assignment to a node of another farm (outside_farm)",
+        &[],
+        || {
+            g.wait_refused(d, &outside, "outside_farm");
+        },
+    );
+    s.run(
+        "3d attack: placement contract at the node's contract key (unassigned)",
+        &[],
+        || {
+            g.wait_refused(a, &unassigned, "unassigned");
+        },
+    );
+
+    // The move and stay contracts each run on two of the three nodes: at least one node
+    // holds a replica of both. That node is killed.
+    let mut victim = None;
+    let mut old_assignment = None;
+    s.run("2a move and stay contracts running", &[], || {
+        let recs: Vec<PlacementRecord> = [&moving, &staying]
+            .iter()
+            .map(|id| {
+                g.wait(a, &format!("{id} placed"), || {
+                    g.placement(FARM, id)
+                        .filter(|r| r.replicas.iter().all(|k| k.node.is_some()))
+                })
+            })
+            .collect();
+        for (id, rec) in [&moving, &staying].iter().zip(&recs) {
+            for k in &rec.replicas {
+                g.wait_running(g.index(&k.node.unwrap()), id, k.replica, 1);
+            }
+        }
+        let both = recs[0]
+            .replicas
+            .iter()
+            .find(|m| recs[1].replicas.iter().any(|s| s.node == m.node))
+            .expect("a node with both");
+        let n = g.index(&both.node.unwrap());
+        let rec = g
+            .get(&NotaryKey::assignment(&g.key(n), &moving, both.replica).unwrap())
+            .expect("the victim's assignment");
+        victim = Some((n, both.replica));
+        old_assignment = Some(rec);
+    });
+    let (n, replica) = victim.unwrap_or((usize::MAX, 0));
+
+    let mut moved_to = None;
+    s.run(
+        "2b kill a node: its move replica runs elsewhere at epoch 2",
+        &["2a move and stay contracts running"],
+        || {
+            let others: Vec<PublicKey> = g
+                .placement(FARM, &moving)
+                .unwrap()
+                .replicas
+                .iter()
+                .filter(|k| k.replica != replica)
+                .filter_map(|k| k.node)
+                .collect();
+            g.kill(n);
+            let killed = Instant::now();
+            let rec = g.wait_within(
+                n,
+                Duration::from_secs(AFTER_S) + WAIT,
+                "the move at epoch 2",
+                || {
+                    g.placement(FARM, &moving)
+                        .filter(|r| r.replicas[replica as usize].epoch == 2)
+                },
+            );
+            let to = rec.replicas[replica as usize].node.unwrap();
+            assert_ne!(to, g.key(n), "{rec:?}");
+            assert!(!others.contains(&to), "two replicas on one node: {rec:?}");
+            let m = g.index(&to);
+            let pid = g.wait_running(m, &moving, replica, 2);
+            eprintln!(
+                "grid: node {n} killed; replica {replica} of {moving} running on node {m} at \
+             epoch 2 (pid {pid}) after {:.1} s (after_s = {AFTER_S}; expected within \
+             after_s + a heartbeat period + a bot round + the deployment, about 5 s)",
+                killed.elapsed().as_secs_f64()
+            );
+            let last = rec.moves.last().unwrap();
+            assert!(
+                matches!(&last.reason, Reason::NodeLost { node, .. } if *node == g.key(n)),
+                "{last:?}"
+            );
+            assert_eq!(
+                (last.replica, last.from, last.to, last.epoch),
+                (replica, Some(g.key(n)), to, 2)
+            );
+            moved_to = Some(m);
+        },
+    );
+
+    s.run(
+        "4 stay: the killed node's replica is lost, nothing moves",
+        &["2a move and stay contracts running"],
+        || {
+            let before = g.placement(FARM, &staying).unwrap();
+            let rec = g.wait_within(
+                n,
+                Duration::from_secs(AFTER_S) + WAIT,
+                "the stay replica reported lost",
+                || {
+                    g.placement(FARM, &staying).filter(|r| {
+                        r.replicas
+                            .iter()
+                            .any(|k| k.node == Some(g.key(n)) && k.state == ReplicaState::Lost)
+                    })
+                },
+            );
+            eprintln!("grid: {staying} on node {n}: {:?}", rec.replicas);
+            for (k, was) in rec.replicas.iter().zip(&before.replicas) {
+                assert_eq!(
+                    (k.node, k.epoch),
+                    (was.node, was.epoch),
+                    "a stay replica moved: {rec:?}"
+                );
+            }
+            let third = (0..3)
+                .find(|i| rec.replicas.iter().all(|k| k.node != Some(g.key(*i))))
+                .expect("a node without the stay contract");
+            assert_eq!(g.assignments(third, &staying), vec![], "assigned elsewhere");
+            assert!(g.status(third, &staying).is_none());
+        },
+    );
+
+    s.run(
+        "2c the killed node comes back: its copy is moved, never restarted",
+        &["2b kill a node: its move replica runs elsewhere at epoch 2"],
+        || {
+            let log_before = g.nodes[n].log().len();
+            g.nodes[n].start();
+            let st = g.wait(n, "status moved on the node that came back", || {
+                g.status(n, &moving).filter(|s| s["state"] == "moved")
+            });
+            eprintln!("grid: node {n} after its restart: {st}");
+            assert_eq!(
+                running(&g.nodes[n], &moving),
+                vec![],
+                "the moved replica runs again on the node that came back:\n{}",
+                &g.nodes[n].log()[log_before..]
+            );
+            assert_eq!(containers(&g.nodes[n], &moving), Vec::<String>::new());
+            let m = moved_to.unwrap();
+            assert!(
+                !running(&g.nodes[m], &moving).is_empty(),
+                "the new copy stopped"
+            );
+            let rec = g.placement(FARM, &moving).unwrap();
+            assert_eq!(rec.replicas[replica as usize].node, Some(g.key(m)));
+            assert!(rec.moves.iter().any(|mv| mv.replica == replica
+                && mv.epoch == 2
+                && matches!(&mv.reason, Reason::NodeLost { node, .. } if *node == g.key(n))));
+        },
+    );
+
+    s.run(
+        "3b attack: the epoch-1 assignment replayed after the move (stale_epoch)",
+        &["2c the killed node comes back: its copy is moved, never restarted"],
+        || {
+            g.put(old_assignment.as_ref().unwrap());
+            g.wait_refused(n, &moving, "stale_epoch");
+        },
+    );
+
+    s.finish();
+}
+
+#[test]
+fn the_grid_on_a_directory() {
+    if !privileged("the_grid_on_a_directory") {
+        return;
+    }
+    let dir = zos_testkit::tempdir("grid-notary");
+    let mut g = Grid::new(&format!("dir://{}", dir.path().display()));
+    g.create_farm(FARM);
+    g.boot(8, FARM);
+    g.boot(8, FARM);
+    let one = format!("{}-one", g.nodes[0].world.tag);
+    g.start_bot();
+    let me = orchestrator().public();
+    g.publish(
+        FARM,
+        &g.contract(&one, FARM, 1, FailoverMode::Move, me, 64, 7),
+    );
+
+    let mut s = Scenarios::new();
+    let mut on = usize::MAX;
+    s.run("5a dir:// placement", &[], || {
+        let rec = g.wait(0, "the placement record", || {
+            g.placement(FARM, &one)
+                .filter(|r| r.replicas[0].node.is_some())
+        });
+        on = g.index(&rec.replicas[0].node.unwrap());
+        g.wait_running(on, &one, 0, 1);
+    });
+    s.run(
+        "5b dir:// failover and the node's return",
+        &["5a dir:// placement"],
+        || {
+            let other = 1 - on;
+            g.kill(on);
+            let killed = Instant::now();
+            g.wait_within(on, Duration::from_secs(AFTER_S) + WAIT, "the move", || {
+                g.placement(FARM, &one).filter(|r| {
+                    r.replicas[0].epoch == 2 && r.replicas[0].node == Some(g.key(other))
+                })
+            });
+            g.wait_running(other, &one, 0, 2);
+            eprintln!(
+                "grid: dir:// node {on} killed; the replica runs on node {other} at epoch 2 \
+             after {:.1} s (after_s = {AFTER_S})",
+                killed.elapsed().as_secs_f64()
+            );
+            g.nodes[on].start();
+            g.wait(on, "status moved", || {
+                g.status(on, &one).filter(|s| s["state"] == "moved")
+            });
+            assert_eq!(running(&g.nodes[on], &one), vec![]);
+            assert_eq!(containers(&g.nodes[on], &one), Vec::<String>::new());
+        },
+    );
+    s.finish();
+}
