@@ -5,6 +5,7 @@
 //! every refusal reason, each with the node's exact message.
 
 mod booted;
+mod grid;
 mod node;
 
 use std::path::PathBuf;
@@ -126,6 +127,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     } else {
         flow(&demo)
             .and_then(|()| node::run(&demo))
+            .and_then(|()| grid::run(&demo))
             .and_then(|()| booted::run(&demo))
     };
     drop(etcd);

@@ -27,7 +27,7 @@ const FARM: &str = "demo-farm";
 const ID: &str = "hello-booted";
 
 pub fn run(d: &Demo) -> anyhow::Result<()> {
-    section("15. a node booted from the image: zosd as PID 1 under QEMU");
+    section("16. a node booted from the image: zosd as PID 1 under QEMU");
     let files = qemu::boot_files(true)?;
     crate::packages::ensure(&["rsyslog"])?;
     // The farm's log receiver, on the host's loopback: 10.0.2.2 for the guest.

@@ -25,14 +25,14 @@ const PUBLIC_PORT: u16 = 18080;
 /// namespaces are the test kit's world (`<tag>x-node`, `<tag>x-inet`, never under
 /// zosd's prefix `<tag>-`, which zosd cleans up): they go, with whatever zosd made
 /// under the prefix, when `world` drops after the rest.
-struct Node {
-    dir: PathBuf,
-    world: World,
-    zosd: Option<Child>,
+pub(super) struct Node {
+    pub(super) dir: PathBuf,
+    pub(super) world: World,
+    pub(super) zosd: Option<Child>,
 }
 
 impl Node {
-    fn state(&self) -> PathBuf {
+    pub(super) fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
 }
@@ -82,72 +82,8 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     }
     section("8. a node: zosd run on a loop-file pool, in namespaces of its own");
     cargo(&["build", "--quiet", "-p", "zosd"])?;
-    let mut node = Node {
-        dir: d.dir.join("node"),
-        world: World::create("zd").context("making the node's namespaces")?,
-        zosd: None,
-    };
-    std::fs::create_dir_all(&node.dir)?;
-    let (n, i) = (node.world.node.clone(), node.world.inet.clone());
-    println!(
-        "  namespaces {n} (the node, uplink {UPLINK} {NODE_IP}) and {i} (the internet, {INET_IP})"
-    );
-
-    let config = node.dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"notary = "{notary}"
-state_dir = "{state}"
-store_roots = ["{demo}"]
-
-[storage]
-pools_root = "{dir}/pools"
-loop_files = [{{ path = "{dir}/disk0.img", size_gib = 4 }}]
-label_prefix = "{prefix}"
-
-[network]
-uplink = "{UPLINK}"
-prefix = "{prefix}"
-node_netns = "{node_netns}"
-"#,
-            notary = d.notary,
-            demo = d.dir.display(),
-            state = node.state().display(),
-            dir = node.dir.display(),
-            prefix = node.world.prefix,
-            node_netns = node.world.path(&n).display(),
-        ),
-    )?;
-    println!("  $ zosd run --config {}", config.display());
-    let mut child = Command::new(target_dir().join("debug/zosd"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(node.dir.join("zosd.log"))?)
-        .spawn()
-        .context("starting zosd")?;
-    let stdout = child.stdout.take().expect("piped");
-    node.zosd = Some(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx.recv_timeout(WAIT).with_context(|| {
-        format!(
-            "zosd did not start; see {}",
-            node.dir.join("zosd.log").display()
-        )
-    })?;
-    println!("  {line}");
-    let node_key = line
-        .strip_prefix("zosd: node ")
-        .and_then(|r| r.split(' ').next())
-        .context("unexpected first line from zosd")?
-        .to_string();
+    let (node, node_key) = start(d, "node", "zd", "")?;
+    let i = node.world.inet.clone();
 
     section("9. the sample flist: built, packed, signed; the blueprint pins it");
     sample_blueprint(d)?;
@@ -251,6 +187,86 @@ node_netns = "{node_netns}"
     drop(node);
     println!("  zosd stopped; pool unmounted, loop device detached, namespaces removed");
     Ok(())
+}
+
+/// Starts `zosd run` for a node named `name` (its directory under the demo's), in
+/// namespaces of the test kit's `tag`, with `extra` lines at the end of its
+/// configuration's top-level keys (`farm = "…"`); returns it and its key.
+pub(super) fn start(
+    d: &Demo,
+    name: &str,
+    tag: &str,
+    extra: &str,
+) -> anyhow::Result<(Node, String)> {
+    let mut node = Node {
+        dir: d.dir.join(name),
+        world: World::create(tag).context("making the node's namespaces")?,
+        zosd: None,
+    };
+    std::fs::create_dir_all(&node.dir)?;
+    let (n, i) = (node.world.node.clone(), node.world.inet.clone());
+    println!(
+        "  namespaces {n} (the node, uplink {UPLINK} {NODE_IP}) and {i} (the internet, {INET_IP})"
+    );
+
+    let config = node.dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"notary = "{notary}"
+state_dir = "{state}"
+store_roots = ["{demo}"]
+{extra}
+[storage]
+pools_root = "{dir}/pools"
+loop_files = [{{ path = "{dir}/disk0.img", size_gib = 4 }}]
+label_prefix = "{prefix}"
+
+[network]
+uplink = "{UPLINK}"
+prefix = "{prefix}"
+node_netns = "{node_netns}"
+"#,
+            notary = d.notary,
+            demo = d.dir.display(),
+            state = node.state().display(),
+            dir = node.dir.display(),
+            prefix = node.world.prefix,
+            node_netns = node.world.path(&n).display(),
+        ),
+    )?;
+    println!("  $ zosd run --config {}", config.display());
+    let mut child = Command::new(target_dir().join("debug/zosd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(node.dir.join("zosd.log"))?)
+        .spawn()
+        .context("starting zosd")?;
+    let stdout = child.stdout.take().expect("piped");
+    node.zosd = Some(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Its lines until the one that names it (a node in a farm says first that it
+    // registers).
+    let key = loop {
+        let line = rx.recv_timeout(WAIT).with_context(|| {
+            format!(
+                "zosd did not start; see {}",
+                node.dir.join("zosd.log").display()
+            )
+        })?;
+        println!("  {line}");
+        if let Some(rest) = line.strip_prefix("zosd: node ") {
+            break rest.split(' ').next().unwrap_or_default().to_string();
+        }
+    };
+    Ok((node, key))
 }
 
 /// The sample flist built, packed and signed under `flist/`, and `hello.blueprint.json`
@@ -524,7 +540,7 @@ pub(super) fn wait_status_for(
     .or_else(|s| bail!("{id}: the node did not get there; last status: {s}"))
 }
 
-fn container_pid(node: &Node, name: &str) -> Option<i32> {
+pub(super) fn container_pid(node: &Node, name: &str) -> Option<i32> {
     let path = node
         .state()
         .join("containers/state")

@@ -1,0 +1,228 @@
+//! The demo's grid step (docs/grid.md): three nodes of one farm, each `zosd run` in
+//! namespaces of its own; the orchestrator `zos bot run` places a contract's two
+//! replicas on two of them; one node dies (zosd and its workload killed, its namespaces
+//! removed) and, `after_s` later, its replica runs on the third node; `zos contract
+//! status --farm` shows the move.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::node::{self, Node};
+use super::{section, Demo};
+
+const FARM: &str = "demo-grid";
+const ID: &str = "grid-hello";
+/// The floor of `failover.after_s`.
+const AFTER_S: u64 = 10;
+
+/// The orchestrator's process; killed on drop.
+struct Bot(Child);
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(d: &Demo) -> anyhow::Result<()> {
+    section(
+        "15. the grid: a farm's orchestrator places two replicas; a node dies; its replica moves",
+    );
+    d.step(&["key", "new", "--out", "grid-farmer.key"])?;
+    d.step(&[
+        "farm",
+        "create",
+        FARM,
+        "--name",
+        "the demo's grid",
+        "--key",
+        "grid-farmer.key",
+        "--notary",
+        &d.notary,
+    ])?;
+    let bot_key = d.step(&["key", "new", "--out", "bot.key"])?;
+    let farm_line = format!("farm = \"{FARM}\"");
+    let mut nodes: Vec<Option<(Node, String)>> = Vec::new();
+    for n in 0..3 {
+        let (node, key) = node::start(d, &format!("grid{n}"), &format!("zg{n}"), &farm_line)?;
+        nodes.push(Some((node, key)));
+    }
+    println!("\n$ zos bot run --key bot.key --notary {}", d.notary);
+    let bot = Bot(Command::new(&d.zos)
+        .args(["bot", "run", "--key", "bot.key", "--notary", &d.notary])
+        .current_dir(&d.dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(d.path("bot.log"))?)
+        .stderr(std::fs::File::create(d.path("bot.err.log"))?)
+        .spawn()
+        .context("starting zos bot run")?);
+
+    let owner = d.step(&["key", "show", "owner.key"])?;
+    let legal = d.step(&["key", "show", "legal.key"])?;
+    let after_s = AFTER_S.to_string();
+    d.step(&[
+        "contract",
+        "new",
+        "--blueprint",
+        "hello.blueprint.json",
+        "--param",
+        "users=10",
+        "--owner",
+        &owner,
+        "--farm",
+        FARM,
+        "--replicas",
+        "2",
+        "--orchestrator",
+        &bot_key,
+        "--failover",
+        "move",
+        "--after-s",
+        &after_s,
+        "--stakeholder",
+        &format!("{legal}:1:required"),
+        "--threshold",
+        "1",
+        "--expires",
+        "1d",
+        "--id",
+        ID,
+        "-o",
+        "grid.json",
+    ])?;
+    for who in ["owner", "legal"] {
+        d.step(&[
+            "contract",
+            "sign",
+            "grid.json",
+            "--key",
+            &format!("{who}.key"),
+        ])?;
+    }
+    let t = Instant::now();
+    d.step(&[
+        "contract",
+        "publish",
+        "grid.json",
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+    ])?;
+    let placed = wait_placement(d, "both replicas running", |r| {
+        replicas(r).iter().all(|(_, _, state)| state == "running")
+    })?;
+    println!(
+        "  both replicas running {} ms after publishing",
+        t.elapsed().as_millis()
+    );
+    d.step(&[
+        "contract", "status", ID, "--farm", FARM, "--notary", &d.notary,
+    ])?;
+
+    // The node of replica 0 dies: zosd and its workload killed, its namespaces gone.
+    let (_, victim_key, _) = replicas(&placed)[0].clone();
+    let at = nodes
+        .iter()
+        .position(|n| n.as_ref().is_some_and(|(_, k)| *k == victim_key))
+        .context("replica 0 is on none of the demo's nodes")?;
+    let (mut victim, _) = nodes[at].take().expect("present");
+    kill(&mut victim)?;
+    drop(victim);
+    let t = Instant::now();
+    println!("  node {victim_key} killed (zosd, its workload, its namespaces)");
+    let moved = wait_placement(d, "replica 0 running on another node", |r| {
+        let list = replicas(r);
+        list[0].1 != victim_key && list[0].2 == "running"
+    })?;
+    let elapsed = t.elapsed();
+    let to = replicas(&moved)[0].1.clone();
+    println!(
+        "  replica 0 running on {to} {:.1} s after the kill (after_s = {AFTER_S}; liveness TTL 2 s)",
+        elapsed.as_secs_f64()
+    );
+    d.step(&[
+        "contract", "status", ID, "--farm", FARM, "--notary", &d.notary,
+    ])?;
+
+    // The owner cancels it at the farm's key: both replicas' nodes remove it.
+    d.step(&[
+        "contract",
+        "cancel",
+        ID,
+        "--farm",
+        FARM,
+        "--key",
+        "owner.key",
+        "--notary",
+        &d.notary,
+    ])?;
+    for (_, key) in nodes.iter().flatten() {
+        if replicas(&moved).iter().any(|(_, k, _)| k == key) {
+            node::wait_status_for(d, key, ID, Duration::from_secs(60), |s| {
+                s["state"] == "cancelled"
+            })?;
+        }
+    }
+    println!("  cancelled on both nodes");
+    drop(bot);
+    drop(nodes);
+    Ok(())
+}
+
+/// Kills the node's zosd (SIGKILL, no goodbye) and the workload it ran.
+fn kill(node: &mut Node) -> anyhow::Result<()> {
+    if let Some(mut z) = node.zosd.take() {
+        z.kill().context("killing zosd")?;
+        z.wait()?;
+    }
+    if let Some(pid) = node::container_pid(node, &format!("{ID}.app")) {
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?;
+    }
+    Ok(())
+}
+
+/// `(replica, node, state)` of each replica in the placement record.
+fn replicas(record: &Value) -> Vec<(u64, String, String)> {
+    record["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["replica"].as_u64().unwrap_or(0),
+                r["node"].as_str().unwrap_or("").to_string(),
+                r["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Polls the placement record (`zos contract status --farm --json`) until `pred` holds
+/// (at most 90 s: `after_s` plus provisioning on a loaded machine).
+fn wait_placement(d: &Demo, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let poll = || {
+        let out = Command::new(&d.zos)
+            .args([
+                "contract", "status", ID, "--farm", FARM, "--notary", &d.notary, "--json",
+            ])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    };
+    crate::status::poll_until(
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        poll,
+        |r| !r.is_null() && pred(r),
+    )
+    .or_else(|last| bail!("{what}: not reached; last placement record: {last}"))
+}
