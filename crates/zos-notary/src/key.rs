@@ -14,6 +14,7 @@
 //! nodes/<node_key>/assignments/<contract_id>/<replica>
 //! grid/<farm_id>/contracts/<contract_id>
 //! grid/<farm_id>/placements/<contract_id>
+//! grid/<farm_id>/drains/<node_key>
 //! orchestrators/<key>/leader
 //! blueprints/<sha256>
 //! ```
@@ -176,6 +177,16 @@ pub enum KeyKind {
         /// The contract's id.
         contract_id: String,
     },
+    /// `grid/<farm_id>/drains/<node_key>`: the farmer's drain (or undrain) of a node of
+    /// the farm. The notary cannot know the farmer, so it checks no author here: readers
+    /// (the orchestrator, `zos node drain`) accept it only when signed by the farmer of
+    /// the farm record `farms/<farm_id>` (docs/grid.md, "Drain").
+    Drain {
+        /// The farm.
+        farm_id: String,
+        /// The node drained.
+        node: PublicKey,
+    },
     /// `orchestrators/<key>/leader`: which instance of orchestrator `key` leads (a
     /// leased record); authored by that key.
     Leader {
@@ -247,6 +258,10 @@ impl NotaryKey {
     /// `grid/<farm_id>/placements/<contract_id>`.
     pub fn placement(farm_id: &str, contract_id: &str) -> Result<Self, KeyError> {
         Self::parse(&format!("grid/{farm_id}/placements/{contract_id}"))
+    }
+    /// `grid/<farm_id>/drains/<node>`; refused when `farm_id` is not a valid segment.
+    pub fn drain(farm_id: &str, node: &PublicKey) -> Result<Self, KeyError> {
+        Self::parse(&format!("grid/{farm_id}/drains/{node}"))
     }
     /// `orchestrators/<key>/leader`.
     pub fn leader(orchestrator: &PublicKey) -> Self {
@@ -393,6 +408,10 @@ fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
             farm_id: farm.to_string(),
             contract_id: id.to_string(),
         },
+        ["grid", farm, "drains", n] => KeyKind::Drain {
+            farm_id: farm.to_string(),
+            node: node(n)?,
+        },
         ["orchestrators", k, "leader"] => KeyKind::Leader {
             orchestrator: hex32(s, k, "orchestrator key")?,
         },
@@ -493,7 +512,8 @@ impl KeyPrefix {
     pub fn node_assignments(node: &PublicKey) -> Self {
         KeyPrefix(format!("nodes/{node}/assignments"))
     }
-    /// Everything of the grid: placement contracts and placement records of every farm.
+    /// Everything of the grid: placement contracts, placement records and drains of
+    /// every farm.
     pub fn grid() -> Self {
         KeyPrefix("grid".into())
     }
@@ -765,6 +785,41 @@ mod tests {
         );
         assert!(NotaryKey::parse("orchestrators/abc/leader").is_err());
         assert!(NotaryKey::parse("grid/f1/other/web").is_err());
+    }
+
+    #[test]
+    fn a_drain_key_names_a_farm_and_a_node_and_no_author() {
+        let n = node();
+        let h = n.to_hex();
+        let d = NotaryKey::drain("f1", &n).unwrap();
+        assert_eq!(d.as_str(), format!("grid/f1/drains/{h}"));
+        assert_eq!(
+            d.kind(),
+            KeyKind::Drain {
+                farm_id: "f1".into(),
+                node: n
+            }
+        );
+        assert_eq!(NotaryKey::parse(d.as_str()).unwrap(), d);
+        assert_eq!(
+            d.node_owner(),
+            None,
+            "the farmer writes it; the notary cannot know the farmer, readers check"
+        );
+        assert!(d.has_prefix(&KeyPrefix::grid()));
+        assert!(!d.has_prefix(&KeyPrefix::node(&n)));
+        assert!(matches!(
+            NotaryKey::parse("grid/f1/drains/abc"),
+            Err(KeyError::BadHex { .. })
+        ));
+        assert!(matches!(
+            NotaryKey::parse(&format!("grid/f1/drains/{h}/x")),
+            Err(KeyError::UnknownLayout(_))
+        ));
+        assert!(matches!(
+            NotaryKey::drain("..", &n),
+            Err(KeyError::PathTraversal(_))
+        ));
     }
 
     #[test]

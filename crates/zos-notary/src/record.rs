@@ -183,7 +183,9 @@ impl Record {
     /// Checks the key is a valid layout key, the author may write it (node-owned keys:
     /// registration, status, heartbeat and alive must be signed by that node; a contract key by
     /// the contract's owner or a stakeholder, a cancellation by its owner) and the
-    /// signature.
+    /// signature. Farm records and drains (`grid/<farm>/drains/<node>`) are written by
+    /// the farmer, whom the notary cannot know: their readers check that author against
+    /// the farm record (zos-registry's `Farm`, zos-grid's `Drain`).
     pub fn verify(&self) -> Result<(), RecordError> {
         let key = self.notary_key()?;
         if let Some(owner) = key.node_owner() {
@@ -675,6 +677,25 @@ mod tests {
             forged.verify(),
             Err(RecordError::WrongAuthor { .. })
         ));
+    }
+
+    #[test]
+    fn a_drain_record_verifies_for_any_author_its_readers_check_the_farmer() {
+        // The notary does not know farms' farmers: a drain is stored whoever signed it,
+        // and the orchestrator ignores one not signed by the farm record's farmer
+        // (crates/zos-grid/tests/bot.rs). The signature and the key still bind it.
+        let node = sk(7).public();
+        let key = NotaryKey::drain("f1", &node).unwrap();
+        for author in [sk(8), sk(9)] {
+            let r = Record::sign_at(&key, json!({"drained": true}), &author, 1).unwrap();
+            r.verify().unwrap();
+            let mut moved = r.clone();
+            moved.key = NotaryKey::drain("f2", &node).unwrap().to_string();
+            assert!(matches!(
+                moved.verify(),
+                Err(RecordError::BadSignature { .. })
+            ));
+        }
     }
 
     #[test]
