@@ -20,6 +20,15 @@
 //! delay a move by one `after_s`, never hasten it. Heartbeats only tell what a node has
 //! reserved.
 //!
+//! **Drains** (docs/grid.md, "Drain"): a node whose farmer signed
+//! `grid/<farm>/drains/<node>` with `{"drained": true}` gets nothing new, and its
+//! replicas are handed over make-before-break ([`crate::plan`]). The notary stores a
+//! drain whoever signed it, so the bot reads the farm record `farms/<farm>` and accepts
+//! a drain only from its farmer: the first farmer it saw for the farm (a farm record
+//! replaced by another key's is not believed, as nodes pin their farmer), and per drain
+//! key never an older record than one it accepted (a replayed drain after an undrain).
+//! Any other drain is ignored, logged and listed in [`Round::ignored_drains`].
+//!
 //! [`Bot::run`] leads through a leased record at `orchestrators/<key>/leader` (created
 //! only if absent: one leader; an etcd lease, or on `dir://` the lease mark judged on
 //! the one kernel's clock), renews it, and runs a round on every change in the notary
@@ -38,8 +47,10 @@ use zos_engine::{Capacity, State, StatusReport};
 use zos_notary::{Expect, KeyKind, KeyPrefix, Notary, NotaryError, NotaryKey, Record};
 use zos_registry::{Heartbeat, NodeResources, Registration};
 
+use zos_registry::Farm;
+
 use crate::plan::{self, ContractView, NodeView, ReplicaView, Report, Step};
-use crate::record::{Move, PlacementRecord, Refusal, ReplicaState};
+use crate::record::{Drain, Handover, Move, PlacementRecord, Refusal, ReplicaState};
 
 /// The longest a bot waits between rounds when nothing changes: nodes fall silent
 /// without any write to wake it.
@@ -76,6 +87,13 @@ pub struct Round {
     pub conflicts: usize,
     /// Contracts skipped, with why (not verified, no blueprint).
     pub skipped: Vec<(String, String)>,
+    /// Handovers completed: (contract, replica, from, to, epoch).
+    pub handed: Vec<(String, u64, PublicKey, PublicKey, u64)>,
+    /// The nodes drained, as this round believed the drain records.
+    pub drained: Vec<PublicKey>,
+    /// Drain records not believed, with why (not signed by the farm's farmer, no farm
+    /// record, older than one accepted).
+    pub ignored_drains: Vec<(String, String)>,
 }
 
 /// One placement contract as read, verified.
@@ -95,6 +113,13 @@ pub struct Bot<N> {
     /// Nodes whose alive record is absent, with the bot second of the first round that
     /// saw it absent.
     absent_since: HashMap<PublicKey, u64>,
+    /// Per farm, the farmer of the first valid farm record seen: drains are believed
+    /// from that key only.
+    farmers: HashMap<String, PublicKey>,
+    /// Per drain key, the newest drain accepted: its `signed_at` and whether it drains.
+    drains: HashMap<String, (u64, bool)>,
+    /// Per drain key, why it was last ignored (logged once per change).
+    ignored: HashMap<String, String>,
 }
 
 impl<N: Notary> Bot<N> {
@@ -106,6 +131,9 @@ impl<N: Notary> Bot<N> {
             limits: Limits::default(),
             started: Instant::now(),
             absent_since: HashMap::new(),
+            farmers: HashMap::new(),
+            drains: HashMap::new(),
+            ignored: HashMap::new(),
         }
     }
 
@@ -155,6 +183,7 @@ impl<N: Notary> Bot<N> {
         }
 
         let mut round = Round::default();
+        let drained = self.read_drains(&grid, &mut round).await?;
         let placed = self.read_contracts(&grid, &me, &mut round).await;
         round.contracts = placed.len();
 
@@ -171,7 +200,7 @@ impl<N: Notary> Bot<N> {
                         last_seen: self.seen(key, present, now),
                         alive: present,
                         free: *capacity,
-                        drained: false,
+                        drained: drained.contains(&(farm.clone(), *key)),
                     };
                     if let Some(r) = reserved.get(key) {
                         v.reserve(r);
@@ -183,8 +212,11 @@ impl<N: Notary> Bot<N> {
         }
         for p in &placed {
             let Some((_, rec)) = &p.prev else { continue };
-            for r in &rec.replicas {
-                let Some(node) = r.node else { continue };
+            let taken = rec.replicas.iter().flat_map(|r| {
+                let handover = r.handover.map(|h| h.node);
+                r.node.into_iter().chain(handover)
+            });
+            for node in taken {
                 let running = statuses
                     .get(&(node, rec.contract.clone()))
                     .is_some_and(|s| s.version == Some(p.doc.contract.version));
@@ -205,6 +237,82 @@ impl<N: Notary> Bot<N> {
                 .await?;
         }
         Ok(round)
+    }
+
+    /// The drained nodes, (farm, node), from the drain records in `grid` that are the
+    /// farmer's word (see the module docs); the others are logged and listed in
+    /// `round.ignored_drains`.
+    async fn read_drains(
+        &mut self,
+        grid: &[Record],
+        round: &mut Round,
+    ) -> Result<HashSet<(String, PublicKey)>, BotError> {
+        let mut drained = HashSet::new();
+        let mut farms: HashMap<String, Result<Farm, String>> = HashMap::new();
+        for r in grid {
+            let Ok(KeyKind::Drain { farm_id, node }) = r.notary_key().map(|k| k.kind()) else {
+                continue;
+            };
+            if !farms.contains_key(&farm_id) {
+                let farm = self.farm(&farm_id).await?;
+                farms.insert(farm_id.clone(), farm);
+            }
+            let verdict = match &farms[&farm_id] {
+                Err(why) => Err(why.clone()),
+                Ok(farm) => match Drain::from_record(r, farm) {
+                    Err(e) => Err(e.to_string()),
+                    Ok((_, d)) => match self.drains.get(&r.key) {
+                        Some((at, _)) if r.signed_at < *at => Err(format!(
+                            "signed at {} , before the drain record accepted for it (signed at {at}): a replay",
+                            r.signed_at
+                        )),
+                        _ => Ok(d.drained),
+                    },
+                },
+            };
+            match verdict {
+                Ok(d) => {
+                    self.drains.insert(r.key.clone(), (r.signed_at, d));
+                    if self.ignored.remove(&r.key).is_some() || d {
+                        tracing::debug!(key = %r.key, drained = d, "drain record accepted");
+                    }
+                }
+                Err(why) => {
+                    if self.ignored.get(&r.key) != Some(&why) {
+                        tracing::warn!(key = %r.key, author = %r.author, %why, "drain record ignored");
+                        self.ignored.insert(r.key.clone(), why.clone());
+                    }
+                    round.ignored_drains.push((r.key.clone(), why));
+                }
+            }
+            // An ignored record leaves the drain accepted before it, if any, in force.
+            if self.drains.get(&r.key).is_some_and(|(_, d)| *d) {
+                drained.insert((farm_id, node));
+                round.drained.push(node);
+            }
+        }
+        Ok(drained)
+    }
+
+    /// Farm `id`'s record, with the farmer pinned at its first sight; or why drains of
+    /// it are not believed.
+    async fn farm(&mut self, id: &str) -> Result<Result<Farm, String>, BotError> {
+        let key = NotaryKey::farm(id).map_err(NotaryError::from)?;
+        let Some(record) = self.notary.get(&key).await? else {
+            return Ok(Err(format!("no farm record {key}")));
+        };
+        let farm = match Farm::from_record(&record) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(format!("the farm record {key} is not valid: {e}"))),
+        };
+        let pinned = *self.farmers.entry(id.to_string()).or_insert(farm.farmer);
+        if pinned != farm.farmer {
+            return Ok(Err(format!(
+                "the farm record {key} now names farmer {}, not {pinned} seen first: not believed",
+                farm.farmer
+            )));
+        }
+        Ok(Ok(farm))
     }
 
     /// Up to when `node` counts as seen ([`NodeView::last_seen`]): now while its alive
@@ -354,6 +462,24 @@ impl<N: Notary> Bot<N> {
                 _ => Report::Pending,
             }
         };
+        // A handover node's report counts only for that replica at that epoch: it may
+        // have run the contract before.
+        let handover_report = |node: &PublicKey, replica: u64, epoch: u64| -> Report {
+            match statuses.get(&(*node, c.id.clone())) {
+                Some(s)
+                    if s.version == Some(c.version) && s.replica.is_none_or(|r| r == replica) =>
+                {
+                    match s.state {
+                        State::Ok if s.epoch == Some(epoch) => Report::Ok,
+                        State::Refused if s.epoch.is_none_or(|e| e == epoch) => {
+                            Report::Refused(s.message.clone())
+                        }
+                        _ => Report::Pending,
+                    }
+                }
+                _ => Report::Pending,
+            }
+        };
         let replicas: Vec<ReplicaView> = (0..placement.replicas)
             .map(|k| {
                 let r = rec.replica_mut(k).clone();
@@ -367,6 +493,10 @@ impl<N: Notary> Bot<N> {
                         .iter()
                         .map(|x| (x.node, x.reason.clone()))
                         .collect(),
+                    handover: r.handover.map(|h| (h.node, h.epoch)),
+                    handover_report: r
+                        .handover
+                        .map_or(Report::Pending, |h| handover_report(&h.node, k, h.epoch)),
                 }
             })
             .collect();
@@ -380,9 +510,19 @@ impl<N: Notary> Bot<N> {
 
         // The record after the steps, and the reports of replicas that stay.
         let before = rec.clone();
-        let mut assignments = Vec::new();
+        // Assignments to write, (replica, node, epoch), and to delete, (replica, node).
+        let mut assignments: Vec<(u64, PublicKey, u64)> = Vec::new();
+        let mut replaced: Vec<(u64, PublicKey)> = Vec::new();
         for v in &replicas {
             let r = rec.replica_mut(v.replica);
+            if let (Some(h), Report::Refused(why)) = (r.handover, &v.handover_report) {
+                if !r.refused_on.iter().any(|x| x.node == h.node) {
+                    r.refused_on.push(Refusal {
+                        node: h.node,
+                        reason: why.clone(),
+                    });
+                }
+            }
             if let Some(node) = r.node {
                 match &v.report {
                     Report::Ok => set(r, ReplicaState::Running, ""),
@@ -410,6 +550,13 @@ impl<N: Notary> Bot<N> {
                     let from = r.node;
                     r.node = Some(*node);
                     r.epoch = *epoch;
+                    // A handover that did not complete: its node stops on this higher
+                    // epoch elsewhere.
+                    if let Some(h) = r.handover.take() {
+                        if h.node != *node {
+                            replaced.push((*replica, h.node));
+                        }
+                    }
                     set(r, ReplicaState::Assigned, "");
                     rec.push_move(Move {
                         replica: *replica,
@@ -422,7 +569,65 @@ impl<N: Notary> Bot<N> {
                     if let Some(v) = farm_nodes.iter_mut().find(|n| n.key == *node) {
                         v.reserve(&p.needs);
                     }
-                    assignments.push((*replica, *node, *epoch, from));
+                    assignments.push((*replica, *node, *epoch));
+                    if let Some(old) = from.filter(|f| f != node) {
+                        replaced.push((*replica, old));
+                    }
+                }
+                Step::Handover {
+                    replica,
+                    node,
+                    epoch,
+                } => {
+                    let r = rec.replica_mut(*replica);
+                    let previous = r.handover.replace(Handover {
+                        node: *node,
+                        epoch: *epoch,
+                    });
+                    if let Some(h) = previous.filter(|h| h.node != *node) {
+                        replaced.push((*replica, h.node));
+                    }
+                    if let Some(v) = farm_nodes.iter_mut().find(|n| n.key == *node) {
+                        v.reserve(&p.needs);
+                    }
+                    assignments.push((*replica, *node, *epoch));
+                    tracing::info!(contract = %c.id, replica, %node, epoch, "handover started (its node is drained)");
+                }
+                Step::Handed {
+                    replica,
+                    from,
+                    to,
+                    epoch,
+                    reason,
+                } => {
+                    let running = replicas
+                        .iter()
+                        .any(|v| v.replica == *replica && v.handover_report == Report::Ok);
+                    let r = rec.replica_mut(*replica);
+                    r.node = Some(*to);
+                    r.epoch = *epoch;
+                    r.handover = None;
+                    if running {
+                        set(r, ReplicaState::Running, "");
+                    } else {
+                        set(r, ReplicaState::Assigned, "");
+                    }
+                    rec.push_move(Move {
+                        replica: *replica,
+                        from: Some(*from),
+                        to: *to,
+                        epoch: *epoch,
+                        reason: reason.clone(),
+                        at: wall,
+                    });
+                    // Its assignment is written already; only the old one goes.
+                    replaced.push((*replica, *from));
+                    round
+                        .handed
+                        .push((c.id.clone(), *replica, *from, *to, *epoch));
+                }
+                Step::DrainBlocked { replica, why } => {
+                    rec.replica_mut(*replica).detail = why.clone();
                 }
                 Step::Lost {
                     replica, silent_s, ..
@@ -444,9 +649,13 @@ impl<N: Notary> Bot<N> {
         }
         if reissue {
             for r in &rec.replicas {
-                if let Some(node) = r.node {
-                    if !assignments.iter().any(|(k, ..)| *k == r.replica) {
-                        assignments.push((r.replica, node, r.epoch, None));
+                let handover = r.handover.map(|h| (h.node, h.epoch));
+                for (node, epoch) in r.node.map(|n| (n, r.epoch)).into_iter().chain(handover) {
+                    if !assignments
+                        .iter()
+                        .any(|(k, n, _)| *k == r.replica && *n == node)
+                    {
+                        assignments.push((r.replica, node, epoch));
                     }
                 }
             }
@@ -472,7 +681,7 @@ impl<N: Notary> Bot<N> {
             }
             Err(e) => return Err(e.into()),
         }
-        for (replica, node, epoch, from) in assignments {
+        for (replica, node, epoch) in assignments {
             let assignment = Assignment {
                 contract: c.id.clone(),
                 version: c.version,
@@ -494,14 +703,13 @@ impl<N: Notary> Bot<N> {
                 .await?;
             tracing::info!(contract = %c.id, replica, %node, epoch, "assigned");
             round.assigned.push((c.id.clone(), replica, node, epoch));
-            if let Some(old) = from.filter(|f| *f != node) {
-                // The old node stops on the newer epoch anyway (or has fenced); this
-                // only tidies its directory.
-                let old_key =
-                    NotaryKey::assignment(&old, &c.id, replica).map_err(NotaryError::from)?;
-                if let Err(e) = self.notary.delete(&old_key).await {
-                    tracing::warn!(contract = %c.id, replica, node = %old, error = %e, "removing a replaced assignment");
-                }
+        }
+        for (replica, old) in replaced {
+            // The old node stops on the newer epoch elsewhere anyway (or has fenced);
+            // this only tidies its directory.
+            let old_key = NotaryKey::assignment(&old, &c.id, replica).map_err(NotaryError::from)?;
+            if let Err(e) = self.notary.delete(&old_key).await {
+                tracing::warn!(contract = %c.id, replica, node = %old, error = %e, "removing a replaced assignment");
             }
         }
         Ok(())

@@ -9,4 +9,4 @@ pub mod record;
 
 pub use bot::{Bot, BotError, Round};
 pub use plan::{plan, ContractView, NodeView, Reason, ReplicaView, Report, Step, MAX_REFUSALS};
-pub use record::{Move, PlacementRecord, ReplicaRecord, ReplicaState};
+pub use record::{Drain, DrainError, Handover, Move, PlacementRecord, ReplicaRecord, ReplicaState};

@@ -21,6 +21,14 @@
 //!   the contract (a bad flist) must not bounce around the farm forever, while nodes
 //!   refusing for reasons of their own (full, a failed disk) are only avoided.
 //! - A replica that cannot be placed now keeps its assignment, if any, and is reported.
+//! - A replica on a **drained** node is handed over, make-before-break: it stays where
+//!   it is while another node (chosen as above) starts it at the next epoch; once that
+//!   node reports it `ok`, the replica is moved there (reason `drain`) and the drained
+//!   node stops its copy. A handover node that refuses it, or is lost, is replaced by
+//!   another at a still higher epoch (the refusals bounded as above); a drained node that
+//!   is lost meanwhile fails over as any, to the handover node if that one is live. A
+//!   handover is never dropped otherwise (not even by an undrain: it completes), so
+//!   every node that was ever given the replica sees a higher epoch elsewhere in the end.
 
 use std::collections::BTreeSet;
 
@@ -76,6 +84,11 @@ pub struct ReplicaView {
     /// The nodes that refused this replica before, with their reasons (from the
     /// orchestrator's status record).
     pub refused_on: Vec<(PublicKey, String)>,
+    /// A handover in progress (its node is drained): the node taking it over and the
+    /// epoch of its assignment there.
+    pub handover: Option<(PublicKey, u64)>,
+    /// The handover node's report of the replica at that epoch.
+    pub handover_report: Report,
 }
 
 /// A placement contract as the orchestrator sees it.
@@ -112,6 +125,11 @@ pub enum Reason {
         /// The reason it published.
         reason: String,
     },
+    /// Its node was drained by the farmer: handed over, make-before-break.
+    Drain {
+        /// The drained node.
+        node: PublicKey,
+    },
 }
 
 /// One thing to do, or to report, for one replica.
@@ -145,6 +163,39 @@ pub enum Step {
         /// Why no node can take it: the farm's nodes counted by what rules each out.
         why: String,
     },
+    /// Its node is drained: start it on `node` at `epoch` while it keeps running where
+    /// it is (the placement record keeps its node and epoch and gains the handover).
+    Handover {
+        /// The replica.
+        replica: u64,
+        /// The node taking it over.
+        node: PublicKey,
+        /// The epoch of its assignment there.
+        epoch: u64,
+    },
+    /// The handover node reports it `ok` (or the drained node is lost while the
+    /// handover node is live): the replica now runs there, at the handover's epoch; the
+    /// old node's assignment goes (its node stops on the higher epoch elsewhere).
+    Handed {
+        /// The replica.
+        replica: u64,
+        /// The node it leaves.
+        from: PublicKey,
+        /// The handover node.
+        to: PublicKey,
+        /// The handover's epoch.
+        epoch: u64,
+        /// `drain`, or `node_lost` when the drained node was lost meanwhile.
+        reason: Reason,
+    },
+    /// Its node is drained, but no node can take it over now (or refusals gave it up):
+    /// it keeps running where it is; tried again next round.
+    DrainBlocked {
+        /// The replica.
+        replica: u64,
+        /// Why.
+        why: String,
+    },
     /// Refused by [`MAX_REFUSALS`] nodes for the same reason: no more attempts.
     GivenUp {
         /// The replica.
@@ -160,22 +211,28 @@ pub fn plan(contract: &ContractView<'_>, nodes: &[NodeView], now: u64) -> Vec<St
     let p = contract.placement;
     let after = p.failover.after_s;
     let live = |n: &NodeView| n.last_seen > 0 && now.saturating_sub(n.last_seen) <= after;
+    let is_live = |key: &PublicKey| nodes.iter().any(|n| n.key == *key && live(n));
+    let drained = |key: &PublicKey| nodes.iter().any(|n| n.key == *key && n.drained);
     let silent = |key: &PublicKey| {
         nodes
             .iter()
             .find(|n| n.key == *key)
             .map_or(now, |n| now.saturating_sub(n.last_seen))
     };
-    // Nodes running a replica that stays where it is: no second replica goes there.
+    // Nodes running a replica that stays where it is, or taking one over: no second
+    // replica goes there.
     let mut hosting: BTreeSet<PublicKey> = BTreeSet::new();
     for r in &contract.replicas {
         if let Some((node, _)) = r.assigned {
-            let lost = !nodes.iter().any(|n| n.key == node && live(n));
+            let lost = !is_live(&node);
             let moving = matches!(r.report, Report::Refused(_))
                 || (lost && p.failover.mode == FailoverMode::Move);
             if !moving {
                 hosting.insert(node);
             }
+        }
+        if let Some((node, _)) = r.handover {
+            hosting.insert(node);
         }
     }
 
@@ -185,52 +242,117 @@ pub fn plan(contract: &ContractView<'_>, nodes: &[NodeView], now: u64) -> Vec<St
         let mut refusals: Vec<(PublicKey, String)> =
             view.map(|v| v.refused_on.clone()).unwrap_or_default();
         let mut excluded: BTreeSet<PublicKey> = refusals.iter().map(|(k, _)| *k).collect();
+        let mut refuse = |node: PublicKey, why: &String, refusals: &mut Vec<_>| {
+            if !excluded.contains(&node) {
+                refusals.push((node, why.clone()));
+            }
+            excluded.insert(node);
+        };
+        let mut handover_to = None;
         let (epoch, reason) = match view.and_then(|v| v.assigned.map(|a| (v, a))) {
             None => (1, Reason::Initial),
-            Some((v, (node, epoch))) => match &v.report {
-                Report::Refused(why) => {
-                    if !excluded.contains(&node) {
-                        refusals.push((node, why.clone()));
+            Some((v, (node, epoch))) => {
+                // Any new assignment is above every epoch given out for the replica.
+                let next = epoch.max(v.handover.map_or(0, |(_, e)| e)) + 1;
+                // The handover node's state: running it, refused it, lost, or on its way.
+                let handover = v.handover.map(|(to, at)| {
+                    let usable = is_live(&to) && !matches!(v.handover_report, Report::Refused(_));
+                    (to, at, usable)
+                });
+                if let Some((to, _, _)) = handover {
+                    if let Report::Refused(why) = &v.handover_report {
+                        refuse(to, why, &mut refusals);
                     }
-                    excluded.insert(node);
-                    let reason = Reason::Refused {
-                        node,
-                        reason: why.clone(),
-                    };
-                    (epoch + 1, reason)
                 }
-                _ if nodes.iter().any(|n| n.key == node && live(n)) => continue,
-                _ if p.failover.mode == FailoverMode::Stay => {
-                    steps.push(Step::Lost {
-                        replica,
-                        node,
-                        silent_s: silent(&node),
-                    });
-                    continue;
+                let node_live = is_live(&node);
+                match (&v.report, handover) {
+                    // The new copy runs: the replica moves there.
+                    (_, Some((to, at, true)))
+                        if v.handover_report == Report::Ok
+                            || (!node_live && p.failover.mode == FailoverMode::Move) =>
+                    {
+                        let reason = if node_live {
+                            Reason::Drain { node }
+                        } else {
+                            Reason::NodeLost {
+                                node,
+                                silent_s: silent(&node),
+                            }
+                        };
+                        steps.push(Step::Handed {
+                            replica,
+                            from: node,
+                            to,
+                            epoch: at,
+                            reason,
+                        });
+                        continue;
+                    }
+                    (Report::Refused(why), _) => {
+                        refuse(node, why, &mut refusals);
+                        let reason = Reason::Refused {
+                            node,
+                            reason: why.clone(),
+                        };
+                        (next, reason)
+                    }
+                    // A handover on its way: wait for it.
+                    (_, Some((_, _, true))) if node_live => continue,
+                    (_, handover) if node_live => {
+                        // Not drained (any more): it stays, with a handover that
+                        // failed, if any, kept as it is (its epoch stays counted).
+                        if !drained(&node) {
+                            continue;
+                        }
+                        if let Some((to, _, _)) = handover {
+                            excluded.insert(to);
+                        }
+                        excluded.insert(node);
+                        handover_to = Some(node);
+                        (next, Reason::Drain { node })
+                    }
+                    _ if p.failover.mode == FailoverMode::Stay => {
+                        steps.push(Step::Lost {
+                            replica,
+                            node,
+                            silent_s: silent(&node),
+                        });
+                        continue;
+                    }
+                    (_, handover) => {
+                        if let Some((to, _, _)) = handover {
+                            excluded.insert(to);
+                        }
+                        excluded.insert(node);
+                        let reason = Reason::NodeLost {
+                            node,
+                            silent_s: silent(&node),
+                        };
+                        (next, reason)
+                    }
                 }
-                _ => {
-                    excluded.insert(node);
-                    let reason = Reason::NodeLost {
-                        node,
-                        silent_s: silent(&node),
-                    };
-                    (epoch + 1, reason)
-                }
-            },
+            }
         };
         // The same reason from several nodes is a fault of the contract's; different
         // ones (a full node, then a bad disk) are the nodes' and only exclude them.
         if let Some((reason, n)) = most_common(&refusals) {
             if n >= MAX_REFUSALS {
-                steps.push(Step::GivenUp {
-                    replica,
-                    reason: format!("refused on {n} nodes for the same reason: {reason}"),
+                let reason = format!("refused on {n} nodes for the same reason: {reason}");
+                steps.push(match handover_to {
+                    Some(_) => Step::DrainBlocked {
+                        replica,
+                        why: format!("drained; no handover: {reason}"),
+                    },
+                    None => Step::GivenUp { replica, reason },
                 });
                 continue;
             }
         }
-        match choose(contract, nodes, &hosting, &excluded, &live) {
-            Ok(i) => {
+        match (
+            choose(contract, nodes, &hosting, &excluded, &live),
+            handover_to,
+        ) {
+            (Ok(i), None) => {
                 let node = nodes[i].key;
                 hosting.insert(node);
                 steps.push(Step::Assign {
@@ -240,7 +362,20 @@ pub fn plan(contract: &ContractView<'_>, nodes: &[NodeView], now: u64) -> Vec<St
                     reason,
                 });
             }
-            Err(why) => steps.push(Step::Unplaceable { replica, why }),
+            (Ok(i), Some(_)) => {
+                let node = nodes[i].key;
+                hosting.insert(node);
+                steps.push(Step::Handover {
+                    replica,
+                    node,
+                    epoch,
+                });
+            }
+            (Err(why), None) => steps.push(Step::Unplaceable { replica, why }),
+            (Err(why), Some(_)) => steps.push(Step::DrainBlocked {
+                replica,
+                why: format!("drained; no handover: {why}"),
+            }),
         }
     }
     steps
@@ -389,6 +524,8 @@ mod tests {
             assigned: Some((key(n), epoch)),
             report,
             refused_on: Vec::new(),
+            handover: None,
+            handover_report: Report::Pending,
         }
     }
 
@@ -622,5 +759,128 @@ mod tests {
             [Step::Unplaceable { why, .. }] => assert!(why.contains("2 without room"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn handing(r: ReplicaView, to: u8, epoch: u64, report: Report) -> ReplicaView {
+        ReplicaView {
+            handover: Some((key(to), epoch)),
+            handover_report: report,
+            ..r
+        }
+    }
+
+    #[test]
+    fn a_drained_node_s_replica_is_handed_over_make_before_break() {
+        let p = placement(2, FailoverMode::Move);
+        let mut a = node(1, 64, 0);
+        a.drained = true;
+        // 2 runs the other replica; 3 has the most room of the rest.
+        let nodes = [a, node(2, 8, 0), node(3, 16, 0), node(4, 8, 0)];
+        let r0 = at(0, 1, 4, Report::Ok);
+        let r1 = at(1, 2, 1, Report::Ok);
+        // 1. The handover starts: the replica stays, 3 gets epoch 5.
+        let steps = plan(&view(&p, vec![r0.clone(), r1.clone()]), &nodes, NOW);
+        assert_eq!(
+            steps,
+            vec![Step::Handover {
+                replica: 0,
+                node: key(3),
+                epoch: 5
+            }]
+        );
+        // 2. On its way: nothing to do; nothing else goes to 3 either.
+        let waiting = handing(r0.clone(), 3, 5, Report::Pending);
+        let steps = plan(&view(&p, vec![waiting.clone(), r1.clone()]), &nodes, NOW);
+        assert!(steps.is_empty(), "{steps:?}");
+        // 3. 3 reports it ok at epoch 5: moved, reason drain.
+        let ok = handing(r0.clone(), 3, 5, Report::Ok);
+        let steps = plan(&view(&p, vec![ok, r1.clone()]), &nodes, NOW);
+        assert_eq!(
+            steps,
+            vec![Step::Handed {
+                replica: 0,
+                from: key(1),
+                to: key(3),
+                epoch: 5,
+                reason: Reason::Drain { node: key(1) }
+            }]
+        );
+        // 4. 3 refuses it: 4 at epoch 6 (above every epoch given out), never 1 or 3.
+        let refused = handing(r0.clone(), 3, 5, Report::Refused("over capacity".into()));
+        let steps = plan(&view(&p, vec![refused, r1.clone()]), &nodes, NOW);
+        assert_eq!(
+            steps,
+            vec![Step::Handover {
+                replica: 0,
+                node: key(4),
+                epoch: 6
+            }]
+        );
+        // 5. Nobody left to take it: it stays, and says why.
+        let mut r = handing(r0.clone(), 4, 6, Report::Refused("over capacity".into()));
+        r.refused_on = vec![(key(3), "over capacity".into())];
+        let steps = plan(&view(&p, vec![r, r1.clone()]), &nodes, NOW);
+        assert!(
+            matches!(&steps[..], [Step::DrainBlocked { replica: 0, why }] if why.contains("drained") && why.contains("refused")),
+            "{steps:?}"
+        );
+        // 6. Three nodes refusing for the same reason give the handover up; it stays.
+        let mut r = handing(r0.clone(), 4, 6, Report::Refused("bad flist".into()));
+        r.refused_on = vec![(key(3), "bad flist".into()), (key(5), "bad flist".into())];
+        let steps = plan(&view(&p, vec![r, r1.clone()]), &nodes, NOW);
+        assert!(
+            matches!(&steps[..], [Step::DrainBlocked { why, .. }] if why.contains("3 nodes")),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn an_undrain_completes_a_handover_and_a_lost_drained_node_fails_over_to_it() {
+        let p = placement(1, FailoverMode::Move);
+        let nodes = [node(1, 64, 0), node(3, 16, 0)];
+        // Undrained (1 is not drained here) with a handover on its way: it waits, then
+        // completes; an undrained node's replica without one stays.
+        let r0 = at(0, 1, 4, Report::Ok);
+        let waiting = handing(r0.clone(), 3, 5, Report::Pending);
+        assert!(plan(&view(&p, vec![waiting.clone()]), &nodes, NOW).is_empty());
+        assert!(plan(&view(&p, vec![r0.clone()]), &nodes, NOW).is_empty());
+        let ok = handing(r0.clone(), 3, 5, Report::Ok);
+        assert!(matches!(
+            plan(&view(&p, vec![ok]), &nodes, NOW)[..],
+            [Step::Handed { epoch: 5, .. }]
+        ));
+        // A failed handover on an undrained node stays as it is (its epoch counted).
+        let failed = handing(r0.clone(), 3, 5, Report::Refused("full".into()));
+        assert!(plan(&view(&p, vec![failed]), &nodes, NOW).is_empty());
+        // The drained node is lost before the new copy reports: failover, to the
+        // handover node, at its epoch.
+        let mut a = node(1, 64, 61);
+        a.drained = true;
+        let nodes = [a, node(3, 16, 0), node(4, 64, 0)];
+        let steps = plan(&view(&p, vec![waiting]), &nodes, NOW);
+        assert_eq!(
+            steps,
+            vec![Step::Handed {
+                replica: 0,
+                from: key(1),
+                to: key(3),
+                epoch: 5,
+                reason: Reason::NodeLost {
+                    node: key(1),
+                    silent_s: 61
+                }
+            }]
+        );
+        // And the handover node lost too: a new node above both epochs.
+        let nodes = [node(1, 64, 61), node(3, 16, 61), node(4, 8, 0)];
+        let steps = plan(
+            &view(&p, vec![handing(r0, 3, 5, Report::Pending)]),
+            &nodes,
+            NOW,
+        );
+        assert!(
+            matches!(&steps[..], [Step::Assign { node, epoch: 6, .. }] if *node == key(4)),
+            "{steps:?}"
+        );
     }
 }

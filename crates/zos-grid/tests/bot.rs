@@ -13,6 +13,13 @@
 //!   bot's clock, and the old assignment is removed; a refusal moves the replica and is
 //!   recorded; a write from a writer holding an older read of the placement record is
 //!   refused by the notary and changes nothing.
+//! - `drain_hands_over_make_before_break_and_undrain_on_*`: a drain signed by a
+//!   tenant (the contract's owner) is stored by the notary but ignored by the bot, which
+//!   says why, and nothing moves; the farmer's drain starts a handover (the replica stays
+//!   on the drained node, the new node gets the next epoch), the old assignment stays
+//!   until the new node reports `ok` at that epoch, then the record moves the replica
+//!   (reason `drain`) and the old assignment goes; the drained node gets no new replica
+//!   until the farmer undrains it; an old drain replayed after the undrain is ignored.
 //! - `two_bots_one_leader_and_a_takeover`: two instances of one key on etcd: one leads;
 //!   when it stops, the other takes over and goes on placing.
 
@@ -25,10 +32,10 @@ use zos_contract::{
     SignedAssignment, SignedContract,
 };
 use zos_engine::{State, StatusReport};
-use zos_grid::{Bot, PlacementRecord, Reason, ReplicaState};
+use zos_grid::{Bot, Drain, Handover, PlacementRecord, Reason, ReplicaState};
 use zos_notary::{AnyNotary, Expect, Notary, NotaryError, NotaryKey, Record};
 use zos_registry::liveness::{self, Liveness};
-use zos_registry::{ContractCounts, Dmi, Heartbeat, NodeResources, Registration, Usage};
+use zos_registry::{ContractCounts, Dmi, Farm, Heartbeat, NodeResources, Registration, Usage};
 use zos_testkit::etcd::Etcd;
 
 const FARM: &str = "zt-grid-farm";
@@ -56,6 +63,9 @@ fn owner() -> SecretKey {
 }
 fn orchestrator() -> SecretKey {
     key(2)
+}
+fn farmer() -> SecretKey {
+    key(4)
 }
 /// Nodes 11, 12, 14 have room; 13 has 512 MiB of memory.
 fn nodes() -> Vec<SecretKey> {
@@ -159,6 +169,8 @@ impl Grid {
             };
             g.put(&reg.sign(&n, unix_now()).unwrap());
         }
+        let farm = Farm::new(FARM, "test farm", farmer().public(), unix_now()).unwrap();
+        g.put(&farm.sign(&farmer(), unix_now()).unwrap());
         let doc = contract_doc();
         let key = NotaryKey::placement_contract(FARM, ID).unwrap();
         g.put(&Record::sign(&key, doc.to_value(), &owner()).unwrap());
@@ -221,6 +233,16 @@ impl Grid {
 
     fn status(&self, node: &SecretKey, state: State, message: &str) {
         let s = StatusReport::new(ID, Some(1), state, message);
+        let key = NotaryKey::status(&node.public(), ID).unwrap();
+        self.put(&Record::sign(&key, serde_json::to_value(&s).unwrap(), node).unwrap());
+    }
+
+    /// A status as zosd publishes it for a placement contract: with the replica and
+    /// its epoch.
+    fn status_at(&self, node: &SecretKey, state: State, replica: u64, epoch: u64) {
+        let mut s = StatusReport::new(ID, Some(1), state, "as the node says");
+        s.replica = Some(replica);
+        s.epoch = Some(epoch);
         let key = NotaryKey::status(&node.public(), ID).unwrap();
         self.put(&Record::sign(&key, serde_json::to_value(&s).unwrap(), node).unwrap());
     }
@@ -376,6 +398,163 @@ fn placement_failover_refusals_and_a_stale_writer_on_etcd() {
 fn placement_failover_refusals_and_a_stale_writer_on_a_directory() {
     let dir = zos_testkit::tempdir("grid");
     scenario(&format!("dir://{}", dir.path().display()));
+}
+
+fn drain_scenario(url: &str) {
+    let mut g = Grid::new(url);
+    let all = nodes();
+    let refs: Vec<&SecretKey> = all.iter().collect();
+    g.beat(&refs);
+    for n in &all {
+        g.live(n);
+    }
+    let secret = |k: &PublicKey| all.iter().find(|n| n.public() == *k).unwrap().clone();
+    let mut bot = Bot::new(orchestrator(), g.notary.clone());
+    g.rt.block_on(bot.round()).unwrap();
+    let (_, p) = g.placement();
+    let placed = where_runs(&p);
+    let (a, b) = (placed[0].0, placed[1].0);
+    // The one node left with room: 11, 12 or 14, neither of the two.
+    let c = [key(11), key(12), key(14)]
+        .iter()
+        .map(|k| k.public())
+        .find(|k| *k != a && *k != b)
+        .unwrap();
+    g.status_at(&secret(&a), State::Ok, 0, 1);
+    g.status_at(&secret(&b), State::Ok, 1, 1);
+    g.rt.block_on(bot.round()).unwrap();
+    let (_, running) = g.placement();
+    assert_eq!(running.replicas[0].state, ReplicaState::Running);
+
+    // 1. The attack: a tenant (the contract's owner) drains node a to pull the replica
+    // off it. The notary stores it (it cannot know the farmer); the bot ignores it,
+    // says why, and nothing moves.
+    let drain_key = NotaryKey::drain(FARM, &a).unwrap();
+    let forged = Record::sign(&drain_key, json!({"drained": true}), &owner()).unwrap();
+    g.put(&forged);
+    assert_eq!(g.get(&drain_key), Some(forged));
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert!(round.drained.is_empty(), "{round:?}");
+    assert!(
+        round
+            .ignored_drains
+            .iter()
+            .any(|(k, why)| *k == drain_key.to_string()
+                && why.contains("not by the farmer")
+                && why.contains(&owner().public().to_string())),
+        "{round:?}"
+    );
+    assert!(round.assigned.is_empty(), "{round:?}");
+    let (_, p) = g.placement();
+    assert_eq!(p, running, "nothing moved");
+    assert!(g.assignment(&c, 0).is_none(), "no handover written");
+    assert!(g.assignment(&a, 0).is_some());
+
+    // 2. The farmer drains a: a handover to c at epoch 2, the replica staying on a.
+    let farm = Farm::new(FARM, "test farm", farmer().public(), 0).unwrap();
+    let drain = Drain { drained: true }.sign(&farm, &a, &farmer()).unwrap();
+    g.put(&drain);
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert_eq!(round.drained, vec![a], "{round:?}");
+    assert_eq!(round.assigned, vec![(ID.to_string(), 0, c, 2)], "{round:?}");
+    let (_, p) = g.placement();
+    let r0 = &p.replicas[0];
+    assert_eq!((r0.node, r0.epoch), (Some(a), 1), "still a's: {r0:?}");
+    assert_eq!(r0.handover, Some(Handover { node: c, epoch: 2 }));
+    assert!(r0.handover_text().unwrap().contains(&c.to_string()));
+    let farm_nodes: BTreeSet<PublicKey> = all.iter().map(|n| n.public()).collect();
+    let doc = contract_doc();
+    let on_c = g.assignment(&c, 0).expect("c's assignment");
+    assert_eq!(
+        admit(Some(&on_c), &doc, &c, &farm_nodes, 0).unwrap().epoch,
+        2,
+        "c admits it at epoch 2"
+    );
+    assert!(g.assignment(&a, 0).is_some(), "a keeps its assignment");
+
+    // 3. c has not reported yet (or only provisioning): nothing changes; a stays.
+    g.status_at(&secret(&c), State::Provisioning, 0, 2);
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert!(
+        round.handed.is_empty() && round.assigned.is_empty(),
+        "{round:?}"
+    );
+    assert_eq!(g.placement().1.replicas[0].handover, r0.handover);
+    assert!(g.assignment(&a, 0).is_some(), "a keeps its assignment");
+
+    // 4. c reports ok at epoch 2: the replica moves there (reason drain), a's
+    // assignment goes; a, reading the record, sees epoch 2 elsewhere and stops.
+    g.status_at(&secret(&c), State::Ok, 0, 2);
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert_eq!(
+        round.handed,
+        vec![(ID.to_string(), 0, a, c, 2)],
+        "{round:?}"
+    );
+    let (_, p) = g.placement();
+    let r0 = &p.replicas[0];
+    assert_eq!((r0.node, r0.epoch, r0.handover), (Some(c), 2, None));
+    assert_eq!(r0.state, ReplicaState::Running);
+    let last = p.moves.last().unwrap();
+    assert_eq!((last.from, last.to, last.epoch), (Some(a), c, 2));
+    assert_eq!(last.reason, Reason::Drain { node: a });
+    assert!(g.assignment(&a, 0).is_none(), "a's assignment is removed");
+    assert!(g.assignment(&c, 0).is_some());
+
+    // 5. The drained node gets nothing new: b refuses replica 1, and the only node with
+    // room is a (13 has none, c runs replica 0).
+    g.status_at(&secret(&b), State::Refused, 1, 1);
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert!(round.assigned.is_empty(), "{round:?}");
+    let (_, p) = g.placement();
+    let r1 = &p.replicas[1];
+    assert_eq!(r1.state, ReplicaState::Unplaceable, "{r1:?}");
+    assert!(r1.detail.contains("1 drained"), "{r1:?}");
+    assert!(g.assignment(&a, 1).is_none());
+
+    // 6. The farmer undrains a: it gets replica 1 (replica 0 does not move back).
+    let undrain = Record::sign_at(
+        &drain_key,
+        json!({"drained": false}),
+        &farmer(),
+        drain.signed_at + 1,
+    )
+    .unwrap();
+    g.put(&undrain);
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert!(round.drained.is_empty(), "{round:?}");
+    assert_eq!(round.assigned, vec![(ID.to_string(), 1, a, 2)], "{round:?}");
+    let (_, undrained) = g.placement();
+    assert_eq!(where_runs(&undrained), vec![(c, 2), (a, 2)]);
+
+    // 7. The attack again: the farmer's old drain, replayed at its key by anyone with
+    // write access, is older than the undrain the bot accepted: ignored, nothing moves.
+    g.put(&drain);
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert!(round.drained.is_empty(), "{round:?}");
+    assert!(
+        round
+            .ignored_drains
+            .iter()
+            .any(|(k, why)| *k == drain_key.to_string() && why.contains("replay")),
+        "{round:?}"
+    );
+    assert!(round.assigned.is_empty(), "{round:?}");
+    let (_, p) = g.placement();
+    assert_eq!(where_runs(&p), vec![(c, 2), (a, 2)]);
+    assert!(p.replicas[1].handover.is_none(), "{p:?}");
+}
+
+#[test]
+fn drain_hands_over_make_before_break_and_undrain_on_etcd() {
+    let etcd = Etcd::temp();
+    drain_scenario(&etcd.url("zos"));
+}
+
+#[test]
+fn drain_hands_over_make_before_break_and_undrain_on_a_directory() {
+    let dir = zos_testkit::tempdir("grid-drain");
+    drain_scenario(&format!("dir://{}", dir.path().display()));
 }
 
 #[test]
