@@ -94,6 +94,42 @@ pub enum NodeCmd {
         #[command(flatten)]
         format: Format,
     },
+    /// Drain a node of your farm, signed by the farmer: the orchestrators of the farm's
+    /// placement contracts place nothing new on it and move its replicas away,
+    /// make-before-break (each new copy runs before the old one stops). Refused, with
+    /// nothing written, unless --key is the farm's farmer and the node is registered in
+    /// the farm. See docs/grid.md, "Drain".
+    ///
+    /// Example: zos node drain <hex> --farm farm-1 --key farmer.key
+    ///   --notary etcd://127.0.0.1:2379
+    Drain {
+        node: PublicKey,
+        /// The node's farm.
+        #[arg(long)]
+        farm: String,
+        /// The farmer's secret key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+    },
+    /// Undrain a node, signed by the farmer: it gets new replicas again (those moved
+    /// away do not move back; a handover in progress completes). Refused, with nothing
+    /// written, unless --key is the farm's farmer.
+    ///
+    /// Example: zos node undrain <hex> --farm farm-1 --key farmer.key
+    ///   --notary etcd://127.0.0.1:2379
+    Undrain {
+        node: PublicKey,
+        /// The node's farm.
+        #[arg(long)]
+        farm: String,
+        /// The farmer's secret key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+    },
     /// Where a node's own logs go: the destination its farm's record names (the node
     /// publishes no log lines to the notary).
     ///
@@ -191,6 +227,30 @@ fn show(farm_id: &str, notary: &str, format: &crate::output::Format) -> anyhow::
 
 pub fn run_node(cmd: NodeCmd) -> anyhow::Result<()> {
     match cmd {
+        NodeCmd::Drain {
+            node,
+            farm,
+            key,
+            notary,
+        } => drain(
+            &Client::open(&notary)?,
+            &farm,
+            &node,
+            &SecretKey::load(&key)?,
+            true,
+        ),
+        NodeCmd::Undrain {
+            node,
+            farm,
+            key,
+            notary,
+        } => drain(
+            &Client::open(&notary)?,
+            &farm,
+            &node,
+            &SecretKey::load(&key)?,
+            false,
+        ),
         NodeCmd::Logs {
             node,
             notary,
@@ -269,8 +329,59 @@ pub fn create(
     Ok(())
 }
 
-/// The verified registrations in the notary (of `farm` only, if given), with their
-/// latest heartbeats, sorted by farm then node.
+/// `zos node drain` (`drained`) and `zos node undrain`: the farmer's signed record at
+/// `grid/<farm>/drains/<node>`, written only when `key` is the farm record's farmer
+/// (the notary cannot check that; the orchestrator ignores anyone else's) and, for a
+/// drain, the node is registered in the farm.
+pub fn drain(
+    client: &Client,
+    farm_id: &str,
+    node: &PublicKey,
+    key: &SecretKey,
+    drained: bool,
+) -> anyhow::Result<()> {
+    let nkey = NotaryKey::farm(farm_id).map_err(|e| anyhow::anyhow!("farm id {farm_id:?}: {e}"))?;
+    let Some(record) = client.get(&nkey)? else {
+        bail!("no farm {farm_id:?} in {}: nothing written", client.url);
+    };
+    let farm = Farm::from_record(&record).with_context(|| {
+        format!(
+            "{nkey} in {} is not a valid farm; nothing written",
+            client.url
+        )
+    })?;
+    if key.public() != farm.farmer {
+        bail!(
+            "key {} is not the farmer of farm {farm_id:?} (its farmer is {}): nothing written",
+            key.public(),
+            farm.farmer
+        );
+    }
+    if drained {
+        let registered = match client.get(&NotaryKey::registration(node))? {
+            Some(r) => Registration::from_record(&r).ok().map(|(_, reg)| reg.farm),
+            None => None,
+        };
+        if registered.as_deref() != Some(farm_id) {
+            bail!(
+                "node {node} is not registered in farm {farm_id:?}{}: nothing written",
+                registered.map_or(String::new(), |f| format!(" (it is in {f:?})"))
+            );
+        }
+    }
+    let record = zos_grid::Drain { drained }
+        .sign(&farm, node, key)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    client.put(&record)?;
+    if drained {
+        outln!(
+            "drained node {node} in farm {farm_id}: its replicas move away (each new copy runs before the old one stops) and it gets nothing new"
+        )
+    } else {
+        outln!("undrained node {node} in farm {farm_id}: it gets new replicas again")
+    }
+}
+
 /// `zos node logs`: the node's farm, and the log destination that farm names.
 fn node_logs(node: &PublicKey, notary: &str, format: &Format) -> anyhow::Result<()> {
     let client = Client::open(notary)?;
@@ -306,6 +417,8 @@ fn node_logs(node: &PublicKey, notary: &str, format: &Format) -> anyhow::Result<
     }
 }
 
+/// The verified registrations in the notary (of `farm` only, if given), with their
+/// latest heartbeats, sorted by farm then node.
 pub fn nodes(client: &Client, farm: Option<&str>) -> anyhow::Result<Vec<NodeRow>> {
     let farms: BTreeMap<String, Farm> = client
         .list(&KeyPrefix::farms())?
