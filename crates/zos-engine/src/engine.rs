@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde_json::Value;
 use tokio::task::{AbortHandle, JoinSet};
 use zos_contract::deployment::Workload;
 use zos_contract::{
@@ -28,7 +29,7 @@ use zos_notary::{EventWatch, KeyKind, KeyPrefix, Notary, NotaryKey, Record, Watc
 
 use crate::capacity::Capacity;
 use crate::controllers::admission::{self, GridInput, RecordInput};
-use crate::controllers::placement::{self, Verdict};
+use crate::controllers::placement::{self, Fence, PlacementView, Release, Verdict};
 use crate::controllers::provisioning;
 use crate::controllers::supervision::{self, Supervisor};
 use crate::controllers::{expiry, orphans, reporting};
@@ -194,9 +195,19 @@ pub struct Engine<P, N, S: JournalStore> {
     assigned: HashMap<String, BTreeMap<u64, SignedAssignment>>,
     /// The liveness lease, when the node keeps one.
     liveness: Option<Liveness>,
-    /// Placement replicas this node stopped by itself (fenced), with when their
-    /// placement record was last read: their workloads are gone, their volumes kept.
-    fenced: BTreeMap<String, Option<Instant>>,
+    /// Placement replicas this node stopped by itself (fenced): their workloads are
+    /// gone, their volumes kept.
+    fenced: BTreeMap<String, Fenced>,
+}
+
+/// A replica this node fenced.
+struct Fenced {
+    /// When its placement record was last read.
+    checked: Option<Instant>,
+    /// What [`placement::release`] keeps between checks.
+    fence: Fence,
+    /// Its status, published again until the notary has it.
+    report: StatusReport,
 }
 
 fn unix_now() -> u64 {
@@ -349,7 +360,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 // What ran before this start may have been moved meanwhile: it runs
                 // again only on a renewed liveness and a placement record that still
                 // names this node (docs/grid.md).
-                self.fence(&o, "zosd started").await?;
+                self.fence(&o, "zosd started", None).await?;
             } else if !failed {
                 tracing::info!(contract = %o.id, version = o.version, "re-adopting");
                 self.spawn_provision(&o, None);
@@ -512,8 +523,9 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 if self.must_fence(&owned) {
                     // Admitted, but the node's liveness has lapsed: it starts once the
                     // liveness is back and the placement record still names this node.
+                    let renewed = self.liveness.as_ref().and_then(|l| *l.renewed.borrow());
                     return self
-                        .fence(&owned, "admitted while the liveness lapsed")
+                        .fence(&owned, "admitted while the liveness lapsed", renewed)
                         .await;
                 }
                 self.pending_since.insert(id.clone(), self.received);
@@ -1047,8 +1059,15 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         if !held_here {
             return Ok(());
         }
-        match self.placement_verdict(&contract_id).await? {
-            Some((owned, Verdict::Moved { to, epoch })) => self.moved(&owned, to, epoch).await,
+        let verdict = self
+            .placement_record(&contract_id)
+            .await
+            .and_then(|(owned, view, _)| {
+                let held = owned.held.as_ref()?;
+                Some((placement::judge(&view, held, &self.node()), owned))
+            });
+        match verdict {
+            Some((Verdict::Moved { to, epoch }, owned)) => self.moved(&owned, to, epoch).await,
             _ => {
                 tracing::warn!(contract = %contract_id, replica, "assignment deleted, but the orchestrator's placement record shows no move: the replica keeps running");
                 Ok(())
@@ -1056,28 +1075,21 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         }
     }
 
-    /// Reads the placement record of held contract `id` and judges it.
-    async fn placement_verdict(&self, id: &str) -> Result<Option<(Owned, Verdict)>, EngineError> {
-        let (Some(owned), Some(farm)) = (self.journal.owned(id).cloned(), self.cfg.farm.as_deref())
-        else {
-            return Ok(None);
-        };
-        let Some(held) = owned.held.as_ref() else {
-            return Ok(None);
-        };
-        let Ok(key) = NotaryKey::placement(farm, id) else {
-            return Ok(None);
-        };
-        let verdict = match self.notary.get(&key).await {
-            Ok(Some(record)) => placement::read_placement(&record, id, held)
-                .map(|view| placement::judge(&view, held, &self.node())),
-            Ok(None) => None,
+    /// The placement record of held contract `id`, read now and signed by its
+    /// orchestrator: its view and its body (`None`: none, unreadable, or not held).
+    async fn placement_record(&self, id: &str) -> Option<(Owned, PlacementView, Value)> {
+        let owned = self.journal.owned(id).cloned()?;
+        let held = owned.held.as_ref()?;
+        let key = NotaryKey::placement(self.cfg.farm.as_deref()?, id).ok()?;
+        let record = match self.notary.get(&key).await {
+            Ok(record) => record?,
             Err(e) => {
                 tracing::warn!(contract = %id, error = %e, "placement record not read");
-                None
+                return None;
             }
         };
-        Ok(verdict.map(|v| (owned, v)))
+        let view = placement::read_placement(&record, id, held)?;
+        Some((owned, view, record.body))
     }
 
     /// The replica of `owned` runs at a higher `epoch` on node `to`: remove this copy
@@ -1132,7 +1144,14 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
     /// Stops `owned`'s workloads and networks (its volumes are kept) and marks it
     /// fenced: it runs again only after [`Engine::fencing_pass`] finds the liveness
     /// renewed and the placement record still naming this node.
-    async fn fence(&mut self, owned: &Owned, why: &str) -> Result<(), EngineError> {
+    /// `lapse_from`: when the last renewal before the lapse was sent (`None`: unknown,
+    /// as when zosd starts).
+    async fn fence(
+        &mut self,
+        owned: &Owned,
+        why: &str,
+        lapse_from: Option<Duration>,
+    ) -> Result<(), EngineError> {
         let id = owned.id.clone();
         let after_s = owned
             .held
@@ -1142,8 +1161,19 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.jobs.abort(&id);
         self.pending_since.remove(&id);
         self.teardown(owned, false).await?;
-        self.fenced.insert(id.clone(), None);
-        self.publish(fenced(owned, why, after_s)).await
+        let report = fenced(owned, why, after_s);
+        self.fenced.insert(
+            id.clone(),
+            Fenced {
+                checked: None,
+                fence: Fence {
+                    lapse_from,
+                    baseline: None,
+                },
+                report: report.clone(),
+            },
+        );
+        self.publish(report).await
     }
 
     /// Fences the `move` replicas whose liveness lapsed; for fenced ones whose liveness
@@ -1161,33 +1191,54 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             .filter(|o| !matches!(o.phase, Phase::Failed { .. }))
             .cloned()
             .collect();
+        let (renewed, boot_now) = match &self.liveness {
+            Some(l) => (*l.renewed.borrow(), (l.now)()),
+            None => (None, Duration::ZERO),
+        };
         for o in held {
             let lapsed = self.must_fence(&o);
-            match (self.fenced.get(&o.id).copied(), lapsed) {
-                (None, true) => self.fence(&o, "the liveness lapsed").await?,
-                (Some(checked), false)
-                    if checked
-                        .is_none_or(|t| now.saturating_duration_since(t) >= FENCED_RECHECK) =>
-                {
-                    self.fenced.insert(o.id.clone(), Some(now));
-                    // Said once the notary is reachable again (publish retries).
-                    let after_s = o.held.as_ref().map_or(0, |h| h.placement.failover.after_s);
-                    self.publish(fenced(&o, "the liveness lapsed", after_s))
-                        .await?;
-                    match self.placement_verdict(&o.id).await? {
-                        Some((owned, Verdict::Moved { to, epoch })) => {
-                            self.moved(&owned, to, epoch).await?
-                        }
-                        Some((owned, Verdict::Here)) => {
-                            tracing::info!(contract = %o.id, "liveness renewed and the placement record names this node: starting the replica again");
-                            self.fenced.remove(&o.id);
-                            self.pending_since.insert(o.id.clone(), now);
-                            self.spawn_provision(&owned, None);
-                        }
-                        _ => {}
-                    }
+            let due = match self.fenced.get(&o.id) {
+                None if lapsed => {
+                    self.fence(&o, "the liveness lapsed", renewed).await?;
+                    continue;
                 }
-                _ => {}
+                None => continue,
+                Some(f) => f
+                    .checked
+                    .is_none_or(|t| now.saturating_duration_since(t) >= FENCED_RECHECK),
+            };
+            if lapsed || !due {
+                continue;
+            }
+            let record = self.placement_record(&o.id).await;
+            let me = self.node();
+            let Some(f) = self.fenced.get_mut(&o.id) else {
+                continue;
+            };
+            f.checked = Some(now);
+            // Said once the notary is reachable again (publish retries).
+            let report = f.report.clone();
+            let Some(held) = o.held.as_ref() else {
+                continue;
+            };
+            let decision = placement::release(
+                &mut f.fence,
+                held,
+                record.as_ref().map(|(_, view, body)| (view, body)),
+                renewed,
+                boot_now,
+                &me,
+            );
+            self.publish(report).await?;
+            match decision {
+                Release::Moved { to, epoch } => self.moved(&o, to, epoch).await?,
+                Release::Start => {
+                    tracing::info!(contract = %o.id, "liveness renewed and the placement record names this node: starting the replica again");
+                    self.fenced.remove(&o.id);
+                    self.pending_since.insert(o.id.clone(), now);
+                    self.spawn_provision(&o, None);
+                }
+                Release::Wait => {}
             }
         }
         Ok(())

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::Value;
 use zos_contract::PublicKey;
 use zos_notary::Record;
 
@@ -102,6 +103,86 @@ pub fn fence_due(held: &Held, renewed: Option<Duration>, now: Duration) -> bool 
     held.fences() && renewed.is_none_or(|r| now.saturating_sub(r) >= half)
 }
 
+/// What the node knows of one fenced replica.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fence {
+    /// When the last renewal before the lapse was sent (`CLOCK_BOOTTIME`); `None`:
+    /// unknown (fenced when zosd started).
+    pub lapse_from: Option<Duration>,
+    /// When a check first found the liveness renewed after the fence, and the placement
+    /// record body it read then; set only after a long lapse (see [`release`]).
+    pub baseline: Option<(Duration, Value)>,
+}
+
+/// What [`release`] decides for a fenced replica.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Release {
+    /// Stay fenced for now.
+    Wait,
+    /// Run it again.
+    Start,
+    /// It runs elsewhere at a higher epoch: remove this copy.
+    Moved {
+        /// The node it moved to.
+        to: PublicKey,
+        /// Its epoch there.
+        epoch: u64,
+    },
+}
+
+/// Whether a fenced replica (`held`, on node `me`) may run again, given the liveness's
+/// last renewal `renewed`, the boottime `now` and the placement record just read
+/// (`record`: its view and body; `None`: none or unreadable).
+///
+/// It needs a renewal after the fence and a record naming this node at its epoch. That
+/// record is enough after a **short** lapse (less than 99 % of `after_s` from the last
+/// renewal before it to now): the orchestrator moves only after `after_s` of absence,
+/// so no move can be under way. After a **long** lapse (or an unknown one, after a
+/// restart), an orchestrator round that saw the node absent may be about to move the
+/// replica: the node then waits for a record written after its renewal (one that
+/// differs from the one it read first after it; the orchestrator rewrites the record
+/// when it sees the replica's status change, and its compare-and-swap orders that
+/// after any move decided earlier), or, if none comes, for `2 * after_s` (a bound on
+/// one orchestrator round).
+pub fn release(
+    fence: &mut Fence,
+    held: &Held,
+    record: Option<(&PlacementView, &Value)>,
+    renewed: Option<Duration>,
+    now: Duration,
+    me: &PublicKey,
+) -> Release {
+    let renewed_since = match (renewed, fence.lapse_from) {
+        (Some(r), Some(from)) => r > from,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    let Some((view, body)) = record.filter(|_| renewed_since) else {
+        return Release::Wait;
+    };
+    match judge(view, held, me) {
+        Verdict::Moved { to, epoch } => return Release::Moved { to, epoch },
+        Verdict::Unknown => return Release::Wait,
+        Verdict::Here => {}
+    }
+    let after = Duration::from_secs(held.placement.failover.after_s);
+    let short = fence
+        .lapse_from
+        .is_some_and(|from| now.saturating_sub(from) < after * 99 / 100);
+    if short {
+        return Release::Start;
+    }
+    match &fence.baseline {
+        None => {
+            fence.baseline = Some((now, body.clone()));
+            Release::Wait
+        }
+        Some((_, first)) if first != body => Release::Start,
+        Some((at, _)) if now.saturating_sub(*at) >= after * 2 => Release::Start,
+        Some(_) => Release::Wait,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +250,75 @@ mod tests {
         assert!(read_placement(&by(2).unwrap(), "web", &h).is_some());
         assert!(read_placement(&by(5).unwrap(), "web", &h).is_none());
         assert!(read_placement(&by(2).unwrap(), "db", &h).is_none());
+    }
+
+    #[test]
+    fn a_fenced_replica_runs_again_at_once_after_a_short_lapse_and_on_a_newer_record_after_a_long_one(
+    ) {
+        let s = Duration::from_secs;
+        let me = SecretKey::from_seed([3; 32]).public();
+        let other = SecretKey::from_seed([4; 32]).public();
+        let h = held(FailoverMode::Move, 2);
+        let here = view(me, 2);
+        let (a, b) = (json!({"n": 1}), json!({"n": 2}));
+        // No renewal since the fence, or no record: wait.
+        let mut f = Fence {
+            lapse_from: Some(s(100)),
+            baseline: None,
+        };
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &a)), Some(s(100)), s(106), &me),
+            Release::Wait
+        );
+        assert_eq!(
+            release(&mut f, &h, None, Some(s(106)), s(106), &me),
+            Release::Wait
+        );
+        // Short lapse (6 s of after_s = 10): the record naming this node is enough.
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &a)), Some(s(106)), s(106), &me),
+            Release::Start
+        );
+        // Moved: whatever the lapse.
+        let moved = view(other, 3);
+        assert_eq!(
+            release(&mut f, &h, Some((&moved, &a)), Some(s(106)), s(106), &me),
+            Release::Moved {
+                to: other,
+                epoch: 3
+            }
+        );
+        // Long lapse (12 s): the first record is only a baseline; a newer one, or
+        // 2 * after_s without one, releases it.
+        let mut f = Fence {
+            lapse_from: Some(s(100)),
+            baseline: None,
+        };
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &a)), Some(s(112)), s(112), &me),
+            Release::Wait
+        );
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &a)), Some(s(113)), s(113), &me),
+            Release::Wait
+        );
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &b)), Some(s(114)), s(114), &me),
+            Release::Start
+        );
+        let mut f = Fence::default();
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &a)), Some(s(5)), s(5), &me),
+            Release::Wait
+        );
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &a)), Some(s(24)), s(24), &me),
+            Release::Wait
+        );
+        assert_eq!(
+            release(&mut f, &h, Some((&here, &a)), Some(s(25)), s(25), &me),
+            Release::Start
+        );
     }
 
     #[test]
