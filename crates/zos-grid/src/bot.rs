@@ -24,8 +24,9 @@
 //! `grid/<farm>/drains/<node>` with `{"drained": true}` gets nothing new, and its
 //! replicas are handed over make-before-break ([`crate::plan`]). The notary stores a
 //! drain whoever signed it, so the bot reads the farm record `farms/<farm>` and accepts
-//! a drain only from its farmer: the first farmer it saw for the farm (a farm record
-//! replaced by another key's is not believed, as nodes pin their farmer), and per drain
+//! a drain only from its farmer: the first farmer it saw for the farm, read when it first
+//! sees a contract or a drain there (a farm record replaced later by another key's is
+//! not believed, as nodes pin their farmer), and per drain
 //! key never an older record than one it accepted (a replayed drain after an undrain).
 //! Any other drain is ignored, logged and listed in [`Round::ignored_drains`].
 //!
@@ -36,7 +37,7 @@
 //! [`ROUND_EVERY`]. A bot that cannot create the record follows, trying again every
 //! lease period.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use zos_contract::assignment::{Assignment, SignedAssignment};
@@ -183,8 +184,19 @@ impl<N: Notary> Bot<N> {
         }
 
         let mut round = Round::default();
-        let drained = self.read_drains(&grid, &mut round).await?;
         let placed = self.read_contracts(&grid, &me, &mut round).await;
+        // Pin each farm's farmer at the bot's first sight of a contract there, before
+        // any drain: one read per farm in the bot's lifetime.
+        for farm in placed
+            .iter()
+            .map(|p| p.farm.clone())
+            .collect::<BTreeSet<_>>()
+        {
+            if !self.farmers.contains_key(&farm) {
+                let _ = self.farm(&farm).await?;
+            }
+        }
+        let drained = self.read_drains(&grid, &mut round).await?;
         round.contracts = placed.len();
 
         // What each node has free: its capacity less what it reports reserved, less

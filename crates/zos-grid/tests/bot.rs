@@ -15,7 +15,8 @@
 //!   refused by the notary and changes nothing.
 //! - `drain_hands_over_make_before_break_and_undrain_on_*`: a drain signed by a
 //!   tenant (the contract's owner) is stored by the notary but ignored by the bot, which
-//!   says why, and nothing moves; the farmer's drain starts a handover (the replica stays
+//!   says why, and nothing moves, also once the tenant has replaced the farm record with
+//!   one naming itself (the bot keeps the farmer it saw first); the farmer's drain starts a handover (the replica stays
 //!   on the drained node, the new node gets the next epoch), the old assignment stays
 //!   until the new node reports `ok` at that epoch, then the record moves the replica
 //!   (reason `drain`) and the old assignment goes; the drained node gets no new replica
@@ -449,6 +450,25 @@ fn drain_scenario(url: &str) {
     assert_eq!(p, running, "nothing moved");
     assert!(g.assignment(&c, 0).is_none(), "no handover written");
     assert!(g.assignment(&a, 0).is_some());
+    // The tenant also replaces the farm record with one naming itself as the farmer
+    // (the notary stores any well-signed farm record): the bot keeps the farmer it saw
+    // first, so the tenant's drain is still not believed.
+    let farm_key = NotaryKey::farm(FARM).unwrap();
+    let farmers_farm = g.get(&farm_key).unwrap();
+    let taken = Farm::new(FARM, "mine now", owner().public(), unix_now()).unwrap();
+    g.put(&taken.sign(&owner(), unix_now()).unwrap());
+    let round = g.rt.block_on(bot.round()).unwrap();
+    assert!(round.drained.is_empty(), "{round:?}");
+    assert!(
+        round
+            .ignored_drains
+            .iter()
+            .any(|(k, why)| *k == drain_key.to_string() && why.contains("not believed")),
+        "{round:?}"
+    );
+    assert!(round.assigned.is_empty(), "{round:?}");
+    assert_eq!(g.placement().1, running, "nothing moved");
+    g.put(&farmers_farm);
 
     // 2. The farmer drains a: a handover to c at epoch 2, the replica staying on a.
     let farm = Farm::new(FARM, "test farm", farmer().public(), 0).unwrap();
