@@ -379,6 +379,13 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.settle().await
     }
 
+    /// Handles one change from a grid watch (a record put, or a key deleted under this
+    /// node's assignments); returns when the jobs it started are done.
+    pub async fn on_event(&mut self, event: WatchEvent) -> Result<(), EngineError> {
+        self.handle_event(event).await?;
+        self.settle().await
+    }
+
     /// One supervision pass: expiries, retries, restarts, the log refresh; returns
     /// when the jobs it started are done.
     pub async fn supervise(&mut self, now: Instant) -> Result<(), EngineError> {

@@ -18,7 +18,7 @@ use zos_contract::{
     SignedContract,
 };
 use zos_engine::{Engine, EngineConfig, FileJournal, Liveness, State};
-use zos_notary::{AnyNotary, Notary, NotaryKey, Record};
+use zos_notary::{AnyNotary, Notary, NotaryKey, Record, WatchEvent};
 
 const FARM: &str = "zt-farm";
 const AFTER_S: u64 = 10;
@@ -148,6 +148,20 @@ async fn a_replica_runs_on_its_assignment_and_leaves_on_a_move_for_good() {
     );
     assert!(w.fake.state().workloads.contains_key("web.app"));
     assert_eq!(w.journal_json()["epochs"]["web"]["0"], 1);
+
+    // Someone with write access to the notary deletes the assignment: without the
+    // orchestrator's signed record of a move, nothing is removed.
+    let mark = w.mark();
+    let key = NotaryKey::assignment(&node, "web", 0).unwrap();
+    e.on_event(WatchEvent::Deleted(key)).await.unwrap();
+    assert!(w.calls_since(mark).is_empty(), "{:?}", w.calls_since(mark));
+    assert_eq!(w.status("web").await.state, State::Ok);
+    // Nor does a placement record signed by another key that says it moved.
+    let mut forged = placement_record(&doc, elsewhere(), 2);
+    forged = Record::sign(&forged.notary_key().unwrap(), forged.body, &w.keys.thief).unwrap();
+    e.on_record(&forged).await.unwrap();
+    assert!(w.calls_since(mark).is_empty(), "{:?}", w.calls_since(mark));
+    assert!(w.fake.state().workloads.contains_key("web.app"));
 
     // The orchestrator moved it: its signed placement record says epoch 2 elsewhere.
     e.on_record(&placement_record(&doc, elsewhere(), 2))
