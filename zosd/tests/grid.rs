@@ -28,6 +28,7 @@
 mod common;
 
 use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -133,8 +134,14 @@ impl Grid {
     /// Boots a node of `farm` with a loop disk of `disk_gib`; waits until it is
     /// registered there. Returns its index.
     fn boot(&mut self, disk_gib: u64, farm: &str) -> usize {
+        let url = self.url.clone();
+        self.boot_at(&url, disk_gib, farm)
+    }
+
+    /// [`Grid::boot`] for a node that reaches the notary at `url`.
+    fn boot_at(&mut self, url: &str, disk_gib: u64, farm: &str) -> usize {
         let store = Some(self.flist_dir.path());
-        let mut node = Node::joined_with(512, &self.url, farm, BEAT_S, disk_gib, store);
+        let mut node = Node::joined_with(512, url, farm, BEAT_S, disk_gib, store);
         let key = node.start();
         self.nodes.push(node);
         let i = self.nodes.len() - 1;
@@ -394,6 +401,121 @@ impl Drop for Grid {
     }
 }
 
+/// A real etcd serving clients on 127.0.0.1 (the test, the bot) and on 127.0.0.2 to
+/// 127.0.0.5, one address per node, so that nft can drop one node's traffic to it.
+struct Etcd {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = zos_testkit::tempdir("grid-etcd");
+            let port = zos_testkit::etcd::free_port().unwrap();
+            let peer = zos_testkit::etcd::free_port().unwrap();
+            let clients: Vec<String> = (1..=5)
+                .map(|h| format!("http://127.0.0.{h}:{port}"))
+                .collect();
+            let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+            let mut child = zos_testkit::etcd::command(
+                None,
+                &dir.path().join("data"),
+                &clients.join(","),
+                &format!("http://127.0.0.1:{peer}"),
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (apt-get install -y etcd-server)");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                if healthy(port) {
+                    return Etcd {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
+        }
+        panic!("etcd did not start; its log:\n{last}");
+    }
+
+    /// The notary URL at 127.0.0.`host`.
+    fn url(&self, host: u8) -> String {
+        format!("etcd://127.0.0.{host}:{}/zos", self.port)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut reply = String::new();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_to_string(&mut reply).is_ok()
+        && reply.contains("\"health\":\"true\"")
+}
+
+/// An nft table of the test's own dropping every packet to and from one etcd address
+/// (a partition of the node using it); removed on drop.
+struct Cut {
+    table: String,
+}
+
+impl Cut {
+    fn new(tag: &str, host: u8, port: u16) -> Cut {
+        let table = format!("{}_cut", tag.replace('-', "_"));
+        let script = format!(
+            "table inet {table} {{\n\
+               chain out {{\n\
+                 type filter hook output priority -10; policy accept;\n\
+                 ip daddr 127.0.0.{host} tcp dport {port} drop\n\
+                 ip saddr 127.0.0.{host} tcp sport {port} drop\n\
+               }}\n\
+             }}\n"
+        );
+        let mut nft = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft refused:\n{script}");
+        Cut { table }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
 /// The refusal codes of a status.
 fn codes(s: &Value) -> Vec<String> {
     s["reasons"]
@@ -407,8 +529,12 @@ fn codes(s: &Value) -> Vec<String> {
 /// Containers of contract `id` (names `<id>.<workload>`; every one when `id` is
 /// empty) that libcontainer holds state for on `node`.
 fn containers(node: &Node, id: &str) -> Vec<String> {
-    let dir = node.state().join("containers/state");
-    std::fs::read_dir(dir)
+    containers_in(&node.state(), id)
+}
+
+/// [`containers`] of the node whose state dir is `state`.
+fn containers_in(state: &Path, id: &str) -> Vec<String> {
+    std::fs::read_dir(state.join("containers/state"))
         .into_iter()
         .flatten()
         .flatten()
@@ -419,9 +545,19 @@ fn containers(node: &Node, id: &str) -> Vec<String> {
 
 /// The containers of `id` on `node` whose process is alive, with its pid.
 fn running(node: &Node, id: &str) -> Vec<(String, i32)> {
-    containers(node, id)
+    running_in(&node.state(), id)
+}
+
+/// [`running`] on the node whose state dir is `state` (libcontainer's state files).
+fn running_in(state: &Path, id: &str) -> Vec<(String, i32)> {
+    containers_in(state, id)
         .into_iter()
-        .filter_map(|n| node.container_pid(&n).filter(|p| alive(*p)).map(|p| (n, p)))
+        .filter_map(|n| {
+            let path = state.join("containers/state").join(&n).join("state.json");
+            let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+            let pid = v["pid"].as_i64()? as i32;
+            alive(pid).then_some((n, pid))
+        })
         .collect()
 }
 
@@ -488,14 +624,15 @@ fn the_grid_on_etcd() {
     if !privileged("the_grid_on_etcd") {
         return;
     }
-    let etcd = zos_testkit::etcd::Etcd::temp();
-    let mut g = Grid::new(&etcd.url("zos"));
+    let etcd = Etcd::start();
+    let mut g = Grid::new(&etcd.url(1));
     g.create_farm(FARM);
     g.create_farm(OTHER_FARM);
-    let a = g.boot(8, FARM);
-    let _b = g.boot(8, FARM);
-    let c = g.boot(SMALL_DISK_GIB, FARM);
-    let d = g.boot(8, OTHER_FARM);
+    // Node i reaches etcd at 127.0.0.<i + 2>: nft can cut one node off (scenario 6).
+    let a = g.boot_at(&etcd.url(2), 8, FARM);
+    let b = g.boot_at(&etcd.url(3), 8, FARM);
+    let c = g.boot_at(&etcd.url(4), SMALL_DISK_GIB, FARM);
+    let d = g.boot_at(&etcd.url(5), 8, OTHER_FARM);
     let tag = g.nodes[0].world.tag.clone();
     let id = |name: &str| format!("{tag}-{name}");
     let (big, moving, staying) = (id("big"), id("moving"), id("staying"));
@@ -798,6 +935,133 @@ fn the_grid_on_etcd() {
         || {
             g.put(old_assignment.as_ref().unwrap());
             g.wait_refused(n, &moving, "stale_epoch");
+        },
+    );
+
+    let part = id("part");
+    s.run(
+        "6 partition: the node fences at after_s / 2, the bot moves at after_s, no overlap",
+        &[],
+        || {
+            let farm = [a, b, c];
+            for &i in &farm {
+                if g.nodes[i].zosd.is_none() {
+                    g.nodes[i].start();
+                }
+            }
+            // Room on every node (the bot's view: two CPUs each): the owner cancels the
+            // move and stay contracts, and no copy of them runs anywhere.
+            for id in [&moving, &staying] {
+                let key = NotaryKey::placement_contract(FARM, id).unwrap();
+                g.put(
+                    &Record::sign(&key, kit::cancellation(&g.p.owner, id, 2), &g.p.owner).unwrap(),
+                );
+            }
+            for &i in &farm {
+                for id in [&moving, &staying] {
+                    g.wait(i, &format!("{id} gone from node {i}"), || {
+                        let done = g.status(i, id).is_none_or(|s| {
+                            ["cancelled", "moved", "refused"]
+                                .contains(&s["state"].as_str().unwrap_or(""))
+                        });
+                        (done && running(&g.nodes[i], id).is_empty()).then_some(())
+                    });
+                }
+            }
+            g.publish(
+                FARM,
+                &g.contract(&part, FARM, 1, FailoverMode::Move, me, 64, 8),
+            );
+            let rec = g.wait_placement(a, WAIT, FARM, &part, "placement", |r| {
+                r.replicas[0].node.is_some()
+            });
+            let p = g.index(&rec.replicas[0].node.unwrap());
+            g.wait_running(p, &part, 0, 1);
+
+            // The observer: every 100 ms, on which nodes a process of the replica lives.
+            let states: Vec<(usize, PathBuf)> =
+                farm.iter().map(|&i| (i, g.nodes[i].state())).collect();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let t0 = Instant::now();
+            let observer = {
+                let (stop, part) = (stop.clone(), part.clone());
+                std::thread::spawn(move || {
+                    let (mut polls, mut overlaps) = (0u64, 0u64);
+                    let (mut p_gone, mut other_first) = (None, None);
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let on: Vec<usize> = states
+                            .iter()
+                            .filter(|(_, st)| !running_in(st, &part).is_empty())
+                            .map(|(i, _)| *i)
+                            .collect();
+                        polls += 1;
+                        if on.len() > 1 {
+                            overlaps += 1;
+                        }
+                        if !on.contains(&p) && p_gone.is_none() {
+                            p_gone = Some(t0.elapsed());
+                        }
+                        if on.iter().any(|i| *i != p) && other_first.is_none() {
+                            other_first = Some(t0.elapsed());
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    (polls, overlaps, p_gone, other_first)
+                })
+            };
+            let port = g
+                .url
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let cut = Cut::new(&tag, p as u8 + 2, port);
+            let rec = g.wait_placement(
+                p,
+                Duration::from_secs(AFTER_S) + WAIT,
+                FARM,
+                &part,
+                "move at epoch 2",
+                |r| r.replicas[0].epoch == 2,
+            );
+            let m = g.index(&rec.replicas[0].node.unwrap());
+            assert_ne!(m, p);
+            g.wait_running(m, &part, 0, 2);
+            let moved_at = t0.elapsed();
+            // The partition heals: the node learns of the move and removes its copy.
+            drop(cut);
+            g.wait(p, "status moved on the partitioned node", || {
+                g.status(p, &part).filter(|s| s["state"] == "moved")
+            });
+            assert_eq!(running(&g.nodes[p], &part), vec![]);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let (polls, overlaps, p_gone, other_first) = observer.join().unwrap();
+            eprintln!(
+                "grid: partition of node {p}: its copy gone after {p_gone:?} (fence at \
+                 after_s / 2 = {} s after the last renewal), the copy on node {m} first \
+                 seen after {other_first:?}, running there at epoch 2 after {moved_at:?}; \
+                 {polls} polls every 100 ms, {overlaps} with two copies",
+                AFTER_S / 2
+            );
+            let fenced = g.nodes[p]
+                .log()
+                .lines()
+                .any(|l| l.contains("fencing") && l.contains(&format!("\"contract\":\"{part}\"")));
+            assert!(
+                fenced,
+                "no fencing event in node {p}'s log:\n{}",
+                tail(&g.nodes[p].log())
+            );
+            let (gone, first) = (p_gone.expect("the copy died"), other_first.expect("seen"));
+            assert!(
+                gone < first,
+                "the new copy started before the old one stopped"
+            );
+            assert_eq!(overlaps, 0, "two copies ran at once");
         },
     );
 
