@@ -465,31 +465,30 @@ impl<N: Notary> Bot<N> {
             .as_ref()
             .is_some_and(|(_, r)| r.version != c.version || r.digest != p.doc.digest);
 
-        let report = |node: &PublicKey| -> Report {
-            match statuses.get(&(*node, c.id.clone())) {
-                Some(s) if s.version == Some(c.version) && s.state == State::Ok => Report::Ok,
-                Some(s) if s.version == Some(c.version) && s.state == State::Refused => {
-                    Report::Refused(s.message.clone())
-                }
-                _ => Report::Pending,
-            }
-        };
-        // A handover node's report counts only for that replica at that epoch: it may
-        // have run the contract before.
-        let handover_report = |node: &PublicKey, replica: u64, epoch: u64| -> Report {
+        // A node's report counts for the replica at the epoch it holds there (a report
+        // naming none, as a refusal at admission may, counts too): the node may have
+        // run another replica, or this one at an older epoch, before.
+        let report = |node: &PublicKey, replica: u64, epoch: u64| -> Report {
             match statuses.get(&(*node, c.id.clone())) {
                 Some(s)
-                    if s.version == Some(c.version) && s.replica.is_none_or(|r| r == replica) =>
+                    if s.version == Some(c.version)
+                        && s.replica.is_none_or(|r| r == replica)
+                        && s.epoch.is_none_or(|e| e == epoch) =>
                 {
                     match s.state {
-                        State::Ok if s.epoch == Some(epoch) => Report::Ok,
-                        State::Refused if s.epoch.is_none_or(|e| e == epoch) => {
-                            Report::Refused(s.message.clone())
-                        }
+                        State::Ok => Report::Ok,
+                        State::Refused => Report::Refused(s.message.clone()),
                         _ => Report::Pending,
                     }
                 }
                 _ => Report::Pending,
+            }
+        };
+        // A handover node's `ok` must name its epoch: only then has the new copy run.
+        let handover_report = |node: &PublicKey, replica: u64, epoch: u64| -> Report {
+            match statuses.get(&(*node, c.id.clone())) {
+                Some(s) if s.state == State::Ok && s.epoch != Some(epoch) => Report::Pending,
+                _ => report(node, replica, epoch),
             }
         };
         let replicas: Vec<ReplicaView> = (0..placement.replicas)
@@ -499,7 +498,7 @@ impl<N: Notary> Bot<N> {
                 ReplicaView {
                     replica: k,
                     assigned,
-                    report: r.node.map_or(Report::Pending, |n| report(&n)),
+                    report: r.node.map_or(Report::Pending, |n| report(&n, k, r.epoch)),
                     refused_on: r
                         .refused_on
                         .iter()

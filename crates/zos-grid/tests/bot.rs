@@ -563,6 +563,9 @@ fn drain_scenario(url: &str) {
     let (_, p) = g.placement();
     assert_eq!(where_runs(&p), vec![(c, 2), (a, 2)]);
     assert!(p.replicas[1].handover.is_none(), "{p:?}");
+    // a's status still speaks of replica 0 at epoch 1, which it ran before: not taken
+    // for replica 1 at epoch 2 running.
+    assert_eq!(p.replicas[1].state, ReplicaState::Assigned, "{p:?}");
 }
 
 #[test]
