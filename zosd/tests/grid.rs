@@ -1,29 +1,40 @@
 //! The grid (issue #15, docs/grid.md) on real nodes: `zosd run` processes (tests/common's
 //! `Node`, each in its own `zt-` namespaces) registered in one farm of a shared notary,
-//! and the orchestrator (`zos_grid::Bot`) in-process.
+//! and the orchestrator (`zos_grid::Bot`) in-process. `after_s` is 10 s, the floor.
 //!
 //! `the_grid_on_etcd`: one real etcd, a farm of three nodes (A and B with an 8 GiB disk,
-//! C with 1 GiB) and a fourth node D registered in another farm, one bot. In order:
-//! 1. `placement`: `replicas = 2` with a 2 GiB volume lands on two distinct nodes with
+//! C with 1 GiB) and a fourth node D registered in another farm, one bot. Each node
+//! reaches etcd at a loopback address of its own. In order:
+//! 1. placement: `replicas = 2` with a 2 GiB volume lands on two distinct nodes with
 //!    room and runs there (status `ok` with its replica at epoch 1, the container's
-//!    process alive); C never gets an assignment.
-//! 2. `failover`: a node N holding a replica of a `move` contract and one of a `stay`
+//!    process alive); C never gets an assignment. 1b: the owner's cancellation at the
+//!    farm's key removes both copies.
+//! 2. failover: a node N holding a replica of a `move` contract and one of a `stay`
 //!    contract is killed (zosd and its containers). The `move` replica runs on another
-//!    node at epoch 2 (the time it took is printed, not asserted); the `stay` one is
-//!    reported `lost` in the placement record and nothing moves. N starts again: its copy
-//!    is `moved`, its container never starts again, and the placement record shows the
-//!    move with its reason (`node_lost`).
-//! 3. `attacks`: each refused on the node with its code, nothing run there: an assignment
-//!    signed by another key (`not_orchestrator`), the epoch-1 assignment replayed after
-//!    the move (`stale_epoch`), an assignment to D, outside the farm (`outside_farm`), a
-//!    placement contract at a node's own contract key (`unassigned`).
+//!    node at epoch 2 (the time it took is printed, not asserted). N starts again: its
+//!    copy is `moved`, its container never starts again, and the placement record shows
+//!    the move with its reason (`node_lost`).
+//! 3. attacks, each refused on the node with its code and nothing run there: an
+//!    assignment signed by another key (`not_orchestrator`), the epoch-1 assignment
+//!    replayed after the move (`stale_epoch`), an assignment to D, outside the farm
+//!    (`outside_farm`), a placement contract at a node's own contract key (`unassigned`).
+//! 4. stay: N's replica of the `stay` contract is reported `lost`, and nothing moves.
+//! 6. partition (the issue's test 3): nft drops the traffic between one node and its
+//!    etcd address; the node stops its copy (fence at `after_s / 2`), the bot moves it at
+//!    `after_s`; an observer polling every node's workloads every 100 ms never sees two
+//!    copies; healed, the node reports `moved` and runs nothing.
 //!
-//! `the_grid_on_a_directory`: the same placement and failover (one replica, kill, moved)
-//! on a `dir://` notary with one bot.
+//! `the_grid_on_a_directory`: 5. the same placement and failover (one replica, kill,
+//! moved) on a `dir://` notary with one bot.
 //!
 //! Every scenario of a test runs even when an earlier one failed (unless it needs what
 //! that one set up); the test prints one PASS / FAIL / BLOCKED line per scenario and
 //! fails if any did not pass.
+//!
+//! A limit of running several nodes on one host: a container's cgroup is
+//! `/zos/<contract>.<workload>` whichever node runs it, so a node removing its copy of a
+//! replica kills the processes of another node's copy too. The tests assert what each
+//! node does with its own copy and only print when another's died that way.
 
 mod common;
 
