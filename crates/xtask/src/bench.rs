@@ -15,6 +15,9 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
     // flist store beside a healthy contract (crates/zos-engine/benches/engine.rs).
     ("engine", &[("zos-engine", "engine")]),
     ("flist", &[("zos-flist", "flist")]),
+    // The orchestrator at scale: simulated nodes on a real etcd, placements per second,
+    // failover, watch lag (crates/zos-grid/benches/grid.rs; BENCH_QUICK=1 for 100/500).
+    ("grid", &[("zos-grid", "grid")]),
     ("storage", &[("zos-storage", "storage")]),
     ("network", &[("zos-network", "network")]),
     ("container", &[("zos-container", "container")]),
