@@ -485,9 +485,19 @@ impl<N: Notary> Bot<N> {
             }
         };
         // A handover node's `ok` must name its epoch: only then has the new copy run.
+        // One that fenced it (its liveness lapsed, or it restarted) would wait for a
+        // placement record naming it, which a handover never writes before its `ok`:
+        // counted as a refusal, so that another node takes the handover over.
         let handover_report = |node: &PublicKey, replica: u64, epoch: u64| -> Report {
             match statuses.get(&(*node, c.id.clone())) {
                 Some(s) if s.state == State::Ok && s.epoch != Some(epoch) => Report::Pending,
+                Some(s)
+                    if s.state == State::Fenced
+                        && s.version == Some(c.version)
+                        && s.epoch == Some(epoch) =>
+                {
+                    Report::Refused(format!("fenced during the handover: {}", s.message))
+                }
                 _ => report(node, replica, epoch),
             }
         };

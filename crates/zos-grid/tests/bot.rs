@@ -502,6 +502,23 @@ fn drain_scenario(url: &str) {
     assert_eq!(g.placement().1.replicas[0].handover, r0.handover);
     assert!(g.assignment(&a, 0).is_some(), "a keeps its assignment");
 
+    // 3b. c fences it (its liveness lapsed): it would wait for a record naming it,
+    // which a handover does not write before its ok, so it counts as a refusal and
+    // another node is sought; none has room here, so the replica stays on a and says so.
+    g.status_at(&secret(&c), State::Fenced, 0, 2);
+    g.rt.block_on(bot.round()).unwrap();
+    let (_, p) = g.placement();
+    let r0 = &p.replicas[0];
+    assert_eq!((r0.node, r0.epoch), (Some(a), 1), "{r0:?}");
+    assert!(
+        r0.refused_on
+            .iter()
+            .any(|x| x.node == c && x.reason.contains("fenced")),
+        "{r0:?}"
+    );
+    assert!(r0.detail.contains("drained; no handover"), "{r0:?}");
+    assert!(g.assignment(&a, 0).is_some(), "a keeps its assignment");
+
     // 4. c reports ok at epoch 2: the replica moves there (reason drain), a's
     // assignment goes; a, reading the record, sees epoch 2 elsewhere and stops.
     g.status_at(&secret(&c), State::Ok, 0, 2);
