@@ -598,6 +598,9 @@ fn placement_status(id: &str, farm: &str, notary: &str, format: &Format) -> anyh
         for refusal in &r.refused_on {
             outln!("    refused by {}: {}", refusal.node, refusal.reason)?;
         }
+        if let Some(h) = r.handover_text() {
+            outln!("    {h}")?;
+        }
     }
     if !p.moves.is_empty() {
         outln!("  moves (oldest first):")?;
