@@ -8,6 +8,7 @@
 use xtask::{bench, demo, flists, fuzz, image, initramfs, node, test};
 
 mod man;
+mod release;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -54,6 +55,11 @@ tasks:
                 (boot the ISO as a USB stick on q35 instead) (qemu/README.md)
   farm N [node options]
                 boot N nodes on one notary
+  release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
+                the node's agent (the image's static zosd) packed as a flist signed
+                by the publisher key (default: KEY) and a release record signed by the
+                release key KEY, in DIR (default target/releases/VERSION); no
+                hypervisor part yet (docs/upgrade.md)
   man [DIR]     the zos tool's man pages, one per command, from its clap definition
                 (default DIR: target/man); read one with man -l DIR/zos.1
 ";
@@ -71,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Some("node") => node::run_node(&args[1..]),
         Some("farm") => node::run_farm(&args[1..]),
         Some("man") => man::run(&args[1..]),
+        Some("release") => release::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,211 @@
+//! `cargo xtask release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]`:
+//! builds the node's agent and signs it as a release (docs/upgrade.md).
+//!
+//! 1. zosd, the static release build the image's `/init` is (`initramfs::static_zosd`),
+//!    stripped, is laid out as `/zosd` of a tree;
+//! 2. the tree is packed as a flist (`DIR/zosd.fl`, its blocks in `DIR/store`) and
+//!    signed by the publisher key (`DIR/zosd.fl.sig`; the release key unless
+//!    `--publisher` names another);
+//! 3. the release record, `{version, parts: {zosd}, signed_at, key}` with the release
+//!    key's signature over `sha256(jcs(release))`, is written to `DIR/release.json`;
+//! 4. the record is checked as a node checks it (`zos_release::verify_release_bytes`)
+//!    and, for a `dir://` release, the agent fetched back through
+//!    `zos_release::fetch_part` (pin, signature, every block) and compared.
+//!
+//! The hypervisor bundle (`qemu`) is not part of the release yet: collecting QEMU with
+//! its libraries and firmware into a flist is the next step of issue #17.
+//!
+//! DIR defaults to `target/releases/VERSION`. The part's URL and store are `dir://` paths
+//! under DIR unless `--base URL` says where DIR is served (`URL/zosd.fl`, `URL/store`).
+//! KEY is created (mode 0600) when it does not exist. A version is released once: an
+//! existing `DIR/release.json` is not replaced.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use zos_contract::deployment::FlistRef;
+use zos_contract::{Digest, SecretKey};
+use zos_flist::{DirAccess, PackOptions, Router};
+use zos_release::{Parts, Release, SignedRelease, Version};
+
+use xtask::initramfs::{human, static_zosd};
+
+const USAGE: &str =
+    "usage: cargo xtask release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]";
+
+struct Args {
+    version: Version,
+    key: PathBuf,
+    publisher: Option<PathBuf>,
+    out: Option<PathBuf>,
+    base: Option<String>,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Args> {
+    let mut version = None;
+    let (mut key, mut publisher, mut out, mut base) = (None, None, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().context(USAGE);
+        match a.as_str() {
+            "--key" => key = Some(PathBuf::from(value()?)),
+            "--publisher" => publisher = Some(PathBuf::from(value()?)),
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--base" => base = Some(value()?.trim_end_matches('/').to_string()),
+            v if version.is_none() && !v.starts_with('-') => {
+                version = Some(v.parse::<Version>().context(USAGE)?)
+            }
+            other => bail!("unexpected {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(Args {
+        version: version.context(USAGE)?,
+        key: key.context(USAGE)?,
+        publisher,
+        out,
+        base,
+    })
+}
+
+/// The secret key at `path`, created when missing.
+fn key_at(path: &Path, what: &str) -> anyhow::Result<SecretKey> {
+    if path.exists() {
+        return SecretKey::load(path).with_context(|| format!("the {what} key"));
+    }
+    let key = SecretKey::generate()?;
+    key.save_new(path)?;
+    println!(
+        "new {what} key {} in {} (mode 0600)",
+        key.public(),
+        path.display()
+    );
+    Ok(key)
+}
+
+/// `cargo xtask release ...`.
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let a = parse(args)?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        xtask::target_dir()
+            .join("releases")
+            .join(a.version.to_string())
+    });
+    let record_path = out.join("release.json");
+    if record_path.exists() {
+        bail!(
+            "{} exists: version {} is released already (a version is released once)",
+            record_path.display(),
+            a.version
+        );
+    }
+    let release_key = key_at(&a.key, "release")?;
+    let publisher = match &a.publisher {
+        Some(p) => key_at(p, "publisher")?,
+        None => release_key.clone(),
+    };
+
+    // 1. The agent, as the image's /init is built.
+    let zosd = static_zosd()?;
+    std::fs::create_dir_all(&out)?;
+    let out = out.canonicalize()?;
+    let work = tempfile::Builder::new()
+        .prefix(".rootfs-")
+        .tempdir_in(&out)?;
+    let rootfs = work.path().join("rootfs");
+    std::fs::create_dir(&rootfs)?;
+    let agent = rootfs.join("zosd");
+    std::fs::copy(&zosd, &agent).context("copying zosd")?;
+    let status = Command::new("strip")
+        .arg("--strip-all")
+        .arg(&agent)
+        .status()?;
+    if !status.success() {
+        bail!("strip --strip-all {} failed ({status})", agent.display());
+    }
+
+    // 2. Packed and signed.
+    let fl = out.join("zosd.fl");
+    let store_dir = out.join("store");
+    let local_store = format!("dir://{}", store_dir.display());
+    let report = zos_flist::pack(
+        &rootfs,
+        &fl,
+        &Router::parse(std::slice::from_ref(&local_store))?,
+        &PackOptions::default(),
+    )?;
+    zos_flist::sign_file(&fl, &publisher)?;
+    let (url, store) = match &a.base {
+        Some(base) => (format!("{base}/zosd.fl"), format!("{base}/store")),
+        None => (format!("dir://{}", fl.display()), local_store),
+    };
+    let part = FlistRef {
+        url,
+        sha256: Digest::of(&std::fs::read(&fl)?),
+        stores: vec![store],
+        publishers: vec![publisher.public()],
+    };
+
+    // 3. The signed record.
+    let signed_at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let release = Release {
+        version: a.version,
+        parts: Parts {
+            zosd: part,
+            qemu: None,
+        },
+        rollback: false,
+        signed_at,
+        key: release_key.public(),
+    };
+    let signed = SignedRelease::sign(release, &release_key);
+    let mut text = serde_json::to_string_pretty(&signed.to_value())?;
+    text.push('\n');
+    let tmp = out.join(".release.json.tmp");
+    std::fs::write(&tmp, &text)?;
+    std::fs::rename(&tmp, &record_path)?;
+
+    // 4. Checked as a node checks it.
+    let pinned: BTreeSet<_> = [release_key.public()].into();
+    let below = Version::new(0, 0, 0);
+    if a.version != below {
+        zos_release::verify_release_bytes(text.as_bytes(), &pinned, &below)
+            .context("the record just written does not verify")?;
+    }
+    let fetched_back = if a.base.is_none() {
+        let slot = work.path().join("slot");
+        zos_release::fetch_part(
+            "zosd",
+            &signed.release.parts.zosd,
+            &DirAccess::under([&out]),
+            &slot,
+            1 << 30,
+        )?;
+        if std::fs::read(slot.join("zosd"))? != std::fs::read(&agent)? {
+            bail!("the agent fetched back from the release differs from the one packed");
+        }
+        "fetched back and compared"
+    } else {
+        "not fetched back (served at --base)"
+    };
+
+    println!("release   {} ({})", a.version, record_path.display());
+    println!(
+        "digest    {}",
+        SignedRelease::digest_of(&signed.release).to_hex()
+    );
+    println!("key       {} ({})", release_key.public(), a.key.display());
+    println!(
+        "zosd      {} ({} stripped, {} blocks), {fetched_back}",
+        fl.display(),
+        human(report.bytes),
+        report.blocks
+    );
+    println!("signature {}.sig by {}", fl.display(), publisher.public());
+    println!("store     {}", store_dir.display());
+    println!("sha256    {}", signed.release.parts.zosd.sha256);
+    println!("qemu      not in this release (the hypervisor bundle is not built yet)");
+    Ok(())
+}
