@@ -15,6 +15,13 @@ mod provisioner;
 mod registration;
 mod status;
 
+/// The version the node reports (registration, heartbeat, status): the release's,
+/// when `cargo xtask release` built it (`ZOS_RELEASE_VERSION`), else the crate's.
+pub const VERSION: &str = match option_env!("ZOS_RELEASE_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -39,7 +39,7 @@ pub async fn register(
 ) -> anyhow::Result<Option<(Member, Option<Liveness>)>> {
     let member = membership::MemberConfig {
         farm: cfg.farm.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: crate::VERSION.to_string(),
         netns: cfg.network.node_netns.clone(),
         heartbeat: Duration::from_secs(cfg.heartbeat_secs),
     };

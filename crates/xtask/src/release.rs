@@ -108,7 +108,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
 
     // 1. The agent, as the image's /init is built.
-    let zosd = static_zosd()?;
+    let zosd = static_zosd(Some(&a.version.to_string()))?;
     std::fs::create_dir_all(&out)?;
     let out = out.canonicalize()?;
     let work = tempfile::Builder::new()
