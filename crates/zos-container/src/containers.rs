@@ -66,16 +66,32 @@ impl Containers {
 
     /// As [`Containers::new`], with every output line also handed to `tap`.
     pub fn with_tap(state_dir: &Path, tap: Option<Tap>) -> Result<Containers, Error> {
+        Containers::with_options(state_dir, tap, crate::spec::DEFAULT_CGROUP_PARENT)
+    }
+
+    /// As [`Containers::with_tap`], every container's cgroup under `cgroup_parent`
+    /// (see [`RuntimeConfig::cgroup_parent`]).
+    pub fn with_options(
+        state_dir: &Path,
+        tap: Option<Tap>,
+        cgroup_parent: &str,
+    ) -> Result<Containers, Error> {
         let root = state_dir.join("containers");
         Ok(Containers {
             runtime: Libcontainer::new(RuntimeConfig {
                 tap,
+                cgroup_parent: cgroup_parent.to_string(),
                 ..RuntimeConfig::under(&root)
             })?,
             root: root.clone(),
             logs: root.join("logs"),
             exits: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The cgroup path of container `name`, relative to each hierarchy's root.
+    pub fn cgroup_path(&self, name: &str) -> PathBuf {
+        crate::spec::cgroup_path(&self.runtime.config().cgroup_parent, name)
     }
 
     fn log_dir(&self, name: &str) -> PathBuf {
@@ -161,7 +177,8 @@ impl Containers {
         })
     }
 
-    /// Runs `runtime-create` with `spec` on its stdin; returns the init's pid.
+    /// Runs `runtime-create` with `spec` and this runtime's cgroup parent on its stdin
+    /// (a [`CreateRequest`]); returns the init's pid.
     fn create_in_child(&self, spec: &ContainerSpec) -> Result<i32, ProvisionError> {
         use std::io::Write;
         let name = &spec.id;
@@ -176,7 +193,11 @@ impl Containers {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| err(name, format!("spawning the runtime: {e}")))?;
-        let json = serde_json::to_vec(spec).map_err(|e| err(name, e))?;
+        let request = CreateRequest {
+            cgroup_parent: self.runtime.config().cgroup_parent.clone(),
+            spec: spec.clone(),
+        };
+        let json = serde_json::to_vec(&request).map_err(|e| err(name, e))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(&json).map_err(|e| err(name, e))?;
         }
@@ -297,16 +318,30 @@ fn spec_of(c: &ContainerPlan<'_>, log_dir: PathBuf) -> Result<ContainerSpec, Pro
     Ok(spec)
 }
 
+/// What [`Containers`] hands its `runtime-create` child on stdin: the spec, and the
+/// cgroup parent of the runtime that adopts the container (the child's runtime must
+/// make the cgroup where the parent's looks for it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CreateRequest {
+    cgroup_parent: String,
+    spec: ContainerSpec,
+}
+
 /// `runtime-create --root DIR`: creates and starts the container whose spec is on
-/// stdin and prints `{"pid": N}`. Runs in a process of its own (see
-/// [`Containers::start`]); the container outlives it and the caller adopts it.
+/// stdin (with the cgroup parent to make it under) and prints `{"pid": N}`. Runs in a
+/// process of its own (see [`Containers::start`]); the container outlives it and the
+/// caller adopts it.
 pub fn runtime_create(root: &Path) -> Result<(), Error> {
-    let spec: ContainerSpec = serde_json::from_reader(std::io::stdin().lock())
+    let CreateRequest {
+        cgroup_parent,
+        spec,
+    } = serde_json::from_reader(std::io::stdin().lock())
         .map_err(|e| Error::InvalidSpec(format!("the spec on stdin: {e}")))?;
     // The caller pumps the logs once it adopts the container; until then they wait in
     // the FIFO the container holds.
     let runtime = Libcontainer::new(RuntimeConfig {
         pump_logs: false,
+        cgroup_parent,
         ..RuntimeConfig::under(root)
     })?;
     let created = runtime.create(&spec)?;

@@ -9,6 +9,10 @@ pub enum Error {
     /// (permanent: a retry cannot help).
     #[error("invalid container spec: {0}")]
     InvalidSpec(String),
+    /// The runtime's own configuration is unusable (a cgroup parent that is not a
+    /// relative path of plain names); permanent.
+    #[error("invalid runtime configuration: {0}")]
+    InvalidConfig(String),
     /// The OCI runtime spec could not be built from a valid container spec.
     #[error("building the OCI runtime spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
@@ -65,7 +69,7 @@ impl Error {
     /// zos-storage says is lost. False for what may pass (the runtime, the kernel, I/O).
     pub fn is_permanent(&self) -> bool {
         match self {
-            Error::InvalidSpec(_) => true,
+            Error::InvalidSpec(_) | Error::InvalidConfig(_) => true,
             Error::RootVolume(e) => e.is_permanent(),
             _ => false,
         }

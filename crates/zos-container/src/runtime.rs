@@ -110,10 +110,16 @@ pub struct RuntimeConfig {
     pub pump_logs: bool,
     /// Where the pumps hand each output line too, beside the log files.
     pub tap: Option<logs::Tap>,
+    /// The cgroup every container of this runtime is made under
+    /// (`/<cgroup_parent>/<id>` in each hierarchy; see [`spec::validate_cgroup_parent`]).
+    /// Two runtimes on one host with containers of one id need different parents: a
+    /// delete kills everything in the container's cgroup.
+    pub cgroup_parent: String,
 }
 
 impl RuntimeConfig {
-    /// Both dirs under one root: `<root>/state`, `<root>/bundles`.
+    /// Both dirs under one root: `<root>/state`, `<root>/bundles`; cgroups under
+    /// [`spec::DEFAULT_CGROUP_PARENT`].
     pub fn under(root: &Path) -> RuntimeConfig {
         RuntimeConfig {
             state_dir: root.join("state"),
@@ -121,6 +127,7 @@ impl RuntimeConfig {
             log_cap: logs::DEFAULT_LOG_CAP,
             pump_logs: true,
             tap: None,
+            cgroup_parent: spec::DEFAULT_CGROUP_PARENT.to_string(),
         }
     }
 }
@@ -132,8 +139,10 @@ pub struct Libcontainer {
 }
 
 impl Libcontainer {
-    /// Creates the state and bundle directories if missing.
+    /// Creates the state and bundle directories if missing. Refuses a cgroup parent
+    /// that is not a relative path of plain names.
     pub fn new(cfg: RuntimeConfig) -> Result<Libcontainer, Error> {
+        spec::validate_cgroup_parent(&cfg.cgroup_parent)?;
         for d in [&cfg.state_dir, &cfg.bundle_dir] {
             std::fs::create_dir_all(d).map_err(Error::io("creating runtime dir", d))?;
         }
@@ -157,7 +166,7 @@ impl Libcontainer {
 
     /// Write `<bundle_dir>/<id>/config.json` for `spec` and return the bundle dir.
     pub fn write_bundle(&self, spec: &ContainerSpec) -> Result<PathBuf, Error> {
-        let oci = spec.to_oci()?;
+        let oci = spec.to_oci(&self.cfg.cgroup_parent)?;
         let bundle = self.bundle_path(&spec.id);
         std::fs::create_dir_all(&bundle).map_err(Error::io("creating bundle", &bundle))?;
         let tmp = bundle.join("config.json.tmp");
@@ -228,7 +237,7 @@ impl Libcontainer {
                 tracing::warn!(container = id, error = %e, "cleanup after failed create");
             }
         }
-        remove_cgroups(id);
+        remove_cgroups(&self.cfg.cgroup_parent, id);
         // Killed helpers take a moment to become zombies: two passes.
         crate::watchdog::reap_helper_zombies();
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -267,9 +276,9 @@ fn status_of(s: ContainerStatus) -> Status {
 
 /// Remove the container's cgroups by path, killing what is left in them. For the case
 /// libcontainer cannot: a create that died before it saved its state. Covers v1 (one
-/// hierarchy per controller mount) and v2 (`/sys/fs/cgroup/zos/<id>`).
-fn remove_cgroups(id: &str) {
-    let rel = spec::cgroup_path(id);
+/// hierarchy per controller mount) and v2 (`/sys/fs/cgroup/<parent>/<id>`).
+fn remove_cgroups(parent: &str, id: &str) {
+    let rel = spec::cgroup_path(parent, id);
     let rel = rel.strip_prefix("/").unwrap_or(&rel);
     let root = Path::new("/sys/fs/cgroup");
     let mut dirs = vec![root.join(rel)];
@@ -296,8 +305,8 @@ fn remove_cgroups(id: &str) {
 
 /// Is `pid` still the process libcontainer recorded? After a reboot or a long downtime the
 /// pid may belong to someone else: the container's cgroup tells them apart.
-fn pid_in_cgroup(pid: i32, id: &str) -> bool {
-    let want = spec::cgroup_path(id);
+fn pid_in_cgroup(pid: i32, parent: &str, id: &str) -> bool {
+    let want = spec::cgroup_path(parent, id);
     let want = want.to_string_lossy();
     match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
         Ok(text) => text
@@ -415,7 +424,7 @@ impl Runtime for Libcontainer {
         }
         // libcontainer removes its state dir and cgroups; a crash mid-create may leave
         // them without a state to delete from.
-        remove_cgroups(id);
+        remove_cgroups(&self.cfg.cgroup_parent, id);
         for d in [self.state_path(id), self.bundle_path(id)] {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}
@@ -434,7 +443,7 @@ impl Runtime for Libcontainer {
         let pid = c.pid().map(|p| p.as_raw());
         let mut status = status_of(c.status());
         if matches!(status, Status::Running | Status::Created | Status::Paused)
-            && !pid.is_some_and(|p| pid_in_cgroup(p, id))
+            && !pid.is_some_and(|p| pid_in_cgroup(p, &self.cfg.cgroup_parent, id))
         {
             // The recorded pid is gone or reused by an unrelated process.
             status = Status::Stopped;

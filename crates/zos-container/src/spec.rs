@@ -25,6 +25,11 @@ pub const LOG_DIR_ANNOTATION: &str = "zos.log-dir";
 /// The CFS period used to turn millicores into a quota (100 ms, the kernel default).
 pub const CFS_PERIOD_US: u64 = 100_000;
 
+/// The cgroup parent of a runtime that is not told another ([`crate::RuntimeConfig`]):
+/// containers in `/zos/<id>`. Several nodes on one host each need their own
+/// (`zos/<node>`), or one node's teardown of a container kills another's of the same id.
+pub const DEFAULT_CGROUP_PARENT: &str = "zos";
+
 /// Default PATH when the workload does not set one.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -204,16 +209,18 @@ impl ContainerSpec {
         Ok(())
     }
 
-    /// The OCI runtime spec for this workload (`root.path` is the absolute rootfs):
-    /// validated, then built in named steps, one per part of the spec.
-    pub fn to_oci(&self) -> Result<Spec, Error> {
+    /// The OCI runtime spec for this workload (`root.path` is the absolute rootfs), its
+    /// cgroup under `cgroup_parent` ([`cgroup_path`]): validated, then built in named
+    /// steps, one per part of the spec.
+    pub fn to_oci(&self, cgroup_parent: &str) -> Result<Spec, Error> {
         self.validate()?;
+        validate_cgroup_parent(cgroup_parent)?;
         let mut spec = SpecBuilder::default()
             .version("1.0.2")
             .root(self.oci_root()?)
             .process(self.oci_process()?)
             .mounts(self.oci_mounts()?)
-            .linux(self.oci_linux()?)
+            .linux(self.oci_linux(cgroup_parent)?)
             .annotations(self.oci_annotations())
             .build()?;
         if let Some(h) = &self.hostname {
@@ -352,7 +359,7 @@ impl ContainerSpec {
 
     /// The Linux part: namespaces, resources, the cgroup named after the id, masked
     /// and read-only paths, the seccomp profile.
-    fn oci_linux(&self) -> Result<oci_spec::runtime::Linux, Error> {
+    fn oci_linux(&self, cgroup_parent: &str) -> Result<oci_spec::runtime::Linux, Error> {
         let mut readonly: Vec<String> = DEFAULT_READONLY_PATHS
             .iter()
             .map(|s| s.to_string())
@@ -362,9 +369,9 @@ impl ContainerSpec {
         Ok(LinuxBuilder::default()
             .namespaces(self.oci_namespaces()?)
             .resources(self.oci_resources()?)
-            // An explicit path, so the cgroup is ours by name: /sys/fs/cgroup/<ctrl>/zos/<id>
-            // on v1, /sys/fs/cgroup/zos/<id> on v2.
-            .cgroups_path(cgroup_path(&self.id))
+            // An explicit path, so the cgroup is ours by name:
+            // /sys/fs/cgroup/<ctrl>/<parent>/<id> on v1, /sys/fs/cgroup/<parent>/<id> on v2.
+            .cgroups_path(cgroup_path(cgroup_parent, &self.id))
             .masked_paths(
                 DEFAULT_MASKED_PATHS
                     .iter()
@@ -387,9 +394,34 @@ impl ContainerSpec {
     }
 }
 
-/// The cgroup path (relative to each hierarchy's root) of a container.
-pub fn cgroup_path(id: &str) -> PathBuf {
-    PathBuf::from(format!("/zos/{id}"))
+/// The cgroup path (relative to each hierarchy's root) of container `id` of a runtime
+/// whose cgroup parent is `parent`: `/<parent>/<id>`.
+pub fn cgroup_path(parent: &str, id: &str) -> PathBuf {
+    PathBuf::from(format!("/{parent}/{id}"))
+}
+
+/// A cgroup parent is a relative path of 1-8 boring components (`zos`, `zos/n`): never
+/// absolute, empty, `.` or `..`, so a container's cgroup stays below the hierarchy's
+/// root and inside the parent named.
+pub fn validate_cgroup_parent(parent: &str) -> Result<(), Error> {
+    let parts: Vec<&str> = parent.split('/').collect();
+    let ok = parent.len() <= 128
+        && parts.len() <= 8
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && *p != "."
+                && *p != ".."
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "cgroup parent {parent:?}: want 1-8 '/'-separated components of [A-Za-z0-9_.-], \
+             none empty, '.' or '..'"
+        )))
+    }
 }
 
 /// Ids become directory names and cgroup leaves: keep them boring.
@@ -595,7 +627,7 @@ mod tests {
 
     #[test]
     fn maps_every_field() {
-        let oci = spec().to_oci().unwrap();
+        let oci = spec().to_oci(DEFAULT_CGROUP_PARENT).unwrap();
         let json = serde_json::to_value(&oci).unwrap();
         let p = &json["process"];
         assert_eq!(p["args"], serde_json::json!(["/hello", "--users", "7"]));
@@ -656,7 +688,7 @@ mod tests {
     fn new_netns_when_none_given() {
         let mut s = spec();
         s.netns = None;
-        let json = serde_json::to_value(s.to_oci().unwrap()).unwrap();
+        let json = serde_json::to_value(s.to_oci(DEFAULT_CGROUP_PARENT).unwrap()).unwrap();
         let ns = json["linux"]["namespaces"].as_array().unwrap();
         let net = ns.iter().find(|n| n["type"] == "network").unwrap();
         assert!(net.get("path").is_none() || net["path"].is_null());
@@ -686,8 +718,38 @@ mod tests {
             let mut s = spec();
             f(&mut s);
             assert!(
-                matches!(s.to_oci(), Err(Error::InvalidSpec(_))),
+                matches!(s.to_oci(DEFAULT_CGROUP_PARENT), Err(Error::InvalidSpec(_))),
                 "case {i} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cgroup_is_under_the_runtimes_parent() {
+        let json = serde_json::to_value(spec().to_oci("zos/n1").unwrap()).unwrap();
+        assert_eq!(json["linux"]["cgroupsPath"], "/zos/n1/zt-1");
+        assert_eq!(cgroup_path("zos/n1", "c.web"), Path::new("/zos/n1/c.web"));
+        for parent in ["zos", "zos/n", "zos-vm/zt-ab1_2"] {
+            validate_cgroup_parent(parent).unwrap();
+        }
+        for bad in [
+            "",
+            "/zos",
+            "zos/",
+            "zos//n",
+            "..",
+            "zos/../x",
+            "zos/.",
+            "a b",
+            "1/2/3/4/5/6/7/8/9",
+        ] {
+            assert!(
+                matches!(validate_cgroup_parent(bad), Err(Error::InvalidConfig(_))),
+                "{bad:?} accepted"
+            );
+            assert!(
+                matches!(spec().to_oci(bad), Err(Error::InvalidConfig(_))),
+                "{bad:?} accepted by to_oci"
             );
         }
     }

@@ -56,13 +56,34 @@ impl ContainerRuntime {
         ids: Arc<dyn KernelIds>,
         tap: Option<crate::Tap>,
     ) -> Result<ContainerRuntime, Error> {
+        let parent = crate::spec::DEFAULT_CGROUP_PARENT;
+        ContainerRuntime::with_options(state_dir, storage, access, ids, tap, parent)
+    }
+
+    /// As [`ContainerRuntime::with_tap`], every container's cgroup made under
+    /// `cgroup_parent` (`/<cgroup_parent>/<name>`): a node's own scope, so that nodes
+    /// sharing a host never share a container's cgroup.
+    pub fn with_options(
+        state_dir: &Path,
+        storage: Arc<Storage>,
+        access: DirAccess,
+        ids: Arc<dyn KernelIds>,
+        tap: Option<crate::Tap>,
+        cgroup_parent: &str,
+    ) -> Result<ContainerRuntime, Error> {
         Ok(ContainerRuntime {
             rootfs: Rootfs::new(state_dir, storage, access),
-            containers: Containers::with_tap(state_dir, tap)?,
+            containers: Containers::with_options(state_dir, tap, cgroup_parent)?,
             ids,
             ranges: IdRanges::new(state_dir.join("idranges")),
             userns_dir: state_dir.join("userns"),
         })
+    }
+
+    /// The cgroup path of workload `name`'s container, relative to each hierarchy's
+    /// root: where its metrics are read.
+    pub fn cgroup_path(&self, name: &str) -> PathBuf {
+        self.containers.cgroup_path(name)
     }
 
     /// The host id range of the contract that owns workload `name`.

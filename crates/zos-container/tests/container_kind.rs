@@ -64,13 +64,15 @@ impl KernelIds for Ids {
 struct Guard {
     dir: tempfile::TempDir,
     containers: PathBuf,
+    /// The runtime's cgroup parent, removed after the containers.
+    parent: common::CgroupParents,
     names: Vec<String>,
     dev: Option<PathBuf>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Ok(rt) = Libcontainer::new(RuntimeConfig::under(&self.containers)) {
+        if let Ok(rt) = runtime_at(&self.containers, &self.parent.0[0]) {
             for n in &self.names {
                 let _ = rt.delete(n);
             }
@@ -89,8 +91,16 @@ impl Drop for Guard {
     }
 }
 
-fn pid_of(containers: &Path, name: &str) -> Option<i32> {
-    let rt = Libcontainer::new(RuntimeConfig::under(containers)).unwrap();
+/// libcontainer over the test's runtime dirs and cgroup parent.
+fn runtime_at(containers: &Path, parent: &str) -> Result<Libcontainer, zos_container::Error> {
+    Libcontainer::new(RuntimeConfig {
+        cgroup_parent: parent.to_string(),
+        ..RuntimeConfig::under(containers)
+    })
+}
+
+fn pid_of(guard: &Guard, name: &str) -> Option<i32> {
+    let rt = runtime_at(&guard.containers, &guard.parent.0[0]).unwrap();
     rt.state(name)
         .unwrap()
         .filter(|s| s.status == Status::Running)
@@ -132,8 +142,11 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
     let state = dir.path().join("state");
     let tag = zos_testkit::tag(4);
     let name = format!("{tag}.app");
+    // A node's own cgroup scope, as zosd gives its runtime one.
+    let parent = format!("zos/{tag}");
     let mut guard = Guard {
         containers: state.join("containers"),
+        parent: common::CgroupParents(vec![parent.clone()]),
         names: vec![name.clone()],
         dev: None,
         dir,
@@ -167,11 +180,13 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
     let ids = Arc::new(Ids::default());
     let id = tag.replace('-', "");
     ids.give(&name, &id);
-    let runtime = ContainerRuntime::new(
+    let runtime = ContainerRuntime::with_options(
         &state,
         storage.clone(),
         DirAccess::under([&roots]),
         ids.clone(),
+        None,
+        &parent,
     )
     .unwrap();
     let plan = plan_of(&name, &flist_url, &sha, &store);
@@ -196,7 +211,7 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
         "{e:?}"
     );
     assert_eq!(runtime.state(&name), None);
-    assert!(pid_of(&guard.containers, &name).is_none());
+    assert!(pid_of(&guard, &name).is_none());
 
     // ensure: the root on its own subvolume, the container running on it.
     let status = runtime.ensure(&plan, &placement).unwrap();
@@ -211,12 +226,20 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
     common::eventually("the container writes /tmp/ran into its upper layer", || {
         ran.exists().then_some(())
     });
-    let first = pid_of(&guard.containers, &name).expect("running");
+    let first = pid_of(&guard, &name).expect("running");
     assert!(runtime.names().contains(&name));
+    // Made by the runtime-create child in the runtime's cgroup parent, where the
+    // runtime says it is (what zosd's metrics read).
+    let cgroup = PathBuf::from(format!("/{parent}/{name}"));
+    assert_eq!(runtime.cgroup_path(&name), cgroup);
+    assert_eq!(
+        common::cgroup_of(first, "pids"),
+        cgroup.display().to_string()
+    );
 
     // ensure again: the same container (re-adoption), never a second one.
     runtime.ensure(&plan, &placement).unwrap();
-    assert_eq!(pid_of(&guard.containers, &name), Some(first));
+    assert_eq!(pid_of(&guard, &name), Some(first));
 
     // It dies; restart starts it again on its root, without its flist or store.
     std::fs::remove_file(&fl).unwrap();
@@ -227,7 +250,7 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
     });
     let status = runtime.restart(&plan, &placement).unwrap();
     assert_eq!(status.state, WorkloadState::Running);
-    let second = pid_of(&guard.containers, &name).expect("running again");
+    let second = pid_of(&guard, &name).expect("running again");
     assert_ne!(second, first);
 
     // A root left on the pool without a container (a crash, a reboot) is listed.
@@ -244,7 +267,7 @@ fn a_container_is_prepared_run_restarted_and_removed_whole() -> bool {
     runtime.remove(&name).unwrap();
     runtime.remove(&leftover).unwrap();
     assert_eq!(runtime.state(&name), None);
-    assert!(pid_of(&guard.containers, &name).is_none());
+    assert!(pid_of(&guard, &name).is_none());
     assert!(!zos_container::rootfs::is_mountpoint(&merged));
     assert!(!state.join("workloads").join(&name).exists());
     assert!(!state.join("containers/logs").join(&name).exists());

@@ -408,3 +408,62 @@ fn joins_the_given_network_namespace() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!((theirs.dev(), theirs.ino()), (want.dev(), want.ino()));
 }
+
+/// Two nodes on one host (the grid tests, the demo) each run a copy of one replica: one
+/// container id in two runtimes. With a cgroup parent each, deleting one copy (its
+/// cgroup SIGKILLed and removed) leaves the other running in its own cgroup.
+#[test]
+fn runtimes_with_their_own_cgroup_parent_keep_one_id_apart() {
+    let test = "runtimes_with_their_own_cgroup_parent_keep_one_id_apart";
+    if !privileged(test) {
+        return;
+    }
+    let fx = Fixture::new();
+    let tag = random_id();
+    let parents = [format!("zos/{tag}-a"), format!("zos/{tag}-b")];
+    let _parents = CgroupParents(parents.to_vec());
+    let runtime = |parent: &str, dir: &str| {
+        zos_container::Libcontainer::new(zos_container::RuntimeConfig {
+            cgroup_parent: parent.to_string(),
+            ..zos_container::RuntimeConfig::under(&fx.dir.path().join(dir))
+        })
+        .unwrap()
+    };
+    let (a, b) = (runtime(&parents[0], "run-a"), runtime(&parents[1], "run-b"));
+    let spec_a = fx.sh("echo up; sleep 600");
+    let mut spec_b = spec_a.clone();
+    spec_b.log_dir = fx.dir.path().join("logs-b").join(&spec_b.id);
+    let id = spec_a.id.clone();
+    let _ga = Guard {
+        rt: a.clone(),
+        id: id.clone(),
+    };
+    let _gb = Guard {
+        rt: b.clone(),
+        id: id.clone(),
+    };
+    let ca = a.create(&spec_a).unwrap();
+    a.start(&id).unwrap();
+    let cb = b.create(&spec_b).unwrap();
+    b.start(&id).unwrap();
+    for spec in [&spec_a, &spec_b] {
+        eventually("both copies up", || {
+            tail(&spec.log_dir, Stream::Stdout)
+                .contains(&"up".to_string())
+                .then_some(())
+        });
+    }
+    assert_ne!(ca.pid, cb.pid);
+    for (c, parent) in [(&ca, &parents[0]), (&cb, &parents[1])] {
+        assert_eq!(cgroup_of(c.pid, "pids"), format!("/{parent}/{id}"));
+    }
+
+    a.delete(&id).unwrap();
+    assert!(ca.exit.wait_blocking(WAIT).is_some(), "a's copy not ended");
+    // The delete has returned (a's cgroup killed and removed): b's copy runs on.
+    assert!(alive(cb.pid), "b's copy was killed by a's delete");
+    assert_eq!(cb.exit.get(), None, "b's copy has exited");
+    assert_eq!(b.state(&id).unwrap().unwrap().status, Status::Running);
+    assert_eq!(cgroup_of(cb.pid, "pids"), format!("/{}/{id}", parents[1]));
+    assert!(a.state(&id).unwrap().is_none());
+}

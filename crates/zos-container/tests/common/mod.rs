@@ -135,7 +135,10 @@ impl Drop for Guard {
         // so a bug here never leaves the machine dirty.
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
             for d in rd.flatten() {
-                let cg = d.path().join("zos").join(&self.id);
+                let cg = d
+                    .path()
+                    .join(&self.rt.config().cgroup_parent)
+                    .join(&self.id);
                 if cg.is_dir() {
                     eprintln!("LEAK: {} still exists after delete", cg.display());
                     let _ = std::fs::remove_dir(&cg);
@@ -145,8 +148,62 @@ impl Drop for Guard {
     }
 }
 
+/// Cgroup parents a test made (e.g. `zos/zt-ab12-a`): removed from every hierarchy on
+/// drop, once the containers under them are deleted (drop it after their guards).
+pub struct CgroupParents(pub Vec<String>);
+
+impl Drop for CgroupParents {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        let roots: Vec<PathBuf> = rd.flatten().map(|d| d.path()).collect();
+        for parent in &self.0 {
+            for root in std::iter::once(Path::new("/sys/fs/cgroup"))
+                .chain(roots.iter().map(PathBuf::as_path))
+            {
+                let dir = root.join(parent);
+                if dir.is_dir() {
+                    if let Err(e) = std::fs::remove_dir(&dir) {
+                        eprintln!("cleanup: rmdir {}: {e}", dir.display());
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub fn cgroup_v1() -> bool {
     Path::new("/sys/fs/cgroup/memory").is_dir()
+}
+
+/// Alive and not a zombie: `/proc/<pid>/stat`'s state is neither Z nor X.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// The cgroup path of `pid` in the hierarchy of `controller` (v1) or the unified one.
+pub fn cgroup_of(pid: i32, controller: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let hit = if cgroup_v1() {
+                ctrls.split(',').any(|c| c == controller)
+            } else {
+                ctrls.is_empty()
+            };
+            hit.then(|| path.to_string())
+        })
+        .next()
+        .unwrap_or_default()
 }
 
 /// A named network namespace of ours (`ip netns add zt-...`), deleted on drop.
