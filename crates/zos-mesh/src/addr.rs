@@ -34,6 +34,11 @@ pub const SLOT_BITS: u8 = 6;
 /// (14 hosts: the gateway and 13 workloads).
 pub const MAX_NODE_PREFIX: u8 = 28;
 
+/// Why text or an address and prefix is not an [`Ipv4Net`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadNet(pub String);
+
 /// An IPv4 network: an address with zero host bits and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Net {
@@ -43,12 +48,12 @@ pub struct Ipv4Net {
 
 impl Ipv4Net {
     /// `addr/len`, refused when `len > 32` or host bits are set.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Self, String> {
+    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Self, BadNet> {
         if len > 32 {
-            return Err(format!("{addr}/{len}: prefix length above 32"));
+            return Err(BadNet(format!("{addr}/{len}: prefix length above 32")));
         }
         if u32::from(addr) & !mask(len) != 0 {
-            return Err(format!("{addr}/{len} has host bits set"));
+            return Err(BadNet(format!("{addr}/{len} has host bits set")));
         }
         Ok(Ipv4Net { addr, len })
     }
@@ -100,24 +105,26 @@ impl fmt::Display for Ipv4Net {
 }
 
 impl FromStr for Ipv4Net {
-    type Err = String;
+    type Err = BadNet;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadNet> {
         let (addr, len) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a.b.c.d/len"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?}: bad address"))?;
+            .ok_or_else(|| BadNet(format!("{s:?} is not a.b.c.d/len")))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| BadNet(format!("{s:?}: bad address")))?;
         // Digits only: `parse::<u8>` would take "+8".
         if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{s:?}: bad prefix length"));
+            return Err(BadNet(format!("{s:?}: bad prefix length")));
         }
         let len: u8 = len
             .parse()
-            .map_err(|_| format!("{s:?}: bad prefix length"))?;
+            .map_err(|_| BadNet(format!("{s:?}: bad prefix length")))?;
         let net = Ipv4Net::new(addr, len)?;
         // One spelling per network: "10.0.0.0/08" is refused.
         if net.to_string() != s {
-            return Err(format!("{s:?} is not in canonical form ({net})"));
+            return Err(BadNet(format!("{s:?} is not in canonical form ({net})")));
         }
         Ok(net)
     }
@@ -261,7 +268,7 @@ pub fn range_of(network: &Network) -> Result<Ipv4Net, AddressError> {
     };
     let (addr, len) =
         zos_contract::deployment::parse_private_subnet(&network.subnet).map_err(bad)?;
-    Ipv4Net::new(addr, len).map_err(bad)
+    Ipv4Net::new(addr, len).map_err(|e| bad(e.0))
 }
 
 /// The ranges of all of a deployment's networks, refused when any is invalid or two

@@ -51,13 +51,18 @@ fn decode32(s: &str) -> Option<[u8; 32]> {
     (STANDARD.encode(key) == s).then_some(key)
 }
 
-impl FromStr for WgPublicKey {
-    type Err = String;
+/// Text that is not a WireGuard public key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a 32-byte key in base64")]
+pub struct BadWgKey(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for WgPublicKey {
+    type Err = BadWgKey;
+
+    fn from_str(s: &str) -> Result<Self, BadWgKey> {
         decode32(s)
             .map(WgPublicKey)
-            .ok_or_else(|| format!("{s:?} is not a 32-byte key in base64"))
+            .ok_or_else(|| BadWgKey(s.to_owned()))
     }
 }
 

@@ -23,8 +23,10 @@ pub mod peers;
 pub mod record;
 
 pub use addr::{
-    check_ranges, layout, renumbered, AddressError, Ipv4Net, Layout, Members, Routes, Slot,
+    check_ranges, layout, renumbered, AddressError, BadNet, Ipv4Net, Layout, Members, Routes, Slot,
 };
-pub use key::{KeyFileError, WgPublicKey, WgSecretKey};
+pub use key::{BadWgKey, KeyFileError, WgPublicKey, WgSecretKey};
 pub use peers::{peers, Local, Peer, PeerSet, Refused, PERSISTENT_KEEPALIVE_S};
-pub use record::{mesh_key, sign_record, verify_record, HeldReplica, PeerRecord, RefusalCode};
+pub use record::{
+    mesh_key, sign_record, verify_record, HeldReplica, PeerRecord, Refusal, RefusalCode,
+};

@@ -24,7 +24,7 @@ use zos_notary::Record;
 
 use crate::addr::{layout, AddressError, Ipv4Net, Layout, Members, Routes};
 use crate::key::WgPublicKey;
-use crate::record::{verify_record, HeldReplica, PeerRecord, RefusalCode};
+use crate::record::{verify_record, HeldReplica, PeerRecord, Refusal, RefusalCode};
 
 /// The keepalive a node behind NAT (no endpoint of its own) asks of every peer, in
 /// seconds: it keeps the NAT's mapping open, so the reachable side can answer.
@@ -120,10 +120,10 @@ pub fn peers(
         if record.author == me.node {
             continue;
         }
-        let refuse = |(code, detail): (RefusalCode, String)| Refused {
+        let refuse = |r: Refusal| Refused {
             node: record.author,
-            code,
-            detail,
+            code: r.code,
+            detail: r.detail,
         };
         match candidate(me, contract, network, members, &layout, record) {
             Ok(peer) => candidates.entry(record.author).or_default().push(peer),
@@ -180,24 +180,24 @@ fn candidate(
     members: &Members<'_>,
     layout: &Layout,
     record: &Record,
-) -> Result<Peer, (RefusalCode, String)> {
+) -> Result<Peer, Refusal> {
     let body: PeerRecord = verify_record(record, contract, &network.name)?;
     let author = record.author;
     let slot = match (members, body.placement) {
         (Members::Nodes(_), Some(_)) => {
-            return Err((
+            return Err(Refusal::new(
                 RefusalCode::Malformed,
-                "a replica claimed for a contract that names its nodes".into(),
+                "a replica claimed for a contract that names its nodes",
             ));
         }
         (Members::Placement { .. }, None) => {
-            return Err((
+            return Err(Refusal::new(
                 RefusalCode::Malformed,
-                "no replica claimed for a placement contract".into(),
+                "no replica claimed for a placement contract",
             ));
         }
         (Members::Nodes(_), None) => layout.slot_of(&author).ok_or_else(|| {
-            (
+            Refusal::new(
                 RefusalCode::NotANodeOfTheContract,
                 format!("{author} is not in the contract's nodes"),
             )
@@ -205,7 +205,7 @@ fn candidate(
         (Members::Placement { .. }, Some(held)) => {
             let slots = &layout.slots;
             let Some(s) = slots.iter().find(|s| s.index == held.replica) else {
-                return Err((
+                return Err(Refusal::new(
                     RefusalCode::NotANodeOfTheContract,
                     format!(
                         "replica {} is not one of the placement's {}",
@@ -216,7 +216,7 @@ fn candidate(
             };
             let current = s.epoch.unwrap_or(0);
             if held.epoch < current {
-                return Err((
+                return Err(Refusal::new(
                     RefusalCode::StaleEpoch,
                     format!(
                         "replica {} at epoch {}, current epoch {current}",
@@ -227,7 +227,7 @@ fn candidate(
             match s.node {
                 Some(node) if node == author && held.epoch == current => s,
                 Some(node) if node != author && held.epoch == current => {
-                    return Err((
+                    return Err(Refusal::new(
                         RefusalCode::NotANodeOfTheContract,
                         format!(
                             "replica {} at epoch {current} is assigned to {node}",
@@ -236,13 +236,13 @@ fn candidate(
                     ));
                 }
                 None if held.epoch == current => {
-                    return Err((
+                    return Err(Refusal::new(
                         RefusalCode::NotANodeOfTheContract,
                         format!("replica {} is not placed", held.replica),
                     ));
                 }
                 _ => {
-                    return Err((
+                    return Err(Refusal::new(
                         RefusalCode::EpochNotPlaced,
                         format!(
                             "replica {} at epoch {}; the placement record shows epoch {current}",
@@ -259,29 +259,29 @@ fn candidate(
             .iter()
             .find(|s| s.index != slot.index && s.subnet.overlaps(&body.subnet));
         return Err(match other {
-            Some(o) => (
+            Some(o) => Refusal::new(
                 RefusalCode::OverlappingRange,
                 format!(
                     "claims {}, which overlaps slot {}'s {}; its own is {}",
                     body.subnet, o.index, o.subnet, slot.subnet
                 ),
             ),
-            None => (
+            None => Refusal::new(
                 RefusalCode::SubnetMismatch,
                 format!("claims {}; its subnet is {}", body.subnet, slot.subnet),
             ),
         });
     }
     if body.public_key == me.public_key {
-        return Err((
+        return Err(Refusal::new(
             RefusalCode::DuplicatePublicKey,
-            "this node's own WireGuard key".into(),
+            "this node's own WireGuard key",
         ));
     }
     if body.endpoint.is_none() && me.endpoint.is_none() {
-        return Err((
+        return Err(Refusal::new(
             RefusalCode::NoEndpointEitherSide,
-            "neither node has an endpoint: one side of each pair must be reachable".into(),
+            "neither node has an endpoint: one side of each pair must be reachable",
         ));
     }
     Ok(Peer {

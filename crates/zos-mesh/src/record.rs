@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use zos_contract::{PublicKey, SecretKey, Signature};
-use zos_notary::Record;
+use zos_notary::{Record, RecordError};
 
 use crate::addr::Ipv4Net;
 use crate::key::WgPublicKey;
@@ -133,23 +133,43 @@ impl fmt::Display for RefusalCode {
     }
 }
 
+/// Why one record is not taken: its code, and what is wrong for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Refusal {
+    /// The stable code.
+    pub code: RefusalCode,
+    /// What is wrong.
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and `detail`.
+    pub fn new(code: RefusalCode, detail: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// Signs `body` as `secret`'s node at `signed_at`: the notary envelope for
 /// [`mesh_key`]`(node, body.contract, body.network)`.
 pub fn sign_record(
     body: &PeerRecord,
     secret: &SecretKey,
     signed_at: u64,
-) -> Result<Record, String> {
+) -> Result<Record, RecordError> {
     let author = secret.public();
     let mut record = Record {
         key: mesh_key(&author, &body.contract, &body.network),
         author,
         signed_at,
-        body: serde_json::to_value(body).map_err(|e| e.to_string())?,
+        body: serde_json::to_value(body).map_err(|e| RecordError::Malformed(e.to_string()))?,
         // Replaced below; never leaves this function.
         signature: Signature([0; 64]),
     };
-    let digest = record.signing_digest().map_err(|e| e.to_string())?;
+    let digest = record.signing_digest()?;
     record.signature = secret.sign(&digest);
     Ok(record)
 }
@@ -161,30 +181,30 @@ pub fn verify_record(
     record: &Record,
     contract: &str,
     network: &str,
-) -> Result<PeerRecord, (RefusalCode, String)> {
+) -> Result<PeerRecord, Refusal> {
     let digest = record
         .signing_digest()
-        .map_err(|e| (RefusalCode::Malformed, e.to_string()))?;
+        .map_err(|e| Refusal::new(RefusalCode::Malformed, e.to_string()))?;
     record
         .author
         .verify(&digest, &record.signature)
         .map_err(|_| {
-            (
+            Refusal::new(
                 RefusalCode::BadSignature,
                 format!("signature of {} does not verify", record.key),
             )
         })?;
     let expected = mesh_key(&record.author, contract, network);
     if record.key != expected {
-        return Err((
+        return Err(Refusal::new(
             RefusalCode::WrongKey,
             format!("signed for {}, expected {expected}", record.key),
         ));
     }
     let body: PeerRecord = serde_json::from_value(record.body.clone())
-        .map_err(|e| (RefusalCode::Malformed, e.to_string()))?;
+        .map_err(|e| Refusal::new(RefusalCode::Malformed, e.to_string()))?;
     if body.contract != contract || body.network != network {
-        return Err((
+        return Err(Refusal::new(
             RefusalCode::WrongContract,
             format!(
                 "body names {}/{}, key {contract}/{network}",
@@ -193,7 +213,10 @@ pub fn verify_record(
         ));
     }
     if body.public_key.0 == [0; 32] {
-        return Err((RefusalCode::BadPublicKey, "all-zero WireGuard key".into()));
+        return Err(Refusal::new(
+            RefusalCode::BadPublicKey,
+            "all-zero WireGuard key",
+        ));
     }
     if let Some(ep) = body.endpoint {
         let bad_ip = match ep.ip() {
@@ -203,7 +226,10 @@ pub fn verify_record(
             IpAddr::V6(ip) => ip.is_unspecified() || ip.is_loopback() || ip.is_multicast(),
         };
         if bad_ip || ep.port() == 0 {
-            return Err((RefusalCode::BadEndpoint, format!("endpoint {ep}")));
+            return Err(Refusal::new(
+                RefusalCode::BadEndpoint,
+                format!("endpoint {ep}"),
+            ));
         }
     }
     Ok(body)
@@ -250,7 +276,7 @@ mod tests {
     #[test]
     fn refusals() {
         let node = SecretKey::from_seed([1; 32]);
-        let code = |r: &Record| verify_record(r, "web", "net").unwrap_err().0;
+        let code = |r: &Record| verify_record(r, "web", "net").unwrap_err().code;
         // Tampered body: the signature no longer verifies.
         let mut r = sign_record(&body(), &node, 1).unwrap();
         r.body["endpoint"] = serde_json::json!("198.51.100.1:51820");

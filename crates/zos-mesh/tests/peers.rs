@@ -466,3 +466,86 @@ fn whole_set_refusals() {
         peers(&b.local(), CONTRACT, &tiny, &Members::Nodes(&nodes), &[]).unwrap_err()
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn range(len: u8) -> Network {
+        Network {
+            name: "net".into(),
+            subnet: format!("10.0.0.0/{len}"),
+            egress_allow: vec![],
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Appending nodes to a list, or removing the last ones, changes no other
+        /// node's subnet; and the subnets of a placement are its replicas', wherever
+        /// they run.
+        #[test]
+        fn joins_and_moves_change_only_their_own_slot(
+            len in 16u8..=24,
+            seeds in proptest::collection::btree_set(1u8..=250, 1..12),
+            extra in 0usize..4,
+            placed in proptest::collection::vec((proptest::option::of(1u8..=250), 1u64..5), 1..12),
+        ) {
+            let keys: Vec<PublicKey> = seeds.iter().map(|s| PublicKey([*s; 32])).collect();
+            let n = keys.len().saturating_sub(extra).max(1);
+            let small = layout(&range(len), &Members::Nodes(&keys[..n])).unwrap();
+            let big = layout(&range(len), &Members::Nodes(&keys)).unwrap();
+            prop_assert_eq!(&big.slots[..n], &small.slots[..]);
+
+            let replicas = placed.len() as u64;
+            let view = PlacementView {
+                contract: CONTRACT.into(),
+                replicas: placed.iter().enumerate().map(|(k, (node, epoch))| ReplicaView {
+                    replica: k as u64,
+                    node: node.map(|s| PublicKey([s; 32])),
+                    epoch: *epoch,
+                }).collect(),
+            };
+            let empty = PlacementView { contract: CONTRACT.into(), replicas: vec![] };
+            let with = layout(&range(len), &Members::Placement { replicas, contract: CONTRACT, view: &view }).unwrap();
+            let without = layout(&range(len), &Members::Placement { replicas, contract: CONTRACT, view: &empty }).unwrap();
+            for (a, b) in with.slots.iter().zip(&without.slots) {
+                prop_assert_eq!(a.subnet, b.subnet);
+            }
+        }
+
+        /// When every node of a list publishes its honest record, each node's peers are
+        /// all the others, each with exactly the subnet that node puts on its bridge.
+        #[test]
+        fn honest_nodes_see_each_other_symmetrically(
+            len in 16u8..=24,
+            seeds in proptest::collection::btree_set(1u8..=120, 2..8),
+        ) {
+            let nodes: Vec<Node> = seeds.iter().map(|s| Node::new(*s)).collect();
+            let keys: Vec<PublicKey> = nodes.iter().map(Node::id).collect();
+            let members = Members::Nodes(&keys);
+            let l = layout(&range(len), &members).unwrap();
+            let records: Vec<Record> = nodes
+                .iter()
+                .map(|n| {
+                    n.record(&l.slot_of(&n.id()).unwrap().subnet.to_string(), None)
+                })
+                .collect();
+            let sets: Vec<PeerSet> = nodes
+                .iter()
+                .map(|n| peers(&n.local(), CONTRACT, &range(len), &members, &records).unwrap())
+                .collect();
+            for (i, set) in sets.iter().enumerate() {
+                prop_assert!(set.refused.is_empty(), "{:?}", set.refused);
+                prop_assert_eq!(set.peers.len(), nodes.len() - 1);
+                for p in &set.peers {
+                    let j = keys.iter().position(|k| *k == p.node).unwrap();
+                    prop_assert_ne!(i, j);
+                    prop_assert_eq!(&p.allowed_ips, &vec![sets[j].routes.local]);
+                    prop_assert_eq!(p.public_key, nodes[j].wg.public());
+                }
+            }
+        }
+    }
+}
