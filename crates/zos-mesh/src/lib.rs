@@ -26,7 +26,9 @@ pub use addr::{
     check_ranges, layout, renumbered, AddressError, BadNet, Ipv4Net, Layout, Members, Routes, Slot,
 };
 pub use key::{BadWgKey, KeyFileError, WgPublicKey, WgSecretKey};
-pub use peers::{peers, Local, Peer, PeerSet, Refused, PERSISTENT_KEEPALIVE_S};
+pub use peers::{
+    peers, Local, Peer, PeerSet, Refused, SlotReport, SlotState, PERSISTENT_KEEPALIVE_S,
+};
 pub use record::{
     mesh_key, sign_record, verify_record, HeldReplica, PeerRecord, Refusal, RefusalCode,
 };

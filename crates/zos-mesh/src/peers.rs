@@ -86,7 +86,64 @@ pub struct PeerSet {
     pub refused: Vec<Refused>,
 }
 
+/// What one slot of the network is, seen from this node: the status's per-node line, so
+/// a network that does not come up says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// This node.
+    Local,
+    /// A replica the orchestrator has not placed.
+    NotPlaced,
+    /// A configured peer.
+    Peer,
+    /// The node there has published no record this node read: it does not run the
+    /// contract (yet), refused it (a kernel without WireGuard), or cannot reach the
+    /// notary.
+    NoRecord,
+    /// The node's record was refused, for this reason.
+    Refused(RefusalCode),
+}
+
+/// One slot of [`PeerSet::report`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotReport {
+    /// The slot number.
+    pub slot: u64,
+    /// The node there, if placed.
+    pub node: Option<PublicKey>,
+    /// Its subnet.
+    pub subnet: Ipv4Net,
+    /// What it is from here.
+    pub state: SlotState,
+}
+
 impl PeerSet {
+    /// Every slot of the network, and what it is from here (records refused from keys
+    /// outside the contract are in [`PeerSet::refused`] only).
+    pub fn report(&self, me: &PublicKey) -> Vec<SlotReport> {
+        self.layout
+            .slots
+            .iter()
+            .map(|s| {
+                let state = match s.node {
+                    None => SlotState::NotPlaced,
+                    Some(n) if n == *me => SlotState::Local,
+                    Some(n) if self.peer(&n).is_some() => SlotState::Peer,
+                    Some(n) => match self.refusals_of(&n).first() {
+                        Some(code) => SlotState::Refused(*code),
+                        None => SlotState::NoRecord,
+                    },
+                };
+                SlotReport {
+                    slot: s.index,
+                    node: s.node,
+                    subnet: s.subnet,
+                    state,
+                }
+            })
+            .collect()
+    }
+
     /// The peer of `node`, if accepted.
     pub fn peer(&self, node: &PublicKey) -> Option<&Peer> {
         self.peers.iter().find(|p| p.node == *node)

@@ -8,7 +8,7 @@ use zos_contract::{PublicKey, SecretKey};
 use zos_engine::controllers::placement::{PlacementView, ReplicaView};
 use zos_mesh::{
     layout, peers, sign_record, HeldReplica, Ipv4Net, Local, Members, PeerRecord, PeerSet,
-    RefusalCode, WgSecretKey, PERSISTENT_KEEPALIVE_S,
+    RefusalCode, SlotState, WgSecretKey, PERSISTENT_KEEPALIVE_S,
 };
 use zos_notary::Record;
 
@@ -270,6 +270,18 @@ fn attack_stale_epoch_after_a_move() {
     // changed the node behind slot 1, not its subnet.
     assert_eq!(configured(&set), vec![(c.id(), nets(&["10.20.4.0/22"]))]);
     assert_eq!(set.peer(&c.id()).unwrap().placement, held(1, 2));
+    let states: Vec<_> = set
+        .report(&a.id())
+        .iter()
+        .map(|r| (r.slot, r.node, r.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (0, Some(a.id()), SlotState::Local),
+            (1, Some(c.id()), SlotState::Peer)
+        ]
+    );
 
     // B claiming the current epoch it was never given: not the replica's node.
     let claimed = peers(
