@@ -556,11 +556,13 @@ mod tests {
                     replica: 0,
                     node: Some(key(3)),
                     epoch: 1,
+                    handover: None,
                 },
                 ReplicaView {
                     replica: 1,
                     node: Some(key(node1)),
                     epoch: epoch1,
+                    handover: None,
                 },
             ],
         };

@@ -22,8 +22,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use zos_contract::{PublicKey, SecretKey, Signature};
-use zos_notary::{Record, RecordError};
+use zos_contract::{PublicKey, SecretKey};
+use zos_notary::{KeyError, NotaryKey, Record, RecordError};
 
 use crate::addr::Ipv4Net;
 use crate::key::WgPublicKey;
@@ -61,9 +61,10 @@ pub struct PeerRecord {
     pub placement: Option<HeldReplica>,
 }
 
-/// `nodes/<node>/mesh/<contract>/<network>`: where `node` publishes its peer record.
-pub fn mesh_key(node: &PublicKey, contract: &str, network: &str) -> String {
-    format!("nodes/{node}/mesh/{contract}/{network}")
+/// `nodes/<node>/mesh/<contract>/<network>`: where `node` publishes its peer record
+/// (the notary lets only `node` write it).
+pub fn mesh_key(node: &PublicKey, contract: &str, network: &str) -> Result<NotaryKey, KeyError> {
+    NotaryKey::mesh(node, contract, network)
 }
 
 /// Why a record is not taken as a peer. Stable codes: statuses and tests use them.
@@ -160,18 +161,9 @@ pub fn sign_record(
     secret: &SecretKey,
     signed_at: u64,
 ) -> Result<Record, RecordError> {
-    let author = secret.public();
-    let mut record = Record {
-        key: mesh_key(&author, &body.contract, &body.network),
-        author,
-        signed_at,
-        body: serde_json::to_value(body).map_err(|e| RecordError::Malformed(e.to_string()))?,
-        // Replaced below; never leaves this function.
-        signature: Signature([0; 64]),
-    };
-    let digest = record.signing_digest()?;
-    record.signature = secret.sign(&digest);
-    Ok(record)
+    let key = mesh_key(&secret.public(), &body.contract, &body.network)?;
+    let value = serde_json::to_value(body).map_err(|e| RecordError::Malformed(e.to_string()))?;
+    Record::sign_at(&key, value, secret, signed_at)
 }
 
 /// `record` read as a peer record of `contract`'s `network`: signed by its author,
@@ -182,20 +174,17 @@ pub fn verify_record(
     contract: &str,
     network: &str,
 ) -> Result<PeerRecord, Refusal> {
-    let digest = record
-        .signing_digest()
+    // The envelope: its signature, its key's layout and the author rule (a mesh key is
+    // its node's own).
+    record.verify().map_err(|e| match e {
+        RecordError::BadSignature { .. } | RecordError::WrongAuthor { .. } => {
+            Refusal::new(RefusalCode::BadSignature, format!("{}: {e}", record.key))
+        }
+        other => Refusal::new(RefusalCode::Malformed, other.to_string()),
+    })?;
+    let expected = mesh_key(&record.author, contract, network)
         .map_err(|e| Refusal::new(RefusalCode::Malformed, e.to_string()))?;
-    record
-        .author
-        .verify(&digest, &record.signature)
-        .map_err(|_| {
-            Refusal::new(
-                RefusalCode::BadSignature,
-                format!("signature of {} does not verify", record.key),
-            )
-        })?;
-    let expected = mesh_key(&record.author, contract, network);
-    if record.key != expected {
+    if record.key != expected.as_str() {
         return Err(Refusal::new(
             RefusalCode::WrongKey,
             format!("signed for {}, expected {expected}", record.key),

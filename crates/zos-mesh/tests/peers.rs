@@ -237,11 +237,13 @@ fn moved_view(a: &Node, c: &Node) -> PlacementView {
                 replica: 0,
                 node: Some(a.id()),
                 epoch: 1,
+                handover: None,
             },
             ReplicaView {
                 replica: 1,
                 node: Some(c.id()),
                 epoch: 2,
+                handover: None,
             },
         ],
     }
@@ -517,6 +519,7 @@ mod properties {
                     replica: k as u64,
                     node: node.map(|s| PublicKey([s; 32])),
                     epoch: *epoch,
+                    handover: None,
                 }).collect(),
             };
             let empty = PlacementView { contract: CONTRACT.into(), replicas: vec![] };

@@ -187,6 +187,17 @@ pub enum KeyKind {
         /// The node drained.
         node: PublicKey,
     },
+    /// `nodes/<node_key>/mesh/<contract_id>/<network>`: the node's WireGuard peer
+    /// record for one network of a contract (its public key and endpoint; docs/network.md,
+    /// "Mesh"); authored by that node.
+    Mesh {
+        /// The node.
+        node: PublicKey,
+        /// The contract.
+        contract_id: String,
+        /// The network's name in the deployment.
+        network: String,
+    },
     /// `orchestrators/<key>/leader`: which instance of orchestrator `key` leads (a
     /// leased record); authored by that key.
     Leader {
@@ -263,6 +274,10 @@ impl NotaryKey {
     pub fn drain(farm_id: &str, node: &PublicKey) -> Result<Self, KeyError> {
         Self::parse(&format!("grid/{farm_id}/drains/{node}"))
     }
+    /// `nodes/<node>/mesh/<contract_id>/<network>`.
+    pub fn mesh(node: &PublicKey, contract_id: &str, network: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("nodes/{node}/mesh/{contract_id}/{network}"))
+    }
     /// `orchestrators/<key>/leader`.
     pub fn leader(orchestrator: &PublicKey) -> Self {
         NotaryKey(format!("orchestrators/{orchestrator}/leader"))
@@ -295,6 +310,7 @@ impl NotaryKey {
             | KeyKind::Status { node, .. }
             | KeyKind::Heartbeat { node }
             | KeyKind::Alive { node }
+            | KeyKind::Mesh { node, .. }
             | KeyKind::Answer { node, .. } => Some(node),
             KeyKind::Leader { orchestrator } => Some(orchestrator),
             _ => None,
@@ -399,6 +415,11 @@ fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
             node: node(n)?,
             contract_id: id.to_string(),
             replica: replica(s, r)?,
+        },
+        ["nodes", n, "mesh", id, net] => KeyKind::Mesh {
+            node: node(n)?,
+            contract_id: id.to_string(),
+            network: net.to_string(),
         },
         ["grid", farm, "contracts", id] => KeyKind::PlacementContract {
             farm_id: farm.to_string(),
@@ -785,6 +806,24 @@ mod tests {
         );
         assert!(NotaryKey::parse("orchestrators/abc/leader").is_err());
         assert!(NotaryKey::parse("grid/f1/other/web").is_err());
+    }
+
+    #[test]
+    fn a_mesh_key_is_its_nodes_own() {
+        let n = SecretKey::from_seed([3; 32]).public();
+        let k = NotaryKey::mesh(&n, "web", "net").unwrap();
+        assert_eq!(k.as_str(), format!("nodes/{n}/mesh/web/net"));
+        assert_eq!(
+            k.kind(),
+            KeyKind::Mesh {
+                node: n,
+                contract_id: "web".into(),
+                network: "net".into(),
+            }
+        );
+        assert_eq!(k.node_owner(), Some(n));
+        assert!(NotaryKey::mesh(&n, "web", "..").is_err());
+        assert!(k.has_prefix(&KeyPrefix::node(&n)));
     }
 
     #[test]

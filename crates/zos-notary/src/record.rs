@@ -667,16 +667,21 @@ mod tests {
     #[test]
     fn node_owned_keys_need_the_node_as_author() {
         let node = sk(5);
-        let key = NotaryKey::heartbeat(&node.public());
-        Record::sign_at(&key, json!({}), &node, 1)
-            .unwrap()
-            .verify()
-            .unwrap();
-        let forged = Record::sign_at(&key, json!({}), &sk(6), 1).unwrap();
-        assert!(matches!(
-            forged.verify(),
-            Err(RecordError::WrongAuthor { .. })
-        ));
+        // A stranger's mesh record would make it a WireGuard peer of the node's tenant.
+        for key in [
+            NotaryKey::heartbeat(&node.public()),
+            NotaryKey::mesh(&node.public(), "web", "net").unwrap(),
+        ] {
+            Record::sign_at(&key, json!({}), &node, 1)
+                .unwrap()
+                .verify()
+                .unwrap();
+            let forged = Record::sign_at(&key, json!({}), &sk(6), 1).unwrap();
+            assert!(matches!(
+                forged.verify(),
+                Err(RecordError::WrongAuthor { .. })
+            ));
+        }
     }
 
     #[test]

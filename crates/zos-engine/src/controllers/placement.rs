@@ -40,6 +40,20 @@ pub struct ReplicaView {
     pub node: Option<PublicKey>,
     /// The epoch of that assignment.
     pub epoch: u64,
+    /// A drain's make-before-break handover in progress: the node that takes the
+    /// replica over and its epoch there (the entry above stays authoritative until it
+    /// reports ok).
+    #[serde(default)]
+    pub handover: Option<HandoverView>,
+}
+
+/// The handover of a [`ReplicaView`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct HandoverView {
+    /// The node taking the replica over.
+    pub node: PublicKey,
+    /// Its epoch there.
+    pub epoch: u64,
 }
 
 /// `record` read as the placement record of contract `id`, if the contract's
@@ -212,11 +226,13 @@ mod tests {
                     replica: 0,
                     node: Some(SecretKey::from_seed([9; 32]).public()),
                     epoch: 7,
+                    handover: None,
                 },
                 ReplicaView {
                     replica: 1,
                     node: Some(node),
                     epoch,
+                    handover: None,
                 },
             ],
         }
