@@ -43,9 +43,14 @@ fn err(name: &str) -> impl FnOnce(String) -> Error + '_ {
     }
 }
 
+/// The cgroup path of VM `name` under `parent`, relative to each hierarchy's root.
+pub(crate) fn path(parent: &str, name: &str) -> PathBuf {
+    PathBuf::from(format!("/{parent}/{name}"))
+}
+
 fn manager(parent: &str, name: &str) -> Result<AnyCgroupManager> {
     create_cgroup_manager(CgroupConfig {
-        cgroup_path: PathBuf::from(format!("/{parent}/{name}")),
+        cgroup_path: path(parent, name),
         systemd_cgroup: false,
         container_name: name.to_string(),
     })

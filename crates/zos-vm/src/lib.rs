@@ -72,4 +72,7 @@ pub trait Hypervisor: Send + Sync {
     fn accel_of(&self, name: &str) -> Option<Accel>;
     /// The run state as the hypervisor reports it ("running", "paused", ...).
     fn qmp_status(&self, name: &str) -> Result<String>;
+    /// The cgroup VM `name` runs in (relative to each hierarchy's root), where its
+    /// metrics are read; `None` for a hypervisor that makes none.
+    fn cgroup_path(&self, name: &str) -> Option<std::path::PathBuf>;
 }

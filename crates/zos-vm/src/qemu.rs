@@ -624,6 +624,10 @@ impl Hypervisor for Qemu {
         console::tail(&self.run_dir(name).console(), lines)
     }
 
+    fn cgroup_path(&self, name: &str) -> Option<PathBuf> {
+        Some(cgroup::path(&self.cfg.cgroup_parent, name))
+    }
+
     fn accel_of(&self, name: &str) -> Option<Accel> {
         match std::fs::read_to_string(self.run_dir(name).accel())
             .ok()?

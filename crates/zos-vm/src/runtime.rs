@@ -112,6 +112,12 @@ impl VmRuntime {
         }
     }
 
+    /// The cgroup of the VM of kernel id `id` (relative to each hierarchy's root), as
+    /// its hypervisor makes it.
+    pub fn cgroup_path(&self, id: &str) -> Option<PathBuf> {
+        self.hv.cgroup_path(id)
+    }
+
     /// The verified tree of the VM's flist on its subvolume, made if missing. A tree
     /// that cannot be made (too large, tampered, a store down) leaves no subvolume
     /// behind unless the VM exists already.

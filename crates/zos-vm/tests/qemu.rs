@@ -43,6 +43,8 @@ fn ip(args: &[&str]) {
 /// named `zt-vm<pid><tag>`; Drop removes VMs, cgroup parent and namespace.
 struct Fixture {
     name: String,
+    /// The cgroup parent, two levels as zosd's (`zos-vm/<node scope>`): `<name>/node`.
+    parent: String,
     dir: tempfile::TempDir,
     qemu: Qemu,
 }
@@ -59,11 +61,13 @@ impl Fixture {
         let dir = zos_testkit::tempdir("vm");
         let mut cfg = QemuConfig::under(dir.path().join("vms"));
         cfg.accel = AccelChoice::Tcg;
-        cfg.cgroup_parent = name.clone();
+        let parent = format!("{name}/node");
+        cfg.cgroup_parent = parent.clone();
         cfg.stop_grace = Duration::from_millis(200);
         Fixture {
             qemu: Qemu::new(cfg).unwrap(),
             name,
+            parent,
             dir,
         }
     }
@@ -138,6 +142,7 @@ impl Drop for Fixture {
         for vm in self.qemu.names() {
             let _ = self.qemu.remove(&vm);
         }
+        zos_testkit::remove_cgroup(&self.parent);
         zos_testkit::remove_cgroup(&self.name);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
@@ -185,7 +190,12 @@ fn boots_answers_echo_survives_adoption_and_is_removed() {
         b"ping through the tap"
     );
     // Its cgroup holds guest memory plus QEMU's overhead.
-    assert_eq!(memory_limit(&f.name, "c1.vm"), Some((128 + 256) << 20));
+    assert_eq!(memory_limit(&f.parent, "c1.vm"), Some((128 + 256) << 20));
+    // Where the hypervisor says it is (what zosd's metrics read).
+    assert_eq!(
+        f.qemu.cgroup_path("c1.vm"),
+        Some(PathBuf::from(format!("/{}/c1.vm", f.parent)))
+    );
 
     // A second start (a zosd that restarted) finds it: same process, not two.
     let again = Qemu::new(f.qemu.config().clone()).unwrap();
@@ -198,7 +208,7 @@ fn boots_answers_echo_survives_adoption_and_is_removed() {
     f.qemu.remove("c1.vm").unwrap();
     assert_eq!(f.qemu.state("c1.vm").unwrap(), None);
     assert!(!alive(started.pid), "QEMU {} still runs", started.pid);
-    assert_eq!(memory_limit(&f.name, "c1.vm"), None, "cgroup removed");
+    assert_eq!(memory_limit(&f.parent, "c1.vm"), None, "cgroup removed");
 }
 
 #[test]
