@@ -34,6 +34,9 @@ struct Inner {
     names: Arc<KernelNames>,
     /// Where each contract's workload lines go.
     tenant_logs: Arc<TenantLogs>,
+    /// The runtimes again, by their own types: where they put a workload's cgroup.
+    containers: Arc<ContainerRuntime>,
+    vms: Arc<VmRuntime>,
 }
 
 /// Runs `f` on a blocking thread; a panic there is a provisioning error, not a crash.
@@ -63,12 +66,14 @@ impl NodeProvisioner {
         vms: VmRuntime,
         tenant_logs: Arc<TenantLogs>,
     ) -> Self {
-        let containers: Arc<dyn WorkloadRuntime> = Arc::new(containers);
-        let vms: Arc<dyn WorkloadRuntime> = Arc::new(vms);
+        let containers = Arc::new(containers);
+        let vms = Arc::new(vms);
+        let (c, v): (Arc<dyn WorkloadRuntime>, Arc<dyn WorkloadRuntime>) =
+            (containers.clone(), vms.clone());
         // The one match on the kind: a new kind is a runtime and an arm here.
         let runtimes = Runtimes::new(move |kind| match kind {
-            WorkloadKind::Container => containers.clone(),
-            WorkloadKind::Vm => vms.clone(),
+            WorkloadKind::Container => c.clone(),
+            WorkloadKind::Vm => v.clone(),
         });
         NodeProvisioner {
             inner: Arc::new(Inner {
@@ -77,6 +82,8 @@ impl NodeProvisioner {
                 runtimes,
                 names,
                 tenant_logs,
+                containers,
+                vms,
             }),
         }
     }
@@ -88,31 +95,74 @@ impl NodeProvisioner {
     pub fn cgroups(&self) -> WorkloadCgroups {
         WorkloadCgroups {
             names: self.inner.names.clone(),
+            containers: self.inner.containers.clone(),
+            vms: self.inner.vms.clone(),
         }
     }
 }
 
-/// Finds a workload's cgroup from its node-wide name, the way its runtime makes it: a
-/// container's is zos-container's `spec::cgroup_path` of its container id (the
-/// node-wide name), a VM's QEMU is placed by zos-vm in `<cgroup_parent>/<kernel id>`
-/// (zosd keeps `QemuConfig`'s default parent).
+/// The cgroup parents of one node's workloads: every cgroup the node makes is under
+/// one of them.
+// Until node.rs hands these to its runtimes (requested of its owner), only the tests
+// use them.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupParents {
+    /// zos-container's `RuntimeConfig::cgroup_parent`: `zos/<scope>`.
+    pub containers: String,
+    /// zos-vm's `QemuConfig::cgroup_parent`: `zos-vm/<scope>`.
+    pub vms: String,
+}
+
+#[allow(dead_code)]
+impl CgroupParents {
+    /// The parents of the node whose `[network] prefix` is `prefix`, its scope being
+    /// the prefix without its trailing '-' (production's `n-`: `zos/n`, `zos-vm/n`).
+    ///
+    /// Why the network prefix: it is what keeps one node's kernel objects apart from
+    /// another's on one host already (namespaces, links), so nodes sharing a host (the
+    /// grid tests, the demo) have different ones, while a workload's cgroup leaf is
+    /// the same on every node running it (a container's node-wide name, a VM's kernel
+    /// id, a hash of that name). Under one parent for all, one node's teardown of its
+    /// copy (SIGKILL to the cgroup, its removal) would kill another node's copy of the
+    /// same replica. Network prefixes end with '-', so stripping one is one-to-one.
+    pub fn of_network_prefix(prefix: &str) -> anyhow::Result<CgroupParents> {
+        use anyhow::Context as _;
+        let scope = prefix.strip_suffix('-').unwrap_or(prefix);
+        // One name: a scope with a '/' would nest in another node's.
+        anyhow::ensure!(
+            !scope.contains('/'),
+            "network prefix {prefix:?}: a '/' in a cgroup scope"
+        );
+        let parents = CgroupParents {
+            containers: format!("zos/{scope}"),
+            vms: format!("zos-vm/{scope}"),
+        };
+        zos_container::spec::validate_cgroup_parent(&parents.containers)
+            .with_context(|| format!("the cgroup scope of network prefix {prefix:?}"))?;
+        Ok(parents)
+    }
+}
+
+/// Finds a workload's cgroup from its node-wide name, the way its runtime makes it:
+/// each runtime says where it puts one (a container's under the container runtime's
+/// parent by its node-wide name, a VM's QEMU under the hypervisor's parent by its
+/// kernel id), so the metrics read what the runtimes made.
 #[derive(Clone)]
 pub struct WorkloadCgroups {
     names: Arc<KernelNames>,
+    containers: Arc<ContainerRuntime>,
+    vms: Arc<VmRuntime>,
 }
 
 impl WorkloadCgroups {
     /// The cgroup path of workload `name` of `kind`, relative to each hierarchy's root.
     pub fn path(&self, name: &str, kind: WorkloadKind) -> Option<PathBuf> {
         use zos_engine::KernelIds as _;
-        Some(match kind {
-            WorkloadKind::Container => zos_container::spec::cgroup_path(name),
-            WorkloadKind::Vm => {
-                let id = self.names.kernel_id(name)?;
-                let parent = zos_vm::QemuConfig::under("/").cgroup_parent;
-                PathBuf::from(format!("/{parent}/{id}"))
-            }
-        })
+        match kind {
+            WorkloadKind::Container => Some(self.containers.cgroup_path(name)),
+            WorkloadKind::Vm => self.vms.cgroup_path(&self.names.kernel_id(name)?),
+        }
     }
 }
 
@@ -411,5 +461,30 @@ impl Provisioner for NodeProvisioner {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CgroupParents;
+
+    #[test]
+    fn each_network_prefix_is_its_own_cgroup_scope() {
+        let n = CgroupParents::of_network_prefix("n-").unwrap();
+        assert_eq!(n.containers, "zos/n");
+        assert_eq!(n.vms, "zos-vm/n");
+        // Two nodes of one host (the tests' prefixes): never one parent.
+        let a = CgroupParents::of_network_prefix("zt-a1b2-").unwrap();
+        let b = CgroupParents::of_network_prefix("zt-a1b3-").unwrap();
+        assert_eq!(a.containers, "zos/zt-a1b2");
+        assert_ne!(a.containers, b.containers);
+        assert_ne!(a.vms, b.vms);
+        // One '-' only is stripped: "n-" and "n--" stay apart.
+        let nn = CgroupParents::of_network_prefix("n--").unwrap();
+        assert_ne!(nn, n);
+        // A prefix that leaves no plain name is refused, not turned into "zos/".
+        for bad in ["-", "..-", "a/b-"] {
+            assert!(CgroupParents::of_network_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 }
