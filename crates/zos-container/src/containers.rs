@@ -89,9 +89,10 @@ impl Containers {
         })
     }
 
-    /// The cgroup path of container `name`, relative to each hierarchy's root.
+    /// The cgroup path of container `name`, relative to each hierarchy's root
+    /// ([`Libcontainer::cgroup_path`]).
     pub fn cgroup_path(&self, name: &str) -> PathBuf {
-        crate::spec::cgroup_path(&self.runtime.config().cgroup_parent, name)
+        self.runtime.cgroup_path(name)
     }
 
     fn log_dir(&self, name: &str) -> PathBuf {

@@ -229,6 +229,19 @@ impl Libcontainer {
             .map_err(|e| lc(id, "create", e))
     }
 
+    /// The cgroup of container `id` (relative to each hierarchy's root) as libcontainer
+    /// recorded it at its create: under another parent than ours when the parent changed
+    /// since (a node upgraded to a scope of its own), where libcontainer's delete still
+    /// finds it. Without a record (no such container yet): `/<our parent>/<id>`.
+    pub fn cgroup_path(&self, id: &str) -> PathBuf {
+        let recorded = spec::validate_id(id)
+            .ok()
+            .and_then(|()| libcontainer::config::YoukiConfig::load(self.state_path(id)).ok());
+        recorded
+            .map(|c| c.cgroup_path)
+            .unwrap_or_else(|| spec::cgroup_path(&self.cfg.cgroup_parent, id))
+    }
+
     /// Best-effort removal of whatever a failed create left behind (the bundle too unless
     /// another attempt follows).
     fn cleanup_failed(&self, id: &str, keep_bundle: bool) {
@@ -304,9 +317,8 @@ fn remove_cgroups(parent: &str, id: &str) {
 }
 
 /// Is `pid` still the process libcontainer recorded? After a reboot or a long downtime the
-/// pid may belong to someone else: the container's cgroup tells them apart.
-fn pid_in_cgroup(pid: i32, parent: &str, id: &str) -> bool {
-    let want = spec::cgroup_path(parent, id);
+/// pid may belong to someone else: the container's cgroup (`want`) tells them apart.
+fn pid_in_cgroup(pid: i32, want: &Path) -> bool {
     let want = want.to_string_lossy();
     match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
         Ok(text) => text
@@ -443,7 +455,7 @@ impl Runtime for Libcontainer {
         let pid = c.pid().map(|p| p.as_raw());
         let mut status = status_of(c.status());
         if matches!(status, Status::Running | Status::Created | Status::Paused)
-            && !pid.is_some_and(|p| pid_in_cgroup(p, &self.cfg.cgroup_parent, id))
+            && !pid.is_some_and(|p| pid_in_cgroup(p, &self.cgroup_path(id)))
         {
             // The recorded pid is gone or reused by an unrelated process.
             status = Status::Stopped;

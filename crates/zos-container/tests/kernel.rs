@@ -467,3 +467,64 @@ fn runtimes_with_their_own_cgroup_parent_keep_one_id_apart() {
     assert_eq!(cgroup_of(cb.pid, "pids"), format!("/{}/{id}", parents[1]));
     assert!(a.state(&id).unwrap().is_none());
 }
+
+/// A runtime whose cgroup parent changed (zosd upgraded to a per-node scope) finds the
+/// containers made under the old one: running, adopted with the same pid (not taken for
+/// stopped and started twice), and deleted whole, cgroup included.
+#[test]
+fn a_container_made_under_another_parent_is_adopted_and_deleted_whole() {
+    let test = "a_container_made_under_another_parent_is_adopted_and_deleted_whole";
+    if !privileged(test) {
+        return;
+    }
+    let fx = Fixture::new();
+    let tag = random_id();
+    let (old, new) = (format!("zos/{tag}-old"), format!("zos/{tag}-new"));
+    let _parents = CgroupParents(vec![old.clone(), new.clone()]);
+    let before = zos_container::Libcontainer::new(zos_container::RuntimeConfig {
+        cgroup_parent: old.clone(),
+        ..fx.rt.config().clone()
+    })
+    .unwrap();
+    let spec = fx.sh("echo up; sleep 600");
+    let id = spec.id.clone();
+    let _g = Guard {
+        rt: before.clone(),
+        id: id.clone(),
+    };
+    let c = before.create(&spec).unwrap();
+    before.start(&id).unwrap();
+    eventually("the container up", || {
+        tail(&spec.log_dir, Stream::Stdout)
+            .contains(&"up".to_string())
+            .then_some(())
+    });
+
+    let after = zos_container::Libcontainer::new(zos_container::RuntimeConfig {
+        cgroup_parent: new.clone(),
+        ..fx.rt.config().clone()
+    })
+    .unwrap();
+    let adopted = after.adopt(&id).unwrap().expect("container found");
+    assert_eq!(adopted.state.status, Status::Running);
+    assert_eq!(adopted.state.pid, Some(c.pid));
+    assert_eq!(cgroup_of(c.pid, "pids"), format!("/{old}/{id}"));
+    // Where it is, for the metrics too; a container not made yet would be under `new`.
+    assert_eq!(after.cgroup_path(&id), Path::new(&format!("/{old}/{id}")));
+    assert_eq!(
+        after.cgroup_path("zt-none"),
+        Path::new(&format!("/{new}/zt-none"))
+    );
+
+    after.delete(&id).unwrap();
+    assert!(c.exit.wait_blocking(WAIT).is_some(), "not ended by delete");
+    assert!(!alive(c.pid));
+    assert!(after.state(&id).unwrap().is_none());
+    let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(&old).join(&id))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
