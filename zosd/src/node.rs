@@ -140,8 +140,10 @@ fn capacity(cfg: &NodeConfig, storage: &Storage) -> anyhow::Result<Capacity> {
 
 /// QEMU for micro-VMs, its run directories under the state dir. The accelerator is
 /// decided when the first VM starts (a probe boots that VM's kernel under KVM).
-fn hypervisor(cfg: &NodeConfig) -> anyhow::Result<zos_vm::Qemu> {
+/// `cgroup_parent`: where its VMs' cgroups go (the node's own scope).
+fn hypervisor(cfg: &NodeConfig, cgroup_parent: &str) -> anyhow::Result<zos_vm::Qemu> {
     let mut q = zos_vm::QemuConfig::under(cfg.state_dir.join("vms"));
+    q.cgroup_parent = cgroup_parent.to_string();
     q.binary = cfg.vm.qemu.clone();
     q.accel = cfg.vm.accel;
     q.console_limit = cfg.vm.console_limit_kib << 10;
@@ -270,15 +272,19 @@ fn provisioner(
         &cfg.network.prefix,
     )?);
     let access = store_access(&cfg.store_roots);
-    let containers = ContainerRuntime::with_tap(
+    // Every cgroup this node makes is under its own scope: nodes sharing a host never
+    // share one (docs/container.md).
+    let cgroups = crate::provisioner::CgroupParents::of_network_prefix(&cfg.network.prefix)?;
+    let containers = ContainerRuntime::with_options(
         &cfg.state_dir,
         storage.clone(),
         access.clone(),
         names.clone(),
         Some(zos_container::Tap(tenant_logs.clone())),
+        &cgroups.containers,
     )
     .context("container runtime")?;
-    let hypervisor = Arc::new(hypervisor(cfg)?);
+    let hypervisor = Arc::new(hypervisor(cfg, &cgroups.vms)?);
     let vms = VmRuntime::new(hypervisor, storage.clone(), access, names.clone());
     Ok(NodeProvisioner::new(
         storage.clone(),

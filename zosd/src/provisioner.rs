@@ -103,9 +103,6 @@ impl NodeProvisioner {
 
 /// The cgroup parents of one node's workloads: every cgroup the node makes is under
 /// one of them.
-// Until node.rs hands these to its runtimes (requested of its owner), only the tests
-// use them.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupParents {
     /// zos-container's `RuntimeConfig::cgroup_parent`: `zos/<scope>`.
@@ -114,7 +111,6 @@ pub struct CgroupParents {
     pub vms: String,
 }
 
-#[allow(dead_code)]
 impl CgroupParents {
     /// The parents of the node whose `[network] prefix` is `prefix`, its scope being
     /// the prefix without its trailing '-' (production's `n-`: `zos/n`, `zos-vm/n`).

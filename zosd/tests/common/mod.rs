@@ -313,9 +313,8 @@ impl Drop for Node {
             }
         }
         // VMs: QEMU runs daemonized and outlives zosd; kill the ones whose command line
-        // names a pidfile of this node's, then remove their cgroups.
+        // names a pidfile of this node's (their cgroups go below).
         let vms = self.state().join("vms");
-        let mut vm_ids = Vec::new();
         for entry in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
             let pidfile = entry.path().join("qemu.pid");
             let Some(pid) = std::fs::read_to_string(&pidfile)
@@ -334,37 +333,22 @@ impl Drop for Node {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            vm_ids.push(entry.file_name());
         }
         std::thread::sleep(Duration::from_millis(100));
+        // Cgroups: the node's scope is its network prefix's (`<tag>`): containers under
+        // `/zos/<tag>/<id>`, VMs under `/zos-vm/<tag>/<kernel id>`, in each v1 hierarchy
+        // on this host. Leaves first, then the scope.
         for ctrl in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
             .flatten()
         {
-            for id in &vm_ids {
-                let _ = std::fs::remove_dir(ctrl.path().join("zos-vm").join(id));
-            }
-        }
-        // Cgroups of our containers (`/zos/<id>` in each v1 hierarchy on this host);
-        // our contract ids start with the world's tag.
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for entry in std::fs::read_dir(ctrl.path().join("zos"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(&self.world.tag)
-                {
-                    let _ = std::fs::remove_dir(entry.path());
+            for parent in ["zos", "zos-vm"] {
+                let scope = ctrl.path().join(parent).join(&self.world.tag);
+                for leaf in std::fs::read_dir(&scope).into_iter().flatten().flatten() {
+                    let _ = std::fs::remove_dir(leaf.path());
                 }
+                let _ = std::fs::remove_dir(&scope);
             }
         }
         // Mounts under our dir, deepest first.
