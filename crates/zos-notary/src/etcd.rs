@@ -9,18 +9,19 @@
 //!
 //! Every response body is bounded while it streams in ([`MAX_RESPONSE`] per unary
 //! response, [`MAX_WATCH_MESSAGE`] per watch message, not per stream): a server that
-//! sends more is cut off with [`NotaryError::ResponseTooLarge`]. So that one oversized
-//! value cannot make a whole listing fail, a listing reads the keys first (a page of
-//! 128 keys, no values) and then each value on its own, at the listing's revision; a
-//! value too large is skipped and logged like any other bad record.
+//! sends more is cut off with [`NotaryError::ResponseTooLarge`]. A listing reads pages
+//! of 128 values at one revision; so that one oversized value cannot make a whole
+//! listing fail, a page too large is read again as its keys and then each value on its
+//! own, at the listing's revision, and a value too large is skipped and logged like any
+//! other bad record.
 //!
 //! Gateway calls (etcd 3.4 serves them at `/v3/...`; keys and values are base64, 64-bit
 //! integers are JSON strings):
 //!
 //! - `POST /v3/kv/put {"key","value"}`;
 //! - `POST /v3/kv/range {"key","range_end","limit","revision","keys_only"}`, paginated
-//!   at one revision, then one range per key at that revision, so a listing is a
-//!   consistent snapshot;
+//!   at one revision (a page too large: its keys, then one range per key at that
+//!   revision), so a listing is a consistent snapshot;
 //! - `POST /v3/watch {"create_request":{"key","range_end","start_revision"}}`: a
 //!   streaming response of newline-separated JSON messages (PUT and DELETE events);
 //! - `POST /v3/kv/txn`: compare-and-swap puts ([`crate::Expect::Absent`] compares the
@@ -531,38 +532,27 @@ impl Inner {
         (start, end)
     }
 
-    /// The keys (no values) under `prefix` with their revisions, and the revision the
-    /// listing was taken at: pages of [`PAGE`] keys at one revision.
-    async fn range_keys(&self, prefix: &KeyPrefix) -> Result<(Vec<Kv>, i64), NotaryError> {
-        let (mut start, end) = self.range_of(prefix);
-        let mut revision = 0i64;
-        let mut out = Vec::new();
-        loop {
-            let mut req = json!({
-                "key": B64.encode(&start),
-                "range_end": B64.encode(&end),
-                "limit": PAGE.to_string(),
-                "keys_only": true,
-            });
-            if revision > 0 {
-                req["revision"] = json!(revision.to_string());
-            }
-            let resp: RangeResponse = self.call("/v3/kv/range", &req).await?;
-            if revision == 0 {
-                revision = resp.header.revision;
-            }
-            let last = resp.kvs.last().map(|kv| kv.key.clone());
-            out.extend(resp.kvs);
-            match (resp.more, last) {
-                (true, Some(last)) => {
-                    start = B64
-                        .decode(last)
-                        .map_err(|e| self.etcd(format!("bad key encoding: {e}")))?;
-                    start.push(0);
-                }
-                _ => return Ok((out, revision)),
-            }
+    /// One page of the range `[start, end)` at `revision` (0: now): at most [`PAGE`]
+    /// keys, with their values unless `keys_only`.
+    async fn range_page(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        revision: i64,
+        keys_only: bool,
+    ) -> Result<RangeResponse, NotaryError> {
+        let mut req = json!({
+            "key": B64.encode(start),
+            "range_end": B64.encode(end),
+            "limit": PAGE.to_string(),
+        });
+        if keys_only {
+            req["keys_only"] = json!(true);
         }
+        if revision > 0 {
+            req["revision"] = json!(revision.to_string());
+        }
+        self.call("/v3/kv/range", &req).await
     }
 
     /// The value of the etcd key `key` (base64, as the gateway gives it) at `revision`.
@@ -573,34 +563,65 @@ impl Inner {
     }
 
     /// The verified records under `prefix` modified at `from` or later, sorted by key,
-    /// and the revision of the snapshot. Values are read one by one at that revision: a
-    /// value too large (or otherwise bad) is skipped and logged, the rest is listed.
+    /// and the revision of the snapshot. Pages of [`PAGE`] values at one revision; a
+    /// page whose response would be too large (a value near the record limit) is read
+    /// again key by key, and a value too large alone is skipped and logged, the rest
+    /// listed.
     async fn list_verified(
         &self,
         prefix: &KeyPrefix,
         from: i64,
     ) -> Result<(Vec<Record>, i64), NotaryError> {
-        let (keys, rev) = self.range_keys(prefix).await?;
+        let (mut start, end) = self.range_of(prefix);
+        let mut revision = 0i64;
         let mut out = Vec::new();
-        for k in keys.iter().filter(|k| k.mod_revision >= from) {
-            let Some(logical) = self.logical_key(&k.key, prefix) else {
-                continue;
-            };
-            match self.fetch(&k.key, rev).await {
-                Ok(Some(kv)) => {
-                    if let Some(r) = self.decode(&kv, prefix) {
-                        out.push(r);
+        loop {
+            let (kvs, last, more) = match self.range_page(&start, &end, revision, false).await {
+                Ok(page) => {
+                    if revision == 0 {
+                        revision = page.header.revision;
                     }
+                    let last = page.kvs.last().map(|kv| kv.key.clone());
+                    (page.kvs, last, page.more)
                 }
-                Ok(None) => {}
-                Err(e @ NotaryError::ResponseTooLarge { .. }) => {
-                    warn_skipped(BACKEND, &logical, &e)
+                Err(NotaryError::ResponseTooLarge { .. }) => {
+                    let keys = self.range_page(&start, &end, revision, true).await?;
+                    if revision == 0 {
+                        revision = keys.header.revision;
+                    }
+                    let mut kvs = Vec::new();
+                    for k in &keys.kvs {
+                        match self.fetch(&k.key, revision).await {
+                            Ok(Some(kv)) => kvs.push(kv),
+                            Ok(None) => {}
+                            Err(e @ NotaryError::ResponseTooLarge { .. }) => {
+                                let logical = self.logical_key(&k.key, prefix);
+                                warn_skipped(BACKEND, logical.as_deref().unwrap_or(&k.key), &e)
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    (kvs, keys.kvs.last().map(|kv| kv.key.clone()), keys.more)
                 }
                 Err(e) => return Err(e),
+            };
+            out.extend(
+                kvs.iter()
+                    .filter(|kv| kv.mod_revision >= from)
+                    .filter_map(|kv| self.decode(kv, prefix)),
+            );
+            match (more, last) {
+                (true, Some(last)) => {
+                    start = B64
+                        .decode(last)
+                        .map_err(|e| self.etcd(format!("bad key encoding: {e}")))?;
+                    start.push(0);
+                }
+                _ => break,
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok((out, rev))
+        Ok((out, revision))
     }
 
     /// The logical key of etcd key `raw` (base64) when it is under `prefix`.
