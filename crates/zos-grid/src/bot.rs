@@ -121,6 +121,10 @@ pub struct Bot<N> {
     drains: HashMap<String, (u64, bool)>,
     /// Per drain key, why it was last ignored (logged once per change).
     ignored: HashMap<String, String>,
+    /// Contracts that verified, by the digest of the whole signed document (body and
+    /// signatures), with their deployment: a round verifies only what changed (and
+    /// what did not verify before). Entries not seen in a round are dropped.
+    verified: HashMap<Digest, zos_contract::Deployment>,
 }
 
 impl<N: Notary> Bot<N> {
@@ -135,6 +139,7 @@ impl<N: Notary> Bot<N> {
             farmers: HashMap::new(),
             drains: HashMap::new(),
             ignored: HashMap::new(),
+            verified: HashMap::new(),
         }
     }
 
@@ -340,7 +345,7 @@ impl<N: Notary> Bot<N> {
 
     /// The placement contracts naming this bot, verified, with their placement records.
     async fn read_contracts(
-        &self,
+        &mut self,
         grid: &[Record],
         me: &PublicKey,
         round: &mut Round,
@@ -362,6 +367,7 @@ impl<N: Notary> Bot<N> {
             }
         }
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for r in grid {
             let Ok(KeyKind::PlacementContract {
                 farm_id,
@@ -388,31 +394,27 @@ impl<N: Notary> Bot<N> {
                 ));
                 continue;
             }
-            let blueprint = match &doc.contract.blueprint {
-                zos_contract::BlueprintRef::Sha256(d) => {
-                    zos_notary::blueprint(&self.notary, d, &self.limits).await
+            let now = unix_now();
+            let whole = Digest::of(doc.to_value().to_string().as_bytes());
+            seen.insert(whole);
+            // A cached result holds until the contract expires (verification reads the
+            // clock only for that).
+            let fresh = doc.contract.expires.is_none_or(|e| e > now);
+            let verified = match self.verified.get(&whole).filter(|_| fresh) {
+                Some(d) => Ok(d.clone()),
+                None => {
+                    let v = self.verify(&doc, now).await;
+                    // A refusal may depend on the notary (a blueprint not there yet):
+                    // only what verified is kept.
+                    if let Ok(d) = &v {
+                        self.verified.insert(whole, d.clone());
+                    }
+                    v
                 }
-                zos_contract::BlueprintRef::Embedded(_) => None,
             };
-            let resolver = move |d: &Digest| blueprint.clone().filter(|b| b.digest == *d);
-            let ctx = VerifyContext {
-                now: unix_now(),
-                node: None,
-                accepted: None,
-                resolve_blueprint: &resolver,
-                trusted_authors: None,
-                limits: self.limits,
-            };
-            let verification = zos_contract::verify(&doc, &ctx);
-            let deployment = match (&verification.deployment, verification.reasons.is_empty()) {
-                (Some(d), true) => d.clone(),
-                _ => {
-                    let why = verification
-                        .reasons
-                        .iter()
-                        .map(|r| r.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ");
+            let deployment = match verified {
+                Ok(d) => d,
+                Err(why) => {
                     round
                         .skipped
                         .push((contract_id, format!("does not verify: {why}")));
@@ -434,7 +436,41 @@ impl<N: Notary> Bot<N> {
                 prev,
             });
         }
+        self.verified.retain(|d, _| seen.contains(d));
         out
+    }
+
+    /// `doc` verified for no node in particular, as of `now`: its deployment, or why not.
+    async fn verify(
+        &self,
+        doc: &SignedContract,
+        now: u64,
+    ) -> Result<zos_contract::Deployment, String> {
+        let blueprint = match &doc.contract.blueprint {
+            zos_contract::BlueprintRef::Sha256(d) => {
+                zos_notary::blueprint(&self.notary, d, &self.limits).await
+            }
+            zos_contract::BlueprintRef::Embedded(_) => None,
+        };
+        let resolver = move |d: &Digest| blueprint.clone().filter(|b| b.digest == *d);
+        let ctx = VerifyContext {
+            now,
+            node: None,
+            accepted: None,
+            resolve_blueprint: &resolver,
+            trusted_authors: None,
+            limits: self.limits,
+        };
+        let verification = zos_contract::verify(doc, &ctx);
+        match (verification.deployment, verification.reasons.is_empty()) {
+            (Some(d), true) => Ok(d),
+            _ => Err(verification
+                .reasons
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")),
+        }
     }
 
     /// Plans one contract and writes the result.
@@ -805,7 +841,11 @@ impl<N: Notary> Bot<N> {
                     }
                     // A watch that ended disables this branch: rounds then run every
                     // ROUND_EVERY instead of spinning.
-                    Some(_) = watch.recv() => {}
+                    Some(_) = watch.recv() => {
+                        // One round answers every change already waiting (its own
+                        // writes among them): a round reads everything anew.
+                        while watch.try_recv().is_some() {}
+                    }
                     _ = tokio::time::sleep(ROUND_EVERY) => {}
                 }
             }
