@@ -200,7 +200,8 @@ async fn serve(
     // No contracts before the farm is in the notary; then registration and heartbeats
     // (docs/registration.md). `None`: stopped while waiting for the farm.
     let Some((registered, liveness)) =
-        crate::registration::register(&cfg, &key, &notary, &storage, stop.requested()).await?
+        crate::registration::register(&cfg, &key, &notary, &storage, capacity, stop.requested())
+            .await?
     else {
         return Ok(());
     };

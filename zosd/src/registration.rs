@@ -30,11 +30,13 @@ pub const LIVENESS_TTL: Duration = Duration::from_secs(2);
 /// Waits for the farm, registers, and starts the heartbeats and, in a farm, the
 /// liveness record (`None`: stopped first). The [`Liveness`] (`None` without a farm)
 /// renews for as long as it is kept; its `renewed()` is what the node fences on.
+/// `offered`: what the engine admits, published for placement.
 pub async fn register(
     cfg: &NodeConfig,
     key: &SecretKey,
     notary: &AnyNotary,
     storage: &Arc<Storage>,
+    offered: zos_engine::Capacity,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Option<(Member, Option<Liveness>)>> {
     let member = membership::MemberConfig {
@@ -42,6 +44,13 @@ pub async fn register(
         version: crate::VERSION.to_string(),
         netns: cfg.network.node_netns.clone(),
         heartbeat: Duration::from_secs(cfg.heartbeat_secs),
+        // The orchestrator places by what the node admits, not by the machine.
+        offered: Some(NodeResources {
+            cpus: offered.cpu,
+            memory_bytes: offered.memory_mib << 20,
+            ssd_bytes: offered.ssd_mib << 20,
+            hdd_bytes: offered.hdd_mib << 20,
+        }),
     };
     let parts = Arc::new(Parts(storage.clone()));
     let say = |line: &str| println!("zosd: {line}");

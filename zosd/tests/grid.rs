@@ -764,9 +764,8 @@ fn the_grid_on_etcd() {
             big_on = on.iter().map(|k| g.index(k)).collect();
         },
     );
-    // The bot counts a node's CPUs as its registration says (the host's 2), not as the
-    // node offers them (overcommitted): three contracts of two 1-CPU replicas fill the
-    // three nodes, and a move needs a free one. The owner cancels the big one.
+    // The owner cancels the big one at the farm's key: its volumes (2 GiB on each of
+    // two 8 GiB disks) would otherwise stay in the nodes' offers.
     s.run(
         "1b the owner cancels a placement contract: both copies go",
         &["1 placement: replicas = 2 on two nodes with room"],
@@ -969,8 +968,8 @@ fn the_grid_on_etcd() {
                     g.nodes[i].start();
                 }
             }
-            // Room on every node (the bot's view: two CPUs each): the owner cancels the
-            // move and stay contracts, and no copy of them runs anywhere.
+            // A clean slate: the owner cancels the move and stay contracts, and no copy
+            // of them runs anywhere.
             for id in [&moving, &staying] {
                 let key = NotaryKey::placement_contract(FARM, id).unwrap();
                 g.put(

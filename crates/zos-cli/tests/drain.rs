@@ -65,6 +65,7 @@ fn register(n: &Notaries, node: &SecretKey, farm: &str) {
             ssd_bytes: 100 << 30,
             hdd_bytes: 0,
         },
+        offered: None,
         nics: vec![],
         dmi: Dmi::default(),
         registered_at: zos_registry::now(),

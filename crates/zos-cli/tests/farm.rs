@@ -60,6 +60,7 @@ fn registration(farm: &str) -> Registration {
             ssd_bytes: 100 << 30,
             hdd_bytes: 0,
         },
+        offered: None,
         nics: vec![Nic {
             name: "eth0".into(),
             mac: "52:54:00:00:00:01".into(),

@@ -204,6 +204,7 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
             farm: "7".into(),
             version: "test".into(),
             capacity,
+            offered: None,
             nics: vec![],
             dmi: Default::default(),
             registered_at: 1,

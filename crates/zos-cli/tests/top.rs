@@ -101,6 +101,7 @@ fn registration(farm: &str, mac: &str) -> Registration {
             ssd_bytes: 100 << 30,
             hdd_bytes: 0,
         },
+        offered: None,
         nics: vec![Nic {
             name: "eth0".into(),
             mac: mac.into(),

@@ -581,6 +581,7 @@ fn main() {
             farm: FARM.into(),
             version: "bench".into(),
             capacity,
+            offered: None,
             nics: vec![],
             dmi: Dmi::default(),
             registered_at: unix_now(),

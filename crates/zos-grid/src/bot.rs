@@ -167,7 +167,7 @@ impl<N: Notary> Bot<N> {
                         farms
                             .entry(reg.farm.clone())
                             .or_default()
-                            .push((node, reg.capacity));
+                            .push((node, reg.placeable()));
                     }
                 }
                 Ok(KeyKind::Heartbeat { .. }) => {

@@ -164,6 +164,7 @@ impl Grid {
                 farm: FARM.into(),
                 version: "test".into(),
                 capacity: capacity(&n),
+                offered: None,
                 nics: vec![],
                 dmi: Dmi::default(),
                 registered_at: unix_now(),

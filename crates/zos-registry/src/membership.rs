@@ -81,6 +81,9 @@ pub struct MemberConfig {
     pub netns: Option<PathBuf>,
     /// Time between two heartbeats.
     pub heartbeat: Duration,
+    /// What the node offers to contracts (after reserves and overcommit), published in
+    /// its registration for placement; `None`: the machine's capacity counts.
+    pub offered: Option<NodeResources>,
 }
 
 /// Why joining the farm stopped (a farm that is not there yet is waited for, not this).
@@ -318,7 +321,8 @@ async fn publish_registration<H: NodeHost>(
     mut shutdown: impl Future<Output = ()> + Unpin,
 ) -> Result<bool, JoinError> {
     let (id, version) = (farm.id.clone(), cfg.version.clone());
-    let registration = blocking(host, move |h| registration(id, version, h)).await??;
+    let mut registration = blocking(host, move |h| registration(id, version, h)).await??;
+    registration.offered = cfg.offered;
     let c = &registration.capacity;
     tracing::info!(
         cpus = c.cpus,
@@ -436,6 +440,7 @@ fn registration(
             ssd_bytes: pools.ssd,
             hdd_bytes: pools.hdd,
         },
+        offered: None,
         nics: detect::nics().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "no NIC list");
             Vec::new()
@@ -705,6 +710,12 @@ mod tests {
             version: "0.0.0-test".into(),
             netns: None,
             heartbeat: Duration::from_secs(3600),
+            offered: Some(NodeResources {
+                cpus: 16,
+                memory_bytes: 3 << 30,
+                ssd_bytes: 9 << 30,
+                hdd_bytes: 0,
+            }),
         }
     }
 
@@ -772,6 +783,9 @@ mod tests {
         assert_eq!(reg.farm, "zt-farm");
         assert_eq!(reg.version, "0.0.0-test");
         assert_eq!(reg.capacity.ssd_bytes, 10 << 30);
+        // What the node admits, beside what the machine has: placement uses it.
+        assert_eq!(reg.placeable().cpus, 16);
+        assert_eq!(reg.offered.map(|o| o.memory_bytes), Some(3 << 30));
         // The first heartbeat goes out at once, with what the host reports.
         let hb = tokio::time::timeout(Duration::from_secs(60), beats.recv())
             .await

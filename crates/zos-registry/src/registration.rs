@@ -81,6 +81,11 @@ pub struct Registration {
     pub version: String,
     /// What the machine has.
     pub capacity: NodeResources,
+    /// What the node offers to contracts: its capacity after its reserves and CPU
+    /// overcommit, the most it admits (what placement may hand out). `None`: a node
+    /// that does not say; its machine capacity counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered: Option<NodeResources>,
     /// Its hardware NICs, at most [`MAX_NICS`].
     pub nics: Vec<Nic>,
     /// Its DMI identity (empty when the machine has none).
@@ -102,6 +107,12 @@ pub fn valid_mac(mac: &str) -> bool {
 }
 
 impl Registration {
+    /// What placement may hand out on this node: [`Registration::offered`], else its
+    /// machine capacity.
+    pub fn placeable(&self) -> NodeResources {
+        self.offered.unwrap_or(self.capacity)
+    }
+
     pub(crate) fn check(&self, key: &str) -> Result<(), RegistryError> {
         // The farm id must be one a farm key can have.
         NotaryKey::farm(&self.farm)?;
@@ -181,6 +192,7 @@ mod tests {
                 ssd_bytes: 500 << 30,
                 hdd_bytes: 0,
             },
+            offered: None,
             nics: vec![Nic {
                 name: "eth0".into(),
                 mac: "52:54:00:12:34:56".into(),

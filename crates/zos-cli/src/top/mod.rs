@@ -319,6 +319,7 @@ mod tests {
             farm: "farm-1".into(),
             version: "0.1.0".into(),
             capacity: cap,
+            offered: None,
             nics: vec![],
             dmi: Dmi::default(),
             registered_at: 1,

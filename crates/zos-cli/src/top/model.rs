@@ -453,6 +453,7 @@ mod tests {
                 ssd_bytes: 1000,
                 hdd_bytes: 0,
             },
+            offered: None,
             nics: vec![],
             dmi: Dmi::default(),
             registered_at: 1,
