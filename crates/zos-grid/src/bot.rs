@@ -37,6 +37,7 @@
 //! [`ROUND_EVERY`]. A bot that cannot create the record follows, trying again every
 //! lease period.
 
+use futures_util::StreamExt as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,29 @@ pub struct Round {
     /// Drain records not believed, with why (not signed by the farm's farmer, no farm
     /// record, older than one accepted).
     pub ignored_drains: Vec<(String, String)>,
+}
+
+/// How many contracts' writes a round has in flight at once.
+const WRITERS: usize = 16;
+
+/// What one contract's plan writes: the placement record (compared and swapped), then
+/// the assignments, then the removal of the assignments it replaced.
+struct Write {
+    contract: String,
+    record: Record,
+    expect: Expect,
+    /// Signed assignment records, with (replica, node, epoch).
+    assignments: Vec<(Record, u64, PublicKey, u64)>,
+    /// (replica, old node, its assignment key).
+    replaced: Vec<(u64, PublicKey, NotaryKey)>,
+}
+
+/// How a [`Write`] went.
+enum Written {
+    /// The record was swapped; these assignments were written.
+    Done(Vec<(String, u64, PublicKey, u64)>),
+    /// Another writer changed the record since it was read: nothing was written.
+    Conflict,
 }
 
 /// One placement contract as read, verified.
@@ -248,10 +272,24 @@ impl<N: Notary> Bot<N> {
             }
         }
 
+        // Planning is sequential (it reserves the nodes' room as it goes); the writes of
+        // different contracts are independent (each one's compare-and-swap guards it),
+        // so they go out concurrently: each waits for etcd's fsync.
+        let mut writes = Vec::new();
         for p in placed {
             let farm_nodes = views.entry(p.farm.clone()).or_default();
-            self.place(p, farm_nodes, &statuses, now, wall, &mut round)
-                .await?;
+            writes.extend(self.place(p, farm_nodes, &statuses, now, wall, &mut round)?);
+        }
+        let written: Vec<Result<Written, BotError>> =
+            futures_util::stream::iter(writes.into_iter().map(|w| self.write(w)))
+                .buffered(WRITERS)
+                .collect()
+                .await;
+        for w in written {
+            match w? {
+                Written::Done(assigned) => round.assigned.extend(assigned),
+                Written::Conflict => round.conflicts += 1,
+            }
         }
         Ok(round)
     }
@@ -474,7 +512,7 @@ impl<N: Notary> Bot<N> {
     }
 
     /// Plans one contract and writes the result.
-    async fn place(
+    fn place(
         &self,
         p: Placed,
         farm_nodes: &mut [NodeView],
@@ -482,7 +520,7 @@ impl<N: Notary> Bot<N> {
         now: u64,
         wall: u64,
         round: &mut Round,
-    ) -> Result<(), BotError> {
+    ) -> Result<Option<Write>, BotError> {
         let c = &p.doc.contract;
         let placement = p.doc.placement.as_ref().expect("a placement contract");
         let mut rec = match &p.prev {
@@ -718,7 +756,7 @@ impl<N: Notary> Bot<N> {
             }
         }
         if rec == before && p.prev.is_some() && !reissue {
-            return Ok(());
+            return Ok(None);
         }
 
         // The one serialisation point: the placement record, compared and swapped.
@@ -729,15 +767,13 @@ impl<N: Notary> Bot<N> {
             Some((r, _)) => Expect::Current(r.clone()),
             None => Expect::Absent,
         };
-        match self.notary.put_if(&record, &expect).await {
-            Ok(()) => {}
-            Err(NotaryError::Conflict { .. }) => {
-                tracing::info!(contract = %c.id, "placement record changed since it was read; planned again next round");
-                round.conflicts += 1;
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let mut write = Write {
+            contract: c.id.clone(),
+            record,
+            expect,
+            assignments: Vec::new(),
+            replaced: Vec::new(),
+        };
         for (replica, node, epoch) in assignments {
             let assignment = Assignment {
                 contract: c.id.clone(),
@@ -755,21 +791,41 @@ impl<N: Notary> Bot<N> {
                     error: e.to_string(),
                 })?;
             let key = NotaryKey::assignment(&node, &c.id, replica).map_err(NotaryError::from)?;
-            self.notary
-                .put(&self.sign(&key, signed.to_value())?)
-                .await?;
-            tracing::info!(contract = %c.id, replica, %node, epoch, "assigned");
-            round.assigned.push((c.id.clone(), replica, node, epoch));
+            let record = self.sign(&key, signed.to_value())?;
+            write.assignments.push((record, replica, node, epoch));
         }
         for (replica, old) in replaced {
+            let key = NotaryKey::assignment(&old, &c.id, replica).map_err(NotaryError::from)?;
+            write.replaced.push((replica, old, key));
+        }
+        Ok(Some(write))
+    }
+
+    /// Carries out one contract's [`Write`]: the placement record's compare-and-swap,
+    /// then (only if it won) the assignments, then the removal of replaced ones.
+    async fn write(&self, w: Write) -> Result<Written, BotError> {
+        match self.notary.put_if(&w.record, &w.expect).await {
+            Ok(()) => {}
+            Err(NotaryError::Conflict { .. }) => {
+                tracing::info!(contract = %w.contract, "placement record changed since it was read; planned again next round");
+                return Ok(Written::Conflict);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut assigned = Vec::new();
+        for (record, replica, node, epoch) in w.assignments {
+            self.notary.put(&record).await?;
+            tracing::info!(contract = %w.contract, replica, %node, epoch, "assigned");
+            assigned.push((w.contract.clone(), replica, node, epoch));
+        }
+        for (replica, old, key) in w.replaced {
             // The old node stops on the newer epoch elsewhere anyway (or has fenced);
             // this only tidies its directory.
-            let old_key = NotaryKey::assignment(&old, &c.id, replica).map_err(NotaryError::from)?;
-            if let Err(e) = self.notary.delete(&old_key).await {
-                tracing::warn!(contract = %c.id, replica, node = %old, error = %e, "removing a replaced assignment");
+            if let Err(e) = self.notary.delete(&key).await {
+                tracing::warn!(contract = %w.contract, replica, node = %old, error = %e, "removing a replaced assignment");
             }
         }
-        Ok(())
+        Ok(Written::Done(assigned))
     }
 
     fn sign(&self, key: &NotaryKey, body: serde_json::Value) -> Result<Record, BotError> {
