@@ -4,42 +4,14 @@
 //! The CLI refuses, and writes nothing, when the key is not the farmer's (the attack: a
 //! tenant draining a node to pull replicas off it) or the node is not in the farm.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
+use common::{ok, refused};
 
 use zos_contract::{PublicKey, SecretKey};
 use zos_grid::Drain;
 use zos_notary::{Notary, NotaryKey, Record};
 use zos_registry::{Dmi, Farm, NodeResources, Registration};
-
-fn zos(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ZOS_NOTARY")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let (success, out) = zos(dir, args);
-    assert!(success, "zos {args:?} failed:\n{out}");
-    out
-}
-
-fn refused(dir: &Path, args: &[&str]) -> String {
-    let (success, out) = zos(dir, args);
-    assert!(!success, "zos {args:?} should have failed:\n{out}");
-    out
-}
 
 struct Notaries {
     rt: tokio::runtime::Runtime,

@@ -4,42 +4,14 @@
 //! registrations and heartbeats signed as a node signs them (zos-registry), with a
 //! forged registration skipped.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
+use common::{ok, refused};
 
 use serde_json::Value;
 use zos_contract::SecretKey;
 use zos_notary::{Notary, NotaryKey, Record};
 use zos_registry::{ContractCounts, Dmi, Heartbeat, Nic, NodeResources, Registration, Usage};
-
-fn zos(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ZOS_NOTARY")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let (success, out) = zos(dir, args);
-    assert!(success, "zos {args:?} failed:\n{out}");
-    out
-}
-
-fn refused(dir: &Path, args: &[&str]) -> String {
-    let (success, out) = zos(dir, args);
-    assert!(!success, "zos {args:?} should have failed:\n{out}");
-    out
-}
 
 fn put(url: &str, record: &Record) {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -5,39 +5,12 @@
 //! signed registrations, heartbeats and liveness records), and a second round writes
 //! nothing. Its owner cancels it at the farm's key; a stranger cannot.
 
+mod common;
+
+use common::{ok, refused, zos};
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
-
-fn zos(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ZOS_NOTARY")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let (ok, out) = zos(dir, args);
-    assert!(ok, "zos {args:?} failed:\n{out}");
-    out
-}
-
-fn refused(dir: &Path, args: &[&str]) -> String {
-    let (ok, out) = zos(dir, args);
-    assert!(!ok, "zos {args:?} should have failed:\n{out}");
-    out
-}
 
 #[test]
 fn a_placement_contract_is_made_signed_verified_and_printed() {
