@@ -299,6 +299,26 @@ impl Drop for World {
                 eprintln!("cleanup: namespace {ns}: {e}");
             }
         }
+        // The cgroup scope of a zosd given our prefix: `zos/<tag>` and `zos-vm/<tag>`
+        // in every hierarchy (docs/container.md), leaves first. Its processes are gone
+        // by now (whoever ran zosd killed them first); a busy cgroup stays and says so.
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for parent in ["zos", "zos-vm"] {
+                let scope = ctrl.path().join(parent).join(&self.tag);
+                for leaf in std::fs::read_dir(&scope).into_iter().flatten().flatten() {
+                    if leaf.path().is_dir() {
+                        if let Err(e) = std::fs::remove_dir(leaf.path()) {
+                            eprintln!("cleanup: cgroup {}: {e}", leaf.path().display());
+                        }
+                    }
+                }
+                let _ = std::fs::remove_dir(&scope);
+            }
+        }
     }
 }
 

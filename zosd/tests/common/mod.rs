@@ -335,22 +335,6 @@ impl Drop for Node {
             }
         }
         std::thread::sleep(Duration::from_millis(100));
-        // Cgroups: the node's scope is its network prefix's (`<tag>`): containers under
-        // `/zos/<tag>/<id>`, VMs under `/zos-vm/<tag>/<kernel id>`, in each v1 hierarchy
-        // on this host. Leaves first, then the scope.
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for parent in ["zos", "zos-vm"] {
-                let scope = ctrl.path().join(parent).join(&self.world.tag);
-                for leaf in std::fs::read_dir(&scope).into_iter().flatten().flatten() {
-                    let _ = std::fs::remove_dir(leaf.path());
-                }
-                let _ = std::fs::remove_dir(&scope);
-            }
-        }
         // Mounts under our dir, deepest first.
         let mut mounts = self.mounts();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));

@@ -72,23 +72,8 @@ impl Drop for Node {
                 }
             }
         }
-        // The node's cgroup scope (zosd puts its workloads under `zos/<tag>` and
-        // `zos-vm/<tag>`, its network prefix's: docs/container.md): leaves, then the
-        // scope, in every hierarchy. A killed node leaves them behind.
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for parent in ["zos", "zos-vm"] {
-                let scope = ctrl.path().join(parent).join(&self.world.tag);
-                for leaf in std::fs::read_dir(&scope).into_iter().flatten().flatten() {
-                    let _ = std::fs::remove_dir(leaf.path());
-                }
-                let _ = std::fs::remove_dir(&scope);
-            }
-        }
-        // Then `world` drops: our namespaces and whatever zosd made with our prefix.
+        // Then `world` drops: our namespaces, our cgroup scope and whatever zosd made
+        // with our prefix.
     }
 }
 
