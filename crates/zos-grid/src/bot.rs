@@ -1,24 +1,39 @@
-//! The orchestrator (`zos bot run`): reads the grid from the notary, plans each of its
-//! placement contracts ([`crate::plan`]) and writes what the plan says (docs/grid.md).
+//! The orchestrator (`zos bot run`): keeps a view of the grid from the notary's events,
+//! plans each of its placement contracts ([`crate::plan`]) and writes what the plan says
+//! (docs/grid.md).
 //!
-//! One [`Bot::round`] is list, plan, write:
-//! 1. the placement contracts under `grid/` that name this bot's key as orchestrator,
-//!    each verified in full (for no node in particular) with its blueprint;
-//! 2. the farm's nodes: registrations (farm, capacity), liveness records
+//! One round ([`Bot::step`]) is apply, plan, write:
+//! 1. every event already queued on the bot's [`Feed`] is applied to its
+//!    [`GridView`] (never waiting for one; a feed whose watch ended subscribes again:
+//!    a fresh snapshot). The view holds every record under `grid/` and `nodes/`;
+//! 2. from the view: the placement contracts under `grid/` that name this bot's key as
+//!    orchestrator, each verified in full (for no node in particular) with its
+//!    blueprint (a contract verified before is known by its whole document's digest);
+//!    the farm's nodes: registrations (farm, capacity), liveness records
 //!    (`nodes/<n>/alive`), heartbeats (what is reserved), statuses (ok or refused);
 //! 3. per contract, the plan; then the placement record by compare-and-swap (a
 //!    conflict means another writer, a stale or a new leader, wrote since the read: the
-//!    contract is planned again next round from what is then there), and only after it
-//!    the signed assignments, and the deletion of the assignment a move replaced.
+//!    record is read again into the view and the contract planned again next round),
+//!    and only after it the signed assignments, and the deletion of the assignment a
+//!    move replaced. What the bot wrote goes into the view at once: the next round
+//!    compares against it, not waiting for its echo.
+//!
+//! [`Bot::round`] is the same planning and writing from a fresh listing of `grid/` and
+//! `nodes/` (`zos bot run --once`, tests): its view is kept between its calls and
+//! resynchronised from each listing.
 //!
 //! **Liveness is the node's leased record, measured on the bot's own clock**: a node is
 //! present while its `nodes/<n>/alive` record is (the node keeps its lease alive; etcd,
 //! or on `dir://` the reader's clock, expires it), and lost once the record has been
-//! absent for more than `after_s` on the bot's clock, counted from the first round that
-//! saw it absent. Nothing the node writes in a record (a time, a TTL) is used for timing.
-//! A bot that starts counts every absent node as seen absent at its start, which can
-//! delay a move by one `after_s`, never hasten it. Heartbeats only tell what a node has
-//! reserved.
+//! absent for more than `after_s` on the bot's clock, counted from the instant the view
+//! applied the event that took it away (with [`Bot::round`]: the first listing that saw
+//! it absent). Nothing the node writes in a record (a time, a TTL) is used for timing.
+//! A bot that starts (or a view that subscribes again) counts every absent node as seen
+//! absent at its snapshot, which can delay a move by one `after_s`, never hasten it.
+//! The plan counts whole seconds ([`NodeView::last_seen`]); the bot gives it an absence
+//! rounded **up** to the next second, so that "more than `after_s` seconds" holds
+//! exactly on its monotonic clock, not up to a second late. Heartbeats only tell what a
+//! node has reserved.
 //!
 //! **Drains** (docs/grid.md, "Drain"): a node whose farmer signed
 //! `grid/<farm>/drains/<node>` with `{"drained": true}` gets nothing new, and its
@@ -32,27 +47,30 @@
 //!
 //! [`Bot::run`] leads through a leased record at `orchestrators/<key>/leader` (created
 //! only if absent: one leader; an etcd lease, or on `dir://` the lease mark judged on
-//! the one kernel's clock), renews it, and runs a round on every change in the notary
-//! (a put or a deletion: an alive record's expiry wakes it) and at least every
-//! [`ROUND_EVERY`]. A bot that cannot create the record follows, trying again every
-//! lease period.
+//! the one kernel's clock), renews it, subscribes once per term, and runs a round on
+//! every change in the notary (a put or a deletion: an alive record's expiry wakes it)
+//! and at least every [`ROUND_EVERY`]. A bot that cannot create the record follows,
+//! trying again every lease period.
+//!
+//! Planning one contract is [`place`](self) (`bot/place.rs`), writing a round's
+//! results `bot/write.rs`, the view `crate::view`.
+
+mod place;
+mod write;
 
 use futures_util::StreamExt as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use zos_contract::assignment::{Assignment, SignedAssignment};
-use zos_contract::{
-    ContractRecord, Digest, Limits, PublicKey, SecretKey, SignedContract, VerifyContext,
-};
-use zos_engine::{Capacity, State, StatusReport};
+use zos_contract::{Digest, Limits, PublicKey, SecretKey, SignedContract, VerifyContext};
+use zos_engine::{Capacity, StatusReport};
 use zos_notary::{Expect, KeyKind, KeyPrefix, Notary, NotaryError, NotaryKey, Record};
-use zos_registry::{Heartbeat, NodeResources, Registration};
+use zos_registry::{Farm, NodeResources};
 
-use zos_registry::Farm;
-
-use crate::plan::{self, ContractView, NodeView, ReplicaView, Report, Step};
-use crate::record::{Drain, Handover, Move, PlacementRecord, Refusal, ReplicaState};
+use crate::plan::NodeView;
+use crate::record::{Drain, PlacementRecord};
+use crate::view::{Feed, GridView, Parsed};
+use write::{Written, WRITERS};
 
 /// The longest a bot waits between rounds when nothing changes: nodes fall silent
 /// without any write to wake it.
@@ -98,35 +116,12 @@ pub struct Round {
     pub ignored_drains: Vec<(String, String)>,
 }
 
-/// How many contracts' writes a round has in flight at once.
-const WRITERS: usize = 16;
-
-/// What one contract's plan writes: the placement record (compared and swapped), then
-/// the assignments, then the removal of the assignments it replaced.
-struct Write {
-    contract: String,
-    record: Record,
-    expect: Expect,
-    /// Signed assignment records, with (replica, node, epoch).
-    assignments: Vec<(Record, u64, PublicKey, u64)>,
-    /// (replica, old node, its assignment key).
-    replaced: Vec<(u64, PublicKey, NotaryKey)>,
-}
-
-/// How a [`Write`] went.
-enum Written {
-    /// The record was swapped; these assignments were written.
-    Done(Vec<(String, u64, PublicKey, u64)>),
-    /// Another writer changed the record since it was read: nothing was written.
-    Conflict,
-}
-
-/// One placement contract as read, verified.
-struct Placed {
+/// One placement contract as the view holds it, verified.
+struct Placed<'a> {
     farm: String,
-    doc: SignedContract,
+    doc: &'a SignedContract,
     needs: NodeResources,
-    prev: Option<(Record, PlacementRecord)>,
+    prev: Option<(&'a Record, &'a PlacementRecord)>,
 }
 
 /// The orchestrator.
@@ -135,9 +130,9 @@ pub struct Bot<N> {
     notary: N,
     limits: Limits,
     started: Instant,
-    /// Nodes whose alive record is absent, with the bot second of the first round that
-    /// saw it absent.
-    absent_since: HashMap<PublicKey, u64>,
+    /// The view of [`Bot::round`]'s listings, kept between its calls (absent nodes
+    /// keep the instant of the first listing that saw them absent).
+    listed: Option<GridView>,
     /// Per farm, the farmer of the first valid farm record seen: drains are believed
     /// from that key only.
     farmers: HashMap<String, PublicKey>,
@@ -146,9 +141,10 @@ pub struct Bot<N> {
     /// Per drain key, why it was last ignored (logged once per change).
     ignored: HashMap<String, String>,
     /// Contracts that verified, by the digest of the whole signed document (body and
-    /// signatures), with their deployment: a round verifies only what changed (and
-    /// what did not verify before). Entries not seen in a round are dropped.
-    verified: HashMap<Digest, zos_contract::Deployment>,
+    /// signatures), with what a replica of their deployment reserves on a node: a
+    /// round verifies only what changed (and what did not verify before). Entries not
+    /// seen in a round are dropped.
+    verified: HashMap<Digest, NodeResources>,
 }
 
 impl<N: Notary> Bot<N> {
@@ -159,7 +155,7 @@ impl<N: Notary> Bot<N> {
             notary,
             limits: Limits::default(),
             started: Instant::now(),
-            absent_since: HashMap::new(),
+            listed: None,
             farmers: HashMap::new(),
             drains: HashMap::new(),
             ignored: HashMap::new(),
@@ -167,53 +163,82 @@ impl<N: Notary> Bot<N> {
         }
     }
 
-    /// Seconds on the bot's monotonic clock; starts at 1 so that 0 means "never".
-    fn clock(&self) -> u64 {
-        self.started.elapsed().as_secs() + 1
+    /// Whole seconds on the bot's monotonic clock at `at`; starts at 1 so that 0 means
+    /// "never".
+    fn clock(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_secs() + 1
     }
 
-    /// One pass of list, plan, write (see the module docs).
+    /// One round from a fresh listing of `grid/` and `nodes/` (see the module docs).
     pub async fn round(&mut self) -> Result<Round, BotError> {
-        let me = self.key.public();
         let grid = self.notary.list(&KeyPrefix::grid()).await?;
         let nodes = self.notary.list(&KeyPrefix::nodes()).await?;
-        let now = self.clock();
+        let at = Instant::now();
+        let records = grid.into_iter().chain(nodes);
+        let mut view = match self.listed.take() {
+            Some(mut v) => {
+                v.resync(records, at);
+                v
+            }
+            None => GridView::new(records, at),
+        };
+        let round = self.plan_and_write(&mut view).await;
+        self.listed = Some(view);
+        round
+    }
+
+    /// A feed of the grid for [`Bot::step`]: a snapshot of `grid/` and `nodes/` and the
+    /// watches that keep it.
+    pub async fn subscribe(&self) -> Result<Feed, BotError> {
+        Ok(Feed::subscribe(&self.notary).await?)
+    }
+
+    /// One round from `feed` (see the module docs): every event already queued is
+    /// applied (a feed whose watch ended subscribes again first), then the round plans
+    /// and writes. Never waits for an event; [`Feed::changed`] does.
+    pub async fn step(&mut self, feed: &mut Feed) -> Result<Round, BotError> {
+        if feed.ended() {
+            *feed = self.subscribe().await?;
+            tracing::info!(records = feed.view().len(), "grid view subscribed again");
+        }
+        feed.drain();
+        self.plan_and_write(feed.view_mut()).await
+    }
+
+    /// Plans every contract of this bot from `view` and writes the results; what was
+    /// written goes into `view` (see the module docs).
+    async fn plan_and_write(&mut self, view: &mut GridView) -> Result<Round, BotError> {
+        let me = self.key.public();
+        let at = Instant::now();
+        let now = self.clock(at);
         let wall = unix_now();
 
-        let mut farms: BTreeMap<String, Vec<(PublicKey, NodeResources)>> = BTreeMap::new();
+        let mut farms: BTreeMap<&str, Vec<(PublicKey, NodeResources)>> = BTreeMap::new();
         let mut reserved: HashMap<PublicKey, NodeResources> = HashMap::new();
-        let mut alive: HashSet<PublicKey> = HashSet::new();
-        let mut statuses: HashMap<(PublicKey, String), StatusReport> = HashMap::new();
-        for r in &nodes {
-            match r.notary_key().map(|k| k.kind()) {
-                Ok(KeyKind::Registration { .. }) => {
-                    if let Ok((node, reg)) = Registration::from_record(r) {
-                        farms
-                            .entry(reg.farm.clone())
-                            .or_default()
-                            .push((node, reg.placeable()));
-                    }
+        let mut statuses: HashMap<(PublicKey, String), &StatusReport> = HashMap::new();
+        for e in view.nodes() {
+            match &e.parsed {
+                Parsed::Registration {
+                    node,
+                    farm,
+                    offered,
+                } => farms.entry(farm).or_default().push((*node, *offered)),
+                Parsed::Heartbeat { node, reserved: r } => {
+                    reserved.insert(*node, *r);
                 }
-                Ok(KeyKind::Heartbeat { .. }) => {
-                    if let Ok((node, hb)) = Heartbeat::from_record(r) {
-                        reserved.insert(node, hb.reserved);
-                    }
-                }
-                // Listed, so verified: signed by the node itself. Its body is not read.
-                Ok(KeyKind::Alive { node }) if r.author == node => {
-                    alive.insert(node);
-                }
-                Ok(KeyKind::Status { node, contract_id }) => {
-                    if let Ok(s) = serde_json::from_value::<StatusReport>(r.body.clone()) {
-                        statuses.insert((node, contract_id), s);
-                    }
+                Parsed::Status {
+                    node,
+                    contract,
+                    report,
+                } => {
+                    statuses.insert((*node, contract.clone()), report);
                 }
                 _ => {}
             }
         }
 
         let mut round = Round::default();
-        let placed = self.read_contracts(&grid, &me, &mut round).await;
+        let placed = self.read_contracts(view, &me, &mut round).await;
         // Pin each farm's farmer at the bot's first sight of a contract there, before
         // any drain: one read per farm in the bot's lifetime.
         for farm in placed
@@ -225,7 +250,12 @@ impl<N: Notary> Bot<N> {
                 let _ = self.farm(&farm).await?;
             }
         }
-        let drained = self.read_drains(&grid, &mut round).await?;
+        let drain_records: Vec<&Record> = view
+            .grid()
+            .filter(|e| matches!(e.parsed, Parsed::Drain))
+            .map(|e| &e.record)
+            .collect();
+        let drained = self.read_drains(&drain_records, &mut round).await?;
         round.contracts = placed.len();
 
         // What each node has free: its capacity less what it reports reserved, less
@@ -235,13 +265,13 @@ impl<N: Notary> Bot<N> {
             let list = members
                 .iter()
                 .map(|(key, capacity)| {
-                    let present = alive.contains(key);
+                    let present = view.alive(key);
                     let mut v = NodeView {
                         key: *key,
-                        last_seen: self.seen(key, present, now),
+                        last_seen: self.last_seen(view, key, at, now),
                         alive: present,
                         free: *capacity,
-                        drained: drained.contains(&(farm.clone(), *key)),
+                        drained: drained.contains(&(farm.to_string(), *key)),
                     };
                     if let Some(r) = reserved.get(key) {
                         v.reserve(r);
@@ -249,10 +279,10 @@ impl<N: Notary> Bot<N> {
                     v
                 })
                 .collect();
-            views.insert(farm.clone(), list);
+            views.insert(farm.to_string(), list);
         }
         for p in &placed {
-            let Some((_, rec)) = &p.prev else { continue };
+            let Some((_, rec)) = p.prev else { continue };
             let taken = rec.replicas.iter().flat_map(|r| {
                 let handover = r.handover.map(|h| h.node);
                 r.node.into_iter().chain(handover)
@@ -280,18 +310,64 @@ impl<N: Notary> Bot<N> {
             let farm_nodes = views.entry(p.farm.clone()).or_default();
             writes.extend(self.place(p, farm_nodes, &statuses, now, wall, &mut round)?);
         }
+        drop(statuses);
         let written: Vec<Result<Written, BotError>> =
             futures_util::stream::iter(writes.into_iter().map(|w| self.write(w)))
                 .buffered(WRITERS)
                 .collect()
                 .await;
+        let mut failed = None;
         for w in written {
-            match w? {
-                Written::Done(assigned) => round.assigned.extend(assigned),
-                Written::Conflict => round.conflicts += 1,
+            match w {
+                Ok(Written::Done {
+                    assigned,
+                    records,
+                    removed,
+                }) => {
+                    round.assigned.extend(assigned);
+                    let at = Instant::now();
+                    for r in records {
+                        view.wrote(r, at);
+                    }
+                    for k in &removed {
+                        view.removed(k, at);
+                    }
+                }
+                Ok(Written::Conflict(key)) => {
+                    round.conflicts += 1;
+                    // The view missed a write: read the record again.
+                    match self.notary.get(&key).await {
+                        Ok(r) => view.refresh(&key, r, Instant::now()),
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "reading a placement record again")
+                        }
+                    }
+                }
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(round)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(round),
+        }
+    }
+
+    /// Up to when `node` counts as seen ([`NodeView::last_seen`], whole seconds of
+    /// [`Bot::clock`]) at `at` (`now` on that clock): `now` while its alive record is
+    /// present; else `now` less its absence in seconds rounded up, so that the plan's
+    /// "absent more than `after_s`" holds exactly when the absence, measured on the
+    /// monotonic clock from when the view saw the node go, is more than `after_s`
+    /// (never below 1: a node is never "never seen" for the plan, which only delays).
+    fn last_seen(&self, view: &GridView, node: &PublicKey, at: Instant, now: u64) -> u64 {
+        if view.alive(node) {
+            return now;
+        }
+        let Some(since) = view.absent_since(node) else {
+            return now;
+        };
+        let gone = at.saturating_duration_since(since);
+        let up = gone.as_secs() + u64::from(gone.subsec_nanos() > 0);
+        now.saturating_sub(up).max(1)
     }
 
     /// The drained nodes, (farm, node), from the drain records in `grid` that are the
@@ -299,12 +375,12 @@ impl<N: Notary> Bot<N> {
     /// `round.ignored_drains`.
     async fn read_drains(
         &mut self,
-        grid: &[Record],
+        grid: &[&Record],
         round: &mut Round,
     ) -> Result<HashSet<(String, PublicKey)>, BotError> {
         let mut drained = HashSet::new();
         let mut farms: HashMap<String, Result<Farm, String>> = HashMap::new();
-        for r in grid {
+        for &r in grid {
             let Ok(KeyKind::Drain { farm_id, node }) = r.notary_key().map(|k| k.kind()) else {
                 continue;
             };
@@ -370,54 +446,33 @@ impl<N: Notary> Bot<N> {
         Ok(Ok(farm))
     }
 
-    /// Up to when `node` counts as seen ([`NodeView::last_seen`]): now while its alive
-    /// record is present; else since the first round that saw it absent.
-    fn seen(&mut self, node: &PublicKey, present: bool, now: u64) -> u64 {
-        if present {
-            self.absent_since.remove(node);
-            now
-        } else {
-            *self.absent_since.entry(*node).or_insert(now)
-        }
-    }
-
-    /// The placement contracts naming this bot, verified, with their placement records.
-    async fn read_contracts(
+    /// The placement contracts naming this bot in `view`, verified, with their
+    /// placement records.
+    async fn read_contracts<'a>(
         &mut self,
-        grid: &[Record],
+        view: &'a GridView,
         me: &PublicKey,
         round: &mut Round,
-    ) -> Vec<Placed> {
-        let mut records: HashMap<(String, String), (Record, PlacementRecord)> = HashMap::new();
-        for r in grid {
-            if let Ok(KeyKind::Placement {
-                farm_id,
-                contract_id,
-            }) = r.notary_key().map(|k| k.kind())
-            {
-                // Only our own records count; anyone may write at the key, and the
-                // compare-and-swap below compares whatever is there.
-                if r.author == *me {
-                    if let Ok(p) = serde_json::from_value::<PlacementRecord>(r.body.clone()) {
-                        records.insert((farm_id, contract_id), (r.clone(), p));
-                    }
+    ) -> Vec<Placed<'a>> {
+        let mut records: HashMap<(&str, &str), (&Record, &PlacementRecord)> = HashMap::new();
+        for e in view.grid() {
+            // Only our own records count; anyone may write at the key, and the
+            // compare-and-swap below compares whatever is there.
+            if let Parsed::Placement { farm, id, record } = &e.parsed {
+                if e.record.author == *me {
+                    records.insert((farm, id), (&e.record, record));
                 }
             }
         }
         let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for r in grid {
-            let Ok(KeyKind::PlacementContract {
-                farm_id,
-                contract_id,
-            }) = r.notary_key().map(|k| k.kind())
-            else {
+        let mut seen = HashSet::new();
+        for e in view.grid() {
+            let Parsed::Contract { farm, id, doc } = &e.parsed else {
                 continue;
             };
-            let doc = match ContractRecord::from_value(&r.body, &self.limits) {
-                Ok(ContractRecord::Contract(doc)) => *doc,
-                // A cancellation: the nodes stop it; nothing more is placed.
-                _ => continue,
+            // A cancellation: the nodes stop it; nothing more is placed.
+            let Some((doc, whole)) = doc else {
+                continue;
             };
             let Some(placement) = &doc.placement else {
                 continue;
@@ -425,50 +480,50 @@ impl<N: Notary> Bot<N> {
             if placement.orchestrator != *me {
                 continue;
             }
-            if placement.farm != farm_id || doc.contract.id != contract_id {
+            if placement.farm != *farm || doc.contract.id != *id {
                 round.skipped.push((
-                    contract_id,
-                    format!("filed under farm {farm_id:?}, not where its placement says"),
+                    id.clone(),
+                    format!("filed under farm {farm:?}, not where its placement says"),
                 ));
                 continue;
             }
             let now = unix_now();
-            let whole = Digest::of(doc.to_value().to_string().as_bytes());
-            seen.insert(whole);
+            seen.insert(*whole);
             // A cached result holds until the contract expires (verification reads the
             // clock only for that).
             let fresh = doc.contract.expires.is_none_or(|e| e > now);
-            let verified = match self.verified.get(&whole).filter(|_| fresh) {
-                Some(d) => Ok(d.clone()),
+            let verified = match self.verified.get(whole).filter(|_| fresh) {
+                Some(needs) => Ok(*needs),
                 None => {
-                    let v = self.verify(&doc, now).await;
+                    let v = self.verify(doc, now).await.map(|d| {
+                        let c = Capacity::of(&d);
+                        NodeResources {
+                            cpus: c.cpu,
+                            memory_bytes: c.memory_mib.saturating_mul(MIB),
+                            ssd_bytes: c.ssd_mib.saturating_mul(MIB),
+                            hdd_bytes: c.hdd_mib.saturating_mul(MIB),
+                        }
+                    });
                     // A refusal may depend on the notary (a blueprint not there yet):
                     // only what verified is kept.
-                    if let Ok(d) = &v {
-                        self.verified.insert(whole, d.clone());
+                    if let Ok(needs) = &v {
+                        self.verified.insert(*whole, *needs);
                     }
                     v
                 }
             };
-            let deployment = match verified {
-                Ok(d) => d,
+            let needs = match verified {
+                Ok(n) => n,
                 Err(why) => {
                     round
                         .skipped
-                        .push((contract_id, format!("does not verify: {why}")));
+                        .push((id.clone(), format!("does not verify: {why}")));
                     continue;
                 }
             };
-            let c = Capacity::of(&deployment);
-            let needs = NodeResources {
-                cpus: c.cpu,
-                memory_bytes: c.memory_mib.saturating_mul(MIB),
-                ssd_bytes: c.ssd_mib.saturating_mul(MIB),
-                hdd_bytes: c.hdd_mib.saturating_mul(MIB),
-            };
-            let prev = records.remove(&(farm_id.clone(), contract_id));
+            let prev = records.remove(&(farm.as_str(), id.as_str()));
             out.push(Placed {
-                farm: farm_id,
+                farm: farm.clone(),
                 doc,
                 needs,
                 prev,
@@ -511,330 +566,6 @@ impl<N: Notary> Bot<N> {
         }
     }
 
-    /// Plans one contract and writes the result.
-    fn place(
-        &self,
-        p: Placed,
-        farm_nodes: &mut [NodeView],
-        statuses: &HashMap<(PublicKey, String), StatusReport>,
-        now: u64,
-        wall: u64,
-        round: &mut Round,
-    ) -> Result<Option<Write>, BotError> {
-        let c = &p.doc.contract;
-        let placement = p.doc.placement.as_ref().expect("a placement contract");
-        let mut rec = match &p.prev {
-            Some((_, r)) if r.version == c.version && r.digest == p.doc.digest => r.clone(),
-            // A new version keeps where its replicas run; their assignments are written
-            // again for it, at the same epochs.
-            Some((_, r)) => PlacementRecord {
-                version: c.version,
-                digest: p.doc.digest,
-                ..r.clone()
-            },
-            None => PlacementRecord::new(&c.id, c.version, p.doc.digest, placement.replicas),
-        };
-        let reissue = p
-            .prev
-            .as_ref()
-            .is_some_and(|(_, r)| r.version != c.version || r.digest != p.doc.digest);
-
-        // A node's report counts for the replica at the epoch it holds there (a report
-        // naming none, as a refusal at admission may, counts too): the node may have
-        // run another replica, or this one at an older epoch, before.
-        let report = |node: &PublicKey, replica: u64, epoch: u64| -> Report {
-            match statuses.get(&(*node, c.id.clone())) {
-                Some(s)
-                    if s.version == Some(c.version)
-                        && s.replica.is_none_or(|r| r == replica)
-                        && s.epoch.is_none_or(|e| e == epoch) =>
-                {
-                    match s.state {
-                        State::Ok => Report::Ok,
-                        State::Refused => Report::Refused(s.message.clone()),
-                        _ => Report::Pending,
-                    }
-                }
-                _ => Report::Pending,
-            }
-        };
-        // A handover node's `ok` must name its epoch: only then has the new copy run.
-        // One that fenced it (its liveness lapsed, or it restarted) would wait for a
-        // placement record naming it, which a handover never writes before its `ok`:
-        // counted as a refusal, so that another node takes the handover over.
-        let handover_report = |node: &PublicKey, replica: u64, epoch: u64| -> Report {
-            match statuses.get(&(*node, c.id.clone())) {
-                Some(s) if s.state == State::Ok && s.epoch != Some(epoch) => Report::Pending,
-                Some(s)
-                    if s.state == State::Fenced
-                        && s.version == Some(c.version)
-                        && s.epoch == Some(epoch) =>
-                {
-                    Report::Refused(format!("fenced during the handover: {}", s.message))
-                }
-                _ => report(node, replica, epoch),
-            }
-        };
-        let replicas: Vec<ReplicaView> = (0..placement.replicas)
-            .map(|k| {
-                let r = rec.replica_mut(k).clone();
-                let assigned = r.node.map(|n| (n, r.epoch));
-                ReplicaView {
-                    replica: k,
-                    assigned,
-                    report: r.node.map_or(Report::Pending, |n| report(&n, k, r.epoch)),
-                    refused_on: r
-                        .refused_on
-                        .iter()
-                        .map(|x| (x.node, x.reason.clone()))
-                        .collect(),
-                    handover: r.handover.map(|h| (h.node, h.epoch)),
-                    handover_report: r
-                        .handover
-                        .map_or(Report::Pending, |h| handover_report(&h.node, k, h.epoch)),
-                }
-            })
-            .collect();
-        let view = ContractView {
-            id: &c.id,
-            placement,
-            needs: p.needs,
-            replicas: replicas.clone(),
-        };
-        let steps = plan::plan(&view, farm_nodes, now);
-
-        // The record after the steps, and the reports of replicas that stay.
-        let before = rec.clone();
-        // Assignments to write, (replica, node, epoch), and to delete, (replica, node).
-        let mut assignments: Vec<(u64, PublicKey, u64)> = Vec::new();
-        let mut replaced: Vec<(u64, PublicKey)> = Vec::new();
-        for v in &replicas {
-            let r = rec.replica_mut(v.replica);
-            if let (Some(h), Report::Refused(why)) = (r.handover, &v.handover_report) {
-                if !r.refused_on.iter().any(|x| x.node == h.node) {
-                    r.refused_on.push(Refusal {
-                        node: h.node,
-                        reason: why.clone(),
-                    });
-                }
-            }
-            if let Some(node) = r.node {
-                match &v.report {
-                    Report::Ok => set(r, ReplicaState::Running, ""),
-                    Report::Pending => set(r, ReplicaState::Assigned, ""),
-                    Report::Refused(why) => {
-                        if !r.refused_on.iter().any(|x| x.node == node) {
-                            r.refused_on.push(Refusal {
-                                node,
-                                reason: why.clone(),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        for step in &steps {
-            match step {
-                Step::Assign {
-                    replica,
-                    node,
-                    epoch,
-                    reason,
-                } => {
-                    let r = rec.replica_mut(*replica);
-                    let from = r.node;
-                    r.node = Some(*node);
-                    r.epoch = *epoch;
-                    // A handover that did not complete: its node stops on this higher
-                    // epoch elsewhere.
-                    if let Some(h) = r.handover.take() {
-                        if h.node != *node {
-                            replaced.push((*replica, h.node));
-                        }
-                    }
-                    set(r, ReplicaState::Assigned, "");
-                    rec.push_move(Move {
-                        replica: *replica,
-                        from,
-                        to: *node,
-                        epoch: *epoch,
-                        reason: reason.clone(),
-                        at: wall,
-                    });
-                    if let Some(v) = farm_nodes.iter_mut().find(|n| n.key == *node) {
-                        v.reserve(&p.needs);
-                    }
-                    assignments.push((*replica, *node, *epoch));
-                    if let Some(old) = from.filter(|f| f != node) {
-                        replaced.push((*replica, old));
-                    }
-                }
-                Step::Handover {
-                    replica,
-                    node,
-                    epoch,
-                } => {
-                    let r = rec.replica_mut(*replica);
-                    let previous = r.handover.replace(Handover {
-                        node: *node,
-                        epoch: *epoch,
-                    });
-                    if let Some(h) = previous.filter(|h| h.node != *node) {
-                        replaced.push((*replica, h.node));
-                    }
-                    if let Some(v) = farm_nodes.iter_mut().find(|n| n.key == *node) {
-                        v.reserve(&p.needs);
-                    }
-                    assignments.push((*replica, *node, *epoch));
-                    tracing::info!(contract = %c.id, replica, %node, epoch, "handover started (its node is drained)");
-                }
-                Step::Handed {
-                    replica,
-                    from,
-                    to,
-                    epoch,
-                    reason,
-                } => {
-                    let running = replicas
-                        .iter()
-                        .any(|v| v.replica == *replica && v.handover_report == Report::Ok);
-                    let r = rec.replica_mut(*replica);
-                    r.node = Some(*to);
-                    r.epoch = *epoch;
-                    r.handover = None;
-                    if running {
-                        set(r, ReplicaState::Running, "");
-                    } else {
-                        set(r, ReplicaState::Assigned, "");
-                    }
-                    rec.push_move(Move {
-                        replica: *replica,
-                        from: Some(*from),
-                        to: *to,
-                        epoch: *epoch,
-                        reason: reason.clone(),
-                        at: wall,
-                    });
-                    // Its assignment is written already; only the old one goes.
-                    replaced.push((*replica, *from));
-                    round
-                        .handed
-                        .push((c.id.clone(), *replica, *from, *to, *epoch));
-                }
-                Step::DrainBlocked { replica, why } => {
-                    rec.replica_mut(*replica).detail = why.clone();
-                }
-                Step::Lost {
-                    replica, silent_s, ..
-                } => {
-                    let r = rec.replica_mut(*replica);
-                    set(
-                        r,
-                        ReplicaState::Lost,
-                        &format!("no liveness record for {silent_s} s; failover is stay"),
-                    );
-                }
-                Step::Unplaceable { replica, why } => {
-                    set(rec.replica_mut(*replica), ReplicaState::Unplaceable, why);
-                }
-                Step::GivenUp { replica, reason } => {
-                    set(rec.replica_mut(*replica), ReplicaState::GivenUp, reason);
-                }
-            }
-        }
-        if reissue {
-            for r in &rec.replicas {
-                let handover = r.handover.map(|h| (h.node, h.epoch));
-                for (node, epoch) in r.node.map(|n| (n, r.epoch)).into_iter().chain(handover) {
-                    if !assignments
-                        .iter()
-                        .any(|(k, n, _)| *k == r.replica && *n == node)
-                    {
-                        assignments.push((r.replica, node, epoch));
-                    }
-                }
-            }
-        }
-        if rec == before && p.prev.is_some() && !reissue {
-            return Ok(None);
-        }
-
-        // The one serialisation point: the placement record, compared and swapped.
-        let key = NotaryKey::placement(&p.farm, &c.id).map_err(NotaryError::from)?;
-        let body = serde_json::to_value(&rec).expect("a placement record serializes");
-        let record = self.sign(&key, body)?;
-        let expect = match &p.prev {
-            Some((r, _)) => Expect::Current(r.clone()),
-            None => Expect::Absent,
-        };
-        let mut write = Write {
-            contract: c.id.clone(),
-            record,
-            expect,
-            assignments: Vec::new(),
-            replaced: Vec::new(),
-        };
-        for (replica, node, epoch) in assignments {
-            let assignment = Assignment {
-                contract: c.id.clone(),
-                version: c.version,
-                digest: p.doc.digest,
-                replica,
-                node,
-                epoch,
-                issued_at: wall,
-                orchestrator: self.key.public(),
-            };
-            let signed =
-                SignedAssignment::sign(assignment, &self.key).map_err(|e| BotError::Sign {
-                    key: c.id.clone(),
-                    error: e.to_string(),
-                })?;
-            let key = NotaryKey::assignment(&node, &c.id, replica).map_err(NotaryError::from)?;
-            let record = self.sign(&key, signed.to_value())?;
-            write.assignments.push((record, replica, node, epoch));
-        }
-        for (replica, old) in replaced {
-            let key = NotaryKey::assignment(&old, &c.id, replica).map_err(NotaryError::from)?;
-            write.replaced.push((replica, old, key));
-        }
-        Ok(Some(write))
-    }
-
-    /// Carries out one contract's [`Write`]: the placement record's compare-and-swap,
-    /// then (only if it won) the assignments, then the removal of replaced ones.
-    async fn write(&self, w: Write) -> Result<Written, BotError> {
-        match self.notary.put_if(&w.record, &w.expect).await {
-            Ok(()) => {}
-            Err(NotaryError::Conflict { .. }) => {
-                tracing::info!(contract = %w.contract, "placement record changed since it was read; planned again next round");
-                return Ok(Written::Conflict);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let mut assigned = Vec::new();
-        for (record, replica, node, epoch) in w.assignments {
-            self.notary.put(&record).await?;
-            tracing::info!(contract = %w.contract, replica, %node, epoch, "assigned");
-            assigned.push((w.contract.clone(), replica, node, epoch));
-        }
-        for (replica, old, key) in w.replaced {
-            // The old node stops on the newer epoch elsewhere anyway (or has fenced);
-            // this only tidies its directory.
-            if let Err(e) = self.notary.delete(&key).await {
-                tracing::warn!(contract = %w.contract, replica, node = %old, error = %e, "removing a replaced assignment");
-            }
-        }
-        Ok(Written::Done(assigned))
-    }
-
-    fn sign(&self, key: &NotaryKey, body: serde_json::Value) -> Result<Record, BotError> {
-        Record::sign(key, body, &self.key).map_err(|e| BotError::Sign {
-            key: key.to_string(),
-            error: e.to_string(),
-        })
-    }
-
     /// Leads (or follows until it can lead) and runs rounds until `stop` resolves.
     pub async fn run(
         mut self,
@@ -864,8 +595,15 @@ impl<N: Notary> Bot<N> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            // Deletions too: an alive record's expiry is a change worth a round.
-            let mut watch = self.notary.watch_events(&KeyPrefix::all()).await?;
+            // One feed per term: its view is kept from the notary's events (deletions
+            // too: an alive record's expiry is a change worth a round).
+            let mut feed = match self.subscribe().await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to the grid; trying again");
+                    None
+                }
+            };
             let mut renewed = Instant::now();
             loop {
                 if renewed.elapsed() >= lease.ttl() / 3 {
@@ -878,40 +616,49 @@ impl<N: Notary> Bot<N> {
                         Err(e) => tracing::warn!(error = %e, "renewing the leader lease"),
                     }
                 }
-                match self.round().await {
-                    Ok(r) if !r.assigned.is_empty() || r.conflicts > 0 => {
-                        tracing::info!(
-                            contracts = r.contracts,
-                            assigned = r.assigned.len(),
-                            conflicts = r.conflicts,
-                            "round"
-                        )
+                if feed.is_none() {
+                    match self.subscribe().await {
+                        Ok(f) => feed = Some(f),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "subscribing to the grid; trying again")
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "round failed; trying again"),
                 }
+                if let Some(f) = &mut feed {
+                    match self.step(f).await {
+                        Ok(r) if !r.assigned.is_empty() || r.conflicts > 0 => {
+                            tracing::info!(
+                                contracts = r.contracts,
+                                assigned = r.assigned.len(),
+                                conflicts = r.conflicts,
+                                "round"
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "round failed; trying again"),
+                    }
+                }
+                let changed = async {
+                    match &mut feed {
+                        Some(f) => f.changed().await,
+                        None => false,
+                    }
+                };
                 tokio::select! {
                     _ = &mut stop => {
                         let _ = self.notary.revoke(&lease).await;
                         return Ok(());
                     }
-                    // A watch that ended disables this branch: rounds then run every
-                    // ROUND_EVERY instead of spinning.
-                    Some(_) = watch.recv() => {
-                        // One round answers every change already waiting (its own
-                        // writes among them): a round reads everything anew.
-                        while watch.try_recv().is_some() {}
-                    }
+                    // A change applied to the view: the round answers it, and every
+                    // other change already queued. A watch that ended (or no feed)
+                    // disables this branch: the next round, after ROUND_EVERY,
+                    // subscribes again instead of spinning.
+                    true = changed => {}
                     _ = tokio::time::sleep(ROUND_EVERY) => {}
                 }
             }
         }
     }
-}
-
-fn set(r: &mut crate::record::ReplicaRecord, state: ReplicaState, detail: &str) {
-    r.state = state;
-    r.detail = detail.to_string();
 }
 
 fn unix_now() -> u64 {
