@@ -120,15 +120,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         demo.notary
     );
     let result = if booted_only {
-        // Steps 1-7, the sample blueprint, and the node booted from the image.
+        // Steps 1-7, the sample blueprint, the node booted from the image, the booted farm.
         flow(&demo)
             .and_then(|()| node::sample_blueprint(&demo))
             .and_then(|()| booted::run(&demo))
+            .and_then(|()| grid::run_booted())
     } else {
         flow(&demo)
             .and_then(|()| node::run(&demo))
             .and_then(|()| grid::run(&demo))
             .and_then(|()| booted::run(&demo))
+            .and_then(|()| grid::run_booted())
     };
     drop(etcd);
     if keep {

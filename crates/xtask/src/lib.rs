@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cpio;
 pub mod demo;
 pub mod etcd;
+pub mod failover;
 pub mod flists;
 pub mod fuzz;
 pub mod image;

@@ -19,9 +19,10 @@ tasks:
                 on a private etcd server): keys, blueprint, contract, signatures,
                 verification, publish, list, cancel, and one refused contract for
                 every refusal reason, a node (zosd run) with the sample workload and a
-                micro-VM, then a node booted from the image under QEMU running the
-                sample contract; --keep keeps the demo directory, --booted-only
-                skips the zosd-run node and the VM
+                micro-VM, the grid (three nodes, a node dies, its replica moves), then
+                a node booted from the image under QEMU running the sample contract
+                and the grid's failover on three booted nodes; --keep keeps the demo
+                directory, --booted-only skips the zosd-run nodes and the VM
   test          install missing Debian packages, then fmt, clippy and every test tier
                 (unit, integration, privileged against the real kernel and real etcd),
                 the fuzz corpora replayed; counts the tests' SKIP lines and lists them
@@ -55,6 +56,11 @@ tasks:
                 (boot the ISO as a USB stick on q35 instead) (qemu/README.md)
   farm N [node options]
                 boot N nodes on one notary
+  farm N --failover [--no-build]
+                the grid's failover on booted nodes (docs/grid.md): N >= 3 nodes on a
+                private etcd, `zos bot run` on the host places a contract's 2 replicas,
+                one node's QEMU is killed (a power cut), and the replica runs on another
+                node at a higher epoch; prints the times, then stops everything
   release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
                 the node's agent (the image's static zosd) packed as a flist signed
                 by the publisher key (default: KEY) and a release record signed by the

@@ -501,20 +501,20 @@ pub struct Notary {
     pub guest_url: String,
 }
 
-/// Starts a private etcd under `target/nodes/notary/` and creates `farm` in it.
-pub fn private_notary(farm: &str) -> anyhow::Result<Notary> {
+/// Starts a private etcd in `dir` (emptied first) and creates `farm` in it, signed by
+/// the farmer key in file `farmer` (made if missing: a node pins its farmer, so nodes
+/// booted again on their disks need the same one).
+pub fn private_notary(dir: &Path, farmer: &Path, farm: &str) -> anyhow::Result<Notary> {
     cargo(&["build", "--quiet", "-p", "zos-cli"])?;
     let zos = target_dir().join("debug/zos");
-    let dir = target_dir().join("nodes/notary");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let etcd = Etcd::start(&dir)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let etcd = Etcd::start(dir)?;
     let port = etcd.client.port();
     let host_url = format!("etcd://127.0.0.1:{port}/zos");
     let guest_url = format!("etcd://10.0.2.2:{port}/zos");
-    let key = target_dir().join("nodes/farmer.key");
-    if !key.exists() {
-        zos_cli(&zos, &["key", "new", "--out", path(&key)?])?;
+    if !farmer.exists() {
+        zos_cli(&zos, &["key", "new", "--out", path(farmer)?])?;
     }
     zos_cli(
         &zos,
@@ -525,7 +525,7 @@ pub fn private_notary(farm: &str) -> anyhow::Result<Notary> {
             "--name",
             "xtask QEMU farm",
             "--key",
-            path(&key)?,
+            path(farmer)?,
             "--notary",
             &host_url,
         ],
@@ -536,6 +536,16 @@ pub fn private_notary(farm: &str) -> anyhow::Result<Notary> {
         host_url: Some(host_url),
         guest_url,
     })
+}
+
+/// The node's key, from its console line `zosd: node <key> ...`.
+pub fn node_key(console: &str) -> anyhow::Result<String> {
+    Ok(console
+        .lines()
+        .find_map(|l| l.split(WAITING_LINE).nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no node key on the console")?
+        .to_string())
 }
 
 /// When each node reached a milestone (time since its QEMU started).
@@ -715,15 +725,32 @@ pub fn run_node(args: &[String]) -> anyhow::Result<()> {
     run_nodes(&o, 1)
 }
 
-/// `cargo xtask farm N [options]`.
+/// `cargo xtask farm N [options]`, or `cargo xtask farm N --failover`.
 pub fn run_farm(args: &[String]) -> anyhow::Result<()> {
-    let (o, rest) = parse(args)?;
+    let (o, mut rest) = parse(args)?;
+    let failover = match rest.iter().position(|a| a == "--failover") {
+        Some(at) => {
+            rest.remove(at);
+            true
+        }
+        None => false,
+    };
     let n: usize = match rest.as_slice() {
         [n] => n.parse().context("cargo xtask farm N: N is a number")?,
-        _ => bail!("usage: cargo xtask farm N [--notary URL] [--farm ID] [--disks N] ..."),
+        _ => bail!(
+            "usage: cargo xtask farm N [--failover] [--notary URL] [--farm ID] [--disks N] ..."
+        ),
     };
     if n == 0 || n > 32 {
         bail!("cargo xtask farm N: 1 to 32 nodes");
+    }
+    if failover {
+        if o.notary.is_some() {
+            bail!("--failover runs its own etcd: no --notary");
+        }
+        let figures = crate::failover::run(n, o.rebuild)?;
+        crate::failover::print(&figures);
+        return Ok(());
     }
     run_nodes(&o, n)
 }
@@ -736,7 +763,11 @@ fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
             host_url: None,
             guest_url: url.clone(),
         },
-        None => private_notary(&o.farm)?,
+        None => private_notary(
+            &target_dir().join("nodes/notary"),
+            &target_dir().join("nodes/farmer.key"),
+            &o.farm,
+        )?,
     };
     let accel = accel(&files.vmlinux);
     let mut cmdline = format!("zos.farm={} zos.notary={}", o.farm, notary.guest_url);

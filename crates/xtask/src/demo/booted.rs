@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use super::node::{hello_contract, wait_status_for};
 use super::{section, Demo};
@@ -47,7 +47,7 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         node.console.display()
     );
     let milestones = qemu::wait_serving(std::slice::from_mut(&mut node), BOOT)?;
-    let node_key = node_key(&node.console_text())?;
+    let node_key = qemu::node_key(&node.console_text())?;
     d.step(&["node", "list", "--farm", FARM, "--notary", &d.notary])?;
     show_boot_logs(d, &rx, &node_key)?;
 
@@ -158,16 +158,6 @@ fn node_spec(d: &Demo) -> NodeSpec {
         }],
         net: Net::User,
     }
-}
-
-/// The node's key, from its console line `zosd: node <key> ...`.
-fn node_key(console: &str) -> anyhow::Result<String> {
-    Ok(console
-        .lines()
-        .find_map(|l| l.split("zosd: node ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .context("no node key on the console")?
-        .to_string())
 }
 
 /// How long the sample contract took on the booted node.

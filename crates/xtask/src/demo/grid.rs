@@ -7,11 +7,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
 
 use super::node::{self, Node};
 use super::{section, Demo};
+use crate::failover::{self, replicas};
 
 const FARM: &str = "demo-grid";
 const ID: &str = "grid-hello";
@@ -114,7 +115,7 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         &d.notary,
     ])?;
     let placed = wait_placement(d, "both replicas running", |r| {
-        replicas(r).iter().all(|(_, _, state)| state == "running")
+        replicas(r).iter().all(|x| x.state == "running")
     })?;
     println!(
         "  both replicas running {} ms after publishing",
@@ -125,7 +126,7 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     ])?;
 
     // The node of replica 0 dies: zosd and its workload killed, its namespaces gone.
-    let (_, victim_key, _) = replicas(&placed)[0].clone();
+    let victim_key = replicas(&placed)[0].node.clone();
     let at = nodes
         .iter()
         .position(|n| n.as_ref().is_some_and(|(_, k)| *k == victim_key))
@@ -137,10 +138,10 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
     println!("  node {victim_key} killed (zosd, its workload, its namespaces)");
     let moved = wait_placement(d, "replica 0 running on another node", |r| {
         let list = replicas(r);
-        list[0].1 != victim_key && list[0].2 == "running"
+        list[0].node != victim_key && list[0].state == "running"
     })?;
     let elapsed = t.elapsed();
-    let to = replicas(&moved)[0].1.clone();
+    let to = replicas(&moved)[0].node.clone();
     println!(
         "  replica 0 running on {to} {:.1} s after the kill (after_s = {AFTER_S}; liveness TTL 2 s)",
         elapsed.as_secs_f64()
@@ -162,7 +163,7 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         &d.notary,
     ])?;
     for (_, key) in nodes.iter().flatten() {
-        if replicas(&moved).iter().any(|(_, k, _)| k == key) {
+        if replicas(&moved).iter().any(|x| x.node == *key) {
             node::wait_status_for(d, key, ID, Duration::from_secs(60), |s| {
                 s["state"] == "cancelled"
             })?;
@@ -188,41 +189,27 @@ fn kill(node: &mut Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `(replica, node, state)` of each replica in the placement record.
-fn replicas(record: &Value) -> Vec<(u64, String, String)> {
-    record["replicas"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r["replica"].as_u64().unwrap_or(0),
-                r["node"].as_str().unwrap_or("").to_string(),
-                r["state"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+/// Polls the placement record until `pred` holds (at most 90 s: `after_s` plus
+/// provisioning on a loaded machine).
+fn wait_placement(d: &Demo, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let notary = d.notary.as_str();
+    failover::wait_placement(
+        &d.zos,
+        notary,
+        FARM,
+        ID,
+        Duration::from_secs(90),
+        what,
+        &pred,
+    )
 }
 
-/// Polls the placement record (`zos contract status --farm --json`) until `pred` holds
-/// (at most 90 s: `after_s` plus provisioning on a loaded machine).
-fn wait_placement(d: &Demo, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-    let poll = || {
-        let out = Command::new(&d.zos)
-            .args([
-                "contract", "status", ID, "--farm", FARM, "--notary", &d.notary, "--json",
-            ])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
-    };
-    crate::status::poll_until(
-        Duration::from_secs(90),
-        Duration::from_millis(200),
-        poll,
-        |r| !r.is_null() && pred(r),
-    )
-    .or_else(|last| bail!("{what}: not reached; last placement record: {last}"))
+/// Step 17: the same on nodes booted from the image (`cargo xtask farm 3 --failover`):
+/// its own etcd (test 9 of issue #15), the image the booted step built.
+pub fn run_booted() -> anyhow::Result<()> {
+    section("17. the grid on booted nodes: three QEMU nodes on etcd; one loses power; its replica moves");
+    println!("$ cargo xtask farm 3 --failover --no-build");
+    let figures = failover::run(3, false)?;
+    failover::print(&figures);
+    Ok(())
 }

@@ -9,9 +9,12 @@
 //! - `node`: `cargo xtask node` registers a node that keeps its key, the USB stick under
 //!   UEFI, and the image's file list without a login surface.
 //! - `powercut`: ten power cuts at random moments, and a lost disk.
+//! - `grid`: three booted nodes, a placement contract's replica moves off the one that
+//!   loses power (`cargo xtask farm 3 --failover`).
 //!
 //! Run one group with a filter: `cargo test -p e2e --test qemu powercut -- --nocapture`.
 
 mod booted;
+mod grid;
 mod node;
 mod powercut;
