@@ -14,23 +14,27 @@
 //! - **The bot**: `zos_grid::Bot` in-process on a thread and a current-thread runtime
 //!   of its own (so `/proc/thread-self` gives its CPU), with a client of its own wrapped
 //!   in a timing [`Notary`] (which is how a round's time is split into its notary calls
-//!   without touching the bot). Its loop is `Bot::run`'s: a round, then the next
-//!   change in the notary or [`zos_grid::bot::ROUND_EVERY`], whichever comes first;
-//!   leadership is left out (one bot).
+//!   without touching the bot). Its loop is `Bot::run`'s: one subscription (a feed
+//!   whose view is kept from the notary's events), then a round ([`Bot::step`]: the
+//!   events queued applied, plan, write), then the next change applied or
+//!   [`zos_grid::bot::ROUND_EVERY`], whichever comes first; leadership is left out
+//!   (one bot).
 //!
 //! Measured:
 //! 1. placements per second: from the bot's start until every replica is assigned
 //!    (and until every one is `ok`). Reference, in the same run and the same etcd: the
 //!    rate of `put_if(Absent)` of records of a placement record's size from one client
 //!    (pre-signed), under a prefix the bot does not read;
-//! 2. per round: its time and how it splits into the two listings, the writes and the
-//!    rest (the bot's own CPU work: verifying contracts, planning, signing);
+//! 2. per round: its time and how it splits into the listings (a subscription's
+//!    snapshot, when it takes one), the writes and the rest (the bot's own CPU work:
+//!    applying events, verifying contracts, planning, signing);
 //! 3. the bot's CPU (its thread) and the process's RSS (the nodes' too: the rise
 //!    when the bot started is given beside it); etcd's CPU and RSS (`/proc/<pid>`) and
 //!    database size (its `/metrics`);
 //! 4. after 10 % of the nodes stop (their liveness and watch tasks dropped, nothing
 //!    revoked), the time until every one of their replicas is `ok` on another node at
-//!    a higher epoch (goal: `after_s` + 5 s = 15 s);
+//!    a higher epoch (goal: `after_s` + 5 s = 15 s), and when the bot's view saw
+//!    their alive records go;
 //! 5. watch lag: from just before the bot's `put` of an assignment to its delivery at
 //!    the node's watch, p50 / p99 over every assignment (same process, same clock);
 //!    reference: the `put` alone.
@@ -50,7 +54,6 @@ use zos_contract::{
     SignedAssignment, SignedContract,
 };
 use zos_engine::{State, StatusReport};
-use zos_grid::bot::ROUND_EVERY;
 use zos_grid::{Bot, Move, PlacementRecord, Reason};
 use zos_notary::{
     AnyNotary, EventWatch, Expect, KeyPrefix, Lease, Notary, NotaryError, NotaryKey, Record, Watch,
@@ -159,6 +162,7 @@ impl Op {
 
 #[derive(Default, Clone, Copy)]
 struct Ops {
+    subscribe: Op,
     list_grid: Op,
     list_nodes: Op,
     put_if: Op,
@@ -170,6 +174,7 @@ struct Ops {
 impl Ops {
     fn minus(&self, o: &Ops) -> Ops {
         Ops {
+            subscribe: self.subscribe.minus(&o.subscribe),
             list_grid: self.list_grid.minus(&o.list_grid),
             list_nodes: self.list_nodes.minus(&o.list_nodes),
             put_if: self.put_if.minus(&o.put_if),
@@ -179,7 +184,8 @@ impl Ops {
         }
     }
     fn notary_time(&self) -> Duration {
-        self.list_grid.time
+        self.subscribe.time
+            + self.list_grid.time
             + self.list_nodes.time
             + self.put_if.time
             + self.put.time
@@ -273,6 +279,16 @@ impl Notary for Timed {
     }
     async fn watch_events(&self, prefix: &KeyPrefix) -> Result<EventWatch, NotaryError> {
         self.inner.watch_events(prefix).await
+    }
+    async fn subscribe_events(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> Result<(Vec<Record>, EventWatch), NotaryError> {
+        let t = Instant::now();
+        let r = self.inner.subscribe_events(prefix).await;
+        let n = r.as_ref().map_or(0, |(v, _)| v.len() as u64);
+        self.note(|o| &mut o.subscribe, t.elapsed(), n);
+        r
     }
 }
 
@@ -495,6 +511,9 @@ fn pct(v: &mut [Duration], q: f64) -> Duration {
     zos_testkit::bench::pct(v, q)
 }
 
+/// The killed nodes, and when the bot's view first saw each one's alive record gone.
+type Gone = (Vec<PublicKey>, HashMap<PublicKey, Instant>);
+
 /// One round of the bot as measured.
 struct RoundLog {
     at: Duration,
@@ -510,10 +529,12 @@ fn print_round(r: &RoundLog) {
     let o = &r.ops;
     let rest = r.took.saturating_sub(o.notary_time());
     println!(
-        "  round at {:>7.1} s: {:>8.0} ms (bot cpu {:>6.0} ms) | list grid/ {:>6.0} ms ({} rec) | list nodes/ {:>6.0} ms ({} rec) | put_if {:>6.0} ms ({}) | put {:>6.0} ms ({}) | delete {:>5.0} ms ({}) | other {:>4.0} ms | rest {:>6.0} ms | contracts {} assigned {} conflicts {}",
+        "  round at {:>7.1} s: {:>8.0} ms (bot cpu {:>6.0} ms) | subscribe {:>5.0} ms ({} rec) | list grid/ {:>6.0} ms ({} rec) | list nodes/ {:>6.0} ms ({} rec) | put_if {:>6.0} ms ({}) | put {:>6.0} ms ({}) | delete {:>5.0} ms ({}) | other {:>4.0} ms | rest {:>6.0} ms | contracts {} assigned {} conflicts {}",
         r.at.as_secs_f64(),
         ms(r.took),
         r.cpu_s * 1e3,
+        ms(o.subscribe.time),
+        o.subscribe.records,
         ms(o.list_grid.time),
         o.list_grid.records,
         ms(o.list_nodes.time),
@@ -792,6 +813,9 @@ fn main() {
     let bot_seen = Arc::new(Mutex::new(Seen::default()));
     let rounds: Arc<Mutex<Vec<RoundLog>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    // The killed nodes (set at the kill), and when the bot's view first saw each one's
+    // alive record gone (read after every round).
+    let gone: Arc<Mutex<Gone>> = Arc::default();
     let bot_tid = Arc::new(AtomicU32::new(0));
     let origin = Instant::now();
     let bot_thread = {
@@ -799,12 +823,13 @@ fn main() {
             inner: zos_notary::open(&url).unwrap(),
             seen: bot_seen.clone(),
         };
-        let (rounds, stop, bot_key, tid, seen) = (
+        let (rounds, stop, bot_key, tid, seen, gone) = (
             rounds.clone(),
             stop.clone(),
             bot_key.clone(),
             bot_tid.clone(),
             bot_seen.clone(),
+            gone.clone(),
         );
         std::thread::Builder::new()
             .name("bot".into())
@@ -814,9 +839,7 @@ fn main() {
                     .build()
                     .unwrap();
                 let mut bot = Bot::new(bot_key, timed.clone());
-                let mut events = brt
-                    .block_on(timed.watch_events(&KeyPrefix::all()))
-                    .expect("the bot's watch");
+                let mut feed = brt.block_on(bot.subscribe()).expect("the bot's feed");
                 // "<pid>/task/<tid>": the bench reads this thread's CPU from outside.
                 let me = std::fs::read_link("/proc/thread-self").unwrap();
                 let me = me.file_name().unwrap().to_str().unwrap().parse().unwrap();
@@ -826,8 +849,17 @@ fn main() {
                     let before = seen.lock().unwrap().ops;
                     let c0 = cpu_s("/proc/thread-self/stat");
                     let t = Instant::now();
-                    let r = brt.block_on(bot.round());
+                    let r = brt.block_on(bot.step(&mut feed));
                     let took = t.elapsed();
+                    {
+                        let mut g = gone.lock().unwrap();
+                        let (killed, seen_gone) = &mut *g;
+                        for k in killed.iter() {
+                            if let Some(at) = feed.view().absent_since(k) {
+                                seen_gone.entry(*k).or_insert(at);
+                            }
+                        }
+                    }
                     let ops = seen.lock().unwrap().ops.minus(&before);
                     let c1 = cpu_s("/proc/thread-self/stat");
                     match r {
@@ -842,12 +874,14 @@ fn main() {
                         }),
                         Err(e) => eprintln!("bot round failed: {e}"),
                     }
-                    // As Bot::run: the next change (one event per round, as it takes
-                    // them), or ROUND_EVERY.
+                    // As Bot::run: the next change applied (the next round applies
+                    // every other one queued), or ROUND_EVERY, or sooner when a
+                    // node will have been absent for after_s.
+                    let wake = bot.next_round_at(Instant::now());
                     brt.block_on(async {
                         tokio::select! {
-                            Some(_) = events.recv() => {}
-                            _ = tokio::time::sleep(ROUND_EVERY) => {}
+                            true = feed.changed() => {}
+                            _ = tokio::time::sleep_until(wake.into()) => {}
                         }
                     });
                 }
@@ -898,6 +932,12 @@ fn main() {
     let settle_s = ok_instant.elapsed().as_secs_f64();
     let etcd_rest = 100.0 * (ep.cpu() - etcd_cpu_ok) / settle_s;
     let bot_rest = 100.0 * (bot_cpu() - bot_cpu_ok) / settle_s;
+    // Then a window at rest: nothing to write, the bot's rounds every ROUND_EVERY.
+    let (etcd_q0, bot_q0, q0) = (ep.cpu(), bot_cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let quiet_s = q0.elapsed().as_secs_f64();
+    let etcd_quiet = 100.0 * (ep.cpu() - etcd_q0) / quiet_s;
+    let bot_quiet = 100.0 * (bot_cpu() - bot_q0) / quiet_s;
     let bot_heap_peak = BOT_PEAK.load(Ordering::Relaxed) as f64 / 1048576.0;
     let rss_bot = vm_mib("/proc/self/status", "VmRSS:");
     let hwm = vm_mib("/proc/self/status", "VmHWM:");
@@ -941,6 +981,7 @@ fn main() {
         .map(|(c, (_, e, _))| (c.clone(), *e))
         .collect();
     let rounds_before_kill = rounds.lock().unwrap().len();
+    gone.lock().unwrap().0 = killed.iter().copied().collect();
     let kill_at = Instant::now();
     for (i, slot) in nodes.iter_mut().enumerate() {
         if i % 10 == 0 {
@@ -1020,7 +1061,10 @@ fn main() {
         );
     }
     println!(
-        "at rest ({settle_s:.1} s after every replica was ok, until two rounds wrote nothing): etcd {etcd_rest:.0} % of a core, the bot's thread {bot_rest:.0} %"
+        "settling ({settle_s:.1} s after every replica was ok, until two rounds wrote nothing): etcd {etcd_rest:.0} % of a core, the bot's thread {bot_rest:.0} %"
+    );
+    println!(
+        "at rest (the {quiet_s:.1} s after): etcd {etcd_quiet:.0} % of a core, the bot's thread {bot_quiet:.1} %"
     );
     println!(
         "etcd: cpu {etcd_cpu_placing:.1} s while placing ({:.0} % of a core), {etcd_cpu_total:.1} s in all; RSS {etcd_rss:.0} MiB; db {db_metric:.1} MiB (metrics), data dir {db_dir:.1} MiB",
@@ -1034,6 +1078,22 @@ fn main() {
         all_moved.as_secs_f64(),
         AFTER_S + 5
     );
+    {
+        let g = gone.lock().unwrap();
+        let mut after: Vec<f64> =
+            g.1.values()
+                .map(|at| at.saturating_duration_since(kill_at).as_secs_f64())
+                .collect();
+        after.sort_by(f64::total_cmp);
+        println!(
+            "  the bot's view saw {} of the {} alive records go, from {:.2} s to {:.2} s after the kill (TTL {} s)",
+            after.len(),
+            killed.len(),
+            after.first().copied().unwrap_or(f64::NAN),
+            after.last().copied().unwrap_or(f64::NAN),
+            TTL.as_secs()
+        );
+    }
     for r in rounds.iter().skip(rounds_before_kill) {
         println!(
             "  a round starting {:.1} s after the kill ({:.1} s long, its writes from {:.1} s) moved {}",

@@ -48,8 +48,9 @@
 //! [`Bot::run`] leads through a leased record at `orchestrators/<key>/leader` (created
 //! only if absent: one leader; an etcd lease, or on `dir://` the lease mark judged on
 //! the one kernel's clock), renews it, subscribes once per term, and runs a round on
-//! every change in the notary (a put or a deletion: an alive record's expiry wakes it)
-//! and at least every [`ROUND_EVERY`]. A bot that cannot create the record follows,
+//! every change in the notary (a put or a deletion: an alive record's expiry wakes it),
+//! at least every [`ROUND_EVERY`], and when a replica's node will have been absent for
+//! its contract's `after_s` ([`Bot::next_round_at`]). A bot that cannot create the record follows,
 //! trying again every lease period.
 //!
 //! Planning one contract is [`place`](self) (`bot/place.rs`), writing a round's
@@ -133,6 +134,10 @@ pub struct Bot<N> {
     /// The view of [`Bot::round`]'s listings, kept between its calls (absent nodes
     /// keep the instant of the first listing that saw them absent).
     listed: Option<GridView>,
+    /// When the next replica's node will have been absent for its contract's
+    /// `after_s` (as of the last round): a round is due then, sooner than
+    /// [`ROUND_EVERY`] may come.
+    due: Option<Instant>,
     /// Per farm, the farmer of the first valid farm record seen: drains are believed
     /// from that key only.
     farmers: HashMap<String, PublicKey>,
@@ -156,6 +161,7 @@ impl<N: Notary> Bot<N> {
             limits: Limits::default(),
             started: Instant::now(),
             listed: None,
+            due: None,
             farmers: HashMap::new(),
             drains: HashMap::new(),
             ignored: HashMap::new(),
@@ -167,6 +173,16 @@ impl<N: Notary> Bot<N> {
     /// "never".
     fn clock(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.started).as_secs() + 1
+    }
+
+    /// When the next round should run at the latest, as of `now`: after
+    /// [`ROUND_EVERY`], or sooner when a replica's node will then have been absent for
+    /// its contract's `after_s` (so that the move is not up to a period late).
+    pub fn next_round_at(&self, now: Instant) -> Instant {
+        let every = now + ROUND_EVERY;
+        self.due
+            .filter(|d| *d > now)
+            .map_or(every, |d| d.min(every))
     }
 
     /// One round from a fresh listing of `grid/` and `nodes/` (see the module docs).
@@ -257,6 +273,20 @@ impl<N: Notary> Bot<N> {
             .collect();
         let drained = self.read_drains(&drain_records, &mut round).await?;
         round.contracts = placed.len();
+        self.due = placed
+            .iter()
+            .filter_map(|p| {
+                let (_, rec) = p.prev?;
+                let after = Duration::from_secs(p.doc.placement.as_ref()?.failover.after_s);
+                rec.replicas
+                    .iter()
+                    .filter_map(|r| view.absent_since(&r.node?))
+                    // Lost once absent for more than after_s.
+                    .map(|since| since + after + Duration::from_millis(1))
+                    .filter(|due| *due > at)
+                    .min()
+            })
+            .min();
 
         // What each node has free: its capacity less what it reports reserved, less
         // what is assigned to it and not reported running yet (its heartbeat lags).
@@ -638,6 +668,7 @@ impl<N: Notary> Bot<N> {
                         Err(e) => tracing::warn!(error = %e, "round failed; trying again"),
                     }
                 }
+                let wake = self.next_round_at(Instant::now());
                 let changed = async {
                     match &mut feed {
                         Some(f) => f.changed().await,
@@ -654,7 +685,7 @@ impl<N: Notary> Bot<N> {
                     // disables this branch: the next round, after ROUND_EVERY,
                     // subscribes again instead of spinning.
                     true = changed => {}
-                    _ = tokio::time::sleep(ROUND_EVERY) => {}
+                    _ = tokio::time::sleep_until(wake.into()) => {}
                 }
             }
         }

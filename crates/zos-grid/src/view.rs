@@ -426,3 +426,196 @@ impl Feed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+    use zos_contract::SecretKey;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed([n; 32])
+    }
+
+    fn alive(n: &SecretKey) -> Record {
+        let k = NotaryKey::alive(&n.public());
+        Record::sign(&k, json!({"ttl_ms": 2000}), n).unwrap()
+    }
+
+    fn status(n: &SecretKey, message: &str) -> Record {
+        let s = StatusReport::new("web", Some(1), zos_engine::State::Ok, message);
+        let k = NotaryKey::status(&n.public(), "web").unwrap();
+        Record::sign(&k, serde_json::to_value(&s).unwrap(), n).unwrap()
+    }
+
+    fn placement(bot: &SecretKey, epoch: u64) -> Record {
+        let mut p = PlacementRecord::new("web", 1, Digest::of(b"web"), 1);
+        p.replicas[0].epoch = epoch;
+        let k = NotaryKey::placement("f", "web").unwrap();
+        Record::sign(&k, serde_json::to_value(&p).unwrap(), bot).unwrap()
+    }
+
+    fn message(view: &GridView, n: &SecretKey) -> Option<String> {
+        let k = NotaryKey::status(&n.public(), "web").unwrap();
+        view.nodes().find(|e| e.record.key == k.as_str()).map(|e| {
+            let Parsed::Status { report, .. } = &e.parsed else {
+                panic!("not read as a status: {:?}", e.parsed)
+            };
+            report.message.clone()
+        })
+    }
+
+    #[test]
+    fn events_apply_idempotently_a_put_replaces_and_a_deletion_removes() {
+        let (a, t0) = (key(1), Instant::now());
+        let mut view = GridView::new([status(&a, "one")], t0);
+        assert_eq!(message(&view, &a).as_deref(), Some("one"));
+        let two = status(&a, "two");
+        view.apply(WatchEvent::Put(two.clone()), t0);
+        view.apply(WatchEvent::Put(two), t0);
+        assert_eq!(message(&view, &a).as_deref(), Some("two"), "replaced, once");
+        assert_eq!(view.len(), 1);
+        let k = NotaryKey::status(&a.public(), "web").unwrap();
+        view.apply(WatchEvent::Deleted(k.clone()), t0);
+        view.apply(WatchEvent::Deleted(k.clone()), t0);
+        assert!(view.get(&k).is_none() && view.is_empty(), "removed");
+        // Records outside grid/ and nodes/ are not the view's.
+        let farm = Record::sign(&NotaryKey::farm("f").unwrap(), json!({}), &a).unwrap();
+        view.apply(WatchEvent::Put(farm), t0);
+        assert!(view.is_empty());
+    }
+
+    #[test]
+    fn a_node_is_absent_from_when_the_view_saw_its_alive_record_go() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let t0 = Instant::now();
+        let (t1, t2, t3) = (
+            t0 + Duration::from_millis(1500),
+            t0 + Duration::from_millis(2700),
+            t0 + Duration::from_secs(4),
+        );
+        // a and b alive; c known (a status) but absent in the snapshot: since t0.
+        let mut view = GridView::new([alive(&a), alive(&b), status(&c, "x")], t0);
+        assert!(view.alive(&a.public()) && view.absent_since(&a.public()).is_none());
+        assert!(!view.alive(&c.public()));
+        assert_eq!(view.absent_since(&c.public()), Some(t0));
+        // a's lease expires: absent from the instant the deletion is applied.
+        view.apply(WatchEvent::Deleted(NotaryKey::alive(&a.public())), t1);
+        assert!(!view.alive(&a.public()));
+        assert_eq!(view.absent_since(&a.public()), Some(t1));
+        // The same deletion again (a duplicate delivery) does not move the instant.
+        view.apply(WatchEvent::Deleted(NotaryKey::alive(&a.public())), t2);
+        assert_eq!(view.absent_since(&a.public()), Some(t1));
+        // Other records of a change nothing about its absence.
+        view.apply(WatchEvent::Put(status(&a, "still reporting")), t2);
+        assert_eq!(view.absent_since(&a.public()), Some(t1));
+        // Back (a new lease and a put): present, the instant forgotten; gone again:
+        // counted afresh.
+        view.apply(WatchEvent::Put(alive(&a)), t2);
+        assert!(view.alive(&a.public()) && view.absent_since(&a.public()).is_none());
+        view.apply(WatchEvent::Deleted(NotaryKey::alive(&a.public())), t3);
+        assert_eq!(view.absent_since(&a.public()), Some(t3));
+        // An alive record at b's key signed by someone else is not b's liveness: b is
+        // absent from the put that replaced its own record.
+        let forged = Record::sign(&NotaryKey::alive(&b.public()), json!({}), &c).unwrap();
+        view.apply(WatchEvent::Put(forged), t2);
+        assert!(!view.alive(&b.public()));
+        assert_eq!(view.absent_since(&b.public()), Some(t2));
+    }
+
+    #[test]
+    fn a_listing_keeps_the_instant_of_a_node_absent_in_both_and_counts_others_from_it() {
+        let (a, b) = (key(1), key(2));
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let mut view = GridView::new([status(&a, "x"), alive(&b)], t0);
+        assert_eq!(view.absent_since(&a.public()), Some(t0));
+        view.resync([status(&a, "x"), status(&b, "x")], t1);
+        assert_eq!(view.absent_since(&a.public()), Some(t0), "absent in both");
+        assert_eq!(
+            view.absent_since(&b.public()),
+            Some(t1),
+            "seen absent at t1"
+        );
+        view.resync([alive(&a), status(&b, "x")], t1);
+        assert!(view.absent_since(&a.public()).is_none(), "present again");
+    }
+
+    #[test]
+    fn own_writes_are_visible_before_their_echo_and_older_events_do_not_undo_them() {
+        let bot = key(9);
+        let t0 = Instant::now();
+        let k = NotaryKey::placement("f", "web").unwrap();
+        let (one, two, three) = (placement(&bot, 1), placement(&bot, 2), placement(&bot, 3));
+        let mut view = GridView::new([one.clone()], t0);
+        // The bot's compare-and-swap of `two` won: the view holds it at once.
+        view.wrote(two.clone(), t0);
+        assert_eq!(view.get(&k), Some(&two));
+        // A delayed echo of the older record does not undo it...
+        view.apply(WatchEvent::Put(one.clone()), t0);
+        assert_eq!(view.get(&k), Some(&two), "an older event ignored");
+        // ...nor does a deletion queued before it.
+        view.apply(WatchEvent::Deleted(k.clone()), t0);
+        assert_eq!(view.get(&k), Some(&two));
+        // The echo arrives: from then on every event applies.
+        view.apply(WatchEvent::Put(two.clone()), t0);
+        assert_eq!(view.get(&k), Some(&two));
+        view.apply(WatchEvent::Put(three.clone()), t0);
+        assert_eq!(view.get(&k), Some(&three), "another writer's later record");
+        // An own deletion likewise.
+        view.removed(&k, t0);
+        assert!(view.get(&k).is_none());
+        view.apply(WatchEvent::Put(three.clone()), t0);
+        assert!(view.get(&k).is_none(), "an older put ignored");
+        view.apply(WatchEvent::Deleted(k.clone()), t0);
+        view.apply(WatchEvent::Put(one.clone()), t0);
+        assert_eq!(view.get(&k), Some(&one));
+        // A compare-and-swap that failed re-reads the key: whatever was pending.
+        view.wrote(two.clone(), t0);
+        view.refresh(&k, Some(three.clone()), t0);
+        assert_eq!(view.get(&k), Some(&three));
+        view.apply(WatchEvent::Put(one.clone()), t0);
+        assert_eq!(view.get(&k), Some(&one), "nothing pending any more");
+    }
+
+    #[test]
+    fn a_feed_whose_watch_ended_subscribes_again_to_a_fresh_snapshot() {
+        let dir = zos_testkit::tempdir("grid-view");
+        let notary = zos_notary::open(&format!("dir://{}", dir.path().display())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a, b) = (key(1), key(2));
+        rt.block_on(notary.put(&status(&a, "before"))).unwrap();
+        let mut bot = crate::Bot::new(key(9), notary.clone());
+        let mut feed = rt.block_on(bot.subscribe()).unwrap();
+        assert_eq!(message(feed.view(), &a).as_deref(), Some("before"));
+        // A put after the snapshot arrives as an event.
+        rt.block_on(notary.put(&status(&a, "after"))).unwrap();
+        let got = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), feed.changed()).await
+        });
+        assert_eq!(got, Ok(true));
+        assert_eq!(message(feed.view(), &a).as_deref(), Some("after"));
+        // The nodes/ watch ends (as a backend that gave up does): the feed says so at
+        // once, without waiting.
+        feed.watches[1] = None;
+        assert!(feed.ended());
+        assert!(!rt.block_on(feed.changed()));
+        // What is put meanwhile reaches no watch; the next round subscribes again and
+        // sees it in the fresh snapshot.
+        rt.block_on(notary.put(&status(&b, "while ended"))).unwrap();
+        rt.block_on(bot.step(&mut feed)).unwrap();
+        assert!(!feed.ended(), "subscribed again");
+        assert_eq!(message(feed.view(), &b).as_deref(), Some("while ended"));
+        // And the new watches deliver.
+        rt.block_on(notary.put(&status(&b, "later"))).unwrap();
+        let got = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), feed.changed()).await
+        });
+        assert_eq!(got, Ok(true));
+        assert_eq!(message(feed.view(), &b).as_deref(), Some("later"));
+    }
+}

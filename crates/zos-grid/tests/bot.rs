@@ -23,8 +23,15 @@
 //!   until the farmer undrains it; an old drain replayed after the undrain is ignored.
 //! - `two_bots_one_leader_and_a_takeover`: two instances of one key on etcd: one leads;
 //!   when it stops, the other takes over and goes on placing.
+//! - `the_view_sees_an_expiry_without_relisting_and_moves_after_s_after_it`: the bot's
+//!   watch-fed view (`Bot::subscribe`, `Bot::step`, as `Bot::run` loops them) on etcd:
+//!   places, sees the statuses, sees a killed node's alive record expire, and moves
+//!   its replica only once `after_s` has passed since the view saw the record go, with
+//!   one subscription and no listing at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -33,8 +40,11 @@ use zos_contract::{
     SignedAssignment, SignedContract,
 };
 use zos_engine::{State, StatusReport};
+use zos_grid::bot::ROUND_EVERY;
 use zos_grid::{Bot, Drain, Handover, PlacementRecord, Reason, ReplicaState};
-use zos_notary::{AnyNotary, Expect, Notary, NotaryError, NotaryKey, Record};
+use zos_notary::{
+    AnyNotary, EventWatch, Expect, KeyPrefix, Lease, Notary, NotaryError, NotaryKey, Record, Watch,
+};
 use zos_registry::liveness::{self, Liveness};
 use zos_registry::{ContractCounts, Dmi, Farm, Heartbeat, NodeResources, Registration, Usage};
 use zos_testkit::etcd::Etcd;
@@ -655,4 +665,195 @@ fn two_bots_one_leader_and_a_takeover() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!b.is_finished());
+}
+
+/// A notary that counts the bot's listings and subscriptions (and otherwise is the real
+/// one it wraps).
+#[derive(Clone)]
+struct Counted {
+    inner: AnyNotary,
+    lists: Arc<AtomicUsize>,
+    subscriptions: Arc<AtomicUsize>,
+}
+
+impl Notary for Counted {
+    async fn put(&self, record: &Record) -> Result<(), NotaryError> {
+        self.inner.put(record).await
+    }
+    async fn get(&self, key: &NotaryKey) -> Result<Option<Record>, NotaryError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &KeyPrefix) -> Result<Vec<Record>, NotaryError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &KeyPrefix) -> Result<Watch, NotaryError> {
+        self.inner.watch(prefix).await
+    }
+    async fn put_if(&self, record: &Record, expect: &Expect) -> Result<(), NotaryError> {
+        self.inner.put_if(record, expect).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease, NotaryError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn put_leased(
+        &self,
+        record: &Record,
+        lease: &Lease,
+        expect: &Expect,
+    ) -> Result<(), NotaryError> {
+        self.inner.put_leased(record, lease, expect).await
+    }
+    async fn keep_alive(&self, lease: &Lease) -> Result<Duration, NotaryError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: &Lease) -> Result<(), NotaryError> {
+        self.inner.revoke(lease).await
+    }
+    async fn delete(&self, key: &NotaryKey) -> Result<(), NotaryError> {
+        self.inner.delete(key).await
+    }
+    async fn watch_events(&self, prefix: &KeyPrefix) -> Result<EventWatch, NotaryError> {
+        self.inner.watch_events(prefix).await
+    }
+    async fn subscribe_events(
+        &self,
+        prefix: &KeyPrefix,
+    ) -> Result<(Vec<Record>, EventWatch), NotaryError> {
+        self.subscriptions.fetch_add(1, Ordering::SeqCst);
+        self.inner.subscribe_events(prefix).await
+    }
+}
+
+/// As `Bot::run` loops: the next change applied to the view or the next round due
+/// (`ROUND_EVERY`, or a node absent for `after_s`), then a round; with the instants it
+/// started and ended.
+fn next(
+    rt: &tokio::runtime::Runtime,
+    bot: &mut Bot<Counted>,
+    feed: &mut zos_grid::Feed,
+) -> (Instant, zos_grid::Round, Instant) {
+    let wake = bot.next_round_at(Instant::now());
+    assert!(wake <= Instant::now() + ROUND_EVERY);
+    rt.block_on(async {
+        tokio::select! {
+            true = feed.changed() => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    });
+    let started = Instant::now();
+    let round = rt.block_on(bot.step(feed)).unwrap();
+    (started, round, Instant::now())
+}
+
+#[test]
+fn the_view_sees_an_expiry_without_relisting_and_moves_after_s_after_it() {
+    let etcd = Etcd::temp();
+    let mut g = Grid::new(&etcd.url("zos"));
+    let all = nodes();
+    let refs: Vec<&SecretKey> = all.iter().collect();
+    g.beat(&refs);
+    for n in &all {
+        g.live(n);
+    }
+    let counted = Counted {
+        inner: g.notary.clone(),
+        lists: Arc::default(),
+        subscriptions: Arc::default(),
+    };
+    let (lists, subscriptions) = (counted.lists.clone(), counted.subscriptions.clone());
+    let mut bot = Bot::new(orchestrator(), counted);
+    let mut feed = g.rt.block_on(bot.subscribe()).unwrap();
+    assert_eq!(subscriptions.load(Ordering::SeqCst), 2, "grid/ and nodes/");
+    // Placed from the snapshot.
+    let round = g.rt.block_on(bot.step(&mut feed)).unwrap();
+    assert_eq!(round.assigned.len(), 2, "{round:?}");
+    let (_, p) = g.placement();
+    let placed = where_runs(&p);
+    for (replica, (node, epoch)) in placed.iter().enumerate() {
+        let n = all.iter().find(|n| n.public() == *node).unwrap();
+        g.status_at(n, State::Ok, replica as u64, *epoch);
+    }
+    // The statuses arrive as events: the bot writes both replicas running.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        next(&g.rt, &mut bot, &mut feed);
+        if g.placement()
+            .1
+            .replicas
+            .iter()
+            .all(|r| r.state == ReplicaState::Running)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never running: {:?}",
+            g.placement()
+        );
+    }
+
+    // Replica 0's node dies: its alive record expires in etcd, and the view sees the
+    // deletion as an event.
+    let lost = placed[0].0;
+    g.kill(&lost);
+    let deadline = Instant::now() + WAIT;
+    let gone = loop {
+        let (_, round, _) = next(&g.rt, &mut bot, &mut feed);
+        assert!(round.assigned.is_empty(), "nothing moves yet: {round:?}");
+        if let Some(at) = feed.view().absent_since(&lost) {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view never saw the record go"
+        );
+    };
+    assert!(!feed.view().alive(&lost));
+    assert!(
+        g.get(&NotaryKey::alive(&lost)).is_none(),
+        "etcd expired it too"
+    );
+
+    // Moved at epoch 2 once after_s has passed on the bot's clock since then, not before.
+    let deadline = Instant::now() + WAIT;
+    let (started, ended) = loop {
+        let (started, round, ended) = next(&g.rt, &mut bot, &mut feed);
+        if round.assigned.iter().any(|(_, r, _, e)| *r == 0 && *e == 2) {
+            break (started, ended);
+        }
+        assert!(round.assigned.is_empty(), "{round:?}");
+        assert!(Instant::now() < deadline, "never moved");
+    };
+    assert!(
+        ended.duration_since(gone) > Duration::from_secs(AFTER_S),
+        "moved {:?} after the view saw the node go",
+        ended.duration_since(gone)
+    );
+    let (_, moved) = g.placement();
+    assert_eq!(moved.replicas[0].epoch, 2);
+    let new = moved.replicas[0].node.unwrap();
+    assert!(new != lost && new != placed[1].0, "{moved:?}");
+    let last = moved.moves.last().unwrap();
+    assert!(
+        matches!(&last.reason, Reason::NodeLost { node, silent_s } if *node == lost && *silent_s > AFTER_S),
+        "{last:?}"
+    );
+    assert!(
+        g.assignment(&lost, 0).is_none(),
+        "the old assignment removed"
+    );
+    assert_eq!(g.assignment(&new, 0).unwrap().assignment.epoch, 2);
+    // All of it from the one subscription: no listing, no second snapshot.
+    assert_eq!(lists.load(Ordering::SeqCst), 0, "no listing");
+    assert_eq!(
+        subscriptions.load(Ordering::SeqCst),
+        2,
+        "no second snapshot"
+    );
+    eprintln!(
+        "the view saw the node go; the round that moved it ran {:.2}-{:.2} s after that (after_s {AFTER_S})",
+        started.duration_since(gone).as_secs_f64(),
+        ended.duration_since(gone).as_secs_f64()
+    );
 }
