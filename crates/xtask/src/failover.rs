@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::flists::{self, path, run as zos};
-use crate::node::{self as qemu, Machine, Net, NodeSpec, Share};
+use crate::node::{self as qemu, BootFrom, Machine, Net, NodeSpec, Share};
 use crate::status::poll_until;
 use crate::{cargo, target_dir};
 
@@ -270,7 +270,7 @@ fn node_spec(cmdline: &str, work: &Path, i: usize) -> NodeSpec {
         cmdline: cmdline.to_string(),
         fresh: true,
         index: i as u8,
-        usb: None,
+        from: BootFrom::Kernel,
         shares: vec![Share {
             tag: "work".into(),
             path: work.to_path_buf(),

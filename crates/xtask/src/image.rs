@@ -110,19 +110,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .to_string();
     let vmlinuz = built.kernel.vmlinuz();
 
-    // PXE: kernel, initramfs, iPXE script (relative URLs: served from one directory).
     let step = Step::start("the PXE set (kernel, initramfs, iPXE script)");
     let pxe = out.join("pxe");
-    let _ = std::fs::remove_dir_all(&pxe);
-    std::fs::create_dir_all(&pxe)?;
-    std::fs::copy(&vmlinuz, pxe.join("vmlinuz"))?;
-    std::fs::copy(&built.path, pxe.join(&initrd_name))?;
-    // `initrd=` on the command line: the kernel's EFI stub needs it under UEFI iPXE.
-    let ipxe = format!(
-        "#!ipxe\n# Zero-OS node (zosd), kernel {}\nkernel vmlinuz initrd={initrd_name} console=tty0 console=ttyS0,115200 {words}\ninitrd {initrd_name}\nboot\n",
-        built.kernel.release
-    );
-    std::fs::write(pxe.join("zos.ipxe"), ipxe)?;
+    make_pxe(&pxe, &vmlinuz, &built.path, &words)?;
     step.done(pxe.display());
 
     let iso = out.join("zos.iso");
@@ -136,9 +126,32 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         human(size(&iso)?)
     );
     println!("PXE set {}:", pxe.display());
-    for f in ["vmlinuz", initrd_name.as_str(), "zos.ipxe"] {
+    for f in ["vmlinuz", initrd_name.as_str(), PXE_SCRIPT] {
         println!("  {f:<22} {}", human(size(&pxe.join(f))?));
     }
+    Ok(())
+}
+
+/// The iPXE script's name in a PXE set: the boot file a DHCP server names.
+pub const PXE_SCRIPT: &str = "zos.ipxe";
+
+/// A PXE set in `dir` (emptied first): `vmlinuz`, the initramfs, and an iPXE script
+/// ([`PXE_SCRIPT`]) that boots them with `words` on the kernel command line. The
+/// script's URLs are relative: the set is served from one directory, over TFTP or HTTP.
+pub fn make_pxe(dir: &Path, vmlinuz: &Path, initrd: &Path, words: &str) -> anyhow::Result<()> {
+    let initrd_name = initrd
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("initramfs name")?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    std::fs::copy(vmlinuz, dir.join("vmlinuz"))?;
+    std::fs::copy(initrd, dir.join(initrd_name))?;
+    // `initrd=` on the command line: the kernel's EFI stub needs it under UEFI iPXE.
+    let script = format!(
+        "#!ipxe\n# Zero-OS node (zosd)\nkernel vmlinuz initrd={initrd_name} console=tty0 console=ttyS0,115200 {words}\ninitrd {initrd_name}\nboot\n"
+    );
+    std::fs::write(dir.join(PXE_SCRIPT), script)?;
     Ok(())
 }
 

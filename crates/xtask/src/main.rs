@@ -53,7 +53,8 @@ tasks:
                 console in target/nodes/<name>/console.log. More: --machine
                 microvm|q35, --memory MIB, --cpus N, --disk-gib N, --timeout SECS,
                 --no-build (reuse the image), --debug (zos.debug), --usb bios|uefi
-                (boot the ISO as a USB stick on q35 instead) (qemu/README.md)
+                (boot the ISO as a USB stick on q35 instead), --pxe (a network boot on
+                q35: iPXE fetches the PXE set over QEMU's TFTP) (qemu/README.md)
   farm N [node options]
                 boot N nodes on one notary
   farm N --failover [--no-build]

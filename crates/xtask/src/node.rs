@@ -41,9 +41,8 @@ pub struct NodeSpec {
     pub fresh: bool,
     /// The last byte of the NIC's MAC address.
     pub index: u8,
-    /// Boot from the ISO of `cargo xtask image` as a USB stick, with this firmware,
-    /// rather than QEMU loading the kernel directly (q35 only).
-    pub usb: Option<Firmware>,
+    /// What the machine boots from.
+    pub from: BootFrom,
     /// Host directories the node mounts at the same path (virtio-9p, `zos.share=`):
     /// a directory notary or a local flist store.
     pub shares: Vec<Share>,
@@ -75,6 +74,21 @@ pub enum Net {
         /// The tap device's name.
         ifname: String,
     },
+}
+
+/// What a node boots from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum BootFrom {
+    /// QEMU loads the kernel and the initramfs itself.
+    #[default]
+    Kernel,
+    /// The ISO of `cargo xtask image` as a USB stick, with this firmware (q35 only).
+    Usb(Firmware),
+    /// The network: SeaBIOS runs the NIC's iPXE option ROM (Debian's ipxe-qemu), which
+    /// gets its address and the boot file's name from QEMU's DHCP server and fetches the
+    /// PXE set of `cargo xtask image` (script, kernel, initramfs) over QEMU's TFTP server
+    /// (q35 only, QEMU user networking).
+    Pxe,
 }
 
 /// The firmware a node boots its USB stick with.
@@ -275,9 +289,10 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     let devices = spec.machine.devices();
     let mut cmd = qemu_command(spec, accel);
     let words = node_words(spec)?;
-    match spec.usb {
-        Some(firmware) => usb_stick(&mut cmd, files, spec, firmware, &words, &dir)?,
-        None => direct_kernel(&mut cmd, files, spec, &words),
+    match spec.from {
+        BootFrom::Usb(firmware) => usb_stick(&mut cmd, files, spec, firmware, &words, &dir)?,
+        BootFrom::Pxe => pxe_set(files, spec, &words, &dir)?,
+        BootFrom::Kernel => direct_kernel(&mut cmd, files, spec, &words),
     }
     cmd.args([
         "-chardev",
@@ -287,7 +302,7 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     ]);
     disks(&mut cmd, spec, &devices, &dir)?;
     shares(&mut cmd, spec, &devices);
-    nic(&mut cmd, spec, &devices);
+    nic(&mut cmd, spec, &devices, &dir);
     let qmp = dir.join("qmp.sock");
     let _ = std::fs::remove_file(&qmp);
     cmd.args([
@@ -403,6 +418,17 @@ fn usb_stick(
     Ok(())
 }
 
+/// The PXE set, with this node's words, in `<dir>/pxe/`: what [`nic`] serves over
+/// TFTP.
+fn pxe_set(files: &BootFiles, spec: &NodeSpec, words: &str, dir: &Path) -> anyhow::Result<()> {
+    if spec.machine != Machine::Q35 || !matches!(spec.net, Net::User) {
+        bail!("a network boot needs --machine q35 and QEMU user networking");
+    }
+    crate::packages::ensure(&["ipxe-qemu"])?;
+    crate::image::make_pxe(&dir.join("pxe"), &files.vmlinuz, &files.initrd, words)?;
+    Ok(())
+}
+
 /// QEMU loads the kernel (PVH vmlinux for microvm, bzImage for q35) and the initramfs
 /// itself, with the node's words on the kernel command line.
 fn direct_kernel(cmd: &mut Command, files: &BootFiles, spec: &NodeSpec, words: &str) {
@@ -474,21 +500,26 @@ fn shares(cmd: &mut Command, spec: &NodeSpec, devices: &Devices) {
     }
 }
 
-/// The NIC, its MAC's last byte the node's index.
-fn nic(cmd: &mut Command, spec: &NodeSpec, devices: &Devices) {
-    let netdev = match &spec.net {
+/// The NIC, its MAC's last byte the node's index. On a network boot it is the first
+/// boot device, and QEMU's DHCP and TFTP servers hand out `<dir>/pxe/`.
+fn nic(cmd: &mut Command, spec: &NodeSpec, devices: &Devices, dir: &Path) {
+    let mut netdev = match &spec.net {
         Net::User => "user,id=n0".to_string(),
         Net::Tap { ifname, .. } => format!("tap,id=n0,ifname={ifname},script=no,downscript=no"),
     };
-    cmd.args([
-        "-netdev",
-        &netdev,
-        "-device",
-        &format!(
-            "{},netdev=n0,mac=52:54:00:5a:05:{:02x}",
-            devices.net, spec.index
-        ),
-    ]);
+    let mut device = format!(
+        "{},netdev=n0,mac=52:54:00:5a:05:{:02x}",
+        devices.net, spec.index
+    );
+    if spec.from == BootFrom::Pxe {
+        netdev.push_str(&format!(
+            ",tftp={},bootfile={}",
+            dir.join("pxe").display(),
+            crate::image::PXE_SCRIPT
+        ));
+        device.push_str(",bootindex=0");
+    }
+    cmd.args(["-netdev", &netdev, "-device", &device]);
 }
 
 /// The notary the nodes use: a private etcd on the host loopback (the farm created in
@@ -625,7 +656,7 @@ struct Options {
     rebuild: bool,
     fresh: bool,
     debug: bool,
-    usb: Option<Firmware>,
+    from: BootFrom,
     shares: Vec<Share>,
 }
 
@@ -645,7 +676,7 @@ impl Default for Options {
             rebuild: true,
             fresh: false,
             debug: false,
-            usb: None,
+            from: BootFrom::Kernel,
             shares: Vec::new(),
         }
     }
@@ -686,7 +717,11 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
                 });
             }
             "--usb" => {
-                o.usb = Some(parse_firmware(&value()?)?);
+                o.from = BootFrom::Usb(parse_firmware(&value()?)?);
+                o.machine = Machine::Q35;
+            }
+            "--pxe" => {
+                o.from = BootFrom::Pxe;
                 o.machine = Machine::Q35;
             }
             _ => rest.push(a.clone()),
@@ -827,7 +862,7 @@ fn node_spec(o: &Options, cmdline: &str, i: usize, n: usize) -> NodeSpec {
         cmdline: cmdline.to_string(),
         fresh: o.fresh,
         index: i as u8,
-        usb: o.usb,
+        from: o.from,
         shares: o.shares.clone(),
         net: Net::User,
     }
@@ -842,10 +877,11 @@ fn describe(o: &Options, accel: &str) -> String {
         } else {
             "q35"
         },
-        match o.usb {
-            Some(Firmware::Bios) => ", USB stick, BIOS",
-            Some(Firmware::Uefi) => ", USB stick, UEFI",
-            None => "",
+        match o.from {
+            BootFrom::Usb(Firmware::Bios) => ", USB stick, BIOS",
+            BootFrom::Usb(Firmware::Uefi) => ", USB stick, UEFI",
+            BootFrom::Pxe => ", network boot (iPXE, TFTP)",
+            BootFrom::Kernel => "",
         },
     )
 }

@@ -20,6 +20,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "libc6-dev",       // its headers and libc
     "busybox-static",  // a test workload inside container tests (never in the image)
     "qemu-system-x86", // micro-VMs (zos-vm, zosd) and the boot tests, under TCG here
+    "ipxe-qemu",       // the NIC's iPXE ROM for the network boot test
     "kmod",            // depmod for the Debian kernel's modules.dep
     "xz-utils",        // the kernel's xz payload, extracted as a PVH vmlinux
     "cpio",            // reads back the initrds xtask writes (a unit test)

@@ -13,7 +13,7 @@ use anyhow::bail;
 
 use super::node::{hello_contract, wait_status_for};
 use super::{section, Demo};
-use crate::node::{self as qemu, Booted, Machine, Milestones, Net, NodeSpec, Share};
+use crate::node::{self as qemu, BootFrom, Booted, Machine, Milestones, Net, NodeSpec, Share};
 use crate::status::{log_tail, poll_until};
 use zos_testkit::rsyslog::Rsyslog;
 
@@ -151,7 +151,7 @@ fn node_spec(d: &Demo) -> NodeSpec {
         cmdline: format!("zos.farm={FARM} zos.notary={guest_notary} zos.runmode=dev"),
         fresh: true,
         index: 0,
-        usb: None,
+        from: BootFrom::Kernel,
         shares: vec![Share {
             tag: "demo".into(),
             path: d.dir.clone(),

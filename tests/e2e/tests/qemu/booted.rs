@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use e2e::{missing, serving_key, skip, workdir, Zos};
 use serde_json::Value;
 use xtask::etcd::{free_port, in_netns, Etcd};
-use xtask::node::{self as qemu, BootFiles, Booted, Machine, Net, NodeSpec, Share};
+use xtask::node::{self as qemu, BootFiles, BootFrom, Booted, Machine, Net, NodeSpec, Share};
 use xtask::status::{log_tail, poll_until};
 use zos_testkit::rsyslog::Rsyslog;
 
@@ -63,7 +63,7 @@ fn spec(name: &str, cmdline: String, shares: Vec<Share>, net: Net) -> NodeSpec {
         cmdline,
         fresh: true,
         index: 7,
-        usb: None,
+        from: BootFrom::Kernel,
         shares,
         net,
     }

@@ -8,6 +8,10 @@
 //! - `iso_boots_from_a_usb_stick_under_uefi`: the ISO of `cargo xtask image` (with this
 //!   node's command line) as a USB stick on q35 with OVMF: GRUB boots the kernel and the
 //!   node serves (the path of a farmer's USB stick).
+//! - `pxe_boot_registers`: the PXE set of `cargo xtask image` (with this node's command
+//!   line) booted over the network on q35: SeaBIOS runs the NIC's iPXE ROM, QEMU's DHCP
+//!   server names the iPXE script and its TFTP server serves the script, the kernel and
+//!   the initramfs; the node registers and serves (the path of a farmer's PXE server).
 //! - `image_has_no_login_surface`: the archive's file list (read from the archive
 //!   itself) has no shell, getty, sshd or busybox, and `/init` is a static binary.
 //!
@@ -166,6 +170,50 @@ fn iso_boots_from_a_usb_stick_under_uefi() {
     // OVMF's boot manager, then the kernel started by GRUB from the stick.
     assert!(console.contains("BdsDxe"), "{console}");
     assert!(console.contains("efi: EFI v"), "{console}");
+    assert!(console.contains(&key));
+}
+
+#[test]
+fn pxe_boot_registers() {
+    const NAME: &str = "pxe_boot_registers";
+    for program in ["qemu-system-x86_64", "etcd"] {
+        if !on_path(program) {
+            skip(NAME, &format!("{program} is not installed"));
+            return;
+        }
+    }
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let farm = "e2e-pxe-farm";
+    let out = xtask(&[
+        "node",
+        "--check",
+        "--fresh",
+        "--pxe",
+        "--name",
+        "e2e-pxe",
+        "--farm",
+        farm,
+        "--timeout",
+        "600",
+    ]);
+    assert!(out.contains("network boot (iPXE, TFTP)"), "{out}");
+    let key = serving_key(&out);
+    assert!(
+        out.contains(&format!("zosd: node {key} registered in farm {farm}")),
+        "{out}"
+    );
+    let console = console("e2e-pxe");
+    // The command line as iPXE's script gave it: `initrd=` is the script's word, which
+    // no direct kernel boot of QEMU's and no GRUB entry of the ISO puts there.
+    let line = console
+        .lines()
+        .find(|l| l.contains("Command line: "))
+        .unwrap_or_else(|| panic!("no kernel command line on the console:\n{console}"));
+    assert!(
+        line.contains("Command line: initrd=initramfs.cpio."),
+        "not booted by the iPXE script: {line}"
+    );
+    assert!(line.contains(&format!("zos.farm={farm}")), "{line}");
     assert!(console.contains(&key));
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e::{missing, serving_key, skip, workdir, Zos};
 use xtask::etcd::Etcd;
-use xtask::node::{self as qemu, BootFiles, Booted, Machine, Net, NodeSpec, Share};
+use xtask::node::{self as qemu, BootFiles, BootFrom, Booted, Machine, Net, NodeSpec, Share};
 use xtask::status::poll_until;
 
 const BOOT: Duration = Duration::from_secs(600);
@@ -175,7 +175,7 @@ fn a_booted_node_converges_after_ten_power_cuts_and_reports_a_lost_disk() {
         cmdline: format!("zos.farm={farm} zos.notary={guest_url} zos.runmode=dev"),
         fresh: true,
         index: 8,
-        usb: None,
+        from: BootFrom::Kernel,
         shares: vec![Share {
             tag: "flist".into(),
             path: flists.clone(),
