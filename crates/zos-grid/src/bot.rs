@@ -341,27 +341,29 @@ impl<N: Notary> Bot<N> {
             writes.extend(self.place(p, farm_nodes, &statuses, now, wall, &mut round)?);
         }
         drop(statuses);
+        // Assignments first (a move's new node waits for its), then the records that
+        // only change their replicas' states.
+        writes.sort_by_key(|w| w.assignments.is_empty() && w.replaced.is_empty());
         let written: Vec<Result<Written, BotError>> =
             futures_util::stream::iter(writes.into_iter().map(|w| self.write(w)))
                 .buffered(WRITERS)
                 .collect()
                 .await;
         let mut failed = None;
+        let mut replaced = Vec::new();
         for w in written {
             match w {
                 Ok(Written::Done {
                     assigned,
                     records,
-                    removed,
+                    replaced: r,
                 }) => {
                     round.assigned.extend(assigned);
                     let at = Instant::now();
                     for r in records {
                         view.wrote(r, at);
                     }
-                    for k in &removed {
-                        view.removed(k, at);
-                    }
+                    replaced.extend(r);
                 }
                 Ok(Written::Conflict(key)) => {
                     round.conflicts += 1;
@@ -375,6 +377,16 @@ impl<N: Notary> Bot<N> {
                 }
                 Err(e) => failed = failed.or(Some(e)),
             }
+        }
+        // Then the replaced assignments go, behind every new one.
+        let removed: Vec<Option<NotaryKey>> =
+            futures_util::stream::iter(replaced.into_iter().map(|r| self.remove(r)))
+                .buffer_unordered(WRITERS)
+                .collect()
+                .await;
+        let at = Instant::now();
+        for key in removed.iter().flatten() {
+            view.removed(key, at);
         }
         match failed {
             Some(e) => Err(e),

@@ -1,13 +1,16 @@
 //! A round's writes: per contract the placement record's compare-and-swap, then (only
-//! if it won) the assignments, then the removal of the assignments it replaced.
+//! if it won) the assignments; once every contract's are done, the removal of the
+//! assignments they replaced (which only tidies: the old node stops on the newer epoch
+//! anyway), so that no new assignment waits behind a deletion.
 
 use zos_contract::PublicKey;
 use zos_notary::{Expect, Notary, NotaryError, NotaryKey, Record};
 
 use super::{Bot, BotError};
 
-/// How many contracts' writes a round has in flight at once.
-pub(super) const WRITERS: usize = 16;
+/// How many contracts' writes a round has in flight at once (etcd commits concurrent
+/// writes together: more in flight, fewer fsync waits each).
+pub(super) const WRITERS: usize = 32;
 
 /// What one contract's plan writes: the placement record (compared and swapped), then
 /// the assignments, then the removal of the assignments it replaced.
@@ -25,14 +28,15 @@ pub(super) struct Write {
 
 /// How a [`Write`] went.
 pub(super) enum Written {
-    /// The record was swapped; these assignments were written, these keys removed.
+    /// The record was swapped; these assignments were written.
     Done {
         /// (contract, replica, node, epoch) of each assignment written.
         assigned: Vec<(String, u64, PublicKey, u64)>,
         /// Every record written: the placement record, then the assignments.
         records: Vec<Record>,
-        /// The replaced assignments removed.
-        removed: Vec<NotaryKey>,
+        /// The replaced assignments, to remove ([`Bot::remove`]): (contract, replica,
+        /// old node, key).
+        replaced: Vec<(String, u64, PublicKey, NotaryKey)>,
     },
     /// Another writer changed the record since it was read: nothing was written.
     Conflict(NotaryKey),
@@ -40,7 +44,7 @@ pub(super) enum Written {
 
 impl<N: Notary> Bot<N> {
     /// Carries out one contract's [`Write`]: the placement record's compare-and-swap,
-    /// then (only if it won) the assignments, then the removal of replaced ones.
+    /// then (only if it won) the assignments.
     ///
     /// A failure after the compare-and-swap (an assignment not written) fails the
     /// round: the view then lacks the record written, so the next round's
@@ -62,22 +66,32 @@ impl<N: Notary> Bot<N> {
             assigned.push((w.contract.clone(), replica, node, epoch));
             records.push(record);
         }
-        let mut removed = Vec::new();
-        for (replica, old, key) in w.replaced {
-            // The old node stops on the newer epoch elsewhere anyway (or has fenced);
-            // this only tidies its directory.
-            match self.notary.delete(&key).await {
-                Ok(()) => removed.push(key),
-                Err(e) => {
-                    tracing::warn!(contract = %w.contract, replica, node = %old, error = %e, "removing a replaced assignment")
-                }
-            }
-        }
+        let replaced = w
+            .replaced
+            .into_iter()
+            .map(|(replica, old, key)| (w.contract.clone(), replica, old, key))
+            .collect();
         Ok(Written::Done {
             assigned,
             records,
-            removed,
+            replaced,
         })
+    }
+
+    /// Removes a replaced assignment: `Some(key)` when it is gone. The old node stops
+    /// on the newer epoch elsewhere anyway (or has fenced); this only tidies its
+    /// directory, so a failure is logged, not a round's.
+    pub(super) async fn remove(
+        &self,
+        (contract, replica, old, key): (String, u64, PublicKey, NotaryKey),
+    ) -> Option<NotaryKey> {
+        match self.notary.delete(&key).await {
+            Ok(()) => Some(key),
+            Err(e) => {
+                tracing::warn!(%contract, replica, node = %old, error = %e, "removing a replaced assignment");
+                None
+            }
+        }
     }
 
     pub(super) fn sign(
