@@ -6,32 +6,38 @@ use anyhow::{bail, Context};
 
 /// Packages every test tier needs on a fresh Debian 12 machine.
 pub const TEST_PACKAGES: &[&str] = &[
-    "etcd-server",     // the etcd:// notary backend, tested against a real server
-    "btrfs-progs",     // storage pools
-    "e2fsprogs",       // a foreign filesystem the storage tests must refuse
-    "util-linux",      // losetup for loop devices
-    "nftables",        // tenant NAT and isolation
-    "iproute2",        // namespaces in network tests
-    "iputils-ping",    // reachability checks in network tests
-    "libseccomp-dev",  // youki's libcontainer links libseccomp
-    "libelf-dev",      // libbpf-sys (the cgroup v2 device program) builds libbpf from source
-    "zlib1g-dev",      // and links zlib
-    "gcc",             // C code of build scripts; the container attack tests' probe tool
-    "libc6-dev",       // its headers and libc
-    "busybox-static",  // a test workload inside container tests (never in the image)
-    "qemu-system-x86", // micro-VMs (zos-vm, zosd) and the boot tests, under TCG here
-    "ipxe-qemu",       // the NIC's iPXE ROM for the network boot test
-    "kmod",            // depmod for the Debian kernel's modules.dep
-    "xz-utils",        // the kernel's xz payload, extracted as a PVH vmlinux
-    "cpio",            // reads back the initrds xtask writes (a unit test)
-    "dnsmasq-base",    // a real DHCP and DNS server for zos-uplink's client tests
-    "chrony",          // a real NTP server (chronyd) for zos-uplink's SNTP test
-    "rsyslog",         // a real syslog receiver for zos-logship's delivery tests
-    "rsyslog-openssl", // its TLS listener (the pinned-CA tests)
-    "openssl",         // the test CA those tests make
-    "prometheus",      // a real remote-write receiver for zos-metrics' tests
-    "groff-base",      // renders the generated man pages in zos-cli's tests
-    "tmux",            // a real terminal for zos farm top's screen test
+    "etcd-server",        // the etcd:// notary backend, tested against a real server
+    "btrfs-progs",        // storage pools
+    "e2fsprogs",          // a foreign filesystem the storage tests must refuse
+    "util-linux",         // losetup for loop devices
+    "nftables",           // tenant NAT and isolation
+    "iproute2",           // namespaces in network tests
+    "iputils-ping",       // reachability checks in network tests
+    "libseccomp-dev",     // youki's libcontainer links libseccomp
+    "libelf-dev",         // libbpf-sys (the cgroup v2 device program) builds libbpf from source
+    "zlib1g-dev",         // and links zlib
+    "gcc",                // C code of build scripts; the container attack tests' probe tool
+    "libc6-dev",          // its headers and libc
+    "busybox-static",     // a test workload inside container tests (never in the image)
+    "qemu-system-x86",    // micro-VMs (zos-vm, zosd) and the boot tests, under TCG here
+    "ipxe-qemu",          // the NIC's iPXE ROM for the network boot test
+    "grub-common",        // grub-mkrescue: the ISO the USB boot test boots
+    "grub-pc-bin",        // its BIOS part (files only: nothing is installed on the host's disk)
+    "grub-efi-amd64-bin", // its UEFI part (files only)
+    "xorriso",            // grub-mkrescue writes the ISO with it
+    "mtools",             // and the EFI system partition in it
+    "ovmf",               // UEFI firmware for the USB boot test
+    "kmod",               // depmod for the Debian kernel's modules.dep
+    "xz-utils",           // the kernel's xz payload, extracted as a PVH vmlinux
+    "cpio",               // reads back the initrds xtask writes (a unit test)
+    "dnsmasq-base",       // a real DHCP and DNS server for zos-uplink's client tests
+    "chrony",             // a real NTP server (chronyd) for zos-uplink's SNTP test
+    "rsyslog",            // a real syslog receiver for zos-logship's delivery tests
+    "rsyslog-openssl",    // its TLS listener (the pinned-CA tests)
+    "openssl",            // the test CA those tests make
+    "prometheus",         // a real remote-write receiver for zos-metrics' tests
+    "groff-base",         // renders the generated man pages in zos-cli's tests
+    "tmux",               // a real terminal for zos farm top's screen test
     "pkg-config",
 ];
 
