@@ -14,9 +14,10 @@
 //! 3. per contract, the plan; then the placement record by compare-and-swap (a
 //!    conflict means another writer, a stale or a new leader, wrote since the read: the
 //!    record is read again into the view and the contract planned again next round),
-//!    and only after it the signed assignments, and the deletion of the assignment a
-//!    move replaced. What the bot wrote goes into the view at once: the next round
-//!    compares against it, not waiting for its echo.
+//!    and only after it the signed assignments; contracts with assignments to write go
+//!    first, 32 at a time (`bot/write.rs`). Once every contract's writes are done, the
+//!    assignments that moves replaced are deleted. What the bot wrote goes into the
+//!    view at once: the next round compares against it, not waiting for its echo.
 //!
 //! [`Bot::round`] is the same planning and writing from a fresh listing of `grid/` and
 //! `nodes/` (`zos bot run --once`, tests): its view is kept between its calls and
@@ -53,8 +54,8 @@
 //! its contract's `after_s` ([`Bot::next_round_at`]). A bot that cannot create the record follows,
 //! trying again every lease period.
 //!
-//! Planning one contract is [`place`](self) (`bot/place.rs`), writing a round's
-//! results `bot/write.rs`, the view `crate::view`.
+//! Files: planning one contract is `bot/place.rs`, a round's writes `bot/write.rs`,
+//! the view [`crate::view`].
 
 mod place;
 mod write;
