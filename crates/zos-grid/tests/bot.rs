@@ -768,8 +768,20 @@ fn the_view_sees_an_expiry_without_relisting_and_moves_after_s_after_it() {
     // Placed from the snapshot.
     let round = g.rt.block_on(bot.step(&mut feed)).unwrap();
     assert_eq!(round.assigned.len(), 2, "{round:?}");
-    let (_, p) = g.placement();
+    let (record, p) = g.placement();
     let placed = where_runs(&p);
+    // What the bot wrote is in its view already: no event has been applied since the
+    // round (the echoes wait in the feed).
+    let key = NotaryKey::placement(FARM, ID).unwrap();
+    assert_eq!(
+        feed.view().get(&key),
+        Some(&record),
+        "its own write, before the echo"
+    );
+    for (replica, (node, _)) in placed.iter().enumerate() {
+        let k = NotaryKey::assignment(node, ID, replica as u64).unwrap();
+        assert_eq!(feed.view().get(&k), g.get(&k).as_ref());
+    }
     for (replica, (node, epoch)) in placed.iter().enumerate() {
         let n = all.iter().find(|n| n.public() == *node).unwrap();
         g.status_at(n, State::Ok, replica as u64, *epoch);
