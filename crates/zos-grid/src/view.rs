@@ -1,5 +1,5 @@
 //! The bot's view of the grid: every record under `grid/` and `nodes/`, kept from the
-//! notary's events instead of relisted every round (docs/grid.md, "The view").
+//! notary's events instead of relisted every round (docs/grid.md, "The bot's view").
 //!
 //! A [`Feed`] is one subscription ([`Notary::subscribe_events`] of `grid/` and of
 //! `nodes/`): a snapshot, then every put and deletion after it, applied to its
