@@ -5,6 +5,8 @@
 //!   mtools underneath); the kernel is the Debian bzImage, the initrd the archive of
 //!   `cargo xtask initramfs`.
 //! - `target/image/pxe/`: the same kernel and initramfs with an iPXE script.
+//! - `target/image/zos.efi`: the same as one unified kernel image signed for Secure
+//!   Boot, and `zos-esp.img`, an EFI system partition holding it ([`secureboot`]).
 //!
 //! The kernel command line carries the farm and the notary: `--farm ID --notary URL`
 //! (and `--runmode`, `--debug`).
@@ -15,6 +17,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 use crate::initramfs::{self, human, Step};
+use crate::secureboot;
 use crate::{packages, target_dir};
 
 /// What `grub-mkrescue` needs for BIOS and UEFI media.
@@ -129,6 +132,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for f in ["vmlinuz", initrd_name.as_str(), PXE_SCRIPT] {
         println!("  {f:<22} {}", human(size(&pxe.join(f))?));
     }
+
+    // Secure Boot: the unified kernel image signed by the farm's db key, on an EFI
+    // system partition image (docs/upgrade.md "Secure Boot").
+    let step = Step::start("the signed unified kernel image and its EFI system partition");
+    let keys = secureboot::Keys::ensure()?;
+    let unsigned = out.join("zos.unsigned.efi");
+    let cmdline = format!("console=tty0 console=ttyS0,115200 {words}");
+    secureboot::unified_image(&vmlinuz, &built.path, cmdline.trim(), &unsigned)?;
+    let efi = out.join("zos.efi");
+    keys.sign(&unsigned, secureboot::Signer::Farm, &efi)?;
+    std::fs::remove_file(&unsigned)?;
+    let esp = out.join("zos-esp.img");
+    secureboot::system_partition(&efi, &esp)?;
+    step.done(human(size(&efi)?));
+    println!(
+        "Secure Boot: {} (signed by {}), on the EFI system partition {}",
+        efi.display(),
+        keys.db_certificate().display(),
+        esp.display()
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod node;
 pub mod packages;
+pub mod secureboot;
 pub mod status;
 pub mod test;
 

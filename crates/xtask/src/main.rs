@@ -43,8 +43,10 @@ tasks:
                 node needs, mkfs.btrfs, btrfs and nft with their libraries (no shell);
                 target/image/initramfs.cpio.zst, sizes printed (initramfs/README.md)
   image [--farm ID] [--notary URL] [--runmode M] [--debug]
-                boot media: target/image/zos.iso (USB/CD, BIOS and UEFI) and a PXE set
-                (target/image/pxe: kernel, initramfs, iPXE script)
+                boot media: target/image/zos.iso (USB/CD, BIOS and UEFI), a PXE set
+                (target/image/pxe: kernel, initramfs, iPXE script) and the unified
+                kernel image for Secure Boot, signed by the farm's key in
+                target/secureboot (target/image/zos.efi, on zos-esp.img)
   node [--notary URL] [--farm ID] [--disks N] [--name NAME] [--check] [--fresh] ...
                 boot one node under QEMU (TCG here, KVM where a probe boots) from the
                 built image, with N virtio disks (default 2) and a NIC; without
@@ -54,7 +56,10 @@ tasks:
                 microvm|q35, --memory MIB, --cpus N, --disk-gib N, --timeout SECS,
                 --no-build (reuse the image), --debug (zos.debug), --usb bios|uefi
                 (boot the ISO as a USB stick on q35 instead), --pxe (a network boot on
-                q35: iPXE fetches the PXE set over QEMU's TFTP) (qemu/README.md)
+                q35: iPXE fetches the PXE set over QEMU's TFTP), --secure-boot
+                farm|other (the signed unified kernel image under OVMF with Secure
+                Boot enforced and the farm's keys enrolled; signed by another key, the
+                firmware refuses it) (qemu/README.md)
   farm N [node options]
                 boot N nodes on one notary
   farm N --failover [--no-build]

@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 
 use crate::etcd::Etcd;
 use crate::flists::{path, run as zos_cli};
+use crate::secureboot::{self, Signer};
 use crate::{cargo, initramfs, target_dir};
 
 /// What one node is booted with.
@@ -89,6 +90,10 @@ pub enum BootFrom {
     /// PXE set of `cargo xtask image` (script, kernel, initramfs) over QEMU's TFTP server
     /// (q35 only, QEMU user networking).
     Pxe,
+    /// A unified kernel image (kernel, initramfs, this node's command line) signed by
+    /// this signer, on an EFI system partition as a USB stick, under OVMF with Secure
+    /// Boot enforced and the farm's keys enrolled ([`crate::secureboot`]; q35 only).
+    SecureBoot(Signer),
 }
 
 /// The firmware a node boots its USB stick with.
@@ -292,6 +297,7 @@ pub fn boot(files: &BootFiles, spec: &NodeSpec, accel: &'static str) -> anyhow::
     match spec.from {
         BootFrom::Usb(firmware) => usb_stick(&mut cmd, files, spec, firmware, &words, &dir)?,
         BootFrom::Pxe => pxe_set(files, spec, &words, &dir)?,
+        BootFrom::SecureBoot(signer) => secure_boot(&mut cmd, files, spec, signer, &words, &dir)?,
         BootFrom::Kernel => direct_kernel(&mut cmd, files, spec, &words),
     }
     cmd.args([
@@ -404,17 +410,62 @@ fn usb_stick(
             &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
         ]);
     }
+    usb_stick_of(cmd, &iso);
+    Ok(())
+}
+
+/// `image` as a USB stick, the first boot device.
+fn usb_stick_of(cmd: &mut Command, image: &Path) {
     cmd.args([
         "-device",
         "qemu-xhci,id=xhci",
         "-drive",
         &format!(
             "if=none,id=stick,format=raw,readonly=on,file={}",
-            iso.display()
+            image.display()
         ),
         "-device",
         "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=0",
     ]);
+}
+
+/// The signed unified kernel image with this node's words on an EFI system partition
+/// (a USB stick), OVMF's Secure Boot build (SMM on, its flash writable only from SMM)
+/// and a variable store with the farm's keys enrolled, all in `dir`.
+fn secure_boot(
+    cmd: &mut Command,
+    files: &BootFiles,
+    spec: &NodeSpec,
+    signer: Signer,
+    words: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    if spec.machine != Machine::Q35 {
+        bail!("Secure Boot needs --machine q35");
+    }
+    let keys = secureboot::Keys::ensure()?;
+    let unsigned = dir.join("zos.efi");
+    let cmdline = format!("console=tty0 console=ttyS0,115200 {words}");
+    secureboot::unified_image(&files.vmlinuz, &files.initrd, cmdline.trim(), &unsigned)?;
+    let signed = dir.join("zos.signed.efi");
+    keys.sign(&unsigned, signer, &signed)?;
+    let esp = dir.join("esp.img");
+    secureboot::system_partition(&signed, &esp)?;
+    let vars = dir.join("OVMF_VARS.secboot.fd");
+    keys.enrolled_vars(&vars)?;
+    // q35's SMM is on under TCG and KVM alike (its default, "auto").
+    cmd.args([
+        "-global",
+        "driver=cfi.pflash01,property=secure,value=on",
+        "-drive",
+        &format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            secureboot::OVMF_SECBOOT_CODE
+        ),
+        "-drive",
+        &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+    ]);
+    usb_stick_of(cmd, &esp);
     Ok(())
 }
 
@@ -720,6 +771,14 @@ fn parse(args: &[String]) -> anyhow::Result<(Options, Vec<String>)> {
                 o.from = BootFrom::Usb(parse_firmware(&value()?)?);
                 o.machine = Machine::Q35;
             }
+            "--secure-boot" => {
+                o.from = BootFrom::SecureBoot(match value()?.as_str() {
+                    "farm" => Signer::Farm,
+                    "other" => Signer::Other,
+                    v => bail!("--secure-boot {v:?}: farm or other"),
+                });
+                o.machine = Machine::Q35;
+            }
             "--pxe" => {
                 o.from = BootFrom::Pxe;
                 o.machine = Machine::Q35;
@@ -881,6 +940,8 @@ fn describe(o: &Options, accel: &str) -> String {
             BootFrom::Usb(Firmware::Bios) => ", USB stick, BIOS",
             BootFrom::Usb(Firmware::Uefi) => ", USB stick, UEFI",
             BootFrom::Pxe => ", network boot (iPXE, TFTP)",
+            BootFrom::SecureBoot(Signer::Farm) => ", Secure Boot, signed by the farm's key",
+            BootFrom::SecureBoot(Signer::Other) => ", Secure Boot, signed by another key",
             BootFrom::Kernel => "",
         },
     )

@@ -27,6 +27,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "xorriso",            // grub-mkrescue writes the ISO with it
     "mtools",             // and the EFI system partition in it
     "ovmf",               // UEFI firmware for the USB boot test
+    "systemd-boot-efi",   // the EFI stub of the unified kernel image (Secure Boot test)
+    "sbsigntool",         // signs it
+    "dosfstools",         // its EFI system partition
     "kmod",               // depmod for the Debian kernel's modules.dep
     "xz-utils",           // the kernel's xz payload, extracted as a PVH vmlinux
     "cpio",               // reads back the initrds xtask writes (a unit test)

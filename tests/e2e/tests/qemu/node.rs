@@ -12,6 +12,12 @@
 //!   line) booted over the network on q35: SeaBIOS runs the NIC's iPXE ROM, QEMU's DHCP
 //!   server names the iPXE script and its TFTP server serves the script, the kernel and
 //!   the initramfs; the node registers and serves (the path of a farmer's PXE server).
+//! - `secure_boot_admits_the_farms_key_only`: the unified kernel image (kernel,
+//!   initramfs, this node's command line in one PE) signed by the farm's Secure Boot key
+//!   boots under OVMF with Secure Boot enforced and the farm's keys enrolled (the EFI
+//!   stub and the kernel both say Secure Boot is on) and the node serves; the same image
+//!   signed by another key is refused by the firmware (`Access Denied`), which then
+//!   finds nothing it may boot, and no kernel starts.
 //! - `image_has_no_login_surface`: the archive's file list (read from the archive
 //!   itself) has no shell, getty, sshd or busybox, and `/init` is a static binary.
 //!
@@ -21,7 +27,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use e2e::{on_path, skip};
+use xtask::node as qemu;
+use xtask::secureboot::Signer;
+use xtask::status::poll_until;
 
 /// One boot at a time: the boots share the image build and 2 cores.
 static BOOTS: Mutex<()> = Mutex::new(());
@@ -215,6 +226,79 @@ fn pxe_boot_registers() {
     );
     assert!(line.contains(&format!("zos.farm={farm}")), "{line}");
     assert!(console.contains(&key));
+}
+
+#[test]
+fn secure_boot_admits_the_farms_key_only() {
+    const NAME: &str = "secure_boot_admits_the_farms_key_only";
+    for program in ["qemu-system-x86_64", "etcd"] {
+        if !on_path(program) {
+            skip(NAME, &format!("{program} is not installed"));
+            return;
+        }
+    }
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let out = xtask(&[
+        "node",
+        "--check",
+        "--fresh",
+        "--secure-boot",
+        "farm",
+        "--name",
+        "e2e-sb",
+        "--timeout",
+        "900",
+    ]);
+    assert!(
+        out.contains("Secure Boot, signed by the farm's key"),
+        "{out}"
+    );
+    let key = serving_key(&out);
+    let console = console("e2e-sb");
+    assert!(
+        console.contains("EFI stub: UEFI Secure Boot is enabled."),
+        "{console}"
+    );
+    assert!(
+        console.contains("secureboot: Secure boot enabled"),
+        "{console}"
+    );
+    assert!(console.contains(&key));
+
+    // Signed by another key: the firmware refuses it and boots nothing.
+    let files = qemu::boot_files(false).expect("the image built above");
+    let accel = qemu::accel(&files.vmlinux);
+    let spec = qemu::NodeSpec {
+        name: "e2e-sb-other".into(),
+        disks: 1,
+        disk_gib: 1,
+        memory_mib: 1024,
+        cpus: 1,
+        machine: qemu::Machine::Q35,
+        cmdline: String::new(),
+        fresh: true,
+        index: 0,
+        from: qemu::BootFrom::SecureBoot(Signer::Other),
+        shares: Vec::new(),
+        net: qemu::Net::User,
+    };
+    let mut node = qemu::boot(&files, &spec, accel).expect("starting QEMU");
+    let refused = poll_until(
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+        || node.console_text(),
+        |c| c.contains("No bootable option or device was found"),
+    );
+    node.kill();
+    let console = refused.unwrap_or_else(|c| panic!("no refusal on the console:\n{c}"));
+    assert!(
+        console.contains("failed to load Boot0001") && console.contains("Access Denied"),
+        "{console}"
+    );
+    assert!(
+        !console.contains("Linux version"),
+        "a kernel started:\n{console}"
+    );
 }
 
 #[test]
