@@ -2,7 +2,7 @@
 //! --failover`'s scenario ([`xtask::failover`]). Three nodes boot from the image under
 //! QEMU on a private etcd, `zos bot run` on the host places a contract's two replicas
 //! on two of them, replica 0's node loses power (QEMU killed), and the replica runs on
-//! the third node at epoch 2: the placement record says `running` there only once that
+//! the third node at a higher epoch: the placement record says `running` there only once that
 //! node's own signed status reports the contract `ok` at that replica and epoch.
 //!
 //! Without QEMU or etcd it prints a counted `SKIP:` line.
@@ -17,9 +17,10 @@ fn a_replica_moves_off_a_booted_node_that_loses_power() {
     }
     let figures = xtask::failover::run(3, true).unwrap_or_else(|e| panic!("{e:#}"));
     xtask::failover::print(&figures);
-    assert_eq!(
-        figures.epochs,
-        (1, 2),
-        "the moved replica's epochs, before and after the power cut"
+    // Epoch 1 unless a starved TCG node lapsed and the replica moved before the cut.
+    let (before, after) = figures.epochs;
+    assert!(
+        after > before && before >= 1,
+        "the moved replica's epochs, before and after the power cut: {before} -> {after}"
     );
 }
