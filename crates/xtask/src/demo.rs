@@ -92,9 +92,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ),
         }
     }
-    if on_etcd {
-        packages::ensure(&["etcd-server"])?;
-    }
     packages::ensure(packages::DEMO_PACKAGES)?;
     cargo(&["build", "--quiet", "-p", "zos-cli"])?;
     let tmp = tempfile::Builder::new().prefix("zos-demo-").tempdir()?;

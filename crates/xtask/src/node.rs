@@ -587,6 +587,7 @@ pub struct Notary {
 /// the farmer key in file `farmer` (made if missing: a node pins its farmer, so nodes
 /// booted again on their disks need the same one).
 pub fn private_notary(dir: &Path, farmer: &Path, farm: &str) -> anyhow::Result<Notary> {
+    crate::packages::ensure(&["etcd-server"])?;
     cargo(&["build", "--quiet", "-p", "zos-cli"])?;
     let zos = target_dir().join("debug/zos");
     let _ = std::fs::remove_dir_all(dir);

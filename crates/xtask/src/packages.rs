@@ -46,6 +46,7 @@ pub const TEST_PACKAGES: &[&str] = &[
 
 /// Packages the demo needs: a node on a loop-file pool, in namespaces of its own.
 pub const DEMO_PACKAGES: &[&str] = &[
+    "etcd-server",     // --etcd, and the booted farm's notary (step 17)
     "btrfs-progs",     // pools
     "nftables",        // tenant NAT and isolation, the node firewall
     "iproute2",        // the demo's node and internet namespaces
