@@ -608,7 +608,7 @@ fn placement_status(id: &str, farm: &str, notary: &str, format: &Format) -> anyh
             let why = serde_json::to_value(&m.reason).unwrap_or_default();
             outln!(
                 "    {}  replica {} -> {} epoch {}  {}",
-                m.at,
+                zos_status::render::utc(m.at),
                 m.replica,
                 m.to,
                 m.epoch,

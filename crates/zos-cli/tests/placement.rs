@@ -253,6 +253,13 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
         assert!(shown.contains(&line), "{line:?} in:\n{shown}");
     }
     assert!(shown.contains("moves (oldest first)"), "{shown}");
+    // Each move with its time in UTC (`2026-12-07 04:37:41Z`), not raw unix seconds.
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("Z  replica 0 -> ") && l.trim_start().starts_with("20")),
+        "{shown}"
+    );
     let status: Value = serde_json::from_str(&ok(
         dir,
         &[

@@ -157,7 +157,7 @@ pub fn duration(secs: u64) -> String {
 }
 
 /// `2026-11-23 15:50:01Z` from unix seconds (civil-from-days, proleptic Gregorian).
-pub(crate) fn utc(secs: u64) -> String {
+pub fn utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rest = secs % 86_400;
     let z = days + 719_468;
