@@ -851,6 +851,7 @@ pub fn run_farm(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
+    let tag = o.name.as_deref().unwrap_or("node");
     let files = boot_files(o.rebuild)?;
     let notary = match &o.notary {
         Some(url) => Notary {
@@ -859,8 +860,9 @@ fn run_nodes(o: &Options, n: usize) -> anyhow::Result<()> {
             guest_url: url.clone(),
         },
         None => private_notary(
-            &target_dir().join("nodes/notary"),
-            &target_dir().join("nodes/farmer.key"),
+            // One per --name: runs with different names (the e2e tests) may overlap.
+            &target_dir().join(format!("nodes/notary-{tag}")),
+            &target_dir().join(format!("nodes/farmer-{tag}.key")),
             &o.farm,
         )?,
     };

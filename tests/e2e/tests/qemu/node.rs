@@ -25,7 +25,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
 use std::time::Duration;
 
@@ -33,9 +32,6 @@ use e2e::{on_path, skip};
 use xtask::node as qemu;
 use xtask::secureboot::Signer;
 use xtask::status::poll_until;
-
-/// One boot at a time: the boots share the image build and 2 cores.
-static BOOTS: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -102,7 +98,6 @@ fn node_boots_registers_and_keeps_its_key() {
             return;
         }
     }
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let farm = "e2e-farm";
     let first = xtask(&[
         "node",
@@ -163,7 +158,6 @@ fn iso_boots_from_a_usb_stick_under_uefi() {
         skip(NAME, "no OVMF firmware (apt-get install ovmf)");
         return;
     }
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let out = xtask(&[
         "node",
         "--check",
@@ -193,7 +187,6 @@ fn pxe_boot_registers() {
             return;
         }
     }
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let farm = "e2e-pxe-farm";
     let out = xtask(&[
         "node",
@@ -237,7 +230,6 @@ fn secure_boot_admits_the_farms_key_only() {
             return;
         }
     }
-    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let out = xtask(&[
         "node",
         "--check",
