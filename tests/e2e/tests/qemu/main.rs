@@ -6,15 +6,18 @@
 //!
 //! - `booted`: a contract on a booted node through a hard reset, a notary outage, and a
 //!   port scan of the node from the LAN.
-//! - `node`: `cargo xtask node` registers a node that keeps its key, the USB stick under
-//!   UEFI, and the image's file list without a login surface.
-//! - `powercut`: ten power cuts at random moments, and a lost disk.
+//! - `node`: `cargo xtask node` registers a node that keeps its key; the USB stick under
+//!   UEFI, the network boot (iPXE), Secure Boot with the farm's key and not another's;
+//!   the image's file list without a login surface.
+//! - `crash`: ten power cuts at random moments, and a lost disk. The longest test: its
+//!   module's name sorts before most others because libtest starts tests in name order,
+//!   so it starts early and overlaps them instead of running alone at the end.
 //! - `grid`: three booted nodes, a placement contract's replica moves off the one that
 //!   loses power (`cargo xtask farm 3 --failover`).
 //!
-//! Run one group with a filter: `cargo test -p e2e --test qemu powercut -- --nocapture`.
+//! Run one group with a filter: `cargo test -p e2e --test qemu crash -- --nocapture`.
 
 mod booted;
+mod crash;
 mod grid;
 mod node;
-mod powercut;
