@@ -3,21 +3,13 @@
 //! where their flows are tested: contract verify and list (tests/flow.rs), farm show and
 //! node list (tests/farm.rs), status (tests/status.rs).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
-fn run(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ZOS_NOTARY")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "zos {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::stdout as run;
 
 /// Runs a read command with --json: stdout must be exactly one JSON document.
 fn json(dir: &Path, args: &[&str]) -> Value {

@@ -8,12 +8,7 @@ use std::process::Command;
 /// Runs `zos args…` in `dir` (without `ZOS_NOTARY` from the caller's environment):
 /// whether it succeeded, and its stdout then stderr.
 pub fn zos(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zos"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ZOS_NOTARY")
-        .output()
-        .unwrap();
+    let out = output(dir, args);
     (
         out.status.success(),
         format!(
@@ -36,4 +31,20 @@ pub fn refused(dir: &Path, args: &[&str]) -> String {
     let (success, out) = zos(dir, args);
     assert!(!success, "zos {args:?} should have failed:\n{out}");
     out
+}
+
+/// [`zos`], which must succeed; its stdout alone (what `--json` parses).
+pub fn stdout(dir: &Path, args: &[&str]) -> String {
+    let out = output(dir, args);
+    assert!(out.status.success(), "zos {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn output(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ZOS_NOTARY")
+        .output()
+        .unwrap()
 }
