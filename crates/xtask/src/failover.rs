@@ -42,7 +42,7 @@ pub struct Figures {
 }
 
 /// The orchestrator's process; killed on drop.
-struct Bot(Child);
+pub struct Bot(Child);
 
 impl Drop for Bot {
     fn drop(&mut self) {
@@ -98,35 +98,18 @@ pub fn run(n: usize, rebuild: bool) -> anyhow::Result<Figures> {
     let bot = start_bot(&zos_bin, &work, &url)?;
 
     let contract = work.join("contract.json");
-    let after_s = AFTER_S.to_string();
+    let args = placement_contract(
+        path(&blueprint)?,
+        3,
+        &owner,
+        FARM,
+        &bot_key,
+        ID,
+        path(&contract)?,
+    );
     zos(
         &zos_bin,
-        &[
-            "contract",
-            "new",
-            "--blueprint",
-            path(&blueprint)?,
-            "--param",
-            "users=3",
-            "--owner",
-            &owner,
-            "--farm",
-            FARM,
-            "--replicas",
-            "2",
-            "--orchestrator",
-            &bot_key,
-            "--failover",
-            "move",
-            "--after-s",
-            &after_s,
-            "--expires",
-            "1d",
-            "--id",
-            ID,
-            "-o",
-            path(&contract)?,
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     )?;
     let owner_key = work.join("owner.key");
     zos(
@@ -279,9 +262,51 @@ fn node_spec(cmdline: &str, work: &Path, i: usize) -> NodeSpec {
     }
 }
 
-/// `zos bot run` on the host, its output in the work directory.
-fn start_bot(zos_bin: &Path, work: &Path, url: &str) -> anyhow::Result<Bot> {
-    println!("$ zos bot run --key bot.key --notary {url}");
+/// `zos contract new`'s arguments for a contract of the sample blueprint (`users`
+/// users) placed in `farm` by orchestrator `bot`: two replicas, failover `move` after
+/// [`AFTER_S`], expiring in a day, written to `out`.
+pub fn placement_contract(
+    blueprint: &str,
+    users: u32,
+    owner: &str,
+    farm: &str,
+    bot: &str,
+    id: &str,
+    out: &str,
+) -> Vec<String> {
+    let args = [
+        "contract",
+        "new",
+        "--blueprint",
+        blueprint,
+        "--param",
+        &format!("users={users}"),
+        "--owner",
+        owner,
+        "--farm",
+        farm,
+        "--replicas",
+        "2",
+        "--orchestrator",
+        bot,
+        "--failover",
+        "move",
+        "--after-s",
+        &AFTER_S.to_string(),
+        "--expires",
+        "1d",
+        "--id",
+        id,
+        "-o",
+        out,
+    ];
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// `zos bot run` in `dir` (its key `bot.key` there, its output in `bot.log` and
+/// `bot.err.log`), killed when dropped.
+pub fn start_bot(zos_bin: &Path, work: &Path, url: &str) -> anyhow::Result<Bot> {
+    println!("\n$ zos bot run --key bot.key --notary {url}");
     let child = Command::new(zos_bin)
         .args(["bot", "run", "--key", "bot.key", "--notary", url])
         .current_dir(work)

@@ -4,7 +4,7 @@
 //! removed) and, `after_s` later, its replica runs on the third node; `zos contract
 //! status --farm` shows the move.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,22 +12,10 @@ use serde_json::Value;
 
 use super::node::{self, Node};
 use super::{section, Demo};
-use crate::failover::{self, replicas};
+use crate::failover::{self, replicas, AFTER_S};
 
 const FARM: &str = "demo-grid";
 const ID: &str = "grid-hello";
-/// The floor of `failover.after_s`.
-const AFTER_S: u64 = 10;
-
-/// The orchestrator's process; killed on drop.
-struct Bot(Child);
-
-impl Drop for Bot {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub fn run(d: &Demo) -> anyhow::Result<()> {
     section(
@@ -52,49 +40,26 @@ pub fn run(d: &Demo) -> anyhow::Result<()> {
         let (node, key) = node::start(d, &format!("grid{n}"), &format!("zg{n}"), &farm_line)?;
         nodes.push(Some((node, key)));
     }
-    println!("\n$ zos bot run --key bot.key --notary {}", d.notary);
-    let bot = Bot(Command::new(&d.zos)
-        .args(["bot", "run", "--key", "bot.key", "--notary", &d.notary])
-        .current_dir(&d.dir)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(d.path("bot.log"))?)
-        .stderr(std::fs::File::create(d.path("bot.err.log"))?)
-        .spawn()
-        .context("starting zos bot run")?);
+    let bot = failover::start_bot(&d.zos, &d.dir, &d.notary)?;
 
     let owner = d.step(&["key", "show", "owner.key"])?;
     let legal = d.step(&["key", "show", "legal.key"])?;
-    let after_s = AFTER_S.to_string();
-    d.step(&[
-        "contract",
-        "new",
-        "--blueprint",
+    let mut args = failover::placement_contract(
         "hello.blueprint.json",
-        "--param",
-        "users=10",
-        "--owner",
+        10,
         &owner,
-        "--farm",
         FARM,
-        "--replicas",
-        "2",
-        "--orchestrator",
         &bot_key,
-        "--failover",
-        "move",
-        "--after-s",
-        &after_s,
-        "--stakeholder",
-        &format!("{legal}:1:required"),
-        "--threshold",
-        "1",
-        "--expires",
-        "1d",
-        "--id",
         ID,
-        "-o",
         "grid.json",
-    ])?;
+    );
+    args.extend([
+        "--stakeholder".to_string(),
+        format!("{legal}:1:required"),
+        "--threshold".to_string(),
+        "1".to_string(),
+    ]);
+    d.step(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
     for who in ["owner", "legal"] {
         d.step(&[
             "contract",
