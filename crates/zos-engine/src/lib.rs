@@ -38,4 +38,7 @@ pub use provision::{
     WorkloadStatus,
 };
 pub use runtime::{KernelIds, Kind, Nic, NicStyle, Placement, Runtimes, WorkloadRuntime};
-pub use status::{ContractSummary, RefusedUpdate, State, StatusReport, WorkloadSummary};
+pub use status::{
+    ContractSummary, MeshPeerReport, MeshReport, RefusedUpdate, State, StatusReport,
+    WorkloadSummary,
+};

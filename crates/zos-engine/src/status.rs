@@ -124,6 +124,67 @@ pub struct StatusReport {
     /// runs (see [`RefusedUpdate`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_update: Option<RefusedUpdate>,
+    /// Per tenant network that spans nodes (docs/network.md, "Mesh"): this node's side
+    /// of it and every other slot as this node sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh: Vec<MeshReport>,
+}
+
+/// One tenant network across nodes, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshReport {
+    /// The network's name in the deployment.
+    pub network: String,
+    /// The whole network's range (the deployment's `subnet`).
+    pub range: String,
+    /// This node's slot and its subnet (its workloads' addresses).
+    pub slot: u64,
+    /// This node's slot's subnet.
+    pub subnet: String,
+    /// The UDP port of this node's WireGuard link (absent before it exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_port: Option<u16>,
+    /// This node's WireGuard public key (base64; absent before it exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// Every other slot of the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<MeshPeerReport>,
+}
+
+/// Another slot of a [`MeshReport`]: the node there and how its link stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshPeerReport {
+    /// The slot number (a replica number, or a position in `nodes`).
+    pub slot: u64,
+    /// The slot's subnet.
+    pub subnet: String,
+    /// The node there (absent: a replica not placed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `peer`, `not_placed`, `no_record` or `refused`.
+    pub state: String,
+    /// The refusal's code (`zos_mesh::RefusalCode`) when `state` is `refused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// The peer's WireGuard endpoint as configured (absent: behind NAT, it comes to us).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Unix seconds of the last completed handshake (absent: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake: Option<u64>,
+    /// Bytes received from this peer.
+    #[serde(default)]
+    pub rx_bytes: u64,
+    /// Bytes sent to this peer.
+    #[serde(default)]
+    pub tx_bytes: u64,
+    /// For a slot that is not a working peer, the likely cause in a sentence (no
+    /// record, refused and why, no handshake and what to check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 impl StatusReport {
@@ -144,6 +205,7 @@ impl StatusReport {
             reasons: Vec::new(),
             workloads: BTreeMap::new(),
             refused_update: None,
+            mesh: Vec::new(),
         }
     }
 
