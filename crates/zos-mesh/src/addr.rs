@@ -23,8 +23,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zos_contract::deployment::Network;
+use zos_contract::placement_view::PlacementView;
 use zos_contract::PublicKey;
-use zos_engine::controllers::placement::PlacementView;
 
 /// How many bits of the range name a slot: 64 slots, as many as a placement's
 /// [`zos_contract::placement::MAX_REPLICAS`].
@@ -434,7 +434,7 @@ pub fn renumbered(old: &[PublicKey], new: &[PublicKey]) -> Vec<PublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zos_engine::controllers::placement::ReplicaView;
+    use zos_contract::placement_view::ReplicaView;
 
     fn net(name: &str, subnet: &str) -> Network {
         Network {

@@ -4,8 +4,8 @@
 //! range), each asserting its refusal code and that the peer set does not hold it.
 
 use zos_contract::deployment::Network;
+use zos_contract::placement_view::{PlacementView, ReplicaView};
 use zos_contract::{PublicKey, SecretKey};
-use zos_engine::controllers::placement::{PlacementView, ReplicaView};
 use zos_mesh::{
     layout, peers, sign_record, HeldReplica, Ipv4Net, Local, Members, PeerRecord, PeerSet,
     RefusalCode, SlotState, WgSecretKey, PERSISTENT_KEEPALIVE_S,

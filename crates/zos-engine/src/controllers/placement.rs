@@ -12,49 +12,15 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
 use zos_contract::PublicKey;
 use zos_notary::Record;
 
 use crate::journal::Held;
 
-/// The part of the orchestrator's placement record a node reads (the record is
-/// written by `zos_grid::record::PlacementRecord`; the node reads only where each
-/// replica runs and at which epoch, and ignores the rest).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PlacementView {
-    /// The contract id.
-    pub contract: String,
-    /// Where each replica is assigned.
-    pub replicas: Vec<ReplicaView>,
-}
-
-/// One replica of a [`PlacementView`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ReplicaView {
-    /// The replica number.
-    pub replica: u64,
-    /// The node assigned; `None`: not placed.
-    #[serde(default)]
-    pub node: Option<PublicKey>,
-    /// The epoch of that assignment.
-    pub epoch: u64,
-    /// A drain's make-before-break handover in progress: the node that takes the
-    /// replica over and its epoch there (the entry above stays authoritative until it
-    /// reports ok).
-    #[serde(default)]
-    pub handover: Option<HandoverView>,
-}
-
-/// The handover of a [`ReplicaView`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct HandoverView {
-    /// The node taking the replica over.
-    pub node: PublicKey,
-    /// Its epoch there.
-    pub epoch: u64,
-}
+/// The placement record as a node reads it (moved to `zos_contract::placement_view`,
+/// which zos-mesh shares without depending on the engine).
+pub use zos_contract::placement_view::{HandoverView, PlacementView, ReplicaView};
 
 /// `record` read as the placement record of contract `id`, if the contract's
 /// orchestrator (in `held`) signed it; anything else is `None` (logged): the record
