@@ -3,6 +3,18 @@
 //! It prints who it is, appends a line to `$HELLO_DATA/hello.log` (its volume), answers
 //! every TCP connection on `$HELLO_PORT` with one line, and prints a heartbeat every
 //! few seconds. Arguments: `--users N --region R` (from the blueprint's parameters).
+//!
+//! For the tenant network across nodes (docs/network.md, "Mesh"), optionally:
+//! - `HELLO_PEERS=ip:port,...`: connects to each every second, sends `$HELLO_MARKER`
+//!   (if set) and prints `peer <addr>: ok <its line>` or `peer <addr>: error <why>`
+//!   whenever that changes (with the unix time in ms), so the output stays short;
+//! - the server prints `connection from <ip>` the first time a source connects;
+//! - `HELLO_SINK_PORT`: reads a connection to its end, then writes the byte count;
+//! - `HELLO_ECHO_PORT`: writes back every byte it reads;
+//! - `HELLO_BENCH=ip:sink,ip:echo;...`: once, for each pair, 200 one-byte round
+//!   trips and 16 MiB into the sink, printing `bench <ip> rtt_us=<median> mbps=<rate>`.
+
+mod mesh;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -48,15 +60,13 @@ fn main() {
             Ok(listener) => {
                 println!("listening on {addr}");
                 let reply = format!("{greeting}\n");
-                std::thread::spawn(move || {
-                    for mut conn in listener.incoming().flatten() {
-                        let _ = conn.write_all(reply.as_bytes());
-                    }
-                });
+                std::thread::spawn(move || mesh::serve_lines(listener, reply));
             }
             Err(e) => eprintln!("cannot listen on {addr}: {e}"),
         }
     }
+
+    mesh::start_from_env();
 
     let mut beats = 0u64;
     loop {
