@@ -88,6 +88,9 @@ pub const NODE_MODULES: &[&str] = &[
     "nft_fib_ipv4",
     "nft_fib_ipv6",
     "nft_reject_inet",
+    // a tenant network across nodes (docs/network.md, "Mesh"); its crypto and UDP
+    // tunnel modules come from modules.dep
+    "wireguard",
 ];
 
 /// The programs the agent runs (zos-storage: mkfs.btrfs; zos-network: nft), and
