@@ -41,12 +41,14 @@ pub fn start_from_env() {
     if let Some(port) = env_port("HELLO_ECHO_PORT") {
         listen(port, "echo", echo);
     }
-    if let Ok(list) = std::env::var("HELLO_PEERS") {
+    // Empty values are a blueprint's defaults: nothing to do.
+    let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(list) = set("HELLO_PEERS") {
         let peers: Vec<SocketAddr> = list.split(',').filter_map(|p| p.parse().ok()).collect();
         let marker = std::env::var("HELLO_MARKER").unwrap_or_default();
         std::thread::spawn(move || watch_peers(peers, marker));
     }
-    if let Ok(spec) = std::env::var("HELLO_BENCH") {
+    if let Some(spec) = set("HELLO_BENCH") {
         std::thread::spawn(move || bench_all(&spec));
     }
 }
