@@ -17,8 +17,11 @@
 //!   connected (state `07` with a zero remote address), which is what receives
 //!   datagrams from anyone. Connected sockets (zosd's notary connections, a resolver's
 //!   query) are not a way in and are not listed. A missing tcp6/udp6 file (IPv6
-//!   disabled) means no such sockets.
+//!   disabled) means no such sockets. A UDP socket that no process holds (no
+//!   `/proc/<pid>/fd` link names its inode) is the kernel's own: a WireGuard link's
+//!   socket is one, and the heartbeat labels it (`heartbeat::label_wireguard`).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -318,6 +321,7 @@ pub fn parse_proc_net(proto: Proto, text: &str) -> Result<Vec<Socket>, String> {
             port,
             uid: f[7].parse().map_err(|_| bad("uid"))?,
             inode: f[9].parse().map_err(|_| bad("inode"))?,
+            label: None,
         });
     }
     Ok(out)
@@ -383,6 +387,63 @@ pub fn listening_sockets(netns: Option<&Path>) -> Result<Vec<Socket>, DetectErro
                 source: io::Error::other("the socket reader thread panicked"),
             })
         })
+}
+
+/// Every socket inode some process has open: the `socket:[inode]` targets of the
+/// `<pid>/fd/*` links under `proc` (/proc). A listening socket that is not among them is
+/// the kernel's own, which no process can read from: a WireGuard link's (or a VXLAN
+/// device's). A process that ends while it is read is skipped: its sockets went with it.
+/// Threads that unshared their file table are not looked at (zosd starts none).
+pub fn held_socket_inodes_in(proc: &Path) -> Result<BTreeSet<u64>, DetectError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DetectError::Io { path, source }
+    };
+    let gone = |e: &io::Error| {
+        e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ESRCH)
+    };
+    let mut held = BTreeSet::new();
+    for entry in fs::read_dir(proc).map_err(io_err(proc))? {
+        let entry = entry.map_err(io_err(proc))?;
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let fd_dir = entry.path().join("fd");
+        let fds = match fs::read_dir(&fd_dir) {
+            Ok(fds) => fds,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(io_err(&fd_dir)(e)),
+        };
+        for fd in fds {
+            let fd = match fd {
+                Ok(fd) => fd,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(io_err(&fd_dir)(e)),
+            };
+            // An fd closed between the listing and the read: not held any more.
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok());
+            if let Some(inode) = inode {
+                held.insert(inode);
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// [`held_socket_inodes_in`] of /proc.
+pub fn held_socket_inodes() -> Result<BTreeSet<u64>, DetectError> {
+    held_socket_inodes_in(Path::new("/proc"))
 }
 
 #[cfg(test)]

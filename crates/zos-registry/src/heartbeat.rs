@@ -11,8 +11,11 @@
 //!
 //! `listening` is the node's own listening sockets (TCP in LISTEN, UDP bound and not
 //! connected) as /proc/net shows them in the node's network namespace: the evidence for
-//! "no login surface". It is expected to be empty.
+//! "no login surface". It is expected to be empty, but for the UDP socket of each
+//! tenant network that spans nodes (WireGuard's, docs/security.md), which the node lists
+//! with `"label":"wireguard"`; any other is an alarm.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +82,50 @@ pub struct Socket {
     pub uid: u32,
     /// The socket's inode number (as in `/proc/<pid>/fd` links `socket:[inode]`).
     pub inode: u64,
+    /// What the node says the socket is, when it is one the node means to have (absent:
+    /// nothing; every such socket is an alarm). Absent in heartbeats of older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<SocketLabel>,
+}
+
+/// What a listening socket the node means to have is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketLabel {
+    /// The UDP socket of a tenant network's WireGuard link (docs/security.md, "The one
+    /// UDP socket"): the kernel's, held by no process; it answers only packets
+    /// authenticated with a peer's key.
+    Wireguard,
+}
+
+impl std::fmt::Display for SocketLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SocketLabel::Wireguard => "wireguard",
+        })
+    }
+}
+
+impl Socket {
+    /// Labelled as a WireGuard link's socket.
+    pub fn is_wireguard(&self) -> bool {
+        self.label == Some(SocketLabel::Wireguard)
+    }
+}
+
+/// Labels the WireGuard sockets among `sockets`: UDP, owned by uid 0, on one of `ports`
+/// (the listen ports of this node's WireGuard links, `zos_network::Network::mesh_ports`)
+/// and held by no process: the kernel's own socket. `held` is every socket inode some
+/// process has open ([`crate::detect::held_socket_inodes`]). A process's socket on such a
+/// port (bound beside the link's, on another address) is not passed off as WireGuard's:
+/// it stays unlabelled, an alarm like any other.
+pub fn label_wireguard(sockets: &mut [Socket], ports: &[u16], held: &BTreeSet<u64>) {
+    for s in sockets {
+        let kernel = s.uid == 0 && !held.contains(&s.inode);
+        if !s.proto.is_tcp() && ports.contains(&s.port) && kernel {
+            s.label = Some(SocketLabel::Wireguard);
+        }
+    }
 }
 
 /// What the node measures in use (whoever uses it).
@@ -128,7 +175,7 @@ pub struct Heartbeat {
     pub workloads: u64,
     /// The node's listening sockets, at most [`MAX_SOCKETS`], sorted.
     pub listening: Vec<Socket>,
-    /// How many there are, listed or not.
+    /// How many there are, listed or not (labelled ones included).
     pub listening_total: u64,
     /// Unix seconds when the heartbeat was taken.
     pub time: u64,
@@ -143,6 +190,13 @@ impl Heartbeat {
         self.listening_total = sockets.len() as u64;
         sockets.truncate(MAX_SOCKETS);
         self.listening = sockets;
+    }
+
+    /// The listening sockets the node does not say it means to have: every one but
+    /// the labelled (those not listed count as unexpected). A node should have none.
+    pub fn unexpected_listening(&self) -> u64 {
+        let labelled = self.listening.iter().filter(|s| s.label.is_some()).count();
+        self.listening_total.saturating_sub(labelled as u64)
     }
 
     fn check(&self, key: &str) -> Result<(), RegistryError> {
@@ -186,6 +240,14 @@ impl Heartbeat {
         }
         for s in &self.listening {
             check_int(key, "listening.inode", s.inode)?;
+            // WireGuard speaks UDP only: a TCP listener called `wireguard` is a lie
+            // that would hide an alarm.
+            if s.is_wireguard() && s.proto.is_tcp() {
+                return Err(invalid(
+                    "listening.label",
+                    format!("{} port {} is TCP, not a WireGuard socket", s.proto, s.port),
+                ));
+            }
         }
         Ok(())
     }
@@ -249,6 +311,7 @@ mod tests {
             port,
             uid: 0,
             inode: port as u64,
+            label: None,
         }
     }
 
@@ -276,6 +339,70 @@ mod tests {
             Heartbeat::from_record(&forged),
             Err(RegistryError::Record(_))
         ));
+    }
+
+    #[test]
+    fn a_wireguard_label_is_listed_and_read_back_and_only_where_it_can_be() {
+        let udp = |port: u16, inode: u64, uid: u32| Socket {
+            proto: Proto::Udp6,
+            address: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            uid,
+            inode,
+            ..socket(port)
+        };
+        // The kernel's socket on a WireGuard port; a process's on another one; the
+        // kernel's on a port that is no link's; a TCP listener on a WireGuard port; a
+        // socket of another uid that no process holds (no kernel socket has one).
+        let mut sockets = vec![
+            udp(51820, 9001, 0),
+            udp(51821, 9002, 0),
+            udp(4789, 9003, 0),
+            socket(51820),
+            udp(51822, 9004, 1000),
+        ];
+        let held = BTreeSet::from([9002]);
+        label_wireguard(&mut sockets, &[51820, 51821, 51822], &held);
+        let labels: Vec<Option<SocketLabel>> = sockets.iter().map(|s| s.label).collect();
+        assert_eq!(
+            labels,
+            [Some(SocketLabel::Wireguard), None, None, None, None]
+        );
+        let mut hb = empty();
+        hb.set_listening(sockets);
+        assert_eq!(hb.unexpected_listening(), 4);
+        let record = hb.sign(&sk(3), 100).unwrap();
+        let listed = record.body["listening"].as_array().unwrap();
+        let labelled: Vec<&serde_json::Value> =
+            listed.iter().filter(|s| s.get("label").is_some()).collect();
+        assert_eq!(labelled.len(), 1, "absent when None: {listed:?}");
+        assert_eq!(labelled[0]["label"], "wireguard");
+        assert_eq!(labelled[0]["port"], 51820);
+        assert_eq!(Heartbeat::from_record(&record).unwrap().1, hb);
+
+        // A node that calls a TCP listener `wireguard` (to hide it) is not believed.
+        let mut body = record.body.clone();
+        let tcp = body["listening"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|s| s["proto"] == "tcp")
+            .unwrap();
+        tcp["label"] = "wireguard".into();
+        let forged =
+            Record::sign_at(&NotaryKey::heartbeat(&sk(3).public()), body, &sk(3), 100).unwrap();
+        assert!(matches!(
+            Heartbeat::from_record(&forged),
+            Err(RegistryError::Invalid {
+                field: "listening.label",
+                ..
+            })
+        ));
+        // An unknown label is junk, not a free pass.
+        let mut body = record.body.clone();
+        body["listening"][0]["label"] = "sshd".into();
+        let junk =
+            Record::sign_at(&NotaryKey::heartbeat(&sk(3).public()), body, &sk(3), 100).unwrap();
+        assert!(Heartbeat::from_record(&junk).is_err());
     }
 
     #[test]

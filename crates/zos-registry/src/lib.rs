@@ -32,7 +32,9 @@ pub mod membership;
 pub mod registration;
 
 pub use farm::Farm;
-pub use heartbeat::{ContractCounts, Heartbeat, Proto, Socket, Usage, MAX_SOCKETS};
+pub use heartbeat::{
+    label_wireguard, ContractCounts, Heartbeat, Proto, Socket, SocketLabel, Usage, MAX_SOCKETS,
+};
 pub use registration::{Dmi, Nic, NodeResources, Registration};
 /// A farm's telemetry destinations are the contract format's.
 pub use zos_contract::deployment::{Telemetry, TelemetryKind};

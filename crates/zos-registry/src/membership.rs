@@ -24,7 +24,10 @@ use zos_contract::{PublicKey, SecretKey};
 use zos_notary::{AnyNotary, KeyError, KeyPrefix, Notary, NotaryError, NotaryKey, Watch};
 
 use crate::detect::{self, DetectError};
-use crate::{ContractCounts, Farm, Heartbeat, NodeResources, Registration, RegistryError, Usage};
+use crate::{
+    label_wireguard, ContractCounts, Farm, Heartbeat, NodeResources, Registration, RegistryError,
+    Socket, Usage,
+};
 
 /// First retry delay while the farm is missing or the notary away.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -44,6 +47,12 @@ pub trait NodeHost: Send + Sync + 'static {
     fn pools(&self) -> Result<PoolBytes, HostError>;
     /// What the node's contracts hold now.
     fn contracts(&self) -> Result<ContractLoad, HostError>;
+    /// The UDP listen ports of the node's WireGuard links (tenant networks across
+    /// nodes): the heartbeat labels the kernel's sockets on them `wireguard`. None by
+    /// default (a node without mesh networks).
+    fn wireguard_ports(&self) -> Result<Vec<u16>, HostError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The pools' size and use, in bytes, by disk kind.
@@ -474,7 +483,7 @@ async fn heartbeat_loop<H: NodeHost>(
                 continue;
             }
         };
-        if hb.listening_total > 0 {
+        if hb.unexpected_listening() > 0 {
             tracing::warn!(sockets = ?hb.listening, "the node has listening sockets");
         }
         let result = match hb.sign(&key, crate::now()) {
@@ -530,13 +539,35 @@ fn heartbeat(
         listening_total: 0,
         time: crate::now(),
     };
-    hb.set_listening(
-        detect::listening_sockets(netns).map_err(|e| JoinError::Host {
-            what: "listening sockets",
-            source: Box::new(e),
-        })?,
-    );
+    let mut sockets = detect::listening_sockets(netns).map_err(|e| JoinError::Host {
+        what: "listening sockets",
+        source: Box::new(e),
+    })?;
+    label_sockets(host, &mut sockets);
+    hb.set_listening(sockets);
     Ok(hb)
+}
+
+/// Labels the WireGuard links' sockets among `sockets`. When the ports or the held
+/// sockets cannot be read, nothing is labelled: the heartbeat then shows them as
+/// alarms, more than the truth, never less.
+fn label_sockets(host: &impl NodeHost, sockets: &mut [Socket]) {
+    let ports = match host.wireguard_ports() {
+        Ok(ports) => ports,
+        Err(e) => {
+            tracing::warn!(error = %chain(&*e), "no WireGuard ports: their sockets are not labelled");
+            return;
+        }
+    };
+    if !sockets.iter().any(|s| ports.contains(&s.port)) {
+        return;
+    }
+    match detect::held_socket_inodes() {
+        Ok(held) => label_wireguard(sockets, &ports, &held),
+        Err(e) => {
+            tracing::warn!(error = %e, "no socket owners: WireGuard's sockets are not labelled")
+        }
+    }
 }
 
 #[cfg(test)]

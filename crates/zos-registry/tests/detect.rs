@@ -25,6 +25,7 @@ fn sock(proto: Proto, address: IpAddr, port: u16, uid: u32, inode: u64) -> Socke
         port,
         uid,
         inode,
+        label: None,
     }
 }
 
