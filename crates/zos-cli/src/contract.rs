@@ -571,17 +571,30 @@ fn placement_status(id: &str, farm: &str, notary: &str, format: &Format) -> anyh
     }
     let p: zos_grid::PlacementRecord = serde_json::from_value(record.body.clone())
         .map_err(|e| anyhow::anyhow!("the placement record of {id}: {e}"))?;
+    // Each placed replica's mesh section, from its node's own signed status record.
+    let meshes: Vec<Option<serde_json::Value>> = p
+        .replicas
+        .iter()
+        .map(|r| r.node.and_then(|n| replica_mesh(&client, id, &n)))
+        .collect();
     if format.json {
         let mut body = record.body.clone();
         body["signed_at"] = record.signed_at.into();
         body["orchestrator"] = serde_json::json!(orchestrator);
+        if let Some(replicas) = body["replicas"].as_array_mut() {
+            for (r, mesh) in replicas.iter_mut().zip(&meshes) {
+                if let (Some(r), Some(mesh)) = (r.as_object_mut(), mesh) {
+                    r.insert("mesh".into(), mesh.clone());
+                }
+            }
+        }
         return crate::output::json(&body);
     }
     outln!(
         "{id} version {} in farm {farm}, placed by {orchestrator}",
         p.version
     )?;
-    for r in &p.replicas {
+    for (i, r) in p.replicas.iter().enumerate() {
         let node = r.node.map_or("-".to_string(), |n| n.to_string());
         let state = serde_json::to_value(r.state).unwrap_or_default();
         outln!(
@@ -601,6 +614,11 @@ fn placement_status(id: &str, farm: &str, notary: &str, format: &Format) -> anyh
         if let Some(h) = r.handover_text() {
             outln!("    {h}")?;
         }
+        if let Some(Some(mesh)) = meshes.get(i) {
+            for line in mesh_lines(&serde_json::json!({ "mesh": mesh }), "    ") {
+                outln!("{line}")?;
+            }
+        }
     }
     if !p.moves.is_empty() {
         outln!("  moves (oldest first):")?;
@@ -617,6 +635,28 @@ fn placement_status(id: &str, farm: &str, notary: &str, format: &Format) -> anyh
         }
     }
     Ok(())
+}
+
+/// The `mesh` section of the status record `node` signed for contract `id`: `None` when
+/// it has none (or no record yet). A record not signed by that node is not believed.
+fn replica_mesh(
+    client: &crate::notary::Client,
+    id: &str,
+    node: &PublicKey,
+) -> Option<serde_json::Value> {
+    let key = zos_notary::NotaryKey::status(node, id).ok()?;
+    match client.get(&key) {
+        Ok(Some(record)) if record.author == *node => record.body.get("mesh").cloned(),
+        Ok(Some(_)) => {
+            note!("warning: the status record of {id} on {node} is not signed by that node");
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            note!("warning: no status of {id} from node {node}: {e:#}");
+            None
+        }
+    }
 }
 
 /// `zos contract logs`: the log tails in the node's signed status record, and the
@@ -913,5 +953,23 @@ fn print_status(body: &serde_json::Value, signed_at: u64) -> anyhow::Result<()> 
             outln!("  | {}", text(line))?;
         }
     }
+    for line in mesh_lines(body, "") {
+        outln!("{line}")?;
+    }
     Ok(())
+}
+
+/// The status record's mesh section for a person (none when the contract has no network
+/// across nodes), each line after `indent`.
+fn mesh_lines(body: &serde_json::Value, indent: &str) -> Vec<String> {
+    let Some(mesh) = body.get("mesh") else {
+        return Vec::new();
+    };
+    match serde_json::from_value::<Vec<zos_status::mesh::MeshReport>>(mesh.clone()) {
+        Ok(mesh) => zos_status::mesh::lines(&mesh, now())
+            .into_iter()
+            .map(|l| format!("{indent}{l}"))
+            .collect(),
+        Err(e) => vec![format!("{indent}mesh      (unreadable: {e})")],
+    }
 }

@@ -474,11 +474,17 @@ use zos_status::render::bytes as human_bytes;
 fn heartbeat_text(row: &NodeRow) -> String {
     match (&row.heartbeat, row.heartbeat_age_secs) {
         (Some(hb), Some(age)) => {
+            let wireguard = hb.listening.iter().filter(|s| s.is_wireguard()).count();
             let mut text = format!(
-                "heartbeat {age}s ago, up {}s, {} contract(s) running, {} listening socket(s), zosd RSS {}",
+                "heartbeat {age}s ago, up {}s, {} contract(s) running, {} listening socket(s){}, zosd RSS {}",
                 hb.uptime_secs,
                 hb.contracts.running,
                 hb.listening_total,
+                if wireguard > 0 {
+                    format!(" ({wireguard} wireguard)")
+                } else {
+                    String::new()
+                },
                 human_bytes(hb.used.agent_rss_bytes)
             );
             if hb.used.init_rss_bytes > 0 {
@@ -531,22 +537,52 @@ fn print_nodes(rows: &[NodeRow]) -> anyhow::Result<()> {
         outln!("  status    {}", heartbeat_text(row))?;
         if let Some(hb) = &row.heartbeat {
             for s in &hb.listening {
-                outln!(
-                    "  LISTENING {} {}:{} uid {}",
-                    s.proto,
-                    s.address,
-                    s.port,
-                    s.uid
-                )?;
+                outln!("  {}", socket_line(s))?;
             }
         }
     }
     Ok(())
 }
 
+/// A listed socket for `node list`: a WireGuard link's as what it is (the one UDP
+/// socket a node with mesh networks has, docs/security.md), any other as the alarm it is.
+fn socket_line(s: &zos_registry::Socket) -> String {
+    if s.is_wireguard() {
+        let address = std::net::SocketAddr::new(s.address, s.port);
+        format!(
+            "wireguard {} {address} (a tenant network's link: answers only its peers)",
+            s.proto
+        )
+    } else {
+        format!(
+            "LISTENING {} {}:{} uid {}",
+            s.proto, s.address, s.port, s.uid
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::{human_bytes, socket_line};
+    use zos_registry::{Proto, Socket, SocketLabel};
+
+    #[test]
+    fn a_wireguard_socket_is_named_and_any_other_is_an_alarm() {
+        let mut s = Socket {
+            proto: Proto::Udp6,
+            address: "::".parse().unwrap(),
+            port: 51820,
+            uid: 0,
+            inode: 77,
+            label: None,
+        };
+        assert_eq!(socket_line(&s), "LISTENING udp6 :::51820 uid 0");
+        s.label = Some(SocketLabel::Wireguard);
+        assert_eq!(
+            socket_line(&s),
+            "wireguard udp6 [::]:51820 (a tenant network's link: answers only its peers)"
+        );
+    }
 
     #[test]
     fn bytes_for_people() {

@@ -273,6 +273,59 @@ fn a_placement_contract_is_made_signed_verified_and_printed() {
         !again.contains("assigned"),
         "a second round assigns nothing:\n{again}"
     );
+    // Each replica's node reports its side of the contract's network across nodes (the
+    // status record's mesh section): --farm shows it under the replica, from that node's
+    // own signed record, and --json puts it in the replica's entry.
+    for a in assigned {
+        let hex = a["node"].as_str().unwrap();
+        let n = farm_nodes
+            .iter()
+            .find(|n| n.public().to_hex() == hex)
+            .unwrap();
+        let replica = a["replica"].as_u64().unwrap();
+        let body = serde_json::json!({"contract": "crm-grid", "version": 2, "state": "ok",
+            "message": "running", "replica": replica, "epoch": 1,
+            "mesh": [{"network": "net", "range": "10.30.0.0/16", "slot": replica,
+                "subnet": format!("10.30.{replica}.0/24"), "listen_port": 51820 + replica,
+                "peers": [{"slot": 1 - replica, "subnet": format!("10.30.{}.0/24", 1 - replica),
+                    "state": "peer", "rx_bytes": 2048, "tx_bytes": 0}]}]});
+        let key = zos_notary::NotaryKey::status(&n.public(), "crm-grid").unwrap();
+        let record = zos_notary::Record::sign(&key, body, n).unwrap();
+        rt.block_on(zos_notary::Notary::put(&client, &record))
+            .unwrap();
+    }
+    let shown = ok(
+        dir,
+        &[
+            "contract", "status", "crm-grid", "--farm", "7", "--notary", &url,
+        ],
+    );
+    for replica in 0..2u64 {
+        let block = [
+            "    mesh      net  range 10.30.0.0/16".to_string(),
+            format!(
+                "      this node  slot {replica}  10.30.{replica}.0/24  port {}",
+                51820 + replica
+            ),
+            format!(
+                "      slot {0}  10.30.{0}.0/24  node -  peer  endpoint -  handshake never  rx 2.0 KiB  tx 0 B",
+                1 - replica
+            ),
+        ]
+        .join("\n");
+        assert!(shown.contains(&block), "{block:?} in:\n{shown}");
+    }
+    let with_mesh: Value = serde_json::from_str(&ok(
+        dir,
+        &[
+            "contract", "status", "crm-grid", "--farm", "7", "--notary", &url, "--json",
+        ],
+    ))
+    .unwrap();
+    for r in with_mesh["replicas"].as_array().unwrap() {
+        assert_eq!(r["mesh"][0]["slot"], r["replica"], "{with_mesh}");
+        assert_eq!(r["mesh"][0]["peers"][0]["rx_bytes"], 2048, "{with_mesh}");
+    }
     // A placement record written by anyone else (the notary lets anyone write at the
     // key) is refused, not shown as the placement.
     let stranger = zos_contract::SecretKey::load(&dir.join("stranger.key")).unwrap();

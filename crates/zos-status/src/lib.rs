@@ -8,6 +8,8 @@
 //!   peer-to-peer on a root-only unix socket, no bus daemon. It has properties only,
 //!   all read-only: nothing on it changes the node.
 //! - [`client`]: what `zos status` uses to read it.
+//! - [`mesh`]: a contract's tenant networks across nodes as one node sees them (the
+//!   status record's `mesh` section), for `zos contract status`.
 //! - [`live`]: the status while the agent runs: served, painted, and kept current from
 //!   the machine and the engine's summaries.
 //!
@@ -19,6 +21,7 @@ pub mod client;
 pub mod console;
 mod error;
 pub mod live;
+pub mod mesh;
 pub mod model;
 pub mod render;
 pub mod server;

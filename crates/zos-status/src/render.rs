@@ -115,7 +115,7 @@ fn resources(name: &str, r: &Resources) -> String {
 }
 
 /// Control characters (ESC above all) become `?`.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()

@@ -401,11 +401,14 @@ fn node_screen(frame: &mut Frame, area: Rect, n: &NodeView, now: u64) {
                     hb.workloads
                 )),
                 Line::raw(format!(
-                    "  listening sockets {} (a node should have none){}",
+                    "  listening sockets {} (a node should have none but WireGuard's){}",
                     hb.listening_total,
                     hb.listening
                         .iter()
-                        .map(|s| format!(" {} {}:{}", s.proto, s.address, s.port))
+                        .map(|s| {
+                            let label = s.label.map(|l| format!(" {l}")).unwrap_or_default();
+                            format!(" {} {}:{}{label}", s.proto, s.address, s.port)
+                        })
                         .collect::<String>()
                 )),
             ]);
