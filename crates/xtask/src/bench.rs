@@ -22,6 +22,9 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
     ("network", &[("zos-network", "network")]),
     ("container", &[("zos-container", "container")]),
     ("vm", &[("zosd", "vm")]),
+    // Booted nodes on one LAN (crates/xtask/src/mesh.rs): a tenant network across two
+    // nodes against their plain LAN path, and publish to the first packet across.
+    ("mesh", &[]),
 ];
 
 /// `cargo xtask bench [NAME]`: runs the benchmarks named `NAME` (all without one).
@@ -47,7 +50,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             &crate::target_dir().join("debug/zos"),
         )?;
     }
-    for (_, targets) in selected {
+    for (name, targets) in selected {
+        if *name == "mesh" {
+            let figures = crate::mesh::run(true, true)?;
+            crate::mesh::print(&figures);
+        }
         for (package, bench) in *targets {
             cargo(&["bench", "-p", package, "--bench", bench])?;
         }

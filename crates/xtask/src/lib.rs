@@ -3,6 +3,7 @@
 //! with [`etcd`] and build the sample flists with [`flists`], the same code the tasks run.
 
 pub mod bench;
+pub mod capture;
 pub mod cpio;
 pub mod demo;
 pub mod etcd;
@@ -12,11 +13,14 @@ pub mod fuzz;
 pub mod image;
 pub mod initramfs;
 pub mod kernel;
+pub mod lan;
+pub mod mesh;
 pub mod node;
 pub mod packages;
 pub mod secureboot;
 pub mod status;
 pub mod test;
+pub mod udpscan;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -67,6 +67,12 @@ tasks:
                 private etcd, `zos bot run` on the host places a contract's 2 replicas,
                 one node's QEMU is killed (a power cut), and the replica runs on another
                 node at a higher epoch; prints the times, then stops everything
+  farm 3 --mesh [--no-build]
+                a tenant network across booted nodes (docs/network.md, Mesh): 3
+                nodes on one LAN (a bridge in a zt- namespace, dnsmasq, etcd), two
+                tenants' copies talk over WireGuard and never to each other, a capture
+                on the bridge finds no clear tenant traffic, a UDP scan no answer, and
+                after a power cut the moved replica is reached again; prints the times
   release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
                 the node's agent (the image's static zosd) packed as a flist signed
                 by the publisher key (default: KEY) and a release record signed by the

@@ -832,26 +832,36 @@ pub fn run_node(args: &[String]) -> anyhow::Result<()> {
 /// `cargo xtask farm N [options]`, or `cargo xtask farm N --failover`.
 pub fn run_farm(args: &[String]) -> anyhow::Result<()> {
     let (o, mut rest) = parse(args)?;
-    let failover = match rest.iter().position(|a| a == "--failover") {
+    let mut flag = |name: &str| match rest.iter().position(|a| a == name) {
         Some(at) => {
             rest.remove(at);
             true
         }
         None => false,
     };
+    let failover = flag("--failover");
+    let mesh = flag("--mesh");
     let n: usize = match rest.as_slice() {
         [n] => n.parse().context("cargo xtask farm N: N is a number")?,
         _ => bail!(
-            "usage: cargo xtask farm N [--failover] [--notary URL] [--farm ID] [--disks N] ..."
+            "usage: cargo xtask farm N [--failover | --mesh] [--notary URL] [--farm ID] [--disks N] ..."
         ),
     };
     if n == 0 || n > 32 {
         bail!("cargo xtask farm N: 1 to 32 nodes");
     }
-    if failover {
-        if o.notary.is_some() {
-            bail!("--failover runs its own etcd: no --notary");
+    if (failover || mesh) && o.notary.is_some() {
+        bail!("--failover and --mesh run their own etcd: no --notary");
+    }
+    if mesh {
+        if n != 3 {
+            bail!("--mesh is a scenario of 3 nodes (cargo xtask farm 3 --mesh)");
         }
+        let figures = crate::mesh::run(o.rebuild, false)?;
+        crate::mesh::print(&figures);
+        return Ok(());
+    }
+    if failover {
         let figures = crate::failover::run(n, o.rebuild)?;
         crate::failover::print(&figures);
         return Ok(());

@@ -34,6 +34,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "xz-utils",           // the kernel's xz payload, extracted as a PVH vmlinux
     "cpio",               // reads back the initrds xtask writes (a unit test)
     "dnsmasq-base",       // a real DHCP and DNS server for zos-uplink's client tests
+    "tcpdump",            // the mesh test's capture on the booted nodes' LAN
     "chrony",             // a real NTP server (chronyd) for zos-uplink's SNTP test
     "rsyslog",            // a real syslog receiver for zos-logship's delivery tests
     "rsyslog-openssl",    // its TLS listener (the pinned-CA tests)
