@@ -699,6 +699,10 @@ mod tests {
     #[derive(Default)]
     struct FakeHost {
         pinned: std::sync::Mutex<Option<Vec<u8>>>,
+        /// What `wireguard_ports` says.
+        wireguard: Vec<u16>,
+        /// `wireguard_ports` fails.
+        wireguard_unreadable: bool,
     }
 
     impl NodeHost for FakeHost {
@@ -733,6 +737,83 @@ mod tests {
                 workloads: 2,
             })
         }
+        fn wireguard_ports(&self) -> Result<Vec<u16>, HostError> {
+            if self.wireguard_unreadable {
+                return Err("no WireGuard links to read".into());
+            }
+            Ok(self.wireguard.clone())
+        }
+    }
+
+    /// As root, in a `zt-` namespace: a VXLAN device's UDP socket (a kernel socket, made
+    /// as a WireGuard link's is; this host has no WireGuard) on a port the host names as
+    /// a WireGuard port is listed `wireguard` in the heartbeat; when the host cannot
+    /// say its ports, the heartbeat still goes out, the socket unlabelled (an alarm).
+    #[test]
+    fn the_heartbeat_labels_the_kernels_socket_on_a_wireguard_port() {
+        let test = "the_heartbeat_labels_the_kernels_socket_on_a_wireguard_port";
+        if !zos_testkit::Needs::root().bin("ip").check(test) {
+            return;
+        }
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        struct Ns(String);
+        impl Drop for Ns {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &self.0])
+                    .output();
+            }
+        }
+        let ns = Ns(format!("zt-hbm-{}", std::process::id()));
+        ip(&["netns", "add", &ns.0]).unwrap();
+        if let Err(e) = ip(&[
+            "-n",
+            &ns.0,
+            "link",
+            "add",
+            "zt-vx",
+            "type",
+            "vxlan",
+            "id",
+            "7",
+            "dstport",
+            "51830",
+            "local",
+            "127.0.0.1",
+        ])
+        .and_then(|()| ip(&["-n", &ns.0, "link", "set", "zt-vx", "up"]))
+        {
+            zos_testkit::skip_or_fail(test, &format!("needs a kernel with VXLAN ({e})"));
+            return;
+        }
+        let path = std::path::Path::new("/run/netns").join(&ns.0);
+        let host = FakeHost {
+            wireguard: vec![51830],
+            ..FakeHost::default()
+        };
+        let hb = heartbeat(&host, Some(&path)).unwrap();
+        let wg: Vec<&Socket> = hb.listening.iter().filter(|s| s.port == 51830).collect();
+        assert_eq!(wg.len(), 1, "{:?}", hb.listening);
+        assert!(wg[0].is_wireguard(), "{:?}", wg[0]);
+        assert_eq!(hb.unexpected_listening(), 0, "{:?}", hb.listening);
+
+        let unreadable = FakeHost {
+            wireguard: vec![51830],
+            wireguard_unreadable: true,
+            ..FakeHost::default()
+        };
+        let hb = heartbeat(&unreadable, Some(&path)).unwrap();
+        assert_eq!(hb.listening_total, 1);
+        assert_eq!(hb.unexpected_listening(), 1, "{:?}", hb.listening);
     }
 
     fn member_config(farm: Option<&str>) -> MemberConfig {
