@@ -159,6 +159,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// This node's kernel has no WireGuard: the generic netlink family "wireguard" does
+    /// not resolve, or the link kind "wireguard" is unknown. Permanent for this boot: a
+    /// provisioner refuses a mesh contract with code `wireguard_missing`.
+    #[error(
+        "this node's kernel has no WireGuard (the generic netlink family \"wireguard\" is not registered: the module is neither built in nor loaded)"
+    )]
+    WireguardMissing,
+
+    /// A request to WireGuard's generic netlink family failed.
+    #[error("wireguard {op}: {source}")]
+    Wireguard {
+        /// What we asked for (`set device 7`, ...).
+        op: String,
+        /// The errno of the NACK, or the socket error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Any other system call or file operation failed.
     #[error("{op}: {source}")]
     Io {

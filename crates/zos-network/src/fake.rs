@@ -16,6 +16,8 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::kernel::{label_of, Kernel, Link, Ns, Session};
+use crate::mesh::{MeshPeer, WgDevice, WgPeer};
+use crate::subnet::Ipv4Subnet;
 
 /// The label of the calling thread's namespace (`open_ns(None)`).
 pub const CURRENT: &str = "current";
@@ -35,6 +37,12 @@ struct FakeNs {
     sysctls: BTreeMap<String, String>,
     /// `(family, name)` -> the table's body as applied.
     tables: BTreeMap<(String, String), String>,
+    /// `(family, table, set)` -> its port elements, sorted.
+    sets: BTreeMap<(String, String, String), Vec<u16>>,
+    /// WireGuard devices by link index.
+    wg: BTreeMap<u32, WgDevice>,
+    /// `(destination, link index)` of the routes other than the default one.
+    routes: Vec<(Ipv4Subnet, u32)>,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +55,10 @@ struct State {
     owners: BTreeMap<String, PathBuf>,
     next_index: u32,
     calls: Vec<String>,
+    /// Whether the "kernel" has WireGuard.
+    wireguard: bool,
+    /// The next listen port a WireGuard link gets when it first goes up.
+    next_port: u16,
 }
 
 impl State {
@@ -113,6 +125,8 @@ impl State {
         };
         let gone = n.links.remove(pos);
         n.addrs.retain(|(i, _, _)| *i != gone.link.index);
+        n.wg.remove(&gone.link.index);
+        n.routes.retain(|(_, i)| *i != gone.link.index);
         if n.default_route.is_some_and(|(_, i)| i == gone.link.index) {
             n.default_route = None;
         }
@@ -140,6 +154,76 @@ impl FakeKernel {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Set-up, not recorded: whether this kernel has WireGuard (not by default, as
+    /// on the host that runs the tests).
+    pub fn set_wireguard(&self, available: bool) {
+        let mut s = self.lock();
+        s.wireguard = available;
+        if s.next_port == 0 {
+            s.next_port = 51820;
+        }
+    }
+
+    /// The fake's public key of a private key (not X25519: every byte inverted).
+    pub fn public_key(private_key: &[u8; 32]) -> [u8; 32] {
+        private_key.map(|b| !b)
+    }
+
+    /// The WireGuard device of link `name` in namespace `ns`.
+    pub fn wg_device(&self, ns: &str, name: &str) -> Option<WgDevice> {
+        let s = self.lock();
+        let n = s.namespaces.get(ns)?;
+        let l = n.links.iter().find(|l| l.link.name == name)?;
+        n.wg.get(&l.link.index).cloned()
+    }
+
+    /// Test action, not recorded: traffic with peer `public_key` of link `name` in
+    /// `ns` (a handshake now, bytes both ways), as the kernel would count it.
+    pub fn wg_traffic(&self, ns: &str, name: &str, public_key: &[u8; 32], rx: u64, tx: u64) {
+        let mut s = self.lock();
+        let Some(n) = s.namespaces.get_mut(ns) else {
+            return;
+        };
+        let Some(index) = n
+            .links
+            .iter()
+            .find(|l| l.link.name == name)
+            .map(|l| l.link.index)
+        else {
+            return;
+        };
+        if let Some(p) =
+            n.wg.get_mut(&index)
+                .and_then(|d| d.peers.iter_mut().find(|p| p.public_key == *public_key))
+        {
+            p.last_handshake = Some(std::time::SystemTime::now());
+            p.rx_bytes += rx;
+            p.tx_bytes += tx;
+        }
+    }
+
+    /// `(destination, link name)` of the non-default routes of namespace `ns`.
+    pub fn routes(&self, ns: &str) -> Vec<(String, String)> {
+        let s = self.lock();
+        let Some(n) = s.namespaces.get(ns) else {
+            return Vec::new();
+        };
+        n.routes
+            .iter()
+            .map(|(d, i)| (d.to_string(), s.name_of(ns, *i)))
+            .collect()
+    }
+
+    /// The elements of set `family table set` in namespace `ns`, if it exists.
+    pub fn set(&self, ns: &str, family: &str, table: &str, set: &str) -> Option<Vec<u16>> {
+        self.lock()
+            .namespaces
+            .get(ns)?
+            .sets
+            .get(&(family.into(), table.into(), set.into()))
+            .cloned()
     }
 
     /// Set-up, not recorded: a namespace file at `path` (e.g. the node's).
@@ -292,6 +376,11 @@ impl Kernel for FakeKernel {
     }
 }
 
+/// The first two bytes of a key in hex (how recorded calls name keys).
+fn hex4(k: &[u8; 32]) -> String {
+    format!("{:02x}{:02x}", k[0], k[1])
+}
+
 struct FakeSession<'a> {
     kernel: &'a FakeKernel,
     ns: String,
@@ -350,6 +439,14 @@ impl Session for FakeSession<'_> {
         let l = s.link_mut(&self.ns, index)?;
         l.link.up = true;
         let name = l.link.name.clone();
+        // A WireGuard link binds its port when it first goes up.
+        let port = s.next_port;
+        if let Some(d) = s.ns(&self.ns)?.wg.get_mut(&index) {
+            if d.listen_port == 0 {
+                d.listen_port = port;
+                s.next_port += 1;
+            }
+        }
         self.record(&mut s, format!("link set {name} up"));
         Ok(())
     }
@@ -433,6 +530,34 @@ impl Session for FakeSession<'_> {
             match words.as_slice() {
                 ["delete", "table", f, t] => {
                     n.tables.remove(&(f.to_string(), t.to_string()));
+                    n.sets
+                        .retain(|(sf, st, _), _| (sf.as_str(), st.as_str()) != (*f, *t));
+                }
+                ["flush", "set", f, t, set] => {
+                    let key = (f.to_string(), t.to_string(), set.to_string());
+                    match n.sets.get_mut(&key) {
+                        Some(v) => v.clear(),
+                        None => {
+                            return Err(Error::Nft {
+                                op: op.into(),
+                                detail: format!("fake: no set {f} {t} {set}"),
+                            })
+                        }
+                    }
+                }
+                ["add", "element", f, t, set, rest @ ..] => {
+                    let key = (f.to_string(), t.to_string(), set.to_string());
+                    let ports: Vec<u16> = rest
+                        .iter()
+                        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+                        .collect();
+                    let v = n.sets.get_mut(&key).ok_or_else(|| Error::Nft {
+                        op: op.into(),
+                        detail: format!("fake: no set {f} {t} {set}"),
+                    })?;
+                    v.extend(ports);
+                    v.sort_unstable();
+                    v.dedup();
                 }
                 ["table", f, t, "{"] if body.is_none() => {
                     body = Some(((f.to_string(), t.to_string()), String::new()));
@@ -445,6 +570,13 @@ impl Session for FakeSession<'_> {
             }
         }
         if let Some((key, b)) = body {
+            // Its `set NAME {` blocks: new, empty sets.
+            for line in b.lines() {
+                if let ["set", set, "{"] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                    n.sets
+                        .insert((key.0.clone(), key.1.clone(), set.to_string()), Vec::new());
+                }
+            }
             n.tables.insert(key, b);
         }
         self.record(&mut s, format!("nft {op}"));
@@ -454,6 +586,128 @@ impl Session for FakeSession<'_> {
     fn nft_tables(&self) -> Result<Vec<(String, String)>> {
         let mut s = self.kernel.lock();
         Ok(s.ns(&self.ns)?.tables.keys().cloned().collect())
+    }
+
+    fn nft_set_ports(&self, family: &str, table: &str, set: &str) -> Result<Option<Vec<u16>>> {
+        let mut s = self.kernel.lock();
+        Ok(s.ns(&self.ns)?
+            .sets
+            .get(&(family.into(), table.into(), set.into()))
+            .cloned())
+    }
+
+    fn wireguard_family(&self) -> Result<bool> {
+        Ok(self.kernel.lock().wireguard)
+    }
+
+    fn add_wireguard_into(&self, name: &str, ns: &Ns) -> Result<()> {
+        let mut s = self.kernel.lock();
+        if !s.wireguard {
+            return Err(Error::WireguardMissing);
+        }
+        let index = s.add_link(ns.label(), name, Some("wireguard"))?;
+        s.ns(ns.label())?.wg.insert(index, WgDevice::default());
+        self.record(
+            &mut s,
+            format!("link add {name} type wireguard netns {}", ns.label()),
+        );
+        Ok(())
+    }
+
+    fn wg_get(&self, index: u32) -> Result<WgDevice> {
+        let mut s = self.kernel.lock();
+        if !s.wireguard {
+            return Err(Error::WireguardMissing);
+        }
+        let ns = self.ns.clone();
+        s.ns(&ns)?
+            .wg
+            .get(&index)
+            .cloned()
+            .ok_or_else(|| Error::Wireguard {
+                op: format!("get device {index}"),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            })
+    }
+
+    /// Removes the `remove` peers, adds or updates `peers` (allowed IPs replaced); a
+    /// peer updated keeps its counters and handshake, as in the kernel.
+    fn wg_set(
+        &self,
+        index: u32,
+        private_key: &[u8; 32],
+        peers: &[MeshPeer],
+        remove: &[[u8; 32]],
+    ) -> Result<()> {
+        let mut s = self.kernel.lock();
+        if !s.wireguard {
+            return Err(Error::WireguardMissing);
+        }
+        let name = s.name_of(&self.ns, index);
+        let ns = self.ns.clone();
+        let d = s
+            .ns(&ns)?
+            .wg
+            .get_mut(&index)
+            .ok_or_else(|| Error::Wireguard {
+                op: format!("set device {index}"),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            })?;
+        d.private_key = Some(*private_key);
+        d.public_key = Some(FakeKernel::public_key(private_key));
+        d.peers.retain(|p| !remove.contains(&p.public_key));
+        for p in peers {
+            let pos = match d.peers.iter().position(|o| o.public_key == p.public_key) {
+                Some(i) => i,
+                None => {
+                    d.peers.push(WgPeer {
+                        public_key: p.public_key,
+                        ..WgPeer::default()
+                    });
+                    d.peers.len() - 1
+                }
+            };
+            let have = &mut d.peers[pos];
+            if p.endpoint.is_some() {
+                have.endpoint = p.endpoint;
+            }
+            have.allowed = vec![p.allowed];
+            have.keepalive_s = p.keepalive_s.unwrap_or(0);
+        }
+        self.record(
+            &mut s,
+            format!(
+                "wg set {name} key {} peers {} remove {}",
+                hex4(&FakeKernel::public_key(private_key)),
+                peers
+                    .iter()
+                    .map(|p| hex4(&p.public_key))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                remove.iter().map(hex4).collect::<Vec<_>>().join(",")
+            ),
+        );
+        Ok(())
+    }
+
+    fn routes(&self, index: u32) -> Result<Vec<Ipv4Subnet>> {
+        let mut s = self.kernel.lock();
+        Ok(s.ns(&self.ns)?
+            .routes
+            .iter()
+            .filter(|(_, i)| *i == index)
+            .map(|(d, _)| *d)
+            .collect())
+    }
+
+    fn route_replace(&self, dst: Ipv4Subnet, index: u32) -> Result<()> {
+        let mut s = self.kernel.lock();
+        let name = s.name_of(&self.ns, index);
+        let n = s.ns(&self.ns)?;
+        n.routes.retain(|(d, _)| *d != dst);
+        n.routes.push((dst, index));
+        self.record(&mut s, format!("route replace {dst} dev {name}"));
+        Ok(())
     }
 
     /// `<proto> dport <port> dnat` in the `ip` tables' bodies.

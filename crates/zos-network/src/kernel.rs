@@ -11,10 +11,13 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::mesh::{MeshPeer, WgDevice};
 use crate::netns;
 use crate::nft;
 use crate::nl::Nl;
+use crate::subnet::Ipv4Subnet;
 use crate::tap;
+use crate::wg::{self, Genl};
 
 pub use crate::nl::Link;
 
@@ -109,6 +112,31 @@ pub trait Session {
     fn nft_tables(&self) -> Result<Vec<(String, String)>>;
     /// `(table, proto, public port)` of every DNAT rule of the `ip` tables.
     fn nft_forwarded_ports(&self) -> Result<Vec<(String, String, u16)>>;
+    /// The ports in set `set` of table `family table`, sorted; `None` if the table or
+    /// the set does not exist.
+    fn nft_set_ports(&self, family: &str, table: &str, set: &str) -> Result<Option<Vec<u16>>>;
+    /// Whether the generic netlink family "wireguard" resolves in this namespace.
+    fn wireguard_family(&self) -> Result<bool>;
+    /// A WireGuard link `name`, requested from this namespace (which keeps its UDP
+    /// socket) and born inside `ns`. [`Error::WireguardMissing`] if the kernel does
+    /// not know the link kind.
+    fn add_wireguard_into(&self, name: &str, ns: &Ns) -> Result<()>;
+    /// `WG_CMD_GET_DEVICE` on WireGuard link `index`.
+    fn wg_get(&self, index: u32) -> Result<WgDevice>;
+    /// `WG_CMD_SET_DEVICE` on WireGuard link `index`, one request: this private key,
+    /// the peers `remove` removed, `peers` added or updated (each with exactly its
+    /// allowed IPs, endpoint and keepalive). Peers in neither keep their sessions.
+    fn wg_set(
+        &self,
+        index: u32,
+        private_key: &[u8; 32],
+        peers: &[MeshPeer],
+        remove: &[[u8; 32]],
+    ) -> Result<()>;
+    /// Destinations of the main table's IPv4 routes out of link `index`.
+    fn routes(&self, index: u32) -> Result<Vec<Ipv4Subnet>>;
+    /// `ip route replace dst dev index`.
+    fn route_replace(&self, dst: Ipv4Subnet, index: u32) -> Result<()>;
 }
 
 /// Run `f` with a session inside `ns` and return what it returns.
@@ -234,6 +262,33 @@ impl Session for RealSession {
     }
     fn nft_forwarded_ports(&self) -> Result<Vec<(String, String, u16)>> {
         nft::forwarded_ports()
+    }
+    fn nft_set_ports(&self, family: &str, table: &str, set: &str) -> Result<Option<Vec<u16>>> {
+        nft::set_ports(family, table, set)
+    }
+    fn wireguard_family(&self) -> Result<bool> {
+        Ok(Genl::new()?.family_id(wg::FAMILY)?.is_some())
+    }
+    fn add_wireguard_into(&self, name: &str, ns: &Ns) -> Result<()> {
+        self.nl.add_wireguard_into(name, ns.file()?.as_fd())
+    }
+    fn wg_get(&self, index: u32) -> Result<WgDevice> {
+        Genl::new()?.get_device(index)
+    }
+    fn wg_set(
+        &self,
+        index: u32,
+        private_key: &[u8; 32],
+        peers: &[MeshPeer],
+        remove: &[[u8; 32]],
+    ) -> Result<()> {
+        Genl::new()?.set_device(index, private_key, peers, remove)
+    }
+    fn routes(&self, index: u32) -> Result<Vec<Ipv4Subnet>> {
+        self.nl.routes(index)
+    }
+    fn route_replace(&self, dst: Ipv4Subnet, index: u32) -> Result<()> {
+        self.nl.route_replace(dst, index)
     }
 }
 

@@ -15,6 +15,7 @@
 mod error;
 pub mod fake;
 pub mod kernel;
+mod mesh;
 mod model;
 mod names;
 pub mod netns;
@@ -23,8 +24,10 @@ pub mod nft;
 mod nl;
 mod subnet;
 mod tap;
+mod wg;
 
 pub use error::{Error, Result};
+pub use mesh::{MeshConfig, MeshPeer, MeshPeerState, MeshState, WgDevice, WgPeer};
 pub use model::{
     EgressPolicy, NetworkConfig, PortForward, Proto, TenantNetwork, TenantPort, WorkloadAttachment,
 };

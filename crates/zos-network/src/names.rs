@@ -10,6 +10,8 @@ pub const IFNAME_MAX: usize = 15;
 /// Inside a tenant namespace: the bridge and the tenant end of the transit veth.
 pub const BRIDGE: &str = "br0";
 pub const TRANSIT: &str = "pub0";
+/// The tenant network's WireGuard link (issue #16), inside the tenant namespace.
+pub const WG_IF: &str = "wg0";
 /// The workload's interface inside its own namespace.
 pub const WORKLOAD_IF: &str = "eth0";
 /// nft table inside a tenant namespace.
@@ -73,10 +75,10 @@ pub fn port(wl: &str) -> String {
 /// Names a tap may not take in the tenant namespace.
 pub fn check_tap(name: &str) -> Result<()> {
     ifname(name)?;
-    if [BRIDGE, TRANSIT, "lo"].contains(&name) || name.starts_with("w-") {
+    if [BRIDGE, TRANSIT, WG_IF, "lo"].contains(&name) || name.starts_with("w-") {
         return Err(Error::InvalidName {
             name: name.into(),
-            reason: "reserved in the tenant namespace (br0, pub0, lo, w-*)",
+            reason: "reserved in the tenant namespace (br0, pub0, wg0, lo, w-*)",
         });
     }
     Ok(())
@@ -129,6 +131,7 @@ mod tests {
         check_workload_id("abcdefghijklm").unwrap();
         assert!(matches!(check_tap("br0"), Err(Error::InvalidName { .. })));
         assert!(matches!(check_tap("w-x"), Err(Error::InvalidName { .. })));
+        assert!(matches!(check_tap("wg0"), Err(Error::InvalidName { .. })));
         check_tap("tap-vm1").unwrap();
         assert!(matches!(
             check_workload_netns("n-", "other-a"),

@@ -60,9 +60,9 @@ impl NetworkInventory {
 /// the kernel, idempotently (the kernel is the state: each step looks at what exists
 /// first). Shared between threads; changes are serialised.
 pub struct Network {
-    cfg: NetworkConfig,
+    pub(crate) cfg: NetworkConfig,
     /// Every namespace, netlink and nft call goes through it (the seam).
-    kernel: Arc<dyn Kernel>,
+    pub(crate) kernel: Arc<dyn Kernel>,
     /// Serialises changes: the transit slot allocation reads then writes the kernel.
     lock: Mutex<()>,
 }
@@ -133,7 +133,7 @@ impl Network {
         format!("{}{id}", self.cfg.prefix)
     }
 
-    fn host_table(&self) -> String {
+    pub(crate) fn host_table(&self) -> String {
         names::nft_table(&self.cfg.prefix, "host")
     }
 
@@ -141,12 +141,12 @@ impl Network {
         names::nft_table(&self.cfg.prefix, id)
     }
 
-    fn node_ns(&self) -> Result<Ns> {
+    pub(crate) fn node_ns(&self) -> Result<Ns> {
         self.kernel.open_ns(self.cfg.node_netns.as_deref())
     }
 
     /// Run `f` inside `ns` through the kernel seam.
-    fn within<R: Send>(
+    pub(crate) fn within<R: Send>(
         &self,
         ns: &Ns,
         f: impl FnOnce(&dyn Session) -> Result<R> + Send,
@@ -154,15 +154,17 @@ impl Network {
         within(self.kernel.as_ref(), ns, f)
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panic while holding the lock leaves the kernel, not this unit, in some
         // state; the next call re-reads the kernel anyway.
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The node side: forwarding on, and our host firewall (input dropped except
-    /// established/related, forwarding only tenant -> uplink and opened ports,
-    /// masquerade of the transit range on the uplink). Idempotent.
+    /// established/related and UDP to our WireGuard links' ports, forwarding only
+    /// tenant -> uplink and opened ports, masquerade of the transit range on the
+    /// uplink). Idempotent: the table is made again, and its `wireguard` set filled
+    /// again with the ports of the WireGuard links that exist.
     pub fn ensure_node(&self) -> Result<()> {
         let _g = self.guard();
         let node = self.node_ns()?;
@@ -180,6 +182,7 @@ impl Network {
             nl.sysctl("net.ipv4.ip_forward", "1")?;
             nl.nft_apply("host table", &nft::replace_script("inet", &table, &body))
         })?;
+        self.sync_wireguard_ports(&node)?;
         tracing::info!(uplink = %self.cfg.uplink, table, "node firewall ensured");
         Ok(())
     }
@@ -354,7 +357,8 @@ impl Network {
         Ok(())
     }
 
-    /// Remove network `id`: its node link, node nft table, its workload namespaces
+    /// Remove network `id`: its WireGuard link (and the node's input accept of its
+    /// port), its node link, node nft table, its workload namespaces
     /// (`<prefix><id>-*`) and its namespace (which takes the bridge, ports, taps and
     /// tenant rules with it). Returns false if nothing existed.
     pub fn remove(&self, id: &str) -> Result<bool> {
@@ -362,7 +366,9 @@ impl Network {
         let _g = self.guard();
         let link_name = self.node_link(id);
         let table = self.node_table(id);
-        let mut existed = self.within(&self.node_ns()?, |nl| {
+        let node = self.node_ns()?;
+        let wg = self.remove_mesh_link(id)?;
+        let mut existed = self.within(&node, |nl| {
             let mut existed = false;
             if let Some(l) = nl.link(&link_name)? {
                 // Deleted here, synchronously: namespace teardown is asynchronous.
@@ -389,7 +395,11 @@ impl Network {
         existed |= self
             .kernel
             .remove_ns(&self.cfg.run_dir, &self.tenant_netns(id))?;
-        tracing::info!(net = id, existed, "tenant network removed");
+        if wg {
+            self.sync_wireguard_ports(&node)?;
+        }
+        existed |= wg;
+        tracing::info!(net = id, existed, wireguard = wg, "tenant network removed");
         Ok(existed)
     }
 

@@ -11,12 +11,16 @@ use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 use crate::model::PortForward;
-use crate::names::{BRIDGE, TRANSIT};
+use crate::names::{BRIDGE, TRANSIT, WG_IF};
 use crate::subnet::{disjoint, IpNet, Ipv4Subnet};
 
 /// The comment on the rules that drop a tenant's new connections to denied
 /// destinations (tests and operators find their counters by it).
 pub const EGRESS_DENY_COMMENT: &str = "zos egress deny";
+
+/// The host table's set of UDP ports the node's input accepts: the listen ports of
+/// the tenant networks' WireGuard links, and nothing else.
+pub const WIREGUARD_SET: &str = "wireguard";
 
 /// An anonymous nft set of the IPv4 prefixes of `nets` (overlaps merged), if any.
 fn v4_set(nets: &[IpNet]) -> Option<String> {
@@ -48,15 +52,21 @@ fn egress_lines(matcher: &str, accept_extra: &str, deny: &[IpNet], allow: &[IpNe
     out
 }
 
-/// The node's own firewall (`inet <prefix>host` in the node namespace).
+/// The node's own firewall (`inet <prefix>host` in the node namespace). Its input
+/// accepts UDP to the ports of the [`WIREGUARD_SET`] set (empty when made; filled by
+/// [`set_ports_script`]).
 pub fn host_table(table: &str, tenant_glob: &str, uplink: &str, transit: Ipv4Subnet) -> String {
     format!(
         r#"table inet {table} {{
+	set {WIREGUARD_SET} {{
+		type inet_service
+	}}
 	chain input {{
 		type filter hook input priority filter; policy drop;
 		iif "lo" accept
 		ct state established,related accept
 		icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert }} accept
+		udp dport @{WIREGUARD_SET} accept
 	}}
 	chain prerouting {{
 		type filter hook prerouting priority raw; policy accept;
@@ -107,7 +117,11 @@ pub fn node_tenant_table(
 
 /// Inside the tenant namespace (`inet zos`). New connections of workloads leave for
 /// the internet only: destinations in `deny` are dropped (and counted) unless in
-/// `allow`. IPv6 is not forwarded at all.
+/// `allow`. IPv6 is not forwarded at all. Between the bridge and the WireGuard link
+/// `wg0` (when the network spans nodes): this slot's addresses go out (a forged
+/// source does not), and what comes in goes to the bridge (whose only route is this
+/// slot; `wg0` itself only lets in its peers' allowed IPs); never masqueraded, the
+/// peers see real addresses.
 pub fn tenant_table(
     table: &str,
     subnet: Ipv4Subnet,
@@ -152,6 +166,8 @@ pub fn tenant_table(
 		iifname "{BRIDGE}" oifname "{BRIDGE}" accept
 {egress}		iifname "{BRIDGE}" oifname "{TRANSIT}" ip saddr {subnet} accept
 		iifname "{TRANSIT}" oifname "{BRIDGE}" ct status dnat accept
+		iifname "{BRIDGE}" oifname "{WG_IF}" ip saddr {subnet} accept
+		iifname "{WG_IF}" oifname "{BRIDGE}" accept
 	}}
 }}
 "#
@@ -166,6 +182,58 @@ pub fn replace_script(family: &str, table: &str, body: &str) -> String {
 /// Delete a table whether or not it exists (one transaction).
 pub(crate) fn delete_script(family: &str, table: &str) -> String {
     format!("table {family} {table} {{}}\ndelete table {family} {table}\n")
+}
+
+/// Make set `set` of table `family table` exactly `ports` (one transaction).
+pub fn set_ports_script(family: &str, table: &str, set: &str, ports: &[u16]) -> String {
+    let mut s = format!("flush set {family} {table} {set}\n");
+    if !ports.is_empty() {
+        let items: Vec<String> = ports.iter().map(u16::to_string).collect();
+        s.push_str(&format!(
+            "add element {family} {table} {set} {{ {} }}\n",
+            items.join(", ")
+        ));
+    }
+    s
+}
+
+/// The ports of set `set` of table `family table` in the calling thread's namespace,
+/// sorted; `None` when the table or the set does not exist.
+pub fn set_ports(family: &str, table: &str, set: &str) -> Result<Option<Vec<u16>>> {
+    let fail = |detail: String| Error::Nft {
+        op: format!("list set {family} {table} {set}"),
+        detail,
+    };
+    let out = Command::new("nft")
+        .args(["-j", "list", "set", family, table, set])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("spawn nft: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(fail(err.trim().into()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("bad JSON: {e}")))?;
+    Ok(Some(parse_set_ports(&v)))
+}
+
+/// The integer elements of the first set in `nft -j list set` output, sorted.
+pub(crate) fn parse_set_ports(v: &serde_json::Value) -> Vec<u16> {
+    let mut ports: Vec<u16> = v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get("set"))
+        .flat_map(|set| set["elem"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_u64().and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// `nft -f -` with `script` on stdin, in the calling thread's namespace.
@@ -329,8 +397,42 @@ mod tests {
         assert!(h.contains("policy drop"));
         assert!(h.contains("iifname \"n-*\" oifname \"eth0\" ip saddr 100.127.0.0/16 accept"));
         assert!(h.contains("iifname \"n-*\" fib saddr . iif oif missing drop"));
+        assert!(h.contains("udp dport @wireguard accept"));
+        assert!(h.contains("set wireguard {\n\t\ttype inet_service\n\t}"));
+        let t = tenant_table("zos", "10.1.0.0/24".parse().unwrap(), &[], &deny, &[]);
+        assert!(t.contains("iifname \"br0\" oifname \"wg0\" ip saddr 10.1.0.0/24 accept"));
+        assert!(t.contains("iifname \"wg0\" oifname \"br0\" accept"));
+        assert!(
+            !t.contains("oifname \"wg0\" ip saddr 10.1.0.0/24 masquerade"),
+            "the peers see real addresses"
+        );
+        assert_eq!(
+            set_ports_script("inet", "n_host", "wireguard", &[51820, 40000]),
+            "flush set inet n_host wireguard\nadd element inet n_host wireguard { 51820, 40000 }\n"
+        );
+        assert_eq!(
+            set_ports_script("inet", "n_host", "wireguard", &[]),
+            "flush set inet n_host wireguard\n"
+        );
         let s = replace_script("ip", "n_t1", &n);
         assert!(s.starts_with("table ip n_t1 {}\ndelete table ip n_t1\ntable ip n_t1 {"));
+    }
+
+    #[test]
+    fn set_ports_from_json() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"set": {"family": "inet", "name": "wireguard", "table": "n_host",
+              "type": "inet_service", "handle": 3, "elem": [51821, 40000]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parse_set_ports(&v), [40000, 51821]);
+        let empty: serde_json::Value = serde_json::from_str(
+            r#"{"nftables": [{"set": {"family": "inet", "name": "wireguard",
+              "table": "n_host", "type": "inet_service", "handle": 3}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parse_set_ports(&empty), Vec::<u16>::new());
     }
 
     #[test]

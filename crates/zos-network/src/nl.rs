@@ -13,9 +13,14 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkWireguard, RouteMessageBuilder};
 
 use crate::error::{errno, Error, Result};
+use crate::subnet::Ipv4Subnet;
+
+/// The main routing table's id.
+const RT_TABLE_MAIN: u32 = 254;
 
 /// What we need to know about a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +138,64 @@ impl Nl {
         self.rt
             .block_on(self.handle.link().add(msg).execute())
             .map_err(|e| Error::netlink(format!("add veth {name}/{peer}"), e))
+    }
+
+    /// A WireGuard link `name` born inside the namespace `ns`, requested from this
+    /// one: WireGuard binds its UDP socket in the namespace of the request (the
+    /// device's creating namespace), not the one the link lives in. A kernel without
+    /// the link kind answers EOPNOTSUPP: [`Error::WireguardMissing`].
+    pub fn add_wireguard_into(&self, name: &str, ns: BorrowedFd<'_>) -> Result<()> {
+        let msg = LinkWireguard::new(name).setns_by_fd(ns.as_raw_fd()).build();
+        match self.rt.block_on(self.handle.link().add(msg).execute()) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(libc::EOPNOTSUPP | libc::ENODEV)) => {
+                Err(Error::WireguardMissing)
+            }
+            Err(e) => Err(Error::netlink(format!("add wireguard {name}"), e)),
+        }
+    }
+
+    /// Destinations of the main table's IPv4 routes out of link `index`.
+    pub fn routes(&self, index: u32) -> Result<Vec<Ipv4Subnet>> {
+        self.rt.block_on(async {
+            let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+            let mut s = self.handle.route().get(filter).execute();
+            let mut v = Vec::new();
+            while let Some(m) = s
+                .try_next()
+                .await
+                .map_err(|e| Error::netlink("dump routes", e))?
+            {
+                let mut table = u32::from(m.header.table);
+                let mut oif = None;
+                let mut dst = Ipv4Addr::UNSPECIFIED;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Table(t) => table = *t,
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                        _ => {}
+                    }
+                }
+                if table == RT_TABLE_MAIN && oif == Some(index) {
+                    if let Ok(net) = Ipv4Subnet::new(dst, m.header.destination_prefix_length) {
+                        v.push(net);
+                    }
+                }
+            }
+            Ok(v)
+        })
+    }
+
+    /// `ip route replace dst dev index`.
+    pub fn route_replace(&self, dst: Ipv4Subnet, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix())
+            .output_interface(index)
+            .build();
+        self.rt
+            .block_on(self.handle.route().add(msg).replace().execute())
+            .map_err(|e| Error::netlink(format!("route {dst} dev {index}"), e))
     }
 
     pub fn set_up(&self, index: u32) -> Result<()> {
