@@ -1,6 +1,7 @@
 //! The node's farm membership (zos-registry's `membership`: the farm wait, the farmer
 //! pin, the registration, the heartbeats; docs/registration.md), wired to the node's
-//! parts: the farmer pin in the state home, the pools, the engine's journal; and, once
+//! parts: the farmer pin in the state home, the pools, the engine's journal, the
+//! tenant networks' WireGuard ports (labelled in the heartbeat); and, once
 //! registered in a farm, the node's liveness record (zos-registry's `liveness`,
 //! docs/grid.md).
 
@@ -8,9 +9,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use zos_contract::SecretKey;
 use zos_engine::journal::JournalData;
 use zos_engine::{JournalStore, Phase};
+use zos_network::{Network, NetworkConfig};
 use zos_notary::AnyNotary;
 use zos_registry::liveness::{self, Liveness};
 use zos_registry::membership::{self, ContractLoad, HostError, Member, NodeHost, PoolBytes};
@@ -52,7 +55,10 @@ pub async fn register(
             hdd_bytes: offered.hdd_mib << 20,
         }),
     };
-    let parts = Arc::new(Parts(storage.clone()));
+    let parts = Arc::new(Parts {
+        storage: storage.clone(),
+        network: wireguard_reader(cfg)?,
+    });
     let say = |line: &str| println!("zosd: {line}");
     let Some(member) = membership::join(&member, key, notary, parts, shutdown, say).await? else {
         return Ok(None);
@@ -64,21 +70,35 @@ pub async fn register(
     Ok(Some((member, liveness)))
 }
 
-struct Parts(Arc<Storage>);
+/// A reader of the node's tenant networks for the heartbeat: the same namespaces as the
+/// provisioner's `Network` (prefix, run dir, node namespace), used only to read the
+/// WireGuard links' ports (`mesh_ports`); it changes nothing.
+fn wireguard_reader(cfg: &NodeConfig) -> anyhow::Result<Network> {
+    let mut net_cfg = NetworkConfig::new(&cfg.network.uplink);
+    net_cfg.prefix = cfg.network.prefix.clone();
+    net_cfg.run_dir = cfg.network.netns_dir.clone();
+    net_cfg.node_netns = cfg.network.node_netns.clone();
+    Network::new(net_cfg).context("network (the heartbeat's WireGuard ports)")
+}
+
+struct Parts {
+    storage: Arc<Storage>,
+    network: Network,
+}
 
 impl NodeHost for Parts {
     fn pinned_farmer(&self) -> Result<Option<Vec<u8>>, HostError> {
-        Ok(self.0.state().read(FARMER_KEY)?.map(|r| r.data))
+        Ok(self.storage.state().read(FARMER_KEY)?.map(|r| r.data))
     }
 
     fn pin_farmer(&self, farmer: &[u8]) -> Result<(), HostError> {
-        self.0.state().write(FARMER_KEY, farmer)?;
+        self.storage.state().write(FARMER_KEY, farmer)?;
         Ok(())
     }
 
     fn pools(&self) -> Result<PoolBytes, HostError> {
         let mut p = PoolBytes::default();
-        for info in self.0.pool_infos()? {
+        for info in self.storage.pool_infos()? {
             let (size, used) = match info.pool.kind {
                 PoolKind::Ssd => (&mut p.ssd, &mut p.ssd_used),
                 PoolKind::Hdd => (&mut p.hdd, &mut p.hdd_used),
@@ -90,7 +110,7 @@ impl NodeHost for Parts {
     }
 
     fn contracts(&self) -> Result<ContractLoad, HostError> {
-        let journal: JournalData = match StateRecord(self.0.clone(), JOURNAL_KEY).load()? {
+        let journal: JournalData = match StateRecord(self.storage.clone(), JOURNAL_KEY).load()? {
             Some(bytes) => serde_json::from_slice(&bytes)?,
             None => JournalData::default(),
         };
@@ -114,5 +134,10 @@ impl NodeHost for Parts {
             load.workloads += owned.deployment.workloads.len() as u64;
         }
         Ok(load)
+    }
+
+    /// The heartbeat lists the kernel's sockets on these ports as `wireguard`.
+    fn wireguard_ports(&self) -> Result<Vec<u16>, HostError> {
+        Ok(self.network.mesh_ports()?)
     }
 }
