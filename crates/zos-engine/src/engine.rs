@@ -43,9 +43,11 @@ use crate::stats::{ContractView, EngineStats, Outcome, WorkloadView};
 use crate::status::{ContractSummary, ReasonReport, RefusedUpdate, State, StatusReport};
 
 mod grid;
+mod mesh;
 
 pub use crate::controllers::admission::MAX_TOMBSTONES;
 use grid::{next_event, Fenced};
+pub use mesh::key_path as mesh_key_path;
 
 /// How long an expired contract's volumes are kept for its owner (who may publish a
 /// new version that adopts them, or cancel to delete them at once): 7 days.
@@ -82,6 +84,13 @@ pub struct EngineConfig {
     /// The farm this node is registered in: it follows the farm's placement contracts
     /// and its own assignments (docs/grid.md). `None`: no placement contract runs here.
     pub farm: Option<String>,
+    /// Where the WireGuard keys of networks across nodes are kept
+    /// (`<dir>/<contract>/<network>.key`, mode 0600; docs/engine.md, "Mesh"). `None`:
+    /// such networks are not set up (logged).
+    pub mesh_keys: Option<std::path::PathBuf>,
+    /// The address this node's peer records publish as their endpoint, with the
+    /// link's port (zosd's `[mesh] endpoint`). `None`: not reachable (behind NAT).
+    pub mesh_endpoint: Option<std::net::IpAddr>,
 }
 
 /// The node's liveness lease, which decides when `move` replicas are fenced
@@ -109,6 +118,8 @@ impl Default for EngineConfig {
             orphan_sweep_every: Duration::from_secs(60),
             limits: Limits::default(),
             farm: None,
+            mesh_keys: None,
+            mesh_endpoint: None,
         }
     }
 }
@@ -200,6 +211,11 @@ pub struct Engine<P, N, S: JournalStore> {
     /// Placement replicas this node stopped by itself (fenced): their workloads are
     /// gone, their volumes kept.
     fenced: BTreeMap<String, Fenced>,
+    /// The networks across nodes of the contracts that run here, by (contract,
+    /// network): their keys, peers, records and status sections.
+    mesh: BTreeMap<(String, String), mesh::Link>,
+    /// Contracts whose networks across nodes are refreshed at once (a change).
+    mesh_due: BTreeSet<String>,
 }
 
 fn unix_now() -> u64 {
@@ -238,6 +254,8 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             assigned: HashMap::new(),
             liveness: None,
             fenced: BTreeMap::new(),
+            mesh: BTreeMap::new(),
+            mesh_due: BTreeSet::new(),
         }
     }
 
@@ -308,6 +326,8 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         let every = self.cfg.orphan_sweep_every;
         let mut sweep = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut mesh_tick = tokio::time::interval(crate::controllers::mesh::MESH_REFRESH);
+        mesh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -330,6 +350,10 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 Some(done) = self.jobs.set.join_next_with_id() => self.on_done(done).await?,
                 _ = tick.tick() => self.supervision_pass(Instant::now()).await?,
                 _ = sweep.tick() => self.collect_orphans().await?,
+                _ = mesh_tick.tick() => self.mesh_pass(true).await?,
+            }
+            if !self.mesh_due.is_empty() {
+                self.mesh_pass(false).await?;
             }
             self.refresh_stats();
         }
@@ -368,21 +392,31 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
     /// when the jobs it started are done.
     pub async fn on_record(&mut self, record: &Record) -> Result<(), EngineError> {
         self.handle(record).await?;
-        self.settle().await
+        self.settle().await?;
+        self.mesh_pass(false).await
     }
 
     /// Handles one change from a grid watch (a record put, or a key deleted under this
     /// node's assignments); returns when the jobs it started are done.
     pub async fn on_event(&mut self, event: WatchEvent) -> Result<(), EngineError> {
         self.handle_event(event).await?;
-        self.settle().await
+        self.settle().await?;
+        self.mesh_pass(false).await
+    }
+
+    /// One refresh of every running network across nodes (what the loop does every
+    /// [`crate::controllers::mesh::MESH_REFRESH`]): keys, peers' records, the peers
+    /// applied, this node's record, the status's mesh section.
+    pub async fn mesh_refresh_all(&mut self) -> Result<(), EngineError> {
+        self.mesh_pass(true).await
     }
 
     /// One supervision pass: expiries, retries, restarts, the log refresh; returns
     /// when the jobs it started are done.
     pub async fn supervise(&mut self, now: Instant) -> Result<(), EngineError> {
         self.supervision_pass(now).await?;
-        self.settle().await
+        self.settle().await?;
+        self.mesh_pass(false).await
     }
 
     /// Waits for every job in flight and applies its outcome.
@@ -491,7 +525,11 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             (true, Some(farm)) => Some(GridInput { assignment, farm }),
             _ => None,
         };
+        // Asked of the kernel only for a contract that needs it.
+        let spans = crate::plan::spans_nodes(&doc.contract.nodes, doc.placement.as_ref());
+        let wireguard = !spans || self.provisioner.wireguard_available().await;
         let inputs = admission::Inputs {
+            wireguard,
             journal: self.journal.data(),
             blueprint,
             now: (self.clock)(),
@@ -511,11 +549,20 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 version,
                 reasons,
             } => self.refuse(&id, version, reasons).await,
-            admission::Action::Accept { owned, previous } => {
+            admission::Action::Accept {
+                owned,
+                previous,
+                nodes,
+            } => {
                 let id = owned.id.clone();
                 self.jobs.abort(&id);
+                let me = self.node();
+                let previous =
+                    previous.map(|p| (crate::plan::span(self.journal.data(), &p, &me), p));
                 self.journal
-                    .update(|j| admission::journal_accept(j, &owned))?;
+                    .update(|j| admission::journal_accept(j, &owned, &nodes))?;
+                // Its networks may be made again: the links are set up anew once it runs.
+                self.mesh_forget(&owned, false).await;
                 self.refused_updates.remove(&id);
                 self.fenced.remove(&id);
                 tracing::info!(contract = %id, version = owned.version, held = ?owned.held.as_ref().map(|h| (h.replica, h.epoch)), "contract accepted");
@@ -538,7 +585,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                     .holding(owned.held.as_ref()),
                 )
                 .await?;
-                self.spawn_provision(&owned, previous.as_deref());
+                self.spawn_provision(&owned, previous.as_ref().map(|(span, p)| (&**p, *span)));
                 Ok(())
             }
             admission::Action::Cancel {
@@ -555,6 +602,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 self.pending_since.remove(&id);
                 self.fenced.remove(&id);
                 self.teardown(&target, true).await?;
+                self.mesh_forget(&target, true).await;
                 self.refused_updates.remove(&id);
                 self.publish(cancelled(&id, version)).await
             }
@@ -603,12 +651,18 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
 
     // ---- provisioning and restarts: jobs ----
 
-    fn spawn_provision(&mut self, owned: &Owned, previous: Option<&Owned>) {
-        let steps = provisioning::plan(owned, previous);
+    /// Provisions `owned` on a job, replacing `previous` (with its span then).
+    fn spawn_provision(
+        &mut self,
+        owned: &Owned,
+        previous: Option<(&Owned, Option<crate::plan::Span>)>,
+    ) {
+        let span = crate::plan::span(self.journal.data(), owned, &self.node());
+        let steps = provisioning::plan(owned, span, previous);
         let (p, owned) = (self.provisioner.clone(), owned.clone());
         let id = owned.id.clone();
         self.spawn(id, async move {
-            Done::Provisioned(provisioning::execute(&*p, &owned, steps).await)
+            Done::Provisioned(provisioning::execute(&*p, &owned, span, steps).await)
         });
     }
 
@@ -675,6 +729,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         match out.result {
             Ok(()) => {
                 if self.set_phase(&owned.id, Phase::Running)? {
+                    self.mesh_due.insert(owned.id.clone());
                     self.report(&owned.id).await?;
                 }
                 Ok(())
@@ -747,7 +802,8 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             self.supervisor.forget(&name);
         }
         let steps = provisioning::teardown(owned, volumes);
-        let out = provisioning::execute(&*self.provisioner, owned, steps).await;
+        let span = crate::plan::span(self.journal.data(), owned, &self.node());
+        let out = provisioning::execute(&*self.provisioner, owned, span, steps).await;
         self.journal.update(|j| {
             j.doomed.extend(out.doomed);
             for v in &out.removed_volumes {
@@ -805,8 +861,9 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 None => self.spawn_provision(o, None),
                 Some(workloads) => {
                     let (p, o) = (self.provisioner.clone(), o.clone());
+                    let span = crate::plan::span(self.journal.data(), &o, &self.node());
                     self.spawn(id, async move {
-                        Done::Restarted(supervision::restart(&*p, &o, workloads).await)
+                        Done::Restarted(supervision::restart(&*p, &o, workloads, span).await)
                     });
                 }
             }
@@ -853,6 +910,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 self.jobs.abort(&id);
                 self.pending_since.remove(&id);
                 self.teardown(&owned, false).await?;
+                self.mesh_forget(&owned, true).await;
                 self.refused_updates.remove(&id);
                 self.publish(StatusReport::new(
                     &id,
@@ -927,6 +985,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         owned: &Owned,
     ) -> BTreeMap<String, crate::status::WorkloadReport> {
         let mut out = BTreeMap::new();
+        let span = crate::plan::span(self.journal.data(), owned, &self.node());
         for w in &owned.deployment.workloads {
             let status = self
                 .provisioner
@@ -934,7 +993,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
                 .await;
             out.insert(
                 w.name.clone(),
-                reporting::workload_report(owned, &w.name, status),
+                reporting::workload_report(owned, &w.name, status, span),
             );
         }
         out
@@ -953,12 +1012,13 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             .iter()
             .find_map(|w: &Workload| self.restart_errors.get(&names::of(id, &w.name)))
             .map(String::as_str);
-        let report = reporting::status(
+        let mut report = reporting::status(
             &owned,
             workloads,
             restart_error,
             self.refused_updates.get(id).cloned(),
         );
+        report.mesh = self.mesh_reports(id);
         self.publish(report).await
     }
 
@@ -970,7 +1030,18 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.summaries
             .send_if_modified(|list| reporting::fold(list, summary));
         let report = reporting::for_notary(report, owned);
-        if self.published.get(&report.contract) == Some(&report) {
+        // A mesh section's counters alone are no change (they ride along when
+        // something else changes).
+        let settled = |r: &StatusReport| {
+            let mut r = r.clone();
+            r.mesh = r
+                .mesh
+                .iter()
+                .map(crate::controllers::mesh::settled)
+                .collect();
+            r
+        };
+        if self.published.get(&report.contract).map(settled) == Some(settled(&report)) {
             return Ok(());
         }
         let key = match NotaryKey::status(&self.node(), &report.contract) {

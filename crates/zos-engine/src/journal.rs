@@ -175,6 +175,11 @@ pub struct JournalData {
     /// below it is a replay (`stale_epoch`), also after a restart.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub epochs: BTreeMap<String, BTreeMap<u64, u64>>,
+    /// The signed `nodes` of each owned contract that names more than one, in order: a
+    /// node's position there is its slot on the contract's networks (docs/network.md,
+    /// "Mesh"), so a restart lays them out as before.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, Vec<PublicKey>>,
 }
 
 impl JournalData {

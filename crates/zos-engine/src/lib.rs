@@ -34,8 +34,8 @@ pub use engine::{Engine, EngineConfig, EngineError, Liveness, MAX_TOMBSTONES, VO
 pub use journal::{FileJournal, Held, Journal, JournalStore, Owned, Phase, Retired};
 pub use kernel_names::{KernelNames, KernelNamesError};
 pub use provision::{
-    Inventory, NetworkPlan, ProvisionError, Provisioner, Retry, WorkloadPlan, WorkloadState,
-    WorkloadStatus,
+    Inventory, MeshPeerPlan, MeshPeerState, MeshPlan, MeshState, NetworkPlan, ProvisionError,
+    Provisioner, Retry, WireguardMissing, WorkloadPlan, WorkloadState, WorkloadStatus,
 };
 pub use runtime::{KernelIds, Kind, Nic, NicStyle, Placement, Runtimes, WorkloadRuntime};
 pub use status::{

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use zos_contract::deployment::{parse_cidr, parse_private_subnet, Workload};
-use zos_contract::Deployment;
+use zos_contract::deployment::{parse_cidr, parse_private_subnet, Network, Workload};
+use zos_contract::{Deployment, PublicKey};
 
+use crate::journal::{JournalData, Owned};
 use crate::names;
 use crate::provision::{NetworkPlan, ProvisionError, WorkloadPlan};
 
@@ -46,6 +47,77 @@ pub enum AddressError {
     /// An `egress_allow` entry is not a CIDR (the parser's message).
     #[error("egress_allow: {0}")]
     EgressAllow(String),
+    /// A network across nodes cannot be laid out (docs/network.md, "Mesh").
+    #[error(transparent)]
+    Mesh(#[from] zos_mesh::AddressError),
+}
+
+impl AddressError {
+    /// The stable code a refusal names: the mesh layout's (`range_too_small`,
+    /// `overlapping_range`, ...), `too_many_workloads`, or `bad_network`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AddressError::Mesh(e) => e.code(),
+            AddressError::TooMany { .. } => "too_many_workloads",
+            AddressError::NoNetwork(_) | AddressError::Subnet(_) | AddressError::EgressAllow(_) => {
+                "bad_network"
+            }
+        }
+    }
+}
+
+/// Where this node sits in a contract that runs on several nodes (docs/network.md,
+/// "Mesh"): each of its networks' ranges is cut into `slots` subnets and this node's
+/// bridge takes subnet `slot`. A contract that runs on one node has no span: the whole
+/// subnet is on its bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// This node's slot: its replica number, or its position in `nodes`.
+    pub slot: u64,
+    /// How many slots the contract needs: its replicas, or its number of nodes.
+    pub slots: u64,
+}
+
+/// Whether a contract with these `nodes` and this `placement` runs on several nodes:
+/// more than one key in `nodes`, or more than one replica.
+pub fn spans_nodes(nodes: &[PublicKey], placement: Option<&zos_contract::Placement>) -> bool {
+    nodes.len() > 1 || placement.is_some_and(|p| p.replicas > 1)
+}
+
+/// The [`Span`] of `owned` on node `me`: a placement of several replicas (the one this
+/// node holds), or a node list of several keys (the journal's `members`, this node's
+/// position in it). `None`: it runs here alone.
+pub fn span(j: &JournalData, owned: &Owned, me: &PublicKey) -> Option<Span> {
+    if let Some(h) = &owned.held {
+        return (h.placement.replicas > 1).then_some(Span {
+            slot: h.replica,
+            slots: h.placement.replicas,
+        });
+    }
+    let nodes = j.members.get(&owned.id).filter(|n| n.len() > 1)?;
+    let slot = nodes.iter().position(|n| n == me)? as u64;
+    Some(Span {
+        slot,
+        slots: nodes.len() as u64,
+    })
+}
+
+/// The subnet of slot `span.slot` of network `spec`'s range ([`zos_mesh::layout`]'s
+/// answer for that slot, without the nodes of the others).
+pub fn slot_subnet(spec: &Network, span: Span) -> Result<zos_mesh::Ipv4Net, AddressError> {
+    let range = zos_mesh::addr::range_of(spec)?;
+    let slots = zos_mesh::addr::slot_count(&range);
+    match zos_mesh::addr::slot_subnet(&range, span.slot) {
+        Some(subnet) if span.slots <= slots => Ok(subnet),
+        _ => Err(zos_mesh::AddressError::RangeTooSmall {
+            network: spec.name.clone(),
+            range,
+            slots,
+            prefix: zos_mesh::addr::node_prefix(range.prefix_len()),
+            needed: span.slots.max(span.slot + 1),
+        }
+        .into()),
+    }
 }
 
 /// The node-wide names of `d`'s resources of `kind` (contract `id`).
@@ -59,10 +131,12 @@ pub fn resource_names(id: &str, d: &Deployment, kind: Resource) -> BTreeSet<Stri
 }
 
 /// The addresses on network `net`: the gateway is the subnet's first host, then the
-/// workloads on it in deployment order (`.2`, `.3`, ...).
+/// workloads on it in deployment order (`.2`, `.3`, ...). With a [`Span`], the subnet is
+/// this node's slot of the network's range.
 pub fn addresses(
     d: &Deployment,
     net: &str,
+    span: Option<Span>,
 ) -> Result<(NetworkPlan, BTreeMap<String, Ipv4Addr>), AddressError> {
     let spec = d
         .networks
@@ -70,6 +144,13 @@ pub fn addresses(
         .find(|n| n.name == net)
         .ok_or_else(|| AddressError::NoNetwork(net.to_string()))?;
     let (base, len) = parse_private_subnet(&spec.subnet).map_err(AddressError::Subnet)?;
+    let (base, len) = match span {
+        None => (base, len),
+        Some(span) => {
+            let slot = slot_subnet(spec, span)?;
+            (slot.addr(), slot.prefix_len())
+        }
+    };
     let base = u32::from(base);
     // Hosts are base+1 ..= broadcast-1.
     let hosts = (1u64 << (32 - u32::from(len))) - 2;
@@ -81,7 +162,10 @@ pub fn addresses(
     if on_net.len() as u64 + 1 > hosts {
         return Err(AddressError::TooMany {
             workloads: on_net.len(),
-            subnet: spec.subnet.clone(),
+            subnet: match span {
+                None => spec.subnet.clone(),
+                Some(_) => format!("{}/{len}", Ipv4Addr::from(base)),
+            },
             hosts,
         });
     }
@@ -108,26 +192,33 @@ pub fn addresses(
     Ok((plan, by_workload))
 }
 
-/// The plan of network `net` of contract `id`.
-pub fn network_plan(id: &str, d: &Deployment, net: &str) -> Result<NetworkPlan, ProvisionError> {
+/// The plan of network `net` of contract `id` (with a [`Span`]: this node's slot).
+pub fn network_plan(
+    id: &str,
+    d: &Deployment,
+    net: &str,
+    span: Option<Span>,
+) -> Result<NetworkPlan, ProvisionError> {
     let name = names::of(id, net);
-    let (mut plan, _) = addresses(d, net)
+    let (mut plan, _) = addresses(d, net, span)
         .map_err(|e| ProvisionError::from_source("network", &name, e).permanent())?;
     plan.name = name;
     Ok(plan)
 }
 
-/// The plan of workload `w` of contract `id`, with its volumes at `volume_paths`.
+/// The plan of workload `w` of contract `id`, with its volumes at `volume_paths` (with a
+/// [`Span`]: its address in this node's slot).
 pub fn workload_plan(
     id: &str,
     d: &Deployment,
     w: &Workload,
     volume_paths: &BTreeMap<String, PathBuf>,
+    span: Option<Span>,
 ) -> Result<WorkloadPlan, ProvisionError> {
     let name = names::of(id, &w.name);
     let network = match w.network.as_deref() {
         Some(net) => {
-            let (mut plan, ips) = addresses(d, net).map_err(|e| {
+            let (mut plan, ips) = addresses(d, net, span).map_err(|e| {
                 ProvisionError::from_source("network", &names::of(id, net), e).permanent()
             })?;
             plan.name = names::of(id, net);
@@ -174,7 +265,7 @@ mod tests {
 
     #[test]
     fn the_gateway_takes_the_first_host_and_the_workloads_the_next_ones() {
-        let (plan, ips) = addresses(&deployment("10.20.0.0/29", 3), "net").unwrap();
+        let (plan, ips) = addresses(&deployment("10.20.0.0/29", 3), "net", None).unwrap();
         assert_eq!(plan.gateway.to_string(), "10.20.0.1");
         assert_eq!(ips["w0"].to_string(), "10.20.0.2");
         assert_eq!(ips["w2"].to_string(), "10.20.0.4");
@@ -185,7 +276,7 @@ mod tests {
     fn addresses_that_do_not_work_out_are_typed_errors() {
         // A /29 has six hosts: the gateway and five workloads.
         assert_eq!(
-            addresses(&deployment("10.20.0.0/29", 6), "net").unwrap_err(),
+            addresses(&deployment("10.20.0.0/29", 6), "net", None).unwrap_err(),
             AddressError::TooMany {
                 workloads: 6,
                 subnet: "10.20.0.0/29".into(),
@@ -193,10 +284,10 @@ mod tests {
             }
         );
         assert_eq!(
-            addresses(&deployment("10.20.0.0/29", 1), "other").unwrap_err(),
+            addresses(&deployment("10.20.0.0/29", 1), "other", None).unwrap_err(),
             AddressError::NoNetwork("other".into())
         );
-        let e = network_plan("web", &deployment("10.20.0.0/29", 6), "net").unwrap_err();
+        let e = network_plan("web", &deployment("10.20.0.0/29", 6), "net", None).unwrap_err();
         assert!(e.is_permanent());
         assert!(
             e.to_string().starts_with("network web.net: 6 workloads"),

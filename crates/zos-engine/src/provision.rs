@@ -9,8 +9,9 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use zos_contract::deployment::{Port, Volume, Workload};
@@ -29,6 +30,13 @@ pub enum Retry {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Message(pub String);
+
+/// The typed source of the permanent [`ProvisionError`] a provisioner returns from
+/// [`Provisioner::ensure_mesh`] on a kernel without WireGuard (code
+/// `wireguard_missing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this node's kernel has no WireGuard: a network across nodes needs it")]
+pub struct WireguardMissing;
 
 /// Why a provisioning step failed. Its display (`step name: source`) is reported in the
 /// contract's status; the source keeps the resource crate's typed error.
@@ -157,6 +165,69 @@ pub enum WorkloadState {
     },
 }
 
+/// The WireGuard side of a tenant network across nodes (docs/network.md, "Mesh"), as
+/// [`Provisioner::ensure_mesh`] converges it: zos-network's `MeshConfig` in the
+/// engine's types.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MeshPlan {
+    /// The whole network's range: routed into the WireGuard link (this node's own
+    /// slot, on the bridge, is more specific). (network address, prefix length).
+    pub range: (Ipv4Addr, u8),
+    /// This node's WireGuard private key for the network (X25519).
+    pub private_key: [u8; 32],
+    /// The wanted peers: exactly these after `ensure_mesh` (others removed).
+    pub peers: Vec<MeshPeerPlan>,
+}
+
+impl std::fmt::Debug for MeshPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("MeshPlan")
+            .field("range", &self.range)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One peer of a [`MeshPlan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshPeerPlan {
+    /// Its WireGuard public key.
+    pub public_key: [u8; 32],
+    /// Where to send to it; `None`: it comes to us.
+    pub endpoint: Option<SocketAddr>,
+    /// Exactly its slot's subnet: (network address, prefix length).
+    pub allowed: (Ipv4Addr, u8),
+    /// Set when either side has no endpoint (`zos_mesh::PERSISTENT_KEEPALIVE_S`).
+    pub keepalive_s: Option<u16>,
+}
+
+/// A WireGuard link as read back ([`Provisioner::ensure_mesh`], [`Provisioner::mesh_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshState {
+    /// The UDP port it listens on (what the node's peer record publishes).
+    pub listen_port: u16,
+    /// Its public key.
+    pub public_key: [u8; 32],
+    /// Its peers as the kernel has them.
+    pub peers: Vec<MeshPeerState>,
+}
+
+/// One peer of a [`MeshState`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshPeerState {
+    /// Its WireGuard public key.
+    pub public_key: [u8; 32],
+    /// Its endpoint (configured, or learnt from its packets).
+    pub endpoint: Option<SocketAddr>,
+    /// The last completed handshake; `None`: none yet.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+}
+
 /// Everything of ours that exists on the node, by node-wide name; the engine removes
 /// what no contract owns (orphans of a crash, of a cancelled contract, of a bug).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -231,4 +302,24 @@ pub trait Provisioner: Send + Sync {
 
     /// Everything of ours on the node (see [`Inventory`]), for orphan collection.
     fn inventory(&self) -> impl Future<Output = Result<Inventory, ProvisionError>> + Send;
+
+    /// Whether the node's kernel has WireGuard: without it a contract with a network
+    /// across nodes is refused (`wireguard_missing`).
+    fn wireguard_available(&self) -> impl Future<Output = bool> + Send;
+
+    /// Converges the WireGuard link of tenant network `net` (ensured before, with this
+    /// node's slot as its subnet) to `mesh`; idempotent. Returns the link read back.
+    /// A kernel without WireGuard is a permanent error with code `wireguard_missing`.
+    /// [`Provisioner::remove_network`] removes the link with the network.
+    fn ensure_mesh(
+        &self,
+        net: &NetworkPlan,
+        mesh: &MeshPlan,
+    ) -> impl Future<Output = Result<MeshState, ProvisionError>> + Send;
+
+    /// The WireGuard link of tenant network `name` (node-wide name); `None`: it has none.
+    fn mesh_state(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<MeshState>, ProvisionError>> + Send;
 }

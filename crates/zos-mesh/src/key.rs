@@ -128,6 +128,11 @@ impl WgSecretKey {
         MontgomeryPoint(peer.0).mul_clamped(self.0).to_bytes()
     }
 
+    /// The private key's bytes, for the kernel's netlink request only.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
     /// The private key in base64, for the kernel's netlink request only.
     pub fn to_base64(&self) -> String {
         STANDARD.encode(self.0)

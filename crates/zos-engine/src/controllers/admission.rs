@@ -121,6 +121,9 @@ pub enum Action {
         owned: Box<Owned>,
         /// The version it replaces; `None` for a contract new to this node.
         previous: Option<Box<Owned>>,
+        /// The contract's signed `nodes` (empty for a placement): with more than one,
+        /// the journal keeps them ([`JournalData::members`]).
+        nodes: Vec<PublicKey>,
     },
     /// Its owner cancelled `target` (`running`: it runs; else its volumes wait out a
     /// grace period): journal it (at `version`, `marker`), then remove everything.
@@ -173,6 +176,9 @@ pub struct Inputs<'a> {
     /// what the node knows of its assignment. `None` for a record at this node's own
     /// contract key, where a placement contract is refused as `unassigned`.
     pub grid: Option<GridInput<'a>>,
+    /// Whether this node's kernel has WireGuard: a contract with a network across
+    /// several nodes is refused (`wireguard_missing`) without it.
+    pub wireguard: bool,
 }
 
 /// What admission reads for a placement contract besides the document.
@@ -230,6 +236,9 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
     if let Err(over) = fits(&c.id, &accepted.deployment, &inputs) {
         return refuse(vec![over]);
     }
+    if let Err(reason) = mesh_rules(doc, &accepted.deployment, held.as_ref(), &inputs) {
+        return refuse(vec![reason]);
+    }
     let owned = Owned {
         id: c.id.clone(),
         version: accepted.version,
@@ -245,7 +254,66 @@ pub fn plan_contract(doc: &SignedContract, inputs: Inputs<'_>) -> Vec<Action> {
     vec![Action::Accept {
         owned: Box::new(owned),
         previous: governing.cloned().map(Box::new),
+        nodes: c.nodes.clone(),
     }]
+}
+
+/// The code of [`mesh_rules`]' refusal on a kernel without WireGuard.
+pub const WIREGUARD_MISSING: &str = "wireguard_missing";
+
+/// A contract whose networks span several nodes (docs/network.md, "Mesh"): every node
+/// lays them out the same way, so what cannot be laid out is refused here, before
+/// anything is made, with the layout's code (`range_too_small`, `overlapping_range`,
+/// `duplicate_node`, ...); so is one on a kernel without WireGuard
+/// ([`WIREGUARD_MISSING`]). A contract on one node is not judged here.
+fn mesh_rules(
+    doc: &SignedContract,
+    deployment: &Deployment,
+    held: Option<&Held>,
+    inputs: &Inputs<'_>,
+) -> Result<(), ReasonReport> {
+    let c = &doc.contract;
+    if deployment.networks.is_empty() || !crate::plan::spans_nodes(&c.nodes, doc.placement.as_ref())
+    {
+        return Ok(());
+    }
+    let reason = |code: &str, message: String| ReasonReport {
+        code: code.into(),
+        message,
+    };
+    let address = |e: crate::plan::AddressError| reason(e.code(), e.to_string());
+    zos_mesh::check_ranges(&deployment.networks).map_err(|e| address(e.into()))?;
+    let span = match (held, doc.placement.as_ref()) {
+        (Some(h), _) => crate::plan::Span {
+            slot: h.replica,
+            slots: h.placement.replicas,
+        },
+        (None, Some(p)) => crate::plan::Span {
+            slot: 0,
+            slots: p.replicas,
+        },
+        (None, None) => {
+            for n in &deployment.networks {
+                zos_mesh::layout(n, &zos_mesh::Members::Nodes(&c.nodes))
+                    .map_err(|e| address(e.into()))?;
+            }
+            let slot = c.nodes.iter().position(|n| *n == inputs.node).unwrap_or(0);
+            crate::plan::Span {
+                slot: slot as u64,
+                slots: c.nodes.len() as u64,
+            }
+        }
+    };
+    for n in &deployment.networks {
+        crate::plan::addresses(deployment, &n.name, Some(span)).map_err(address)?;
+    }
+    if !inputs.wireguard {
+        return Err(reason(
+            WIREGUARD_MISSING,
+            "this node's kernel has no WireGuard: a network across nodes needs it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The replica a placement contract at the farm's key gives this node: the assignment
@@ -430,8 +498,13 @@ fn fits(id: &str, deployment: &Deployment, inputs: &Inputs<'_>) -> Result<(), Re
 }
 
 /// The journal change of [`Action::Accept`].
-pub fn journal_accept(j: &mut JournalData, owned: &Owned) {
+pub fn journal_accept(j: &mut JournalData, owned: &Owned, nodes: &[PublicKey]) {
     let id = &owned.id;
+    if nodes.len() > 1 {
+        j.members.insert(id.clone(), nodes.to_vec());
+    } else {
+        j.members.remove(id);
+    }
     if let Some(h) = &owned.held {
         j.see_epoch(id, h.replica, h.epoch);
     }
@@ -510,6 +583,7 @@ pub fn journal_cancel(j: &mut JournalData, target: &Owned, version: u64, marker:
     j.owned.remove(&target.id);
     j.retired.remove(&target.id);
     j.epochs.remove(&target.id);
+    j.members.remove(&target.id);
     j.accepted.insert(target.id.clone(), (version, marker));
     j.doomed.extend(crate::plan::resource_names(
         &target.id,

@@ -45,6 +45,7 @@ pub fn plan(j: &JournalData, wall: u64, grace: Duration) -> Vec<Action> {
 /// The journal change of [`Action::Expire`].
 pub fn journal_expire(j: &mut JournalData, owned: &Owned, volumes_until: u64) {
     j.owned.remove(&owned.id);
+    j.members.remove(&owned.id);
     j.retired.insert(
         owned.id.clone(),
         Retired {

@@ -14,9 +14,11 @@
 //! | [`expiry`] | the journal, the wall clock | expire a contract, delete a grace period's volumes |
 //! | [`orphans`] | the machine's inventory, the journal | remove, quarantine |
 //! | [`reporting`] | an owned contract, its workloads' statuses, restart errors | a status report, a summary |
+//! | [`mesh`] | a network across nodes: its layout, the peer records read, the WireGuard link | the peers to apply, this node's record, the status's mesh section |
 
 pub mod admission;
 pub mod expiry;
+pub mod mesh;
 pub mod orphans;
 pub mod placement;
 pub mod provisioning;

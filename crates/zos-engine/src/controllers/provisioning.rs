@@ -40,17 +40,29 @@ pub enum Step {
     Fail(ProvisionError),
 }
 
-/// The steps that bring `owned` to its deployment, replacing `previous`.
-pub fn plan(owned: &Owned, previous: Option<&Owned>) -> Vec<Step> {
+/// The steps that bring `owned` to its deployment, replacing `previous`; `span` (and the
+/// previous version's) is the contract's slot on this node when it runs on several
+/// ([`plan::span`]).
+pub fn plan(
+    owned: &Owned,
+    span: Option<plan::Span>,
+    previous: Option<(&Owned, Option<plan::Span>)>,
+) -> Vec<Step> {
     let mut steps = previous
-        .map(|prev| replaced(prev, owned))
+        .map(|(prev, prev_span)| {
+            replaced(
+                prev,
+                owned,
+                prev_span.map(|s| s.slot) != span.map(|s| s.slot),
+            )
+        })
         .unwrap_or_default();
     let d = &owned.deployment;
     for v in &d.volumes {
         steps.push(Step::EnsureVolume(names::of(&owned.id, &v.name), v.clone()));
     }
     for n in &d.networks {
-        match plan::network_plan(&owned.id, d, &n.name) {
+        match plan::network_plan(&owned.id, d, &n.name, span) {
             Ok(p) => steps.push(Step::EnsureNetwork(p)),
             Err(e) => {
                 steps.push(Step::Fail(e));
@@ -69,13 +81,14 @@ pub fn plan(owned: &Owned, previous: Option<&Owned>) -> Vec<Step> {
 /// What `prev` has and `next` does not, in reverse order, and workloads whose spec
 /// changed (recreated by the ensure that follows). Volumes of the same name are kept:
 /// their data outlives a version change. A volume the new version drops goes: the
-/// update is signed by the owner and the running version's stakeholders.
-fn replaced(prev: &Owned, next: &Owned) -> Vec<Step> {
+/// update is signed by the owner and the running version's stakeholders. `moved_slot`:
+/// this node's slot on the contract's networks changed (every network is made again).
+fn replaced(prev: &Owned, next: &Owned, moved_slot: bool) -> Vec<Step> {
     let same_workload = |w: &Workload| next.deployment.workloads.iter().any(|n| n == w);
     let changed_network = |name: &str| {
         let old = prev.deployment.networks.iter().find(|n| n.name == name);
         let new = next.deployment.networks.iter().find(|n| n.name == name);
-        old != new
+        old != new || moved_slot
     };
     let mut steps = Vec::new();
     for w in &prev.deployment.workloads {
@@ -129,7 +142,12 @@ pub struct Outcome {
 /// Runs `steps` for `owned`. A permanent failure tears down what runs (nothing that
 /// runs stays behind a contract that cannot run); its volumes stay (they may hold the
 /// tenant's data).
-pub async fn execute<P: Provisioner>(p: &P, owned: &Owned, steps: Vec<Step>) -> Outcome {
+pub async fn execute<P: Provisioner>(
+    p: &P,
+    owned: &Owned,
+    span: Option<plan::Span>,
+    steps: Vec<Step>,
+) -> Outcome {
     let mut out = Outcome {
         id: owned.id.clone(),
         version: owned.version,
@@ -137,12 +155,12 @@ pub async fn execute<P: Provisioner>(p: &P, owned: &Owned, steps: Vec<Step>) -> 
         doomed: Vec::new(),
         removed_volumes: Vec::new(),
     };
-    out.result = run(p, owned, steps, &mut out).await;
+    out.result = run(p, owned, span, steps, &mut out).await;
     if let Err(e) = &out.result {
         tracing::warn!(contract = %owned.id, error = %e, permanent = e.is_permanent(), "provisioning failed");
         if e.is_permanent() {
             let steps = teardown(owned, false);
-            let _ = run(p, owned, steps, &mut out).await;
+            let _ = run(p, owned, span, steps, &mut out).await;
         }
     }
     out
@@ -151,6 +169,7 @@ pub async fn execute<P: Provisioner>(p: &P, owned: &Owned, steps: Vec<Step>) -> 
 async fn run<P: Provisioner>(
     p: &P,
     owned: &Owned,
+    span: Option<plan::Span>,
     steps: Vec<Step>,
     out: &mut Outcome,
 ) -> Result<(), ProvisionError> {
@@ -172,7 +191,7 @@ async fn run<P: Provisioner>(
             }
             Step::EnsureNetwork(plan) => p.ensure_network(&plan).await?,
             Step::EnsureWorkload(w) => {
-                let plan = plan::workload_plan(&owned.id, &owned.deployment, &w, &paths)?;
+                let plan = plan::workload_plan(&owned.id, &owned.deployment, &w, &paths, span)?;
                 p.ensure_workload(&plan).await?;
             }
             Step::Fail(e) => return Err(e),
@@ -236,7 +255,7 @@ mod tests {
 
     #[test]
     fn a_new_contract_is_planned_in_dependency_order() {
-        let steps = plan(&owned(1, app("/app")), None);
+        let steps = plan(&owned(1, app("/app")), None, None);
         assert_eq!(
             names(&steps),
             [
@@ -256,7 +275,7 @@ mod tests {
         let mut next = app("/app-v2");
         next["volumes"] = serde_json::json!([]);
         next["workloads"][0]["mounts"] = serde_json::json!([]);
-        let steps = plan(&owned(2, next), Some(&owned(1, app("/app"))));
+        let steps = plan(&owned(2, next), None, Some((&owned(1, app("/app")), None)));
         assert_eq!(
             names(&steps),
             [
@@ -269,10 +288,50 @@ mod tests {
     }
 
     #[test]
+    fn a_node_in_another_slot_after_an_update_makes_its_network_again_in_that_slot() {
+        let span = |slot| Some(plan::Span { slot, slots: 3 });
+        let (prev, next) = (owned(1, app("/app")), owned(2, app("/app")));
+        let steps = plan(&next, span(2), Some((&prev, span(1))));
+        assert_eq!(
+            names(&steps),
+            [
+                "remove_workload web.app",
+                "remove_network web.net",
+                "ensure_volume web.data",
+                "ensure_network web.net",
+                "ensure_workload app"
+            ]
+        );
+        let Step::EnsureNetwork(net) = &steps[3] else {
+            panic!("{steps:?}")
+        };
+        // 10.20.0.0/24 cut into /28s: slot 2 is 10.20.0.32/28.
+        assert_eq!(
+            (net.subnet.to_string(), net.prefix_len),
+            ("10.20.0.32".into(), 28)
+        );
+        assert_eq!(net.gateway.to_string(), "10.20.0.33");
+        // The same slot (more nodes appended): nothing made again.
+        let steps = plan(
+            &next,
+            span(1),
+            Some((&prev, Some(plan::Span { slot: 1, slots: 2 }))),
+        );
+        assert_eq!(
+            names(&steps),
+            [
+                "ensure_volume web.data",
+                "ensure_network web.net",
+                "ensure_workload app"
+            ]
+        );
+    }
+
+    #[test]
     fn a_deployment_whose_addresses_do_not_work_out_stops_with_a_permanent_error() {
         let mut d = app("/app");
         d["networks"][0]["subnet"] = serde_json::json!("10.20.0.0/31");
-        let steps = plan(&owned(1, d), None);
+        let steps = plan(&owned(1, d), None, None);
         let Some(Step::Fail(e)) = steps.last() else {
             panic!("{steps:?}")
         };

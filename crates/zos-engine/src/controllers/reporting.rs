@@ -17,11 +17,13 @@ use crate::status::{
     WorkloadSummary,
 };
 
-/// The report of workload `name` of `owned` from what the provisioner said of it.
+/// The report of workload `name` of `owned` from what the provisioner said of it
+/// (`span`: the contract's slot on this node, when it runs on several).
 pub fn workload_report(
     owned: &Owned,
     name: &str,
     status: Result<Option<WorkloadStatus>, ProvisionError>,
+    span: Option<crate::plan::Span>,
 ) -> WorkloadReport {
     let restarts = owned.restarts.get(name).copied().unwrap_or(0);
     // The engine assigned the address; a provisioner may know better (a VM).
@@ -31,7 +33,7 @@ pub fn workload_report(
         .iter()
         .find(|w| w.name == name)
         .and_then(|w| w.network.as_deref())
-        .and_then(|net| addresses(&owned.deployment, net).ok())
+        .and_then(|net| addresses(&owned.deployment, net, span).ok())
         .and_then(|(_, ips)| ips.get(name).copied());
     match status {
         Ok(Some(s)) => WorkloadReport {

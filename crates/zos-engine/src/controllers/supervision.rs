@@ -142,11 +142,13 @@ pub struct Restarted {
 }
 
 /// Starts `workloads` of `owned` again (see [`Action::Restart`]), with the paths of
-/// its volumes from the idempotent ensure.
+/// its volumes from the idempotent ensure (`span`: the contract's slot, when it runs on
+/// several nodes, [`plan::span`]).
 pub async fn restart<P: Provisioner>(
     p: &P,
     owned: &Owned,
     workloads: Vec<(String, bool)>,
+    span: Option<plan::Span>,
 ) -> Restarted {
     let mut paths: BTreeMap<String, PathBuf> = BTreeMap::new();
     for v in &owned.deployment.volumes {
@@ -160,7 +162,7 @@ pub async fn restart<P: Provisioner>(
         else {
             continue;
         };
-        let result = match plan::workload_plan(&owned.id, &owned.deployment, w, &paths) {
+        let result = match plan::workload_plan(&owned.id, &owned.deployment, w, &paths, span) {
             Ok(plan) if exited => p.restart_workload(&plan).await,
             Ok(plan) => p.ensure_workload(&plan).await,
             Err(e) => Err(e),

@@ -116,6 +116,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             return Ok(());
         }
         tracing::info!(contract = %id, replica, "assignment received");
+        self.mesh_due.insert(id.clone());
         let Some(farm) = self.cfg.farm.clone() else {
             tracing::warn!(contract = %id, "assignment for a node in no farm; ignored");
             return Ok(());
@@ -194,6 +195,8 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         let Some(view) = placement::read_placement(record, id, &held) else {
             return Ok(());
         };
+        // Who holds the other replicas may have changed: the peers follow at once.
+        self.mesh_due.insert(id.to_string());
         if let Verdict::Moved { to, epoch } = placement::judge(&view, &held, &self.node()) {
             self.moved(&owned, to, epoch).await?;
         }
@@ -215,6 +218,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         if node != self.node() {
             return Ok(());
         }
+        self.mesh_due.insert(contract_id.clone());
         if let Some(by_replica) = self.assigned.get_mut(&contract_id) {
             by_replica.remove(&replica);
             if by_replica.is_empty() {
@@ -247,7 +251,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
 
     /// The placement record of held contract `id`, read now and signed by its
     /// orchestrator: its view and its body (`None`: none, unreadable, or not held).
-    async fn placement_record(&self, id: &str) -> Option<(Owned, PlacementView, Value)> {
+    pub(super) async fn placement_record(&self, id: &str) -> Option<(Owned, PlacementView, Value)> {
         let owned = self.journal.owned(id).cloned()?;
         let held = owned.held.as_ref()?;
         let key = NotaryKey::placement(self.cfg.farm.as_deref()?, id).ok()?;
@@ -273,6 +277,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         tracing::warn!(contract = %id, replica = held.replica, from_epoch = held.epoch, epoch, node = %to, "replica moved to another node; removing this copy");
         self.journal.update(|j| {
             j.owned.remove(&id);
+            j.members.remove(&id);
             j.see_epoch(&id, held.replica, epoch);
             j.doomed.extend(crate::plan::resource_names(
                 &id,
@@ -285,6 +290,7 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.fenced.remove(&id);
         self.refused_updates.remove(&id);
         self.teardown(owned, true).await?;
+        self.mesh_forget(owned, true).await;
         self.publish(
             StatusReport::new(
                 &id,
@@ -331,6 +337,8 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
         self.jobs.abort(&id);
         self.pending_since.remove(&id);
         self.teardown(owned, false).await?;
+        // Its network is gone with it; the key stays (it runs again with it).
+        self.mesh_forget(owned, false).await;
         let report = fenced(owned, why, after_s);
         self.fenced.insert(
             id.clone(),

@@ -11,8 +11,8 @@ use std::time::Duration;
 use zos_contract::deployment::Volume;
 use zos_contract::{SecretKey, SignedContract, Stakeholder};
 use zos_engine::{
-    Inventory, NetworkPlan, ProvisionError, Provisioner, WorkloadPlan, WorkloadState,
-    WorkloadStatus,
+    Inventory, MeshPeerState, MeshPlan, MeshState, NetworkPlan, ProvisionError, Provisioner,
+    WireguardMissing, WorkloadPlan, WorkloadState, WorkloadStatus,
 };
 
 use zos_engine::{Capacity, Engine, EngineConfig, FileJournal, Journal, StatusReport};
@@ -44,6 +44,15 @@ pub struct FakeState {
     /// Like zosd's blocking calls, an abandoned ensure_workload still finishes once its
     /// store answers, and starts the workload then.
     pub finish_abandoned: bool,
+    /// The kernel has no WireGuard (like this host's): `ensure_mesh` fails, and a
+    /// contract with a network across nodes is refused.
+    pub no_wireguard: bool,
+    /// The fake WireGuard links, by network (node-wide name).
+    pub meshes: BTreeMap<String, MeshState>,
+    /// The last mesh plan applied per network.
+    pub mesh_plans: BTreeMap<String, MeshPlan>,
+    /// Every mesh call, in order: "ensure_mesh web.net 2 peers", "mesh_state web.net".
+    pub mesh_calls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -172,7 +181,11 @@ impl Provisioner for Fake {
 
     async fn remove_network(&self, name: &str) -> Result<(), ProvisionError> {
         self.log(format!("remove_network {name}"));
-        self.state().networks.remove(name);
+        let mut s = self.state();
+        s.networks.remove(name);
+        // The network's WireGuard link goes with it.
+        s.meshes.remove(name);
+        s.mesh_plans.remove(name);
         Ok(())
     }
 
@@ -244,6 +257,70 @@ impl Provisioner for Fake {
             networks: s.networks.keys().cloned().collect(),
             workloads: s.workloads.keys().cloned().collect::<BTreeSet<_>>(),
         })
+    }
+
+    async fn wireguard_available(&self) -> bool {
+        !self.state().no_wireguard
+    }
+
+    async fn ensure_mesh(
+        &self,
+        net: &NetworkPlan,
+        mesh: &MeshPlan,
+    ) -> Result<MeshState, ProvisionError> {
+        let mut s = self.state();
+        s.mesh_calls.push(format!(
+            "ensure_mesh {} {} peers",
+            net.name,
+            mesh.peers.len()
+        ));
+        if s.no_wireguard {
+            return Err(
+                ProvisionError::from_source("network", &net.name, WireguardMissing).permanent(),
+            );
+        }
+        assert!(
+            s.networks.contains_key(&net.name),
+            "ensure_mesh of {} before its network",
+            net.name
+        );
+        let port = s
+            .meshes
+            .get(&net.name)
+            .map_or(51820 + s.meshes.len() as u16, |m| m.listen_port);
+        let old = s.meshes.get(&net.name).cloned();
+        let peers = mesh
+            .peers
+            .iter()
+            .map(|p| {
+                old.as_ref()
+                    .and_then(|o| o.peers.iter().find(|q| q.public_key == p.public_key))
+                    .cloned()
+                    .unwrap_or(MeshPeerState {
+                        public_key: p.public_key,
+                        endpoint: p.endpoint,
+                        last_handshake: None,
+                        rx_bytes: 0,
+                        tx_bytes: 0,
+                    })
+            })
+            .collect();
+        let state = MeshState {
+            listen_port: port,
+            public_key: zos_mesh::WgSecretKey::from_bytes(mesh.private_key)
+                .public()
+                .0,
+            peers,
+        };
+        s.meshes.insert(net.name.clone(), state.clone());
+        s.mesh_plans.insert(net.name.clone(), mesh.clone());
+        Ok(state)
+    }
+
+    async fn mesh_state(&self, name: &str) -> Result<Option<MeshState>, ProvisionError> {
+        let mut s = self.state();
+        s.mesh_calls.push(format!("mesh_state {name}"));
+        Ok(s.meshes.get(name).cloned())
     }
 }
 
