@@ -36,6 +36,12 @@
 //!
 //! [trust]
 //! blueprint_authors = []     # hex public keys; empty accepts any valid signature
+//!
+//! [mesh]
+//! # The address peer records publish for this node's WireGuard links (networks
+//! # across nodes, docs/network.md "Mesh"): "auto" (the uplink's first global IPv4
+//! # address), "none" (not reachable: behind NAT, peers must reach it), or an address.
+//! endpoint = "auto"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -90,6 +96,68 @@ pub struct NodeConfig {
     /// Seconds between two pushes of the node's metrics to the farm's target.
     #[serde(default = "default_metrics_every_secs")]
     pub metrics_every_secs: u64,
+    /// Tenant networks across nodes (WireGuard).
+    #[serde(default)]
+    pub mesh: MeshSection,
+}
+
+/// `[mesh]`: tenant networks across nodes (docs/network.md, "Mesh").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// The endpoint address this node's peer records publish.
+    #[serde(default)]
+    pub endpoint: MeshEndpoint,
+}
+
+/// `[mesh] endpoint`: where peers send to this node's WireGuard links.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MeshEndpoint {
+    /// The uplink's first global IPv4 address, found when zosd starts.
+    #[default]
+    Auto,
+    /// None: the node is not reachable (behind NAT); its peers must have endpoints.
+    None,
+    /// This address.
+    Addr(std::net::IpAddr),
+}
+
+impl<'de> Deserialize<'de> for MeshEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "auto" => Ok(MeshEndpoint::Auto),
+            "none" => Ok(MeshEndpoint::None),
+            other => other.parse().map(MeshEndpoint::Addr).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "[mesh] endpoint: {other:?} is neither \"auto\", \"none\" nor an IP address"
+                ))
+            }),
+        }
+    }
+}
+
+impl MeshEndpoint {
+    /// The address, given the node's interface addresses (`<if> <ip>/<len>`, as
+    /// `zos_status::live::addresses` lists them) and its uplink's name: `Auto` takes
+    /// the uplink's first global IPv4 address (not loopback, link-local, unspecified,
+    /// multicast or broadcast).
+    pub fn resolve(&self, uplink: &str, addresses: &[String]) -> Option<std::net::IpAddr> {
+        match self {
+            MeshEndpoint::None => None,
+            MeshEndpoint::Addr(ip) => Some(*ip),
+            MeshEndpoint::Auto => addresses.iter().find_map(|line| {
+                let (iface, cidr) = line.split_once(' ')?;
+                let ip: std::net::Ipv4Addr = cidr.split('/').next()?.parse().ok()?;
+                let global = !(ip.is_loopback()
+                    || ip.is_link_local()
+                    || ip.is_unspecified()
+                    || ip.is_multicast()
+                    || ip.is_broadcast());
+                (iface == uplink && global).then_some(std::net::IpAddr::V4(ip))
+            }),
+        }
+    }
 }
 
 fn default_metrics_every_secs() -> u64 {
@@ -324,6 +392,40 @@ mod tests {
             cfg.network.egress_deny().unwrap(),
             ["203.0.113.0/24".parse::<zos_network::IpNet>().unwrap()]
         );
+        assert_eq!(cfg.mesh.endpoint, MeshEndpoint::Auto);
+    }
+
+    #[test]
+    fn the_mesh_endpoint_is_the_uplinks_first_global_ipv4_unless_told() {
+        let base = "notary = \"dir:///x\"\nstorage = { pools_root = \"/p\", disks = [\"/dev/vdb\"] }\nnetwork = { uplink = \"e\" }\n";
+        let cfg: NodeConfig = toml::from_str(base).unwrap();
+        assert_eq!(cfg.mesh.endpoint, MeshEndpoint::Auto);
+        let addrs: Vec<String> = [
+            "br0 10.9.0.1/24",
+            "e fe80::1/64",
+            "e 169.254.3.4/16",
+            "e 192.0.2.7/24",
+            "e 192.0.2.8/24",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            MeshEndpoint::Auto.resolve("e", &addrs),
+            Some("192.0.2.7".parse().unwrap())
+        );
+        assert_eq!(MeshEndpoint::Auto.resolve("e", &addrs[..3]), None);
+        let none: NodeConfig =
+            toml::from_str(&format!("{base}[mesh]\nendpoint = \"none\"\n")).unwrap();
+        assert_eq!(none.mesh.endpoint.resolve("e", &addrs), None);
+        let fixed: NodeConfig =
+            toml::from_str(&format!("{base}[mesh]\nendpoint = \"203.0.113.9\"\n")).unwrap();
+        assert_eq!(
+            fixed.mesh.endpoint.resolve("e", &addrs),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        let bad = toml::from_str::<NodeConfig>(&format!("{base}[mesh]\nendpoint = \"eth0\"\n"))
+            .unwrap_err();
+        assert!(bad.to_string().contains("[mesh] endpoint"), "{bad}");
     }
 
     #[test]

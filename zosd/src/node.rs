@@ -211,6 +211,10 @@ async fn serve(
         trusted_authors: trusted_authors(&cfg, &registered),
         // A registered node follows its farm's placement contracts (docs/grid.md).
         farm: registered.farm.as_ref().and(cfg.farm.clone()),
+        // Networks across nodes: keys beside the node's other state, and the endpoint
+        // its peer records publish (docs/engine.md, "Mesh").
+        mesh_keys: Some(cfg.state_dir.join("mesh")),
+        mesh_endpoint: mesh_endpoint(&cfg),
         ..EngineConfig::default()
     };
     tracing::info!(%node, notary = %cfg.notary, "node agent ready");
@@ -241,6 +245,27 @@ async fn serve(
     engine.run(stop.requested()).await?;
     tracing::info!("stopped; workloads keep running and are re-adopted at the next start");
     Ok(())
+}
+
+/// `[mesh] endpoint` resolved: with "auto", the uplink's first global IPv4 address in
+/// the node's namespace now (a PID 1 node has its DHCP lease before the agent starts).
+fn mesh_endpoint(cfg: &NodeConfig) -> Option<std::net::IpAddr> {
+    let addresses = match &cfg.network.node_netns {
+        None => zos_status::live::addresses(),
+        Some(ns) => {
+            zos_network::netns::run_at(ns, || Ok(zos_status::live::addresses())).unwrap_or_default()
+        }
+    };
+    let endpoint = cfg.mesh.endpoint.resolve(&cfg.network.uplink, &addresses);
+    match endpoint {
+        Some(ip) => tracing::info!(%ip, "mesh endpoint"),
+        None => tracing::warn!(
+            uplink = %cfg.network.uplink,
+            setting = ?cfg.mesh.endpoint,
+            "no mesh endpoint: this node's peers must reach it (networks across nodes need one side with an endpoint)"
+        ),
+    }
+    endpoint
 }
 
 /// The node's side of the tenant networks: its firewall and forwarding ensured.

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use zos_container::ContainerRuntime;
 use zos_contract::deployment::{DiskKind, Protocol, Volume, WorkloadKind};
 use zos_engine::{
-    Inventory, KernelNames, NetworkPlan, Nic, NicStyle, Placement, ProvisionError, Provisioner,
-    Runtimes, WorkloadPlan, WorkloadRuntime, WorkloadState, WorkloadStatus,
+    Inventory, KernelNames, MeshPeerState, MeshPlan, MeshState, NetworkPlan, Nic, NicStyle,
+    Placement, ProvisionError, Provisioner, Runtimes, WireguardMissing, WorkloadPlan,
+    WorkloadRuntime, WorkloadState, WorkloadStatus,
 };
 use zos_network::{
-    EgressPolicy, IpNet, Ipv4Subnet, Network, PortForward, Proto, TenantNetwork, TenantPort,
-    WorkloadAttachment,
+    EgressPolicy, IpNet, Ipv4Subnet, MeshConfig, MeshPeer, Network, PortForward, Proto,
+    TenantNetwork, TenantPort, WorkloadAttachment,
 };
 use zos_storage::{PoolKind, Storage};
 use zos_vm::VmRuntime;
@@ -159,6 +160,36 @@ impl WorkloadCgroups {
             WorkloadKind::Container => Some(self.containers.cgroup_path(name)),
             WorkloadKind::Vm => self.vms.cgroup_path(&self.names.kernel_id(name)?),
         }
+    }
+}
+
+/// zos-network's error for network `name`: a kernel without WireGuard is permanent,
+/// with its typed source (the status's code `wireguard_missing`).
+fn net_err(name: &str, e: zos_network::Error) -> ProvisionError {
+    match e {
+        zos_network::Error::WireguardMissing => {
+            ProvisionError::from_source("network", name, WireguardMissing).permanent()
+        }
+        e => ProvisionError::from_source("network", name, e),
+    }
+}
+
+/// A link read back by zos-network, in the engine's types.
+fn mesh_state(s: zos_network::MeshState) -> MeshState {
+    MeshState {
+        listen_port: s.listen_port,
+        public_key: s.public_key,
+        peers: s
+            .peers
+            .into_iter()
+            .map(|p| MeshPeerState {
+                public_key: p.public_key,
+                endpoint: p.endpoint,
+                last_handshake: p.last_handshake,
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect(),
     }
 }
 
@@ -455,6 +486,71 @@ impl Provisioner for NodeProvisioner {
                     .collect(),
                 workloads: inner.runtimes.names(),
             })
+        })
+        .await
+    }
+
+    async fn wireguard_available(&self) -> bool {
+        let inner = self.inner.clone();
+        blocking("network", "wireguard", move || {
+            Ok(inner.network.wireguard_available())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn ensure_mesh(
+        &self,
+        plan: &NetworkPlan,
+        mesh: &MeshPlan,
+    ) -> Result<MeshState, ProvisionError> {
+        let inner = self.inner.clone();
+        let (plan, mesh) = (plan.clone(), mesh.clone());
+        blocking("network", &plan.name.clone(), move || {
+            let name = plan.name.as_str();
+            let tenant = inner.tenant(&plan)?;
+            let subnet = |(addr, len): (std::net::Ipv4Addr, u8)| {
+                Ipv4Subnet::new(addr, len)
+                    .map_err(|e| ProvisionError::new("network", name, e.to_string()).permanent())
+            };
+            let config = MeshConfig {
+                range: subnet(mesh.range)?,
+                private_key: mesh.private_key,
+                peers: mesh
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        Ok(MeshPeer {
+                            public_key: p.public_key,
+                            endpoint: p.endpoint,
+                            allowed: subnet(p.allowed)?,
+                            keepalive_s: p.keepalive_s,
+                        })
+                    })
+                    .collect::<Result<_, ProvisionError>>()?,
+            };
+            inner
+                .network
+                .ensure_mesh(&tenant, &config)
+                .map(mesh_state)
+                .map_err(|e| net_err(name, e))
+        })
+        .await
+    }
+
+    async fn mesh_state(&self, name: &str) -> Result<Option<MeshState>, ProvisionError> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        blocking("network", &name.clone(), move || {
+            // A network the name map does not know has no link.
+            let Ok(id) = inner.names.resolve("net", &name) else {
+                return Ok(None);
+            };
+            inner
+                .network
+                .mesh_state(&id)
+                .map(|s| s.map(mesh_state))
+                .map_err(|e| net_err(&name, e))
         })
         .await
     }
