@@ -310,3 +310,182 @@ async fn a_contract_on_one_node_has_no_mesh() {
         (Ipv4Addr::new(10, 20, 0, 0), 24)
     );
 }
+
+// ---- a placement across nodes: slots are replicas, a move changes only the node ----
+
+const FARM: &str = "zt-farm";
+
+fn orchestrator() -> SecretKey {
+    SecretKey::from_seed([7; 32])
+}
+
+/// A `stay` placement contract of two replicas on the farm.
+fn placed(keys: &Keys, id: &str) -> SignedContract {
+    let mut c = common::contract(keys, id, 1, 10, "/app", false).contract;
+    c.nodes.clear();
+    let placement = zos_contract::Placement {
+        farm: FARM.into(),
+        replicas: 2,
+        orchestrator: orchestrator().public(),
+        failover: zos_contract::Failover {
+            mode: zos_contract::FailoverMode::Stay,
+            after_s: 10,
+        },
+        constraints: None,
+    };
+    let mut doc = SignedContract::placed(c, placement).unwrap();
+    doc.sign(&keys.owner).unwrap();
+    doc.sign(&keys.legal).unwrap();
+    doc
+}
+
+fn assignment(doc: &SignedContract, replica: u64, node: PublicKey, epoch: u64) -> Record {
+    let a = zos_contract::Assignment {
+        contract: doc.contract.id.clone(),
+        version: doc.contract.version,
+        digest: doc.digest,
+        replica,
+        node,
+        epoch,
+        issued_at: 0,
+        orchestrator: orchestrator().public(),
+    };
+    let signed = zos_contract::SignedAssignment::sign(a, &orchestrator()).unwrap();
+    let key = NotaryKey::assignment(&node, &doc.contract.id, replica).unwrap();
+    Record::sign(&key, signed.to_value(), &orchestrator()).unwrap()
+}
+
+/// The orchestrator's placement record: replica `k` on `on[k]` at its epoch.
+fn placement_record(doc: &SignedContract, on: &[(PublicKey, u64)]) -> Record {
+    let replicas: Vec<serde_json::Value> = on
+        .iter()
+        .enumerate()
+        .map(|(k, (node, epoch))| json!({"replica": k, "node": node, "epoch": epoch, "state": "assigned"}))
+        .collect();
+    let body = json!({
+        "contract": doc.contract.id, "version": doc.contract.version, "digest": doc.digest,
+        "replicas": replicas, "moves": [],
+    });
+    let key = NotaryKey::placement(FARM, &doc.contract.id).unwrap();
+    Record::sign(&key, body, &orchestrator()).unwrap()
+}
+
+impl Side {
+    fn farm_engine(
+        &self,
+        notary: &AnyNotary,
+        endpoint: [u8; 4],
+    ) -> Engine<Fake, AnyNotary, FileJournal> {
+        let journal =
+            Journal::open(FileJournal::new(self.dir.path().join("journal.json"))).unwrap();
+        let config = EngineConfig {
+            farm: Some(FARM.into()),
+            mesh_keys: Some(self.dir.path().join("mesh")),
+            mesh_endpoint: Some(Ipv4Addr::from(endpoint).into()),
+            ..World::config()
+        };
+        Engine::new(
+            self.key.clone(),
+            config,
+            self.fake.clone(),
+            notary.clone(),
+            journal,
+        )
+    }
+
+    fn wg_public(&self, id: &str) -> [u8; 32] {
+        zos_mesh::WgSecretKey::load(&self.key_file(id))
+            .unwrap()
+            .public()
+            .0
+    }
+}
+
+#[tokio::test]
+async fn a_moved_replica_keeps_its_slot_and_the_peers_follow_the_move() {
+    let w = World::new();
+    let (keys, notary) = (&w.keys, &w.notary);
+    let (a, b, c) = (
+        Side::new(keys.node.clone()),
+        Side::new(node_b()),
+        Side::new(SecretKey::from_seed([10; 32])),
+    );
+    let (na, nb, nc) = (a.key.public(), b.key.public(), c.key.public());
+    let doc = placed(keys, "web");
+    let contract_key = NotaryKey::placement_contract(FARM, "web").unwrap();
+    notary
+        .put(&Record::sign(&contract_key, doc.to_value(), &keys.owner).unwrap())
+        .await
+        .unwrap();
+    notary
+        .put(&placement_record(&doc, &[(na, 1), (nb, 1)]))
+        .await
+        .unwrap();
+    let mut ea = a.farm_engine(notary, [192, 0, 2, 1]);
+    let mut eb = b.farm_engine(notary, [192, 0, 2, 2]);
+    let mut ec = c.farm_engine(notary, [192, 0, 2, 3]);
+    for e in [&mut ea, &mut eb, &mut ec] {
+        e.start(vec![]).await.unwrap();
+    }
+
+    // Replica 0 on A, replica 1 on B: each its replica's slot, each the other's peer.
+    ea.on_record(&assignment(&doc, 0, na, 1)).await.unwrap();
+    eb.on_record(&assignment(&doc, 1, nb, 1)).await.unwrap();
+    ea.mesh_refresh_all().await.unwrap();
+    assert_eq!(
+        b.fake.state().network_plans["web.net"].gateway,
+        Ipv4Addr::new(10, 20, 0, 17)
+    );
+    let peers_of_a = a.fake.state().mesh_plans["web.net"].peers.clone();
+    assert_eq!(peers_of_a.len(), 1);
+    assert_eq!(peers_of_a[0].public_key, b.wg_public("web"));
+    assert_eq!(peers_of_a[0].allowed, (Ipv4Addr::new(10, 20, 0, 16), 28));
+    let s = a.status(notary, "web").await;
+    assert_eq!((s.replica, s.mesh[0].slot), (Some(0), 0));
+    assert_eq!(s.mesh[0].peers[0].state, "peer", "{s:?}");
+
+    // The orchestrator moves replica 1 to C at epoch 2. A reads the new placement
+    // record: it refreshes at once; B's record is stale now, C has none yet.
+    let moved = placement_record(&doc, &[(na, 1), (nc, 2)]);
+    notary.put(&moved).await.unwrap();
+    ea.on_record(&moved).await.unwrap();
+    assert!(a.fake.state().mesh_plans["web.net"].peers.is_empty());
+    let s = a.status(notary, "web").await;
+    let slot1 = &s.mesh[0].peers[0];
+    assert_eq!(
+        (slot1.node.clone(), slot1.state.as_str()),
+        (Some(nc.to_string()), "no_record")
+    );
+
+    // C runs replica 1 at epoch 2, in the same slot (same subnet, same addresses), and
+    // takes A as its peer; A's next refresh takes C.
+    ec.on_record(&assignment(&doc, 1, nc, 2)).await.unwrap();
+    assert_eq!(
+        c.fake.state().network_plans["web.net"].gateway,
+        Ipv4Addr::new(10, 20, 0, 17)
+    );
+    assert_eq!(
+        c.fake.state().mesh_plans["web.net"].peers[0].public_key,
+        a.wg_public("web")
+    );
+    ea.mesh_refresh_all().await.unwrap();
+    let peers_of_a = a.fake.state().mesh_plans["web.net"].peers.clone();
+    assert_eq!(peers_of_a.len(), 1);
+    assert_eq!(peers_of_a[0].public_key, c.wg_public("web"));
+    assert_eq!(peers_of_a[0].allowed, (Ipv4Addr::new(10, 20, 0, 16), 28));
+    assert_eq!(
+        peers_of_a[0].endpoint,
+        Some(SocketAddr::from(([192, 0, 2, 3], 51820)))
+    );
+
+    // B learns of the move: its copy, its link, its record and its key go.
+    eb.on_record(&moved).await.unwrap();
+    assert_eq!(b.status(notary, "web").await.state, State::Moved);
+    assert!(b.fake.state().meshes.is_empty());
+    assert!(!b.key_file("web").exists());
+    assert!(notary
+        .get(&NotaryKey::mesh(&nb, "web", "net").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+}
