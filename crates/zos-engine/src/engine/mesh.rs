@@ -145,9 +145,17 @@ impl<P: Provisioner + 'static, N: zos_notary::Notary, S: JournalStore> Engine<P,
         let entry = (id.to_string(), net.to_string());
         if !self.mesh.contains_key(&entry) {
             let path = key_path(dir, id, net);
+            // The directories are the owner's only, as the key files are.
             let made = path
                 .parent()
-                .map(|p| std::fs::create_dir_all(p).map_err(|e| e.to_string()))
+                .map(|p| {
+                    use std::os::unix::fs::DirBuilderExt as _;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(p)
+                        .map_err(|e| e.to_string())
+                })
                 .unwrap_or(Ok(()))
                 .and_then(|()| WgSecretKey::load_or_create(&path).map_err(|e| e.to_string()));
             let secret = match made {
