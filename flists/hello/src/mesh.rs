@@ -33,8 +33,9 @@ pub fn serve_lines(listener: TcpListener, reply: String) {
     }
 }
 
-/// Starts what the environment asks for (each on its own thread).
-pub fn start_from_env() {
+/// Starts what the environment asks for (each on its own thread); true when it watches
+/// peers.
+pub fn start_from_env() -> bool {
     if let Some(port) = env_port("HELLO_SINK_PORT") {
         listen(port, "sink", sink);
     }
@@ -43,14 +44,16 @@ pub fn start_from_env() {
     }
     // Empty values are a blueprint's defaults: nothing to do.
     let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    if let Some(list) = set("HELLO_PEERS") {
-        let peers: Vec<SocketAddr> = list.split(',').filter_map(|p| p.parse().ok()).collect();
-        let marker = std::env::var("HELLO_MARKER").unwrap_or_default();
-        std::thread::spawn(move || watch_peers(peers, marker));
-    }
     if let Some(spec) = set("HELLO_BENCH") {
         std::thread::spawn(move || bench_all(&spec));
     }
+    let Some(list) = set("HELLO_PEERS") else {
+        return false;
+    };
+    let peers: Vec<SocketAddr> = list.split(',').filter_map(|p| p.parse().ok()).collect();
+    let marker = std::env::var("HELLO_MARKER").unwrap_or_default();
+    std::thread::spawn(move || watch_peers(peers, marker));
+    true
 }
 
 fn env_port(name: &str) -> Option<u16> {
