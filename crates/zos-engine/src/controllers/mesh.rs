@@ -238,7 +238,11 @@ pub fn report(input: &ReportInput<'_>) -> MeshReport {
                             .endpoint
                             .clone()
                             .unwrap_or_else(|| format!("{who} (no endpoint: it must come to us)"));
-                        let port = port.map_or("its".into(), |p| p.to_string());
+                        // The port to reach: the peer's, or ours when it comes to us.
+                        let port = endpoint
+                            .map(|e| e.port())
+                            .or(port)
+                            .map_or("its".into(), |p| p.to_string());
                         line.cause = Some(format!(
                             "no handshake with {to} yet: is UDP {port} reachable from here? both behind NAT?"
                         ));
@@ -425,7 +429,8 @@ mod tests {
             public_key: wg(1).public().0,
             peers: vec![MeshPeerState {
                 public_key: wg(2).public().0,
-                endpoint: endpoint(51820),
+                // As the kernel learnt it (the peer's packets came from another port).
+                endpoint: endpoint(51821),
                 last_handshake: None,
                 rx_bytes: 0,
                 tx_bytes: 92,
@@ -451,7 +456,7 @@ mod tests {
         let pb = &r.peers[0];
         assert_eq!(pb.node, Some(b.to_string()));
         assert_eq!((pb.state.as_str(), pb.tx_bytes), ("peer", 92));
-        assert_eq!(pb.endpoint.as_deref(), Some("192.0.2.1:51820"));
+        assert_eq!(pb.endpoint.as_deref(), Some("192.0.2.1:51821"));
         assert_eq!(pb.cause, None, "within the handshake grace");
         let pc = &r.peers[1];
         assert_eq!((pc.slot, pc.state.as_str()), (2, "no_record"));
@@ -463,7 +468,7 @@ mod tests {
         let late = input(1000 + HANDSHAKE_GRACE.as_secs(), &state);
         assert_eq!(
             late.peers[0].cause.as_deref(),
-            Some("no handshake with 192.0.2.1:51820 yet: is UDP 51820 reachable from here? both behind NAT?")
+            Some("no handshake with 192.0.2.1:51821 yet: is UDP 51821 reachable from here? both behind NAT?")
         );
         assert_ne!(settled(&late), settled(&r), "a cause is a change");
         // A handshake: no cause; counters alone are no change, the first handshake is.
