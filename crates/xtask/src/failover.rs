@@ -220,7 +220,9 @@ pub fn print(f: &Figures) {
 /// key made there; returns the signed blueprint's path.
 fn sample_blueprint(zos_bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     let flist = flists::build(&work.join("flist"), zos_bin)?;
-    let text = flists::pinned_blueprint("crm.blueprint.toml", "hello.fl", &flist)?;
+    // No network: a network across replicas is the mesh scenario's (crate::mesh), and
+    // these nodes, each behind its own QEMU user network, cannot reach each other.
+    let text = flists::pinned_blueprint("worker.blueprint.toml", "hello.fl", &flist)?;
     let toml = work.join("hello.blueprint.toml");
     std::fs::write(&toml, text)?;
     let expert = work.join("expert.key");

@@ -270,23 +270,29 @@ node_netns = "{node_netns}"
     Ok((node, key))
 }
 
-/// The sample flist built, packed and signed under `flist/`, and `hello.blueprint.json`
-/// pinning it, signed by the expert.
+/// The sample flist built, packed and signed under `flist/`, and the blueprints pinning
+/// it, signed by the expert: `hello.blueprint.json` (the CRM, with a network) and
+/// `worker.blueprint.json` (no network: what the grid step places on these nodes,
+/// which have no WireGuard for a network across replicas).
 pub(super) fn sample_blueprint(d: &Demo) -> anyhow::Result<()> {
     let flist = flists::build(&d.dir.join("flist"), &d.zos)?;
     println!("  flist {} sha256 {}", flist.fl.display(), flist.sha256);
     println!("  publisher {}", flist.publisher);
-    let blueprint = flists::pinned_blueprint("crm.blueprint.toml", "hello.fl", &flist)?;
-    std::fs::write(d.path("hello.blueprint.toml"), blueprint)?;
-    d.step(&[
-        "blueprint",
-        "sign",
-        "hello.blueprint.toml",
-        "--key",
-        "expert.key",
-        "-o",
-        "hello.blueprint.json",
-    ])?;
+    for (source, name) in [("crm", "hello"), ("worker", "worker")] {
+        let blueprint =
+            flists::pinned_blueprint(&format!("{source}.blueprint.toml"), "hello.fl", &flist)?;
+        let toml = format!("{name}.blueprint.toml");
+        std::fs::write(d.path(&toml), blueprint)?;
+        d.step(&[
+            "blueprint",
+            "sign",
+            &toml,
+            "--key",
+            "expert.key",
+            "-o",
+            &format!("{name}.blueprint.json"),
+        ])?;
+    }
     Ok(())
 }
 
