@@ -3,7 +3,11 @@
 //! A tenant network is a namespace `<prefix><id>` with a bridge `br0` carrying the
 //! gateway address, a veth pair `pub0` <-> `<prefix><id>` to the node namespace on
 //! a private transit /30, and nftables rules for NAT and isolation in both. Workloads
-//! join with a veth pair (their own namespace) or a tap (VMs). See docs/network.md.
+//! join with a veth pair (their own namespace) or a tap (VMs). A network that spans
+//! nodes (issue #16) also has a WireGuard link `wg0` in its namespace, whose UDP
+//! socket lives in the node namespace ([`Network::ensure_mesh`], module `mesh`;
+//! configured over WireGuard's generic netlink family, module `wg`). See
+//! docs/network.md.
 //!
 //! Every namespace, netlink and nft call goes through the [`kernel::Kernel`] seam:
 //! [`kernel::RealKernel`] in production, [`fake::FakeKernel`] (which records the calls)

@@ -339,6 +339,18 @@ mod tests {
         assert_eq!(dev.peers[1].allowed, [peers[1].allowed]);
     }
 
+    /// The family lookup on the real kernel (unprivileged): the controller itself
+    /// resolves (id 16, GENL_ID_CTRL), a family nobody registered is `None`, not an
+    /// error (what a kernel without WireGuard answers for "wireguard").
+    #[test]
+    fn family_lookup_on_this_kernel() {
+        let mut g = Genl::new().unwrap();
+        assert_eq!(g.family_id("nlctrl").unwrap(), Some(16));
+        assert_eq!(g.family_id("zosnofamily").unwrap(), None);
+        // The socket stays usable after a NACK.
+        assert_eq!(g.family_id("nlctrl").unwrap(), Some(16));
+    }
+
     #[test]
     fn a_peer_split_over_two_messages_is_one_peer() {
         let part = |allowed: &str| WireguardMessage {

@@ -112,8 +112,10 @@ fn refusal(w: &World, net: &Network, a: &TenantNetwork) {
     );
     let err = net.ensure_mesh(a, &m).unwrap_err();
     assert!(matches!(err, Error::WireguardMissing), "{err}");
-    // The link kind itself is refused the same way (EOPNOTSUPP from rtnetlink).
+    // The question is answered (no family), not failed.
     let node = RealKernel.open_ns(Some(&w.path(&w.node))).unwrap();
+    assert!(!within(&RealKernel, &node, |s| s.wireguard_family()).unwrap());
+    // The link kind itself is refused the same way (EOPNOTSUPP from rtnetlink).
     let tns = RealKernel.open_ns(Some(&net.netns_path(&tenant))).unwrap();
     let err = within(&RealKernel, &node, |s| s.add_wireguard_into("wg0", &tns)).unwrap_err();
     assert!(matches!(err, Error::WireguardMissing), "{err}");
