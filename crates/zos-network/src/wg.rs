@@ -349,6 +349,30 @@ mod tests {
         assert_eq!(g.family_id("zosnofamily").unwrap(), None);
         // The socket stays usable after a NACK.
         assert_eq!(g.family_id("nlctrl").unwrap(), Some(16));
+        // A dump (what WG_CMD_GET_DEVICE is): several datagrams up to NLMSG_DONE.
+        let mut all = GenlMessage::from_payload(GenlCtrl {
+            cmd: GenlCtrlCmd::GetFamily,
+            nlas: vec![],
+        });
+        all.finalize();
+        let families = g
+            .request("dump families", all, NLM_F_REQUEST | NLM_F_DUMP)
+            .unwrap();
+        let names: Vec<String> = families
+            .iter()
+            .flat_map(|m| m.payload.nlas.iter())
+            .filter_map(|a| match a {
+                GenlCtrlAttrs::FamilyName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(names.len() > 1, "{names:?}");
+        assert!(names.iter().any(|n| n == "nlctrl"), "{names:?}");
+        assert_eq!(
+            g.family_id("nlctrl").unwrap(),
+            Some(16),
+            "usable after a dump"
+        );
     }
 
     #[test]
