@@ -214,7 +214,6 @@ async fn serve(
         // Networks across nodes: keys beside the node's other state, and the endpoint
         // its peer records publish (docs/engine.md, "Mesh").
         mesh_keys: Some(cfg.state_dir.join("mesh")),
-        mesh_endpoint: mesh_endpoint(&cfg),
         ..EngineConfig::default()
     };
     tracing::info!(%node, notary = %cfg.notary, "node agent ready");
@@ -225,6 +224,10 @@ async fn serve(
     let diag = crate::diag::Diag::new(&cfg, &key, notary.clone(), storage.clone(), farmer);
     let cgroups = provisioner.cgroups();
     let mut engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
+    // The mesh endpoint follows the uplink's address (a lease that comes late, or
+    // changes): the engine publishes a new one at its next refresh.
+    let (endpoint, _follow_endpoint) = follow_mesh_endpoint(&cfg);
+    engine = engine.with_mesh_endpoint(endpoint);
     // Move replicas are fenced by the liveness record's renewals (docs/grid.md); the
     // task keeps renewing for as long as `liveness` lives.
     if let Some(l) = &liveness {
@@ -247,8 +250,11 @@ async fn serve(
     Ok(())
 }
 
-/// `[mesh] endpoint` resolved: with "auto", the uplink's first global IPv4 address in
-/// the node's namespace now (a PID 1 node has its DHCP lease before the agent starts).
+/// How often "auto" looks at the uplink's addresses again.
+const MESH_ENDPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `[mesh] endpoint` resolved now: with "auto", the uplink's first global IPv4 address
+/// in the node's namespace (blocking: it enters that namespace).
 fn mesh_endpoint(cfg: &NodeConfig) -> Option<std::net::IpAddr> {
     let addresses = match &cfg.network.node_netns {
         None => zos_status::live::addresses(),
@@ -256,7 +262,10 @@ fn mesh_endpoint(cfg: &NodeConfig) -> Option<std::net::IpAddr> {
             zos_network::netns::run_at(ns, || Ok(zos_status::live::addresses())).unwrap_or_default()
         }
     };
-    let endpoint = cfg.mesh.endpoint.resolve(&cfg.network.uplink, &addresses);
+    cfg.mesh.endpoint.resolve(&cfg.network.uplink, &addresses)
+}
+
+fn log_mesh_endpoint(cfg: &NodeConfig, endpoint: Option<std::net::IpAddr>) {
     match endpoint {
         Some(ip) => tracing::info!(%ip, "mesh endpoint"),
         None => tracing::warn!(
@@ -265,7 +274,46 @@ fn mesh_endpoint(cfg: &NodeConfig) -> Option<std::net::IpAddr> {
             "no mesh endpoint: this node's peers must reach it (networks across nodes need one side with an endpoint)"
         ),
     }
-    endpoint
+}
+
+/// The mesh endpoint now, and with "auto" a task that looks at the uplink again every
+/// [`MESH_ENDPOINT_EVERY`] (a PID 1 node's lease may come after the agent starts, or
+/// change); the task ends with the returned guard.
+fn follow_mesh_endpoint(
+    cfg: &NodeConfig,
+) -> (
+    tokio::sync::watch::Receiver<Option<std::net::IpAddr>>,
+    Option<AbortOnDrop>,
+) {
+    let now = tokio::task::block_in_place(|| mesh_endpoint(cfg));
+    log_mesh_endpoint(cfg, now);
+    let (tx, rx) = tokio::sync::watch::channel(now);
+    if cfg.mesh.endpoint != crate::config::MeshEndpoint::Auto {
+        return (rx, None);
+    }
+    let cfg = cfg.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(MESH_ENDPOINT_EVERY).await;
+            let c = cfg.clone();
+            let Ok(ip) = tokio::task::spawn_blocking(move || mesh_endpoint(&c)).await else {
+                continue;
+            };
+            if tx.send_if_modified(|old| std::mem::replace(old, ip) != ip) {
+                log_mesh_endpoint(&cfg, ip);
+            }
+        }
+    });
+    (rx, Some(AbortOnDrop(task)))
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The node's side of the tenant networks: its firewall and forwarding ensured.

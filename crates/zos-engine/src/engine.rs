@@ -90,6 +90,7 @@ pub struct EngineConfig {
     pub mesh_keys: Option<std::path::PathBuf>,
     /// The address this node's peer records publish as their endpoint, with the
     /// link's port (zosd's `[mesh] endpoint`). `None`: not reachable (behind NAT).
+    /// [`Engine::with_mesh_endpoint`] replaces it with one that follows the uplink.
     pub mesh_endpoint: Option<std::net::IpAddr>,
 }
 
@@ -216,6 +217,8 @@ pub struct Engine<P, N, S: JournalStore> {
     mesh: BTreeMap<(String, String), mesh::Link>,
     /// Contracts whose networks across nodes are refreshed at once (a change).
     mesh_due: BTreeSet<String>,
+    /// The endpoint address as it changes (the uplink's lease), when zosd follows it.
+    mesh_endpoint: Option<tokio::sync::watch::Receiver<Option<std::net::IpAddr>>>,
 }
 
 fn unix_now() -> u64 {
@@ -256,7 +259,18 @@ impl<P: Provisioner + 'static, N: Notary, S: JournalStore> Engine<P, N, S> {
             fenced: BTreeMap::new(),
             mesh: BTreeMap::new(),
             mesh_due: BTreeSet::new(),
+            mesh_endpoint: None,
         }
+    }
+
+    /// The endpoint address of this node's peer records as it changes (instead of
+    /// `EngineConfig::mesh_endpoint`): a new address is published at the next refresh.
+    pub fn with_mesh_endpoint(
+        mut self,
+        endpoint: tokio::sync::watch::Receiver<Option<std::net::IpAddr>>,
+    ) -> Self {
+        self.mesh_endpoint = Some(endpoint);
+        self
     }
 
     /// Fences `move` replicas by `liveness` (docs/grid.md); without it they never run.

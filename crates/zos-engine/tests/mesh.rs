@@ -489,3 +489,31 @@ async fn a_moved_replica_keeps_its_slot_and_the_peers_follow_the_move() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test]
+async fn a_new_endpoint_address_is_published_at_the_next_refresh() {
+    let w = World::new();
+    let a = Side::new(w.keys.node.clone());
+    let nodes = [a.key.public(), node_b().public()];
+    let doc = contract(&w.keys, "web", 1, &nodes);
+    // No address yet (a lease that comes after zosd started).
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut ea = a.engine(&w.notary, [192, 0, 2, 1]).with_mesh_endpoint(rx);
+    ea.start(vec![]).await.unwrap();
+    ea.on_record(&record_for(&w.keys, &nodes[0], &doc))
+        .await
+        .unwrap();
+    let key = NotaryKey::mesh(&nodes[0], "web", "net").unwrap();
+    let read = || async {
+        let r = w.notary.get(&key).await.unwrap().expect("A's record");
+        zos_mesh::verify_record(&r, "web", "net").unwrap()
+    };
+    assert_eq!(read().await.endpoint, None);
+    tx.send(Some(Ipv4Addr::new(198, 51, 100, 4).into()))
+        .unwrap();
+    ea.mesh_refresh_all().await.unwrap();
+    assert_eq!(
+        read().await.endpoint,
+        Some(SocketAddr::from(([198, 51, 100, 4], 51820)))
+    );
+}

@@ -68,6 +68,14 @@ impl<P: Provisioner + 'static, N: zos_notary::Notary, S: JournalStore> Engine<P,
             .collect()
     }
 
+    /// The address peer records publish now.
+    fn endpoint_ip(&self) -> Option<std::net::IpAddr> {
+        match &self.mesh_endpoint {
+            Some(rx) => *rx.borrow(),
+            None => self.cfg.mesh_endpoint,
+        }
+    }
+
     /// Refreshes the contracts due at once (a change), or every running mesh contract
     /// (`all`: the periodic refresh).
     pub(super) async fn mesh_pass(&mut self, all: bool) -> Result<(), EngineError> {
@@ -230,7 +238,7 @@ impl<P: Provisioner + 'static, N: zos_notary::Notary, S: JournalStore> Engine<P,
                 }
             };
         }
-        let endpoint = match (self.cfg.mesh_endpoint, port) {
+        let endpoint = match (self.endpoint_ip(), port) {
             (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
             _ => None,
         };
@@ -329,7 +337,7 @@ impl<P: Provisioner + 'static, N: zos_notary::Notary, S: JournalStore> Engine<P,
         }
         // This node's record, when its content changed.
         let port = self.mesh[&entry].listen_port;
-        let endpoint = match (self.cfg.mesh_endpoint, port) {
+        let endpoint = match (self.endpoint_ip(), port) {
             (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
             _ => None,
         };
