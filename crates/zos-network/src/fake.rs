@@ -710,6 +710,14 @@ impl Session for FakeSession<'_> {
         Ok(())
     }
 
+    fn route_del(&self, dst: Ipv4Subnet, index: u32) -> Result<()> {
+        let mut s = self.kernel.lock();
+        let name = s.name_of(&self.ns, index);
+        s.ns(&self.ns)?.routes.retain(|r| *r != (dst, index));
+        self.record(&mut s, format!("route del {dst} dev {name}"));
+        Ok(())
+    }
+
     /// `<proto> dport <port> dnat` in the `ip` tables' bodies.
     fn nft_forwarded_ports(&self) -> Result<Vec<(String, String, u16)>> {
         let mut s = self.kernel.lock();

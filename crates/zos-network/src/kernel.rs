@@ -137,6 +137,8 @@ pub trait Session {
     fn routes(&self, index: u32) -> Result<Vec<Ipv4Subnet>>;
     /// `ip route replace dst dev index`.
     fn route_replace(&self, dst: Ipv4Subnet, index: u32) -> Result<()>;
+    /// `ip route del dst dev index`; one already gone is not an error.
+    fn route_del(&self, dst: Ipv4Subnet, index: u32) -> Result<()>;
 }
 
 /// Run `f` with a session inside `ns` and return what it returns.
@@ -289,6 +291,9 @@ impl Session for RealSession {
     }
     fn route_replace(&self, dst: Ipv4Subnet, index: u32) -> Result<()> {
         self.nl.route_replace(dst, index)
+    }
+    fn route_del(&self, dst: Ipv4Subnet, index: u32) -> Result<()> {
+        self.nl.route_del(dst, index)
     }
 }
 

@@ -289,7 +289,13 @@ impl Network {
                 // The first up binds the UDP socket on a port the kernel picks.
                 nl.set_up(l.index)?;
             }
-            if !nl.routes(l.index)?.contains(&mesh.range) {
+            // Exactly the range into the link (another, from a range that was
+            // changed, goes).
+            let routes = nl.routes(l.index)?;
+            for stale in routes.iter().filter(|r| **r != mesh.range) {
+                nl.route_del(*stale, l.index)?;
+            }
+            if !routes.contains(&mesh.range) {
                 nl.route_replace(mesh.range, l.index)?;
             }
             Ok((nl.wg_get(l.index)?.state(), rewrite))
@@ -560,6 +566,35 @@ mod tests {
         assert_eq!(
             k.take_calls(),
             ["zt-a wg set wg0 key eeee peers  remove 0202,0404"]
+        );
+    }
+
+    #[test]
+    fn a_new_key_or_range_is_applied_and_nothing_else() {
+        let (k, net) = up(true);
+        let m = mesh(vec![peer(2, "10.20.0.0/22", Some("192.0.2.2:51820"))]);
+        net.ensure_mesh(&slot(), &m).unwrap();
+        k.take_calls();
+        let mut rotated = m.clone();
+        rotated.private_key = [0x22; 32];
+        let s = net.ensure_mesh(&slot(), &rotated).unwrap();
+        assert_eq!(k.take_calls(), ["zt-a wg set wg0 key dddd peers  remove "]);
+        assert_eq!(s.public_key, FakeKernel::public_key(&[0x22; 32]));
+        assert_eq!(s.listen_port, 51820, "the port stays");
+        // The range route follows the range (a /15 still holds the slots).
+        let mut wider = rotated.clone();
+        wider.range = "10.20.0.0/15".parse().unwrap();
+        net.ensure_mesh(&slot(), &wider).unwrap();
+        assert_eq!(
+            k.take_calls(),
+            [
+                "zt-a route del 10.20.0.0/16 dev wg0",
+                "zt-a route replace 10.20.0.0/15 dev wg0"
+            ]
+        );
+        assert_eq!(
+            k.routes("zt-a"),
+            [("10.20.0.0/15".to_string(), "wg0".to_string())]
         );
     }
 

@@ -198,6 +198,20 @@ impl Nl {
             .map_err(|e| Error::netlink(format!("route {dst} dev {index}"), e))
     }
 
+    /// `ip route del dst dev index`; a route already gone is not an error.
+    pub fn route_del(&self, dst: Ipv4Subnet, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix())
+            .output_interface(index)
+            .build();
+        match self.rt.block_on(self.handle.route().del(msg).execute()) {
+            Err(e) if errno(&e) != Some(libc::ESRCH) => {
+                Err(Error::netlink(format!("delete route {dst} dev {index}"), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn set_up(&self, index: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.rt

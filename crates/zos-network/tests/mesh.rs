@@ -296,3 +296,37 @@ fn wireguard_firewall_rules_parse_and_open_only_the_set() {
     assert_eq!(set_ports(&w), Some(vec![]));
     assert!(net.remove("a").unwrap());
 }
+
+/// The range route's calls on a real link (the bridge stands in for wg0, which this
+/// host cannot make): replace, read back, replace again (no duplicate), delete, delete
+/// again (not an error).
+#[test]
+fn range_route_on_a_real_link() {
+    if !privileged("range_route_on_a_real_link") {
+        return;
+    }
+    let w = World::new();
+    let net = w.network();
+    net.ensure_node().unwrap();
+    net.ensure(&slot("a", 0)).unwrap();
+    let tns = RealKernel
+        .open_ns(Some(&net.netns_path(&net.tenant_netns("a"))))
+        .unwrap();
+    let range: zos_network::Ipv4Subnet = "10.20.0.0/16".parse().unwrap();
+    let slot_net: zos_network::Ipv4Subnet = "10.20.0.0/22".parse().unwrap();
+    let routes = within(&RealKernel, &tns, |s| {
+        let br = s.link("br0")?.expect("br0");
+        s.route_replace(range, br.index)?;
+        s.route_replace(range, br.index)?;
+        let with = s.routes(br.index)?;
+        s.route_del(range, br.index)?;
+        s.route_del(range, br.index)?;
+        Ok((with, s.routes(br.index)?))
+    })
+    .unwrap();
+    assert_eq!(routes.0, [slot_net, range], "{routes:?}");
+    assert_eq!(routes.1, [slot_net], "{routes:?}");
+    let shown = w.output(&net.tenant_netns("a"), &["ip", "route", "show"]);
+    assert!(!shown.contains("10.20.0.0/16"), "{shown}");
+    assert!(net.remove("a").unwrap());
+}
