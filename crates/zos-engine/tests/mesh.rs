@@ -215,6 +215,12 @@ async fn two_nodes_of_a_contract_become_each_others_peers_and_part_cleanly() {
         "mesh_state web.net"
     );
 
+    // The link gone under the engine (its network made again): made again at once.
+    a.fake.state().meshes.clear();
+    ea.mesh_refresh_all().await.unwrap();
+    assert_eq!(applied(&a), before + 1);
+    assert_eq!(a.fake.state().meshes["web.net"].peers.len(), 1);
+
     // B's owner cancels on B: its network (and link) goes, its record and key file
     // too; A's next refresh has no peer and says B published no record.
     let cancel = Record::sign(

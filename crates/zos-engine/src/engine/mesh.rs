@@ -288,21 +288,22 @@ impl<P: Provisioner + 'static, N: zos_notary::Notary, S: JournalStore> Engine<P,
             }
         }
         link.refusals = standing;
-        let applied = link.applied.as_ref() == Some(&wanted);
-        let state: Option<MeshState> = if applied {
+        let mut apply = link.applied.as_ref() != Some(&wanted);
+        let mut state: Option<MeshState> = None;
+        if !apply {
             match self.provisioner.mesh_state(&name).await {
-                Ok(Some(s)) => Some(s),
-                // Gone (the network made again): applied again next time.
+                Ok(Some(s)) => state = Some(s),
+                // Gone (the network was made again): made again now.
                 Ok(None) => {
-                    self.mesh.get_mut(&entry).expect("made above").applied = None;
-                    None
+                    tracing::info!(contract = %id, network = %net, "WireGuard link gone; making it again");
+                    apply = true;
                 }
                 Err(e) => {
-                    tracing::warn!(contract = %id, network = %net, error = %e, "WireGuard link not read");
-                    None
+                    tracing::warn!(contract = %id, network = %net, error = %e, "WireGuard link not read")
                 }
             }
-        } else {
+        }
+        if apply {
             match self
                 .provisioner
                 .ensure_mesh(&net_plan, &mesh_plan(wanted.clone()))
@@ -324,14 +325,14 @@ impl<P: Provisioner + 'static, N: zos_notary::Notary, S: JournalStore> Engine<P,
                         link.since.entry(p.public_key).or_insert(now);
                     }
                     link.applied = Some(wanted);
-                    Some(s)
+                    state = Some(s);
                 }
                 Err(e) => {
+                    self.mesh.get_mut(&entry).expect("made above").applied = None;
                     tracing::warn!(contract = %id, network = %net, error = %e, "mesh peers not applied");
-                    None
                 }
             }
-        };
+        }
         if let Some(s) = &state {
             self.mesh.get_mut(&entry).expect("made above").listen_port = Some(s.listen_port);
         }
