@@ -561,6 +561,22 @@ mod tests {
     use super::CgroupParents;
 
     #[test]
+    fn a_kernel_without_wireguard_is_a_permanent_typed_error() {
+        let e = super::net_err("web.net", zos_network::Error::WireguardMissing);
+        assert!(e.is_permanent());
+        assert!(e
+            .source
+            .downcast_ref::<zos_engine::WireguardMissing>()
+            .is_some());
+        assert_eq!(
+            e.to_string(),
+            "network web.net: this node's kernel has no WireGuard: a network across nodes needs it"
+        );
+        let other = super::net_err("web.net", zos_network::Error::NoUplink("up0".into()));
+        assert!(!other.is_permanent());
+    }
+
+    #[test]
     fn each_network_prefix_is_its_own_cgroup_scope() {
         let n = CgroupParents::of_network_prefix("n-").unwrap();
         assert_eq!(n.containers, "zos/n");
