@@ -320,7 +320,6 @@ impl Grid {
         mode: FailoverMode,
         orchestrator: PublicKey,
         volume_mib: u64,
-        net: u8,
     ) -> SignedContract {
         let p = &self.p;
         let bp = kit::signed_blueprint(
@@ -330,7 +329,6 @@ impl Grid {
                 "version": "1.0.0",
                 "params": {},
                 "body": {
-                    "networks": [{"name": "net", "subnet": format!("10.81.{net}.0/24")}],
                     "volumes": [{"name": "data", "size_mib": volume_mib}],
                     "workloads": [{
                         "name": "app",
@@ -339,7 +337,6 @@ impl Grid {
                         "entrypoint": ["/bin/sh", "-c", "echo up > /data/up; exec sleep 3600"],
                         "cpu": 1,
                         "memory_mib": 64,
-                        "network": "net",
                         "mounts": [{"volume": "data", "path": "/data"}]
                     }]
                 }
@@ -669,21 +666,21 @@ fn the_grid_on_etcd() {
     let idle = idle_orchestrator();
     g.publish(
         FARM,
-        &g.contract(&big, FARM, 2, FailoverMode::Move, me, BIG_VOLUME_MIB, 1),
+        &g.contract(&big, FARM, 2, FailoverMode::Move, me, BIG_VOLUME_MIB),
     );
     g.publish(
         FARM,
-        &g.contract(&moving, FARM, 2, FailoverMode::Move, me, 64, 2),
+        &g.contract(&moving, FARM, 2, FailoverMode::Move, me, 64),
     );
     g.publish(
         FARM,
-        &g.contract(&staying, FARM, 2, FailoverMode::Stay, me, 64, 3),
+        &g.contract(&staying, FARM, 2, FailoverMode::Stay, me, 64),
     );
 
     // Attack contracts: their orchestrator is a key no bot runs.
     // not_orchestrator: another key signs an assignment of `forged` to A, naming itself
     // in the body and as the envelope's author (the notary's author rule holds).
-    let forged_doc = g.contract(&forged, FARM, 1, FailoverMode::Move, idle.public(), 64, 4);
+    let forged_doc = g.contract(&forged, FARM, 1, FailoverMode::Move, idle.public(), 64);
     g.publish(FARM, &forged_doc);
     let thief = SecretKey::from_seed([66; 32]);
     let assign = |doc: &SignedContract, node: PublicKey, epoch: u64, by: &SecretKey| {
@@ -704,20 +701,12 @@ fn the_grid_on_etcd() {
     g.put(&assign(&forged_doc, g.key(a), 1, &thief));
     // outside_farm: the contract's orchestrator assigns it to D, a node of another farm.
     // Filed under both farms: D follows its own farm's contracts.
-    let outside_doc = g.contract(&outside, FARM, 1, FailoverMode::Move, idle.public(), 64, 5);
+    let outside_doc = g.contract(&outside, FARM, 1, FailoverMode::Move, idle.public(), 64);
     g.publish(FARM, &outside_doc);
     g.publish(OTHER_FARM, &outside_doc);
     g.put(&assign(&outside_doc, g.key(d), 1, &idle));
     // unassigned: a placement contract at A's own contract key, with no assignment.
-    let unassigned_doc = g.contract(
-        &unassigned,
-        FARM,
-        1,
-        FailoverMode::Move,
-        idle.public(),
-        64,
-        6,
-    );
+    let unassigned_doc = g.contract(&unassigned, FARM, 1, FailoverMode::Move, idle.public(), 64);
     g.put(
         &Record::sign(
             &NotaryKey::contract(&g.key(a), &unassigned).unwrap(),
@@ -989,7 +978,7 @@ fn the_grid_on_etcd() {
             }
             g.publish(
                 FARM,
-                &g.contract(&part, FARM, 1, FailoverMode::Move, me, 64, 8),
+                &g.contract(&part, FARM, 1, FailoverMode::Move, me, 64),
             );
             let rec = g.wait_placement(a, WAIT, FARM, &part, "placement", |r| {
                 r.replicas[0].node.is_some()
@@ -1102,7 +1091,7 @@ fn the_grid_on_etcd() {
             first.abort();
             let t = Instant::now();
             let id = id("takeover");
-            g.publish(FARM, &g.contract(&id, FARM, 1, FailoverMode::Move, me, 64, 10));
+            g.publish(FARM, &g.contract(&id, FARM, 1, FailoverMode::Move, me, 64));
             let rec = g.wait_placement(a, WAIT, FARM, &id, "placement by the second bot", |r| {
                 r.replicas[0].node.is_some()
             });
@@ -1132,7 +1121,7 @@ fn the_grid_on_etcd() {
             let drained = id("drained");
             g.publish(
                 FARM,
-                &g.contract(&drained, FARM, 1, FailoverMode::Move, me, 64, 11),
+                &g.contract(&drained, FARM, 1, FailoverMode::Move, me, 64),
             );
             let rec = g.wait_placement(a, WAIT, FARM, &drained, "placement", |r| {
                 r.replicas[0].node.is_some()
@@ -1188,7 +1177,7 @@ fn the_grid_on_etcd() {
             let after = id("after-drain");
             g.publish(
                 FARM,
-                &g.contract(&after, FARM, 2, FailoverMode::Move, me, 64, 12),
+                &g.contract(&after, FARM, 2, FailoverMode::Move, me, 64),
             );
             let rec = g.wait_placement(a, WAIT, FARM, &after, "placement on the other two", |r| {
                 r.replicas.iter().all(|k| k.node.is_some())
@@ -1205,7 +1194,7 @@ fn the_grid_on_etcd() {
             let back = id("undrained");
             g.publish(
                 FARM,
-                &g.contract(&back, FARM, 3, FailoverMode::Move, me, 64, 13),
+                &g.contract(&back, FARM, 3, FailoverMode::Move, me, 64),
             );
             let rec = g.wait_placement(a, WAIT, FARM, &back, "three replicas placed", |r| {
                 r.replicas.iter().all(|k| k.node.is_some())
@@ -1234,10 +1223,7 @@ fn the_grid_on_a_directory() {
     let one = format!("{}-one", g.nodes[0].world.tag);
     g.start_bot();
     let me = orchestrator().public();
-    g.publish(
-        FARM,
-        &g.contract(&one, FARM, 1, FailoverMode::Move, me, 64, 7),
-    );
+    g.publish(FARM, &g.contract(&one, FARM, 1, FailoverMode::Move, me, 64));
 
     let mut s = Scenarios::new();
     let mut on = usize::MAX;
