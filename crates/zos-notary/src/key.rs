@@ -17,7 +17,14 @@
 //! grid/<farm_id>/drains/<node_key>
 //! orchestrators/<key>/leader
 //! blueprints/<sha256>
+//! releases/<version>
+//! rollouts/<farm_id>
+//! nodes/<node_key>/upgrade
+//! nodes/<node_key>/rollback
 //! ```
+//!
+//! `<version>` is a release version, `MAJOR.MINOR.PATCH` (docs/upgrade.md; the segment
+//! rules here, the version's own rules where the release is read).
 //!
 //! `<node_key>` and `<key>` are ed25519 public keys and `<sha256>` a digest, all as 64
 //! lowercase hex characters; `<replica>` is a decimal number below 64 without leading
@@ -209,6 +216,32 @@ pub enum KeyKind {
         /// The blueprint's digest.
         digest: Digest,
     },
+    /// `releases/<version>`: a release record (docs/upgrade.md), stored by whoever
+    /// publishes it. The notary checks no author: a node accepts a release only when a
+    /// release key pinned in its image signed the record inside (zos-release).
+    Release {
+        /// The release's version as written in the key.
+        version: String,
+    },
+    /// `rollouts/<farm_id>`: the farm's rollout (a version and its waves), written by
+    /// the farmer, whom the notary cannot know: readers accept it only when signed by
+    /// the farmer of `farms/<farm_id>` (zos-release's `SignedRollout::verify`).
+    Rollout {
+        /// The farm.
+        farm_id: String,
+    },
+    /// `nodes/<node_key>/upgrade`: the node's last upgrade outcome (a release refused
+    /// with its code, or installed and switched to); authored by that node.
+    Upgrade {
+        /// The node.
+        node: PublicKey,
+    },
+    /// `nodes/<node_key>/rollback`: the node's signed rollback: the version PID 1 went
+    /// back from, the new agent's exit status and last log lines; authored by that node.
+    Rollback {
+        /// The node.
+        node: PublicKey,
+    },
 }
 
 /// A validated key of the notary layout. Displays (and serializes) as its path form,
@@ -282,6 +315,22 @@ impl NotaryKey {
     pub fn leader(orchestrator: &PublicKey) -> Self {
         NotaryKey(format!("orchestrators/{orchestrator}/leader"))
     }
+    /// `releases/<version>`; refused when `version` is not a valid segment.
+    pub fn release(version: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("releases/{version}"))
+    }
+    /// `rollouts/<farm_id>`; refused when `farm_id` is not a valid segment.
+    pub fn rollout(farm_id: &str) -> Result<Self, KeyError> {
+        Self::parse(&format!("rollouts/{farm_id}"))
+    }
+    /// `nodes/<node>/upgrade`.
+    pub fn upgrade(node: &PublicKey) -> Self {
+        NotaryKey(format!("nodes/{node}/upgrade"))
+    }
+    /// `nodes/<node>/rollback`.
+    pub fn rollback(node: &PublicKey) -> Self {
+        NotaryKey(format!("nodes/{node}/rollback"))
+    }
 
     /// Parses and validates the path form of a key.
     pub fn parse(s: &str) -> Result<Self, KeyError> {
@@ -311,6 +360,8 @@ impl NotaryKey {
             | KeyKind::Heartbeat { node }
             | KeyKind::Alive { node }
             | KeyKind::Mesh { node, .. }
+            | KeyKind::Upgrade { node }
+            | KeyKind::Rollback { node }
             | KeyKind::Answer { node, .. } => Some(node),
             KeyKind::Leader { orchestrator } => Some(orchestrator),
             _ => None,
@@ -395,6 +446,14 @@ fn classify(s: &str, segs: &[&str]) -> Result<KeyKind, KeyError> {
         ["nodes", n, "registration"] => KeyKind::Registration { node: node(n)? },
         ["nodes", n, "heartbeat"] => KeyKind::Heartbeat { node: node(n)? },
         ["nodes", n, "alive"] => KeyKind::Alive { node: node(n)? },
+        ["nodes", n, "upgrade"] => KeyKind::Upgrade { node: node(n)? },
+        ["nodes", n, "rollback"] => KeyKind::Rollback { node: node(n)? },
+        ["releases", v] => KeyKind::Release {
+            version: v.to_string(),
+        },
+        ["rollouts", id] => KeyKind::Rollout {
+            farm_id: id.to_string(),
+        },
         ["nodes", n, "contracts", id] => KeyKind::Contract {
             node: node(n)?,
             contract_id: id.to_string(),
@@ -541,6 +600,14 @@ impl KeyPrefix {
     /// Every node: registrations, heartbeats, alive records, statuses, assignments.
     pub fn nodes() -> Self {
         KeyPrefix("nodes".into())
+    }
+    /// Every release record.
+    pub fn releases() -> Self {
+        KeyPrefix("releases".into())
+    }
+    /// Every farm's rollout.
+    pub fn rollouts() -> Self {
+        KeyPrefix("rollouts".into())
     }
 
     /// The path form without a trailing `/`; empty for [`KeyPrefix::all`].
@@ -858,6 +925,61 @@ mod tests {
         assert!(matches!(
             NotaryKey::drain("..", &n),
             Err(KeyError::PathTraversal(_))
+        ));
+    }
+
+    #[test]
+    fn the_upgrade_keys_parse_and_only_the_node_writes_its_own() {
+        let n = node();
+        let h = n.to_hex();
+        let r = NotaryKey::release("0.2.0").unwrap();
+        assert_eq!(r.as_str(), "releases/0.2.0");
+        assert_eq!(
+            r.kind(),
+            KeyKind::Release {
+                version: "0.2.0".into()
+            }
+        );
+        assert_eq!(
+            r.node_owner(),
+            None,
+            "the release key inside is what counts"
+        );
+        assert!(r.has_prefix(&KeyPrefix::releases()));
+        let o = NotaryKey::rollout("f1").unwrap();
+        assert_eq!(o.as_str(), "rollouts/f1");
+        assert_eq!(
+            o.kind(),
+            KeyKind::Rollout {
+                farm_id: "f1".into()
+            }
+        );
+        assert_eq!(o.node_owner(), None, "the farmer writes it; readers check");
+        assert!(o.has_prefix(&KeyPrefix::rollouts()));
+        assert!(!o.has_prefix(&KeyPrefix::farms()));
+        let u = NotaryKey::upgrade(&n);
+        assert_eq!(u.as_str(), format!("nodes/{h}/upgrade"));
+        assert_eq!(u.kind(), KeyKind::Upgrade { node: n });
+        assert_eq!(u.node_owner(), Some(n));
+        let b = NotaryKey::rollback(&n);
+        assert_eq!(b.as_str(), format!("nodes/{h}/rollback"));
+        assert_eq!(b.kind(), KeyKind::Rollback { node: n });
+        assert_eq!(b.node_owner(), Some(n));
+        assert!(b.has_prefix(&KeyPrefix::node(&n)));
+        for k in [&r, &o, &u, &b] {
+            assert_eq!(&NotaryKey::parse(k.as_str()).unwrap(), k);
+        }
+        assert!(matches!(
+            NotaryKey::release(".."),
+            Err(KeyError::PathTraversal(_))
+        ));
+        assert!(matches!(
+            NotaryKey::parse("releases/0.2.0/x"),
+            Err(KeyError::UnknownLayout(_))
+        ));
+        assert!(matches!(
+            NotaryKey::parse("nodes/abc/rollback"),
+            Err(KeyError::BadHex { .. })
         ));
     }
 
