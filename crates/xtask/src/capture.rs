@@ -24,11 +24,21 @@ impl Capture {
         crate::packages::ensure(&["tcpdump"])?;
         let _ = std::fs::remove_file(file);
         let err = file.with_extension("err");
-        // -U: every packet written at once (the file is read while tcpdump runs only
-        // after stop, but a killed run keeps what it saw); -s 0: whole frames, the
-        // payload is what is searched.
+        // --immediate-mode: each packet handed over as it comes (else the kernel holds
+        // them in blocks, and a stop can lose the last ones); -U: each written at once,
+        // so the file can be read while tcpdump runs; -s 0: whole frames, the payload
+        // is what is searched.
         let child = Command::new("tcpdump")
-            .args(["-i", interface, "-n", "-U", "-s", "0", "-w"])
+            .args([
+                "-i",
+                interface,
+                "-n",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
             .arg(file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -55,6 +65,27 @@ impl Capture {
                 bail!("tcpdump did not start listening: {}", said.trim());
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until a captured packet holds `bytes` (at most `timeout`): the sign that
+    /// everything sent before it is in the file too.
+    pub fn wait_for(&self, bytes: &[u8], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let file = std::fs::read(&self.file).unwrap_or_default();
+            if let Ok(packets) = read_pcap(&file) {
+                if packets.iter().any(|p| contains(&p.frame, bytes)) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the capture did not see {:?} within {timeout:?}",
+                    String::from_utf8_lossy(bytes)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -7,8 +7,8 @@
 //! 2. Tenant B: a node-list contract on the same two nodes, another range. Its copies
 //!    reach each other, and neither tenant reaches the other's addresses.
 //! 3. A capture on the LAN's bridge while they talk: between the nodes only UDP, and
-//!    the marker both tenants send never appears in it (while the capture does see it
-//!    elsewhere: in the contract the notary hands the nodes, in clear).
+//!    the marker both tenants send never appears in it. The capture's own proof: the
+//!    same marker sent in clear from the LAN to a node's opened port is in it.
 //! 4. A UDP scan of every port of a node that has WireGuard ports: no answer.
 //! 5. With `bench`: round trips and throughput between the two copies over the tenant
 //!    network, and over the same two nodes' plain LAN path (opened ports), same run.
@@ -72,6 +72,8 @@ pub struct Figures {
     pub flowing_again: Duration,
     /// From the replica running on the third node to the traffic flowing again.
     pub flowing_after_running: Duration,
+    /// Replica 1's epochs: before the power cut, after the move.
+    pub epochs: (u64, u64),
 }
 
 /// Round trips and throughput between the two nodes' copies.
@@ -266,6 +268,47 @@ impl<'a> Scenario<'a> {
         }
     }
 
+    /// Waits until `node`'s heartbeat lists the sockets of exactly `n` WireGuard ports
+    /// (each link binds its port for IPv4 and IPv6), all labelled `wireguard`, and no
+    /// other listening socket; returns them as the heartbeat says.
+    fn wait_wireguard_sockets(&self, node: &str, n: usize) -> anyhow::Result<Value> {
+        let read = || {
+            let out = std::process::Command::new(&self.p.zos_bin)
+                .args([
+                    "node", "list", "--farm", FARM, "--notary", &self.url, "--json",
+                ])
+                .output();
+            let rows: Value = match out {
+                Ok(o) if o.status.success() => {
+                    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+                }
+                _ => Value::Null,
+            };
+            rows.as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["node"] == node)
+                .map(|r| r["heartbeat"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let done = |hb: &Value| {
+            let list = hb["listening"].as_array().cloned().unwrap_or_default();
+            let ports: std::collections::BTreeSet<u64> =
+                list.iter().filter_map(|s| s["port"].as_u64()).collect();
+            hb["listening_total"].as_u64() == Some(list.len() as u64)
+                && ports.len() == n
+                && list.iter().all(|s| {
+                    s["label"] == "wireguard"
+                        && s["proto"].as_str().is_some_and(|p| p.starts_with("udp"))
+                })
+        };
+        poll_until(TALK, Duration::from_millis(500), read, done)
+            .map(|hb| hb["listening"].clone())
+            .or_else(|last| {
+                bail!("{}'s heartbeat: not {n} wireguard ports and nothing else within {TALK:?}; last: {last}", short(node))
+            })
+    }
+
     fn show_status(&self, id: &str, node: &str) -> anyhow::Result<()> {
         println!("$ zos contract status {id} --node {}", short(node));
         let out = self.zos(&[
@@ -424,9 +467,17 @@ impl<'a> Scenario<'a> {
             );
         }
         println!("tenant B ({RANGE_B}) on the same nodes: its copies answer each other; neither tenant reaches the other");
+        // The node's heartbeat names its two WireGuard sockets, and nothing else listens.
+        let listening = self.wait_wireguard_sockets(&x, 2)?;
+        println!("{}'s heartbeat: {listening}", short(&x));
         self.show_status(A, &x)?;
 
-        // 3. What crossed the bridge.
+        // 3. What crossed the bridge. First the capture's proof that it sees payloads:
+        // the marker sent in clear from the LAN to replica 0's opened sink port.
+        let x_ip = Lan::node_ip(index(&x).context("x booted")?);
+        let counted = send_in_clear(x_ip, 18081, marker.as_bytes())?;
+        println!("the marker sent in clear from the LAN to {x_ip}:18081 (the sink counted {counted} bytes)");
+        capture.wait_for(marker.as_bytes(), Duration::from_secs(30))?;
         let packets = capture.stop()?;
         let ips: Vec<Ipv4Addr> = (0..3).map(Lan::node_ip).collect();
         let seen = capture::between(&packets, &ips, marker.as_bytes());
@@ -436,8 +487,8 @@ impl<'a> Scenario<'a> {
             .count();
         println!(
             "capture on {BRIDGE}: {} packets, {} between nodes: {} UDP ({} port pairs), {} \
-             other; the marker in {} between nodes, in {seen_anywhere} elsewhere (the \
-             contract, from the notary)",
+             other; the marker in {} between nodes, in {seen_anywhere} elsewhere (sent \
+             in clear from the LAN)",
             packets.len(),
             seen.total,
             seen.udp.values().sum::<u64>(),
@@ -461,7 +512,7 @@ impl<'a> Scenario<'a> {
         );
 
         // 4. A UDP scan of replica 0's node (it has two WireGuard ports).
-        let target = Lan::node_ip(index(&x).context("x booted")?);
+        let target = x_ip;
         let scan = udpscan::scan(target, Lan::gateway(), SCAN_WAIT)?;
         println!(
             "UDP scan of {target}: {} probes, {} replies, {} ICMP errors, in {:.1} s (the \
@@ -512,8 +563,8 @@ impl<'a> Scenario<'a> {
         )?;
         let moved_after = cut.elapsed();
         let running_at = SystemTime::now();
-        let to = replicas(&moved)[1].node.clone();
-        ensure!(to == z, "replica 1 moved to a node not booted here");
+        let after = replicas(&moved)[1].clone();
+        ensure!(after.node == z, "replica 1 moved to a node not booted here");
         let again = self.wait_line(A, &x, &format!("answered by {a1} again"), &|l: &str| {
             ok_to(&a1)(l) && stamp(l).is_some_and(|t| t > unix_ms(cut_at))
         })?;
@@ -542,6 +593,7 @@ impl<'a> Scenario<'a> {
             moved: moved_after,
             flowing_again,
             flowing_after_running,
+            epochs: (epoch, after.epoch),
         })
     }
 
@@ -623,6 +675,20 @@ impl<'a> Scenario<'a> {
     }
 }
 
+/// Sends `bytes` in clear to a sink at `ip:port` and returns the count it answers.
+fn send_in_clear(ip: Ipv4Addr, port: u16, bytes: &[u8]) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((ip, port));
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .with_context(|| format!("connecting to {addr}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(bytes)?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply.trim().to_string())
+}
+
 /// The LAN's range, which tenant C's egress opens for the plain path.
 fn lan_cidr() -> String {
     let o = Lan::gateway().octets();
@@ -673,7 +739,9 @@ pub fn print(f: &Figures) {
         );
     }
     println!(
-        "  power cut -> replica running elsewhere {}; -> traffic again {} ({} after running)",
+        "  power cut -> replica running elsewhere (epoch {} -> {}) {}; -> traffic again {} ({} after running)",
+        f.epochs.0,
+        f.epochs.1,
         s(&f.moved),
         s(&f.flowing_again),
         s(&f.flowing_after_running)

@@ -12,16 +12,13 @@
 //! - `crash`: ten power cuts at random moments, and a lost disk. The longest test: its
 //!   module's name sorts before most others because libtest starts tests in name order,
 //!   so it starts early and overlaps them instead of running alone at the end.
-//! - `grid`: three booted nodes, a placement contract's replica moves off the one that
-//!   loses power (`cargo xtask farm 3 --failover`).
 //! - `mesh`: three booted nodes on one LAN, two tenants' networks across them over
-//!   WireGuard: private answers, isolation, a capture, a UDP scan, a move
-//!   (`cargo xtask farm 3 --mesh`).
+//!   WireGuard: private answers, isolation, a capture, a UDP scan, and the grid's move
+//!   of a replica off the node that loses power (`cargo xtask farm 3 --mesh`).
 //!
 //! Run one group with a filter: `cargo test -p e2e --test qemu crash -- --nocapture`.
 
 mod booted;
 mod crash;
-mod grid;
 mod mesh;
 mod node;
