@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod hypervisor;
 pub mod release;
 pub mod rollout;
 pub mod slot;
