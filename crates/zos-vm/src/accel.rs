@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -59,13 +59,18 @@ pub struct Probe {
 /// Boots `kernel` under KVM on `-M microvm` and waits up to `timeout` for
 /// "Linux version" on its console.
 pub fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
-    probe_in(qemu, kernel, timeout, None)
+    probe_in(
+        &crate::program::Invocation::plain(qemu),
+        kernel,
+        timeout,
+        None,
+    )
 }
 
 /// [`probe`], with QEMU confined as a VM's own would be (its uid, its mount view, an
 /// empty network namespace, its seccomp filter): the kernel it boots is a tenant's.
 pub(crate) fn probe_in(
-    qemu: &Path,
+    qemu: &crate::program::Invocation,
     kernel: &Path,
     timeout: Duration,
     confined: Option<crate::confine::Confinement>,
@@ -81,7 +86,7 @@ pub(crate) fn probe_in(
     {
         return tcg(format!("/dev/kvm: {e}"));
     }
-    let mut cmd = Command::new(qemu);
+    let mut cmd = qemu.command();
     cmd.args(["-accel", "kvm", "-cpu", "host", "-M", "microvm"])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-m", "128", "-smp", "1", "-no-reboot", "-serial", "stdio"])
@@ -103,7 +108,7 @@ pub(crate) fn probe_in(
     let child = cmd.spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return tcg(format!("running {}: {e}", qemu.display())),
+        Err(e) => return tcg(format!("running {}: {e}", qemu.program().display())),
     };
     let mut out = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();

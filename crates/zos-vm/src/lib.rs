@@ -19,6 +19,7 @@ pub mod console;
 mod disk;
 mod error;
 pub mod guest;
+mod program;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime;

@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::cgroup::{self, Limits};
 use crate::confine::{self, Confinement};
 use crate::console;
 use crate::error::{Error, Result};
+use crate::program::Invocation;
 use crate::qmp::Qmp;
 use crate::spec::{valid_name, Boot, VmSpec};
 use crate::{Hypervisor, Started, VmState};
@@ -42,8 +43,13 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct QemuConfig {
     /// Run directories live under it.
     pub root: PathBuf,
-    /// `qemu-system-x86_64`.
+    /// The system's `qemu-system-x86_64` (searched in `PATH` when it has no `/`); not
+    /// used when [`QemuConfig::bundle`] is set.
     pub binary: PathBuf,
+    /// A hypervisor bundle (the release part `qemu`, see `zos_release::hypervisor`):
+    /// QEMU runs from it through its own loader, with its own libraries, modules and
+    /// firmware, and `binary` is not used. `None`: the system's QEMU.
+    pub bundle: Option<PathBuf>,
     /// KVM, TCG, or probe once per host boot.
     pub accel: AccelChoice,
     /// How long a KVM probe may take to show a kernel banner.
@@ -71,12 +77,13 @@ pub const SANDBOX: &str = "on,obsolete=deny,resourcecontrol=deny";
 
 impl QemuConfig {
     /// Defaults with run directories under `root`: `qemu-system-x86_64` from PATH,
-    /// probed accelerator, 1 MiB console log, 256 MiB overhead, cgroup parent
+    /// no bundle, probed accelerator, 1 MiB console log, 256 MiB overhead, cgroup parent
     /// `zos-vm`, 3 s to power off, uids from 400000.
     pub fn under(root: impl Into<PathBuf>) -> QemuConfig {
         QemuConfig {
             root: root.into(),
             binary: PathBuf::from("qemu-system-x86_64"),
+            bundle: None,
             accel: AccelChoice::Auto,
             probe_timeout: Duration::from_secs(10),
             console_limit: 1 << 20,
@@ -191,11 +198,11 @@ impl Qemu {
             // Nothing to probe with: no decision yet, this VM runs under TCG.
             return Ok(Accel::Tcg);
         }
-        let binary = confine::resolve_binary(&self.cfg.binary)?;
-        let mut view = self.view(run, uid, None, &binary)?;
+        let qemu = self.invocation()?;
+        let mut view = self.view(run, uid, None, &qemu)?;
         view.bind(&run.dir, false, false)?;
         view.kvm()?;
-        let probe = accel::probe_in(&binary, &run.kernel(), self.cfg.probe_timeout, Some(view));
+        let probe = accel::probe_in(&qemu, &run.kernel(), self.cfg.probe_timeout, Some(view));
         tracing::info!(accel = %probe.accel, reason = %probe.reason, "VM accelerator decided");
         accel::remember(&self.cfg.root.join("accel"), probe.accel);
         *decided = Some(probe.accel);
@@ -209,19 +216,26 @@ impl Qemu {
         self.probed.lock().expect("not poisoned").clone()
     }
 
-    /// QEMU's mount view and user (see [`crate::confine`]), with `binary` in it.
+    /// How QEMU is run: from the bundle if there is one, else the system's binary.
+    fn invocation(&self) -> Result<Invocation> {
+        match &self.cfg.bundle {
+            Some(dir) => Invocation::bundle(dir),
+            None => Invocation::system(&self.cfg.binary),
+        }
+    }
+
+    /// QEMU's mount view and user (see [`crate::confine`]), with `qemu`'s program
+    /// (the binary's directory, or the whole bundle) in it, read-only.
     fn view(
         &self,
         run: &RunDir,
         uid: u32,
         netns: Option<&Path>,
-        binary: &Path,
+        qemu: &Invocation,
     ) -> Result<Confinement> {
         let mut view = Confinement::new(&run.view(), uid, uid, netns)?;
-        if !binary.starts_with("/usr/") {
-            if let Some(dir) = binary.parent() {
-                view.bind(dir, false, true)?;
-            }
+        if let Some(dir) = qemu.visible() {
+            view.bind(dir, false, true)?;
         }
         Ok(view)
     }
@@ -487,8 +501,8 @@ impl Hypervisor for Qemu {
             tap: tap.as_ref().map(|t| t.as_raw_fd()),
             disks: disks.iter().map(|d| d.as_raw_fd()).collect(),
         };
-        let binary = confine::resolve_binary(&self.cfg.binary)?;
-        let mut view = self.view(&run, uid, spec.netns.as_deref(), &binary)?;
+        let qemu = self.invocation()?;
+        let mut view = self.view(&run, uid, spec.netns.as_deref(), &qemu)?;
         view.bind(&run.dir, true, false)?;
         if accel == Accel::Kvm {
             view.kvm()?;
@@ -499,7 +513,7 @@ impl Hypervisor for Qemu {
         {
             view.keep(fd);
         }
-        let mut cmd = Command::new(&binary);
+        let mut cmd = qemu.command();
         cmd.args(args(spec, accel, &run, &fds))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -514,7 +528,7 @@ impl Hypervisor for Qemu {
         // failed to be): its status and stderr are the verdict.
         let out = cmd.output().map_err(|e| Error::Start {
             status: "not run".into(),
-            message: format!("{}: {e}", binary.display()),
+            message: format!("{}: {e}", qemu.program().display()),
         })?;
         drop((qmp, tap, disks, kernel, initrd));
         if !out.status.success() {

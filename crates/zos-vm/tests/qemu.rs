@@ -364,3 +364,99 @@ fn the_confined_probe_reaches_kvm_and_the_vm_runs() {
         probe.reason
     );
 }
+
+/// The hypervisor bundle (the release part `qemu`), collected from this host's QEMU,
+/// runs the sample VM: QEMU is the bundle's loader running the bundle's binary, every
+/// shared object it maps is the bundle's (none of the host's), and the guest answers.
+/// With `accel = auto`, the probe runs through the bundle too, confined.
+#[test]
+fn the_sample_vm_boots_from_a_hypervisor_bundle_with_none_of_the_hosts_libraries() {
+    let test = "the_sample_vm_boots_from_a_hypervisor_bundle_with_none_of_the_hosts_libraries";
+    if !runnable(test) {
+        return;
+    }
+    let mut f = Fixture::new("b");
+    let host_qemu = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .expect("runnable found it");
+    let bundle = zos_release::hypervisor::collect(&host_qemu, &f.dir.path().join("qemu")).unwrap();
+    println!(
+        "bundle: {} files, {} bytes",
+        bundle.files.len(),
+        bundle.bytes()
+    );
+    let dir = bundle.dir.canonicalize().unwrap();
+    let mut cfg = f.qemu.config().clone();
+    cfg.accel = AccelChoice::Auto;
+    cfg.binary = PathBuf::from("/nonexistent/qemu-system-x86_64");
+    cfg.bundle = Some(dir.clone());
+    f.qemu = Qemu::new(cfg).unwrap();
+
+    let spec = f.spec("b1.vm");
+    let begun = Instant::now();
+    let started = f.qemu.start(&spec).unwrap();
+    let probe = f.qemu.probe().expect("a probe ran");
+    println!("probe: {} ({})", probe.accel, probe.reason);
+    assert!(
+        probe.reason.contains("booted under KVM")
+            || probe.reason.contains("kernel banner")
+            || probe.reason.starts_with("/dev/kvm"),
+        "the probe did not reach KVM through the bundle: {}",
+        probe.reason
+    );
+    f.wait_console("b1.vm", "vm-echo: b1.vm eth0 10.77.0.2/24 up");
+    println!(
+        "{test}: the guest's line after {:.1} s",
+        begun.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        f.echo(b"through the bundle").unwrap(),
+        b"through the bundle"
+    );
+
+    // The process is the bundle's loader, running the bundle's QEMU with its firmware.
+    let pid = started.pid;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, dir.join("lib/ld-linux-x86-64.so.2"));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let qemu = dir.join("bin/qemu-system-x86_64").display().to_string();
+    let firmware = dir.join("share/qemu").display().to_string();
+    // The kernel keeps the command line as exec'd: the loader, its options, QEMU.
+    let loader = dir.join("lib/ld-linux-x86-64.so.2").display().to_string();
+    let lib = dir.join("lib").display().to_string();
+    assert_eq!(args[0], loader, "{args:?}");
+    assert_eq!(args[1..3], ["--library-path", &lib], "{args:?}");
+    assert!(args.contains(&qemu), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w[0] == "-L" && w[1] == firmware),
+        "{args:?}"
+    );
+    // Every shared object mapped (libraries, the loader, the TCG module) is the bundle's.
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let objects: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains(".so"))
+        .collect();
+    assert!(objects.len() > 40, "{objects:#?}");
+    let outside: Vec<_> = objects
+        .iter()
+        .filter(|p| !Path::new(p).starts_with(&dir))
+        .collect();
+    assert!(outside.is_empty(), "host objects mapped: {outside:#?}");
+    assert!(
+        objects
+            .iter()
+            .any(|p| p.ends_with("lib/qemu/accel-tcg-x86_64.so")),
+        "{objects:#?}"
+    );
+
+    f.qemu.remove("b1.vm").unwrap();
+    assert_eq!(f.qemu.state("b1.vm").unwrap(), None);
+    assert!(!alive(pid), "QEMU {pid} still runs");
+}
