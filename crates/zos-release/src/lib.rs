@@ -25,9 +25,11 @@ pub mod slot;
 pub mod version;
 
 pub use release::{
-    verify_release, verify_release_bytes, Parts, Release, ReleaseRefusal, SignedRelease,
-    VerifiedRelease,
+    verify_release, verify_release_bytes, verify_signed, Parts, Release, ReleaseRefusal,
+    SignedRelease, VerifiedRelease,
 };
 pub use rollout::{may_upgrade, wave_of, Health, Rollout, RolloutRefusal, SignedRollout, Wave};
-pub use slot::{fetch_part, install_release, InstallError, Installed, PartError};
+pub use slot::{
+    check_slot, fetch_part, install_release, InstallError, Installed, PartError, SlotCheckError,
+};
 pub use version::{Version, VersionError};

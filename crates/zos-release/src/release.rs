@@ -226,6 +226,34 @@ pub fn verify_release(
 ) -> Result<VerifiedRelease, ReleaseRefusal> {
     let r = &signed.release;
     let version = r.version.to_string();
+    let digest = verify_signed(signed, pinned_keys)?;
+    if r.version == *running {
+        return Err(ReleaseRefusal::SameVersion { version });
+    }
+    if r.version < *running && !r.rollback {
+        return Err(ReleaseRefusal::Downgrade {
+            version,
+            running: running.to_string(),
+        });
+    }
+    Ok(VerifiedRelease {
+        version: r.version,
+        parts: r.parts.clone(),
+        rollback: r.rollback,
+        key: r.key,
+        digest,
+    })
+}
+
+/// The first half of [`verify_release`]: well formed, signed, by a pinned key, validly.
+/// No version check: what a node asks of a release it installed already (at boot, of
+/// the slot it runs). Returns the release's digest.
+pub fn verify_signed(
+    signed: &SignedRelease,
+    pinned_keys: &BTreeSet<PublicKey>,
+) -> Result<Digest, ReleaseRefusal> {
+    let r = &signed.release;
+    let version = r.version.to_string();
     if let Some(reason) = r.malformed() {
         return Err(ReleaseRefusal::Malformed { reason });
     }
@@ -245,22 +273,7 @@ pub fn verify_release(
             key: r.key,
         });
     }
-    if r.version == *running {
-        return Err(ReleaseRefusal::SameVersion { version });
-    }
-    if r.version < *running && !r.rollback {
-        return Err(ReleaseRefusal::Downgrade {
-            version,
-            running: running.to_string(),
-        });
-    }
-    Ok(VerifiedRelease {
-        version: r.version,
-        parts: r.parts.clone(),
-        rollback: r.rollback,
-        key: r.key,
-        digest,
-    })
+    Ok(digest)
 }
 
 /// [`verify_release`] of a record's bytes: bytes that are not a release record are

@@ -10,10 +10,12 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use zos_contract::deployment::FlistRef;
-use zos_contract::PublicKey;
+use zos_contract::{Digest, PublicKey};
 use zos_flist::{DirAccess, Fetcher, Flist, Router, UnpackOptions};
 
-use crate::release::{verify_release_bytes, ReleaseRefusal, VerifiedRelease};
+use crate::release::{
+    verify_release_bytes, verify_signed, ReleaseRefusal, SignedRelease, VerifiedRelease,
+};
 use crate::version::Version;
 
 /// Why a part was not installed into its slot.
@@ -232,6 +234,15 @@ pub fn install_release(
             path: slot.clone(),
             source,
         };
+        // What the boot check reads back (`check_slot`): the record as verified, and
+        // the agent's sha256 as installed.
+        let agent = fs::read(partial.join(AGENT)).map_err(io)?;
+        write_synced(&partial.join(RECORD), record).map_err(io)?;
+        write_synced(
+            &partial.join(AGENT_SHA256),
+            format!("{}\n", Digest::of(&agent)).as_bytes(),
+        )
+        .map_err(io)?;
         fs::rename(&partial, &slot).map_err(io)?;
         fs::File::open(slots).and_then(|d| d.sync_all()).map_err(io)
     })();
@@ -242,4 +253,125 @@ pub fn install_release(
     }
     tracing::info!(version = %release.version, slot = %slot.display(), "release installed");
     Ok(Installed { release, slot })
+}
+
+/// In a slot: the agent's binary.
+pub const AGENT: &str = "zosd/zosd";
+/// In a slot: the release record's bytes, as verified at install.
+pub const RECORD: &str = "release.json";
+/// In a slot: the sha256 (hex) of [`AGENT`] as installed.
+pub const AGENT_SHA256: &str = "zosd.sha256";
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Why an installed slot may not run (at boot, or when the agent asks for it).
+#[derive(Debug, thiserror::Error)]
+pub enum SlotCheckError {
+    /// No such slot, or a piece of it missing or unreadable.
+    #[error("slot {version}: {path}: {source}")]
+    Missing {
+        /// The slot.
+        version: String,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its record no longer verifies against the pinned keys.
+    #[error("slot {version}: {refusal}")]
+    Release {
+        /// The slot.
+        version: String,
+        /// Why.
+        refusal: ReleaseRefusal,
+    },
+    /// The record names another version than the slot's directory.
+    #[error("slot {version} holds the release of {record}")]
+    VersionMismatch {
+        /// The slot.
+        version: String,
+        /// The record's version.
+        record: String,
+    },
+    /// The agent's binary is not the one installed.
+    #[error("slot {version}: the agent's sha256 is {found}, {installed} was installed")]
+    AgentChanged {
+        /// The slot.
+        version: String,
+        /// As installed.
+        installed: String,
+        /// Now.
+        found: String,
+    },
+}
+
+impl SlotCheckError {
+    /// A stable code: `no_slot`, the release refusal's code, `version_mismatch`,
+    /// `agent_changed`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SlotCheckError::Missing { .. } => "no_slot",
+            SlotCheckError::Release { refusal, .. } => refusal.code(),
+            SlotCheckError::VersionMismatch { .. } => "version_mismatch",
+            SlotCheckError::AgentChanged { .. } => "agent_changed",
+        }
+    }
+}
+
+/// Checks the installed slot `slots/<version>` before its agent runs: its record still
+/// verifies against `pinned_keys` (signed, by a pinned key, validly: no version rule)
+/// and names `version`, and the agent's binary has the sha256 recorded at install.
+/// Returns the agent's path.
+pub fn check_slot(
+    slots: &Path,
+    version: &str,
+    pinned_keys: &BTreeSet<PublicKey>,
+) -> Result<PathBuf, SlotCheckError> {
+    let slot = slots.join(version);
+    let read = |name: &str| {
+        let path = slot.join(name);
+        fs::read(&path).map_err(|source| SlotCheckError::Missing {
+            version: version.to_owned(),
+            path,
+            source,
+        })
+    };
+    let record = read(RECORD)?;
+    let signed =
+        SignedRelease::from_bytes(&record, &zos_contract::Limits::default()).map_err(|e| {
+            SlotCheckError::Release {
+                version: version.to_owned(),
+                refusal: ReleaseRefusal::Malformed {
+                    reason: e.to_string(),
+                },
+            }
+        })?;
+    verify_signed(&signed, pinned_keys).map_err(|refusal| SlotCheckError::Release {
+        version: version.to_owned(),
+        refusal,
+    })?;
+    if signed.release.version.to_string() != version {
+        return Err(SlotCheckError::VersionMismatch {
+            version: version.to_owned(),
+            record: signed.release.version.to_string(),
+        });
+    }
+    let installed = String::from_utf8_lossy(&read(AGENT_SHA256)?)
+        .trim()
+        .to_owned();
+    let found = Digest::of(&read(AGENT)?).to_string();
+    if found != installed {
+        return Err(SlotCheckError::AgentChanged {
+            version: version.to_owned(),
+            installed,
+            found,
+        });
+    }
+    Ok(slot.join(AGENT))
 }

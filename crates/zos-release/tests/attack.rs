@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use zos_contract::deployment::FlistRef;
 use zos_contract::{Digest, PublicKey, SecretKey};
 use zos_flist::{pack, DirAccess, Flist, PackOptions, Router, BLOCK_SIZE};
-use zos_release::{install_release, Parts, Release, SignedRelease, Version};
+use zos_release::{check_slot, install_release, Parts, Release, SignedRelease, Version};
 
 /// At most this many bytes per part in these tests.
 const MAX_BYTES: u64 = 64 << 20;
@@ -229,4 +229,45 @@ fn a_tampered_second_part_leaves_not_even_the_good_first_one() {
     assert_eq!(e.code(), "tampered_part", "{e}");
     assert!(e.to_string().contains("part qemu is tampered"), "{e}");
     s.assert_nothing_written();
+}
+
+#[test]
+fn an_installed_slot_checks_out_at_boot_until_its_agent_or_record_changes() {
+    let s = Store::new("boot-check");
+    let signed = SignedRelease::sign(s.release("0.2.0", &s.release_key), &s.release_key);
+    let slot = s.install(&signed, V1).unwrap();
+    let agent = check_slot(&s.slots(), "0.2.0", &s.pinned()).unwrap();
+    assert_eq!(agent, slot.join("zosd/zosd"));
+    assert_eq!(std::fs::read(&agent).unwrap(), s.agent);
+
+    // Pinned keys changed (a new image): the slot's record is by an unknown key.
+    let other: BTreeSet<PublicKey> = [SecretKey::from_seed([99; 32]).public()].into();
+    let e = check_slot(&s.slots(), "0.2.0", &other).unwrap_err();
+    assert_eq!(e.code(), "unknown_key", "{e}");
+
+    // No such slot.
+    let e = check_slot(&s.slots(), "0.9.0", &s.pinned()).unwrap_err();
+    assert_eq!(e.code(), "no_slot", "{e}");
+
+    // A slot renamed to pose as another version.
+    std::fs::rename(&slot, s.slots().join("0.3.0")).unwrap();
+    let e = check_slot(&s.slots(), "0.3.0", &s.pinned()).unwrap_err();
+    assert_eq!(e.code(), "version_mismatch", "{e}");
+    std::fs::rename(s.slots().join("0.3.0"), &slot).unwrap();
+
+    // A version raised in the stored record: its signature no longer verifies.
+    let record = slot.join("release.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(&record, text.replace("\"0.2.0\"", "\"0.2.1\"")).unwrap();
+    let e = check_slot(&s.slots(), "0.2.0", &s.pinned()).unwrap_err();
+    assert_eq!(e.code(), "bad_signature", "{e}");
+    std::fs::write(&record, text).unwrap();
+    check_slot(&s.slots(), "0.2.0", &s.pinned()).unwrap();
+
+    // One byte of the agent changed on the disk.
+    let mut bytes = std::fs::read(&agent).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&agent, &bytes).unwrap();
+    let e = check_slot(&s.slots(), "0.2.0", &s.pinned()).unwrap_err();
+    assert_eq!(e.code(), "agent_changed", "{e}");
 }
