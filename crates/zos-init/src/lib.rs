@@ -9,6 +9,8 @@
 //! - [`modules`]: kernel modules in `modules.dep` order, with `finit_module`;
 //! - [`reaper`]: waiting for every orphan;
 //! - [`supervisor`]: the agent as a child, restarted with backoff, forever;
+//! - [`slots`]: which agent runs (the image's or an installed release's), the live
+//!   switch and its health gate, the automatic rollback;
 //! - [`shutdown`]: signals to an orderly power-off or reboot;
 //! - [`power_button`]: the power button's press, as SIGPWR.
 //!
@@ -29,6 +31,7 @@ pub mod power_button;
 pub mod reaper;
 pub mod rootfs;
 pub mod shutdown;
+pub mod slots;
 pub mod supervisor;
 pub mod sys;
 #[cfg(test)]
@@ -84,6 +87,9 @@ pub struct Init<S: Sys> {
     pub supervisor: Supervisor,
     /// What to stop, unmount and call at shutdown.
     pub plan: ShutdownPlan,
+    /// The agent's slots, when the agent's command comes from them
+    /// ([`Init::with_slots`]).
+    pub slots: Option<slots::SharedSlots>,
 }
 
 impl<S: Sys> Init<S> {
@@ -95,7 +101,21 @@ impl<S: Sys> Init<S> {
             sys,
             supervisor,
             plan,
+            slots: None,
         }
+    }
+
+    /// PID 1's loop whose agent comes from `slots` (its command maker, the switch
+    /// requests, the health gate: [`slots`]).
+    pub fn with_slots(
+        sys: S,
+        slots: slots::SharedSlots,
+        backoff: RespawnBackoff,
+        plan: ShutdownPlan,
+    ) -> Init<S> {
+        let mut init = Init::new(sys, slots.make_command(), backoff, plan);
+        init.slots = Some(slots);
+        init
     }
 
     /// Runs until a shutdown signal, then shuts down. Returns only when the final reboot
@@ -103,11 +123,22 @@ impl<S: Sys> Init<S> {
     /// called again after a panic: the agent's state lives in `self`.
     pub fn run(&mut self) -> ShutdownReport {
         let action = loop {
-            let sleep = self.supervisor.tick(&self.sys);
+            let mut sleep = self.supervisor.tick(&self.sys);
+            if let Some(slots) = &self.slots {
+                let bound = slots.poll(&self.sys, self.supervisor.agent_pid());
+                sleep = match (sleep, bound) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
             let signal = self.sys.wait_signal(sleep);
             // Reap on every wakeup: SIGCHLDs coalesce, and a timeout may hide one.
             for r in reaper::reap_all(&self.sys).reaped {
-                if !self.supervisor.on_reaped(&self.sys, &r) {
+                if self.supervisor.on_reaped(&self.sys, &r) {
+                    if let Some(slots) = &self.slots {
+                        slots.on_agent_exit(&r.exit);
+                    }
+                } else {
                     tracing::debug!(pid = r.pid.as_raw(), exit = %r.exit, "reaped orphan");
                 }
             }
