@@ -40,7 +40,8 @@
 //! [mesh]
 //! # The address peer records publish for this node's WireGuard links (networks
 //! # across nodes, docs/network.md "Mesh"): "auto" (the uplink's first global IPv4
-//! # address), "none" (not reachable: behind NAT, peers must reach it), or an address.
+//! # address, else its first global IPv6 address), "none" (not reachable: behind NAT,
+//! # peers must reach it), or an address.
 //! endpoint = "auto"
 //! ```
 
@@ -113,7 +114,8 @@ pub struct MeshSection {
 /// `[mesh] endpoint`: where peers send to this node's WireGuard links.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MeshEndpoint {
-    /// The uplink's first global IPv4 address, found when zosd starts.
+    /// The uplink's first global IPv4 address, or without one its first global IPv6
+    /// address, looked at while zosd runs.
     #[default]
     Auto,
     /// None: the node is not reachable (behind NAT); its peers must have endpoints.
@@ -141,21 +143,40 @@ impl MeshEndpoint {
     /// The address, given the node's interface addresses (`<if> <ip>/<len>`, as
     /// `zos_status::live::addresses` lists them) and its uplink's name: `Auto` takes
     /// the uplink's first global IPv4 address (not loopback, link-local, unspecified,
-    /// multicast or broadcast).
+    /// multicast or broadcast), else its first global IPv6 address (not loopback,
+    /// unspecified, multicast or link-local `fe80::/10`): a node with IPv6 only
+    /// publishes an IPv6 endpoint.
     pub fn resolve(&self, uplink: &str, addresses: &[String]) -> Option<std::net::IpAddr> {
+        use std::net::IpAddr;
         match self {
             MeshEndpoint::None => None,
             MeshEndpoint::Addr(ip) => Some(*ip),
-            MeshEndpoint::Auto => addresses.iter().find_map(|line| {
-                let (iface, cidr) = line.split_once(' ')?;
-                let ip: std::net::Ipv4Addr = cidr.split('/').next()?.parse().ok()?;
-                let global = !(ip.is_loopback()
-                    || ip.is_link_local()
-                    || ip.is_unspecified()
-                    || ip.is_multicast()
-                    || ip.is_broadcast());
-                (iface == uplink && global).then_some(std::net::IpAddr::V4(ip))
-            }),
+            MeshEndpoint::Auto => {
+                let on_uplink = addresses.iter().filter_map(|line| {
+                    let (iface, cidr) = line.split_once(' ')?;
+                    let ip: IpAddr = cidr.split('/').next()?.parse().ok()?;
+                    (iface == uplink).then_some(ip)
+                });
+                let global = |ip: &IpAddr| match ip {
+                    IpAddr::V4(v4) => {
+                        !(v4.is_loopback()
+                            || v4.is_link_local()
+                            || v4.is_unspecified()
+                            || v4.is_multicast()
+                            || v4.is_broadcast())
+                    }
+                    IpAddr::V6(v6) => {
+                        !(v6.is_loopback()
+                            || v6.is_unspecified()
+                            || v6.is_multicast()
+                            || (v6.segments()[0] & 0xffc0) == 0xfe80)
+                    }
+                };
+                let mut usable: Vec<IpAddr> = on_uplink.filter(global).collect();
+                // IPv4 first, then the order the kernel lists them in (a stable sort).
+                usable.sort_by_key(|ip| ip.is_ipv6());
+                usable.first().copied()
+            }
         }
     }
 }
@@ -414,6 +435,22 @@ mod tests {
             Some("192.0.2.7".parse().unwrap())
         );
         assert_eq!(MeshEndpoint::Auto.resolve("e", &addrs[..3]), None);
+        // IPv6 only: its global address, never the link-local one.
+        let v6: Vec<String> = ["e fe80::1/64", "e 2001:db8::7/64", "e 2001:db8::8/64"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            MeshEndpoint::Auto.resolve("e", &v6),
+            Some("2001:db8::7".parse().unwrap())
+        );
+        // Both: IPv4 first, wherever it is listed.
+        let both: Vec<String> = ["e 2001:db8::7/64", "e 192.0.2.7/24"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            MeshEndpoint::Auto.resolve("e", &both),
+            Some("192.0.2.7".parse().unwrap())
+        );
         let none: NodeConfig =
             toml::from_str(&format!("{base}[mesh]\nendpoint = \"none\"\n")).unwrap();
         assert_eq!(none.mesh.endpoint.resolve("e", &addrs), None);

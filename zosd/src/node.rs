@@ -254,7 +254,7 @@ async fn serve(
 const MESH_ENDPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `[mesh] endpoint` resolved now: with "auto", the uplink's first global IPv4 address
-/// in the node's namespace (blocking: it enters that namespace).
+/// (else IPv6) in the node's namespace (blocking: it enters that namespace).
 fn mesh_endpoint(cfg: &NodeConfig) -> Option<std::net::IpAddr> {
     let addresses = match &cfg.network.node_netns {
         None => zos_status::live::addresses(),
