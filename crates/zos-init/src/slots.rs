@@ -49,14 +49,9 @@ use crate::reaper::Exit;
 use crate::supervisor::MakeCommand;
 use crate::sys::Sys;
 
-/// The exit code by which the agent asks PID 1 for the switch written in
-/// [`SWITCH_REQUEST`]. Chosen outside the codes std, clap and the shell use (0, 1, 2,
-/// 101, 126-165).
-pub const SWITCH_EXIT_CODE: i32 = 90;
-/// `<state>/slots/switch`: the version the agent asks PID 1 to switch to.
-pub const SWITCH_REQUEST: &str = "switch";
-/// `<state>/slots/health`: the trial agent's version, written once it is healthy.
-pub const HEALTH_MARK: &str = "health";
+// The protocol's files and exit code, shared with the agent (zos-release's `agent`):
+// the switch request, the health mark, the exit code that asks for the switch.
+pub use zos_release::agent::{HEALTH_MARK, SWITCH_EXIT_CODE, SWITCH_REQUEST};
 /// `<state>/slots/state.json`: the persisted [`SlotState`].
 pub const STATE_FILE: &str = "state.json";
 /// The environment variable naming the slot an agent runs from (absent: the image's).

@@ -14,10 +14,15 @@
 //!   wave a node is in ([`wave_of`]) and whether it may upgrade now ([`may_upgrade`])
 //!   are pure functions.
 //!
+//! - [`agent`]: the agent's side of an upgrade: whether its wave may go
+//!   ([`agent::plan`]), the release installed and the switch asked of PID 1
+//!   ([`agent::upgrade`]), the health mark, the published outcome.
+//!
 //! [`FlistRef`]: zos_contract::deployment::FlistRef
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod hypervisor;
 pub mod release;
 pub mod rollout;

@@ -103,6 +103,24 @@ impl Store {
         })
     }
 
+    /// The agent's path: [`zos_release::agent::upgrade`] (install, then the switch
+    /// request to PID 1).
+    fn upgrade(&self, record: &SignedRelease, running: Version) -> Result<Version, String> {
+        let bytes = serde_json::to_vec(&record.to_value()).unwrap();
+        zos_release::agent::upgrade(
+            &bytes,
+            &self.pinned(),
+            &running,
+            &DirAccess::under([self.dir.path()]),
+            &self.slots(),
+            MAX_BYTES,
+        )
+        .map_err(|e| {
+            eprintln!("refused: {} ({e})", e.code());
+            e.code().to_string()
+        })
+    }
+
     /// The blob file of block `index` of `/zosd` in the store.
     fn agent_blob(&self, index: usize) -> PathBuf {
         let fl = Flist::open(Path::new(self.part.url.strip_prefix("dir://").unwrap())).unwrap();
@@ -270,4 +288,51 @@ fn an_installed_slot_checks_out_at_boot_until_its_agent_or_record_changes() {
     std::fs::write(&agent, &bytes).unwrap();
     let e = check_slot(&s.slots(), "0.2.0", &s.pinned()).unwrap_err();
     assert_eq!(e.code(), "agent_changed", "{e}");
+}
+
+// The agent's upgrade path (`agent::upgrade`): the same refusals, and on a refusal no
+// switch is asked of PID 1 either (the slots directory stays empty: no slot, no
+// partial tree, no `switch` request).
+
+#[test]
+fn the_agent_installs_a_signed_release_and_asks_pid1_for_the_switch() {
+    let s = Store::new("agent-good");
+    let signed = SignedRelease::sign(s.release("0.2.0", &s.release_key), &s.release_key);
+    assert_eq!(s.upgrade(&signed, V1).unwrap(), Version::new(0, 2, 0));
+    assert_eq!(
+        std::fs::read_to_string(s.slots().join(zos_release::agent::SWITCH_REQUEST)).unwrap(),
+        "0.2.0"
+    );
+    let agent = check_slot(&s.slots(), "0.2.0", &s.pinned()).unwrap();
+    assert_eq!(std::fs::read(agent).unwrap(), s.agent);
+}
+
+#[test]
+fn the_agent_refuses_each_bad_release_and_asks_for_no_switch() {
+    let s = Store::new("agent-refusals");
+    let good = s.release("0.2.0", &s.release_key);
+
+    let mut unsigned = SignedRelease::sign(good.clone(), &s.release_key);
+    unsigned.signature = None;
+    assert_eq!(s.upgrade(&unsigned, V1).unwrap_err(), "unsigned");
+    s.assert_nothing_written();
+
+    let stranger = SecretKey::from_seed([33; 32]);
+    let unknown = SignedRelease::sign(s.release("0.2.0", &stranger), &stranger);
+    assert_eq!(s.upgrade(&unknown, V1).unwrap_err(), "unknown_key");
+    s.assert_nothing_written();
+
+    let signed = SignedRelease::sign(good, &s.release_key);
+    assert_eq!(
+        s.upgrade(&signed, Version::new(0, 3, 0)).unwrap_err(),
+        "downgrade"
+    );
+    s.assert_nothing_written();
+
+    let blob = s.agent_blob(1);
+    let mut data = std::fs::read(&blob).unwrap();
+    data[7] ^= 0x01;
+    std::fs::write(&blob, data).unwrap();
+    assert_eq!(s.upgrade(&signed, V1).unwrap_err(), "tampered_part");
+    s.assert_nothing_written();
 }
