@@ -1,6 +1,7 @@
 //! zosd as the node's PID 1 (`/init` in the boot image; docs/pid1.md).
 //!
-//! Mounts, kernel modules, boot parameters, the agent's configuration, then the
+//! Mounts, kernel modules, boot parameters, the agent's configuration, the agent's slot
+//! (the image's own agent or a verified installed release: zos-init's `slots`), then the
 //! zos-init loop: it supervises `zosd run --config /run/zos/node.toml` as a child,
 //! restarting it whenever it exits, reaps every orphan, and turns SIGTERM, SIGINT
 //! (ctrl-alt-del) and friends into an orderly power-off or reboot. It never exits.
@@ -14,7 +15,7 @@ use std::process::Command;
 
 use zos_init::agent_config::{write_node_config, NODE_CONFIG, STATE_DIR};
 pub use zos_init::is_pid1;
-use zos_init::{BootParams, Init, Linux, RespawnBackoff, ShutdownPlan};
+use zos_init::{slots, BootParams, Init, Linux, RespawnBackoff, ShutdownPlan};
 
 /// The kernel starts init with `HOME=/` and `TERM=linux` only: the agent needs a PATH
 /// for the few helpers the image carries (mkfs.btrfs, btrfs, nft).
@@ -68,10 +69,20 @@ pub fn run() -> anyhow::Result<std::convert::Infallible> {
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("/init"));
     let debug = params.debug;
-    let agent = Box::new(move || agent_command(&exe, debug));
-    Init::new(
+    // Which agent: the image's own, or a release installed in a slot of the state home
+    // that still verifies against the release keys the image pins (docs/upgrade.md).
+    let slots_dir = Path::new(STATE_DIR).join("slots");
+    let keys = slots::pinned_keys(Path::new(slots::RELEASE_KEYS));
+    let slots = slots::Slots::at_boot(
+        &slots_dir,
+        &exe,
+        slots::release_check(slots_dir.clone(), keys),
+        Box::new(move |bin: &Path| agent_command(bin, debug)),
+        slots::DEFAULT_HEALTH_WINDOW,
+    );
+    Init::with_slots(
         sys,
-        agent,
+        slots.shared(),
         RespawnBackoff::default(),
         ShutdownPlan::default(),
     )

@@ -345,6 +345,15 @@ fn base_tree(init: &Path) -> anyhow::Result<BTreeMap<String, Entry>> {
     ] {
         insert_data(&mut base, path, text.as_bytes().to_vec(), 0o644);
     }
+    // The release keys the image pins (docs/upgrade.md): the file named by
+    // ZOS_RELEASE_KEYS (one ed25519 public key in hex per line) as /etc/zos/release-keys.
+    // Without it the image pins none and accepts no release.
+    if let Some(keys) = std::env::var_os("ZOS_RELEASE_KEYS") {
+        let text = std::fs::read(&keys)
+            .with_context(|| format!("ZOS_RELEASE_KEYS={}", Path::new(&keys).display()))?;
+        base.insert("etc/zos".into(), Entry::Dir);
+        insert_data(&mut base, "etc/zos/release-keys", text, 0o644);
+    }
     Ok(base)
 }
 
