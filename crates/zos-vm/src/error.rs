@@ -50,6 +50,10 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// The hypervisor bundle could not be fetched from the release: the node's
+    /// problem (its release, its store), not the contract's.
+    #[error("fetching the hypervisor bundle: {0}")]
+    Hypervisor(Box<zos_release::PartError>),
     /// The VM's confinement (mount view, user, namespaces) could not be set up.
     #[error("confining QEMU: {0}")]
     Confine(String),

@@ -29,6 +29,7 @@ pub use accel::{Accel, AccelChoice};
 pub use beneath::{Access, TreeFile};
 pub use disk::copy_image;
 pub use error::{Error, Result};
+pub use program::BundleSource;
 pub use qemu::{Qemu, QemuConfig};
 pub use runtime::{tree_quota_mib, tree_volume, VmRuntime, TREE_VOLUME_PREFIX, VM_TREE_MIB};
 pub use spec::{valid_name, Boot, Disk, Nic, VmSpec, CMDLINE_MAX};

@@ -6,10 +6,41 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use zos_contract::deployment::FlistRef;
+use zos_flist::DirAccess;
 use zos_release::hypervisor::{FIRMWARE, LIB, LOADER, MODULES, QEMU};
 
 use crate::confine;
 use crate::error::{Error, Result};
+
+/// Where a node without a system QEMU gets one: a release's `qemu` part, fetched
+/// (`zos_release::fetch_part`: the pin, the publisher's signature, every block) into
+/// `<dir>/<sha256 of the part>` before the first VM starts, and kept there.
+#[derive(Debug, Clone)]
+pub struct BundleSource {
+    /// The release's `parts.qemu`.
+    pub part: FlistRef,
+    /// Where its `dir://` URLs may be read.
+    pub access: DirAccess,
+    /// The directory bundles are kept in (on a pool: not in the image, not in RAM).
+    pub dir: PathBuf,
+    /// The most bytes the bundle may expand to.
+    pub max_bytes: u64,
+}
+
+impl BundleSource {
+    /// The bundle's directory: there already (a slot exists only once complete and
+    /// verified), or fetched now. A refused part leaves no directory.
+    pub fn ensure(&self) -> Result<PathBuf> {
+        let slot = self.dir.join(self.part.sha256.to_hex());
+        if slot.is_dir() {
+            return Ok(slot);
+        }
+        tracing::info!(url = %self.part.url, slot = %slot.display(), "fetching the hypervisor bundle");
+        zos_release::fetch_part("qemu", &self.part, &self.access, &slot, self.max_bytes)
+            .map_err(|e| Error::Hypervisor(Box::new(e)))
+    }
+}
 
 /// How QEMU is executed: the program, the arguments before QEMU's own, its
 /// environment, and the host directory a confined QEMU must see for it.

@@ -50,6 +50,9 @@ pub struct QemuConfig {
     /// QEMU runs from it through its own loader, with its own libraries, modules and
     /// firmware, and `binary` is not used. `None`: the system's QEMU.
     pub bundle: Option<PathBuf>,
+    /// When `bundle` is `None`: the release part the bundle is fetched from before the
+    /// first VM starts (a booted node, whose image holds no QEMU). `None`: `binary`.
+    pub bundle_from: Option<crate::program::BundleSource>,
     /// KVM, TCG, or probe once per host boot.
     pub accel: AccelChoice,
     /// How long a KVM probe may take to show a kernel banner.
@@ -84,6 +87,7 @@ impl QemuConfig {
             root: root.into(),
             binary: PathBuf::from("qemu-system-x86_64"),
             bundle: None,
+            bundle_from: None,
             accel: AccelChoice::Auto,
             probe_timeout: Duration::from_secs(10),
             console_limit: 1 << 20,
@@ -106,6 +110,8 @@ pub struct Qemu {
     uids: Mutex<()>,
     /// The probe this process ran, if it ran one.
     probed: Mutex<Option<accel::Probe>>,
+    /// Held while the bundle is fetched (two VMs starting fetch it once).
+    fetching: Mutex<()>,
 }
 
 /// The files of one VM.
@@ -173,6 +179,7 @@ impl Qemu {
             accel: Mutex::new(accel),
             uids: Mutex::new(()),
             probed: Mutex::new(None),
+            fetching: Mutex::new(()),
         })
     }
 
@@ -189,7 +196,7 @@ impl Qemu {
 
     /// The accelerator for `spec`, probing with its kernel (the verified copy in its
     /// run directory) on first use, in a QEMU confined like the VM's (`uid`).
-    fn accel_for(&self, spec: &VmSpec, run: &RunDir, uid: u32) -> Result<Accel> {
+    fn accel_for(&self, spec: &VmSpec, run: &RunDir, uid: u32, qemu: &Invocation) -> Result<Accel> {
         let mut decided = self.accel.lock().expect("not poisoned");
         if let Some(a) = *decided {
             return Ok(a);
@@ -198,11 +205,10 @@ impl Qemu {
             // Nothing to probe with: no decision yet, this VM runs under TCG.
             return Ok(Accel::Tcg);
         }
-        let qemu = self.invocation()?;
-        let mut view = self.view(run, uid, None, &qemu)?;
+        let mut view = self.view(run, uid, None, qemu)?;
         view.bind(&run.dir, false, false)?;
         view.kvm()?;
-        let probe = accel::probe_in(&qemu, &run.kernel(), self.cfg.probe_timeout, Some(view));
+        let probe = accel::probe_in(qemu, &run.kernel(), self.cfg.probe_timeout, Some(view));
         tracing::info!(accel = %probe.accel, reason = %probe.reason, "VM accelerator decided");
         accel::remember(&self.cfg.root.join("accel"), probe.accel);
         *decided = Some(probe.accel);
@@ -216,11 +222,16 @@ impl Qemu {
         self.probed.lock().expect("not poisoned").clone()
     }
 
-    /// How QEMU is run: from the bundle if there is one, else the system's binary.
+    /// How QEMU is run: from the bundle if there is one (fetched first from the
+    /// release part when only that is configured), else the system's binary.
     fn invocation(&self) -> Result<Invocation> {
-        match &self.cfg.bundle {
-            Some(dir) => Invocation::bundle(dir),
-            None => Invocation::system(&self.cfg.binary),
+        match (&self.cfg.bundle, &self.cfg.bundle_from) {
+            (Some(dir), _) => Invocation::bundle(dir),
+            (None, Some(source)) => {
+                let _held = self.fetching.lock().expect("not poisoned");
+                Invocation::bundle(&source.ensure()?)
+            }
+            (None, None) => Invocation::system(&self.cfg.binary),
         }
     }
 
@@ -427,6 +438,9 @@ impl Hypervisor for Qemu {
                 accel: self.accel_of(&spec.name).unwrap_or(Accel::Tcg),
             });
         }
+        // The program first: a bundle still to fetch is fetched and verified now, and
+        // one refused leaves nothing of the VM.
+        let qemu = self.invocation()?;
         // Every file of the VM, opened beneath its tree before anything is written: a
         // link, a device or a FIFO is refused here and nothing of the VM exists.
         let (kernel, initrd) = match &spec.boot {
@@ -492,7 +506,7 @@ impl Hypervisor for Qemu {
             Some(nic) => Some(confine::open_tap(spec.netns.as_deref(), &nic.tap)?),
             None => None,
         };
-        let accel = self.accel_for(spec, &run, uid)?;
+        let accel = self.accel_for(spec, &run, uid, &qemu)?;
         std::fs::write(run.accel(), accel.to_string())
             .map_err(Error::io("writing", run.accel()))?;
 
@@ -501,7 +515,6 @@ impl Hypervisor for Qemu {
             tap: tap.as_ref().map(|t| t.as_raw_fd()),
             disks: disks.iter().map(|d| d.as_raw_fd()).collect(),
         };
-        let qemu = self.invocation()?;
         let mut view = self.view(&run, uid, spec.netns.as_deref(), &qemu)?;
         view.bind(&run.dir, true, false)?;
         if accel == Accel::Kvm {

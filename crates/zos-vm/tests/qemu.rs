@@ -460,3 +460,98 @@ fn the_sample_vm_boots_from_a_hypervisor_bundle_with_none_of_the_hosts_libraries
     assert_eq!(f.qemu.state("b1.vm").unwrap(), None);
     assert!(!alive(pid), "QEMU {pid} still runs");
 }
+
+/// A booted node (no system QEMU: `binary` does not exist) with the release's `qemu`
+/// part as `bundle_from`. ATTACK first: a library block of the part swapped in the
+/// store; the VM's start is refused `tampered_part` and nothing is written (no bundle
+/// slot, no run directory, no QEMU). Then, the store repaired, the first start fetches
+/// and verifies the bundle into `<dir>/<sha256>` and the guest boots from it.
+#[test]
+fn the_first_vm_fetches_the_hypervisor_bundle_and_a_tampered_one_starts_nothing() {
+    let test = "the_first_vm_fetches_the_hypervisor_bundle_and_a_tampered_one_starts_nothing";
+    if !runnable(test) {
+        return;
+    }
+    let mut f = Fixture::new("f");
+    let host_qemu = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .expect("runnable found it");
+    let root = f.dir.path().canonicalize().unwrap();
+    let publish = root.join("release");
+    let bundle = zos_release::hypervisor::collect(&host_qemu, &publish.join("tree")).unwrap();
+    let fl = publish.join("qemu.fl");
+    let store = format!("dir://{}", publish.join("store").display());
+    zos_flist::pack(
+        &bundle.dir,
+        &fl,
+        &zos_flist::Router::parse(std::slice::from_ref(&store)).unwrap(),
+        &zos_flist::PackOptions::default(),
+    )
+    .unwrap();
+    let key = zos_contract::SecretKey::generate().unwrap();
+    zos_flist::sign_file(&fl, &key).unwrap();
+    let part = zos_contract::deployment::FlistRef {
+        url: format!("dir://{}", fl.display()),
+        sha256: zos_contract::Digest::of(&std::fs::read(&fl).unwrap()),
+        stores: vec![store],
+        publishers: vec![key.public()],
+    };
+    let hv = root.join("hypervisor");
+    let mut cfg = f.qemu.config().clone();
+    cfg.binary = PathBuf::from("/nonexistent/qemu-system-x86_64");
+    cfg.bundle_from = Some(zos_vm::BundleSource {
+        part: part.clone(),
+        access: zos_flist::DirAccess::under([&publish]),
+        dir: hv.clone(),
+        max_bytes: 1 << 30,
+    });
+    f.qemu = Qemu::new(cfg).unwrap();
+
+    // The attack: libc's first block replaced by libz's in the store.
+    let block = |path: &str| {
+        let flist = zos_flist::Flist::open(&fl).unwrap();
+        let id = flist.entries[flist.lookup(path).unwrap()].blocks[0].id_hex();
+        publish.join("store").join(&id[..2]).join(&id)
+    };
+    let libc = block("lib/libc.so.6");
+    let good = std::fs::read(&libc).unwrap();
+    std::fs::write(&libc, std::fs::read(block("lib/libz.so.1")).unwrap()).unwrap();
+    let spec = f.spec("f1.vm");
+    let e = f.qemu.start(&spec).unwrap_err();
+    eprintln!("{test}: {e}");
+    match &e {
+        zos_vm::Error::Hypervisor(p) => assert_eq!(p.code(), "tampered_part", "{e}"),
+        other => panic!("not a hypervisor refusal: {other}"),
+    }
+    assert!(e.to_string().contains("libc.so.6"), "{e}");
+    assert!(
+        !e.is_permanent(),
+        "the node's problem, not the contract's: {e}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&hv)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the bundle dir: {left:?}");
+    assert!(f.qemu.names().is_empty(), "a run directory was made");
+    assert_eq!(f.qemu.state("f1.vm").unwrap(), None);
+
+    // Repaired: the first start fetches the bundle, and the guest boots from it.
+    std::fs::write(&libc, good).unwrap();
+    let begun = Instant::now();
+    let started = f.qemu.start(&spec).unwrap();
+    f.wait_console("f1.vm", "vm-echo: f1.vm eth0 10.77.0.2/24 up");
+    println!(
+        "{test}: fetched, verified and booted in {:.1} s",
+        begun.elapsed().as_secs_f64()
+    );
+    let slot = hv.join(part.sha256.to_hex());
+    let exe = std::fs::read_link(format!("/proc/{}/exe", started.pid)).unwrap();
+    assert_eq!(exe, slot.join("lib/ld-linux-x86-64.so.2"));
+    assert_eq!(
+        std::fs::read(slot.join("lib/libc.so.6")).unwrap(),
+        std::fs::read(bundle.dir.join("lib/libc.so.6")).unwrap()
+    );
+    f.qemu.remove("f1.vm").unwrap();
+    assert!(!alive(started.pid), "QEMU {} still runs", started.pid);
+}
