@@ -14,6 +14,7 @@ mod pid1;
 mod provisioner;
 mod registration;
 mod status;
+mod upgrade;
 
 /// The version the node reports (registration, heartbeat, status): the release's,
 /// when `cargo xtask release` built it (`ZOS_RELEASE_VERSION`), else the crate's.

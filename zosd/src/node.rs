@@ -169,6 +169,12 @@ async fn serve(
     logs: &NodeLogs,
 ) -> anyhow::Result<()> {
     let storage = Arc::new(tokio::task::block_in_place(|| open_storage(&cfg))?);
+    // The slots PID 1 keeps, on a pool when the state dir is not persistent; PID 1 looks
+    // again when they say a slot runs (docs/upgrade.md).
+    let slots = crate::upgrade::place_slots(&cfg, &storage);
+    if crate::upgrade::ask_pid1_to_adopt(&slots) {
+        std::process::exit(zos_init::slots::SWITCH_EXIT_CODE);
+    }
     let key = identity(&storage)?;
     // The time never goes back below what this node has seen (before expiry decides
     // anything): docs/security.md, H3.
@@ -223,6 +229,8 @@ async fn serve(
     let farmer = registered.farm.as_ref().map(|f| f.farmer);
     let diag = crate::diag::Diag::new(&cfg, &key, notary.clone(), storage.clone(), farmer);
     let cgroups = provisioner.cgroups();
+    // The slots PID 1 keeps: a rollback to publish, a health mark to write.
+    crate::upgrade::on_serving(&cfg, &key, &notary);
     let mut engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
     // The mesh endpoint follows the uplink's address (a lease that comes late, or
     // changes): the engine publishes a new one at its next refresh.

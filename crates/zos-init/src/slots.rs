@@ -611,7 +611,9 @@ impl Slots {
         }
         if let SlotState::Trying { .. } = self.state {
             self.tail.clear();
-            self.trial_started = Some(Instant::now());
+            // The window runs from the first start: a trial agent that cannot even be
+            // spawned (retried with backoff) still meets its deadline.
+            self.trial_started.get_or_insert_with(Instant::now);
             if let Err(error) = self.tail.tee(&mut cmd) {
                 tracing::error!(%error, "the trial agent's output is not captured");
             }
