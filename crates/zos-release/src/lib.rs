@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod follow;
 pub mod hypervisor;
 pub mod release;
 pub mod rollout;
