@@ -5,15 +5,14 @@
 //!   mark `<state>/slots/health`; PID 1 commits the slot on it;
 //! - after a rollback (`state.json` says `rolled_back`), the agent that runs publishes
 //!   the node's signed rollback record `nodes/<node>/rollback`: the version PID 1 went
-//!   back from, why, the exit status and the last lines of the failed agent.
-//!
+//!   back from, why, the exit status and the last lines of the failed agent;
 //! - on a booted node, where `<state>` is on the tmpfs root, the slots live on a pool
 //!   (`<pool>/zos-slots`, linked from `<state>/slots`), and the image's agent asks PID 1
 //!   once per boot to look again when the state there says a slot runs.
 //!
 //! Not here yet: watching the farm's rollout, installing a release and asking for the
-//! switch (zos-release's `agent::plan` and `agent::upgrade` do it; zosd does not depend
-//! on zos-release yet).
+//! switch (zos-release's `follow::Follow::step` does one look, host-tested; zosd does
+//! not depend on zos-release yet).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
