@@ -30,6 +30,8 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
 /// `cargo xtask bench [NAME]`: runs the benchmarks named `NAME` (all without one).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let name = args.first().map(String::as_str).unwrap_or("all");
+    // `--no-build`: the booted benchmark (mesh) boots the image as it is.
+    let rebuild = !args.iter().any(|a| a == "--no-build");
     let selected: Vec<_> = BENCHES
         .iter()
         .filter(|(n, _)| name == "all" || *n == name)
@@ -52,7 +54,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     for (name, targets) in selected {
         if *name == "mesh" {
-            let figures = crate::mesh::run(true, true)?;
+            let figures = crate::mesh::run(rebuild, true)?;
             crate::mesh::print(&figures);
         }
         for (package, bench) in *targets {

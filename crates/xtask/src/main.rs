@@ -31,7 +31,9 @@ tasks:
                 store (default DIR: target/flists/<name>): hello is the container app
                 (flists/hello), vm the micro-VM (the Debian kernel as a PVH vmlinux and
                 an initrd with flists/vm-echo as its init)
-  bench [NAME]  benchmarks: contracts, engine, flist, storage, network, container, vm, or all
+  bench [NAME] [--no-build]
+                benchmarks: contracts, engine, flist, storage, network, container, vm,
+                grid, mesh (booted nodes; --no-build boots the image as it is), or all
   fuzz [TARGET] [--seconds N] [--keep-going]
                 coverage-guided fuzzing (cargo-fuzz, libFuzzer, stable Rust) of the
                 parsers of untrusted input: contract, notary_record, flist_meta, dhcp,

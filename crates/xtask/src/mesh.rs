@@ -79,11 +79,11 @@ pub struct Figures {
 /// Round trips and throughput between the two nodes' copies.
 #[derive(Debug, Clone, Copy)]
 pub struct Bench {
-    /// The median round trip of one byte over the tenant network (WireGuard), in µs.
+    /// The mean round trip of one byte over the tenant network (WireGuard), in µs.
     pub mesh_rtt_us: f64,
     /// The throughput over the tenant network, in Mbit/s.
     pub mesh_mbps: f64,
-    /// The median round trip over the LAN to the other node's opened ports (NAT, no
+    /// The mean round trip over the LAN to the other node's opened ports (NAT, no
     /// encryption), in µs.
     pub plain_rtt_us: f64,
     /// The throughput over that plain path, in Mbit/s.

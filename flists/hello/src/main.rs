@@ -11,8 +11,8 @@
 //! - the server prints `connection from <ip>` the first time a source connects;
 //! - `HELLO_SINK_PORT`: reads a connection to its end, then writes the byte count;
 //! - `HELLO_ECHO_PORT`: writes back every byte it reads;
-//! - `HELLO_BENCH=ip:sink,ip:echo;...`: once, for each pair, 200 one-byte round
-//!   trips and 16 MiB into the sink, printing `bench <ip> rtt_us=<median> mbps=<rate>`.
+//! - `HELLO_BENCH=ip:sink,ip:echo;...`: once, for each pair, 1000 one-byte round
+//!   trips and 16 MiB into the sink, printing `bench <ip> rtt_us=<mean> mbps=<rate>`.
 
 mod mesh;
 
