@@ -267,3 +267,85 @@ fn a_rollout_not_signed_by_the_farmer_is_ignored() {
     w.assert_nothing_written();
     assert!(w.get(&NotaryKey::upgrade(&w.node.public())).is_none());
 }
+
+fn register(w: &World, node: &SecretKey, version: &str) {
+    let reg = zos_registry::Registration {
+        farm: FARM.into(),
+        version: version.into(),
+        capacity: zos_registry::NodeResources {
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            ssd_bytes: 1 << 30,
+            hdd_bytes: 0,
+        },
+        offered: None,
+        nics: vec![zos_registry::Nic {
+            name: "eth0".into(),
+            mac: "52:54:00:12:34:56".into(),
+        }],
+        dmi: Default::default(),
+        registered_at: 1_780_000_000,
+    };
+    w.put(&reg.sign(node, 1_780_000_000).unwrap());
+}
+
+#[test]
+fn the_next_wave_waits_for_the_previous_one_and_a_rollback_halts_it() {
+    let w = World::new("waves");
+    let first = SecretKey::from_seed([66; 32]);
+    register(&w, &first, "0.1.0");
+    register(&w, &w.node, "0.1.0");
+    // Wave 0 is `first`; our node is in the implicit last wave.
+    let rollout = Rollout {
+        farm: FARM.into(),
+        version: Version::new(0, 2, 0),
+        waves: vec![Wave::Nodes(vec![first.public()])],
+        issued_at: 1_780_000_000,
+        farmer: w.farmer.public(),
+    };
+    let signed = SignedRollout::sign(rollout, &w.farmer);
+    w.put(
+        &Record::sign(
+            &NotaryKey::rollout(FARM).unwrap(),
+            signed.to_value(),
+            &w.farmer,
+        )
+        .unwrap(),
+    );
+    w.publish_release(
+        "0.2.0",
+        &SignedRelease::sign(w.release("0.2.0", &w.release_key), &w.release_key),
+    );
+    let waiting = Step::Wait {
+        wave: 1,
+        waiting_for: vec![first.public()],
+    };
+    assert_eq!(w.step(V1), waiting);
+    w.assert_nothing_written();
+
+    // `first` runs 0.2.0 and beats, but rolled back from it: the rollout halts here.
+    register(&w, &first, "0.2.0");
+    let beat = Record::sign(
+        &NotaryKey::heartbeat(&first.public()),
+        serde_json::json!({}),
+        &first,
+    )
+    .unwrap();
+    w.put(&beat);
+    let rollback = |version: &str| {
+        Record::sign(
+            &NotaryKey::rollback(&first.public()),
+            serde_json::json!({"rollback": {"version": version, "cause": "exited"}}),
+            &first,
+        )
+        .unwrap()
+    };
+    w.put(&rollback("0.2.0"));
+    assert_eq!(w.step(V1), waiting);
+    w.assert_nothing_written();
+    assert!(w.get(&NotaryKey::upgrade(&w.node.public())).is_none());
+
+    // Its last rollback is about another version: it counts as upgraded, we go.
+    w.put(&rollback("0.1.9"));
+    assert_eq!(w.step(V1), Step::Switch(Version::new(0, 2, 0)));
+}
