@@ -43,6 +43,12 @@
 //! # address, else its first global IPv6 address), "none" (not reachable: behind NAT,
 //! # peers must reach it), or an address.
 //! endpoint = "auto"
+//!
+//! [release]
+//! # Release keys (hex) whose signed releases this node installs when its farm's
+//! # rollout names them (docs/upgrade.md). Absent or empty: the node does not follow
+//! # any rollout.
+//! keys = []
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -100,6 +106,18 @@ pub struct NodeConfig {
     /// Tenant networks across nodes (WireGuard).
     #[serde(default)]
     pub mesh: MeshSection,
+    /// The node's own software: the release keys it accepts (docs/upgrade.md).
+    #[serde(default)]
+    pub release: ReleaseSection,
+}
+
+/// `[release]`: the release keys whose signed releases the node installs under its
+/// farm's rollout. Empty (the default): no rollout is followed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    #[serde(default)]
+    pub keys: Vec<PublicKey>,
 }
 
 /// `[mesh]`: tenant networks across nodes (docs/network.md, "Mesh").

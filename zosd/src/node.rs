@@ -231,6 +231,8 @@ async fn serve(
     let cgroups = provisioner.cgroups();
     // The slots PID 1 keeps: a rollback to publish, a health mark to write.
     crate::upgrade::on_serving(&cfg, &key, &notary);
+    // The farm's rollout, with release keys only (docs/upgrade.md).
+    crate::upgrade::follow_rollout(&cfg, &key, &notary, store_access(&cfg.store_roots));
     let mut engine = Engine::new(key, engine_cfg, provisioner, notary, journal);
     // The mesh endpoint follows the uplink's address (a lease that comes late, or
     // changes): the engine publishes a new one at its next refresh.

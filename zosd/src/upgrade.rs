@@ -10,17 +10,23 @@
 //!   (`<pool>/zos-slots`, linked from `<state>/slots`), and the image's agent asks PID 1
 //!   once per boot to look again when the state there says a slot runs.
 //!
-//! Not here yet: watching the farm's rollout, installing a release and asking for the
-//! switch (zos-release's `follow::Follow::step` does one look, host-tested; zosd does
-//! not depend on zos-release yet).
+//! - with release keys in `[release] keys` and a farm, the agent follows the farm's
+//!   rollout ([`follow_rollout`]): one look (`zos_release::follow::Follow::step`) at
+//!   start and on every change under `rollouts/` and `releases/` (and every
+//!   [`RELOOK`] while its wave waits); a release it installs is switched to by exiting
+//!   with [`slots::SWITCH_EXIT_CODE`] under PID 1; in agent mode (no PID 1 of ours) the
+//!   slot stays installed and the switch is logged as not available.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use zos_contract::SecretKey;
+use zos_contract::{PublicKey, SecretKey};
+use zos_flist::DirAccess;
 use zos_init::slots::{self, SlotState};
-use zos_notary::{AnyNotary, Notary, NotaryKey, Record};
+use zos_notary::{AnyNotary, KeyPrefix, Notary, NotaryKey, Record};
+use zos_release::follow::{Follow, Step};
+use zos_release::Version;
 
 use crate::config::NodeConfig;
 
@@ -206,6 +212,144 @@ async fn mark_when_beating(dir: &Path, version: &str, key: &SecretKey, notary: &
     match write_file(dir, slots::HEALTH_MARK, version) {
         Ok(()) => tracing::info!(slot = version, "healthy: the health mark is written"),
         Err(error) => tracing::error!(%error, slot = version, "writing the health mark"),
+    }
+}
+
+/// Between two looks while this node's wave waits for the previous one (its nodes'
+/// heartbeats are not watched), or after the notary failed.
+pub const RELOOK: Duration = Duration::from_secs(30);
+/// At most this many bytes per release part.
+const MAX_PART_BYTES: u64 = 512 << 20;
+
+/// Follows the farm's rollout in the background (module comment). Does nothing at all,
+/// but log once why, without a farm or without release keys.
+pub fn follow_rollout(cfg: &NodeConfig, key: &SecretKey, notary: &AnyNotary, access: DirAccess) {
+    let Some(farm) = cfg.farm.clone() else {
+        tracing::info!("no farm: no rollout to follow");
+        return;
+    };
+    if cfg.release.keys.is_empty() {
+        tracing::info!(%farm, "no release keys ([release] keys): the farm's rollout is not followed");
+        return;
+    }
+    let running: Version = match crate::VERSION.parse() {
+        Ok(v) => v,
+        Err(error) => {
+            tracing::error!(%error, version = crate::VERSION, "the agent's own version does not parse: the farm's rollout is not followed");
+            return;
+        }
+    };
+    let pinned: std::collections::BTreeSet<PublicKey> = cfg.release.keys.iter().copied().collect();
+    let slots = slots_dir(cfg);
+    let key = key.clone();
+    let notary = notary.clone();
+    tokio::spawn(async move {
+        let follow = Follow {
+            farm: &farm,
+            node: &key,
+            running,
+            pinned: &pinned,
+            access: &access,
+            slots: &slots,
+            max_bytes: MAX_PART_BYTES,
+        };
+        follow_loop(&follow, &notary).await;
+    });
+}
+
+/// Whether PID 1 (zos-init's slots) started this agent and can switch it.
+fn under_pid1() -> bool {
+    std::os::unix::process::parent_id() == 1
+}
+
+async fn follow_loop(follow: &Follow<'_>, notary: &AnyNotary) {
+    // Watches first, then each look: a change racing with a look lands in the next one.
+    let mut rollouts = watch(notary, &KeyPrefix::rollouts()).await;
+    let mut releases = watch(notary, &KeyPrefix::releases()).await;
+    loop {
+        let relook = match follow.step(notary).await {
+            Ok(Step::Switch(version)) => {
+                if under_pid1() {
+                    tracing::warn!(%version, "release installed: switching to it (PID 1 starts it)");
+                    std::process::exit(slots::SWITCH_EXIT_CODE);
+                }
+                tracing::warn!(
+                    %version,
+                    slots = %follow.slots.display(),
+                    "release installed, the switch is not available in agent mode (no PID 1 of ours): the slot stays installed, this agent keeps running; no longer following the rollout"
+                );
+                return;
+            }
+            Ok(Step::Refused(report)) => {
+                tracing::error!(?report, "the rollout's release is refused: published at nodes/<node>/upgrade, nothing installed");
+                None
+            }
+            Ok(Step::Wait { wave, waiting_for }) => {
+                let waiting_for: Vec<String> = waiting_for.iter().map(|k| k.to_string()).collect();
+                tracing::info!(
+                    wave,
+                    ?waiting_for,
+                    "this node's wave waits for the previous one"
+                );
+                Some(RELOOK)
+            }
+            Ok(Step::RolloutRefused(code)) => {
+                tracing::warn!(%code, "the farm's rollout is refused: ignored");
+                None
+            }
+            Ok(step) => {
+                tracing::debug!(?step, "rollout looked at");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "looking at the farm's rollout");
+                Some(RELOOK)
+            }
+        };
+        // The next look: a change under rollouts/ or releases/, or the re-look time.
+        let relook = relook.unwrap_or(Duration::MAX);
+        let sleep = tokio::time::sleep_until(far(relook));
+        tokio::select! {
+            e = next(&mut rollouts) => {
+                if e.is_none() {
+                    rollouts = watch(notary, &KeyPrefix::rollouts()).await;
+                }
+            }
+            e = next(&mut releases) => {
+                if e.is_none() {
+                    releases = watch(notary, &KeyPrefix::releases()).await;
+                }
+            }
+            () = sleep => {}
+        }
+    }
+}
+
+/// `now + d`, saturating far in the future.
+fn far(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+async fn watch(notary: &AnyNotary, prefix: &KeyPrefix) -> Option<zos_notary::EventWatch> {
+    match notary.watch_events(prefix).await {
+        Ok(w) => Some(w),
+        Err(error) => {
+            tracing::warn!(%error, %prefix, "watching the notary: looking again every 30 s");
+            None
+        }
+    }
+}
+
+/// The next event of `w`; `None` when it ended. No watch: after [`RELOOK`].
+async fn next(w: &mut Option<zos_notary::EventWatch>) -> Option<()> {
+    match w {
+        Some(w) => w.recv().await.map(|_| ()),
+        None => {
+            tokio::time::sleep(RELOOK).await;
+            None
+        }
     }
 }
 
