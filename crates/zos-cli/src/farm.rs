@@ -61,6 +61,30 @@ pub enum FarmCmd {
         #[command(flatten)]
         format: Format,
     },
+    /// Stage a release over the farm's nodes in waves, signed by the farmer: the
+    /// rollout record at `rollouts/<farm>`.
+    ///
+    /// A node of wave k upgrades only once every node of wave k-1 reports VERSION and
+    /// beats; a rollback of VERSION anywhere halts it (`zos farm show` says why). Each
+    /// node still verifies the release itself (`zos release publish`). Refused, with
+    /// nothing written, unless --key is the farm's farmer and the waves are well formed.
+    ///
+    /// Example: zos farm rollout farm-1 0.2.0 --waves 10%,50%,100% --key farmer.key
+    ///   --notary etcd://127.0.0.1:2379
+    Rollout {
+        farm_id: String,
+        /// The version the farm's nodes go to (MAJOR.MINOR.PATCH).
+        version: String,
+        /// Comma-separated waves: `P%` (cumulative percentages of the farm's nodes in
+        /// key order, increasing) or node keys joined by `+`.
+        #[arg(long, value_name = "WAVES")]
+        waves: String,
+        /// The farmer's secret key.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, env = "ZOS_NOTARY")]
+        notary: String,
+    },
     /// A live terminal dashboard of a farm: its nodes (heartbeat age, version, capacity
     /// bars), their contracts' states, recent refusals. Read-only.
     ///
@@ -187,6 +211,20 @@ pub fn run_farm(cmd: FarmCmd) -> anyhow::Result<()> {
             notary,
             refresh,
         } => crate::top::run(&farm_id, &notary, refresh),
+        FarmCmd::Rollout {
+            farm_id,
+            version,
+            waves,
+            key,
+            notary,
+        } => {
+            let version = crate::release::parse_version(&version)?;
+            let waves = crate::release::parse_waves(&waves)?;
+            let key = SecretKey::load(&key)?;
+            crate::release::rollout(&Client::open(&notary)?, &farm_id, &version, waves, &key)?;
+            note!("rollout of farm {farm_id} to {version} published at rollouts/{farm_id}");
+            Ok(())
+        }
     }
 }
 
@@ -200,11 +238,13 @@ fn show(farm_id: &str, notary: &str, format: &crate::output::Format) -> anyhow::
     let farm = Farm::from_record(&record)
         .with_context(|| format!("{nkey} in {notary} is not a valid farm"))?;
     let nodes: Vec<NodeRow> = nodes(&client, Some(farm_id))?;
+    let rollout = crate::release::view(&client, &farm, &nodes)?;
     if format.json {
         let out = serde_json::json!({
             "farm": farm,
             "signed_at": record.signed_at,
             "nodes": nodes,
+            "rollout": rollout,
         });
         return crate::output::json(&out);
     }
@@ -221,6 +261,10 @@ fn show(farm_id: &str, notary: &str, format: &crate::output::Format) -> anyhow::
     outln!("nodes     {}", nodes.len())?;
     for row in &nodes {
         outln!("  {} {}", row.node, heartbeat_text(row))?;
+    }
+    match &rollout {
+        Some(view) => crate::release::print(view)?,
+        None => outln!("rollout   none")?,
     }
     Ok(())
 }

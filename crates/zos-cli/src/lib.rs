@@ -16,6 +16,7 @@ mod notary;
 mod output;
 mod probe;
 mod progress;
+mod release;
 mod status;
 mod support;
 mod top;
@@ -58,6 +59,9 @@ enum Command {
     /// Create and show farms (farmers).
     #[command(subcommand)]
     Farm(farm::FarmCmd),
+    /// Publish the node's own software releases (a farm's rollout: `zos farm rollout`).
+    #[command(subcommand)]
+    Release(release::ReleaseCmd),
     /// List the nodes registered in a notary.
     #[command(subcommand)]
     Node(farm::NodeCmd),
@@ -124,6 +128,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Contract(cmd) => contract::run(cmd),
         Command::Flist(cmd) => flist::run(cmd),
         Command::Farm(cmd) => farm::run_farm(cmd),
+        Command::Release(cmd) => release::run(cmd),
         Command::Node(cmd) => farm::run_node(cmd),
         Command::Status(cmd) => status::run(cmd),
         Command::Support(cmd) => support::run(cmd),
