@@ -457,7 +457,25 @@ impl<'a> Scenario<'a> {
         println!("tenant B ({RANGE_B}) on the same nodes: its copies answer each other; neither tenant reaches the other");
         // The node's heartbeat names its two WireGuard sockets, and nothing else listens.
         let listening = self.wait_wireguard_sockets(&x, 2)?;
-        println!("{}'s heartbeat: {listening}", short(&x));
+        let sockets: Vec<String> = listening
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{} {} port {}",
+                    s["label"].as_str().unwrap_or("?"),
+                    s["proto"].as_str().unwrap_or("?"),
+                    s["port"]
+                )
+            })
+            .collect();
+        println!(
+            "{}'s heartbeat lists {} listening sockets, all WireGuard's: {}",
+            short(&x),
+            sockets.len(),
+            sockets.join(", ")
+        );
         self.show_status(A, &x)?;
 
         // 3. What crossed the bridge. First the capture's proof that it sees payloads:
