@@ -525,4 +525,19 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("ssh"), "{err}");
     }
+
+    #[test]
+    fn the_release_section_pins_keys_and_is_empty_by_default() {
+        let base = "notary = \"dir:///x\"\nstorage = { pools_root = \"/p\" }\nnetwork = { uplink = \"e\" }\n";
+        let none: NodeConfig = toml::from_str(base).unwrap();
+        assert!(none.release.keys.is_empty());
+        let key = zos_contract::SecretKey::from_seed([5; 32]).public();
+        let cfg: NodeConfig =
+            toml::from_str(&format!("{base}[release]\nkeys = [\"{key}\"]\n")).unwrap();
+        assert_eq!(cfg.release.keys, vec![key]);
+        let bad = toml::from_str::<NodeConfig>(&format!("{base}[release]\nkeys = [\"xyz\"]\n"));
+        assert!(bad.is_err());
+        let unknown = toml::from_str::<NodeConfig>(&format!("{base}[release]\nkey = []\n"));
+        assert!(unknown.is_err());
+    }
 }

@@ -241,6 +241,7 @@ pub fn follow_rollout(cfg: &NodeConfig, key: &SecretKey, notary: &AnyNotary, acc
     };
     let pinned: std::collections::BTreeSet<PublicKey> = cfg.release.keys.iter().copied().collect();
     let slots = slots_dir(cfg);
+    tracing::info!(%farm, release_keys = pinned.len(), %running, "following the farm's rollout");
     let key = key.clone();
     let notary = notary.clone();
     tokio::spawn(async move {

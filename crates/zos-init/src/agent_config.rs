@@ -2,7 +2,10 @@
 //! and what it found (the uplink, the disks): `/run/zos/node.toml` (docs/zosd.md),
 //! which the agent it supervises reads.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+use zos_contract::PublicKey;
 
 use crate::BootParams;
 
@@ -34,6 +37,18 @@ pub enum AgentConfigError {
 /// boot; the agent refuses a configuration without any disk, and is restarted with
 /// backoff. No notary on the command line leaves `notary` out: the agent says so.
 pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> String {
+    node_config_with_keys(params, uplink, disks, &BTreeSet::new())
+}
+
+/// [`node_config`] with the release keys the image pins (`/etc/zos/release-keys`,
+/// [`crate::slots::pinned_keys`]) as `[release] keys`: the agent then follows its farm's
+/// rollout (docs/upgrade.md). No keys: no `[release]` section.
+pub fn node_config_with_keys(
+    params: &BootParams,
+    uplink: &str,
+    disks: &[PathBuf],
+    release_keys: &BTreeSet<PublicKey>,
+) -> String {
     use toml::{Table, Value};
     let mut t = Table::new();
     if let Some(n) = &params.notary {
@@ -71,6 +86,15 @@ pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> Stri
     let mut network = Table::new();
     network.insert("uplink".into(), Value::String(uplink.into()));
     t.insert("network".into(), Value::Table(network));
+    if !release_keys.is_empty() {
+        let keys = release_keys
+            .iter()
+            .map(|k| Value::String(k.to_string()))
+            .collect();
+        let mut release = Table::new();
+        release.insert("keys".into(), Value::Array(keys));
+        t.insert("release".into(), Value::Table(release));
+    }
     format!(
         "# Written by zosd (PID 1) from the kernel command line at boot (runmode {}); \
          edits are lost at the next boot.\n{}",
@@ -79,7 +103,9 @@ pub fn node_config(params: &BootParams, uplink: &str, disks: &[PathBuf]) -> Stri
     )
 }
 
-/// Writes [`node_config`] to `path`, whole or not at all (a temporary file renamed).
+/// Writes [`node_config_with_keys`] to `path` with the image's pinned release keys (none
+/// when the image carries no `/etc/zos/release-keys`), whole or not at all (a temporary
+/// file renamed).
 pub fn write_node_config(
     path: &Path,
     params: &BootParams,
@@ -103,7 +129,14 @@ pub fn write_node_config(
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     // /run is a fresh tmpfs: no one to race with, but never leave half a file.
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, node_config(params, uplink, disks)).map_err(io("writing", &tmp))?;
+    let pinned = Path::new(crate::slots::RELEASE_KEYS);
+    let keys = if pinned.exists() {
+        crate::slots::pinned_keys(pinned)
+    } else {
+        BTreeSet::new()
+    };
+    let text = node_config_with_keys(params, uplink, disks, &keys);
+    std::fs::write(&tmp, text).map_err(io("writing", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("renaming to", path))?;
     tracing::info!(path = %path.display(), %uplink, "agent configuration written");
     Ok(())
@@ -127,6 +160,22 @@ mod tests {
         assert_eq!(t["store_roots"][0].as_str(), Some("/mnt/notary"));
         assert_eq!(t["network"]["uplink"].as_str(), Some("enp1s0"));
         assert_eq!(t["storage"]["disks"][0].as_str(), Some("/dev/vda"));
+    }
+
+    #[test]
+    fn the_pinned_release_keys_are_the_agents_release_keys() {
+        let (params, _) = BootParams::parse("zos.farm=f1 zos.notary=dir:///mnt/notary");
+        let key = zos_contract::SecretKey::from_seed([5; 32]).public();
+        let text = node_config_with_keys(&params, "eth0", &[], &[key].into());
+        let t: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            t["release"]["keys"][0].as_str(),
+            Some(key.to_string().as_str())
+        );
+        assert_eq!(t["release"]["keys"].as_array().unwrap().len(), 1);
+        // No keys: no section (the agent follows no rollout).
+        let t: toml::Table = toml::from_str(&node_config(&params, "eth0", &[])).unwrap();
+        assert!(!t.contains_key("release"));
     }
 
     #[test]
