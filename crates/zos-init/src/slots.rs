@@ -38,7 +38,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -400,22 +400,47 @@ pub fn release_check(
     })
 }
 
-/// The output lines of the agent on trial, kept for the rollback record.
+/// How long an exited trial agent's last lines are waited for: the pipe ends when its
+/// last writer closes it, which a process the agent left behind could delay.
+const TAIL_EOF_WAIT: Duration = Duration::from_secs(2);
+
+/// The output lines of the agent on trial, kept for the rollback record, and whether
+/// the copying thread has seen the end of the pipe.
 #[derive(Debug, Clone, Default)]
-pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
+pub struct LogTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    ended: Arc<(Mutex<bool>, Condvar)>,
+}
 
 impl LogTail {
     /// The lines kept, oldest first.
     pub fn lines(&self) -> Vec<String> {
-        self.0
+        self.lines
             .lock()
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default()
     }
 
     fn clear(&self) {
-        if let Ok(mut l) = self.0.lock() {
+        if let Ok(mut l) = self.lines.lock() {
             l.clear();
+        }
+    }
+
+    fn set_ended(&self, ended: bool) {
+        let (lock, cvar) = &*self.ended;
+        if let Ok(mut e) = lock.lock() {
+            *e = ended;
+            cvar.notify_all();
+        }
+    }
+
+    /// Waits (at most `timeout`) until the copying thread has read the pipe to its end:
+    /// every line the agent wrote is then kept.
+    fn wait_ended(&self, timeout: Duration) {
+        let (lock, cvar) = &*self.ended;
+        if let Ok(e) = lock.lock() {
+            let _ = cvar.wait_timeout_while(e, timeout, |ended| !*ended);
         }
     }
 
@@ -428,7 +453,7 @@ impl LogTail {
             }
             line.truncate(cut);
         }
-        if let Ok(mut l) = self.0.lock() {
+        if let Ok(mut l) = self.lines.lock() {
             if l.len() == LOG_TAIL_LINES {
                 l.pop_front();
             }
@@ -446,6 +471,7 @@ impl LogTail {
         cmd.stdout(Stdio::from(writer.try_clone()?));
         cmd.stderr(Stdio::from(writer));
         let tail = self.clone();
+        self.set_ended(false);
         std::thread::Builder::new()
             .name("agent-tail".into())
             .spawn(move || {
@@ -461,6 +487,7 @@ impl LogTail {
                         }
                     }
                 }
+                tail.set_ended(true);
             })?;
         Ok(())
     }
@@ -652,8 +679,8 @@ impl Slots {
             }
         }
         if matches!(self.state, SlotState::Trying { .. }) {
-            // Let the tee thread take the last lines the agent wrote.
-            std::thread::sleep(Duration::from_millis(50));
+            // The agent's last lines: once the copying thread has read its pipe to the end.
+            self.tail.wait_ended(TAIL_EOF_WAIT);
         }
         let log_tail = self.tail.lines();
         self.apply(Event::AgentExited {
