@@ -76,10 +76,12 @@ tasks:
                 on the bridge finds no clear tenant traffic, a UDP scan no answer, and
                 after a power cut the moved replica is reached again; prints the times
   release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
-                the node's agent (the image's static zosd) packed as a flist signed
+                [--qemu PATH | --no-qemu]
+                the node's agent (the image's static zosd) and the hypervisor bundle
+                (QEMU with its loader, libraries and firmware) packed as flists signed
                 by the publisher key (default: KEY) and a release record signed by the
-                release key KEY, in DIR (default target/releases/VERSION); no
-                hypervisor part yet (docs/upgrade.md)
+                release key KEY, in DIR (default target/releases/VERSION)
+                (docs/upgrade.md)
   man [DIR]     the zos tool's man pages, one per command, from its clap definition
                 (default DIR: target/man); read one with man -l DIR/zos.1
 ";
