@@ -15,34 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use zos_contract::SecretKey;
-use zos_notary::{Notary, NotaryKey, Record};
+use zos_notary::{NotaryKey, Record};
 use zos_registry::{Farm, Heartbeat, Registration};
 
 const FARM: &str = "zt-farm-1";
-
-fn get(node: &Node, key: &NotaryKey) -> Option<Record> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(node.notary.get(key)).unwrap()
-}
-
-/// Polls `f` until it returns `Some`; panics with the log after [`WAIT`].
-fn wait_for<T>(node: &Node, what: &str, f: impl Fn() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what}; zosd log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Lines of zosd's log (one `tracing` event per farm attempt) that contain `needle`.
 fn count_lines(node: &Node, needle: &str) -> usize {
@@ -52,8 +28,7 @@ fn count_lines(node: &Node, needle: &str) -> usize {
 /// Waits until the log holds more than `seen` attempt lines containing `needle`: the
 /// node completed one more farm attempt after the caller counted `seen`.
 fn wait_for_another_attempt(node: &Node, needle: &str, seen: usize) {
-    wait_for(
-        node,
+    node.wait_for(
         &format!("farm attempt after {seen} saying {needle:?}"),
         || (count_lines(node, needle) > seen).then_some(()),
     );
@@ -85,8 +60,8 @@ fn a_node_waits_for_its_farm_then_registers_beats_and_serves() {
     // published (a new attempt in its log), and it still has done none of these.
     let missing = format!("farm {FARM} is not in the notary: retrying");
     wait_for_another_attempt(&node, &missing, count_lines(&node, &missing));
-    assert!(get(&node, &NotaryKey::registration(&key)).is_none());
-    assert!(get(&node, &NotaryKey::heartbeat(&key)).is_none());
+    assert!(node.get(&NotaryKey::registration(&key)).is_none());
+    assert!(node.get(&NotaryKey::heartbeat(&key)).is_none());
     assert!(
         node.status(&id).is_none(),
         "a contract was taken without a farm"
@@ -96,9 +71,7 @@ fn a_node_waits_for_its_farm_then_registers_beats_and_serves() {
     // The farmer creates the farm: the node registers, signed by its key.
     let farmer = SecretKey::from_seed([9; 32]);
     node.publish(&farm_record(&farmer));
-    let reg = wait_for(&node, "registration", || {
-        get(&node, &NotaryKey::registration(&key))
-    });
+    let reg = node.wait_for("registration", || node.get(&NotaryKey::registration(&key)));
     let (who, reg) = Registration::from_record(&reg).unwrap();
     assert_eq!(who, key);
     assert_eq!(reg.farm, FARM);
@@ -116,13 +89,13 @@ fn a_node_waits_for_its_farm_then_registers_beats_and_serves() {
 
     // Heartbeats: verified, signed by the node, counting the contract, no listener.
     let beat = || {
-        get(&node, &NotaryKey::heartbeat(&key)).map(|r| {
+        node.get(&NotaryKey::heartbeat(&key)).map(|r| {
             let (who, hb) = Heartbeat::from_record(&r).unwrap();
             assert_eq!(who, key);
             hb
         })
     };
-    let hb = wait_for(&node, "heartbeat counting the contract", || {
+    let hb = node.wait_for("heartbeat counting the contract", || {
         beat().filter(|hb| hb.contracts.running == 1)
     });
     assert_eq!(hb.listening, vec![], "the node listens: {hb:?}");
@@ -132,7 +105,7 @@ fn a_node_waits_for_its_farm_then_registers_beats_and_serves() {
     assert_eq!(hb.reserved.cpus, 1);
     assert!(hb.uptime_secs > 0 && hb.used.memory_bytes > 0, "{hb:?}");
     // Every second (heartbeat_secs = 1), a newer one.
-    wait_for(&node, "a newer heartbeat", || {
+    node.wait_for("a newer heartbeat", || {
         beat().filter(|next| next.time > hb.time)
     });
 

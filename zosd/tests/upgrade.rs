@@ -14,14 +14,13 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use common::*;
 use zos_contract::deployment::FlistRef;
 use zos_contract::{Digest, SecretKey};
 use zos_flist::{pack, PackOptions, Router};
 use zos_init::slots::{self, RollbackReason, SlotState};
-use zos_notary::{Notary, NotaryKey, Record};
+use zos_notary::{NotaryKey, Record};
 use zos_registry::Farm;
 use zos_release::{Parts, Release, Rollout, SignedRelease, SignedRollout, Wave};
 
@@ -37,29 +36,6 @@ fn farm_record(farmer: &SecretKey) -> Record {
         .unwrap()
         .sign(farmer, now)
         .unwrap()
-}
-
-fn get(node: &Node, key: &NotaryKey) -> Option<Record> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(node.notary.get(key)).unwrap()
-}
-
-fn wait_for<T>(node: &Node, what: &str, f: impl Fn() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what}; zosd log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -90,9 +66,7 @@ fn an_agent_from_a_slot_marks_itself_healthy_and_publishes_the_rollback() {
     std::env::remove_var(slots::SLOT_ENV);
     drop(env);
 
-    let rollback = wait_for(&node, "rollback record", || {
-        get(&node, &NotaryKey::rollback(&key))
-    });
+    let rollback = node.wait_for("rollback record", || node.get(&NotaryKey::rollback(&key)));
     assert_eq!(rollback.author, key, "signed by the node");
     assert_eq!(rollback.body["rollback"]["version"], "0.3.0");
     assert_eq!(rollback.body["rollback"]["cause"], "exited");
@@ -103,12 +77,12 @@ fn an_agent_from_a_slot_marks_itself_healthy_and_publishes_the_rollback() {
     );
     assert_eq!(rollback.body["rollback"]["running"], "0.2.0");
 
-    let mark = wait_for(&node, "health mark", || {
+    let mark = node.wait_for("health mark", || {
         std::fs::read_to_string(dir.join(slots::HEALTH_MARK)).ok()
     });
     assert_eq!(mark, "0.2.0");
     // The mark came after the first heartbeat was in the notary.
-    let beat = get(&node, &NotaryKey::heartbeat(&key)).expect("a heartbeat");
+    let beat = node.get(&NotaryKey::heartbeat(&key)).expect("a heartbeat");
     assert_eq!(beat.author, key);
     assert!(
         node.log().contains("the health mark is written"),
@@ -230,15 +204,13 @@ fn a_rollout_to_a_signed_newer_release_installs_its_slot_and_says_the_switch_nee
     let (node, key) = follower(&release_key, &farmer);
     publish_release_and_rollout(&node, &release_key, &farmer);
 
-    let report = wait_for(&node, "upgrade record", || {
-        get(&node, &NotaryKey::upgrade(&key))
-    });
+    let report = node.wait_for("upgrade record", || node.get(&NotaryKey::upgrade(&key)));
     assert_eq!(report.author, key, "signed by the node");
     assert_eq!(report.body["outcome"], "switching", "{}", report.body);
     assert_eq!(report.body["version"], NEWER);
     let installed = node.state().join("slots").join(NEWER).join("zosd/zosd");
     assert!(installed.exists(), "slot: {:?}", slots_entries(&node));
-    wait_for(&node, "the switch refused in agent mode", || {
+    node.wait_for("the switch refused in agent mode", || {
         node.log()
             .contains("the switch is not available in agent mode")
             .then_some(())
@@ -250,7 +222,7 @@ fn a_rollout_to_a_signed_newer_release_installs_its_slot_and_says_the_switch_nee
         "zosd exited; log:\n{}",
         node.log()
     );
-    assert!(get(&node, &NotaryKey::heartbeat(&key)).is_some());
+    assert!(node.get(&NotaryKey::heartbeat(&key)).is_some());
 }
 
 #[test]
@@ -266,9 +238,7 @@ fn a_release_signed_by_an_unknown_key_is_refused_published_and_nothing_installed
     let (node, key) = follower(&release_key, &farmer);
     publish_release_and_rollout(&node, &stranger, &farmer);
 
-    let report = wait_for(&node, "upgrade record", || {
-        get(&node, &NotaryKey::upgrade(&key))
-    });
+    let report = node.wait_for("upgrade record", || node.get(&NotaryKey::upgrade(&key)));
     assert_eq!(report.author, key, "signed by the node");
     assert_eq!(report.body["outcome"], "refused", "{}", report.body);
     assert_eq!(report.body["code"], "unknown_key", "{}", report.body);

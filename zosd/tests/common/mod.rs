@@ -41,6 +41,33 @@ pub struct Node {
 }
 
 impl Node {
+    /// The record at `key` in this node's notary, read on a runtime of its own.
+    #[allow(dead_code)] // not every test binary reads records
+    pub fn get(&self, key: &NotaryKey) -> Option<Record> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(self.notary.get(key)).unwrap()
+    }
+
+    /// Polls `f` until it returns `Some`; panics with zosd's log after [`WAIT`].
+    #[allow(dead_code)] // not every test binary waits this way
+    pub fn wait_for<T>(&self, what: &str, f: impl Fn() -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what}; zosd log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn new(memory_reserve_mib: u64) -> Node {
         Node::new_with(memory_reserve_mib, 4)
     }
