@@ -74,13 +74,15 @@ pub fn run(n: usize, rebuild: bool) -> anyhow::Result<Figures> {
     let work = nodes_dir.join("failover");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let blueprint = sample_blueprint(&zos_bin, &work)?;
+    // No network: a network across replicas is the mesh scenario's (crate::mesh), and
+    // these nodes, each behind its own QEMU user network, cannot reach each other.
+    let blueprint = sample_blueprint(&zos_bin, &work, "worker")?;
 
     let accel = qemu::accel(&files.vmlinux);
     let cmdline = format!("zos.farm={FARM} zos.notary={}", notary.guest_url);
     let mut nodes = Vec::new();
     for i in 0..n {
-        let spec = node_spec(&cmdline, &work, i);
+        let spec = node_spec("failover", &cmdline, &work, i, Net::User);
         nodes.push(qemu::boot(&files, &spec, accel)?);
     }
     println!("{n} nodes booting under QEMU ({accel}, microvm)");
@@ -216,18 +218,17 @@ pub fn print(f: &Figures) {
     );
 }
 
-/// The sample flist built into `work`, and its blueprint pinned and signed by an expert
-/// key made there; returns the signed blueprint's path.
-fn sample_blueprint(zos_bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+/// The sample flist built into `work`, and `docs/examples/<name>.blueprint.toml` pinned
+/// to it and signed by an expert key made there; returns the signed blueprint's path
+/// (`<work>/<name>.blueprint.json`).
+pub fn sample_blueprint(zos_bin: &Path, work: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let flist = flists::build(&work.join("flist"), zos_bin)?;
-    // No network: a network across replicas is the mesh scenario's (crate::mesh), and
-    // these nodes, each behind its own QEMU user network, cannot reach each other.
-    let text = flists::pinned_blueprint("worker.blueprint.toml", "hello.fl", &flist)?;
-    let toml = work.join("hello.blueprint.toml");
+    let text = flists::pinned_blueprint(&format!("{name}.blueprint.toml"), "hello.fl", &flist)?;
+    let toml = work.join(format!("{name}.blueprint.toml"));
     std::fs::write(&toml, text)?;
     let expert = work.join("expert.key");
     zos(zos_bin, &["key", "new", "--out", path(&expert)?])?;
-    let signed = work.join("hello.blueprint.json");
+    let signed = work.join(format!("{name}.blueprint.json"));
     zos(
         zos_bin,
         &[
@@ -243,10 +244,11 @@ fn sample_blueprint(zos_bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     Ok(signed)
 }
 
-/// Node `i`: a fresh microvm with two disks, `work` shared at the same path.
-fn node_spec(cmdline: &str, work: &Path, i: usize) -> NodeSpec {
+/// Node `i` of a scenario (named `<prefix><i>`): a fresh microvm with two disks, `work`
+/// shared at the same path, on `net`.
+pub fn node_spec(prefix: &str, cmdline: &str, work: &Path, i: usize, net: Net) -> NodeSpec {
     NodeSpec {
-        name: format!("failover{i}"),
+        name: format!("{prefix}{i}"),
         disks: 2,
         disk_gib: 8,
         memory_mib: 1536,
@@ -260,7 +262,7 @@ fn node_spec(cmdline: &str, work: &Path, i: usize) -> NodeSpec {
             tag: "work".into(),
             path: work.to_path_buf(),
         }],
-        net: Net::User,
+        net,
     }
 }
 

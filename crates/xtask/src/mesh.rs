@@ -26,10 +26,10 @@ use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 
 use crate::capture::{self, Capture};
-use crate::failover::{replicas, start_bot, wait_placement, AFTER_S};
-use crate::flists::{self, path, run as zos};
+use crate::failover::{node_spec, replicas, sample_blueprint, start_bot, wait_placement, AFTER_S};
+use crate::flists::{path, run as zos};
 use crate::lan::{Lan, BRIDGE};
-use crate::node::{self as qemu, BootFrom, Machine, NodeSpec, Share};
+use crate::node::{self as qemu, NodeSpec};
 use crate::status::{log_tail, poll_until};
 use crate::udpscan::{self, UdpScan};
 use crate::{cargo, target_dir};
@@ -112,25 +112,7 @@ fn prepare(rebuild: bool) -> anyhow::Result<Prepared> {
     let work = target_dir().join("nodes/mesh");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let flist = flists::build(&work.join("flist"), &zos_bin)?;
-    let text = flists::pinned_blueprint("mesh.blueprint.toml", "hello.fl", &flist)?;
-    let toml = work.join("mesh.blueprint.toml");
-    std::fs::write(&toml, text)?;
-    let expert = work.join("expert.key");
-    zos(&zos_bin, &["key", "new", "--out", path(&expert)?])?;
-    let blueprint = work.join("mesh.blueprint.json");
-    zos(
-        &zos_bin,
-        &[
-            "blueprint",
-            "sign",
-            path(&toml)?,
-            "--key",
-            path(&expert)?,
-            "-o",
-            path(&blueprint)?,
-        ],
-    )?;
+    let blueprint = sample_blueprint(&zos_bin, &work, "mesh")?;
     Ok(Prepared {
         files,
         zos_bin,
@@ -658,25 +640,9 @@ impl<'a> Scenario<'a> {
         })
     }
 
-    /// Node `i` on the LAN: a fresh microvm with two disks, the work directory shared.
+    /// Node `i` on the LAN.
     fn spec(&self, cmdline: &str, i: usize) -> NodeSpec {
-        NodeSpec {
-            name: format!("mesh{i}"),
-            disks: 2,
-            disk_gib: 8,
-            memory_mib: 1536,
-            cpus: 1,
-            machine: Machine::Microvm,
-            cmdline: cmdline.to_string(),
-            fresh: true,
-            index: i as u8,
-            from: BootFrom::Kernel,
-            shares: vec![Share {
-                tag: "work".into(),
-                path: self.p.work.clone(),
-            }],
-            net: self.net[i].clone(),
-        }
+        node_spec("mesh", cmdline, &self.p.work, i, self.net[i].clone())
     }
 }
 
