@@ -16,12 +16,27 @@ mod registration;
 mod status;
 mod upgrade;
 
-/// The version the node reports (registration, heartbeat, status): the release's,
-/// when `cargo xtask release` built it (`ZOS_RELEASE_VERSION`), else the crate's.
-pub const VERSION: &str = match option_env!("ZOS_RELEASE_VERSION") {
+/// The version this binary was built as: `ZOS_RELEASE_VERSION` when set at build time,
+/// else the crate's.
+const BUILT_VERSION: &str = match option_env!("ZOS_RELEASE_VERSION") {
     Some(v) => v,
     None => env!("CARGO_PKG_VERSION"),
 };
+
+/// The version the node runs and reports (registration, heartbeat, status, the rollout):
+/// the signed release's when PID 1 started this agent from a slot (`ZOSD_SLOT`), else
+/// the one it was built as. A version is what a release key signed for this binary
+/// (its sha256 is the slot's pin, which PID 1 checked before starting it), not a string
+/// compiled in: the same bits may be released again under a higher version.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        std::env::var(zos_init::slots::SLOT_ENV)
+            .ok()
+            .filter(|v| v.parse::<zos_release::Version>().is_ok())
+            .unwrap_or_else(|| BUILT_VERSION.to_owned())
+    })
+}
 
 use std::path::PathBuf;
 

@@ -44,7 +44,7 @@ pub async fn register(
 ) -> anyhow::Result<Option<(Member, Option<Liveness>)>> {
     let member = membership::MemberConfig {
         farm: cfg.farm.clone(),
-        version: crate::VERSION.to_string(),
+        version: crate::version().to_string(),
         netns: cfg.network.node_netns.clone(),
         heartbeat: Duration::from_secs(cfg.heartbeat_secs),
         // The orchestrator places by what the node admits, not by the machine.

@@ -16,7 +16,7 @@ use crate::config::NodeConfig;
 pub fn start(cfg: &NodeConfig) -> LiveStatus {
     let initial = NodeStatus {
         farm: cfg.farm.clone(),
-        version: crate::VERSION.to_string(),
+        version: crate::version().to_string(),
         state: "starting".into(),
         uptime_secs: zos_registry::detect::uptime().unwrap_or(0),
         ..NodeStatus::default()

@@ -232,10 +232,10 @@ pub fn follow_rollout(cfg: &NodeConfig, key: &SecretKey, notary: &AnyNotary, acc
         tracing::info!(%farm, "no release keys ([release] keys): the farm's rollout is not followed");
         return;
     }
-    let running: Version = match crate::VERSION.parse() {
+    let running: Version = match crate::version().parse() {
         Ok(v) => v,
         Err(error) => {
-            tracing::error!(%error, version = crate::VERSION, "the agent's own version does not parse: the farm's rollout is not followed");
+            tracing::error!(%error, version = crate::version(), "the agent's own version does not parse: the farm's rollout is not followed");
             return;
         }
     };
