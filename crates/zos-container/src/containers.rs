@@ -139,11 +139,17 @@ impl Containers {
     }
 
     fn status_of(&self, name: &str, state: WorkloadState) -> WorkloadStatus {
+        // The init's pid in the node's PID namespace, while it runs: an operator (and the
+        // upgrade's booted test) sees that an agent restart left the process alone.
+        let runtime = matches!(state, WorkloadState::Running)
+            .then(|| self.runtime.state(name).ok().flatten()?.pid)
+            .flatten()
+            .map(|pid| format!("container, pid {pid}"));
         WorkloadStatus {
             state,
             address: None,
             log_tail: self.tail(name),
-            runtime: None,
+            runtime,
         }
     }
 
