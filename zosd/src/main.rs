@@ -16,12 +16,8 @@ mod registration;
 mod status;
 mod upgrade;
 
-/// The version this binary was built as: `ZOS_RELEASE_VERSION` when set at build time,
-/// else the crate's.
-const BUILT_VERSION: &str = match option_env!("ZOS_RELEASE_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
+/// The version this binary was built as.
+const BUILT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The version the node runs and reports (registration, heartbeat, status, the rollout):
 /// the signed release's when PID 1 started this agent from a slot (`ZOSD_SLOT`), else

@@ -287,7 +287,7 @@ pub fn build() -> anyhow::Result<Built> {
 
 /// The static zosd, stripped, as `<out_dir>/init`; refused if it names a dynamic loader.
 fn stripped_init(out_dir: &Path) -> anyhow::Result<PathBuf> {
-    let zosd = static_zosd(None)?;
+    let zosd = static_zosd()?;
     let step = Step::start("/init: zosd stripped");
     let init = out_dir.join("init");
     std::fs::copy(&zosd, &init).context("copying zosd")?;
@@ -437,10 +437,9 @@ fn write_compressed(
 }
 
 /// zosd for `/init`: crt-static, with libseccomp linked statically (a target dir of its
-/// own: the flags differ from the workspace's).
-/// `release`: the version the agent reports (`ZOS_RELEASE_VERSION`, read by zosd at
-/// build time); `None` for the crate's own (the image's agent).
-pub fn static_zosd(release: Option<&str>) -> anyhow::Result<PathBuf> {
+/// own: the flags differ from the workspace's). The image's `/init` and a release's
+/// agent are this one build: a release's version is what its record says.
+pub fn static_zosd() -> anyhow::Result<PathBuf> {
     let lib = "/usr/lib/x86_64-linux-gnu";
     if !Path::new(lib).join("libseccomp.a").exists() {
         bail!("{lib}/libseccomp.a is missing (apt-get install libseccomp-dev)");
@@ -462,12 +461,7 @@ pub fn static_zosd(release: Option<&str>) -> anyhow::Result<PathBuf> {
     let step = Step::start("zosd for /init: a static release build (minutes on a cold cache)");
     // Its messages (warnings, errors) are kept and printed after the spinner, which
     // they would otherwise break into.
-    let mut cargo = Command::new(cargo);
-    match release {
-        Some(v) => cargo.env("ZOS_RELEASE_VERSION", v),
-        None => cargo.env_remove("ZOS_RELEASE_VERSION"),
-    };
-    let out = cargo
+    let out = Command::new(cargo)
         .args(args)
         .envs([
             ("RUSTFLAGS", "-C target-feature=+crt-static"),

@@ -76,8 +76,8 @@ tasks:
                 on the bridge finds no clear tenant traffic, a UDP scan no answer, and
                 after a power cut the moved replica is reached again; prints the times
   release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
-                [--qemu PATH | --no-qemu]
-                the node's agent (the image's static zosd) and the hypervisor bundle
+                [--agent PATH] [--qemu PATH | --no-qemu]
+                the node's agent (the image's static zosd, or PATH) and the hypervisor bundle
                 (QEMU with its loader, libraries and firmware) packed as flists signed
                 by the publisher key (default: KEY) and a release record signed by the
                 release key KEY, in DIR (default target/releases/VERSION)

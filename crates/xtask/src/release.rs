@@ -1,9 +1,11 @@
 //! `cargo xtask release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
-//! [--qemu PATH | --no-qemu]`: builds the node's agent and hypervisor and signs them as a release
-//! (docs/upgrade.md).
+//! [--agent PATH] [--qemu PATH | --no-qemu]`: builds the node's agent and hypervisor and
+//! signs them as a release (docs/upgrade.md).
 //!
-//! 1. zosd, the static release build the image's `/init` is (`initramfs::static_zosd`),
-//!    stripped, is laid out as `/zosd` of a tree; the hypervisor bundle is collected
+//! 1. zosd, the static release build the image's `/init` is (`initramfs::static_zosd`;
+//!    `--agent PATH`: another static binary), stripped, is laid out as `/zosd` of a tree.
+//!    The version is the record's: the agent reports the version of the slot PID 1
+//!    started it from, so the same build is released under any version; the hypervisor bundle is collected
 //!    from the build host's QEMU (`--qemu`, else `qemu-system-x86_64` in PATH) with
 //!    its loader, libraries, modules and firmware (`zos_release::hypervisor::collect`;
 //!    `--no-qemu`: a release without one, `parts.qemu` absent);
@@ -37,7 +39,7 @@ use zos_release::{Parts, Release, SignedRelease, Version};
 use xtask::initramfs::{human, static_zosd};
 
 const USAGE: &str = "usage: cargo xtask release VERSION --key KEY [--out DIR] [--base URL] \
-     [--publisher KEY] [--qemu PATH | --no-qemu]";
+     [--publisher KEY] [--agent PATH] [--qemu PATH | --no-qemu]";
 
 struct Args {
     version: Version,
@@ -45,6 +47,7 @@ struct Args {
     publisher: Option<PathBuf>,
     out: Option<PathBuf>,
     base: Option<String>,
+    agent: Option<PathBuf>,
     qemu: Option<PathBuf>,
     no_qemu: bool,
 }
@@ -52,7 +55,8 @@ struct Args {
 fn parse(args: &[String]) -> anyhow::Result<Args> {
     let mut version = None;
     let mut no_qemu = false;
-    let (mut key, mut publisher, mut out, mut base, mut qemu) = (None, None, None, None, None);
+    let (mut key, mut publisher, mut out, mut base) = (None, None, None, None);
+    let (mut agent, mut qemu) = (None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().context(USAGE);
@@ -61,6 +65,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--publisher" => publisher = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
             "--base" => base = Some(value()?.trim_end_matches('/').to_string()),
+            "--agent" => agent = Some(PathBuf::from(value()?)),
             "--qemu" => qemu = Some(PathBuf::from(value()?)),
             "--no-qemu" => no_qemu = true,
             v if version.is_none() && !v.starts_with('-') => {
@@ -75,6 +80,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         publisher,
         out,
         base,
+        agent,
         qemu,
         no_qemu,
     })
@@ -120,8 +126,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         None => release_key.clone(),
     };
 
-    // 1. The agent, as the image's /init is built.
-    let zosd = static_zosd(Some(&a.version.to_string()))?;
+    // 1. The agent, as the image's /init is built (or the one named).
+    let zosd = match &a.agent {
+        Some(p) => p.clone(),
+        None => static_zosd()?,
+    };
     std::fs::create_dir_all(&out)?;
     let out = out.canonicalize()?;
     let work = tempfile::Builder::new()
