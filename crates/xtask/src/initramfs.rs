@@ -695,3 +695,19 @@ tcp\t6\tTCP
 udp\t17\tUDP
 ipv6-icmp\t58\tIPv6-ICMP
 ";
+
+/// Writes `initrd` with the release keys `keys` (one ed25519 public key in hex per line)
+/// pinned as `/etc/zos/release-keys` to `out`: a second, uncompressed archive appended
+/// to the image's. The kernel unpacks concatenated archives in order; an uncompressed
+/// one must start at a multiple of 4 bytes (the zeros before it are skipped). A farm's
+/// own image pins its keys at build time (`ZOS_RELEASE_KEYS`); this gives a scenario
+/// its own keys without rebuilding or replacing the shared image.
+pub fn with_release_keys(initrd: &Path, keys: &str, out: &Path) -> anyhow::Result<()> {
+    let mut bytes = std::fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    let mut layer = Cpio::new(Vec::new());
+    layer.dir("etc/zos")?;
+    layer.file("etc/zos/release-keys", 0o644, keys.as_bytes())?;
+    bytes.extend(layer.finish()?);
+    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
+}

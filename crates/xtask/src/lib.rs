@@ -17,10 +17,12 @@ pub mod lan;
 pub mod mesh;
 pub mod node;
 pub mod packages;
+pub mod release;
 pub mod secureboot;
 pub mod status;
 pub mod test;
 pub mod udpscan;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::process::Command;

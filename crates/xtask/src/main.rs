@@ -8,7 +8,6 @@
 use xtask::{bench, demo, flists, fuzz, image, initramfs, node, test};
 
 mod man;
-mod release;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -75,6 +74,14 @@ tasks:
                 tenants' copies talk over WireGuard and never to each other, a capture
                 on the bridge finds no clear tenant traffic, a UDP scan no answer, and
                 after a power cut the moved replica is reached again; prints the times
+  farm 3 --upgrade [--no-build]
+                the node's self-upgrade on booted nodes (docs/upgrade.md): 3 nodes on
+                one LAN with a release key pinned; a release in two waves (wave 2
+                waits for wave 1) upgrades them live with the container's pid
+                unchanged, a broken release rolls back by itself and halts the
+                rollout, an unsigned, unknown-key, tampered and downgrade release are
+                each refused by every node, and a hard reset comes back on the
+                committed version; prints the times
   release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
                 [--agent PATH] [--qemu PATH | --no-qemu]
                 the node's agent (the image's static zosd, or PATH) and the hypervisor bundle
@@ -99,7 +106,7 @@ fn main() -> std::process::ExitCode {
         Some("node") => node::run_node(&args[1..]),
         Some("farm") => node::run_farm(&args[1..]),
         Some("man") => man::run(&args[1..]),
-        Some("release") => release::run(&args[1..]),
+        Some("release") => xtask::release::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

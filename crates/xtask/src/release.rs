@@ -36,7 +36,7 @@ use zos_contract::{Digest, SecretKey};
 use zos_flist::{DirAccess, PackOptions, PackReport, Router};
 use zos_release::{Parts, Release, SignedRelease, Version};
 
-use xtask::initramfs::{human, static_zosd};
+use crate::initramfs::{human, static_zosd};
 
 const USAGE: &str = "usage: cargo xtask release VERSION --key KEY [--out DIR] [--base URL] \
      [--publisher KEY] [--agent PATH] [--qemu PATH | --no-qemu]";
@@ -108,7 +108,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("--qemu and --no-qemu together\n{USAGE}");
     }
     let out = a.out.clone().unwrap_or_else(|| {
-        xtask::target_dir()
+        crate::target_dir()
             .join("releases")
             .join(a.version.to_string())
     });
