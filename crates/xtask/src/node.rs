@@ -841,17 +841,26 @@ pub fn run_farm(args: &[String]) -> anyhow::Result<()> {
     };
     let failover = flag("--failover");
     let mesh = flag("--mesh");
+    let upgrade = flag("--upgrade");
     let n: usize = match rest.as_slice() {
         [n] => n.parse().context("cargo xtask farm N: N is a number")?,
         _ => bail!(
-            "usage: cargo xtask farm N [--failover | --mesh] [--notary URL] [--farm ID] [--disks N] ..."
+            "usage: cargo xtask farm N [--failover | --mesh | --upgrade] [--notary URL] [--farm ID] [--disks N] ..."
         ),
     };
     if n == 0 || n > 32 {
         bail!("cargo xtask farm N: 1 to 32 nodes");
     }
-    if (failover || mesh) && o.notary.is_some() {
-        bail!("--failover and --mesh run their own etcd: no --notary");
+    if (failover || mesh || upgrade) && o.notary.is_some() {
+        bail!("--failover, --mesh and --upgrade run their own etcd: no --notary");
+    }
+    if upgrade {
+        if n != 3 {
+            bail!("--upgrade is a scenario of 3 nodes (cargo xtask farm 3 --upgrade)");
+        }
+        let figures = crate::upgrade::run(o.rebuild)?;
+        crate::upgrade::print(&figures);
+        return Ok(());
     }
     if mesh {
         if n != 3 {
