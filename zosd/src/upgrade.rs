@@ -216,8 +216,9 @@ async fn mark_when_beating(dir: &Path, version: &str, key: &SecretKey, notary: &
 }
 
 /// Between two looks while this node's wave waits for the previous one (its nodes'
-/// heartbeats are not watched), or after the notary failed.
-pub const RELOOK: Duration = Duration::from_secs(30);
+/// heartbeats are not watched: they change every few seconds on every node), or after
+/// the notary failed. One listing of the farm's registrations per look.
+pub const RELOOK: Duration = Duration::from_secs(10);
 /// At most this many bytes per release part.
 const MAX_PART_BYTES: u64 = 512 << 20;
 
