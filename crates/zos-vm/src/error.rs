@@ -51,9 +51,16 @@ pub enum Error {
         reason: String,
     },
     /// The hypervisor bundle could not be fetched from the release: the node's
-    /// problem (its release, its store), not the contract's.
-    #[error("fetching the hypervisor bundle: {0}")]
+    /// problem (its release, its store), not the contract's. The display carries the
+    /// part error's stable code (`[tampered_part] ...`): it is what a contract's status
+    /// shows.
+    #[error("fetching the hypervisor bundle: [{code}] {0}", code = .0.code())]
     Hypervisor(Box<zos_release::PartError>),
+    /// The node has no QEMU at all: none on the system and no release part to fetch
+    /// one from (what is missing is the message). No VM can start on this node until
+    /// it gets one (a new configuration or release), so a VM is refused for good.
+    #[error("this node has no hypervisor: {0}")]
+    NoHypervisor(String),
     /// The VM's confinement (mount view, user, namespaces) could not be set up.
     #[error("confining QEMU: {0}")]
     Confine(String),
@@ -76,9 +83,13 @@ impl Error {
         move |source| Error::Io { what, path, source }
     }
 
-    /// True when starting again cannot help: the contract's VM is wrong, not the node.
+    /// True when starting again cannot help: the contract's VM is wrong, or this node
+    /// has no QEMU at all ([`Error::NoHypervisor`]).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::InvalidSpec(_) | Error::Refused { .. })
+        matches!(
+            self,
+            Error::InvalidSpec(_) | Error::Refused { .. } | Error::NoHypervisor(_)
+        )
     }
 }
 

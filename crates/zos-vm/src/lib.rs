@@ -58,6 +58,12 @@ pub enum VmState {
 
 /// What zosd needs of a hypervisor. Every call is synchronous and idempotent.
 pub trait Hypervisor: Send + Sync {
+    /// Whether a VM can start on it at all: `Err` (permanent, e.g.
+    /// [`Error::NoHypervisor`]) when none can, checked before anything of a new VM is
+    /// made. The default: it can.
+    fn available(&self) -> Result<()> {
+        Ok(())
+    }
     /// Starts the VM, or returns the running one of that name (never two).
     fn start(&self, spec: &VmSpec) -> Result<Started>;
     /// `None` when no VM of that name exists (running or stopped).

@@ -367,6 +367,11 @@ impl WorkloadRuntime for VmRuntime {
         plan: &WorkloadPlan,
         placement: &Placement,
     ) -> Result<WorkloadStatus, ProvisionError> {
+        // A node that can start no VM refuses a new one before its tree is fetched
+        // (a running one is left alone: it is found below, not started again).
+        if self.state_of(&placement.kernel_id) != Some(WorkloadState::Running) {
+            self.hv.available().map_err(|e| vm_err(&plan.name, e))?;
+        }
         // A tampered kernel block fails here, before QEMU ever starts.
         let tree = self.tree(plan, &placement.kernel_id)?;
         self.start(plan, placement, &tree)
