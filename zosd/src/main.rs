@@ -7,6 +7,7 @@
 
 mod config;
 mod diag;
+mod hypervisor;
 mod logs;
 mod metrics;
 mod node;

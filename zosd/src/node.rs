@@ -140,15 +140,21 @@ fn capacity(cfg: &NodeConfig, storage: &Storage) -> anyhow::Result<Capacity> {
 
 /// QEMU for micro-VMs, its run directories under the state dir. The accelerator is
 /// decided when the first VM starts (a probe boots that VM's kernel under KVM).
-/// `cgroup_parent`: where its VMs' cgroups go (the node's own scope).
-fn hypervisor(cfg: &NodeConfig, cgroup_parent: &str) -> anyhow::Result<zos_vm::Qemu> {
+/// `cgroup_parent`: where its VMs' cgroups go (the node's own scope). Its program: the
+/// system's (`[vm] qemu`), or the running release's `qemu` part, or none
+/// (zosd/src/hypervisor.rs); a release part is read where `access` allows.
+fn hypervisor(
+    cfg: &NodeConfig,
+    cgroup_parent: &str,
+    access: &zos_flist::DirAccess,
+) -> anyhow::Result<Arc<dyn zos_vm::Hypervisor>> {
     let mut q = zos_vm::QemuConfig::under(cfg.state_dir.join("vms"));
     q.cgroup_parent = cgroup_parent.to_string();
     q.binary = cfg.vm.qemu.clone();
     q.accel = cfg.vm.accel;
     q.console_limit = cfg.vm.console_limit_kib << 10;
     q.stop_grace = std::time::Duration::from_secs(cfg.vm.stop_grace_secs);
-    zos_vm::Qemu::new(q).context("micro-VM hypervisor")
+    crate::hypervisor::build(q, cfg, access).context("micro-VM hypervisor")
 }
 
 /// Runs the node agent until SIGTERM or SIGINT, with its local status (console
@@ -368,7 +374,7 @@ fn provisioner(
         &cgroups.containers,
     )
     .context("container runtime")?;
-    let hypervisor = Arc::new(hypervisor(cfg, &cgroups.vms)?);
+    let hypervisor = hypervisor(cfg, &cgroups.vms, &access)?;
     let vms = VmRuntime::new(hypervisor, storage.clone(), access, names.clone());
     Ok(NodeProvisioner::new(
         storage.clone(),
