@@ -50,12 +50,17 @@ pub enum Source {
 /// slots are linked onto a pool (`<state>/slots -> <pool>/zos-slots`, a booted node,
 /// `upgrade::place_slots`), else `<state>/hypervisor`.
 pub fn bundle_dir(cfg: &NodeConfig) -> PathBuf {
-    match std::fs::read_link(crate::upgrade::slots_dir(cfg)) {
+    bundle_dir_beside(&crate::upgrade::slots_dir(cfg), &cfg.state_dir)
+}
+
+/// [`bundle_dir`] for the slots' directory `slots` in the state dir `state`.
+fn bundle_dir_beside(slots: &Path, state: &Path) -> PathBuf {
+    match std::fs::read_link(slots) {
         Ok(target) if target.is_absolute() => match target.parent() {
             Some(pool) => pool.join(POOL_DIR),
-            None => cfg.state_dir.join(STATE_DIR),
+            None => state.join(STATE_DIR),
         },
-        _ => cfg.state_dir.join(STATE_DIR),
+        _ => state.join(STATE_DIR),
     }
 }
 
@@ -268,6 +273,26 @@ mod tests {
             format!("{}\n", Digest::of(b"agent")),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_bundles_are_kept_beside_the_slots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        // The slots in the state dir itself (a persistent state dir, agent mode).
+        assert_eq!(
+            bundle_dir_beside(&state.join("slots"), &state),
+            state.join("hypervisor")
+        );
+        // Linked onto a pool (a booted node: place_slots): beside them on that pool.
+        let pool = tmp.path().join("pool");
+        std::fs::create_dir_all(pool.join("zos-slots")).unwrap();
+        std::os::unix::fs::symlink(pool.join("zos-slots"), state.join("slots")).unwrap();
+        assert_eq!(
+            bundle_dir_beside(&state.join("slots"), &state),
+            pool.join("zos-hypervisor")
+        );
     }
 
     #[test]
