@@ -60,16 +60,17 @@ pub struct Reported {
 
 /// This node's plan under `rollout` (verified by the caller: `SignedRollout::verify`),
 /// running `running`, among the farm's nodes and what each reports (`farm`, this node
-/// included). A rollout to a version at or below the running one is not an upgrade
-/// (a rollback is the release key's decision, taken by a release signed as one: a
-/// rollout does not lower a node).
+/// included). A rollout to the running version is nothing to do. A rollout to a lower
+/// one is planned like any other: the release decides, refused `downgrade` unless the
+/// release key signed it as a rollback, and the refusal is published where the farmer
+/// sees it.
 pub fn plan(
     rollout: &Rollout,
     me: &PublicKey,
     running: &Version,
     farm: &BTreeMap<PublicKey, Reported>,
 ) -> Plan {
-    if rollout.version <= *running {
+    if rollout.version == *running {
         return Plan::UpToDate;
     }
     let mut nodes: Vec<PublicKey> = farm.keys().copied().collect();
@@ -290,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rollout_at_or_below_the_running_version_is_not_an_upgrade() {
+    fn a_rollout_to_the_running_version_is_nothing_and_below_it_goes_to_the_release() {
         let nodes = farm(2);
         let all = reports(&nodes, "0.2.0", &[true, true]);
         let r = rollout("0.2.0", vec![Wave::Percent(100)]);
@@ -298,9 +299,10 @@ mod tests {
             plan(&r, &nodes[0], &"0.2.0".parse().unwrap(), &all),
             Plan::UpToDate
         );
+        // The release refuses it (`downgrade`) unless it is signed as a rollback.
         assert_eq!(
             plan(&r, &nodes[0], &"0.3.0".parse().unwrap(), &all),
-            Plan::UpToDate
+            Plan::Upgrade("0.2.0".parse().unwrap())
         );
     }
 

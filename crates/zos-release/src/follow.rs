@@ -7,7 +7,9 @@
 //!
 //! A node of the previous wave counts as upgraded when its registration names the
 //! rollout's version, its heartbeat is in the notary, and its rollback record (if any)
-//! is not about that version.
+//! is not about that version. A rollback from the rollout's version anywhere in the
+//! farm halts it for every node that does not run that version yet, the one that rolled
+//! back included: it does not try that version again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -37,6 +39,12 @@ pub enum Step {
         wave: usize,
         /// The previous wave's nodes not yet upgraded and healthy.
         waiting_for: Vec<PublicKey>,
+    },
+    /// These nodes rolled back from the rollout's version: nobody goes to it (a new
+    /// rollout, of another version, moves on). Nothing is written.
+    Halted {
+        /// The nodes whose rollback record is about the rollout's version.
+        rolled_back: Vec<PublicKey>,
     },
     /// The release was refused (published at `nodes/<node>/upgrade`): nothing changed.
     Refused(UpgradeReport),
@@ -85,9 +93,10 @@ impl Follow<'_> {
             Err(e) => return Ok(Step::RolloutRefused(e.code().into())),
         };
         let me = self.node.public();
-        let reported = self.farm_nodes(notary, &rollout.version).await?;
+        let (reported, rolled_back) = self.farm_nodes(notary, &rollout.version).await?;
         match plan(&rollout, &me, &self.running, &reported) {
             Plan::UpToDate => return Ok(Step::UpToDate),
+            _ if !rolled_back.is_empty() => return Ok(Step::Halted { rolled_back }),
             Plan::Wait { wave, waiting_for } => return Ok(Step::Wait { wave, waiting_for }),
             Plan::Upgrade(_) => {}
         }
@@ -154,13 +163,15 @@ impl Follow<'_> {
         }
     }
 
-    /// The farm's registered nodes and what they report for `target`.
+    /// The farm's registered nodes and what they report for `target`, and those that
+    /// rolled back from it.
     async fn farm_nodes<N: Notary>(
         &self,
         notary: &N,
         target: &Version,
-    ) -> Result<BTreeMap<PublicKey, Reported>, NotaryError> {
+    ) -> Result<(BTreeMap<PublicKey, Reported>, Vec<PublicKey>), NotaryError> {
         let mut out = BTreeMap::new();
+        let mut halted_by = Vec::new();
         for r in notary.list(&KeyPrefix::nodes()).await? {
             let Ok((node, reg)) = Registration::from_record(&r) else {
                 continue;
@@ -180,6 +191,9 @@ impl Follow<'_> {
                     b.author == node
                         && b.body["rollback"]["version"].as_str() == Some(&target.to_string())
                 });
+            if rolled_back {
+                halted_by.push(node);
+            }
             out.insert(
                 node,
                 Reported {
@@ -188,7 +202,7 @@ impl Follow<'_> {
                 },
             );
         }
-        Ok(out)
+        Ok((out, halted_by))
     }
 }
 

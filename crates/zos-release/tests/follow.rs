@@ -242,10 +242,21 @@ fn each_bad_release_is_refused_published_and_nothing_is_written() {
     assert_eq!(refused(w.step(V1)), "version_mismatch");
     w.assert_nothing_written();
 
-    // A downgrade: a node running 0.3.0 under a rollout to 0.2.0 does nothing at all.
+    // A downgrade: a node running 0.3.0 under a rollout to 0.2.0 refuses it, published.
     w.publish_release("0.2.0", &SignedRelease::sign(good.clone(), &w.release_key));
-    assert_eq!(w.step(Version::new(0, 3, 0)), Step::UpToDate);
+    assert_eq!(refused(w.step(Version::new(0, 3, 0))), "downgrade");
+    assert_eq!(w.report()["code"], "downgrade");
     w.assert_nothing_written();
+    // The same version signed as a rollback by the release key: installed.
+    let mut back = good.clone();
+    back.rollback = true;
+    w.publish_release("0.2.0", &SignedRelease::sign(back, &w.release_key));
+    assert_eq!(
+        w.step(Version::new(0, 3, 0)),
+        Step::Switch(Version::new(0, 2, 0))
+    );
+    assert!(w.slots().join("0.2.0/zosd/zosd").exists());
+    std::fs::remove_dir_all(w.slots()).unwrap();
 
     let blob = w.agent_blob(1);
     let mut data = std::fs::read(&blob).unwrap();
@@ -341,11 +352,50 @@ fn the_next_wave_waits_for_the_previous_one_and_a_rollback_halts_it() {
         .unwrap()
     };
     w.put(&rollback("0.2.0"));
-    assert_eq!(w.step(V1), waiting);
+    let halted = Step::Halted {
+        rolled_back: vec![first.public()],
+    };
+    assert_eq!(w.step(V1), halted);
     w.assert_nothing_written();
     assert!(w.get(&NotaryKey::upgrade(&w.node.public())).is_none());
 
     // Its last rollback is about another version: it counts as upgraded, we go.
     w.put(&rollback("0.1.9"));
     assert_eq!(w.step(V1), Step::Switch(Version::new(0, 2, 0)));
+}
+
+/// The node that went back from a version (its own signed rollback) does not try it
+/// again while the rollout names it: before, it fetched the release once more and
+/// published `slot_exists` over its last outcome.
+#[test]
+fn a_node_that_rolled_back_from_the_version_does_not_try_it_again() {
+    let w = World::new("own-rollback");
+    register(&w, &w.node, "0.1.0");
+    w.publish_rollout("0.2.0", &w.farmer);
+    w.publish_release(
+        "0.2.0",
+        &SignedRelease::sign(w.release("0.2.0", &w.release_key), &w.release_key),
+    );
+    let beat = Record::sign(
+        &NotaryKey::heartbeat(&w.node.public()),
+        serde_json::json!({}),
+        &w.node,
+    )
+    .unwrap();
+    w.put(&beat);
+    let rollback = Record::sign(
+        &NotaryKey::rollback(&w.node.public()),
+        serde_json::json!({"rollback": {"version": "0.2.0", "cause": "exited"}}),
+        &w.node,
+    )
+    .unwrap();
+    w.put(&rollback);
+    assert_eq!(
+        w.step(V1),
+        Step::Halted {
+            rolled_back: vec![w.node.public()]
+        }
+    );
+    w.assert_nothing_written();
+    assert!(w.get(&NotaryKey::upgrade(&w.node.public())).is_none());
 }
