@@ -295,6 +295,14 @@ async fn follow_loop(follow: &Follow<'_>, notary: &AnyNotary) {
                 );
                 Some(RELOOK)
             }
+            Ok(Step::Halted { rolled_back }) => {
+                let rolled_back: Vec<String> = rolled_back.iter().map(|k| k.to_string()).collect();
+                tracing::warn!(
+                    ?rolled_back,
+                    "the farm's rollout is halted: a node rolled back from its version"
+                );
+                None
+            }
             Ok(Step::RolloutRefused(code)) => {
                 tracing::warn!(%code, "the farm's rollout is refused: ignored");
                 None
