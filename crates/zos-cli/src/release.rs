@@ -275,16 +275,25 @@ pub fn print(view: &RolloutView) -> anyhow::Result<()> {
     for n in &view.nodes {
         by_wave.entry(n.wave).or_default().push(n);
     }
+    // A node's last outcome counts only when it is about this rollout's version.
+    let target = r.version.to_string();
+    let about_target = |v: &Value| v["version"].as_str() == Some(target.as_str());
     for (wave, nodes) in by_wave {
         for n in nodes {
-            let state = if n.upgraded {
-                "upgraded"
-            } else {
-                match n.upgrade.as_ref().and_then(|u| u["outcome"].as_str()) {
-                    Some("switching") => "switching",
-                    Some("refused") => "refused",
-                    _ => "waiting",
+            let rolled_back = n
+                .rollback
+                .as_ref()
+                .is_some_and(|b| about_target(&b["rollback"]));
+            let outcome = n.upgrade.as_ref().filter(|u| about_target(u));
+            let state = match outcome {
+                _ if n.upgraded => "upgraded".to_string(),
+                _ if rolled_back => "rolled back".to_string(),
+                Some(u) if u["outcome"] == "refused" => {
+                    format!("refused ({})", u["code"].as_str().unwrap_or("?"))
                 }
+                Some(u) if u["outcome"] == "switching" => "switching".to_string(),
+                _ if !view.halted.is_empty() => "halted".to_string(),
+                _ => "waiting".to_string(),
             };
             outln!("  wave {wave}  {}  runs {}  {state}", n.node, n.version)?;
         }

@@ -251,6 +251,16 @@ fn a_farmer_publishes_a_release_rolls_it_out_in_waves_and_sees_why_it_halted() {
         "{text}"
     );
     assert!(text.contains(&format!("wave 0  {first}  runs")), "{text}");
+    // Each node's state about this rollout's version.
+    assert!(
+        text.contains(&format!("{}  runs 0.2.0  upgraded", nodes[0].public())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}  runs 0.1.0  rolled back", b.public())),
+        "{text}"
+    );
+    assert!(text.contains("  refused (unknown_key)"), "{text}");
     assert!(
         text.contains(&format!(
             "halted: node {} rolled back from 0.2.0",
