@@ -7,6 +7,7 @@
 mod booted;
 mod grid;
 mod node;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -117,17 +118,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         demo.notary
     );
     let result = if booted_only {
-        // Steps 1-7, the sample blueprint, the node booted from the image, the booted farm.
+        // Steps 1-7, the sample blueprint, the node booted from the image, the booted
+        // farms (the mesh, the upgrade).
         flow(&demo)
             .and_then(|()| node::sample_blueprint(&demo))
             .and_then(|()| booted::run(&demo))
             .and_then(|()| grid::run_booted())
+            .and_then(|()| upgrade::run())
     } else {
         flow(&demo)
             .and_then(|()| node::run(&demo))
             .and_then(|()| grid::run(&demo))
             .and_then(|()| booted::run(&demo))
             .and_then(|()| grid::run_booted())
+            .and_then(|()| upgrade::run())
     };
     drop(etcd);
     if keep {

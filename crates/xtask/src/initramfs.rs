@@ -703,7 +703,8 @@ ipv6-icmp\t58\tIPv6-ICMP
 /// own image pins its keys at build time (`ZOS_RELEASE_KEYS`); this gives a scenario
 /// its own keys without rebuilding or replacing the shared image.
 pub fn with_release_keys(initrd: &Path, keys: &str, out: &Path) -> anyhow::Result<()> {
-    let mut bytes = std::fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
+    let mut bytes =
+        std::fs::read(initrd).with_context(|| format!("reading {}", initrd.display()))?;
     bytes.resize(bytes.len().next_multiple_of(4), 0);
     let mut layer = Cpio::new(Vec::new());
     layer.dir("etc/zos")?;

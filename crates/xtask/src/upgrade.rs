@@ -44,8 +44,16 @@ const V3: &str = "0.3.0";
 /// is below 0.2.0, which the nodes then run, and above the image's own version.
 const REFUSED: [(&str, &str, &str); 4] = [
     ("0.4.0", "unsigned", "a release without signature"),
-    ("0.5.0", "unknown_key", "a release signed by a key the image does not pin"),
-    ("0.6.0", "tampered_part", "a release whose agent has a flipped byte in a block"),
+    (
+        "0.5.0",
+        "unknown_key",
+        "a release signed by a key the image does not pin",
+    ),
+    (
+        "0.6.0",
+        "tampered_part",
+        "a release whose agent has a flipped byte in a block",
+    ),
     ("0.1.5", "downgrade", "a release below the running version"),
 ];
 /// TCG boots of three nodes on two busy cores.
@@ -104,8 +112,9 @@ fn prepare(rebuild: bool) -> anyhow::Result<Prepared> {
     crate::initramfs::with_release_keys(&files.initrd, &format!("{public}\n"), &initrd)?;
     files.initrd = initrd;
 
-    // The releases. The agent is the image's own build: a slot's agent reports the
-    // version its signed record names.
+    // The releases. The agent is the image's own `/init` (as built, whatever changed
+    // in the tree since): a slot's agent reports the version its signed record names.
+    let image_agent = target_dir().join("image/init");
     let releases = work.join("releases");
     let release = |version: &str, key: &Path, extra: &[&str]| -> anyhow::Result<PathBuf> {
         let out = releases.join(version);
@@ -117,6 +126,9 @@ fn prepare(rebuild: bool) -> anyhow::Result<Prepared> {
             path(&out)?.into(),
             "--no-qemu".into(),
         ];
+        if extra.is_empty() {
+            args.extend(["--agent".into(), path(&image_agent)?.into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         crate::release::run(&args)?;
         Ok(out)
@@ -156,7 +168,11 @@ fn prepare(rebuild: bool) -> anyhow::Result<Prepared> {
 /// A new key at `at`; returns its public half.
 fn key(zos_bin: &Path, at: &Path) -> anyhow::Result<String> {
     let out = zos(zos_bin, &["key", "new", "--out", path(at)?])?;
-    Ok(out.split_whitespace().last().unwrap_or_default().to_string())
+    Ok(out
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// A static agent that prints two lines and exits 3 at once: a broken build, signed as
@@ -170,7 +186,14 @@ fn broken_agent(work: &Path) -> anyhow::Result<PathBuf> {
     )?;
     let out = work.join("broken-agent");
     let status = std::process::Command::new("rustc")
-        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-o",
+        ])
         .arg(&out)
         .arg(&src)
         .status()
@@ -297,7 +320,10 @@ impl Scenario<'_> {
 
     fn rollout_to(&self, version: &str, waves: &str) -> anyhow::Result<Instant> {
         let farmer = self.p.work.join("farmer.key");
-        println!("$ zos farm rollout {FARM} {version} --waves {}", short_waves(waves));
+        println!(
+            "$ zos farm rollout {FARM} {version} --waves {}",
+            short_waves(waves)
+        );
         let at = Instant::now();
         self.zos(&[
             "farm",
@@ -317,13 +343,7 @@ impl Scenario<'_> {
     fn publish_release(&self, version: &str) -> anyhow::Result<()> {
         let record = self.p.releases.join(version).join("release.json");
         println!("$ zos release publish releases/{version}/release.json");
-        self.zos(&[
-            "release",
-            "publish",
-            path(&record)?,
-            "--notary",
-            &self.url,
-        ])?;
+        self.zos(&["release", "publish", path(&record)?, "--notary", &self.url])?;
         Ok(())
     }
 
@@ -470,7 +490,10 @@ impl Scenario<'_> {
             first_upgraded.as_secs_f64(),
             all_upgraded.as_secs_f64()
         );
-        ensure!(view["halted"].as_array().is_none_or(|h| h.is_empty()), "halted: {view}");
+        ensure!(
+            view["halted"].as_array().is_none_or(|h| h.is_empty()),
+            "halted: {view}"
+        );
         let (pid_after, beats) = self.app_pid(&first, beats)?;
         ensure!(
             pid_after == pid_before,
@@ -502,8 +525,12 @@ impl Scenario<'_> {
         let rollback = Self::row(&view, &first)["rollback"]["rollback"].clone();
         let tail = rollback["log_tail"].to_string();
         ensure!(
-            tail.contains("this agent cannot start"),
-            "the rollback record does not carry the broken agent's last lines: {rollback}"
+            tail.contains("this agent cannot start")
+                && rollback["cause"] == "exited"
+                && rollback["detail"] == "exit code 3"
+                && rollback["running"] == V2,
+            "the rollback record does not say the agent exited with code 3 with its last \
+             lines, {V2} running again: {rollback}"
         );
         let halted: Vec<String> = view["halted"]
             .as_array()
@@ -515,17 +542,31 @@ impl Scenario<'_> {
             halted.iter().any(|h| h.contains("rolled back from 0.3.0")),
             "zos farm show does not say the rollout halted: {view}"
         );
-        for (i, k) in keys.iter().enumerate().skip(1) {
+        // Every node says the rollout halted, the one that rolled back included (it does
+        // not try the version again); then none of them moved toward it.
+        for (i, n) in nodes.iter().enumerate() {
+            poll_until(
+                UPGRADE,
+                Duration::from_millis(500),
+                || n.console_text()[consoles_before[i]..].to_string(),
+                |since| since.contains("the farm's rollout is halted"),
+            )
+            .or_else(|since| bail!("{}: no line saying the rollout halted:\n{since}", n.name))?;
+        }
+        let view = self.rollout();
+        for (i, k) in keys.iter().enumerate() {
             let row = Self::row(&view, k);
+            let u = &row["upgrade"];
+            // Node 0's last attempt stays its one switch to 0.3.0; the others never
+            // made one.
+            let moved = if i == 0 {
+                !(u["outcome"] == "switching" && u["version"] == V3)
+            } else {
+                u["version"] == V3
+            };
             ensure!(
-                row["version"] == V2 && row["upgrade"]["version"] != V3,
-                "node {i} moved toward {V3} after the rollback: {row}"
-            );
-            let since = &nodes[i].console_text()[consoles_before[i]..];
-            ensure!(
-                since.contains("this node's wave waits for the previous one"),
-                "{}: no line saying its wave waits:\n{since}",
-                nodes[i].name
+                row["version"] == V2 && !moved,
+                "node {i} moved toward {V3} again after the rollback: {row}"
             );
         }
         println!(
@@ -563,7 +604,9 @@ impl Scenario<'_> {
                 },
             )
             .map_err(|last| {
-                anyhow::anyhow!("{what}: not refused `{code}` by all three within {REFUSE:?}; last: {last}")
+                anyhow::anyhow!(
+                    "{what}: not refused `{code}` by all three within {REFUSE:?}; last: {last}"
+                )
             })?;
             refused.push((code.to_string(), published.elapsed()));
             println!(
@@ -579,7 +622,10 @@ impl Scenario<'_> {
             );
         }
         let (pid_after_refusals, beats) = self.app_pid(&first, beats)?;
-        ensure!(pid_after_refusals == pid_before, "the container changed: {pid_after_refusals}");
+        ensure!(
+            pid_after_refusals == pid_before,
+            "the container changed: {pid_after_refusals}"
+        );
         let _ = beats;
 
         // 4. A hard reset of the first node: it comes back on the committed 0.2.0.
@@ -664,7 +710,10 @@ pub fn print(f: &Figures) {
         f.rolled_back.as_secs_f64()
     );
     for (code, d) in &f.refused {
-        println!("  refused `{code}` by all three     {:.1} s", d.as_secs_f64());
+        println!(
+            "  refused `{code}` by all three     {:.1} s",
+            d.as_secs_f64()
+        );
     }
     println!(
         "  hard reset to running {V2}      {:.1} s",

@@ -15,6 +15,9 @@
 //! - `mesh`: three booted nodes on one LAN, two tenants' networks across them over
 //!   WireGuard: private answers, isolation, a capture, a UDP scan, and the grid's move
 //!   of a replica off the node that loses power (`cargo xtask farm 3 --mesh`).
+//! - `upgrade`: three booted nodes with a release key pinned: a release in waves applied
+//!   live, a broken one rolled back, four refused, a hard reset on the committed version
+//!   (`cargo xtask farm 3 --upgrade`).
 //!
 //! Run one group with a filter: `cargo test -p e2e --test qemu crash -- --nocapture`.
 
@@ -22,3 +25,4 @@ mod booted;
 mod crash;
 mod mesh;
 mod node;
+mod upgrade;
