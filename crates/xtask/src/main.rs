@@ -80,8 +80,9 @@ tasks:
                 waits for wave 1) upgrades them live with the container's pid
                 unchanged, a broken release rolls back by itself and halts the
                 rollout, an unsigned, unknown-key, tampered and downgrade release are
-                each refused by every node, and a hard reset comes back on the
-                committed version; prints the times
+                each refused by every node, a hard reset comes back on the
+                committed version, and a VM runs from the hypervisor part of the
+                release a node runs (TCG inside TCG); prints the times
   release VERSION --key KEY [--out DIR] [--base URL] [--publisher KEY]
                 [--agent PATH] [--qemu PATH | --no-qemu]
                 the node's agent (the image's static zosd, or PATH) and the hypervisor bundle

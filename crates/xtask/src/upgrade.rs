@@ -17,6 +17,10 @@
 //!    and a downgrade.
 //! 4. The first node is hard reset (QEMU killed and started again on its disks): it
 //!    comes back on 0.2.0, the committed slot.
+//! 5. A VM contract on the second node: its image holds no QEMU, so it fetches and
+//!    verifies the hypervisor part of the release it runs (0.2.0 carries one), and the
+//!    guest's console line appears in the contract's status. The guest runs under TCG
+//!    inside a TCG guest: minutes.
 //!
 //! Every step waits for what it asserts and fails with what it last saw. Times are the
 //! host's (a TCG guest's clock is not).
@@ -37,6 +41,10 @@ use crate::{cargo, target_dir};
 const FARM: &str = "farm-upgrade";
 /// The container the live upgrade must leave alone.
 const APP: &str = "upgrade-app";
+/// The VM contract of step 5.
+const VM: &str = "upgrade-vm";
+/// From the VM contract's publication to its guest's console line: TCG inside TCG.
+const VM_BOOT: Duration = Duration::from_secs(1200);
 /// The good release, the broken one.
 const V2: &str = "0.2.0";
 const V3: &str = "0.3.0";
@@ -85,6 +93,9 @@ pub struct Figures {
     pub refused: Vec<(String, Duration)>,
     /// From the hard reset to the node reporting 0.2.0 again.
     pub after_reset: Duration,
+    /// From the VM contract's publication to its guest's console line in the status
+    /// (the hypervisor's fetch included), and that line.
+    pub vm: (Duration, String),
 }
 
 /// Everything made before entering the LAN (builds need the host's network).
@@ -93,6 +104,7 @@ struct Prepared {
     zos_bin: PathBuf,
     work: PathBuf,
     blueprint: PathBuf,
+    vm_blueprint: PathBuf,
     releases: PathBuf,
 }
 
@@ -104,6 +116,7 @@ fn prepare(rebuild: bool) -> anyhow::Result<Prepared> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let blueprint = sample_blueprint(&zos_bin, &work, "worker")?;
+    let vm_blueprint = vm_blueprint(&zos_bin, &work)?;
 
     // The release key, pinned in this run's image: the shared image plus a layer.
     let release_key = work.join("release.key");
@@ -124,10 +137,13 @@ fn prepare(rebuild: bool) -> anyhow::Result<Prepared> {
             path(key)?.into(),
             "--out".into(),
             path(&out)?.into(),
-            "--no-qemu".into(),
         ];
         if extra.is_empty() {
             args.extend(["--agent".into(), path(&image_agent)?.into()]);
+        }
+        // The hypervisor in the release the nodes run; the others need none.
+        if version != V2 {
+            args.push("--no-qemu".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         crate::release::run(&args)?;
@@ -161,8 +177,32 @@ fn prepare(rebuild: bool) -> anyhow::Result<Prepared> {
         zos_bin,
         work,
         blueprint,
+        vm_blueprint,
         releases,
     })
+}
+
+/// The sample VM's flist built into `work`, and `docs/examples/echo-vm.blueprint.toml`
+/// pinned to it, signed by the expert key `sample_blueprint` made there.
+fn vm_blueprint(zos_bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+    let flist = crate::flists::build_vm(&work.join("vmflist"), zos_bin)?;
+    let text = crate::flists::pinned_blueprint("echo-vm.blueprint.toml", "vm.fl", &flist)?;
+    let toml = work.join("echo-vm.blueprint.toml");
+    std::fs::write(&toml, text)?;
+    let signed = work.join("echo-vm.blueprint.json");
+    zos(
+        zos_bin,
+        &[
+            "blueprint",
+            "sign",
+            path(&toml)?,
+            "--key",
+            path(&work.join("expert.key"))?,
+            "-o",
+            path(&signed)?,
+        ],
+    )?;
+    Ok(signed)
 }
 
 /// A new key at `at`; returns its public half.
@@ -273,21 +313,11 @@ impl Scenario<'_> {
             .unwrap_or(&Value::Null)
     }
 
-    /// The container's status on `node`, `Null` until there is one.
-    fn app(&self, node: &str) -> Value {
-        self.zos(&[
-            "contract", "status", APP, "--node", node, "--notary", &self.url, "--json",
-        ])
-        .ok()
-        .and_then(|out| serde_json::from_str::<Value>(&out).ok())
-        .unwrap_or(Value::Null)
-    }
-
     /// The container's pid, from a status showing it running with a heartbeat count
     /// above `beyond` (a count only the agent that runs now can have published).
     fn app_pid(&self, node: &str, beyond: u64) -> anyhow::Result<(String, u64)> {
         let read = || {
-            let s = self.app(node);
+            let s = self.status(APP, node);
             let w = &s["workloads"]["app"];
             let pid = w["runtime"].as_str().map(str::to_owned);
             let beats = crate::status::log_tail(&s, "app")
@@ -313,7 +343,7 @@ impl Scenario<'_> {
                 "{APP} on {}: no running status with a pid and a heartbeat count above \
                  {beyond} within {UPGRADE:?}; last: {}",
                 short(node),
-                self.app(node)
+                self.status(APP, node)
             ),
         }
     }
@@ -364,6 +394,53 @@ impl Scenario<'_> {
         Ok(())
     }
 
+    /// Contract `id` of `blueprint` on `node`, signed by a new owner key, published.
+    fn publish_contract(&self, id: &str, blueprint: &Path, node: &str) -> anyhow::Result<Instant> {
+        let work = &self.p.work;
+        let owner = work.join(format!("{id}-owner.key"));
+        let owner_pub = key(&self.p.zos_bin, &owner)?;
+        let contract = work.join(format!("{id}.json"));
+        self.zos(&[
+            "contract",
+            "new",
+            "--blueprint",
+            path(blueprint)?,
+            "--owner",
+            &owner_pub,
+            "--expires",
+            "1d",
+            "--id",
+            id,
+            "--node",
+            node,
+            "-o",
+            path(&contract)?,
+        ])?;
+        self.zos(&["contract", "sign", path(&contract)?, "--key", path(&owner)?])?;
+        println!("$ zos contract publish {id} (on node {})", short(node));
+        let at = Instant::now();
+        self.zos(&[
+            "contract",
+            "publish",
+            path(&contract)?,
+            "--key",
+            path(&owner)?,
+            "--notary",
+            &self.url,
+        ])?;
+        Ok(at)
+    }
+
+    /// Contract `id`'s status on `node`, `Null` until there is one.
+    fn status(&self, id: &str, node: &str) -> Value {
+        self.zos(&[
+            "contract", "status", id, "--node", node, "--notary", &self.url, "--json",
+        ])
+        .ok()
+        .and_then(|out| serde_json::from_str::<Value>(&out).ok())
+        .unwrap_or(Value::Null)
+    }
+
     /// Prints the lines of `zos farm show` about the rollout.
     fn show_farm(&self) -> anyhow::Result<()> {
         println!("$ zos farm show {FARM}");
@@ -412,35 +489,7 @@ impl Scenario<'_> {
         let first = keys[0].clone();
 
         // A container on the first node.
-        let owner = work.join("owner.key");
-        let owner_pub = key(&self.p.zos_bin, &owner)?;
-        let contract = work.join(format!("{APP}.json"));
-        self.zos(&[
-            "contract",
-            "new",
-            "--blueprint",
-            path(&self.p.blueprint)?,
-            "--owner",
-            &owner_pub,
-            "--expires",
-            "1d",
-            "--id",
-            APP,
-            "--node",
-            &first,
-            "-o",
-            path(&contract)?,
-        ])?;
-        self.zos(&["contract", "sign", path(&contract)?, "--key", path(&owner)?])?;
-        self.zos(&[
-            "contract",
-            "publish",
-            path(&contract)?,
-            "--key",
-            path(&owner)?,
-            "--notary",
-            &self.url,
-        ])?;
+        self.publish_contract(APP, &self.p.blueprint, &first)?;
         let (pid_before, beats) = self.app_pid(&first, 0)?;
         println!("{APP} runs on node 0: {pid_before}");
 
@@ -651,7 +700,50 @@ impl Scenario<'_> {
             after_reset.as_secs_f64()
         );
 
+        // 5. A VM on the second node, from the hypervisor of the release it runs.
+        let second = keys[1].clone();
+        let published = self.publish_contract(VM, &self.p.vm_blueprint, &second)?;
+        let status = poll_until(
+            VM_BOOT,
+            Duration::from_secs(2),
+            || self.status(VM, &second),
+            |s| {
+                crate::status::log_tail(s, "vm")
+                    .iter()
+                    .any(|l| l.contains("vm-echo: "))
+            },
+        )
+        .or_else(|last| {
+            bail!(
+                "{VM} on node 1: no guest console line within {VM_BOOT:?}; last status: {last}; \
+                 console:\n{}",
+                nodes[1].console_text()
+            )
+        })?;
+        let vm_time = published.elapsed();
+        let line = crate::status::log_tail(&status, "vm")
+            .into_iter()
+            .find(|l| l.contains("vm-echo: "))
+            .unwrap_or_default();
+        ensure!(
+            status["workloads"]["vm"]["runtime"] == "qemu/tcg",
+            "{VM}: not run by QEMU under TCG: {status}"
+        );
+        ensure!(
+            nodes[1]
+                .console_text()
+                .contains("fetching the hypervisor bundle"),
+            "node 1 did not fetch the hypervisor bundle; console:\n{}",
+            nodes[1].console_text()
+        );
+        println!(
+            "{VM} on node 1: the guest's line in the status {:.1} s after publishing \
+             (hypervisor fetched and verified): {line}",
+            vm_time.as_secs_f64()
+        );
+
         Ok(Figures {
+            vm: (vm_time, line),
             serving: milestones
                 .iter()
                 .map(|m| m.serving.unwrap_or_default())
@@ -718,5 +810,9 @@ pub fn print(f: &Figures) {
     println!(
         "  hard reset to running {V2}      {:.1} s",
         f.after_reset.as_secs_f64()
+    );
+    println!(
+        "  VM contract to guest line       {:.1} s (TCG inside TCG, hypervisor fetch included)",
+        f.vm.0.as_secs_f64()
     );
 }

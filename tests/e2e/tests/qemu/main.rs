@@ -16,8 +16,8 @@
 //!   WireGuard: private answers, isolation, a capture, a UDP scan, and the grid's move
 //!   of a replica off the node that loses power (`cargo xtask farm 3 --mesh`).
 //! - `upgrade`: three booted nodes with a release key pinned: a release in waves applied
-//!   live, a broken one rolled back, four refused, a hard reset on the committed version
-//!   (`cargo xtask farm 3 --upgrade`).
+//!   live, a broken one rolled back, four refused, a hard reset on the committed version,
+//!   and a VM from the release's hypervisor part (`cargo xtask farm 3 --upgrade`).
 //!
 //! Run one group with a filter: `cargo test -p e2e --test qemu crash -- --nocapture`.
 

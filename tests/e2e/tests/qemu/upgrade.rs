@@ -9,6 +9,9 @@
 //! 3. An unsigned release, one signed by an unknown key, one with a tampered agent
 //!    block, a downgrade: each refused by every node, published, nothing changed.
 //! 4. A hard reset: the node comes back on the committed version.
+//! 5. A VM contract on a booted node: the hypervisor part of the release it runs is
+//!    fetched and verified, the guest's console line appears in the status (TCG inside
+//!    TCG: minutes).
 //!
 //! Each step asserts inside the scenario and fails with what it last saw. Without QEMU,
 //! etcd, dnsmasq or rustc it prints a counted `SKIP:` line.
@@ -16,8 +19,8 @@
 use e2e::{missing, skip};
 
 #[test]
-fn upgrade_in_waves_rollback_refusals_and_reset_on_booted_nodes() {
-    const NAME: &str = "upgrade_in_waves_rollback_refusals_and_reset_on_booted_nodes";
+fn upgrade_in_waves_rollback_refusals_reset_and_a_vm_on_booted_nodes() {
+    const NAME: &str = "upgrade_in_waves_rollback_refusals_reset_and_a_vm_on_booted_nodes";
     if let Some(p) = missing(&["qemu-system-x86_64", "etcd", "dnsmasq", "rustc", "ip"]) {
         return skip(NAME, &format!("{p} is not installed"));
     }
@@ -43,4 +46,5 @@ fn upgrade_in_waves_rollback_refusals_and_reset_on_booted_nodes() {
         codes,
         ["unsigned", "unknown_key", "tampered_part", "downgrade"]
     );
+    assert!(f.vm.1.contains("vm-echo: "), "{}", f.vm.1);
 }
