@@ -670,12 +670,11 @@ impl Scenario<'_> {
                 "a node left {V2} after the refusals: {view}"
             );
         }
-        let (pid_after_refusals, beats) = self.app_pid(&first, beats)?;
+        let (pid_after_refusals, _) = self.app_pid(&first, beats)?;
         ensure!(
             pid_after_refusals == pid_before,
             "the container changed: {pid_after_refusals}"
         );
-        let _ = beats;
 
         // 4. A hard reset of the first node: it comes back on the committed 0.2.0.
         println!("node 0: hard reset (QEMU killed, started again on its disks)");
