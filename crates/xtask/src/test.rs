@@ -20,22 +20,61 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         bail!("cargo xtask test takes no arguments");
     }
     require_root()?;
-    packages::ensure(packages::TEST_PACKAGES)?;
-    packages::ensure_python_module("cryptography", "cryptography")?;
-    cargo(&["fmt", "--all", "--check"])?;
-    sample_vm()?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
+    let mut tiers = Tiers::default();
+    tiers.time("packages", || {
+        packages::ensure(packages::TEST_PACKAGES)?;
+        packages::ensure_python_module("cryptography", "cryptography")
+    })?;
+    tiers.time("fmt", || cargo(&["fmt", "--all", "--check"]))?;
+    tiers.time("the sample VM (zos, its flist)", sample_vm)?;
+    tiers.time("clippy", || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
     let mut skips = Vec::new();
-    let workspace = workspace_tests(&mut skips)?;
-    let replay = fuzz_replay(&mut skips)?;
+    tiers.time("tests: build", || {
+        cargo(&["test", "--workspace", "--no-run", "--quiet"])
+    })?;
+    let workspace = tiers.time("tests: run (e2e, privileged, unit)", || {
+        workspace_tests(&mut skips)
+    })?;
+    let replay = tiers.time("fuzz replay (build and run)", || fuzz_replay(&mut skips))?;
+    eprintln!("{tiers}");
     verdict(workspace, replay, &skips)
+}
+
+/// How long each tier of the run took (docs/benchmarks.md keeps a table of them).
+#[derive(Default)]
+struct Tiers(Vec<(&'static str, std::time::Duration)>);
+
+impl Tiers {
+    fn time<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let start = std::time::Instant::now();
+        let out = f();
+        self.0.push((name, start.elapsed()));
+        out
+    }
+}
+
+impl std::fmt::Display for Tiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "cargo xtask test: time per tier")?;
+        for (name, d) in &self.0 {
+            writeln!(f, "  {name:<36} {:>7.1} s", d.as_secs_f64())?;
+        }
+        let total: std::time::Duration = self.0.iter().map(|(_, d)| *d).sum();
+        write!(f, "  {:<36} {:>7.1} s", "total", total.as_secs_f64())
+    }
 }
 
 /// The effective uid must be 0: asked through the test kit's [`Needs::root`] (nix's
