@@ -61,8 +61,11 @@ impl BlockCache {
         Some(buf)
     }
 
-    /// Stores a plaintext that the caller has verified: temp file, fsync, rename, so a
-    /// crash leaves either nothing or the whole block under its name.
+    /// Stores a plaintext that the caller has verified: temp file, rename, so a reader
+    /// never sees half a block. No fsync: a power cut may leave an entry empty or torn
+    /// under its name, and [`BlockCache::get`] verifies every entry against its key on
+    /// each read, drops a bad one and reports a miss, so the block is fetched again. An
+    /// fsync per block doubled the time of unpacking small files (docs/benchmarks.md).
     pub fn put(&self, b: &BlockRef, plain: &[u8]) -> std::io::Result<()> {
         let path = self.path(b);
         let dir = path.parent().expect("cache path has a parent");
@@ -75,7 +78,6 @@ impl BlockCache {
         let res = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(plain)?;
-            f.sync_all()?;
             std::fs::rename(&tmp, &path)
         })();
         if res.is_err() {

@@ -275,3 +275,30 @@ fn rotten_cache_entry_is_dropped_and_refetched() {
     assert_same_tree(&p.src, &out);
     assert_cache_clean(&p, &cache_dir);
 }
+
+/// What a power cut can leave of a cache entry written without fsync: an empty file or
+/// the block's first half under its name. Each is a miss, removed, and the unpack that
+/// follows fetches the block again and matches the source.
+#[test]
+fn torn_cache_entries_after_a_power_cut_are_misses_and_refetched() {
+    let p = Packed::new("cache-torn", tree);
+    let cache_dir = p.dir.path().join("cache");
+    let fetcher = Fetcher::new(
+        Router::parse(&[p.store_url()]).unwrap(),
+        Some(BlockCache::new(&cache_dir)),
+    );
+    verify_blocks(&p.flist(), &fetcher, 2, None).unwrap();
+    let fl = p.flist();
+    let b = fl.entries[fl.lookup("/b").unwrap()].blocks[0];
+    let cache = BlockCache::new(&cache_dir);
+    let whole = cache.get(&b).expect("cached by the verification");
+    for torn in [&whole[..0], &whole[..whole.len() / 2]] {
+        std::fs::write(cache.path(&b), torn).unwrap();
+        assert!(cache.get(&b).is_none(), "a torn entry of {} bytes", torn.len());
+        assert!(!cache.path(&b).exists(), "a torn entry is removed");
+    }
+    let out = p.dir.path().join("out");
+    unpack(&fl, &fetcher, &out, &Default::default()).unwrap();
+    assert_same_tree(&p.src, &out);
+    assert_cache_clean(&p, &cache_dir);
+}
