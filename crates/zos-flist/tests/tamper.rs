@@ -294,7 +294,11 @@ fn torn_cache_entries_after_a_power_cut_are_misses_and_refetched() {
     let whole = cache.get(&b).expect("cached by the verification");
     for torn in [&whole[..0], &whole[..whole.len() / 2]] {
         std::fs::write(cache.path(&b), torn).unwrap();
-        assert!(cache.get(&b).is_none(), "a torn entry of {} bytes", torn.len());
+        assert!(
+            cache.get(&b).is_none(),
+            "a torn entry of {} bytes",
+            torn.len()
+        );
         assert!(!cache.path(&b).exists(), "a torn entry is removed");
     }
     let out = p.dir.path().join("out");
