@@ -228,15 +228,21 @@ pub fn sample_blueprint(zos_bin: &Path, work: &Path, name: &str) -> anyhow::Resu
     std::fs::write(&toml, text)?;
     let expert = work.join("expert.key");
     zos(zos_bin, &["key", "new", "--out", path(&expert)?])?;
-    let signed = work.join(format!("{name}.blueprint.json"));
+    sign_blueprint(zos_bin, &toml, &expert)
+}
+
+/// `zos blueprint sign TOML --key KEY`, written beside it as `<name>.json` (the `.toml`
+/// replaced); returns that path.
+pub fn sign_blueprint(zos_bin: &Path, toml: &Path, key: &Path) -> anyhow::Result<PathBuf> {
+    let signed = toml.with_extension("json");
     zos(
         zos_bin,
         &[
             "blueprint",
             "sign",
-            path(&toml)?,
+            path(toml)?,
             "--key",
-            path(&expert)?,
+            path(key)?,
             "-o",
             path(&signed)?,
         ],

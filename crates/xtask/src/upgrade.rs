@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 
-use crate::failover::{node_spec, sample_blueprint};
+use crate::failover::{node_spec, sample_blueprint, sign_blueprint};
 use crate::flists::{path, run as zos};
 use crate::lan::{Lan, BRIDGE};
 use crate::node::{self as qemu, NodeSpec};
@@ -189,20 +189,7 @@ fn vm_blueprint(zos_bin: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     let text = crate::flists::pinned_blueprint("echo-vm.blueprint.toml", "vm.fl", &flist)?;
     let toml = work.join("echo-vm.blueprint.toml");
     std::fs::write(&toml, text)?;
-    let signed = work.join("echo-vm.blueprint.json");
-    zos(
-        zos_bin,
-        &[
-            "blueprint",
-            "sign",
-            path(&toml)?,
-            "--key",
-            path(&work.join("expert.key"))?,
-            "-o",
-            path(&signed)?,
-        ],
-    )?;
-    Ok(signed)
+    sign_blueprint(zos_bin, &toml, &work.join("expert.key"))
 }
 
 /// A new key at `at`; returns its public half.
