@@ -200,12 +200,16 @@ fn main() {
         .collect();
 
     let (mut create, mut remove, mut ref_create, mut ref_remove) = (vec![], vec![], vec![], vec![]);
+    let (mut ensure_alone, mut attach_alone) = (vec![], vec![]);
     let mut again = vec![];
     for _ in 0..n {
         let s = Instant::now();
         net.ensure(&t).unwrap();
+        ensure_alone.push(s.elapsed());
         for wl in &wls {
+            let a = Instant::now();
             net.attach(&t, wl).unwrap();
+            attach_alone.push(a.elapsed());
         }
         create.push(s.elapsed());
 
@@ -247,8 +251,14 @@ fn main() {
             stats(ref_create),
             None,
         ),
+        (
+            "  of which: ensure of a new network",
+            stats(ensure_alone),
+            None,
+        ),
+        ("  of which: one attach (veth)", stats(attach_alone), None),
         ("ensure + 10 attach again (no-op)", stats(again), Some(1)),
-        ("remove: zos-network remove", stats(remove), Some(4)),
+        ("remove: zos-network remove", stats(remove), Some(6)),
         (
             "remove: reference (ip link del, ip netns del)",
             stats(ref_remove),

@@ -528,6 +528,15 @@ impl Session for FakeSession<'_> {
         for line in script.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
+                ["create", "table", f, t]
+                    if n.tables.contains_key(&(f.to_string(), t.to_string())) =>
+                {
+                    // The kernel refuses the whole transaction.
+                    return Err(Error::Nft {
+                        op: op.into(),
+                        detail: format!("fake: table {f} {t} exists (File exists)"),
+                    });
+                }
                 ["delete", "table", f, t] => {
                     n.tables.remove(&(f.to_string(), t.to_string()));
                     n.sets

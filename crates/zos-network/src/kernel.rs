@@ -204,9 +204,18 @@ impl Kernel for RealKernel {
     }
 
     fn enter(&self, ns: &Ns, f: &mut (dyn FnMut(&dyn Session) -> Result<()> + Send)) -> Result<()> {
+        let asked = std::time::Instant::now();
         netns::run_in(ns.file()?, || {
             let s = RealSession { nl: Nl::new()? };
-            f(&s)
+            let ready = asked.elapsed();
+            let r = f(&s);
+            tracing::trace!(
+                ns = ns.label(),
+                setup_ms = ready.as_secs_f64() * 1e3,
+                total_ms = asked.elapsed().as_secs_f64() * 1e3,
+                "namespace session"
+            );
+            r
         })
     }
 }

@@ -19,6 +19,7 @@
 mod error;
 pub mod fake;
 pub mod kernel;
+mod laps;
 mod mesh;
 mod model;
 mod names;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::kernel::{within, Kernel, Link, Ns, RealKernel, Session};
+use crate::laps::Laps;
 use crate::model::{EgressPolicy, NetworkConfig, TenantNetwork, TenantPort, WorkloadAttachment};
 use crate::names::{self, BRIDGE, TENANT_TABLE, TRANSIT, WORKLOAD_IF};
 use crate::netns;
@@ -264,17 +265,23 @@ impl Network {
     pub fn ensure_with(&self, net: &TenantNetwork, egress: &EgressPolicy) -> Result<()> {
         net.validate(&self.cfg.prefix)?;
         let _g = self.guard();
+        let mut laps = Laps::start();
         let node = self.node_ns()?;
         self.check_ports_free(&node, net)?;
+        laps.lap("ports_free");
         // The slot first: a refusal (ExhaustedTransit) must create nothing.
         let (slot, node_link_exists) = self.transit_slot(&node, &net.id)?;
+        laps.lap("transit_slot");
         let (node_ip, tenant_ip) = transit_pair(self.cfg.transit, slot);
         let ns_name = self.tenant_netns(&net.id);
         let created = self.kernel.create_ns(&self.cfg.run_dir, &ns_name, None)?;
         let tenant = self.kernel.open_ns(Some(&self.netns_path(&ns_name)))?;
+        laps.lap("netns");
         let link_name = self.node_link(&net.id);
 
-        // Tenant side: loopback, forwarding, bridge with the gateway.
+        // Tenant side: loopback, forwarding, bridge with the gateway; and, when its
+        // node end is missing, the transit pair, in the same session (one thread,
+        // one netlink socket).
         let pub0_exists = self.within(&tenant, |nl| {
             if let Some(lo) = nl.link("lo")? {
                 if !lo.up {
@@ -287,24 +294,25 @@ impl Network {
             if !br.up {
                 nl.set_up(br.index)?;
             }
-            Ok(nl.link(TRANSIT)?.is_some())
-        })?;
-        if !(pub0_exists && node_link_exists) {
-            // Missing, or one end lost: make the pair again, its node end created
-            // directly in the node namespace under our prefixed name.
-            if node_link_exists {
-                self.within(&node, |nl| match nl.link(&link_name)? {
-                    Some(l) => nl.del_link(l.index),
-                    None => Ok(()),
-                })?;
+            let pub0 = nl.link(TRANSIT)?;
+            if !node_link_exists {
+                make_transit_pair(nl, pub0.as_ref(), &link_name, &node)?;
             }
+            Ok(pub0.is_some())
+        })?;
+        if node_link_exists && !pub0_exists {
+            // The tenant end was lost: the node end goes too, and the pair is made
+            // again, its node end created directly in the node namespace under our
+            // prefixed name.
+            self.within(&node, |nl| match nl.link(&link_name)? {
+                Some(l) => nl.del_link(l.index),
+                None => Ok(()),
+            })?;
             self.within(&tenant, |nl| {
-                if let Some(l) = nl.link(TRANSIT)? {
-                    nl.del_link(l.index)?;
-                }
-                nl.add_veth_into(TRANSIT, &link_name, &node)
+                make_transit_pair(nl, nl.link(TRANSIT)?.as_ref(), &link_name, &node)
             })?;
         }
+        laps.lap("bridge_and_transit_veth");
 
         // Node side: the transit address, up, the tenant's port forwards.
         let node_table = self.node_table(&net.id);
@@ -323,11 +331,17 @@ impl Network {
             if !l.up {
                 nl.set_up(l.index)?;
             }
-            nl.nft_apply(
+            // Without its transit link the network is new (or was half removed):
+            // its table is most likely absent too.
+            apply_table(
+                nl,
                 "node tenant table",
-                &nft::replace_script("ip", &node_table, &node_rules),
+                ("ip", &node_table),
+                &node_rules,
+                !node_link_exists,
             )
         })?;
+        laps.lap("node_side");
 
         // Tenant side again: transit address, default route to the node, rules.
         let rules = nft::tenant_table(
@@ -344,11 +358,11 @@ impl Network {
                 nl.set_up(p.index)?;
             }
             nl.default_route(node_ip, p.index)?;
-            nl.nft_apply(
-                "tenant table",
-                &nft::replace_script("inet", TENANT_TABLE, &rules),
-            )
+            // A namespace made just now has no table at all.
+            apply_table(nl, "tenant table", ("inet", TENANT_TABLE), &rules, created)
         })?;
+        laps.lap("tenant_side");
+        laps.log("ensure", &net.id);
         tracing::info!(
             net = %net.id, subnet = %net.subnet, gateway = %net.gateway,
             transit = %tenant_ip, ports = net.ports.len(), created,
@@ -408,6 +422,7 @@ impl Network {
         net.validate(&self.cfg.prefix)?;
         names::check_workload_id(&wl.id)?;
         let _g = self.guard();
+        let mut laps = Laps::start();
         let tenant_path = self.netns_path(&self.tenant_netns(&net.id));
         if !self.kernel.ns_exists(&tenant_path) {
             return Err(Error::NoSuchNetwork(net.id.clone()));
@@ -438,6 +453,7 @@ impl Network {
                 self.kernel
                     .create_ns(&self.cfg.run_dir, wns, owner.as_deref())?;
                 let wfd = self.kernel.open_ns(Some(&wpath))?;
+                laps.lap("workload_netns");
                 self.within(&tenant, |nl| {
                     let br = nl
                         .link(BRIDGE)?
@@ -450,6 +466,7 @@ impl Network {
                     let p = nl.link(&port)?.ok_or_else(|| gone(&port))?;
                     enslave(nl, &p, br.index)
                 })?;
+                laps.lap("port_veth");
                 self.within(&wfd, |nl| {
                     if let Some(lo) = nl.link("lo")? {
                         if !lo.up {
@@ -463,6 +480,8 @@ impl Network {
                     }
                     nl.default_route(net.gateway, e.index)
                 })?;
+                laps.lap("workload_side");
+                laps.log("attach", &wl.id);
                 tracing::info!(net = %net.id, workload = %wl.id, netns = %wns, %ip, "veth attached");
             }
             WorkloadAttachment::Tap { name } => {
@@ -572,6 +591,40 @@ fn gone(name: &str) -> Error {
         format!("link {name} vanished while being configured"),
         std::io::Error::from(std::io::ErrorKind::NotFound),
     )
+}
+
+/// Make table `family name` exactly `body`, in one transaction. When the table is
+/// `likely_new`, it is created without the delete that a replacement needs (see
+/// [`nft::create_script`]: that delete costs a grace period); if it existed after
+/// all, the kernel refused that transaction whole and the table is replaced.
+fn apply_table(
+    nl: &dyn Session,
+    op: &str,
+    (family, name): (&str, &str),
+    body: &str,
+    likely_new: bool,
+) -> Result<()> {
+    if likely_new {
+        match nl.nft_apply(op, &nft::create_script(family, name, body)) {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::debug!(table = name, error = %e, "table not new; replaced"),
+        }
+    }
+    nl.nft_apply(op, &nft::replace_script(family, name, body))
+}
+
+/// The transit veth pair: `pub0` here (replacing `stale`, a tenant end without its
+/// node end), its peer `node_name` born directly inside the node namespace.
+fn make_transit_pair(
+    nl: &dyn Session,
+    stale: Option<&Link>,
+    node_name: &str,
+    node: &Ns,
+) -> Result<()> {
+    if let Some(l) = stale {
+        nl.del_link(l.index)?;
+    }
+    nl.add_veth_into(TRANSIT, node_name, node)
 }
 
 /// The link `name`, created by `make` if it does not exist yet.
