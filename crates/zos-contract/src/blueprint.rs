@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::crypto::{Digest, PublicKey, SecretKey, Signature};
+use crate::crypto::{self, Digest, PublicKey, SecretKey, Signature, VerifiedTriples};
 use crate::deployment::Deployment;
 use crate::document::{self, DocError};
 use crate::limits::Limits;
@@ -124,6 +124,16 @@ pub struct SignedBlueprint {
 impl SignedBlueprint {
     /// Reads a signed blueprint document and checks its signature.
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, BlueprintError> {
+        Self::from_value_checked(value, limits, None)
+    }
+
+    /// [`SignedBlueprint::from_value`], the author's signature checked through `cache`
+    /// when there is one.
+    pub(crate) fn from_value_checked(
+        value: &Value,
+        limits: &Limits,
+        cache: Option<&mut VerifiedTriples>,
+    ) -> Result<Self, BlueprintError> {
         document::check_limits(value, limits)?;
         document::check_workloads(
             value.pointer("/blueprint/body/workloads"),
@@ -134,22 +144,23 @@ impl SignedBlueprint {
         #[derive(Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Envelope {
-            blueprint: Value,
+            // Read from `value` below, not copied here.
+            blueprint: document::Opaque,
             author: PublicKey,
             signature: Signature,
         }
         let env: Envelope = document::typed(value, "$")?;
-        let blueprint: Blueprint = document::typed(&env.blueprint, "$.blueprint")?;
-        let digest = document::digest(&env.blueprint)?;
-        env.author
-            .verify(&digest, &env.signature)
+        let body = &value["blueprint"];
+        let blueprint: Blueprint = document::typed(body, "$.blueprint")?;
+        let digest = document::digest(body)?;
+        crypto::check(cache, &env.author, &digest, &env.signature)
             .map_err(|_| BlueprintError::BadSignature(env.author))?;
         Ok(SignedBlueprint {
             blueprint,
             author: env.author,
             signature: env.signature,
             digest,
-            raw: env.blueprint,
+            raw: body.clone(),
         })
     }
 

@@ -70,8 +70,14 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             // JCS orders keys by UTF-16 code units, which differs from UTF-8 byte order
-            // for characters above U+FFFF versus U+E000..U+FFFF.
-            entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            // only for characters above U+FFFF versus U+E000..U+FFFF. Keys without a
+            // character above U+FFFF (no 4-byte UTF-8 sequence) need sorting only if the
+            // map is not in byte order already.
+            let bmp_only = map.keys().all(|k| k.bytes().all(|b| b < 0xF0));
+            let byte_ordered = entries.windows(2).all(|w| w[0].0 <= w[1].0);
+            if !(bmp_only && byte_ordered) {
+                entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            }
             out.push(b'{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
@@ -88,6 +94,12 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
 }
 
 fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), CanonError> {
+    // A safe integer is exactly one double, which ECMAScript prints as its decimal
+    // digits (no exponent below 1e21): the same text as the integer's own.
+    if let Some(i) = safe_integer(n) {
+        out.extend_from_slice(itoa_i64(i, &mut [0u8; 20]));
+        return Ok(());
+    }
     // Every JCS number is an IEEE 754 double, printed as ECMAScript prints it. An
     // integer whose text that would change (2^53 + 1 becomes 9007199254740992) is
     // refused: another reader would silently see a different number.
@@ -113,7 +125,41 @@ fn write_number(n: &Number, out: &mut Vec<u8>) -> Result<(), CanonError> {
     Ok(())
 }
 
+/// The integer `n` holds if it is within ±(2^53-1) (0 for -0 is not an integer here:
+/// serde_json holds it as a float).
+fn safe_integer(n: &Number) -> Option<i64> {
+    const MAX: i64 = MAX_SAFE_INTEGER as i64;
+    n.as_i64().filter(|i| (-MAX..=MAX).contains(i))
+}
+
+/// The decimal digits of `i`, written into the end of `buf`.
+fn itoa_i64(i: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    let mut rest = i.unsigned_abs();
+    loop {
+        at -= 1;
+        // Always a digit: `rest % 10` is below 10.
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
+}
+
 fn write_string(s: &str, out: &mut Vec<u8>) {
+    // Most strings (keys, hex, names) need no escape: copied whole.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     out.push(b'"');
     for c in s.chars() {
         match c {

@@ -1,13 +1,14 @@
 //! Contracts: a consumer's instantiation of a blueprint for one or more nodes, signed
 //! by its owner and co-signed by stakeholders.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::blueprint::SignedBlueprint;
-use crate::crypto::{Digest, PublicKey, SecretKey, Signature};
+use crate::crypto::{Digest, PublicKey, SecretKey, Signature, VerifiedTriples};
 use crate::document::{self, DocError};
 use crate::limits::Limits;
 use crate::placement::Placement;
@@ -150,45 +151,61 @@ impl SignedContract {
     /// Reads a contract document. Signatures are not checked here: see [`crate::verify()`].
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, DocError> {
         document::check_limits(value, limits)?;
+        Self::from_value_within_limits(Cow::Borrowed(value), limits)
+    }
+
+    /// [`SignedContract::from_value`] for a value [`document::check_limits`] passed;
+    /// an owned value gives up its body instead of copying it.
+    fn from_value_within_limits(value: Cow<'_, Value>, limits: &Limits) -> Result<Self, DocError> {
         document::check_workloads(
             value.pointer("/contract/blueprint/embedded/blueprint/body/workloads"),
             "$.contract.blueprint.embedded.blueprint.body.workloads",
             limits,
         )?;
-        document::object(value, "$")?;
+        document::object(&value, "$")?;
         #[derive(Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Envelope {
-            contract: Value,
+            // Read from `value` below, not copied here.
+            contract: document::Opaque,
             #[serde(default)]
             signatures: Vec<SignatureEntry>,
         }
-        let env: Envelope = document::typed(value, "$")?;
-        document::object(&env.contract, "$.contract")?;
-        let (contract, placement) = match env.contract.get("placement") {
-            None => (document::typed(&env.contract, "$.contract")?, None),
+        let env: Envelope = document::typed(&value, "$")?;
+        let body = &value["contract"];
+        document::object(body, "$.contract")?;
+        let (contract, placement) = match body.get("placement") {
+            None => (document::typed(body, "$.contract")?, None),
             Some(p) => {
                 let placement: Placement = document::typed(p, "$.contract.placement")?;
-                let mut rest = env.contract.clone();
+                let mut rest = body.clone();
                 rest.as_object_mut()
                     .expect("checked: an object")
                     .remove("placement");
                 (document::typed(&rest, "$.contract")?, Some(placement))
             }
         };
+        let digest = document::digest(body)?;
+        let raw = match value {
+            Cow::Owned(Value::Object(mut members)) => {
+                members.remove("contract").unwrap_or_default()
+            }
+            value => value["contract"].clone(),
+        };
         Ok(SignedContract {
-            digest: document::digest(&env.contract)?,
+            digest,
             contract,
             placement,
             signatures: env.signatures,
-            raw: env.contract,
+            raw,
         })
     }
 
     /// Reads a contract document from untrusted bytes, within `limits`. Signatures are
     /// not checked here.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, DocError> {
-        Self::from_value(&document::parse_value(bytes, limits)?, limits)
+        // parse_value checked the limits already.
+        Self::from_value_within_limits(Cow::Owned(document::parse_value(bytes, limits)?), limits)
     }
 
     /// Adds (or replaces) `key`'s signature. Only the owner and stakeholders may sign.
@@ -211,8 +228,20 @@ impl SignedContract {
         &self,
         limits: &Limits,
     ) -> Option<Result<SignedBlueprint, crate::blueprint::BlueprintError>> {
+        self.embedded_blueprint_checked(limits, None)
+    }
+
+    /// [`SignedContract::embedded_blueprint`], its signature checked through `cache`
+    /// when there is one.
+    pub(crate) fn embedded_blueprint_checked(
+        &self,
+        limits: &Limits,
+        cache: Option<&mut VerifiedTriples>,
+    ) -> Option<Result<SignedBlueprint, crate::blueprint::BlueprintError>> {
         match &self.contract.blueprint {
-            BlueprintRef::Embedded(v) => Some(SignedBlueprint::from_value(v, limits)),
+            BlueprintRef::Embedded(v) => {
+                Some(SignedBlueprint::from_value_checked(v, limits, cache))
+            }
             BlueprintRef::Sha256(_) => None,
         }
     }

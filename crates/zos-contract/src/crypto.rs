@@ -4,6 +4,7 @@
 //! the 32-byte ed25519 seed as 64 hex characters and a newline; it is created mode 0600
 //! and refused when its mode lets the group or others read it.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -60,6 +61,102 @@ impl Signature {
     /// 128 lowercase hex characters, as signatures travel.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
+    }
+}
+
+/// The (digest, signer, signature) triples that verified before, so that a re-delivery
+/// of an unchanged document skips only the ed25519 arithmetic.
+///
+/// Only triples that passed [`PublicKey::verify`] (strict) are kept, byte for byte: a
+/// triple differing in any byte is a miss and is verified afresh, so the cache never
+/// changes what is accepted. It is bounded: past its capacity the oldest triple goes.
+/// The caller owns it (one per node, say) and passes it to [`crate::verify_cached`].
+#[derive(Debug, Clone)]
+pub struct VerifiedTriples {
+    capacity: usize,
+    known: BTreeSet<Triple>,
+    // Insertion order, oldest first, for eviction.
+    order: VecDeque<Triple>,
+}
+
+type Triple = (Digest, PublicKey, [u8; 64]);
+
+impl VerifiedTriples {
+    /// What [`VerifiedTriples::new`] holds: a node's contracts and blueprints, many
+    /// times over.
+    pub const DEFAULT_CAPACITY: usize = 4096;
+
+    /// An empty cache of [`VerifiedTriples::DEFAULT_CAPACITY`] triples (`const`, so a
+    /// `static` can hold one).
+    pub const fn new() -> Self {
+        Self::with_capacity(Self::DEFAULT_CAPACITY)
+    }
+
+    /// An empty cache of at most `capacity` triples (0 caches nothing).
+    pub const fn with_capacity(capacity: usize) -> Self {
+        VerifiedTriples {
+            capacity,
+            known: BTreeSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// How many triples it holds.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// [`PublicKey::verify`], skipped for a triple that verified before; a triple that
+    /// verifies now is remembered.
+    pub fn verify(
+        &mut self,
+        key: &PublicKey,
+        digest: &Digest,
+        signature: &Signature,
+    ) -> Result<(), KeyError> {
+        let triple = (*digest, *key, signature.0);
+        if self.known.contains(&triple) {
+            return Ok(());
+        }
+        key.verify(digest, signature)?;
+        self.remember(triple);
+        Ok(())
+    }
+
+    fn remember(&mut self, triple: Triple) {
+        if self.capacity == 0 || !self.known.insert(triple) {
+            return;
+        }
+        self.order.push_back(triple);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.known.remove(&oldest);
+            }
+        }
+    }
+}
+
+impl Default for VerifiedTriples {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Checks a signature through `cache` when there is one, else afresh.
+pub(crate) fn check(
+    cache: Option<&mut VerifiedTriples>,
+    key: &PublicKey,
+    digest: &Digest,
+    signature: &Signature,
+) -> Result<(), KeyError> {
+    match cache {
+        Some(cache) => cache.verify(key, digest, signature),
+        None => key.verify(digest, signature),
     }
 }
 

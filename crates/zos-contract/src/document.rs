@@ -74,6 +74,25 @@ pub(crate) fn check_limits(value: &Value, limits: &Limits) -> Result<(), DocErro
     })
 }
 
+/// A member read only for its presence, in an envelope whose member value the caller
+/// then takes from the document itself: reading it copies nothing, and it writes back
+/// as `null`, so [`typed`] leaves its shape to the caller's own [`typed`] of that
+/// value (a `Value` member would be copied twice and walked for nothing: a `Value`
+/// writes back exactly as given).
+pub(crate) struct Opaque;
+
+impl<'de> serde::Deserialize<'de> for Opaque {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Opaque)
+    }
+}
+
+impl Serialize for Opaque {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
 /// Refuses a value that is not a JSON object where the spec defines one.
 pub fn object<'a>(
     value: &'a Value,
@@ -169,7 +188,7 @@ fn same_shape(given: &Value, written: &Value, path: &mut String) -> Result<(), D
         (Value::Array(g), Value::Array(w)) => {
             for (i, (gv, wv)) in g.iter().zip(w).enumerate() {
                 let len = path.len();
-                path.push_str(&format!("[{i}]"));
+                limits::push_index(path, i);
                 same_shape(gv, wv, path)?;
                 path.truncate(len);
             }

@@ -35,10 +35,13 @@ pub use contract::{
     BlueprintRef, Cancellation, Contract, ContractError, ContractRecord, SignatureEntry,
     SignedCancellation, SignedContract, Stakeholder,
 };
-pub use crypto::{Digest, KeyError, PublicKey, SecretKey, Signature};
+pub use crypto::{Digest, KeyError, PublicKey, SecretKey, Signature, VerifiedTriples};
 pub use deployment::Deployment;
 pub use limits::Limits;
 pub use placement::{Constraints, Failover, FailoverMode, Placement, PlacementError};
 pub use placement_view::{HandoverView, PlacementView, ReplicaView};
 pub use update::{check_update, Signers, UpdateReason, UpdateRefusal};
-pub use verify::{verify, verify_bytes, Accepted, Reason, Refusal, Verification, VerifyContext};
+pub use verify::{
+    verify, verify_bytes, verify_bytes_cached, verify_cached, Accepted, Reason, Refusal,
+    Verification, VerifyContext,
+};

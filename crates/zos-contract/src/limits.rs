@@ -47,6 +47,8 @@ pub(crate) fn check_value(
             return Err(("nesting depth", limits.depth, depth, path.clone()));
         }
         match v {
+            // A string no longer in bytes than the limit is within it in characters.
+            String(s) if s.len() <= limits.string_chars => {}
             String(s) => {
                 let n = s.chars().count();
                 if n > limits.string_chars {
@@ -60,7 +62,7 @@ pub(crate) fn check_value(
                 }
                 for (i, item) in items.iter().enumerate() {
                     let len = path.len();
-                    path.push_str(&format!("[{i}]"));
+                    push_index(path, i);
                     walk(item, limits, depth + 1, path)?;
                     path.truncate(len);
                 }
@@ -74,9 +76,12 @@ pub(crate) fn check_value(
                     let len = path.len();
                     path.push('.');
                     path.push_str(k);
-                    let n = k.chars().count();
-                    if n > limits.string_chars {
-                        return Err(("key length", limits.string_chars, n, path.clone()));
+                    if k.len() > limits.string_chars {
+                        // Counted only when the bytes could break the limit.
+                        let n = k.chars().count();
+                        if n > limits.string_chars {
+                            return Err(("key length", limits.string_chars, n, path.clone()));
+                        }
                     }
                     walk(item, limits, depth + 1, path)?;
                     path.truncate(len);
@@ -88,4 +93,11 @@ pub(crate) fn check_value(
     }
     let mut path = String::from("$");
     walk(v, limits, 1, &mut path)
+}
+
+/// Appends `[i]` to a JSON path without a temporary string.
+pub(crate) fn push_index(path: &mut String, i: usize) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(path, "[{i}]");
 }

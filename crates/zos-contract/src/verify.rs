@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::blueprint::{BlueprintError, SignedBlueprint};
 use crate::contract::{BlueprintRef, SignedCancellation, SignedContract};
-use crate::crypto::{Digest, PublicKey};
+use crate::crypto::{self, Digest, PublicKey, VerifiedTriples};
 use crate::deployment::Deployment;
 use crate::document::DocError;
 use crate::limits::Limits;
@@ -349,14 +349,52 @@ impl fmt::Display for Refusal {
 
 /// Verifies a contract document read from untrusted bytes.
 pub fn verify_bytes(bytes: &[u8], ctx: &VerifyContext) -> Verification {
+    verify_bytes_with(bytes, ctx, None)
+}
+
+/// [`verify_bytes`], skipping the ed25519 arithmetic for (digest, signer, signature)
+/// triples `cache` saw verify before. Every other check runs as in [`verify_bytes`].
+pub fn verify_bytes_cached(
+    bytes: &[u8],
+    ctx: &VerifyContext,
+    cache: &mut VerifiedTriples,
+) -> Verification {
+    verify_bytes_with(bytes, ctx, Some(cache))
+}
+
+fn verify_bytes_with(
+    bytes: &[u8],
+    ctx: &VerifyContext,
+    cache: Option<&mut VerifiedTriples>,
+) -> Verification {
     match SignedContract::from_bytes(bytes, &ctx.limits) {
-        Ok(doc) => verify(&doc, ctx),
+        Ok(doc) => verify_with(&doc, ctx, cache),
         Err(e) => Verification::refused(e.into()),
     }
 }
 
 /// Verifies a parsed contract document.
 pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
+    verify_with(doc, ctx, None)
+}
+
+/// [`verify`], skipping the ed25519 arithmetic for (digest, signer, signature) triples
+/// `cache` saw verify before (a re-delivery of an unchanged document). Every other
+/// check (shape, limits, signers, threshold, validity window, replay, expansion) runs
+/// as in [`verify`], and a triple differing in any byte is verified afresh.
+pub fn verify_cached(
+    doc: &SignedContract,
+    ctx: &VerifyContext,
+    cache: &mut VerifiedTriples,
+) -> Verification {
+    verify_with(doc, ctx, Some(cache))
+}
+
+fn verify_with(
+    doc: &SignedContract,
+    ctx: &VerifyContext,
+    mut cache: Option<&mut VerifiedTriples>,
+) -> Verification {
     let c = &doc.contract;
     let mut reasons = Vec::new();
 
@@ -396,7 +434,14 @@ pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
                 signer: entry.signer,
             });
         }
-        if entry.signer.verify(&doc.digest, &entry.signature).is_ok() {
+        if crypto::check(
+            cache.as_deref_mut(),
+            &entry.signer,
+            &doc.digest,
+            &entry.signature,
+        )
+        .is_ok()
+        {
             status.signed = true;
         } else {
             ignored.push(Reason::BadSignature {
@@ -461,7 +506,7 @@ pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
     }
 
     // The blueprint and what it expands to.
-    let (blueprint_digest, deployment) = expand(doc, ctx, &mut reasons);
+    let (blueprint_digest, deployment) = expand(doc, ctx, cache, &mut reasons);
 
     Verification {
         id: Some(c.id.clone()),
@@ -568,10 +613,11 @@ fn check_shape(doc: &SignedContract, ctx: &VerifyContext, reasons: &mut Vec<Reas
 fn expand(
     doc: &SignedContract,
     ctx: &VerifyContext,
+    cache: Option<&mut VerifiedTriples>,
     reasons: &mut Vec<Reason>,
 ) -> (Option<Digest>, Option<Deployment>) {
     let blueprint = match &doc.contract.blueprint {
-        BlueprintRef::Embedded(_) => match doc.embedded_blueprint(&ctx.limits) {
+        BlueprintRef::Embedded(_) => match doc.embedded_blueprint_checked(&ctx.limits, cache) {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
                 reasons.push(blueprint_reason(e));
