@@ -4,18 +4,117 @@
 //! and logged: a node with a missing piece still boots and says why.
 
 use std::path::Path;
+use std::time::Instant;
 
-use crate::modules::{self, Wanted};
+use crate::cmdline::CmdlineWarning;
+use crate::modules::{self, LoadWave, Wanted};
 use crate::rootfs::RootfsError;
 use crate::{mounts, BootParams, Sys};
+
+/// Where the devices are, for coldplug.
+const SYS_DEVICES: &str = "/sys/devices";
+
+/// The boot parameter that chooses how modules are loaded ([`ModulesMode`]).
+const MODULES_KEY: &str = "zos.modules";
+
+/// Which kernel modules the boot loads (`zos.modules=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModulesMode {
+    /// What the present devices ask for (their modaliases) and the features the node
+    /// needs, independent ones at once (`zos.modules=devices`).
+    Devices,
+    /// Every module the image carries, one after the other (`zos.modules=all`, the
+    /// default until a booted node has been seen to register with `devices`): the boot
+    /// before coldplug, kept to compare against and as a way out if a device's driver
+    /// were missed.
+    All,
+}
+
+/// Without `zos.modules=`: see [`ModulesMode::All`].
+const DEFAULT_MODULES_MODE: ModulesMode = ModulesMode::All;
+
+impl ModulesMode {
+    /// The last `zos.modules=` word of the command line; the default without one or
+    /// with an unknown value (logged).
+    pub fn from_cmdline(cmdline: &str) -> ModulesMode {
+        let value = cmdline
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix(MODULES_KEY)?.strip_prefix('='))
+            .next_back();
+        match value {
+            None => DEFAULT_MODULES_MODE,
+            Some("devices") => ModulesMode::Devices,
+            Some("all") => ModulesMode::All,
+            Some(other) => {
+                tracing::warn!(value = other, default = ?DEFAULT_MODULES_MODE, "zos.modules is devices or all");
+                DEFAULT_MODULES_MODE
+            }
+        }
+    }
+}
+
+fn is_modules_key(w: &CmdlineWarning) -> bool {
+    matches!(w, CmdlineWarning::UnknownKey(k) if k == MODULES_KEY)
+}
+
+/// Loads the kernel modules as `mode` says, and logs what and how long (the boot
+/// benchmark reads the `ms` of this line).
+fn load_modules<S: Sys + LoadWave>(sys: &S, modules_dir: &Path, devices: &Path, mode: ModulesMode) {
+    let started = Instant::now();
+    match mode {
+        ModulesMode::All => match modules::load(sys, modules_dir, Wanted::All) {
+            Ok(r) => tracing::info!(
+                mode = "all",
+                ms = started.elapsed().as_millis() as u64,
+                loaded = r.loaded.len(),
+                present = r.present.len(),
+                not_applicable = ?r.not_applicable,
+                failed = r.failed.len(),
+                "kernel modules"
+            ),
+            Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
+        },
+        ModulesMode::Devices => match modules::coldplug(sys, sys, modules_dir, devices) {
+            Ok(r) => tracing::info!(
+                mode = "devices",
+                ms = started.elapsed().as_millis() as u64,
+                rounds = r.rounds,
+                modaliases = r.modaliases,
+                loaded = r.load.loaded.len(),
+                present = r.load.present.len(),
+                not_applicable = ?r.load.not_applicable,
+                failed = r.load.failed.len(),
+                "kernel modules"
+            ),
+            Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
+        },
+    }
+}
 
 /// Prepares the machine; `switched` is how the move off the initramfs went (to log
 /// it), `modules_dir` where the image's modules are, `init_logs` starts the logs once
 /// the boot parameters (`zos.debug`) are known.
-pub fn prepare_machine(
-    sys: &dyn Sys,
+pub fn prepare_machine<S: Sys + LoadWave>(
+    sys: &S,
     switched: Option<Result<u64, RootfsError>>,
     modules_dir: &Path,
+    init_logs: impl FnOnce(&BootParams),
+) -> BootParams {
+    prepare_machine_with(
+        sys,
+        switched,
+        modules_dir,
+        Path::new(SYS_DEVICES),
+        init_logs,
+    )
+}
+
+/// [`prepare_machine`] with the devices' sysfs tree at `devices` (tests give a made one).
+pub fn prepare_machine_with<S: Sys + LoadWave>(
+    sys: &S,
+    switched: Option<Result<u64, RootfsError>>,
+    modules_dir: &Path,
+    devices: &Path,
     init_logs: impl FnOnce(&BootParams),
 ) -> BootParams {
     // Before the logs: the log level comes from /proc/cmdline, which needs /proc.
@@ -42,7 +141,8 @@ pub fn prepare_machine(
         Ok(outcomes) => tracing::debug!(?outcomes, "filesystems"),
         Err(error) => tracing::error!(%error, "mounting the boot filesystems"),
     }
-    for w in &warnings {
+    // zos.modules is read here, not by BootParams: it is the boot's own business.
+    for w in warnings.iter().filter(|w| !is_modules_key(w)) {
         tracing::warn!(warning = %w, "kernel command line");
     }
     tracing::info!(
@@ -59,17 +159,12 @@ pub fn prepare_machine(
     for (controller, error) in refused {
         tracing::warn!(%controller, %error, "cgroup2 controller not enabled");
     }
-    // The image carries only the modules its nodes need: load them all.
-    match modules::load(sys, modules_dir, Wanted::All) {
-        Ok(r) => tracing::info!(
-            loaded = r.loaded.len(),
-            present = r.present.len(),
-            not_applicable = ?r.not_applicable,
-            failed = r.failed.len(),
-            "kernel modules"
-        ),
-        Err(error) => tracing::warn!(%error, "no kernel modules loaded"),
-    }
+    load_modules(
+        sys,
+        modules_dir,
+        devices,
+        ModulesMode::from_cmdline(&cmdline),
+    );
     // 9pnet_virtio is loaded by now.
     mounts::mount_shares(&params.shares);
     params
@@ -80,16 +175,26 @@ mod tests {
     use super::*;
     use crate::testing::FakeSys;
 
+    /// An empty `/sys/devices`.
+    fn no_devices() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
     #[test]
     fn the_machine_is_prepared_in_order_and_the_logs_start_with_the_parameters() {
         let sys = FakeSys::default();
-        sys.set_file("/proc/cmdline", "console=ttyS0 zos.farm=f1 zos.debug");
+        sys.set_file(
+            "/proc/cmdline",
+            "console=ttyS0 zos.farm=f1 zos.debug zos.modules=all",
+        );
         sys.set_file("/sys/fs/cgroup/cgroup.controllers", "cpu memory\n");
         sys.set_file("/zt-modules/modules.dep", "kernel/a.ko:\n");
         let mut logs_at = None;
-        let params = prepare_machine(&sys, None, Path::new("/zt-modules"), |p| {
-            logs_at = Some((sys.calls().len(), p.debug));
-        });
+        let devices = no_devices();
+        let params =
+            prepare_machine_with(&sys, None, Path::new("/zt-modules"), devices.path(), |p| {
+                logs_at = Some((sys.calls().len(), p.debug));
+            });
         assert_eq!(params.farm.as_deref(), Some("f1"));
         let calls = sys.calls();
         let pos = |prefix: &str| calls.iter().position(|c| c.starts_with(prefix)).unwrap();
@@ -100,9 +205,62 @@ mod tests {
         assert!(logs_at <= pos("disable_ctrl_alt_del"), "{calls:?}");
         assert!(pos("disable_ctrl_alt_del") < pos("write /sys/fs/cgroup/cgroup.subtree_control"));
         assert!(pos("write /sys/fs/cgroup/cgroup.subtree_control") < pos("finit_module"));
+        // zos.modules=all: every module, though no device asks for `a`.
         assert_eq!(
             sys.calls_with("finit_module"),
             ["finit_module /zt-modules/kernel/a.ko"]
+        );
+    }
+
+    #[test]
+    fn with_devices_only_the_features_and_what_devices_ask_for_load() {
+        let sys = FakeSys::default();
+        sys.set_file(
+            "/proc/cmdline",
+            "console=ttyS0 zos.farm=f1 zos.modules=devices",
+        );
+        sys.set_file(
+            "/zt-modules/modules.dep",
+            "kernel/a.ko:\nkernel/fs/overlay.ko:\nkernel/net.ko:\n",
+        );
+        sys.set_file(
+            "/zt-modules/modules.alias",
+            "alias virtio:d00000001v* net\n",
+        );
+        let devices = no_devices();
+        let dev = devices.path().join("virtio0");
+        std::fs::create_dir(&dev).unwrap();
+        std::fs::write(dev.join("modalias"), "virtio:d00000001v00001AF4\n").unwrap();
+        prepare_machine_with(&sys, None, Path::new("/zt-modules"), devices.path(), |_| {});
+        let mut loaded = sys.calls_with("finit_module");
+        loaded.sort();
+        assert_eq!(
+            loaded,
+            [
+                "finit_module /zt-modules/kernel/fs/overlay.ko",
+                "finit_module /zt-modules/kernel/net.ko"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_modules_mode_comes_from_the_command_line() {
+        assert_eq!(ModulesMode::from_cmdline("quiet"), DEFAULT_MODULES_MODE);
+        assert_eq!(
+            ModulesMode::from_cmdline("zos.modules=all quiet"),
+            ModulesMode::All
+        );
+        assert_eq!(
+            ModulesMode::from_cmdline("zos.modules=all zos.modules=devices"),
+            ModulesMode::Devices
+        );
+        assert_eq!(
+            ModulesMode::from_cmdline("zos.modules=some"),
+            DEFAULT_MODULES_MODE
+        );
+        assert_eq!(
+            ModulesMode::from_cmdline("zos.modulesx=devices"),
+            DEFAULT_MODULES_MODE
         );
     }
 }

@@ -24,6 +24,7 @@
 pub mod agent_config;
 pub mod boot;
 pub mod cmdline;
+pub mod coldplug;
 pub mod console;
 pub mod modules;
 pub mod mounts;

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use thiserror::Error;
 
+use crate::coldplug::{modaliases, AliasTable};
 use crate::sys::Sys;
 
 /// Why modules.dep could not be used, or why one module was not loaded.
@@ -320,9 +321,9 @@ pub fn kernel_modules_dir() -> PathBuf {
     Path::new("/lib/modules").join(release)
 }
 
-/// Loads `wanted` from `dir` (see [`kernel_modules_dir`]). Fails as a whole only when
-/// modules.dep cannot be read or parsed; per-module failures are in the report.
-pub fn load(sys: &dyn Sys, dir: &Path, wanted: Wanted<'_>) -> Result<LoadReport, ModulesError> {
+/// Reads `modules.dep` (and the optional `modules.builtin`, `.softdep`, `.alias`) in
+/// `dir`; also returns the text of `modules.alias` for coldplug.
+fn read_tree(sys: &dyn Sys, dir: &Path) -> Result<(ModulesDep, String), ModulesError> {
     let dep_path = dir.join("modules.dep");
     let text = sys.read_file(&dep_path).map_err(|e| ModulesError::Read {
         path: dep_path.clone(),
@@ -331,58 +332,308 @@ pub fn load(sys: &dyn Sys, dir: &Path, wanted: Wanted<'_>) -> Result<LoadReport,
     // The others are optional: older or hand-made trees lack them.
     let optional = |name: &str| sys.read_file(&dir.join(name)).unwrap_or_default();
     let mut dep = ModulesDep::parse(&text, &optional("modules.builtin"))?;
-    dep.add_softdeps(&optional("modules.softdep"), &optional("modules.alias"));
-    let (order, mut failed) = dep.load_order(wanted);
+    let alias = optional("modules.alias");
+    dep.add_softdeps(&optional("modules.softdep"), &alias);
+    Ok((dep, alias))
+}
 
-    let mut report = LoadReport::default();
-    let mut bad: HashSet<&str> = HashSet::new();
+/// Loads `wanted` from `dir` (see [`kernel_modules_dir`]), one module at a time. Fails
+/// as a whole only when modules.dep cannot be read or parsed; per-module failures are
+/// in the report.
+pub fn load(sys: &dyn Sys, dir: &Path, wanted: Wanted<'_>) -> Result<LoadReport, ModulesError> {
+    let (dep, _) = read_tree(sys, dir)?;
+    let (order, failed) = dep.load_order(wanted);
+    let mut report = LoadReport {
+        failed,
+        ..LoadReport::default()
+    };
+    let mut bad = HashSet::new();
     for m in order {
-        if let Some(d) = m.deps.iter().find(|d| bad.contains(d.as_str())) {
-            failed.push(ModulesError::DependencyFailed {
-                module: m.name.clone(),
-                dependency: d.clone(),
-            });
-            bad.insert(&m.name);
-            continue;
-        }
-        let path = dir.join(&m.path);
-        match sys.finit_module(&path, m.is_compressed()) {
-            Ok(()) => {
-                tracing::info!(module = %m.name, "module loaded");
-                report.loaded.push(m.name.clone());
-            }
-            Err(Errno::EEXIST) => report.present.push(m.name.clone()),
-            Err(Errno::ENODEV) => {
-                // Not an error for the node, but what needs it cannot load.
-                tracing::info!(module = %m.name, "module does not apply to this machine");
-                bad.insert(&m.name);
-                report.not_applicable.push(m.name.clone());
-            }
-            // EINVAL: a kernel before 6.4 (unknown flag); EOPNOTSUPP: built without
-            // CONFIG_MODULE_DECOMPRESS or without this algorithm.
-            Err(errno @ (Errno::EINVAL | Errno::EOPNOTSUPP)) if m.is_compressed() => {
-                bad.insert(&m.name);
-                failed.push(ModulesError::CompressedUnsupported {
-                    module: m.name.clone(),
-                    path,
-                    errno,
-                });
-            }
-            Err(errno) => {
-                bad.insert(&m.name);
-                failed.push(ModulesError::Load {
-                    module: m.name.clone(),
-                    path,
-                    errno,
-                });
-            }
-        }
+        load_wave(&OneByOne(sys), dir, &[m], &mut bad, &mut report);
     }
-    for e in &failed {
+    log_failures(&report.failed);
+    Ok(report)
+}
+
+fn log_failures(failed: &[ModulesError]) {
+    for e in failed {
         tracing::warn!(error = %e, "kernel module");
     }
-    report.failed = failed;
+}
+
+/// How a wave of modules that do not need each other reaches the kernel: `finit_module`
+/// for each file (`compressed` as in [`Sys::finit_module`]), the results in the same
+/// order.
+pub trait LoadWave {
+    /// Loads `files` (path, compressed), in any order or at once.
+    fn load_wave(&self, files: &[(PathBuf, bool)]) -> Vec<Result<(), Errno>>;
+}
+
+/// One module after the other, through any [`Sys`].
+pub struct OneByOne<'a>(pub &'a dyn Sys);
+
+impl LoadWave for OneByOne<'_> {
+    fn load_wave(&self, files: &[(PathBuf, bool)]) -> Vec<Result<(), Errno>> {
+        files
+            .iter()
+            .map(|(path, compressed)| self.0.finit_module(path, *compressed))
+            .collect()
+    }
+}
+
+/// At most this many `finit_module`s at once: a module's init may sleep (a driver
+/// probing its device), and the kernel decompresses and links each on its caller's
+/// CPU, so a few more than the CPUs keeps them busy without a thread per module.
+const MAX_PARALLEL_LOADS: usize = 8;
+
+/// The real kernel: the wave's modules on several threads at once (finit_module of
+/// modules that do not depend on each other may run concurrently; the kernel
+/// serialises what must be).
+impl LoadWave for crate::Linux {
+    fn load_wave(&self, files: &[(PathBuf, bool)]) -> Vec<Result<(), Errno>> {
+        let threads = files.len().min(MAX_PARALLEL_LOADS);
+        if threads <= 1 {
+            return OneByOne(self).load_wave(files);
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<std::sync::Mutex<Option<Result<(), Errno>>>> =
+            files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((path, compressed)) = files.get(i) else {
+                        break;
+                    };
+                    let r = Sys::finit_module(self, path, *compressed);
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                });
+            }
+        });
+        results
+            .into_iter()
+            .map(|slot| {
+                slot.into_inner()
+                    .ok()
+                    .flatten()
+                    // Only if a loading thread panicked.
+                    .unwrap_or(Err(Errno::EINTR))
+            })
+            .collect()
+    }
+}
+
+/// `order` (dependencies first) cut into waves: each module goes into the wave after
+/// the last of its dependencies (hard or soft) in `order`, so a wave's modules never
+/// need each other and may load at once.
+pub fn waves<'a>(order: &[&'a Module]) -> Vec<Vec<&'a Module>> {
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut waves: Vec<Vec<&Module>> = Vec::new();
+    for m in order {
+        let after = m
+            .deps
+            .iter()
+            .chain(&m.soft_pre)
+            .filter_map(|d| level.get(d.as_str()))
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(0);
+        level.insert(&m.name, after);
+        if waves.len() <= after {
+            waves.resize_with(after + 1, Vec::new);
+        }
+        waves[after].push(*m);
+    }
+    waves
+}
+
+/// Loads one wave (modules that do not need each other) through `loader`, skipping
+/// those whose dependency is in `bad` and adding the ones that fail to it.
+fn load_wave(
+    loader: &dyn LoadWave,
+    dir: &Path,
+    wave: &[&Module],
+    bad: &mut HashSet<String>,
+    report: &mut LoadReport,
+) {
+    let mut ready = Vec::new();
+    for m in wave {
+        match m.deps.iter().find(|d| bad.contains(d.as_str())) {
+            Some(d) => {
+                report.failed.push(ModulesError::DependencyFailed {
+                    module: m.name.clone(),
+                    dependency: d.clone(),
+                });
+                bad.insert(m.name.clone());
+            }
+            None => ready.push(*m),
+        }
+    }
+    let files: Vec<(PathBuf, bool)> = ready
+        .iter()
+        .map(|m| (dir.join(&m.path), m.is_compressed()))
+        .collect();
+    let results = loader.load_wave(&files);
+    for ((m, (path, _)), result) in ready.iter().zip(files).zip(results) {
+        record(m, path, result, bad, report);
+    }
+}
+
+/// What one `finit_module` result means for the report.
+fn record(
+    m: &Module,
+    path: PathBuf,
+    result: Result<(), Errno>,
+    bad: &mut HashSet<String>,
+    report: &mut LoadReport,
+) {
+    match result {
+        Ok(()) => {
+            tracing::info!(module = %m.name, "module loaded");
+            report.loaded.push(m.name.clone());
+        }
+        Err(Errno::EEXIST) => report.present.push(m.name.clone()),
+        Err(Errno::ENODEV) => {
+            // Not an error for the node, but what needs it cannot load.
+            tracing::info!(module = %m.name, "module does not apply to this machine");
+            bad.insert(m.name.clone());
+            report.not_applicable.push(m.name.clone());
+        }
+        // EINVAL: a kernel before 6.4 (unknown flag); EOPNOTSUPP: built without
+        // CONFIG_MODULE_DECOMPRESS or without this algorithm.
+        Err(errno @ (Errno::EINVAL | Errno::EOPNOTSUPP)) if m.is_compressed() => {
+            bad.insert(m.name.clone());
+            report.failed.push(ModulesError::CompressedUnsupported {
+                module: m.name.clone(),
+                path,
+                errno,
+            });
+        }
+        Err(errno) => {
+            bad.insert(m.name.clone());
+            report.failed.push(ModulesError::Load {
+                module: m.name.clone(),
+                path,
+                errno,
+            });
+        }
+    }
+}
+
+/// The modules a node needs that no device asks for: filesystems, network features and
+/// the crypto they request at init (there is no modprobe for the kernel to call). Those
+/// the image does not carry (or the kernel builds in) are skipped without an error.
+pub const FEATURE_MODULES: &[&str] = &[
+    // storage and workloads
+    "btrfs",
+    "crc32c_generic",
+    "crc32c_intel",
+    "xxhash_generic",
+    "blake2b_generic",
+    "overlay",
+    "fuse",
+    "9p",
+    // network: tenant links, bridges, taps, the node firewall and NAT, the mesh
+    "tun",
+    "veth",
+    "bridge",
+    "nf_tables",
+    "nf_conntrack",
+    "nf_nat",
+    "nft_ct",
+    "nft_nat",
+    "nft_masq",
+    "nft_chain_nat",
+    "nft_fib_inet",
+    "nft_fib_ipv4",
+    "nft_fib_ipv6",
+    "nft_reject_inet",
+    "wireguard",
+    // Drivers of devices that may appear only after the rounds end: SCSI disks are
+    // found by an asynchronous scan of their host, and zosd reads the power button's
+    // presses through evdev.
+    "sd_mod",
+    "evdev",
+];
+
+/// Coldplug gives up after this many rounds (each round's modules may add devices
+/// that ask for more: a bus driver, then the drivers of the devices on that bus).
+const MAX_COLDPLUG_ROUNDS: usize = 8;
+
+/// What [`coldplug`] did: the load report and how many rounds it took.
+#[derive(Debug, Default)]
+pub struct ColdplugReport {
+    /// Every module loaded, present, not applicable or failed, over all rounds.
+    pub load: LoadReport,
+    /// Rounds that loaded something.
+    pub rounds: usize,
+    /// How many modaliases the devices had at the end.
+    pub modaliases: usize,
+}
+
+/// Loads the modules the present devices ask for (their modaliases under `devices`,
+/// `/sys/devices`, against `dir`'s `modules.alias`) and the [`FEATURE_MODULES`], each
+/// with its dependencies, in waves of modules that may load at once through `loader`;
+/// then again for the devices those modules made appear, until no device asks for a
+/// module not tried yet.
+pub fn coldplug(
+    sys: &dyn Sys,
+    loader: &dyn LoadWave,
+    dir: &Path,
+    devices: &Path,
+) -> Result<ColdplugReport, ModulesError> {
+    let (dep, alias) = read_tree(sys, dir)?;
+    let aliases = AliasTable::parse(&alias);
+    let mut report = ColdplugReport::default();
+    let mut tried: BTreeSet<String> = BTreeSet::new();
+    let mut bad = HashSet::new();
+    let mut wanted: BTreeSet<String> = FEATURE_MODULES
+        .iter()
+        .map(|n| n.to_string())
+        .filter(|n| dep.modules.contains_key(n))
+        .collect();
+    loop {
+        let found = modaliases(devices);
+        report.modaliases = found.len();
+        wanted.extend(
+            found
+                .iter()
+                .flat_map(|a| aliases.modules_for(a))
+                .filter(|m| dep.modules.contains_key(*m))
+                .map(str::to_string),
+        );
+        wanted.retain(|m| !tried.contains(m));
+        if wanted.is_empty() || report.rounds == MAX_COLDPLUG_ROUNDS {
+            break;
+        }
+        report.rounds += 1;
+        let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let (order, failed) = dep.load_order(Wanted::Names(&names));
+        report.load.failed.extend(failed);
+        // A dependency tried in an earlier round is loaded (or in `bad`) already.
+        let order: Vec<&Module> = order
+            .into_iter()
+            .filter(|m| !tried.contains(&m.name))
+            .collect();
+        tried.extend(wanted.iter().cloned());
+        tried.extend(order.iter().map(|m| m.name.clone()));
+        wanted.clear();
+        for wave in waves(&order) {
+            load_wave(loader, dir, &wave, &mut bad, &mut report.load);
+        }
+    }
+    log_failures(&report.load.failed);
     Ok(report)
+}
+
+/// The fake machine loads one module after the other.
+#[cfg(test)]
+impl LoadWave for crate::testing::FakeSys {
+    fn load_wave(&self, files: &[(PathBuf, bool)]) -> Vec<Result<(), Errno>> {
+        OneByOne(self).load_wave(files)
+    }
 }
 
 #[cfg(test)]
@@ -559,6 +810,123 @@ mod tests {
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         assert!(report.loaded.contains(&"crc32c_generic".to_string()));
         assert_eq!(report.loaded.last().map(String::as_str), Some("btrfs"));
+    }
+
+    #[test]
+    fn waves_hold_modules_that_do_not_need_each_other() {
+        let mut dep = ModulesDep::parse(DEP, BUILTIN).unwrap();
+        dep.add_softdeps(SOFTDEP, ALIAS);
+        let (order, errors) = dep.load_order(Wanted::Names(&["btrfs", "virtio_net", "fuse", "9p"]));
+        assert_eq!(errors, vec![]);
+        let waves = waves(&order);
+        let wave_of = |name: &str| {
+            waves
+                .iter()
+                .position(|w| w.iter().any(|m| m.name == name))
+                .unwrap_or_else(|| panic!("{name} in no wave"))
+        };
+        for m in &order {
+            for d in m.deps.iter().chain(&m.soft_pre) {
+                assert!(wave_of(d) < wave_of(&m.name), "{d} before {}", m.name);
+            }
+        }
+        // Independent modules share the first wave.
+        assert_eq!(wave_of("fuse"), 0);
+        assert_eq!(wave_of("failover"), 0);
+        assert_eq!(wave_of("xor"), 0);
+        let total: usize = waves.iter().map(Vec::len).sum();
+        assert_eq!(total, order.len());
+    }
+
+    /// A made `/sys/devices`: one directory per modalias.
+    fn devices(aliases: &[&str]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (i, a) in aliases.iter().enumerate() {
+            let dir = root.path().join(format!("dev{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("modalias"), format!("{a}\n")).unwrap();
+        }
+        root
+    }
+
+    /// A loader that adds a device when a bus driver loads, as the kernel does.
+    struct Bus<'a> {
+        sys: &'a FakeSys,
+        devices: &'a Path,
+        appears: (&'a str, &'a str),
+    }
+
+    impl LoadWave for Bus<'_> {
+        fn load_wave(&self, files: &[(PathBuf, bool)]) -> Vec<Result<(), Errno>> {
+            for (path, _) in files {
+                if module_name(&path.to_string_lossy()) == self.appears.0 {
+                    let dir = self.devices.join("on-bus");
+                    std::fs::create_dir(&dir).unwrap();
+                    std::fs::write(dir.join("modalias"), self.appears.1).unwrap();
+                }
+            }
+            OneByOne(self.sys).load_wave(files)
+        }
+    }
+
+    #[test]
+    fn coldplug_loads_features_and_what_devices_ask_for_round_after_round() {
+        let sys = FakeSys::default();
+        let dep = format!(
+            "{DEP}kernel/drivers/virtio/virtio_mmio.ko.xz:\nkernel/drivers/net/e1000.ko.xz:\n"
+        );
+        sys.set_file("/m/modules.dep", &dep);
+        sys.set_file("/m/modules.builtin", BUILTIN);
+        sys.set_file(
+            "/m/modules.alias",
+            "alias acpi*:LNRO0005:* virtio_mmio\nalias virtio:d00000001v* virtio_net\nalias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000\n",
+        );
+        let devs = devices(&["acpi:LNRO0005:", "platform:serial8250"]);
+        let bus = Bus {
+            sys: &sys,
+            devices: devs.path(),
+            appears: ("virtio_mmio", "virtio:d00000001v00001AF4"),
+        };
+        let report = coldplug(&sys, &bus, Path::new("/m"), devs.path()).unwrap();
+        let loaded = &report.load.loaded;
+        // Round 1: the bus driver (and the features); round 2: the NIC on that bus.
+        assert_eq!(report.rounds, 2, "{loaded:?}");
+        let pos = |n: &str| loaded.iter().position(|l| l == n);
+        assert!(pos("virtio_mmio") < pos("virtio_net"), "{loaded:?}");
+        assert!(pos("failover") < pos("virtio_net"), "{loaded:?}");
+        for feature in ["btrfs", "overlay", "fuse", "9p"] {
+            assert!(pos(feature).is_some(), "{feature}: {loaded:?}");
+        }
+        // No device asks for e1000; every module loads once.
+        assert_eq!(pos("e1000"), None);
+        let unique: BTreeSet<_> = loaded.iter().collect();
+        assert_eq!(unique.len(), loaded.len(), "{loaded:?}");
+        assert!(report.load.failed.is_empty(), "{:?}", report.load.failed);
+    }
+
+    #[test]
+    fn coldplug_does_not_load_what_a_failed_dependency_needs() {
+        let sys = FakeSys::default();
+        sys.set_file("/m/modules.dep", DEP);
+        sys.set_file("/m/modules.alias", "alias virtio:d00000001v* virtio_net\n");
+        sys.fail_module("failover", Errno::ENOEXEC);
+        let devs = devices(&["virtio:d00000001v00001AF4"]);
+        let report = coldplug(&sys, &OneByOne(&sys), Path::new("/m"), devs.path()).unwrap();
+        assert!(report.load.failed.iter().any(|e| matches!(e,
+            ModulesError::DependencyFailed { module, .. } if module == "net_failover")));
+        assert!(!report.load.loaded.contains(&"virtio_net".to_string()));
+        assert!(report.load.loaded.contains(&"btrfs".to_string()));
+    }
+
+    #[test]
+    fn the_real_loader_loads_a_wave_at_once_and_keeps_the_results_in_order() {
+        // Files that do not exist: each thread's finit_module fails with ENOENT at
+        // open, in the slot of its own file.
+        let files: Vec<(PathBuf, bool)> = (0..20)
+            .map(|i| (PathBuf::from(format!("/nonexistent/zos-{i}.ko")), false))
+            .collect();
+        let results = crate::Linux.load_wave(&files);
+        assert_eq!(results, vec![Err(Errno::ENOENT); 20]);
     }
 
     #[test]
