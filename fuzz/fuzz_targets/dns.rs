@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| zosd_fuzz::dns(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| zos_fuzz::dns(data));

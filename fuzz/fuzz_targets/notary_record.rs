@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| zosd_fuzz::notary_record(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| zos_fuzz::notary_record(data));

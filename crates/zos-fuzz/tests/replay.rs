@@ -1,7 +1,7 @@
 //! Replays every committed input through the fuzz harness, without libFuzzer: the
 //! seed corpora (fuzz/corpus/<target>/) and every crash a fuzzer found
 //! (fuzz/regressions/<target>/), which must not crash again once fixed. `cargo xtask
-//! test` runs this (`cargo test --manifest-path fuzz/Cargo.toml --no-default-features`);
+//! test` runs this with the workspace's tests (`cargo test -p zos-fuzz`);
 //! a regression input whose fix has not landed yet makes it fail, as it should.
 //!
 //! The seeds are also checked for what they are meant to reach: the valid ones get
@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use zosd_fuzz::*;
+use zos_fuzz::*;
 
 /// A harness function: what a fuzz target runs on one input.
 type Harness = fn(&[u8]);
@@ -25,9 +25,7 @@ const TARGETS: &[(&str, Harness)] = &[
 ];
 
 fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(kind)
-        .join(target);
+    let dir = fuzz_dir().join(kind).join(target);
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
@@ -40,10 +38,7 @@ fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
 }
 
 fn seed(target: &str, name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
-        .join(target)
-        .join(name);
+    let path = fuzz_dir().join("corpus").join(target).join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -1,14 +1,15 @@
 //! The harness behind every fuzz target: one function per parser of untrusted input,
 //! each taking the raw bytes a peer could send. The libFuzzer targets
-//! (`fuzz_targets/*.rs`) call these, and so does the replay test (`tests/replay.rs`),
-//! which runs every committed corpus and regression input through the same code
-//! without libFuzzer. See docs/fuzzing.md.
+//! (`fuzz/fuzz_targets/*.rs`, their own workspace) call these, and so does the replay
+//! test (`tests/replay.rs`, in the main workspace's test run), which runs every
+//! committed corpus and regression input through the same code without libFuzzer.
+//! See docs/fuzzing.md.
 //!
 //! Besides "no panic, no overflow, no hang", some targets check a property the
 //! parser promises: what it accepts, it writes back in a form it reads the same way.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use zos_contract::{
     canonical, verify_bytes, ContractRecord, Limits, SecretKey, SignedBlueprint, SignedContract,
@@ -23,14 +24,20 @@ pub use zos_uplink::dhcp::{Lease, PacketError};
 pub use zos_uplink::dns::WireError;
 
 /// zos-uplink's `dhcp/packet.rs`.
-#[allow(dead_code, unused_imports)]
-#[path = "../../crates/zos-uplink/src/dhcp/packet.rs"]
+#[allow(dead_code, unused_imports, missing_docs)]
+#[path = "../../zos-uplink/src/dhcp/packet.rs"]
 pub mod dhcp_packet;
 
 /// zos-uplink's `dns/wire.rs`.
-#[allow(dead_code, unused_imports)]
-#[path = "../../crates/zos-uplink/src/dns/wire.rs"]
+#[allow(dead_code, unused_imports, missing_docs)]
+#[path = "../../zos-uplink/src/dns/wire.rs"]
 pub mod dns_wire;
+
+/// `fuzz/`: the cargo-fuzz workspace, with the committed seed corpora
+/// (`corpus/<target>/`) and the inputs a fuzzer crashed on (`regressions/<target>/`).
+pub fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+}
 
 /// The time the contract target verifies at: within the sample contract's validity
 /// (it expires at 2_000_000_000), so a seed that verifies reaches the deployment.
@@ -292,9 +299,10 @@ pub fn cleanup() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The client's transaction id and hardware address in the fuzz harness's DHCP
-/// checks when the input does not name them (see [`dhcp`]).
+/// The client's transaction id in the fuzz harness's DHCP checks when the input does
+/// not name it (see [`dhcp`]).
 pub const DHCP_XID: u32 = 0x5a05_d001;
+/// The client's hardware address, likewise.
 pub const DHCP_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// A DHCP reply on the client port (zos-uplink dhcp/packet.rs). Half the inputs are
@@ -302,7 +310,7 @@ pub const DHCP_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// "not our transaction" into the options.
 pub fn dhcp(data: &[u8]) {
     let (xid, mac) = match data.get(4..8).zip(data.get(28..34)) {
-        Some((x, m)) if data.len().is_multiple_of(2) => (
+        Some((x, m)) if data.len() % 2 == 0 => (
             u32::from_be_bytes(x.try_into().expect("4 bytes")),
             m.to_vec(),
         ),

@@ -3,23 +3,21 @@
 //! packed flist) or byte for byte after the RFCs (DHCP, DNS, SNTP), and a few invalid
 //! ones. Run again after a format changes:
 //!
-//!     cargo run --manifest-path fuzz/Cargo.toml --no-default-features --example seeds
+//!     cargo run -p zos-fuzz --example seeds
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Encodable, Encoder};
 use serde_json::json;
 use zos_contract::spec_example::Example;
 use zos_contract::{Cancellation, SignedCancellation};
+use zos_fuzz::{seed_key, DHCP_MAC, DHCP_XID, DNS_QNAME, SNTP_NONCE, SQLITE_MAGIC};
 use zos_notary::{NotaryKey, Record};
-use zosd_fuzz::{seed_key, DHCP_MAC, DHCP_XID, DNS_QNAME, SNTP_NONCE, SQLITE_MAGIC};
 
 fn corpus(target: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
-        .join(target);
+    let dir = zos_fuzz::fuzz_dir().join("corpus").join(target);
     std::fs::create_dir_all(&dir).expect("corpus directory");
     dir
 }
@@ -162,7 +160,7 @@ fn flist_meta() {
     // Invalid: the header alone, and the file cut in half.
     put("flist_meta", "header-only.fl", &bytes[..100]);
     put("flist_meta", "half.fl", &bytes[..bytes.len() / 2]);
-    // Rows (see zosd_fuzz::flist_rows): a root, a file under it with one block, a
+    // Rows (see zos_fuzz::flist_rows): a root, a file under it with one block, a
     // route and a tag; and a name with a slash.
     let mut rows = Vec::new();
     let inode = |rows: &mut Vec<u8>, ino: u8, parent: u8, name: &str, mode: u32, size: u64| {
@@ -207,7 +205,7 @@ fn dhcp_reply(kind: MessageType, opts: &[DhcpOption]) -> Vec<u8> {
     let mut buf = Vec::new();
     m.encode(&mut Encoder::new(&mut buf)).expect("encodes");
     // Even length: the harness checks it against the xid and chaddr it carries.
-    if !buf.len().is_multiple_of(2) {
+    if buf.len() % 2 != 0 {
         buf.push(0);
     }
     buf
