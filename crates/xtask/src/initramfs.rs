@@ -467,12 +467,20 @@ pub fn static_zosd() -> anyhow::Result<PathBuf> {
             ("RUSTFLAGS", "-C target-feature=+crt-static"),
             ("LIBSECCOMP_LINK_TYPE", "static"),
             ("LIBSECCOMP_LIB_PATH", lib),
+            // Why cargo found a unit stale: CI once compiled this build twice in one
+            // run, and the log (below) names the cause the next time it happens.
+            ("CARGO_LOG", "cargo::core::compiler::fingerprint=info"),
         ])
         .current_dir(root())
         .stdin(Stdio::null())
         .output()
         .context("running cargo")?;
-    let messages = String::from_utf8_lossy(&out.stderr);
+    let (why_stale, messages): (Vec<&str>, Vec<&str>) = std::str::from_utf8(&out.stderr)
+        .unwrap_or_default()
+        .lines()
+        .partition(|l| l.contains("cargo::core::compiler::fingerprint"));
+    log_staleness(&static_target, &why_stale);
+    let messages = messages.join("\n");
     if !out.status.success() {
         drop(step);
         bail!(
@@ -483,9 +491,36 @@ pub fn static_zosd() -> anyhow::Result<PathBuf> {
     }
     step.done("built");
     if !messages.trim().is_empty() {
-        eprint!("{messages}");
+        eprintln!("{messages}");
     }
     Ok(static_target.join("x86_64-unknown-linux-gnu/release/zosd"))
+}
+
+/// Appends what cargo said about stale units of the static build to
+/// `<target>/static/why-rebuilt.log`, when it rebuilt anything: a build that found
+/// everything fresh adds nothing.
+fn log_staleness(static_target: &Path, lines: &[&str]) {
+    if lines.is_empty() {
+        return;
+    }
+    let mut text = format!(
+        "--- {:?}, {} lines\n",
+        std::time::SystemTime::now(),
+        lines.len()
+    );
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let path = static_target.join("why-rebuilt.log");
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Err(e) = appended {
+        eprintln!("(not written: {}: {e})", path.display());
+    }
 }
 
 /// Whether an ELF file has a PT_INTERP program header (a dynamic loader).
