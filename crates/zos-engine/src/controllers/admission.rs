@@ -8,11 +8,13 @@
 //!   a tombstone (an owner's cancellation of a contract the node does not run).
 
 use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
 
 use zos_contract::verify::verify_cancellation;
 use zos_contract::{
     check_update, Accepted, ContractRecord, Deployment, Digest, Limits, PublicKey,
-    SignedAssignment, SignedBlueprint, SignedCancellation, SignedContract, Signers, VerifyContext,
+    SignedAssignment, SignedBlueprint, SignedCancellation, SignedContract, Signers,
+    VerifiedTriples, VerifyContext,
 };
 use zos_notary::{KeyKind, Record};
 
@@ -356,6 +358,11 @@ fn assignment_reason(refusal: &zos_contract::AssignmentRefusal) -> ReasonReport 
     }
 }
 
+/// The (digest, signer, signature) triples this process saw verify: a re-delivery of an
+/// unchanged contract (every watch event, every resync) skips the ed25519 arithmetic,
+/// and nothing else. Bounded (zos-contract's default, 4096 triples, oldest out first).
+static VERIFIED: Mutex<VerifiedTriples> = Mutex::new(VerifiedTriples::new());
+
 /// zos-contract's verification as this node: `None` for a replay of an older version
 /// while a newer one runs (only logged: the running version's status stays).
 fn verify(
@@ -387,7 +394,12 @@ fn verify(
         trusted_authors: inputs.trusted_authors,
         limits: inputs.limits,
     };
-    let verification = zos_contract::verify(&checked, &ctx);
+    let verification = {
+        // The cache holds only triples that verified, so a poisoned lock's contents are
+        // still sound.
+        let mut cache = VERIFIED.lock().unwrap_or_else(PoisonError::into_inner);
+        zos_contract::verify_cached(&checked, &ctx, &mut cache)
+    };
     for warning in &verification.warnings {
         // Signature entries that did not count (docs/contract-format.md §4): anyone
         // can add one, so they refuse nothing while the rules are met.
