@@ -3,16 +3,25 @@
 //! a tree of mixed files and one of small files; and first-byte latency of a lazy mount
 //! against a full unpack of a 256 MiB file and against one block's fetch and decrypt.
 //!
+//! When upstream rfs is there (`$RFS_BIN`, else `rfs` on `PATH`), `rfs unpack` of the
+//! same `.fl` from the same dir store is timed beside our unpacks, interleaved, medians
+//! of 5, and the first round checks that rfs unpacks our flist to the source's files.
+//! Without it, one line says the comparison is skipped.
+//!
 //! ZOS_BENCH_MIB sets the first tree's size (default 1024), ZOS_BENCH_SMALL the number of
 //! small files (default 20,000). Everything lives in a `zt-flist-bench-`
 //! temp dir removed at the end. The mount part needs root and /dev/fuse; without them it
 //! prints SKIP.
 
 use std::io::Read;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use zos_flist::{
     mount, pack, unpack, BlockCache, Fetcher, Flist, MountOptions, Router, UnpackOptions,
@@ -106,6 +115,13 @@ fn main() {
          tar -c | sha256sum (read and hash every byte), cp -a (a plain copy)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    match rfs_bin() {
+        Some(rfs) => println!(
+            "rfs: {} - unpacks compared side by side on the same .fl and store",
+            rfs.display()
+        ),
+        None => println!("rfs: not on PATH (set RFS_BIN) - the upstream comparison is skipped"),
+    }
 
     let src = dir.join("src");
     std::fs::create_dir(&src).unwrap();
@@ -162,9 +178,156 @@ fn timed(f: impl FnOnce()) -> Duration {
     t.elapsed()
 }
 
+/// Unpacks timed per round: ours without and with a (cold) block cache, and upstream
+/// rfs's when it is there, interleaved so that drift on a shared machine hits all alike.
+const ROUNDS: usize = 5;
+
+/// The upstream rfs binary to compare with: `$RFS_BIN`, else `rfs` on `PATH`.
+fn rfs_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RFS_BIN") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join("rfs"))
+        .find(|p| p.is_file())
+}
+
+/// `rfs unpack` of `fl` into `out` with its block cache at `cache`; rfs reads the store
+/// from the flist's route table, as ours does.
+fn rfs_unpack(rfs: &Path, fl: &Path, cache: &Path, out: &Path) {
+    let res = Command::new(rfs)
+        .arg("unpack")
+        .arg("-m")
+        .arg(fl)
+        .arg("-c")
+        .arg(cache)
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "rfs unpack failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+/// SHA-256 over a tree's relative paths, kinds, regular files' permission bits and
+/// contents, and symlink targets, in name order: two trees with the same files give the
+/// same hash. Directory modes, owners and times are left out (rfs does not restore a
+/// directory's mode).
+fn tree_hash(root: &Path) -> String {
+    let mut h = Sha256::new();
+    hash_dir(root, Path::new(""), &mut h);
+    hex::encode(h.finalize())
+}
+
+fn hash_dir(dir: &Path, rel: &Path, h: &mut Sha256) {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let (path, rel) = (dir.join(&name), rel.join(&name));
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        h.update(rel.as_os_str().as_bytes());
+        h.update([0]);
+        if meta.is_dir() {
+            h.update(b"d");
+            hash_dir(&path, &rel, h);
+        } else if meta.file_type().is_symlink() {
+            h.update(b"l");
+            h.update(std::fs::read_link(&path).unwrap().as_os_str().as_bytes());
+        } else {
+            h.update(b"f");
+            h.update((meta.permissions().mode() & 0o7777).to_le_bytes());
+            h.update(meta.len().to_le_bytes());
+            h.update(std::fs::read(&path).unwrap());
+        }
+        h.update([0]);
+    }
+}
+
+/// `speedup` (their time over ours) in words: "2.1x faster" or "1.3x slower".
+fn faster(speedup: f64) -> String {
+    if speedup >= 1.0 {
+        format!("{speedup:.1}x faster")
+    } else {
+        format!("{:.1}x slower", 1.0 / speedup)
+    }
+}
+
+/// The median of `runs` (an odd count).
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+/// Removes what one unpack made, then flushes, so the removal's writeback does not land
+/// in the next run's timing.
+fn clean(paths: &[&Path]) {
+    for p in paths {
+        if p.exists() {
+            std::fs::remove_dir_all(p).unwrap();
+        }
+    }
+    sync();
+}
+
+/// Median unpack times over [`ROUNDS`] interleaved rounds; `rfs` is `None` without rfs.
+struct Unpacks {
+    plain: Duration,
+    cached: Duration,
+    rfs: Option<Duration>,
+}
+
+/// Times the unpacks of `fl_path`, round by round: ours without a cache, ours with a
+/// cold cache, rfs (with its cache, which it always has, cold). In the first round,
+/// checks that rfs unpacked our flist to the files of `src`, and prints the result.
+fn unpacks(dir: &Path, src: &Path, fl_path: &Path, router: &Router) -> Unpacks {
+    let fl = Flist::open(fl_path).unwrap();
+    let (out, cache) = (dir.join("out"), dir.join("cache"));
+    let rfs = rfs_bin();
+    let src_hash = rfs.as_ref().map(|_| tree_hash(src));
+    let (mut plain, mut cached, mut upstream) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        plain.push(timed(|| {
+            let fetcher = Fetcher::new(router.clone(), None);
+            unpack(&fl, &fetcher, &out, &UnpackOptions::default()).unwrap();
+        }));
+        clean(&[&out]);
+        cached.push(timed(|| {
+            let fetcher = Fetcher::new(router.clone(), Some(BlockCache::new(&cache)));
+            unpack(&fl, &fetcher, &out, &UnpackOptions::default()).unwrap();
+        }));
+        clean(&[&out, &cache]);
+        let Some(rfs) = &rfs else { continue };
+        upstream.push(timed(|| rfs_unpack(rfs, fl_path, &cache, &out)));
+        if round == 0 {
+            let got = tree_hash(&out);
+            let want = src_hash.as_deref().unwrap_or_default();
+            if got == want {
+                println!("interop: rfs unpacks our .fl to the same files (tree sha256 {got:.16})");
+            } else {
+                println!("interop: FAILED: rfs unpacked our .fl to tree sha256 {got:.16}, the source is {want:.16}");
+            }
+        }
+        clean(&[&out, &cache]);
+    }
+    Unpacks {
+        plain: median(plain),
+        cached: median(cached),
+        rfs: (!upstream.is_empty()).then(|| median(upstream)),
+    }
+}
+
 /// The tree at `src` (`bytes` of file data): the references, pack, and unpack without
-/// and with a block cache; one table. Removes `src` and what it made.
+/// and with a block cache, and rfs's unpack when it is there; one table. Removes `src`
+/// and what it made.
 fn tree(dir: &Path, src: &Path, label: &str, bytes: u64) {
+    println!();
+    println!("tree: {label}");
     sync();
     // Reference: tar -c | sha256sum. The pipe is wired here, not by a shell: nothing
     // in this project runs one.
@@ -194,51 +357,46 @@ fn tree(dir: &Path, src: &Path, label: &str, bytes: u64) {
             .unwrap();
         assert!(ok.success(), "cp -a failed");
     });
-    std::fs::remove_dir_all(&copy).unwrap();
+    clean(&[&copy]);
 
     let store = dir.join("store");
     let router = Router::parse(&[format!("dir://{}", store.display())]).unwrap();
     let fl_path = dir.join("bench.fl");
     let mut report = None;
     let packt = timed(|| report = Some(pack(src, &fl_path, &router, &Default::default()).unwrap()));
-    let fl = Flist::open(&fl_path).unwrap();
-    let out = dir.join("out");
-    let plain = timed(|| {
-        unpack(
-            &fl,
-            &Fetcher::new(router.clone(), None),
-            &out,
-            &UnpackOptions::default(),
-        )
-        .unwrap();
-    });
-    std::fs::remove_dir_all(&out).unwrap();
-    let cache = BlockCache::new(dir.join("cache"));
-    let cached = timed(|| {
-        unpack(
-            &fl,
-            &Fetcher::new(router.clone(), Some(cache)),
-            &out,
-            &UnpackOptions::default(),
-        )
-        .unwrap();
-    });
-    std::fs::remove_dir_all(&out).unwrap();
-    std::fs::remove_dir_all(dir.join("cache")).unwrap();
+    let u = unpacks(dir, src, &fl_path, &router);
 
-    println!();
-    println!("tree: {label}");
-    println!("| operation                        | time (s) | MiB/s   | ratio to tar|sha256sum | ratio to cp -a |");
-    println!("|----------------------------------|----------|---------|------------------------|----------------|");
-    for (name, d) in [
-        ("tar -c | sha256sum (reference)", tar),
-        ("cp -a (reference)", cp),
-        ("pack (dir store)", packt),
-        ("unpack (dir store, verify)", plain),
-        ("unpack, cold block cache", cached),
-    ] {
+    let to_rfs = |d: Duration| {
+        u.rfs
+            .map_or("-".to_string(), |r| format!("{:.2}", secs(d) / secs(r)))
+    };
+    println!("| operation                                   | time (s) | MiB/s   | ratio to tar|sha256sum | ratio to cp -a | time / rfs unpack |");
+    println!("|---------------------------------------------|----------|---------|------------------------|----------------|-------------------|");
+    let mut rows = vec![
+        ("tar -c | sha256sum (reference)", tar, "-".to_string()),
+        ("cp -a (reference)", cp, "-".to_string()),
+        ("pack (dir store)", packt, "-".to_string()),
+        (
+            "unpack (dir store, verify), median",
+            u.plain,
+            to_rfs(u.plain),
+        ),
+        (
+            "unpack, cold block cache, median",
+            u.cached,
+            to_rfs(u.cached),
+        ),
+    ];
+    if let Some(r) = u.rfs {
+        rows.push((
+            "rfs unpack (upstream, cold cache), median",
+            r,
+            "1.00".to_string(),
+        ));
+    }
+    for (name, d, vs_rfs) in rows {
         println!(
-            "| {name:<32} | {:8.2} | {:7.1} | {:<22.2} | {:<14.2} |",
+            "| {name:<43} | {:8.2} | {:7.1} | {:<22.2} | {:<14.2} | {vs_rfs:<17} |",
             secs(d),
             mibs(bytes, d),
             mibs(bytes, d) / mibs(bytes, tar),
@@ -246,9 +404,18 @@ fn tree(dir: &Path, src: &Path, label: &str, bytes: u64) {
         );
     }
     println!(
-        "({} blocks; ratios are throughput over the reference's: above 1 is faster)",
+        "({} blocks; medians of {ROUNDS} interleaved rounds; ratios to the references are \
+         throughput over theirs: above 1 is faster)",
         report.map_or(0, |r| r.blocks)
     );
+    if let Some(r) = u.rfs {
+        println!(
+            "against rfs unpack on the same .fl and store: {} without a cache, {} with a \
+             cold block cache",
+            faster(secs(r) / secs(u.plain)),
+            faster(secs(r) / secs(u.cached))
+        );
+    }
     std::fs::remove_dir_all(src).unwrap();
     std::fs::remove_dir_all(&store).unwrap();
     std::fs::remove_file(&fl_path).unwrap();
