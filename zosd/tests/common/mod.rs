@@ -78,6 +78,13 @@ impl Node {
         Node::build(memory_reserve_mib, cpu_overcommit, "")
     }
 
+    /// [`Node::new_with`] on a loop disk of `disk_gib`: the image is sparse, so only
+    /// what the workloads write takes room on the host. For many contracts at once
+    /// (zosd/benches/scale.rs), whose reserved disk the default 8 GiB would refuse.
+    pub fn sized(memory_reserve_mib: u64, cpu_overcommit: u64, disk_gib: u64) -> Node {
+        Node::build_on(memory_reserve_mib, cpu_overcommit, "", None, disk_gib, None)
+    }
+
     /// A node that registers in `farm` and beats every `heartbeat_secs`.
     pub fn in_farm(memory_reserve_mib: u64, farm: &str, heartbeat_secs: u64) -> Node {
         Node::build(
