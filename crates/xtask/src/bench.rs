@@ -25,12 +25,16 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
     // Booted nodes on one LAN (crates/xtask/src/mesh.rs): a tenant network across two
     // nodes against their plain LAN path, and publish to the first packet across.
     ("mesh", &[]),
+    // A booted node from zosd's first line to registered, loading the modules its
+    // devices ask for against every module, interleaved (crates/xtask/src/bootbench.rs;
+    // `--rounds N`, 3 by default).
+    ("boot", &[]),
 ];
 
 /// `cargo xtask bench [NAME]`: runs the benchmarks named `NAME` (all without one).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let name = args.first().map(String::as_str).unwrap_or("all");
-    // `--no-build`: the booted benchmark (mesh) boots the image as it is.
+    // `--no-build`: the booted benchmarks (mesh, boot) boot the image as they are.
     let rebuild = !args.iter().any(|a| a == "--no-build");
     let selected: Vec<_> = BENCHES
         .iter()
@@ -56,6 +60,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         if *name == "mesh" {
             let figures = crate::mesh::run(rebuild, true)?;
             crate::mesh::print(&figures);
+        }
+        if *name == "boot" {
+            let figures = crate::bootbench::run(args, rebuild)?;
+            crate::bootbench::print(&figures);
         }
         for (package, bench) in *targets {
             cargo(&["bench", "-p", package, "--bench", bench])?;

@@ -3,6 +3,7 @@
 //! with [`etcd`] and build the sample flists with [`flists`], the same code the tasks run.
 
 pub mod bench;
+pub mod bootbench;
 pub mod capture;
 pub mod cpio;
 pub mod demo;
