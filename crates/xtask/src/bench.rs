@@ -20,7 +20,17 @@ const BENCHES: &[(&str, &[(&str, &str)])] = &[
     ("grid", &[("zos-grid", "grid")]),
     ("storage", &[("zos-storage", "storage")]),
     ("network", &[("zos-network", "network")]),
-    ("container", &[("zos-container", "container")]),
+    // The runtime against bare libcontainer; a node's publish to running against a bare
+    // create + start, and its RSS (zosd/benches/node.rs); 500 contracts on one node
+    // (zosd/benches/scale.rs, ZOS_BENCH_SCALE).
+    (
+        "container",
+        &[
+            ("zos-container", "container"),
+            ("zosd", "node"),
+            ("zosd", "scale"),
+        ],
+    ),
     ("vm", &[("zosd", "vm")]),
     // Booted nodes on one LAN (crates/xtask/src/mesh.rs): a tenant network across two
     // nodes against their plain LAN path, and publish to the first packet across.
