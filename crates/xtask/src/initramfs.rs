@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cpio::Cpio;
 use crate::kernel::Kernel;
-use crate::{packages, root, target_dir};
+use crate::{packages, target_dir};
 
 /// Debian packages the image is built from (and with).
 pub const IMAGE_PACKAGES: &[&str] = &[
@@ -456,22 +456,20 @@ pub fn static_zosd() -> anyhow::Result<PathBuf> {
         "--target-dir",
         static_target.to_str().context("utf-8 target dir")?,
     ];
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
     let step = Step::start("zosd for /init: a static release build (minutes on a cold cache)");
     // Its messages (warnings, errors) are kept and printed after the spinner, which
     // they would otherwise break into.
-    let out = Command::new(cargo)
+    let out = crate::cargo_command()
         .args(args)
         .envs([
             ("RUSTFLAGS", "-C target-feature=+crt-static"),
             ("LIBSECCOMP_LINK_TYPE", "static"),
             ("LIBSECCOMP_LIB_PATH", lib),
-            // Why cargo found a unit stale: CI once compiled this build twice in one
-            // run, and the log (below) names the cause the next time it happens.
+            // Why cargo found a unit stale, logged (below): a build that should have
+            // been fresh and was not says why.
             ("CARGO_LOG", "cargo::core::compiler::fingerprint=info"),
         ])
-        .current_dir(root())
         .stdin(Stdio::null())
         .output()
         .context("running cargo")?;

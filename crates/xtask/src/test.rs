@@ -6,13 +6,13 @@
 //! summary at the end lists every one: a green run with skips says so.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use zos_testkit::Needs;
 
-use crate::{cargo, flists, packages, root, target_dir};
+use crate::{cargo, flists, packages, target_dir};
 
 /// `cargo xtask test` (see the module docs).
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -171,11 +171,9 @@ fn counted_cargo(
     prefix: impl Fn() -> String + Clone + Send + 'static,
     skips: &mut Vec<String>,
 ) -> anyhow::Result<bool> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("+ cargo {}", args.join(" "));
-    let mut child = Command::new(cargo)
+    let mut child = crate::cargo_command()
         .args(args)
-        .current_dir(root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

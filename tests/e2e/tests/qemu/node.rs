@@ -56,11 +56,11 @@ fn console(name: &str) -> String {
 /// Runs `cargo xtask args…` (the xtask alias is `cargo run -p xtask --`) and returns
 /// what it printed; fails the test if it fails.
 fn xtask(args: &[&str]) -> String {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+    // Without this test's own CARGO_MANIFEST_DIR and such: the builds it starts are
+    // the same as `cargo xtask`'s (xtask::cargo_command).
+    let out = xtask::cargo_command()
         .args(["run", "--quiet", "-p", "xtask", "--"])
         .args(args)
-        .current_dir(root())
         .stdin(Stdio::null())
         .output()
         .expect("running cargo");
