@@ -6,56 +6,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::cmdline::CmdlineWarning;
+use crate::cmdline::ModulesMode;
 use crate::modules::{self, LoadWave, Wanted};
 use crate::rootfs::RootfsError;
 use crate::{mounts, BootParams, Sys};
 
 /// Where the devices are, for coldplug.
 const SYS_DEVICES: &str = "/sys/devices";
-
-/// The boot parameter that chooses how modules are loaded ([`ModulesMode`]).
-const MODULES_KEY: &str = "zos.modules";
-
-/// Which kernel modules the boot loads (`zos.modules=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModulesMode {
-    /// What the present devices ask for (their modaliases) and the features the node
-    /// needs, independent ones at once (`zos.modules=devices`).
-    Devices,
-    /// Every module the image carries, one after the other (`zos.modules=all`, the
-    /// default until a booted node has been seen to register with `devices`): the boot
-    /// before coldplug, kept to compare against and as a way out if a device's driver
-    /// were missed.
-    All,
-}
-
-/// Without `zos.modules=`: see [`ModulesMode::All`].
-const DEFAULT_MODULES_MODE: ModulesMode = ModulesMode::All;
-
-impl ModulesMode {
-    /// The last `zos.modules=` word of the command line; the default without one or
-    /// with an unknown value (logged).
-    pub fn from_cmdline(cmdline: &str) -> ModulesMode {
-        let value = cmdline
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix(MODULES_KEY)?.strip_prefix('='))
-            .next_back();
-        match value {
-            None => DEFAULT_MODULES_MODE,
-            Some("devices") => ModulesMode::Devices,
-            Some("all") => ModulesMode::All,
-            Some(other) => {
-                tracing::warn!(value = other, default = ?DEFAULT_MODULES_MODE, "zos.modules is devices or all");
-                DEFAULT_MODULES_MODE
-            }
-        }
-    }
-}
-
-fn is_modules_key(w: &CmdlineWarning) -> bool {
-    matches!(w, CmdlineWarning::UnknownKey(k) if k == MODULES_KEY)
-}
 
 /// Loads the kernel modules as `mode` says, and logs what and how long (the boot
 /// benchmark reads the `ms` of this line).
@@ -141,8 +98,7 @@ pub fn prepare_machine_with<S: Sys + LoadWave>(
         Ok(outcomes) => tracing::debug!(?outcomes, "filesystems"),
         Err(error) => tracing::error!(%error, "mounting the boot filesystems"),
     }
-    // zos.modules is read here, not by BootParams: it is the boot's own business.
-    for w in warnings.iter().filter(|w| !is_modules_key(w)) {
+    for w in &warnings {
         tracing::warn!(warning = %w, "kernel command line");
     }
     tracing::info!(
@@ -159,12 +115,7 @@ pub fn prepare_machine_with<S: Sys + LoadWave>(
     for (controller, error) in refused {
         tracing::warn!(%controller, %error, "cgroup2 controller not enabled");
     }
-    load_modules(
-        sys,
-        modules_dir,
-        devices,
-        ModulesMode::from_cmdline(&cmdline),
-    );
+    load_modules(sys, modules_dir, devices, params.modules);
     // 9pnet_virtio is loaded by now.
     mounts::mount_shares(&params.shares);
     params
@@ -240,27 +191,6 @@ mod tests {
                 "finit_module /zt-modules/kernel/fs/overlay.ko",
                 "finit_module /zt-modules/kernel/net.ko"
             ]
-        );
-    }
-
-    #[test]
-    fn the_modules_mode_comes_from_the_command_line() {
-        assert_eq!(ModulesMode::from_cmdline("quiet"), DEFAULT_MODULES_MODE);
-        assert_eq!(
-            ModulesMode::from_cmdline("zos.modules=all quiet"),
-            ModulesMode::All
-        );
-        assert_eq!(
-            ModulesMode::from_cmdline("zos.modules=all zos.modules=devices"),
-            ModulesMode::Devices
-        );
-        assert_eq!(
-            ModulesMode::from_cmdline("zos.modules=some"),
-            DEFAULT_MODULES_MODE
-        );
-        assert_eq!(
-            ModulesMode::from_cmdline("zos.modulesx=devices"),
-            DEFAULT_MODULES_MODE
         );
     }
 }

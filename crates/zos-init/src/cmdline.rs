@@ -7,6 +7,7 @@
 //! | `zos.runmode=<m>`  | `dev`, `test` or `prod` (default `prod`)           |
 //! | `zos.debug`        | more logs on the console (never a shell)           |
 //! | `zos.share=<t>:<p>`| mount the hypervisor's virtio-9p share `t` at `p`  |
+//! | `zos.modules=<m>`  | which kernel modules load: `devices` or `all`      |
 //!
 //! `zos.share` is for nodes under a hypervisor: a QEMU node reads a directory notary or
 //! a local flist store from the host at the same path (`cargo xtask demo`). It may be
@@ -56,6 +57,21 @@ impl fmt::Display for RunMode {
     }
 }
 
+/// Which kernel modules the boot loads (`zos.modules`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ModulesMode {
+    /// What the present devices ask for (their modaliases) and the features the node
+    /// needs, independent ones at once (`devices`).
+    Devices,
+    /// Every module the image carries, one after the other (`all`): the boot before
+    /// coldplug, kept to compare against and as a way out if a device's driver were
+    /// missed. The default: on the QEMU node of `cargo xtask bench boot`, `devices`
+    /// loads 66 of the image's 84 modules and saves nothing measurable
+    /// (docs/benchmarks.md), so the mode that cannot miss a driver stays.
+    #[default]
+    All,
+}
+
 /// What the `zos.*` boot parameters say, each at its safe value when absent or invalid.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootParams {
@@ -70,6 +86,8 @@ pub struct BootParams {
     pub debug: bool,
     /// Every valid `zos.share`, in command-line order.
     pub shares: Vec<Share>,
+    /// `zos.modules`.
+    pub modules: ModulesMode,
 }
 
 /// `zos.share=<tag>:<path>`: a virtio-9p share to mount before the agent starts.
@@ -113,7 +131,7 @@ impl Share {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CmdlineWarning {
     /// A `zos.` parameter this init does not know (the text is the key).
-    #[error("unknown boot parameter {0:?} (known: zos.farm, zos.notary, zos.runmode, zos.debug, zos.share)")]
+    #[error("unknown boot parameter {0:?} (known: zos.farm, zos.notary, zos.runmode, zos.debug, zos.share, zos.modules)")]
     UnknownKey(String),
     /// `zos.runmode` with another value (the text); [`RunMode::Prod`] is used.
     #[error("zos.runmode={0:?} is not dev, test or prod: running as prod")]
@@ -128,6 +146,10 @@ pub enum CmdlineWarning {
     /// `zos.farm` with a value that is not a farm id (the text); no farm is used.
     #[error("zos.farm={0:?} is not a farm id (letters, digits, '-', '_', '.'): ignored")]
     InvalidFarm(String),
+    /// `zos.modules` with another value than `devices` or `all` (the text); the
+    /// default, [`ModulesMode::All`], is used.
+    #[error("zos.modules={0:?} is not devices or all: loading all")]
+    InvalidModules(String),
     /// `zos.debug` with a value other than `1`/`true`/`yes`/`on` or
     /// `0`/`false`/`no`/`off` (the text); it is ignored.
     #[error("zos.debug={0:?}: use zos.debug, or zos.debug=0/1: ignored")]
@@ -249,6 +271,20 @@ impl BootParams {
                     Some(share) => p.shares.push(share),
                     None => warnings.push(CmdlineWarning::InvalidShare(v)),
                 },
+                ("zos.modules", Some(v)) => {
+                    note("zos.modules", &mut warnings);
+                    p.modules = match v.as_str() {
+                        "devices" => ModulesMode::Devices,
+                        "all" => ModulesMode::All,
+                        _ => {
+                            warnings.push(CmdlineWarning::InvalidModules(v));
+                            ModulesMode::All
+                        }
+                    };
+                }
+                ("zos.modules", None) => {
+                    warnings.push(CmdlineWarning::MissingValue { key: "zos.modules" })
+                }
                 ("zos.share", None) => {
                     warnings.push(CmdlineWarning::MissingValue { key: "zos.share" })
                 }
@@ -295,8 +331,31 @@ mod tests {
                 runmode: RunMode::Test,
                 debug: true,
                 shares: vec![],
+                modules: ModulesMode::All,
             }
         );
+    }
+
+    #[test]
+    fn the_modules_mode_is_devices_or_all_and_the_last_one_wins() {
+        assert_eq!(BootParams::parse("quiet").0.modules, ModulesMode::All);
+        let (p, w) = BootParams::parse("zos.modules=devices");
+        assert_eq!((p.modules, w), (ModulesMode::Devices, vec![]));
+        let (p, w) = BootParams::parse("zos.modules=devices zos.modules=all");
+        assert_eq!(p.modules, ModulesMode::All);
+        assert_eq!(w, vec![CmdlineWarning::Repeated("zos.modules")]);
+        let (p, w) = BootParams::parse("zos.modules=devices zos.modules=some");
+        assert_eq!(p.modules, ModulesMode::All);
+        assert_eq!(
+            w,
+            vec![
+                CmdlineWarning::Repeated("zos.modules"),
+                CmdlineWarning::InvalidModules("some".into())
+            ]
+        );
+        let (p, w) = BootParams::parse("zos.modulesx=devices");
+        assert_eq!(p.modules, ModulesMode::All);
+        assert_eq!(w, vec![CmdlineWarning::UnknownKey("zos.modulesx".into())]);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub mod sys;
 #[cfg(test)]
 mod testing;
 
-pub use cmdline::{BootParams, CmdlineWarning, RunMode, Share};
+pub use cmdline::{BootParams, CmdlineWarning, ModulesMode, RunMode, Share};
 pub use shutdown::{ShutdownPlan, ShutdownReport};
 pub use supervisor::{MakeCommand, RespawnBackoff, Supervisor};
 pub use sys::{block_init_signals, set_child_subreaper, Linux, PowerAction, Sys};
