@@ -39,12 +39,10 @@ pub const IMAGE_PACKAGES: &[&str] = &[
     "binutils",       // strip, for a smaller /init
 ];
 
-/// The modules a node loads at boot; their dependencies come from modules.dep.
-/// Virtio for QEMU (mmio for `-M microvm`, pci for q35 and clouds), common NICs and
-/// disk controllers for real machines, the filesystems and network pieces the agent
-/// uses, and the crypto algorithms btrfs and libcrc32c ask the kernel for (soft
-/// dependencies: there is no modprobe to fetch them later).
-pub const NODE_MODULES: &[&str] = &[
+/// The drivers of devices a node may have: virtio for QEMU (mmio for `-M microvm`, pci
+/// for q35 and clouds), common NICs and disk controllers for real machines. PID 1 loads
+/// those its devices ask for (`zos.modules=devices`) or all of them.
+pub const DRIVER_MODULES: &[&str] = &[
     // QEMU / clouds
     "virtio_mmio",
     "virtio_pci",
@@ -52,46 +50,30 @@ pub const NODE_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_scsi", // QEMU nodes' SSD (a virtio-blk disk always reads as rotational)
     "virtio_rng",
-    "button", // the ACPI power button (a press powers the node off)
-    "evdev",  // how zosd reads that press
+    "9pnet_virtio", // the hypervisor's shares (zos.share)
+    "button",       // the ACPI power button (a press powers the node off)
     // real machines: disks and a few common NICs
     "nvme",
     "ahci",
-    "sd_mod",
     "e1000",
     "e1000e",
     "igb",
     "r8169",
     "realtek", // r8169's PHY (a soft dependency)
-    // storage and workloads
-    "btrfs",
-    "crc32c_generic",
-    "crc32c_intel",
-    "xxhash_generic",
-    "blake2b_generic",
-    "overlay",
-    "fuse",
-    "9p",
-    "9pnet_virtio",
-    // network: tenant links, bridges, taps, the node firewall and NAT
-    "tun",
-    "veth",
-    "bridge",
-    "nf_tables",
-    "nf_conntrack",
-    "nf_nat",
-    "nft_ct",
-    "nft_nat",
-    "nft_masq",
-    "nft_chain_nat",
-    "nft_fib_inet",
-    "nft_fib_ipv4",
-    "nft_fib_ipv6",
-    "nft_reject_inet",
-    // a tenant network across nodes (docs/network.md, "Mesh"); its crypto and UDP
-    // tunnel modules come from modules.dep
-    "wireguard",
 ];
+
+/// Every module the image carries, before the dependencies modules.dep adds: the
+/// drivers, and the modules PID 1 loads whatever the devices
+/// ([`zos_init::modules::FEATURE_MODULES`]: the filesystems, network pieces and crypto
+/// algorithms the agent uses, soft dependencies included, since there is no modprobe to
+/// fetch them later). One list, owned by zos-init, so the image cannot lack one.
+pub fn node_modules() -> Vec<&'static str> {
+    DRIVER_MODULES
+        .iter()
+        .chain(zos_init::modules::FEATURE_MODULES)
+        .copied()
+        .collect()
+}
 
 /// The programs the agent runs (zos-storage: mkfs.btrfs; zos-network: nft), and
 /// btrfs-progs' `btrfs` for the filesystem's own maintenance. Destination in the image.
@@ -258,7 +240,7 @@ pub fn build() -> anyhow::Result<Built> {
     step.done(format!("{} entries", full.len()));
     let step = Step::start(format!(
         "kernel modules: {} and their dependencies, depmod",
-        NODE_MODULES.len()
+        node_modules().len()
     ));
     let modules = stage_modules(&kernel, &out_dir.join("modules"))?;
     let module_count = modules.iter().filter(|(p, _)| p.ends_with(".ko")).count();
@@ -627,7 +609,7 @@ fn stage_modules(kernel: &Kernel, stage: &Path) -> anyhow::Result<Vec<(String, P
     let dir = stage.join(&rel);
     std::fs::create_dir_all(&dir)?;
     let mut out = Vec::new();
-    for module in kernel.modules_for(NODE_MODULES)? {
+    for module in kernel.modules_for(&node_modules())? {
         let inner = module
             .strip_prefix(&kernel.modules)
             .context("module outside the kernel tree")?;
