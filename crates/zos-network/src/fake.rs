@@ -597,6 +597,19 @@ impl Session for FakeSession<'_> {
         Ok(s.ns(&self.ns)?.tables.keys().cloned().collect())
     }
 
+    fn nft_delete_table(&self, op: &str, family: &str, table: &str) -> Result<bool> {
+        let mut s = self.kernel.lock();
+        let n = s.ns(&self.ns)?;
+        let existed = n
+            .tables
+            .remove(&(family.to_string(), table.to_string()))
+            .is_some();
+        n.sets
+            .retain(|(f, t, _), _| (f.as_str(), t.as_str()) != (family, table));
+        self.record(&mut s, format!("nft {op}"));
+        Ok(existed)
+    }
+
     fn nft_set_ports(&self, family: &str, table: &str, set: &str) -> Result<Option<Vec<u16>>> {
         let mut s = self.kernel.lock();
         Ok(s.ns(&self.ns)?

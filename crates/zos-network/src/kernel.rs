@@ -110,6 +110,8 @@ pub trait Session {
     fn nft_apply(&self, op: &str, script: &str) -> Result<()>;
     /// `(family, name)` of every nft table.
     fn nft_tables(&self) -> Result<Vec<(String, String)>>;
+    /// Deletes nft table `family table`; false when there was none.
+    fn nft_delete_table(&self, op: &str, family: &str, table: &str) -> Result<bool>;
     /// `(table, proto, public port)` of every DNAT rule of the `ip` tables.
     fn nft_forwarded_ports(&self) -> Result<Vec<(String, String, u16)>>;
     /// The ports in set `set` of table `family table`, sorted; `None` if the table or
@@ -270,6 +272,9 @@ impl Session for RealSession {
     }
     fn nft_tables(&self) -> Result<Vec<(String, String)>> {
         nft::tables()
+    }
+    fn nft_delete_table(&self, op: &str, family: &str, table: &str) -> Result<bool> {
+        nft::delete_table(op, family, table)
     }
     fn nft_forwarded_ports(&self) -> Result<Vec<(String, String, u16)>> {
         nft::forwarded_ports()

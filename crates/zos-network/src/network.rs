@@ -389,17 +389,7 @@ impl Network {
                 nl.del_link(l.index)?;
                 existed = true;
             }
-            if nl
-                .nft_tables()?
-                .iter()
-                .any(|(f, n)| f == "ip" && *n == table)
-            {
-                nl.nft_apply(
-                    "delete node tenant table",
-                    &nft::delete_script("ip", &table),
-                )?;
-                existed = true;
-            }
+            existed |= nl.nft_delete_table("delete node tenant table", "ip", &table)?;
             Ok(existed)
         })?;
         let workload_prefix = format!("{}{id}-", self.cfg.prefix);
@@ -531,8 +521,11 @@ impl Network {
         Ok(existed)
     }
 
-    /// What exists in the kernel under our prefix.
-    pub fn list(&self) -> Result<NetworkInventory> {
+    /// The namespaces under our prefix, from one read of the namespace directory:
+    /// an inventory with only [`NetworkInventory::tenant_namespaces`] and
+    /// [`NetworkInventory::workload_namespaces`] filled. What a workload's removal
+    /// needs; [`Network::list`] adds what asking each namespace finds.
+    pub fn namespaces(&self) -> Result<NetworkInventory> {
         let p = &self.cfg.prefix;
         let mut inv = NetworkInventory::default();
         for ns in self.kernel.list_ns(&self.cfg.run_dir, p)? {
@@ -543,6 +536,29 @@ impl Network {
                 inv.tenant_namespaces.insert(rest.to_string());
             }
         }
+        Ok(inv)
+    }
+
+    /// The networks on which workload `workload` has a namespace of its own
+    /// (`<prefix><net>-<workload>`), by name from [`Network::namespaces`].
+    pub fn veth_networks_of(&self, names: &NetworkInventory, workload: &str) -> Vec<String> {
+        let suffix = format!("-{workload}");
+        names
+            .workload_namespaces
+            .iter()
+            .filter_map(|ns| {
+                ns.strip_prefix(self.cfg.prefix.as_str())?
+                    .strip_suffix(&suffix)
+            })
+            .filter(|net| !net.is_empty() && !net.contains('-'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// What exists in the kernel under our prefix.
+    pub fn list(&self) -> Result<NetworkInventory> {
+        let p = &self.cfg.prefix;
+        let mut inv = self.namespaces()?;
         let table_prefix = names::nft_table(p, "");
         let host = self.host_table();
         self.within(&self.node_ns()?, |nl| {
@@ -758,6 +774,49 @@ mod tests {
         assert!(!node_table.contains("192.168.77.0/24"), "{node_table}");
         assert!(!tenant_table.contains("192.168.77.0/24"), "{tenant_table}");
         assert!(node_table.contains(nft::EGRESS_DENY_COMMENT));
+    }
+
+    #[test]
+    fn a_workloads_veth_networks_are_found_by_name_without_asking_any_namespace() {
+        let (k, net) = fake_network();
+        let a = tenant_a();
+        let b = TenantNetwork {
+            id: "b".into(),
+            subnet: "10.2.0.0/24".parse().unwrap(),
+            gateway: "10.2.0.1".parse().unwrap(),
+            ports: vec![],
+        };
+        for (tenant, wl, ip) in [
+            (&a, "w1", "10.1.0.2"),
+            (&b, "w1", "10.2.0.2"),
+            (&a, "w11", "10.1.0.3"),
+        ] {
+            net.ensure(tenant).unwrap();
+            let port = TenantPort {
+                id: wl.into(),
+                attachment: WorkloadAttachment::Veth {
+                    netns: net.workload_netns(&tenant.id, wl),
+                    ip: ip.parse().unwrap(),
+                    owner: None,
+                },
+            };
+            net.attach(tenant, &port).unwrap();
+        }
+        k.take_calls();
+        let names = net.namespaces().unwrap();
+        assert_eq!(
+            k.take_calls(),
+            Vec::<String>::new(),
+            "one read of the directory"
+        );
+        assert_eq!(
+            names.tenant_namespaces,
+            ["a".to_string(), "b".into()].into()
+        );
+        assert_eq!(net.veth_networks_of(&names, "w1"), ["a", "b"]);
+        assert_eq!(net.veth_networks_of(&names, "w11"), ["a"]);
+        assert_eq!(net.veth_networks_of(&names, "1"), Vec::<String>::new());
+        assert_eq!(net.veth_networks_of(&names, "w"), Vec::<String>::new());
     }
 
     #[test]

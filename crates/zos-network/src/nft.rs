@@ -284,6 +284,18 @@ pub fn apply(op: &str, script: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes table `family table` in the calling thread's namespace; false when there was
+/// none (nft's ENOENT). One `nft` run, instead of listing every table first: a node
+/// namespace holds one table per tenant network, and listing them all on each removal
+/// made removing N networks O(N^2).
+pub fn delete_table(op: &str, family: &str, table: &str) -> Result<bool> {
+    match apply(op, &format!("delete table {family} {table}\n")) {
+        Ok(()) => Ok(true),
+        Err(Error::Nft { detail, .. }) if detail.contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `(family, name)` of every table in the calling thread's namespace (`nft -j`).
 pub fn tables() -> Result<Vec<(String, String)>> {
     let fail = |detail: String| Error::Nft {
