@@ -286,28 +286,38 @@ impl Inner {
         })
     }
 
-    /// Removes every network attachment named after workload `wl_id` (a veth
-    /// namespace or a tap, on any tenant network).
-    fn detach_everywhere(&self, wl_id: &str) {
-        let Ok(inventory) = self.network.list() else {
+    /// Removes every network attachment named after workload `wl_id`: its veth
+    /// namespaces, found by name in one read of the namespace directory, and unless
+    /// it is known to join by veth (`nic`), a tap of its name on any tenant network.
+    /// Nothing here walks every network's links and tables ([`Network::list`]): with
+    /// N networks on a node, that made each removal O(N) netlink sessions and an `nft`
+    /// listing, and cancelling N contracts O(N^2) (docs/benchmarks.md, "500 contracts").
+    fn detach_everywhere(&self, wl_id: &str, nic: Option<NicStyle>) {
+        let Ok(names) = self.network.namespaces() else {
             return;
         };
-        for net_id in inventory.networks() {
-            let veth = WorkloadAttachment::Veth {
-                netns: self.network.workload_netns(&net_id, wl_id),
-                ip: std::net::Ipv4Addr::UNSPECIFIED,
-                owner: None,
+        for net_id in self.network.veth_networks_of(&names, wl_id) {
+            let port = TenantPort {
+                id: wl_id.to_string(),
+                attachment: WorkloadAttachment::Veth {
+                    netns: self.network.workload_netns(&net_id, wl_id),
+                    ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    owner: None,
+                },
             };
-            let tap = WorkloadAttachment::Tap {
-                name: tap_name(wl_id),
+            let _ = self.network.detach(&net_id, &port);
+        }
+        if nic == Some(NicStyle::Veth) {
+            return;
+        }
+        for net_id in &names.tenant_namespaces {
+            let port = TenantPort {
+                id: wl_id.to_string(),
+                attachment: WorkloadAttachment::Tap {
+                    name: tap_name(wl_id),
+                },
             };
-            for attachment in [veth, tap] {
-                let port = TenantPort {
-                    id: wl_id.to_string(),
-                    attachment,
-                };
-                let _ = self.network.detach(&net_id, &port);
-            }
+            let _ = self.network.detach(net_id, &port);
         }
     }
 }
@@ -429,9 +439,11 @@ impl Provisioner for NodeProvisioner {
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
+            // Asked before the removal, which forgets it.
+            let nic = inner.runtimes.holding(&name).map(|(_, r)| r.nic_style());
             inner.runtimes.remove(&name)?;
             if let Ok(wl_id) = inner.names.resolve("wl", &name) {
-                inner.detach_everywhere(&wl_id);
+                inner.detach_everywhere(&wl_id, nic);
             }
             Ok(())
         })
