@@ -346,6 +346,7 @@ fn unpack(flist: &Path, dest: &Path, src: &Source, threads: usize) -> anyhow::Re
     let opts = zos_flist::UnpackOptions {
         threads,
         progress: Some(&progress),
+        ..Default::default()
     };
     let r = zos_flist::unpack(&fl, &fetcher, dest, &opts)
         .with_context(|| format!("unpacking into {}", dest.display()))?;

@@ -15,9 +15,10 @@
 //! Owned by the workload's user namespace, its network namespace also lets it mount
 //! its own sysfs.
 //!
-//! Files the container sees keep their owners: its unpacked root tree and its volumes
-//! are shifted into the range ([`shift_tree`]) rather than idmapped (kernel 6.18
-//! refuses to idmap a merged overlay). A shift is keyed on the range, so it is
+//! Files the container sees keep their owners: its root tree is unpacked with owners in
+//! the range ([`IdRange::owners`]), and a tree that exists already and its volumes are
+//! shifted into the range ([`shift_tree`]) rather than idmapped (kernel 6.18 refuses to
+//! idmap a merged overlay). A shift is keyed on the range, so it is
 //! idempotent, resumes after a crash, and moves a tree from one range to another.
 
 use std::fs;
@@ -68,6 +69,12 @@ impl IdRange {
     fn shifted(self, id: u32) -> Option<u32> {
         let inner = id % RANGE_SIZE;
         (id - inner != self.base).then_some(self.base + inner)
+    }
+
+    /// How an unpack writes a tree this range's user namespace will see (what
+    /// [`shift_tree`] would make of it, without the second walk).
+    pub fn owners(self) -> zos_flist::Owners {
+        zos_flist::Owners::shifted(self.base, RANGE_SIZE)
     }
 
     /// The line of `/proc/<pid>/uid_map` and `gid_map`.

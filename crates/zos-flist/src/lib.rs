@@ -30,7 +30,9 @@ pub use pack::{pack, PackOptions, PackReport};
 pub use pinned::{fetch_url, fetch_verified, PinnedTrees};
 pub use sign::{open_trusted, sign_file, FlistSignature, SignError, Trust};
 pub use store::{read_dir_url, DirAccess, Route, Router, StoreUrl};
-pub use unpack::{unpack, unpack_bounded, UnpackOptions, UnpackReport, DEFAULT_MAX_EXPANDED};
+pub use unpack::{
+    unpack, unpack_bounded, Owners, UnpackOptions, UnpackReport, DEFAULT_MAX_EXPANDED,
+};
 
 /// Files are cut in blocks of this many bytes (the last one may be shorter).
 pub const BLOCK_SIZE: usize = 512 * 1024;

@@ -83,6 +83,7 @@ pub struct PinnedTrees {
     flists: PathBuf,
     trees: PathBuf,
     cache: Option<PathBuf>,
+    owners: crate::Owners,
 }
 
 impl PinnedTrees {
@@ -93,7 +94,14 @@ impl PinnedTrees {
             flists: flists.into(),
             trees: trees.into(),
             cache: None,
+            owners: crate::Owners::default(),
         }
+    }
+
+    /// New trees are unpacked with `owners` (a tree that exists keeps its owners).
+    pub fn with_owners(mut self, owners: crate::Owners) -> Self {
+        self.owners = owners;
+        self
     }
 
     /// Verified blocks kept in `dir` and reused by the next unpack.
@@ -139,7 +147,10 @@ impl PinnedTrees {
         let partial = self.trees.join(format!(".{sha}.partial"));
         let _ = fs::remove_dir_all(&partial);
         fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
-        let opts = UnpackOptions::default();
+        let opts = UnpackOptions {
+            owners: self.owners,
+            ..Default::default()
+        };
         if let Err(e) = crate::unpack_bounded(&parsed, &fetcher, &partial, &opts, max_bytes) {
             let _ = fs::remove_dir_all(&partial);
             return Err(e);

@@ -39,6 +39,42 @@ pub struct UnpackOptions<'a> {
     /// Called after each block is written, with the bytes written so far of the flist's
     /// file bytes; `None`: no progress reported.
     pub progress: Option<Progress<'a>>,
+    /// The owners written (as root; otherwise every file is the caller's).
+    pub owners: Owners,
+}
+
+/// The owners an unpack writes: the flist's own (the default), or moved into a range of
+/// host ids for a tree that a user namespace will see (its id `i` is host id
+/// `base + i % size`). Writing them while unpacking costs nothing more, where moving
+/// them afterwards is a second walk with a chown per entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owners {
+    base: u32,
+    /// 0: the recorded ids.
+    size: u32,
+}
+
+impl Owners {
+    /// Container id `i` is written as host id `base + i % size`; `size` 0 keeps the
+    /// recorded ids.
+    pub fn shifted(base: u32, size: u32) -> Owners {
+        Owners { base, size }
+    }
+
+    fn id(self, id: u32) -> u32 {
+        match self.size {
+            0 => id,
+            size => self.base.saturating_add(id % size),
+        }
+    }
+
+    fn uid(self, id: u32) -> Option<Uid> {
+        Some(Uid::from_raw(self.id(id)))
+    }
+
+    fn gid(self, id: u32) -> Option<Gid> {
+        Some(Gid::from_raw(self.id(id)))
+    }
 }
 
 impl std::fmt::Debug for UnpackOptions<'_> {
@@ -46,6 +82,7 @@ impl std::fmt::Debug for UnpackOptions<'_> {
         f.debug_struct("UnpackOptions")
             .field("threads", &self.threads)
             .field("progress", &self.progress.map(|_| "callback"))
+            .field("owners", &self.owners)
             .finish()
     }
 }
@@ -135,7 +172,8 @@ pub fn unpack_bounded(
     } else {
         opts.threads
     };
-    let as_root = nix::unistd::geteuid().is_root();
+    // Only root can give files away.
+    let owners = nix::unistd::geteuid().is_root().then_some(opts.owners);
     let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = AtomicU64::new(0);
@@ -160,7 +198,7 @@ pub fn unpack_bounded(
                 if failed.load(Ordering::Relaxed) {
                     continue; // drain: drop the fd
                 }
-                match fill(flist, fetcher, &job, as_root, budget) {
+                match fill(flist, fetcher, &job, owners, budget) {
                     Ok(n) => {
                         bytes.fetch_add(n, Ordering::Relaxed);
                         meter.add(n);
@@ -169,7 +207,7 @@ pub fn unpack_bounded(
                 }
             });
         }
-        if let Err(e) = create_tree(flist, &root, dest, 0, &tx, failed, as_root, 0) {
+        if let Err(e) = create_tree(flist, &root, dest, 0, &tx, failed, owners, 0) {
             fail(e);
         }
         drop(tx);
@@ -235,7 +273,7 @@ fn create_tree(
     idx: usize,
     tx: &mpsc::SyncSender<Job>,
     failed: &AtomicBool,
-    as_root: bool,
+    owners: Option<Owners>,
     depth: usize,
 ) -> Result<(), Error> {
     // Validation already refuses deeper trees (FormatError::TooDeep); this keeps the
@@ -256,8 +294,8 @@ fn create_tree(
             EntryKind::Dir => {
                 mkdirat(Some(fd), name, Mode::S_IRWXU).map_err(|er| errno(&path, er))?;
                 let sub = open_dir(Some(fd), name, &path)?;
-                create_tree(flist, &sub, &path, c, tx, failed, as_root, depth + 1)?;
-                finish_fd(sub.as_fd(), e, as_root, &path)?;
+                create_tree(flist, &sub, &path, c, tx, failed, owners, depth + 1)?;
+                finish_fd(sub.as_fd(), e, owners, &path)?;
             }
             EntryKind::File => {
                 let f = openat(
@@ -274,7 +312,7 @@ fn create_tree(
                 // SAFETY: `openat` just returned this descriptor and nothing else owns it.
                 let file = File::from(unsafe { OwnedFd::from_raw_fd(f) });
                 if e.blocks.is_empty() {
-                    finish_fd(file.as_fd(), e, as_root, &path)?;
+                    finish_fd(file.as_fd(), e, owners, &path)?;
                     continue;
                 }
                 let file = Arc::new(OpenFile {
@@ -296,12 +334,12 @@ fn create_tree(
             EntryKind::Symlink => {
                 let target = OsStr::from_bytes(e.target.as_deref().unwrap_or(b""));
                 symlinkat(target, Some(fd), name).map_err(|er| errno(&path, er))?;
-                if as_root {
+                if let Some(o) = owners {
                     fchownat(
                         Some(fd),
                         name,
-                        Some(Uid::from_raw(e.uid)),
-                        Some(Gid::from_raw(e.gid)),
+                        o.uid(e.uid),
+                        o.gid(e.gid),
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     )
                     .map_err(|er| errno(&path, er))?;
@@ -327,12 +365,12 @@ fn create_tree(
                 };
                 mknodat(Some(fd), name, kind, Mode::S_IRUSR | Mode::S_IWUSR, e.rdev)
                     .map_err(|er| errno(&path, er))?;
-                if as_root {
+                if let Some(o) = owners {
                     fchownat(
                         Some(fd),
                         name,
-                        Some(Uid::from_raw(e.uid)),
-                        Some(Gid::from_raw(e.gid)),
+                        o.uid(e.uid),
+                        o.gid(e.gid),
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     )
                     .map_err(|er| errno(&path, er))?;
@@ -353,7 +391,7 @@ fn create_tree(
         }
     }
     if idx == 0 {
-        finish_fd(dirfd.as_fd(), &flist.entries[0], as_root, dir_path)?;
+        finish_fd(dirfd.as_fd(), &flist.entries[0], owners, dir_path)?;
     }
     Ok(())
 }
@@ -362,13 +400,12 @@ fn create_tree(
 fn finish_fd(
     fd: BorrowedFd<'_>,
     e: &crate::meta::Entry,
-    as_root: bool,
+    owners: Option<Owners>,
     path: &Path,
 ) -> Result<(), Error> {
     let raw = fd.as_raw_fd();
-    if as_root {
-        fchown(raw, Some(Uid::from_raw(e.uid)), Some(Gid::from_raw(e.gid)))
-            .map_err(|er| errno(path, er))?;
+    if let Some(o) = owners {
+        fchown(raw, o.uid(e.uid), o.gid(e.gid)).map_err(|er| errno(path, er))?;
     }
     fchmod(raw, Mode::from_bits_truncate(e.perm() as libc::mode_t))
         .map_err(|er| errno(path, er))?;
@@ -403,7 +440,7 @@ fn fill(
     flist: &Flist,
     fetcher: &Fetcher,
     job: &Job,
-    as_root: bool,
+    owners: Option<Owners>,
     budget: &Budget<'_>,
 ) -> Result<u64, Error> {
     let f = &job.file;
@@ -415,7 +452,7 @@ fn fill(
         .write_all_at(&plain, i as u64 * BLOCK_SIZE as u64)
         .map_err(|er| Error::io(&f.path, er))?;
     if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        finish_fd(f.file.as_fd(), e, as_root, &f.path)?;
+        finish_fd(f.file.as_fd(), e, owners, &f.path)?;
     }
     Ok(plain.len() as u64)
 }

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use zos_flist::{unpack, BlockCache, EntryKind, Fetcher, Router, UnpackOptions, BLOCK_SIZE};
+use zos_flist::{
+    unpack, BlockCache, EntryKind, Fetcher, Owners, Router, UnpackOptions, BLOCK_SIZE,
+};
 
 #[test]
 fn pack_then_unpack_from_dir_store_matches_source() {
@@ -37,6 +39,48 @@ fn pack_then_unpack_from_dir_store_matches_source() {
     let report = unpack(&fl, &p.fetcher(), &out, &UnpackOptions::default()).unwrap();
     assert_eq!(report.bytes, fl.totals().0);
     assert_same_tree(&p.src, &out);
+}
+
+/// A tree for a user namespace is written with its owners in the namespace's range:
+/// every entry's ids moved (files, directories, links, devices, the root), the mode
+/// kept whole (chown clears setuid bits: the owner is set first).
+#[test]
+fn unpack_with_shifted_owners_writes_every_owner_in_the_range_and_keeps_setuid() {
+    if !privileged("unpack_with_shifted_owners") {
+        return;
+    }
+    use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
+    let p = Packed::new("rt-owners", |root| {
+        build_tree(root);
+        lchown(root.join("512k-plus-1"), Some(1000), Some(1001)).unwrap();
+        std::fs::set_permissions(
+            root.join("512k-plus-1"),
+            std::fs::Permissions::from_mode(0o6755),
+        )
+        .unwrap();
+        lchown(root.join("rel-link"), Some(7), Some(8)).unwrap();
+        lchown(root.join("private"), Some(70_000), Some(70_001)).unwrap();
+    });
+    let (base, size) = (5 << 16, 1 << 16);
+    let out = p.dir.path().join("out");
+    let opts = UnpackOptions {
+        owners: Owners::shifted(base, size),
+        ..Default::default()
+    };
+    unpack(&p.flist(), &p.fetcher(), &out, &opts).unwrap();
+    let mut entries = vec![std::path::PathBuf::new()];
+    walk(&p.src, &p.src, &mut entries);
+    for rel in &entries {
+        let (src, got) = (
+            std::fs::symlink_metadata(p.src.join(rel)).unwrap(),
+            std::fs::symlink_metadata(out.join(rel)).unwrap(),
+        );
+        assert_eq!(got.uid(), base + src.uid() % size, "uid of {rel:?}");
+        assert_eq!(got.gid(), base + src.gid() % size, "gid of {rel:?}");
+        assert_eq!(got.mode(), src.mode(), "mode of {rel:?}");
+    }
+    let suid = std::fs::metadata(out.join("512k-plus-1")).unwrap();
+    assert_eq!((suid.uid(), suid.mode() & 0o7777), (base + 1000, 0o6755));
 }
 
 #[test]
@@ -253,6 +297,7 @@ fn pack_verify_and_unpack_report_bytes_climbing_to_the_total() {
     let opts = UnpackOptions {
         threads: 4,
         progress: Some(&cb),
+        ..Default::default()
     };
     let r = unpack(&fl, &fetcher, &out, &opts).unwrap();
     assert_eq!(r.bytes, bytes);
