@@ -144,6 +144,7 @@ fn main() -> std::process::ExitCode {
                     other => anyhow::bail!("--log-format {other:?}: use pretty or json"),
                 };
             }
+            zos_init::cap_malloc_arenas();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -41,7 +41,9 @@ mod testing;
 pub use cmdline::{BootParams, CmdlineWarning, ModulesMode, RunMode, Share};
 pub use shutdown::{ShutdownPlan, ShutdownReport};
 pub use supervisor::{MakeCommand, RespawnBackoff, Supervisor};
-pub use sys::{block_init_signals, set_child_subreaper, Linux, PowerAction, Sys};
+pub use sys::{
+    block_init_signals, cap_malloc_arenas, set_child_subreaper, Linux, PowerAction, Sys,
+};
 
 use nix::sys::signal::Signal;
 
