@@ -2,7 +2,7 @@
 //!
 //! - `demo`: the main job, end to end, on a fresh directory notary.
 //! - `test`: everything CI runs (installs the Debian packages it needs first).
-//! - `bench [contracts|flist|storage|network|container|all]`: benchmarks.
+//! - `bench [NAME|all]`: benchmarks, each against a reference in the same run.
 //! - `fuzz [TARGET] [--seconds N]`: coverage-guided fuzzing of the parsers (fuzz/).
 
 use xtask::{bench, demo, flists, fuzz, image, initramfs, node, test};
@@ -32,7 +32,8 @@ tasks:
                 an initrd with flists/vm-echo as its init)
   bench [NAME] [--no-build]
                 benchmarks: contracts, engine, flist, storage, network, container, vm,
-                grid, mesh (booted nodes; --no-build boots the image as it is), or all
+                grid, mesh and boot (booted nodes; --no-build boots the image as it
+                is; boot takes --rounds N), or all
   fuzz [TARGET] [--seconds N] [--keep-going]
                 coverage-guided fuzzing (cargo-fuzz, libFuzzer, stable Rust) of the
                 parsers of untrusted input: contract, notary_record, flist_meta, dhcp,
