@@ -45,15 +45,18 @@ impl Tmux {
         String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
     }
 
-    /// Polls the screen until `want` holds for it; panics with the last screen after
-    /// [`WAIT`].
+    /// Polls the screen until `want` holds for it on two captures in a row that are the
+    /// same: one capture can catch a frame half drawn (tmux draws what it has read), so
+    /// a screen counts once it has settled. Panics with the last screen after [`WAIT`].
     fn wait_for(&self, what: &str, exit: &Path, want: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
+        let mut last = String::new();
         loop {
             let screen = self.screen();
-            if want(&screen) {
+            if want(&screen) && screen == last {
                 return screen;
             }
+            last = screen.clone();
             if start.elapsed() > WAIT {
                 panic!(
                     "waiting for {what}: not on screen after {WAIT:?}; zos exit: {:?}\n{screen}",

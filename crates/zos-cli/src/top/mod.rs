@@ -11,11 +11,15 @@ mod model;
 mod view;
 
 use std::fmt;
+use std::io::{self, BufWriter, Stdout};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::terminal::{enable_raw_mode, EnterAlternateScreen};
+use ratatui::prelude::CrosstermBackend;
+use ratatui::Terminal;
 use zos_contract::PublicKey;
 use zos_notary::{KeyPrefix, Notary, NotaryKey, Record, WatchEvent};
 
@@ -139,6 +143,27 @@ impl App {
 /// Leaves raw mode and the alternate screen however the dashboard ends.
 struct TerminalGuard;
 
+/// The screen a frame is drawn to: stdout behind a buffer as large as any frame.
+type Tty = Terminal<CrosstermBackend<BufWriter<Stdout>>>;
+
+/// Raw mode and the alternate screen, restored on a panic too (as `ratatui::init`
+/// does). Each frame reaches the terminal in one write: through stdout's own buffer,
+/// which flushes every kilobyte, a full frame took dozens, and a terminal (or tmux)
+/// could show it half drawn.
+fn open_tty() -> io::Result<Tty> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        ratatui::restore();
+        hook(info);
+    }));
+    enable_raw_mode()?;
+    ratatui::crossterm::execute!(io::stdout(), EnterAlternateScreen)?;
+    Terminal::new(CrosstermBackend::new(BufWriter::with_capacity(
+        256 << 10,
+        io::stdout(),
+    )))
+}
+
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
         ratatui::restore();
@@ -182,7 +207,7 @@ pub fn run(farm_id: &str, url: &str, refresh: u64) -> anyhow::Result<()> {
         editing: false,
         selected: 0,
     };
-    let mut terminal = ratatui::try_init().context("setting up the terminal")?;
+    let mut terminal = open_tty().context("setting up the terminal")?;
     let _guard = TerminalGuard;
     loop {
         while let Ok(f) = rx.try_recv() {
