@@ -23,6 +23,7 @@ pub mod containers;
 pub mod error;
 pub mod exit;
 pub mod logs;
+mod pump;
 pub mod restart;
 pub mod rootfs;
 pub mod runtime;

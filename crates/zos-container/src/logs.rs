@@ -5,13 +5,13 @@
 //! zosd is down (it blocks once the pipe buffer is full instead), so a re-adopted workload
 //! keeps running and zosd, restarted, just reopens the FIFO and resumes reading.
 //!
-//! A pump thread per stream copies the FIFO into `<stream>.log`. When the file would pass
+//! One thread copies every FIFO into its `<stream>.log` ([`crate::pump`]). When the file would pass
 //! the cap it is renamed to `<stream>.log.1` (replacing the previous one) and a fresh file
 //! starts: at most `2 * cap` bytes per stream on disk.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -186,12 +186,13 @@ impl std::fmt::Debug for Tap {
 }
 
 /// Cuts a byte stream into lines for a [`LineTap`].
-struct Lines {
+#[derive(Default)]
+pub(crate) struct Lines {
     partial: Vec<u8>,
 }
 
 impl Lines {
-    fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(&str)) {
         while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
             self.partial.extend_from_slice(&bytes[..nl]);
             emit(&String::from_utf8_lossy(&self.partial));
@@ -207,7 +208,8 @@ impl Lines {
     }
 }
 
-/// Start copying `<dir>/<stream>.fifo` into the rotating log (until every writer is gone).
+/// Start copying `<dir>/<stream>.fifo` into the rotating log (until every writer is
+/// gone), on the one thread that copies every container's output ([`crate::pump`]).
 pub(crate) fn start_pump(
     id: &str,
     dir: &Path,
@@ -216,66 +218,23 @@ pub(crate) fn start_pump(
     tap: Option<Tap>,
 ) -> Result<(), Error> {
     let fifo = stream.fifo_path(dir);
-    // Non-blocking open never waits for a writer; the fd goes back to blocking right after.
-    let mut reader = OpenOptions::new()
+    // Non-blocking: the open never waits for a writer, and the pump's reads never wait.
+    let reader = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(&fifo)
         .map_err(Error::io("opening log fifo", &fifo))?;
-    set_blocking(&reader).map_err(Error::io("configuring log fifo", &fifo))?;
     let log = writer(stream.log_path(dir), stream.rotated_path(dir), cap)
         .map_err(Error::io("opening log", stream.log_path(dir)))?;
-    let id = id.to_string();
-    std::thread::Builder::new()
-        .name(format!("zos-log-{}", stream.name()))
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            // A pipe holds 64 KiB; reading it in 16 KiB pieces costs a few more reads
-            // from a chatty container and saves 96 KiB per running one.
-            let mut buf = vec![0u8; 16 * 1024];
-            let mut lines = Lines {
-                partial: Vec::new(),
-            };
-            loop {
-                match reader.read(&mut buf) {
-                    // Every writer closed: the container (and anything it forked) is gone.
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Err(e) = log.write_all(&buf[..n]) {
-                            tracing::warn!(container = %id, stream = stream.name(), error = %e, "writing container log failed; dropping output");
-                        }
-                        drop(log);
-                        if let Some(Tap(tap)) = &tap {
-                            lines.feed(&buf[..n], |l| tap.line(&id, stream, l));
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // Cannot happen on a blocking fd; do not spin if it does.
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                    }
-                    Err(e) => {
-                        tracing::warn!(container = %id, stream = stream.name(), error = %e, "reading container output failed");
-                        break;
-                    }
-                }
-            }
-            tracing::debug!(container = %id, stream = stream.name(), "log pump finished");
-        })
-        .map_err(Error::io("spawning log pump for", &fifo))?;
-    Ok(())
-}
-
-fn set_blocking(f: &File) -> std::io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(std::os::fd::AsRawFd::as_raw_fd(f), FcntlArg::F_GETFL)
-        .map_err(std::io::Error::from)?;
-    let mut flags = OFlag::from_bits_truncate(flags);
-    flags.remove(OFlag::O_NONBLOCK);
-    fcntl(std::os::fd::AsRawFd::as_raw_fd(f), FcntlArg::F_SETFL(flags))
-        .map_err(std::io::Error::from)?;
-    Ok(())
+    crate::pump::add(crate::pump::Source {
+        reader,
+        log,
+        container: id.to_string(),
+        stream,
+        tap,
+        lines: Lines::default(),
+    })
+    .map_err(Error::io("pumping log fifo", &fifo))
 }
 
 /// The last `n` lines of a stream's log (rotated file included when needed), lossily
