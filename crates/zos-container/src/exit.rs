@@ -1,10 +1,11 @@
 //! Exit and crash detection.
 //!
 //! libcontainer clones the container's init process with `CLONE_PARENT`, so it is *our*
-//! child, but with no exit signal: `waitpid` finds it only with `__WALL`. One small thread
-//! per container blocks in `waitpid(pid, __WALL)`, reaps the init and publishes how it
-//! ended. A re-adopted container (started by an earlier zosd) is not our child: its thread
-//! waits on a pidfd instead and the status is unknown.
+//! child, but with no exit signal: `waitid` finds it only with `__WALL`. One thread, the
+//! reaper, holds a pidfd of every container init in an epoll set; when one becomes
+//! readable it reaps that init (`waitid(P_PIDFD, __WALL)`) and publishes how it ended. A
+//! re-adopted container (started by an earlier zosd) is not our child: the reaper learns
+//! that it ended, and the status is unknown.
 //!
 //! The result is readable both ways: `ExitWatch::wait` for the tokio engine, and
 //! `ExitWatch::wait_blocking` for threads and tests.
@@ -13,7 +14,8 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// How a container's init process ended.
@@ -136,96 +138,197 @@ pub(crate) fn is_watched(pid: i32) -> bool {
         .contains(&pid)
 }
 
-/// Reap our child `pid` on a thread and report how it ended.
-pub(crate) fn watch_child(id: &str, pid: Pid) -> std::io::Result<ExitWatch> {
-    let (notifier, watch) = exit_channel();
-    watched()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(pid.as_raw());
-    let id = id.to_string();
-    let spawned = std::thread::Builder::new()
-        .name(format!("zos-wait-{pid}"))
-        // It only sits in waitpid: a small stack is plenty.
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let exit = loop {
-                match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-                    Ok(WaitStatus::Exited(_, code)) => break Exit::Code(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => break Exit::Signal(sig as i32),
-                    // Stops/continues are not ends (we do not ask for them, but be exact).
-                    Ok(_) => continue,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        // ECHILD: someone else reaped it (e.g. a PID 1 reaper with waitpid(-1)).
-                        tracing::warn!(container = %id, %pid, error = %e, "waitpid on container init failed");
-                        break Exit::Unknown;
-                    }
+/// A process the reaper waits for.
+struct Waited {
+    pidfd: OwnedFd,
+    pid: Pid,
+    container: String,
+    /// Our child (reaped here, its status known) or a re-adopted one (not ours to reap).
+    ours: bool,
+    notifier: ExitNotifier,
+}
+
+impl Waited {
+    /// How it ended, once its pidfd is readable: our child is reaped (`__WALL`: it has
+    /// no exit signal); another's status is its parent's, unless it happens to be ours.
+    fn ended(&self) -> Exit {
+        let mut flags = WaitPidFlag::WEXITED | WaitPidFlag::__WALL;
+        if !self.ours {
+            flags |= WaitPidFlag::WNOHANG;
+        }
+        loop {
+            match waitid(Id::PIDFd(self.pidfd.as_fd()), flags) {
+                Ok(WaitStatus::Exited(_, code)) => return Exit::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Exit::Signal(sig as i32),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) if self.ours => {
+                    // ECHILD: someone else reaped it.
+                    tracing::warn!(container = %self.container, pid = %self.pid, error = %e, "waitid on container init failed");
+                    return Exit::Unknown;
+                }
+                _ => return Exit::Unknown,
+            }
+        }
+    }
+}
+
+/// One thread waits for every container init: an epoll set of their pidfds, each
+/// readable once its process has ended. A thread per container sat in `waitpid` with a
+/// stack of its own; 500 containers made 500 of them.
+struct Reaper {
+    epoll: Epoll,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    by_token: std::collections::HashMap<u64, Waited>,
+    next_token: u64,
+}
+
+impl Reaper {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self) {
+        let mut events = [EpollEvent::empty(); 32];
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    // Not expected on a valid epoll fd; do not spin if it happens.
+                    tracing::error!(error = %e, "waiting on container inits failed");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
                 }
             };
-            watched()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&pid.as_raw());
-            tracing::info!(container = %id, %pid, ?exit, "container init ended");
-            notifier.notify(exit);
-        });
-    if let Err(e) = spawned {
+            for event in &events[..n] {
+                let Some(waited) = self.waiting().by_token.remove(&event.data()) else {
+                    continue;
+                };
+                if let Err(e) = self.epoll.delete(&waited.pidfd) {
+                    tracing::warn!(container = %waited.container, error = %e, "removing a pidfd from the reaper");
+                }
+                let exit = waited.ended();
+                if waited.ours {
+                    watched()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&waited.pid.as_raw());
+                    tracing::info!(container = %waited.container, pid = %waited.pid, ?exit, "container init ended");
+                } else {
+                    tracing::info!(container = %waited.container, pid = %waited.pid, ?exit, "adopted container init ended");
+                }
+                waited.notifier.notify(exit);
+            }
+        }
+    }
+
+    /// Waits for `waited`'s pidfd from now on.
+    fn add(&self, waited: Waited) -> std::io::Result<()> {
+        let mut waiting = self.waiting();
+        let token = waiting.next_token;
+        waiting.next_token += 1;
+        self.epoll
+            .add(&waited.pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+        waiting.by_token.insert(token, waited);
+        Ok(())
+    }
+}
+
+/// The reaper, started on first use.
+fn reaper() -> std::io::Result<Arc<Reaper>> {
+    static REAPER: Mutex<Option<Arc<Reaper>>> = Mutex::new(None);
+    let mut started = REAPER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = started.as_ref() {
+        return Ok(r.clone());
+    }
+    let r = Arc::new(Reaper {
+        epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+        waiting: Mutex::default(),
+    });
+    let runs = r.clone();
+    std::thread::Builder::new()
+        .name("zos-reaper".into())
+        // It only sits in epoll_wait and waitid: a small stack is plenty.
+        .stack_size(64 * 1024)
+        .spawn(move || runs.run())?;
+    *started = Some(r.clone());
+    Ok(r)
+}
+
+/// A pidfd for `pid` (`None`: no such process any more).
+fn pidfd_open(pid: Pid) -> std::io::Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the syscall just returned this fd to us and nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+/// Reap our child `pid` (on the reaper thread) and report how it ended.
+pub(crate) fn watch_child(id: &str, pid: Pid) -> std::io::Result<ExitWatch> {
+    let (notifier, watch) = exit_channel();
+    let unwatch = || {
         watched()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&pid.as_raw());
+    };
+    watched()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid.as_raw());
+    // Our unreaped child has a pid until we reap it, ended or not: ESRCH cannot be.
+    let pidfd = match pidfd_open(pid) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => {
+            unwatch();
+            notifier.notify(Exit::Unknown);
+            return Ok(watch);
+        }
+        Err(e) => {
+            unwatch();
+            return Err(e);
+        }
+    };
+    let waited = Waited {
+        pidfd,
+        pid,
+        container: id.to_string(),
+        ours: true,
+        notifier,
+    };
+    if let Err(e) = reaper().and_then(|r| r.add(waited)) {
+        unwatch();
         return Err(e);
     }
     Ok(watch)
 }
 
-/// Watch a process that is not our child (re-adoption): a pidfd becomes readable when it
-/// exits; the exit status is not ours to read.
+/// Watch a process that is not our child (re-adoption): its pidfd becomes readable
+/// when it exits; the exit status is not ours to read.
 pub(crate) fn watch_foreign(id: &str, pid: Pid) -> std::io::Result<ExitWatch> {
     let (notifier, watch) = exit_channel();
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no pointers.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            notifier.notify(Exit::Unknown);
-            return Ok(watch);
-        }
-        return Err(e);
-    }
-    // SAFETY: the syscall just returned this fd to us and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let id = id.to_string();
-    std::thread::Builder::new()
-        .name(format!("zos-pidfd-{pid}"))
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            loop {
-                let mut fds = [nix::poll::PollFd::new(
-                    fd.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
-                    Ok(n) if n > 0 => break,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        tracing::warn!(container = %id, %pid, error = %e, "poll on pidfd failed");
-                        break;
-                    }
-                }
-            }
-            // If it happens to be our child (adopted by the process that created it), reap
-            // it and learn how it ended; otherwise the status belongs to its real parent.
-            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::__WALL;
-            let exit = match nix::sys::wait::waitid(nix::sys::wait::Id::PIDFd(fd.as_fd()), flags) {
-                Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
-                _ => Exit::Unknown,
-            };
-            tracing::info!(container = %id, %pid, ?exit, "adopted container init ended");
-            notifier.notify(exit);
-        })?;
+    let Some(pidfd) = pidfd_open(pid)? else {
+        notifier.notify(Exit::Unknown);
+        return Ok(watch);
+    };
+    reaper()?.add(Waited {
+        pidfd,
+        pid,
+        container: id.to_string(),
+        ours: false,
+        notifier,
+    })?;
     Ok(watch)
 }
 
