@@ -519,12 +519,14 @@ impl Session for FakeSession<'_> {
         Ok(())
     }
 
-    /// Understands the scripts of [`crate::nft`]: `delete table F N` lines drop a
-    /// table, a `table F N {` block (not `{}`) becomes its new body.
+    /// Understands the scripts of [`crate::nft`], line by line as nft does: `delete
+    /// table F N` lines drop a table, a `table F N {` block (not `{}`) becomes its new
+    /// body once it closes, with its sets new and empty.
     fn nft_apply(&self, op: &str, script: &str) -> Result<()> {
         let mut s = self.kernel.lock();
         let n = s.ns(&self.ns)?;
         let mut body: Option<((String, String), String)> = None;
+        let mut depth = 0usize;
         for line in script.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
@@ -576,17 +578,24 @@ impl Session for FakeSession<'_> {
             if let Some((_, b)) = &mut body {
                 b.push_str(line);
                 b.push('\n');
-            }
-        }
-        if let Some((key, b)) = body {
-            // Its `set NAME {` blocks: new, empty sets.
-            for line in b.lines() {
-                if let ["set", set, "{"] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                    n.sets
-                        .insert((key.0.clone(), key.1.clone(), set.to_string()), Vec::new());
+                depth += line.matches('{').count();
+                depth = depth.saturating_sub(line.matches('}').count());
+                if depth == 0 {
+                    let (key, b) = body.take().expect("a body");
+                    // Its `set NAME {` blocks: new, empty sets.
+                    for line in b.lines() {
+                        if let ["set", set, "{"] =
+                            line.split_whitespace().collect::<Vec<_>>().as_slice()
+                        {
+                            n.sets.insert(
+                                (key.0.clone(), key.1.clone(), set.to_string()),
+                                Vec::new(),
+                            );
+                        }
+                    }
+                    n.tables.insert(key, b);
                 }
             }
-            n.tables.insert(key, b);
         }
         self.record(&mut s, format!("nft {op}"));
         Ok(())

@@ -165,7 +165,8 @@ impl Network {
     /// established/related and UDP to our WireGuard links' ports, forwarding only
     /// tenant -> uplink and opened ports, masquerade of the transit range on the
     /// uplink). Idempotent: the table is made again, and its `wireguard` set filled
-    /// again with the ports of the WireGuard links that exist.
+    /// again with the ports of the WireGuard links that exist, in the same transaction
+    /// (one `nft` run: at boot, under emulation, each one is a good part of a second).
     pub fn ensure_node(&self) -> Result<()> {
         let _g = self.guard();
         let node = self.node_ns()?;
@@ -176,14 +177,16 @@ impl Network {
             &self.cfg.uplink,
             self.cfg.transit,
         );
+        let ports = self.mesh_ports()?;
+        let script = nft::replace_script("inet", &table, &body)
+            + &nft::set_ports_script("inet", &table, nft::WIREGUARD_SET, &ports);
         self.within(&node, |nl| {
             if nl.link(&self.cfg.uplink)?.is_none() {
                 return Err(Error::NoUplink(self.cfg.uplink.clone()));
             }
             nl.sysctl("net.ipv4.ip_forward", "1")?;
-            nl.nft_apply("host table", &nft::replace_script("inet", &table, &body))
+            nl.nft_apply("host table", &script)
         })?;
-        self.sync_wireguard_ports(&node)?;
         tracing::info!(uplink = %self.cfg.uplink, table, "node firewall ensured");
         Ok(())
     }
