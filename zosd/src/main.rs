@@ -126,6 +126,15 @@ fn init_runtime_logs() {
         .init();
 }
 
+/// The most threads blocking work (kernel calls, the container runtime, flist unpacks)
+/// runs on. tokio's default is 512, and its pool never shrinks back under a node's
+/// steady load: an idle thread goes after 10 s unwoken, but each new blocking call wakes
+/// the idle thread that waited longest, so a status poll every few seconds keeps all of
+/// them: a burst of 500 contracts left about 220 threads for good. A node's few cores
+/// gain nothing from more at once: past it, calls wait their turn. Workload starts, the
+/// long calls, take at most a quarter of them (`provisioner::WORKLOAD_STARTS`).
+const BLOCKING_THREADS: usize = 64;
+
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -147,6 +156,7 @@ fn main() -> std::process::ExitCode {
             zos_init::cap_malloc_arenas();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .max_blocking_threads(BLOCKING_THREADS)
                 .build()?;
             let _entered = rt.enter();
             let logs = init_logs(cfg.log_format)?;

@@ -26,7 +26,15 @@ use crate::logs::TenantLogs;
 
 pub struct NodeProvisioner {
     inner: Arc<Inner>,
+    /// Permits to start a workload: see [`WORKLOAD_STARTS`].
+    starts: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many workloads start (or restart) at once. A start is the long blocking call (a
+/// flist fetched and unpacked, a runtime process, a VM's first boot): at most a
+/// quarter of the blocking threads (`BLOCKING_THREADS`, main.rs), so the short calls
+/// (status reads, the notary directory's writes) always find one free.
+pub const WORKLOAD_STARTS: usize = 16;
 
 struct Inner {
     storage: Arc<Storage>,
@@ -59,6 +67,15 @@ fn io_err<'a>(
 }
 
 impl NodeProvisioner {
+    /// Waits (without a thread) for a workload start's turn; held until it is done.
+    async fn start_turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.starts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     pub fn new(
         storage: Arc<Storage>,
         network: Network,
@@ -77,6 +94,7 @@ impl NodeProvisioner {
             WorkloadKind::Vm => v.clone(),
         });
         NodeProvisioner {
+            starts: Arc::new(tokio::sync::Semaphore::new(WORKLOAD_STARTS)),
             inner: Arc::new(Inner {
                 storage,
                 network,
@@ -408,6 +426,7 @@ impl Provisioner for NodeProvisioner {
     async fn ensure_workload(&self, plan: &WorkloadPlan) -> Result<WorkloadStatus, ProvisionError> {
         let inner = self.inner.clone();
         let plan = plan.clone();
+        let _turn = self.start_turn().await;
         blocking("workload", &plan.name.clone(), move || {
             // The attachment converges (a no-op when in place); the runtime finds a
             // running workload and never starts it twice (re-adoption).
@@ -424,6 +443,7 @@ impl Provisioner for NodeProvisioner {
     ) -> Result<WorkloadStatus, ProvisionError> {
         let inner = self.inner.clone();
         let plan = plan.clone();
+        let _turn = self.start_turn().await;
         blocking("workload", &plan.name.clone(), move || {
             // The attachment persists; placement finds it in place.
             inner.tenant_logs.bind(&plan.name, plan.logs.as_ref());
