@@ -1,11 +1,14 @@
 //! Which accelerator runs the VMs: KVM only if a probe VM really boots under it.
 //!
 //! `/dev/kvm` existing proves little: on some hosts (this project's development
-//! machines among them) it is a PVM flavour under which a standard guest kernel never
-//! gets past its real-mode setup, although a boot sector, even one that switches to
-//! long mode, runs fine. So the probe boots a real kernel, the first VM's own, under
-//! KVM and waits for the kernel's banner on the serial console. The answer holds for
-//! the host's boot (it is kept with the host's boot id).
+//! machines among them) it is a PVM flavour under which a standard guest kernel
+//! either never gets past its real-mode setup, or prints its banner (sometimes after
+//! seconds) and then stops in an emulation error halfway through its own start,
+//! although a boot sector, even one that switches to long mode, runs fine. So the
+//! probe boots a real kernel, the first VM's own, under KVM and waits for the kernel
+//! to *finish* starting: its initcalls done, it reaches for its root (see
+//! [`BOOTED`]). The banner alone is not enough. The answer holds for the host's boot
+//! (it is kept with the host's boot id).
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -50,14 +53,20 @@ pub enum AccelChoice {
 /// The outcome of a probe, with why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
-    /// KVM if the probe kernel printed its banner under it, TCG otherwise.
+    /// KVM if the probe kernel finished starting under it, TCG otherwise.
     pub accel: Accel,
-    /// Why, for the log: the banner seen, or what failed or timed out.
+    /// Why, for the log: how long the kernel took, or what failed or timed out.
     pub reason: String,
 }
 
-/// Boots `kernel` under KVM on `-M microvm` and waits up to `timeout` for
-/// "Linux version" on its console.
+/// Console lines a kernel prints only once every initcall has run: either it found no
+/// root (the probe gives it none) or it is about to start init (a kernel with an
+/// initramfs built in). A kernel that printed one of them ran its whole start under
+/// the accelerator.
+pub const BOOTED: [&str; 2] = ["VFS: Unable to mount root fs", "Freeing unused kernel"];
+
+/// Boots `kernel` under KVM on `-M microvm` and waits up to `timeout` for one of
+/// [`BOOTED`] on its console.
 pub fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
     probe_in(
         &crate::program::Invocation::plain(qemu),
@@ -119,8 +128,14 @@ pub(crate) fn probe_in(
             if n == 0 {
                 break;
             }
+            // Search only what a marker could newly end in.
+            let from = seen.len().saturating_sub(64);
             seen.extend_from_slice(&buf[..n]);
-            if seen.windows(13).any(|w| w == b"Linux version") {
+            let fresh = &seen[from..];
+            if BOOTED
+                .iter()
+                .any(|m| fresh.windows(m.len()).any(|w| w == m.as_bytes()))
+            {
                 let _ = tx.send(());
                 return;
             }
@@ -140,9 +155,9 @@ pub(crate) fn probe_in(
             reason: format!("a probe VM booted under KVM in {:?}", start.elapsed()),
         },
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tcg(format!(
-            "a probe VM printed no kernel banner under KVM within {timeout:?}"
+            "a probe VM did not finish starting its kernel under KVM within {timeout:?}"
         )),
-        // The console closed: QEMU ended without a banner.
+        // The console closed: QEMU ended before the kernel finished starting.
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
             let said = stderr
                 .lines()
@@ -151,7 +166,7 @@ pub(crate) fn probe_in(
                 .unwrap_or("no message");
             let status = status.map(|s| s.to_string()).unwrap_or_default();
             tcg(format!(
-                "a probe VM under KVM ended without a kernel banner ({status}): {said}"
+                "a probe VM under KVM ended before its kernel finished starting ({status}): {said}"
             ))
         }
     }

@@ -55,7 +55,7 @@ pub struct QemuConfig {
     pub bundle_from: Option<crate::program::BundleSource>,
     /// KVM, TCG, or probe once per host boot.
     pub accel: AccelChoice,
-    /// How long a KVM probe may take to show a kernel banner.
+    /// How long a KVM probe's kernel may take to finish starting.
     pub probe_timeout: Duration,
     /// The console log is cut back to half when it grows past this many bytes.
     pub console_limit: u64,
