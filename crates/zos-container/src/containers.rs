@@ -243,6 +243,18 @@ impl Containers {
     /// times a second. A running container is adopted on first sight, so its exit is
     /// watched. `None` when no container of that name exists.
     pub fn state(&self, name: &str) -> Option<WorkloadState> {
+        // A watched init that has not ended is running: the reaper says so the moment it
+        // ends. Reading the runtime's state file instead, for every running container
+        // four times a second, was 2,000 reads a second on a node with 500.
+        let running = self
+            .exits
+            .lock()
+            .expect("not poisoned")
+            .get(name)
+            .is_some_and(|w| w.get().is_none());
+        if running {
+            return Some(WorkloadState::Running);
+        }
         let state = self.runtime.state(name).ok()??;
         if state.status == Status::Running {
             self.adopt_if_unwatched(name, state.pid)?;
