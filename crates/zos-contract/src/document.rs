@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::canonical;
 use crate::crypto::Digest;
 use crate::limits::{self, Limits};
+use crate::shape;
 
 /// Why a document could not be read at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +147,11 @@ pub fn typed<T: DeserializeOwned + Serialize>(value: &Value, root: &str) -> Resu
         Ok(read) => read,
         Err(plain) => return Err(located::<T>(value, root, plain)),
     };
+    // Nearly every document has the shape: check it without writing `read` back. Only
+    // "it may not" writes it back, to find the refusal and its path.
+    if shape::matches(value, &read) {
+        return Ok(read);
+    }
     let written = serde_json::to_value(&read).map_err(|e| DocError::Malformed {
         path: root.to_string(),
         message: e.to_string(),
@@ -175,7 +181,11 @@ fn located<T: DeserializeOwned>(value: &Value, root: &str, plain: serde_json::Er
 }
 
 /// Walks what was given against what its type writes back.
-fn same_shape(given: &Value, written: &Value, path: &mut String) -> Result<(), DocError> {
+pub(crate) fn same_shape(
+    given: &Value,
+    written: &Value,
+    path: &mut String,
+) -> Result<(), DocError> {
     let malformed = |path: &str, message: String| DocError::Malformed {
         path: path.to_string(),
         message,

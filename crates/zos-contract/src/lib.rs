@@ -25,6 +25,7 @@ pub mod limits;
 pub mod params;
 pub mod placement;
 pub mod placement_view;
+mod shape;
 pub mod spec_example;
 pub mod update;
 pub mod verify;
