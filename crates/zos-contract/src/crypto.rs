@@ -255,6 +255,37 @@ pub enum KeyError {
     Random(String),
 }
 
+/// Hex digits as text (they are ASCII).
+fn hex_str(chars: &[u8]) -> &str {
+    std::str::from_utf8(chars).expect("hex digits are ASCII")
+}
+
+/// Reads a hex type from a string without copying it first; refuses what
+/// `String::deserialize` refuses, with the same messages.
+struct HexVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T> serde::de::Visitor<'_> for HexVisitor<T>
+where
+    T: FromStr<Err = KeyError>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+        s.parse().map_err(E::custom)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<T, E> {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => self.visit_str(s),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(bytes), &self)),
+        }
+    }
+}
+
 macro_rules! hex_type {
     ($ty:ident, $len:expr, $what:expr) => {
         impl FromStr for $ty {
@@ -268,13 +299,23 @@ macro_rules! hex_type {
                 if s.len() != $len * 2 || s.bytes().any(|b| b.is_ascii_uppercase()) {
                     return Err(bad());
                 }
-                let bytes = hex::decode(s).map_err(|_| bad())?;
-                Ok($ty(bytes.try_into().map_err(|_| bad())?))
+                let mut bytes = [0; $len];
+                hex::decode_to_slice(s, &mut bytes).map_err(|_| bad())?;
+                Ok($ty(bytes))
+            }
+        }
+        impl $ty {
+            /// The lowercase hex, on the stack: documents write and read many of these,
+            /// and each would otherwise be a string allocated and dropped.
+            fn hex_chars(&self) -> [u8; $len * 2] {
+                let mut chars = [0; $len * 2];
+                hex::encode_to_slice(self.0, &mut chars).expect("the buffer fits the hex");
+                chars
             }
         }
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&hex::encode(self.0))
+                f.write_str(hex_str(&self.hex_chars()))
             }
         }
         impl fmt::Debug for $ty {
@@ -284,13 +325,12 @@ macro_rules! hex_type {
         }
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&hex::encode(self.0))
+                s.serialize_str(hex_str(&self.hex_chars()))
             }
         }
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                d.deserialize_str(HexVisitor(std::marker::PhantomData))
             }
         }
     };
@@ -324,6 +364,35 @@ mod tests {
         assert_eq!(hex.parse::<PublicKey>().unwrap(), pk);
         assert!(hex.to_uppercase().parse::<PublicKey>().is_err());
         assert!(hex[..62].parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn hex_types_are_refused_as_strings_are() {
+        // The messages a `String` read gives, then the hex check's.
+        let pk = SecretKey::from_seed([1; 32]).public().to_hex();
+        for v in [
+            serde_json::json!(5),
+            serde_json::json!(null),
+            serde_json::json!(true),
+            serde_json::json!([pk]),
+            serde_json::json!({"k": pk}),
+            serde_json::json!(pk[..62]),
+            serde_json::json!(pk.to_uppercase()),
+        ] {
+            let expected = match String::deserialize(&v) {
+                Err(e) => e.to_string(),
+                Ok(s) => s.parse::<PublicKey>().unwrap_err().to_string(),
+            };
+            let got = PublicKey::deserialize(&v).unwrap_err().to_string();
+            assert_eq!(got, expected, "{v}");
+            let text = serde_json::from_str::<PublicKey>(&v.to_string()).unwrap_err();
+            assert!(text.to_string().starts_with(&expected), "{v}: {text}");
+        }
+        let sig = Signature([9; 64]);
+        let json = serde_json::to_string(&sig).unwrap();
+        assert_eq!(json, format!("\"{}\"", hex::encode([9; 64])));
+        assert_eq!(serde_json::from_str::<Signature>(&json).unwrap(), sig);
+        assert_eq!(sig.to_string(), hex::encode([9; 64]));
     }
 
     #[test]
