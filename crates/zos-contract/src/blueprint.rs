@@ -124,17 +124,66 @@ pub struct SignedBlueprint {
 impl SignedBlueprint {
     /// Reads a signed blueprint document and checks its signature.
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, BlueprintError> {
-        Self::from_value_checked(value, limits, None)
+        let read = ReadBlueprint::from_value(value, limits, None, LimitsChecked::No)?;
+        Ok(SignedBlueprint {
+            blueprint: read.blueprint,
+            author: read.author,
+            signature: read.signature,
+            digest: read.digest,
+            raw: value["blueprint"].clone(),
+        })
     }
 
-    /// [`SignedBlueprint::from_value`], the author's signature checked through `cache`
+    /// Reads a signed blueprint document from untrusted bytes (within `limits`) and
+    /// checks its signature.
+    pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, BlueprintError> {
+        Self::from_value(&document::parse_value(bytes, limits)?, limits)
+    }
+
+    /// The signed document `{"blueprint", "author", "signature"}`, with the blueprint
+    /// exactly as received, so its digest is unchanged.
+    pub fn to_value(&self) -> Value {
+        json!({"blueprint": self.raw, "author": self.author, "signature": self.signature})
+    }
+
+    /// [`SignedBlueprint::to_value`] as indented JSON, for files and humans.
+    pub fn to_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).expect("json serializes")
+    }
+}
+
+/// Whether a value's size limits are still to be checked, or were checked already as
+/// part of the document it was read from, against the same limits: a part of a value
+/// within the limits is within them (its depth only smaller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitsChecked {
+    /// Check them.
+    No,
+    /// Checked with the whole document it is part of, unchanged since.
+    AsPartOfItsDocument,
+}
+
+/// A signed blueprint document as verification uses it: [`SignedBlueprint`] without the
+/// copy of the document it keeps for [`SignedBlueprint::to_value`].
+pub(crate) struct ReadBlueprint {
+    pub(crate) blueprint: Blueprint,
+    pub(crate) author: PublicKey,
+    pub(crate) signature: Signature,
+    pub(crate) digest: Digest,
+}
+
+impl ReadBlueprint {
+    /// Reads a signed blueprint document and checks its signature, through `cache`
     /// when there is one.
-    pub(crate) fn from_value_checked(
+    pub(crate) fn from_value(
         value: &Value,
         limits: &Limits,
         cache: Option<&mut VerifiedTriples>,
+        checked: LimitsChecked,
     ) -> Result<Self, BlueprintError> {
-        document::check_limits(value, limits)?;
+        if checked == LimitsChecked::No {
+            document::check_limits(value, limits)?;
+        }
         document::check_workloads(
             value.pointer("/blueprint/body/workloads"),
             "$.blueprint.body.workloads",
@@ -155,29 +204,22 @@ impl SignedBlueprint {
         let digest = document::digest(body)?;
         crypto::check(cache, &env.author, &digest, &env.signature)
             .map_err(|_| BlueprintError::BadSignature(env.author))?;
-        Ok(SignedBlueprint {
+        Ok(ReadBlueprint {
             blueprint,
             author: env.author,
             signature: env.signature,
             digest,
-            raw: body.clone(),
         })
     }
+}
 
-    /// Reads a signed blueprint document from untrusted bytes (within `limits`) and
-    /// checks its signature.
-    pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, BlueprintError> {
-        Self::from_value(&document::parse_value(bytes, limits)?, limits)
-    }
-
-    /// The signed document `{"blueprint", "author", "signature"}`, with the blueprint
-    /// exactly as received, so its digest is unchanged.
-    pub fn to_value(&self) -> Value {
-        json!({"blueprint": self.raw, "author": self.author, "signature": self.signature})
-    }
-
-    /// [`SignedBlueprint::to_value`] as indented JSON, for files and humans.
-    pub fn to_pretty(&self) -> String {
-        serde_json::to_string_pretty(&self.to_value()).expect("json serializes")
+impl From<SignedBlueprint> for ReadBlueprint {
+    fn from(b: SignedBlueprint) -> Self {
+        ReadBlueprint {
+            blueprint: b.blueprint,
+            author: b.author,
+            signature: b.signature,
+            digest: b.digest,
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::blueprint::SignedBlueprint;
+use crate::blueprint::{LimitsChecked, ReadBlueprint, SignedBlueprint};
 use crate::crypto::{Digest, PublicKey, SecretKey, Signature, VerifiedTriples};
 use crate::document::{self, DocError};
 use crate::limits::Limits;
@@ -228,20 +228,22 @@ impl SignedContract {
         &self,
         limits: &Limits,
     ) -> Option<Result<SignedBlueprint, crate::blueprint::BlueprintError>> {
-        self.embedded_blueprint_checked(limits, None)
+        match &self.contract.blueprint {
+            BlueprintRef::Embedded(v) => Some(SignedBlueprint::from_value(v, limits)),
+            BlueprintRef::Sha256(_) => None,
+        }
     }
 
-    /// [`SignedContract::embedded_blueprint`], its signature checked through `cache`
-    /// when there is one.
-    pub(crate) fn embedded_blueprint_checked(
+    /// The embedded blueprint as verification reads it, if the contract carries one: its
+    /// signature checked through `cache` when there is one, its limits as `checked` says.
+    pub(crate) fn read_embedded_blueprint(
         &self,
         limits: &Limits,
         cache: Option<&mut VerifiedTriples>,
-    ) -> Option<Result<SignedBlueprint, crate::blueprint::BlueprintError>> {
+        checked: LimitsChecked,
+    ) -> Option<Result<ReadBlueprint, crate::blueprint::BlueprintError>> {
         match &self.contract.blueprint {
-            BlueprintRef::Embedded(v) => {
-                Some(SignedBlueprint::from_value_checked(v, limits, cache))
-            }
+            BlueprintRef::Embedded(v) => Some(ReadBlueprint::from_value(v, limits, cache, checked)),
             BlueprintRef::Sha256(_) => None,
         }
     }

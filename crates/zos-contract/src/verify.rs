@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::blueprint::{BlueprintError, SignedBlueprint};
+use crate::blueprint::{BlueprintError, LimitsChecked, ReadBlueprint, SignedBlueprint};
 use crate::contract::{BlueprintRef, SignedCancellation, SignedContract};
 use crate::crypto::{self, Digest, PublicKey, VerifiedTriples};
 use crate::deployment::Deployment;
@@ -368,14 +368,16 @@ fn verify_bytes_with(
     cache: Option<&mut VerifiedTriples>,
 ) -> Verification {
     match SignedContract::from_bytes(bytes, &ctx.limits) {
-        Ok(doc) => verify_with(&doc, ctx, cache),
+        // from_bytes checked the whole document against ctx.limits, the embedded
+        // blueprint with it.
+        Ok(doc) => verify_with(&doc, ctx, cache, LimitsChecked::AsPartOfItsDocument),
         Err(e) => Verification::refused(e.into()),
     }
 }
 
 /// Verifies a parsed contract document.
 pub fn verify(doc: &SignedContract, ctx: &VerifyContext) -> Verification {
-    verify_with(doc, ctx, None)
+    verify_with(doc, ctx, None, LimitsChecked::No)
 }
 
 /// [`verify`], skipping the ed25519 arithmetic for (digest, signer, signature) triples
@@ -387,13 +389,16 @@ pub fn verify_cached(
     ctx: &VerifyContext,
     cache: &mut VerifiedTriples,
 ) -> Verification {
-    verify_with(doc, ctx, Some(cache))
+    verify_with(doc, ctx, Some(cache), LimitsChecked::No)
 }
 
+/// `embedded`: whether an embedded blueprint's limits were checked with `doc`'s
+/// document (a parsed `doc` may have been built or changed since it was read).
 fn verify_with(
     doc: &SignedContract,
     ctx: &VerifyContext,
     mut cache: Option<&mut VerifiedTriples>,
+    embedded: LimitsChecked,
 ) -> Verification {
     let c = &doc.contract;
     let mut reasons = Vec::new();
@@ -506,7 +511,7 @@ fn verify_with(
     }
 
     // The blueprint and what it expands to.
-    let (blueprint_digest, deployment) = expand(doc, ctx, cache, &mut reasons);
+    let (blueprint_digest, deployment) = expand(doc, ctx, cache, embedded, &mut reasons);
 
     Verification {
         id: Some(c.id.clone()),
@@ -614,20 +619,23 @@ fn expand(
     doc: &SignedContract,
     ctx: &VerifyContext,
     cache: Option<&mut VerifiedTriples>,
+    embedded: LimitsChecked,
     reasons: &mut Vec<Reason>,
 ) -> (Option<Digest>, Option<Deployment>) {
-    let blueprint = match &doc.contract.blueprint {
-        BlueprintRef::Embedded(_) => match doc.embedded_blueprint_checked(&ctx.limits, cache) {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => {
-                reasons.push(blueprint_reason(e));
-                return (None, None);
+    let blueprint: ReadBlueprint = match &doc.contract.blueprint {
+        BlueprintRef::Embedded(_) => {
+            match doc.read_embedded_blueprint(&ctx.limits, cache, embedded) {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    reasons.push(blueprint_reason(e));
+                    return (None, None);
+                }
+                None => unreachable!("an embedded blueprint is present"),
             }
-            None => unreachable!("an embedded blueprint is present"),
-        },
+        }
         BlueprintRef::Sha256(digest) => match (ctx.resolve_blueprint)(digest) {
             // The resolver's copy must be the one the contract names.
-            Some(b) if b.digest == *digest => b,
+            Some(b) if b.digest == *digest => b.into(),
             _ => {
                 reasons.push(Reason::BlueprintUnresolved { digest: *digest });
                 return (Some(*digest), None);

@@ -370,6 +370,33 @@ fn oversized_document_string_and_list() {
 }
 
 #[test]
+fn an_embedded_blueprint_is_within_the_limits_of_the_verification() {
+    // Read within bigger limits, or built in code: verify checks the embedded blueprint
+    // against its own limits (verify_bytes skips that only for the document it parsed).
+    let limits = Limits::default();
+    let mut bp = signed_blueprint().to_value();
+    bp["blueprint"]["description"] = json!("x".repeat(limits.string_chars + 1));
+    let mut c = contract();
+    c.blueprint = BlueprintRef::Embedded(bp);
+    let oversized = vec![Reason::Oversized {
+        what: "string length".into(),
+        limit: limits.string_chars,
+        actual: limits.string_chars + 1,
+        path: "$.contract.blueprint.embedded.blueprint.description".into(),
+    }];
+    let built = signed(c, &[owner(), legal(), budget()]);
+    assert_eq!(reasons(&built, &ctx()), oversized);
+    let bigger = Limits {
+        string_chars: 2 * limits.string_chars,
+        ..limits
+    };
+    let read = SignedContract::from_value(&built.to_value(), &bigger).unwrap();
+    assert_eq!(reasons(&read, &ctx()), oversized);
+    let bytes = built.to_value().to_string();
+    assert_eq!(verify_bytes(bytes.as_bytes(), &ctx()).reasons, oversized);
+}
+
+#[test]
 fn too_many_workloads_after_expansion() {
     let mut bp = blueprint_json();
     let w = bp["body"]["workloads"][0].clone();
