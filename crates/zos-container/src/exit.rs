@@ -14,9 +14,11 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+
+use crate::epoll_thread::EpollThread;
 
 /// How a container's init process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -240,23 +242,17 @@ impl Reaper {
 
 /// The reaper, started on first use.
 fn reaper() -> std::io::Result<Arc<Reaper>> {
-    static REAPER: Mutex<Option<Arc<Reaper>>> = Mutex::new(None);
-    let mut started = REAPER.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = started.as_ref() {
-        return Ok(r.clone());
-    }
-    let r = Arc::new(Reaper {
-        epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-        waiting: Mutex::default(),
-    });
-    let runs = r.clone();
-    std::thread::Builder::new()
-        .name("zos-reaper".into())
-        // It only sits in epoll_wait and waitid: a small stack is plenty.
-        .stack_size(64 * 1024)
-        .spawn(move || runs.run())?;
-    *started = Some(r.clone());
-    Ok(r)
+    static REAPER: EpollThread<Reaper> = EpollThread::new();
+    // It only sits in epoll_wait and waitid.
+    REAPER.get(
+        "zos-reaper",
+        64 * 1024,
+        |epoll| Reaper {
+            epoll,
+            waiting: Mutex::default(),
+        },
+        Reaper::run,
+    )
 }
 
 /// A pidfd for `pid` (`None`: no such process any more).

@@ -20,6 +20,7 @@
 //! See docs/container.md for the design and the figures.
 
 pub mod containers;
+mod epoll_thread;
 pub mod error;
 pub mod exit;
 pub mod logs;

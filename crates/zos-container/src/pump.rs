@@ -15,8 +15,9 @@ use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 
+use crate::epoll_thread::EpollThread;
 use crate::logs::{Lines, RotatingLog, Stream, Tap};
 
 /// What one read takes from a FIFO at most: a pipe's default size.
@@ -124,22 +125,16 @@ impl Pump {
 
 /// The pump, started on first use.
 fn pump() -> std::io::Result<Arc<Pump>> {
-    static PUMP: Mutex<Option<Arc<Pump>>> = Mutex::new(None);
-    let mut started = PUMP.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(p) = started.as_ref() {
-        return Ok(p.clone());
-    }
-    let p = Arc::new(Pump {
-        epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
-        sources: Mutex::default(),
-    });
-    let runs = p.clone();
-    std::thread::Builder::new()
-        .name("zos-logs".into())
-        .stack_size(128 * 1024)
-        .spawn(move || runs.run())?;
-    *started = Some(p.clone());
-    Ok(p)
+    static PUMP: EpollThread<Pump> = EpollThread::new();
+    PUMP.get(
+        "zos-logs",
+        128 * 1024,
+        |epoll| Pump {
+            epoll,
+            sources: Mutex::default(),
+        },
+        Pump::run,
+    )
 }
 
 /// Starts copying `source` (its reader non-blocking) until its writers are gone.
