@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::limits;
+
 /// A parameter's declared type and bounds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -238,11 +240,16 @@ pub(crate) fn expand(
     template: &Value,
     params: &BTreeMap<String, Value>,
 ) -> Result<Value, ParamError> {
-    fn walk(v: &Value, params: &BTreeMap<String, Value>, path: &str) -> Result<Value, ParamError> {
+    // `path` grows and shrinks in place: only an error needs it, as text.
+    fn walk(
+        v: &Value,
+        params: &BTreeMap<String, Value>,
+        path: &mut String,
+    ) -> Result<Value, ParamError> {
         Ok(match v {
             Value::String(s) => {
                 expand_string(s, params).map_err(|reason| ParamError::Template {
-                    path: path.to_string(),
+                    path: path.clone(),
                     reason,
                 })?
             }
@@ -250,18 +257,31 @@ pub(crate) fn expand(
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| walk(item, params, &format!("{path}[{i}]")))
-                    .collect::<Result<_, _>>()?,
+                    .map(|(i, item)| {
+                        let len = path.len();
+                        limits::push_index(path, i);
+                        let expanded = walk(item, params, path)?;
+                        path.truncate(len);
+                        Ok(expanded)
+                    })
+                    .collect::<Result<_, ParamError>>()?,
             ),
             Value::Object(map) => Value::Object(
                 map.iter()
-                    .map(|(k, item)| Ok((k.clone(), walk(item, params, &format!("{path}.{k}"))?)))
+                    .map(|(k, item)| {
+                        let len = path.len();
+                        path.push('.');
+                        path.push_str(k);
+                        let expanded = walk(item, params, path)?;
+                        path.truncate(len);
+                        Ok((k.clone(), expanded))
+                    })
                     .collect::<Result<_, ParamError>>()?,
             ),
             other => other.clone(),
         })
     }
-    walk(template, params, "$.body")
+    walk(template, params, &mut String::from("$.body"))
 }
 
 fn expand_string(s: &str, params: &BTreeMap<String, Value>) -> Result<Value, String> {
@@ -478,6 +498,16 @@ mod tests {
             expand(&t, &params()).unwrap(),
             json!(["crm-ch-33", "plain", "a1b"])
         );
+    }
+
+    #[test]
+    fn template_errors_name_their_path_after_siblings() {
+        // The path of the first bad string, after siblings and nested members it passed.
+        let t = json!({"a": [{"b": ["{{ users }}", {"c": 1}, "{{ nope }}"]}], "z": "{{ nope }}"});
+        match expand(&t, &params()) {
+            Err(ParamError::Template { path, .. }) => assert_eq!(path, "$.body.a[0].b[2]"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
