@@ -13,6 +13,7 @@ mod metrics;
 mod node;
 mod pid1;
 mod provisioner;
+mod quiet;
 mod registration;
 mod status;
 mod upgrade;

@@ -23,11 +23,15 @@ use zos_storage::{PoolKind, Storage};
 use zos_vm::VmRuntime;
 
 use crate::logs::TenantLogs;
+use crate::quiet::{Quiet, QUIET_AFTER};
 
 pub struct NodeProvisioner {
     inner: Arc<Inner>,
     /// Permits to start a workload: see [`WORKLOAD_STARTS`].
     starts: Arc<tokio::sync::Semaphore>,
+    /// Held by every call that makes or removes something: memory goes back to the
+    /// kernel once they have all ended (a burst's garbage, see [`crate::quiet`]).
+    quiet: Quiet,
 }
 
 /// How many workloads start (or restart) at once. A start is the long blocking call (a
@@ -95,6 +99,7 @@ impl NodeProvisioner {
         });
         NodeProvisioner {
             starts: Arc::new(tokio::sync::Semaphore::new(WORKLOAD_STARTS)),
+            quiet: Quiet::new(QUIET_AFTER, zos_init::release_free_memory),
             inner: Arc::new(Inner {
                 storage,
                 network,
@@ -342,6 +347,7 @@ impl Inner {
 
 impl Provisioner for NodeProvisioner {
     async fn ensure_volume(&self, name: &str, spec: &Volume) -> Result<PathBuf, ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let (name, spec) = (name.to_string(), spec.clone());
         blocking("volume", &name.clone(), move || {
@@ -367,6 +373,7 @@ impl Provisioner for NodeProvisioner {
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("volume", &name.clone(), move || {
@@ -384,6 +391,7 @@ impl Provisioner for NodeProvisioner {
     }
 
     async fn ensure_network(&self, plan: &NetworkPlan) -> Result<(), ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let plan = plan.clone();
         blocking("network", &plan.name.clone(), move || {
@@ -407,6 +415,7 @@ impl Provisioner for NodeProvisioner {
     }
 
     async fn remove_network(&self, name: &str) -> Result<(), ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("network", &name.clone(), move || {
@@ -424,6 +433,7 @@ impl Provisioner for NodeProvisioner {
     }
 
     async fn ensure_workload(&self, plan: &WorkloadPlan) -> Result<WorkloadStatus, ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let plan = plan.clone();
         let _turn = self.start_turn().await;
@@ -441,6 +451,7 @@ impl Provisioner for NodeProvisioner {
         &self,
         plan: &WorkloadPlan,
     ) -> Result<WorkloadStatus, ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let plan = plan.clone();
         let _turn = self.start_turn().await;
@@ -456,6 +467,7 @@ impl Provisioner for NodeProvisioner {
     }
 
     async fn remove_workload(&self, name: &str) -> Result<(), ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let name = name.to_string();
         blocking("workload", &name.clone(), move || {
@@ -536,6 +548,7 @@ impl Provisioner for NodeProvisioner {
         plan: &NetworkPlan,
         mesh: &MeshPlan,
     ) -> Result<MeshState, ProvisionError> {
+        let _busy = self.quiet.busy();
         let inner = self.inner.clone();
         let (plan, mesh) = (plan.clone(), mesh.clone());
         blocking("network", &plan.name.clone(), move || {

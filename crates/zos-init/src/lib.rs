@@ -42,7 +42,8 @@ pub use cmdline::{BootParams, CmdlineWarning, ModulesMode, RunMode, Share};
 pub use shutdown::{ShutdownPlan, ShutdownReport};
 pub use supervisor::{MakeCommand, RespawnBackoff, Supervisor};
 pub use sys::{
-    block_init_signals, cap_malloc_arenas, set_child_subreaper, Linux, PowerAction, Sys,
+    block_init_signals, cap_malloc_arenas, release_free_memory, set_child_subreaper, Linux,
+    PowerAction, Sys,
 };
 
 use nix::sys::signal::Signal;

@@ -122,17 +122,32 @@ pub fn set_child_subreaper() -> Result<(), Errno> {
 
 /// Caps glibc's malloc arenas at two. glibc gives threads that allocate at once arenas
 /// of their own, up to eight per core, and what one arena frees the others do not
-/// reuse. The agent has a few threads per running container (its exit watcher and log
-/// pumps) and a blocking pool that grows with the work at hand, so its resident memory
-/// grew with the arenas rather than with what it holds (`zosd/benches/scale.rs`:
-/// 182 MiB with 500 containers). It is not allocation-bound. Call it before any thread
-/// starts; without glibc it does nothing.
+/// reuse. The agent's blocking pool runs up to 64 threads in a burst of work
+/// (`zosd/src/main.rs`), so its resident memory grew with the arenas rather than with
+/// what it holds (`zosd/benches/scale.rs`: 182 MiB with 500 containers, when each
+/// container still had threads of its own). It is not allocation-bound. Call it before
+/// any thread starts; without glibc it does nothing.
 pub fn cap_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt sets one of the allocator's tunables and touches no memory of
     // ours; called before other threads exist, nothing allocates concurrently.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Gives the kernel back the free pages glibc's malloc keeps, in every arena, not only
+/// at the top of the heap as `free` does by itself. After a burst of work (500
+/// contracts started or cancelled at once) most of what the burst allocated is free
+/// again, but scattered through the heap, and stays resident until then. It takes
+/// each arena's lock in turn while it walks the free lists, so call it when the
+/// agent is quiet. Without glibc it does nothing.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim is thread-safe (it locks each arena as it goes) and only
+    // returns free pages to the kernel; no memory in use is touched.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
