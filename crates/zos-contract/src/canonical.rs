@@ -251,9 +251,59 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Value, CanonError> {
 
 /// [`parse_strict`] with another nesting limit, checked before parsing.
 pub(crate) fn parse_strict_within(bytes: &[u8], max_depth: usize) -> Result<Value, CanonError> {
+    parse_watched(bytes, max_depth, None)
+}
+
+/// Bounds to watch while a document is parsed: the parse says whether any value in it
+/// breaks one, so a document within them need not be walked again to find out.
+pub(crate) struct Watch {
+    /// Characters in a string or a key.
+    pub(crate) string_chars: usize,
+    /// Items in an array or members in an object.
+    pub(crate) collection_items: usize,
+    /// The depth of a value, the whole document's being 1.
+    pub(crate) depth: usize,
+    broken: std::cell::Cell<bool>,
+}
+
+impl Watch {
+    pub(crate) fn new(string_chars: usize, collection_items: usize, depth: usize) -> Self {
+        Watch {
+            string_chars,
+            collection_items,
+            depth,
+            broken: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Whether a value parsed since [`Watch::new`] broke a bound.
+    pub(crate) fn broken(&self) -> bool {
+        self.broken.get()
+    }
+
+    fn text(&self, s: &str) {
+        // A string no longer in bytes than the bound is within it in characters.
+        if s.len() > self.string_chars && s.chars().count() > self.string_chars {
+            self.broken.set(true);
+        }
+    }
+
+    fn items(&self, n: usize) {
+        if n > self.collection_items {
+            self.broken.set(true);
+        }
+    }
+}
+
+/// [`parse_strict_within`], noting in `watch` whether a value breaks its bounds.
+pub(crate) fn parse_watched(
+    bytes: &[u8],
+    max_depth: usize,
+    watch: Option<&Watch>,
+) -> Result<Value, CanonError> {
     scan(bytes, max_depth)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictValue
+    let value = StrictValue { depth: 1, watch }
         .deserialize(&mut de)
         .map_err(|e| classify(e.to_string()))?;
     de.end().map_err(|e| CanonError::Syntax(e.to_string()))?;
@@ -273,17 +323,32 @@ fn classify(msg: String) -> CanonError {
     }
 }
 
-/// A `serde_json::Value` seed that errors on duplicate keys.
-struct StrictValue;
+/// A `serde_json::Value` seed that errors on duplicate keys: the value at `depth`.
+#[derive(Clone, Copy)]
+struct StrictValue<'w> {
+    depth: usize,
+    watch: Option<&'w Watch>,
+}
 
-impl<'de> DeserializeSeed<'de> for StrictValue {
+impl StrictValue<'_> {
+    fn duplicate<E: de::Error>(key: &str) -> E {
+        de::Error::custom(format!("{DUPLICATE_MARK}{key}\u{0}"))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
     type Value = Value;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if let Some(w) = self.watch {
+            if self.depth > w.depth {
+                w.broken.set(true);
+            }
+        }
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for StrictValue {
+impl<'de> Visitor<'de> for StrictValue<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -304,29 +369,67 @@ impl<'de> Visitor<'de> for StrictValue {
             .ok_or_else(|| E::custom("number is not finite"))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        if let Some(w) = self.watch {
+            w.text(v);
+        }
         Ok(Value::String(v.to_owned()))
     }
     fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        if let Some(w) = self.watch {
+            w.text(&v);
+        }
         Ok(Value::String(v))
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = StrictValue {
+            depth: self.depth + 1,
+            ..self
+        };
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(StrictValue)? {
+        while let Some(item) = seq.next_element_seed(inner)? {
             items.push(item);
+        }
+        if let Some(w) = self.watch {
+            w.items(items.len());
         }
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
+        let inner = StrictValue {
+            depth: self.depth + 1,
+            ..self
+        };
+        // Members in increasing key order (as canonical documents have them) cannot
+        // repeat a key: they are kept in order and the map is built from them at once.
+        // From the first key not above the one before, a map checks every key.
+        let mut sorted: Vec<(String, Value)> = Vec::new();
+        let mut out: Option<Map<String, Value>> = None;
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format!("{DUPLICATE_MARK}{key}\u{0}")));
+            if let Some(w) = self.watch {
+                w.text(&key);
             }
-            let value = map.next_value_seed(StrictValue)?;
-            out.insert(key, value);
+            let members = match &mut out {
+                Some(members) => members,
+                None if sorted.last().is_none_or(|(last, _)| *last < key) => {
+                    let value = map.next_value_seed(inner)?;
+                    sorted.push((key, value));
+                    continue;
+                }
+                None => out.insert(std::mem::take(&mut sorted).into_iter().collect()),
+            };
+            match members.entry(key) {
+                serde_json::map::Entry::Occupied(o) => return Err(Self::duplicate(o.key())),
+                serde_json::map::Entry::Vacant(v) => {
+                    v.insert(map.next_value_seed(inner)?);
+                }
+            }
+        }
+        let out = out.unwrap_or_else(|| sorted.into_iter().collect());
+        if let Some(w) = self.watch {
+            w.items(out.len());
         }
         Ok(Value::Object(out))
     }
@@ -466,6 +569,72 @@ mod tests {
         );
         // Brackets inside strings are text.
         assert!(parse_strict_within(br#"["[[[[", "\"{{{"]"#, 1).is_ok());
+    }
+
+    #[test]
+    fn keys_in_any_order_are_read_and_repeats_refused() {
+        // In order, out of order from the start, and out of order after a run in order.
+        for text in [
+            r#"{"a":1,"b":[2],"c":{"x":3}}"#,
+            r#"{"c":{"x":3},"b":[2],"a":1}"#,
+            r#"{"a":1,"c":{"x":3},"b":[2]}"#,
+        ] {
+            let v = parse_strict(text.as_bytes()).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"a": 1, "b": [2], "c": {"x": 3}}),
+                "{text}"
+            );
+        }
+        for (text, key) in [
+            (r#"{"a":1,"b":2,"a":3}"#, "a"),
+            (r#"{"b":1,"a":2,"b":3}"#, "b"),
+            (r#"{"a":1,"c":2,"b":3,"c":4}"#, "c"),
+            (r#"{"a":1,"a":2}"#, "a"),
+            // The first repeat in document order, before what follows it is read.
+            (r#"{"b":1,"a":2,"b":{"x":1,"x":2},"a":3}"#, "b"),
+            (r#"{"b":1,"b":[}"#, "b"),
+        ] {
+            assert_eq!(
+                parse_strict(text.as_bytes()),
+                Err(CanonError::DuplicateKey(key.into())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_watch_sees_every_broken_bound() {
+        // Exactly the documents the walk refuses.
+        let limits = crate::Limits {
+            string_chars: 3,
+            collection_items: 2,
+            depth: 3,
+            ..crate::Limits::default()
+        };
+        for (text, breaks) in [
+            (r#"{"a":["abc"],"b":{"c":1,"d":"xyz"}}"#, false),
+            (r#"[[1],[2,3]]"#, false),
+            (r#"{"b":"é€"}"#, false),
+            (r#"[[[]]]"#, false),
+            (r#"{"a":"abcd"}"#, true),
+            (r#"{"abcd":1}"#, true),
+            (r#"[1,2,3]"#, true),
+            (r#"{"a":1,"b":2,"c":3}"#, true),
+            (r#"{"c":1,"b":2,"a":3}"#, true),
+            (r#"[[[1]]]"#, true),
+            (r#"[[[[]]]]"#, true),
+            (r#"{"a":{"b":{"c":1}}}"#, true),
+        ] {
+            let watch = Watch::new(limits.string_chars, limits.collection_items, limits.depth);
+            let v = parse_watched(text.as_bytes(), 32, Some(&watch)).unwrap();
+            assert_eq!(watch.broken(), breaks, "{text}");
+            assert_eq!(
+                crate::limits::check_value(&v, &limits).is_err(),
+                breaks,
+                "{text}"
+            );
+        }
     }
 
     #[test]

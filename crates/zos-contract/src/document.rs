@@ -50,19 +50,25 @@ pub fn parse_value(bytes: &[u8], limits: &Limits) -> Result<Value, DocError> {
             path: "$".into(),
         });
     }
-    let value = canonical::parse_strict_within(bytes, limits.depth).map_err(|e| match e {
-        canonical::CanonError::TooDeep(limit) => DocError::Oversized {
-            what: "nesting depth",
-            limit,
-            actual: limit + 1,
-            path: "$".into(),
-        },
-        e => DocError::Malformed {
-            path: "$".into(),
-            message: e.to_string(),
-        },
-    })?;
-    check_limits(&value, limits)?;
+    let watch = canonical::Watch::new(limits.string_chars, limits.collection_items, limits.depth);
+    let value =
+        canonical::parse_watched(bytes, limits.depth, Some(&watch)).map_err(|e| match e {
+            canonical::CanonError::TooDeep(limit) => DocError::Oversized {
+                what: "nesting depth",
+                limit,
+                actual: limit + 1,
+                path: "$".into(),
+            },
+            e => DocError::Malformed {
+                path: "$".into(),
+                message: e.to_string(),
+            },
+        })?;
+    // The parse watched the bounds the walk checks: only a document that breaks one is
+    // walked, to find the first break and its path.
+    if watch.broken() {
+        check_limits(&value, limits)?;
+    }
     Ok(value)
 }
 
