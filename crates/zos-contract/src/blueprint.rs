@@ -185,7 +185,7 @@ impl ReadBlueprint {
             document::check_limits(value, limits)?;
         }
         document::check_workloads(
-            value.pointer("/blueprint/body/workloads"),
+            document::member(value, &["blueprint", "body", "workloads"]),
             "$.blueprint.body.workloads",
             limits,
         )?;

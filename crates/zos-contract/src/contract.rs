@@ -158,7 +158,17 @@ impl SignedContract {
     /// an owned value gives up its body instead of copying it.
     fn from_value_within_limits(value: Cow<'_, Value>, limits: &Limits) -> Result<Self, DocError> {
         document::check_workloads(
-            value.pointer("/contract/blueprint/embedded/blueprint/body/workloads"),
+            document::member(
+                &value,
+                &[
+                    "contract",
+                    "blueprint",
+                    "embedded",
+                    "blueprint",
+                    "body",
+                    "workloads",
+                ],
+            ),
             "$.contract.blueprint.embedded.blueprint.body.workloads",
             limits,
         )?;

@@ -122,6 +122,12 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// The value under `keys`, one object member after another: `Value::pointer` for a path
+/// of plain names, without splitting it and unescaping each name into a new string.
+pub(crate) fn member<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(value, |v, k| v.get(*k))
+}
+
 /// Refuses more than `limits.workloads` items in a template's or a deployment's
 /// `workloads` (`None`: the document has none there), before it is read any further.
 pub(crate) fn check_workloads(
@@ -248,4 +254,27 @@ pub(crate) fn digest(value: &Value) -> Result<Digest, DocError> {
             path: "$".into(),
             message: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_member_is_what_its_pointer_names() {
+        // Names only: a pointer's number indexes an array, a member's does not.
+        let v = json!({"a": {"b": [1, {"c": 2}], "d": null}, "e": "x"});
+        for keys in [
+            &["a"][..],
+            &["a", "b"],
+            &["a", "d"],
+            &["a", "b", "c"],
+            &["e", "x"],
+            &["z"],
+            &[],
+        ] {
+            let pointer: String = keys.iter().map(|k| format!("/{k}")).collect();
+            assert_eq!(super::member(&v, keys), v.pointer(&pointer), "{pointer}");
+        }
+    }
 }
