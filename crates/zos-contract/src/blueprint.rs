@@ -163,6 +163,43 @@ pub(crate) enum LimitsChecked {
     AsPartOfItsDocument,
 }
 
+/// [`Blueprint`] with its template only looked at: what reading one checks, since a
+/// `Value` template is read as given and writes back as given, whatever it is. The same
+/// members in the same order, with the same attributes and the same name in messages.
+#[derive(Serialize, Deserialize)]
+#[serde(
+    rename = "Blueprint",
+    expecting = "struct Blueprint",
+    deny_unknown_fields
+)]
+struct BlueprintHead {
+    name: String,
+    version: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    params: BTreeMap<String, ParamSpec>,
+    // Taken from the document by `Blueprint::read`, copied once.
+    body: document::Opaque,
+}
+
+impl Blueprint {
+    /// `document::typed(value, "$.blueprint")`, refusing what it refuses with the same
+    /// error, without reading the template into a new value and then walking it for its
+    /// shape: it is copied from `value` once.
+    fn read(value: &Value) -> Result<Blueprint, DocError> {
+        let head: BlueprintHead = document::typed(value, "$.blueprint")?;
+        Ok(Blueprint {
+            name: head.name,
+            version: head.version,
+            description: head.description,
+            params: head.params,
+            // The read found it: an object with a `body` member.
+            body: value["body"].clone(),
+        })
+    }
+}
+
 /// A signed blueprint document as verification uses it: [`SignedBlueprint`] without the
 /// copy of the document it keeps for [`SignedBlueprint::to_value`].
 pub(crate) struct ReadBlueprint {
@@ -200,7 +237,7 @@ impl ReadBlueprint {
         }
         let env: Envelope = document::typed(value, "$")?;
         let body = &value["blueprint"];
-        let blueprint: Blueprint = document::typed(body, "$.blueprint")?;
+        let blueprint = Blueprint::read(body)?;
         let digest = document::digest(body)?;
         crypto::check(cache, &env.author, &digest, &env.signature)
             .map_err(|_| BlueprintError::BadSignature(env.author))?;
@@ -220,6 +257,57 @@ impl From<SignedBlueprint> for ReadBlueprint {
             author: b.author,
             signature: b.signature,
             digest: b.digest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blueprint_reads_as_typed_reads_it() {
+        let good = json!({
+            "name": "n",
+            "version": "1",
+            "description": "d",
+            "params": {"p": {"type": "int", "min": 1, "max": 5}},
+            "body": {"workloads": [{"x": null, "y": [1, "{{ p }}"]}]}
+        });
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|_| {}),
+            Box::new(|v| v["body"] = Value::Null),
+            Box::new(|v| v["body"] = json!([null, {"a": null}])),
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("body");
+            }),
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("description");
+                v.as_object_mut().unwrap().remove("params");
+            }),
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("name");
+            }),
+            Box::new(|v| v["extra"] = json!(1)),
+            Box::new(|v| v["name"] = json!(7)),
+            Box::new(|v| v["description"] = Value::Null),
+            Box::new(|v| v["params"] = json!([1])),
+            Box::new(|v| v["params"]["p"] = json!(["int", 1, 5])),
+            Box::new(|v| v["params"]["p"]["max"] = Value::Null),
+            Box::new(|v| v["params"]["p"]["type"] = json!("float")),
+            Box::new(|v| *v = json!(["n", "1", "d", {}, {}])),
+            Box::new(|v| *v = json!("n")),
+            Box::new(|v| *v = Value::Null),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut v = good.clone();
+            edit(&mut v);
+            assert_eq!(
+                Blueprint::read(&v),
+                document::typed::<Blueprint>(&v, "$.blueprint"),
+                "edit {i}: {v}"
+            );
         }
     }
 }
