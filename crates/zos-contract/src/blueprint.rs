@@ -188,6 +188,10 @@ impl Blueprint {
     /// error, without reading the template into a new value and then walking it for its
     /// shape: it is copied from `value` once.
     fn read(value: &Value) -> Result<Blueprint, DocError> {
+        if !value.is_object() {
+            // Refused, with the full type's message (a head's could differ).
+            return document::typed(value, "$.blueprint");
+        }
         let head: BlueprintHead = document::typed(value, "$.blueprint")?;
         Ok(Blueprint {
             name: head.name,
@@ -297,6 +301,7 @@ mod tests {
             Box::new(|v| v["params"]["p"]["max"] = Value::Null),
             Box::new(|v| v["params"]["p"]["type"] = json!("float")),
             Box::new(|v| *v = json!(["n", "1", "d", {}, {}])),
+            Box::new(|v| *v = json!(["n", "1"])),
             Box::new(|v| *v = json!("n")),
             Box::new(|v| *v = Value::Null),
         ];

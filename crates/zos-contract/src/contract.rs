@@ -59,6 +59,79 @@ pub enum BlueprintRef {
     Sha256(Digest),
 }
 
+/// [`Contract`] with an embedded blueprint only looked at: what reading one checks,
+/// since a `Value` is read as given and writes back as given, whatever it is. The same
+/// members in the same order, with the same attributes and the same names in messages.
+#[derive(Serialize, Deserialize)]
+#[serde(
+    rename = "Contract",
+    expecting = "struct Contract",
+    deny_unknown_fields
+)]
+struct ContractHead {
+    id: String,
+    version: u64,
+    owner: PublicKey,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<PublicKey>,
+    blueprint: BlueprintRefHead,
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+    #[serde(default)]
+    stakeholders: Vec<Stakeholder>,
+    #[serde(default)]
+    threshold: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_before: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<u64>,
+}
+
+/// [`BlueprintRef`], its embedded document only looked at.
+#[derive(Serialize, Deserialize)]
+#[serde(
+    rename = "BlueprintRef",
+    expecting = "enum BlueprintRef",
+    rename_all = "lowercase",
+    deny_unknown_fields
+)]
+enum BlueprintRefHead {
+    // Taken from the document by `Contract::read`, copied once.
+    Embedded(document::Opaque),
+    Sha256(Digest),
+}
+
+impl Contract {
+    /// `document::typed(value, "$.contract")`, refusing what it refuses with the same
+    /// error, without reading an embedded blueprint into a new value and then walking
+    /// it for its shape: it is copied from `value` once.
+    fn read(value: &Value) -> Result<Contract, DocError> {
+        if !value.is_object() {
+            // Refused, with the full type's message (a head's could differ).
+            return document::typed(value, "$.contract");
+        }
+        let head: ContractHead = document::typed(value, "$.contract")?;
+        Ok(Contract {
+            id: head.id,
+            version: head.version,
+            owner: head.owner,
+            nodes: head.nodes,
+            blueprint: match head.blueprint {
+                // The read found it: `{"blueprint": {"embedded": ...}}`.
+                BlueprintRefHead::Embedded(document::Opaque) => {
+                    BlueprintRef::Embedded(value["blueprint"]["embedded"].clone())
+                }
+                BlueprintRefHead::Sha256(digest) => BlueprintRef::Sha256(digest),
+            },
+            params: head.params,
+            stakeholders: head.stakeholders,
+            threshold: head.threshold,
+            not_before: head.not_before,
+            expires: head.expires,
+        })
+    }
+}
+
 /// A co-signer, weighed towards the threshold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,14 +258,14 @@ impl SignedContract {
         let body = &value["contract"];
         document::object(body, "$.contract")?;
         let (contract, placement) = match body.get("placement") {
-            None => (document::typed(body, "$.contract")?, None),
+            None => (Contract::read(body)?, None),
             Some(p) => {
                 let placement: Placement = document::typed(p, "$.contract.placement")?;
                 let mut rest = body.clone();
                 rest.as_object_mut()
                     .expect("checked: an object")
                     .remove("placement");
-                (document::typed(&rest, "$.contract")?, Some(placement))
+                (Contract::read(&rest)?, Some(placement))
             }
         };
         let digest = document::digest(body)?;
@@ -387,6 +460,60 @@ impl ContractRecord {
         match self {
             ContractRecord::Contract(c) => c.contract.version,
             ContractRecord::Cancellation(c) => c.cancellation.version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contract_reads_as_typed_reads_it() {
+        let ex = crate::spec_example::Example::build();
+        let good = ex.contract.to_value()["contract"].clone();
+        assert!(good["blueprint"]["embedded"].is_object());
+        let digest = json!({"sha256": ex.blueprint.digest});
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|_| {}),
+            Box::new(move |v| v["blueprint"] = digest.clone()),
+            Box::new(|v| v["blueprint"] = json!({"embedded": null})),
+            Box::new(|v| v["blueprint"] = json!({"embedded": [1, null]})),
+            Box::new(|v| v["blueprint"]["sha256"] = json!("00")),
+            Box::new(|v| v["blueprint"] = json!({"sha256": "zz"})),
+            Box::new(|v| v["blueprint"] = json!({"other": {}})),
+            Box::new(|v| v["blueprint"] = json!({})),
+            Box::new(|v| v["blueprint"] = json!("embedded")),
+            Box::new(|v| v["blueprint"] = json!(["embedded", {}])),
+            Box::new(|v| v["blueprint"] = Value::Null),
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("blueprint");
+            }),
+            Box::new(|v| {
+                for k in ["params", "stakeholders", "threshold", "nodes"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+            }),
+            Box::new(|v| v["extra"] = json!(1)),
+            Box::new(|v| v["version"] = json!("1")),
+            Box::new(|v| v["expires"] = Value::Null),
+            Box::new(|v| v["nodes"] = json!([])),
+            Box::new(|v| v["nodes"] = json!({})),
+            Box::new(|v| v["owner"] = json!("ab")),
+            Box::new(|v| v["stakeholders"] = json!([[1, 2, 3]])),
+            Box::new(|v| v["params"] = json!({"p": null})),
+            Box::new(|v| *v = json!(["a", 1])),
+            Box::new(|v| *v = Value::Null),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut v = good.clone();
+            edit(&mut v);
+            assert_eq!(
+                Contract::read(&v),
+                document::typed::<Contract>(&v, "$.contract"),
+                "edit {i}: {v}"
+            );
         }
     }
 }
