@@ -286,6 +286,31 @@ where
     }
 }
 
+/// Each byte's value as a lowercase hex digit, or 0xFF: not one.
+const LOWER_HEX: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Reads `out.len()` bytes from `2 * out.len()` lowercase hex digits; false if one is
+/// not a lowercase hex digit (`out` then holds nothing meaningful).
+fn decode_lower_hex(hex: &[u8], out: &mut [u8]) -> bool {
+    debug_assert_eq!(hex.len(), 2 * out.len());
+    // A digit's value is below 16, 0xFF is not: one test for the whole string.
+    let mut seen = 0u8;
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (high, low) = (LOWER_HEX[pair[0] as usize], LOWER_HEX[pair[1] as usize]);
+        seen |= high | low;
+        *byte = (high << 4) | (low & 0x0F);
+    }
+    seen < 16
+}
+
 macro_rules! hex_type {
     ($ty:ident, $len:expr, $what:expr) => {
         impl FromStr for $ty {
@@ -296,11 +321,10 @@ macro_rules! hex_type {
                     value: s.chars().take(140).collect(),
                 };
                 // Lowercase only: one value, one spelling, so signed text cannot vary.
-                if s.len() != $len * 2 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+                let mut bytes = [0; $len];
+                if s.len() != $len * 2 || !decode_lower_hex(s.as_bytes(), &mut bytes) {
                     return Err(bad());
                 }
-                let mut bytes = [0; $len];
-                hex::decode_to_slice(s, &mut bytes).map_err(|_| bad())?;
                 Ok($ty(bytes))
             }
         }
@@ -412,5 +436,43 @@ mod tests {
             SecretKey::load(&path).unwrap_err(),
             KeyError::InsecureMode(path.clone(), 0o644)
         );
+    }
+
+    #[test]
+    fn lowercase_hex_is_read_as_the_hex_crate_reads_it() {
+        let mut samples: Vec<String> = vec![
+            hex::encode([0u8; 4]),
+            hex::encode([0xFFu8; 4]),
+            hex::encode([0x01, 0x23, 0x45, 0x67]),
+            hex::encode([0x89, 0xab, 0xcd, 0xef]),
+            "0123456A".into(),
+            "0123456g".into(),
+            "0123456/".into(),
+            "0123456:".into(),
+            "0123456`".into(),
+            "012345 6".into(),
+            "0123é6".into(),
+        ];
+        for b in 0..=255u8 {
+            samples.push(
+                format!("00{}0", b as char)
+                    .chars()
+                    .take(4)
+                    .collect::<String>()
+                    + "0000",
+            );
+        }
+        for text in samples {
+            let mut ours = [0u8; 4];
+            let ok = text.len() == 8 && decode_lower_hex(text.as_bytes(), &mut ours);
+            let mut theirs = [0u8; 4];
+            let expected = text.len() == 8
+                && !text.bytes().any(|b| b.is_ascii_uppercase())
+                && hex::decode_to_slice(&text, &mut theirs).is_ok();
+            assert_eq!(ok, expected, "{text:?}");
+            if ok {
+                assert_eq!(ours, theirs, "{text:?}");
+            }
+        }
     }
 }
