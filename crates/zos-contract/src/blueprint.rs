@@ -1,5 +1,6 @@
 //! Blueprints: an IT expert's parameterised, signed description of an architecture.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -90,20 +91,28 @@ impl Blueprint {
         params: &BTreeMap<String, Value>,
         limits: &Limits,
     ) -> Result<Deployment, String> {
-        let expanded = params::expand(&self.body, params).map_err(|e| e.to_string())?;
-        document::check_limits(&expanded, limits).map_err(|e| e.to_string())?;
-        let deployment: Deployment =
-            document::typed(&expanded, "$.body").map_err(|e| e.to_string())?;
-        let problems = deployment.check(limits);
-        if problems.is_empty() {
-            Ok(deployment)
-        } else {
-            Err(problems
-                .into_iter()
-                .map(|(p, what)| format!("{}: {what}", p.replacen('$', "$.body", 1)))
-                .collect::<Vec<_>>()
-                .join("; "))
-        }
+        deployment(&self.body, params, limits)
+    }
+}
+
+/// [`Blueprint::deployment`] of a blueprint whose template is `body`.
+pub(crate) fn deployment(
+    body: &Value,
+    params: &BTreeMap<String, Value>,
+    limits: &Limits,
+) -> Result<Deployment, String> {
+    let expanded = params::expand(body, params).map_err(|e| e.to_string())?;
+    document::check_limits(&expanded, limits).map_err(|e| e.to_string())?;
+    let deployment: Deployment = document::typed(&expanded, "$.body").map_err(|e| e.to_string())?;
+    let problems = deployment.check(limits);
+    if problems.is_empty() {
+        Ok(deployment)
+    } else {
+        Err(problems
+            .into_iter()
+            .map(|(p, what)| format!("{}: {what}", p.replacen('$', "$.body", 1)))
+            .collect::<Vec<_>>()
+            .join("; "))
     }
 }
 
@@ -126,7 +135,7 @@ impl SignedBlueprint {
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, BlueprintError> {
         let read = ReadBlueprint::from_value(value, limits, None, LimitsChecked::No)?;
         Ok(SignedBlueprint {
-            blueprint: read.blueprint,
+            blueprint: read.blueprint.into_blueprint(),
             author: read.author,
             signature: read.signature,
             digest: read.digest,
@@ -183,45 +192,77 @@ struct BlueprintHead {
     body: document::Opaque,
 }
 
-impl Blueprint {
+/// A [`Blueprint`] as verification reads it: its template borrowed from the document
+/// it was read from, where it can be.
+pub(crate) struct BlueprintRead<'a> {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) description: String,
+    pub(crate) params: BTreeMap<String, ParamSpec>,
+    pub(crate) body: Cow<'a, Value>,
+}
+
+impl BlueprintRead<'_> {
     /// `document::typed(value, "$.blueprint")`, refusing what it refuses with the same
     /// error, without reading the template into a new value and then walking it for its
-    /// shape: it is copied from `value` once.
-    fn read(value: &Value) -> Result<Blueprint, DocError> {
+    /// shape: it is borrowed from `value`.
+    fn read(value: &Value) -> Result<BlueprintRead<'_>, DocError> {
         if !value.is_object() {
             // Refused, with the full type's message (a head's could differ).
-            return document::typed(value, "$.blueprint");
+            return document::typed::<Blueprint>(value, "$.blueprint").map(BlueprintRead::from);
         }
         let head: BlueprintHead = document::typed(value, "$.blueprint")?;
-        Ok(Blueprint {
+        Ok(BlueprintRead {
             name: head.name,
             version: head.version,
             description: head.description,
             params: head.params,
             // The read found it: an object with a `body` member.
-            body: value["body"].clone(),
+            body: Cow::Borrowed(&value["body"]),
         })
+    }
+
+    fn into_blueprint(self) -> Blueprint {
+        Blueprint {
+            name: self.name,
+            version: self.version,
+            description: self.description,
+            params: self.params,
+            body: self.body.into_owned(),
+        }
+    }
+}
+
+impl From<Blueprint> for BlueprintRead<'static> {
+    fn from(b: Blueprint) -> Self {
+        BlueprintRead {
+            name: b.name,
+            version: b.version,
+            description: b.description,
+            params: b.params,
+            body: Cow::Owned(b.body),
+        }
     }
 }
 
 /// A signed blueprint document as verification uses it: [`SignedBlueprint`] without the
 /// copy of the document it keeps for [`SignedBlueprint::to_value`].
-pub(crate) struct ReadBlueprint {
-    pub(crate) blueprint: Blueprint,
+pub(crate) struct ReadBlueprint<'a> {
+    pub(crate) blueprint: BlueprintRead<'a>,
     pub(crate) author: PublicKey,
     pub(crate) signature: Signature,
     pub(crate) digest: Digest,
 }
 
-impl ReadBlueprint {
+impl ReadBlueprint<'_> {
     /// Reads a signed blueprint document and checks its signature, through `cache`
     /// when there is one.
-    pub(crate) fn from_value(
-        value: &Value,
+    pub(crate) fn from_value<'a>(
+        value: &'a Value,
         limits: &Limits,
         cache: Option<&mut VerifiedTriples>,
         checked: LimitsChecked,
-    ) -> Result<Self, BlueprintError> {
+    ) -> Result<ReadBlueprint<'a>, BlueprintError> {
         if checked == LimitsChecked::No {
             document::check_limits(value, limits)?;
         }
@@ -241,7 +282,7 @@ impl ReadBlueprint {
         }
         let env: Envelope = document::typed(value, "$")?;
         let body = &value["blueprint"];
-        let blueprint = Blueprint::read(body)?;
+        let blueprint = BlueprintRead::read(body)?;
         let digest = document::digest(body)?;
         crypto::check(cache, &env.author, &digest, &env.signature)
             .map_err(|_| BlueprintError::BadSignature(env.author))?;
@@ -254,10 +295,10 @@ impl ReadBlueprint {
     }
 }
 
-impl From<SignedBlueprint> for ReadBlueprint {
+impl From<SignedBlueprint> for ReadBlueprint<'static> {
     fn from(b: SignedBlueprint) -> Self {
         ReadBlueprint {
-            blueprint: b.blueprint,
+            blueprint: b.blueprint.into(),
             author: b.author,
             signature: b.signature,
             digest: b.digest,
@@ -309,7 +350,7 @@ mod tests {
             let mut v = good.clone();
             edit(&mut v);
             assert_eq!(
-                Blueprint::read(&v),
+                BlueprintRead::read(&v).map(BlueprintRead::into_blueprint),
                 document::typed::<Blueprint>(&v, "$.blueprint"),
                 "edit {i}: {v}"
             );

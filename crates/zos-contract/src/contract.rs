@@ -324,7 +324,7 @@ impl SignedContract {
         limits: &Limits,
         cache: Option<&mut VerifiedTriples>,
         checked: LimitsChecked,
-    ) -> Option<Result<ReadBlueprint, crate::blueprint::BlueprintError>> {
+    ) -> Option<Result<ReadBlueprint<'_>, crate::blueprint::BlueprintError>> {
         match &self.contract.blueprint {
             BlueprintRef::Embedded(v) => Some(ReadBlueprint::from_value(v, limits, cache, checked)),
             BlueprintRef::Sha256(_) => None,

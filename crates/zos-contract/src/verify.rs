@@ -658,7 +658,7 @@ fn expand(
             return (Some(blueprint.digest), None);
         }
     };
-    match blueprint.blueprint.deployment(&params, &ctx.limits) {
+    match crate::blueprint::deployment(&blueprint.blueprint.body, &params, &ctx.limits) {
         Ok(d) => (Some(blueprint.digest), Some(d)),
         Err(detail) => {
             reasons.push(Reason::InvalidDeployment { detail });
