@@ -153,8 +153,12 @@ fn itoa_i64(i: i64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
-    // Most strings (keys, hex, names) need no escape: copied whole.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    // Most strings (keys, hex, names) need no escape: copied whole. Every byte is
+    // looked at without stopping early, which the compiler turns into a vector loop.
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b != b'"') & (b != b'\\') & (b >= 0x20)
+    });
+    if plain {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
