@@ -306,7 +306,18 @@ pub(crate) fn parse_watched(
     watch: Option<&Watch>,
 ) -> Result<Value, CanonError> {
     scan(bytes, max_depth)?;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // UTF-8 checked once for the whole document, not string by string; a document
+    // that is not UTF-8 is read as bytes, to be refused where the parser finds it.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_with(serde_json::Deserializer::from_str(text), watch),
+        Err(_) => parse_with(serde_json::Deserializer::from_slice(bytes), watch),
+    }
+}
+
+fn parse_with<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    watch: Option<&Watch>,
+) -> Result<Value, CanonError> {
     let value = StrictValue { depth: 1, watch }
         .deserialize(&mut de)
         .map_err(|e| classify(e.to_string()))?;
@@ -639,6 +650,35 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn text_and_bytes_read_alike() {
+        // Whatever the input, reading it as checked text gives what reading its bytes
+        // gives, the same value or the same refusal.
+        let bytes_read =
+            |bytes: &[u8]| parse_with(serde_json::Deserializer::from_slice(bytes), None);
+        for text in [
+            r#"{"a":"é\u00e9\ud83d\ude00","b":[1,-2,3.5e3,null,true]}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00x"}"#,
+            r#"{"a":"\u12"}"#,
+            "{\"a\":\"\t\"}",
+            r#"{"a":"x\qy"}"#,
+            r#"{"a" 1}"#,
+            r#"[1,]"#,
+            r#"{"b":1,"b":2}"#,
+        ] {
+            assert_eq!(
+                parse_watched(text.as_bytes(), 32, None),
+                bytes_read(text.as_bytes()),
+                "{text}"
+            );
+        }
+        // Not UTF-8: refused where the parser finds it, as before.
+        let bad = b"{\"a\":\"\xff\"}";
+        assert_eq!(parse_watched(bad, 32, None), bytes_read(bad));
+        assert!(parse_watched(bad, 32, None).is_err());
     }
 
     #[test]
