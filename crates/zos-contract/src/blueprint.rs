@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::canonical;
 use crate::crypto::{self, Digest, PublicKey, SecretKey, Signature, VerifiedTriples};
 use crate::deployment::Deployment;
 use crate::document::{self, DocError};
@@ -101,8 +102,13 @@ pub(crate) fn deployment(
     params: &BTreeMap<String, Value>,
     limits: &Limits,
 ) -> Result<Deployment, String> {
-    let expanded = params::expand(body, params).map_err(|e| e.to_string())?;
-    document::check_limits(&expanded, limits).map_err(|e| e.to_string())?;
+    let watch = canonical::Watch::new(limits.string_chars, limits.collection_items, limits.depth);
+    let expanded = params::expand_watched(body, params, Some(&watch)).map_err(|e| e.to_string())?;
+    // The expansion watched the bounds the walk checks: only a result that breaks one
+    // (or may) is walked, to find the first break and its path.
+    if watch.broken() {
+        document::check_limits(&expanded, limits).map_err(|e| e.to_string())?;
+    }
     let deployment: Deployment = document::typed(&expanded, "$.body").map_err(|e| e.to_string())?;
     let problems = deployment.check(limits);
     if problems.is_empty() {

@@ -285,14 +285,28 @@ impl Watch {
         self.broken.get()
     }
 
-    fn text(&self, s: &str) {
+    /// Notes a value at `depth`.
+    pub(crate) fn depth(&self, depth: usize) {
+        if depth > self.depth {
+            self.broken.set(true);
+        }
+    }
+
+    /// Notes a bound broken, or perhaps broken.
+    pub(crate) fn set_broken(&self) {
+        self.broken.set(true);
+    }
+
+    /// Notes a string or a key.
+    pub(crate) fn text(&self, s: &str) {
         // A string no longer in bytes than the bound is within it in characters.
         if s.len() > self.string_chars && s.chars().count() > self.string_chars {
             self.broken.set(true);
         }
     }
 
-    fn items(&self, n: usize) {
+    /// Notes an array's items or an object's members.
+    pub(crate) fn items(&self, n: usize) {
         if n > self.collection_items {
             self.broken.set(true);
         }
@@ -355,9 +369,7 @@ impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
     type Value = Value;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         if let Some(w) = self.watch {
-            if self.depth > w.depth {
-                w.broken.set(true);
-            }
+            w.depth(self.depth);
         }
         d.deserialize_any(self)
     }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::canonical::Watch;
 use crate::limits;
 
 /// A parameter's declared type and bounds.
@@ -236,22 +237,47 @@ pub fn resolve(
 }
 
 /// Substitutes `params` into every string of `template`. Object keys are not touched.
+#[cfg(test)]
 pub(crate) fn expand(
     template: &Value,
     params: &BTreeMap<String, Value>,
 ) -> Result<Value, ParamError> {
-    // `path` grows and shrinks in place: only an error needs it, as text.
+    expand_watched(template, params, None)
+}
+
+/// [`expand`], noting in `watch` whether a value of the result breaks its bounds (or
+/// may: a value substituted whole that is a list or an object counts as breaking one).
+pub(crate) fn expand_watched(
+    template: &Value,
+    params: &BTreeMap<String, Value>,
+    watch: Option<&Watch>,
+) -> Result<Value, ParamError> {
+    // `path` grows and shrinks in place: only an error needs it, as text. `depth` is
+    // the depth of `v`'s expansion in the result, the result's being 1.
     fn walk(
         v: &Value,
         params: &BTreeMap<String, Value>,
         path: &mut String,
+        depth: usize,
+        watch: Option<&Watch>,
     ) -> Result<Value, ParamError> {
-        Ok(match v {
+        if let Some(w) = watch {
+            w.depth(depth);
+        }
+        let expanded = match v {
             Value::String(s) => {
-                expand_string(s, params).map_err(|reason| ParamError::Template {
+                let expanded = expand_string(s, params).map_err(|reason| ParamError::Template {
                     path: path.clone(),
                     reason,
-                })?
+                })?;
+                if let Some(w) = watch {
+                    match &expanded {
+                        Value::String(s) => w.text(s),
+                        Value::Array(_) | Value::Object(_) => w.set_broken(),
+                        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+                    }
+                }
+                expanded
             }
             Value::Array(items) => Value::Array(
                 items
@@ -260,7 +286,7 @@ pub(crate) fn expand(
                     .map(|(i, item)| {
                         let len = path.len();
                         limits::push_index(path, i);
-                        let expanded = walk(item, params, path)?;
+                        let expanded = walk(item, params, path, depth + 1, watch)?;
                         path.truncate(len);
                         Ok(expanded)
                     })
@@ -272,16 +298,27 @@ pub(crate) fn expand(
                         let len = path.len();
                         path.push('.');
                         path.push_str(k);
-                        let expanded = walk(item, params, path)?;
+                        if let Some(w) = watch {
+                            w.text(k);
+                        }
+                        let expanded = walk(item, params, path, depth + 1, watch)?;
                         path.truncate(len);
                         Ok((k.clone(), expanded))
                     })
                     .collect::<Result<_, ParamError>>()?,
             ),
             other => other.clone(),
-        })
+        };
+        if let Some(w) = watch {
+            match &expanded {
+                Value::Array(items) if v.is_array() => w.items(items.len()),
+                Value::Object(map) if v.is_object() => w.items(map.len()),
+                _ => {}
+            }
+        }
+        Ok(expanded)
     }
-    walk(template, params, &mut String::from("$.body"))
+    walk(template, params, &mut String::from("$.body"), 1, watch)
 }
 
 fn expand_string(s: &str, params: &BTreeMap<String, Value>) -> Result<Value, String> {
@@ -476,6 +513,44 @@ mod tests {
             ("region".to_string(), json!("ch")),
             ("tls".to_string(), json!(true)),
         ])
+    }
+
+    #[test]
+    fn a_watched_expansion_sees_what_the_walk_refuses() {
+        let limits = crate::Limits {
+            string_chars: 4,
+            collection_items: 2,
+            depth: 3,
+            ..crate::Limits::default()
+        };
+        let mut given = params();
+        given.insert("list".into(), json!([1]));
+        for (template, breaks) in [
+            (
+                json!({"a": "{{ region }}", "b": ["{{ users }}", "x"]}),
+                false,
+            ),
+            (json!({"a": "{{ users * 1000 }}", "b": "{{ tls }}"}), false),
+            (json!({"a": "{{ region }}{{ region }}{{ region }}"}), true),
+            (json!({"a": "ab{{ region }}"}), false),
+            (json!({"longer": 1}), true),
+            (json!({"a": [1, 2, 3]}), true),
+            (json!({"a": 1, "b": 2, "c": 3}), true),
+            (json!({"a": {"b": {"c": "{{ users }}"}}}), true),
+            (json!({"a": {"b": "{{ users }}"}}), false),
+            (json!({"a": {"b": {}}}), false),
+            (json!({"a": {"b": []}}), false),
+        ] {
+            let watch = Watch::new(limits.string_chars, limits.collection_items, limits.depth);
+            let expanded = expand_watched(&template, &given, Some(&watch)).unwrap();
+            let refused = crate::limits::check_value(&expanded, &limits).is_err();
+            assert_eq!((watch.broken(), refused), (breaks, breaks), "{template}");
+        }
+        // A list or an object substituted whole counts as breaking a bound: the walk
+        // decides.
+        let watch = Watch::new(4, 2, 3);
+        expand_watched(&json!({"a": "{{ list }}"}), &given, Some(&watch)).unwrap();
+        assert!(watch.broken());
     }
 
     #[test]
