@@ -101,11 +101,27 @@ enum BlueprintRefHead {
     Sha256(Digest),
 }
 
+/// What reading a contract does with its embedded blueprint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Embedded {
+    /// Copies it from the document: the document keeps it.
+    Copy,
+    /// Moves it out of the document, which is then not kept whole.
+    Move,
+}
+
 impl Contract {
+    #[cfg(test)]
     /// `document::typed(value, "$.contract")`, refusing what it refuses with the same
     /// error, without reading an embedded blueprint into a new value and then walking
     /// it for its shape: it is copied from `value` once.
     fn read(value: &Value) -> Result<Contract, DocError> {
+        Self::read_with(value, Embedded::Copy)
+    }
+
+    /// [`Contract::read`]; with [`Embedded::Move`], an embedded blueprint is left
+    /// `Value::Null`, for the caller to move in.
+    fn read_with(value: &Value, embedded: Embedded) -> Result<Contract, DocError> {
         if !value.is_object() {
             // Refused, with the full type's message (a head's could differ).
             return document::typed(value, "$.contract");
@@ -118,9 +134,12 @@ impl Contract {
             nodes: head.nodes,
             blueprint: match head.blueprint {
                 // The read found it: `{"blueprint": {"embedded": ...}}`.
-                BlueprintRefHead::Embedded(document::Opaque) => {
-                    BlueprintRef::Embedded(value["blueprint"]["embedded"].clone())
-                }
+                BlueprintRefHead::Embedded(document::Opaque) => match embedded {
+                    Embedded::Copy => {
+                        BlueprintRef::Embedded(value["blueprint"]["embedded"].clone())
+                    }
+                    Embedded::Move => BlueprintRef::Embedded(Value::Null),
+                },
                 BlueprintRefHead::Sha256(digest) => BlueprintRef::Sha256(digest),
             },
             params: head.params,
@@ -224,12 +243,21 @@ impl SignedContract {
     /// Reads a contract document. Signatures are not checked here: see [`crate::verify()`].
     pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, DocError> {
         document::check_limits(value, limits)?;
-        Self::from_value_within_limits(Cow::Borrowed(value), limits)
+        Self::from_value_within_limits(Cow::Borrowed(value), limits, Embedded::Copy)
     }
 
     /// [`SignedContract::from_value`] for a value [`document::check_limits`] passed;
     /// an owned value gives up its body instead of copying it.
-    fn from_value_within_limits(value: Cow<'_, Value>, limits: &Limits) -> Result<Self, DocError> {
+    ///
+    /// [`Embedded::Move`] (for an owned value only) moves an embedded blueprint out of
+    /// the body instead of copying it: the document is then not whole, and
+    /// [`SignedContract::to_value`] would not give it back.
+    fn from_value_within_limits(
+        value: Cow<'_, Value>,
+        limits: &Limits,
+        embedded: Embedded,
+    ) -> Result<Self, DocError> {
+        debug_assert!(embedded == Embedded::Copy || matches!(value, Cow::Owned(_)));
         document::check_workloads(
             document::member(
                 &value,
@@ -257,24 +285,31 @@ impl SignedContract {
         let env: Envelope = document::typed(&value, "$")?;
         let body = &value["contract"];
         document::object(body, "$.contract")?;
-        let (contract, placement) = match body.get("placement") {
-            None => (Contract::read(body)?, None),
+        let (mut contract, placement) = match body.get("placement") {
+            None => (Contract::read_with(body, embedded)?, None),
             Some(p) => {
                 let placement: Placement = document::typed(p, "$.contract.placement")?;
                 let mut rest = body.clone();
                 rest.as_object_mut()
                     .expect("checked: an object")
                     .remove("placement");
-                (Contract::read(&rest)?, Some(placement))
+                (Contract::read_with(&rest, embedded)?, Some(placement))
             }
         };
         let digest = document::digest(body)?;
-        let raw = match value {
+        let mut raw = match value {
             Cow::Owned(Value::Object(mut members)) => {
                 members.remove("contract").unwrap_or_default()
             }
             value => value["contract"].clone(),
         };
+        if let (Embedded::Move, BlueprintRef::Embedded(slot)) = (embedded, &mut contract.blueprint)
+        {
+            // The read found it: `{"blueprint": {"embedded": ...}}`.
+            if let Some(document) = raw.get_mut("blueprint").and_then(|b| b.get_mut("embedded")) {
+                *slot = document.take();
+            }
+        }
         Ok(SignedContract {
             digest,
             contract,
@@ -288,7 +323,22 @@ impl SignedContract {
     /// not checked here.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, DocError> {
         // parse_value checked the limits already.
-        Self::from_value_within_limits(Cow::Owned(document::parse_value(bytes, limits)?), limits)
+        Self::from_value_within_limits(
+            Cow::Owned(document::parse_value(bytes, limits)?),
+            limits,
+            Embedded::Copy,
+        )
+    }
+
+    /// [`SignedContract::from_bytes`] for a verification that reads the document and
+    /// drops it: an embedded blueprint is moved out of the body, not copied, so the
+    /// document is not whole ([`SignedContract::to_value`] would lack it).
+    pub(crate) fn from_bytes_to_verify(bytes: &[u8], limits: &Limits) -> Result<Self, DocError> {
+        Self::from_value_within_limits(
+            Cow::Owned(document::parse_value(bytes, limits)?),
+            limits,
+            Embedded::Move,
+        )
     }
 
     /// Adds (or replaces) `key`'s signature. Only the owner and stakeholders may sign.
@@ -467,6 +517,24 @@ impl ContractRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_contract_read_to_verify_is_the_contract_read() {
+        let ex = crate::spec_example::Example::build();
+        let bytes = serde_json::to_vec(&ex.contract.to_value()).unwrap();
+        let limits = Limits::default();
+        let whole = SignedContract::from_bytes(&bytes, &limits).unwrap();
+        let read = SignedContract::from_bytes_to_verify(&bytes, &limits).unwrap();
+        assert!(matches!(
+            read.contract.blueprint,
+            BlueprintRef::Embedded(Value::Object(_))
+        ));
+        assert_eq!(read.contract, whole.contract);
+        assert_eq!(read.placement, whole.placement);
+        assert_eq!(read.signatures, whole.signatures);
+        assert_eq!(read.digest, whole.digest);
+        assert_eq!(read.names_nodes(), whole.names_nodes());
+    }
 
     #[test]
     fn a_contract_reads_as_typed_reads_it() {

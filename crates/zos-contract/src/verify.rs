@@ -367,7 +367,9 @@ fn verify_bytes_with(
     ctx: &VerifyContext,
     cache: Option<&mut VerifiedTriples>,
 ) -> Verification {
-    match SignedContract::from_bytes(bytes, &ctx.limits) {
+    // The document is verified and dropped here: its embedded blueprint is moved into
+    // the contract, not copied.
+    match SignedContract::from_bytes_to_verify(bytes, &ctx.limits) {
         // from_bytes checked the whole document against ctx.limits, the embedded
         // blueprint with it.
         Ok(doc) => verify_with(&doc, ctx, cache, LimitsChecked::AsPartOfItsDocument),
