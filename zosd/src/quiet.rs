@@ -16,7 +16,6 @@ use std::time::Duration;
 pub const QUIET_AFTER: Duration = Duration::from_secs(1);
 
 /// Counts provisioning work in flight; see the module docs.
-#[derive(Clone)]
 pub struct Quiet(Arc<Shared>);
 
 struct Shared {

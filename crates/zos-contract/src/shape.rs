@@ -258,49 +258,28 @@ impl<'g> Items<'g> {
     }
 }
 
-impl ser::SerializeSeq for Items<'_> {
-    type Ok = ();
-    type Error = MayNotMatch;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.item(value)
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
+/// The four ways serde writes an array's items: each item goes to [`Items::item`].
+macro_rules! items_impl {
+    ($($trait_:ident :: $method:ident),*) => {$(
+        impl ser::$trait_ for Items<'_> {
+            type Ok = ();
+            type Error = MayNotMatch;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+                self.item(value)
+            }
+            fn end(self) -> Result<()> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Items<'_> {
-    type Ok = ();
-    type Error = MayNotMatch;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.item(value)
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for Items<'_> {
-    type Ok = ();
-    type Error = MayNotMatch;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.item(value)
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for Items<'_> {
-    type Ok = ();
-    type Error = MayNotMatch;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        self.item(value)
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
-}
+items_impl!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// The members of a written object, each checked against the given member of the
 /// same name; at the end, every given member that is `null` must have been written.
@@ -354,35 +333,27 @@ impl<'g> Members<'g> {
     }
 }
 
-impl ser::SerializeStruct for Members<'_> {
-    type Ok = ();
-    type Error = MayNotMatch;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.member(name, value)
-    }
-    fn end(self) -> Result<()> {
-        self.finish()
-    }
+/// The two ways serde writes a struct's fields: each goes to [`Members::member`].
+macro_rules! members_impl {
+    ($($trait_:ident),*) => {$(
+        impl ser::$trait_ for Members<'_> {
+            type Ok = ();
+            type Error = MayNotMatch;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                name: &'static str,
+                value: &T,
+            ) -> Result<()> {
+                self.member(name, value)
+            }
+            fn end(self) -> Result<()> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Members<'_> {
-    type Ok = ();
-    type Error = MayNotMatch;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<()> {
-        self.member(name, value)
-    }
-    fn end(self) -> Result<()> {
-        self.finish()
-    }
-}
+members_impl!(SerializeStruct, SerializeStructVariant);
 
 impl ser::SerializeMap for Members<'_> {
     type Ok = ();
